@@ -1,0 +1,177 @@
+//! Builders for FHIR data types as JSON values.
+//!
+//! Mapping code reads like the FHIR it produces: `Obj::resource("Patient").put("id", id)…`.
+//! Empty strings, empty arrays and empty objects are never written, so an absent HL7 field
+//! never becomes an invalid empty FHIR element.
+
+use serde_json::{Map, Value};
+
+/// A JSON object under construction; keys keep insertion order.
+#[derive(Debug, Default, Clone)]
+pub struct Obj(Map<String, Value>);
+
+fn is_blank(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::String(text) => text.is_empty(),
+        Value::Array(items) => items.is_empty(),
+        Value::Object(map) => map.is_empty(),
+        _ => false,
+    }
+}
+
+impl Obj {
+    /// An empty object.
+    pub fn new() -> Self {
+        Self(Map::new())
+    }
+
+    /// A resource object starting with `resourceType`.
+    pub fn resource(resource_type: &str) -> Self {
+        Self::new().put("resourceType", resource_type)
+    }
+
+    /// Sets `key` unless the value is blank (null, "", [] or {}).
+    pub fn put(mut self, key: &str, value: impl Into<Value>) -> Self {
+        let value = value.into();
+        if !is_blank(&value) {
+            self.0.insert(key.to_owned(), value);
+        }
+        self
+    }
+
+    /// Sets `key` when `value` is `Some` and not blank.
+    pub fn opt<V: Into<Value>>(self, key: &str, value: Option<V>) -> Self {
+        match value {
+            Some(value) => self.put(key, value),
+            None => self,
+        }
+    }
+
+    /// Sets `key` to an array of the non-blank items (nothing when none).
+    pub fn list(self, key: &str, items: Vec<Value>) -> Self {
+        let items: Vec<Value> = items.into_iter().filter(|item| !is_blank(item)).collect();
+        self.put(key, Value::Array(items))
+    }
+
+    /// True when nothing has been set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The finished value.
+    pub fn build(self) -> Value {
+        Value::Object(self.0)
+    }
+}
+
+impl From<Obj> for Value {
+    fn from(object: Obj) -> Self {
+        object.build()
+    }
+}
+
+/// A Coding; `None` when there is no code.
+pub fn coding(system: &str, code: &str, display: &str) -> Option<Value> {
+    if code.trim().is_empty() {
+        return None;
+    }
+    Some(
+        Obj::new()
+            .put("system", system)
+            .put("code", code.trim())
+            .put("display", display.trim())
+            .build(),
+    )
+}
+
+/// A CodeableConcept from codings and a text; `None` when both are empty.
+pub fn codeable(codings: Vec<Option<Value>>, text: &str) -> Option<Value> {
+    let codings: Vec<Value> = codings.into_iter().flatten().collect();
+    let object = Obj::new().list("coding", codings).put("text", text.trim());
+    if object.is_empty() { None } else { Some(object.build()) }
+}
+
+/// `{"reference": "Type/id"}`.
+pub fn reference(resource_type: &str, id: &str) -> Value {
+    Obj::new()
+        .put("reference", format!("{resource_type}/{id}"))
+        .build()
+}
+
+/// An Identifier; `None` when the value is empty.
+pub fn identifier(system: &str, value: &str) -> Option<Value> {
+    if value.trim().is_empty() {
+        return None;
+    }
+    Some(
+        Obj::new()
+            .put("system", system)
+            .put("value", value.trim())
+            .build(),
+    )
+}
+
+/// An extension with one `value[x]`.
+pub fn extension(url: &str, value_key: &str, value: impl Into<Value>) -> Value {
+    Obj::new().put("url", url).put(value_key, value).build()
+}
+
+/// A JSON number from decimal text as HL7 sends it (`7.2`, `+7.2`, `.5`, `-14`), or `None`.
+pub fn decimal(text: &str) -> Option<Value> {
+    let trimmed = text.trim();
+    let unsigned = trimmed.strip_prefix('+').unwrap_or(trimmed);
+    let (negative, digits) = match unsigned.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, unsigned),
+    };
+    if digits.is_empty()
+        || !digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        || digits.bytes().filter(|&b| b == b'.').count() > 1
+        || digits == "."
+    {
+        return None;
+    }
+    let number: f64 = digits.parse().ok()?;
+    let signed = if negative { -number } else { number };
+    if !signed.is_finite() {
+        return None;
+    }
+    if !digits.contains('.') {
+        if let Ok(integer) = digits.parse::<i64>() {
+            return Some(Value::from(if negative { -integer } else { integer }));
+        }
+    }
+    serde_json::Number::from_f64(signed).map(Value::Number)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn blanks_are_never_written() {
+        let value = Obj::resource("Patient")
+            .put("id", "x")
+            .put("gender", "")
+            .list("name", vec![Value::Null, json!({})])
+            .opt("birthDate", None::<String>)
+            .build();
+        assert_eq!(value, json!({"resourceType": "Patient", "id": "x"}));
+        assert!(coding("s", " ", "d").is_none());
+        assert!(codeable(vec![None], "").is_none());
+    }
+
+    #[test]
+    fn decimals_from_hl7_text() {
+        assert_eq!(decimal("7.2"), Some(json!(7.2)));
+        assert_eq!(decimal("+7.2"), Some(json!(7.2)));
+        assert_eq!(decimal(".5"), Some(json!(0.5)));
+        assert_eq!(decimal("-14"), Some(json!(-14)));
+        assert_eq!(decimal(" 67 "), Some(json!(67)));
+        for bad in ["", "ccc", "1.2.3", "> 100", "1e5", ".", "-"] {
+            assert_eq!(decimal(bad), None, "{bad}");
+        }
+    }
+}

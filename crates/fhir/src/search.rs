@@ -1,0 +1,542 @@
+//! The search-parameter registry and index extraction.
+//!
+//! Every stored resource version gets index rows computed here, from its JSON, by the same
+//! code whatever the resource's origin (an adapter, the write endpoint, a bulk load). Stores
+//! persist the rows in the same transaction as the resource. Each parameter has a stable
+//! numeric id: ids are never reused, and changing what a parameter indexes changes
+//! [`REGISTRY_VERSION`], which tells a store to re-index.
+
+use serde_json::Value;
+use tsunagi_core::{normalize::search_key, time::fhir_date_range};
+
+use crate::systems::canonical;
+
+/// Bumped whenever the registry or extraction rules change.
+pub const REGISTRY_VERSION: u32 = 1;
+
+/// FHIR search-parameter types that are indexed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamType {
+    /// `system|code` pairs from code, Coding, CodeableConcept, Identifier, ContactPoint, boolean.
+    Token,
+    /// Normalised text (see `tsunagi_core::normalize`).
+    String,
+    /// Half-open instant ranges.
+    Date,
+    /// `Type/id` targets.
+    Reference,
+    /// Value with system and code.
+    Quantity,
+}
+
+/// One search parameter.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchParam {
+    /// Stable numeric id stored in index rows.
+    pub id: u16,
+    /// Resource type it applies to.
+    pub resource: &'static str,
+    /// Parameter code as used in URLs.
+    pub code: &'static str,
+    /// Parameter type.
+    pub kind: ParamType,
+    /// Element paths, dot-separated; `x[x]` matches any `xType` choice element.
+    pub paths: &'static [&'static str],
+}
+
+macro_rules! params {
+    ($($id:literal $resource:literal $code:literal $kind:ident [$($path:literal),*];)*) => {
+        /// Every indexed search parameter.
+        pub const PARAMS: &[SearchParam] = &[
+            $(SearchParam { id: $id, resource: $resource, code: $code, kind: ParamType::$kind, paths: &[$($path),*] },)*
+        ];
+    };
+}
+
+params! {
+    1 "Patient" "identifier" Token ["identifier"];
+    2 "Patient" "name" String ["name"];
+    3 "Patient" "family" String ["name.family"];
+    4 "Patient" "given" String ["name.given"];
+    5 "Patient" "birthdate" Date ["birthDate"];
+    6 "Patient" "gender" Token ["gender"];
+    7 "Patient" "phone" Token ["telecom"];
+    8 "Patient" "address-postalcode" String ["address.postalCode"];
+    9 "Patient" "address" String ["address"];
+    10 "Patient" "jp-kana-sort" String [];
+    20 "Observation" "identifier" Token ["identifier"];
+    21 "Observation" "patient" Reference ["subject"];
+    22 "Observation" "subject" Reference ["subject"];
+    23 "Observation" "code" Token ["code"];
+    24 "Observation" "category" Token ["category"];
+    25 "Observation" "date" Date ["effective[x]"];
+    26 "Observation" "value-quantity" Quantity ["valueQuantity"];
+    27 "Observation" "value-concept" Token ["valueCodeableConcept"];
+    28 "Observation" "status" Token ["status"];
+    29 "Observation" "specimen" Reference ["specimen"];
+    30 "Observation" "encounter" Reference ["encounter"];
+    31 "Observation" "based-on" Reference ["basedOn"];
+    40 "DiagnosticReport" "identifier" Token ["identifier"];
+    41 "DiagnosticReport" "patient" Reference ["subject"];
+    42 "DiagnosticReport" "subject" Reference ["subject"];
+    43 "DiagnosticReport" "code" Token ["code"];
+    44 "DiagnosticReport" "category" Token ["category"];
+    45 "DiagnosticReport" "date" Date ["effective[x]"];
+    46 "DiagnosticReport" "issued" Date ["issued"];
+    47 "DiagnosticReport" "status" Token ["status"];
+    48 "DiagnosticReport" "result" Reference ["result"];
+    49 "DiagnosticReport" "performer" Reference ["performer"];
+    50 "DiagnosticReport" "specimen" Reference ["specimen"];
+    51 "DiagnosticReport" "based-on" Reference ["basedOn"];
+    60 "MedicationRequest" "identifier" Token ["identifier"];
+    61 "MedicationRequest" "patient" Reference ["subject"];
+    62 "MedicationRequest" "subject" Reference ["subject"];
+    63 "MedicationRequest" "code" Token ["medicationCodeableConcept"];
+    64 "MedicationRequest" "authoredon" Date ["authoredOn"];
+    65 "MedicationRequest" "status" Token ["status"];
+    66 "MedicationRequest" "intent" Token ["intent"];
+    67 "MedicationRequest" "category" Token ["category"];
+    68 "MedicationRequest" "requester" Reference ["requester"];
+    69 "MedicationRequest" "date" Date ["dosageInstruction.timing.event"];
+    70 "MedicationRequest" "jp-medication-start" Date [];
+    71 "MedicationRequest" "encounter" Reference ["encounter"];
+    80 "MedicationAdministration" "identifier" Token ["identifier"];
+    81 "MedicationAdministration" "patient" Reference ["subject"];
+    82 "MedicationAdministration" "subject" Reference ["subject"];
+    83 "MedicationAdministration" "code" Token ["medicationCodeableConcept"];
+    84 "MedicationAdministration" "effective-time" Date ["effective[x]"];
+    85 "MedicationAdministration" "status" Token ["status"];
+    86 "MedicationAdministration" "request" Reference ["request"];
+    100 "Condition" "identifier" Token ["identifier"];
+    101 "Condition" "patient" Reference ["subject"];
+    102 "Condition" "subject" Reference ["subject"];
+    103 "Condition" "code" Token ["code"];
+    104 "Condition" "clinical-status" Token ["clinicalStatus"];
+    105 "Condition" "verification-status" Token ["verificationStatus"];
+    106 "Condition" "category" Token ["category"];
+    107 "Condition" "onset-date" Date ["onset[x]"];
+    108 "Condition" "recorded-date" Date ["recordedDate"];
+    109 "Condition" "abatement-date" Date ["abatement[x]"];
+    120 "AllergyIntolerance" "identifier" Token ["identifier"];
+    121 "AllergyIntolerance" "patient" Reference ["patient"];
+    122 "AllergyIntolerance" "code" Token ["code"];
+    123 "AllergyIntolerance" "category" Token ["category"];
+    124 "AllergyIntolerance" "clinical-status" Token ["clinicalStatus"];
+    125 "AllergyIntolerance" "verification-status" Token ["verificationStatus"];
+    126 "AllergyIntolerance" "criticality" Token ["criticality"];
+    127 "AllergyIntolerance" "onset" Date ["onset[x]"];
+    128 "AllergyIntolerance" "date" Date ["recordedDate"];
+    129 "AllergyIntolerance" "type" Token ["type"];
+    140 "Encounter" "identifier" Token ["identifier"];
+    141 "Encounter" "patient" Reference ["subject"];
+    142 "Encounter" "subject" Reference ["subject"];
+    143 "Encounter" "class" Token ["class"];
+    144 "Encounter" "type" Token ["type"];
+    145 "Encounter" "status" Token ["status"];
+    146 "Encounter" "date" Date ["period"];
+    147 "Encounter" "location" Reference ["location.location"];
+    160 "ImagingStudy" "identifier" Token ["identifier"];
+    161 "ImagingStudy" "patient" Reference ["subject"];
+    162 "ImagingStudy" "subject" Reference ["subject"];
+    163 "ImagingStudy" "modality" Token ["series.modality", "modality"];
+    164 "ImagingStudy" "started" Date ["started"];
+    165 "ImagingStudy" "status" Token ["status"];
+    166 "ImagingStudy" "basedon" Reference ["basedOn"];
+    167 "ImagingStudy" "encounter" Reference ["encounter"];
+    168 "ImagingStudy" "bodysite" Token ["series.bodySite"];
+    180 "Specimen" "identifier" Token ["identifier"];
+    181 "Specimen" "patient" Reference ["subject"];
+    182 "Specimen" "subject" Reference ["subject"];
+    183 "Specimen" "type" Token ["type"];
+    184 "Specimen" "collected" Date ["collection.collected[x]"];
+    185 "Specimen" "accession" Token ["accessionIdentifier"];
+    200 "ServiceRequest" "identifier" Token ["identifier"];
+    201 "ServiceRequest" "patient" Reference ["subject"];
+    202 "ServiceRequest" "subject" Reference ["subject"];
+    203 "ServiceRequest" "code" Token ["code"];
+    204 "ServiceRequest" "category" Token ["category"];
+    205 "ServiceRequest" "authored" Date ["authoredOn"];
+    206 "ServiceRequest" "status" Token ["status"];
+    207 "ServiceRequest" "intent" Token ["intent"];
+    208 "ServiceRequest" "requester" Reference ["requester"];
+    209 "ServiceRequest" "occurrence" Date ["occurrence[x]"];
+    210 "ServiceRequest" "based-on" Reference ["basedOn"];
+    220 "Coverage" "identifier" Token ["identifier"];
+    221 "Coverage" "beneficiary" Reference ["beneficiary"];
+    222 "Coverage" "patient" Reference ["beneficiary"];
+    223 "Coverage" "type" Token ["type"];
+    224 "Coverage" "status" Token ["status"];
+    225 "Coverage" "payor" Reference ["payor"];
+    240 "NutritionOrder" "identifier" Token ["identifier"];
+    241 "NutritionOrder" "patient" Reference ["patient"];
+    242 "NutritionOrder" "datetime" Date ["dateTime"];
+    243 "NutritionOrder" "status" Token ["status"];
+    244 "NutritionOrder" "encounter" Reference ["encounter"];
+}
+
+/// The parameters of one resource type.
+pub fn params_for(resource_type: &str) -> impl Iterator<Item = &'static SearchParam> + '_ {
+    PARAMS.iter().filter(move |param| param.resource == resource_type)
+}
+
+/// Looks a parameter up by resource type and code.
+pub fn param(resource_type: &str, code: &str) -> Option<&'static SearchParam> {
+    PARAMS
+        .iter()
+        .find(|param| param.resource == resource_type && param.code == code)
+}
+
+/// One extracted index value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexValue {
+    /// A token; `system` is empty when the element has none.
+    Token {
+        /// Canonical (URL-form) system.
+        system: String,
+        /// Code or identifier value.
+        code: String,
+    },
+    /// A normalised string.
+    String(String),
+    /// A half-open range in UTC seconds.
+    Date {
+        /// Inclusive start.
+        start: i64,
+        /// Exclusive end.
+        end: i64,
+    },
+    /// A reference target.
+    Reference {
+        /// Target resource type.
+        target_type: String,
+        /// Target logical id.
+        target_id: String,
+    },
+    /// A quantity.
+    Quantity {
+        /// The value.
+        value: f64,
+        /// Unit system (may be empty).
+        system: String,
+        /// Unit code, or the unit text when no code was sent.
+        code: String,
+    },
+}
+
+/// One index row: parameter id and value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexEntry {
+    /// [`SearchParam::id`].
+    pub param: u16,
+    /// The value.
+    pub value: IndexValue,
+}
+
+/// Extracts every index row of a resource. Duplicate rows are removed.
+pub fn extract(resource_type: &str, resource: &Value) -> Vec<IndexEntry> {
+    let mut entries = Vec::new();
+    for param in params_for(resource_type) {
+        let mut values = Vec::new();
+        match (param.resource, param.code) {
+            ("Patient", "jp-kana-sort") => kana_sort_values(resource, &mut values),
+            ("MedicationRequest", "jp-medication-start") => {
+                medication_start_values(resource, &mut values)
+            }
+            _ => {
+                for path in param.paths {
+                    let mut nodes = Vec::new();
+                    collect(resource, path, &mut nodes);
+                    for node in nodes {
+                        convert(param.kind, node, &mut values);
+                    }
+                }
+            }
+        }
+        for value in values {
+            let entry = IndexEntry {
+                param: param.id,
+                value,
+            };
+            if !entries.contains(&entry) {
+                entries.push(entry);
+            }
+        }
+    }
+    entries
+}
+
+/// Collects the nodes at a dot path, flattening arrays at every step.
+fn collect<'v>(node: &'v Value, path: &str, out: &mut Vec<&'v Value>) {
+    let (head, rest) = match path.split_once('.') {
+        Some((head, rest)) => (head, Some(rest)),
+        None => (path, None),
+    };
+    let Value::Object(map) = node else {
+        if let Value::Array(items) = node {
+            for item in items {
+                collect(item, path, out);
+            }
+        }
+        return;
+    };
+    let mut matched = Vec::new();
+    if let Some(prefix) = head.strip_suffix("[x]") {
+        for (key, value) in map {
+            if key.len() > prefix.len()
+                && key.starts_with(prefix)
+                && key.as_bytes()[prefix.len()].is_ascii_uppercase()
+            {
+                matched.push(value);
+            }
+        }
+    } else if let Some(value) = map.get(head) {
+        matched.push(value);
+    }
+    for value in matched {
+        match (value, rest) {
+            (Value::Array(items), None) => out.extend(items.iter()),
+            (Value::Array(items), Some(rest)) => {
+                for item in items {
+                    collect(item, rest, out);
+                }
+            }
+            (value, None) => out.push(value),
+            (value, Some(rest)) => collect(value, rest, out),
+        }
+    }
+}
+
+fn text_of(value: Option<&Value>) -> Option<&str> {
+    value.and_then(Value::as_str).filter(|text| !text.is_empty())
+}
+
+fn convert(kind: ParamType, node: &Value, out: &mut Vec<IndexValue>) {
+    match kind {
+        ParamType::Token => token_values(node, out),
+        ParamType::String => string_values(node, out),
+        ParamType::Date => {
+            if let Some(range) = date_range(node) {
+                out.push(IndexValue::Date {
+                    start: range.0,
+                    end: range.1,
+                });
+            }
+        }
+        ParamType::Reference => {
+            if let Some((target_type, target_id)) = text_of(node.get("reference")).and_then(split_reference) {
+                out.push(IndexValue::Reference {
+                    target_type: target_type.to_owned(),
+                    target_id: target_id.to_owned(),
+                });
+            }
+        }
+        ParamType::Quantity => {
+            if let Some(value) = node.get("value").and_then(Value::as_f64) {
+                let code = text_of(node.get("code")).or_else(|| text_of(node.get("unit")));
+                out.push(IndexValue::Quantity {
+                    value,
+                    system: text_of(node.get("system")).map(canonical).unwrap_or("").to_owned(),
+                    code: code.unwrap_or("").to_owned(),
+                });
+            }
+        }
+    }
+}
+
+fn token_values(node: &Value, out: &mut Vec<IndexValue>) {
+    let push = |out: &mut Vec<IndexValue>, system: Option<&str>, code: &str| {
+        out.push(IndexValue::Token {
+            system: system.map(canonical).unwrap_or("").to_owned(),
+            code: code.to_owned(),
+        });
+    };
+    match node {
+        Value::String(code) if !code.is_empty() => push(out, None, code),
+        Value::Bool(flag) => push(out, None, if *flag { "true" } else { "false" }),
+        Value::Object(map) => {
+            if let Some(Value::Array(codings)) = map.get("coding") {
+                for coding in codings {
+                    token_values(coding, out);
+                }
+            } else if let Some(code) = text_of(map.get("code")) {
+                push(out, text_of(map.get("system")), code);
+            } else if let Some(value) = text_of(map.get("value")) {
+                // Identifier or ContactPoint.
+                push(out, text_of(map.get("system")), value);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn string_values(node: &Value, out: &mut Vec<IndexValue>) {
+    let mut push = |text: &str| {
+        let key = search_key(text);
+        if !key.is_empty() {
+            out.push(IndexValue::String(key));
+        }
+    };
+    match node {
+        Value::String(text) => push(text),
+        Value::Object(map) => {
+            for key in ["text", "family", "given", "prefix", "suffix", "line", "city", "district", "state", "postalCode", "country"] {
+                match map.get(key) {
+                    Some(Value::String(text)) => push(text),
+                    Some(Value::Array(items)) => {
+                        for item in items.iter().filter_map(Value::as_str) {
+                            push(item);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            // "姓 名" and "姓名" should both match a name given as text.
+            if let (Some(family), Some(Value::Array(given))) = (text_of(map.get("family")), map.get("given")) {
+                let given: String = given.iter().filter_map(Value::as_str).collect();
+                if !given.is_empty() {
+                    push(&format!("{family}{given}"));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn date_range(node: &Value) -> Option<(i64, i64)> {
+    match node {
+        Value::String(text) => fhir_date_range(text),
+        Value::Object(map) => {
+            let start = text_of(map.get("start")).and_then(fhir_date_range).map(|r| r.0);
+            let end = text_of(map.get("end")).and_then(fhir_date_range).map(|r| r.1);
+            if start.is_none() && end.is_none() {
+                return None;
+            }
+            Some((start.unwrap_or(i64::MIN), end.unwrap_or(i64::MAX)))
+        }
+        _ => None,
+    }
+}
+
+/// Splits `Type/id` (or an absolute URL ending in `Type/id`, optionally `/_history/n`).
+pub fn split_reference(reference: &str) -> Option<(&str, &str)> {
+    let trimmed = match reference.find("/_history/") {
+        Some(position) => &reference[..position],
+        None => reference,
+    };
+    let mut parts = trimmed.rsplitn(3, '/');
+    let id = parts.next()?;
+    let resource_type = parts.next()?;
+    if id.is_empty() || !resource_type.starts_with(|c: char| c.is_ascii_uppercase()) {
+        return None;
+    }
+    Some((resource_type, id))
+}
+
+fn kana_sort_values(resource: &Value, out: &mut Vec<IndexValue>) {
+    let Some(Value::Array(names)) = resource.get("name") else { return };
+    for name in names {
+        let is_syllabic = name
+            .get("extension")
+            .and_then(Value::as_array)
+            .is_some_and(|extensions| {
+                extensions.iter().any(|extension| {
+                    text_of(extension.get("url")) == Some(crate::systems::EN_REPRESENTATION)
+                        && text_of(extension.get("valueCode")) == Some("SYL")
+                })
+            });
+        if is_syllabic && text_of(name.get("use")) == Some("usual") {
+            string_values(name, out);
+        }
+    }
+}
+
+/// `dosageInstruction.extension(JP_MedicationDosage_PeriodOfUse).valuePeriod.start`.
+pub const PERIOD_OF_USE: &str =
+    "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_MedicationDosage_PeriodOfUse";
+
+fn medication_start_values(resource: &Value, out: &mut Vec<IndexValue>) {
+    let mut extensions = Vec::new();
+    collect(resource, "dosageInstruction.extension", &mut extensions);
+    for extension in extensions {
+        if text_of(extension.get("url")) == Some(PERIOD_OF_USE) {
+            if let Some(range) = extension
+                .get("valuePeriod")
+                .and_then(|period| text_of(period.get("start")))
+                .and_then(fhir_date_range)
+            {
+                out.push(IndexValue::Date {
+                    start: range.0,
+                    end: range.1,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ids_and_codes_are_unique() {
+        for (index, a) in PARAMS.iter().enumerate() {
+            for b in &PARAMS[index + 1..] {
+                assert_ne!(a.id, b.id, "{} {}", a.code, b.code);
+                assert!(!(a.resource == b.resource && a.code == b.code), "{}", a.code);
+            }
+        }
+    }
+
+    #[test]
+    fn patient_rows() {
+        let patient = json!({
+            "resourceType": "Patient",
+            "identifier": [{"system": "urn:oid:1.2.392.100495.20.3.51.10612345678", "value": "9999013"}],
+            "name": [
+                {"extension": [{"url": crate::systems::EN_REPRESENTATION, "valueCode": "IDE"}], "use": "official", "text": "患者 太郎", "family": "患者", "given": ["太郎"]},
+                {"extension": [{"url": crate::systems::EN_REPRESENTATION, "valueCode": "SYL"}], "use": "usual", "text": "カンジャ タロウ", "family": "カンジャ", "given": ["タロウ"]}
+            ],
+            "gender": "male",
+            "birthDate": "1948-04-05",
+            "address": [{"postalCode": "422-8033", "text": "静岡県静岡市登呂１−３−５"}]
+        });
+        let rows = extract("Patient", &patient);
+        let has = |code: &str, value: IndexValue| {
+            let id = param("Patient", code).unwrap().id;
+            rows.contains(&IndexEntry { param: id, value })
+        };
+        assert!(has("identifier", IndexValue::Token { system: "urn:oid:1.2.392.100495.20.3.51.10612345678".into(), code: "9999013".into() }));
+        assert!(has("name", IndexValue::String("患者 太郎".into())));
+        assert!(has("name", IndexValue::String("患者太郎".into())));
+        assert!(has("jp-kana-sort", IndexValue::String("カンジャ タロウ".into())));
+        assert!(!has("jp-kana-sort", IndexValue::String("患者 太郎".into())));
+        assert!(has("gender", IndexValue::Token { system: String::new(), code: "male".into() }));
+        assert!(has("address", IndexValue::String("静岡県静岡市登呂1-3-5".into())));
+        let birth = fhir_date_range("1948-04-05").unwrap();
+        assert!(has("birthdate", IndexValue::Date { start: birth.0, end: birth.1 }));
+    }
+
+    #[test]
+    fn observation_rows_and_choice_types() {
+        let observation = json!({
+            "resourceType": "Observation",
+            "subject": {"reference": "Patient/0612345678.9999013"},
+            "code": {"coding": [{"system": "urn:oid:1.2.392.200119.4.504", "code": "3A010000002327101"}], "text": "総蛋白"},
+            "effectiveDateTime": "2011-12-19T15:00:00+09:00",
+            "valueQuantity": {"value": 7.2, "unit": "g/dl"}
+        });
+        let rows = extract("Observation", &observation);
+        assert!(rows.contains(&IndexEntry { param: 21, value: IndexValue::Reference { target_type: "Patient".into(), target_id: "0612345678.9999013".into() } }));
+        assert!(rows.contains(&IndexEntry { param: 23, value: IndexValue::Token { system: crate::systems::JLAC10.into(), code: "3A010000002327101".into() } }));
+        assert!(rows.iter().any(|row| row.param == 25));
+        assert!(rows.contains(&IndexEntry { param: 26, value: IndexValue::Quantity { value: 7.2, system: String::new(), code: "g/dl".into() } }));
+    }
+
+    #[test]
+    fn references_split() {
+        assert_eq!(split_reference("Patient/1.2"), Some(("Patient", "1.2")));
+        assert_eq!(split_reference("http://x/fhir/Patient/9/_history/2"), Some(("Patient", "9")));
+        assert_eq!(split_reference("#contained"), None);
+    }
+}

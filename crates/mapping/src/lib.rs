@@ -1,0 +1,304 @@
+//! SS-MIX2 HL7 v2.5 messages to JP Core FHIR resources.
+//!
+//! [`map_message`] takes one parsed message, the [`SourceContext`] that identifies the record it
+//! came from (facility, the file name's 7 fields, code tables) and returns the resources the
+//! record holds *now*, with deterministic ids, JP Core profiles and provenance. It never looks at
+//! other records and does no IO; applying the result to a store (upsert, delete what the record
+//! no longer holds) is the adapter's job.
+//!
+//! One module per family of data types:
+//! [`adt`] (ADT-00 patient, coverage, body measurements, AL1 allergies; ADT-12…52 encounters;
+//! ADT-61 allergies), [`problems`] (PPR-01), [`medication`] (OMP-01/02/11/12), [`lab`] (OML-11),
+//! [`orders`] (OML-01, OMG-01/02/03, OMD), [`imaging`] (OMG-11/12/13).
+
+pub mod adt;
+mod common;
+pub mod imaging;
+pub mod lab;
+pub mod medication;
+pub mod orders;
+pub mod problems;
+pub mod tables;
+
+use std::fmt;
+
+use serde_json::Value;
+use tsunagi_core::FacilityId;
+use tsunagi_hl7v2::{Message, ParseError};
+
+pub use tables::{CodeTables, TableError};
+
+/// SS-MIX2 data types (データ種別) that carry clinical data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DataType {
+    /// 患者基本情報.
+    Adt00,
+    /// 担当医の変更 (not mapped: administrative).
+    Adt01,
+    /// 外来診察の受付.
+    Adt12,
+    /// 入院予定.
+    Adt21,
+    /// 入院実施.
+    Adt22,
+    /// 外出泊実施.
+    Adt31,
+    /// 外出泊帰院実施.
+    Adt32,
+    /// 転科・転棟予定.
+    Adt41,
+    /// 転科・転棟実施.
+    Adt42,
+    /// 退院予定.
+    Adt51,
+    /// 退院実施.
+    Adt52,
+    /// アレルギー情報.
+    Adt61,
+    /// 病名(歴)情報.
+    Ppr01,
+    /// 食事オーダ.
+    Omd,
+    /// 処方オーダ.
+    Omp01,
+    /// 注射オーダ.
+    Omp02,
+    /// 処方実施通知.
+    Omp11,
+    /// 注射実施通知.
+    Omp12,
+    /// 検体検査オーダ.
+    Oml01,
+    /// 検体検査結果通知.
+    Oml11,
+    /// 放射線検査オーダ.
+    Omg01,
+    /// 内視鏡検査オーダ.
+    Omg02,
+    /// 生理検査オーダ.
+    Omg03,
+    /// 放射線検査の実施通知.
+    Omg11,
+    /// 内視鏡検査の実施通知.
+    Omg12,
+    /// 生理検査結果通知.
+    Omg13,
+}
+
+impl DataType {
+    /// Every data type, in guideline order.
+    pub const ALL: [DataType; 26] = [
+        Self::Adt00,
+        Self::Adt01,
+        Self::Adt12,
+        Self::Adt21,
+        Self::Adt22,
+        Self::Adt31,
+        Self::Adt32,
+        Self::Adt41,
+        Self::Adt42,
+        Self::Adt51,
+        Self::Adt52,
+        Self::Adt61,
+        Self::Ppr01,
+        Self::Omd,
+        Self::Omp01,
+        Self::Omp02,
+        Self::Omp11,
+        Self::Omp12,
+        Self::Oml01,
+        Self::Oml11,
+        Self::Omg01,
+        Self::Omg02,
+        Self::Omg03,
+        Self::Omg11,
+        Self::Omg12,
+        Self::Omg13,
+    ];
+
+    /// The folder / file-name spelling, e.g. `OMP-01`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Adt00 => "ADT-00",
+            Self::Adt01 => "ADT-01",
+            Self::Adt12 => "ADT-12",
+            Self::Adt21 => "ADT-21",
+            Self::Adt22 => "ADT-22",
+            Self::Adt31 => "ADT-31",
+            Self::Adt32 => "ADT-32",
+            Self::Adt41 => "ADT-41",
+            Self::Adt42 => "ADT-42",
+            Self::Adt51 => "ADT-51",
+            Self::Adt52 => "ADT-52",
+            Self::Adt61 => "ADT-61",
+            Self::Ppr01 => "PPR-01",
+            Self::Omd => "OMD",
+            Self::Omp01 => "OMP-01",
+            Self::Omp02 => "OMP-02",
+            Self::Omp11 => "OMP-11",
+            Self::Omp12 => "OMP-12",
+            Self::Oml01 => "OML-01",
+            Self::Oml11 => "OML-11",
+            Self::Omg01 => "OMG-01",
+            Self::Omg02 => "OMG-02",
+            Self::Omg03 => "OMG-03",
+            Self::Omg11 => "OMG-11",
+            Self::Omg12 => "OMG-12",
+            Self::Omg13 => "OMG-13",
+        }
+    }
+
+    /// Parses the folder / file-name spelling.
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|data_type| data_type.code() == code)
+    }
+
+    /// The HL7 message types (code, triggers) this data type may hold: the regular event first,
+    /// then its cancel/delete event(s).
+    pub fn message_types(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            Self::Adt00 => ("ADT", &["A08", "A23"]),
+            Self::Adt01 => ("ADT", &["A54", "A55"]),
+            Self::Adt12 => ("ADT", &["A04", "A11"]),
+            Self::Adt21 => ("ADT", &["A14", "A27"]),
+            Self::Adt22 => ("ADT", &["A01", "A11"]),
+            Self::Adt31 => ("ADT", &["A21", "A52"]),
+            Self::Adt32 => ("ADT", &["A22", "A53"]),
+            Self::Adt41 => ("ADT", &["A15", "A26"]),
+            Self::Adt42 => ("ADT", &["A02", "A12"]),
+            Self::Adt51 => ("ADT", &["A16", "A25"]),
+            Self::Adt52 => ("ADT", &["A03", "A13"]),
+            Self::Adt61 => ("ADT", &["A60"]),
+            Self::Ppr01 => ("PPR", &["ZD1"]),
+            Self::Omd => ("OMD", &["O03"]),
+            Self::Omp01 | Self::Omp02 => ("RDE", &["O11"]),
+            Self::Omp11 | Self::Omp12 => ("RAS", &["O17"]),
+            Self::Oml01 => ("OML", &["O33"]),
+            Self::Oml11 => ("OUL", &["R22"]),
+            Self::Omg01 | Self::Omg02 | Self::Omg03 => ("OMG", &["O19"]),
+            Self::Omg11 | Self::Omg12 => ("OMI", &["Z23"]),
+            Self::Omg13 => ("ORU", &["R01"]),
+        }
+    }
+}
+
+impl fmt::Display for DataType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// Where a message came from: the record it belongs to and the tables to map it with.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceContext<'a> {
+    /// The sending facility.
+    pub facility: &'a FacilityId,
+    /// Patient id from the file name (identity comes from the file name, not PID-3).
+    pub patient_id: &'a str,
+    /// 診療日 from the file name: `YYYYMMDD` or `-`.
+    pub care_date: &'a str,
+    /// データ種別 from the file name.
+    pub data_type: DataType,
+    /// オーダNo from the file name (free text; 13, 15 or 22 characters seen).
+    pub order_number: &'a str,
+    /// The file name, for provenance.
+    pub file_name: &'a str,
+    /// Code tables of this facility.
+    pub tables: &'a CodeTables,
+}
+
+/// One produced resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MappedResource {
+    /// FHIR resource type.
+    pub resource_type: &'static str,
+    /// Deterministic logical id.
+    pub id: String,
+    /// The resource (without `meta.versionId`/`meta.lastUpdated`, which the store owns).
+    pub json: Value,
+}
+
+/// What a message maps to.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Mapped {
+    /// The resources the record holds now. Empty for a delete or cancel event with nothing left.
+    pub resources: Vec<MappedResource>,
+    /// Tolerated deviations worth telling the operator about.
+    pub warnings: Vec<String>,
+}
+
+/// Why a message could not be mapped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    /// The message is structurally invalid.
+    #[error("{0}")]
+    Parse(#[from] ParseError),
+    /// MSH-9 does not belong in this data type's folder.
+    #[error("MSH-9 is {found} but data type {data_type} holds {expected}")]
+    WrongMessageType {
+        /// The data type from the file name.
+        data_type: DataType,
+        /// What MSH-9 says.
+        found: String,
+        /// What the data type allows.
+        expected: String,
+    },
+    /// A segment the mapping needs is absent.
+    #[error("required segment {segment} is missing")]
+    MissingSegment {
+        /// The segment id.
+        segment: &'static str,
+    },
+    /// The data type is recognised but deliberately not mapped.
+    #[error("data type {0} is not mapped: {1}")]
+    NotMapped(DataType, &'static str),
+}
+
+/// Maps one message of the given record.
+pub fn map_message(context: &SourceContext<'_>, message: &Message<'_>) -> Result<Mapped, MapError> {
+    let message_type = message.message_type()?;
+    let (code, triggers) = context.data_type.message_types();
+    if message_type.code != code || !triggers.contains(&message_type.trigger.as_str()) {
+        return Err(MapError::WrongMessageType {
+            data_type: context.data_type,
+            found: message_type.to_string(),
+            expected: triggers
+                .iter()
+                .map(|trigger| format!("{code}^{trigger}"))
+                .collect::<Vec<_>>()
+                .join(" or "),
+        });
+    }
+    let mut builder = common::Builder::new(context, message, &message_type.trigger);
+    builder.check_patient_id();
+    match context.data_type {
+        DataType::Adt00 => adt::patient_record(&mut builder)?,
+        DataType::Adt01 => {
+            return Err(MapError::NotMapped(
+                DataType::Adt01,
+                "an attending-doctor change is administrative and carries no clinical data",
+            ));
+        }
+        DataType::Adt61 => adt::allergies(&mut builder)?,
+        DataType::Adt12
+        | DataType::Adt21
+        | DataType::Adt22
+        | DataType::Adt31
+        | DataType::Adt32
+        | DataType::Adt41
+        | DataType::Adt42
+        | DataType::Adt51
+        | DataType::Adt52 => adt::encounter(&mut builder)?,
+        DataType::Ppr01 => problems::conditions(&mut builder)?,
+        DataType::Omp01 | DataType::Omp02 => medication::requests(&mut builder)?,
+        DataType::Omp11 | DataType::Omp12 => medication::administrations(&mut builder)?,
+        DataType::Oml11 => lab::results(&mut builder)?,
+        DataType::Oml01 | DataType::Omg01 | DataType::Omg02 | DataType::Omg03 => {
+            orders::service_requests(&mut builder)?
+        }
+        DataType::Omd => orders::nutrition_order(&mut builder)?,
+        DataType::Omg11 | DataType::Omg12 => imaging::studies(&mut builder)?,
+        DataType::Omg13 => imaging::physiology_results(&mut builder)?,
+    }
+    Ok(builder.finish())
+}

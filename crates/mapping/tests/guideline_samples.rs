@@ -1,0 +1,37 @@
+//! The SS-MIX2 guideline's sample storage, mapped file by file and compared with snapshots.
+
+mod support;
+
+use std::path::Path;
+
+use support::{check_snapshot, map_bytes, tables, workspace};
+
+const FACILITY: &str = "9999999999";
+
+fn sample_files() -> Vec<std::path::PathBuf> {
+    let root = workspace().join("../shared/testdata/ssmix2-guideline-samples/sampleData/999");
+    let mut found = Vec::new();
+    let mut stack = vec![root];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() { stack.push(path) } else { found.push(path) }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn every_valid_sample_maps_as_snapshotted() {
+    let tables = tables(FACILITY);
+    let files = sample_files();
+    assert_eq!(files.len(), 19);
+    for path in files {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let actual = map_bytes(FACILITY, name, &bytes, &tables);
+        let snapshot = workspace().join("tests/fixtures/guideline").join(format!("{name}.json"));
+        check_snapshot(Path::new(&snapshot), &actual);
+    }
+}
