@@ -1,0 +1,732 @@
+//! The embedded SQLite FHIR store, the default backend (`sqlite://<path>`).
+//!
+//! Layout (see `migrations/0001_initial.sql`): `resources` holds the current version of every
+//! resource (deleted ones as markers), `resource_history` the earlier versions, `idx_*` the
+//! search-index rows of current versions, `checkpoints` the adapters' progress. A batch runs in
+//! one `BEGIN IMMEDIATE` transaction; new resources and index rows are written with multi-row
+//! INSERTs so a fresh ingest costs a handful of statements per thousand resources.
+//!
+//! Index rows carry no secondary index on `rid`: when a version is replaced, its old rows are
+//! found by re-extracting them from the old content (the registry version stored in
+//! `store_meta` guarantees the extractor that wrote them is the one reading them).
+
+use std::{
+    collections::{HashMap, HashSet},
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
+
+use serde_json::Value;
+use sqlx::{
+    AssertSqlSafe, QueryBuilder, Row, Sqlite, SqliteConnection, Transaction,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
+};
+use tsunagi_core::clock::Clock;
+use tsunagi_fhir::{
+    search::{self, IndexEntry, IndexValue, REGISTRY_VERSION},
+    systems::canonical,
+};
+use tsunagi_store::{ApplyStats, Batch, Counts, Operation, ResourceWrite, Store, StoreError, StoredResource, Visitor};
+
+const MIGRATION_0001: &str = include_str!("../migrations/0001_initial.sql");
+const SCHEMA_VERSION: &str = "1";
+
+/// Rows per multi-row INSERT (SQLite allows 32766 bound parameters).
+const RESOURCE_CHUNK: usize = 500;
+const INDEX_CHUNK: usize = 1000;
+
+fn db_error(error: sqlx::Error) -> StoreError {
+    StoreError::Database(error.to_string())
+}
+
+/// The SQLite store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at a `sqlite://<path>` URL and brings its
+    /// schema up to date.
+    pub async fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|error| StoreError::Url(format!("{url}: {error}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30))
+            .pragma("cache_size", "-32768")
+            .pragma("temp_store", "memory")
+            .statement_cache_capacity(256);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(db_error)?;
+        let store = Self { pool, clock };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut connection = self.pool.acquire().await.map_err(db_error)?;
+        let exists: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'store_meta'",
+        )
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(db_error)?;
+        if exists.is_none() {
+            sqlx::raw_sql(MIGRATION_0001).execute(&mut *connection).await.map_err(db_error)?;
+            sqlx::query("INSERT INTO store_meta (key, value) VALUES ('schema_version', ?), ('registry_version', ?)")
+                .bind(SCHEMA_VERSION)
+                .bind(REGISTRY_VERSION.to_string())
+                .execute(&mut *connection)
+                .await
+                .map_err(db_error)?;
+            return Ok(());
+        }
+        let schema: Option<String> = sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'schema_version'")
+            .fetch_optional(&mut *connection)
+            .await
+            .map_err(db_error)?;
+        if schema.as_deref() != Some(SCHEMA_VERSION) {
+            return Err(StoreError::Unsupported(format!(
+                "database schema version {} is not {SCHEMA_VERSION}; this build cannot open it",
+                schema.unwrap_or_default()
+            )));
+        }
+        let registry: Option<String> = sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'registry_version'")
+            .fetch_optional(&mut *connection)
+            .await
+            .map_err(db_error)?;
+        if registry.as_deref() != Some(REGISTRY_VERSION.to_string().as_str()) {
+            drop(connection);
+            self.reindex().await?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds every index row from stored content (after a search-registry change).
+    pub async fn reindex(&self) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)?;
+        for table in ["idx_token", "idx_string", "idx_date", "idx_reference", "idx_quantity"] {
+            sqlx::query(AssertSqlSafe(format!("DELETE FROM {table}")))
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+        }
+        let mut last_rid = 0i64;
+        loop {
+            let rows = sqlx::query("SELECT rid, type, content FROM resources WHERE deleted = 0 AND rid > ? ORDER BY rid LIMIT 1000")
+                .bind(last_rid)
+                .fetch_all(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut entries = Vec::new();
+            for row in &rows {
+                let rid: i64 = row.try_get("rid").map_err(db_error)?;
+                let resource_type: String = row.try_get("type").map_err(db_error)?;
+                let content: Vec<u8> = row.try_get("content").map_err(db_error)?;
+                let value: Value = serde_json::from_slice(&content).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+                for entry in search::extract(&resource_type, &value) {
+                    entries.push((rid, entry));
+                }
+                last_rid = rid;
+            }
+            insert_index_rows(&mut transaction, &entries).await?;
+        }
+        sqlx::query("UPDATE store_meta SET value = ? WHERE key = 'registry_version'")
+            .bind(REGISTRY_VERSION.to_string())
+            .execute(&mut *transaction)
+            .await
+            .map_err(db_error)?;
+        transaction.commit().await.map_err(db_error)
+    }
+
+    /// Closes the pool (checkpointing the WAL).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// What the batch knows about an existing resource.
+#[derive(Debug, Clone)]
+struct Existing {
+    rid: i64,
+    resource_type: String,
+    version: i64,
+    deleted: bool,
+    hash: Option<u64>,
+    source_key: Option<String>,
+}
+
+struct NewRow {
+    rid: i64,
+    write: ResourceWrite,
+    source_key: String,
+}
+
+struct BatchWriter {
+    now: i64,
+    next_rid: i64,
+    existing: HashMap<String, Existing>,
+    by_source: HashMap<String, Vec<String>>,
+    pending_rows: Vec<NewRow>,
+    pending_rids: HashSet<i64>,
+    pending_index: Vec<(i64, IndexEntry)>,
+    stats: ApplyStats,
+}
+
+fn bump(map: &mut std::collections::BTreeMap<String, u64>, resource_type: &str) {
+    *map.entry(resource_type.to_owned()).or_default() += 1;
+}
+
+fn existing_from_row(row: &SqliteRow) -> Result<(String, Existing), StoreError> {
+    let hash: Option<i64> = row.try_get("hash").map_err(db_error)?;
+    Ok((
+        row.try_get("tid").map_err(db_error)?,
+        Existing {
+            rid: row.try_get("rid").map_err(db_error)?,
+            resource_type: row.try_get("type").map_err(db_error)?,
+            version: row.try_get("version").map_err(db_error)?,
+            deleted: row.try_get::<i64, _>("deleted").map_err(db_error)? != 0,
+            hash: hash.map(|h| h as u64),
+            source_key: row.try_get("source_key").map_err(db_error)?,
+        },
+    ))
+}
+
+impl BatchWriter {
+    async fn preload(&mut self, connection: &mut SqliteConnection, batch: &Batch) -> Result<(), StoreError> {
+        let mut source_keys: Vec<&str> = Vec::new();
+        let mut tids: Vec<String> = Vec::new();
+        for operation in &batch.operations {
+            match operation {
+                Operation::ReplaceSource { source_key, resources } => {
+                    source_keys.push(source_key);
+                    tids.extend(resources.iter().map(ResourceWrite::type_and_id));
+                }
+                Operation::DeleteSource { source_key } => source_keys.push(source_key),
+                Operation::PutCheckpoint { .. } => {}
+            }
+        }
+        source_keys.sort_unstable();
+        source_keys.dedup();
+        for chunk in source_keys.chunks(500) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "SELECT rid, tid, type, version, deleted, hash, source_key FROM resources WHERE source_key IN (",
+            );
+            let mut separated = query.separated(", ");
+            for key in chunk {
+                separated.push_bind(*key);
+            }
+            separated.push_unseparated(")");
+            for row in query.build().fetch_all(&mut *connection).await.map_err(db_error)? {
+                let (tid, existing) = existing_from_row(&row)?;
+                if let Some(source) = &existing.source_key {
+                    self.by_source.entry(source.clone()).or_default().push(tid.clone());
+                }
+                self.existing.insert(tid, existing);
+            }
+        }
+        tids.retain(|tid| !self.existing.contains_key(tid));
+        tids.sort_unstable();
+        tids.dedup();
+        for chunk in tids.chunks(500) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "SELECT rid, tid, type, version, deleted, hash, source_key FROM resources WHERE tid IN (",
+            );
+            let mut separated = query.separated(", ");
+            for tid in chunk {
+                separated.push_bind(tid.as_str());
+            }
+            separated.push_unseparated(")");
+            for row in query.build().fetch_all(&mut *connection).await.map_err(db_error)? {
+                let (tid, existing) = existing_from_row(&row)?;
+                self.existing.insert(tid, existing);
+            }
+        }
+        let max_rid: Option<i64> = sqlx::query_scalar("SELECT MAX(rid) FROM resources")
+            .fetch_one(&mut *connection)
+            .await
+            .map_err(db_error)?;
+        self.next_rid = max_rid.unwrap_or(0) + 1;
+        Ok(())
+    }
+
+    async fn apply(&mut self, connection: &mut SqliteConnection, operation: Operation) -> Result<(), StoreError> {
+        match operation {
+            Operation::ReplaceSource { source_key, resources } => {
+                let mut listed = HashSet::new();
+                for write in &resources {
+                    if !listed.insert(write.type_and_id()) {
+                        return Err(StoreError::Invalid(format!(
+                            "{} appears twice in source record {source_key}",
+                            write.type_and_id()
+                        )));
+                    }
+                }
+                for write in resources {
+                    self.upsert(connection, &source_key, write).await?;
+                }
+                let previous = self.by_source.get(&source_key).cloned().unwrap_or_default();
+                for tid in previous {
+                    if !listed.contains(&tid) {
+                        self.delete(connection, &tid).await?;
+                    }
+                }
+                self.by_source.insert(source_key, listed.into_iter().collect());
+            }
+            Operation::DeleteSource { source_key } => {
+                let previous = self.by_source.get(&source_key).cloned().unwrap_or_default();
+                for tid in previous {
+                    self.delete(connection, &tid).await?;
+                }
+            }
+            Operation::PutCheckpoint { scope, key, value } => {
+                sqlx::query("INSERT INTO checkpoints (scope, key, value) VALUES (?, ?, ?) ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value")
+                    .bind(scope)
+                    .bind(key)
+                    .bind(value)
+                    .execute(&mut *connection)
+                    .await
+                    .map_err(db_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn upsert(&mut self, connection: &mut SqliteConnection, source_key: &str, write: ResourceWrite) -> Result<(), StoreError> {
+        let tid = write.type_and_id();
+        let Some(existing) = self.existing.get(&tid).cloned() else {
+            let rid = self.next_rid;
+            self.next_rid += 1;
+            bump(&mut self.stats.created, &write.resource_type);
+            self.existing.insert(
+                tid,
+                Existing {
+                    rid,
+                    resource_type: write.resource_type.clone(),
+                    version: 1,
+                    deleted: false,
+                    hash: Some(write.hash),
+                    source_key: Some(source_key.to_owned()),
+                },
+            );
+            for entry in &write.index {
+                self.pending_index.push((rid, entry.clone()));
+            }
+            self.pending_rids.insert(rid);
+            self.pending_rows.push(NewRow {
+                rid,
+                write,
+                source_key: source_key.to_owned(),
+            });
+            if self.pending_rows.len() >= RESOURCE_CHUNK * 4 {
+                self.flush(connection).await?;
+            }
+            return Ok(());
+        };
+        if self.pending_rids.contains(&existing.rid) {
+            self.flush(connection).await?;
+        }
+        if !existing.deleted && existing.hash == Some(write.hash) {
+            bump(&mut self.stats.unchanged, &write.resource_type);
+            if existing.source_key.as_deref() != Some(source_key) {
+                sqlx::query("UPDATE resources SET source_key = ? WHERE rid = ?")
+                    .bind(source_key)
+                    .bind(existing.rid)
+                    .execute(&mut *connection)
+                    .await
+                    .map_err(db_error)?;
+                self.move_source(&tid, existing.source_key.as_deref(), source_key);
+                if let Some(entry) = self.existing.get_mut(&tid) {
+                    entry.source_key = Some(source_key.to_owned());
+                }
+            }
+            return Ok(());
+        }
+        if !existing.deleted {
+            self.remove_index_rows(connection, &existing).await?;
+        }
+        self.archive(connection, existing.rid).await?;
+        let version = existing.version + 1;
+        sqlx::query("UPDATE resources SET version = ?, last_updated = ?, deleted = 0, source_key = ?, hash = ?, content = ? WHERE rid = ?")
+            .bind(version)
+            .bind(self.now)
+            .bind(source_key)
+            .bind(write.hash as i64)
+            .bind(&write.content)
+            .bind(existing.rid)
+            .execute(&mut *connection)
+            .await
+            .map_err(db_error)?;
+        for entry in &write.index {
+            self.pending_index.push((existing.rid, entry.clone()));
+        }
+        bump(&mut self.stats.updated, &write.resource_type);
+        self.move_source(&tid, existing.source_key.as_deref(), source_key);
+        self.existing.insert(
+            tid,
+            Existing {
+                version,
+                deleted: false,
+                hash: Some(write.hash),
+                source_key: Some(source_key.to_owned()),
+                ..existing
+            },
+        );
+        Ok(())
+    }
+
+    fn move_source(&mut self, tid: &str, from: Option<&str>, to: &str) {
+        if from == Some(to) {
+            return;
+        }
+        if let Some(from) = from {
+            if let Some(list) = self.by_source.get_mut(from) {
+                list.retain(|item| item != tid);
+            }
+        }
+    }
+
+    async fn delete(&mut self, connection: &mut SqliteConnection, tid: &str) -> Result<(), StoreError> {
+        let Some(existing) = self.existing.get(tid).cloned() else { return Ok(()) };
+        if existing.deleted {
+            return Ok(());
+        }
+        if self.pending_rids.contains(&existing.rid) {
+            self.flush(connection).await?;
+        }
+        self.remove_index_rows(connection, &existing).await?;
+        self.archive(connection, existing.rid).await?;
+        sqlx::query("UPDATE resources SET version = version + 1, last_updated = ?, deleted = 1, hash = NULL, content = NULL WHERE rid = ?")
+            .bind(self.now)
+            .bind(existing.rid)
+            .execute(&mut *connection)
+            .await
+            .map_err(db_error)?;
+        bump(&mut self.stats.deleted, &existing.resource_type);
+        self.existing.insert(
+            tid.to_owned(),
+            Existing {
+                version: existing.version + 1,
+                deleted: true,
+                hash: None,
+                ..existing
+            },
+        );
+        Ok(())
+    }
+
+    async fn archive(&self, connection: &mut SqliteConnection, rid: i64) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO resource_history (rid, version, last_updated, deleted, content) SELECT rid, version, last_updated, deleted, content FROM resources WHERE rid = ?")
+            .bind(rid)
+            .execute(&mut *connection)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn remove_index_rows(&self, connection: &mut SqliteConnection, existing: &Existing) -> Result<(), StoreError> {
+        let content: Option<Vec<u8>> = sqlx::query_scalar("SELECT content FROM resources WHERE rid = ?")
+            .bind(existing.rid)
+            .fetch_one(&mut *connection)
+            .await
+            .map_err(db_error)?;
+        let Some(content) = content else { return Ok(()) };
+        let value: Value = serde_json::from_slice(&content).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        for entry in search::extract(&existing.resource_type, &value) {
+            let param = i64::from(entry.param);
+            let query = match &entry.value {
+                IndexValue::Token { system, code } => sqlx::query("DELETE FROM idx_token WHERE param = ? AND code = ? AND system = ? AND rid = ?")
+                    .bind(param)
+                    .bind(code.clone())
+                    .bind(system.clone()),
+                IndexValue::String(text) => sqlx::query("DELETE FROM idx_string WHERE param = ? AND value = ? AND rid = ?")
+                    .bind(param)
+                    .bind(text.clone()),
+                IndexValue::Date { start, end } => sqlx::query("DELETE FROM idx_date WHERE param = ? AND start = ? AND \"end\" = ? AND rid = ?")
+                    .bind(param)
+                    .bind(*start)
+                    .bind(*end),
+                IndexValue::Reference { target_type, target_id } => sqlx::query("DELETE FROM idx_reference WHERE param = ? AND target_id = ? AND target_type = ? AND rid = ?")
+                    .bind(param)
+                    .bind(target_id.clone())
+                    .bind(target_type.clone()),
+                IndexValue::Quantity { value, system, code } => sqlx::query("DELETE FROM idx_quantity WHERE param = ? AND code = ? AND value = ? AND system = ? AND rid = ?")
+                    .bind(param)
+                    .bind(code.clone())
+                    .bind(*value)
+                    .bind(system.clone()),
+            };
+            query.bind(existing.rid).execute(&mut *connection).await.map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, connection: &mut SqliteConnection) -> Result<(), StoreError> {
+        let rows = std::mem::take(&mut self.pending_rows);
+        for chunk in rows.chunks(RESOURCE_CHUNK) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO resources (rid, tid, type, id, version, last_updated, deleted, source_key, hash, content) ",
+            );
+            query.push_values(chunk, |mut row, new| {
+                row.push_bind(new.rid)
+                    .push_bind(new.write.type_and_id())
+                    .push_bind(new.write.resource_type.clone())
+                    .push_bind(new.write.id.clone())
+                    .push_bind(1i64)
+                    .push_bind(self.now)
+                    .push_bind(0i64)
+                    .push_bind(new.source_key.clone())
+                    .push_bind(new.write.hash as i64)
+                    .push_bind(new.write.content.clone());
+            });
+            query.build().execute(&mut *connection).await.map_err(db_error)?;
+        }
+        self.pending_rids.clear();
+        let entries = std::mem::take(&mut self.pending_index);
+        insert_index_rows(connection, &entries).await
+    }
+}
+
+async fn insert_index_rows(connection: &mut SqliteConnection, entries: &[(i64, IndexEntry)]) -> Result<(), StoreError> {
+    let mut tokens = Vec::new();
+    let mut strings = Vec::new();
+    let mut dates = Vec::new();
+    let mut references = Vec::new();
+    let mut quantities = Vec::new();
+    for (rid, entry) in entries {
+        let param = i64::from(entry.param);
+        match &entry.value {
+            IndexValue::Token { system, code } => tokens.push((param, code.as_str(), system.as_str(), *rid)),
+            IndexValue::String(text) => strings.push((param, text.as_str(), *rid)),
+            IndexValue::Date { start, end } => dates.push((param, *start, *end, *rid)),
+            IndexValue::Reference { target_type, target_id } => {
+                references.push((param, target_id.as_str(), target_type.as_str(), *rid))
+            }
+            IndexValue::Quantity { value, system, code } => quantities.push((param, code.as_str(), *value, system.as_str(), *rid)),
+        }
+    }
+    for chunk in tokens.chunks(INDEX_CHUNK) {
+        let mut query = QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO idx_token (param, code, system, rid) ");
+        query.push_values(chunk, |mut row, (param, code, system, rid)| {
+            row.push_bind(*param).push_bind(code.to_string()).push_bind(system.to_string()).push_bind(*rid);
+        });
+        query.build().execute(&mut *connection).await.map_err(db_error)?;
+    }
+    for chunk in strings.chunks(INDEX_CHUNK) {
+        let mut query = QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO idx_string (param, value, rid) ");
+        query.push_values(chunk, |mut row, (param, value, rid)| {
+            row.push_bind(*param).push_bind(value.to_string()).push_bind(*rid);
+        });
+        query.build().execute(&mut *connection).await.map_err(db_error)?;
+    }
+    for chunk in dates.chunks(INDEX_CHUNK) {
+        let mut query = QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO idx_date (param, start, \"end\", rid) ");
+        query.push_values(chunk, |mut row, (param, start, end, rid)| {
+            row.push_bind(*param).push_bind(*start).push_bind(*end).push_bind(*rid);
+        });
+        query.build().execute(&mut *connection).await.map_err(db_error)?;
+    }
+    for chunk in references.chunks(INDEX_CHUNK) {
+        let mut query = QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO idx_reference (param, target_id, target_type, rid) ");
+        query.push_values(chunk, |mut row, (param, target_id, target_type, rid)| {
+            row.push_bind(*param).push_bind(target_id.to_string()).push_bind(target_type.to_string()).push_bind(*rid);
+        });
+        query.build().execute(&mut *connection).await.map_err(db_error)?;
+    }
+    for chunk in quantities.chunks(INDEX_CHUNK) {
+        let mut query = QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO idx_quantity (param, code, value, system, rid) ");
+        query.push_values(chunk, |mut row, (param, code, value, system, rid)| {
+            row.push_bind(*param).push_bind(code.to_string()).push_bind(*value).push_bind(system.to_string()).push_bind(*rid);
+        });
+        query.build().execute(&mut *connection).await.map_err(db_error)?;
+    }
+    Ok(())
+}
+
+fn stored_from_row(row: &SqliteRow) -> Result<StoredResource, StoreError> {
+    Ok(StoredResource {
+        resource_type: row.try_get("type").map_err(db_error)?,
+        id: row.try_get("id").map_err(db_error)?,
+        version: row.try_get("version").map_err(db_error)?,
+        last_updated: row.try_get("last_updated").map_err(db_error)?,
+        deleted: row.try_get::<i64, _>("deleted").map_err(db_error)? != 0,
+        content: row.try_get("content").map_err(db_error)?,
+    })
+}
+
+async fn begin(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, StoreError> {
+    pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn apply(&self, batch: Batch) -> Result<ApplyStats, StoreError> {
+        let mut transaction = begin(&self.pool).await?;
+        let mut writer = BatchWriter {
+            now: self.clock.now_micros(),
+            next_rid: 1,
+            existing: HashMap::new(),
+            by_source: HashMap::new(),
+            pending_rows: Vec::new(),
+            pending_rids: HashSet::new(),
+            pending_index: Vec::new(),
+            stats: ApplyStats::default(),
+        };
+        writer.preload(&mut transaction, &batch).await?;
+        for operation in batch.operations {
+            writer.apply(&mut transaction, operation).await?;
+        }
+        writer.flush(&mut transaction).await?;
+        transaction.commit().await.map_err(db_error)?;
+        Ok(writer.stats)
+    }
+
+    async fn read(&self, resource_type: &str, id: &str) -> Result<Option<StoredResource>, StoreError> {
+        let row = sqlx::query("SELECT type, id, version, last_updated, deleted, content FROM resources WHERE tid = ?")
+            .bind(format!("{resource_type}/{id}"))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        row.as_ref().map(stored_from_row).transpose()
+    }
+
+    async fn vread(&self, resource_type: &str, id: &str, version: i64) -> Result<Option<StoredResource>, StoreError> {
+        if let Some(current) = self.read(resource_type, id).await? {
+            if current.version == version {
+                return Ok(Some(current));
+            }
+        }
+        let row = sqlx::query(
+            "SELECT r.type, r.id, h.version, h.last_updated, h.deleted, h.content FROM resource_history h JOIN resources r ON r.rid = h.rid WHERE r.tid = ? AND h.version = ?",
+        )
+        .bind(format!("{resource_type}/{id}"))
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        row.as_ref().map(stored_from_row).transpose()
+    }
+
+    async fn history(&self, resource_type: &str, id: &str) -> Result<Vec<StoredResource>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT type, id, version, last_updated, deleted, content FROM resources WHERE tid = ?1 \
+             UNION ALL \
+             SELECT r.type, r.id, h.version, h.last_updated, h.deleted, h.content FROM resource_history h JOIN resources r ON r.rid = h.rid WHERE r.tid = ?1 \
+             ORDER BY version DESC",
+        )
+        .bind(format!("{resource_type}/{id}"))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(stored_from_row).collect()
+    }
+
+    async fn checkpoint(&self, scope: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        sqlx::query_scalar("SELECT value FROM checkpoints WHERE scope = ? AND key = ?")
+            .bind(scope)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn checkpoints(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let rows = sqlx::query("SELECT key, value FROM checkpoints WHERE scope = ? ORDER BY key")
+            .bind(scope)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("key").map_err(db_error)?, row.try_get("value").map_err(db_error)?)))
+            .collect()
+    }
+
+    async fn for_each_current(&self, visit: &mut Visitor<'_>) -> Result<u64, StoreError> {
+        let mut last = String::new();
+        let mut count = 0u64;
+        loop {
+            let rows = sqlx::query(
+                "SELECT tid, type, id, version, last_updated, deleted, content FROM resources WHERE deleted = 0 AND tid > ? ORDER BY tid LIMIT 500",
+            )
+            .bind(&last)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+            if rows.is_empty() {
+                return Ok(count);
+            }
+            for row in &rows {
+                last = row.try_get("tid").map_err(db_error)?;
+                visit(stored_from_row(row)?)?;
+                count += 1;
+            }
+        }
+    }
+
+    async fn count_current(&self) -> Result<Counts, StoreError> {
+        let rows = sqlx::query("SELECT type, COUNT(*) AS n FROM resources WHERE deleted = 0 GROUP BY type")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let mut counts = Counts::new();
+        for row in rows {
+            let count: i64 = row.try_get("n").map_err(db_error)?;
+            counts.insert(row.try_get("type").map_err(db_error)?, count as u64);
+        }
+        Ok(counts)
+    }
+
+    async fn find_by_token(&self, resource_type: &str, param: &str, system: Option<&str>, code: &str) -> Result<Vec<String>, StoreError> {
+        let Some(definition) = search::param(resource_type, param) else {
+            return Err(StoreError::Invalid(format!("unknown search parameter {resource_type}.{param}")));
+        };
+        let rows = match system {
+            Some(system) => sqlx::query("SELECT r.id FROM idx_token t JOIN resources r ON r.rid = t.rid WHERE t.param = ? AND t.code = ? AND t.system = ? AND r.deleted = 0 ORDER BY r.id")
+                .bind(i64::from(definition.id))
+                .bind(code)
+                .bind(canonical(system))
+                .fetch_all(&self.pool)
+                .await,
+            None => sqlx::query("SELECT r.id FROM idx_token t JOIN resources r ON r.rid = t.rid WHERE t.param = ? AND t.code = ? AND r.deleted = 0 ORDER BY r.id")
+                .bind(i64::from(definition.id))
+                .bind(code)
+                .fetch_all(&self.pool)
+                .await,
+        }
+        .map_err(db_error)?;
+        rows.iter().map(|row| row.try_get("id").map_err(db_error)).collect()
+    }
+
+    async fn find_by_reference(&self, resource_type: &str, param: &str, target: &str) -> Result<Vec<String>, StoreError> {
+        let Some(definition) = search::param(resource_type, param) else {
+            return Err(StoreError::Invalid(format!("unknown search parameter {resource_type}.{param}")));
+        };
+        let Some((target_type, target_id)) = search::split_reference(target) else {
+            return Err(StoreError::Invalid(format!("{target} is not Type/id")));
+        };
+        let rows = sqlx::query("SELECT r.id FROM idx_reference x JOIN resources r ON r.rid = x.rid WHERE x.param = ? AND x.target_id = ? AND x.target_type = ? AND r.deleted = 0 ORDER BY r.id")
+            .bind(i64::from(definition.id))
+            .bind(target_id)
+            .bind(target_type)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        rows.iter().map(|row| row.try_get("id").map_err(db_error)).collect()
+    }
+}

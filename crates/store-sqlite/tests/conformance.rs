@@ -1,0 +1,18 @@
+//! The shared store conformance suite against a real SQLite database file.
+
+use std::sync::Arc;
+
+use tsunagi_core::clock::FixedClock;
+use tsunagi_store_sqlite::SqliteStore;
+
+async fn fresh() -> SqliteStore {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    // Keep the directory alive for the test's duration.
+    std::mem::forget(dir);
+    SqliteStore::open(&format!("sqlite://{}", path.display()), Arc::new(FixedClock(1_700_000_000_000_000)))
+        .await
+        .unwrap()
+}
+
+tsunagi_store::store_conformance_suite!(fresh());

@@ -1,0 +1,252 @@
+//! The FHIR store interface.
+//!
+//! A backend (SQLite now, PostgreSQL later) implements [`Store`]. Writes arrive as a [`Batch`]
+//! of [`Operation`]s applied in **one transaction**: resources, their search-index rows and the
+//! adapter checkpoints that cover them commit together or not at all, so a crash never leaves a
+//! half-written record or a checkpoint ahead of its data.
+//!
+//! Versioning rules every backend follows (the [`conformance`] suite checks them):
+//! - a resource id is `(type, id)`; its first write is version 1;
+//! - a write whose content hash equals the current version's is a no-op (idempotent re-ingest);
+//! - any other write, or a write to a deleted resource, creates version n+1 and keeps version n
+//!   in history;
+//! - a delete creates a version marked deleted, with no content, and keeps history;
+//! - [`Operation::ReplaceSource`] makes a list the complete current set of one source record:
+//!   resources it held before and no longer lists are deleted.
+//!
+//! `meta.versionId` and `meta.lastUpdated` are not part of the stored content: the store owns
+//! them and [`StoredResource::to_json`] adds them when a resource is read.
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use tsunagi_core::{hash::fnv64, time::format_instant_jst};
+use tsunagi_fhir::search::{IndexEntry, extract};
+
+/// A resource ready to be written: serialized content, its hash and its index rows, computed
+/// together so they cannot disagree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceWrite {
+    /// FHIR resource type.
+    pub resource_type: String,
+    /// Logical id.
+    pub id: String,
+    /// Serialized JSON.
+    pub content: Vec<u8>,
+    /// FNV-1a of `content`.
+    pub hash: u64,
+    /// Search-index rows.
+    pub index: Vec<IndexEntry>,
+}
+
+impl ResourceWrite {
+    /// Serializes, hashes and indexes a resource.
+    pub fn from_json(resource_type: &str, id: &str, resource: &Value) -> Result<Self, StoreError> {
+        let content = serde_json::to_vec(resource).map_err(|error| StoreError::Invalid(error.to_string()))?;
+        Ok(Self {
+            resource_type: resource_type.to_owned(),
+            id: id.to_owned(),
+            hash: fnv64(&content),
+            index: extract(resource_type, resource),
+            content,
+        })
+    }
+
+    /// `Type/id`.
+    pub fn type_and_id(&self) -> String {
+        format!("{}/{}", self.resource_type, self.id)
+    }
+}
+
+/// One step of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operation {
+    /// Makes `resources` the complete current set of the source record `source_key`.
+    ReplaceSource {
+        /// Identifies the source record (e.g. facility + SS-MIX2 record key).
+        source_key: String,
+        /// Everything the record holds now.
+        resources: Vec<ResourceWrite>,
+    },
+    /// Deletes every current resource of `source_key` (history is kept).
+    DeleteSource {
+        /// The source record.
+        source_key: String,
+    },
+    /// Stores an opaque checkpoint value.
+    PutCheckpoint {
+        /// Namespace, e.g. `ssmix2:<facility>`.
+        scope: String,
+        /// Key within the namespace.
+        key: String,
+        /// Value.
+        value: Vec<u8>,
+    },
+}
+
+/// Operations applied atomically.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    /// In application order.
+    pub operations: Vec<Operation>,
+}
+
+impl Batch {
+    /// Number of resources written by the batch.
+    pub fn resource_count(&self) -> usize {
+        self.operations
+            .iter()
+            .map(|operation| match operation {
+                Operation::ReplaceSource { resources, .. } => resources.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+/// What a batch changed, per resource type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// New resources.
+    pub created: BTreeMap<String, u64>,
+    /// New versions of existing (or previously deleted) resources.
+    pub updated: BTreeMap<String, u64>,
+    /// Writes identical to the current version.
+    pub unchanged: BTreeMap<String, u64>,
+    /// Deletions.
+    pub deleted: BTreeMap<String, u64>,
+}
+
+impl ApplyStats {
+    /// Adds another batch's counts.
+    pub fn merge(&mut self, other: &ApplyStats) {
+        for (mine, theirs) in [
+            (&mut self.created, &other.created),
+            (&mut self.updated, &other.updated),
+            (&mut self.unchanged, &other.unchanged),
+            (&mut self.deleted, &other.deleted),
+        ] {
+            for (resource_type, count) in theirs {
+                *mine.entry(resource_type.clone()).or_default() += count;
+            }
+        }
+    }
+
+    /// Resources created or updated (the versions written).
+    pub fn written(&self) -> u64 {
+        self.created.values().sum::<u64>() + self.updated.values().sum::<u64>()
+    }
+}
+
+/// One stored version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResource {
+    /// FHIR resource type.
+    pub resource_type: String,
+    /// Logical id.
+    pub id: String,
+    /// Version, from 1.
+    pub version: i64,
+    /// When this version was written, in microseconds since the epoch.
+    pub last_updated: i64,
+    /// True for a deletion marker (no content).
+    pub deleted: bool,
+    /// Serialized JSON without versionId/lastUpdated; `None` when deleted.
+    pub content: Option<Vec<u8>>,
+}
+
+impl StoredResource {
+    /// The resource with `meta.versionId` and `meta.lastUpdated` filled in; `None` when deleted.
+    pub fn to_json(&self) -> Result<Option<Value>, StoreError> {
+        let Some(content) = &self.content else { return Ok(None) };
+        let mut value: Value = serde_json::from_slice(content).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        let Value::Object(map) = &mut value else {
+            return Err(StoreError::Corrupt(format!("{}/{} is not a JSON object", self.resource_type, self.id)));
+        };
+        let meta = map.entry("meta").or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if let Value::Object(meta) = meta {
+            let mut rebuilt = serde_json::Map::new();
+            rebuilt.insert("versionId".to_owned(), Value::String(self.version.to_string()));
+            rebuilt.insert("lastUpdated".to_owned(), Value::String(format_instant_jst(self.last_updated)));
+            for (key, value) in std::mem::take(meta) {
+                if key != "versionId" && key != "lastUpdated" {
+                    rebuilt.insert(key, value);
+                }
+            }
+            *meta = rebuilt;
+        }
+        Ok(Some(value))
+    }
+}
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database URL is not usable.
+    #[error("database url: {0}")]
+    Url(String),
+    /// The backend exists in the URL grammar but not yet in this build.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The database said no.
+    #[error("database error: {0}")]
+    Database(String),
+    /// Input that cannot be stored.
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    /// Stored data that cannot be read back.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Counts of current (not deleted) resources.
+pub type Counts = BTreeMap<String, u64>;
+
+/// Receives resources one by one from [`Store::for_each_current`].
+pub type Visitor<'a> = dyn FnMut(StoredResource) -> Result<(), StoreError> + Send + 'a;
+
+/// The FHIR store.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    /// Applies a batch atomically.
+    async fn apply(&self, batch: Batch) -> Result<ApplyStats, StoreError>;
+
+    /// The current version of a resource (possibly a deletion marker).
+    async fn read(&self, resource_type: &str, id: &str) -> Result<Option<StoredResource>, StoreError>;
+
+    /// A specific version.
+    async fn vread(&self, resource_type: &str, id: &str, version: i64) -> Result<Option<StoredResource>, StoreError>;
+
+    /// Every version, newest first.
+    async fn history(&self, resource_type: &str, id: &str) -> Result<Vec<StoredResource>, StoreError>;
+
+    /// A checkpoint value.
+    async fn checkpoint(&self, scope: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every checkpoint of a scope, ordered by key.
+    async fn checkpoints(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Calls `visit` for every current resource, ordered by type then id.
+    async fn for_each_current(&self, visit: &mut Visitor<'_>) -> Result<u64, StoreError>;
+
+    /// Counts current resources by type.
+    async fn count_current(&self) -> Result<Counts, StoreError>;
+
+    /// Ids of current resources of `resource_type` with a token index row for `param`
+    /// (`system` `None` matches any system). The minimal search the pipeline needs to prove its
+    /// index; the full FHIR search builds on the same rows.
+    async fn find_by_token(
+        &self,
+        resource_type: &str,
+        param: &str,
+        system: Option<&str>,
+        code: &str,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Ids of current resources whose reference parameter `param` points at `target`
+    /// (`Type/id`).
+    async fn find_by_reference(&self, resource_type: &str, param: &str, target: &str) -> Result<Vec<String>, StoreError>;
+}
