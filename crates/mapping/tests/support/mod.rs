@@ -1,7 +1,7 @@
 //! Shared helpers for the mapping tests: run one SS-MIX2 file through decode → parse → map,
 //! and compare JSON with a snapshot file (`UPDATE_SNAPSHOTS=1` rewrites snapshots).
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::path::{Path, PathBuf};
 
@@ -74,8 +74,13 @@ pub fn check_snapshot(path: &Path, actual: &Value) {
         panic!("missing snapshot {} (run with UPDATE_SNAPSHOTS=1 to create it)", path.display())
     });
     if expected != rendered {
-        let expected_value: Value = serde_json::from_str(&expected).unwrap();
-        assert_eq!(&expected_value, actual, "snapshot {} differs (UPDATE_SNAPSHOTS=1 rewrites it)", path.display());
-        panic!("snapshot {} differs only in formatting", path.display());
+        let first_difference = expected
+            .lines()
+            .zip(rendered.lines())
+            .enumerate()
+            .find(|(_, (a, b))| a != b)
+            .map(|(line, (a, b))| format!("line {}:\n  expected: {a}\n  actual:   {b}", line + 1))
+            .unwrap_or_else(|| "one is a prefix of the other".to_owned());
+        panic!("snapshot {} differs (UPDATE_SNAPSHOTS=1 rewrites it); first difference at {first_difference}", path.display());
     }
 }

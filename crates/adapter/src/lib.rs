@@ -1,0 +1,135 @@
+//! The adapter extension point: one trait, [`PullAdapter`], and the [`AdapterContext`] it runs in.
+//!
+//! An adapter acquires raw input from one source system (an SS-MIX2 share, an MLLP feed, a
+//! vendor export), maps it, and writes through the store in batches that carry its checkpoint,
+//! so a re-run resumes exactly where the last committed batch ended. Adapters never see a
+//! concrete store, the HTTP layer or another adapter. The list of adapters lives in one place:
+//! `crates/cli/src/registry.rs`.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use serde::Serialize;
+use tsunagi_core::clock::Clock;
+use tsunagi_store::{ApplyStats, Store, StoreError};
+
+/// Reports progress while a pull runs (a terminal progress bar, a log line…).
+pub trait Progress: Send + Sync {
+    /// Some more files were looked at.
+    fn advance(&self, files_seen: u64, resources_written: u64);
+}
+
+/// Ignores progress.
+#[derive(Debug, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn advance(&self, _files_seen: u64, _resources_written: u64) {}
+}
+
+/// What an adapter may use.
+#[derive(Clone)]
+pub struct AdapterContext {
+    /// Where resources and checkpoints go.
+    pub store: Arc<dyn Store>,
+    /// The clock (fixed in tests).
+    pub clock: Arc<dyn Clock>,
+    /// Progress reporting.
+    pub progress: Arc<dyn Progress>,
+}
+
+/// One input the adapter refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejection {
+    /// The file or message (a path for file adapters).
+    pub source: String,
+    /// The reason, naming segment, field and line where possible.
+    pub reason: String,
+}
+
+/// The outcome of one pull.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PullReport {
+    /// Adapter kind, e.g. `ssmix2`.
+    pub adapter: String,
+    /// Facility code.
+    pub facility: String,
+    /// Files (or messages) found.
+    pub files_seen: u64,
+    /// Files read and parsed in this run.
+    pub files_read: u64,
+    /// Files skipped because the checkpoint says they were already ingested.
+    pub files_skipped_unchanged: u64,
+    /// Refused inputs.
+    pub rejected: Vec<Rejection>,
+    /// HL7 messages mapped.
+    pub messages: u64,
+    /// Records deleted by the source (condition flag 0).
+    pub records_deleted: u64,
+    /// Tolerated deviations (see `warnings`).
+    pub warning_count: u64,
+    /// The first warnings, for the operator.
+    pub warnings: Vec<String>,
+    /// Resources created per type.
+    pub created: BTreeMap<String, u64>,
+    /// Resources updated (new version) per type.
+    pub updated: BTreeMap<String, u64>,
+    /// Resources written identical to their current version, per type.
+    pub unchanged: BTreeMap<String, u64>,
+    /// Resources deleted per type.
+    pub deleted: BTreeMap<String, u64>,
+}
+
+impl PullReport {
+    /// Folds a store batch's statistics into the report.
+    pub fn add_stats(&mut self, stats: &ApplyStats) {
+        for (mine, theirs) in [
+            (&mut self.created, &stats.created),
+            (&mut self.updated, &stats.updated),
+            (&mut self.unchanged, &stats.unchanged),
+            (&mut self.deleted, &stats.deleted),
+        ] {
+            for (resource_type, count) in theirs {
+                *mine.entry(resource_type.clone()).or_default() += count;
+            }
+        }
+    }
+
+    /// Resources created or updated.
+    pub fn resources_written(&self) -> u64 {
+        self.created.values().sum::<u64>() + self.updated.values().sum::<u64>()
+    }
+}
+
+/// A pull that could not run at all (as opposed to single inputs being rejected).
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    /// The store failed; committed batches (and their checkpoints) stay.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The source could not be read (missing root, permissions…).
+    #[error("{0}")]
+    Source(String),
+    /// The adapter's configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Static description of an adapter instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterInfo {
+    /// Kind, e.g. `ssmix2`.
+    pub kind: &'static str,
+    /// The facility it serves.
+    pub facility: String,
+}
+
+/// A source adapter that pulls on demand (from the CLI or a cron schedule).
+#[async_trait::async_trait]
+pub trait PullAdapter: Send + Sync {
+    /// What this instance is.
+    fn describe(&self) -> AdapterInfo;
+
+    /// One pass over the source: read what is new since the checkpoint, write it, advance the
+    /// checkpoint in the same transactions.
+    async fn pull(&self, context: &AdapterContext) -> Result<PullReport, AdapterError>;
+}
