@@ -73,10 +73,23 @@ impl FileList {
             if fields.len() != 5 {
                 continue;
             }
-            let (Ok(size), Ok(modified)) = (fields[2].parse(), fields[3].parse()) else { continue };
-            let status = if fields[4] == "rejected" { Status::Rejected } else { Status::Ok };
+            let (Ok(size), Ok(modified)) = (fields[2].parse(), fields[3].parse()) else {
+                continue;
+            };
+            let status = if fields[4] == "rejected" {
+                Status::Rejected
+            } else {
+                Status::Ok
+            };
             let flag = fields[1].chars().next().unwrap_or('?');
-            list.entries.entry(fields[0].to_owned()).or_default().push((flag, Remembered { size, modified, status }));
+            list.entries.entry(fields[0].to_owned()).or_default().push((
+                flag,
+                Remembered {
+                    size,
+                    modified,
+                    status,
+                },
+            ));
         }
         list
     }
@@ -90,7 +103,11 @@ impl FileList {
                     "{stem}\t{flag}\t{}\t{}\t{}",
                     remembered.size,
                     remembered.modified,
-                    if remembered.status == Status::Rejected { "rejected" } else { "ok" }
+                    if remembered.status == Status::Rejected {
+                        "rejected"
+                    } else {
+                        "ok"
+                    }
                 ));
             }
         }
@@ -111,12 +128,18 @@ impl FileList {
 
     /// The flags this stem had.
     pub fn flags(&self, stem: &str) -> Vec<char> {
-        self.entries.get(stem).map(|versions| versions.iter().map(|(flag, _)| *flag).collect()).unwrap_or_default()
+        self.entries
+            .get(stem)
+            .map(|versions| versions.iter().map(|(flag, _)| *flag).collect())
+            .unwrap_or_default()
     }
 
     /// Remembers a file.
     pub fn remember(&mut self, stem: &str, flag: char, remembered: Remembered) {
-        self.entries.entry(stem.to_owned()).or_default().push((flag, remembered));
+        self.entries
+            .entry(stem.to_owned())
+            .or_default()
+            .push((flag, remembered));
     }
 }
 
@@ -127,8 +150,24 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut list = FileList::default();
-        list.remember("a_b", '1', Remembered { size: 10, modified: 99, status: Status::Ok });
-        list.remember("c_d", '0', Remembered { size: 3, modified: -1, status: Status::Rejected });
+        list.remember(
+            "a_b",
+            '1',
+            Remembered {
+                size: 10,
+                modified: 99,
+                status: Status::Ok,
+            },
+        );
+        list.remember(
+            "c_d",
+            '0',
+            Remembered {
+                size: 3,
+                modified: -1,
+                status: Status::Rejected,
+            },
+        );
         let decoded = FileList::decode(&list.encode());
         assert_eq!(decoded, list);
         assert!(decoded.known("a_b", 10, 99).is_some());

@@ -33,7 +33,9 @@ use std::{
 };
 
 use tokio::runtime::Handle;
-use tsunagi_adapter::{AdapterContext, AdapterError, AdapterInfo, PullAdapter, PullReport, Rejection};
+use tsunagi_adapter::{
+    AdapterContext, AdapterError, AdapterInfo, PullAdapter, PullReport, Rejection,
+};
 use tsunagi_core::FacilityId;
 use tsunagi_hl7v2::{Message, charset};
 use tsunagi_mapping::{CodeTables, SourceContext, map_message};
@@ -113,19 +115,32 @@ enum Read {
 }
 
 impl Worker {
-    fn process(&self, patient_id: &str, files: Vec<FoundFile>, mut rejected: Vec<Rejection>) -> PatientOutcome {
+    fn process(
+        &self,
+        patient_id: &str,
+        files: Vec<FoundFile>,
+        mut rejected: Vec<Rejection>,
+    ) -> PatientOutcome {
         let facility = self.facility.as_str();
-        let mut outcome = PatientOutcome { files_seen: files.len() as u64, ..PatientOutcome::default() };
+        let mut outcome = PatientOutcome {
+            files_seen: files.len() as u64,
+            ..PatientOutcome::default()
+        };
         let stored = if self.full {
             FileList::default()
         } else {
-            match self.handle.block_on(self.store.checkpoint(&files_scope(facility), patient_id)) {
+            match self
+                .handle
+                .block_on(self.store.checkpoint(&files_scope(facility), patient_id))
+            {
                 Ok(Some(bytes)) => FileList::decode(&bytes),
                 Ok(None) => FileList::default(),
                 Err(error) => {
                     outcome.rejected.push(Rejection {
                         source: patient_id.to_owned(),
-                        reason: format!("cannot read the checkpoint, patient left for the next run: {error}"),
+                        reason: format!(
+                            "cannot read the checkpoint, patient left for the next run: {error}"
+                        ),
                     });
                     return outcome;
                 }
@@ -145,20 +160,43 @@ impl Worker {
                 }
             });
             match parsed {
-                Ok(name) => records.entry(name.record_key()).or_default().push((name, file)),
+                Ok(name) => records
+                    .entry(name.record_key())
+                    .or_default()
+                    .push((name, file)),
                 Err(reason) => {
-                    let stem = file.name.rsplit_once('_').map(|(stem, _)| stem).unwrap_or(&file.name).to_owned();
+                    let stem = file
+                        .name
+                        .rsplit_once('_')
+                        .map(|(stem, _)| stem)
+                        .unwrap_or(&file.name)
+                        .to_owned();
                     let flag = file.name.chars().last().unwrap_or('?');
                     let already = stored.known(&stem, file.size, file.modified).is_some();
-                    remembered.remember(&stem, flag, Remembered { size: file.size, modified: file.modified, status: Status::Rejected });
+                    remembered.remember(
+                        &stem,
+                        flag,
+                        Remembered {
+                            size: file.size,
+                            modified: file.modified,
+                            status: Status::Rejected,
+                        },
+                    );
                     if !already {
-                        outcome.rejected.push(Rejection { source: file.path.display().to_string(), reason });
+                        outcome.rejected.push(Rejection {
+                            source: file.path.display().to_string(),
+                            reason,
+                        });
                     }
                 }
             }
         }
         for (key, mut versions) in records {
-            versions.sort_by(|a, b| a.0.occurred_sortable().cmp(&b.0.occurred_sortable()).then(a.0.flag.cmp(&b.0.flag)));
+            versions.sort_by(|a, b| {
+                a.0.occurred_sortable()
+                    .cmp(&b.0.occurred_sortable())
+                    .then(a.0.flag.cmp(&b.0.flag))
+            });
             self.process_record(&key, &versions, &stored, &mut remembered, &mut outcome);
         }
         outcome.rejected.append(&mut rejected);
@@ -184,7 +222,9 @@ impl Worker {
         let mut changed = false;
         let mut status: Vec<Option<Status>> = Vec::with_capacity(versions.len());
         for (name, file) in versions {
-            let known = stored.known(name.stem(), file.size, file.modified).map(|r| r.status);
+            let known = stored
+                .known(name.stem(), file.size, file.modified)
+                .map(|r| r.status);
             if known.is_none() || !stored.flags(name.stem()).contains(&flag_char(name.flag)) {
                 changed = true;
             }
@@ -195,7 +235,11 @@ impl Worker {
                 remembered.remember(
                     name.stem(),
                     flag_char(name.flag),
-                    Remembered { size: file.size, modified: file.modified, status: state.unwrap_or(Status::Ok) },
+                    Remembered {
+                        size: file.size,
+                        modified: file.modified,
+                        status: state.unwrap_or(Status::Ok),
+                    },
                 );
             }
         };
@@ -210,7 +254,13 @@ impl Worker {
             .rposition(|(name, _)| name.flag == Flag::Current)
             .or_else(|| {
                 let has_deleted = versions.iter().any(|(name, _)| name.flag == Flag::Deleted);
-                if has_deleted { None } else { versions.iter().rposition(|(name, _)| name.flag == Flag::Superseded) }
+                if has_deleted {
+                    None
+                } else {
+                    versions
+                        .iter()
+                        .rposition(|(name, _)| name.flag == Flag::Superseded)
+                }
             });
         match current_index {
             Some(current) => {
@@ -223,12 +273,18 @@ impl Worker {
                     match self.read(&versions[index], true, outcome) {
                         Ok(Read::Mapped(resources)) => {
                             outcome.resources += resources.len();
-                            outcome.operations.push(Operation::ReplaceSource { source_key: source_key.clone(), resources });
+                            outcome.operations.push(Operation::ReplaceSource {
+                                source_key: source_key.clone(),
+                                resources,
+                            });
                             status[index] = Some(Status::Ok);
                         }
                         Ok(Read::Valid) => status[index] = Some(Status::Ok),
                         Err(reason) => {
-                            outcome.rejected.push(Rejection { source: versions[index].1.path.display().to_string(), reason });
+                            outcome.rejected.push(Rejection {
+                                source: versions[index].1.path.display().to_string(),
+                                reason,
+                            });
                             status[index] = Some(Status::Rejected);
                         }
                     }
@@ -256,7 +312,9 @@ impl Worker {
                 }
                 if valid_delete {
                     outcome.records_deleted += 1;
-                    outcome.operations.push(Operation::DeleteSource { source_key });
+                    outcome
+                        .operations
+                        .push(Operation::DeleteSource { source_key });
                 }
             }
         }
@@ -268,22 +326,36 @@ impl Worker {
         match self.read(version, false, outcome) {
             Ok(_) => Status::Ok,
             Err(reason) => {
-                outcome.rejected.push(Rejection { source: version.1.path.display().to_string(), reason });
+                outcome.rejected.push(Rejection {
+                    source: version.1.path.display().to_string(),
+                    reason,
+                });
                 Status::Rejected
             }
         }
     }
 
-    fn read(&self, version: &(FileName, FoundFile), map: bool, outcome: &mut PatientOutcome) -> Result<Read, String> {
+    fn read(
+        &self,
+        version: &(FileName, FoundFile),
+        map: bool,
+        outcome: &mut PatientOutcome,
+    ) -> Result<Read, String> {
         let (name, file) = version;
         outcome.files_read += 1;
         let bytes = std::fs::read(&file.path).map_err(|error| format!("cannot read: {error}"))?;
-        let (text, _) = charset::decode(&bytes).map_err(|error| format!("not decodable: {error}"))?;
-        let message = Message::parse(&text).map_err(|error| format!("not a valid HL7 v2 message: {error}"))?;
+        let (text, _) =
+            charset::decode(&bytes).map_err(|error| format!("not decodable: {error}"))?;
+        let message = Message::parse(&text)
+            .map_err(|error| format!("not a valid HL7 v2 message: {error}"))?;
         let message_type = message.message_type().map_err(|error| error.to_string())?;
         let (code, triggers) = name.data_type.message_types();
         if message_type.code != code || !triggers.contains(&message_type.trigger.as_str()) {
-            return Err(format!("MSH-9 is {message_type} but data type {} holds {code}^{}", name.data_type, triggers.join("/")));
+            return Err(format!(
+                "MSH-9 is {message_type} but data type {} holds {code}^{}",
+                name.data_type,
+                triggers.join("/")
+            ));
         }
         if !map {
             return Ok(Read::Valid);
@@ -300,11 +372,15 @@ impl Worker {
         let mapped = map_message(&context, &message).map_err(|error| error.to_string())?;
         outcome.messages += 1;
         for warning in mapped.warnings {
-            outcome.warnings.push(format!("{}: {warning}", file.path.display()));
+            outcome
+                .warnings
+                .push(format!("{}: {warning}", file.path.display()));
         }
         let mut writes = Vec::with_capacity(mapped.resources.len());
         for resource in &mapped.resources {
-            let write = ResourceWrite::from_json(resource.resource_type, &resource.id, &resource.json).map_err(|error| error.to_string())?;
+            let write =
+                ResourceWrite::from_json(resource.resource_type, &resource.id, &resource.json)
+                    .map_err(|error| error.to_string())?;
             writes.push(write);
         }
         Ok(Read::Mapped(writes))
@@ -314,7 +390,10 @@ impl Worker {
 #[async_trait::async_trait]
 impl PullAdapter for Ssmix2Adapter {
     fn describe(&self) -> AdapterInfo {
-        AdapterInfo { kind: "ssmix2", facility: self.config.facility.to_string() }
+        AdapterInfo {
+            kind: "ssmix2",
+            facility: self.config.facility.to_string(),
+        }
     }
 
     async fn pull(&self, context: &AdapterContext) -> Result<PullReport, AdapterError> {
@@ -322,10 +401,17 @@ impl PullAdapter for Ssmix2Adapter {
         let facility = config.facility.as_str().to_owned();
         for root in &config.roots {
             if !root.is_dir() {
-                return Err(AdapterError::Source(format!("storage root {} is not a readable folder", root.display())));
+                return Err(AdapterError::Source(format!(
+                    "storage root {} is not a readable folder",
+                    root.display()
+                )));
             }
         }
-        let mut report = PullReport { adapter: "ssmix2".to_owned(), facility: facility.clone(), ..PullReport::default() };
+        let mut report = PullReport {
+            adapter: "ssmix2".to_owned(),
+            facility: facility.clone(),
+            ..PullReport::default()
+        };
 
         let digests: HashMap<String, u64> = if config.full {
             HashMap::new()
@@ -335,18 +421,27 @@ impl PullAdapter for Ssmix2Adapter {
                 .checkpoints(&digest_scope(&facility))
                 .await?
                 .into_iter()
-                .filter_map(|(patient, value)| Some((patient, u64::from_le_bytes(value.as_slice().try_into().ok()?))))
+                .filter_map(|(patient, value)| {
+                    Some((
+                        patient,
+                        u64::from_le_bytes(value.as_slice().try_into().ok()?),
+                    ))
+                })
                 .collect()
         };
 
         let workers = if config.workers == 0 {
-            std::thread::available_parallelism().map(usize::from).unwrap_or(2)
+            std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(2)
         } else {
             config.workers
         };
-        let (work_sender, work_receiver) = mpsc::sync_channel::<(String, Vec<FoundFile>, Vec<Rejection>, u64)>(workers * 4);
+        let (work_sender, work_receiver) =
+            mpsc::sync_channel::<(String, Vec<FoundFile>, Vec<Rejection>, u64)>(workers * 4);
         let work_receiver = Arc::new(Mutex::new(work_receiver));
-        let (result_sender, mut result_receiver) = tokio::sync::mpsc::channel::<(PatientOutcome, String, u64)>(workers * 4);
+        let (result_sender, mut result_receiver) =
+            tokio::sync::mpsc::channel::<(PatientOutcome, String, u64)>(workers * 4);
         let skipped = Arc::new(AtomicU64::new(0));
 
         // Walker: lists patients and their files, skips unchanged ones.
@@ -355,7 +450,8 @@ impl PullAdapter for Ssmix2Adapter {
         let progress = context.progress.clone();
         let walker = tokio::task::spawn_blocking(move || -> Result<Vec<Rejection>, String> {
             let mut stray = Vec::new();
-            let patients = walk::patient_folders(&roots, &mut stray).map_err(|error| format!("cannot walk the storage: {error}"))?;
+            let patients = walk::patient_folders(&roots, &mut stray)
+                .map_err(|error| format!("cannot walk the storage: {error}"))?;
             for (patient_id, folders) in patients {
                 let mut rejected = Vec::new();
                 let files = walk::patient_files(&folders, &mut rejected);
@@ -365,7 +461,10 @@ impl PullAdapter for Ssmix2Adapter {
                     progress.advance(files.len() as u64, 0);
                     continue;
                 }
-                if work_sender.send((patient_id, files, rejected, patient_digest)).is_err() {
+                if work_sender
+                    .send((patient_id, files, rejected, patient_digest))
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -390,9 +489,14 @@ impl PullAdapter for Ssmix2Adapter {
                         Ok(guard) => guard.recv(),
                         Err(_) => return,
                     };
-                    let Ok((patient_id, files, rejected, patient_digest)) = next else { return };
+                    let Ok((patient_id, files, rejected, patient_digest)) = next else {
+                        return;
+                    };
                     let outcome = worker.process(&patient_id, files, rejected);
-                    if sender.blocking_send((outcome, patient_id, patient_digest)).is_err() {
+                    if sender
+                        .blocking_send((outcome, patient_id, patient_digest))
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -429,9 +533,15 @@ impl PullAdapter for Ssmix2Adapter {
             batch.operations.push(Operation::PutCheckpoint {
                 scope: files_scope_name.clone(),
                 key: patient_id,
-                value: outcome.file_list.take().map(|list| list.encode()).unwrap_or_default(),
+                value: outcome
+                    .file_list
+                    .take()
+                    .map(|list| list.encode())
+                    .unwrap_or_default(),
             });
-            context.progress.advance(outcome.files_seen, outcome.resources as u64);
+            context
+                .progress
+                .advance(outcome.files_seen, outcome.resources as u64);
             if pending_resources >= config.batch_resources.max(1) {
                 match context.store.apply(std::mem::take(&mut batch)).await {
                     Ok(stats) => report.add_stats(&stats),
@@ -450,9 +560,13 @@ impl PullAdapter for Ssmix2Adapter {
             }
         }
         drop(result_receiver);
-        let walked = walker.await.map_err(|error| AdapterError::Source(format!("walker stopped: {error}")))?;
+        let walked = walker
+            .await
+            .map_err(|error| AdapterError::Source(format!("walker stopped: {error}")))?;
         for handle in worker_handles {
-            handle.await.map_err(|error| AdapterError::Source(format!("worker stopped: {error}")))?;
+            handle
+                .await
+                .map_err(|error| AdapterError::Source(format!("worker stopped: {error}")))?;
         }
         if let Some(error) = failure {
             return Err(AdapterError::Store(error));

@@ -49,27 +49,47 @@ impl FileName {
                 fields.len()
             ));
         }
-        let [patient_id, care_date, data_type, order_number, occurred, department, flag] =
-            [fields[0], fields[1], fields[2], fields[3], fields[4], fields[5], fields[6]];
+        let [
+            patient_id,
+            care_date,
+            data_type,
+            order_number,
+            occurred,
+            department,
+            flag,
+        ] = [
+            fields[0], fields[1], fields[2], fields[3], fields[4], fields[5], fields[6],
+        ];
         if patient_id.is_empty() {
             return Err("the patient id (field 1) is empty".to_owned());
         }
-        if !(care_date == "-" || care_date.len() == 8 && care_date.bytes().all(|b| b.is_ascii_digit())) {
-            return Err(format!("the care date (field 2) {care_date:?} is neither YYYYMMDD nor '-'"));
+        if !(care_date == "-"
+            || care_date.len() == 8 && care_date.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(format!(
+                "the care date (field 2) {care_date:?} is neither YYYYMMDD nor '-'"
+            ));
         }
-        let data_type = DataType::parse(data_type)
-            .ok_or_else(|| format!("data type (field 3) {data_type:?} is not a standardized-storage data type"))?;
+        let data_type = DataType::parse(data_type).ok_or_else(|| {
+            format!("data type (field 3) {data_type:?} is not a standardized-storage data type")
+        })?;
         if order_number.is_empty() {
             return Err("the order number (field 4) is empty".to_owned());
         }
         if !(12..=17).contains(&occurred.len()) || !occurred.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("the occurrence time (field 5) {occurred:?} is not 12–17 digits"));
+            return Err(format!(
+                "the occurrence time (field 5) {occurred:?} is not 12–17 digits"
+            ));
         }
         let flag = match flag {
             "0" => Flag::Deleted,
             "1" => Flag::Current,
             "2" => Flag::Superseded,
-            other => return Err(format!("the condition flag (field 7) {other:?} is not 0, 1 or 2")),
+            other => {
+                return Err(format!(
+                    "the condition flag (field 7) {other:?} is not 0, 1 or 2"
+                ));
+            }
         };
         Ok(Self {
             name: name.to_owned(),
@@ -103,7 +123,10 @@ impl FileName {
 
     /// The name without its condition flag: unchanged when a file is renamed `_1` → `_2`.
     pub fn stem(&self) -> &str {
-        self.name.rsplit_once('_').map(|(stem, _)| stem).unwrap_or(&self.name)
+        self.name
+            .rsplit_once('_')
+            .map(|(stem, _)| stem)
+            .unwrap_or(&self.name)
     }
 
     /// 発生日時 padded to 17 digits so versions sort in time order whatever their width.
@@ -141,15 +164,22 @@ mod tests {
 
     #[test]
     fn parses_the_guideline_examples() {
-        let name = FileName::parse("9999013_20110701_OMP-01_000000011000185_20110701224603984_01_1").unwrap();
+        let name =
+            FileName::parse("9999013_20110701_OMP-01_000000011000185_20110701224603984_01_1")
+                .unwrap();
         assert_eq!(name.patient_id, "9999013");
         assert_eq!(name.data_type, DataType::Omp01);
         assert_eq!(name.flag, Flag::Current);
-        assert_eq!(name.stem(), "9999013_20110701_OMP-01_000000011000185_20110701224603984_01");
-        let undated = FileName::parse("9999013_-_ADT-00_999999999999999_20111220224447339_-_1").unwrap();
+        assert_eq!(
+            name.stem(),
+            "9999013_20110701_OMP-01_000000011000185_20110701224603984_01"
+        );
+        let undated =
+            FileName::parse("9999013_-_ADT-00_999999999999999_20111220224447339_-_1").unwrap();
         assert_eq!(undated.care_date, "-");
         // 13-digit order number and 15-digit occurrence time are tolerated.
-        let short = FileName::parse("9999013_20111220_OMG-11_2011122000300_200802031630123_24_2").unwrap();
+        let short =
+            FileName::parse("9999013_20111220_OMG-11_2011122000300_200802031630123_24_2").unwrap();
         assert_eq!(short.order_number, "2011122000300");
         assert_eq!(short.flag, Flag::Superseded);
         assert_eq!(short.occurred_sortable(), "20080203163012300");

@@ -44,24 +44,35 @@ fn is_dir(entry: &fs::DirEntry) -> bool {
 fn stray(path: &Path, what: &str) -> Rejection {
     Rejection {
         source: path.display().to_string(),
-        reason: format!("{what}; SS-MIX2 files live in <root>/<3>/<3>/<patient>/<date>/<data type>/"),
+        reason: format!(
+            "{what}; SS-MIX2 files live in <root>/<3>/<3>/<patient>/<date>/<data type>/"
+        ),
     }
 }
 
 /// Every patient folder under the roots, merged by patient id, in id order. Files found at the
 /// wrong depth are reported as rejections.
-pub fn patient_folders(roots: &[PathBuf], rejected: &mut Vec<Rejection>) -> std::io::Result<BTreeMap<String, Vec<PathBuf>>> {
+pub fn patient_folders(
+    roots: &[PathBuf],
+    rejected: &mut Vec<Rejection>,
+) -> std::io::Result<BTreeMap<String, Vec<PathBuf>>> {
     let mut patients: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     for root in roots {
         for first in sorted_entries(root)? {
             if !is_dir(&first) {
-                rejected.push(stray(&first.path(), "a file directly under the storage root"));
+                rejected.push(stray(
+                    &first.path(),
+                    "a file directly under the storage root",
+                ));
                 continue;
             }
             let second_level = match sorted_entries(&first.path()) {
                 Ok(entries) => entries,
                 Err(error) => {
-                    rejected.push(Rejection { source: first.path().display().to_string(), reason: format!("cannot list folder: {error}") });
+                    rejected.push(Rejection {
+                        source: first.path().display().to_string(),
+                        reason: format!("cannot list folder: {error}"),
+                    });
                     continue;
                 }
             };
@@ -73,7 +84,10 @@ pub fn patient_folders(roots: &[PathBuf], rejected: &mut Vec<Rejection>) -> std:
                 let third_level = match sorted_entries(&second.path()) {
                     Ok(entries) => entries,
                     Err(error) => {
-                        rejected.push(Rejection { source: second.path().display().to_string(), reason: format!("cannot list folder: {error}") });
+                        rejected.push(Rejection {
+                            source: second.path().display().to_string(),
+                            reason: format!("cannot list folder: {error}"),
+                        });
                         continue;
                     }
                 };
@@ -98,7 +112,10 @@ pub fn patient_files(folders: &[PathBuf], rejected: &mut Vec<Rejection>) -> Vec<
         let dates = match sorted_entries(folder) {
             Ok(entries) => entries,
             Err(error) => {
-                rejected.push(Rejection { source: folder.display().to_string(), reason: format!("cannot list folder: {error}") });
+                rejected.push(Rejection {
+                    source: folder.display().to_string(),
+                    reason: format!("cannot list folder: {error}"),
+                });
                 continue;
             }
         };
@@ -110,19 +127,28 @@ pub fn patient_files(folders: &[PathBuf], rejected: &mut Vec<Rejection>) -> Vec<
             let types = match sorted_entries(&date.path()) {
                 Ok(entries) => entries,
                 Err(error) => {
-                    rejected.push(Rejection { source: date.path().display().to_string(), reason: format!("cannot list folder: {error}") });
+                    rejected.push(Rejection {
+                        source: date.path().display().to_string(),
+                        reason: format!("cannot list folder: {error}"),
+                    });
                     continue;
                 }
             };
             for data_type in types {
                 if !is_dir(&data_type) {
-                    rejected.push(stray(&data_type.path(), "a file directly in a care-date folder"));
+                    rejected.push(stray(
+                        &data_type.path(),
+                        "a file directly in a care-date folder",
+                    ));
                     continue;
                 }
                 let entries = match sorted_entries(&data_type.path()) {
                     Ok(entries) => entries,
                     Err(error) => {
-                        rejected.push(Rejection { source: data_type.path().display().to_string(), reason: format!("cannot list folder: {error}") });
+                        rejected.push(Rejection {
+                            source: data_type.path().display().to_string(),
+                            reason: format!("cannot list folder: {error}"),
+                        });
                         continue;
                     }
                 };
@@ -131,7 +157,10 @@ pub fn patient_files(folders: &[PathBuf], rejected: &mut Vec<Rejection>) -> Vec<
                     let metadata = match file.metadata() {
                         Ok(metadata) => metadata,
                         Err(error) => {
-                            rejected.push(Rejection { source: path.display().to_string(), reason: format!("cannot stat file: {error}") });
+                            rejected.push(Rejection {
+                                source: path.display().to_string(),
+                                reason: format!("cannot stat file: {error}"),
+                            });
                             continue;
                         }
                     };

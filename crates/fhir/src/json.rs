@@ -89,7 +89,11 @@ pub fn coding(system: &str, code: &str, display: &str) -> Option<Value> {
 pub fn codeable(codings: Vec<Option<Value>>, text: &str) -> Option<Value> {
     let codings: Vec<Value> = codings.into_iter().flatten().collect();
     let object = Obj::new().list("coding", codings).put("text", text.trim());
-    if object.is_empty() { None } else { Some(object.build()) }
+    if object.is_empty() {
+        None
+    } else {
+        Some(object.build())
+    }
 }
 
 /// `{"reference": "Type/id"}`.

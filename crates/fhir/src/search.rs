@@ -176,7 +176,9 @@ params! {
 
 /// The parameters of one resource type.
 pub fn params_for(resource_type: &str) -> impl Iterator<Item = &'static SearchParam> + '_ {
-    PARAMS.iter().filter(move |param| param.resource == resource_type)
+    PARAMS
+        .iter()
+        .filter(move |param| param.resource == resource_type)
 }
 
 /// Looks a parameter up by resource type and code.
@@ -307,7 +309,9 @@ fn collect<'v>(node: &'v Value, path: &str, out: &mut Vec<&'v Value>) {
 }
 
 fn text_of(value: Option<&Value>) -> Option<&str> {
-    value.and_then(Value::as_str).filter(|text| !text.is_empty())
+    value
+        .and_then(Value::as_str)
+        .filter(|text| !text.is_empty())
 }
 
 fn convert(kind: ParamType, node: &Value, out: &mut Vec<IndexValue>) {
@@ -323,7 +327,9 @@ fn convert(kind: ParamType, node: &Value, out: &mut Vec<IndexValue>) {
             }
         }
         ParamType::Reference => {
-            if let Some((target_type, target_id)) = text_of(node.get("reference")).and_then(split_reference) {
+            if let Some((target_type, target_id)) =
+                text_of(node.get("reference")).and_then(split_reference)
+            {
                 out.push(IndexValue::Reference {
                     target_type: target_type.to_owned(),
                     target_id: target_id.to_owned(),
@@ -335,7 +341,10 @@ fn convert(kind: ParamType, node: &Value, out: &mut Vec<IndexValue>) {
                 let code = text_of(node.get("code")).or_else(|| text_of(node.get("unit")));
                 out.push(IndexValue::Quantity {
                     value,
-                    system: text_of(node.get("system")).map(canonical).unwrap_or("").to_owned(),
+                    system: text_of(node.get("system"))
+                        .map(canonical)
+                        .unwrap_or("")
+                        .to_owned(),
                     code: code.unwrap_or("").to_owned(),
                 });
             }
@@ -379,7 +388,19 @@ fn string_values(node: &Value, out: &mut Vec<IndexValue>) {
     match node {
         Value::String(text) => push(text),
         Value::Object(map) => {
-            for key in ["text", "family", "given", "prefix", "suffix", "line", "city", "district", "state", "postalCode", "country"] {
+            for key in [
+                "text",
+                "family",
+                "given",
+                "prefix",
+                "suffix",
+                "line",
+                "city",
+                "district",
+                "state",
+                "postalCode",
+                "country",
+            ] {
                 match map.get(key) {
                     Some(Value::String(text)) => push(text),
                     Some(Value::Array(items)) => {
@@ -391,7 +412,9 @@ fn string_values(node: &Value, out: &mut Vec<IndexValue>) {
                 }
             }
             // "姓 名" and "姓名" should both match a name given as text.
-            if let (Some(family), Some(Value::Array(given))) = (text_of(map.get("family")), map.get("given")) {
+            if let (Some(family), Some(Value::Array(given))) =
+                (text_of(map.get("family")), map.get("given"))
+            {
                 let given: String = given.iter().filter_map(Value::as_str).collect();
                 if !given.is_empty() {
                     push(&format!("{family}{given}"));
@@ -406,8 +429,12 @@ fn date_range(node: &Value) -> Option<(i64, i64)> {
     match node {
         Value::String(text) => fhir_date_range(text),
         Value::Object(map) => {
-            let start = text_of(map.get("start")).and_then(fhir_date_range).map(|r| r.0);
-            let end = text_of(map.get("end")).and_then(fhir_date_range).map(|r| r.1);
+            let start = text_of(map.get("start"))
+                .and_then(fhir_date_range)
+                .map(|r| r.0);
+            let end = text_of(map.get("end"))
+                .and_then(fhir_date_range)
+                .map(|r| r.1);
             if start.is_none() && end.is_none() {
                 return None;
             }
@@ -433,17 +460,19 @@ pub fn split_reference(reference: &str) -> Option<(&str, &str)> {
 }
 
 fn kana_sort_values(resource: &Value, out: &mut Vec<IndexValue>) {
-    let Some(Value::Array(names)) = resource.get("name") else { return };
+    let Some(Value::Array(names)) = resource.get("name") else {
+        return;
+    };
     for name in names {
-        let is_syllabic = name
-            .get("extension")
-            .and_then(Value::as_array)
-            .is_some_and(|extensions| {
-                extensions.iter().any(|extension| {
-                    text_of(extension.get("url")) == Some(crate::systems::EN_REPRESENTATION)
-                        && text_of(extension.get("valueCode")) == Some("SYL")
-                })
-            });
+        let is_syllabic =
+            name.get("extension")
+                .and_then(Value::as_array)
+                .is_some_and(|extensions| {
+                    extensions.iter().any(|extension| {
+                        text_of(extension.get("url")) == Some(crate::systems::EN_REPRESENTATION)
+                            && text_of(extension.get("valueCode")) == Some("SYL")
+                    })
+                });
         if is_syllabic && text_of(name.get("use")) == Some("usual") {
             string_values(name, out);
         }
@@ -483,7 +512,11 @@ mod tests {
         for (index, a) in PARAMS.iter().enumerate() {
             for b in &PARAMS[index + 1..] {
                 assert_ne!(a.id, b.id, "{} {}", a.code, b.code);
-                assert!(!(a.resource == b.resource && a.code == b.code), "{}", a.code);
+                assert!(
+                    !(a.resource == b.resource && a.code == b.code),
+                    "{}",
+                    a.code
+                );
             }
         }
     }
@@ -506,15 +539,39 @@ mod tests {
             let id = param("Patient", code).unwrap().id;
             rows.contains(&IndexEntry { param: id, value })
         };
-        assert!(has("identifier", IndexValue::Token { system: "urn:oid:1.2.392.100495.20.3.51.10612345678".into(), code: "9999013".into() }));
+        assert!(has(
+            "identifier",
+            IndexValue::Token {
+                system: "urn:oid:1.2.392.100495.20.3.51.10612345678".into(),
+                code: "9999013".into()
+            }
+        ));
         assert!(has("name", IndexValue::String("患者 太郎".into())));
         assert!(has("name", IndexValue::String("患者太郎".into())));
-        assert!(has("jp-kana-sort", IndexValue::String("カンジャ タロウ".into())));
+        assert!(has(
+            "jp-kana-sort",
+            IndexValue::String("カンジャ タロウ".into())
+        ));
         assert!(!has("jp-kana-sort", IndexValue::String("患者 太郎".into())));
-        assert!(has("gender", IndexValue::Token { system: String::new(), code: "male".into() }));
-        assert!(has("address", IndexValue::String("静岡県静岡市登呂1-3-5".into())));
+        assert!(has(
+            "gender",
+            IndexValue::Token {
+                system: String::new(),
+                code: "male".into()
+            }
+        ));
+        assert!(has(
+            "address",
+            IndexValue::String("静岡県静岡市登呂1-3-5".into())
+        ));
         let birth = fhir_date_range("1948-04-05").unwrap();
-        assert!(has("birthdate", IndexValue::Date { start: birth.0, end: birth.1 }));
+        assert!(has(
+            "birthdate",
+            IndexValue::Date {
+                start: birth.0,
+                end: birth.1
+            }
+        ));
     }
 
     #[test]
@@ -527,16 +584,38 @@ mod tests {
             "valueQuantity": {"value": 7.2, "unit": "g/dl"}
         });
         let rows = extract("Observation", &observation);
-        assert!(rows.contains(&IndexEntry { param: 21, value: IndexValue::Reference { target_type: "Patient".into(), target_id: "0612345678.9999013".into() } }));
-        assert!(rows.contains(&IndexEntry { param: 23, value: IndexValue::Token { system: crate::systems::JLAC10.into(), code: "3A010000002327101".into() } }));
+        assert!(rows.contains(&IndexEntry {
+            param: 21,
+            value: IndexValue::Reference {
+                target_type: "Patient".into(),
+                target_id: "0612345678.9999013".into()
+            }
+        }));
+        assert!(rows.contains(&IndexEntry {
+            param: 23,
+            value: IndexValue::Token {
+                system: crate::systems::JLAC10.into(),
+                code: "3A010000002327101".into()
+            }
+        }));
         assert!(rows.iter().any(|row| row.param == 25));
-        assert!(rows.contains(&IndexEntry { param: 26, value: IndexValue::Quantity { value: 7.2, system: String::new(), code: "g/dl".into() } }));
+        assert!(rows.contains(&IndexEntry {
+            param: 26,
+            value: IndexValue::Quantity {
+                value: 7.2,
+                system: String::new(),
+                code: "g/dl".into()
+            }
+        }));
     }
 
     #[test]
     fn references_split() {
         assert_eq!(split_reference("Patient/1.2"), Some(("Patient", "1.2")));
-        assert_eq!(split_reference("http://x/fhir/Patient/9/_history/2"), Some(("Patient", "9")));
+        assert_eq!(
+            split_reference("http://x/fhir/Patient/9/_history/2"),
+            Some(("Patient", "9"))
+        );
         assert_eq!(split_reference("#contained"), None);
     }
 }

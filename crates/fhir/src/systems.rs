@@ -47,15 +47,19 @@ pub const UCUM: &str = "http://unitsofmeasure.org";
 /// Rp number (JP Core 1.2 URL form of urn:oid:1.2.392.100495.20.3.81).
 pub const RP_NUMBER: &str = "http://jpfhir.jp/fhir/core/mhlw/IdSystem/Medication-RPGroupNumber";
 /// Order within an Rp (JP Core 1.2 URL form of urn:oid:1.2.392.100495.20.3.82).
-pub const ORDER_IN_RP: &str = "http://jpfhir.jp/fhir/core/mhlw/IdSystem/MedicationAdministrationIndex";
+pub const ORDER_IN_RP: &str =
+    "http://jpfhir.jp/fhir/core/mhlw/IdSystem/MedicationAdministrationIndex";
 /// Resource-instance identifiers.
-pub const RESOURCE_INSTANCE: &str = "http://jpfhir.jp/fhir/core/IdSystem/resourceInstance-identifier";
+pub const RESOURCE_INSTANCE: &str =
+    "http://jpfhir.jp/fhir/core/IdSystem/resourceInstance-identifier";
 /// 医療機関コード.
-pub const MEDICAL_ORGANIZATION_ID: &str = "http://jpfhir.jp/fhir/core/mhlw/IdSystem/MedicalOrganizationID";
+pub const MEDICAL_ORGANIZATION_ID: &str =
+    "http://jpfhir.jp/fhir/core/mhlw/IdSystem/MedicalOrganizationID";
 /// 保険者番号.
 pub const INSURER_NUMBER: &str = "http://jpfhir.jp/fhir/core/mhlw/IdSystem/InsurerNumber";
 /// iso21090 name representation (IDE/SYL).
-pub const EN_REPRESENTATION: &str = "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation";
+pub const EN_REPRESENTATION: &str =
+    "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation";
 /// J-FAGY food-allergen codes.
 pub const J_FAGY: &str = "http://tsunagi.example.jp/fhir/CodeSystem/jp/J-FAGY";
 
@@ -114,7 +118,13 @@ pub const LOCAL_BASE: &str = "http://tsunagi.example.jp/fhir/CodeSystem";
 pub fn local(facility: &str, table: &str) -> String {
     let table: String = table
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("{LOCAL_BASE}/{facility}/{table}")
 }
@@ -152,11 +162,24 @@ pub fn for_hl7_coding_system(name: &str, facility: &str) -> String {
     if trimmed.starts_with("urn:oid:") || trimmed.starts_with("http") {
         return canonical(trimmed).to_owned();
     }
-    if trimmed.starts_with("JHS") || trimmed.starts_with("JSHR") || trimmed == "LENDO" || trimmed == "JANIS" || trimmed == "JAN" || trimmed == "ISO+" {
+    if trimmed.starts_with("JHS")
+        || trimmed.starts_with("JSHR")
+        || trimmed == "LENDO"
+        || trimmed == "JANIS"
+        || trimmed == "JAN"
+        || trimmed == "ISO+"
+    {
         // National tables without a published FHIR URL: a stable, documented namespace.
         return format!("{NATIONAL_BASE}/{trimmed}");
     }
-    local(facility, if trimmed.is_empty() { "unspecified" } else { trimmed })
+    local(
+        facility,
+        if trimmed.is_empty() {
+            "unspecified"
+        } else {
+            trimmed
+        },
+    )
 }
 
 #[cfg(test)]
@@ -175,12 +198,24 @@ mod tests {
             for_hl7_coding_system("99XYZ", "0612345678"),
             "http://tsunagi.example.jp/fhir/CodeSystem/0612345678/99XYZ"
         );
-        assert_eq!(for_hl7_coding_system("urn:oid:1.2.392.200119.4.504", "x"), JLAC10);
+        assert_eq!(
+            for_hl7_coding_system("urn:oid:1.2.392.200119.4.504", "x"),
+            JLAC10
+        );
     }
 
     #[test]
     fn oid_and_url_forms_round_trip() {
-        for url in [JLAC10, HOT13, HOT9, HOT7, YJ, MEDIS_DISEASE_KEY, RP_NUMBER, ORDER_IN_RP] {
+        for url in [
+            JLAC10,
+            HOT13,
+            HOT9,
+            HOT7,
+            YJ,
+            MEDIS_DISEASE_KEY,
+            RP_NUMBER,
+            ORDER_IN_RP,
+        ] {
             let oid = oid_form(url).unwrap();
             assert_eq!(canonical(oid), url);
         }

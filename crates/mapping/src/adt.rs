@@ -23,7 +23,13 @@ pub(crate) fn patient_record(builder: &mut Builder<'_, '_>) -> Result<(), MapErr
         .put("meta", builder.meta(Some(profiles::PATIENT)))
         .list(
             "identifier",
-            vec![identifier(&builder.context.facility.patient_id_system(), builder.context.patient_id).unwrap_or(Value::Null)],
+            vec![
+                identifier(
+                    &builder.context.facility.patient_id_system(),
+                    builder.context.patient_id,
+                )
+                .unwrap_or(Value::Null),
+            ],
         )
         .list("name", names)
         .list("telecom", telecoms(builder, pid))
@@ -78,7 +84,8 @@ fn human_name(_builder: &Builder<'_, '_>, xpn: &Repetition<'_>) -> Option<Value>
         let seventh = xpn.component(7).text();
         if matches!(eighth.trim(), "I" | "P" | "A") {
             eighth.trim().to_owned()
-        } else if matches!(seventh.trim(), "I" | "P" | "A") && xpn.component(6).text().trim() == "L" {
+        } else if matches!(seventh.trim(), "I" | "P" | "A") && xpn.component(6).text().trim() == "L"
+        {
             seventh.trim().to_owned()
         } else {
             String::new()
@@ -97,13 +104,23 @@ fn human_name(_builder: &Builder<'_, '_>, xpn: &Repetition<'_>) -> Option<Value>
     };
     let mut name = Obj::new();
     if let Some(code) = code {
-        name = name.put("extension", json!([extension(systems::EN_REPRESENTATION, "valueCode", code)]));
+        name = name.put(
+            "extension",
+            json!([extension(systems::EN_REPRESENTATION, "valueCode", code)]),
+        );
     }
     Some(
         name.put("use", "usual")
             .put("text", text)
             .put("family", family)
-            .put("given", if given.is_empty() { json!([]) } else { json!([given]) })
+            .put(
+                "given",
+                if given.is_empty() {
+                    json!([])
+                } else {
+                    json!([given])
+                },
+            )
             .build(),
     )
 }
@@ -145,12 +162,30 @@ fn addresses(reps: Vec<Repetition<'_>>) -> Vec<Value> {
                     },
                 )
                 .put("text", text)
-                .list("line", if street.is_empty() { vec![] } else { vec![json!(street)] })
+                .list(
+                    "line",
+                    if street.is_empty() {
+                        vec![]
+                    } else {
+                        vec![json!(street)]
+                    },
+                )
                 .put("city", city)
                 .put("state", state)
                 .put("postalCode", postal)
-                .put("country", if country == "JPN" { "JP".to_owned() } else { country });
-            if address.is_empty() { None } else { Some(address.build()) }
+                .put(
+                    "country",
+                    if country == "JPN" {
+                        "JP".to_owned()
+                    } else {
+                        country
+                    },
+                );
+            if address.is_empty() {
+                None
+            } else {
+                Some(address.build())
+            }
         })
         .collect()
 }
@@ -194,7 +229,11 @@ fn telecom(xtn: &Repetition<'_>, default_use: &str) -> Option<Value> {
         "NET" => "home".to_owned(),
         _ => default_use.to_owned(),
     };
-    let use_code = if equipment == "CP" { "mobile".to_owned() } else { use_code };
+    let use_code = if equipment == "CP" {
+        "mobile".to_owned()
+    } else {
+        use_code
+    };
     Some(
         Obj::new()
             .put("system", system)
@@ -220,13 +259,22 @@ fn contact(builder: &Builder<'_, '_>, nk1: &Segment<'_>) -> Option<Value> {
                 .collect::<Vec<_>>()
         })
         .collect();
-    let address = addresses(nk1.field(4).repetitions().collect()).into_iter().next();
+    let address = addresses(nk1.field(4).repetitions().collect())
+        .into_iter()
+        .next();
     let contact = Obj::new()
-        .list("relationship", builder.concept(&relationship).into_iter().collect())
+        .list(
+            "relationship",
+            builder.concept(&relationship).into_iter().collect(),
+        )
         .opt("name", name)
         .list("telecom", telecom)
         .opt("address", address);
-    if contact.is_empty() { None } else { Some(contact.build()) }
+    if contact.is_empty() {
+        None
+    } else {
+        Some(contact.build())
+    }
 }
 
 /// IN1 → Coverage (insurer number IN1-3, plan IN1-2, validity IN1-12/13, 記号/番号/枝番 from the
@@ -242,17 +290,28 @@ fn coverage(builder: &mut Builder<'_, '_>, in1: &Segment<'_>) {
     let id = builder.patient_scoped_id(&["coverage", &key]);
     let insurer_name = in1.text(4).trim().to_owned();
     let payor = Obj::new()
-        .opt("identifier", identifier(systems::INSURER_NUMBER, &insurer_number))
+        .opt(
+            "identifier",
+            identifier(systems::INSURER_NUMBER, &insurer_number),
+        )
         .put(
             "display",
-            if insurer_name.is_empty() { plan.component(2).text().trim().to_owned() } else { insurer_name },
+            if insurer_name.is_empty() {
+                plan.component(2).text().trim().to_owned()
+            } else {
+                insurer_name
+            },
         );
     let payor = if payor.is_empty() {
         Obj::new().put("display", "不明").build()
     } else {
         payor.build()
     };
-    let mut symbol_number: Vec<String> = in1.field(10).repetitions().map(|r| r.text().trim().to_owned()).collect();
+    let mut symbol_number: Vec<String> = in1
+        .field(10)
+        .repetitions()
+        .map(|r| r.text().trim().to_owned())
+        .collect();
     if symbol_number.len() == 1 && !in1.text(11).trim().is_empty() {
         symbol_number.push(in1.text(11).trim().to_owned());
     }
@@ -283,7 +342,11 @@ fn coverage(builder: &mut Builder<'_, '_>, in1: &Segment<'_>) {
     let relationship_value = relationship_code.map(|code| {
         codeable(
             vec![
-                coding("http://terminology.hl7.org/CodeSystem/subscriber-relationship", code, ""),
+                coding(
+                    "http://terminology.hl7.org/CodeSystem/subscriber-relationship",
+                    code,
+                    "",
+                ),
                 builder.codings(&relationship).into_iter().next(),
             ],
             &relationship.component(2).text(),
@@ -308,7 +371,10 @@ fn body_observation(builder: &mut Builder<'_, '_>, obx: &Segment<'_>) {
     let code_rep = obx.field(3).first();
     let code = code_rep.component(1).text().trim().to_owned();
     if code.is_empty() {
-        builder.warn(format!("OBX-3 (line {}) has no code; the observation is left out", obx.line()));
+        builder.warn(format!(
+            "OBX-3 (line {}) has no code; the observation is left out",
+            obx.line()
+        ));
         return;
     }
     let body_category = if code.starts_with("9N001") {
@@ -386,7 +452,16 @@ pub(crate) fn observation_status(code: &str) -> &'static str {
 /// Parses an inequality such as `> 100`, `>=1`, `< 0.5` into (comparator, number text).
 pub(crate) fn inequality(text: &str) -> Option<(&'static str, &str)> {
     let trimmed = text.trim();
-    for (prefix, comparator) in [(">=", ">="), ("<=", "<="), ("＞＝", ">="), ("＜＝", "<="), (">", ">"), ("<", "<"), ("＞", ">"), ("＜", "<")] {
+    for (prefix, comparator) in [
+        (">=", ">="),
+        ("<=", "<="),
+        ("＞＝", ">="),
+        ("＜＝", "<="),
+        (">", ">"),
+        ("<", "<"),
+        ("＞", ">"),
+        ("＜", "<"),
+    ] {
         if let Some(rest) = trimmed.strip_prefix(prefix) {
             let number = rest.trim();
             if tsunagi_fhir::json::decimal(number).is_some() {
@@ -400,7 +475,10 @@ pub(crate) fn inequality(text: &str) -> Option<(&'static str, &str)> {
 /// OBX-2/OBX-5/OBX-6 → value. NM → Quantity (an unparsable NM is kept as text with a warning);
 /// ST with an inequality → Quantity with comparator; other ST/TX/FT → string; CWE/CE → concept;
 /// TS/DT → dateTime.
-pub(crate) fn observation_value(builder: &mut Builder<'_, '_>, obx: &Segment<'_>) -> ObservationValue {
+pub(crate) fn observation_value(
+    builder: &mut Builder<'_, '_>,
+    obx: &Segment<'_>,
+) -> ObservationValue {
     let value_type = obx.text(2).trim().to_owned();
     let field = obx.field(5);
     if field.is_empty() || field.is_null() {
@@ -428,7 +506,10 @@ pub(crate) fn observation_value(builder: &mut Builder<'_, '_>, obx: &Segment<'_>
             Some(concept) => ObservationValue::Concept(concept),
             None => ObservationValue::None,
         },
-        "TS" | "DT" | "DTM" => match builder.datetime_text(&format!("OBX-5 (line {})", obx.line()), &field.component(1).text()) {
+        "TS" | "DT" | "DTM" => match builder.datetime_text(
+            &format!("OBX-5 (line {})", obx.line()),
+            &field.component(1).text(),
+        ) {
             Some(time) => ObservationValue::DateTime(time),
             None => ObservationValue::None,
         },
@@ -461,7 +542,11 @@ pub(crate) fn observation_value(builder: &mut Builder<'_, '_>, obx: &Segment<'_>
     }
 }
 
-fn comparator_quantity(builder: &Builder<'_, '_>, text: &str, unit: Option<&Repetition<'_>>) -> Option<Value> {
+fn comparator_quantity(
+    builder: &Builder<'_, '_>,
+    text: &str,
+    unit: Option<&Repetition<'_>>,
+) -> Option<Value> {
     let (comparator, number) = inequality(text)?;
     let value = tsunagi_fhir::json::decimal(number)?;
     let mut quantity = builder.quantity(value, unit);
@@ -482,7 +567,11 @@ fn comparator_quantity(builder: &Builder<'_, '_>, text: &str, unit: Option<&Repe
 fn al1_allergy(builder: &mut Builder<'_, '_>, al1: &Segment<'_>) {
     let allergen = al1.field(3).first();
     let allergen_code = allergen.component(1).text().trim().to_owned();
-    let key = if allergen_code.is_empty() { al1.text(1).trim().to_owned() } else { allergen_code };
+    let key = if allergen_code.is_empty() {
+        al1.text(1).trim().to_owned()
+    } else {
+        allergen_code
+    };
     let id = builder.patient_scoped_id(&["AL1", &key]);
     let reaction_text = al1.text(5).trim().to_owned();
     let severity = severity(&al1.field(4).component(1).text());
@@ -574,7 +663,11 @@ fn allergy_resource(
 ) -> Value {
     let mut reaction_object = Obj::new();
     if !reaction.is_empty() || severity.is_some() {
-        let manifestation_text = if reaction.is_empty() { "記載なし" } else { reaction };
+        let manifestation_text = if reaction.is_empty() {
+            "記載なし"
+        } else {
+            reaction
+        };
         reaction_object = reaction_object
             .put("manifestation", json!([{"text": manifestation_text}]))
             .opt("severity", severity);
@@ -598,7 +691,9 @@ fn allergy_resource(
         Some(Onset::Text(text)) => allergy.put("onsetString", text),
         None => allergy,
     };
-    allergy.list("reaction", vec![reaction_object.build()]).build()
+    allergy
+        .list("reaction", vec![reaction_object.build()])
+        .build()
 }
 
 /// ADT-12/21/22/31/32/41/42/51/52 and their cancels → one Encounter per record.
@@ -629,7 +724,13 @@ pub(crate) fn encounter(builder: &mut Builder<'_, '_>) -> Result<(), MapError> {
     };
     let admit = builder.datetime(pv1, 44);
     let discharge = builder.datetime(pv1, 45);
-    let start = admit.or_else(|| if trigger == "A16" || trigger == "A25" { None } else { event_time.clone() });
+    let start = admit.or_else(|| {
+        if trigger == "A16" || trigger == "A25" {
+            None
+        } else {
+            event_time.clone()
+        }
+    });
     let period = Obj::new().opt("start", start).opt("end", discharge);
     let id = builder.record_id(&[]);
     let current_location = location(&pv1.field(3).first());
@@ -639,12 +740,17 @@ pub(crate) fn encounter(builder: &mut Builder<'_, '_>) -> Result<(), MapError> {
         locations.push(json!({"location": {"display": prior}, "status": "completed"}));
     }
     if let Some(current) = current_location {
-        let location_status = if status == "planned" { "planned" } else { "active" };
+        let location_status = if status == "planned" {
+            "planned"
+        } else {
+            "active"
+        };
         locations.push(json!({"location": {"display": current}, "status": location_status}));
     }
     let department = pv1.field(10).first();
     let department_code = department.component(1).text().trim().to_owned();
-    let service_type = department_concept(builder, &department_code, &department.component(2).text());
+    let service_type =
+        department_concept(builder, &department_code, &department.component(2).text());
     let participant: Vec<Value> = [7usize, 17]
         .iter()
         .filter_map(|field| builder.person(&pv1.field(*field).first()))
@@ -681,12 +787,20 @@ fn location(pl: &Repetition<'_>) -> Option<String> {
         .map(|n| pl.component(n).text().trim().to_owned())
         .filter(|part| !part.is_empty())
         .collect();
-    if parts.is_empty() { None } else { Some(parts.join("-")) }
+    if parts.is_empty() {
+        None
+    } else {
+        Some(parts.join("-"))
+    }
 }
 
 /// A department code as a CodeableConcept: the SS-MIX2 code (from the facility table when the
 /// facility uses its own codes) and the facility's own code.
-pub(crate) fn department_concept(builder: &Builder<'_, '_>, code: &str, display: &str) -> Option<Value> {
+pub(crate) fn department_concept(
+    builder: &Builder<'_, '_>,
+    code: &str,
+    display: &str,
+) -> Option<Value> {
     if code.is_empty() {
         return None;
     }
@@ -695,12 +809,23 @@ pub(crate) fn department_concept(builder: &Builder<'_, '_>, code: &str, display:
         None => (code.to_owned(), display.trim().to_owned()),
     };
     let local = if standard != code {
-        coding(&systems::local(builder.facility(), "department"), code, display)
+        coding(
+            &systems::local(builder.facility(), "department"),
+            code,
+            display,
+        )
     } else {
         None
     };
     codeable(
-        vec![coding(systems::DEPARTMENT, &standard, &standard_display), local],
-        if display.trim().is_empty() { &standard_display } else { display.trim() },
+        vec![
+            coding(systems::DEPARTMENT, &standard, &standard_display),
+            local,
+        ],
+        if display.trim().is_empty() {
+            &standard_display
+        } else {
+            display.trim()
+        },
     )
 }

@@ -34,7 +34,11 @@ fn percent_encode(text: &str) -> String {
 }
 
 impl<'c, 'm> Builder<'c, 'm> {
-    pub(crate) fn new(context: &'c SourceContext<'c>, message: &'c Message<'m>, trigger: &str) -> Self {
+    pub(crate) fn new(
+        context: &'c SourceContext<'c>,
+        message: &'c Message<'m>,
+        trigger: &str,
+    ) -> Self {
         let source = format!(
             "urn:tsunagi:ssmix2:{}:{}#{}",
             context.facility,
@@ -67,7 +71,9 @@ impl<'c, 'm> Builder<'c, 'm> {
     /// PID-3 may differ from the folder's patient id (seen in the guideline samples): identity
     /// follows the file name, the difference is reported.
     pub(crate) fn check_patient_id(&mut self) {
-        let Some(pid) = self.message.first("PID") else { return };
+        let Some(pid) = self.message.first("PID") else {
+            return;
+        };
         let sent = pid.field(3).component(1).text().trim().to_owned();
         if !sent.is_empty() && sent != self.context.patient_id {
             self.warn(format!(
@@ -178,7 +184,9 @@ impl<'c, 'm> Builder<'c, 'm> {
     /// The FHIR date of the care date (診療日) of this record, if it has one.
     pub(crate) fn care_date(&self) -> Option<String> {
         let text = self.context.care_date;
-        Hl7Time::parse(text).ok().map(|time| time.to_fhir_datetime())
+        Hl7Time::parse(text)
+            .ok()
+            .map(|time| time.to_fhir_datetime())
     }
 
     /// The FHIR system URL for an HL7 coding-system name, scoped to this facility when local.
@@ -243,7 +251,11 @@ impl<'c, 'm> Builder<'c, 'm> {
         let display = component.sub(2).text();
         let system = component.sub(3).text();
         let value = coding(&self.system(&system), &code, &display);
-        let text = if display.trim().is_empty() { code.trim().to_owned() } else { display.trim().to_owned() };
+        let text = if display.trim().is_empty() {
+            code.trim().to_owned()
+        } else {
+            display.trim().to_owned()
+        };
         codeable(vec![value], &text)
     }
 
@@ -260,15 +272,25 @@ impl<'c, 'm> Builder<'c, 'm> {
             (true, true) => String::new(),
         };
         let object = Obj::new()
-            .opt("identifier", identifier(&systems::local(self.facility(), "staff"), &id))
+            .opt(
+                "identifier",
+                identifier(&systems::local(self.facility(), "staff"), &id),
+            )
             .put("display", display);
-        if object.is_empty() { None } else { Some(object.build()) }
+        if object.is_empty() {
+            None
+        } else {
+            Some(object.build())
+        }
     }
 
     /// The facility's placer-order-number identifier.
     pub(crate) fn order_identifier(&self, value: &str) -> Option<Value> {
         identifier(
-            &format!("http://tsunagi.example.jp/fhir/IdSystem/{}/order-number", self.facility()),
+            &format!(
+                "http://tsunagi.example.jp/fhir/IdSystem/{}/order-number",
+                self.facility()
+            ),
             value,
         )
     }
@@ -282,19 +304,30 @@ impl<'c, 'm> Builder<'c, 'm> {
             let code = unit.component(1).text().trim().to_owned();
             let display = unit.component(2).text().trim().to_owned();
             let system_name = unit.component(3).text().trim().to_owned();
-            let shown = if display.is_empty() { code.clone() } else { display };
+            let shown = if display.is_empty() {
+                code.clone()
+            } else {
+                display
+            };
             quantity = quantity.put("unit", shown);
             if let Some(ucum) = self.context.tables.ucum(&code) {
                 quantity = quantity.put("system", systems::UCUM).put("code", ucum);
             } else if !code.is_empty() && !system_name.is_empty() {
-                quantity = quantity.put("system", self.system(&system_name)).put("code", code);
+                quantity = quantity
+                    .put("system", self.system(&system_name))
+                    .put("code", code);
             }
         }
         quantity.build()
     }
 
     /// A Quantity from decimal text, or `None` (with a warning) when it is not a number.
-    pub(crate) fn quantity_from_text(&mut self, label: &str, text: &str, unit: Option<&Repetition<'_>>) -> Option<Value> {
+    pub(crate) fn quantity_from_text(
+        &mut self,
+        label: &str,
+        text: &str,
+        unit: Option<&Repetition<'_>>,
+    ) -> Option<Value> {
         if text.trim().is_empty() || text.trim() == "\"\"" {
             return None;
         }

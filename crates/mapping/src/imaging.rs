@@ -46,9 +46,16 @@ pub(crate) fn studies(builder: &mut Builder<'_, '_>) -> Result<(), MapError> {
         };
         let uid = ipc.text(3).trim().to_owned();
         let accession = ipc.text(1).trim().to_owned();
-        let key = if uid.is_empty() { accession.clone() } else { uid.clone() };
+        let key = if uid.is_empty() {
+            accession.clone()
+        } else {
+            uid.clone()
+        };
         if key.is_empty() {
-            builder.warn(format!("IPC (line {}) has neither a Study Instance UID nor an accession number", ipc.line()));
+            builder.warn(format!(
+                "IPC (line {}) has neither a Study Instance UID nor an accession number",
+                ipc.line()
+            ));
             continue;
         }
         let started = match obr {
@@ -118,14 +125,21 @@ pub(crate) fn studies(builder: &mut Builder<'_, '_>) -> Result<(), MapError> {
         profiles::IMAGING_STUDY_RADIOLOGY
     };
     for key in order {
-        let Some(study) = studies.remove(&key) else { continue };
+        let Some(study) = studies.remove(&key) else {
+            continue;
+        };
         let id = builder.record_id(&["study", &key]);
         let mut identifiers = Vec::new();
         if !study.uid.is_empty() {
-            identifiers.push(json!({"system": "urn:dicom:uid", "value": format!("urn:oid:{}", study.uid)}));
+            identifiers.push(
+                json!({"system": "urn:dicom:uid", "value": format!("urn:oid:{}", study.uid)}),
+            );
         }
         if let Some(accession) = identifier(
-            &format!("http://tsunagi.example.jp/fhir/IdSystem/{}/accession-number", builder.facility()),
+            &format!(
+                "http://tsunagi.example.jp/fhir/IdSystem/{}/accession-number",
+                builder.facility()
+            ),
             &study.accession,
         ) {
             let mut accession = accession;
@@ -178,7 +192,12 @@ pub(crate) fn physiology_results(builder: &mut Builder<'_, '_>) -> Result<(), Ma
             "note",
             builder
                 .concept(&exam)
-                .and_then(|concept| concept.get("text").and_then(Value::as_str).map(|text| json!({"text": format!("検査: {text}")})))
+                .and_then(|concept| {
+                    concept
+                        .get("text")
+                        .and_then(Value::as_str)
+                        .map(|text| json!({"text": format!("検査: {text}")}))
+                })
                 .into_iter()
                 .collect(),
         );

@@ -30,12 +30,18 @@ pub(crate) fn interpretation(flag: &str) -> Option<Value> {
         "N" => ("N", "Normal"),
         _ => return None,
     };
-    Some(json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": code, "display": display}]}))
+    Some(
+        json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": code, "display": display}]}),
+    )
 }
 
 /// OBX-7 as a reference range: `1.2-2.0` → low/high, `<85` → high, `>40` → low; the text as
 /// sent is always kept.
-pub(crate) fn reference_range(builder: &Builder<'_, '_>, text: &str, unit: Option<&tsunagi_hl7v2::Repetition<'_>>) -> Option<Value> {
+pub(crate) fn reference_range(
+    builder: &Builder<'_, '_>,
+    text: &str,
+    unit: Option<&tsunagi_hl7v2::Repetition<'_>>,
+) -> Option<Value> {
     let trimmed = text.trim();
     if trimmed.is_empty() {
         return None;
@@ -45,11 +51,17 @@ pub(crate) fn reference_range(builder: &Builder<'_, '_>, text: &str, unit: Optio
     if let Some((comparator, number)) = crate::adt::inequality(trimmed) {
         if let Some(value) = decimal(number) {
             let quantity = builder.quantity(value, unit);
-            range = if comparator.starts_with('<') { range.put("high", quantity) } else { range.put("low", quantity) };
+            range = if comparator.starts_with('<') {
+                range.put("high", quantity)
+            } else {
+                range.put("low", quantity)
+            };
         }
     } else if let Some((low, high)) = split_range(trimmed) {
         if let (Some(low), Some(high)) = (decimal(low), decimal(high)) {
-            range = range.put("low", builder.quantity(low, unit)).put("high", builder.quantity(high, unit));
+            range = range
+                .put("low", builder.quantity(low, unit))
+                .put("high", builder.quantity(high, unit));
         }
     }
     Some(range.put("text", trimmed).build())
@@ -96,10 +108,14 @@ pub(crate) fn results(builder: &mut Builder<'_, '_>) -> Result<(), MapError> {
             }
             "OBX" => {
                 if let Some(current) = report.as_mut() {
-                    let observation_id = map_observation(builder, segment, current, specimen.as_ref());
+                    let observation_id =
+                        map_observation(builder, segment, current, specimen.as_ref());
                     current.results.push(observation_id);
                 } else {
-                    builder.warn(format!("OBX (line {}) before any OBR; left out", segment.line()));
+                    builder.warn(format!(
+                        "OBX (line {}) before any OBR; left out",
+                        segment.line()
+                    ));
                 }
             }
             _ => {}
@@ -129,7 +145,11 @@ struct Report {
 }
 
 impl Report {
-    fn new(builder: &mut Builder<'_, '_>, obr: &Segment<'_>, specimen: Option<&(String, String, Option<String>)>) -> Self {
+    fn new(
+        builder: &mut Builder<'_, '_>,
+        obr: &Segment<'_>,
+        specimen: Option<&(String, String, Option<String>)>,
+    ) -> Self {
         let code_rep = obr.field(4).first();
         let effective = specimen
             .and_then(|s| s.2.clone())
@@ -150,9 +170,17 @@ impl Report {
     }
 }
 
-fn map_specimen(builder: &mut Builder<'_, '_>, spm: &Segment<'_>, position: usize) -> (String, String, Option<String>) {
+fn map_specimen(
+    builder: &mut Builder<'_, '_>,
+    spm: &Segment<'_>,
+    position: usize,
+) -> (String, String, Option<String>) {
     let specimen_number = spm.field(2).component(1).text().trim().to_owned();
-    let key = if specimen_number.is_empty() { format!("SPM{position}") } else { specimen_number.clone() };
+    let key = if specimen_number.is_empty() {
+        format!("SPM{position}")
+    } else {
+        specimen_number.clone()
+    };
     let id = builder.record_id(&["SPM", &key]);
     let kind = spm.field(4).first();
     let kind_code = kind.component(1).text().trim().to_owned();
@@ -162,7 +190,8 @@ fn map_specimen(builder: &mut Builder<'_, '_>, spm: &Segment<'_>, position: usiz
         if let Some(Value::Array(codings)) = concept.get_mut("coding") {
             for coding_value in codings.iter_mut() {
                 if coding_value.get("system").and_then(Value::as_str) == Some(systems::JLAC10) {
-                    coding_value["system"] = json!(format!("{}/JLAC10-material", systems::NATIONAL_BASE));
+                    coding_value["system"] =
+                        json!(format!("{}/JLAC10-material", systems::NATIONAL_BASE));
                 }
             }
         }
@@ -171,15 +200,33 @@ fn map_specimen(builder: &mut Builder<'_, '_>, spm: &Segment<'_>, position: usiz
     let resource = Obj::resource("Specimen")
         .put("id", id.as_str())
         .put("meta", builder.meta(Some(profiles::SPECIMEN_COMMON)))
-        .list("identifier", vec![builder.instance_identifier(&specimen_number).unwrap_or(Value::Null)])
+        .list(
+            "identifier",
+            vec![
+                builder
+                    .instance_identifier(&specimen_number)
+                    .unwrap_or(Value::Null),
+            ],
+        )
         .opt(
             "accessionIdentifier",
-            tsunagi_fhir::json::identifier(&format!("http://tsunagi.example.jp/fhir/IdSystem/{}/specimen-number", builder.facility()), &specimen_number),
+            tsunagi_fhir::json::identifier(
+                &format!(
+                    "http://tsunagi.example.jp/fhir/IdSystem/{}/specimen-number",
+                    builder.facility()
+                ),
+                &specimen_number,
+            ),
         )
         .put("status", "available")
         .opt("type", kind_concept)
         .put("subject", builder.patient_ref())
-        .put("collection", Obj::new().opt("collectedDateTime", collected.clone()).build());
+        .put(
+            "collection",
+            Obj::new()
+                .opt("collectedDateTime", collected.clone())
+                .build(),
+        );
     builder.push("Specimen", id.clone(), resource.build());
     (id, kind_code, collected)
 }
@@ -194,7 +241,10 @@ fn map_observation(
     let code = code_rep.component(1).text().trim().to_owned();
     let sub_id = obx.text(4).trim().to_owned();
     let specimen_code = specimen.map(|s| s.1.as_str()).unwrap_or("");
-    let mut composite = format!("{}_{}_{}_{}", report.orc_placer, report.obr_code, specimen_code, code);
+    let mut composite = format!(
+        "{}_{}_{}_{}",
+        report.orc_placer, report.obr_code, specimen_code, code
+    );
     if !sub_id.is_empty() {
         composite.push('_');
         composite.push_str(&sub_id);
@@ -205,9 +255,15 @@ fn map_observation(
     } else {
         builder.record_id(&["OBX", &report.obr_code, specimen_code, &code, &sub_id])
     };
-    let mut concept = builder.concept(&code_rep).unwrap_or_else(|| json!({"text": "不明"}));
+    let mut concept = builder
+        .concept(&code_rep)
+        .unwrap_or_else(|| json!({"text": "不明"}));
     if concept.get("text").is_none() {
-        concept["text"] = json!(if code.is_empty() { "不明".to_owned() } else { code.clone() });
+        concept["text"] = json!(if code.is_empty() {
+            "不明".to_owned()
+        } else {
+            code.clone()
+        });
     }
     let effective = specimen
         .and_then(|s| s.2.clone())
@@ -235,7 +291,12 @@ fn map_observation(
         .opt("effectiveDateTime", effective)
         .opt("issued", report.issued.clone());
     let observation = add_value(observation, value)
-        .list("interpretation", crate::lab::interpretation(&obx.field(8).component(1).text()).into_iter().collect())
+        .list(
+            "interpretation",
+            crate::lab::interpretation(&obx.field(8).component(1).text())
+                .into_iter()
+                .collect(),
+        )
         .opt("specimen", specimen.map(|s| reference("Specimen", &s.0)))
         .list("referenceRange", range.into_iter().collect());
     builder.push("Observation", id.clone(), observation.build());
@@ -260,9 +321,14 @@ fn finish_report(builder: &mut Builder<'_, '_>, report: Report) {
         code["coding"] = json!([loinc]);
     }
     let identifiers = vec![
-        builder.order_identifier(&report.orc_placer).unwrap_or(Value::Null),
+        builder
+            .order_identifier(&report.orc_placer)
+            .unwrap_or(Value::Null),
         tsunagi_fhir::json::identifier(
-            &format!("http://tsunagi.example.jp/fhir/IdSystem/{}/filler-order-number", builder.facility()),
+            &format!(
+                "http://tsunagi.example.jp/fhir/IdSystem/{}/filler-order-number",
+                builder.facility()
+            ),
             &report.filler,
         )
         .unwrap_or(Value::Null),

@@ -150,7 +150,9 @@ impl DataType {
 
     /// Parses the folder / file-name spelling.
     pub fn parse(code: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|data_type| data_type.code() == code)
+        Self::ALL
+            .into_iter()
+            .find(|data_type| data_type.code() == code)
     }
 
     /// The HL7 message types (code, triggers) this data type may hold: the regular event first,

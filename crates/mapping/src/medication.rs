@@ -10,24 +10,34 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 use tsunagi_fhir::{
     json::{Obj, codeable, coding, decimal, extension, identifier},
-    profiles, search::PERIOD_OF_USE, systems,
+    profiles,
+    search::PERIOD_OF_USE,
+    systems,
 };
 use tsunagi_hl7v2::{Repetition, Segment};
 
-use crate::{DataType, MapError, common::{Builder, groups}};
+use crate::{
+    DataType, MapError,
+    common::{Builder, groups},
+};
 
 const USAGE_DURATION: &str =
     "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_MedicationDosage_UsageDuration";
 const DRUG_NO: &str =
     "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Medication_Ingredient_DrugNo";
-const MERIT9_CATEGORY: &str = "http://jpfhir.jp/fhir/core/CodeSystem/JP_MedicationCategoryMERIT9_CS";
+const MERIT9_CATEGORY: &str =
+    "http://jpfhir.jp/fhir/core/CodeSystem/JP_MedicationCategoryMERIT9_CS";
 
 /// ORC-4: the Rp number, without zero padding when numeric ("01" → "1").
 fn rp_number(orc: &Segment<'_>) -> String {
     let raw = orc.field(4).component(1).text().trim().to_owned();
     if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
         let stripped = raw.trim_start_matches('0');
-        if stripped.is_empty() { "0".to_owned() } else { stripped.to_owned() }
+        if stripped.is_empty() {
+            "0".to_owned()
+        } else {
+            stripped.to_owned()
+        }
     } else if raw.is_empty() {
         "1".to_owned()
     } else {
@@ -53,7 +63,10 @@ fn days(builder: &mut Builder<'_, '_>, tq1: &Segment<'_>) -> Option<Value> {
     }
     let unit = quantity.component(2).text().trim().to_owned();
     if !(unit.is_empty() || unit == "d" || unit == "D") {
-        builder.warn(format!("TQ1-6 (line {}): duration unit {unit:?} is not days; left out", tq1.line()));
+        builder.warn(format!(
+            "TQ1-6 (line {}): duration unit {unit:?} is not days; left out",
+            tq1.line()
+        ));
         return None;
     }
     let number = decimal(&value)?;
@@ -70,9 +83,17 @@ pub(crate) fn requests(builder: &mut Builder<'_, '_>) -> Result<(), MapError> {
     }
     for group in orc_groups {
         let orc = group[0];
-        let rxes: Vec<usize> = group.iter().enumerate().filter(|(_, s)| s.id() == "RXE").map(|(i, _)| i).collect();
+        let rxes: Vec<usize> = group
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.id() == "RXE")
+            .map(|(i, _)| i)
+            .collect();
         if rxes.is_empty() {
-            builder.warn(format!("ORC (line {}) has no RXE; nothing to map", orc.line()));
+            builder.warn(format!(
+                "ORC (line {}) has no RXE; nothing to map",
+                orc.line()
+            ));
         }
         for (position, &rxe_index) in rxes.iter().enumerate() {
             let end = rxes.get(position + 1).copied().unwrap_or(group.len());
@@ -99,7 +120,14 @@ fn medication_request(
 ) {
     let id = builder.record_id(&[rp, order_in_rp]);
     let placer = orc.field(2).component(1).text().trim().to_owned();
-    let instance = format!("{}.{rp}.{order_in_rp}", if placer.is_empty() { builder.context.order_number } else { &placer });
+    let instance = format!(
+        "{}.{rp}.{order_in_rp}",
+        if placer.is_empty() {
+            builder.context.order_number
+        } else {
+            &placer
+        }
+    );
     let identifiers = vec![
         identifier(systems::RP_NUMBER, rp),
         identifier(systems::ORDER_IN_RP, order_in_rp),
@@ -109,7 +137,10 @@ fn medication_request(
     let authored = builder.datetime(orc, 9).or_else(|| {
         let fallback = builder.care_date();
         if fallback.is_some() {
-            builder.warn(format!("ORC-9 (line {}) is empty; authoredOn is the care date", orc.line()));
+            builder.warn(format!(
+                "ORC-9 (line {}) is empty; authoredOn is the care date",
+                orc.line()
+            ));
         }
         fallback
     });
@@ -121,15 +152,27 @@ fn medication_request(
     let order_type_code = order_type.component(1).text().trim().to_owned();
     if !order_type_code.is_empty() {
         categories.extend(codeable(
-            vec![coding("http://terminology.hl7.org/CodeSystem/v2-0482", &order_type_code, &order_type.component(2).text())],
+            vec![coding(
+                "http://terminology.hl7.org/CodeSystem/v2-0482",
+                &order_type_code,
+                &order_type.component(2).text(),
+            )],
             "",
         ));
     }
     for category in rxe.field(21).repetitions() {
         let system_name = category.component(3).text();
-        let system = if system_name.trim() == "MR9P" { MERIT9_CATEGORY.to_owned() } else { builder.system(&system_name) };
+        let system = if system_name.trim() == "MR9P" {
+            MERIT9_CATEGORY.to_owned()
+        } else {
+            builder.system(&system_name)
+        };
         categories.extend(codeable(
-            vec![coding(&system, &category.component(1).text(), &category.component(2).text())],
+            vec![coding(
+                &system,
+                &category.component(1).text(),
+                &category.component(2).text(),
+            )],
             "",
         ));
     }
@@ -138,9 +181,17 @@ fn medication_request(
         categories.extend(builder.concept(&give));
     }
 
-    let tq1s: Vec<&Segment<'_>> = followers.iter().copied().filter(|s| s.id() == "TQ1").collect();
+    let tq1s: Vec<&Segment<'_>> = followers
+        .iter()
+        .copied()
+        .filter(|s| s.id() == "TQ1")
+        .collect();
     let rxr = followers.iter().copied().find(|s| s.id() == "RXR");
-    let rxcs: Vec<&Segment<'_>> = followers.iter().copied().filter(|s| s.id() == "RXC").collect();
+    let rxcs: Vec<&Segment<'_>> = followers
+        .iter()
+        .copied()
+        .filter(|s| s.id() == "RXC")
+        .collect();
 
     // Dosage.
     let mut dosage = Obj::new();
@@ -173,7 +224,15 @@ fn medication_request(
     let mut dose_and_rate = Obj::new();
     if !dose_value.is_null() {
         let label = format!("RXE-3 (line {})", rxe.line());
-        if let Some(quantity) = builder.quantity_from_text(&label, &dose_value.text(), if dose_unit.is_empty() || dose_unit.raw() == "\"\"" { None } else { Some(&dose_unit) }) {
+        if let Some(quantity) = builder.quantity_from_text(
+            &label,
+            &dose_value.text(),
+            if dose_unit.is_empty() || dose_unit.raw() == "\"\"" {
+                None
+            } else {
+                Some(&dose_unit)
+            },
+        ) {
             dose_and_rate = dose_and_rate.put("doseQuantity", quantity);
         }
     }
@@ -184,8 +243,22 @@ fn medication_request(
             let unit = daily.component(2);
             let numerator = Obj::new()
                 .put("value", value)
-                .put("unit", if unit.sub(2).text().trim().is_empty() { unit.sub(1).text().trim().to_owned() } else { unit.sub(2).text().trim().to_owned() })
-                .put("system", if unit.sub(1).text().trim().is_empty() { String::new() } else { builder.system(&unit.sub(3).text()) })
+                .put(
+                    "unit",
+                    if unit.sub(2).text().trim().is_empty() {
+                        unit.sub(1).text().trim().to_owned()
+                    } else {
+                        unit.sub(2).text().trim().to_owned()
+                    },
+                )
+                .put(
+                    "system",
+                    if unit.sub(1).text().trim().is_empty() {
+                        String::new()
+                    } else {
+                        builder.system(&unit.sub(3).text())
+                    },
+                )
                 .put("code", unit.sub(1).text().trim());
             dose_and_rate = dose_and_rate.put(
                 "rateRatio",
@@ -198,7 +271,11 @@ fn medication_request(
     if !rate.is_empty() {
         let unit = rxe.field(24).first();
         let label = format!("RXE-23 (line {})", rxe.line());
-        if let Some(quantity) = builder.quantity_from_text(&label, &rate.text(), if unit.is_empty() { None } else { Some(&unit) }) {
+        if let Some(quantity) = builder.quantity_from_text(
+            &label,
+            &rate.text(),
+            if unit.is_empty() { None } else { Some(&unit) },
+        ) {
             dose_and_rate = dose_and_rate.put("rateQuantity", quantity);
         }
     }
@@ -210,7 +287,12 @@ fn medication_request(
     let timing = timing.build();
     dosage = dosage
         .list("extension", dosage_extensions)
-        .list("additionalInstruction", instruction_text.map(|text| vec![json!({"text": text})]).unwrap_or_default())
+        .list(
+            "additionalInstruction",
+            instruction_text
+                .map(|text| vec![json!({"text": text})])
+                .unwrap_or_default(),
+        )
         .put("timing", timing)
         .opt("route", route)
         .opt("method", method)
@@ -223,7 +305,15 @@ fn medication_request(
     let dispense_quantity = if dispense_value.is_null() {
         None
     } else {
-        builder.quantity_from_text(&label, &dispense_value.text(), if dispense_unit.is_empty() { None } else { Some(&dispense_unit) })
+        builder.quantity_from_text(
+            &label,
+            &dispense_value.text(),
+            if dispense_unit.is_empty() {
+                None
+            } else {
+                Some(&dispense_unit)
+            },
+        )
     };
     let dispense = Obj::new()
         .opt("quantity", dispense_quantity)
@@ -233,7 +323,11 @@ fn medication_request(
         .put("id", id.as_str())
         .put(
             "meta",
-            builder.meta(Some(if injection { profiles::MEDICATION_REQUEST_INJECTION } else { profiles::MEDICATION_REQUEST })),
+            builder.meta(Some(if injection {
+                profiles::MEDICATION_REQUEST_INJECTION
+            } else {
+                profiles::MEDICATION_REQUEST
+            })),
         );
     let medication = if injection {
         let medication = contained_medication(builder, &rxcs);
@@ -243,7 +337,13 @@ fn medication_request(
         builder.concept(&give)
     };
     request = request
-        .list("identifier", identifiers.into_iter().map(|i| i.unwrap_or(Value::Null)).collect())
+        .list(
+            "identifier",
+            identifiers
+                .into_iter()
+                .map(|i| i.unwrap_or(Value::Null))
+                .collect(),
+        )
         .put("status", request_status(&orc.field(1).component(1).text()))
         .put("intent", "order")
         .list("category", categories);
@@ -340,30 +440,54 @@ fn administration(
 ) {
     let id = builder.record_id(&[rp, order_in_rp]);
     let placer = orc.field(2).component(1).text().trim().to_owned();
-    let instance = format!("{}.{rp}.{order_in_rp}", if placer.is_empty() { builder.context.order_number } else { &placer });
+    let instance = format!(
+        "{}.{rp}.{order_in_rp}",
+        if placer.is_empty() {
+            builder.context.order_number
+        } else {
+            &placer
+        }
+    );
     let start = builder.datetime(rxa, 3);
     let end = builder.datetime(rxa, 4);
     let drug = rxa.field(5).first();
     let unit = rxa.field(7).first();
     let label = format!("RXA-6 (line {})", rxa.line());
-    let dose = builder.quantity_from_text(&label, &rxa.text(6), if unit.is_empty() { None } else { Some(&unit) });
+    let dose = builder.quantity_from_text(
+        &label,
+        &rxa.text(6),
+        if unit.is_empty() { None } else { Some(&unit) },
+    );
     let notes: Vec<Value> = rxa
         .field(9)
         .repetitions()
         .filter_map(|note: Repetition<'_>| {
-            let text = [2usize, 1].iter().map(|n| note.component(*n).text().trim().to_owned()).find(|t| !t.is_empty())?;
+            let text = [2usize, 1]
+                .iter()
+                .map(|n| note.component(*n).text().trim().to_owned())
+                .find(|t| !t.is_empty())?;
             Some(json!({"text": text}))
         })
         .collect();
     let dosage = Obj::new()
-        .opt("route", rxr.and_then(|rxr| builder.concept_of(rxr.field(1))))
-        .opt("method", rxr.and_then(|rxr| builder.concept_of(rxr.field(3))))
+        .opt(
+            "route",
+            rxr.and_then(|rxr| builder.concept_of(rxr.field(1))),
+        )
+        .opt(
+            "method",
+            rxr.and_then(|rxr| builder.concept_of(rxr.field(3))),
+        )
         .opt("dose", dose);
     let mut resource = Obj::resource("MedicationAdministration")
         .put("id", id.as_str())
         .put(
             "meta",
-            builder.meta(Some(if injection { profiles::MEDICATION_ADMINISTRATION_INJECTION } else { profiles::MEDICATION_ADMINISTRATION })),
+            builder.meta(Some(if injection {
+                profiles::MEDICATION_ADMINISTRATION_INJECTION
+            } else {
+                profiles::MEDICATION_ADMINISTRATION
+            })),
         );
     if injection {
         let medication = Obj::resource("Medication")
@@ -380,7 +504,9 @@ fn administration(
             vec![
                 identifier(systems::RP_NUMBER, rp).unwrap_or(Value::Null),
                 identifier(systems::ORDER_IN_RP, order_in_rp).unwrap_or(Value::Null),
-                builder.instance_identifier(&instance).unwrap_or(Value::Null),
+                builder
+                    .instance_identifier(&instance)
+                    .unwrap_or(Value::Null),
                 builder.order_identifier(&placer).unwrap_or(Value::Null),
             ],
         )
@@ -388,16 +514,26 @@ fn administration(
     resource = if injection {
         resource.put("medicationReference", json!({"reference": "#medication"}))
     } else {
-        resource.put("medicationCodeableConcept", builder.concept(&drug).unwrap_or_else(|| json!({"text": "不明"})))
+        resource.put(
+            "medicationCodeableConcept",
+            builder
+                .concept(&drug)
+                .unwrap_or_else(|| json!({"text": "不明"})),
+        )
     };
     resource = resource.put("subject", builder.patient_ref());
     resource = match (start, end) {
-        (Some(start), Some(end)) if start != end => resource.put("effectivePeriod", json!({"start": start, "end": end})),
+        (Some(start), Some(end)) if start != end => {
+            resource.put("effectivePeriod", json!({"start": start, "end": end}))
+        }
         (Some(start), _) => resource.put("effectiveDateTime", start),
         (None, Some(end)) => resource.put("effectiveDateTime", end),
         (None, None) => match builder.care_date() {
             Some(date) => {
-                builder.warn(format!("RXA-3 (line {}) is empty; effective is the care date", rxa.line()));
+                builder.warn(format!(
+                    "RXA-3 (line {}) is empty; effective is the care date",
+                    rxa.line()
+                ));
                 resource.put("effectiveDateTime", date)
             }
             None => resource,

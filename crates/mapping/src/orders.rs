@@ -15,14 +15,25 @@ use tsunagi_fhir::{
 };
 use tsunagi_hl7v2::Segment;
 
-use crate::{DataType, MapError, common::{Builder, groups}};
+use crate::{
+    DataType, MapError,
+    common::{Builder, groups},
+};
 
 fn category(data_type: DataType) -> Value {
     let (system, code, display) = match data_type {
-        DataType::Oml01 => ("http://snomed.info/sct", "108252007", "Laboratory procedure"),
+        DataType::Oml01 => (
+            "http://snomed.info/sct",
+            "108252007",
+            "Laboratory procedure",
+        ),
         DataType::Omg01 => ("http://snomed.info/sct", "363679005", "Imaging"),
         DataType::Omg02 => ("http://snomed.info/sct", "423827005", "Endoscopy"),
-        _ => ("http://snomed.info/sct", "386053000", "Evaluation procedure"),
+        _ => (
+            "http://snomed.info/sct",
+            "386053000",
+            "Evaluation procedure",
+        ),
     };
     json!({"coding": [{"system": system, "code": code, "display": display}]})
 }
@@ -77,7 +88,11 @@ pub(crate) fn service_requests(builder: &mut Builder<'_, '_>) -> Result<(), MapE
         let orc = group[0];
         let placer = {
             let own = orc.field(2).component(1).text().trim().to_owned();
-            if own.is_empty() { builder.context.order_number.to_owned() } else { own }
+            if own.is_empty() {
+                builder.context.order_number.to_owned()
+            } else {
+                own
+            }
         };
         let obr = group.iter().copied().find(|s| s.id() == "OBR");
         let tq1 = group.iter().copied().find(|s| s.id() == "TQ1");
@@ -135,7 +150,11 @@ pub(crate) fn service_requests(builder: &mut Builder<'_, '_>) -> Result<(), MapE
                         let label = code.component(2).text().trim().to_owned();
                         let value = note_value(segment);
                         if !value.is_empty() {
-                            let text = if label.is_empty() { value } else { format!("{label}: {value}") };
+                            let text = if label.is_empty() {
+                                value
+                            } else {
+                                format!("{label}: {value}")
+                            };
                             entry.notes.push(json!({"text": text}));
                         }
                     }
@@ -161,14 +180,19 @@ pub(crate) fn service_requests(builder: &mut Builder<'_, '_>) -> Result<(), MapE
         .map(|spm| spm.field(4).component(2).text().trim().to_owned())
         .filter(|text| !text.is_empty())
         .collect();
-    if let Some(first) = order_sequence.first().and_then(|placer| orders.get_mut(placer)) {
+    if let Some(first) = order_sequence
+        .first()
+        .and_then(|placer| orders.get_mut(placer))
+    {
         for text in leading_specimen.into_iter().rev() {
             first.specimen_text.insert(0, text);
         }
     }
 
     for placer in order_sequence {
-        let Some(order) = orders.remove(&placer) else { continue };
+        let Some(order) = orders.remove(&placer) else {
+            continue;
+        };
         emit_service_request(builder, order);
     }
     Ok(())
@@ -193,25 +217,41 @@ fn note_value(obx: &Segment<'_>) -> String {
 fn emit_service_request(builder: &mut Builder<'_, '_>, order: Order) {
     let id = builder.record_id(&[&order.placer]);
     let based_on = if !order.parent.is_empty() && order.parent != order.placer {
-        vec![reference("ServiceRequest", &builder.record_id(&[&order.parent]))]
+        vec![reference(
+            "ServiceRequest",
+            &builder.record_id(&[&order.parent]),
+        )]
     } else {
         Vec::new()
     };
     let code = match order.code {
         Some(code) => code,
         None => {
-            builder.warn(format!("order {} (ORC line {}) has no OBR-4 procedure code", order.placer, order.orc_line));
+            builder.warn(format!(
+                "order {} (ORC line {}) has no OBR-4 procedure code",
+                order.placer, order.orc_line
+            ));
             json!({"text": "不明"})
         }
     };
     let mut notes = order.notes;
     if !order.specimen_text.is_empty() {
-        notes.insert(0, json!({"text": format!("検体: {}", order.specimen_text.join(", "))}));
+        notes.insert(
+            0,
+            json!({"text": format!("検体: {}", order.specimen_text.join(", "))}),
+        );
     }
     let resource = Obj::resource("ServiceRequest")
         .put("id", id.as_str())
         .put("meta", builder.meta(Some(profiles::SERVICE_REQUEST_COMMON)))
-        .list("identifier", vec![builder.order_identifier(&order.placer).unwrap_or(Value::Null)])
+        .list(
+            "identifier",
+            vec![
+                builder
+                    .order_identifier(&order.placer)
+                    .unwrap_or(Value::Null),
+            ],
+        )
         .list("basedOn", based_on)
         .put("status", status(&order.control, &order.order_status))
         .put("intent", "order")
@@ -232,7 +272,11 @@ pub(crate) fn nutrition_order(builder: &mut Builder<'_, '_>) -> Result<(), MapEr
     let orc = builder.required("ORC")?;
     let placer = {
         let own = orc.field(2).component(1).text().trim().to_owned();
-        if own.is_empty() { builder.context.order_number.to_owned() } else { own }
+        if own.is_empty() {
+            builder.context.order_number.to_owned()
+        } else {
+            own
+        }
     };
     let id = builder.record_id(&[]);
     let tq1 = builder.message.first("TQ1");
@@ -241,7 +285,10 @@ pub(crate) fn nutrition_order(builder: &mut Builder<'_, '_>) -> Result<(), MapEr
     let mut supplements = Vec::new();
     for ods in builder.message.all("ODS").collect::<Vec<_>>() {
         let kind = ods.text(1).trim().to_owned();
-        let concept = ods.field(3).repetitions().find_map(|rep| builder.concept(&rep));
+        let concept = ods
+            .field(3)
+            .repetitions()
+            .find_map(|rep| builder.concept(&rep));
         let instruction = ods.text(4).trim().to_owned();
         match kind.as_str() {
             "S" => {
@@ -278,7 +325,10 @@ pub(crate) fn nutrition_order(builder: &mut Builder<'_, '_>) -> Result<(), MapEr
     let resource = Obj::resource("NutritionOrder")
         .put("id", id.as_str())
         .put("meta", builder.meta(None))
-        .list("identifier", vec![builder.order_identifier(&placer).unwrap_or(Value::Null)])
+        .list(
+            "identifier",
+            vec![builder.order_identifier(&placer).unwrap_or(Value::Null)],
+        )
         .put("status", status)
         .put("intent", "order")
         .put("patient", builder.patient_ref())

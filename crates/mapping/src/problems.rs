@@ -47,7 +47,11 @@ fn condition(builder: &mut Builder<'_, '_>, prb: &Segment<'_>, zpr: Option<&Segm
     let instance = prb.text(4).trim().to_owned();
     let onset = builder.datetime(prb, 16);
     let key = if instance.is_empty() {
-        format!("{}-{}", disease.component(1).text().trim(), onset.as_deref().unwrap_or(""))
+        format!(
+            "{}-{}",
+            disease.component(1).text().trim(),
+            onset.as_deref().unwrap_or("")
+        )
     } else {
         instance.clone()
     };
@@ -59,13 +63,20 @@ fn condition(builder: &mut Builder<'_, '_>, prb: &Segment<'_>, zpr: Option<&Segm
     let icd_code = icd.component(1).text().trim().to_owned();
     if !icd_code.is_empty() {
         let system_name = icd.component(3).text();
-        let system = if system_name.trim().is_empty() { systems::ICD10.to_owned() } else { builder.system(&system_name) };
+        let system = if system_name.trim().is_empty() {
+            systems::ICD10.to_owned()
+        } else {
+            builder.system(&system_name)
+        };
         codings.extend(coding(&system, &icd_code, &icd.component(2).text()));
     }
-    let text = [disease.component(2).text().trim().to_owned(), prb.text(17).trim().to_owned()]
-        .into_iter()
-        .find(|text| !text.is_empty())
-        .unwrap_or_else(|| icd_code.clone());
+    let text = [
+        disease.component(2).text().trim().to_owned(),
+        prb.text(17).trim().to_owned(),
+    ]
+    .into_iter()
+    .find(|text| !text.is_empty())
+    .unwrap_or_else(|| icd_code.clone());
     let code = codeable(codings.into_iter().map(Some).collect(), &text);
 
     // Category: encounter diagnosis, with JAHIS 診断種別 (PRB-10 alternate triplet) alongside.
@@ -76,14 +87,22 @@ fn condition(builder: &mut Builder<'_, '_>, prb: &Segment<'_>, zpr: Option<&Segm
     );
     let category = codeable(
         vec![
-            coding("http://terminology.hl7.org/CodeSystem/condition-category", "encounter-diagnosis", "Encounter Diagnosis"),
+            coding(
+                "http://terminology.hl7.org/CodeSystem/condition-category",
+                "encounter-diagnosis",
+                "Encounter Diagnosis",
+            ),
             kind,
         ],
         "",
     );
 
     let abatement = builder.datetime(prb, 9);
-    let clinical = if abatement.is_some() { "resolved" } else { "active" };
+    let clinical = if abatement.is_some() {
+        "resolved"
+    } else {
+        "active"
+    };
     let action = prb.field(1).component(1).text().trim().to_owned();
     let suspected = prb.field(13).component(1).text().trim().to_owned();
     let verification = if action == "DE" {

@@ -67,7 +67,10 @@ fn rows<'t>(
             return Err(TableError {
                 table: name.to_owned(),
                 line: index + 1,
-                reason: format!("expected {columns} comma-separated columns, found {}", cells.len()),
+                reason: format!(
+                    "expected {columns} comma-separated columns, found {}",
+                    cells.len()
+                ),
             });
         }
         if cells.iter().take(2).any(|cell| cell.is_empty()) {
@@ -165,9 +168,14 @@ mod tests {
                 "# lab codes\ntable,local_code,system,code,display\n99X03,10222,JC10,3A010000002327101,総蛋白\n",
             )
             .unwrap();
-        assert_eq!(tables.standard("99X03", "10222").unwrap().code, "3A010000002327101");
+        assert_eq!(
+            tables.standard("99X03", "10222").unwrap().code,
+            "3A010000002327101"
+        );
         assert!(tables.standard("99X03", "1").is_none());
-        tables.add_units("units.csv", "unit,ucum\ng/dl,g/dL\n").unwrap();
+        tables
+            .add_units("units.csv", "unit,ucum\ng/dl,g/dL\n")
+            .unwrap();
         assert_eq!(tables.ucum("g/dl"), Some("g/dL"));
         let error = tables
             .add_codes("codes.csv", "h\n99X03,10222,JC10\n")

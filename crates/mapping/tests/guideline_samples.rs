@@ -15,7 +15,11 @@ fn sample_files() -> Vec<std::path::PathBuf> {
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
-            if path.is_dir() { stack.push(path) } else { found.push(path) }
+            if path.is_dir() {
+                stack.push(path)
+            } else {
+                found.push(path)
+            }
         }
     }
     found.sort();
@@ -31,7 +35,9 @@ fn every_valid_sample_maps_as_snapshotted() {
         let name = path.file_name().unwrap().to_str().unwrap();
         let bytes = std::fs::read(&path).unwrap();
         let actual = map_bytes(FACILITY, name, &bytes, &tables);
-        let snapshot = workspace().join("tests/fixtures/guideline").join(format!("{name}.json"));
+        let snapshot = workspace()
+            .join("tests/fixtures/guideline")
+            .join(format!("{name}.json"));
         check_snapshot(Path::new(&snapshot), &actual);
     }
 }

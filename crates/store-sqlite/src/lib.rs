@@ -20,14 +20,19 @@ use std::{
 use serde_json::Value;
 use sqlx::{
     AssertSqlSafe, QueryBuilder, Row, Sqlite, SqliteConnection, Transaction,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+        SqliteSynchronous,
+    },
 };
 use tsunagi_core::clock::Clock;
 use tsunagi_fhir::{
     search::{self, IndexEntry, IndexValue, REGISTRY_VERSION},
     systems::canonical,
 };
-use tsunagi_store::{ApplyStats, Batch, Counts, Operation, ResourceWrite, Store, StoreError, StoredResource, Visitor};
+use tsunagi_store::{
+    ApplyStats, Batch, Counts, Operation, ResourceWrite, Store, StoreError, StoredResource, Visitor,
+};
 
 const MIGRATION_0001: &str = include_str!("../migrations/0001_initial.sql");
 const SCHEMA_VERSION: &str = "1";
@@ -85,7 +90,10 @@ impl SqliteStore {
         .await
         .map_err(db_error)?;
         if exists.is_none() {
-            sqlx::raw_sql(MIGRATION_0001).execute(&mut *connection).await.map_err(db_error)?;
+            sqlx::raw_sql(MIGRATION_0001)
+                .execute(&mut *connection)
+                .await
+                .map_err(db_error)?;
             sqlx::query("INSERT INTO store_meta (key, value) VALUES ('schema_version', ?), ('registry_version', ?)")
                 .bind(SCHEMA_VERSION)
                 .bind(REGISTRY_VERSION.to_string())
@@ -94,20 +102,22 @@ impl SqliteStore {
                 .map_err(db_error)?;
             return Ok(());
         }
-        let schema: Option<String> = sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'schema_version'")
-            .fetch_optional(&mut *connection)
-            .await
-            .map_err(db_error)?;
+        let schema: Option<String> =
+            sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'schema_version'")
+                .fetch_optional(&mut *connection)
+                .await
+                .map_err(db_error)?;
         if schema.as_deref() != Some(SCHEMA_VERSION) {
             return Err(StoreError::Unsupported(format!(
                 "database schema version {} is not {SCHEMA_VERSION}; this build cannot open it",
                 schema.unwrap_or_default()
             )));
         }
-        let registry: Option<String> = sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'registry_version'")
-            .fetch_optional(&mut *connection)
-            .await
-            .map_err(db_error)?;
+        let registry: Option<String> =
+            sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'registry_version'")
+                .fetch_optional(&mut *connection)
+                .await
+                .map_err(db_error)?;
         if registry.as_deref() != Some(REGISTRY_VERSION.to_string().as_str()) {
             drop(connection);
             self.reindex().await?;
@@ -117,8 +127,18 @@ impl SqliteStore {
 
     /// Rebuilds every index row from stored content (after a search-registry change).
     pub async fn reindex(&self) -> Result<(), StoreError> {
-        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)?;
-        for table in ["idx_token", "idx_string", "idx_date", "idx_reference", "idx_quantity"] {
+        let mut transaction = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error)?;
+        for table in [
+            "idx_token",
+            "idx_string",
+            "idx_date",
+            "idx_reference",
+            "idx_quantity",
+        ] {
             sqlx::query(AssertSqlSafe(format!("DELETE FROM {table}")))
                 .execute(&mut *transaction)
                 .await
@@ -139,7 +159,8 @@ impl SqliteStore {
                 let rid: i64 = row.try_get("rid").map_err(db_error)?;
                 let resource_type: String = row.try_get("type").map_err(db_error)?;
                 let content: Vec<u8> = row.try_get("content").map_err(db_error)?;
-                let value: Value = serde_json::from_slice(&content).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+                let value: Value = serde_json::from_slice(&content)
+                    .map_err(|error| StoreError::Corrupt(error.to_string()))?;
                 for entry in search::extract(&resource_type, &value) {
                     entries.push((rid, entry));
                 }
@@ -209,12 +230,19 @@ fn existing_from_row(row: &SqliteRow) -> Result<(String, Existing), StoreError> 
 }
 
 impl BatchWriter {
-    async fn preload(&mut self, connection: &mut SqliteConnection, batch: &Batch) -> Result<(), StoreError> {
+    async fn preload(
+        &mut self,
+        connection: &mut SqliteConnection,
+        batch: &Batch,
+    ) -> Result<(), StoreError> {
         let mut source_keys: Vec<&str> = Vec::new();
         let mut tids: Vec<String> = Vec::new();
         for operation in &batch.operations {
             match operation {
-                Operation::ReplaceSource { source_key, resources } => {
+                Operation::ReplaceSource {
+                    source_key,
+                    resources,
+                } => {
                     source_keys.push(source_key);
                     tids.extend(resources.iter().map(ResourceWrite::type_and_id));
                 }
@@ -233,10 +261,18 @@ impl BatchWriter {
                 separated.push_bind(*key);
             }
             separated.push_unseparated(")");
-            for row in query.build().fetch_all(&mut *connection).await.map_err(db_error)? {
+            for row in query
+                .build()
+                .fetch_all(&mut *connection)
+                .await
+                .map_err(db_error)?
+            {
                 let (tid, existing) = existing_from_row(&row)?;
                 if let Some(source) = &existing.source_key {
-                    self.by_source.entry(source.clone()).or_default().push(tid.clone());
+                    self.by_source
+                        .entry(source.clone())
+                        .or_default()
+                        .push(tid.clone());
                 }
                 self.existing.insert(tid, existing);
             }
@@ -253,7 +289,12 @@ impl BatchWriter {
                 separated.push_bind(tid.as_str());
             }
             separated.push_unseparated(")");
-            for row in query.build().fetch_all(&mut *connection).await.map_err(db_error)? {
+            for row in query
+                .build()
+                .fetch_all(&mut *connection)
+                .await
+                .map_err(db_error)?
+            {
                 let (tid, existing) = existing_from_row(&row)?;
                 self.existing.insert(tid, existing);
             }
@@ -266,9 +307,16 @@ impl BatchWriter {
         Ok(())
     }
 
-    async fn apply(&mut self, connection: &mut SqliteConnection, operation: Operation) -> Result<(), StoreError> {
+    async fn apply(
+        &mut self,
+        connection: &mut SqliteConnection,
+        operation: Operation,
+    ) -> Result<(), StoreError> {
         match operation {
-            Operation::ReplaceSource { source_key, resources } => {
+            Operation::ReplaceSource {
+                source_key,
+                resources,
+            } => {
                 let mut listed = HashSet::new();
                 for write in &resources {
                     if !listed.insert(write.type_and_id()) {
@@ -287,7 +335,8 @@ impl BatchWriter {
                         self.delete(connection, &tid).await?;
                     }
                 }
-                self.by_source.insert(source_key, listed.into_iter().collect());
+                self.by_source
+                    .insert(source_key, listed.into_iter().collect());
             }
             Operation::DeleteSource { source_key } => {
                 let previous = self.by_source.get(&source_key).cloned().unwrap_or_default();
@@ -308,7 +357,12 @@ impl BatchWriter {
         Ok(())
     }
 
-    async fn upsert(&mut self, connection: &mut SqliteConnection, source_key: &str, write: ResourceWrite) -> Result<(), StoreError> {
+    async fn upsert(
+        &mut self,
+        connection: &mut SqliteConnection,
+        source_key: &str,
+        write: ResourceWrite,
+    ) -> Result<(), StoreError> {
         let tid = write.type_and_id();
         let Some(existing) = self.existing.get(&tid).cloned() else {
             let rid = self.next_rid;
@@ -402,8 +456,14 @@ impl BatchWriter {
         }
     }
 
-    async fn delete(&mut self, connection: &mut SqliteConnection, tid: &str) -> Result<(), StoreError> {
-        let Some(existing) = self.existing.get(tid).cloned() else { return Ok(()) };
+    async fn delete(
+        &mut self,
+        connection: &mut SqliteConnection,
+        tid: &str,
+    ) -> Result<(), StoreError> {
+        let Some(existing) = self.existing.get(tid).cloned() else {
+            return Ok(());
+        };
         if existing.deleted {
             return Ok(());
         }
@@ -440,14 +500,22 @@ impl BatchWriter {
         Ok(())
     }
 
-    async fn remove_index_rows(&self, connection: &mut SqliteConnection, existing: &Existing) -> Result<(), StoreError> {
-        let content: Option<Vec<u8>> = sqlx::query_scalar("SELECT content FROM resources WHERE rid = ?")
-            .bind(existing.rid)
-            .fetch_one(&mut *connection)
-            .await
-            .map_err(db_error)?;
-        let Some(content) = content else { return Ok(()) };
-        let value: Value = serde_json::from_slice(&content).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+    async fn remove_index_rows(
+        &self,
+        connection: &mut SqliteConnection,
+        existing: &Existing,
+    ) -> Result<(), StoreError> {
+        let content: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT content FROM resources WHERE rid = ?")
+                .bind(existing.rid)
+                .fetch_one(&mut *connection)
+                .await
+                .map_err(db_error)?;
+        let Some(content) = content else {
+            return Ok(());
+        };
+        let value: Value = serde_json::from_slice(&content)
+            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
         for entry in search::extract(&existing.resource_type, &value) {
             let param = i64::from(entry.param);
             let query = match &entry.value {
@@ -472,7 +540,11 @@ impl BatchWriter {
                     .bind(*value)
                     .bind(system.clone()),
             };
-            query.bind(existing.rid).execute(&mut *connection).await.map_err(db_error)?;
+            query
+                .bind(existing.rid)
+                .execute(&mut *connection)
+                .await
+                .map_err(db_error)?;
         }
         Ok(())
     }
@@ -495,7 +567,11 @@ impl BatchWriter {
                     .push_bind(new.write.hash as i64)
                     .push_bind(new.write.content.clone());
             });
-            query.build().execute(&mut *connection).await.map_err(db_error)?;
+            query
+                .build()
+                .execute(&mut *connection)
+                .await
+                .map_err(db_error)?;
         }
         self.pending_rids.clear();
         let entries = std::mem::take(&mut self.pending_index);
@@ -503,7 +579,10 @@ impl BatchWriter {
     }
 }
 
-async fn insert_index_rows(connection: &mut SqliteConnection, entries: &[(i64, IndexEntry)]) -> Result<(), StoreError> {
+async fn insert_index_rows(
+    connection: &mut SqliteConnection,
+    entries: &[(i64, IndexEntry)],
+) -> Result<(), StoreError> {
     let mut tokens = Vec::new();
     let mut strings = Vec::new();
     let mut dates = Vec::new();
@@ -512,49 +591,100 @@ async fn insert_index_rows(connection: &mut SqliteConnection, entries: &[(i64, I
     for (rid, entry) in entries {
         let param = i64::from(entry.param);
         match &entry.value {
-            IndexValue::Token { system, code } => tokens.push((param, code.as_str(), system.as_str(), *rid)),
+            IndexValue::Token { system, code } => {
+                tokens.push((param, code.as_str(), system.as_str(), *rid))
+            }
             IndexValue::String(text) => strings.push((param, text.as_str(), *rid)),
             IndexValue::Date { start, end } => dates.push((param, *start, *end, *rid)),
-            IndexValue::Reference { target_type, target_id } => {
-                references.push((param, target_id.as_str(), target_type.as_str(), *rid))
-            }
-            IndexValue::Quantity { value, system, code } => quantities.push((param, code.as_str(), *value, system.as_str(), *rid)),
+            IndexValue::Reference {
+                target_type,
+                target_id,
+            } => references.push((param, target_id.as_str(), target_type.as_str(), *rid)),
+            IndexValue::Quantity {
+                value,
+                system,
+                code,
+            } => quantities.push((param, code.as_str(), *value, system.as_str(), *rid)),
         }
     }
     for chunk in tokens.chunks(INDEX_CHUNK) {
-        let mut query = QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO idx_token (param, code, system, rid) ");
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT OR IGNORE INTO idx_token (param, code, system, rid) ",
+        );
         query.push_values(chunk, |mut row, (param, code, system, rid)| {
-            row.push_bind(*param).push_bind(code.to_string()).push_bind(system.to_string()).push_bind(*rid);
+            row.push_bind(*param)
+                .push_bind(code.to_string())
+                .push_bind(system.to_string())
+                .push_bind(*rid);
         });
-        query.build().execute(&mut *connection).await.map_err(db_error)?;
+        query
+            .build()
+            .execute(&mut *connection)
+            .await
+            .map_err(db_error)?;
     }
     for chunk in strings.chunks(INDEX_CHUNK) {
-        let mut query = QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO idx_string (param, value, rid) ");
+        let mut query =
+            QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO idx_string (param, value, rid) ");
         query.push_values(chunk, |mut row, (param, value, rid)| {
-            row.push_bind(*param).push_bind(value.to_string()).push_bind(*rid);
+            row.push_bind(*param)
+                .push_bind(value.to_string())
+                .push_bind(*rid);
         });
-        query.build().execute(&mut *connection).await.map_err(db_error)?;
+        query
+            .build()
+            .execute(&mut *connection)
+            .await
+            .map_err(db_error)?;
     }
     for chunk in dates.chunks(INDEX_CHUNK) {
-        let mut query = QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO idx_date (param, start, \"end\", rid) ");
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT OR IGNORE INTO idx_date (param, start, \"end\", rid) ",
+        );
         query.push_values(chunk, |mut row, (param, start, end, rid)| {
-            row.push_bind(*param).push_bind(*start).push_bind(*end).push_bind(*rid);
+            row.push_bind(*param)
+                .push_bind(*start)
+                .push_bind(*end)
+                .push_bind(*rid);
         });
-        query.build().execute(&mut *connection).await.map_err(db_error)?;
+        query
+            .build()
+            .execute(&mut *connection)
+            .await
+            .map_err(db_error)?;
     }
     for chunk in references.chunks(INDEX_CHUNK) {
-        let mut query = QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO idx_reference (param, target_id, target_type, rid) ");
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT OR IGNORE INTO idx_reference (param, target_id, target_type, rid) ",
+        );
         query.push_values(chunk, |mut row, (param, target_id, target_type, rid)| {
-            row.push_bind(*param).push_bind(target_id.to_string()).push_bind(target_type.to_string()).push_bind(*rid);
+            row.push_bind(*param)
+                .push_bind(target_id.to_string())
+                .push_bind(target_type.to_string())
+                .push_bind(*rid);
         });
-        query.build().execute(&mut *connection).await.map_err(db_error)?;
+        query
+            .build()
+            .execute(&mut *connection)
+            .await
+            .map_err(db_error)?;
     }
     for chunk in quantities.chunks(INDEX_CHUNK) {
-        let mut query = QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO idx_quantity (param, code, value, system, rid) ");
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT OR IGNORE INTO idx_quantity (param, code, value, system, rid) ",
+        );
         query.push_values(chunk, |mut row, (param, code, value, system, rid)| {
-            row.push_bind(*param).push_bind(code.to_string()).push_bind(*value).push_bind(system.to_string()).push_bind(*rid);
+            row.push_bind(*param)
+                .push_bind(code.to_string())
+                .push_bind(*value)
+                .push_bind(system.to_string())
+                .push_bind(*rid);
         });
-        query.build().execute(&mut *connection).await.map_err(db_error)?;
+        query
+            .build()
+            .execute(&mut *connection)
+            .await
+            .map_err(db_error)?;
     }
     Ok(())
 }
@@ -597,16 +727,27 @@ impl Store for SqliteStore {
         Ok(writer.stats)
     }
 
-    async fn read(&self, resource_type: &str, id: &str) -> Result<Option<StoredResource>, StoreError> {
-        let row = sqlx::query("SELECT type, id, version, last_updated, deleted, content FROM resources WHERE tid = ?")
-            .bind(format!("{resource_type}/{id}"))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)?;
+    async fn read(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<StoredResource>, StoreError> {
+        let row = sqlx::query(
+            "SELECT type, id, version, last_updated, deleted, content FROM resources WHERE tid = ?",
+        )
+        .bind(format!("{resource_type}/{id}"))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
         row.as_ref().map(stored_from_row).transpose()
     }
 
-    async fn vread(&self, resource_type: &str, id: &str, version: i64) -> Result<Option<StoredResource>, StoreError> {
+    async fn vread(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<StoredResource>, StoreError> {
         if let Some(current) = self.read(resource_type, id).await? {
             if current.version == version {
                 return Ok(Some(current));
@@ -623,7 +764,11 @@ impl Store for SqliteStore {
         row.as_ref().map(stored_from_row).transpose()
     }
 
-    async fn history(&self, resource_type: &str, id: &str) -> Result<Vec<StoredResource>, StoreError> {
+    async fn history(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Vec<StoredResource>, StoreError> {
         let rows = sqlx::query(
             "SELECT type, id, version, last_updated, deleted, content FROM resources WHERE tid = ?1 \
              UNION ALL \
@@ -653,7 +798,12 @@ impl Store for SqliteStore {
             .await
             .map_err(db_error)?;
         rows.iter()
-            .map(|row| Ok((row.try_get("key").map_err(db_error)?, row.try_get("value").map_err(db_error)?)))
+            .map(|row| {
+                Ok((
+                    row.try_get("key").map_err(db_error)?,
+                    row.try_get("value").map_err(db_error)?,
+                ))
+            })
             .collect()
     }
 
@@ -680,10 +830,12 @@ impl Store for SqliteStore {
     }
 
     async fn count_current(&self) -> Result<Counts, StoreError> {
-        let rows = sqlx::query("SELECT type, COUNT(*) AS n FROM resources WHERE deleted = 0 GROUP BY type")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
+        let rows = sqlx::query(
+            "SELECT type, COUNT(*) AS n FROM resources WHERE deleted = 0 GROUP BY type",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
         let mut counts = Counts::new();
         for row in rows {
             let count: i64 = row.try_get("n").map_err(db_error)?;
@@ -692,9 +844,17 @@ impl Store for SqliteStore {
         Ok(counts)
     }
 
-    async fn find_by_token(&self, resource_type: &str, param: &str, system: Option<&str>, code: &str) -> Result<Vec<String>, StoreError> {
+    async fn find_by_token(
+        &self,
+        resource_type: &str,
+        param: &str,
+        system: Option<&str>,
+        code: &str,
+    ) -> Result<Vec<String>, StoreError> {
         let Some(definition) = search::param(resource_type, param) else {
-            return Err(StoreError::Invalid(format!("unknown search parameter {resource_type}.{param}")));
+            return Err(StoreError::Invalid(format!(
+                "unknown search parameter {resource_type}.{param}"
+            )));
         };
         let rows = match system {
             Some(system) => sqlx::query("SELECT r.id FROM idx_token t JOIN resources r ON r.rid = t.rid WHERE t.param = ? AND t.code = ? AND t.system = ? AND r.deleted = 0 ORDER BY r.id")
@@ -710,12 +870,21 @@ impl Store for SqliteStore {
                 .await,
         }
         .map_err(db_error)?;
-        rows.iter().map(|row| row.try_get("id").map_err(db_error)).collect()
+        rows.iter()
+            .map(|row| row.try_get("id").map_err(db_error))
+            .collect()
     }
 
-    async fn find_by_reference(&self, resource_type: &str, param: &str, target: &str) -> Result<Vec<String>, StoreError> {
+    async fn find_by_reference(
+        &self,
+        resource_type: &str,
+        param: &str,
+        target: &str,
+    ) -> Result<Vec<String>, StoreError> {
         let Some(definition) = search::param(resource_type, param) else {
-            return Err(StoreError::Invalid(format!("unknown search parameter {resource_type}.{param}")));
+            return Err(StoreError::Invalid(format!(
+                "unknown search parameter {resource_type}.{param}"
+            )));
         };
         let Some((target_type, target_id)) = search::split_reference(target) else {
             return Err(StoreError::Invalid(format!("{target} is not Type/id")));
@@ -727,6 +896,8 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
-        rows.iter().map(|row| row.try_get("id").map_err(db_error)).collect()
+        rows.iter()
+            .map(|row| row.try_get("id").map_err(db_error))
+            .collect()
     }
 }

@@ -10,9 +10,12 @@ async fn fresh() -> SqliteStore {
     let path = dir.path().join("store.db");
     // Keep the directory alive for the test's duration.
     std::mem::forget(dir);
-    SqliteStore::open(&format!("sqlite://{}", path.display()), Arc::new(FixedClock(1_700_000_000_000_000)))
-        .await
-        .unwrap()
+    SqliteStore::open(
+        &format!("sqlite://{}", path.display()),
+        Arc::new(FixedClock(1_700_000_000_000_000)),
+    )
+    .await
+    .unwrap()
 }
 
 tsunagi_store::store_conformance_suite!(fresh());

@@ -49,7 +49,10 @@ fn content(store_resource: &crate::StoredResource) -> Value {
 
 pub async fn create_and_read(store: &dyn Store) {
     let stats = store
-        .apply(batch(vec![replace("s1", vec![patient("p1", "山田"), observation("o1", "A", "p1")])]))
+        .apply(batch(vec![replace(
+            "s1",
+            vec![patient("p1", "山田"), observation("o1", "A", "p1")],
+        )]))
         .await
         .unwrap();
     assert_eq!(stats.created.get("Patient"), Some(&1));
@@ -60,24 +63,43 @@ pub async fn create_and_read(store: &dyn Store) {
     assert_eq!(content(&read)["name"][0]["family"], "山田");
     let with_meta = read.to_json().unwrap().unwrap();
     assert_eq!(with_meta["meta"]["versionId"], "1");
-    assert!(with_meta["meta"]["lastUpdated"].as_str().unwrap().ends_with("+09:00"));
+    assert!(
+        with_meta["meta"]["lastUpdated"]
+            .as_str()
+            .unwrap()
+            .ends_with("+09:00")
+    );
     assert!(store.read("Patient", "nope").await.unwrap().is_none());
     assert!(store.read("Observation", "p1").await.unwrap().is_none());
 }
 
 pub async fn reapplying_is_a_no_op(store: &dyn Store) {
-    let write = || batch(vec![replace("s1", vec![patient("p1", "山田"), observation("o1", "A", "p1")])]);
+    let write = || {
+        batch(vec![replace(
+            "s1",
+            vec![patient("p1", "山田"), observation("o1", "A", "p1")],
+        )])
+    };
     store.apply(write()).await.unwrap();
     let second = store.apply(write()).await.unwrap();
     assert_eq!(second.written(), 0);
     assert_eq!(second.unchanged.values().sum::<u64>(), 2);
-    assert_eq!(store.read("Patient", "p1").await.unwrap().unwrap().version, 1);
+    assert_eq!(
+        store.read("Patient", "p1").await.unwrap().unwrap().version,
+        1
+    );
     assert_eq!(store.history("Patient", "p1").await.unwrap().len(), 1);
 }
 
 pub async fn changes_make_versions_and_keep_history(store: &dyn Store) {
-    store.apply(batch(vec![replace("s1", vec![patient("p1", "山田")])])).await.unwrap();
-    let stats = store.apply(batch(vec![replace("s1", vec![patient("p1", "佐藤")])])).await.unwrap();
+    store
+        .apply(batch(vec![replace("s1", vec![patient("p1", "山田")])]))
+        .await
+        .unwrap();
+    let stats = store
+        .apply(batch(vec![replace("s1", vec![patient("p1", "佐藤")])]))
+        .await
+        .unwrap();
     assert_eq!(stats.updated.get("Patient"), Some(&1));
     let current = store.read("Patient", "p1").await.unwrap().unwrap();
     assert_eq!(current.version, 2);
@@ -86,41 +108,78 @@ pub async fn changes_make_versions_and_keep_history(store: &dyn Store) {
     assert_eq!(content(&first)["name"][0]["family"], "山田");
     assert!(store.vread("Patient", "p1", 3).await.unwrap().is_none());
     let history = store.history("Patient", "p1").await.unwrap();
-    assert_eq!(history.iter().map(|h| h.version).collect::<Vec<_>>(), vec![2, 1]);
+    assert_eq!(
+        history.iter().map(|h| h.version).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
 }
 
 pub async fn replace_source_deletes_what_it_no_longer_holds(store: &dyn Store) {
     store
-        .apply(batch(vec![replace("rx", vec![observation("o1", "A", "p1"), observation("o2", "B", "p1")])]))
+        .apply(batch(vec![replace(
+            "rx",
+            vec![observation("o1", "A", "p1"), observation("o2", "B", "p1")],
+        )]))
         .await
         .unwrap();
-    let stats = store.apply(batch(vec![replace("rx", vec![observation("o1", "A", "p1")])])).await.unwrap();
+    let stats = store
+        .apply(batch(vec![replace(
+            "rx",
+            vec![observation("o1", "A", "p1")],
+        )]))
+        .await
+        .unwrap();
     assert_eq!(stats.deleted.get("Observation"), Some(&1));
     let gone = store.read("Observation", "o2").await.unwrap().unwrap();
     assert!(gone.deleted);
     assert_eq!(gone.version, 2);
     assert!(gone.to_json().unwrap().is_none());
     assert_eq!(store.history("Observation", "o2").await.unwrap().len(), 2);
-    assert_eq!(store.count_current().await.unwrap().get("Observation"), Some(&1));
+    assert_eq!(
+        store.count_current().await.unwrap().get("Observation"),
+        Some(&1)
+    );
     // Replacing with nothing at all empties the source.
-    store.apply(batch(vec![replace("rx", vec![])])).await.unwrap();
-    assert_eq!(store.count_current().await.unwrap().get("Observation"), None);
+    store
+        .apply(batch(vec![replace("rx", vec![])]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.count_current().await.unwrap().get("Observation"),
+        None
+    );
 }
 
 pub async fn delete_then_recreate(store: &dyn Store) {
-    store.apply(batch(vec![replace("s", vec![observation("o1", "A", "p1")])])).await.unwrap();
+    store
+        .apply(batch(vec![replace(
+            "s",
+            vec![observation("o1", "A", "p1")],
+        )]))
+        .await
+        .unwrap();
     let stats = store
-        .apply(batch(vec![Operation::DeleteSource { source_key: "s".to_owned() }]))
+        .apply(batch(vec![Operation::DeleteSource {
+            source_key: "s".to_owned(),
+        }]))
         .await
         .unwrap();
     assert_eq!(stats.deleted.get("Observation"), Some(&1));
     // Deleting again changes nothing.
     let again = store
-        .apply(batch(vec![Operation::DeleteSource { source_key: "s".to_owned() }]))
+        .apply(batch(vec![Operation::DeleteSource {
+            source_key: "s".to_owned(),
+        }]))
         .await
         .unwrap();
     assert!(again.deleted.is_empty());
-    store.apply(batch(vec![replace("s", vec![observation("o1", "A", "p1")])])).await.unwrap();
+    store
+        .apply(batch(vec![replace(
+            "s",
+            vec![observation("o1", "A", "p1")],
+        )]))
+        .await
+        .unwrap();
     let current = store.read("Observation", "o1").await.unwrap().unwrap();
     assert_eq!(current.version, 3);
     assert!(!current.deleted);
@@ -128,57 +187,154 @@ pub async fn delete_then_recreate(store: &dyn Store) {
 
 pub async fn index_rows_follow_the_current_version(store: &dyn Store) {
     store
-        .apply(batch(vec![replace("s", vec![observation("o1", "A", "p1"), observation("o2", "B", "p2")])]))
+        .apply(batch(vec![replace(
+            "s",
+            vec![observation("o1", "A", "p1"), observation("o2", "B", "p2")],
+        )]))
         .await
         .unwrap();
     let jlac = "http://medis.or.jp/CodeSystem/master-JLAC10-17digits";
-    assert_eq!(store.find_by_token("Observation", "code", Some(jlac), "A").await.unwrap(), vec!["o1"]);
-    // The OID form of the system finds the same rows.
     assert_eq!(
-        store.find_by_token("Observation", "code", Some("urn:oid:1.2.392.200119.4.504"), "A").await.unwrap(),
+        store
+            .find_by_token("Observation", "code", Some(jlac), "A")
+            .await
+            .unwrap(),
         vec!["o1"]
     );
-    assert_eq!(store.find_by_token("Observation", "code", None, "B").await.unwrap(), vec!["o2"]);
-    assert_eq!(store.find_by_reference("Observation", "patient", "Patient/p1").await.unwrap(), vec!["o1"]);
+    // The OID form of the system finds the same rows.
+    assert_eq!(
+        store
+            .find_by_token(
+                "Observation",
+                "code",
+                Some("urn:oid:1.2.392.200119.4.504"),
+                "A"
+            )
+            .await
+            .unwrap(),
+        vec!["o1"]
+    );
+    assert_eq!(
+        store
+            .find_by_token("Observation", "code", None, "B")
+            .await
+            .unwrap(),
+        vec!["o2"]
+    );
+    assert_eq!(
+        store
+            .find_by_reference("Observation", "patient", "Patient/p1")
+            .await
+            .unwrap(),
+        vec!["o1"]
+    );
     store
-        .apply(batch(vec![replace("s", vec![observation("o1", "C", "p1"), observation("o2", "B", "p2")])]))
+        .apply(batch(vec![replace(
+            "s",
+            vec![observation("o1", "C", "p1"), observation("o2", "B", "p2")],
+        )]))
         .await
         .unwrap();
-    assert!(store.find_by_token("Observation", "code", None, "A").await.unwrap().is_empty());
-    assert_eq!(store.find_by_token("Observation", "code", None, "C").await.unwrap(), vec!["o1"]);
-    store.apply(batch(vec![replace("s", vec![observation("o1", "C", "p1")])])).await.unwrap();
-    assert!(store.find_by_token("Observation", "code", None, "B").await.unwrap().is_empty());
-    assert!(store.find_by_reference("Observation", "patient", "Patient/p2").await.unwrap().is_empty());
+    assert!(
+        store
+            .find_by_token("Observation", "code", None, "A")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .find_by_token("Observation", "code", None, "C")
+            .await
+            .unwrap(),
+        vec!["o1"]
+    );
+    store
+        .apply(batch(vec![replace(
+            "s",
+            vec![observation("o1", "C", "p1")],
+        )]))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .find_by_token("Observation", "code", None, "B")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .find_by_reference("Observation", "patient", "Patient/p2")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn checkpoints_commit_with_the_data(store: &dyn Store) {
     store
         .apply(batch(vec![
             replace("s", vec![patient("p1", "山田")]),
-            Operation::PutCheckpoint { scope: "x".to_owned(), key: "b".to_owned(), value: b"2".to_vec() },
-            Operation::PutCheckpoint { scope: "x".to_owned(), key: "a".to_owned(), value: b"1".to_vec() },
-            Operation::PutCheckpoint { scope: "y".to_owned(), key: "a".to_owned(), value: b"9".to_vec() },
+            Operation::PutCheckpoint {
+                scope: "x".to_owned(),
+                key: "b".to_owned(),
+                value: b"2".to_vec(),
+            },
+            Operation::PutCheckpoint {
+                scope: "x".to_owned(),
+                key: "a".to_owned(),
+                value: b"1".to_vec(),
+            },
+            Operation::PutCheckpoint {
+                scope: "y".to_owned(),
+                key: "a".to_owned(),
+                value: b"9".to_vec(),
+            },
         ]))
         .await
         .unwrap();
-    assert_eq!(store.checkpoint("x", "a").await.unwrap(), Some(b"1".to_vec()));
+    assert_eq!(
+        store.checkpoint("x", "a").await.unwrap(),
+        Some(b"1".to_vec())
+    );
     assert_eq!(store.checkpoint("x", "zz").await.unwrap(), None);
     let all = store.checkpoints("x").await.unwrap();
-    assert_eq!(all, vec![("a".to_owned(), b"1".to_vec()), ("b".to_owned(), b"2".to_vec())]);
+    assert_eq!(
+        all,
+        vec![
+            ("a".to_owned(), b"1".to_vec()),
+            ("b".to_owned(), b"2".to_vec())
+        ]
+    );
     store
-        .apply(batch(vec![Operation::PutCheckpoint { scope: "x".to_owned(), key: "a".to_owned(), value: b"3".to_vec() }]))
+        .apply(batch(vec![Operation::PutCheckpoint {
+            scope: "x".to_owned(),
+            key: "a".to_owned(),
+            value: b"3".to_vec(),
+        }]))
         .await
         .unwrap();
-    assert_eq!(store.checkpoint("x", "a").await.unwrap(), Some(b"3".to_vec()));
+    assert_eq!(
+        store.checkpoint("x", "a").await.unwrap(),
+        Some(b"3".to_vec())
+    );
 }
 
 pub async fn a_failing_batch_leaves_nothing(store: &dyn Store) {
     let result = store
         .apply(batch(vec![
-            Operation::PutCheckpoint { scope: "x".to_owned(), key: "a".to_owned(), value: b"1".to_vec() },
+            Operation::PutCheckpoint {
+                scope: "x".to_owned(),
+                key: "a".to_owned(),
+                value: b"1".to_vec(),
+            },
             replace("s", vec![patient("p1", "山田")]),
             // The same resource twice in one source record is refused.
-            replace("t", vec![observation("o1", "A", "p1"), observation("o1", "B", "p1")]),
+            replace(
+                "t",
+                vec![observation("o1", "A", "p1"), observation("o1", "B", "p1")],
+            ),
         ]))
         .await;
     assert!(result.is_err());
@@ -198,19 +354,40 @@ pub async fn one_batch_may_touch_a_resource_twice(store: &dyn Store) {
     assert_eq!(stats.updated.get("Observation"), Some(&1));
     let current = store.read("Observation", "o1").await.unwrap().unwrap();
     assert_eq!(current.version, 2);
-    assert_eq!(store.find_by_token("Observation", "code", None, "B").await.unwrap(), vec!["o1"]);
-    assert!(store.find_by_token("Observation", "code", None, "A").await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .find_by_token("Observation", "code", None, "B")
+            .await
+            .unwrap(),
+        vec!["o1"]
+    );
+    assert!(
+        store
+            .find_by_token("Observation", "code", None, "A")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn export_order_and_counts(store: &dyn Store) {
     store
         .apply(batch(vec![
             replace("a", vec![patient("p2", "b"), patient("p1", "a")]),
-            replace("b", vec![observation("o1", "A", "p1"), observation("o2", "A", "p1")]),
+            replace(
+                "b",
+                vec![observation("o1", "A", "p1"), observation("o2", "A", "p1")],
+            ),
         ]))
         .await
         .unwrap();
-    store.apply(batch(vec![replace("b", vec![observation("o1", "A", "p1")])])).await.unwrap();
+    store
+        .apply(batch(vec![replace(
+            "b",
+            vec![observation("o1", "A", "p1")],
+        )]))
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     let visited = store
         .for_each_current(&mut |resource| {

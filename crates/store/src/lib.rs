@@ -45,7 +45,8 @@ pub struct ResourceWrite {
 impl ResourceWrite {
     /// Serializes, hashes and indexes a resource.
     pub fn from_json(resource_type: &str, id: &str, resource: &Value) -> Result<Self, StoreError> {
-        let content = serde_json::to_vec(resource).map_err(|error| StoreError::Invalid(error.to_string()))?;
+        let content =
+            serde_json::to_vec(resource).map_err(|error| StoreError::Invalid(error.to_string()))?;
         Ok(Self {
             resource_type: resource_type.to_owned(),
             id: id.to_owned(),
@@ -161,16 +162,30 @@ pub struct StoredResource {
 impl StoredResource {
     /// The resource with `meta.versionId` and `meta.lastUpdated` filled in; `None` when deleted.
     pub fn to_json(&self) -> Result<Option<Value>, StoreError> {
-        let Some(content) = &self.content else { return Ok(None) };
-        let mut value: Value = serde_json::from_slice(content).map_err(|error| StoreError::Corrupt(error.to_string()))?;
-        let Value::Object(map) = &mut value else {
-            return Err(StoreError::Corrupt(format!("{}/{} is not a JSON object", self.resource_type, self.id)));
+        let Some(content) = &self.content else {
+            return Ok(None);
         };
-        let meta = map.entry("meta").or_insert_with(|| Value::Object(serde_json::Map::new()));
+        let mut value: Value = serde_json::from_slice(content)
+            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        let Value::Object(map) = &mut value else {
+            return Err(StoreError::Corrupt(format!(
+                "{}/{} is not a JSON object",
+                self.resource_type, self.id
+            )));
+        };
+        let meta = map
+            .entry("meta")
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
         if let Value::Object(meta) = meta {
             let mut rebuilt = serde_json::Map::new();
-            rebuilt.insert("versionId".to_owned(), Value::String(self.version.to_string()));
-            rebuilt.insert("lastUpdated".to_owned(), Value::String(format_instant_jst(self.last_updated)));
+            rebuilt.insert(
+                "versionId".to_owned(),
+                Value::String(self.version.to_string()),
+            );
+            rebuilt.insert(
+                "lastUpdated".to_owned(),
+                Value::String(format_instant_jst(self.last_updated)),
+            );
             for (key, value) in std::mem::take(meta) {
                 if key != "versionId" && key != "lastUpdated" {
                     rebuilt.insert(key, value);
@@ -215,13 +230,26 @@ pub trait Store: Send + Sync {
     async fn apply(&self, batch: Batch) -> Result<ApplyStats, StoreError>;
 
     /// The current version of a resource (possibly a deletion marker).
-    async fn read(&self, resource_type: &str, id: &str) -> Result<Option<StoredResource>, StoreError>;
+    async fn read(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<StoredResource>, StoreError>;
 
     /// A specific version.
-    async fn vread(&self, resource_type: &str, id: &str, version: i64) -> Result<Option<StoredResource>, StoreError>;
+    async fn vread(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<StoredResource>, StoreError>;
 
     /// Every version, newest first.
-    async fn history(&self, resource_type: &str, id: &str) -> Result<Vec<StoredResource>, StoreError>;
+    async fn history(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Vec<StoredResource>, StoreError>;
 
     /// A checkpoint value.
     async fn checkpoint(&self, scope: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
@@ -248,5 +276,10 @@ pub trait Store: Send + Sync {
 
     /// Ids of current resources whose reference parameter `param` points at `target`
     /// (`Type/id`).
-    async fn find_by_reference(&self, resource_type: &str, param: &str, target: &str) -> Result<Vec<String>, StoreError>;
+    async fn find_by_reference(
+        &self,
+        resource_type: &str,
+        param: &str,
+        target: &str,
+    ) -> Result<Vec<String>, StoreError>;
 }

@@ -8,11 +8,11 @@ use std::{
 };
 
 use tsunagi_adapter::{AdapterContext, NoProgress, PullAdapter, PullReport};
+use tsunagi_adapter_ssmix2::{Ssmix2Adapter, Ssmix2Config};
 use tsunagi_core::{FacilityId, clock::FixedClock};
 use tsunagi_mapping::CodeTables;
 use tsunagi_store::Store;
 use tsunagi_store_sqlite::SqliteStore;
-use tsunagi_adapter_ssmix2::{Ssmix2Adapter, Ssmix2Config};
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -27,7 +27,11 @@ pub fn tables() -> Arc<CodeTables> {
 
 pub async fn store(dir: &Path) -> Arc<SqliteStore> {
     let url = format!("sqlite://{}", dir.join("tsunagi.db").display());
-    Arc::new(SqliteStore::open(&url, Arc::new(FixedClock(1_700_000_000_000_000))).await.unwrap())
+    Arc::new(
+        SqliteStore::open(&url, Arc::new(FixedClock(1_700_000_000_000_000)))
+            .await
+            .unwrap(),
+    )
 }
 
 pub async fn pull(store: Arc<SqliteStore>, facility: &str, roots: Vec<PathBuf>) -> PullReport {
@@ -41,7 +45,11 @@ pub async fn pull(store: Arc<SqliteStore>, facility: &str, roots: Vec<PathBuf>) 
         full: false,
     });
     let store: Arc<dyn Store> = store;
-    let context = AdapterContext { store, clock: Arc::new(FixedClock(1_700_000_000_000_000)), progress: Arc::new(NoProgress) };
+    let context = AdapterContext {
+        store,
+        clock: Arc::new(FixedClock(1_700_000_000_000_000)),
+        progress: Arc::new(NoProgress),
+    };
     adapter.pull(&context).await.unwrap()
 }
 

@@ -18,7 +18,10 @@ pub fn tables(facility: &str) -> CodeTables {
     let mut tables = CodeTables::default();
     let root = workspace().join("mappings");
     tables
-        .add_units("units.csv", &std::fs::read_to_string(root.join("common/units.csv")).unwrap())
+        .add_units(
+            "units.csv",
+            &std::fs::read_to_string(root.join("common/units.csv")).unwrap(),
+        )
         .unwrap();
     let dir = root.join("facilities").join(facility);
     if let Ok(text) = std::fs::read_to_string(dir.join("codes.csv")) {
@@ -71,7 +74,10 @@ pub fn check_snapshot(path: &Path, actual: &Value) {
         return;
     }
     let expected = std::fs::read_to_string(path).unwrap_or_else(|_| {
-        panic!("missing snapshot {} (run with UPDATE_SNAPSHOTS=1 to create it)", path.display())
+        panic!(
+            "missing snapshot {} (run with UPDATE_SNAPSHOTS=1 to create it)",
+            path.display()
+        )
     });
     if expected != rendered {
         let first_difference = expected
@@ -81,6 +87,9 @@ pub fn check_snapshot(path: &Path, actual: &Value) {
             .find(|(_, (a, b))| a != b)
             .map(|(line, (a, b))| format!("line {}:\n  expected: {a}\n  actual:   {b}", line + 1))
             .unwrap_or_else(|| "one is a prefix of the other".to_owned());
-        panic!("snapshot {} differs (UPDATE_SNAPSHOTS=1 rewrites it); first difference at {first_difference}", path.display());
+        panic!(
+            "snapshot {} differs (UPDATE_SNAPSHOTS=1 rewrites it); first difference at {first_difference}",
+            path.display()
+        );
     }
 }

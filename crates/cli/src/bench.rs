@@ -1,0 +1,151 @@
+//! `tsunagi bench ingest`: generate a region, ingest it into a fresh database, ingest it again,
+//! and print the figures against the targets. Use a release build.
+
+use std::{path::PathBuf, sync::Arc, time::Instant};
+
+use anyhow::Context;
+use tsunagi_adapter::{AdapterContext, NoProgress, PullReport};
+use tsunagi_core::clock::SystemClock;
+
+use crate::{commands, registry, tables};
+
+/// Target: resources per second, end to end.
+const TARGET_RESOURCES_PER_SECOND: f64 = 30_000.0;
+/// Target: unchanged files skipped per second.
+const TARGET_SKIPS_PER_SECOND: f64 = 50_000.0;
+/// Target: peak resident set size.
+const TARGET_PEAK_RSS_MB: f64 = 200.0;
+
+fn status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find(|line| line.starts_with(field))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|value| value.parse().ok())
+}
+
+/// Resets the kernel's peak-RSS counter (Linux ≥ 4.0), so generation does not count.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+async fn pull_all(
+    region: &std::path::Path,
+    store: Arc<dyn tsunagi_store::Store>,
+) -> anyhow::Result<Vec<PullReport>> {
+    let mut reports = Vec::new();
+    for hospital in tsunagi_synth::HOSPITALS {
+        let config = tsunagi_adapter_ssmix2::Ssmix2Config {
+            facility: tsunagi_core::FacilityId::parse(hospital.code)?,
+            name: Some(hospital.name.to_owned()),
+            roots: vec![region.join(hospital.code)],
+            tables: Arc::new(tables::load(hospital.code, None)?),
+            batch_resources: 5000,
+            workers: 0,
+            full: false,
+        };
+        let adapter = registry::build(registry::Source::Ssmix2(config));
+        let context = AdapterContext {
+            store: store.clone(),
+            clock: Arc::new(SystemClock),
+            progress: Arc::new(NoProgress),
+        };
+        reports.push(adapter.pull(&context).await?);
+    }
+    Ok(reports)
+}
+
+/// Runs the ingest benchmark.
+pub(crate) async fn ingest(
+    patients: usize,
+    seed: u64,
+    keep: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "warning: this is a debug build; measure with `cargo run --release -- bench ingest …`"
+        );
+    }
+    let temporary = tempfile::tempdir()?;
+    let base = keep.unwrap_or_else(|| temporary.path().to_path_buf());
+    std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
+    let region = base.join("region");
+    let db = base.join("bench.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+
+    let started = Instant::now();
+    let generated = tsunagi_synth::generate_region(&region, patients, seed)?;
+    let generate_seconds = started.elapsed().as_secs_f64();
+    println!(
+        "generated {} people, {} charts, {} files ({:.1} MB) in {generate_seconds:.1} s",
+        generated.people,
+        generated
+            .facilities
+            .iter()
+            .map(|f| f.patients)
+            .sum::<usize>(),
+        generated.files,
+        generated.bytes as f64 / 1e6
+    );
+
+    reset_peak_rss();
+    let rss_before = status_kib("VmRSS:").unwrap_or(0);
+    let store = commands::open_store(&format!("sqlite://{}", db.display())).await?;
+    let started = Instant::now();
+    let first = pull_all(&region, store.clone()).await?;
+    let ingest_seconds = started.elapsed().as_secs_f64();
+    let written: u64 = first.iter().map(PullReport::resources_written).sum();
+    let files: u64 = first.iter().map(|r| r.files_seen).sum();
+    let rejected: usize = first.iter().map(|r| r.rejected.len()).sum();
+
+    let started = Instant::now();
+    let second = pull_all(&region, store.clone()).await?;
+    let reingest_seconds = started.elapsed().as_secs_f64();
+    let skipped: u64 = second.iter().map(|r| r.files_skipped_unchanged).sum();
+    let reread: u64 = second.iter().map(|r| r.files_read).sum();
+    let peak_mb = status_kib("VmHWM:").unwrap_or(0) as f64 / 1024.0;
+
+    let resources_per_second = written as f64 / ingest_seconds;
+    let skips_per_second = skipped as f64 / reingest_seconds;
+    println!(
+        "\ningest (fresh SQLite database, {} worker threads)",
+        std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1)
+    );
+    println!("  resources written     {written}");
+    println!("  files                 {files} ({rejected} rejected)");
+    println!("  time                  {ingest_seconds:.2} s");
+    println!(
+        "  resources/s           {resources_per_second:.0}   target ≥ {TARGET_RESOURCES_PER_SECOND:.0}   ratio {:.2}",
+        resources_per_second / TARGET_RESOURCES_PER_SECOND
+    );
+    println!(
+        "  files/s               {:.0}",
+        files as f64 / ingest_seconds
+    );
+    println!("\nre-ingest of the unchanged storage");
+    println!(
+        "  files skipped         {skipped} of {} ({} re-read)",
+        second.iter().map(|r| r.files_seen).sum::<u64>(),
+        reread
+    );
+    println!("  time                  {reingest_seconds:.3} s");
+    println!(
+        "  skipped files/s       {skips_per_second:.0}   target ≥ {TARGET_SKIPS_PER_SECOND:.0}   ratio {:.2}",
+        skips_per_second / TARGET_SKIPS_PER_SECOND
+    );
+    println!("\nmemory");
+    println!(
+        "  RSS before ingest     {:.1} MB",
+        rss_before as f64 / 1024.0
+    );
+    println!(
+        "  peak RSS (ingest)     {peak_mb:.1} MB   target ≤ {TARGET_PEAK_RSS_MB:.0}   ratio {:.2}",
+        peak_mb / TARGET_PEAK_RSS_MB
+    );
+    Ok(())
+}

@@ -1,0 +1,413 @@
+//! The commands: ingest, export, generate, demo, run.
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::Arc,
+    time::Instant,
+};
+
+use anyhow::{Context, bail};
+use tsunagi_adapter::{AdapterContext, NoProgress, PullAdapter, PullReport};
+use tsunagi_adapter_ssmix2::Ssmix2Config;
+use tsunagi_core::{FacilityId, clock::SystemClock};
+use tsunagi_store::Store;
+use tsunagi_store_sqlite::SqliteStore;
+
+use crate::{config::Config, progress::TerminalProgress, registry, tables};
+
+/// Opens the store named by a database URL.
+pub(crate) async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            bail!("database url {url:?} names no file: use sqlite://<path>");
+        }
+        if let Some(parent) = Path::new(path).parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+        }
+        let store = SqliteStore::open(url, Arc::new(SystemClock))
+            .await
+            .with_context(|| format!("cannot open {url}"))?;
+        return Ok(Arc::new(store));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        bail!(
+            "PostgreSQL is not yet supported by this build ({url}); use sqlite://<path> until the PostgreSQL store lands"
+        );
+    }
+    bail!(
+        "unsupported database url {url:?}: expected sqlite://<path> (or postgres://… once supported)"
+    )
+}
+
+fn context(store: Arc<dyn Store>, progress: Arc<dyn tsunagi_adapter::Progress>) -> AdapterContext {
+    AdapterContext {
+        store,
+        clock: Arc::new(SystemClock),
+        progress,
+    }
+}
+
+fn ssmix2_config(
+    facility: &str,
+    name: Option<String>,
+    roots: Vec<PathBuf>,
+    mappings: Option<&Path>,
+    full: bool,
+) -> anyhow::Result<Ssmix2Config> {
+    let facility_id = FacilityId::parse(facility)?;
+    let tables = tables::load(facility, mappings)?;
+    Ok(Ssmix2Config {
+        facility: facility_id,
+        name,
+        roots,
+        tables: Arc::new(tables),
+        batch_resources: 5000,
+        workers: 0,
+        full,
+    })
+}
+
+/// `tsunagi ingest ssmix2`.
+pub(crate) async fn ingest_ssmix2(
+    db: &str,
+    facility: &str,
+    name: Option<String>,
+    roots: Vec<PathBuf>,
+    mappings: Option<PathBuf>,
+    json: bool,
+    full: bool,
+) -> anyhow::Result<()> {
+    let store = open_store(db).await?;
+    let config = ssmix2_config(facility, name.clone(), roots, mappings.as_deref(), full)?;
+    let adapter = registry::build(registry::Source::Ssmix2(config));
+    let label = format!("ingest {facility}");
+    let (progress, drawer) = TerminalProgress::start(label, !json);
+    let started = Instant::now();
+    let result = adapter.pull(&context(store, progress.clone())).await;
+    progress.finish(drawer);
+    let report = result?;
+    let seconds = started.elapsed().as_secs_f64();
+    if json {
+        let mut value = serde_json::to_value(&report)?;
+        value["name"] = serde_json::json!(name);
+        value["seconds"] = serde_json::json!(seconds);
+        println!("{}", serde_json::to_string(&value)?);
+    } else {
+        print_summary(&report, name.as_deref(), seconds);
+    }
+    Ok(())
+}
+
+fn total(map: &BTreeMap<String, u64>) -> u64 {
+    map.values().sum()
+}
+
+/// Prints a human summary of one pull.
+pub(crate) fn print_summary(report: &PullReport, name: Option<&str>, seconds: f64) {
+    println!(
+        "SS-MIX2 ingest of {}{}",
+        report.facility,
+        name.map(|n| format!(" {n}")).unwrap_or_default()
+    );
+    println!(
+        "  files      {} seen, {} read, {} skipped as unchanged, {} rejected",
+        report.files_seen,
+        report.files_read,
+        report.files_skipped_unchanged,
+        report.rejected.len()
+    );
+    println!(
+        "  messages   {} mapped, {} records deleted by the source, {} warnings",
+        report.messages, report.records_deleted, report.warning_count
+    );
+    println!(
+        "  resources  {} written: {} created, {} updated, {} unchanged, {} deleted",
+        report.resources_written(),
+        total(&report.created),
+        total(&report.updated),
+        total(&report.unchanged),
+        total(&report.deleted)
+    );
+    let mut types: Vec<&String> = report
+        .created
+        .keys()
+        .chain(report.updated.keys())
+        .chain(report.deleted.keys())
+        .collect();
+    types.sort();
+    types.dedup();
+    for resource_type in types {
+        let get = |map: &BTreeMap<String, u64>| map.get(resource_type).copied().unwrap_or(0);
+        println!(
+            "    {:<26} {:>8} created {:>7} updated {:>7} deleted",
+            resource_type,
+            get(&report.created),
+            get(&report.updated),
+            get(&report.deleted)
+        );
+    }
+    if !report.rejected.is_empty() {
+        println!("  rejected:");
+        for rejection in &report.rejected {
+            println!("    {}: {}", rejection.source, rejection.reason);
+        }
+    }
+    if !report.warnings.is_empty() {
+        println!("  first warnings:");
+        for warning in report.warnings.iter().take(5) {
+            println!("    {warning}");
+        }
+    }
+    println!(
+        "  time       {seconds:.2} s ({:.0} resources/s, {:.0} files/s)",
+        report.resources_written() as f64 / seconds.max(1e-9),
+        report.files_seen as f64 / seconds.max(1e-9)
+    );
+}
+
+/// `tsunagi export ndjson`.
+pub(crate) async fn export_ndjson(db: &str, out: &Path) -> anyhow::Result<()> {
+    let store = open_store(db).await?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut current: Option<(String, std::io::BufWriter<std::fs::File>)> = None;
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    let out_dir = out.to_path_buf();
+    store
+        .for_each_current(&mut |resource| {
+            let store_error = |error: std::io::Error| {
+                tsunagi_store::StoreError::Invalid(format!("cannot write the export: {error}"))
+            };
+            if current
+                .as_ref()
+                .map(|(kind, _)| kind != &resource.resource_type)
+                .unwrap_or(true)
+            {
+                if let Some((_, mut writer)) = current.take() {
+                    writer.flush().map_err(store_error)?;
+                }
+                let path = out_dir.join(format!("{}.ndjson", resource.resource_type));
+                let file = std::fs::File::create(&path).map_err(store_error)?;
+                current = Some((
+                    resource.resource_type.clone(),
+                    std::io::BufWriter::new(file),
+                ));
+            }
+            let Some(json) = resource.to_json()? else {
+                return Ok(());
+            };
+            if let Some((_, writer)) = current.as_mut() {
+                serde_json::to_writer(&mut *writer, &json)
+                    .map_err(|error| tsunagi_store::StoreError::Invalid(error.to_string()))?;
+                writer.write_all(b"\n").map_err(store_error)?;
+            }
+            *counts.entry(resource.resource_type.clone()).or_default() += 1;
+            Ok(())
+        })
+        .await?;
+    if let Some((_, mut writer)) = current.take() {
+        writer.flush()?;
+    }
+    let total: u64 = counts.values().sum();
+    println!("exported {total} resources to {}", out.display());
+    for (resource_type, count) in counts {
+        println!("  {resource_type}.ndjson  {count}");
+    }
+    Ok(())
+}
+
+/// `tsunagi generate region`.
+pub(crate) fn generate_region(out: &Path, patients: usize, seed: u64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let report = tsunagi_synth::generate_region(out, patients, seed)
+        .with_context(|| format!("cannot generate into {}", out.display()))?;
+    println!(
+        "generated {} people ({} with records in two hospitals): {} files, {:.1} MB in {:.1} s",
+        report.people,
+        report.shared,
+        report.files,
+        report.bytes as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    for facility in &report.facilities {
+        println!(
+            "  {} {}  {} patients, {} files  {}",
+            facility.code,
+            facility.name,
+            facility.patients,
+            facility.files,
+            facility.root.display()
+        );
+    }
+    println!("manifest: {}", out.join("region.json").display());
+    Ok(())
+}
+
+/// `tsunagi demo`.
+pub(crate) async fn demo(dir: &Path, patients: usize) -> anyhow::Result<()> {
+    let region = dir.join("region");
+    if region.exists() {
+        std::fs::remove_dir_all(&region)
+            .with_context(|| format!("cannot clear {}", region.display()))?;
+    }
+    let db_path = dir.join("tsunagi.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let path = PathBuf::from(format!("{}{suffix}", db_path.display()));
+        if path.exists() {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    println!(
+        "1. generating a synthetic region of {patients} people in {}",
+        region.display()
+    );
+    generate_region(&region, patients, 2026)?;
+    let url = format!("sqlite://{}", db_path.display());
+    println!("\n2. ingesting the three hospitals' SS-MIX2 storages into {url}");
+    let store = open_store(&url).await?;
+    for hospital in tsunagi_synth::HOSPITALS {
+        let config = ssmix2_config(
+            hospital.code,
+            Some(hospital.name.to_owned()),
+            vec![region.join(hospital.code)],
+            None,
+            false,
+        )?;
+        let adapter = registry::build(registry::Source::Ssmix2(config));
+        let started = Instant::now();
+        let report = adapter
+            .pull(&context(store.clone(), Arc::new(NoProgress)))
+            .await?;
+        print_summary(
+            &report,
+            Some(hospital.name),
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    println!("\n3. pulling again: the checkpoint skips every unchanged file");
+    for hospital in tsunagi_synth::HOSPITALS {
+        let config = ssmix2_config(
+            hospital.code,
+            Some(hospital.name.to_owned()),
+            vec![region.join(hospital.code)],
+            None,
+            false,
+        )?;
+        let adapter = registry::build(registry::Source::Ssmix2(config));
+        let report = adapter
+            .pull(&context(store.clone(), Arc::new(NoProgress)))
+            .await?;
+        println!(
+            "  {} {}: {} files seen, {} skipped as unchanged, {} resources written",
+            hospital.code,
+            hospital.name,
+            report.files_seen,
+            report.files_skipped_unchanged,
+            report.resources_written()
+        );
+    }
+    println!("\n4. the store now holds:");
+    for (resource_type, count) in store.count_current().await? {
+        println!("  {resource_type:<26} {count:>7}");
+    }
+    let patient_id = "0610100010.1000000";
+    if let Some(patient) = store.read("Patient", patient_id).await? {
+        if let Some(json) = patient.to_json()? {
+            println!(
+                "\n   Patient/{patient_id}:\n{}",
+                serde_json::to_string_pretty(&json)?
+            );
+        }
+    }
+    println!(
+        "\nnext: tsunagi export ndjson --db {url} --out {}",
+        dir.join("export").display()
+    );
+    println!(
+        "      (the FHIR REST API that serves this store comes with `tsunagi serve`, not yet built)"
+    );
+    Ok(())
+}
+
+/// `tsunagi run`: cron-scheduled pulls.
+pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let store = open_store(&config.store.url).await?;
+    let mut jobs: Vec<(cron::Schedule, Arc<dyn PullAdapter>, Option<String>)> = Vec::new();
+    for source in config.ssmix2 {
+        let schedule = cron::Schedule::from_str(&source.schedule)?;
+        let mut ssmix2 = ssmix2_config(
+            &source.facility,
+            source.name.clone(),
+            source.roots,
+            source.mappings.as_deref(),
+            false,
+        )?;
+        if let Some(batch) = source.batch_resources {
+            ssmix2.batch_resources = batch;
+        }
+        if let Some(workers) = source.workers {
+            ssmix2.workers = workers;
+        }
+        jobs.push((
+            schedule,
+            registry::build(registry::Source::Ssmix2(ssmix2)),
+            source.name,
+        ));
+    }
+    if jobs.is_empty() {
+        bail!(
+            "{} configures no sources (adapters known to this build: {})",
+            path.display(),
+            registry::KINDS.join(", ")
+        );
+    }
+    if once {
+        for (_, adapter, name) in &jobs {
+            let started = Instant::now();
+            let report = adapter
+                .pull(&context(store.clone(), Arc::new(NoProgress)))
+                .await?;
+            print_summary(&report, name.as_deref(), started.elapsed().as_secs_f64());
+        }
+        return Ok(());
+    }
+    let mut tasks = Vec::new();
+    for (schedule, adapter, name) in jobs {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Some(next) = schedule.upcoming(chrono::Utc).next() else { return };
+                let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
+                tokio::time::sleep(wait).await;
+                let started = Instant::now();
+                let info = adapter.describe();
+                match adapter.pull(&context(store.clone(), Arc::new(NoProgress))).await {
+                    Ok(report) => eprintln!(
+                        "pull {} {}: {} files seen, {} read, {} rejected, {} resources written in {:.2} s",
+                        info.kind,
+                        name.as_deref().unwrap_or(&info.facility),
+                        report.files_seen,
+                        report.files_read,
+                        report.rejected.len(),
+                        report.resources_written(),
+                        started.elapsed().as_secs_f64()
+                    ),
+                    Err(error) => eprintln!("pull {} {} failed: {error}", info.kind, info.facility),
+                }
+            }
+        }));
+    }
+    eprintln!("running {} scheduled pull(s); Ctrl-C stops", tasks.len());
+    tokio::signal::ctrl_c().await?;
+    for task in tasks {
+        task.abort();
+    }
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! `tsunagi.toml`: the one typed, versioned configuration file. Unknown keys are refused, so a
+//! typo is an error rather than a silently ignored setting. `deploy/tsunagi.example.toml` is the
+//! documented reference and is parsed by a test.
+
+use std::{path::PathBuf, str::FromStr};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    /// Format version of this file; this build reads version 1.
+    pub(crate) version: u32,
+    /// Where resources are stored.
+    pub(crate) store: StoreConfig,
+    /// SS-MIX2 sources, one per facility.
+    #[serde(default)]
+    pub(crate) ssmix2: Vec<Ssmix2Source>,
+}
+
+/// The store.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StoreConfig {
+    /// Database URL: `sqlite://<path>`.
+    pub(crate) url: String,
+}
+
+/// One SS-MIX2 source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Ssmix2Source {
+    /// The facility's 10-digit medical-institution code.
+    pub(crate) facility: String,
+    /// Display name.
+    pub(crate) name: Option<String>,
+    /// Storage roots (one or more).
+    pub(crate) roots: Vec<PathBuf>,
+    /// When to pull: a cron expression with seconds (`sec min hour day-of-month month
+    /// day-of-week [year]`), evaluated in UTC, e.g. `"0 */5 * * * *"` for every five minutes.
+    pub(crate) schedule: String,
+    /// Code tables folder; default: the tables built into the binary.
+    pub(crate) mappings: Option<PathBuf>,
+    /// Resources per store transaction (default 5000).
+    pub(crate) batch_resources: Option<usize>,
+    /// Worker threads (default: one per core).
+    pub(crate) workers: Option<usize>,
+}
+
+impl Config {
+    /// Parses and validates the text of a config file.
+    pub(crate) fn parse(text: &str) -> anyhow::Result<Self> {
+        let config: Config = toml::from_str(text)?;
+        if config.version != 1 {
+            bail!(
+                "config version {} is not supported (this build reads version 1)",
+                config.version
+            );
+        }
+        for source in &config.ssmix2 {
+            tsunagi_core::FacilityId::parse(&source.facility)?;
+            cron::Schedule::from_str(&source.schedule).with_context(|| {
+                format!(
+                    "ssmix2 source {}: schedule {:?} is not a cron expression",
+                    source.facility, source.schedule
+                )
+            })?;
+            if source.roots.is_empty() {
+                bail!(
+                    "ssmix2 source {}: at least one root is required",
+                    source.facility
+                );
+            }
+        }
+        Ok(config)
+    }
+
+    /// Reads a config file.
+    pub(crate) fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Self::parse(&text)
+            .with_context(|| format!("{} is not a valid tsunagi.toml", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+
+    #[test]
+    fn the_example_config_parses() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/tsunagi.example.toml");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.version, 1);
+        assert_eq!(config.ssmix2.len(), 3);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_refused() {
+        let good = "version = 1\n[store]\nurl = \"sqlite://x.db\"\n";
+        assert!(Config::parse(good).is_ok());
+        assert!(Config::parse(&good.replace("url", "uri")).is_err());
+        assert!(Config::parse(&good.replace("version = 1", "version = 2")).is_err());
+        let bad_schedule = format!(
+            "{good}[[ssmix2]]\nfacility = \"0610100010\"\nroots = [\"/x\"]\nschedule = \"every five minutes\"\n"
+        );
+        assert!(Config::parse(&bad_schedule).is_err());
+        let bad_facility = format!(
+            "{good}[[ssmix2]]\nfacility = \"061\"\nroots = [\"/x\"]\nschedule = \"0 */5 * * * *\"\n"
+        );
+        assert!(Config::parse(&bad_facility).is_err());
+    }
+}

@@ -1,0 +1,202 @@
+//! The `tsunagi` command line. Command names and flags are an interface: operators script them.
+//!
+//! - `tsunagi ingest ssmix2 --db <url> --facility <code> [--name <name>] <root>...`
+//! - `tsunagi export ndjson --db <url> --out <dir>`
+//! - `tsunagi generate region --out <dir> --patients <n> --seed <s>`
+//! - `tsunagi demo`
+//! - `tsunagi bench ingest --patients <n>`
+//! - `tsunagi run --config <file> [--once]` (cron-scheduled pulls from `tsunagi.toml`)
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod bench;
+mod commands;
+mod config;
+mod progress;
+mod registry;
+mod tables;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Tsunagi — a regional health-information gateway (SS-MIX2 in, JP Core FHIR out).
+#[derive(Debug, Parser)]
+#[command(name = "tsunagi", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Pull a source into the store.
+    Ingest {
+        #[command(subcommand)]
+        source: IngestSource,
+    },
+    /// Write the store's current resources out.
+    Export {
+        #[command(subcommand)]
+        format: ExportFormat,
+    },
+    /// Generate synthetic data.
+    Generate {
+        #[command(subcommand)]
+        what: GenerateWhat,
+    },
+    /// Generate a small synthetic region of three hospitals, ingest it and show what it did.
+    Demo {
+        /// Where to put the region and the database.
+        #[arg(long, default_value = "tsunagi-demo")]
+        dir: PathBuf,
+        /// Patients in the demo region.
+        #[arg(long, default_value_t = 60)]
+        patients: usize,
+    },
+    /// Measure performance against the targets.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+    /// Run the pulls configured in a tsunagi.toml on their cron schedules.
+    Run {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Run every configured pull once and exit.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IngestSource {
+    /// SS-MIX2 standardized storage (one or more roots of one facility).
+    Ssmix2 {
+        /// Database URL: sqlite://<path> (created if missing).
+        #[arg(long)]
+        db: String,
+        /// The facility's 10-digit medical-institution code.
+        #[arg(long)]
+        facility: String,
+        /// The facility's name (for the summary).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the summary as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Code tables folder (default: the tables built into this binary).
+        #[arg(long)]
+        mappings: Option<PathBuf>,
+        /// Ignore the checkpoint and read every file again (writes stay idempotent).
+        #[arg(long)]
+        full: bool,
+        /// Storage roots.
+        #[arg(required = true)]
+        roots: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ExportFormat {
+    /// One `<ResourceType>.ndjson` file per type, current versions only.
+    Ndjson {
+        /// Database URL.
+        #[arg(long)]
+        db: String,
+        /// Output folder (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GenerateWhat {
+    /// A synthetic region: SS-MIX2 storages of three hospitals.
+    Region {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of people.
+        #[arg(long)]
+        patients: usize,
+        /// Random seed (same seed, same files).
+        #[arg(long)]
+        seed: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchWhat {
+    /// Generate, ingest into a fresh database, re-ingest; print throughput, skip rate, peak RSS.
+    Ingest {
+        /// Number of people in the generated region.
+        #[arg(long)]
+        patients: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Keep the generated region and database here instead of a temporary folder.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Ingest {
+                source:
+                    IngestSource::Ssmix2 {
+                        db,
+                        facility,
+                        name,
+                        json,
+                        mappings,
+                        full,
+                        roots,
+                    },
+            } => commands::ingest_ssmix2(&db, &facility, name, roots, mappings, json, full).await,
+            Command::Export {
+                format: ExportFormat::Ndjson { db, out },
+            } => commands::export_ndjson(&db, &out).await,
+            Command::Generate {
+                what:
+                    GenerateWhat::Region {
+                        out,
+                        patients,
+                        seed,
+                    },
+            } => commands::generate_region(&out, patients, seed),
+            Command::Demo { dir, patients } => commands::demo(&dir, patients).await,
+            Command::Bench {
+                what:
+                    BenchWhat::Ingest {
+                        patients,
+                        seed,
+                        keep,
+                    },
+            } => bench::ingest(patients, seed, keep).await,
+            Command::Run { config, once } => commands::run(&config, once).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

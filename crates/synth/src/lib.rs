@@ -1,0 +1,207 @@
+//! A deterministic synthetic region: SS-MIX2 standardized storages of three hospitals.
+//!
+//! `generate_region(out, patients, seed)` writes `<out>/<facility code>/…` for the Shōnai,
+//! Nihonkai and Homma hospitals plus `<out>/region.json` naming them. The same seed always gives
+//! byte-identical files. Nothing here is real: names are common surnames and given names put
+//! together at random, codes are real code-system codes of common items.
+//!
+//! The hospitals' EHR vendors differ the way real ones do ([`Vendor`]): segment terminators
+//! (CR + 0x1C, LF, CRLF), order-number width (15 or 13), MSH-18/MSH-20 spelling, MSH-7
+//! precision (4 fraction digits, 2, or 17 digits without a dot), PID-3 form (bare, CX, without
+//! leading zeros), name-component layout, and local code tables (lab codes, drug codes,
+//! department codes) that only the facility tables in `mappings/` resolve.
+//!
+//! Every data type of the mapping is covered, with updates (`_2` + `_1`), deletions (`_0`),
+//! cancel events, names whose kanji contain delimiter bytes (日 `|`, 入 `~`, 本 `\`, 五 `^`,
+//! 愛 `&`), escapes, partial dates, inequality and qualitative lab values.
+
+mod messages;
+mod random;
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+use tsunagi_hl7v2::charset::Iso2022JpEncoder;
+
+pub use random::Rng;
+
+/// How a hospital's EHR writes its storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Vendor {
+    /// CR terminators and a trailing 0x1C, 15-digit order numbers, `~ISO IR87` /
+    /// `ISO 2022-1994`, MSH-7 with 4 fraction digits, bare PID-3, JLAC10 + local lab code pairs.
+    A,
+    /// LF terminators, 13-digit order numbers, `~ISOIR87` / `ISO2022-1994`, MSH-7 with 2 fraction
+    /// digits, PID-3 as CX, off-by-one kanji name components, 3-digit local department codes,
+    /// local-only lab codes.
+    B,
+    /// CRLF terminators, 15-digit order numbers, MSH-7 as 17 digits without a dot, PID-3 without
+    /// the folder id's leading zeros, local drug codes.
+    C,
+}
+
+/// One synthetic hospital.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Hospital {
+    /// 10-digit facility code.
+    pub code: &'static str,
+    /// Name.
+    pub name: &'static str,
+    /// Vendor behaviour.
+    pub vendor: Vendor,
+}
+
+/// The three hospitals of the synthetic region.
+pub const HOSPITALS: [Hospital; 3] = [
+    Hospital {
+        code: "0610100010",
+        name: "荘内病院",
+        vendor: Vendor::A,
+    },
+    Hospital {
+        code: "0610200018",
+        name: "日本海総合病院",
+        vendor: Vendor::B,
+    },
+    Hospital {
+        code: "0610300016",
+        name: "本間病院",
+        vendor: Vendor::C,
+    },
+];
+
+/// What was generated.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RegionReport {
+    /// Per hospital: code, name, storage root, patients, files.
+    pub facilities: Vec<FacilityReport>,
+    /// Distinct people.
+    pub people: usize,
+    /// People with records in two hospitals.
+    pub shared: usize,
+    /// Files written.
+    pub files: u64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+/// One hospital's part of the region.
+#[derive(Debug, Clone, Serialize)]
+pub struct FacilityReport {
+    /// Facility code.
+    pub code: String,
+    /// Name.
+    pub name: String,
+    /// Storage root.
+    pub root: PathBuf,
+    /// Patients (charts) in this storage.
+    pub patients: usize,
+    /// Files.
+    pub files: u64,
+}
+
+/// Writes files of one storage.
+pub(crate) struct Writer {
+    root: PathBuf,
+    encoder: Iso2022JpEncoder,
+    vendor: Vendor,
+    pub(crate) files: u64,
+    pub(crate) bytes: u64,
+}
+
+impl Writer {
+    /// Writes one message under its SS-MIX2 path. `segments` are joined with the vendor's
+    /// terminator and encoded as ISO-2022-JP.
+    pub(crate) fn write(&mut self, name: &str, segments: &[String]) -> io::Result<()> {
+        let fields: Vec<&str> = name.split('_').collect();
+        let patient = fields[0];
+        let folder = self
+            .root
+            .join(&patient[..3.min(patient.len())])
+            .join(patient.get(3..6).unwrap_or(""))
+            .join(patient)
+            .join(fields[1])
+            .join(fields[2]);
+        fs::create_dir_all(&folder)?;
+        let terminator = match self.vendor {
+            Vendor::A => "\r",
+            Vendor::B => "\n",
+            Vendor::C => "\r\n",
+        };
+        let mut text = segments.join(terminator);
+        text.push_str(terminator);
+        let mut bytes = self.encoder.encode(&text).map_err(|error| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("{name}: {error}"))
+        })?;
+        if self.vendor == Vendor::A {
+            bytes.push(0x1C);
+        }
+        self.files += 1;
+        self.bytes += bytes.len() as u64;
+        fs::write(folder.join(name), bytes)
+    }
+}
+
+/// Generates the region under `out` (created if missing).
+pub fn generate_region(out: &Path, patients: usize, seed: u64) -> io::Result<RegionReport> {
+    fs::create_dir_all(out)?;
+    let mut writers: Vec<Writer> = HOSPITALS
+        .iter()
+        .map(|hospital| Writer {
+            root: out.join(hospital.code),
+            encoder: Iso2022JpEncoder::default(),
+            vendor: hospital.vendor,
+            files: 0,
+            bytes: 0,
+        })
+        .collect();
+    for writer in &writers {
+        fs::create_dir_all(&writer.root)?;
+    }
+    let mut charts = [0usize; 3];
+    let mut shared = 0usize;
+    for person in 0..patients {
+        let mut rng = Rng::new(seed ^ (person as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let people = messages::Person::random(&mut rng, person);
+        let roll = rng.below(100);
+        let home = if roll < 45 {
+            0
+        } else if roll < 80 {
+            1
+        } else {
+            2
+        };
+        let mut hospitals = vec![home];
+        if rng.chance(27) {
+            hospitals.push((home + 1 + rng.below(2) as usize) % 3);
+            shared += 1;
+        }
+        for hospital in hospitals {
+            charts[hospital] += 1;
+            let chart = messages::Chart::new(HOSPITALS[hospital], &people, person);
+            chart.write(&mut rng, &mut writers[hospital])?;
+        }
+    }
+    let mut report = RegionReport {
+        people: patients,
+        shared,
+        ..RegionReport::default()
+    };
+    for (index, writer) in writers.iter().enumerate() {
+        report.files += writer.files;
+        report.bytes += writer.bytes;
+        report.facilities.push(FacilityReport {
+            code: HOSPITALS[index].code.to_owned(),
+            name: HOSPITALS[index].name.to_owned(),
+            root: writer.root.clone(),
+            patients: charts[index],
+            files: writer.files,
+        });
+    }
+    let manifest = serde_json::to_vec_pretty(&report).map_err(io::Error::other)?;
+    fs::write(out.join("region.json"), manifest)?;
+    Ok(report)
+}
