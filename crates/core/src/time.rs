@@ -246,17 +246,17 @@ pub fn civil_from_days(days: i64) -> (i32, u8, u8) {
     (year, month, day)
 }
 
-/// Formats microseconds since the epoch as a FHIR `instant` in JST, e.g.
-/// `2026-11-24T14:30:05.123456+09:00`.
+/// Formats microseconds since the epoch as a FHIR `instant` in JST, to the millisecond, e.g.
+/// `2026-11-24T14:30:05.123+09:00`.
 pub fn format_instant_jst(micros: i64) -> String {
     let local = micros + JST_OFFSET_SECONDS * 1_000_000;
     let seconds = local.div_euclid(1_000_000);
-    let fraction = local.rem_euclid(1_000_000);
+    let fraction = local.rem_euclid(1_000_000) / 1000;
     let days = seconds.div_euclid(86_400);
     let second_of_day = seconds.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{fraction:06}+09:00",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{fraction:03}+09:00",
         second_of_day / 3600,
         (second_of_day / 60) % 60,
         second_of_day % 60
@@ -408,10 +408,10 @@ mod tests {
 
     #[test]
     fn instants_are_formatted_in_jst() {
-        assert_eq!(format_instant_jst(0), "1970-01-01T09:00:00.000000+09:00");
+        assert_eq!(format_instant_jst(0), "1970-01-01T09:00:00.000+09:00");
         assert_eq!(
             format_instant_jst(1_700_000_000_123_456),
-            "2023-11-15T07:13:20.123456+09:00"
+            "2023-11-15T07:13:20.123+09:00"
         );
     }
 

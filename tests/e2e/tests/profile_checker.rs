@@ -1,0 +1,85 @@
+//! The profile checker and the R4B round-trip catch what they are meant to catch (so the
+//! conformance test of every produced resource is not vacuous).
+
+use serde_json::json;
+use tsunagi_e2e::{check_against_profile, jp_core_profiles};
+
+#[test]
+fn missing_required_elements_and_slices_are_reported() {
+    let package = jp_core_profiles();
+    let lab = &package["http://jpfhir.jp/fhir/core/StructureDefinition/JP_Observation_LabResult"];
+    let good = json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
+        "code": {"coding": [{"system": "http://medis.or.jp/CodeSystem/master-JLAC10-17digits", "code": "3A010000002327101"}], "text": "総蛋白"},
+        "subject": {"reference": "Patient/p"},
+        "effectiveDateTime": "2011-12-19T15:00:00+09:00",
+        "specimen": {"reference": "Specimen/s"}
+    });
+    assert!(
+        check_against_profile(&good, lab).is_empty(),
+        "{:?}",
+        check_against_profile(&good, lab)
+    );
+    let mut no_specimen = good.clone();
+    no_specimen.as_object_mut().unwrap().remove("specimen");
+    assert!(
+        check_against_profile(&no_specimen, lab)
+            .iter()
+            .any(|p| p.contains("Observation.specimen"))
+    );
+    let mut no_text = good.clone();
+    no_text["code"].as_object_mut().unwrap().remove("text");
+    assert!(
+        check_against_profile(&no_text, lab)
+            .iter()
+            .any(|p| p.contains("Observation.code.text"))
+    );
+    let mut wrong_category = good.clone();
+    wrong_category["category"] = json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "exam"}]}]);
+    assert!(
+        check_against_profile(&wrong_category, lab)
+            .iter()
+            .any(|p| p.contains("category:laboratory"))
+    );
+
+    let request = &package["http://jpfhir.jp/fhir/core/StructureDefinition/JP_MedicationRequest"];
+    let prescription = json!({
+        "resourceType": "MedicationRequest",
+        "identifier": [
+            {"system": "http://jpfhir.jp/fhir/core/mhlw/IdSystem/Medication-RPGroupNumber", "value": "1"},
+            {"system": "urn:oid:1.2.392.100495.20.3.82", "value": "1"}
+        ],
+        "status": "active",
+        "intent": "order",
+        "medicationCodeableConcept": {"text": "x"},
+        "subject": {"reference": "Patient/p"},
+        "authoredOn": "2011-07-01"
+    });
+    assert!(
+        check_against_profile(&prescription, request).is_empty(),
+        "{:?}",
+        check_against_profile(&prescription, request)
+    );
+    let mut no_order_in_rp = prescription.clone();
+    no_order_in_rp["identifier"].as_array_mut().unwrap().pop();
+    let problems = check_against_profile(&no_order_in_rp, request);
+    assert!(
+        problems.iter().any(|p| p.contains("orderInRp")),
+        "{problems:?}"
+    );
+    let mut no_authored = prescription.clone();
+    no_authored.as_object_mut().unwrap().remove("authoredOn");
+    assert!(
+        check_against_profile(&no_authored, request)
+            .iter()
+            .any(|p| p.contains("authoredOn"))
+    );
+}
+
+#[test]
+fn the_r4b_round_trip_rejects_invented_elements() {
+    let condition = json!({"resourceType": "Condition", "subject": {"reference": "Patient/p"}, "hospitalization": {"text": "x"}});
+    assert!(tsunagi_fhir_model::check_r4b(&condition).is_err());
+}
