@@ -120,13 +120,14 @@ impl Worker {
         patient_id: &str,
         files: Vec<FoundFile>,
         mut rejected: Vec<Rejection>,
+        known: bool,
     ) -> PatientOutcome {
         let facility = self.facility.as_str();
         let mut outcome = PatientOutcome {
             files_seen: files.len() as u64,
             ..PatientOutcome::default()
         };
-        let stored = if self.full {
+        let stored = if self.full || !known {
             FileList::default()
         } else {
             match self
@@ -431,14 +432,17 @@ impl PullAdapter for Ssmix2Adapter {
         };
 
         let workers = if config.workers == 0 {
+            // One core stays free for the writer (the store's transaction is a serial path).
             std::thread::available_parallelism()
                 .map(usize::from)
                 .unwrap_or(2)
+                .saturating_sub(1)
+                .max(1)
         } else {
             config.workers
         };
         let (work_sender, work_receiver) =
-            mpsc::sync_channel::<(String, Vec<FoundFile>, Vec<Rejection>, u64)>(workers * 4);
+            mpsc::sync_channel::<(String, Vec<FoundFile>, Vec<Rejection>, u64, bool)>(workers * 4);
         let work_receiver = Arc::new(Mutex::new(work_receiver));
         let (result_sender, mut result_receiver) =
             tokio::sync::mpsc::channel::<(PatientOutcome, String, u64)>(workers * 4);
@@ -461,8 +465,9 @@ impl PullAdapter for Ssmix2Adapter {
                     progress.advance(files.len() as u64, 0);
                     continue;
                 }
+                let known = digests.contains_key(&patient_id);
                 if work_sender
-                    .send((patient_id, files, rejected, patient_digest))
+                    .send((patient_id, files, rejected, patient_digest, known))
                     .is_err()
                 {
                     break;
@@ -489,10 +494,10 @@ impl PullAdapter for Ssmix2Adapter {
                         Ok(guard) => guard.recv(),
                         Err(_) => return,
                     };
-                    let Ok((patient_id, files, rejected, patient_digest)) = next else {
+                    let Ok((patient_id, files, rejected, patient_digest, known)) = next else {
                         return;
                     };
-                    let outcome = worker.process(&patient_id, files, rejected);
+                    let outcome = worker.process(&patient_id, files, rejected, known);
                     if sender
                         .blocking_send((outcome, patient_id, patient_digest))
                         .is_err()
@@ -504,12 +509,23 @@ impl PullAdapter for Ssmix2Adapter {
         }
         drop(result_sender);
 
-        // Writer: batches patients into transactions with their checkpoints.
+        // Applier: commits batches while the next one is being assembled, so mapping and
+        // writing overlap. At most two batches wait, which bounds memory.
+        let (batch_sender, mut batch_receiver) = tokio::sync::mpsc::channel::<Batch>(2);
+        let applier_store = context.store.clone();
+        let applier = tokio::spawn(async move {
+            let mut stats = tsunagi_store::ApplyStats::default();
+            while let Some(batch) = batch_receiver.recv().await {
+                stats.merge(&applier_store.apply(batch).await?);
+            }
+            Ok::<_, tsunagi_store::StoreError>(stats)
+        });
+
+        // Assembler: groups patients into batches, each carrying its patients' checkpoints.
         let digest_scope_name = digest_scope(&facility);
         let files_scope_name = files_scope(&facility);
         let mut batch = Batch::default();
         let mut pending_resources = 0usize;
-        let mut failure = None;
         while let Some((mut outcome, patient_id, patient_digest)) = result_receiver.recv().await {
             report.files_seen += outcome.files_seen;
             report.files_read += outcome.files_read;
@@ -543,22 +559,20 @@ impl PullAdapter for Ssmix2Adapter {
                 .progress
                 .advance(outcome.files_seen, outcome.resources as u64);
             if pending_resources >= config.batch_resources.max(1) {
-                match context.store.apply(std::mem::take(&mut batch)).await {
-                    Ok(stats) => report.add_stats(&stats),
-                    Err(error) => {
-                        failure = Some(error);
-                        break;
-                    }
-                }
                 pending_resources = 0;
+                if batch_sender.send(std::mem::take(&mut batch)).await.is_err() {
+                    // The applier failed; its error is reported below.
+                    break;
+                }
             }
         }
-        if failure.is_none() && !batch.operations.is_empty() {
-            match context.store.apply(std::mem::take(&mut batch)).await {
-                Ok(stats) => report.add_stats(&stats),
-                Err(error) => failure = Some(error),
-            }
+        if !batch.operations.is_empty() {
+            let _ = batch_sender.send(std::mem::take(&mut batch)).await;
         }
+        drop(batch_sender);
+        let applied = applier
+            .await
+            .map_err(|error| AdapterError::Source(format!("writer stopped: {error}")));
         drop(result_receiver);
         let walked = walker
             .await
@@ -568,9 +582,7 @@ impl PullAdapter for Ssmix2Adapter {
                 .await
                 .map_err(|error| AdapterError::Source(format!("worker stopped: {error}")))?;
         }
-        if let Some(error) = failure {
-            return Err(AdapterError::Store(error));
-        }
+        report.add_stats(&applied??);
         let mut stray = walked.map_err(AdapterError::Source)?;
         report.rejected.append(&mut stray);
         let unchanged_files = skipped.load(Ordering::Relaxed);

@@ -12,7 +12,7 @@ use tsunagi_core::{normalize::search_key, time::fhir_date_range};
 use crate::systems::canonical;
 
 /// Bumped whenever the registry or extraction rules change.
-pub const REGISTRY_VERSION: u32 = 1;
+pub const REGISTRY_VERSION: u32 = 2;
 
 /// FHIR search-parameter types that are indexed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +66,6 @@ params! {
     10 "Patient" "jp-kana-sort" String [];
     20 "Observation" "identifier" Token ["identifier"];
     21 "Observation" "patient" Reference ["subject"];
-    22 "Observation" "subject" Reference ["subject"];
     23 "Observation" "code" Token ["code"];
     24 "Observation" "category" Token ["category"];
     25 "Observation" "date" Date ["effective[x]"];
@@ -78,7 +77,6 @@ params! {
     31 "Observation" "based-on" Reference ["basedOn"];
     40 "DiagnosticReport" "identifier" Token ["identifier"];
     41 "DiagnosticReport" "patient" Reference ["subject"];
-    42 "DiagnosticReport" "subject" Reference ["subject"];
     43 "DiagnosticReport" "code" Token ["code"];
     44 "DiagnosticReport" "category" Token ["category"];
     45 "DiagnosticReport" "date" Date ["effective[x]"];
@@ -90,7 +88,6 @@ params! {
     51 "DiagnosticReport" "based-on" Reference ["basedOn"];
     60 "MedicationRequest" "identifier" Token ["identifier"];
     61 "MedicationRequest" "patient" Reference ["subject"];
-    62 "MedicationRequest" "subject" Reference ["subject"];
     63 "MedicationRequest" "code" Token ["medicationCodeableConcept"];
     64 "MedicationRequest" "authoredon" Date ["authoredOn"];
     65 "MedicationRequest" "status" Token ["status"];
@@ -102,14 +99,12 @@ params! {
     71 "MedicationRequest" "encounter" Reference ["encounter"];
     80 "MedicationAdministration" "identifier" Token ["identifier"];
     81 "MedicationAdministration" "patient" Reference ["subject"];
-    82 "MedicationAdministration" "subject" Reference ["subject"];
     83 "MedicationAdministration" "code" Token ["medicationCodeableConcept"];
     84 "MedicationAdministration" "effective-time" Date ["effective[x]"];
     85 "MedicationAdministration" "status" Token ["status"];
     86 "MedicationAdministration" "request" Reference ["request"];
     100 "Condition" "identifier" Token ["identifier"];
     101 "Condition" "patient" Reference ["subject"];
-    102 "Condition" "subject" Reference ["subject"];
     103 "Condition" "code" Token ["code"];
     104 "Condition" "clinical-status" Token ["clinicalStatus"];
     105 "Condition" "verification-status" Token ["verificationStatus"];
@@ -129,7 +124,6 @@ params! {
     129 "AllergyIntolerance" "type" Token ["type"];
     140 "Encounter" "identifier" Token ["identifier"];
     141 "Encounter" "patient" Reference ["subject"];
-    142 "Encounter" "subject" Reference ["subject"];
     143 "Encounter" "class" Token ["class"];
     144 "Encounter" "type" Token ["type"];
     145 "Encounter" "status" Token ["status"];
@@ -137,7 +131,6 @@ params! {
     147 "Encounter" "location" Reference ["location.location"];
     160 "ImagingStudy" "identifier" Token ["identifier"];
     161 "ImagingStudy" "patient" Reference ["subject"];
-    162 "ImagingStudy" "subject" Reference ["subject"];
     163 "ImagingStudy" "modality" Token ["series.modality", "modality"];
     164 "ImagingStudy" "started" Date ["started"];
     165 "ImagingStudy" "status" Token ["status"];
@@ -146,13 +139,11 @@ params! {
     168 "ImagingStudy" "bodysite" Token ["series.bodySite"];
     180 "Specimen" "identifier" Token ["identifier"];
     181 "Specimen" "patient" Reference ["subject"];
-    182 "Specimen" "subject" Reference ["subject"];
     183 "Specimen" "type" Token ["type"];
     184 "Specimen" "collected" Date ["collection.collected[x]"];
     185 "Specimen" "accession" Token ["accessionIdentifier"];
     200 "ServiceRequest" "identifier" Token ["identifier"];
     201 "ServiceRequest" "patient" Reference ["subject"];
-    202 "ServiceRequest" "subject" Reference ["subject"];
     203 "ServiceRequest" "code" Token ["code"];
     204 "ServiceRequest" "category" Token ["category"];
     205 "ServiceRequest" "authored" Date ["authoredOn"];
@@ -163,7 +154,6 @@ params! {
     210 "ServiceRequest" "based-on" Reference ["basedOn"];
     220 "Coverage" "identifier" Token ["identifier"];
     221 "Coverage" "beneficiary" Reference ["beneficiary"];
-    222 "Coverage" "patient" Reference ["beneficiary"];
     223 "Coverage" "type" Token ["type"];
     224 "Coverage" "status" Token ["status"];
     225 "Coverage" "payor" Reference ["payor"];
@@ -174,6 +164,21 @@ params! {
     244 "NutritionOrder" "encounter" Reference ["encounter"];
 }
 
+/// Parameters that search exactly the rows of another parameter of the same resource (same
+/// element, same type), so their rows are stored once: (resource, alias, parameter).
+pub const ALIASES: &[(&str, &str, &str)] = &[
+    ("Observation", "subject", "patient"),
+    ("DiagnosticReport", "subject", "patient"),
+    ("MedicationRequest", "subject", "patient"),
+    ("MedicationAdministration", "subject", "patient"),
+    ("Condition", "subject", "patient"),
+    ("Encounter", "subject", "patient"),
+    ("ImagingStudy", "subject", "patient"),
+    ("Specimen", "subject", "patient"),
+    ("ServiceRequest", "subject", "patient"),
+    ("Coverage", "patient", "beneficiary"),
+];
+
 /// The parameters of one resource type.
 pub fn params_for(resource_type: &str) -> impl Iterator<Item = &'static SearchParam> + '_ {
     PARAMS
@@ -181,8 +186,14 @@ pub fn params_for(resource_type: &str) -> impl Iterator<Item = &'static SearchPa
         .filter(move |param| param.resource == resource_type)
 }
 
-/// Looks a parameter up by resource type and code.
+/// Looks a parameter up by resource type and code (aliases resolve to the parameter whose
+/// rows they share).
 pub fn param(resource_type: &str, code: &str) -> Option<&'static SearchParam> {
+    let code = ALIASES
+        .iter()
+        .find(|(resource, alias, _)| *resource == resource_type && *alias == code)
+        .map(|(_, _, target)| *target)
+        .unwrap_or(code);
     PARAMS
         .iter()
         .find(|param| param.resource == resource_type && param.code == code)

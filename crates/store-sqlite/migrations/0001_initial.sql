@@ -12,7 +12,6 @@ CREATE TABLE resources (
     content      BLOB                       -- JSON without versionId/lastUpdated; NULL when deleted
 );
 CREATE INDEX resources_source ON resources (source_key);
-CREATE INDEX resources_type_updated ON resources (type, last_updated);
 
 -- Earlier versions (the current one lives in resources).
 CREATE TABLE resource_history (

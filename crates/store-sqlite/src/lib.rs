@@ -68,8 +68,14 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
+            // 8 KiB pages (set before the first table is created; ignored afterwards): fewer
+            // page splits and shallower index B-trees than the 4 KiB default.
+            .page_size(8192)
             .pragma("cache_size", "-32768")
             .pragma("temp_store", "memory")
+            // Checkpoint the WAL every 16k pages rather than 1k: index pages rewritten by
+            // consecutive batches are copied back once, not once per batch.
+            .pragma("wal_autocheckpoint", "16384")
             .statement_cache_capacity(256);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -166,7 +172,9 @@ impl SqliteStore {
                 }
                 last_rid = rid;
             }
-            insert_index_rows(&mut transaction, &entries).await?;
+            let borrowed: Vec<(i64, &IndexEntry)> =
+                entries.iter().map(|(rid, entry)| (*rid, entry)).collect();
+            insert_index_rows(&mut transaction, &borrowed).await?;
         }
         sqlx::query("UPDATE store_meta SET value = ? WHERE key = 'registry_version'")
             .bind(REGISTRY_VERSION.to_string())
@@ -193,10 +201,28 @@ struct Existing {
     source_key: Option<String>,
 }
 
+/// A resource first written in this batch, kept in memory until the batch flushes, so that a
+/// later version in the same batch folds into it without any statement.
 struct NewRow {
     rid: i64,
-    write: ResourceWrite,
+    tid: String,
+    resource_type: String,
+    id: String,
+    version: i64,
+    deleted: bool,
     source_key: String,
+    hash: Option<u64>,
+    content: Option<Vec<u8>>,
+    index: Vec<IndexEntry>,
+}
+
+/// An earlier version to archive.
+struct HistoryRow {
+    rid: i64,
+    version: i64,
+    last_updated: i64,
+    deleted: bool,
+    content: Option<Vec<u8>>,
 }
 
 struct BatchWriter {
@@ -204,14 +230,38 @@ struct BatchWriter {
     next_rid: i64,
     existing: HashMap<String, Existing>,
     by_source: HashMap<String, Vec<String>>,
+    /// New resources of the batch, by position; `pending_positions` maps rid → position.
     pending_rows: Vec<NewRow>,
-    pending_rids: HashSet<i64>,
-    pending_index: Vec<(i64, IndexEntry)>,
+    pending_positions: HashMap<i64, usize>,
+    /// Earlier versions of resources created in this batch.
+    pending_history: Vec<HistoryRow>,
+    /// Index rows of resources that already existed in the database, by rid.
+    pending_index: HashMap<i64, Vec<IndexEntry>>,
+    /// Checkpoints of the batch (last write per key wins), written with multi-row upserts.
+    checkpoints: std::collections::BTreeMap<(String, String), Vec<u8>>,
     stats: ApplyStats,
 }
 
 fn bump(map: &mut std::collections::BTreeMap<String, u64>, resource_type: &str) {
     *map.entry(resource_type.to_owned()).or_default() += 1;
+}
+
+/// Splits `items` into chunks of power-of-two sizes (at most `max`), so multi-row statements
+/// come in a handful of shapes and their prepared statements stay few and cached.
+fn pow2_chunks<T>(items: &[T], max: usize) -> Vec<&[T]> {
+    let mut chunks = Vec::new();
+    let mut rest = items;
+    while !rest.is_empty() {
+        let mut size = max.min(rest.len()).next_power_of_two();
+        if size > rest.len() || size > max {
+            size /= 2;
+        }
+        let size = size.max(1);
+        let (head, tail) = rest.split_at(size);
+        chunks.push(head);
+        rest = tail;
+    }
+    chunks
 }
 
 fn existing_from_row(row: &SqliteRow) -> Result<(String, Existing), StoreError> {
@@ -252,21 +302,17 @@ impl BatchWriter {
         }
         source_keys.sort_unstable();
         source_keys.dedup();
-        for chunk in source_keys.chunks(500) {
-            let mut query = QueryBuilder::<Sqlite>::new(
-                "SELECT rid, tid, type, version, deleted, hash, source_key FROM resources WHERE source_key IN (",
-            );
-            let mut separated = query.separated(", ");
-            for key in chunk {
-                separated.push_bind(*key);
-            }
-            separated.push_unseparated(")");
-            for row in query
-                .build()
-                .fetch_all(&mut *connection)
-                .await
-                .map_err(db_error)?
-            {
+        if !source_keys.is_empty() {
+            let keys = serde_json::to_string(&source_keys)
+                .map_err(|error| StoreError::Invalid(error.to_string()))?;
+            let rows = sqlx::query(
+                "SELECT rid, tid, type, version, deleted, hash, source_key FROM resources WHERE source_key IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(keys)
+            .fetch_all(&mut *connection)
+            .await
+            .map_err(db_error)?;
+            for row in rows {
                 let (tid, existing) = existing_from_row(&row)?;
                 if let Some(source) = &existing.source_key {
                     self.by_source
@@ -280,21 +326,17 @@ impl BatchWriter {
         tids.retain(|tid| !self.existing.contains_key(tid));
         tids.sort_unstable();
         tids.dedup();
-        for chunk in tids.chunks(500) {
-            let mut query = QueryBuilder::<Sqlite>::new(
-                "SELECT rid, tid, type, version, deleted, hash, source_key FROM resources WHERE tid IN (",
-            );
-            let mut separated = query.separated(", ");
-            for tid in chunk {
-                separated.push_bind(tid.as_str());
-            }
-            separated.push_unseparated(")");
-            for row in query
-                .build()
-                .fetch_all(&mut *connection)
-                .await
-                .map_err(db_error)?
-            {
+        if !tids.is_empty() {
+            let list = serde_json::to_string(&tids)
+                .map_err(|error| StoreError::Invalid(error.to_string()))?;
+            let rows = sqlx::query(
+                "SELECT rid, tid, type, version, deleted, hash, source_key FROM resources WHERE tid IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(list)
+            .fetch_all(&mut *connection)
+            .await
+            .map_err(db_error)?;
+            for row in rows {
                 let (tid, existing) = existing_from_row(&row)?;
                 self.existing.insert(tid, existing);
             }
@@ -345,13 +387,7 @@ impl BatchWriter {
                 }
             }
             Operation::PutCheckpoint { scope, key, value } => {
-                sqlx::query("INSERT INTO checkpoints (scope, key, value) VALUES (?, ?, ?) ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value")
-                    .bind(scope)
-                    .bind(key)
-                    .bind(value)
-                    .execute(&mut *connection)
-                    .await
-                    .map_err(db_error)?;
+                self.checkpoints.insert((scope, key), value);
             }
         }
         Ok(())
@@ -369,7 +405,7 @@ impl BatchWriter {
             self.next_rid += 1;
             bump(&mut self.stats.created, &write.resource_type);
             self.existing.insert(
-                tid,
+                tid.clone(),
                 Existing {
                     rid,
                     resource_type: write.resource_type.clone(),
@@ -379,32 +415,38 @@ impl BatchWriter {
                     source_key: Some(source_key.to_owned()),
                 },
             );
-            for entry in &write.index {
-                self.pending_index.push((rid, entry.clone()));
-            }
-            self.pending_rids.insert(rid);
+            self.pending_positions.insert(rid, self.pending_rows.len());
             self.pending_rows.push(NewRow {
                 rid,
-                write,
+                tid,
+                resource_type: write.resource_type,
+                id: write.id,
+                version: 1,
+                deleted: false,
                 source_key: source_key.to_owned(),
+                hash: Some(write.hash),
+                content: Some(write.content),
+                index: write.index,
             });
             if self.pending_rows.len() >= RESOURCE_CHUNK * 4 {
                 self.flush(connection).await?;
             }
             return Ok(());
         };
-        if self.pending_rids.contains(&existing.rid) {
-            self.flush(connection).await?;
-        }
-        if !existing.deleted && existing.hash == Some(write.hash) {
+        let unchanged = !existing.deleted && existing.hash == Some(write.hash);
+        if unchanged {
             bump(&mut self.stats.unchanged, &write.resource_type);
             if existing.source_key.as_deref() != Some(source_key) {
-                sqlx::query("UPDATE resources SET source_key = ? WHERE rid = ?")
-                    .bind(source_key)
-                    .bind(existing.rid)
-                    .execute(&mut *connection)
-                    .await
-                    .map_err(db_error)?;
+                if let Some(&position) = self.pending_positions.get(&existing.rid) {
+                    self.pending_rows[position].source_key = source_key.to_owned();
+                } else {
+                    sqlx::query("UPDATE resources SET source_key = ? WHERE rid = ?")
+                        .bind(source_key)
+                        .bind(existing.rid)
+                        .execute(&mut *connection)
+                        .await
+                        .map_err(db_error)?;
+                }
                 self.move_source(&tid, existing.source_key.as_deref(), source_key);
                 if let Some(entry) = self.existing.get_mut(&tid) {
                     entry.source_key = Some(source_key.to_owned());
@@ -412,23 +454,39 @@ impl BatchWriter {
             }
             return Ok(());
         }
-        if !existing.deleted {
-            self.remove_index_rows(connection, &existing).await?;
-        }
-        self.archive(connection, existing.rid).await?;
         let version = existing.version + 1;
-        sqlx::query("UPDATE resources SET version = ?, last_updated = ?, deleted = 0, source_key = ?, hash = ?, content = ? WHERE rid = ?")
-            .bind(version)
-            .bind(self.now)
-            .bind(source_key)
-            .bind(write.hash as i64)
-            .bind(&write.content)
-            .bind(existing.rid)
-            .execute(&mut *connection)
-            .await
-            .map_err(db_error)?;
-        for entry in &write.index {
-            self.pending_index.push((existing.rid, entry.clone()));
+        if let Some(&position) = self.pending_positions.get(&existing.rid) {
+            // Created earlier in this batch: fold the new version in memory.
+            let row = &mut self.pending_rows[position];
+            self.pending_history.push(HistoryRow {
+                rid: row.rid,
+                version: row.version,
+                last_updated: self.now,
+                deleted: row.deleted,
+                content: row.content.take(),
+            });
+            row.version = version;
+            row.deleted = false;
+            row.source_key = source_key.to_owned();
+            row.hash = Some(write.hash);
+            row.content = Some(write.content);
+            row.index = write.index;
+        } else {
+            if !existing.deleted {
+                self.remove_index_rows(connection, &existing).await?;
+            }
+            self.archive(connection, existing.rid).await?;
+            sqlx::query("UPDATE resources SET version = ?, last_updated = ?, deleted = 0, source_key = ?, hash = ?, content = ? WHERE rid = ?")
+                .bind(version)
+                .bind(self.now)
+                .bind(source_key)
+                .bind(write.hash as i64)
+                .bind(&write.content)
+                .bind(existing.rid)
+                .execute(&mut *connection)
+                .await
+                .map_err(db_error)?;
+            self.pending_index.insert(existing.rid, write.index);
         }
         bump(&mut self.stats.updated, &write.resource_type);
         self.move_source(&tid, existing.source_key.as_deref(), source_key);
@@ -467,17 +525,29 @@ impl BatchWriter {
         if existing.deleted {
             return Ok(());
         }
-        if self.pending_rids.contains(&existing.rid) {
-            self.flush(connection).await?;
+        if let Some(&position) = self.pending_positions.get(&existing.rid) {
+            let row = &mut self.pending_rows[position];
+            self.pending_history.push(HistoryRow {
+                rid: row.rid,
+                version: row.version,
+                last_updated: self.now,
+                deleted: row.deleted,
+                content: row.content.take(),
+            });
+            row.version += 1;
+            row.deleted = true;
+            row.hash = None;
+            row.index.clear();
+        } else {
+            self.remove_index_rows(connection, &existing).await?;
+            self.archive(connection, existing.rid).await?;
+            sqlx::query("UPDATE resources SET version = version + 1, last_updated = ?, deleted = 1, hash = NULL, content = NULL WHERE rid = ?")
+                .bind(self.now)
+                .bind(existing.rid)
+                .execute(&mut *connection)
+                .await
+                .map_err(db_error)?;
         }
-        self.remove_index_rows(connection, &existing).await?;
-        self.archive(connection, existing.rid).await?;
-        sqlx::query("UPDATE resources SET version = version + 1, last_updated = ?, deleted = 1, hash = NULL, content = NULL WHERE rid = ?")
-            .bind(self.now)
-            .bind(existing.rid)
-            .execute(&mut *connection)
-            .await
-            .map_err(db_error)?;
         bump(&mut self.stats.deleted, &existing.resource_type);
         self.existing.insert(
             tid.to_owned(),
@@ -500,11 +570,17 @@ impl BatchWriter {
         Ok(())
     }
 
+    /// Removes the index rows of an existing resource's current version: rows not yet flushed
+    /// are dropped from memory, flushed ones are found by re-extracting them from the stored
+    /// content.
     async fn remove_index_rows(
-        &self,
+        &mut self,
         connection: &mut SqliteConnection,
         existing: &Existing,
     ) -> Result<(), StoreError> {
+        if self.pending_index.remove(&existing.rid).is_some() {
+            return Ok(());
+        }
         let content: Option<Vec<u8>> =
             sqlx::query_scalar("SELECT content FROM resources WHERE rid = ?")
                 .bind(existing.rid)
@@ -549,23 +625,48 @@ impl BatchWriter {
         Ok(())
     }
 
+    async fn flush_checkpoints(
+        &mut self,
+        connection: &mut SqliteConnection,
+    ) -> Result<(), StoreError> {
+        let checkpoints: Vec<((String, String), Vec<u8>)> =
+            std::mem::take(&mut self.checkpoints).into_iter().collect();
+        for chunk in pow2_chunks(&checkpoints, RESOURCE_CHUNK) {
+            let mut query =
+                QueryBuilder::<Sqlite>::new("INSERT INTO checkpoints (scope, key, value) ");
+            query.push_values(chunk, |mut row, ((scope, key), value)| {
+                row.push_bind(scope.as_str())
+                    .push_bind(key.as_str())
+                    .push_bind(value.as_slice());
+            });
+            query.push(" ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value");
+            query
+                .build()
+                .execute(&mut *connection)
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(())
+    }
+
     async fn flush(&mut self, connection: &mut SqliteConnection) -> Result<(), StoreError> {
         let rows = std::mem::take(&mut self.pending_rows);
-        for chunk in rows.chunks(RESOURCE_CHUNK) {
+        self.pending_positions.clear();
+        for chunk in pow2_chunks(&rows, RESOURCE_CHUNK) {
             let mut query = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO resources (rid, tid, type, id, version, last_updated, deleted, source_key, hash, content) ",
             );
             query.push_values(chunk, |mut row, new| {
                 row.push_bind(new.rid)
-                    .push_bind(new.write.type_and_id())
-                    .push_bind(new.write.resource_type.clone())
-                    .push_bind(new.write.id.clone())
-                    .push_bind(1i64)
+                    .push_bind(new.tid.as_str())
+                    .push_bind(new.resource_type.as_str())
+                    .push_bind(new.id.as_str())
+                    .push_bind(new.version)
                     .push_bind(self.now)
-                    .push_bind(0i64)
-                    .push_bind(new.source_key.clone())
-                    .push_bind(new.write.hash as i64)
-                    .push_bind(new.write.content.clone());
+                    .push_bind(i64::from(new.deleted))
+                    .push_bind(new.source_key.as_str())
+                    .push_bind(new.hash.map(|h| h as i64))
+                    .push_bind(new.content.as_deref());
             });
             query
                 .build()
@@ -573,15 +674,39 @@ impl BatchWriter {
                 .await
                 .map_err(db_error)?;
         }
-        self.pending_rids.clear();
-        let entries = std::mem::take(&mut self.pending_index);
+        let history = std::mem::take(&mut self.pending_history);
+        for chunk in pow2_chunks(&history, RESOURCE_CHUNK) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO resource_history (rid, version, last_updated, deleted, content) ",
+            );
+            query.push_values(chunk, |mut row, old| {
+                row.push_bind(old.rid)
+                    .push_bind(old.version)
+                    .push_bind(old.last_updated)
+                    .push_bind(i64::from(old.deleted))
+                    .push_bind(old.content.as_deref());
+            });
+            query
+                .build()
+                .execute(&mut *connection)
+                .await
+                .map_err(db_error)?;
+        }
+        let mut entries: Vec<(i64, &IndexEntry)> = Vec::new();
+        for row in &rows {
+            entries.extend(row.index.iter().map(|entry| (row.rid, entry)));
+        }
+        let updated = std::mem::take(&mut self.pending_index);
+        for (rid, index) in &updated {
+            entries.extend(index.iter().map(|entry| (*rid, entry)));
+        }
         insert_index_rows(connection, &entries).await
     }
 }
 
 async fn insert_index_rows(
     connection: &mut SqliteConnection,
-    entries: &[(i64, IndexEntry)],
+    entries: &[(i64, &IndexEntry)],
 ) -> Result<(), StoreError> {
     let mut tokens = Vec::new();
     let mut strings = Vec::new();
@@ -607,14 +732,20 @@ async fn insert_index_rows(
             } => quantities.push((param, code.as_str(), *value, system.as_str(), *rid)),
         }
     }
-    for chunk in tokens.chunks(INDEX_CHUNK) {
+    // Sorted rows land in the WITHOUT ROWID B-trees in key order: far fewer page splits.
+    tokens.sort_unstable();
+    strings.sort_unstable();
+    dates.sort_unstable();
+    references.sort_unstable();
+    quantities.sort_unstable_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    for chunk in pow2_chunks(&tokens, INDEX_CHUNK) {
         let mut query = QueryBuilder::<Sqlite>::new(
             "INSERT OR IGNORE INTO idx_token (param, code, system, rid) ",
         );
         query.push_values(chunk, |mut row, (param, code, system, rid)| {
             row.push_bind(*param)
-                .push_bind(code.to_string())
-                .push_bind(system.to_string())
+                .push_bind(*code)
+                .push_bind(*system)
                 .push_bind(*rid);
         });
         query
@@ -623,13 +754,11 @@ async fn insert_index_rows(
             .await
             .map_err(db_error)?;
     }
-    for chunk in strings.chunks(INDEX_CHUNK) {
+    for chunk in pow2_chunks(&strings, INDEX_CHUNK) {
         let mut query =
             QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO idx_string (param, value, rid) ");
         query.push_values(chunk, |mut row, (param, value, rid)| {
-            row.push_bind(*param)
-                .push_bind(value.to_string())
-                .push_bind(*rid);
+            row.push_bind(*param).push_bind(*value).push_bind(*rid);
         });
         query
             .build()
@@ -637,7 +766,7 @@ async fn insert_index_rows(
             .await
             .map_err(db_error)?;
     }
-    for chunk in dates.chunks(INDEX_CHUNK) {
+    for chunk in pow2_chunks(&dates, INDEX_CHUNK) {
         let mut query = QueryBuilder::<Sqlite>::new(
             "INSERT OR IGNORE INTO idx_date (param, start, \"end\", rid) ",
         );
@@ -653,14 +782,14 @@ async fn insert_index_rows(
             .await
             .map_err(db_error)?;
     }
-    for chunk in references.chunks(INDEX_CHUNK) {
+    for chunk in pow2_chunks(&references, INDEX_CHUNK) {
         let mut query = QueryBuilder::<Sqlite>::new(
             "INSERT OR IGNORE INTO idx_reference (param, target_id, target_type, rid) ",
         );
         query.push_values(chunk, |mut row, (param, target_id, target_type, rid)| {
             row.push_bind(*param)
-                .push_bind(target_id.to_string())
-                .push_bind(target_type.to_string())
+                .push_bind(*target_id)
+                .push_bind(*target_type)
                 .push_bind(*rid);
         });
         query
@@ -669,15 +798,15 @@ async fn insert_index_rows(
             .await
             .map_err(db_error)?;
     }
-    for chunk in quantities.chunks(INDEX_CHUNK) {
+    for chunk in pow2_chunks(&quantities, INDEX_CHUNK) {
         let mut query = QueryBuilder::<Sqlite>::new(
             "INSERT OR IGNORE INTO idx_quantity (param, code, value, system, rid) ",
         );
         query.push_values(chunk, |mut row, (param, code, value, system, rid)| {
             row.push_bind(*param)
-                .push_bind(code.to_string())
+                .push_bind(*code)
                 .push_bind(*value)
-                .push_bind(system.to_string())
+                .push_bind(*system)
                 .push_bind(*rid);
         });
         query
@@ -714,8 +843,10 @@ impl Store for SqliteStore {
             existing: HashMap::new(),
             by_source: HashMap::new(),
             pending_rows: Vec::new(),
-            pending_rids: HashSet::new(),
-            pending_index: Vec::new(),
+            pending_positions: HashMap::new(),
+            pending_history: Vec::new(),
+            pending_index: HashMap::new(),
+            checkpoints: std::collections::BTreeMap::new(),
             stats: ApplyStats::default(),
         };
         writer.preload(&mut transaction, &batch).await?;
@@ -723,6 +854,7 @@ impl Store for SqliteStore {
             writer.apply(&mut transaction, operation).await?;
         }
         writer.flush(&mut transaction).await?;
+        writer.flush_checkpoints(&mut transaction).await?;
         transaction.commit().await.map_err(db_error)?;
         Ok(writer.stats)
     }
@@ -899,5 +1031,26 @@ impl Store for SqliteStore {
         rows.iter()
             .map(|row| row.try_get("id").map_err(db_error))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pow2_chunks;
+
+    #[test]
+    fn chunks_come_in_power_of_two_shapes() {
+        let items: Vec<u32> = (0..1000).collect();
+        let sizes: Vec<usize> = pow2_chunks(&items, 256).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, vec![256, 256, 256, 128, 64, 32, 8]);
+        assert_eq!(sizes.iter().sum::<usize>(), 1000);
+        assert!(pow2_chunks::<u32>(&[], 8).is_empty());
+        assert_eq!(
+            pow2_chunks(&items[..5], 500)
+                .iter()
+                .map(|c| c.len())
+                .collect::<Vec<_>>(),
+            vec![4, 1]
+        );
     }
 }

@@ -370,6 +370,76 @@ pub async fn one_batch_may_touch_a_resource_twice(store: &dyn Store) {
     );
 }
 
+pub async fn an_existing_resource_updated_twice_in_one_batch(store: &dyn Store) {
+    store
+        .apply(batch(vec![replace(
+            "k",
+            vec![observation("o1", "A", "p1")],
+        )]))
+        .await
+        .unwrap();
+    store
+        .apply(batch(vec![
+            replace("k", vec![observation("o1", "B", "p1")]),
+            replace("k", vec![observation("o1", "C", "p1")]),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .read("Observation", "o1")
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        3
+    );
+    assert_eq!(store.history("Observation", "o1").await.unwrap().len(), 3);
+    for stale in ["A", "B"] {
+        assert!(
+            store
+                .find_by_token("Observation", "code", None, stale)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{stale}"
+        );
+    }
+    assert_eq!(
+        store
+            .find_by_token("Observation", "code", None, "C")
+            .await
+            .unwrap(),
+        vec!["o1"]
+    );
+    // Created, changed and deleted within one batch: history keeps all three versions.
+    store
+        .apply(batch(vec![
+            replace("m", vec![observation("o9", "X", "p1")]),
+            replace("m", vec![observation("o9", "Y", "p1")]),
+            Operation::DeleteSource {
+                source_key: "m".to_owned(),
+            },
+        ]))
+        .await
+        .unwrap();
+    let history = store.history("Observation", "o9").await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|h| (h.version, h.deleted))
+            .collect::<Vec<_>>(),
+        vec![(3, true), (2, false), (1, false)]
+    );
+    assert!(
+        store
+            .find_by_token("Observation", "code", None, "Y")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 pub async fn export_order_and_counts(store: &dyn Store) {
     store
         .apply(batch(vec![
@@ -418,6 +488,7 @@ macro_rules! store_conformance_suite {
             checkpoints_commit_with_the_data,
             a_failing_batch_leaves_nothing,
             one_batch_may_touch_a_resource_twice,
+            an_existing_resource_updated_twice_in_one_batch,
             export_order_and_counts,
         );
     };

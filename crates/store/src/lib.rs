@@ -34,6 +34,8 @@ pub struct ResourceWrite {
     pub resource_type: String,
     /// Logical id.
     pub id: String,
+    /// `Type/id`.
+    pub tid: String,
     /// Serialized JSON.
     pub content: Vec<u8>,
     /// FNV-1a of `content`.
@@ -47,18 +49,20 @@ impl ResourceWrite {
     pub fn from_json(resource_type: &str, id: &str, resource: &Value) -> Result<Self, StoreError> {
         let content =
             serde_json::to_vec(resource).map_err(|error| StoreError::Invalid(error.to_string()))?;
+        let index = extract(resource_type, resource);
         Ok(Self {
             resource_type: resource_type.to_owned(),
             id: id.to_owned(),
+            tid: format!("{resource_type}/{id}"),
             hash: fnv64(&content),
-            index: extract(resource_type, resource),
+            index,
             content,
         })
     }
 
     /// `Type/id`.
     pub fn type_and_id(&self) -> String {
-        format!("{}/{}", self.resource_type, self.id)
+        self.tid.clone()
     }
 }
 
