@@ -511,7 +511,7 @@ impl PullAdapter for Ssmix2Adapter {
 
         // Applier: commits batches while the next one is being assembled, so mapping and
         // writing overlap. At most two batches wait, which bounds memory.
-        let (batch_sender, mut batch_receiver) = tokio::sync::mpsc::channel::<Batch>(2);
+        let (batch_sender, mut batch_receiver) = tokio::sync::mpsc::channel::<Batch>(1);
         let applier_store = context.store.clone();
         let applier = tokio::spawn(async move {
             let mut stats = tsunagi_store::ApplyStats::default();

@@ -41,7 +41,7 @@ async fn pull_all(
             name: Some(hospital.name.to_owned()),
             roots: vec![region.join(hospital.code)],
             tables: Arc::new(tables::load(hospital.code, None)?),
-            batch_resources: 5000,
+            batch_resources: 2000,
             workers: 0,
             full: false,
         };

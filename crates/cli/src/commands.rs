@@ -67,7 +67,7 @@ fn ssmix2_config(
         name,
         roots,
         tables: Arc::new(tables),
-        batch_resources: 5000,
+        batch_resources: 2000,
         workers: 0,
         full,
     })

@@ -20,6 +20,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// See the workspace Cargo.toml for why.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Tsunagi — a regional health-information gateway (SS-MIX2 in, JP Core FHIR out).
 #[derive(Debug, Parser)]
 #[command(name = "tsunagi", version, about)]
