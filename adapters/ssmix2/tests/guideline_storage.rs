@@ -2,6 +2,8 @@
 //! broken files under `000/` are rejected with a clear reason and affect nothing else, and a
 //! second run reads nothing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use support::{copy_tree, pull, store, workspace};
@@ -68,7 +70,7 @@ async fn guideline_samples_ingest_and_broken_files_are_rejected() {
     assert_eq!(counts.len(), expected.len(), "{counts:?}");
     assert_eq!(
         report.resources_written(),
-        expected.iter().map(|(_, n)| *n as u64).sum::<u64>()
+        expected.iter().map(|(_, n)| *n).sum::<u64>()
     );
 
     // Index rows are there: the patient's lab results are found by patient and by JLAC10 code.

@@ -24,11 +24,11 @@ pub(crate) async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
         if path.is_empty() {
             bail!("database url {url:?} names no file: use sqlite://<path>");
         }
-        if let Some(parent) = Path::new(path).parent() {
-            if !parent.as_os_str().is_empty() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("cannot create {}", parent.display()))?;
-            }
+        if let Some(parent) = Path::new(path).parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         let store = SqliteStore::open(url, Arc::new(SystemClock))
             .await
@@ -317,13 +317,13 @@ pub(crate) async fn demo(dir: &Path, patients: usize) -> anyhow::Result<()> {
         println!("  {resource_type:<26} {count:>7}");
     }
     let patient_id = "0610100010.1000000";
-    if let Some(patient) = store.read("Patient", patient_id).await? {
-        if let Some(json) = patient.to_json()? {
-            println!(
-                "\n   Patient/{patient_id}:\n{}",
-                serde_json::to_string_pretty(&json)?
-            );
-        }
+    if let Some(patient) = store.read("Patient", patient_id).await?
+        && let Some(json) = patient.to_json()?
+    {
+        println!(
+            "\n   Patient/{patient_id}:\n{}",
+            serde_json::to_string_pretty(&json)?
+        );
     }
     println!(
         "\nnext: tsunagi export ndjson --db {url} --out {}",

@@ -1,17 +1,26 @@
 //! The `tsunagi` binary as operators use it: exact command names and flags, exit codes,
 //! `--json` summaries, NDJSON export, clear errors naming what is wrong.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::{path::Path, process::Command};
 
 use serde_json::Value;
 
 fn tsunagi(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tsunagi")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_tsunagi"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn ok(args: &[&str]) -> String {
     let output = tsunagi(args);
-    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8(output.stdout).unwrap()
 }
 
@@ -25,7 +34,9 @@ fn tree_digest(root: &Path) -> Vec<(String, u64)> {
                 stack.push(path);
             } else {
                 let bytes = std::fs::read(&path).unwrap();
-                let hash = bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3));
+                let hash = bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+                    (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+                });
                 found.push((path.strip_prefix(root).unwrap().display().to_string(), hash));
             }
         }
@@ -39,21 +50,54 @@ fn generate_ingest_reingest_export() {
     let dir = tempfile::tempdir().unwrap();
     let region = dir.path().join("region");
     let region_again = dir.path().join("again");
-    let out = ok(&["generate", "region", "--out", region.to_str().unwrap(), "--patients", "12", "--seed", "5"]);
+    let out = ok(&[
+        "generate",
+        "region",
+        "--out",
+        region.to_str().unwrap(),
+        "--patients",
+        "12",
+        "--seed",
+        "5",
+    ]);
     assert!(out.contains("generated 12 people"), "{out}");
-    ok(&["generate", "region", "--out", region_again.to_str().unwrap(), "--patients", "12", "--seed", "5"]);
+    ok(&[
+        "generate",
+        "region",
+        "--out",
+        region_again.to_str().unwrap(),
+        "--patients",
+        "12",
+        "--seed",
+        "5",
+    ]);
     let first = tree_digest(&region);
     let mut second = tree_digest(&region_again);
     // region.json names its own folder; everything else must be byte-identical.
     second.retain(|(path, _)| path != "region.json");
     let mut first_files = first.clone();
     first_files.retain(|(path, _)| path != "region.json");
-    assert_eq!(first_files, second, "the same seed must give the same region");
+    assert_eq!(
+        first_files, second,
+        "the same seed must give the same region"
+    );
 
     let db = format!("sqlite://{}", dir.path().join("t.db").display());
     let root = region.join("0610200018");
     let summary: Value = serde_json::from_str(
-        ok(&["ingest", "ssmix2", "--db", &db, "--facility", "0610200018", "--name", "日本海総合病院", "--json", root.to_str().unwrap()]).trim(),
+        ok(&[
+            "ingest",
+            "ssmix2",
+            "--db",
+            &db,
+            "--facility",
+            "0610200018",
+            "--name",
+            "日本海総合病院",
+            "--json",
+            root.to_str().unwrap(),
+        ])
+        .trim(),
     )
     .unwrap();
     assert_eq!(summary["facility"], "0610200018");
@@ -64,24 +108,56 @@ fn generate_ingest_reingest_export() {
     assert!(patients >= 1);
 
     let again: Value = serde_json::from_str(
-        ok(&["ingest", "ssmix2", "--db", &db, "--facility", "0610200018", "--json", root.to_str().unwrap()]).trim(),
+        ok(&[
+            "ingest",
+            "ssmix2",
+            "--db",
+            &db,
+            "--facility",
+            "0610200018",
+            "--json",
+            root.to_str().unwrap(),
+        ])
+        .trim(),
     )
     .unwrap();
     assert_eq!(again["files_read"], 0);
     assert_eq!(again["files_skipped_unchanged"], summary["files_seen"]);
 
-    let text = ok(&["ingest", "ssmix2", "--db", &db, "--facility", "0610200018", root.to_str().unwrap()]);
+    let text = ok(&[
+        "ingest",
+        "ssmix2",
+        "--db",
+        &db,
+        "--facility",
+        "0610200018",
+        root.to_str().unwrap(),
+    ]);
     assert!(text.contains("skipped as unchanged"), "{text}");
 
     let export = dir.path().join("export");
-    ok(&["export", "ndjson", "--db", &db, "--out", export.to_str().unwrap()]);
+    ok(&[
+        "export",
+        "ndjson",
+        "--db",
+        &db,
+        "--out",
+        export.to_str().unwrap(),
+    ]);
     let lines = std::fs::read_to_string(export.join("Patient.ndjson")).unwrap();
     assert_eq!(lines.lines().count() as u64, patients);
     for line in lines.lines() {
         let resource: Value = serde_json::from_str(line).unwrap();
         assert_eq!(resource["resourceType"], "Patient");
         // Updated ADT-00 records give version 2; every resource carries its version.
-        assert!(resource["meta"]["versionId"].as_str().unwrap().parse::<u32>().unwrap() >= 1);
+        assert!(
+            resource["meta"]["versionId"]
+                .as_str()
+                .unwrap()
+                .parse::<u32>()
+                .unwrap()
+                >= 1
+        );
     }
     assert!(export.join("Observation.ndjson").exists());
 }
@@ -90,11 +166,25 @@ fn generate_ingest_reingest_export() {
 fn guideline_samples_exit_zero_with_their_rejections() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("t.db").display());
-    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/ssmix2-guideline-samples/sampleData");
-    let output = tsunagi(&["ingest", "ssmix2", "--db", &db, "--facility", "9999999999", "--json", samples.to_str().unwrap()]);
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/testdata/ssmix2-guideline-samples/sampleData");
+    let output = tsunagi(&[
+        "ingest",
+        "ssmix2",
+        "--db",
+        &db,
+        "--facility",
+        "9999999999",
+        "--json",
+        samples.to_str().unwrap(),
+    ]);
     assert!(output.status.success());
     let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(summary["rejected"].as_array().unwrap().len(), 3, "{summary}");
+    assert_eq!(
+        summary["rejected"].as_array().unwrap().len(),
+        3,
+        "{summary}"
+    );
 }
 
 #[test]
@@ -103,10 +193,46 @@ fn bad_input_gets_a_clear_error_and_a_failing_exit() {
     let root = dir.path().to_str().unwrap();
     let db = format!("sqlite://{}", dir.path().join("t.db").display());
     for (args, expected) in [
-        (vec!["ingest", "ssmix2", "--db", "postgres://postgres@127.0.0.1/test", "--facility", "0610100010", root], "not yet supported"),
-        (vec!["ingest", "ssmix2", "--db", "mysql://x", "--facility", "0610100010", root], "unsupported database url"),
-        (vec!["ingest", "ssmix2", "--db", &db, "--facility", "12345", root], "not a 10-digit"),
-        (vec!["ingest", "ssmix2", "--db", &db, "--facility", "0610100010", "/no/such/storage"], "/no/such/storage"),
+        (
+            vec![
+                "ingest",
+                "ssmix2",
+                "--db",
+                "postgres://postgres@127.0.0.1/test",
+                "--facility",
+                "0610100010",
+                root,
+            ],
+            "not yet supported",
+        ),
+        (
+            vec![
+                "ingest",
+                "ssmix2",
+                "--db",
+                "mysql://x",
+                "--facility",
+                "0610100010",
+                root,
+            ],
+            "unsupported database url",
+        ),
+        (
+            vec!["ingest", "ssmix2", "--db", &db, "--facility", "12345", root],
+            "not a 10-digit",
+        ),
+        (
+            vec![
+                "ingest",
+                "ssmix2",
+                "--db",
+                &db,
+                "--facility",
+                "0610100010",
+                "/no/such/storage",
+            ],
+            "/no/such/storage",
+        ),
     ] {
         let output = tsunagi(&args);
         assert!(!output.status.success(), "{args:?} should fail");
@@ -119,7 +245,16 @@ fn bad_input_gets_a_clear_error_and_a_failing_exit() {
 fn scheduled_pulls_run_once_from_a_config() {
     let dir = tempfile::tempdir().unwrap();
     let region = dir.path().join("region");
-    ok(&["generate", "region", "--out", region.to_str().unwrap(), "--patients", "6", "--seed", "1"]);
+    ok(&[
+        "generate",
+        "region",
+        "--out",
+        region.to_str().unwrap(),
+        "--patients",
+        "6",
+        "--seed",
+        "1",
+    ]);
     let config = dir.path().join("tsunagi.toml");
     std::fs::write(
         &config,
@@ -131,8 +266,15 @@ fn scheduled_pulls_run_once_from_a_config() {
     )
     .unwrap();
     let out = ok(&["run", "--config", config.to_str().unwrap(), "--once"]);
-    assert!(out.contains("SS-MIX2 ingest of 0610100010 荘内病院"), "{out}");
-    std::fs::write(&config, "version = 1\n[store]\nurl = \"sqlite://x.db\"\nsurprise = 1\n").unwrap();
+    assert!(
+        out.contains("SS-MIX2 ingest of 0610100010 荘内病院"),
+        "{out}"
+    );
+    std::fs::write(
+        &config,
+        "version = 1\n[store]\nurl = \"sqlite://x.db\"\nsurprise = 1\n",
+    )
+    .unwrap();
     let output = tsunagi(&["run", "--config", config.to_str().unwrap(), "--once"]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("surprise"));

@@ -20,11 +20,11 @@ pub fn search_key(text: &str) -> String {
     while let Some(ch) = chars.next() {
         let mut folded = fold_char(ch);
         // Half-width katakana followed by a half-width voiced or semi-voiced mark compose.
-        if let Some(&next) = chars.peek() {
-            if let Some(composed) = compose_voiced(folded, next) {
-                folded = composed;
-                chars.next();
-            }
+        if let Some(&next) = chars.peek()
+            && let Some(composed) = compose_voiced(folded, next)
+        {
+            folded = composed;
+            chars.next();
         }
         if folded.is_whitespace() {
             pending_space = !out.is_empty();
@@ -95,11 +95,11 @@ fn compose_voiced(base: char, mark: char) -> Option<char> {
         // カ..ト (with gaps for small forms) and ハ..ホ take the dakuten at code + 1.
         let in_kt = (0x30AB..=0x30C8).contains(&code) && code % 2 == 1 && code != 0x30C3
             || matches!(base, 'ツ' | 'テ' | 'ト');
-        let in_h = (0x30CF..=0x30DB).contains(&code) && (code - 0x30CF) % 3 == 0;
+        let in_h = (0x30CF..=0x30DB).contains(&code) && (code - 0x30CF).is_multiple_of(3);
         if in_kt || in_h {
             return char::from_u32(code + 1);
         }
-    } else if (0x30CF..=0x30DB).contains(&code) && (code - 0x30CF) % 3 == 0 {
+    } else if (0x30CF..=0x30DB).contains(&code) && (code - 0x30CF).is_multiple_of(3) {
         return char::from_u32(code + 2);
     }
     None

@@ -111,7 +111,7 @@ impl Hl7Time {
         let minute = part(10..12).map(|v| v as u8);
         let second = part(12..14).map(|v| v as u8);
         let fraction = match fraction_text {
-            Some(fraction) if fraction.is_empty() => None,
+            Some("") => None,
             Some(fraction) => {
                 if fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(error("bad fractional seconds"));
@@ -124,10 +124,10 @@ impl Hl7Time {
             if !(1..=12).contains(&month) {
                 return Err(error("month out of range"));
             }
-            if let Some(day) = day {
-                if day == 0 || day > days_in_month(year, month) {
-                    return Err(error("day out of range"));
-                }
+            if let Some(day) = day
+                && (day == 0 || day > days_in_month(year, month))
+            {
+                return Err(error("day out of range"));
             }
         }
         if hour.is_some_and(|h| h > 23) {

@@ -36,7 +36,7 @@ fn numbers_equal(a: &serde_json::Number, b: &serde_json::Number) -> bool {
 fn same_time(a: &str, b: &str) -> bool {
     fn trimmed(text: &str) -> Option<String> {
         let (main, rest) = text.split_once('.')?;
-        if main.len() != 19 || !main.as_bytes().get(10).is_some_and(|c| *c == b'T') {
+        if main.len() != 19 || main.as_bytes().get(10).is_none_or(|c| *c != b'T') {
             return None;
         }
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();

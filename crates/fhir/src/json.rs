@@ -141,10 +141,10 @@ pub fn decimal(text: &str) -> Option<Value> {
     if !signed.is_finite() {
         return None;
     }
-    if !digits.contains('.') {
-        if let Ok(integer) = digits.parse::<i64>() {
-            return Some(Value::from(if negative { -integer } else { integer }));
-        }
+    if !digits.contains('.')
+        && let Ok(integer) = digits.parse::<i64>()
+    {
+        return Some(Value::from(if negative { -integer } else { integer }));
     }
     serde_json::Number::from_f64(signed).map(Value::Number)
 }

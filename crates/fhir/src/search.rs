@@ -498,17 +498,16 @@ fn medication_start_values(resource: &Value, out: &mut Vec<IndexValue>) {
     let mut extensions = Vec::new();
     collect(resource, "dosageInstruction.extension", &mut extensions);
     for extension in extensions {
-        if text_of(extension.get("url")) == Some(PERIOD_OF_USE) {
-            if let Some(range) = extension
+        if text_of(extension.get("url")) == Some(PERIOD_OF_USE)
+            && let Some(range) = extension
                 .get("valuePeriod")
                 .and_then(|period| text_of(period.get("start")))
                 .and_then(fhir_date_range)
-            {
-                out.push(IndexValue::Date {
-                    start: range.0,
-                    end: range.1,
-                });
-            }
+        {
+            out.push(IndexValue::Date {
+                start: range.0,
+                end: range.1,
+            });
         }
     }
 }

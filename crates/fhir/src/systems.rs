@@ -154,10 +154,11 @@ pub fn for_hl7_coding_system(name: &str, facility: &str) -> String {
     if let Some(url) = known {
         return url.to_owned();
     }
-    if let Some(number) = trimmed.strip_prefix("HL7") {
-        if number.len() == 4 && number.bytes().all(|b| b.is_ascii_digit()) {
-            return format!("http://terminology.hl7.org/CodeSystem/v2-{number}");
-        }
+    if let Some(number) = trimmed.strip_prefix("HL7")
+        && number.len() == 4
+        && number.bytes().all(|b| b.is_ascii_digit())
+    {
+        return format!("http://terminology.hl7.org/CodeSystem/v2-{number}");
     }
     if trimmed.starts_with("urn:oid:") || trimmed.starts_with("http") {
         return canonical(trimmed).to_owned();

@@ -172,7 +172,7 @@ impl Iso2022JpEncoder {
         // Round-trip check: the code must decode back to the same character.
         let decoded =
             ISO_2022_JP.decode_without_bom_handling_and_without_replacement(&buffer[..written])?;
-        if decoded.chars().next() != Some(target) {
+        if !decoded.starts_with(target) {
             return None;
         }
         self.cache.insert(character, pair);

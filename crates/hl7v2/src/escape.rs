@@ -66,7 +66,8 @@ fn resolve(body: &str, delimiters: &Delimiters) -> Option<String> {
 }
 
 fn hex_text(hex: &str) -> Option<String> {
-    if hex.is_empty() || hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         return None;
     }
     let mut bytes = Vec::with_capacity(hex.len() / 2);

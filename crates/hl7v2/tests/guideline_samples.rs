@@ -1,6 +1,8 @@
 //! Every valid guideline sample decodes and parses, and agrees with the hl7-parser crate on
 //! structure (a differential check of our splitter against an independent implementation).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 
 use tsunagi_hl7v2::{Message, charset};

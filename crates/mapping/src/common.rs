@@ -220,10 +220,8 @@ impl<'c, 'm> Builder<'c, 'm> {
                 c.get("system").and_then(Value::as_str) == Some(system.as_str())
                     && c.get("code").and_then(Value::as_str) == Some(standard.code.as_str())
             });
-            if !already {
-                if let Some(value) = coding(&system, &standard.code, &standard.display) {
-                    codings.insert(0, value);
-                }
+            if !already && let Some(value) = coding(&system, &standard.code, &standard.display) {
+                codings.insert(0, value);
             }
         }
         codings

@@ -86,14 +86,14 @@ pub(crate) fn studies(builder: &mut Builder<'_, '_>) -> Result<(), MapError> {
                 study.modality = Some(json!({"system": systems::DICOM_DCM, "code": code}));
             }
         }
-        if let Some(obr) = obr {
-            if let Some(procedure) = builder.concept_of(obr.field(4)) {
-                if study.description.is_empty() {
-                    study.description = obr.field(4).component(2).text().trim().to_owned();
-                }
-                if !study.procedures.contains(&procedure) {
-                    study.procedures.push(procedure);
-                }
+        if let Some(obr) = obr
+            && let Some(procedure) = builder.concept_of(obr.field(4))
+        {
+            if study.description.is_empty() {
+                study.description = obr.field(4).component(2).text().trim().to_owned();
+            }
+            if !study.procedures.contains(&procedure) {
+                study.procedures.push(procedure);
             }
         }
         for obx in group.iter().copied().filter(|s| s.id() == "OBX") {

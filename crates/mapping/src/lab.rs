@@ -57,12 +57,12 @@ pub(crate) fn reference_range(
                 range.put("low", quantity)
             };
         }
-    } else if let Some((low, high)) = split_range(trimmed) {
-        if let (Some(low), Some(high)) = (decimal(low), decimal(high)) {
-            range = range
-                .put("low", builder.quantity(low, unit))
-                .put("high", builder.quantity(high, unit));
-        }
+    } else if let Some((low, high)) = split_range(trimmed)
+        && let (Some(low), Some(high)) = (decimal(low), decimal(high))
+    {
+        range = range
+            .put("low", builder.quantity(low, unit))
+            .put("high", builder.quantity(high, unit));
     }
     Some(range.put("text", trimmed).build())
 }

@@ -238,33 +238,33 @@ fn medication_request(
     }
     // RXE-19 total daily dose (`3^TAB&錠&MR9P`) → rateRatio per day.
     let daily = rxe.field(19).first();
-    if !daily.component(1).is_empty() {
-        if let Some(value) = decimal(&daily.component(1).text()) {
-            let unit = daily.component(2);
-            let numerator = Obj::new()
-                .put("value", value)
-                .put(
-                    "unit",
-                    if unit.sub(2).text().trim().is_empty() {
-                        unit.sub(1).text().trim().to_owned()
-                    } else {
-                        unit.sub(2).text().trim().to_owned()
-                    },
-                )
-                .put(
-                    "system",
-                    if unit.sub(1).text().trim().is_empty() {
-                        String::new()
-                    } else {
-                        builder.system(&unit.sub(3).text())
-                    },
-                )
-                .put("code", unit.sub(1).text().trim());
-            dose_and_rate = dose_and_rate.put(
+    if !daily.component(1).is_empty()
+        && let Some(value) = decimal(&daily.component(1).text())
+    {
+        let unit = daily.component(2);
+        let numerator = Obj::new()
+            .put("value", value)
+            .put(
+                "unit",
+                if unit.sub(2).text().trim().is_empty() {
+                    unit.sub(1).text().trim().to_owned()
+                } else {
+                    unit.sub(2).text().trim().to_owned()
+                },
+            )
+            .put(
+                "system",
+                if unit.sub(1).text().trim().is_empty() {
+                    String::new()
+                } else {
+                    builder.system(&unit.sub(3).text())
+                },
+            )
+            .put("code", unit.sub(1).text().trim());
+        dose_and_rate = dose_and_rate.put(
                 "rateRatio",
                 json!({"numerator": numerator.build(), "denominator": {"value": 1, "unit": "日", "system": systems::UCUM, "code": "d"}}),
             );
-        }
     }
     // RXE-23/24 infusion rate (`102` + `ml/hr^…^ISO+`).
     let rate = rxe.field(23);

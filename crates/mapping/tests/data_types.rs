@@ -2,6 +2,8 @@
 //! vendors' quirks) mapped file by file. Together with the guideline samples this covers every
 //! mapped data type; `UPDATE_SNAPSHOTS=1` rewrites the snapshots after an intended change.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::{collections::BTreeMap, path::PathBuf};
@@ -15,7 +17,11 @@ fn files(root: &std::path::Path) -> Vec<PathBuf> {
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
-            if path.is_dir() { stack.push(path) } else { found.push(path) }
+            if path.is_dir() {
+                stack.push(path)
+            } else {
+                found.push(path)
+            }
         }
     }
     found.sort();
@@ -48,13 +54,18 @@ fn every_data_type_of_every_vendor_maps_as_snapshotted() {
                 .join(format!("{:?}", hospital.vendor))
                 .join(format!("{data_type}.json"));
             check_snapshot(&snapshot, &actual);
-            *covered.entry(DataType::parse(&data_type).unwrap()).or_default() += 1;
+            *covered
+                .entry(DataType::parse(&data_type).unwrap())
+                .or_default() += 1;
         }
     }
     for data_type in DataType::ALL {
         if data_type == DataType::Adt01 {
             continue;
         }
-        assert!(covered.contains_key(&data_type), "no synthetic file of {data_type}: {covered:?}");
+        assert!(
+            covered.contains_key(&data_type),
+            "no synthetic file of {data_type}: {covered:?}"
+        );
     }
 }

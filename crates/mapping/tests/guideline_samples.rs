@@ -1,5 +1,7 @@
 //! The SS-MIX2 guideline's sample storage, mapped file by file and compared with snapshots.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::path::Path;

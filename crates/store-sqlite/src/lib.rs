@@ -507,10 +507,10 @@ impl BatchWriter {
         if from == Some(to) {
             return;
         }
-        if let Some(from) = from {
-            if let Some(list) = self.by_source.get_mut(from) {
-                list.retain(|item| item != tid);
-            }
+        if let Some(from) = from
+            && let Some(list) = self.by_source.get_mut(from)
+        {
+            list.retain(|item| item != tid);
         }
     }
 
@@ -880,10 +880,10 @@ impl Store for SqliteStore {
         id: &str,
         version: i64,
     ) -> Result<Option<StoredResource>, StoreError> {
-        if let Some(current) = self.read(resource_type, id).await? {
-            if current.version == version {
-                return Ok(Some(current));
-            }
+        if let Some(current) = self.read(resource_type, id).await?
+            && current.version == version
+        {
+            return Ok(Some(current));
         }
         let row = sqlx::query(
             "SELECT r.type, r.id, h.version, h.last_updated, h.deleted, h.content FROM resource_history h JOIN resources r ON r.rid = h.rid WHERE r.tid = ? AND h.version = ?",

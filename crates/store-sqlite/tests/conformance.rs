@@ -1,5 +1,7 @@
 //! The shared store conformance suite against a real SQLite database file.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 
 use tsunagi_core::clock::FixedClock;

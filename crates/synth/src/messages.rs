@@ -60,8 +60,31 @@ const TOWNS: &[(&str, &str)] = &[
     ("999-6711", "山形県酒田市飛島"),
 ];
 
-/// Lab tests: JLAC10, name, unit, low, high, local code, decimals.
-const LABS: &[(&str, &str, &str, f64, f64, &str, usize)] = &[
+/// A lab test: JLAC10, name, unit, low, high, local code, decimals.
+type Lab = (
+    &'static str,
+    &'static str,
+    &'static str,
+    f64,
+    f64,
+    &'static str,
+    usize,
+);
+/// A drug: HOT9, name, unit code, unit name, JAMI usage code, usage text, local code.
+type Drug = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+/// One prescribed line: Rp number, drug, dose, days.
+type PrescribedLine = (u64, Drug, u64, u64);
+
+/// Lab tests.
+const LABS: &[Lab] = &[
     ("3A010000002327101", "総蛋白", "g/dL", 6.6, 8.1, "10222", 1),
     (
         "3A015000002327101",
@@ -120,8 +143,8 @@ const LABS: &[(&str, &str, &str, f64, f64, &str, usize)] = &[
         2,
     ),
 ];
-/// Drugs: HOT9, name, unit code, unit name, JAMI usage code, usage text, local code.
-const DRUGS: &[(&str, &str, &str, &str, &str, &str, &str)] = &[
+/// Drugs.
+const DRUGS: &[Drug] = &[
     (
         "108665201",
         "ダーゼン錠（５ｍｇ）",
@@ -488,7 +511,7 @@ impl<'p> Chart<'p> {
         )
     }
 
-    fn lab_code(&self, lab: &(&str, &str, &str, f64, f64, &str, usize)) -> String {
+    fn lab_code(&self, lab: &Lab) -> String {
         match self.hospital.vendor {
             Vendor::A => format!("{}^{}^JC10^{}^{}^99X03", lab.0, lab.1, lab.5, lab.1),
             Vendor::B => format!("{}^{}^99NLB", lab.5, lab.1),
@@ -496,7 +519,7 @@ impl<'p> Chart<'p> {
         }
     }
 
-    fn drug_code(&self, drug: &(&str, &str, &str, &str, &str, &str, &str)) -> String {
+    fn drug_code(&self, drug: &Drug) -> String {
         match self.hospital.vendor {
             Vendor::C => format!("{}^{}^99HMD", drug.6, drug.1),
             _ => format!("{}^{}^HOT9", drug.0, drug.1),
@@ -722,6 +745,8 @@ impl<'p> Chart<'p> {
         Ok(())
     }
 
+    // One argument per ORC field it fills; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     fn orc(
         &self,
         control: &str,
@@ -765,10 +790,7 @@ impl<'p> Chart<'p> {
                 drugs.push((rp, *rng.pick(DRUGS), rng.between(1, 3), rng.between(3, 28)));
             }
         }
-        let build = |chart: &Chart<'_>,
-                     drugs: &[(u64, (&str, &str, &str, &str, &str, &str, &str), u64, u64)],
-                     at: When,
-                     control: &str| {
+        let build = |chart: &Chart<'_>, drugs: &[PrescribedLine], at: When, control: &str| {
             let mut segments = vec![
                 chart.msh(at, "RDE^O11^RDE_O11", &format!("P{}", chart.occurred(at))),
                 chart.pid_segment(),

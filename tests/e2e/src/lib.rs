@@ -287,12 +287,11 @@ pub fn check_against_profile(resource: &Value, definition: &Value) -> Vec<String
             if count < min {
                 problems.push(format!("{path}: min {min}, found {count}"));
             }
-            if max != "*" {
-                if let Ok(max) = max.parse::<usize>() {
-                    if count > max {
-                        problems.push(format!("{path}: max {max}, found {count}"));
-                    }
-                }
+            if max != "*"
+                && let Ok(max) = max.parse::<usize>()
+                && count > max
+            {
+                problems.push(format!("{path}: max {max}, found {count}"));
             }
         }
     }

@@ -3,6 +3,8 @@
 //! in ../shared) and round-trips through the fhir-sdk R4B models. The statement in
 //! `fhir-profiles/jp-core-constraints.toml` is checked against the package too.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;

@@ -1,6 +1,8 @@
 //! The profile checker and the R4B round-trip catch what they are meant to catch (so the
 //! conformance test of every produced resource is not vacuous).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use serde_json::json;
 use tsunagi_e2e::{check_against_profile, jp_core_profiles};
 

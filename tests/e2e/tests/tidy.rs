@@ -2,6 +2,8 @@
 //! saying why it exists, no fixture looks like it holds real data, and every crates.io
 //! dependency of the workspace carries a one-line reason.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 
 use tsunagi_e2e::workspace;
@@ -32,22 +34,45 @@ fn every_source_file_says_why_it_exists() {
         .filter(|path| !std::fs::read_to_string(path).unwrap().starts_with("//!"))
         .map(|path| path.display().to_string())
         .collect();
-    assert!(missing.is_empty(), "files without a leading //! line: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "files without a leading //! line: {missing:#?}"
+    );
 }
 
 #[test]
 fn every_external_dependency_has_a_reason() {
     let manifest = std::fs::read_to_string(workspace().join("Cargo.toml")).unwrap();
-    let section = manifest.split("[workspace.dependencies]").nth(1).unwrap().split("\n[").next().unwrap();
-    let chosen = ["encoding_rs", "serde_json", "sqlx", "tokio", "fhir-sdk", "hl7-parser", "cron"];
+    let section = manifest
+        .split("[workspace.dependencies]")
+        .nth(1)
+        .unwrap()
+        .split("\n[")
+        .next()
+        .unwrap();
+    let chosen = [
+        "encoding_rs",
+        "serde_json",
+        "sqlx",
+        "tokio",
+        "fhir-sdk",
+        "hl7-parser",
+        "cron",
+    ];
     let mut previous = "";
     for line in section.lines() {
         let name = line.split('=').next().unwrap().trim();
-        if !line.starts_with(char::is_alphabetic) || name.starts_with("tsunagi-") || chosen.contains(&name) {
+        if !line.starts_with(char::is_alphabetic)
+            || name.starts_with("tsunagi-")
+            || chosen.contains(&name)
+        {
             previous = line;
             continue;
         }
-        assert!(previous.trim_start().starts_with('#'), "dependency {name} has no reason comment above it");
+        assert!(
+            previous.trim_start().starts_with('#'),
+            "dependency {name} has no reason comment above it"
+        );
         previous = line;
     }
 }

@@ -1,5 +1,6 @@
 //! Helpers for the adapter tests: a fresh SQLite store, the code tables, a pull.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::{

@@ -1,6 +1,7 @@
 //! Shared helpers for the mapping tests: run one SS-MIX2 file through decode → parse → map,
 //! and compare JSON with a snapshot file (`UPDATE_SNAPSHOTS=1` rewrites snapshots).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::path::{Path, PathBuf};
