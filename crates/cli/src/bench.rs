@@ -111,7 +111,7 @@ pub(crate) async fn ingest(
     let resources_per_second = written as f64 / ingest_seconds;
     let skips_per_second = skipped as f64 / reingest_seconds;
     println!(
-        "\ningest (fresh SQLite database, {} worker threads)",
+        "\ningest (fresh SQLite database, {} cores)",
         std::thread::available_parallelism()
             .map(usize::from)
             .unwrap_or(1)

@@ -8,7 +8,7 @@ CREATE TABLE resources (
     last_updated INTEGER NOT NULL,          -- microseconds since the epoch (UTC)
     deleted      INTEGER NOT NULL DEFAULT 0,
     source_key   TEXT,                      -- the source record this resource came from
-    hash         INTEGER,                   -- FNV-1a of content (bit pattern as i64)
+    hash         INTEGER,                   -- tsunagi_core::hash::content_hash of content (bit pattern as i64)
     content      BLOB                       -- JSON without versionId/lastUpdated; NULL when deleted
 );
 CREATE INDEX resources_source ON resources (source_key);

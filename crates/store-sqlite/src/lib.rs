@@ -243,7 +243,12 @@ struct BatchWriter {
 }
 
 fn bump(map: &mut std::collections::BTreeMap<String, u64>, resource_type: &str) {
-    *map.entry(resource_type.to_owned()).or_default() += 1;
+    match map.get_mut(resource_type) {
+        Some(count) => *count += 1,
+        None => {
+            map.insert(resource_type.to_owned(), 1);
+        }
+    }
 }
 
 /// Splits `items` into chunks of power-of-two sizes (at most `max`), so multi-row statements

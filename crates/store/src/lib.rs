@@ -23,7 +23,7 @@ pub mod conformance;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use tsunagi_core::{hash::fnv64, time::format_instant_jst};
+use tsunagi_core::{hash::content_hash, time::format_instant_jst};
 use tsunagi_fhir::search::{IndexEntry, extract};
 
 /// A resource ready to be written: serialized content, its hash and its index rows, computed
@@ -38,7 +38,7 @@ pub struct ResourceWrite {
     pub tid: String,
     /// Serialized JSON.
     pub content: Vec<u8>,
-    /// FNV-1a of `content`.
+    /// `tsunagi_core::hash::content_hash` of `content`.
     pub hash: u64,
     /// Search-index rows.
     pub index: Vec<IndexEntry>,
@@ -47,14 +47,15 @@ pub struct ResourceWrite {
 impl ResourceWrite {
     /// Serializes, hashes and indexes a resource.
     pub fn from_json(resource_type: &str, id: &str, resource: &Value) -> Result<Self, StoreError> {
-        let content =
-            serde_json::to_vec(resource).map_err(|error| StoreError::Invalid(error.to_string()))?;
+        let mut content = Vec::with_capacity(2048);
+        serde_json::to_writer(&mut content, resource)
+            .map_err(|error| StoreError::Invalid(error.to_string()))?;
         let index = extract(resource_type, resource);
         Ok(Self {
             resource_type: resource_type.to_owned(),
             id: id.to_owned(),
             tid: format!("{resource_type}/{id}"),
-            hash: fnv64(&content),
+            hash: content_hash(&content),
             index,
             content,
         })
