@@ -271,19 +271,24 @@ pub(crate) async fn demo(dir: &Path, patients: usize) -> anyhow::Result<()> {
     let url = format!("sqlite://{}", db_path.display());
     println!("\n2. ingesting the three hospitals' SS-MIX2 storages into {url}");
     let store = open_store(&url).await?;
+    let pull_hospital = |hospital: tsunagi_synth::Hospital| {
+        let store = store.clone();
+        let root = region.join(hospital.code);
+        async move {
+            let config = ssmix2_config(
+                hospital.code,
+                Some(hospital.name.to_owned()),
+                vec![root],
+                None,
+                false,
+            )?;
+            let adapter = registry::build(registry::Source::Ssmix2(config));
+            anyhow::Ok(adapter.pull(&context(store, Arc::new(NoProgress))).await?)
+        }
+    };
     for hospital in tsunagi_synth::HOSPITALS {
-        let config = ssmix2_config(
-            hospital.code,
-            Some(hospital.name.to_owned()),
-            vec![region.join(hospital.code)],
-            None,
-            false,
-        )?;
-        let adapter = registry::build(registry::Source::Ssmix2(config));
         let started = Instant::now();
-        let report = adapter
-            .pull(&context(store.clone(), Arc::new(NoProgress)))
-            .await?;
+        let report = pull_hospital(hospital).await?;
         print_summary(
             &report,
             Some(hospital.name),
@@ -292,17 +297,7 @@ pub(crate) async fn demo(dir: &Path, patients: usize) -> anyhow::Result<()> {
     }
     println!("\n3. pulling again: the checkpoint skips every unchanged file");
     for hospital in tsunagi_synth::HOSPITALS {
-        let config = ssmix2_config(
-            hospital.code,
-            Some(hospital.name.to_owned()),
-            vec![region.join(hospital.code)],
-            None,
-            false,
-        )?;
-        let adapter = registry::build(registry::Source::Ssmix2(config));
-        let report = adapter
-            .pull(&context(store.clone(), Arc::new(NoProgress)))
-            .await?;
+        let report = pull_hospital(hospital).await?;
         println!(
             "  {} {}: {} files seen, {} skipped as unchanged, {} resources written",
             hospital.code,

@@ -108,6 +108,17 @@ impl<'c, 'm> Builder<'c, 'm> {
         logical_id(&all)
     }
 
+    /// The JP Core resource-instance value of an order line: placer order number (or the file's
+    /// order number), Rp number and position in the Rp.
+    pub(crate) fn order_line_instance(&self, placer: &str, rp: &str, order_in_rp: &str) -> String {
+        let order = if placer.is_empty() {
+            self.context.order_number
+        } else {
+            placer
+        };
+        format!("{order}.{rp}.{order_in_rp}")
+    }
+
     /// An id scoped to the patient only (for data whose identity outlives one record, such as
     /// problem-list entries and allergies).
     pub(crate) fn patient_scoped_id(&self, parts: &[&str]) -> String {
@@ -143,21 +154,11 @@ impl<'c, 'm> Builder<'c, 'm> {
     /// A FHIR dateTime from an HL7 timestamp field; a bad value is reported and skipped.
     pub(crate) fn datetime(&mut self, segment: &Segment<'_>, field: usize) -> Option<String> {
         let text = segment.field(field).component(1).text();
-        let text = text.trim();
-        if text.is_empty() {
+        if text.trim().is_empty() {
             return None;
         }
-        match Hl7Time::parse(text) {
-            Ok(time) => Some(time.to_fhir_datetime()),
-            Err(error) => {
-                self.warn(format!(
-                    "{}-{field} (line {}): {error}; left out",
-                    segment.id(),
-                    segment.line()
-                ));
-                None
-            }
-        }
+        let label = format!("{}-{field} (line {})", segment.id(), segment.line());
+        self.datetime_text(&label, &text)
     }
 
     /// Like [`Self::datetime`] for a timestamp held in a sub-component or component.

@@ -120,14 +120,7 @@ fn medication_request(
 ) {
     let id = builder.record_id(&[rp, order_in_rp]);
     let placer = orc.field(2).component(1).text().trim().to_owned();
-    let instance = format!(
-        "{}.{rp}.{order_in_rp}",
-        if placer.is_empty() {
-            builder.context.order_number
-        } else {
-            &placer
-        }
-    );
+    let instance = builder.order_line_instance(&placer, rp, order_in_rp);
     let identifiers = vec![
         identifier(systems::RP_NUMBER, rp),
         identifier(systems::ORDER_IN_RP, order_in_rp),
@@ -440,14 +433,7 @@ fn administration(
 ) {
     let id = builder.record_id(&[rp, order_in_rp]);
     let placer = orc.field(2).component(1).text().trim().to_owned();
-    let instance = format!(
-        "{}.{rp}.{order_in_rp}",
-        if placer.is_empty() {
-            builder.context.order_number
-        } else {
-            &placer
-        }
-    );
+    let instance = builder.order_line_instance(&placer, rp, order_in_rp);
     let start = builder.datetime(rxa, 3);
     let end = builder.datetime(rxa, 4);
     let drug = rxa.field(5).first();
