@@ -172,9 +172,7 @@ impl SqliteStore {
                 }
                 last_rid = rid;
             }
-            let borrowed: Vec<(i64, &IndexEntry)> =
-                entries.iter().map(|(rid, entry)| (*rid, entry)).collect();
-            insert_index_rows(&mut transaction, &borrowed).await?;
+            insert_index_rows(&mut transaction, entries).await?;
         }
         sqlx::query("UPDATE store_meta SET value = ? WHERE key = 'registry_version'")
             .bind(REGISTRY_VERSION.to_string())
@@ -655,23 +653,35 @@ impl BatchWriter {
     }
 
     async fn flush(&mut self, connection: &mut SqliteConnection) -> Result<(), StoreError> {
-        let rows = std::mem::take(&mut self.pending_rows);
+        // Values are moved into the statements, not copied: sqlx copies borrowed strings and
+        // byte slices into fresh allocations, owned ones it takes as they are.
+        let mut rows = std::mem::take(&mut self.pending_rows);
         self.pending_positions.clear();
-        for chunk in pow2_chunks(&rows, RESOURCE_CHUNK) {
+        let mut entries: Vec<(i64, IndexEntry)> = Vec::new();
+        for row in &mut rows {
+            let rid = row.rid;
+            entries.extend(row.index.drain(..).map(|entry| (rid, entry)));
+        }
+        for (rid, index) in std::mem::take(&mut self.pending_index) {
+            entries.extend(index.into_iter().map(|entry| (rid, entry)));
+        }
+        let now = self.now;
+        let mut remaining = rows.into_iter();
+        for size in pow2_sizes(remaining.len(), RESOURCE_CHUNK) {
             let mut query = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO resources (rid, tid, type, id, version, last_updated, deleted, source_key, hash, content) ",
             );
-            query.push_values(chunk, |mut row, new| {
+            query.push_values(remaining.by_ref().take(size), |mut row, new| {
                 row.push_bind(new.rid)
-                    .push_bind(new.tid.as_str())
-                    .push_bind(new.resource_type.as_str())
-                    .push_bind(new.id.as_str())
+                    .push_bind(new.tid)
+                    .push_bind(new.resource_type)
+                    .push_bind(new.id)
                     .push_bind(new.version)
-                    .push_bind(self.now)
+                    .push_bind(now)
                     .push_bind(i64::from(new.deleted))
-                    .push_bind(new.source_key.as_str())
+                    .push_bind(new.source_key)
                     .push_bind(new.hash.map(|h| h as i64))
-                    .push_bind(new.content.as_deref());
+                    .push_bind(new.content);
             });
             query
                 .build()
@@ -680,16 +690,17 @@ impl BatchWriter {
                 .map_err(db_error)?;
         }
         let history = std::mem::take(&mut self.pending_history);
-        for chunk in pow2_chunks(&history, RESOURCE_CHUNK) {
+        let mut remaining = history.into_iter();
+        for size in pow2_sizes(remaining.len(), RESOURCE_CHUNK) {
             let mut query = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO resource_history (rid, version, last_updated, deleted, content) ",
             );
-            query.push_values(chunk, |mut row, old| {
+            query.push_values(remaining.by_ref().take(size), |mut row, old| {
                 row.push_bind(old.rid)
                     .push_bind(old.version)
                     .push_bind(old.last_updated)
                     .push_bind(i64::from(old.deleted))
-                    .push_bind(old.content.as_deref());
+                    .push_bind(old.content);
             });
             query
                 .build()
@@ -697,122 +708,41 @@ impl BatchWriter {
                 .await
                 .map_err(db_error)?;
         }
-        let mut entries: Vec<(i64, &IndexEntry)> = Vec::new();
-        for row in &rows {
-            entries.extend(row.index.iter().map(|entry| (row.rid, entry)));
-        }
-        let updated = std::mem::take(&mut self.pending_index);
-        for (rid, index) in &updated {
-            entries.extend(index.iter().map(|entry| (*rid, entry)));
-        }
-        insert_index_rows(connection, &entries).await
+        insert_index_rows(connection, entries).await
     }
 }
 
-async fn insert_index_rows(
-    connection: &mut SqliteConnection,
-    entries: &[(i64, &IndexEntry)],
-) -> Result<(), StoreError> {
-    let mut tokens = Vec::new();
-    let mut strings = Vec::new();
-    let mut dates = Vec::new();
-    let mut references = Vec::new();
-    let mut quantities = Vec::new();
-    for (rid, entry) in entries {
-        let param = i64::from(entry.param);
-        match &entry.value {
-            IndexValue::Token { system, code } => {
-                tokens.push((param, code.as_str(), system.as_str(), *rid))
-            }
-            IndexValue::String(text) => strings.push((param, text.as_str(), *rid)),
-            IndexValue::Date { start, end } => dates.push((param, *start, *end, *rid)),
-            IndexValue::Reference {
-                target_type,
-                target_id,
-            } => references.push((param, target_id.as_str(), target_type.as_str(), *rid)),
-            IndexValue::Quantity {
-                value,
-                system,
-                code,
-            } => quantities.push((param, code.as_str(), *value, system.as_str(), *rid)),
+/// Chunk sizes for `len` rows: powers of two, at most `max` (see [`pow2_chunks`]).
+fn pow2_sizes(len: usize, max: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let mut rest = len;
+    while rest > 0 {
+        let mut size = max.min(rest).next_power_of_two();
+        if size > rest || size > max {
+            size /= 2;
         }
+        let size = size.max(1);
+        sizes.push(size);
+        rest -= size;
     }
-    // Sorted rows land in the WITHOUT ROWID B-trees in key order: far fewer page splits.
-    tokens.sort_unstable();
-    strings.sort_unstable();
-    dates.sort_unstable();
-    references.sort_unstable();
-    quantities.sort_unstable_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    for chunk in pow2_chunks(&tokens, INDEX_CHUNK) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT OR IGNORE INTO idx_token (param, code, system, rid) ",
-        );
-        query.push_values(chunk, |mut row, (param, code, system, rid)| {
-            row.push_bind(*param)
-                .push_bind(*code)
-                .push_bind(*system)
-                .push_bind(*rid);
-        });
-        query
-            .build()
-            .execute(&mut *connection)
-            .await
-            .map_err(db_error)?;
-    }
-    for chunk in pow2_chunks(&strings, INDEX_CHUNK) {
-        let mut query =
-            QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO idx_string (param, value, rid) ");
-        query.push_values(chunk, |mut row, (param, value, rid)| {
-            row.push_bind(*param).push_bind(*value).push_bind(*rid);
-        });
-        query
-            .build()
-            .execute(&mut *connection)
-            .await
-            .map_err(db_error)?;
-    }
-    for chunk in pow2_chunks(&dates, INDEX_CHUNK) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT OR IGNORE INTO idx_date (param, start, \"end\", rid) ",
-        );
-        query.push_values(chunk, |mut row, (param, start, end, rid)| {
-            row.push_bind(*param)
-                .push_bind(*start)
-                .push_bind(*end)
-                .push_bind(*rid);
-        });
-        query
-            .build()
-            .execute(&mut *connection)
-            .await
-            .map_err(db_error)?;
-    }
-    for chunk in pow2_chunks(&references, INDEX_CHUNK) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT OR IGNORE INTO idx_reference (param, target_id, target_type, rid) ",
-        );
-        query.push_values(chunk, |mut row, (param, target_id, target_type, rid)| {
-            row.push_bind(*param)
-                .push_bind(*target_id)
-                .push_bind(*target_type)
-                .push_bind(*rid);
-        });
-        query
-            .build()
-            .execute(&mut *connection)
-            .await
-            .map_err(db_error)?;
-    }
-    for chunk in pow2_chunks(&quantities, INDEX_CHUNK) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT OR IGNORE INTO idx_quantity (param, code, value, system, rid) ",
-        );
-        query.push_values(chunk, |mut row, (param, code, value, system, rid)| {
-            row.push_bind(*param)
-                .push_bind(*code)
-                .push_bind(*value)
-                .push_bind(*system)
-                .push_bind(*rid);
+    sizes
+}
+
+/// Inserts owned rows in power-of-two chunks (a handful of cached statement shapes).
+async fn insert_chunks<T, F>(
+    connection: &mut SqliteConnection,
+    head: &'static str,
+    rows: Vec<T>,
+    mut bind: F,
+) -> Result<(), StoreError>
+where
+    F: FnMut(&mut sqlx::query_builder::Separated<'_, Sqlite, &'static str>, T),
+{
+    let mut remaining = rows.into_iter();
+    for size in pow2_sizes(remaining.len(), INDEX_CHUNK) {
+        let mut query = QueryBuilder::<Sqlite>::new(head);
+        query.push_values(remaining.by_ref().take(size), |mut row, value| {
+            bind(&mut row, value)
         });
         query
             .build()
@@ -821,6 +751,98 @@ async fn insert_index_rows(
             .map_err(db_error)?;
     }
     Ok(())
+}
+
+async fn insert_index_rows(
+    connection: &mut SqliteConnection,
+    entries: Vec<(i64, IndexEntry)>,
+) -> Result<(), StoreError> {
+    let mut tokens = Vec::new();
+    let mut strings = Vec::new();
+    let mut dates = Vec::new();
+    let mut references = Vec::new();
+    let mut quantities = Vec::new();
+    for (rid, entry) in entries {
+        let param = i64::from(entry.param);
+        match entry.value {
+            IndexValue::Token { system, code } => tokens.push((param, code, system, rid)),
+            IndexValue::String(text) => strings.push((param, text, rid)),
+            IndexValue::Date { start, end } => dates.push((param, start, end, rid)),
+            IndexValue::Reference {
+                target_type,
+                target_id,
+            } => references.push((param, target_id, target_type, rid)),
+            IndexValue::Quantity {
+                value,
+                system,
+                code,
+            } => quantities.push((param, code, value, system, rid)),
+        }
+    }
+    // Sorted rows land in the WITHOUT ROWID B-trees in key order: far fewer page splits.
+    tokens.sort_unstable();
+    strings.sort_unstable();
+    dates.sort_unstable();
+    references.sort_unstable();
+    quantities.sort_unstable_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    insert_chunks(
+        connection,
+        "INSERT OR IGNORE INTO idx_token (param, code, system, rid) ",
+        tokens,
+        |row, (param, code, system, rid)| {
+            row.push_bind(param)
+                .push_bind(code)
+                .push_bind(system)
+                .push_bind(rid);
+        },
+    )
+    .await?;
+    insert_chunks(
+        connection,
+        "INSERT OR IGNORE INTO idx_string (param, value, rid) ",
+        strings,
+        |row, (param, value, rid)| {
+            row.push_bind(param).push_bind(value).push_bind(rid);
+        },
+    )
+    .await?;
+    insert_chunks(
+        connection,
+        "INSERT OR IGNORE INTO idx_date (param, start, \"end\", rid) ",
+        dates,
+        |row, (param, start, end, rid)| {
+            row.push_bind(param)
+                .push_bind(start)
+                .push_bind(end)
+                .push_bind(rid);
+        },
+    )
+    .await?;
+    insert_chunks(
+        connection,
+        "INSERT OR IGNORE INTO idx_reference (param, target_id, target_type, rid) ",
+        references,
+        |row, (param, target_id, target_type, rid)| {
+            row.push_bind(param)
+                .push_bind(target_id)
+                .push_bind(target_type)
+                .push_bind(rid);
+        },
+    )
+    .await?;
+    insert_chunks(
+        connection,
+        "INSERT OR IGNORE INTO idx_quantity (param, code, value, system, rid) ",
+        quantities,
+        |row, (param, code, value, system, rid)| {
+            row.push_bind(param)
+                .push_bind(code)
+                .push_bind(value)
+                .push_bind(system)
+                .push_bind(rid);
+        },
+    )
+    .await
 }
 
 fn stored_from_row(row: &SqliteRow) -> Result<StoredResource, StoreError> {
