@@ -71,6 +71,10 @@ impl Hl7Time {
             reason,
         };
         let trimmed = text.trim();
+        // Everything below slices by byte position: refuse non-ASCII first.
+        if !trimmed.is_ascii() {
+            return Err(error("expected ASCII digits"));
+        }
         // Split off an explicit offset (+hhmm / -hhmm).
         let (body, offset_minutes) = match trimmed.rfind(['+', '-']) {
             Some(position) if position >= 4 => {
