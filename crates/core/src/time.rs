@@ -158,20 +158,23 @@ impl Hl7Time {
     /// The FHIR `dateTime` form: partial dates stay partial; an hour without minutes is
     /// truncated to the date; any time gets seconds and the zone (`+09:00` unless sent).
     pub fn to_fhir_datetime(&self) -> String {
-        let mut out = format!("{:04}", self.year);
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(32);
+        let _ = write!(out, "{:04}", self.year);
         let Some(month) = self.month else { return out };
-        out.push_str(&format!("-{month:02}"));
+        let _ = write!(out, "-{month:02}");
         let Some(day) = self.day else { return out };
-        out.push_str(&format!("-{day:02}"));
+        let _ = write!(out, "-{day:02}");
         let (Some(hour), Some(minute)) = (self.hour, self.minute) else {
             return out;
         };
-        out.push_str(&format!(
+        let _ = write!(
+            out,
             "T{hour:02}:{minute:02}:{:02}",
             self.second.unwrap_or(0)
-        ));
+        );
         if let (Some(_), Some((value, width))) = (self.second, self.fraction) {
-            out.push_str(&format!(".{value:0width$}", width = width as usize));
+            let _ = write!(out, ".{value:0width$}", width = width as usize);
         }
         out.push_str(&format_offset(
             self.offset_minutes
@@ -196,6 +199,9 @@ impl Hl7Time {
 fn format_offset(minutes: i32) -> String {
     if minutes == 0 {
         return "Z".to_owned();
+    }
+    if minutes == 540 {
+        return "+09:00".to_owned();
     }
     let sign = if minutes < 0 { '-' } else { '+' };
     let absolute = minutes.abs();

@@ -98,9 +98,11 @@ pub fn codeable(codings: Vec<Option<Value>>, text: &str) -> Option<Value> {
 
 /// `{"reference": "Type/id"}`.
 pub fn reference(resource_type: &str, id: &str) -> Value {
-    Obj::new()
-        .put("reference", format!("{resource_type}/{id}"))
-        .build()
+    let mut target = String::with_capacity(resource_type.len() + 1 + id.len());
+    target.push_str(resource_type);
+    target.push('/');
+    target.push_str(id);
+    Obj::new().put("reference", target).build()
 }
 
 /// An Identifier; `None` when the value is empty.

@@ -265,15 +265,17 @@ pub fn extract(resource_type: &str, resource: &Value) -> Vec<IndexEntry> {
                 }
             }
         }
+        // Duplicates can only occur within one parameter (rows carry the parameter id).
+        let mut kept: Vec<IndexValue> = Vec::with_capacity(values.len());
         for value in values {
-            let entry = IndexEntry {
-                param: param.id,
-                value,
-            };
-            if !entries.contains(&entry) {
-                entries.push(entry);
+            if !kept.contains(&value) {
+                kept.push(value);
             }
         }
+        entries.extend(kept.into_iter().map(|value| IndexEntry {
+            param: param.id,
+            value,
+        }));
     }
     entries
 }
