@@ -82,9 +82,11 @@ pub(crate) async fn ingest_ssmix2(
     mappings: Option<PathBuf>,
     json: bool,
     full: bool,
+    workers: usize,
 ) -> anyhow::Result<()> {
     let store = open_store(db).await?;
-    let config = ssmix2_config(facility, name.clone(), roots, mappings.as_deref(), full)?;
+    let mut config = ssmix2_config(facility, name.clone(), roots, mappings.as_deref(), full)?;
+    config.workers = workers;
     let adapter = registry::build(registry::Source::Ssmix2(config));
     let label = format!("ingest {facility}");
     let (progress, drawer) = TerminalProgress::start(label, !json);
@@ -198,12 +200,11 @@ pub(crate) async fn export_ndjson(db: &str, out: &Path) -> anyhow::Result<()> {
                     std::io::BufWriter::new(file),
                 ));
             }
-            let Some(json) = resource.to_json()? else {
+            let Some(bytes) = resource.to_json_bytes()? else {
                 return Ok(());
             };
             if let Some((_, writer)) = current.as_mut() {
-                serde_json::to_writer(&mut *writer, &json)
-                    .map_err(|error| tsunagi_store::StoreError::Invalid(error.to_string()))?;
+                writer.write_all(&bytes).map_err(store_error)?;
                 writer.write_all(b"\n").map_err(store_error)?;
             }
             *counts.entry(resource.resource_type.clone()).or_default() += 1;
@@ -317,7 +318,7 @@ pub(crate) async fn demo(dir: &Path, patients: usize) -> anyhow::Result<()> {
     {
         println!(
             "\n   Patient/{patient_id}:\n{}",
-            serde_json::to_string_pretty(&json)?
+            tsunagi_fhir::json::to_pretty_resource(&json)?
         );
     }
     println!(

@@ -96,6 +96,9 @@ enum IngestSource {
         /// Ignore the checkpoint and read every file again (writes stay idempotent).
         #[arg(long)]
         full: bool,
+        /// Mapping worker threads (default: one per core, less one for the writer).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
         /// Storage roots.
         #[arg(required = true)]
         roots: Vec<PathBuf>,
@@ -170,9 +173,13 @@ fn main() -> std::process::ExitCode {
                         json,
                         mappings,
                         full,
+                        workers,
                         roots,
                     },
-            } => commands::ingest_ssmix2(&db, &facility, name, roots, mappings, json, full).await,
+            } => {
+                commands::ingest_ssmix2(&db, &facility, name, roots, mappings, json, full, workers)
+                    .await
+            }
             Command::Export {
                 format: ExportFormat::Ndjson { db, out },
             } => commands::export_ndjson(&db, &out).await,

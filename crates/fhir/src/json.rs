@@ -1,4 +1,5 @@
-//! Builders for FHIR data types as JSON values.
+//! Builders for FHIR data types as JSON values, and the writer that serializes a resource with
+//! `resourceType`, `id` and `meta` first.
 //!
 //! Mapping code reads like the FHIR it produces: `Obj::resource("Patient").put("id", id)…`.
 //! Empty strings, empty arrays and empty objects are never written, so an absent HL7 field
@@ -69,6 +70,67 @@ impl From<Obj> for Value {
     fn from(object: Obj) -> Self {
         object.build()
     }
+}
+
+/// The keys written first, in this order; the rest follow in sorted order.
+const LEADING: [&str; 3] = ["resourceType", "id", "meta"];
+
+/// Serializes a resource compactly with `resourceType`, `id` and `meta` first (serde_json maps
+/// are sorted; FHIR examples lead with these three).
+pub fn write_resource(resource: &Value, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    let Value::Object(map) = resource else {
+        return serde_json::to_writer(out, resource);
+    };
+    out.push(b'{');
+    let mut first = true;
+    let mut write_entry =
+        |out: &mut Vec<u8>, key: &str, value: &Value| -> Result<(), serde_json::Error> {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            serde_json::to_writer(&mut *out, key)?;
+            out.push(b':');
+            serde_json::to_writer(&mut *out, value)
+        };
+    for key in LEADING {
+        if let Some(value) = map.get(key) {
+            write_entry(out, key, value)?;
+        }
+    }
+    for (key, value) in map {
+        if !LEADING.contains(&key.as_str()) {
+            write_entry(out, key, value)?;
+        }
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// Like [`write_resource`], indented for people.
+pub fn to_pretty_resource(resource: &Value) -> Result<String, serde_json::Error> {
+    let Value::Object(map) = resource else {
+        return serde_json::to_string_pretty(resource);
+    };
+    let mut keys: Vec<&str> = LEADING
+        .iter()
+        .copied()
+        .filter(|key| map.contains_key(*key))
+        .collect();
+    keys.extend(
+        map.keys()
+            .map(String::as_str)
+            .filter(|key| !LEADING.contains(key)),
+    );
+    let mut out = String::from("{\n");
+    for (index, key) in keys.iter().enumerate() {
+        let Some(value) = map.get(*key) else { continue };
+        let rendered = serde_json::to_string_pretty(value)?.replace('\n', "\n  ");
+        out.push_str(&format!("  {}: {rendered}", serde_json::to_string(key)?));
+        out.push_str(if index + 1 < keys.len() { ",\n" } else { "\n" });
+    }
+    out.push('}');
+    Ok(out)
 }
 
 /// A Coding; `None` when there is no code.
@@ -167,6 +229,25 @@ mod tests {
         assert_eq!(value, json!({"resourceType": "Patient", "id": "x"}));
         assert!(coding("s", " ", "d").is_none());
         assert!(codeable(vec![None], "").is_none());
+    }
+
+    #[test]
+    fn resources_lead_with_type_id_and_meta() {
+        let resource = json!({"subject": {"reference": "Patient/1"}, "meta": {"source": "x"}, "id": "a", "resourceType": "Observation"});
+        let mut bytes = Vec::new();
+        write_resource(&resource, &mut bytes).unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            text.starts_with("{\"resourceType\":\"Observation\",\"id\":\"a\",\"meta\":"),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), resource);
+        let pretty = to_pretty_resource(&resource).unwrap();
+        assert!(
+            pretty.starts_with("{\n  \"resourceType\": \"Observation\",\n  \"id\": \"a\""),
+            "{pretty}"
+        );
+        assert_eq!(serde_json::from_str::<Value>(&pretty).unwrap(), resource);
     }
 
     #[test]

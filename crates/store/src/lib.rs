@@ -48,7 +48,7 @@ impl ResourceWrite {
     /// Serializes, hashes and indexes a resource.
     pub fn from_json(resource_type: &str, id: &str, resource: &Value) -> Result<Self, StoreError> {
         let mut content = Vec::with_capacity(2048);
-        serde_json::to_writer(&mut content, resource)
+        tsunagi_fhir::json::write_resource(resource, &mut content)
             .map_err(|error| StoreError::Invalid(error.to_string()))?;
         let index = extract(resource_type, resource);
         Ok(Self {
@@ -165,6 +165,18 @@ pub struct StoredResource {
 }
 
 impl StoredResource {
+    /// The resource serialized with `meta.versionId` and `meta.lastUpdated` filled in
+    /// (`resourceType`, `id`, `meta` first); `None` when deleted.
+    pub fn to_json_bytes(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(value) = self.to_json()? else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(self.content.as_ref().map_or(0, Vec::len) + 96);
+        tsunagi_fhir::json::write_resource(&value, &mut out)
+            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        Ok(Some(out))
+    }
+
     /// The resource with `meta.versionId` and `meta.lastUpdated` filled in; `None` when deleted.
     pub fn to_json(&self) -> Result<Option<Value>, StoreError> {
         let Some(content) = &self.content else {
