@@ -73,17 +73,39 @@ fn ssmix2_config(
     })
 }
 
+/// The flags of `tsunagi ingest ssmix2`.
+pub(crate) struct Ssmix2Ingest {
+    /// Database URL.
+    pub(crate) db: String,
+    /// 10-digit facility code.
+    pub(crate) facility: String,
+    /// Facility name for the summary.
+    pub(crate) name: Option<String>,
+    /// Storage roots.
+    pub(crate) roots: Vec<PathBuf>,
+    /// Code tables folder (default: built in).
+    pub(crate) mappings: Option<PathBuf>,
+    /// Print the summary as JSON.
+    pub(crate) json: bool,
+    /// Ignore the checkpoint.
+    pub(crate) full: bool,
+    /// Mapping worker threads (0 = automatic).
+    pub(crate) workers: usize,
+}
+
 /// `tsunagi ingest ssmix2`.
-pub(crate) async fn ingest_ssmix2(
-    db: &str,
-    facility: &str,
-    name: Option<String>,
-    roots: Vec<PathBuf>,
-    mappings: Option<PathBuf>,
-    json: bool,
-    full: bool,
-    workers: usize,
-) -> anyhow::Result<()> {
+pub(crate) async fn ingest_ssmix2(flags: Ssmix2Ingest) -> anyhow::Result<()> {
+    let Ssmix2Ingest {
+        db,
+        facility,
+        name,
+        roots,
+        mappings,
+        json,
+        full,
+        workers,
+    } = flags;
+    let (db, facility) = (db.as_str(), facility.as_str());
     let store = open_store(db).await?;
     let mut config = ssmix2_config(facility, name.clone(), roots, mappings.as_deref(), full)?;
     config.workers = workers;

@@ -177,8 +177,17 @@ fn main() -> std::process::ExitCode {
                         roots,
                     },
             } => {
-                commands::ingest_ssmix2(&db, &facility, name, roots, mappings, json, full, workers)
-                    .await
+                commands::ingest_ssmix2(commands::Ssmix2Ingest {
+                    db,
+                    facility,
+                    name,
+                    roots,
+                    mappings,
+                    json,
+                    full,
+                    workers,
+                })
+                .await
             }
             Command::Export {
                 format: ExportFormat::Ndjson { db, out },
