@@ -29,7 +29,8 @@ pub struct StandardCode {
 /// All tables of one facility (plus the common ones).
 #[derive(Debug, Clone, Default)]
 pub struct CodeTables {
-    codes: HashMap<(String, String), StandardCode>,
+    /// table → local code → standard code (nested so lookups borrow, never allocate).
+    codes: HashMap<String, HashMap<String, StandardCode>>,
     departments: HashMap<String, (String, String)>,
     units: HashMap<String, String>,
 }
@@ -89,8 +90,8 @@ impl CodeTables {
     /// Adds a `codes.csv` table.
     pub fn add_codes(&mut self, name: &str, text: &str) -> Result<(), TableError> {
         for (_, cells) in rows(name, text, 5)? {
-            self.codes.insert(
-                (cells[0].to_owned(), cells[1].to_owned()),
+            self.codes.entry(cells[0].to_owned()).or_default().insert(
+                cells[1].to_owned(),
                 StandardCode {
                     system_name: cells[2].to_owned(),
                     code: cells[3].to_owned(),
@@ -129,7 +130,7 @@ impl CodeTables {
 
     /// The standard code for a local code of `table`.
     pub fn standard(&self, table: &str, code: &str) -> Option<&StandardCode> {
-        self.codes.get(&(table.to_owned(), code.to_owned()))
+        self.codes.get(table)?.get(code)
     }
 
     /// The SS-MIX2 department code and name for a facility department code.
@@ -146,7 +147,7 @@ impl CodeTables {
 
     /// Number of local-code rows (for diagnostics).
     pub fn code_count(&self) -> usize {
-        self.codes.len()
+        self.codes.values().map(HashMap::len).sum()
     }
 
     /// The FHIR system URL of a standard code's system.
