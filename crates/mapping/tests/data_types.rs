@@ -8,25 +8,8 @@ mod support;
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use support::{check_snapshot, map_bytes, tables, workspace};
+use support::{check_snapshot, files, map_bytes, tables, workspace};
 use tsunagi_mapping::DataType;
-
-fn files(root: &std::path::Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path)
-            } else {
-                found.push(path)
-            }
-        }
-    }
-    found.sort();
-    found
-}
 
 #[test]
 fn every_data_type_of_every_vendor_maps_as_snapshotted() {

@@ -6,26 +6,12 @@ mod support;
 
 use std::path::Path;
 
-use support::{check_snapshot, map_bytes, tables, workspace};
+use support::{check_snapshot, files, map_bytes, tables, workspace};
 
 const FACILITY: &str = "9999999999";
 
 fn sample_files() -> Vec<std::path::PathBuf> {
-    let root = workspace().join("../shared/testdata/ssmix2-guideline-samples/sampleData/999");
-    let mut found = Vec::new();
-    let mut stack = vec![root];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path)
-            } else {
-                found.push(path)
-            }
-        }
-    }
-    found.sort();
-    found
+    files(&workspace().join("../shared/testdata/ssmix2-guideline-samples/sampleData/999"))
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 mod support;
 
-use support::{map_bytes, tables, workspace};
+use support::{files, map_bytes, tables, workspace};
 
 struct Rng(u64);
 
@@ -53,20 +53,8 @@ const INJECTIONS: &[&[u8]] = &[
 #[test]
 fn mutated_samples_never_panic() {
     let tables = tables("9999999999");
-    let root = workspace().join("../shared/testdata/ssmix2-guideline-samples/sampleData/999");
-    let mut files = Vec::new();
-    let mut stack = vec![root];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path)
-            } else {
-                files.push(path)
-            }
-        }
-    }
-    files.sort();
+    let files =
+        files(&workspace().join("../shared/testdata/ssmix2-guideline-samples/sampleData/999"));
     let mut rng = Rng(2026);
     let mut outcomes = [0usize; 2];
     for path in &files {

@@ -267,6 +267,30 @@ fn pow2_chunks<T>(items: &[T], max: usize) -> Vec<&[T]> {
     chunks
 }
 
+const BY_SOURCE_KEY: &str = "SELECT rid, tid, type, version, deleted, hash, source_key FROM resources WHERE source_key IN (SELECT value FROM json_each(?1))";
+const BY_TID: &str = "SELECT rid, tid, type, version, deleted, hash, source_key FROM resources WHERE tid IN (SELECT value FROM json_each(?1))";
+
+/// Rows of `resources` selected by `sql` (`BY_SOURCE_KEY` or `BY_TID`) for `values`, bound as one
+/// JSON array.
+async fn existing_rows<V: AsRef<str>>(
+    connection: &mut SqliteConnection,
+    sql: &'static str,
+    values: &[V],
+) -> Result<Vec<(String, Existing)>, StoreError> {
+    if values.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list: Vec<&str> = values.iter().map(AsRef::as_ref).collect();
+    let list =
+        serde_json::to_string(&list).map_err(|error| StoreError::Invalid(error.to_string()))?;
+    let rows = sqlx::query(sql)
+        .bind(list)
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(db_error)?;
+    rows.iter().map(existing_from_row).collect()
+}
+
 fn existing_from_row(row: &SqliteRow) -> Result<(String, Existing), StoreError> {
     let hash: Option<i64> = row.try_get("hash").map_err(db_error)?;
     Ok((
@@ -305,44 +329,20 @@ impl BatchWriter {
         }
         source_keys.sort_unstable();
         source_keys.dedup();
-        if !source_keys.is_empty() {
-            let keys = serde_json::to_string(&source_keys)
-                .map_err(|error| StoreError::Invalid(error.to_string()))?;
-            let rows = sqlx::query(
-                "SELECT rid, tid, type, version, deleted, hash, source_key FROM resources WHERE source_key IN (SELECT value FROM json_each(?1))",
-            )
-            .bind(keys)
-            .fetch_all(&mut *connection)
-            .await
-            .map_err(db_error)?;
-            for row in rows {
-                let (tid, existing) = existing_from_row(&row)?;
-                if let Some(source) = &existing.source_key {
-                    self.by_source
-                        .entry(source.clone())
-                        .or_default()
-                        .push(tid.clone());
-                }
-                self.existing.insert(tid, existing);
+        for (tid, existing) in existing_rows(connection, BY_SOURCE_KEY, &source_keys).await? {
+            if let Some(source) = &existing.source_key {
+                self.by_source
+                    .entry(source.clone())
+                    .or_default()
+                    .push(tid.clone());
             }
+            self.existing.insert(tid, existing);
         }
         tids.retain(|tid| !self.existing.contains_key(tid));
         tids.sort_unstable();
         tids.dedup();
-        if !tids.is_empty() {
-            let list = serde_json::to_string(&tids)
-                .map_err(|error| StoreError::Invalid(error.to_string()))?;
-            let rows = sqlx::query(
-                "SELECT rid, tid, type, version, deleted, hash, source_key FROM resources WHERE tid IN (SELECT value FROM json_each(?1))",
-            )
-            .bind(list)
-            .fetch_all(&mut *connection)
-            .await
-            .map_err(db_error)?;
-            for row in rows {
-                let (tid, existing) = existing_from_row(&row)?;
-                self.existing.insert(tid, existing);
-            }
+        for (tid, existing) in existing_rows(connection, BY_TID, &tids).await? {
+            self.existing.insert(tid, existing);
         }
         let max_rid: Option<i64> = sqlx::query_scalar("SELECT MAX(rid) FROM resources")
             .fetch_one(&mut *connection)

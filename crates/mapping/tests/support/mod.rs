@@ -34,6 +34,24 @@ pub fn tables(facility: &str) -> CodeTables {
     tables
 }
 
+/// Every file below `root`, sorted.
+pub fn files(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
 /// Maps one file's bytes under the given file name; returns the snapshot JSON
 /// (`{"resources": [...], "warnings": [...]}` or `{"error": "..."}`).
 pub fn map_bytes(facility: &str, file_name: &str, bytes: &[u8], tables: &CodeTables) -> Value {
