@@ -181,9 +181,16 @@ pub const ALIASES: &[(&str, &str, &str)] = &[
 
 /// The parameters of one resource type.
 pub fn params_for(resource_type: &str) -> impl Iterator<Item = &'static SearchParam> + '_ {
-    PARAMS
-        .iter()
-        .filter(move |param| param.resource == resource_type)
+    type ByType = std::collections::HashMap<&'static str, Vec<&'static SearchParam>>;
+    static BY_TYPE: std::sync::OnceLock<ByType> = std::sync::OnceLock::new();
+    let by_type = BY_TYPE.get_or_init(|| {
+        let mut map = ByType::new();
+        for param in PARAMS {
+            map.entry(param.resource).or_default().push(param);
+        }
+        map
+    });
+    by_type.get(resource_type).into_iter().flatten().copied()
 }
 
 /// Looks a parameter up by resource type and code (aliases resolve to the parameter whose

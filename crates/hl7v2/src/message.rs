@@ -123,11 +123,30 @@ pub struct Component<'a> {
     is_sub: bool,
 }
 
+/// Part `n` (1-based) of `raw` split by `separator`; empty when absent. For the usual ASCII
+/// delimiters this is a plain byte scan (an ASCII byte never occurs inside a UTF-8 sequence, so
+/// the slice boundaries are always character boundaries).
 fn nth_part(raw: &str, separator: char, n: usize) -> &str {
     if n == 0 {
         return "";
     }
-    raw.split(separator).nth(n - 1).unwrap_or("")
+    if !separator.is_ascii() {
+        return raw.split(separator).nth(n - 1).unwrap_or("");
+    }
+    let separator = separator as u8;
+    let bytes = raw.as_bytes();
+    let mut start = 0;
+    for _ in 1..n {
+        match bytes[start..].iter().position(|&byte| byte == separator) {
+            Some(offset) => start += offset + 1,
+            None => return "",
+        }
+    }
+    let end = bytes[start..]
+        .iter()
+        .position(|&byte| byte == separator)
+        .map_or(bytes.len(), |offset| start + offset);
+    raw.get(start..end).unwrap_or("")
 }
 
 impl<'a> Message<'a> {
@@ -612,6 +631,21 @@ mod tests {
         assert!(Message::parse("MSH|^~|A\r").is_err());
         assert!(Message::parse("").is_err());
         assert!(Message::parse("MSH|^~\\&|A\rPIDX|1").is_err());
+    }
+
+    #[test]
+    fn nth_part_matches_split() {
+        for raw in ["", "a", "a^b", "^b^", "患者^太郎^^^^^L^I", "a^^", "^^^"] {
+            for n in 0..8 {
+                let expected = if n == 0 {
+                    ""
+                } else {
+                    raw.split('^').nth(n - 1).unwrap_or("")
+                };
+                assert_eq!(nth_part(raw, '^', n), expected, "{raw:?} {n}");
+            }
+        }
+        assert_eq!(nth_part("a§b", '§', 2), "b");
     }
 
     #[test]
