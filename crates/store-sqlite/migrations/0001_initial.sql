@@ -24,12 +24,18 @@ CREATE TABLE resource_history (
 ) WITHOUT ROWID;
 
 -- Search-index rows of current, non-deleted versions. `param` is tsunagi_fhir::search::SearchParam::id.
+-- Token systems are long URLs repeated in most token rows: stored once, referenced by id.
+CREATE TABLE token_systems (
+    id     INTEGER PRIMARY KEY,
+    system TEXT NOT NULL UNIQUE
+);
+
 CREATE TABLE idx_token (
-    param  INTEGER NOT NULL,
-    code   TEXT NOT NULL,
-    system TEXT NOT NULL,
-    rid    INTEGER NOT NULL,
-    PRIMARY KEY (param, code, system, rid)
+    param     INTEGER NOT NULL,
+    code      TEXT NOT NULL,
+    system_id INTEGER NOT NULL,             -- token_systems.id
+    rid       INTEGER NOT NULL,
+    PRIMARY KEY (param, code, system_id, rid)
 ) WITHOUT ROWID;
 
 CREATE TABLE idx_string (

@@ -150,6 +150,7 @@ impl SqliteStore {
                 .await
                 .map_err(db_error)?;
         }
+        let mut systems = SystemIds::load(&mut transaction).await?;
         let mut last_rid = 0i64;
         loop {
             let rows = sqlx::query("SELECT rid, type, content FROM resources WHERE deleted = 0 AND rid > ? ORDER BY rid LIMIT 1000")
@@ -172,7 +173,7 @@ impl SqliteStore {
                 }
                 last_rid = rid;
             }
-            insert_index_rows(&mut transaction, entries).await?;
+            insert_index_rows(&mut transaction, &mut systems, entries).await?;
         }
         sqlx::query("UPDATE store_meta SET value = ? WHERE key = 'registry_version'")
             .bind(REGISTRY_VERSION.to_string())
@@ -237,7 +238,54 @@ struct BatchWriter {
     pending_index: HashMap<i64, Vec<IndexEntry>>,
     /// Checkpoints of the batch (last write per key wins), written with multi-row upserts.
     checkpoints: std::collections::BTreeMap<(String, String), Vec<u8>>,
+    /// Token system URL → `token_systems.id`.
+    systems: SystemIds,
     stats: ApplyStats,
+}
+
+/// The `token_systems` dictionary as seen inside one transaction.
+#[derive(Default)]
+struct SystemIds(HashMap<String, i64>);
+
+impl SystemIds {
+    async fn load(connection: &mut SqliteConnection) -> Result<Self, StoreError> {
+        let rows = sqlx::query("SELECT id, system FROM token_systems")
+            .fetch_all(&mut *connection)
+            .await
+            .map_err(db_error)?;
+        let mut map = HashMap::with_capacity(rows.len());
+        for row in rows {
+            map.insert(
+                row.try_get("system").map_err(db_error)?,
+                row.try_get("id").map_err(db_error)?,
+            );
+        }
+        Ok(Self(map))
+    }
+
+    /// The id of a system, if it has one.
+    fn get(&self, system: &str) -> Option<i64> {
+        self.0.get(system).copied()
+    }
+
+    /// The id of a system, adding it to the dictionary when new.
+    async fn id(
+        &mut self,
+        connection: &mut SqliteConnection,
+        system: &str,
+    ) -> Result<i64, StoreError> {
+        if let Some(id) = self.0.get(system) {
+            return Ok(*id);
+        }
+        let id: i64 =
+            sqlx::query_scalar("INSERT INTO token_systems (system) VALUES (?) RETURNING id")
+                .bind(system)
+                .fetch_one(&mut *connection)
+                .await
+                .map_err(db_error)?;
+        self.0.insert(system.to_owned(), id);
+        Ok(id)
+    }
 }
 
 fn bump(map: &mut std::collections::BTreeMap<String, u64>, resource_type: &str) {
@@ -344,6 +392,7 @@ impl BatchWriter {
         for (tid, existing) in existing_rows(connection, BY_TID, &tids).await? {
             self.existing.insert(tid, existing);
         }
+        self.systems = SystemIds::load(connection).await?;
         let max_rid: Option<i64> = sqlx::query_scalar("SELECT MAX(rid) FROM resources")
             .fetch_one(&mut *connection)
             .await
@@ -598,10 +647,15 @@ impl BatchWriter {
         for entry in search::extract(&existing.resource_type, &value) {
             let param = i64::from(entry.param);
             let query = match &entry.value {
-                IndexValue::Token { system, code } => sqlx::query("DELETE FROM idx_token WHERE param = ? AND code = ? AND system = ? AND rid = ?")
-                    .bind(param)
-                    .bind(code.clone())
-                    .bind(system.clone()),
+                IndexValue::Token { system, code } => {
+                    let Some(system_id) = self.systems.get(system) else {
+                        continue;
+                    };
+                    sqlx::query("DELETE FROM idx_token WHERE param = ? AND code = ? AND system_id = ? AND rid = ?")
+                        .bind(param)
+                        .bind(code.clone())
+                        .bind(system_id)
+                }
                 IndexValue::String(text) => sqlx::query("DELETE FROM idx_string WHERE param = ? AND value = ? AND rid = ?")
                     .bind(param)
                     .bind(text.clone()),
@@ -708,7 +762,7 @@ impl BatchWriter {
                 .await
                 .map_err(db_error)?;
         }
-        insert_index_rows(connection, entries).await
+        insert_index_rows(connection, &mut self.systems, entries).await
     }
 }
 
@@ -755,6 +809,7 @@ where
 
 async fn insert_index_rows(
     connection: &mut SqliteConnection,
+    systems: &mut SystemIds,
     entries: Vec<(i64, IndexEntry)>,
 ) -> Result<(), StoreError> {
     let mut tokens = Vec::new();
@@ -765,7 +820,10 @@ async fn insert_index_rows(
     for (rid, entry) in entries {
         let param = i64::from(entry.param);
         match entry.value {
-            IndexValue::Token { system, code } => tokens.push((param, code, system, rid)),
+            IndexValue::Token { system, code } => {
+                let system_id = systems.id(connection, &system).await?;
+                tokens.push((param, code, system_id, rid))
+            }
             IndexValue::String(text) => strings.push((param, text, rid)),
             IndexValue::Date { start, end } => dates.push((param, start, end, rid)),
             IndexValue::Reference {
@@ -787,7 +845,7 @@ async fn insert_index_rows(
     quantities.sort_unstable_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     insert_chunks(
         connection,
-        "INSERT OR IGNORE INTO idx_token (param, code, system, rid) ",
+        "INSERT OR IGNORE INTO idx_token (param, code, system_id, rid) ",
         tokens,
         |row, (param, code, system, rid)| {
             row.push_bind(param)
@@ -874,6 +932,7 @@ impl Store for SqliteStore {
             pending_history: Vec::new(),
             pending_index: HashMap::new(),
             checkpoints: std::collections::BTreeMap::new(),
+            systems: SystemIds::default(),
             stats: ApplyStats::default(),
         };
         writer.preload(&mut transaction, &batch).await?;
@@ -1016,7 +1075,7 @@ impl Store for SqliteStore {
             )));
         };
         let rows = match system {
-            Some(system) => sqlx::query("SELECT r.id FROM idx_token t JOIN resources r ON r.rid = t.rid WHERE t.param = ? AND t.code = ? AND t.system = ? AND r.deleted = 0 ORDER BY r.id")
+            Some(system) => sqlx::query("SELECT r.id FROM idx_token t JOIN resources r ON r.rid = t.rid WHERE t.param = ? AND t.code = ? AND t.system_id = (SELECT id FROM token_systems WHERE system = ?) AND r.deleted = 0 ORDER BY r.id")
                 .bind(i64::from(definition.id))
                 .bind(code)
                 .bind(canonical(system))
