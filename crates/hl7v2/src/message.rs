@@ -123,6 +123,26 @@ pub struct Component<'a> {
     is_sub: bool,
 }
 
+/// `raw` split by `separator` (a byte scan for ASCII separators, which never occur inside a UTF-8
+/// sequence).
+fn split_fields(raw: &str, separator: char) -> Vec<&str> {
+    if !separator.is_ascii() {
+        return raw.split(separator).collect();
+    }
+    let separator = separator as u8;
+    let bytes = raw.as_bytes();
+    let mut fields = Vec::with_capacity(24);
+    let mut start = 0;
+    for (index, &byte) in bytes.iter().enumerate() {
+        if byte == separator {
+            fields.push(raw.get(start..index).unwrap_or(""));
+            start = index + 1;
+        }
+    }
+    fields.push(raw.get(start..).unwrap_or(""));
+    fields
+}
+
 /// Part `n` (1-based) of `raw` split by `separator`; empty when absent. For the usual ASCII
 /// delimiters this is a plain byte scan (an ASCII byte never occurs inside a UTF-8 sequence, so
 /// the slice boundaries are always character boundaries).
@@ -204,7 +224,7 @@ impl<'a> Message<'a> {
                     format!("segment id must be followed by {:?}", delimiters.field),
                 ));
             }
-            let fields: Vec<&str> = trimmed.split(delimiters.field).collect();
+            let fields = split_fields(trimmed, delimiters.field);
             let index = segments.len();
             segments.push(Segment {
                 id,
@@ -388,7 +408,7 @@ fn msh_segment(line: &str, line_number: usize, delimiters: Delimiters) -> Segmen
     let field_separator = &after_id[..separator_len];
     let rest = &after_id[separator_len..];
     let mut fields = vec![&line[..3], field_separator];
-    fields.extend(rest.split(delimiters.field));
+    fields.extend(split_fields(rest, delimiters.field));
     Segment {
         id: &line[..3],
         fields,
@@ -631,6 +651,18 @@ mod tests {
         assert!(Message::parse("MSH|^~|A\r").is_err());
         assert!(Message::parse("").is_err());
         assert!(Message::parse("MSH|^~\\&|A\rPIDX|1").is_err());
+    }
+
+    #[test]
+    fn split_fields_matches_split() {
+        for raw in ["", "a", "a|b", "|b|", "PID|0001||患者^太郎|", "||"] {
+            assert_eq!(
+                split_fields(raw, '|'),
+                raw.split('|').collect::<Vec<_>>(),
+                "{raw:?}"
+            );
+        }
+        assert_eq!(split_fields("a§b", '§'), vec!["a", "b"]);
     }
 
     #[test]
