@@ -91,6 +91,9 @@ pub(crate) async fn ingest(
         generated.bytes as f64 / 1e6
     );
 
+    // Production storage is at rest when a pull starts; flush the freshly generated files so the
+    // kernel's write-back of them does not run during the measurement.
+    let _ = std::process::Command::new("sync").status();
     reset_peak_rss();
     let rss_before = status_kib("VmRSS:").unwrap_or(0);
     let store = commands::open_store(&format!("sqlite://{}", db.display())).await?;
