@@ -485,14 +485,13 @@ pub(crate) fn observation_value(
         return ObservationValue::None;
     }
     let unit = obx.field(6).first();
-    let unit = if unit.is_empty() { None } else { Some(unit) };
     match value_type.as_str() {
         "NM" | "SN" => {
             let text = field.text();
             if let Some(number) = tsunagi_fhir::json::decimal(&text) {
-                return ObservationValue::Quantity(builder.quantity(number, unit.as_ref()));
+                return ObservationValue::Quantity(builder.quantity(number, Some(&unit)));
             }
-            if let Some(quantity) = comparator_quantity(builder, &text, unit.as_ref()) {
+            if let Some(quantity) = comparator_quantity(builder, &text, Some(&unit)) {
                 return ObservationValue::Quantity(quantity);
             }
             builder.warn(format!(
@@ -515,7 +514,7 @@ pub(crate) fn observation_value(
         },
         "ST" => {
             let text = field.text();
-            if let Some(quantity) = comparator_quantity(builder, &text, unit.as_ref()) {
+            if let Some(quantity) = comparator_quantity(builder, &text, Some(&unit)) {
                 return ObservationValue::Quantity(quantity);
             }
             ObservationValue::Text(text.trim().to_owned())

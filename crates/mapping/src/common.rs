@@ -299,7 +299,8 @@ impl<'c, 'm> Builder<'c, 'm> {
     /// table as system when one was given.
     pub(crate) fn quantity(&self, value: Value, unit: Option<&Repetition<'_>>) -> Value {
         let mut quantity = Obj::new().put("value", value);
-        if let Some(unit) = unit {
+        // An empty unit or the HL7 null `""` means no unit.
+        if let Some(unit) = unit.filter(|unit| !unit.is_empty() && unit.raw() != "\"\"") {
             let code = unit.component(1).text().trim().to_owned();
             let display = unit.component(2).text().trim().to_owned();
             let system_name = unit.component(3).text().trim().to_owned();

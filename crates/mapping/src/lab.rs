@@ -272,8 +272,7 @@ fn map_observation(
         .or_else(|| builder.care_date());
     let value = observation_value(builder, obx);
     let unit = obx.field(6).first();
-    let unit = if unit.is_empty() { None } else { Some(unit) };
-    let range = reference_range(builder, &obx.text(7), unit.as_ref());
+    let range = reference_range(builder, &obx.text(7), Some(&unit));
     let observation = Obj::resource("Observation")
         .put("id", id.as_str())
         .put("meta", builder.meta(Some(profiles::OBSERVATION_LAB_RESULT)))

@@ -217,15 +217,9 @@ fn medication_request(
     let mut dose_and_rate = Obj::new();
     if !dose_value.is_null() {
         let label = format!("RXE-3 (line {})", rxe.line());
-        if let Some(quantity) = builder.quantity_from_text(
-            &label,
-            &dose_value.text(),
-            if dose_unit.is_empty() || dose_unit.raw() == "\"\"" {
-                None
-            } else {
-                Some(&dose_unit)
-            },
-        ) {
+        if let Some(quantity) =
+            builder.quantity_from_text(&label, &dose_value.text(), Some(&dose_unit))
+        {
             dose_and_rate = dose_and_rate.put("doseQuantity", quantity);
         }
     }
@@ -264,11 +258,7 @@ fn medication_request(
     if !rate.is_empty() {
         let unit = rxe.field(24).first();
         let label = format!("RXE-23 (line {})", rxe.line());
-        if let Some(quantity) = builder.quantity_from_text(
-            &label,
-            &rate.text(),
-            if unit.is_empty() { None } else { Some(&unit) },
-        ) {
+        if let Some(quantity) = builder.quantity_from_text(&label, &rate.text(), Some(&unit)) {
             dose_and_rate = dose_and_rate.put("rateQuantity", quantity);
         }
     }
@@ -298,15 +288,7 @@ fn medication_request(
     let dispense_quantity = if dispense_value.is_null() {
         None
     } else {
-        builder.quantity_from_text(
-            &label,
-            &dispense_value.text(),
-            if dispense_unit.is_empty() {
-                None
-            } else {
-                Some(&dispense_unit)
-            },
-        )
+        builder.quantity_from_text(&label, &dispense_value.text(), Some(&dispense_unit))
     };
     let dispense = Obj::new()
         .opt("quantity", dispense_quantity)
@@ -372,12 +354,15 @@ fn contained_medication(builder: &Builder<'_, '_>, rxcs: &[&Segment<'_>]) -> Val
             let amount = decimal(&rxc.text(3));
             let strength = amount.map(|value| {
                 json!({
-                    "numerator": builder.quantity(value, if unit.is_empty() { None } else { Some(&unit) }),
+                    "numerator": builder.quantity(value, Some(&unit)),
                     "denominator": {"value": 1, "unit": "回"}
                 })
             });
             Obj::new()
-                .put("extension", json!([extension(DRUG_NO, "valueInteger", index as i64 + 1)]))
+                .put(
+                    "extension",
+                    json!([extension(DRUG_NO, "valueInteger", index as i64 + 1)]),
+                )
                 .opt("itemCodeableConcept", builder.concept(&component))
                 .put("isActive", rxc.text(1).trim() != "B")
                 .opt("strength", strength)
@@ -439,11 +424,7 @@ fn administration(
     let drug = rxa.field(5).first();
     let unit = rxa.field(7).first();
     let label = format!("RXA-6 (line {})", rxa.line());
-    let dose = builder.quantity_from_text(
-        &label,
-        &rxa.text(6),
-        if unit.is_empty() { None } else { Some(&unit) },
-    );
+    let dose = builder.quantity_from_text(&label, &rxa.text(6), Some(&unit));
     let notes: Vec<Value> = rxa
         .field(9)
         .repetitions()
