@@ -38,7 +38,7 @@ use tsunagi_adapter::{
 };
 use tsunagi_core::FacilityId;
 use tsunagi_hl7v2::{Message, charset};
-use tsunagi_mapping::{CodeTables, SourceContext, map_message};
+use tsunagi_mapping::{CodeTables, SourceContext, check_message_type, map_message};
 use tsunagi_store::{Batch, Operation, ResourceWrite, Store};
 
 use crate::{
@@ -349,16 +349,9 @@ impl Worker {
             charset::decode(&bytes).map_err(|error| format!("not decodable: {error}"))?;
         let message = Message::parse(&text)
             .map_err(|error| format!("not a valid HL7 v2 message: {error}"))?;
-        let message_type = message.message_type().map_err(|error| error.to_string())?;
-        let (code, triggers) = name.data_type.message_types();
-        if message_type.code != code || !triggers.contains(&message_type.trigger.as_str()) {
-            return Err(format!(
-                "MSH-9 is {message_type} but data type {} holds {code}^{}",
-                name.data_type,
-                triggers.join("/")
-            ));
-        }
         if !map {
+            // Deletion markers are not mapped; their message type is still checked.
+            check_message_type(name.data_type, &message).map_err(|error| error.to_string())?;
             return Ok(Read::Valid);
         }
         let context = SourceContext {

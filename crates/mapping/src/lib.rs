@@ -256,13 +256,13 @@ pub enum MapError {
     NotMapped(DataType, &'static str),
 }
 
-/// Maps one message of the given record.
-pub fn map_message(context: &SourceContext<'_>, message: &Message<'_>) -> Result<Mapped, MapError> {
+/// Checks that MSH-9 belongs in the data type's folder; returns the trigger event.
+pub fn check_message_type(data_type: DataType, message: &Message<'_>) -> Result<String, MapError> {
     let message_type = message.message_type()?;
-    let (code, triggers) = context.data_type.message_types();
+    let (code, triggers) = data_type.message_types();
     if message_type.code != code || !triggers.contains(&message_type.trigger.as_str()) {
         return Err(MapError::WrongMessageType {
-            data_type: context.data_type,
+            data_type,
             found: message_type.to_string(),
             expected: triggers
                 .iter()
@@ -271,7 +271,13 @@ pub fn map_message(context: &SourceContext<'_>, message: &Message<'_>) -> Result
                 .join(" or "),
         });
     }
-    let mut builder = common::Builder::new(context, message, &message_type.trigger);
+    Ok(message_type.trigger)
+}
+
+/// Maps one message of the given record.
+pub fn map_message(context: &SourceContext<'_>, message: &Message<'_>) -> Result<Mapped, MapError> {
+    let trigger = check_message_type(context.data_type, message)?;
+    let mut builder = common::Builder::new(context, message, &trigger);
     builder.check_patient_id();
     match context.data_type {
         DataType::Adt00 => adt::patient_record(&mut builder)?,
