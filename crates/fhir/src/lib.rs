@@ -4,7 +4,8 @@
 //! - [`systems`]: code-system and identifier-system URLs (JP Core 1.2 URL forms on output,
 //!   the older OID forms accepted on input) and the HL7 v2 coding-system table (`JC10`, `HOT9`…);
 //! - [`json`]: small builders for FHIR data types as `serde_json::Value`;
-//! - [`search`]: the search-parameter registry and the extraction of index rows from a resource.
+//! - [`search`]: the search-parameter registry and the extraction of index rows from a resource;
+//! - [`query`]: search requests parsed from URL parameters into a typed query.
 //!
 //! Resources are handled as JSON values throughout the pipeline; the typed fhir-sdk models live
 //! behind `tsunagi-fhir-model` and are used to check what we produce, so this crate (and every
@@ -12,5 +13,6 @@
 
 pub mod json;
 pub mod profiles;
+pub mod query;
 pub mod search;
 pub mod systems;

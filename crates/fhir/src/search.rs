@@ -12,7 +12,7 @@ use tsunagi_core::{normalize::search_key, time::fhir_date_range};
 use crate::systems::canonical;
 
 /// Bumped whenever the registry or extraction rules change.
-pub const REGISTRY_VERSION: u32 = 2;
+pub const REGISTRY_VERSION: u32 = 3;
 
 /// FHIR search-parameter types that are indexed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +42,13 @@ pub struct SearchParam {
     pub kind: ParamType,
     /// Element paths, dot-separated; `x[x]` matches any `xType` choice element.
     pub paths: &'static [&'static str],
+}
+
+/// Parameters are equal when their stable ids are.
+impl PartialEq for SearchParam {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
 }
 
 macro_rules! params {
@@ -75,6 +82,7 @@ params! {
     29 "Observation" "specimen" Reference ["specimen"];
     30 "Observation" "encounter" Reference ["encounter"];
     31 "Observation" "based-on" Reference ["basedOn"];
+    32 "Observation" "value-string" String ["valueString"];
     40 "DiagnosticReport" "identifier" Token ["identifier"];
     41 "DiagnosticReport" "patient" Reference ["subject"];
     43 "DiagnosticReport" "code" Token ["code"];
@@ -86,6 +94,10 @@ params! {
     49 "DiagnosticReport" "performer" Reference ["performer"];
     50 "DiagnosticReport" "specimen" Reference ["specimen"];
     51 "DiagnosticReport" "based-on" Reference ["basedOn"];
+    52 "DiagnosticReport" "conclusion" Token ["conclusionCode"];
+    53 "DiagnosticReport" "encounter" Reference ["encounter"];
+    54 "DiagnosticReport" "media" Reference ["media.link"];
+    55 "DiagnosticReport" "results-interpreter" Reference ["resultsInterpreter"];
     60 "MedicationRequest" "identifier" Token ["identifier"];
     61 "MedicationRequest" "patient" Reference ["subject"];
     63 "MedicationRequest" "code" Token ["medicationCodeableConcept"];
@@ -103,6 +115,7 @@ params! {
     84 "MedicationAdministration" "effective-time" Date ["effective[x]"];
     85 "MedicationAdministration" "status" Token ["status"];
     86 "MedicationAdministration" "request" Reference ["request"];
+    87 "MedicationAdministration" "performer" Reference ["performer.actor"];
     100 "Condition" "identifier" Token ["identifier"];
     101 "Condition" "patient" Reference ["subject"];
     103 "Condition" "code" Token ["code"];
@@ -157,6 +170,11 @@ params! {
     223 "Coverage" "type" Token ["type"];
     224 "Coverage" "status" Token ["status"];
     225 "Coverage" "payor" Reference ["payor"];
+    226 "Coverage" "class-type" Token ["class.type"];
+    227 "Coverage" "class-value" String ["class.value"];
+    228 "Coverage" "dependent" String ["dependent"];
+    229 "Coverage" "policy-holder" Reference ["policyHolder"];
+    230 "Coverage" "subscriber" Reference ["subscriber"];
     240 "NutritionOrder" "identifier" Token ["identifier"];
     241 "NutritionOrder" "patient" Reference ["patient"];
     242 "NutritionOrder" "datetime" Date ["dateTime"];
@@ -178,6 +196,46 @@ pub const ALIASES: &[(&str, &str, &str)] = &[
     ("ServiceRequest", "subject", "patient"),
     ("Coverage", "patient", "beneficiary"),
 ];
+
+/// The reference parameter that places a resource of each type in a patient's compartment
+/// (the "patient" parameter of the FHIR Patient compartment definition, for the types stored).
+pub const COMPARTMENT_PARAMS: &[(&str, &str)] = &[
+    ("Observation", "patient"),
+    ("DiagnosticReport", "patient"),
+    ("MedicationRequest", "patient"),
+    ("MedicationAdministration", "patient"),
+    ("Condition", "patient"),
+    ("AllergyIntolerance", "patient"),
+    ("Encounter", "patient"),
+    ("ImagingStudy", "patient"),
+    ("Specimen", "patient"),
+    ("ServiceRequest", "patient"),
+    ("Coverage", "beneficiary"),
+    ("NutritionOrder", "patient"),
+];
+
+/// The logical id of the patient whose record `resource` belongs to: its own id for a Patient,
+/// the first `Patient/…` target of the type's compartment parameter otherwise.
+pub fn compartment_patient(resource_type: &str, resource: &Value) -> Option<String> {
+    if resource_type == "Patient" {
+        return text_of(resource.get("id")).map(str::to_owned);
+    }
+    let (_, code) = COMPARTMENT_PARAMS
+        .iter()
+        .find(|(resource, _)| *resource == resource_type)?;
+    let definition = param(resource_type, code)?;
+    for path in definition.paths {
+        let mut nodes = Vec::new();
+        collect(resource, path, &mut nodes);
+        for node in nodes {
+            if let Some(("Patient", id)) = text_of(node.get("reference")).and_then(split_reference)
+            {
+                return Some(id.to_owned());
+            }
+        }
+    }
+    None
+}
 
 /// The parameters of one resource type.
 pub fn params_for(resource_type: &str) -> impl Iterator<Item = &'static SearchParam> + '_ {

@@ -1,6 +1,6 @@
 //! The embedded SQLite FHIR store, the default backend (`sqlite://<path>`).
 //!
-//! Layout (see `migrations/0001_initial.sql`): `resources` holds the current version of every
+//! Layout (see `migrations/`): `resources` holds the current version of every
 //! resource (deleted ones as markers), `resource_history` the earlier versions, `idx_*` the
 //! search-index rows of current versions, `checkpoints` the adapters' progress. A batch runs in
 //! one `BEGIN IMMEDIATE` transaction; new resources and index rows are written with multi-row
@@ -19,7 +19,7 @@ use std::{
 
 use serde_json::Value;
 use sqlx::{
-    AssertSqlSafe, QueryBuilder, Row, Sqlite, SqliteConnection, Transaction,
+    AssertSqlSafe, Connection, QueryBuilder, Row, Sqlite, SqliteConnection, Transaction,
     sqlite::{
         SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
         SqliteSynchronous,
@@ -35,7 +35,8 @@ use tsunagi_store::{
 };
 
 const MIGRATION_0001: &str = include_str!("../migrations/0001_initial.sql");
-const SCHEMA_VERSION: &str = "1";
+const MIGRATION_0002: &str = include_str!("../migrations/0002_compartments.sql");
+const SCHEMA_VERSION: &str = "2";
 
 /// Rows per multi-row INSERT (SQLite allows 32766 bound parameters).
 const RESOURCE_CHUNK: usize = 500;
@@ -100,6 +101,10 @@ impl SqliteStore {
                 .execute(&mut *connection)
                 .await
                 .map_err(db_error)?;
+            sqlx::raw_sql(MIGRATION_0002)
+                .execute(&mut *connection)
+                .await
+                .map_err(db_error)?;
             sqlx::query("INSERT INTO store_meta (key, value) VALUES ('schema_version', ?), ('registry_version', ?)")
                 .bind(SCHEMA_VERSION)
                 .bind(REGISTRY_VERSION.to_string())
@@ -108,11 +113,26 @@ impl SqliteStore {
                 .map_err(db_error)?;
             return Ok(());
         }
-        let schema: Option<String> =
+        let mut schema: Option<String> =
             sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'schema_version'")
                 .fetch_optional(&mut *connection)
                 .await
                 .map_err(db_error)?;
+        if schema.as_deref() == Some("1") {
+            // 0002 recreates the index tables; the registry-version check below refills them.
+            let mut transaction = connection.begin().await.map_err(db_error)?;
+            sqlx::raw_sql(MIGRATION_0002)
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+            sqlx::query("UPDATE store_meta SET value = ?1 WHERE key = 'schema_version'; UPDATE store_meta SET value = '0' WHERE key = 'registry_version'")
+                .bind(SCHEMA_VERSION)
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+            transaction.commit().await.map_err(db_error)?;
+            schema = Some(SCHEMA_VERSION.to_owned());
+        }
         if schema.as_deref() != Some(SCHEMA_VERSION) {
             return Err(StoreError::Unsupported(format!(
                 "database schema version {} is not {SCHEMA_VERSION}; this build cannot open it",
@@ -151,6 +171,7 @@ impl SqliteStore {
                 .map_err(db_error)?;
         }
         let mut systems = SystemIds::load(&mut transaction).await?;
+        let mut compartments = CompartmentIds::default();
         let mut last_rid = 0i64;
         loop {
             let rows = sqlx::query("SELECT rid, type, content FROM resources WHERE deleted = 0 AND rid > ? ORDER BY rid LIMIT 1000")
@@ -168,8 +189,19 @@ impl SqliteStore {
                 let content: Vec<u8> = row.try_get("content").map_err(db_error)?;
                 let value: Value = serde_json::from_slice(&content)
                     .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+                let compartment = search::compartment_patient(&resource_type, &value);
+                let pat = compartments
+                    .resolve(&mut transaction, compartment.as_deref())
+                    .await?;
+                sqlx::query("UPDATE resources SET pat = ? WHERE rid = ?")
+                    .bind(pat)
+                    .bind(rid)
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(db_error)?;
+                let index_pat = index_pat(&resource_type, pat);
                 for entry in search::extract(&resource_type, &value) {
-                    entries.push((rid, entry));
+                    entries.push((rid, index_pat, entry));
                 }
                 last_rid = rid;
             }
@@ -193,6 +225,8 @@ impl SqliteStore {
 #[derive(Debug, Clone)]
 struct Existing {
     rid: i64,
+    /// `compartments.id` of the resource (`resources.pat`).
+    pat: i64,
     resource_type: String,
     version: i64,
     deleted: bool,
@@ -204,6 +238,7 @@ struct Existing {
 /// later version in the same batch folds into it without any statement.
 struct NewRow {
     rid: i64,
+    pat: i64,
     tid: String,
     resource_type: String,
     id: String,
@@ -234,8 +269,11 @@ struct BatchWriter {
     pending_positions: HashMap<i64, usize>,
     /// Earlier versions of resources created in this batch.
     pending_history: Vec<HistoryRow>,
-    /// Index rows of resources that already existed in the database, by rid.
-    pending_index: HashMap<i64, Vec<IndexEntry>>,
+    /// Index rows of resources that already existed in the database, by rid, with the
+    /// compartment the rows carry.
+    pending_index: HashMap<i64, (i64, Vec<IndexEntry>)>,
+    /// Compartment patient id → `compartments.id`.
+    compartments: CompartmentIds,
     /// Checkpoints of the batch (last write per key wins), written with multi-row upserts.
     checkpoints: std::collections::BTreeMap<(String, String), Vec<u8>>,
     /// Token system URL → `token_systems.id`.
@@ -288,6 +326,70 @@ impl SystemIds {
     }
 }
 
+/// The `compartments` dictionary as seen inside one transaction (only the patients a batch
+/// touches are loaded).
+#[derive(Default)]
+struct CompartmentIds(HashMap<String, i64>);
+
+impl CompartmentIds {
+    /// Loads (creating where missing) the ids of `patients`.
+    async fn load(
+        &mut self,
+        connection: &mut SqliteConnection,
+        patients: &[&str],
+    ) -> Result<(), StoreError> {
+        if patients.is_empty() {
+            return Ok(());
+        }
+        let list = serde_json::to_string(patients)
+            .map_err(|error| StoreError::Invalid(error.to_string()))?;
+        sqlx::query("INSERT OR IGNORE INTO compartments (patient) SELECT value FROM json_each(?1)")
+            .bind(&list)
+            .execute(&mut *connection)
+            .await
+            .map_err(db_error)?;
+        let rows = sqlx::query(
+            "SELECT id, patient FROM compartments WHERE patient IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(&list)
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(db_error)?;
+        for row in rows {
+            self.0.insert(
+                row.try_get("patient").map_err(db_error)?,
+                row.try_get("id").map_err(db_error)?,
+            );
+        }
+        Ok(())
+    }
+
+    /// The id of one patient's compartment (0 for none), creating it when new.
+    async fn resolve(
+        &mut self,
+        connection: &mut SqliteConnection,
+        patient: Option<&str>,
+    ) -> Result<i64, StoreError> {
+        let Some(patient) = patient else {
+            return Ok(0);
+        };
+        if let Some(id) = self.0.get(patient) {
+            return Ok(*id);
+        }
+        self.load(connection, &[patient]).await?;
+        self.0
+            .get(patient)
+            .copied()
+            .ok_or_else(|| StoreError::Database(format!("compartment of {patient} not created")))
+    }
+}
+
+/// The compartment id an index row carries: a Patient's own rows carry 0, so that searches for
+/// patients (by identifier, name, birth date) are one key range over the whole region.
+fn index_pat(resource_type: &str, pat: i64) -> i64 {
+    if resource_type == "Patient" { 0 } else { pat }
+}
+
 fn bump(map: &mut std::collections::BTreeMap<String, u64>, resource_type: &str) {
     match map.get_mut(resource_type) {
         Some(count) => *count += 1,
@@ -315,8 +417,8 @@ fn pow2_chunks<T>(items: &[T], max: usize) -> Vec<&[T]> {
     chunks
 }
 
-const BY_SOURCE_KEY: &str = "SELECT rid, tid, type, version, deleted, hash, source_key FROM resources WHERE source_key IN (SELECT value FROM json_each(?1))";
-const BY_TID: &str = "SELECT rid, tid, type, version, deleted, hash, source_key FROM resources WHERE tid IN (SELECT value FROM json_each(?1))";
+const BY_SOURCE_KEY: &str = "SELECT rid, pat, tid, type, version, deleted, hash, source_key FROM resources WHERE source_key IN (SELECT value FROM json_each(?1))";
+const BY_TID: &str = "SELECT rid, pat, tid, type, version, deleted, hash, source_key FROM resources WHERE tid IN (SELECT value FROM json_each(?1))";
 
 /// Rows of `resources` selected by `sql` (`BY_SOURCE_KEY` or `BY_TID`) for `values`, bound as one
 /// JSON array.
@@ -345,6 +447,7 @@ fn existing_from_row(row: &SqliteRow) -> Result<(String, Existing), StoreError> 
         row.try_get("tid").map_err(db_error)?,
         Existing {
             rid: row.try_get("rid").map_err(db_error)?,
+            pat: row.try_get("pat").map_err(db_error)?,
             resource_type: row.try_get("type").map_err(db_error)?,
             version: row.try_get("version").map_err(db_error)?,
             deleted: row.try_get::<i64, _>("deleted").map_err(db_error)? != 0,
@@ -393,6 +496,18 @@ impl BatchWriter {
             self.existing.insert(tid, existing);
         }
         self.systems = SystemIds::load(connection).await?;
+        let mut patients: Vec<&str> = batch
+            .operations
+            .iter()
+            .flat_map(|operation| match operation {
+                Operation::ReplaceSource { resources, .. } => resources.as_slice(),
+                _ => &[],
+            })
+            .filter_map(|write| write.compartment.as_deref())
+            .collect();
+        patients.sort_unstable();
+        patients.dedup();
+        self.compartments.load(connection, &patients).await?;
         let max_rid: Option<i64> = sqlx::query_scalar("SELECT MAX(rid) FROM resources")
             .fetch_one(&mut *connection)
             .await
@@ -452,6 +567,10 @@ impl BatchWriter {
         write: ResourceWrite,
     ) -> Result<(), StoreError> {
         let tid = write.type_and_id();
+        let pat = self
+            .compartments
+            .resolve(connection, write.compartment.as_deref())
+            .await?;
         let Some(existing) = self.existing.get(&tid).cloned() else {
             let rid = self.next_rid;
             self.next_rid += 1;
@@ -460,6 +579,7 @@ impl BatchWriter {
                 tid.clone(),
                 Existing {
                     rid,
+                    pat,
                     resource_type: write.resource_type.clone(),
                     version: 1,
                     deleted: false,
@@ -470,6 +590,7 @@ impl BatchWriter {
             self.pending_positions.insert(rid, self.pending_rows.len());
             self.pending_rows.push(NewRow {
                 rid,
+                pat,
                 tid,
                 resource_type: write.resource_type,
                 id: write.id,
@@ -518,6 +639,7 @@ impl BatchWriter {
                 content: row.content.take(),
             });
             row.version = version;
+            row.pat = pat;
             row.deleted = false;
             row.source_key = source_key.to_owned();
             row.hash = Some(write.hash);
@@ -528,17 +650,21 @@ impl BatchWriter {
                 self.remove_index_rows(connection, &existing).await?;
             }
             self.archive(connection, existing.rid).await?;
-            sqlx::query("UPDATE resources SET version = ?, last_updated = ?, deleted = 0, source_key = ?, hash = ?, content = ? WHERE rid = ?")
+            sqlx::query("UPDATE resources SET version = ?, last_updated = ?, deleted = 0, source_key = ?, hash = ?, content = ?, pat = ? WHERE rid = ?")
                 .bind(version)
                 .bind(self.now)
                 .bind(source_key)
                 .bind(write.hash as i64)
                 .bind(&write.content)
+                .bind(pat)
                 .bind(existing.rid)
                 .execute(&mut *connection)
                 .await
                 .map_err(db_error)?;
-            self.pending_index.insert(existing.rid, write.index);
+            self.pending_index.insert(
+                existing.rid,
+                (index_pat(&write.resource_type, pat), write.index),
+            );
         }
         bump(&mut self.stats.updated, &write.resource_type);
         self.move_source(&tid, existing.source_key.as_deref(), source_key);
@@ -546,6 +672,7 @@ impl BatchWriter {
             tid,
             Existing {
                 version,
+                pat,
                 deleted: false,
                 hash: Some(write.hash),
                 source_key: Some(source_key.to_owned()),
@@ -644,6 +771,7 @@ impl BatchWriter {
         };
         let value: Value = serde_json::from_slice(&content)
             .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        let pat = index_pat(&existing.resource_type, existing.pat);
         for entry in search::extract(&existing.resource_type, &value) {
             let param = i64::from(entry.param);
             let query = match &entry.value {
@@ -651,27 +779,31 @@ impl BatchWriter {
                     let Some(system_id) = self.systems.get(system) else {
                         continue;
                     };
-                    sqlx::query("DELETE FROM idx_token WHERE param = ? AND code = ? AND system_id = ? AND rid = ?")
+                    sqlx::query("DELETE FROM idx_token WHERE param = ? AND code = ? AND system_id = ? AND pat = ? AND rid = ?")
                         .bind(param)
                         .bind(code.clone())
                         .bind(system_id)
+                        .bind(pat)
                 }
-                IndexValue::String(text) => sqlx::query("DELETE FROM idx_string WHERE param = ? AND value = ? AND rid = ?")
+                IndexValue::String(text) => sqlx::query("DELETE FROM idx_string WHERE param = ? AND value = ? AND pat = ? AND rid = ?")
                     .bind(param)
-                    .bind(text.clone()),
-                IndexValue::Date { start, end } => sqlx::query("DELETE FROM idx_date WHERE param = ? AND start = ? AND \"end\" = ? AND rid = ?")
+                    .bind(text.clone())
+                    .bind(pat),
+                IndexValue::Date { start, end } => sqlx::query("DELETE FROM idx_date WHERE param = ? AND start = ? AND \"end\" = ? AND pat = ? AND rid = ?")
                     .bind(param)
                     .bind(*start)
-                    .bind(*end),
+                    .bind(*end)
+                    .bind(pat),
                 IndexValue::Reference { target_type, target_id } => sqlx::query("DELETE FROM idx_reference WHERE param = ? AND target_id = ? AND target_type = ? AND rid = ?")
                     .bind(param)
                     .bind(target_id.clone())
                     .bind(target_type.clone()),
-                IndexValue::Quantity { value, system, code } => sqlx::query("DELETE FROM idx_quantity WHERE param = ? AND code = ? AND value = ? AND system = ? AND rid = ?")
+                IndexValue::Quantity { value, system, code } => sqlx::query("DELETE FROM idx_quantity WHERE param = ? AND code = ? AND value = ? AND system = ? AND pat = ? AND rid = ?")
                     .bind(param)
                     .bind(code.clone())
                     .bind(*value)
-                    .bind(system.clone()),
+                    .bind(system.clone())
+                    .bind(pat),
             };
             query
                 .bind(existing.rid)
@@ -711,22 +843,24 @@ impl BatchWriter {
         // byte slices into fresh allocations, owned ones it takes as they are.
         let mut rows = std::mem::take(&mut self.pending_rows);
         self.pending_positions.clear();
-        let mut entries: Vec<(i64, IndexEntry)> = Vec::new();
+        let mut entries: Vec<(i64, i64, IndexEntry)> = Vec::new();
         for row in &mut rows {
             let rid = row.rid;
-            entries.extend(row.index.drain(..).map(|entry| (rid, entry)));
+            let pat = index_pat(&row.resource_type, row.pat);
+            entries.extend(row.index.drain(..).map(|entry| (rid, pat, entry)));
         }
-        for (rid, index) in std::mem::take(&mut self.pending_index) {
-            entries.extend(index.into_iter().map(|entry| (rid, entry)));
+        for (rid, (pat, index)) in std::mem::take(&mut self.pending_index) {
+            entries.extend(index.into_iter().map(|entry| (rid, pat, entry)));
         }
         let now = self.now;
         let mut remaining = rows.into_iter();
         for size in pow2_sizes(remaining.len(), RESOURCE_CHUNK) {
             let mut query = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO resources (rid, tid, type, id, version, last_updated, deleted, source_key, hash, content) ",
+                "INSERT INTO resources (rid, pat, tid, type, id, version, last_updated, deleted, source_key, hash, content) ",
             );
             query.push_values(remaining.by_ref().take(size), |mut row, new| {
                 row.push_bind(new.rid)
+                    .push_bind(new.pat)
                     .push_bind(new.tid)
                     .push_bind(new.resource_type)
                     .push_bind(new.id)
@@ -810,22 +944,22 @@ where
 async fn insert_index_rows(
     connection: &mut SqliteConnection,
     systems: &mut SystemIds,
-    entries: Vec<(i64, IndexEntry)>,
+    entries: Vec<(i64, i64, IndexEntry)>,
 ) -> Result<(), StoreError> {
     let mut tokens = Vec::new();
     let mut strings = Vec::new();
     let mut dates = Vec::new();
     let mut references = Vec::new();
     let mut quantities = Vec::new();
-    for (rid, entry) in entries {
+    for (rid, pat, entry) in entries {
         let param = i64::from(entry.param);
         match entry.value {
             IndexValue::Token { system, code } => {
                 let system_id = systems.id(connection, &system).await?;
-                tokens.push((param, code, system_id, rid))
+                tokens.push((param, code, pat, system_id, rid))
             }
-            IndexValue::String(text) => strings.push((param, text, rid)),
-            IndexValue::Date { start, end } => dates.push((param, start, end, rid)),
+            IndexValue::String(text) => strings.push((param, pat, text, rid)),
+            IndexValue::Date { start, end } => dates.push((param, pat, start, end, rid)),
             IndexValue::Reference {
                 target_type,
                 target_id,
@@ -834,7 +968,7 @@ async fn insert_index_rows(
                 value,
                 system,
                 code,
-            } => quantities.push((param, code, value, system, rid)),
+            } => quantities.push((param, code, pat, value, system, rid)),
         }
     }
     // Sorted rows land in the WITHOUT ROWID B-trees in key order: far fewer page splits.
@@ -845,11 +979,12 @@ async fn insert_index_rows(
     quantities.sort_unstable_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     insert_chunks(
         connection,
-        "INSERT OR IGNORE INTO idx_token (param, code, system_id, rid) ",
+        "INSERT OR IGNORE INTO idx_token (param, code, pat, system_id, rid) ",
         tokens,
-        |row, (param, code, system, rid)| {
+        |row, (param, code, pat, system, rid)| {
             row.push_bind(param)
                 .push_bind(code)
+                .push_bind(pat)
                 .push_bind(system)
                 .push_bind(rid);
         },
@@ -857,19 +992,23 @@ async fn insert_index_rows(
     .await?;
     insert_chunks(
         connection,
-        "INSERT OR IGNORE INTO idx_string (param, value, rid) ",
+        "INSERT OR IGNORE INTO idx_string (param, pat, value, rid) ",
         strings,
-        |row, (param, value, rid)| {
-            row.push_bind(param).push_bind(value).push_bind(rid);
+        |row, (param, pat, value, rid)| {
+            row.push_bind(param)
+                .push_bind(pat)
+                .push_bind(value)
+                .push_bind(rid);
         },
     )
     .await?;
     insert_chunks(
         connection,
-        "INSERT OR IGNORE INTO idx_date (param, start, \"end\", rid) ",
+        "INSERT OR IGNORE INTO idx_date (param, pat, start, \"end\", rid) ",
         dates,
-        |row, (param, start, end, rid)| {
+        |row, (param, pat, start, end, rid)| {
             row.push_bind(param)
+                .push_bind(pat)
                 .push_bind(start)
                 .push_bind(end)
                 .push_bind(rid);
@@ -890,11 +1029,12 @@ async fn insert_index_rows(
     .await?;
     insert_chunks(
         connection,
-        "INSERT OR IGNORE INTO idx_quantity (param, code, value, system, rid) ",
+        "INSERT OR IGNORE INTO idx_quantity (param, code, pat, value, system, rid) ",
         quantities,
-        |row, (param, code, value, system, rid)| {
+        |row, (param, code, pat, value, system, rid)| {
             row.push_bind(param)
                 .push_bind(code)
+                .push_bind(pat)
                 .push_bind(value)
                 .push_bind(system)
                 .push_bind(rid);
@@ -931,6 +1071,7 @@ impl Store for SqliteStore {
             pending_positions: HashMap::new(),
             pending_history: Vec::new(),
             pending_index: HashMap::new(),
+            compartments: CompartmentIds::default(),
             checkpoints: std::collections::BTreeMap::new(),
             systems: SystemIds::default(),
             stats: ApplyStats::default(),

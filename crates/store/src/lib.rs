@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 use tsunagi_core::{hash::content_hash, time::format_instant_jst};
-use tsunagi_fhir::search::{IndexEntry, extract};
+use tsunagi_fhir::search::{IndexEntry, compartment_patient, extract};
 
 /// A resource ready to be written: serialized content, its hash and its index rows, computed
 /// together so they cannot disagree.
@@ -42,6 +42,9 @@ pub struct ResourceWrite {
     pub hash: u64,
     /// Search-index rows.
     pub index: Vec<IndexEntry>,
+    /// Logical id of the patient whose record this resource belongs to
+    /// ([`tsunagi_fhir::search::compartment_patient`]).
+    pub compartment: Option<String>,
 }
 
 impl ResourceWrite {
@@ -52,6 +55,7 @@ impl ResourceWrite {
             .map_err(|error| StoreError::Invalid(error.to_string()))?;
         let index = extract(resource_type, resource);
         Ok(Self {
+            compartment: compartment_patient(resource_type, resource),
             resource_type: resource_type.to_owned(),
             id: id.to_owned(),
             tid: format!("{resource_type}/{id}"),
