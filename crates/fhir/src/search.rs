@@ -557,6 +557,30 @@ fn kana_sort_values(resource: &Value, out: &mut Vec<IndexValue>) {
     }
 }
 
+/// Whether any text of a token parameter's values (`CodeableConcept.text`, `Coding.display`)
+/// contains `needle` after normalisation (`needle` is already normalised). Implements `:text`.
+pub fn token_text_matches(resource: &Value, param: &SearchParam, needle: &str) -> bool {
+    let mut found = false;
+    for path in param.paths {
+        let mut nodes = Vec::new();
+        collect(resource, path, &mut nodes);
+        for node in nodes {
+            let mut texts: Vec<&str> = Vec::new();
+            texts.extend(text_of(node.get("text")));
+            texts.extend(text_of(node.get("display")));
+            if let Some(Value::Array(codings)) = node.get("coding") {
+                texts.extend(
+                    codings
+                        .iter()
+                        .filter_map(|coding| text_of(coding.get("display"))),
+                );
+            }
+            found |= texts.iter().any(|text| search_key(text).contains(needle));
+        }
+    }
+    found
+}
+
 /// `dosageInstruction.extension(JP_MedicationDosage_PeriodOfUse).valuePeriod.start`.
 pub const PERIOD_OF_USE: &str =
     "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_MedicationDosage_PeriodOfUse";

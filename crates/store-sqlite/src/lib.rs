@@ -31,8 +31,11 @@ use tsunagi_fhir::{
     systems::canonical,
 };
 use tsunagi_store::{
-    ApplyStats, Batch, Counts, Operation, ResourceWrite, Store, StoreError, StoredResource, Visitor,
+    ApplyStats, Batch, Counts, HistoryEntry, Key, Operation, ResourceWrite, SearchQuery, Store,
+    StoreError, StoredResource, Visitor,
 };
+
+mod query;
 
 const MIGRATION_0001: &str = include_str!("../migrations/0001_initial.sql");
 const MIGRATION_0002: &str = include_str!("../migrations/0002_compartments.sql");
@@ -1258,6 +1261,127 @@ impl Store for SqliteStore {
         rows.iter()
             .map(|row| row.try_get("id").map_err(db_error))
             .collect()
+    }
+
+    async fn search(&self, query: &SearchQuery) -> Result<Vec<Key>, StoreError> {
+        query::search(&self.pool, query).await
+    }
+
+    async fn count(&self, query: &SearchQuery) -> Result<u64, StoreError> {
+        query::count(&self.pool, query).await
+    }
+
+    async fn fetch(&self, keys: &[Key]) -> Result<Vec<StoredResource>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list =
+            serde_json::to_string(keys).map_err(|error| StoreError::Invalid(error.to_string()))?;
+        let rows = sqlx::query(
+            "SELECT rid, type, id, version, last_updated, deleted, content FROM resources WHERE rid IN (SELECT value FROM json_each(?1)) AND deleted = 0",
+        )
+        .bind(list)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let mut by_key = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let rid: i64 = row.try_get("rid").map_err(db_error)?;
+            by_key.insert(rid, stored_from_row(row)?);
+        }
+        Ok(keys.iter().filter_map(|key| by_key.remove(key)).collect())
+    }
+
+    async fn keys_of(&self, references: &[(String, String)]) -> Result<Vec<Key>, StoreError> {
+        if references.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tids: Vec<String> = references
+            .iter()
+            .map(|(resource_type, id)| format!("{resource_type}/{id}"))
+            .collect();
+        let list =
+            serde_json::to_string(&tids).map_err(|error| StoreError::Invalid(error.to_string()))?;
+        sqlx::query_scalar(
+            "SELECT rid FROM resources WHERE tid IN (SELECT value FROM json_each(?1)) AND deleted = 0 ORDER BY rid",
+        )
+        .bind(list)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)
+    }
+
+    async fn referencing(
+        &self,
+        param: u16,
+        targets: &[(String, String)],
+        limit: usize,
+    ) -> Result<Vec<Key>, StoreError> {
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pairs: Vec<[&str; 2]> = targets
+            .iter()
+            .map(|(resource_type, id)| [id.as_str(), resource_type.as_str()])
+            .collect();
+        let list = serde_json::to_string(&pairs)
+            .map_err(|error| StoreError::Invalid(error.to_string()))?;
+        sqlx::query_scalar(
+            "SELECT DISTINCT x.rid FROM json_each(?2) t JOIN idx_reference x ON x.param = ?1 AND x.target_id = json_extract(t.value, '$[0]') AND x.target_type = json_extract(t.value, '$[1]') ORDER BY x.rid LIMIT ?3",
+        )
+        .bind(i64::from(param))
+        .bind(list)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)
+    }
+
+    async fn compartment(
+        &self,
+        patient: &str,
+        types: &[String],
+        since: Option<i64>,
+    ) -> Result<Vec<Key>, StoreError> {
+        let types =
+            serde_json::to_string(types).map_err(|error| StoreError::Invalid(error.to_string()))?;
+        sqlx::query_scalar(
+            "SELECT r.rid FROM compartments c JOIN resources r ON r.pat = c.id \
+             WHERE c.patient = ?1 AND r.deleted = 0 \
+             AND (json_array_length(?2) = 0 OR r.type IN (SELECT value FROM json_each(?2))) \
+             AND (?3 IS NULL OR r.last_updated >= ?3) \
+             ORDER BY r.type <> 'Patient', r.rid",
+        )
+        .bind(patient)
+        .bind(types)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)
+    }
+
+    async fn history_all(
+        &self,
+        resource_type: Option<&str>,
+        since: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT type, id, version, last_updated, deleted, content FROM ( \
+               SELECT type, id, version, last_updated, deleted, content FROM resources \
+                 WHERE (?1 IS NULL OR type = ?1) AND (?2 IS NULL OR last_updated >= ?2) \
+               UNION ALL \
+               SELECT r.type, r.id, h.version, h.last_updated, h.deleted, h.content FROM resource_history h JOIN resources r ON r.rid = h.rid \
+                 WHERE (?1 IS NULL OR r.type = ?1) AND (?2 IS NULL OR h.last_updated >= ?2) \
+             ) ORDER BY last_updated DESC, type, id, version DESC LIMIT ?3",
+        )
+        .bind(resource_type)
+        .bind(since)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(stored_from_row).collect()
     }
 }
 

@@ -491,6 +491,20 @@ macro_rules! store_conformance_suite {
             an_existing_resource_updated_twice_in_one_batch,
             export_order_and_counts,
         );
+        $crate::store_conformance_suite!(@search $make;
+            search_tokens_strings_and_references,
+            search_dates_quantities_and_sorting,
+            search_includes_compartments_and_history,
+        );
+    };
+    (@search $make:expr; $($name:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let store = $make.await;
+                $crate::conformance_search::$name(&store).await;
+            }
+        )*
     };
     (@tests $make:expr; $($name:ident,)*) => {
         $(

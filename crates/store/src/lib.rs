@@ -19,6 +19,8 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod conformance_search;
 
 use std::collections::BTreeMap;
 
@@ -218,6 +220,17 @@ impl StoredResource {
     }
 }
 
+/// What a store needs to find matches of one search: the typed query (see
+/// [`tsunagi_fhir::query`]). Re-exported so backends and the server name one type.
+pub use tsunagi_fhir::query::SearchQuery;
+
+/// A store's key for one resource: stable for the resource's life (all its versions), so that a
+/// list of keys is a snapshot of a result set that later pages are cut from.
+pub type Key = i64;
+
+/// An entry of a history listing.
+pub type HistoryEntry = StoredResource;
+
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -303,4 +316,47 @@ pub trait Store: Send + Sync {
         param: &str,
         target: &str,
     ) -> Result<Vec<String>, StoreError>;
+
+    /// The keys of every current resource matching `query`, in the query's sort order (ties and
+    /// unsorted queries in storage order). `query.count` and paging are the caller's business.
+    async fn search(&self, query: &SearchQuery) -> Result<Vec<Key>, StoreError>;
+
+    /// The number of matches of `query` (for `_summary=count`).
+    async fn count(&self, query: &SearchQuery) -> Result<u64, StoreError> {
+        Ok(self.search(query).await?.len() as u64)
+    }
+
+    /// The current versions of `keys`, in the order given; deleted or unknown keys are skipped.
+    async fn fetch(&self, keys: &[Key]) -> Result<Vec<StoredResource>, StoreError>;
+
+    /// Keys of the current, non-deleted resources `Type/id` among `references`.
+    async fn keys_of(&self, references: &[(String, String)]) -> Result<Vec<Key>, StoreError>;
+
+    /// Keys of current resources whose reference parameter `param` (a registry id) points at
+    /// one of `targets` (`Type`, `id`), in storage order, at most `limit`.
+    async fn referencing(
+        &self,
+        param: u16,
+        targets: &[(String, String)],
+        limit: usize,
+    ) -> Result<Vec<Key>, StoreError>;
+
+    /// Keys of the current resources in the compartment of Patient `patient` (the Patient itself
+    /// first), optionally only those of `types` and changed at or after `since`
+    /// (microseconds), in storage order.
+    async fn compartment(
+        &self,
+        patient: &str,
+        types: &[String],
+        since: Option<i64>,
+    ) -> Result<Vec<Key>, StoreError>;
+
+    /// Versions (current and earlier, deletions included) of every resource, or of one type,
+    /// newest first, changed at or after `since` (microseconds), at most `limit`.
+    async fn history_all(
+        &self,
+        resource_type: Option<&str>,
+        since: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError>;
 }

@@ -1,0 +1,456 @@
+//! Search behaviours of the store conformance suite: every parameter type and prefix, patient
+//! scope, chains, sorting, includes and compartments, on a small fixed data set.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use serde_json::{Value, json};
+use tsunagi_fhir::query::SearchQuery;
+
+use crate::{Batch, Operation, ResourceWrite, Store};
+
+const JLAC10: &str = "urn:oid:1.2.392.200119.4.504";
+
+fn write(resource: Value) -> ResourceWrite {
+    let resource_type = resource["resourceType"].as_str().unwrap().to_owned();
+    let id = resource["id"].as_str().unwrap().to_owned();
+    ResourceWrite::from_json(&resource_type, &id, &resource).unwrap()
+}
+
+fn patient(id: &str, kana: &str, birth: &str, gender: &str) -> Value {
+    json!({
+        "resourceType": "Patient", "id": id,
+        "identifier": [{"system": "urn:oid:1.2.392.100495.20.3.51.10610100010", "value": id}],
+        "name": [
+            {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation", "valueCode": "IDE"}], "use": "official", "text": "山田 太郎", "family": "山田", "given": ["太郎"]},
+            {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation", "valueCode": "SYL"}], "use": "usual", "text": kana, "family": kana.split(' ').next().unwrap(), "given": [kana.split(' ').nth(1).unwrap()]}
+        ],
+        "gender": gender,
+        "birthDate": birth
+    })
+}
+
+fn lab(id: &str, patient: &str, code: &str, text: &str, when: &str, value: Option<f64>) -> Value {
+    let mut resource = json!({
+        "resourceType": "Observation", "id": id, "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
+        "code": {"coding": [{"system": JLAC10, "code": code, "display": text}], "text": text},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "effectiveDateTime": when
+    });
+    if let Some(value) = value {
+        resource["valueQuantity"] = json!({"value": value, "unit": "mg/dL", "system": "http://unitsofmeasure.org", "code": "mg/dL"});
+    }
+    resource
+}
+
+async fn load(store: &dyn Store) {
+    let resources = vec![
+        write(patient("p1", "ヤマダ タロウ", "1950-04-01", "male")),
+        write(patient("p2", "ヤマモト ハナコ", "1962-11-30", "female")),
+        write(patient("p3", "タナカ ジロウ", "1950-04-01", "male")),
+        write(lab(
+            "o1",
+            "p1",
+            "3A010",
+            "総蛋白",
+            "2024-05-01T09:00:00+09:00",
+            Some(7.2),
+        )),
+        write(lab(
+            "o2",
+            "p1",
+            "3D010",
+            "血糖",
+            "2024-05-02T09:00:00+09:00",
+            Some(110.0),
+        )),
+        write(lab(
+            "o3",
+            "p1",
+            "3A010",
+            "総蛋白",
+            "2024-06-01T09:00:00+09:00",
+            Some(6.5),
+        )),
+        write(lab(
+            "o4",
+            "p2",
+            "3A010",
+            "総蛋白",
+            "2024-05-01T10:00:00+09:00",
+            Some(8.0),
+        )),
+        write(lab("o5", "p3", "5C070", "CRP定性", "2023", None)),
+        write(json!({
+            "resourceType": "DiagnosticReport", "id": "r1", "status": "final",
+            "code": {"text": "検体検査"},
+            "subject": {"reference": "Patient/p1"},
+            "result": [{"reference": "Observation/o1"}, {"reference": "Observation/o2"}]
+        })),
+    ];
+    store
+        .apply(Batch {
+            operations: vec![Operation::ReplaceSource {
+                source_key: "search".into(),
+                resources,
+            }],
+        })
+        .await
+        .unwrap();
+}
+
+async fn ids(store: &dyn Store, resource_type: &str, params: &[(&str, &str)]) -> Vec<String> {
+    let pairs: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let query = SearchQuery::parse(resource_type, &pairs, 1_800_000_000, true)
+        .unwrap_or_else(|error| panic!("{params:?}: {error}"));
+    let keys = store.search(&query).await.unwrap();
+    let count = store.count(&query).await.unwrap();
+    assert_eq!(
+        count as usize,
+        keys.len(),
+        "count agrees with search for {params:?}"
+    );
+    store
+        .fetch(&keys)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|resource| resource.id)
+        .collect()
+}
+
+fn sorted(mut list: Vec<String>) -> Vec<String> {
+    list.sort();
+    list
+}
+
+pub async fn search_tokens_strings_and_references(store: &dyn Store) {
+    load(store).await;
+    let s = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        sorted(ids(store, "Observation", &[("code", "3A010")]).await),
+        s(&["o1", "o3", "o4"])
+    );
+    assert_eq!(
+        sorted(
+            ids(
+                store,
+                "Observation",
+                &[("code", &format!("{JLAC10}|3A010"))]
+            )
+            .await
+        ),
+        s(&["o1", "o3", "o4"])
+    );
+    // Stored under the OID, found by the URL form too (both sides are canonicalised).
+    assert_eq!(
+        sorted(
+            ids(
+                store,
+                "Observation",
+                &[(
+                    "code",
+                    "http://medis.or.jp/CodeSystem/master-JLAC10-17digits|3A010"
+                )]
+            )
+            .await
+        )
+        .len(),
+        3
+    );
+    assert!(
+        ids(store, "Observation", &[("code", "|3A010")])
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        sorted(
+            ids(
+                store,
+                "Observation",
+                &[("code", "3A010,3D010"), ("patient", "p1")]
+            )
+            .await
+        ),
+        s(&["o1", "o2", "o3"])
+    );
+    assert_eq!(
+        sorted(ids(store, "Observation", &[("code:not", "3A010")]).await),
+        s(&["o2", "o5"])
+    );
+    assert_eq!(
+        sorted(ids(store, "Observation", &[("code:text", "蛋白")]).await),
+        s(&["o1", "o3", "o4"])
+    );
+    // Patient given bare, typed, as subject; unknown patients match nothing.
+    assert_eq!(
+        sorted(ids(store, "Observation", &[("patient", "p1")]).await),
+        s(&["o1", "o2", "o3"])
+    );
+    assert_eq!(
+        sorted(
+            ids(
+                store,
+                "Observation",
+                &[("subject", "Patient/p1"), ("code", "3A010")]
+            )
+            .await
+        ),
+        s(&["o1", "o3"])
+    );
+    assert!(
+        ids(store, "Observation", &[("patient", "nobody")])
+            .await
+            .is_empty()
+    );
+    // Strings: starts-with, width-insensitive, exact, contains.
+    assert_eq!(
+        sorted(ids(store, "Patient", &[("jp-kana-sort", "ﾔﾏ")]).await),
+        s(&["p1", "p2"])
+    );
+    assert_eq!(
+        sorted(ids(store, "Patient", &[("name", "やまだ")]).await),
+        s(&["p1"])
+    );
+    assert!(
+        ids(store, "Patient", &[("family:exact", "ヤマ")])
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        sorted(ids(store, "Patient", &[("name:contains", "ハナ")]).await),
+        s(&["p2"])
+    );
+    assert_eq!(
+        sorted(
+            ids(
+                store,
+                "Patient",
+                &[("jp-kana-sort", "ヤマダ"), ("birthdate", "1950-04-01")]
+            )
+            .await
+        ),
+        s(&["p1"])
+    );
+    assert_eq!(
+        sorted(ids(store, "Patient", &[("gender", "male"), ("_id", "p1,p2")]).await),
+        s(&["p1"])
+    );
+    // Chains and references between clinical resources.
+    assert_eq!(
+        sorted(
+            ids(
+                store,
+                "Observation",
+                &[(
+                    "subject:Patient.identifier",
+                    "urn:oid:1.2.392.100495.20.3.51.10610100010|p2"
+                )]
+            )
+            .await
+        ),
+        s(&["o4"])
+    );
+    assert_eq!(
+        sorted(ids(store, "Observation", &[("patient.birthdate", "1950")]).await),
+        s(&["o1", "o2", "o3", "o5"])
+    );
+    assert_eq!(
+        ids(store, "DiagnosticReport", &[("result", "Observation/o2")]).await,
+        s(&["r1"])
+    );
+    // :missing.
+    assert_eq!(
+        ids(store, "Observation", &[("value-quantity:missing", "true")]).await,
+        s(&["o5"])
+    );
+    assert_eq!(
+        ids(store, "Observation", &[("value-quantity:missing", "false")])
+            .await
+            .len(),
+        4
+    );
+}
+
+pub async fn search_dates_quantities_and_sorting(store: &dyn Store) {
+    load(store).await;
+    let s = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        sorted(ids(store, "Observation", &[("date", "2024-05")]).await),
+        s(&["o1", "o2", "o4"])
+    );
+    assert_eq!(
+        sorted(
+            ids(
+                store,
+                "Observation",
+                &[("patient", "p1"), ("date", "ge2024-05-02")]
+            )
+            .await
+        ),
+        s(&["o2", "o3"])
+    );
+    assert_eq!(
+        sorted(ids(store, "Observation", &[("date", "lt2024-05-01")]).await),
+        s(&["o5"])
+    );
+    assert_eq!(
+        sorted(
+            ids(
+                store,
+                "Observation",
+                &[("date", "ge2024-05-01"), ("date", "le2024-05-31")]
+            )
+            .await
+        ),
+        s(&["o1", "o2", "o4"])
+    );
+    // A year-precision value is inside 2023 but not inside one day of it.
+    assert_eq!(
+        ids(store, "Observation", &[("date", "2023")]).await,
+        s(&["o5"])
+    );
+    assert!(
+        ids(store, "Observation", &[("date", "2023-06-01")])
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        ids(
+            store,
+            "Observation",
+            &[("date", "sa2023-12-31"), ("patient", "p2")]
+        )
+        .await,
+        s(&["o4"])
+    );
+    assert_eq!(
+        ids(store, "Observation", &[("date", "eb2024-01-01")]).await,
+        s(&["o5"])
+    );
+    assert_eq!(
+        ids(store, "Observation", &[("date", "ne2023")]).await.len(),
+        4
+    );
+    // Quantities: precision ranges and prefixes, with and without units.
+    assert_eq!(
+        ids(store, "Observation", &[("value-quantity", "7.2")]).await,
+        s(&["o1"])
+    );
+    // "7" stands for [6.5, 7.5).
+    assert_eq!(
+        sorted(ids(store, "Observation", &[("value-quantity", "7")]).await),
+        s(&["o1", "o3"])
+    );
+    assert_eq!(
+        sorted(ids(store, "Observation", &[("value-quantity", "gt7.5")]).await),
+        s(&["o2", "o4"])
+    );
+    assert_eq!(
+        sorted(
+            ids(
+                store,
+                "Observation",
+                &[("value-quantity", "le7.2|http://unitsofmeasure.org|mg/dL")]
+            )
+            .await
+        ),
+        s(&["o1", "o3"])
+    );
+    assert!(
+        ids(store, "Observation", &[("value-quantity", "7.2||g")])
+            .await
+            .is_empty()
+    );
+    // Sorting: by date both ways, missing values last, several keys.
+    assert_eq!(
+        ids(store, "Observation", &[("_sort", "date")]).await,
+        s(&["o5", "o1", "o4", "o2", "o3"])
+    );
+    assert_eq!(
+        ids(store, "Observation", &[("_sort", "-date")]).await,
+        s(&["o3", "o2", "o4", "o1", "o5"])
+    );
+    assert_eq!(
+        ids(store, "Observation", &[("_sort", "-value-quantity")]).await,
+        s(&["o2", "o4", "o1", "o3", "o5"])
+    );
+    assert_eq!(
+        ids(store, "Patient", &[("_sort", "birthdate,-_id")]).await,
+        s(&["p3", "p1", "p2"])
+    );
+    assert_eq!(
+        ids(store, "Patient", &[("_sort", "-_id")]).await,
+        s(&["p3", "p2", "p1"])
+    );
+    assert_eq!(
+        ids(store, "Patient", &[("_lastUpdated", "gt2000-01-01")])
+            .await
+            .len(),
+        3
+    );
+    assert!(
+        ids(store, "Patient", &[("_lastUpdated", "lt2000-01-01")])
+            .await
+            .is_empty()
+    );
+}
+
+pub async fn search_includes_compartments_and_history(store: &dyn Store) {
+    load(store).await;
+    let keys = store
+        .keys_of(&[
+            ("Patient".into(), "p1".into()),
+            ("Patient".into(), "zz".into()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    let result_param = tsunagi_fhir::search::param("DiagnosticReport", "result")
+        .unwrap()
+        .id;
+    let referencing = store
+        .referencing(result_param, &[("Observation".into(), "o1".into())], 100)
+        .await
+        .unwrap();
+    let fetched = store.fetch(&referencing).await.unwrap();
+    assert_eq!(
+        fetched.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec!["r1"]
+    );
+    let everything = store.compartment("p1", &[], None).await.unwrap();
+    let fetched = store.fetch(&everything).await.unwrap();
+    let listed: Vec<String> = fetched
+        .iter()
+        .map(|r| format!("{}/{}", r.resource_type, r.id))
+        .collect();
+    assert_eq!(listed[0], "Patient/p1", "the Patient comes first");
+    assert_eq!(
+        sorted(listed),
+        vec![
+            "DiagnosticReport/r1",
+            "Observation/o1",
+            "Observation/o2",
+            "Observation/o3",
+            "Patient/p1"
+        ]
+    );
+    let only = store
+        .compartment("p1", &["DiagnosticReport".into()], None)
+        .await
+        .unwrap();
+    assert_eq!(only.len(), 1);
+    assert!(
+        store
+            .compartment("p1", &[], Some(i64::MAX))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let history = store.history_all(Some("Patient"), None, 10).await.unwrap();
+    assert_eq!(history.len(), 3);
+    assert_eq!(store.history_all(None, None, 4).await.unwrap().len(), 4);
+}
