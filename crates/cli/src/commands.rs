@@ -272,7 +272,7 @@ pub(crate) fn generate_region(out: &Path, patients: usize, seed: u64) -> anyhow:
 }
 
 /// `tsunagi demo`.
-pub(crate) async fn demo(dir: &Path, patients: usize) -> anyhow::Result<()> {
+pub(crate) async fn demo(dir: &Path, patients: usize, listen: Option<&str>) -> anyhow::Result<()> {
     let region = dir.join("region");
     if region.exists() {
         std::fs::remove_dir_all(&region)
@@ -347,9 +347,90 @@ pub(crate) async fn demo(dir: &Path, patients: usize) -> anyhow::Result<()> {
         "\nnext: tsunagi export ndjson --db {url} --out {}",
         dir.join("export").display()
     );
-    println!(
-        "      (the FHIR REST API that serves this store comes with `tsunagi serve`, not yet built)"
-    );
+    let Some(listen) = listen else {
+        println!("      tsunagi serve --db {url}");
+        return Ok(());
+    };
+    println!("\n5. serving the region over FHIR (Ctrl-C stops)");
+    serve_store(
+        store,
+        listen,
+        None,
+        tsunagi_server::Settings::default(),
+        Some(patient_id),
+    )
+    .await
+}
+
+/// Flags of `tsunagi serve`.
+pub(crate) struct ServeFlags {
+    pub(crate) db: Option<String>,
+    pub(crate) listen: Option<String>,
+    pub(crate) base_url: Option<String>,
+    pub(crate) config: Option<PathBuf>,
+}
+
+/// `tsunagi serve`.
+pub(crate) async fn serve(flags: ServeFlags) -> anyhow::Result<()> {
+    let config = flags.config.as_deref().map(Config::load).transpose()?;
+    let db = flags
+        .db
+        .or_else(|| config.as_ref().map(|c| c.store.url.clone()))
+        .context("--db is required (or a --config with a [store] url)")?;
+    let server = config.as_ref().map(|c| &c.server);
+    let listen = flags
+        .listen
+        .or_else(|| server.and_then(|s| s.listen.clone()))
+        .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+    let mut settings = tsunagi_server::Settings {
+        base_url: flags
+            .base_url
+            .or_else(|| server.and_then(|s| s.base_url.clone())),
+        ..Default::default()
+    };
+    if let Some(seconds) = server.and_then(|s| s.snapshot_ttl_seconds) {
+        settings.snapshot_ttl = std::time::Duration::from_secs(seconds);
+    }
+    if let Some(keys) = server.and_then(|s| s.snapshot_max_keys) {
+        settings.snapshot_max_keys = keys;
+    }
+    let store = open_store(&db).await?;
+    serve_store(store, &listen, Some(&db), settings, None).await
+}
+
+async fn serve_store(
+    store: Arc<dyn Store>,
+    listen: &str,
+    db: Option<&str>,
+    settings: tsunagi_server::Settings,
+    example_patient: Option<&str>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let address = listener.local_addr()?;
+    let base = settings
+        .base_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{address}/fhir"));
+    if let Some(db) = db {
+        println!("serving {db}");
+    }
+    println!("FHIR base {base}");
+    println!("  {base}/metadata");
+    if let Some(patient) = example_patient {
+        println!("  {base}/Patient/{patient}");
+        println!("  {base}/Patient?jp-kana-sort=ヤ&_count=5");
+        println!("  {base}/Observation?patient={patient}&category=laboratory&_sort=-date");
+        println!("  {base}/Patient/{patient}/$everything");
+    }
+    let state = tsunagi_server::AppState::new(store, Arc::new(SystemClock), settings);
+    tsunagi_server::serve(listener, state, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+    .context("the HTTP server stopped")?;
+    println!("stopped");
     Ok(())
 }
 

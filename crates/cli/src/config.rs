@@ -18,6 +18,24 @@ pub(crate) struct Config {
     /// SS-MIX2 sources, one per facility.
     #[serde(default)]
     pub(crate) ssmix2: Vec<Ssmix2Source>,
+    /// The FHIR REST API (`tsunagi serve`).
+    #[serde(default)]
+    pub(crate) server: ServerConfig,
+}
+
+/// The FHIR REST API.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServerConfig {
+    /// Address to listen on; default `127.0.0.1:8080`.
+    pub(crate) listen: Option<String>,
+    /// Public base URL ending in `/fhir`; default: taken from each request's `X-Forwarded-*` or
+    /// `Host` headers.
+    pub(crate) base_url: Option<String>,
+    /// How long a search's result snapshot (its paging) lives, in seconds; default 1800.
+    pub(crate) snapshot_ttl_seconds: Option<u64>,
+    /// Result keys kept in all snapshots together; default 5,000,000 (about 40 MB).
+    pub(crate) snapshot_max_keys: Option<usize>,
 }
 
 /// The store.

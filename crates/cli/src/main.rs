@@ -3,7 +3,8 @@
 //! - `tsunagi ingest ssmix2 --db <url> --facility <code> [--name <name>] <root>...`
 //! - `tsunagi export ndjson --db <url> --out <dir>`
 //! - `tsunagi generate region --out <dir> --patients <n> --seed <s>`
-//! - `tsunagi demo`
+//! - `tsunagi demo [--listen <addr>] [--no-serve]`
+//! - `tsunagi serve --db <url> [--listen <addr>] [--base-url <url>] [--config <file>]`
 //! - `tsunagi bench ingest --patients <n>`
 //! - `tsunagi run --config <file> [--once]` (cron-scheduled pulls from `tsunagi.toml`)
 
@@ -49,7 +50,7 @@ enum Command {
         #[command(subcommand)]
         what: GenerateWhat,
     },
-    /// Generate a small synthetic region of three hospitals, ingest it and show what it did.
+    /// Generate a small synthetic region of three hospitals, ingest it and serve it over FHIR.
     Demo {
         /// Where to put the region and the database.
         #[arg(long, default_value = "tsunagi-demo")]
@@ -57,6 +58,27 @@ enum Command {
         /// Patients in the demo region.
         #[arg(long, default_value_t = 60)]
         patients: usize,
+        /// Where the FHIR API listens once the region is loaded.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Stop after loading instead of serving.
+        #[arg(long)]
+        no_serve: bool,
+    },
+    /// Serve the FHIR REST API (read side) over a store.
+    Serve {
+        /// Database URL (default: [store] url of the config file).
+        #[arg(long)]
+        db: Option<String>,
+        /// Address to listen on (default 127.0.0.1:8080, or [server] listen).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Public base URL ending in /fhir, for links (default: from the request's headers).
+        #[arg(long)]
+        base_url: Option<String>,
+        /// tsunagi.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Measure performance against the targets.
     Bench {
@@ -200,7 +222,26 @@ fn main() -> std::process::ExitCode {
                         seed,
                     },
             } => commands::generate_region(&out, patients, seed),
-            Command::Demo { dir, patients } => commands::demo(&dir, patients).await,
+            Command::Demo {
+                dir,
+                patients,
+                listen,
+                no_serve,
+            } => commands::demo(&dir, patients, (!no_serve).then_some(listen.as_str())).await,
+            Command::Serve {
+                db,
+                listen,
+                base_url,
+                config,
+            } => {
+                commands::serve(commands::ServeFlags {
+                    db,
+                    listen,
+                    base_url,
+                    config,
+                })
+                .await
+            }
             Command::Bench {
                 what:
                     BenchWhat::Ingest {

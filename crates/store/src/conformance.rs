@@ -62,6 +62,13 @@ pub async fn create_and_read(store: &dyn Store) {
     assert!(!read.deleted);
     assert_eq!(content(&read)["name"][0]["family"], "山田");
     let with_meta = read.to_json().unwrap().unwrap();
+    let mut spliced = Vec::new();
+    assert!(read.write_json(&mut spliced).unwrap());
+    assert_eq!(
+        serde_json::from_slice::<Value>(&spliced).unwrap(),
+        with_meta,
+        "the spliced serialization says what to_json says"
+    );
     assert_eq!(with_meta["meta"]["versionId"], "1");
     assert!(
         with_meta["meta"]["lastUpdated"]

@@ -183,6 +183,47 @@ impl StoredResource {
         Ok(Some(out))
     }
 
+    /// Appends the resource as JSON with `meta.versionId` and `meta.lastUpdated` filled in;
+    /// `false` (nothing written) when deleted. Content written by
+    /// [`tsunagi_fhir::json::write_resource`] starts `{"resourceType":…,"id":…` with `meta` next,
+    /// so the two elements are spliced in without parsing; other content is re-serialized.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> Result<bool, StoreError> {
+        let Some(content) = &self.content else {
+            return Ok(false);
+        };
+        let head = format!(
+            "{{\"resourceType\":\"{}\",\"id\":\"{}\"",
+            self.resource_type, self.id
+        );
+        let safe_id = self
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        let Some(rest) = content.strip_prefix(head.as_bytes()).filter(|_| safe_id) else {
+            if let Some(bytes) = self.to_json_bytes()? {
+                out.extend_from_slice(&bytes);
+            }
+            return Ok(true);
+        };
+        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(b",\"meta\":{\"versionId\":\"");
+        out.extend_from_slice(self.version.to_string().as_bytes());
+        out.extend_from_slice(b"\",\"lastUpdated\":\"");
+        out.extend_from_slice(format_instant_jst(self.last_updated).as_bytes());
+        out.push(b'"');
+        const META: &[u8] = b",\"meta\":{";
+        if let Some(meta) = rest.strip_prefix(META) {
+            if !meta.starts_with(b"}") {
+                out.push(b',');
+            }
+            out.extend_from_slice(meta);
+        } else {
+            out.push(b'}');
+            out.extend_from_slice(rest);
+        }
+        Ok(true)
+    }
+
     /// The resource with `meta.versionId` and `meta.lastUpdated` filled in; `None` when deleted.
     pub fn to_json(&self) -> Result<Option<Value>, StoreError> {
         let Some(content) = &self.content else {

@@ -1,0 +1,163 @@
+//! The CapabilityStatement, derived from the same registry the search code uses, so it states
+//! exactly what works: a parameter listed here is a parameter the store can search.
+
+use serde_json::{Value, json};
+use tsunagi_fhir::{
+    profiles,
+    query::{parameter_codes, searchable_types},
+    search::{PARAMS, ParamType},
+};
+
+fn type_name(kind: ParamType) -> &'static str {
+    match kind {
+        ParamType::Token => "token",
+        ParamType::String => "string",
+        ParamType::Date => "date",
+        ParamType::Reference => "reference",
+        ParamType::Quantity => "quantity",
+    }
+}
+
+fn supported_profiles(resource_type: &str) -> Vec<&'static str> {
+    let prefix = format!(
+        "http://jpfhir.jp/fhir/core/StructureDefinition/JP_{}",
+        resource_type
+    );
+    profiles::ALL
+        .iter()
+        .copied()
+        .filter(|profile| {
+            profile
+                .strip_prefix(prefix.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('_'))
+        })
+        .collect()
+}
+
+/// The server's CapabilityStatement.
+pub fn capability_statement(base_url: &str, date: &str) -> Value {
+    let mut resources = Vec::new();
+    for resource_type in searchable_types() {
+        let mut params: Vec<Value> = vec![
+            json!({"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"}),
+            json!({"name": "_lastUpdated", "type": "date", "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated"}),
+        ];
+        for (code, kind) in parameter_codes(resource_type) {
+            params.push(json!({"name": code, "type": type_name(kind)}));
+        }
+        let includes: Vec<String> = PARAMS
+            .iter()
+            .filter(|param| param.resource == resource_type && param.kind == ParamType::Reference)
+            .map(|param| format!("{}:{}", param.resource, param.code))
+            .collect();
+        let revincludes: Vec<String> = PARAMS
+            .iter()
+            .filter(|param| param.kind == ParamType::Reference)
+            .map(|param| format!("{}:{}", param.resource, param.code))
+            .collect();
+        let mut resource = json!({
+            "type": resource_type,
+            "interaction": [
+                {"code": "read"}, {"code": "vread"}, {"code": "search-type"},
+                {"code": "history-instance"}, {"code": "history-type"}
+            ],
+            "versioning": "versioned",
+            "readHistory": true,
+            "updateCreate": false,
+            "conditionalRead": "not-match",
+            "searchInclude": includes,
+            "searchRevInclude": revincludes,
+            "searchParam": params
+        });
+        let supported = supported_profiles(resource_type);
+        if !supported.is_empty() {
+            resource["supportedProfile"] = json!(supported);
+        }
+        if resource_type == "Patient" {
+            resource["operation"] = json!([{
+                "name": "everything",
+                "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+            }]);
+        }
+        resources.push(resource);
+    }
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": date,
+        "publisher": "Tsunagi",
+        "kind": "instance",
+        "software": {"name": "Tsunagi", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "Tsunagi regional health-information gateway (read API)", "url": base_url},
+        "fhirVersion": "4.3.0",
+        "format": ["application/fhir+json", "json"],
+        "instantiates": ["http://jpfhir.jp/fhir/core/CapabilityStatement/jp-core-server"],
+        "rest": [{
+            "mode": "server",
+            "documentation": "Clinical resources are read-only on this API: they arrive through the adapters.",
+            "resource": resources,
+            "interaction": [{"code": "history-system"}],
+            "searchParam": [
+                {"name": "_count", "type": "number"},
+                {"name": "_sort", "type": "string"},
+                {"name": "_total", "type": "token"},
+                {"name": "_summary", "type": "token"},
+                {"name": "_elements", "type": "string"}
+            ]
+        }]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_only_what_the_registry_searches() {
+        let statement = capability_statement("http://localhost/fhir", "2026-11-24");
+        assert_eq!(statement["fhirVersion"], "4.3.0");
+        let resources = statement["rest"][0]["resource"].as_array().unwrap();
+        let observation = resources
+            .iter()
+            .find(|r| r["type"] == "Observation")
+            .unwrap();
+        let names: Vec<&str> = observation["searchParam"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        for expected in [
+            "_id",
+            "patient",
+            "subject",
+            "code",
+            "category",
+            "date",
+            "value-quantity",
+        ] {
+            assert!(names.contains(&expected), "{expected}");
+        }
+        assert!(
+            observation["supportedProfile"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p == profiles::OBSERVATION_LAB_RESULT)
+        );
+        let patient = resources.iter().find(|r| r["type"] == "Patient").unwrap();
+        assert_eq!(patient["operation"][0]["name"], "everything");
+        // MedicationRequest must not claim the injection profile of MedicationAdministration.
+        let request = resources
+            .iter()
+            .find(|r| r["type"] == "MedicationRequest")
+            .unwrap();
+        assert!(
+            request["supportedProfile"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p.as_str().unwrap().contains("JP_MedicationRequest"))
+        );
+    }
+}

@@ -1,0 +1,1216 @@
+//! The FHIR REST API that portals and clinic systems read: axum routes over any
+//! [`tsunagi_store::Store`].
+//!
+//! - `GET /fhir/metadata`; read, vread, instance/type/system history; search by GET and
+//!   `POST _search`; `Patient/{id}/$everything`;
+//! - searchset Bundles cut from [`snapshot`]s, so pages are stable under ingestion; links are
+//!   absolute on the base the client used (`--base-url`, else `X-Forwarded-*`, else `Host`);
+//! - writes answer 405: data arrives through the adapters;
+//! - errors are [`outcome::ApiError`]s, turned into OperationOutcomes here and nowhere else.
+
+pub mod capability;
+pub mod outcome;
+pub mod snapshot;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{Path, RawQuery, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{any, get},
+};
+use serde_json::Value;
+use tsunagi_core::{clock::Clock, time::format_instant_jst};
+use tsunagi_fhir::{
+    query::{Include, SearchQuery, Summary, Total},
+    search::{IndexValue, extract},
+};
+use tsunagi_store::{Key, Store, StoredResource};
+
+use crate::{
+    outcome::{ApiError, FHIR_JSON, outcome},
+    snapshot::{Snapshot, Snapshots},
+};
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Fixed public base URL (ending in `/fhir`), overriding request headers.
+    pub base_url: Option<String>,
+    /// How long search snapshots (paging) live.
+    pub snapshot_ttl: Duration,
+    /// Keys kept in all snapshots together.
+    pub snapshot_max_keys: usize,
+    /// Most `_revinclude` resources per page.
+    pub max_revinclude: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            base_url: None,
+            snapshot_ttl: Duration::from_secs(30 * 60),
+            snapshot_max_keys: 5_000_000,
+            max_revinclude: 1000,
+        }
+    }
+}
+
+/// Request counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: AtomicU64,
+    client_errors: AtomicU64,
+    server_errors: AtomicU64,
+    micros: AtomicU64,
+}
+
+/// Shared state of all handlers.
+pub struct AppState {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+    snapshots: Snapshots,
+    metrics: Metrics,
+}
+
+impl AppState {
+    /// State over a store.
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, settings: Settings) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            clock,
+            snapshots: Snapshots::new(settings.snapshot_ttl, settings.snapshot_max_keys),
+            settings,
+            metrics: Metrics::default(),
+        })
+    }
+}
+
+/// The router: FHIR under `/fhir`, plus `/healthz`, `/readyz`, `/metrics`.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/fhir/metadata", get(metadata))
+        .route("/fhir/{type}", any(type_level))
+        .route("/fhir/{type}/{id}", any(instance_level))
+        .route("/fhir/{type}/{id}/{operation}", any(instance_operation))
+        .route("/fhir/{type}/{id}/_history/{version}", any(vread))
+        .fallback(|method: Method, uri: axum::http::Uri| async move {
+            ApiError::not_found(format!("{method} {}: no such endpoint", uri.path()))
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+/// Serves `router` on a bound listener until the future `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn count_requests(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let metrics = &state.metrics;
+    metrics.requests.fetch_add(1, Ordering::Relaxed);
+    if response.status().is_client_error() {
+        metrics.client_errors.fetch_add(1, Ordering::Relaxed);
+    } else if response.status().is_server_error() {
+        metrics.server_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    metrics
+        .micros
+        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    response
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.store.read("Patient", "readiness-probe").await {
+        Ok(_) => (StatusCode::OK, "ready").into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let m = &state.metrics;
+    let body = format!(
+        "# HELP tsunagi_http_requests_total HTTP requests answered.\n# TYPE tsunagi_http_requests_total counter\ntsunagi_http_requests_total {}\n\
+         # HELP tsunagi_http_client_errors_total Requests answered 4xx.\n# TYPE tsunagi_http_client_errors_total counter\ntsunagi_http_client_errors_total {}\n\
+         # HELP tsunagi_http_server_errors_total Requests answered 5xx.\n# TYPE tsunagi_http_server_errors_total counter\ntsunagi_http_server_errors_total {}\n\
+         # HELP tsunagi_http_request_seconds_sum Time spent answering requests.\n# TYPE tsunagi_http_request_seconds_sum counter\ntsunagi_http_request_seconds_sum {:.6}\n",
+        m.requests.load(Ordering::Relaxed),
+        m.client_errors.load(Ordering::Relaxed),
+        m.server_errors.load(Ordering::Relaxed),
+        m.micros.load(Ordering::Relaxed) as f64 / 1e6,
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// Decoded query parameters, in order.
+fn decode_pairs(raw: Option<&str>) -> Vec<(String, String)> {
+    raw.map(|raw| {
+        form_urlencoded::parse(raw.as_bytes())
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .rev()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+}
+
+/// Output options common to every response.
+struct Format {
+    pretty: bool,
+}
+
+fn format_of(headers: &HeaderMap, pairs: &[(String, String)]) -> Result<Format, ApiError> {
+    let wants_xml = |text: &str| text.contains("xml") && !text.contains("json");
+    if let Some(format) = param(pairs, "_format") {
+        if wants_xml(format) {
+            return Err(ApiError::not_acceptable(
+                "FHIR XML is not produced yet; ask for application/fhir+json",
+            ));
+        }
+    } else if let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())
+        && wants_xml(accept)
+        && !accept.contains("*/*")
+    {
+        return Err(ApiError::not_acceptable(
+            "FHIR XML is not produced yet; ask for application/fhir+json",
+        ));
+    }
+    Ok(Format {
+        pretty: param(pairs, "_pretty") == Some("true"),
+    })
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>, format: &Format) -> Response {
+    let body = if format.pretty {
+        serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|value| tsunagi_fhir::json::to_pretty_resource(&value).ok())
+            .map_or(body, String::into_bytes)
+    } else {
+        body
+    };
+    let mut response = (status, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response
+}
+
+/// The base URL (ending in `/fhir`) the client used.
+fn base_url(configured: Option<&str>, headers: &HeaderMap) -> String {
+    if let Some(base) = configured {
+        return base.trim_end_matches('/').to_owned();
+    }
+    let first = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(',').next())
+            .map(str::trim)
+            .filter(|value| !value.is_empty())
+    };
+    let host_ok = |host: &&str| {
+        host.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+    };
+    let scheme = match first("x-forwarded-proto") {
+        Some("https") => "https",
+        _ => "http",
+    };
+    let mut host = first("x-forwarded-host")
+        .filter(host_ok)
+        .or_else(|| first("host").filter(host_ok))
+        .unwrap_or("localhost")
+        .to_owned();
+    if let Some(port) = first("x-forwarded-port").filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        && !host.contains(':')
+        && !matches!((scheme, port), ("http", "80") | ("https", "443"))
+    {
+        host = format!("{host}:{port}");
+    }
+    let prefix = first("x-forwarded-prefix")
+        .filter(|p| {
+            p.starts_with('/')
+                && p.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#')
+        })
+        .unwrap_or("")
+        .trim_end_matches('/');
+    format!("{scheme}://{host}{prefix}/fhir")
+}
+
+fn valid_type(resource_type: &str) -> Result<(), ApiError> {
+    let ok = resource_type.starts_with(|c: char| c.is_ascii_uppercase())
+        && resource_type.bytes().all(|b| b.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!(
+            "{resource_type} is not a resource type"
+        )))
+    }
+}
+
+fn valid_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("{id} is not a FHIR id")))
+    }
+}
+
+async fn metadata(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs = decode_pairs(raw.as_deref());
+    let format = format_of(&headers, &pairs)?;
+    let base = base_url(None, &headers);
+    let date = format_instant_jst(state.clock.now_micros());
+    let statement = capability::capability_statement(&base, &date);
+    let mut body = Vec::new();
+    tsunagi_fhir::json::write_resource(&statement, &mut body)
+        .map_err(|error| ApiError::from(tsunagi_store::StoreError::Invalid(error.to_string())))?;
+    Ok(json_response(StatusCode::OK, body, &format))
+}
+
+async fn type_level(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    Path(resource_type): Path<String>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs = decode_pairs(raw.as_deref());
+    if resource_type == "_history" && method == Method::GET {
+        return history_listing(&state, None, &headers, &pairs).await;
+    }
+    valid_type(&resource_type)?;
+    match method {
+        Method::GET => search(&state, &resource_type, pairs, &headers).await,
+        _ => Err(ApiError::read_only(
+            method.as_str(),
+            &format!("/fhir/{resource_type}"),
+        )),
+    }
+}
+
+async fn instance_level(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    Path((resource_type, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    valid_type(&resource_type)?;
+    let mut pairs = decode_pairs(raw.as_deref());
+    match (method.clone(), id.as_str()) {
+        (Method::POST, "_search") => {
+            let form = std::str::from_utf8(&body)
+                .map_err(|_| ApiError::bad_request("invalid", "the _search body is not UTF-8"))?;
+            pairs.extend(decode_pairs(Some(form)));
+            search(&state, &resource_type, pairs, &headers).await
+        }
+        (Method::GET, "_search") => search(&state, &resource_type, pairs, &headers).await,
+        (Method::GET, "_history") => {
+            history_listing(&state, Some(&resource_type), &headers, &pairs).await
+        }
+        (Method::GET, _) => read(&state, &resource_type, &id, &headers, &pairs).await,
+        _ => Err(ApiError::read_only(
+            method.as_str(),
+            &format!("/fhir/{resource_type}/{id}"),
+        )),
+    }
+}
+
+async fn instance_operation(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    Path((resource_type, id, operation)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    valid_type(&resource_type)?;
+    valid_id(&id)?;
+    let pairs = decode_pairs(raw.as_deref());
+    match (method, operation.as_str()) {
+        (Method::GET, "_history") => {
+            instance_history(&state, &resource_type, &id, &headers, &pairs).await
+        }
+        (Method::GET, "$everything") if resource_type == "Patient" => {
+            everything(&state, &id, &headers, &pairs).await
+        }
+        (Method::GET, _) => Err(ApiError::not_found(format!(
+            "{operation} is not an operation of {resource_type}"
+        ))),
+        (method, _) => Err(ApiError::read_only(
+            method.as_str(),
+            &format!("/fhir/{resource_type}/{id}/{operation}"),
+        )),
+    }
+}
+
+fn etag(version: i64) -> String {
+    format!("W/\"{version}\"")
+}
+
+/// RFC 7231 IMF-fixdate of microseconds since the epoch.
+fn http_date(micros: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let seconds = micros.div_euclid(1_000_000);
+    let days = seconds.div_euclid(86_400);
+    let second_of_day = seconds.rem_euclid(86_400);
+    let (year, month, day) = tsunagi_core::time::civil_from_days(days);
+    format!(
+        "{}, {day:02} {} {year:04} {:02}:{:02}:{:02} GMT",
+        DAYS[days.rem_euclid(7) as usize],
+        MONTHS[usize::from(month.saturating_sub(1)).min(11)],
+        second_of_day / 3600,
+        (second_of_day / 60) % 60,
+        second_of_day % 60
+    )
+}
+
+fn resource_response(
+    resource: &StoredResource,
+    headers: &HeaderMap,
+    format: &Format,
+    elements: Option<&[String]>,
+) -> Result<Response, ApiError> {
+    let tag = etag(resource.version);
+    if let Some(condition) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok())
+        && condition
+            .split(',')
+            .any(|candidate| candidate.trim() == tag || candidate.trim() == "*")
+    {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(value) = HeaderValue::from_str(&tag) {
+            response.headers_mut().insert(header::ETAG, value);
+        }
+        return Ok(response);
+    }
+    let mut body = Vec::with_capacity(resource.content.as_ref().map_or(0, Vec::len) + 96);
+    write_entry_resource(resource, elements, None, &mut body)?;
+    let mut response = json_response(StatusCode::OK, body, format);
+    let response_headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&tag) {
+        response_headers.insert(header::ETAG, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&http_date(resource.last_updated)) {
+        response_headers.insert(header::LAST_MODIFIED, value);
+    }
+    Ok(response)
+}
+
+async fn read(
+    state: &AppState,
+    resource_type: &str,
+    id: &str,
+    headers: &HeaderMap,
+    pairs: &[(String, String)],
+) -> Result<Response, ApiError> {
+    let format = format_of(headers, pairs)?;
+    valid_id(id)?;
+    let Some(resource) = state.store.read(resource_type, id).await? else {
+        return Err(ApiError::not_found(format!(
+            "{resource_type}/{id} is not known"
+        )));
+    };
+    if resource.deleted {
+        return Err(ApiError::gone(format!("{resource_type}/{id} was deleted")));
+    }
+    let elements = elements_of(pairs);
+    resource_response(&resource, headers, &format, elements.as_deref())
+}
+
+fn elements_of(pairs: &[(String, String)]) -> Option<Vec<String>> {
+    param(pairs, "_elements").map(|value| {
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|e| e.split_once('.').map_or(e, |(_, rest)| rest).to_owned())
+            .collect()
+    })
+}
+
+async fn vread(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    Path((resource_type, id, version)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    valid_type(&resource_type)?;
+    valid_id(&id)?;
+    if method != Method::GET {
+        return Err(ApiError::read_only(
+            method.as_str(),
+            &format!("/fhir/{resource_type}/{id}/_history/{version}"),
+        ));
+    }
+    let pairs = decode_pairs(raw.as_deref());
+    let format = format_of(&headers, &pairs)?;
+    let number: i64 = version
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("{version} is not a version id")))?;
+    let Some(resource) = state.store.vread(&resource_type, &id, number).await? else {
+        return Err(ApiError::not_found(format!(
+            "{resource_type}/{id} has no version {version}"
+        )));
+    };
+    if resource.deleted {
+        return Err(ApiError::gone(format!(
+            "version {version} of {resource_type}/{id} is a deletion"
+        )));
+    }
+    resource_response(&resource, &headers, &format, None)
+}
+
+/// Writes one resource, optionally reduced to `_elements` or a summary mode.
+fn write_entry_resource(
+    resource: &StoredResource,
+    elements: Option<&[String]>,
+    summary: Option<Summary>,
+    out: &mut Vec<u8>,
+) -> Result<(), ApiError> {
+    let reduce = elements.is_some()
+        || matches!(summary, Some(Summary::Data | Summary::Text | Summary::True));
+    if !reduce {
+        resource.write_json(out)?;
+        return Ok(());
+    }
+    let Some(mut value) = resource.to_json()? else {
+        return Ok(());
+    };
+    if let Value::Object(map) = &mut value {
+        let keep = |key: &str| -> bool {
+            matches!(key, "resourceType" | "id" | "meta")
+                || match (elements, summary) {
+                    (Some(elements), _) => elements.iter().any(|element| element == key),
+                    (None, Some(Summary::Data)) => key != "text",
+                    (None, Some(Summary::Text)) => key == "text",
+                    (None, Some(Summary::True)) => is_summary_element(&resource.resource_type, key),
+                    _ => true,
+                }
+        };
+        map.retain(|key, _| keep(key));
+        // Mark the resource as incomplete (FHIR: SUBSETTED).
+        if let Some(Value::Object(meta)) = map.get_mut("meta") {
+            let tags = meta
+                .entry("tag")
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(tags) = tags {
+                tags.push(serde_json::json!({
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+                    "code": "SUBSETTED"
+                }));
+            }
+        }
+    }
+    tsunagi_fhir::json::write_resource(&value, out)
+        .map_err(|error| ApiError::from(tsunagi_store::StoreError::Corrupt(error.to_string())))
+}
+
+/// Top-level elements marked `isSummary` in FHIR R4B for the types this server holds (the
+/// common ones: identifiers, status, codes, subject, dates; never narrative or notes).
+fn is_summary_element(resource_type: &str, key: &str) -> bool {
+    const COMMON: &[&str] = &[
+        "identifier",
+        "status",
+        "category",
+        "code",
+        "subject",
+        "patient",
+        "encounter",
+        "effectiveDateTime",
+        "effectivePeriod",
+        "issued",
+        "intent",
+        "medicationCodeableConcept",
+        "authoredOn",
+        "clinicalStatus",
+        "verificationStatus",
+        "onsetDateTime",
+        "onsetString",
+        "recordedDate",
+        "type",
+        "criticality",
+        "class",
+        "period",
+        "started",
+        "modality",
+        "numberOfSeries",
+        "numberOfInstances",
+        "beneficiary",
+        "payor",
+        "basedOn",
+        "performer",
+    ];
+    const PATIENT: &[&str] = &[
+        "identifier",
+        "active",
+        "name",
+        "telecom",
+        "gender",
+        "birthDate",
+        "deceasedBoolean",
+        "deceasedDateTime",
+        "address",
+        "managingOrganization",
+        "link",
+    ];
+    if resource_type == "Patient" {
+        PATIENT.contains(&key)
+    } else {
+        COMMON.contains(&key)
+    }
+}
+
+/// Pairs of the original search to repeat in links (without paging and format parameters).
+fn link_query(pairs: &[(String, String)], extra: &[(&str, String)]) -> String {
+    let mut serializer = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in pairs {
+        if matches!(name.as_str(), "_snapshot" | "_offset") {
+            continue;
+        }
+        serializer.append_pair(name, value);
+    }
+    for (name, value) in extra {
+        serializer.append_pair(name, value);
+    }
+    serializer.finish()
+}
+
+struct Page<'a> {
+    base: &'a str,
+    /// Path under the base, e.g. `Observation` or `Patient/p1/$everything`.
+    path: &'a str,
+    pairs: &'a [(String, String)],
+    snapshot: Option<String>,
+    offset: usize,
+    count: usize,
+    total: usize,
+}
+
+fn push_link(out: &mut Vec<u8>, first: &mut bool, relation: &str, url: &str) {
+    if !*first {
+        out.push(b',');
+    }
+    *first = false;
+    out.extend_from_slice(b"{\"relation\":");
+    out.extend_from_slice(Value::String(relation.to_owned()).to_string().as_bytes());
+    out.extend_from_slice(b",\"url\":");
+    out.extend_from_slice(Value::String(url.to_owned()).to_string().as_bytes());
+    out.push(b'}');
+}
+
+fn page_links(out: &mut Vec<u8>, page: &Page<'_>) {
+    let url = |extra: &[(&str, String)]| {
+        let query = link_query(page.pairs, extra);
+        if query.is_empty() {
+            format!("{}/{}", page.base, page.path)
+        } else {
+            format!("{}/{}?{query}", page.base, page.path)
+        }
+    };
+    let count = page.count.to_string();
+    let mut first = true;
+    out.extend_from_slice(b"\"link\":[");
+    match &page.snapshot {
+        Some(snapshot) => {
+            let at = |offset: usize| {
+                url(&[
+                    ("_snapshot", snapshot.clone()),
+                    ("_offset", offset.to_string()),
+                ])
+            };
+            push_link(out, &mut first, "self", &at(page.offset));
+            if page.offset + page.count < page.total && page.count > 0 {
+                push_link(out, &mut first, "next", &at(page.offset + page.count));
+            }
+            if page.offset > 0 {
+                push_link(
+                    out,
+                    &mut first,
+                    "previous",
+                    &at(page.offset.saturating_sub(page.count)),
+                );
+            }
+        }
+        None => {
+            let _ = count;
+            push_link(out, &mut first, "self", &url(&[]));
+        }
+    }
+    out.extend_from_slice(b"]");
+}
+
+fn start_bundle(out: &mut Vec<u8>, bundle_type: &str, id: &str, now: i64) {
+    out.extend_from_slice(b"{\"resourceType\":\"Bundle\",\"id\":\"");
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b"\",\"meta\":{\"lastUpdated\":\"");
+    out.extend_from_slice(format_instant_jst(now).as_bytes());
+    out.extend_from_slice(b"\"},\"type\":\"");
+    out.extend_from_slice(bundle_type.as_bytes());
+    out.extend_from_slice(b"\"");
+}
+
+fn write_search_entry(
+    out: &mut Vec<u8>,
+    base: &str,
+    resource: &StoredResource,
+    mode: &str,
+    elements: Option<&[String]>,
+    summary: Option<Summary>,
+) -> Result<(), ApiError> {
+    out.extend_from_slice(b"{\"fullUrl\":\"");
+    out.extend_from_slice(format!("{base}/{}/{}", resource.resource_type, resource.id).as_bytes());
+    out.extend_from_slice(b"\",\"resource\":");
+    write_entry_resource(resource, elements, summary, out)?;
+    out.extend_from_slice(b",\"search\":{\"mode\":\"");
+    out.extend_from_slice(mode.as_bytes());
+    out.extend_from_slice(b"\"}}");
+    Ok(())
+}
+
+/// Finds the page's keys: from a snapshot named in the request, or by running the search.
+async fn page_keys(
+    state: &AppState,
+    scope: &str,
+    pairs: &[(String, String)],
+    count: usize,
+    run: impl std::future::Future<Output = Result<Vec<Key>, ApiError>>,
+) -> Result<(Arc<Vec<Key>>, Option<String>, usize), ApiError> {
+    if let Some(id) = param(pairs, "_snapshot") {
+        let offset: usize = param(pairs, "_offset")
+            .unwrap_or("0")
+            .parse()
+            .map_err(|_| ApiError::bad_request("invalid", "_offset must be a whole number"))?;
+        let snapshot = state
+            .snapshots
+            .get(id)
+            .filter(|snapshot| snapshot.scope == scope)
+            .ok_or_else(|| ApiError::gone("this result set has expired; run the search again"))?;
+        return Ok((snapshot.keys, Some(id.to_owned()), offset));
+    }
+    let keys = Arc::new(run.await?);
+    let snapshot = (keys.len() > count).then(|| {
+        state.snapshots.put(Snapshot {
+            scope: scope.to_owned(),
+            keys: keys.clone(),
+        })
+    });
+    Ok((keys, snapshot, 0))
+}
+
+fn strict_handling(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| {
+            value
+                .split(';')
+                .any(|part| part.trim() == "handling=strict")
+        })
+}
+
+async fn search(
+    state: &AppState,
+    resource_type: &str,
+    pairs: Vec<(String, String)>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let format = format_of(headers, &pairs)?;
+    let now = state.clock.now_micros();
+    let query = SearchQuery::parse(
+        resource_type,
+        &pairs,
+        now.div_euclid(1_000_000),
+        strict_handling(headers),
+    )?;
+    if !tsunagi_fhir::query::searchable_types().contains(&resource_type) {
+        return Err(ApiError::not_found(format!(
+            "{resource_type} cannot be searched on this server"
+        )));
+    }
+    let base = base_url(state.settings.base_url.as_deref(), headers);
+    if query.summary == Summary::Count || query.count == 0 {
+        let total = state.store.count(&query).await?;
+        let mut out = Vec::with_capacity(512);
+        start_bundle(&mut out, "searchset", &bundle_id(state), now);
+        if query.total == Total::Accurate || query.summary == Summary::Count {
+            out.extend_from_slice(format!(",\"total\":{total}").as_bytes());
+        }
+        out.push(b',');
+        page_links(
+            &mut out,
+            &Page {
+                base: &base,
+                path: resource_type,
+                pairs: &pairs,
+                snapshot: None,
+                offset: 0,
+                count: 0,
+                total: total as usize,
+            },
+        );
+        out.push(b'}');
+        return Ok(json_response(StatusCode::OK, out, &format));
+    }
+    let (keys, snapshot, offset) = page_keys(state, resource_type, &pairs, query.count, async {
+        Ok(state.store.search(&query).await?)
+    })
+    .await?;
+    let end = (offset + query.count).min(keys.len());
+    let page_keys = keys.get(offset..end).unwrap_or(&[]);
+    let matches = state.store.fetch(page_keys).await?;
+    let included = includes(state, &query, &matches).await?;
+    let mut out = Vec::with_capacity(4096 + matches.len() * 2048);
+    start_bundle(
+        &mut out,
+        "searchset",
+        snapshot.as_deref().unwrap_or(&bundle_id(state)),
+        now,
+    );
+    if query.total == Total::Accurate {
+        out.extend_from_slice(format!(",\"total\":{}", keys.len()).as_bytes());
+    }
+    out.push(b',');
+    page_links(
+        &mut out,
+        &Page {
+            base: &base,
+            path: resource_type,
+            pairs: &pairs,
+            snapshot: snapshot.clone(),
+            offset,
+            count: query.count,
+            total: keys.len(),
+        },
+    );
+    out.extend_from_slice(b",\"entry\":[");
+    let summary = (query.summary != Summary::False).then_some(query.summary);
+    let mut first = true;
+    for resource in &matches {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_search_entry(
+            &mut out,
+            &base,
+            resource,
+            "match",
+            query.elements.as_deref(),
+            summary,
+        )?;
+    }
+    for resource in &included {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_search_entry(&mut out, &base, resource, "include", None, None)?;
+    }
+    if !query.ignored.is_empty() {
+        if !first {
+            out.push(b',');
+        }
+        let message = format!(
+            "ignored unknown search parameters: {}",
+            query.ignored.join(", ")
+        );
+        out.extend_from_slice(b"{\"resource\":");
+        out.extend_from_slice(
+            outcome("warning", "not-supported", &message)
+                .to_string()
+                .as_bytes(),
+        );
+        out.extend_from_slice(b",\"search\":{\"mode\":\"outcome\"}}");
+    }
+    out.extend_from_slice(b"]}");
+    Ok(json_response(StatusCode::OK, out, &format))
+}
+
+fn bundle_id(state: &AppState) -> String {
+    state.snapshots.new_id()
+}
+
+/// `_include` and `_revinclude` (with one level of `:iterate`) for a page of matches.
+async fn includes(
+    state: &AppState,
+    query: &SearchQuery,
+    matches: &[StoredResource],
+) -> Result<Vec<StoredResource>, ApiError> {
+    if query.include.is_empty() && query.revinclude.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut seen: std::collections::HashSet<(String, String)> = matches
+        .iter()
+        .map(|r| (r.resource_type.clone(), r.id.clone()))
+        .collect();
+    let mut included = Vec::new();
+    let first = include_round(state, query, matches, false, &mut seen).await?;
+    let iterate = query
+        .include
+        .iter()
+        .chain(&query.revinclude)
+        .any(|i| i.iterate);
+    if iterate && !first.is_empty() {
+        let second = include_round(state, query, &first, true, &mut seen).await?;
+        included.extend(first);
+        included.extend(second);
+    } else {
+        included.extend(first);
+    }
+    Ok(included)
+}
+
+async fn include_round(
+    state: &AppState,
+    query: &SearchQuery,
+    sources: &[StoredResource],
+    iterate_only: bool,
+    seen: &mut std::collections::HashSet<(String, String)>,
+) -> Result<Vec<StoredResource>, ApiError> {
+    let applies = |include: &&Include| !iterate_only || include.iterate;
+    let mut targets: Vec<(String, String)> = Vec::new();
+    for include in query.include.iter().filter(applies) {
+        for source in sources
+            .iter()
+            .filter(|s| s.resource_type == include.source_type)
+        {
+            let Some(value) = source.to_json()? else {
+                continue;
+            };
+            for entry in extract(&source.resource_type, &value) {
+                if entry.param != include.param.id {
+                    continue;
+                }
+                if let IndexValue::Reference {
+                    target_type,
+                    target_id,
+                } = entry.value
+                    && include
+                        .target_type
+                        .as_ref()
+                        .is_none_or(|t| *t == target_type)
+                {
+                    targets.push((target_type, target_id));
+                }
+            }
+        }
+    }
+    targets.retain(|target| !seen.contains(target));
+    targets.sort();
+    targets.dedup();
+    let mut keys = state.store.keys_of(&targets).await?;
+    for include in query.revinclude.iter().filter(applies) {
+        let referenced: Vec<(String, String)> = sources
+            .iter()
+            .map(|s| (s.resource_type.clone(), s.id.clone()))
+            .collect();
+        keys.extend(
+            state
+                .store
+                .referencing(include.param.id, &referenced, state.settings.max_revinclude)
+                .await?,
+        );
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    let mut found = Vec::new();
+    for resource in state.store.fetch(&keys).await? {
+        if seen.insert((resource.resource_type.clone(), resource.id.clone())) {
+            found.push(resource);
+        }
+    }
+    Ok(found)
+}
+
+fn since_of(pairs: &[(String, String)]) -> Result<Option<i64>, ApiError> {
+    param(pairs, "_since")
+        .map(|text| {
+            tsunagi_core::time::fhir_date_range(text)
+                .map(|(start, _)| start.saturating_mul(1_000_000))
+                .ok_or_else(|| {
+                    ApiError::bad_request("invalid", format!("_since: {text} is not an instant"))
+                })
+        })
+        .transpose()
+}
+
+fn count_of(pairs: &[(String, String)]) -> Result<usize, ApiError> {
+    param(pairs, "_count")
+        .map(|text| {
+            text.parse::<usize>()
+                .map_err(|_| ApiError::bad_request("invalid", "_count must be a whole number"))
+        })
+        .transpose()
+        .map(|count| {
+            count
+                .unwrap_or(tsunagi_fhir::query::DEFAULT_COUNT)
+                .min(tsunagi_fhir::query::MAX_COUNT)
+        })
+}
+
+async fn everything(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    pairs: &[(String, String)],
+) -> Result<Response, ApiError> {
+    let format = format_of(headers, pairs)?;
+    let Some(patient) = state.store.read("Patient", id).await? else {
+        return Err(ApiError::not_found(format!("Patient/{id} is not known")));
+    };
+    if patient.deleted {
+        return Err(ApiError::gone(format!("Patient/{id} was deleted")));
+    }
+    let since = since_of(pairs)?;
+    let types: Vec<String> = param(pairs, "_type")
+        .map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let count = count_of(pairs)?;
+    let scope = format!("Patient/{id}/$everything");
+    let (keys, snapshot, offset) = page_keys(state, &scope, pairs, count, async {
+        Ok(state.store.compartment(id, &types, since).await?)
+    })
+    .await?;
+    let end = (offset + count).min(keys.len());
+    let resources = state
+        .store
+        .fetch(keys.get(offset..end).unwrap_or(&[]))
+        .await?;
+    let base = base_url(state.settings.base_url.as_deref(), headers);
+    let now = state.clock.now_micros();
+    let mut out = Vec::with_capacity(4096 + resources.len() * 2048);
+    start_bundle(
+        &mut out,
+        "searchset",
+        snapshot.as_deref().unwrap_or(&bundle_id(state)),
+        now,
+    );
+    out.extend_from_slice(format!(",\"total\":{},", keys.len()).as_bytes());
+    page_links(
+        &mut out,
+        &Page {
+            base: &base,
+            path: &scope,
+            pairs,
+            snapshot: snapshot.clone(),
+            offset,
+            count,
+            total: keys.len(),
+        },
+    );
+    out.extend_from_slice(b",\"entry\":[");
+    for (index, resource) in resources.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        write_search_entry(&mut out, &base, resource, "match", None, None)?;
+    }
+    out.extend_from_slice(b"]}");
+    Ok(json_response(StatusCode::OK, out, &format))
+}
+
+fn write_history(
+    out: &mut Vec<u8>,
+    base: &str,
+    versions: &[StoredResource],
+) -> Result<(), ApiError> {
+    out.extend_from_slice(b",\"entry\":[");
+    for (index, version) in versions.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        let url = format!("{}/{}", version.resource_type, version.id);
+        out.extend_from_slice(format!("{{\"fullUrl\":\"{base}/{url}\"").as_bytes());
+        if version.deleted {
+            out.extend_from_slice(format!(",\"request\":{{\"method\":\"DELETE\",\"url\":\"{url}\"}},\"response\":{{\"status\":\"204\",\"lastModified\":\"{}\"}}}}", format_instant_jst(version.last_updated)).as_bytes());
+        } else {
+            out.extend_from_slice(b",\"resource\":");
+            version.write_json(out)?;
+            let (method, status) = if version.version == 1 {
+                ("POST", "201")
+            } else {
+                ("PUT", "200")
+            };
+            let request_url = if method == "POST" {
+                version.resource_type.clone()
+            } else {
+                url.clone()
+            };
+            out.extend_from_slice(format!(",\"request\":{{\"method\":\"{method}\",\"url\":\"{request_url}\"}},\"response\":{{\"status\":\"{status}\",\"etag\":\"W/\\\"{}\\\"\",\"lastModified\":\"{}\"}}}}", version.version, format_instant_jst(version.last_updated)).as_bytes());
+        }
+    }
+    out.extend_from_slice(b"]}");
+    Ok(())
+}
+
+async fn instance_history(
+    state: &AppState,
+    resource_type: &str,
+    id: &str,
+    headers: &HeaderMap,
+    pairs: &[(String, String)],
+) -> Result<Response, ApiError> {
+    let format = format_of(headers, pairs)?;
+    let since = since_of(pairs)?;
+    let count = count_of(pairs)?;
+    let mut versions = state.store.history(resource_type, id).await?;
+    if versions.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "{resource_type}/{id} is not known"
+        )));
+    }
+    versions.retain(|version| since.is_none_or(|since| version.last_updated >= since));
+    let total = versions.len();
+    versions.truncate(count);
+    let base = base_url(state.settings.base_url.as_deref(), headers);
+    let now = state.clock.now_micros();
+    let mut out = Vec::new();
+    start_bundle(&mut out, "history", &bundle_id(state), now);
+    out.extend_from_slice(format!(",\"total\":{total},").as_bytes());
+    let path = format!("{resource_type}/{id}/_history");
+    page_links(
+        &mut out,
+        &Page {
+            base: &base,
+            path: &path,
+            pairs,
+            snapshot: None,
+            offset: 0,
+            count,
+            total,
+        },
+    );
+    write_history(&mut out, &base, &versions)?;
+    Ok(json_response(StatusCode::OK, out, &format))
+}
+
+async fn history_listing(
+    state: &AppState,
+    resource_type: Option<&str>,
+    headers: &HeaderMap,
+    pairs: &[(String, String)],
+) -> Result<Response, ApiError> {
+    let format = format_of(headers, pairs)?;
+    if let Some(resource_type) = resource_type {
+        valid_type(resource_type)?;
+    }
+    let since = since_of(pairs)?;
+    let count = count_of(pairs)?;
+    let versions = state.store.history_all(resource_type, since, count).await?;
+    let base = base_url(state.settings.base_url.as_deref(), headers);
+    let now = state.clock.now_micros();
+    let mut out = Vec::new();
+    start_bundle(&mut out, "history", &bundle_id(state), now);
+    out.push(b',');
+    let path = match resource_type {
+        Some(resource_type) => format!("{resource_type}/_history"),
+        None => "_history".to_owned(),
+    };
+    page_links(
+        &mut out,
+        &Page {
+            base: &base,
+            path: &path,
+            pairs,
+            snapshot: None,
+            offset: 0,
+            count,
+            total: versions.len(),
+        },
+    );
+    write_history(&mut out, &base, &versions)?;
+    Ok(json_response(StatusCode::OK, out, &format))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            http_date(1_700_000_000_000_000),
+            "Tue, 14 Nov 2023 22:13:20 GMT"
+        );
+    }
+
+    #[test]
+    fn base_url_from_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("example.jp:8080"));
+        assert_eq!(base_url(None, &headers), "http://example.jp:8080/fhir");
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        headers.insert(
+            "x-forwarded-host",
+            HeaderValue::from_static("portal.example.jp"),
+        );
+        headers.insert("x-forwarded-prefix", HeaderValue::from_static("/gw"));
+        assert_eq!(
+            base_url(None, &headers),
+            "https://portal.example.jp/gw/fhir"
+        );
+        headers.insert("x-forwarded-host", HeaderValue::from_static("evil\"host"));
+        assert_eq!(base_url(None, &headers), "https://example.jp:8080/gw/fhir");
+    }
+}

@@ -1,0 +1,122 @@
+//! API errors and their one wire form, the FHIR OperationOutcome.
+//!
+//! Handlers return [`ApiError`]; only here does a typed error become an HTTP status and an
+//! OperationOutcome body. Messages name what the client sent, never stored patient data.
+
+use axum::{
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+use tsunagi_fhir::query::QueryError;
+use tsunagi_store::StoreError;
+
+/// `application/fhir+json; charset=utf-8`.
+pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+
+/// A failed request.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// OperationOutcome.issue.code.
+    pub code: &'static str,
+    /// Human-readable diagnostics.
+    pub message: String,
+}
+
+impl ApiError {
+    /// 400 with issue code `invalid` (or `not-supported`).
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            code: "not-found",
+            message: message.into(),
+        }
+    }
+
+    /// 410.
+    pub fn gone(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::GONE,
+            code: "deleted",
+            message: message.into(),
+        }
+    }
+
+    /// 405: clinical resources are read-only on this API.
+    pub fn read_only(method: &str, path: &str) -> Self {
+        Self {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            code: "not-supported",
+            message: format!(
+                "{method} {path}: clinical resources are read-only on this API; data arrives through the adapters"
+            ),
+        }
+    }
+
+    /// 406.
+    pub fn not_acceptable(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_ACCEPTABLE,
+            code: "not-supported",
+            message: message.into(),
+        }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(error: QueryError) -> Self {
+        ApiError::bad_request("invalid", error.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Invalid(message) => ApiError::bad_request("invalid", message),
+            other => ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                code: "exception",
+                // The store's message can name SQL; clients get a generic text.
+                message: match other {
+                    StoreError::Corrupt(_) => "stored data could not be read".to_owned(),
+                    _ => "the store failed; the request can be retried".to_owned(),
+                },
+            },
+        }
+    }
+}
+
+/// An OperationOutcome with one issue.
+pub fn outcome(severity: &str, code: &str, message: &str) -> serde_json::Value {
+    json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": code, "diagnostics": message}]
+    })
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let severity = if self.status.is_server_error() {
+            "fatal"
+        } else {
+            "error"
+        };
+        let body = outcome(severity, self.code, &self.message).to_string();
+        let mut response = (self.status, body).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+        response
+    }
+}

@@ -1,0 +1,428 @@
+//! The FHIR API over real HTTP on a loopback socket, against a real SQLite store: interactions,
+//! status codes, headers, paging links and their stability while data is being written.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{net::SocketAddr, sync::Arc};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tsunagi_core::clock::FixedClock;
+use tsunagi_server::{AppState, Settings};
+use tsunagi_store::{Batch, Operation, ResourceWrite, Store};
+use tsunagi_store_sqlite::SqliteStore;
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut text = format!("{method} {target} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        text.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (name, value) in headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() {
+        text.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    text.push_str("\r\n");
+    text.push_str(body);
+    stream.write_all(text.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|line| line.split_once(": "))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+async fn get(addr: SocketAddr, target: &str) -> Reply {
+    request(addr, "GET", target, &[], "").await
+}
+
+fn write(resource: Value) -> ResourceWrite {
+    let resource_type = resource["resourceType"].as_str().unwrap().to_owned();
+    let id = resource["id"].as_str().unwrap().to_owned();
+    ResourceWrite::from_json(&resource_type, &id, &resource).unwrap()
+}
+
+fn observation(id: &str, patient: &str, day: u32) -> Value {
+    json!({
+        "resourceType": "Observation", "id": id, "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
+        "code": {"coding": [{"system": "urn:oid:1.2.392.200119.4.504", "code": "3A010000002327101"}], "text": "総蛋白"},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "effectiveDateTime": format!("2024-05-{day:02}T09:00:00+09:00"),
+        "valueQuantity": {"value": 7.0, "unit": "g/dL"}
+    })
+}
+
+async fn replace(store: &dyn Store, source: &str, resources: Vec<Value>) {
+    store
+        .apply(Batch {
+            operations: vec![Operation::ReplaceSource {
+                source_key: source.into(),
+                resources: resources.into_iter().map(write).collect(),
+            }],
+        })
+        .await
+        .unwrap();
+}
+
+async fn start() -> (SocketAddr, Arc<SqliteStore>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(
+            &format!("sqlite://{}", dir.path().join("api.db").display()),
+            Arc::new(FixedClock(1_700_000_000_000_000)),
+        )
+        .await
+        .unwrap(),
+    );
+    let mut resources = vec![json!({
+        "resourceType": "Patient", "id": "p1",
+        "identifier": [{"system": "urn:oid:1.2.392.100495.20.3.51.10610100010", "value": "1"}],
+        "name": [{"family": "山田", "given": ["太郎"]}],
+        "gender": "male", "birthDate": "1950-04-01"
+    })];
+    for day in 1..=25 {
+        resources.push(observation(&format!("o{day}"), "p1", day));
+    }
+    replace(store.as_ref(), "p1", resources).await;
+    replace(
+        store.as_ref(),
+        "gone",
+        vec![json!({"resourceType": "Patient", "id": "p9"})],
+    )
+    .await;
+    store
+        .apply(Batch {
+            operations: vec![Operation::DeleteSource {
+                source_key: "gone".into(),
+            }],
+        })
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = AppState::new(
+        store.clone(),
+        Arc::new(FixedClock(1_700_000_000_000_000)),
+        Settings::default(),
+    );
+    tokio::spawn(tsunagi_server::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+    (addr, store, dir)
+}
+
+#[tokio::test]
+async fn read_vread_and_status_codes() {
+    let (addr, _store, _dir) = start().await;
+    let read = get(addr, "/fhir/Patient/p1").await;
+    assert_eq!(read.status, 200);
+    assert_eq!(
+        read.header("content-type"),
+        Some("application/fhir+json; charset=utf-8")
+    );
+    assert_eq!(read.header("etag"), Some("W/\"1\""));
+    assert_eq!(
+        read.header("last-modified"),
+        Some("Tue, 14 Nov 2023 22:13:20 GMT")
+    );
+    let patient = read.json();
+    assert_eq!(patient["meta"]["versionId"], "1");
+    assert_eq!(
+        patient["meta"]["lastUpdated"],
+        "2023-11-15T07:13:20.000+09:00"
+    );
+    let cached = request(
+        addr,
+        "GET",
+        "/fhir/Patient/p1",
+        &[("If-None-Match", "W/\"1\"")],
+        "",
+    )
+    .await;
+    assert_eq!(cached.status, 304);
+    assert!(cached.body.is_empty());
+    assert_eq!(get(addr, "/fhir/Patient/p1/_history/1").await.status, 200);
+    assert_eq!(get(addr, "/fhir/Patient/p1/_history/7").await.status, 404);
+    let unknown = get(addr, "/fhir/Patient/nobody").await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.json()["resourceType"], "OperationOutcome");
+    assert_eq!(get(addr, "/fhir/Patient/p9").await.status, 410);
+    let history = get(addr, "/fhir/Patient/p9/_history").await.json();
+    assert_eq!(history["type"], "history");
+    assert_eq!(history["entry"][0]["request"]["method"], "DELETE");
+    for (method, target) in [
+        ("DELETE", "/fhir/Patient/p1"),
+        ("PUT", "/fhir/Patient/p1"),
+        ("POST", "/fhir/Patient"),
+        ("PATCH", "/fhir/Observation/o1"),
+    ] {
+        let reply = request(addr, method, target, &[], "").await;
+        assert_eq!(reply.status, 405, "{method} {target}");
+        assert_eq!(reply.json()["issue"][0]["code"], "not-supported");
+    }
+    let xml = request(
+        addr,
+        "GET",
+        "/fhir/Patient/p1",
+        &[("Accept", "application/fhir+xml")],
+        "",
+    )
+    .await;
+    assert_eq!(xml.status, 406, "XML is refused honestly until it exists");
+    assert_eq!(
+        get(addr, "/fhir/metadata").await.json()["fhirVersion"],
+        "4.3.0"
+    );
+    assert_eq!(get(addr, "/healthz").await.status, 200);
+    assert_eq!(get(addr, "/readyz").await.status, 200);
+    let metrics = String::from_utf8(get(addr, "/metrics").await.body).unwrap();
+    assert!(metrics.contains("tsunagi_http_requests_total"));
+}
+
+fn link(bundle: &Value, relation: &str) -> Option<String> {
+    bundle["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == relation)
+        .map(|l| l["url"].as_str().unwrap().to_owned())
+}
+
+fn entry_ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|e| e["search"]["mode"] == "match")
+                .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn pages_are_stable_while_data_changes() {
+    let (addr, store, _dir) = start().await;
+    let first = get(addr, "/fhir/Observation?patient=p1&_count=10&_sort=date")
+        .await
+        .json();
+    assert_eq!(first["total"], 25);
+    let mut seen = entry_ids(&first);
+    assert_eq!(seen[0], "o1");
+    assert!(link(&first, "previous").is_none());
+    let mut next = link(&first, "next").unwrap();
+    assert!(
+        next.starts_with(&format!("http://{addr}/fhir/Observation?")),
+        "{next}"
+    );
+    // New observations arrive, and the last one of the snapshot is deleted, between pages.
+    replace(
+        store.as_ref(),
+        "late",
+        vec![observation("o0", "p1", 1), observation("o99", "p1", 30)],
+    )
+    .await;
+    let mut kept =
+        vec![json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "山田"}]})];
+    kept.extend((1..=24).map(|day| observation(&format!("o{day}"), "p1", day)));
+    replace(store.as_ref(), "p1", kept).await;
+    loop {
+        let target = next
+            .strip_prefix(&format!("http://{addr}"))
+            .unwrap()
+            .to_owned();
+        let page = get(addr, &target).await.json();
+        assert_eq!(page["total"], 25, "the total is the snapshot's");
+        seen.extend(entry_ids(&page));
+        match link(&page, "next") {
+            Some(url) => next = url,
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (1..=24).map(|day| format!("o{day}")).collect();
+    assert_eq!(
+        seen, expected,
+        "no repeats, no skips, no late arrivals; the deleted one is left out"
+    );
+    // An unknown snapshot is gone, not silently re-run.
+    assert_eq!(
+        get(addr, "/fhir/Observation?_snapshot=00&_offset=10")
+            .await
+            .status,
+        410
+    );
+}
+
+#[tokio::test]
+async fn links_follow_the_address_the_client_used() {
+    let (addr, _store, _dir) = start().await;
+    let via_proxy = request(
+        addr,
+        "GET",
+        "/fhir/Observation?patient=Patient/p1&_count=5",
+        &[
+            ("Host", "internal:9000"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "portal.example.jp"),
+        ],
+        "",
+    )
+    .await
+    .json();
+    let next = link(&via_proxy, "next").unwrap();
+    assert!(
+        next.starts_with("https://portal.example.jp/fhir/Observation?"),
+        "{next}"
+    );
+    assert!(
+        via_proxy["entry"][0]["fullUrl"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://portal.example.jp/fhir/Observation/")
+    );
+    let direct = request(
+        addr,
+        "GET",
+        "/fhir/Observation?patient=p1&_count=5",
+        &[("Host", "gw.local:8443")],
+        "",
+    )
+    .await
+    .json();
+    assert!(
+        link(&direct, "self")
+            .unwrap()
+            .starts_with("http://gw.local:8443/fhir/")
+    );
+}
+
+#[tokio::test]
+async fn search_forms_includes_and_everything() {
+    let (addr, _store, _dir) = start().await;
+    let posted = request(
+        addr,
+        "POST",
+        "/fhir/Observation/_search",
+        &[],
+        "patient=p1&date=ge2024-05-20&_count=100",
+    )
+    .await
+    .json();
+    assert_eq!(posted["total"], 6);
+    let included = get(
+        addr,
+        "/fhir/Observation?patient=p1&_count=2&_include=Observation:patient",
+    )
+    .await
+    .json();
+    let modes: Vec<&str> = included["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["search"]["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, vec!["match", "match", "include"]);
+    let count = get(addr, "/fhir/Observation?patient=p1&_summary=count")
+        .await
+        .json();
+    assert_eq!(count["total"], 25);
+    assert!(count.get("entry").is_none());
+    let unknown = get(addr, "/fhir/Observation?colour=blue&_count=1")
+        .await
+        .json();
+    let last = unknown["entry"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["search"]["mode"], "outcome");
+    let strict = request(
+        addr,
+        "GET",
+        "/fhir/Observation?colour=blue",
+        &[("Prefer", "handling=strict")],
+        "",
+    )
+    .await;
+    assert_eq!(strict.status, 400);
+    assert_eq!(
+        get(addr, "/fhir/Observation?date=yesterday").await.status,
+        400
+    );
+    let everything = get(addr, "/fhir/Patient/p1/$everything?_count=100")
+        .await
+        .json();
+    assert_eq!(everything["total"], 26);
+    assert_eq!(
+        everything["entry"][0]["resource"]["resourceType"],
+        "Patient"
+    );
+    let only = get(addr, "/fhir/Patient/p1/$everything?_type=Patient")
+        .await
+        .json();
+    assert_eq!(only["total"], 1);
+    assert_eq!(get(addr, "/fhir/Patient/zz/$everything").await.status, 404);
+    let elements = get(addr, "/fhir/Patient?_id=p1&_elements=gender")
+        .await
+        .json();
+    let patient = &elements["entry"][0]["resource"];
+    assert_eq!(patient["gender"], "male");
+    assert!(patient.get("name").is_none());
+    assert_eq!(patient["meta"]["tag"][0]["code"], "SUBSETTED");
+    let history = get(addr, "/fhir/Observation/_history?_count=3")
+        .await
+        .json();
+    assert_eq!(history["entry"].as_array().unwrap().len(), 3);
+}
