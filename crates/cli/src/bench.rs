@@ -30,7 +30,7 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-async fn pull_all(
+pub(crate) async fn pull_all(
     region: &std::path::Path,
     store: Arc<dyn tsunagi_store::Store>,
 ) -> anyhow::Result<Vec<PullReport>> {

@@ -6,11 +6,13 @@
 //! - `tsunagi demo [--listen <addr>] [--no-serve]`
 //! - `tsunagi serve --db <url> [--listen <addr>] [--base-url <url>] [--config <file>]`
 //! - `tsunagi bench ingest --patients <n>`
+//! - `tsunagi bench search --patients <n> [--small <n>] [--requests <n>]`
 //! - `tsunagi run --config <file> [--once]` (cron-scheduled pulls from `tsunagi.toml`)
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
+mod bench_search;
 mod commands;
 mod config;
 mod progress;
@@ -158,6 +160,22 @@ enum GenerateWhat {
 
 #[derive(Debug, Subcommand)]
 enum BenchWhat {
+    /// Ingest a small and a large region, serve each on loopback, and time the searches
+    /// (p50/p95, small/large ratio, throughput with 8 clients).
+    Search {
+        /// People in the large region.
+        #[arg(long, default_value_t = 10_000)]
+        patients: usize,
+        /// People in the small region.
+        #[arg(long, default_value_t = 2_000)]
+        small: usize,
+        /// Timed requests per query.
+        #[arg(long, default_value_t = 300)]
+        requests: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// Generate, ingest into a fresh database, re-ingest; print throughput, skip rate, peak RSS.
     Ingest {
         /// Number of people in the generated region.
@@ -250,6 +268,15 @@ fn main() -> std::process::ExitCode {
                         keep,
                     },
             } => bench::ingest(patients, seed, keep).await,
+            Command::Bench {
+                what:
+                    BenchWhat::Search {
+                        patients,
+                        small,
+                        requests,
+                        seed,
+                    },
+            } => bench_search::search(patients, small, requests, seed).await,
             Command::Run { config, once } => commands::run(&config, once).await,
         }
     });

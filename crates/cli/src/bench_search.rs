@@ -1,0 +1,342 @@
+//! `tsunagi bench search`: two generated regions (small and large) ingested into fresh
+//! databases and served on loopback; the issue's queries timed over one keep-alive HTTP/1.1
+//! connection (p50/p95), the small/large ratio of patient-scoped queries, and throughput with
+//! 8 concurrent keep-alive clients. Client and server share this machine's cores, so the
+//! throughput figures are a lower bound. Use a release build.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::TcpStream,
+};
+use tsunagi_core::clock::SystemClock;
+
+use crate::commands;
+
+/// A keep-alive HTTP/1.1 connection that reads `Content-Length` bodies.
+struct Connection {
+    stream: BufReader<TcpStream>,
+    host: String,
+}
+
+impl Connection {
+    async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream: BufReader::new(stream),
+            host: addr.to_string(),
+        })
+    }
+
+    async fn get(&mut self, target: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host);
+        self.stream.get_mut().write_all(request.as_bytes()).await?;
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await?;
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("bad status line")?;
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line).await?;
+            let trimmed = line.trim_end();
+            if trimmed.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = trimmed.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse()?;
+            }
+        }
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).await?;
+        Ok((status, body))
+    }
+}
+
+struct Region {
+    _dir: tempfile::TempDir,
+    addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    patients: usize,
+}
+
+async fn load_region(patients: usize, seed: u64) -> anyhow::Result<Region> {
+    let dir = tempfile::tempdir()?;
+    let region = dir.path().join("region");
+    let started = Instant::now();
+    tsunagi_synth::generate_region(&region, patients, seed)?;
+    let store = commands::open_store(&format!(
+        "sqlite://{}",
+        dir.path().join("bench.db").display()
+    ))
+    .await?;
+    let reports = crate::bench::pull_all(&region, store.clone()).await?;
+    let written: u64 = reports
+        .iter()
+        .map(tsunagi_adapter::PullReport::resources_written)
+        .sum();
+    println!(
+        "region of {patients} people: {written} resources generated and ingested in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let state = tsunagi_server::AppState::new(
+        store,
+        Arc::new(SystemClock),
+        tsunagi_server::Settings::default(),
+    );
+    let (sender, receiver) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(tsunagi_server::serve(listener, state, async {
+        let _ = receiver.await;
+    }));
+    Ok(Region {
+        _dir: dir,
+        addr,
+        shutdown: Some(sender),
+        patients,
+    })
+}
+
+/// The queries of the issue, filled in for one patient with about 100 resources.
+async fn queries(connection: &mut Connection) -> anyhow::Result<Vec<(&'static str, String, f64)>> {
+    // Pick the first patient of hospital A with 60–200 resources.
+    let mut chosen = None;
+    for n in 0..200 {
+        let id = format!("0610100010.{}", 1_000_000 + n);
+        let (status, body) = connection
+            .get(&format!(
+                "/fhir/Patient/{id}/$everything?_summary=count&_count=1"
+            ))
+            .await?;
+        if status != 200 {
+            continue;
+        }
+        let bundle: Value = serde_json::from_slice(&body)?;
+        let total = bundle["total"].as_u64().unwrap_or(0);
+        if (60..=200).contains(&total) {
+            chosen = Some((id, bundle));
+            break;
+        }
+    }
+    let Some((id, _)) = chosen else {
+        bail!("no patient with 60–200 resources among the first 200");
+    };
+    let (_, body) = connection.get(&format!("/fhir/Patient/{id}")).await?;
+    let patient: Value = serde_json::from_slice(&body)?;
+    let identifier = &patient["identifier"][0];
+    let kana = patient["name"]
+        .as_array()
+        .and_then(|names| {
+            names.iter().find(|n| {
+                n["text"]
+                    .as_str()
+                    .is_some_and(|t| t.chars().any(|c| ('\u{30A0}'..='\u{30FF}').contains(&c)))
+            })
+        })
+        .and_then(|n| n["family"].as_str())
+        .unwrap_or("ア")
+        .to_owned();
+    let birth = patient["birthDate"].as_str().unwrap_or("1950").to_owned();
+    let (_, body) = connection
+        .get(&format!(
+            "/fhir/Observation?patient={id}&category=laboratory&_count=1"
+        ))
+        .await?;
+    let bundle: Value = serde_json::from_slice(&body)?;
+    let code = bundle["entry"][0]["resource"]["code"]["coding"][0]["code"]
+        .as_str()
+        .unwrap_or("x")
+        .to_owned();
+    let encode = |text: &str| form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
+    let system = identifier["system"].as_str().unwrap_or_default();
+    let value = identifier["value"].as_str().unwrap_or_default();
+    Ok(vec![
+        ("read by id", format!("/fhir/Patient/{id}"), 1.0),
+        (
+            "Patient by identifier",
+            format!(
+                "/fhir/Patient?identifier={}",
+                encode(&format!("{system}|{value}"))
+            ),
+            1.0,
+        ),
+        (
+            "Patient by kana + birthdate",
+            format!(
+                "/fhir/Patient?jp-kana-sort={}&birthdate={birth}",
+                encode(&kana)
+            ),
+            1.0,
+        ),
+        (
+            "Observation patient + category",
+            format!("/fhir/Observation?patient={id}&category=laboratory"),
+            1.0,
+        ),
+        (
+            "Observation patient + code",
+            format!("/fhir/Observation?patient={id}&code={code}"),
+            1.0,
+        ),
+        (
+            "Observation patient + date range",
+            format!("/fhir/Observation?patient={id}&date=ge2015-01-01&date=lt2030-01-01"),
+            1.0,
+        ),
+        (
+            "MedicationRequest patient + authoredon",
+            format!("/fhir/MedicationRequest?patient={id}&authoredon=ge2015-01-01"),
+            1.0,
+        ),
+        (
+            "Observation patient + _include",
+            format!("/fhir/Observation?patient={id}&_include=Observation:patient"),
+            1.0,
+        ),
+        (
+            "$everything (~100 resources)",
+            format!("/fhir/Patient/{id}/$everything?_count=200"),
+            5.0,
+        ),
+    ])
+}
+
+fn percentile(sorted: &[f64], fraction: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+async fn time_queries(
+    addr: SocketAddr,
+    requests: usize,
+) -> anyhow::Result<Vec<(&'static str, f64, f64, f64)>> {
+    let mut connection = Connection::open(addr).await?;
+    let mut results = Vec::new();
+    for (name, target, target_p50) in queries(&mut connection).await? {
+        for _ in 0..20 {
+            connection.get(&target).await?;
+        }
+        let mut samples = Vec::with_capacity(requests);
+        for _ in 0..requests {
+            let started = Instant::now();
+            let (status, _) = connection.get(&target).await?;
+            samples.push(started.elapsed().as_secs_f64() * 1000.0);
+            if status != 200 {
+                bail!("{target} answered {status}");
+            }
+        }
+        samples.sort_by(f64::total_cmp);
+        results.push((
+            name,
+            percentile(&samples, 0.5),
+            percentile(&samples, 0.95),
+            target_p50,
+        ));
+    }
+    Ok(results)
+}
+
+async fn throughput(addr: SocketAddr, target: String, seconds: f64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let target = target.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut connection = Connection::open(addr).await?;
+            let mut done = 0u64;
+            while started.elapsed().as_secs_f64() < seconds {
+                connection.get(&target).await?;
+                done += 1;
+            }
+            anyhow::Ok(done)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Runs the search benchmark.
+pub(crate) async fn search(
+    patients: usize,
+    small: usize,
+    requests: usize,
+    seed: u64,
+) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "warning: this is a debug build; measure with `cargo run --release -- bench search …`"
+        );
+    }
+    let mut regions = Vec::new();
+    for size in [small, patients] {
+        regions.push(load_region(size, seed).await?);
+    }
+    let mut timings = Vec::new();
+    for region in &regions {
+        timings.push(time_queries(region.addr, requests).await?);
+    }
+    let (small_times, large_times) = (&timings[0], &timings[1]);
+    println!("\nlatency over one keep-alive connection, {requests} requests each (ms)");
+    println!(
+        "  {:<40} {:>8} {:>8} {:>8} {:>8}   {:>14}",
+        "query",
+        "p50",
+        "p95",
+        "target",
+        "ratio",
+        format!("p50 at {}", regions[0].patients)
+    );
+    for (index, (name, p50, p95, target)) in large_times.iter().enumerate() {
+        let small_p50 = small_times.get(index).map_or(0.0, |t| t.1);
+        println!(
+            "  {name:<40} {p50:>8.3} {p95:>8.3} {target:>8.1} {:>8.2}   {small_p50:>8.3} (×{:.2})",
+            p50 / target,
+            if small_p50 > 0.0 {
+                p50 / small_p50
+            } else {
+                0.0
+            }
+        );
+    }
+    let large = &regions[1];
+    let mut connection = Connection::open(large.addr).await?;
+    let list = queries(&mut connection).await?;
+    let read = list.first().map(|q| q.1.clone()).unwrap_or_default();
+    let code = list.get(4).map(|q| q.1.clone()).unwrap_or_default();
+    let read_rate = throughput(large.addr, read, 5.0).await?;
+    let code_rate = throughput(large.addr, code, 5.0).await?;
+    println!(
+        "\nthroughput, 8 keep-alive clients in this process (region of {})",
+        large.patients
+    );
+    println!(
+        "  read by id             {read_rate:>8.0} req/s   target ≥ 30000   ratio {:.2}",
+        read_rate / 30_000.0
+    );
+    println!(
+        "  patient + code search  {code_rate:>8.0} req/s   target ≥ 10000   ratio {:.2}",
+        code_rate / 10_000.0
+    );
+    for region in &mut regions {
+        if let Some(shutdown) = region.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+    Ok(())
+}
