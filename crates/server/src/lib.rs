@@ -660,7 +660,6 @@ fn page_links(out: &mut Vec<u8>, page: &Page<'_>) {
             format!("{}/{}?{query}", page.base, page.path)
         }
     };
-    let count = page.count.to_string();
     let mut first = true;
     out.extend_from_slice(b"\"link\":[");
     match &page.snapshot {
@@ -684,10 +683,7 @@ fn page_links(out: &mut Vec<u8>, page: &Page<'_>) {
                 );
             }
         }
-        None => {
-            let _ = count;
-            push_link(out, &mut first, "self", &url(&[]));
-        }
+        None => push_link(out, &mut first, "self", &url(&[])),
     }
     out.extend_from_slice(b"]");
 }
