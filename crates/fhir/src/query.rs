@@ -348,15 +348,33 @@ fn error(param: &str, reason: impl Into<String>) -> QueryError {
     }
 }
 
-/// Resource types that can be searched (those with registered parameters).
-pub fn searchable_types() -> Vec<&'static str> {
-    let mut types: Vec<&'static str> = crate::search::PARAMS
-        .iter()
-        .map(|param| param.resource)
-        .collect();
-    types.sort_unstable();
-    types.dedup();
-    types
+/// Resource types that can be searched (those with registered parameters), sorted.
+pub fn searchable_types() -> &'static [&'static str] {
+    static TYPES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    TYPES.get_or_init(|| {
+        let mut types: Vec<&'static str> = crate::search::PARAMS
+            .iter()
+            .map(|param| param.resource)
+            .collect();
+        types.sort_unstable();
+        types.dedup();
+        types
+    })
+}
+
+/// The element names of an `_elements` value (`Type.` prefixes dropped).
+pub fn parse_elements(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|element| !element.is_empty())
+        .map(|element| {
+            element
+                .split_once('.')
+                .map_or(element, |(_, rest)| rest)
+                .to_owned()
+        })
+        .collect()
 }
 
 impl SearchQuery {
@@ -409,20 +427,7 @@ impl SearchQuery {
                         _ => return Err(error(name, "must be true, false, count, data or text")),
                     }
                 }
-                "_elements" => {
-                    let elements: Vec<String> = value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|element| !element.is_empty())
-                        .map(|element| {
-                            element
-                                .split_once('.')
-                                .map_or(element, |(_, rest)| rest)
-                                .to_owned()
-                        })
-                        .collect();
-                    query.elements = Some(elements);
-                }
+                "_elements" => query.elements = Some(parse_elements(value)),
                 "_include" | "_include:iterate" => {
                     query
                         .include

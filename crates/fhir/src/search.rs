@@ -214,16 +214,21 @@ pub const COMPARTMENT_PARAMS: &[(&str, &str)] = &[
     ("NutritionOrder", "patient"),
 ];
 
+/// The code of the parameter that places `resource_type` in a patient's compartment.
+pub fn compartment_param(resource_type: &str) -> Option<&'static str> {
+    COMPARTMENT_PARAMS
+        .iter()
+        .find(|(resource, _)| *resource == resource_type)
+        .map(|(_, code)| *code)
+}
+
 /// The logical id of the patient whose record `resource` belongs to: its own id for a Patient,
 /// the first `Patient/…` target of the type's compartment parameter otherwise.
 pub fn compartment_patient(resource_type: &str, resource: &Value) -> Option<String> {
     if resource_type == "Patient" {
         return text_of(resource.get("id")).map(str::to_owned);
     }
-    let (_, code) = COMPARTMENT_PARAMS
-        .iter()
-        .find(|(resource, _)| *resource == resource_type)?;
-    let definition = param(resource_type, code)?;
+    let definition = param(resource_type, compartment_param(resource_type)?)?;
     for path in definition.paths {
         let mut nodes = Vec::new();
         collect(resource, path, &mut nodes);

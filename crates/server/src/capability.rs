@@ -37,7 +37,7 @@ fn supported_profiles(resource_type: &str) -> Vec<&'static str> {
 /// The server's CapabilityStatement.
 pub fn capability_statement(base_url: &str, date: &str) -> Value {
     let mut resources = Vec::new();
-    for resource_type in searchable_types() {
+    for &resource_type in searchable_types() {
         let mut params: Vec<Value> = vec![
             json!({"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"}),
             json!({"name": "_lastUpdated", "type": "date", "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated"}),

@@ -470,14 +470,7 @@ async fn read(
 }
 
 fn elements_of(pairs: &[(String, String)]) -> Option<Vec<String>> {
-    param(pairs, "_elements").map(|value| {
-        value
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .map(|e| e.split_once('.').map_or(e, |(_, rest)| rest).to_owned())
-            .collect()
-    })
+    param(pairs, "_elements").map(tsunagi_fhir::query::parse_elements)
 }
 
 async fn vread(
@@ -765,6 +758,14 @@ async fn search(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let format = format_of(headers, &pairs)?;
+    if tsunagi_fhir::query::searchable_types()
+        .binary_search(&resource_type)
+        .is_err()
+    {
+        return Err(ApiError::not_found(format!(
+            "{resource_type} cannot be searched on this server"
+        )));
+    }
     let now = state.clock.now_micros();
     let query = SearchQuery::parse(
         resource_type,
@@ -772,11 +773,6 @@ async fn search(
         now.div_euclid(1_000_000),
         strict_handling(headers),
     )?;
-    if !tsunagi_fhir::query::searchable_types().contains(&resource_type) {
-        return Err(ApiError::not_found(format!(
-            "{resource_type} cannot be searched on this server"
-        )));
-    }
     let base = base_url(state.settings.base_url.as_deref(), headers);
     if query.summary == Summary::Count || query.count == 0 {
         let total = state.store.count(&query).await?;

@@ -45,6 +45,12 @@ const SCHEMA_VERSION: &str = "2";
 const RESOURCE_CHUNK: usize = 500;
 const INDEX_CHUNK: usize = 1000;
 
+/// A JSON array of `items`, bound as one parameter and read with `json_each` (one statement
+/// shape whatever the list's length).
+fn json_list<T: Clone + Into<Value>>(items: &[T]) -> String {
+    Value::from(items.to_vec()).to_string()
+}
+
 fn db_error(error: sqlx::Error) -> StoreError {
     StoreError::Database(error.to_string())
 }
@@ -344,8 +350,7 @@ impl CompartmentIds {
         if patients.is_empty() {
             return Ok(());
         }
-        let list = serde_json::to_string(patients)
-            .map_err(|error| StoreError::Invalid(error.to_string()))?;
+        let list = json_list(patients);
         sqlx::query("INSERT OR IGNORE INTO compartments (patient) SELECT value FROM json_each(?1)")
             .bind(&list)
             .execute(&mut *connection)
@@ -434,8 +439,7 @@ async fn existing_rows<V: AsRef<str>>(
         return Ok(Vec::new());
     }
     let list: Vec<&str> = values.iter().map(AsRef::as_ref).collect();
-    let list =
-        serde_json::to_string(&list).map_err(|error| StoreError::Invalid(error.to_string()))?;
+    let list = json_list(&list);
     let rows = sqlx::query(sql)
         .bind(list)
         .fetch_all(&mut *connection)
@@ -1275,8 +1279,7 @@ impl Store for SqliteStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let list =
-            serde_json::to_string(keys).map_err(|error| StoreError::Invalid(error.to_string()))?;
+        let list = json_list(keys);
         let rows = sqlx::query(
             "SELECT rid, type, id, version, last_updated, deleted, content FROM resources WHERE rid IN (SELECT value FROM json_each(?1)) AND deleted = 0",
         )
@@ -1300,8 +1303,7 @@ impl Store for SqliteStore {
             .iter()
             .map(|(resource_type, id)| format!("{resource_type}/{id}"))
             .collect();
-        let list =
-            serde_json::to_string(&tids).map_err(|error| StoreError::Invalid(error.to_string()))?;
+        let list = json_list(&tids);
         sqlx::query_scalar(
             "SELECT rid FROM resources WHERE tid IN (SELECT value FROM json_each(?1)) AND deleted = 0 ORDER BY rid",
         )
@@ -1320,12 +1322,11 @@ impl Store for SqliteStore {
         if targets.is_empty() {
             return Ok(Vec::new());
         }
-        let pairs: Vec<[&str; 2]> = targets
+        let pairs: Vec<Vec<&str>> = targets
             .iter()
-            .map(|(resource_type, id)| [id.as_str(), resource_type.as_str()])
+            .map(|(resource_type, id)| vec![id.as_str(), resource_type.as_str()])
             .collect();
-        let list = serde_json::to_string(&pairs)
-            .map_err(|error| StoreError::Invalid(error.to_string()))?;
+        let list = json_list(&pairs);
         sqlx::query_scalar(
             "SELECT DISTINCT x.rid FROM json_each(?2) t JOIN idx_reference x ON x.param = ?1 AND x.target_id = json_extract(t.value, '$[0]') AND x.target_type = json_extract(t.value, '$[1]') ORDER BY x.rid LIMIT ?3",
         )
@@ -1343,8 +1344,7 @@ impl Store for SqliteStore {
         types: &[String],
         since: Option<i64>,
     ) -> Result<Vec<Key>, StoreError> {
-        let types =
-            serde_json::to_string(types).map_err(|error| StoreError::Invalid(error.to_string()))?;
+        let types = json_list(types);
         sqlx::query_scalar(
             "SELECT r.rid FROM compartments c JOIN resources r ON r.pat = c.id \
              WHERE c.patient = ?1 AND r.deleted = 0 \

@@ -17,11 +17,11 @@ use tsunagi_fhir::{
     query::{
         DateBound, Filter, Predicate, Prefix, SearchQuery, Sort, SortKey, StringMode, SystemMatch,
     },
-    search::{COMPARTMENT_PARAMS, ParamType, SearchParam, token_text_matches},
+    search::{ParamType, SearchParam, compartment_param, token_text_matches},
 };
 use tsunagi_store::{Key, StoreError};
 
-use crate::db_error;
+use crate::{db_error, json_list};
 
 /// Upper bound for a starts-with range: every string that starts with `prefix` sorts below
 /// `prefix + U+10FFFF` in SQLite's binary collation of UTF-8.
@@ -49,16 +49,12 @@ struct Planner<'a> {
 }
 
 fn is_compartment_type(resource_type: &str) -> bool {
-    COMPARTMENT_PARAMS
-        .iter()
-        .any(|(resource, _)| *resource == resource_type)
+    compartment_param(resource_type).is_some()
 }
 
 /// The patient ids of a filter that only restricts the compartment (`patient=A,B`).
 fn compartment_filter(resource_type: &str, filter: &Filter) -> Option<Vec<String>> {
-    let (_, code) = COMPARTMENT_PARAMS
-        .iter()
-        .find(|(resource, _)| *resource == resource_type)?;
+    let code = compartment_param(resource_type)?;
     if filter.negated || filter.any_of.is_empty() {
         return None;
     }
@@ -69,7 +65,7 @@ fn compartment_filter(resource_type: &str, filter: &Filter) -> Option<Vec<String
                 param,
                 target_type,
                 id,
-            } if param.code == *code && target_type.as_deref() == Some("Patient") => {
+            } if param.code == code && target_type.as_deref() == Some("Patient") => {
                 ids.push(id.clone())
             }
             _ => return None,
@@ -230,19 +226,6 @@ impl Planner<'_> {
                 target_type,
                 id,
             } => {
-                if let Some(ids) = self.compartment_ids_for(predicate) {
-                    // The compartment parameter: read the compartment directly.
-                    sql.push("SELECT rid FROM resources WHERE type = ");
-                    sql.push_bind(self.resource_type.to_owned());
-                    sql.push(" AND deleted = 0 AND pat IN (");
-                    let mut separated = sql.separated(", ");
-                    for pat in ids {
-                        separated.push_bind(pat);
-                    }
-                    separated.push("NULL");
-                    sql.push(")");
-                    return Ok(());
-                }
                 sql.push("SELECT rid FROM idx_reference WHERE param = ");
                 sql.push_bind(i64::from(param.id));
                 sql.push(" AND target_id = ");
@@ -335,25 +318,6 @@ impl Planner<'_> {
             self.push_scope(sql, column);
         }
     }
-
-    /// The compartment ids when `predicate` is the compartment filter already resolved into
-    /// the scope.
-    fn compartment_ids_for(&self, predicate: &Predicate) -> Option<Vec<i64>> {
-        let Scope::Compartments(ids) = &self.scope else {
-            return None;
-        };
-        let (_, code) = COMPARTMENT_PARAMS
-            .iter()
-            .find(|(resource, _)| *resource == self.resource_type)?;
-        match predicate {
-            Predicate::Reference {
-                param, target_type, ..
-            } if param.code == *code && target_type.as_deref() == Some("Patient") => {
-                Some(ids.clone())
-            }
-            _ => None,
-        }
-    }
 }
 
 /// FHIR date-range semantics (see [`DateBound::matches`]) over two columns.
@@ -422,8 +386,7 @@ async fn resolve_scope(pool: &SqlitePool, query: &SearchQuery) -> Result<Scope, 
         let Some(patients) = compartment_filter(&query.resource_type, filter) else {
             continue;
         };
-        let list = serde_json::to_string(&patients)
-            .map_err(|error| StoreError::Invalid(error.to_string()))?;
+        let list = json_list(&patients);
         let ids: Vec<i64> = sqlx::query_scalar(
             "SELECT id FROM compartments WHERE patient IN (SELECT value FROM json_each(?1))",
         )
@@ -651,8 +614,8 @@ async fn fill_sort_values(
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(statement))
         .bind(i64::from(param.id))
-        .bind(json_list(&pats)?)
-        .bind(json_list(&rids)?)
+        .bind(json_list(&pats))
+        .bind(json_list(&rids))
         .fetch_all(pool)
         .await
         .map_err(db_error)?;
@@ -672,10 +635,6 @@ async fn fill_sort_values(
     Ok(())
 }
 
-fn json_list(items: &[i64]) -> Result<String, StoreError> {
-    serde_json::to_string(items).map_err(|error| StoreError::Invalid(error.to_string()))
-}
-
 async fn apply_text_filters(
     pool: &SqlitePool,
     query: &SearchQuery,
@@ -687,7 +646,7 @@ async fn apply_text_filters(
         let rows = sqlx::query(
             "SELECT rid, content FROM resources WHERE rid IN (SELECT value FROM json_each(?1))",
         )
-        .bind(json_list(&rids)?)
+        .bind(json_list(&rids))
         .fetch_all(pool)
         .await
         .map_err(db_error)?;

@@ -206,7 +206,18 @@ pub async fn search_tokens_strings_and_references(store: &dyn Store) {
             .await
             .is_empty()
     );
+    // A second patient filter mixing target types is tested on its own values, not the scope's.
+    assert!(
+        ids(
+            store,
+            "Observation",
+            &[("patient", "p1"), ("subject", "Patient/p3,Group/g")]
+        )
+        .await
+        .is_empty()
+    );
     // Strings: starts-with, width-insensitive, exact, contains.
+
     assert_eq!(
         sorted(ids(store, "Patient", &[("jp-kana-sort", "ﾔﾏ")]).await),
         s(&["p1", "p2"])
