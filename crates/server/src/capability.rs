@@ -90,7 +90,7 @@ pub fn capability_statement(base_url: &str, date: &str) -> Value {
         "software": {"name": "Tsunagi", "version": env!("CARGO_PKG_VERSION")},
         "implementation": {"description": "Tsunagi regional health-information gateway (read API)", "url": base_url},
         "fhirVersion": "4.3.0",
-        "format": ["application/fhir+json", "json"],
+        "format": ["application/fhir+json", "json", "application/fhir+xml", "xml"],
         "instantiates": ["http://jpfhir.jp/fhir/core/CapabilityStatement/jp-core-server"],
         "rest": [{
             "mode": "server",

@@ -9,6 +9,7 @@
 //! - errors are [`outcome::ApiError`]s, turned into OperationOutcomes here and nowhere else.
 
 pub mod capability;
+pub mod format;
 pub mod outcome;
 pub mod snapshot;
 
@@ -110,6 +111,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|method: Method, uri: axum::http::Uri| async move {
             ApiError::not_found(format!("{method} {}: no such endpoint", uri.path()))
         })
+        .layer(axum::middleware::from_fn(format::convert))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_requests,
@@ -188,41 +190,8 @@ fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, value)| value.as_str())
 }
 
-/// Output options common to every response.
-struct Format {
-    pretty: bool,
-}
-
-fn format_of(headers: &HeaderMap, pairs: &[(String, String)]) -> Result<Format, ApiError> {
-    let wants_xml = |text: &str| text.contains("xml") && !text.contains("json");
-    if let Some(format) = param(pairs, "_format") {
-        if wants_xml(format) {
-            return Err(ApiError::not_acceptable(
-                "FHIR XML is not produced yet; ask for application/fhir+json",
-            ));
-        }
-    } else if let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())
-        && wants_xml(accept)
-        && !accept.contains("*/*")
-    {
-        return Err(ApiError::not_acceptable(
-            "FHIR XML is not produced yet; ask for application/fhir+json",
-        ));
-    }
-    Ok(Format {
-        pretty: param(pairs, "_pretty") == Some("true"),
-    })
-}
-
-fn json_response(status: StatusCode, body: Vec<u8>, format: &Format) -> Response {
-    let body = if format.pretty {
-        serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|value| tsunagi_fhir::json::to_pretty_resource(&value).ok())
-            .map_or(body, String::into_bytes)
-    } else {
-        body
-    };
+/// A FHIR JSON response; [`format::convert`] turns it into XML or indents it when the client asked.
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     let mut response = (status, body).into_response();
     response
         .headers_mut()
@@ -301,17 +270,14 @@ fn valid_id(id: &str) -> Result<(), ApiError> {
 async fn metadata(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let pairs = decode_pairs(raw.as_deref());
-    let format = format_of(&headers, &pairs)?;
-    let base = base_url(None, &headers);
+    let base = base_url(state.settings.base_url.as_deref(), &headers);
     let date = format_instant_jst(state.clock.now_micros());
     let statement = capability::capability_statement(&base, &date);
     let mut body = Vec::new();
     tsunagi_fhir::json::write_resource(&statement, &mut body)
         .map_err(|error| ApiError::from(tsunagi_store::StoreError::Invalid(error.to_string())))?;
-    Ok(json_response(StatusCode::OK, body, &format))
+    Ok(json_response(StatusCode::OK, body))
 }
 
 async fn type_level(
@@ -418,7 +384,6 @@ fn http_date(micros: i64) -> String {
 fn resource_response(
     resource: &StoredResource,
     headers: &HeaderMap,
-    format: &Format,
     elements: Option<&[String]>,
 ) -> Result<Response, ApiError> {
     let tag = etag(resource.version);
@@ -437,7 +402,7 @@ fn resource_response(
     }
     let mut body = Vec::with_capacity(resource.content.as_ref().map_or(0, Vec::len) + 96);
     write_entry_resource(resource, elements, None, &mut body)?;
-    let mut response = json_response(StatusCode::OK, body, format);
+    let mut response = json_response(StatusCode::OK, body);
     let response_headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&tag) {
         response_headers.insert(header::ETAG, value);
@@ -455,7 +420,6 @@ async fn read(
     headers: &HeaderMap,
     pairs: &[(String, String)],
 ) -> Result<Response, ApiError> {
-    let format = format_of(headers, pairs)?;
     valid_id(id)?;
     let Some(resource) = state.store.read(resource_type, id).await? else {
         return Err(ApiError::not_found(format!(
@@ -466,7 +430,7 @@ async fn read(
         return Err(ApiError::gone(format!("{resource_type}/{id} was deleted")));
     }
     let elements = elements_of(pairs);
-    resource_response(&resource, headers, &format, elements.as_deref())
+    resource_response(&resource, headers, elements.as_deref())
 }
 
 fn elements_of(pairs: &[(String, String)]) -> Option<Vec<String>> {
@@ -489,7 +453,6 @@ async fn vread(
         ));
     }
     let pairs = decode_pairs(raw.as_deref());
-    let format = format_of(&headers, &pairs)?;
     let number: i64 = version
         .parse()
         .map_err(|_| ApiError::not_found(format!("{version} is not a version id")))?;
@@ -503,7 +466,8 @@ async fn vread(
             "version {version} of {resource_type}/{id} is a deletion"
         )));
     }
-    resource_response(&resource, &headers, &format, None)
+    let elements = elements_of(&pairs);
+    resource_response(&resource, &headers, elements.as_deref())
 }
 
 /// Writes one resource, optionally reduced to `_elements` or a summary mode.
@@ -757,7 +721,6 @@ async fn search(
     pairs: Vec<(String, String)>,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let format = format_of(headers, &pairs)?;
     if tsunagi_fhir::query::searchable_types()
         .binary_search(&resource_type)
         .is_err()
@@ -795,7 +758,7 @@ async fn search(
             },
         );
         out.push(b'}');
-        return Ok(json_response(StatusCode::OK, out, &format));
+        return Ok(json_response(StatusCode::OK, out));
     }
     let (keys, snapshot, offset) = page_keys(state, resource_type, &pairs, query.count, async {
         Ok(state.store.search(&query).await?)
@@ -869,7 +832,7 @@ async fn search(
         out.extend_from_slice(b",\"search\":{\"mode\":\"outcome\"}}");
     }
     out.extend_from_slice(b"]}");
-    Ok(json_response(StatusCode::OK, out, &format))
+    Ok(json_response(StatusCode::OK, out))
 }
 
 fn bundle_id(state: &AppState) -> String {
@@ -1000,7 +963,6 @@ async fn everything(
     headers: &HeaderMap,
     pairs: &[(String, String)],
 ) -> Result<Response, ApiError> {
-    let format = format_of(headers, pairs)?;
     let Some(patient) = state.store.read("Patient", id).await? else {
         return Err(ApiError::not_found(format!("Patient/{id} is not known")));
     };
@@ -1058,7 +1020,7 @@ async fn everything(
         write_search_entry(&mut out, &base, resource, "match", None, None)?;
     }
     out.extend_from_slice(b"]}");
-    Ok(json_response(StatusCode::OK, out, &format))
+    Ok(json_response(StatusCode::OK, out))
 }
 
 fn write_history(
@@ -1102,7 +1064,6 @@ async fn instance_history(
     headers: &HeaderMap,
     pairs: &[(String, String)],
 ) -> Result<Response, ApiError> {
-    let format = format_of(headers, pairs)?;
     let since = since_of(pairs)?;
     let count = count_of(pairs)?;
     let mut versions = state.store.history(resource_type, id).await?;
@@ -1133,7 +1094,7 @@ async fn instance_history(
         },
     );
     write_history(&mut out, &base, &versions)?;
-    Ok(json_response(StatusCode::OK, out, &format))
+    Ok(json_response(StatusCode::OK, out))
 }
 
 async fn history_listing(
@@ -1142,7 +1103,6 @@ async fn history_listing(
     headers: &HeaderMap,
     pairs: &[(String, String)],
 ) -> Result<Response, ApiError> {
-    let format = format_of(headers, pairs)?;
     if let Some(resource_type) = resource_type {
         valid_type(resource_type)?;
     }
@@ -1171,7 +1131,7 @@ async fn history_listing(
         },
     );
     write_history(&mut out, &base, &versions)?;
-    Ok(json_response(StatusCode::OK, out, &format))
+    Ok(json_response(StatusCode::OK, out))
 }
 
 #[cfg(test)]

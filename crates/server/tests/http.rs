@@ -223,7 +223,40 @@ async fn read_vread_and_status_codes() {
         "",
     )
     .await;
-    assert_eq!(xml.status, 406, "XML is refused honestly until it exists");
+    assert_eq!(xml.status, 200);
+    assert_eq!(
+        xml.header("content-type"),
+        Some("application/fhir+xml; charset=utf-8")
+    );
+    assert_eq!(xml.header("etag"), Some("W/\"1\""));
+    assert_eq!(tsunagi_fhir_xml::from_xml(&xml.body).unwrap(), patient);
+    let missing_xml = get(addr, "/fhir/Patient/nobody?_format=xml").await;
+    assert_eq!(missing_xml.status, 404);
+    assert_eq!(
+        tsunagi_fhir_xml::from_xml(&missing_xml.body).unwrap()["issue"][0]["code"],
+        "not-found"
+    );
+    let search_json = get(addr, "/fhir/Observation?patient=p1&_count=5")
+        .await
+        .json();
+    let search_xml = get(
+        addr,
+        "/fhir/Observation?patient=p1&_count=5&_format=xml&_pretty=true",
+    )
+    .await;
+    let search_xml = tsunagi_fhir_xml::from_xml(&search_xml.body).unwrap();
+    assert_eq!(search_xml["total"], 25);
+    assert_eq!(search_xml["entry"], search_json["entry"]);
+    assert_eq!(get(addr, "/fhir/Patient/p1?_format=ttl").await.status, 406);
+    let other_version = request(
+        addr,
+        "GET",
+        "/fhir/Patient/p1",
+        &[("Accept", "application/fhir+json; fhirVersion=5.0")],
+        "",
+    )
+    .await;
+    assert_eq!(other_version.status, 406);
     assert_eq!(
         get(addr, "/fhir/metadata").await.json()["fhirVersion"],
         "4.3.0"

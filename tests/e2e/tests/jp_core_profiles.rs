@@ -1,6 +1,6 @@
 //! Every resource the pipeline produces — from a synthetic region of all three vendors and from
 //! the guideline samples — satisfies the JP Core profile it claims (checked against the package
-//! in ../shared) and round-trips through the fhir-sdk R4B models. The statement in
+//! in ../shared), round-trips through the fhir-sdk R4B models and through FHIR XML. The statement in
 //! `fhir-profiles/jp-core-constraints.toml` is checked against the package too.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -102,6 +102,18 @@ async fn every_resource_conforms_to_its_profile() {
                 .entry(id.clone())
                 .or_default()
                 .extend(differences.into_iter().map(|d| format!("R4B: {d}")));
+        }
+        match tsunagi_fhir_xml::to_xml(resource, false).map(|xml| tsunagi_fhir_xml::from_xml(&xml))
+        {
+            Ok(Ok(back)) if &back == resource => {}
+            Ok(Ok(_)) => problems
+                .entry(id.clone())
+                .or_default()
+                .push("XML round trip differs".into()),
+            Ok(Err(e)) | Err(e) => problems
+                .entry(id.clone())
+                .or_default()
+                .push(format!("XML: {e}")),
         }
         let profiles: Vec<&str> = resource["meta"]["profile"]
             .as_array()
