@@ -351,7 +351,8 @@ pub(crate) async fn demo(dir: &Path, patients: usize, listen: Option<&str>) -> a
         println!("      tsunagi serve --db {url}");
         return Ok(());
     };
-    println!("\n5. serving the region over FHIR (Ctrl-C stops)");
+    println!("\n5. serving the region over FHIR (Ctrl-C stops; the access log goes to stderr)");
+    init_logging(crate::config::LogFormat::Text);
     serve_store(
         store,
         listen,
@@ -394,8 +395,25 @@ pub(crate) async fn serve(flags: ServeFlags) -> anyhow::Result<()> {
     if let Some(keys) = server.and_then(|s| s.snapshot_max_keys) {
         settings.snapshot_max_keys = keys;
     }
+    init_logging(
+        server
+            .and_then(|s| s.log_format)
+            .unwrap_or(crate::config::LogFormat::Json),
+    );
     let store = open_store(&db).await?;
     serve_store(store, &listen, Some(&db), settings, None).await
+}
+
+/// Log lines (the access log among them) on stderr, at level INFO.
+pub(crate) fn init_logging(format: crate::config::LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO);
+    // A second initialisation (tests running commands in one process) keeps the first.
+    let _ = match format {
+        crate::config::LogFormat::Json => builder.json().try_init(),
+        crate::config::LogFormat::Text => builder.with_ansi(false).try_init(),
+    };
 }
 
 async fn serve_store(

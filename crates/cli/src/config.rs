@@ -36,6 +36,19 @@ pub(crate) struct ServerConfig {
     pub(crate) snapshot_ttl_seconds: Option<u64>,
     /// Result keys kept in all snapshots together; default 5,000,000 (about 40 MB).
     pub(crate) snapshot_max_keys: Option<usize>,
+    /// Log lines on stderr (the access log and operational events): `json` (default for
+    /// `serve`, one object per line) or `text`.
+    pub(crate) log_format: Option<LogFormat>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// One JSON object per line, for log shippers.
+    Json,
+    /// Human-readable lines.
+    Text,
 }
 
 /// The store.

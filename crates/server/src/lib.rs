@@ -8,16 +8,14 @@
 //! - writes answer 405: data arrives through the adapters;
 //! - errors are [`outcome::ApiError`]s, turned into OperationOutcomes here and nowhere else.
 
+pub mod access;
 pub mod capability;
 pub mod format;
 pub mod outcome;
 pub mod snapshot;
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -30,6 +28,7 @@ use axum::{
     routing::{any, get},
 };
 use serde_json::Value;
+use tower_http::compression::{CompressionLayer, CompressionLevel};
 use tsunagi_core::{clock::Clock, time::format_instant_jst};
 use tsunagi_fhir::{
     query::{Include, SearchQuery, Summary, Total},
@@ -66,22 +65,13 @@ impl Default for Settings {
     }
 }
 
-/// Request counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    requests: AtomicU64,
-    client_errors: AtomicU64,
-    server_errors: AtomicU64,
-    micros: AtomicU64,
-}
-
 /// Shared state of all handlers.
 pub struct AppState {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     settings: Settings,
     snapshots: Snapshots,
-    metrics: Metrics,
+    metrics: access::Metrics,
 }
 
 impl AppState {
@@ -92,7 +82,7 @@ impl AppState {
             clock,
             snapshots: Snapshots::new(settings.snapshot_ttl, settings.snapshot_max_keys),
             settings,
-            metrics: Metrics::default(),
+            metrics: access::Metrics::default(),
         })
     }
 }
@@ -114,8 +104,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn(format::convert))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            count_requests,
+            access::observe,
         ))
+        .layer(
+            CompressionLayer::new()
+                .gzip(true)
+                .br(true)
+                .quality(CompressionLevel::Precise(4)),
+        )
         .with_state(state)
 }
 
@@ -128,26 +124,6 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
-}
-
-async fn count_requests(
-    State(state): State<Arc<AppState>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let started = std::time::Instant::now();
-    let response = next.run(request).await;
-    let metrics = &state.metrics;
-    metrics.requests.fetch_add(1, Ordering::Relaxed);
-    if response.status().is_client_error() {
-        metrics.client_errors.fetch_add(1, Ordering::Relaxed);
-    } else if response.status().is_server_error() {
-        metrics.server_errors.fetch_add(1, Ordering::Relaxed);
-    }
-    metrics
-        .micros
-        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-    response
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {

@@ -77,10 +77,30 @@ async fn request(
         .filter_map(|line| line.split_once(": "))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-    Reply {
+    let mut reply = Reply {
         status,
         headers,
         body: raw[split + 4..].to_vec(),
+    };
+    if reply.header("transfer-encoding") == Some("chunked") {
+        reply.body = dechunk(&reply.body);
+    }
+    reply
+}
+
+/// Decodes an HTTP/1.1 chunked body.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size_text = std::str::from_utf8(&raw[..line_end]).unwrap();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return body;
+        }
+        body.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
     }
 }
 
@@ -458,4 +478,87 @@ async fn search_forms_includes_and_everything() {
         .await
         .json();
     assert_eq!(history["entry"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn compression_request_ids_and_an_access_log_without_patient_data() {
+    use std::io::Read;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Capture {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let (addr, _store, _dir) = start().await;
+    let target = "/fhir/Observation?patient=p1&code=3A010000002327101";
+    let plain = get(addr, target).await;
+    let gzip = request(addr, "GET", target, &[("Accept-Encoding", "gzip")], "").await;
+    assert_eq!(gzip.header("content-encoding"), Some("gzip"));
+    let mut unzipped = Vec::new();
+    flate2::read::GzDecoder::new(gzip.body.as_slice())
+        .read_to_end(&mut unzipped)
+        .unwrap();
+    let (a, b): (Value, Value) = (serde_json::from_slice(&unzipped).unwrap(), plain.json());
+    assert_eq!(a["entry"], b["entry"]);
+    assert!(
+        gzip.body.len() < plain.body.len() / 3,
+        "{} vs {}",
+        gzip.body.len(),
+        plain.body.len()
+    );
+    let br = request(addr, "GET", target, &[("Accept-Encoding", "br")], "").await;
+    assert_eq!(br.header("content-encoding"), Some("br"));
+    assert!(br.body.len() < plain.body.len() / 3);
+
+    let generated = plain.header("x-request-id").unwrap().to_owned();
+    assert_ne!(generated, gzip.header("x-request-id").unwrap());
+    let echoed = request(
+        addr,
+        "GET",
+        "/fhir/Patient/p1",
+        &[("X-Request-Id", "portal-42")],
+        "",
+    )
+    .await;
+    assert_eq!(echoed.header("x-request-id"), Some("portal-42"));
+    let hostile = request(
+        addr,
+        "GET",
+        "/fhir/Patient/p1",
+        &[("X-Request-Id", "a b<script>")],
+        "",
+    )
+    .await;
+    assert_ne!(hostile.header("x-request-id"), Some("a b<script>"));
+
+    let log = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|line: &Value| line["target"] == "tsunagi::access")
+        .collect();
+    assert_eq!(lines.len(), 5, "{log}");
+    assert_eq!(lines[0]["fields"]["route"], "/fhir/Observation");
+    assert_eq!(lines[0]["fields"]["status"], 200);
+    assert_eq!(lines[0]["fields"]["request_id"], generated.as_str());
+    assert_eq!(lines[3]["fields"]["route"], "/fhir/Patient/{id}");
+    assert_eq!(lines[3]["fields"]["request_id"], "portal-42");
+    for forbidden in ["p1", "3A010000002327101", "patient="] {
+        assert!(!log.contains(forbidden), "the log names {forbidden}: {log}");
+    }
 }
