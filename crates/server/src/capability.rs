@@ -79,6 +79,13 @@ pub fn capability_statement(base_url: &str, date: &str) -> Value {
                 "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
             }]);
         }
+        if resource_type == "Observation" {
+            resource["operation"] = json!([{
+                "name": "lastn",
+                "definition": "http://hl7.org/fhir/OperationDefinition/Observation-lastn",
+                "documentation": "Needs patient or subject; groups by the first coding of Observation.code; max 1–1000 (default 1)."
+            }]);
+        }
         resources.push(resource);
     }
     json!({

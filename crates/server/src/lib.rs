@@ -295,6 +295,18 @@ async fn instance_level(
             search(&state, &resource_type, pairs, &headers).await
         }
         (Method::GET, "_search") => search(&state, &resource_type, pairs, &headers).await,
+        (Method::GET | Method::POST, "$lastn") if resource_type == "Observation" => {
+            if method == Method::POST {
+                let form = std::str::from_utf8(&body).map_err(|_| {
+                    ApiError::bad_request("invalid", "the $lastn body is not UTF-8")
+                })?;
+                pairs.extend(decode_pairs(Some(form)));
+            }
+            lastn(&state, pairs, &headers).await
+        }
+        (Method::GET, operation) if operation.starts_with('$') => Err(ApiError::not_found(
+            format!("{operation} is not an operation of {resource_type}"),
+        )),
         (Method::GET, "_history") => {
             history_listing(&state, Some(&resource_type), &headers, &pairs).await
         }
@@ -697,6 +709,114 @@ async fn search(
     pairs: Vec<(String, String)>,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    search_as(
+        state,
+        resource_type,
+        resource_type,
+        &pairs,
+        pairs.clone(),
+        headers,
+        None,
+    )
+    .await
+}
+
+/// `Observation/$lastn`: the most recent `max` (default 1) Observations of each code, for one
+/// patient (`patient` or `subject` is required), narrowed by any Observation search parameter.
+/// Grouped by the first coding of `Observation.code` (system and code; else its text); most
+/// recent by `date` (`effective[x]`); groups follow each other, the newest group first.
+async fn lastn(
+    state: &AppState,
+    pairs: Vec<(String, String)>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let max = match param(&pairs, "max") {
+        None => 1,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid",
+                    format!("max={text}: a whole number from 1 to 1000"),
+                )
+            })?,
+    };
+    let scoped = pairs.iter().any(|(key, _)| {
+        let name = key.split(':').next().unwrap_or(key);
+        name == "patient" || name == "subject" || name == "_snapshot"
+    });
+    if !scoped {
+        return Err(ApiError::bad_request(
+            "required",
+            "Observation/$lastn needs a patient (or subject) parameter",
+        ));
+    }
+    let mut search_pairs: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(key, _)| key != "max" && key != "_sort")
+        .cloned()
+        .collect();
+    search_pairs.push(("_sort".to_owned(), "-date".to_owned()));
+    search_as(
+        state,
+        "Observation",
+        "Observation/$lastn",
+        &pairs,
+        search_pairs,
+        headers,
+        Some(max),
+    )
+    .await
+}
+
+/// The group of an Observation for `$lastn`.
+fn lastn_group(resource: &StoredResource) -> Result<String, ApiError> {
+    let value = resource.to_json()?.unwrap_or(Value::Null);
+    let code = &value["code"];
+    Ok(match code["coding"].get(0) {
+        Some(coding) => format!(
+            "{}|{}",
+            coding["system"].as_str().unwrap_or_default(),
+            coding["code"].as_str().unwrap_or_default()
+        ),
+        None => format!("text:{}", code["text"].as_str().unwrap_or_default()),
+    })
+}
+
+/// Keeps the first `max` keys of each `$lastn` group (keys come newest first), groups in the
+/// order their newest member appears.
+async fn lastn_keys(state: &AppState, keys: Vec<Key>, max: usize) -> Result<Vec<Key>, ApiError> {
+    let mut groups: Vec<(String, Vec<Key>)> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for chunk in keys.chunks(500) {
+        let resources = state.store.fetch(chunk).await?;
+        for (key, resource) in chunk.iter().zip(&resources) {
+            let group = lastn_group(resource)?;
+            let slot = *index.entry(group.clone()).or_insert_with(|| {
+                groups.push((group, Vec::new()));
+                groups.len() - 1
+            });
+            if groups[slot].1.len() < max {
+                groups[slot].1.push(*key);
+            }
+        }
+    }
+    Ok(groups.into_iter().flat_map(|(_, keys)| keys).collect())
+}
+
+/// A search whose links repeat `link_pairs` under `path`; `lastn` reduces the keys to the most
+/// recent of each code.
+async fn search_as(
+    state: &AppState,
+    resource_type: &str,
+    path: &str,
+    link_pairs: &[(String, String)],
+    pairs: Vec<(String, String)>,
+    headers: &HeaderMap,
+    lastn: Option<usize>,
+) -> Result<Response, ApiError> {
     if tsunagi_fhir::query::searchable_types()
         .binary_search(&resource_type)
         .is_err()
@@ -713,7 +833,7 @@ async fn search(
         strict_handling(headers),
     )?;
     let base = base_url(state.settings.base_url.as_deref(), headers);
-    if query.summary == Summary::Count || query.count == 0 {
+    if lastn.is_none() && (query.summary == Summary::Count || query.count == 0) {
         let total = state.store.count(&query).await?;
         let mut out = Vec::with_capacity(512);
         start_bundle(&mut out, "searchset", &bundle_id(state), now);
@@ -725,8 +845,8 @@ async fn search(
             &mut out,
             &Page {
                 base: &base,
-                path: resource_type,
-                pairs: &pairs,
+                path,
+                pairs: link_pairs,
                 snapshot: None,
                 offset: 0,
                 count: 0,
@@ -736,8 +856,12 @@ async fn search(
         out.push(b'}');
         return Ok(json_response(StatusCode::OK, out));
     }
-    let (keys, snapshot, offset) = page_keys(state, resource_type, &pairs, query.count, async {
-        Ok(state.store.search(&query).await?)
+    let (keys, snapshot, offset) = page_keys(state, path, &pairs, query.count, async {
+        let keys = state.store.search(&query).await?;
+        match lastn {
+            Some(max) => lastn_keys(state, keys, max).await,
+            None => Ok(keys),
+        }
     })
     .await?;
     let end = (offset + query.count).min(keys.len());
@@ -759,8 +883,8 @@ async fn search(
         &mut out,
         &Page {
             base: &base,
-            path: resource_type,
-            pairs: &pairs,
+            path,
+            pairs: link_pairs,
             snapshot: snapshot.clone(),
             offset,
             count: query.count,

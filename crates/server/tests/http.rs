@@ -562,3 +562,94 @@ async fn compression_request_ids_and_an_access_log_without_patient_data() {
         assert!(!log.contains(forbidden), "the log names {forbidden}: {log}");
     }
 }
+
+#[tokio::test]
+async fn lastn_returns_the_newest_of_each_code_for_one_patient() {
+    let (addr, store, _dir) = start().await;
+    let hba1c = |id: &str, patient: &str, day: u32| {
+        let mut o = observation(id, patient, day);
+        o["code"] = json!({"coding": [{"system": "urn:oid:1.2.392.200119.4.504", "code": "3D046000001920402"}], "text": "HbA1c"});
+        o
+    };
+    replace(
+        store.as_ref(),
+        "more",
+        vec![
+            hba1c("h3", "p1", 3),
+            hba1c("h10", "p1", 10),
+            hba1c("h7", "p1", 7),
+            hba1c("x20", "p2", 20),
+        ],
+    )
+    .await;
+    let ids = |bundle: &Value| -> Vec<String> {
+        bundle["entry"]
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let newest = get(addr, "/fhir/Observation/$lastn?patient=p1")
+        .await
+        .json();
+    assert_eq!(ids(&newest), ["o25", "h10"]);
+    let two = get(
+        addr,
+        "/fhir/Observation/$lastn?patient=Patient/p1&max=2&category=laboratory",
+    )
+    .await
+    .json();
+    assert_eq!(ids(&two), ["o25", "o24", "h10", "h7"]);
+    let one_code = get(
+        addr,
+        "/fhir/Observation/$lastn?subject=Patient/p1&max=5&code=3D046000001920402",
+    )
+    .await
+    .json();
+    assert_eq!(ids(&one_code), ["h10", "h7", "h3"]);
+    // Paged: the links keep max and walk one snapshot.
+    let mut page = get(addr, "/fhir/Observation/$lastn?patient=p1&max=3&_count=2")
+        .await
+        .json();
+    let mut walked = ids(&page);
+    while let Some(next) = link(&page, "next") {
+        assert!(next.contains("max=3"), "{next}");
+        let target = next.split_once(&addr.to_string()).unwrap().1.to_owned();
+        page = get(addr, &target).await.json();
+        walked.extend(ids(&page));
+    }
+    assert_eq!(walked, ["o25", "o24", "o23", "h10", "h7", "h3"]);
+    let posted = request(addr, "POST", "/fhir/Observation/$lastn", &[], "patient=p2")
+        .await
+        .json();
+    assert_eq!(ids(&posted), ["x20"]);
+    for bad in [
+        "/fhir/Observation/$lastn",
+        "/fhir/Observation/$lastn?code=3D046000001920402",
+        "/fhir/Observation/$lastn?patient=p1&max=0",
+        "/fhir/Observation/$lastn?patient=p1&max=many",
+    ] {
+        let reply = get(addr, bad).await;
+        assert_eq!(reply.status, 400, "{bad}");
+        assert_eq!(reply.json()["resourceType"], "OperationOutcome");
+    }
+    assert_eq!(
+        get(addr, "/fhir/Observation/$stats?patient=p1")
+            .await
+            .status,
+        404
+    );
+    let statement = get(addr, "/fhir/metadata").await.json();
+    let observation = statement["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Observation")
+        .unwrap()
+        .clone();
+    assert_eq!(observation["operation"][0]["name"], "lastn");
+}
