@@ -50,8 +50,29 @@ pub struct ResourceWrite {
 }
 
 impl ResourceWrite {
-    /// Serializes, hashes and indexes a resource.
+    /// Serializes, hashes and indexes a resource. A `meta.versionId` or `meta.lastUpdated` the
+    /// resource arrives with is dropped: the store owns both.
     pub fn from_json(resource_type: &str, id: &str, resource: &Value) -> Result<Self, StoreError> {
+        let owned_meta =
+            |meta: &Value| meta.get("versionId").is_some() || meta.get("lastUpdated").is_some();
+        let stripped;
+        let resource = match resource.get("meta") {
+            Some(meta) if owned_meta(meta) => {
+                let mut copy = resource.clone();
+                if let Some(Value::Object(meta)) = copy.get_mut("meta") {
+                    meta.remove("versionId");
+                    meta.remove("lastUpdated");
+                    if meta.is_empty()
+                        && let Value::Object(top) = &mut copy
+                    {
+                        top.remove("meta");
+                    }
+                }
+                stripped = copy;
+                &stripped
+            }
+            _ => resource,
+        };
         let mut content = Vec::with_capacity(2048);
         tsunagi_fhir::json::write_resource(resource, &mut content)
             .map_err(|error| StoreError::Invalid(error.to_string()))?;
@@ -400,4 +421,26 @@ pub trait Store: Send + Sync {
         since: Option<i64>,
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_store_owns_version_and_last_updated() {
+        let arriving = serde_json::json!({
+            "resourceType": "Patient", "id": "p",
+            "meta": {"versionId": "7", "lastUpdated": "2020-01-01T00:00:00Z", "profile": ["x"]}
+        });
+        let write = ResourceWrite::from_json("Patient", "p", &arriving).unwrap();
+        let content: Value = serde_json::from_slice(&write.content).unwrap();
+        assert_eq!(content["meta"], serde_json::json!({"profile": ["x"]}));
+        let only_owned =
+            serde_json::json!({"resourceType": "Patient", "id": "p", "meta": {"versionId": "7"}});
+        let write = ResourceWrite::from_json("Patient", "p", &only_owned).unwrap();
+        let content: Value = serde_json::from_slice(&write.content).unwrap();
+        assert!(content.get("meta").is_none(), "{content}");
+    }
 }

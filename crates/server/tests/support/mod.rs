@@ -1,0 +1,164 @@
+//! A minimal HTTP/1.1 client over real loopback sockets (one connection per request, chunked
+//! bodies decoded), and helpers that load resources into a store and serve it: shared by the
+//! server's integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::{net::SocketAddr, sync::Arc};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tsunagi_core::clock::FixedClock;
+use tsunagi_server::{AppState, Settings};
+use tsunagi_store::{Batch, Operation, ResourceWrite, Store};
+
+/// The clock of every test server and store: 2023-11-14T22:13:20Z.
+pub const NOW: i64 = 1_700_000_000_000_000;
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut text = format!("{method} {target} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        text.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (name, value) in headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() {
+        text.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    text.push_str("\r\n");
+    text.push_str(body);
+    stream.write_all(text.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|line| line.split_once(": "))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let mut reply = Reply {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    };
+    if reply.header("transfer-encoding") == Some("chunked") {
+        reply.body = dechunk(&reply.body);
+    }
+    reply
+}
+
+/// Decodes an HTTP/1.1 chunked body.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size_text = std::str::from_utf8(&raw[..line_end]).unwrap();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return body;
+        }
+        body.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
+}
+
+pub async fn get(addr: SocketAddr, target: &str) -> Reply {
+    request(addr, "GET", target, &[], "").await
+}
+
+pub fn write(resource: Value) -> ResourceWrite {
+    let resource_type = resource["resourceType"].as_str().unwrap().to_owned();
+    let id = resource["id"].as_str().unwrap().to_owned();
+    ResourceWrite::from_json(&resource_type, &id, &resource).unwrap()
+}
+
+pub async fn replace(store: &dyn Store, source: &str, resources: Vec<Value>) {
+    store
+        .apply(Batch {
+            operations: vec![Operation::ReplaceSource {
+                source_key: source.into(),
+                resources: resources.into_iter().map(write).collect(),
+            }],
+        })
+        .await
+        .unwrap();
+}
+
+pub fn link(bundle: &Value, relation: &str) -> Option<String> {
+    bundle["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == relation)
+        .map(|l| l["url"].as_str().unwrap().to_owned())
+}
+
+pub fn entry_ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|e| e["search"]["mode"] == "match")
+                .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Serves `store` on a fresh loopback port.
+pub async fn serve(store: Arc<dyn Store>, settings: Settings) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = AppState::new(store, Arc::new(FixedClock(NOW)), settings);
+    tokio::spawn(tsunagi_server::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+    addr
+}
