@@ -2,7 +2,8 @@
 """Generate crates/fhir-xml/data/r4b-elements.txt from the official hl7.fhir.r4b.core package.
 
 The FHIR XML format needs what JSON leaves implicit: the order of elements, which are repeated,
-which are XML attributes, which primitive is a JSON number or boolean. This script flattens the
+which are XML attributes, which primitive is a JSON number or boolean. `_summary` and `_elements`
+need which elements are in the summary and which are mandatory. This script flattens the
 snapshots of the base StructureDefinitions into one small line-based table that tsunagi-fhir-xml
 embeds. Run it again only when the FHIR version changes:
 
@@ -12,7 +13,7 @@ embeds. Run it again only when the FHIR version changes:
 Format (space separated):
     P <primitive> <json kind: bool|number|string>
     T <type name> <resource|complex|backbone>
-    E <element name, [x] for choices> <type codes joined by |> <1|*> [attr] [xhtml]
+    E <element name, [x] for choices> <type codes joined by |> <1|*> [attr] [xhtml] [summary] [required]
     A <alias type> <base type>          (constrained datatypes such as SimpleQuantity, Age)
 """
 import glob
@@ -79,6 +80,10 @@ def main(package):
                 flags.append("attr")
             if types == ["xhtml"]:
                 flags.append("xhtml")
+            if e.get("isSummary"):
+                flags.append("summary")
+            if e.get("min", 0) >= 1:
+                flags.append("required")
             mx = "*" if e["max"] == "*" else "1"
             groups[parent].append(" ".join(["E", name, "|".join(types), mx] + flags))
             used.update(t for t in types if "." not in t)

@@ -1,6 +1,7 @@
 //! FHIR XML (`application/fhir+xml`) for the REST API: any R4B resource held as JSON is written
 //! in the XML format and read back into the same JSON, using an element table generated from the
-//! official StructureDefinitions (order, repetition, attributes, primitive kinds).
+//! official StructureDefinitions (order, repetition, attributes, primitive kinds). The same
+//! table answers which elements `_summary=true` and `_elements` keep.
 //!
 //! The rules of <https://hl7.org/fhir/R4B/xml.html> that JSON leaves implicit are all here:
 //! elements in definition order; primitives as `value` attributes with their `id` and extensions
@@ -67,6 +68,26 @@ impl XmlError {
             reason: reason.into(),
         }
     }
+}
+
+/// Whether the top-level JSON property `name` of `resource_type` belongs to the `_summary=true`
+/// view (R4B `isSummary`); `false` for unknown types and properties.
+pub fn is_summary_element(resource_type: &str, name: &str) -> Result<bool, XmlError> {
+    let name = name.strip_prefix('_').unwrap_or(name);
+    Ok(model::Model::get()?
+        .resource(resource_type)
+        .and_then(|def| def.element(name))
+        .is_some_and(|e| e.summary))
+}
+
+/// Whether the top-level JSON property `name` of `resource_type` is mandatory (min ≥ 1), which
+/// `_elements` keeps whether asked for or not.
+pub fn is_mandatory_element(resource_type: &str, name: &str) -> Result<bool, XmlError> {
+    let name = name.strip_prefix('_').unwrap_or(name);
+    Ok(model::Model::get()?
+        .resource(resource_type)
+        .and_then(|def| def.element(name))
+        .is_some_and(|e| e.required))
 }
 
 /// Names of the concrete R4B resource types the element table defines, sorted.

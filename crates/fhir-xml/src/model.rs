@@ -42,6 +42,10 @@ pub(crate) struct Element {
     pub(crate) many: bool,
     /// Written as an XML attribute (`Element.id`, `Extension.url`).
     pub(crate) attr: bool,
+    /// Part of the `_summary=true` view.
+    pub(crate) summary: bool,
+    /// Mandatory (min ≥ 1).
+    pub(crate) required: bool,
 }
 
 /// A resource, datatype or backbone element.
@@ -167,6 +171,8 @@ fn parse(table: &'static str) -> Result<Model, String> {
                     holds,
                     many: max == "*",
                     attr,
+                    summary: flags.contains(&"summary"),
+                    required: flags.contains(&"required"),
                 });
             }
         }
@@ -202,6 +208,8 @@ fn parse(table: &'static str) -> Result<Model, String> {
                     holds: e.holds,
                     many: e.many,
                     attr: e.attr,
+                    summary: e.summary,
+                    required: e.required,
                 })
                 .collect(),
             by_name: def.by_name.clone(),

@@ -475,13 +475,24 @@ fn write_entry_resource(
         return Ok(());
     };
     if let Value::Object(map) = &mut value {
+        let resource_type = resource.resource_type.as_str();
+        // Mandatory elements are kept whatever `_elements` names (FHIR: servers SHOULD).
+        let mandatory =
+            |key: &str| tsunagi_fhir_xml::is_mandatory_element(resource_type, key).unwrap_or(true);
         let keep = |key: &str| -> bool {
             matches!(key, "resourceType" | "id" | "meta")
                 || match (elements, summary) {
-                    (Some(elements), _) => elements.iter().any(|element| element == key),
+                    (Some(elements), _) => {
+                        elements
+                            .iter()
+                            .any(|element| element == key.strip_prefix('_').unwrap_or(key))
+                            || mandatory(key)
+                    }
                     (None, Some(Summary::Data)) => key != "text",
-                    (None, Some(Summary::Text)) => key == "text",
-                    (None, Some(Summary::True)) => is_summary_element(&resource.resource_type, key),
+                    (None, Some(Summary::Text)) => key == "text" || mandatory(key),
+                    (None, Some(Summary::True)) => {
+                        tsunagi_fhir_xml::is_summary_element(resource_type, key).unwrap_or(true)
+                    }
                     _ => true,
                 }
         };
@@ -501,61 +512,6 @@ fn write_entry_resource(
     }
     tsunagi_fhir::json::write_resource(&value, out)
         .map_err(|error| ApiError::from(tsunagi_store::StoreError::Corrupt(error.to_string())))
-}
-
-/// Top-level elements marked `isSummary` in FHIR R4B for the types this server holds (the
-/// common ones: identifiers, status, codes, subject, dates; never narrative or notes).
-fn is_summary_element(resource_type: &str, key: &str) -> bool {
-    const COMMON: &[&str] = &[
-        "identifier",
-        "status",
-        "category",
-        "code",
-        "subject",
-        "patient",
-        "encounter",
-        "effectiveDateTime",
-        "effectivePeriod",
-        "issued",
-        "intent",
-        "medicationCodeableConcept",
-        "authoredOn",
-        "clinicalStatus",
-        "verificationStatus",
-        "onsetDateTime",
-        "onsetString",
-        "recordedDate",
-        "type",
-        "criticality",
-        "class",
-        "period",
-        "started",
-        "modality",
-        "numberOfSeries",
-        "numberOfInstances",
-        "beneficiary",
-        "payor",
-        "basedOn",
-        "performer",
-    ];
-    const PATIENT: &[&str] = &[
-        "identifier",
-        "active",
-        "name",
-        "telecom",
-        "gender",
-        "birthDate",
-        "deceasedBoolean",
-        "deceasedDateTime",
-        "address",
-        "managingOrganization",
-        "link",
-    ];
-    if resource_type == "Patient" {
-        PATIENT.contains(&key)
-    } else {
-        COMMON.contains(&key)
-    }
 }
 
 /// Pairs of the original search to repeat in links (without paging and format parameters).

@@ -5,11 +5,12 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tsunagi_core::clock::FixedClock;
 use tsunagi_server::{AppState, Settings};
 use tsunagi_store::{Batch, Operation, ResourceWrite, Store};
+use tsunagi_store_sqlite::SqliteStore;
 
 /// The clock of every test server and store: 2023-11-14T22:13:20Z.
 pub const NOW: i64 = 1_700_000_000_000_000;
@@ -161,4 +162,55 @@ pub async fn serve(store: Arc<dyn Store>, settings: Settings) -> SocketAddr {
         std::future::pending(),
     ));
     addr
+}
+
+/// One patient `p1` with 25 laboratory Observations `o1`…`o25` (one a day in May 2024) and a
+/// deleted patient `p9`, served on a fresh port.
+pub fn observation(id: &str, patient: &str, day: u32) -> Value {
+    json!({
+        "resourceType": "Observation", "id": id, "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
+        "code": {"coding": [{"system": "urn:oid:1.2.392.200119.4.504", "code": "3A010000002327101"}], "text": "総蛋白"},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "effectiveDateTime": format!("2024-05-{day:02}T09:00:00+09:00"),
+        "valueQuantity": {"value": 7.0, "unit": "g/dL"}
+    })
+}
+
+pub async fn start() -> (SocketAddr, Arc<SqliteStore>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(
+            &format!("sqlite://{}", dir.path().join("api.db").display()),
+            Arc::new(FixedClock(NOW)),
+        )
+        .await
+        .unwrap(),
+    );
+    let mut resources = vec![json!({
+        "resourceType": "Patient", "id": "p1",
+        "identifier": [{"system": "urn:oid:1.2.392.100495.20.3.51.10610100010", "value": "1"}],
+        "name": [{"family": "山田", "given": ["太郎"]}],
+        "gender": "male", "birthDate": "1950-04-01"
+    })];
+    for day in 1..=25 {
+        resources.push(observation(&format!("o{day}"), "p1", day));
+    }
+    replace(store.as_ref(), "p1", resources).await;
+    replace(
+        store.as_ref(),
+        "gone",
+        vec![json!({"resourceType": "Patient", "id": "p9"})],
+    )
+    .await;
+    store
+        .apply(Batch {
+            operations: vec![Operation::DeleteSource {
+                source_key: "gone".into(),
+            }],
+        })
+        .await
+        .unwrap();
+    let addr = serve(store.clone(), Settings::default()).await;
+    (addr, store, dir)
 }
