@@ -6,6 +6,11 @@
 //! or as a difference between the input and the round-tripped value.
 
 use fhir_sdk::r4b::resources::Resource;
+
+/// fhir-sdk itself (its REST client and R4B models), for tests that talk to the server as any
+/// standard FHIR client does. Feature `client`; only tests enable it.
+#[cfg(feature = "client")]
+pub use fhir_sdk;
 use serde_json::Value;
 
 /// Round-trips `resource` through the fhir-sdk R4B model; returns the differences (empty when

@@ -35,7 +35,10 @@ const CASES: &[(&str, &str)] = &[
         "/fhir/Patient/p1/$everything?_count=4",
     ),
     ("lastn", "/fhir/Observation/$lastn?patient=p1&max=2"),
-    ("search-summary-true", "/fhir/Observation?patient=p1&_count=1&_summary=true"),
+    (
+        "search-summary-true",
+        "/fhir/Observation?patient=p1&_count=1&_summary=true",
+    ),
     ("read-elements", "/fhir/Patient/p1?_elements=name"),
     ("history-deleted", "/fhir/Patient/p9/_history"),
     ("read-missing", "/fhir/Patient/nobody"),
