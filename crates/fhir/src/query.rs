@@ -25,7 +25,7 @@ pub const DEFAULT_COUNT: usize = 50;
 pub const MAX_COUNT: usize = 1000;
 
 /// Parameters every search accepts that the server handles outside the query (format, paging).
-pub const TRANSPORT_PARAMS: &[&str] = &["_format", "_pretty", "_offset", "_snapshot"];
+pub const TRANSPORT_PARAMS: &[&str] = &["_format", "_pretty", "_offset", "_snapshot", "_cursor"];
 
 /// A comparison prefix (`eq`, `ge`, …) of date, number and quantity values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

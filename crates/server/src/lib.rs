@@ -34,7 +34,7 @@ use tsunagi_fhir::{
     query::{Include, SearchQuery, Summary, Total},
     search::{IndexValue, extract},
 };
-use tsunagi_store::{Key, Store, StoredResource};
+use tsunagi_store::{HistoryCursor, Key, Store, StoredResource};
 
 use crate::{
     outcome::{ApiError, FHIR_JSON, outcome},
@@ -518,7 +518,7 @@ fn write_entry_resource(
 fn link_query(pairs: &[(String, String)], extra: &[(&str, String)]) -> String {
     let mut serializer = form_urlencoded::Serializer::new(String::new());
     for (name, value) in pairs {
-        if matches!(name.as_str(), "_snapshot" | "_offset") {
+        if matches!(name.as_str(), "_snapshot" | "_offset" | "_cursor") {
             continue;
         }
         serializer.append_pair(name, value);
@@ -1164,7 +1164,23 @@ async fn history_listing(
     }
     let since = since_of(pairs)?;
     let count = count_of(pairs)?;
-    let versions = state.store.history_all(resource_type, since, count).await?;
+    let after = match param(pairs, "_cursor") {
+        Some(token) => Some(HistoryCursor::parse(token).ok_or_else(|| {
+            ApiError::bad_request("invalid", "_cursor is not a position in this history")
+        })?),
+        None => None,
+    };
+    // One more than a page tells whether there is a next page.
+    let mut versions = state
+        .store
+        .history_all(resource_type, since, after.as_ref(), count + 1)
+        .await?;
+    let next = (versions.len() > count).then(|| {
+        versions.truncate(count);
+        versions
+            .last()
+            .map(|last| HistoryCursor::after(last).token())
+    });
     let base = base_url(state.settings.base_url.as_deref(), headers);
     let now = state.clock.now_micros();
     let mut out = Vec::new();
@@ -1174,18 +1190,22 @@ async fn history_listing(
         Some(resource_type) => format!("{resource_type}/_history"),
         None => "_history".to_owned(),
     };
-    page_links(
-        &mut out,
-        &Page {
-            base: &base,
-            path: &path,
-            pairs,
-            snapshot: None,
-            offset: 0,
-            count,
-            total: versions.len(),
-        },
-    );
+    let url = |extra: &[(&str, String)]| {
+        let query = link_query(pairs, extra);
+        if query.is_empty() {
+            format!("{base}/{path}")
+        } else {
+            format!("{base}/{path}?{query}")
+        }
+    };
+    let mut first = true;
+    out.extend_from_slice(b"\"link\":[");
+    let this_page: Vec<(&str, String)> = after.iter().map(|c| ("_cursor", c.token())).collect();
+    push_link(&mut out, &mut first, "self", &url(&this_page));
+    if let Some(Some(token)) = next {
+        push_link(&mut out, &mut first, "next", &url(&[("_cursor", token)]));
+    }
+    out.extend_from_slice(b"]");
     write_history(&mut out, &base, &versions)?;
     Ok(json_response(StatusCode::OK, out))
 }

@@ -455,3 +455,50 @@ async fn lastn_returns_the_newest_of_each_code_for_one_patient() {
         .clone();
     assert_eq!(observation["operation"][0]["name"], "lastn");
 }
+
+#[tokio::test]
+async fn history_pages_by_cursor_and_never_repeats_or_skips() {
+    let (addr, store, _dir) = start().await;
+    let key = |entry: &Value| {
+        format!(
+            "{}/{}/{}",
+            entry["resource"]["resourceType"]
+                .as_str()
+                .or(entry["request"]["url"].as_str())
+                .unwrap_or_default(),
+            entry["fullUrl"].as_str().unwrap_or_default(),
+            entry["response"]["etag"].as_str().unwrap_or_default()
+        )
+    };
+    let keys = |bundle: &Value| -> Vec<String> {
+        bundle["entry"]
+            .as_array()
+            .map(|entries| entries.iter().map(key).collect())
+            .unwrap_or_default()
+    };
+    let all = keys(&get(addr, "/fhir/_history?_count=1000").await.json());
+    assert_eq!(all.len(), 28, "25 observations, p1, p9 created and deleted");
+    let mut page = get(addr, "/fhir/_history?_count=4").await.json();
+    let mut walked = keys(&page);
+    let mut pages = 1;
+    while let Some(next) = link(&page, "next") {
+        assert!(next.contains("_cursor="), "{next}");
+        if pages == 2 {
+            // A write between pages is newer than every cursor: later pages do not show it.
+            replace(store.as_ref(), "late", vec![observation("late", "p1", 30)]).await;
+        }
+        let target = next.split_once(&addr.to_string()).unwrap().1.to_owned();
+        page = get(addr, &target).await.json();
+        walked.extend(keys(&page));
+        pages += 1;
+    }
+    assert_eq!(pages, 7);
+    assert_eq!(walked, all);
+    let typed = get(addr, "/fhir/Patient/_history?_count=2").await.json();
+    assert_eq!(typed["entry"].as_array().unwrap().len(), 2);
+    assert!(link(&typed, "next").is_some());
+    assert_eq!(
+        get(addr, "/fhir/_history?_cursor=garbage").await.status,
+        400
+    );
+}

@@ -31,8 +31,8 @@ use tsunagi_fhir::{
     systems::canonical,
 };
 use tsunagi_store::{
-    ApplyStats, Batch, Counts, HistoryEntry, Key, Operation, ResourceWrite, SearchQuery, Store,
-    StoreError, StoredResource, Visitor,
+    ApplyStats, Batch, Counts, HistoryCursor, HistoryEntry, Key, Operation, ResourceWrite,
+    SearchQuery, Store, StoreError, StoredResource, Visitor,
 };
 
 mod query;
@@ -1364,23 +1364,30 @@ impl Store for SqliteStore {
         &self,
         resource_type: Option<&str>,
         since: Option<i64>,
+        after: Option<&HistoryCursor>,
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT type, id, version, last_updated, deleted, content FROM ( \
+        // Rows after the cursor in (last_updated DESC, type, id, version DESC) order.
+        const SQL: &str = "SELECT type, id, version, last_updated, deleted, content FROM ( \
                SELECT type, id, version, last_updated, deleted, content FROM resources \
                  WHERE (?1 IS NULL OR type = ?1) AND (?2 IS NULL OR last_updated >= ?2) \
                UNION ALL \
                SELECT r.type, r.id, h.version, h.last_updated, h.deleted, h.content FROM resource_history h JOIN resources r ON r.rid = h.rid \
                  WHERE (?1 IS NULL OR r.type = ?1) AND (?2 IS NULL OR h.last_updated >= ?2) \
-             ) ORDER BY last_updated DESC, type, id, version DESC LIMIT ?3",
-        )
-        .bind(resource_type)
-        .bind(since)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
+             ) WHERE (?3 IS NULL OR last_updated < ?3 OR (last_updated = ?3 AND \
+               (type > ?4 OR (type = ?4 AND (id > ?5 OR (id = ?5 AND version < ?6)))))) \
+             ORDER BY last_updated DESC, type, id, version DESC LIMIT ?7";
+        let rows = sqlx::query(SQL)
+            .bind(resource_type)
+            .bind(since)
+            .bind(after.map(|c| c.last_updated))
+            .bind(after.map(|c| c.resource_type.as_str()))
+            .bind(after.map(|c| c.id.as_str()))
+            .bind(after.map(|c| c.version))
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
         rows.iter().map(stored_from_row).collect()
     }
 }

@@ -461,7 +461,36 @@ pub async fn search_includes_compartments_and_history(store: &dyn Store) {
             .unwrap()
             .is_empty()
     );
-    let history = store.history_all(Some("Patient"), None, 10).await.unwrap();
+    let history = store
+        .history_all(Some("Patient"), None, None, 10)
+        .await
+        .unwrap();
     assert_eq!(history.len(), 3);
-    assert_eq!(store.history_all(None, None, 4).await.unwrap().len(), 4);
+    // Paging by cursor walks the whole listing once, in order, whatever the page size.
+    let everything = store.history_all(None, None, None, 1000).await.unwrap();
+    let key = |e: &crate::HistoryEntry| (e.resource_type.clone(), e.id.clone(), e.version);
+    for size in [1, 2, 3, 5] {
+        let mut walked = Vec::new();
+        let mut cursor: Option<crate::HistoryCursor> = None;
+        loop {
+            let page = store
+                .history_all(None, None, cursor.as_ref(), size)
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            let token = crate::HistoryCursor::after(last).token();
+            cursor = Some(crate::HistoryCursor::parse(&token).unwrap());
+            walked.extend(page.iter().map(key));
+        }
+        assert_eq!(
+            walked,
+            everything.iter().map(key).collect::<Vec<_>>(),
+            "page size {size}"
+        );
+    }
+    assert!(
+        everything
+            .windows(2)
+            .all(|w| w[0].last_updated >= w[1].last_updated)
+    );
 }

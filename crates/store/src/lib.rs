@@ -293,6 +293,63 @@ pub type Key = i64;
 /// An entry of a history listing.
 pub type HistoryEntry = StoredResource;
 
+/// A position in a type- or system-level history listing, which is ordered by `last_updated`
+/// descending, then type and id ascending, then version descending. History only grows at its
+/// newest end, so a page that starts after a cursor never repeats or skips a version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryCursor {
+    /// Microseconds since the epoch.
+    pub last_updated: i64,
+    /// Resource type.
+    pub resource_type: String,
+    /// Logical id.
+    pub id: String,
+    /// Version number.
+    pub version: i64,
+}
+
+impl HistoryCursor {
+    /// The cursor just after `entry`.
+    pub fn after(entry: &HistoryEntry) -> Self {
+        Self {
+            last_updated: entry.last_updated,
+            resource_type: entry.resource_type.clone(),
+            id: entry.id.clone(),
+            version: entry.version,
+        }
+    }
+
+    /// The cursor as one URL-safe token: `micros.version.Type.id` (ids may hold dots, so the id
+    /// comes last).
+    pub fn token(&self) -> String {
+        format!(
+            "{}.{}.{}.{}",
+            self.last_updated, self.version, self.resource_type, self.id
+        )
+    }
+
+    /// Reads [`HistoryCursor::token`]'s form.
+    pub fn parse(token: &str) -> Option<Self> {
+        let mut parts = token.splitn(4, '.');
+        let last_updated = parts.next()?.parse().ok()?;
+        let version = parts.next()?.parse().ok()?;
+        let resource_type = parts.next()?.to_owned();
+        let id = parts.next()?.to_owned();
+        let type_ok = (1..=64).contains(&resource_type.len())
+            && resource_type.bytes().all(|b| b.is_ascii_alphanumeric());
+        let id_ok = (1..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        (type_ok && id_ok).then_some(Self {
+            last_updated,
+            resource_type,
+            id,
+            version,
+        })
+    }
+}
+
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -414,11 +471,13 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<Key>, StoreError>;
 
     /// Versions (current and earlier, deletions included) of every resource, or of one type,
-    /// newest first, changed at or after `since` (microseconds), at most `limit`.
+    /// changed at or after `since` (microseconds), at most `limit`, in [`HistoryCursor`] order
+    /// (newest first), starting after `after`.
     async fn history_all(
         &self,
         resource_type: Option<&str>,
         since: Option<i64>,
+        after: Option<&HistoryCursor>,
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, StoreError>;
 }
