@@ -1,0 +1,111 @@
+//! A database written by schema 1 (before patient compartments) opens with this build: it is
+//! migrated to schema 2 and re-indexed, and patient-scoped searches then find its data.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use serde_json::json;
+use sqlx::{Connection, SqliteConnection};
+use tsunagi_core::clock::FixedClock;
+use tsunagi_fhir::query::SearchQuery;
+use tsunagi_store::Store;
+use tsunagi_store_sqlite::SqliteStore;
+
+const SCHEMA_1: &str = include_str!("../migrations/0001_initial.sql");
+
+#[tokio::test]
+async fn a_schema_1_database_is_migrated_and_reindexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let url = format!("sqlite://{}", path.display());
+    {
+        let mut old = SqliteConnection::connect(&format!("{url}?mode=rwc"))
+            .await
+            .unwrap();
+        sqlx::raw_sql(SCHEMA_1).execute(&mut old).await.unwrap();
+        sqlx::query("INSERT INTO store_meta (key, value) VALUES ('schema_version', '1'), ('registry_version', '2')")
+            .execute(&mut old)
+            .await
+            .unwrap();
+        let rows = [
+            (
+                1,
+                "Patient",
+                "p1",
+                json!({"resourceType": "Patient", "id": "p1", "gender": "female"}),
+            ),
+            (
+                2,
+                "Observation",
+                "o1",
+                json!({"resourceType": "Observation", "id": "o1", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+                "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2024-01-02"}),
+            ),
+            (
+                3,
+                "Observation",
+                "o2",
+                json!({"resourceType": "Observation", "id": "o2", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+                "subject": {"reference": "Patient/p2"}, "effectiveDateTime": "2024-01-03"}),
+            ),
+        ];
+        for (rid, resource_type, id, content) in rows {
+            sqlx::query("INSERT INTO resources (rid, tid, type, id, version, last_updated, deleted, source_key, hash, content) VALUES (?, ?, ?, ?, 1, 1700000000000000, 0, 'old', 0, ?)")
+                .bind(rid)
+                .bind(format!("{resource_type}/{id}"))
+                .bind(resource_type)
+                .bind(id)
+                .bind(serde_json::to_vec(&content).unwrap())
+                .execute(&mut old)
+                .await
+                .unwrap();
+        }
+        old.close().await.unwrap();
+    }
+    let store = SqliteStore::open(&url, Arc::new(FixedClock(1_700_000_000_000_000)))
+        .await
+        .unwrap();
+    let query = |pairs: &[(&str, &str)]| {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        SearchQuery::parse("Observation", &pairs, 1_700_000_000, true).unwrap()
+    };
+    let by_patient = store
+        .search(&query(&[
+            ("patient", "p1"),
+            ("code", "http://loinc.org|718-7"),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(by_patient.len(), 1);
+    let fetched = store.fetch(&by_patient).await.unwrap();
+    assert_eq!(fetched[0].id, "o1");
+    assert_eq!(
+        store
+            .search(&query(&[("code", "718-7")]))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let compartment = store.compartment("p1", &[], None).await.unwrap();
+    assert_eq!(compartment.len(), 2, "the patient and its observation");
+    drop(store);
+    // Opening again changes nothing.
+    let again = SqliteStore::open(&url, Arc::new(FixedClock(1_700_000_000_000_000)))
+        .await
+        .unwrap();
+    assert_eq!(
+        again
+            .search(&query(&[("patient", "Patient/p2")]))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
