@@ -107,12 +107,20 @@ async fn load_region(patients: usize, seed: u64) -> anyhow::Result<Region> {
     })
 }
 
-/// The queries of the issue, filled in for one patient with about 100 resources.
-async fn queries(connection: &mut Connection) -> anyhow::Result<Vec<(&'static str, String, f64)>> {
-    // Pick the first patient of hospital A with 60–200 resources.
+/// The queries of the issue, filled in for one patient with about 100 resources: `prefer` if it
+/// has 60–200 resources in this region (the same person in both regions makes the ratio
+/// meaningful), else the first such patient of hospital A. Returns the patient, its resource
+/// count and the queries.
+async fn queries(
+    connection: &mut Connection,
+    prefer: Option<&str>,
+) -> anyhow::Result<(String, u64, Vec<(&'static str, String, f64)>)> {
     let mut chosen = None;
-    for n in 0..200 {
-        let id = format!("0610100010.{}", 1_000_000 + n);
+    let candidates = prefer
+        .map(str::to_owned)
+        .into_iter()
+        .chain((0..200).map(|n| format!("0610100010.{}", 1_000_000 + n)));
+    for id in candidates {
         let (status, body) = connection
             .get(&format!(
                 "/fhir/Patient/{id}/$everything?_summary=count&_count=1"
@@ -124,11 +132,11 @@ async fn queries(connection: &mut Connection) -> anyhow::Result<Vec<(&'static st
         let bundle: Value = serde_json::from_slice(&body)?;
         let total = bundle["total"].as_u64().unwrap_or(0);
         if (60..=200).contains(&total) {
-            chosen = Some((id, bundle));
+            chosen = Some((id, total));
             break;
         }
     }
-    let Some((id, _)) = chosen else {
+    let Some((id, total)) = chosen else {
         bail!("no patient with 60–200 resources among the first 200");
     };
     let (_, body) = connection.get(&format!("/fhir/Patient/{id}")).await?;
@@ -160,7 +168,7 @@ async fn queries(connection: &mut Connection) -> anyhow::Result<Vec<(&'static st
     let encode = |text: &str| form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
     let system = identifier["system"].as_str().unwrap_or_default();
     let value = identifier["value"].as_str().unwrap_or_default();
-    Ok(vec![
+    let queries = vec![
         ("read by id", format!("/fhir/Patient/{id}"), 1.0),
         (
             "Patient by identifier",
@@ -208,7 +216,16 @@ async fn queries(connection: &mut Connection) -> anyhow::Result<Vec<(&'static st
             format!("/fhir/Patient/{id}/$everything?_count=200"),
             5.0,
         ),
-    ])
+        (
+            "Observation by subject:Patient.identifier",
+            format!(
+                "/fhir/Observation?subject:Patient.identifier={}&code={code}",
+                encode(&format!("{system}|{value}"))
+            ),
+            1.0,
+        ),
+    ];
+    Ok((id, total, queries))
 }
 
 fn percentile(sorted: &[f64], fraction: f64) -> f64 {
@@ -219,13 +236,18 @@ fn percentile(sorted: &[f64], fraction: f64) -> f64 {
     sorted[index.min(sorted.len() - 1)]
 }
 
+/// Timings of every query: (name, p50, p95, target p50), and the patient they were run for.
+type Timings = (Vec<(&'static str, f64, f64, f64)>, String, u64);
+
 async fn time_queries(
     addr: SocketAddr,
     requests: usize,
-) -> anyhow::Result<Vec<(&'static str, f64, f64, f64)>> {
+    prefer: Option<&str>,
+) -> anyhow::Result<Timings> {
     let mut connection = Connection::open(addr).await?;
     let mut results = Vec::new();
-    for (name, target, target_p50) in queries(&mut connection).await? {
+    let (patient, total, list) = queries(&mut connection, prefer).await?;
+    for (name, target, target_p50) in list {
         for _ in 0..20 {
             connection.get(&target).await?;
         }
@@ -246,7 +268,7 @@ async fn time_queries(
             target_p50,
         ));
     }
-    Ok(results)
+    Ok((results, patient, total))
 }
 
 async fn throughput(addr: SocketAddr, target: String, seconds: f64) -> anyhow::Result<f64> {
@@ -287,12 +309,19 @@ pub(crate) async fn search(
     for size in [small, patients] {
         regions.push(load_region(size, seed).await?);
     }
-    let mut timings = Vec::new();
-    for region in &regions {
-        timings.push(time_queries(region.addr, requests).await?);
-    }
-    let (small_times, large_times) = (&timings[0], &timings[1]);
-    println!("\nlatency over one keep-alive connection, {requests} requests each (ms)");
+    let small_run = time_queries(regions[0].addr, requests, None).await?;
+    let large_run = time_queries(regions[1].addr, requests, Some(&small_run.1)).await?;
+    let (small_times, large_times) = (&small_run.0, &large_run.0);
+    println!(
+        "\npatient {} ({} resources) at {}; patient {} ({} resources) at {}",
+        small_run.1,
+        small_run.2,
+        regions[0].patients,
+        large_run.1,
+        large_run.2,
+        regions[1].patients
+    );
+    println!("latency over one keep-alive connection, {requests} requests each (ms)");
     println!(
         "  {:<40} {:>8} {:>8} {:>8} {:>8}   {:>14}",
         "query",
@@ -316,7 +345,7 @@ pub(crate) async fn search(
     }
     let large = &regions[1];
     let mut connection = Connection::open(large.addr).await?;
-    let list = queries(&mut connection).await?;
+    let (_, _, list) = queries(&mut connection, Some(&large_run.1)).await?;
     let read = list.first().map(|q| q.1.clone()).unwrap_or_default();
     let code = list.get(4).map(|q| q.1.clone()).unwrap_or_default();
     let read_rate = throughput(large.addr, read, 5.0).await?;

@@ -190,6 +190,40 @@ fn write_string(text: &str, out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
+/// Parses only the top-level properties of a JSON object that `keep` accepts; the rest is scanned
+/// but not built (several times cheaper than a whole `Value` when a few references are all one
+/// needs).
+pub fn parse_fields(bytes: &[u8], keep: &dyn Fn(&str) -> bool) -> Result<Value, serde_json::Error> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    struct Fields<'f>(&'f dyn Fn(&str) -> bool);
+
+    impl<'de> Visitor<'de> for Fields<'_> {
+        type Value = Map<String, Value>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Map::new();
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if (self.0)(key.as_ref()) {
+                    out.insert(key.into_owned(), map.next_value::<Value>()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(out)
+        }
+    }
+
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let map = deserializer.deserialize_map(Fields(keep))?;
+    deserializer.end()?;
+    Ok(Value::Object(map))
+}
+
 /// Like [`write_resource`], indented for people.
 pub fn to_pretty_resource(resource: &Value) -> Result<String, serde_json::Error> {
     let Value::Object(map) = resource else {
@@ -300,6 +334,18 @@ pub fn decimal(text: &str) -> Option<Value> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn parse_fields_keeps_only_what_is_asked() {
+        let text = br#"{"resourceType":"Observation","subject":{"reference":"Patient/p"},"code":{"text":"\u5c71"},"note":[{"text":"x"}]}"#;
+        let parsed = parse_fields(text, &|key| key == "subject" || key == "resourceType").unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!({"resourceType": "Observation", "subject": {"reference": "Patient/p"}})
+        );
+        assert!(parse_fields(b"[1]", &|_| true).is_err());
+        assert!(parse_fields(br#"{"a":1} trailing"#, &|_| true).is_err());
+    }
 
     #[test]
     fn blanks_are_never_written() {

@@ -319,35 +319,45 @@ pub struct IndexEntry {
 pub fn extract(resource_type: &str, resource: &Value) -> Vec<IndexEntry> {
     let mut entries = Vec::new();
     for param in params_for(resource_type) {
-        let mut values = Vec::new();
-        match (param.resource, param.code) {
-            ("Patient", "jp-kana-sort") => kana_sort_values(resource, &mut values),
-            ("MedicationRequest", "jp-medication-start") => {
-                medication_start_values(resource, &mut values)
-            }
-            _ => {
-                for path in param.paths {
-                    let mut nodes = Vec::new();
-                    collect(resource, path, &mut nodes);
-                    for node in nodes {
-                        convert(param.kind, node, &mut values);
-                    }
+        entries.extend(
+            extract_param(resource, param)
+                .into_iter()
+                .map(|value| IndexEntry {
+                    param: param.id,
+                    value,
+                }),
+        );
+    }
+    entries
+}
+
+/// The distinct index values of one parameter of `resource` (what [`extract`] writes for it),
+/// without evaluating the others: `_include` needs only the references of one parameter.
+pub fn extract_param(resource: &Value, param: &SearchParam) -> Vec<IndexValue> {
+    let mut values = Vec::new();
+    match (param.resource, param.code) {
+        ("Patient", "jp-kana-sort") => kana_sort_values(resource, &mut values),
+        ("MedicationRequest", "jp-medication-start") => {
+            medication_start_values(resource, &mut values)
+        }
+        _ => {
+            for path in param.paths {
+                let mut nodes = Vec::new();
+                collect(resource, path, &mut nodes);
+                for node in nodes {
+                    convert(param.kind, node, &mut values);
                 }
             }
         }
-        // Duplicates can only occur within one parameter (rows carry the parameter id).
-        let mut kept: Vec<IndexValue> = Vec::with_capacity(values.len());
-        for value in values {
-            if !kept.contains(&value) {
-                kept.push(value);
-            }
-        }
-        entries.extend(kept.into_iter().map(|value| IndexEntry {
-            param: param.id,
-            value,
-        }));
     }
-    entries
+    // Duplicates can only occur within one parameter (rows carry the parameter id).
+    let mut kept: Vec<IndexValue> = Vec::with_capacity(values.len());
+    for value in values {
+        if !kept.contains(&value) {
+            kept.push(value);
+        }
+    }
+    kept
 }
 
 /// Collects the nodes at a dot path, flattening arrays at every step.

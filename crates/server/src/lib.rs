@@ -32,7 +32,7 @@ use tower_http::compression::{CompressionLayer, CompressionLevel};
 use tsunagi_core::{clock::Clock, time::format_instant_jst};
 use tsunagi_fhir::{
     query::{Include, SearchQuery, Summary, Total},
-    search::{IndexValue, extract},
+    search::{IndexValue, extract_param},
 };
 use tsunagi_store::{HistoryCursor, Key, Store, StoredResource};
 
@@ -939,17 +939,27 @@ async fn include_round(
             .iter()
             .filter(|s| s.resource_type == include.source_type)
         {
-            let Some(value) = source.to_json()? else {
+            // Only this parameter's references, read from the stored content (no meta needed).
+            let Some(content) = source.content.as_deref() else {
                 continue;
             };
-            for entry in extract(&source.resource_type, &value) {
-                if entry.param != include.param.id {
-                    continue;
-                }
+            let value = tsunagi_fhir::json::parse_fields(content, &|key| {
+                include.param.paths.iter().any(|path| {
+                    let head = path.split('.').next().unwrap_or(path);
+                    match head.strip_suffix("[x]") {
+                        Some(prefix) => key.starts_with(prefix),
+                        None => key == head,
+                    }
+                })
+            })
+            .map_err(|error| {
+                ApiError::from(tsunagi_store::StoreError::Corrupt(error.to_string()))
+            })?;
+            for entry in extract_param(&value, include.param) {
                 if let IndexValue::Reference {
                     target_type,
                     target_id,
-                } = entry.value
+                } = entry
                     && include
                         .target_type
                         .as_ref()

@@ -60,6 +60,7 @@ fn db_error(error: sqlx::Error) -> StoreError {
 pub struct SqliteStore {
     pool: SqlitePool,
     clock: Arc<dyn Clock>,
+    compartments: Arc<query::CompartmentCache>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -92,7 +93,11 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(db_error)?;
-        let store = Self { pool, clock };
+        let store = Self {
+            pool,
+            clock,
+            compartments: Arc::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -222,6 +227,13 @@ impl SqliteStore {
             .await
             .map_err(db_error)?;
         transaction.commit().await.map_err(db_error)
+    }
+
+    fn db(&self) -> query::Db<'_> {
+        query::Db {
+            pool: &self.pool,
+            compartments: &self.compartments,
+        }
     }
 
     /// Closes the pool (checkpointing the WAL).
@@ -1268,11 +1280,11 @@ impl Store for SqliteStore {
     }
 
     async fn search(&self, query: &SearchQuery) -> Result<Vec<Key>, StoreError> {
-        query::search(&self.pool, query).await
+        query::search(self.db(), query).await
     }
 
     async fn count(&self, query: &SearchQuery) -> Result<u64, StoreError> {
-        query::count(&self.pool, query).await
+        query::count(self.db(), query).await
     }
 
     async fn fetch(&self, keys: &[Key]) -> Result<Vec<StoredResource>, StoreError> {

@@ -53,12 +53,12 @@ fn is_compartment_type(resource_type: &str) -> bool {
 }
 
 /// The patient ids of a filter that only restricts the compartment (`patient=A,B`).
-fn compartment_filter(resource_type: &str, filter: &Filter) -> Option<Vec<String>> {
+fn compartment_filter<'q>(resource_type: &str, filter: &'q Filter) -> Option<Vec<PatientRef<'q>>> {
     let code = compartment_param(resource_type)?;
     if filter.negated || filter.any_of.is_empty() {
         return None;
     }
-    let mut ids = Vec::new();
+    let mut refs = Vec::new();
     for predicate in &filter.any_of {
         match predicate {
             Predicate::Reference {
@@ -66,12 +66,57 @@ fn compartment_filter(resource_type: &str, filter: &Filter) -> Option<Vec<String
                 target_type,
                 id,
             } if param.code == code && target_type.as_deref() == Some("Patient") => {
-                ids.push(id.clone())
+                refs.push(PatientRef::Id(id))
+            }
+            // `subject:Patient.identifier=…`: the patients are found first, then it is a scope.
+            Predicate::Chain {
+                param,
+                target_type,
+                inner,
+            } if param.code == code && target_type == "Patient" => {
+                refs.push(PatientRef::Chain(inner))
             }
             _ => return None,
         }
     }
-    Some(ids)
+    Some(refs)
+}
+
+/// A patient named by a compartment filter: by id, or by a test on Patient (a chain).
+enum PatientRef<'q> {
+    Id(&'q str),
+    Chain(&'q Predicate),
+}
+
+/// The logical ids of the patients a compartment filter names.
+async fn patient_ids(
+    pool: &SqlitePool,
+    refs: &[PatientRef<'_>],
+) -> Result<Vec<String>, StoreError> {
+    let mut ids = Vec::new();
+    for patient in refs {
+        match patient {
+            PatientRef::Id(id) => ids.push((*id).to_owned()),
+            PatientRef::Chain(inner) => {
+                let planner = Planner {
+                    resource_type: "Patient",
+                    scope: Scope::Zero,
+                };
+                let mut sql = QueryBuilder::<Sqlite>::new(
+                    "SELECT id FROM resources WHERE type = 'Patient' AND deleted = 0 AND rid IN (",
+                );
+                planner.push_predicate(&mut sql, inner)?;
+                sql.push(")");
+                let found: Vec<String> = sql
+                    .build_query_scalar()
+                    .fetch_all(pool)
+                    .await
+                    .map_err(db_error)?;
+                ids.extend(found);
+            }
+        }
+    }
+    Ok(ids)
 }
 
 impl Planner<'_> {
@@ -323,9 +368,12 @@ impl Planner<'_> {
 /// FHIR date-range semantics (see [`DateBound::matches`]) over two columns.
 fn push_date_condition(sql: &mut QueryBuilder<Sqlite>, start: &str, end: &str, bound: &DateBound) {
     let (s, e) = (bound.start, bound.end);
+    // `start <= e` follows from `start <= end <= e`; written out, it bounds the index range.
     let contained = |sql: &mut QueryBuilder<Sqlite>| {
         sql.push(format!("({start} >= "));
         sql.push_bind(s);
+        sql.push(format!(" AND {start} <= "));
+        sql.push_bind(e);
         sql.push(format!(" AND {end} <= "));
         sql.push_bind(e);
         sql.push(")");
@@ -363,8 +411,11 @@ fn push_date_condition(sql: &mut QueryBuilder<Sqlite>, start: &str, end: &str, b
             sql.push_bind(e);
         }
         Prefix::Eb => {
-            sql.push(format!("{end} <= "));
+            sql.push(format!("({end} <= "));
             sql.push_bind(s);
+            sql.push(format!(" AND {start} <= "));
+            sql.push_bind(s);
+            sql.push(")");
         }
         Prefix::Ap => {
             sql.push(format!("({start} < "));
@@ -377,23 +428,17 @@ fn push_date_condition(sql: &mut QueryBuilder<Sqlite>, start: &str, end: &str, b
 }
 
 /// Resolves compartment filters to compartment ids; `None` when the query has none.
-async fn resolve_scope(pool: &SqlitePool, query: &SearchQuery) -> Result<Scope, StoreError> {
+async fn resolve_scope(db: Db<'_>, query: &SearchQuery) -> Result<Scope, StoreError> {
     if !is_compartment_type(&query.resource_type) {
         return Ok(Scope::Zero);
     }
     let mut scope: Option<Vec<i64>> = None;
     for filter in &query.filters {
-        let Some(patients) = compartment_filter(&query.resource_type, filter) else {
+        let Some(refs) = compartment_filter(&query.resource_type, filter) else {
             continue;
         };
-        let list = json_list(&patients);
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM compartments WHERE patient IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(list)
-        .fetch_all(pool)
-        .await
-        .map_err(db_error)?;
+        let patients = patient_ids(db.pool, &refs).await?;
+        let ids = db.compartments.ids(db.pool, &patients).await?;
         scope = Some(match scope {
             // Two compartment filters (AND): only compartments named by both.
             Some(previous) => previous.into_iter().filter(|id| ids.contains(id)).collect(),
@@ -403,16 +448,72 @@ async fn resolve_scope(pool: &SqlitePool, query: &SearchQuery) -> Result<Scope, 
     Ok(scope.map_or(Scope::All, Scope::Compartments))
 }
 
+/// Compartment ids of patients, remembered: an id never changes once assigned, so only hits
+/// are kept (a patient without one yet is asked again). Bounded; cleared when full.
+#[derive(Debug, Default)]
+pub(crate) struct CompartmentCache(std::sync::Mutex<std::collections::HashMap<String, i64>>);
+
+impl CompartmentCache {
+    const MAX: usize = 1_000_000;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, i64>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The compartment ids of `patients` that have one.
+    async fn ids(&self, pool: &SqlitePool, patients: &[String]) -> Result<Vec<i64>, StoreError> {
+        let mut ids = Vec::with_capacity(patients.len());
+        let mut missing = Vec::new();
+        {
+            let known = self.lock();
+            for patient in patients {
+                match known.get(patient) {
+                    Some(id) => ids.push(*id),
+                    None => missing.push(patient.as_str()),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(ids);
+        }
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT patient, id FROM compartments WHERE patient IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(json_list(&missing))
+        .fetch_all(pool)
+        .await
+        .map_err(db_error)?;
+        let mut known = self.lock();
+        if known.len() + rows.len() > Self::MAX {
+            known.clear();
+        }
+        for (patient, id) in rows {
+            ids.push(id);
+            known.insert(patient, id);
+        }
+        Ok(ids)
+    }
+}
+
+/// What a query needs: the pool and the compartment-id cache.
+#[derive(Clone, Copy)]
+pub(crate) struct Db<'a> {
+    pub(crate) pool: &'a SqlitePool,
+    pub(crate) compartments: &'a CompartmentCache,
+}
+
 /// Starts a statement with `head`, followed by the compound SELECT of the matching rids (no
 /// order); the caller appends the rest.
 async fn build(
-    pool: &SqlitePool,
+    db: Db<'_>,
     query: &SearchQuery,
     head: &str,
 ) -> Result<QueryBuilder<Sqlite>, StoreError> {
     let planner = Planner {
         resource_type: &query.resource_type,
-        scope: resolve_scope(pool, query).await?,
+        scope: resolve_scope(db, query).await?,
     };
     let mut sql = QueryBuilder::<Sqlite>::new(head);
     let filters: Vec<&Filter> = query
@@ -438,11 +539,12 @@ async fn build(
 }
 
 /// The number of matches (text filters are applied, so this loads their candidates).
-pub(crate) async fn count(pool: &SqlitePool, query: &SearchQuery) -> Result<u64, StoreError> {
+pub(crate) async fn count(db: Db<'_>, query: &SearchQuery) -> Result<u64, StoreError> {
+    let pool = db.pool;
     if has_text_filters(query) {
-        return Ok(search(pool, query).await?.len() as u64);
+        return Ok(search(db, query).await?.len() as u64);
     }
-    let mut sql = build(pool, query, "SELECT COUNT(DISTINCT rid) FROM (").await?;
+    let mut sql = build(db, query, "SELECT COUNT(DISTINCT rid) FROM (").await?;
     sql.push(")");
     let count: i64 = sql
         .build_query_scalar()
@@ -493,7 +595,8 @@ struct Candidate {
 }
 
 /// The keys of every match, ordered.
-pub(crate) async fn search(pool: &SqlitePool, query: &SearchQuery) -> Result<Vec<Key>, StoreError> {
+pub(crate) async fn search(db: Db<'_>, query: &SearchQuery) -> Result<Vec<Key>, StoreError> {
+    let pool = db.pool;
     let order = match query.sort.first() {
         Some(Sort {
             key: SortKey::Id,
@@ -518,7 +621,7 @@ pub(crate) async fn search(pool: &SqlitePool, query: &SearchQuery) -> Result<Vec
         _ => " ORDER BY rid",
     };
     let mut sql = build(
-        pool,
+        db,
         query,
         "SELECT rid, pat, id, last_updated FROM resources WHERE rid IN (",
     )

@@ -269,6 +269,37 @@ pub async fn search_tokens_strings_and_references(store: &dyn Store) {
         sorted(ids(store, "Observation", &[("patient.birthdate", "1950")]).await),
         s(&["o1", "o2", "o3", "o5"])
     );
+    // A chain through the patient narrows like a patient filter, also with other filters.
+    assert!(
+        ids(
+            store,
+            "Observation",
+            &[(
+                "subject:Patient.identifier",
+                "urn:oid:1.2.392.100495.20.3.51.10610100010|nobody"
+            )]
+        )
+        .await
+        .is_empty()
+    );
+    assert_eq!(
+        sorted(
+            ids(
+                store,
+                "Observation",
+                &[("patient.birthdate", "1950"), ("date", "2024-05")]
+            )
+            .await
+        ),
+        sorted(
+            ids(
+                store,
+                "Observation",
+                &[("patient", "p1"), ("date", "2024-05")]
+            )
+            .await
+        )
+    );
     assert_eq!(
         ids(store, "DiagnosticReport", &[("result", "Observation/o2")]).await,
         s(&["r1"])
