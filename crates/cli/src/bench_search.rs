@@ -236,39 +236,82 @@ fn percentile(sorted: &[f64], fraction: f64) -> f64 {
     sorted[index.min(sorted.len() - 1)]
 }
 
-/// Timings of every query: (name, p50, p95, target p50), and the patient they were run for.
-type Timings = (Vec<(&'static str, f64, f64, f64)>, String, u64);
+/// One query's figures: name, p50 and p95 at the large and at the small region, target p50.
+struct Timing {
+    name: &'static str,
+    p50: f64,
+    p95: f64,
+    small_p50: f64,
+    target: f64,
+}
 
+async fn timed_get(
+    connection: &mut Connection,
+    target: &str,
+    samples: &mut Vec<f64>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (status, _) = connection.get(target).await?;
+    samples.push(started.elapsed().as_secs_f64() * 1000.0);
+    if status != 200 {
+        bail!("{target} answered {status}");
+    }
+    Ok(())
+}
+
+/// Times every query in both regions, alternating blocks of requests, so that drift in the
+/// machine's speed falls on both alike and the small/large ratio is fair.
+/// Returns the timings, a line naming the patients, and the large region's patient.
 async fn time_queries(
-    addr: SocketAddr,
+    small: SocketAddr,
+    large: SocketAddr,
     requests: usize,
-    prefer: Option<&str>,
-) -> anyhow::Result<Timings> {
-    let mut connection = Connection::open(addr).await?;
+) -> anyhow::Result<(Vec<Timing>, String, String)> {
+    let mut small_connection = Connection::open(small).await?;
+    let mut large_connection = Connection::open(large).await?;
+    let (patient, small_total, small_list) = queries(&mut small_connection, None).await?;
+    let (large_patient, large_total, large_list) =
+        queries(&mut large_connection, Some(&patient)).await?;
+    let note = format!(
+        "patient {patient} ({small_total} resources) in the small region; {large_patient} ({large_total} resources) in the large"
+    );
     let mut results = Vec::new();
-    let (patient, total, list) = queries(&mut connection, prefer).await?;
-    for (name, target, target_p50) in list {
+    for ((name, small_target, target_p50), (_, large_target, _)) in
+        small_list.into_iter().zip(large_list)
+    {
         for _ in 0..20 {
-            connection.get(&target).await?;
+            small_connection.get(&small_target).await?;
+            large_connection.get(&large_target).await?;
         }
-        let mut samples = Vec::with_capacity(requests);
-        for _ in 0..requests {
-            let started = Instant::now();
-            let (status, _) = connection.get(&target).await?;
-            samples.push(started.elapsed().as_secs_f64() * 1000.0);
-            if status != 200 {
-                bail!("{target} answered {status}");
+        let mut small_samples = Vec::with_capacity(requests);
+        let mut large_samples = Vec::with_capacity(requests);
+        // Blocks of 30 timed requests, each after 5 untimed ones that bring the region back into
+        // the caches: alternating single requests would measure cache misses instead.
+        while large_samples.len() < requests {
+            let block = (requests - large_samples.len()).min(30);
+            for (connection, target, samples) in [
+                (&mut small_connection, &small_target, &mut small_samples),
+                (&mut large_connection, &large_target, &mut large_samples),
+            ] {
+                for _ in 0..5 {
+                    connection.get(target).await?;
+                }
+                for _ in 0..block {
+                    timed_get(connection, target, samples).await?;
+                }
             }
         }
-        samples.sort_by(f64::total_cmp);
-        results.push((
+        small_samples.sort_by(f64::total_cmp);
+        large_samples.sort_by(f64::total_cmp);
+        results.push(Timing {
             name,
-            percentile(&samples, 0.5),
-            percentile(&samples, 0.95),
-            target_p50,
-        ));
+            p50: percentile(&large_samples, 0.5),
+            p95: percentile(&large_samples, 0.95),
+            small_p50: percentile(&small_samples, 0.5),
+            target: target_p50,
+        });
     }
-    Ok((results, patient, total))
+    Ok((results, note, large_patient))
 }
 
 async fn throughput(addr: SocketAddr, target: String, seconds: f64) -> anyhow::Result<f64> {
@@ -309,21 +352,13 @@ pub(crate) async fn search(
     for size in [small, patients] {
         regions.push(load_region(size, seed).await?);
     }
-    let small_run = time_queries(regions[0].addr, requests, None).await?;
-    let large_run = time_queries(regions[1].addr, requests, Some(&small_run.1)).await?;
-    let (small_times, large_times) = (&small_run.0, &large_run.0);
+    let (timings, note, patient) = time_queries(regions[0].addr, regions[1].addr, requests).await?;
+    println!("\n{note}");
     println!(
-        "\npatient {} ({} resources) at {}; patient {} ({} resources) at {}",
-        small_run.1,
-        small_run.2,
-        regions[0].patients,
-        large_run.1,
-        large_run.2,
-        regions[1].patients
+        "latency over one keep-alive connection per region, {requests} requests each, in alternating blocks of 30 (ms)"
     );
-    println!("latency over one keep-alive connection, {requests} requests each (ms)");
     println!(
-        "  {:<40} {:>8} {:>8} {:>8} {:>8}   {:>14}",
+        "  {:<42} {:>8} {:>8} {:>8} {:>8}   {:>14}",
         "query",
         "p50",
         "p95",
@@ -331,10 +366,16 @@ pub(crate) async fn search(
         "ratio",
         format!("p50 at {}", regions[0].patients)
     );
-    for (index, (name, p50, p95, target)) in large_times.iter().enumerate() {
-        let small_p50 = small_times.get(index).map_or(0.0, |t| t.1);
+    for &Timing {
+        name,
+        p50,
+        p95,
+        small_p50,
+        target,
+    } in &timings
+    {
         println!(
-            "  {name:<40} {p50:>8.3} {p95:>8.3} {target:>8.1} {:>8.2}   {small_p50:>8.3} (×{:.2})",
+            "  {name:<42} {p50:>8.3} {p95:>8.3} {target:>8.1} {:>8.2}   {small_p50:>8.3} (×{:.2})",
             p50 / target,
             if small_p50 > 0.0 {
                 p50 / small_p50
@@ -345,7 +386,7 @@ pub(crate) async fn search(
     }
     let large = &regions[1];
     let mut connection = Connection::open(large.addr).await?;
-    let (_, _, list) = queries(&mut connection, Some(&large_run.1)).await?;
+    let (_, _, list) = queries(&mut connection, Some(&patient)).await?;
     let read = list.first().map(|q| q.1.clone()).unwrap_or_default();
     let code = list.get(4).map(|q| q.1.clone()).unwrap_or_default();
     let read_rate = throughput(large.addr, read, 5.0).await?;
