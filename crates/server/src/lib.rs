@@ -789,8 +789,13 @@ async fn search_as(
         strict_handling(headers),
     )?;
     let base = base_url(state.settings.base_url.as_deref(), headers);
-    if lastn.is_none() && (query.summary == Summary::Count || query.count == 0) {
-        let total = state.store.count(&query).await?;
+    if query.summary == Summary::Count || query.count == 0 {
+        let total = match lastn {
+            None => state.store.count(&query).await?,
+            Some(max) => lastn_keys(state, state.store.search(&query).await?, max)
+                .await?
+                .len() as u64,
+        };
         let mut out = Vec::with_capacity(512);
         start_bundle(&mut out, "searchset", &bundle_id(state), now);
         if query.total == Total::Accurate || query.summary == Summary::Count {

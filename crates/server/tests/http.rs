@@ -425,6 +425,14 @@ async fn lastn_returns_the_newest_of_each_code_for_one_patient() {
         walked.extend(ids(&page));
     }
     assert_eq!(walked, ["o25", "o24", "o23", "h10", "h7", "h3"]);
+    let counted = get(
+        addr,
+        "/fhir/Observation/$lastn?patient=p1&max=2&_summary=count",
+    )
+    .await
+    .json();
+    assert_eq!(counted["total"], 4);
+    assert!(counted.get("entry").is_none(), "{counted}");
     let posted = request(addr, "POST", "/fhir/Observation/$lastn", &[], "patient=p2")
         .await
         .json();
