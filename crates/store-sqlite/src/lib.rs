@@ -39,7 +39,8 @@ mod query;
 
 const MIGRATION_0001: &str = include_str!("../migrations/0001_initial.sql");
 const MIGRATION_0002: &str = include_str!("../migrations/0002_compartments.sql");
-const SCHEMA_VERSION: &str = "2";
+const MIGRATION_0003: &str = include_str!("../migrations/0003_history_order.sql");
+const SCHEMA_VERSION: &str = "3";
 
 /// Rows per multi-row INSERT (SQLite allows 32766 bound parameters).
 const RESOURCE_CHUNK: usize = 500;
@@ -119,6 +120,10 @@ impl SqliteStore {
                 .execute(&mut *connection)
                 .await
                 .map_err(db_error)?;
+            sqlx::raw_sql(MIGRATION_0003)
+                .execute(&mut *connection)
+                .await
+                .map_err(db_error)?;
             sqlx::query("INSERT INTO store_meta (key, value) VALUES ('schema_version', ?), ('registry_version', ?)")
                 .bind(SCHEMA_VERSION)
                 .bind(REGISTRY_VERSION.to_string())
@@ -139,7 +144,20 @@ impl SqliteStore {
                 .execute(&mut *transaction)
                 .await
                 .map_err(db_error)?;
-            sqlx::query("UPDATE store_meta SET value = ?1 WHERE key = 'schema_version'; UPDATE store_meta SET value = '0' WHERE key = 'registry_version'")
+            sqlx::query("UPDATE store_meta SET value = '2' WHERE key = 'schema_version'; UPDATE store_meta SET value = '0' WHERE key = 'registry_version'")
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+            transaction.commit().await.map_err(db_error)?;
+            schema = Some("2".to_owned());
+        }
+        if schema.as_deref() == Some("2") {
+            let mut transaction = connection.begin().await.map_err(db_error)?;
+            sqlx::raw_sql(MIGRATION_0003)
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+            sqlx::query("UPDATE store_meta SET value = ?1 WHERE key = 'schema_version'")
                 .bind(SCHEMA_VERSION)
                 .execute(&mut *transaction)
                 .await
@@ -1379,27 +1397,78 @@ impl Store for SqliteStore {
         after: Option<&HistoryCursor>,
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
-        // Rows after the cursor in (last_updated DESC, type, id, version DESC) order.
-        const SQL: &str = "SELECT type, id, version, last_updated, deleted, content FROM ( \
-               SELECT type, id, version, last_updated, deleted, content FROM resources \
-                 WHERE (?1 IS NULL OR type = ?1) AND (?2 IS NULL OR last_updated >= ?2) \
-               UNION ALL \
-               SELECT r.type, r.id, h.version, h.last_updated, h.deleted, h.content FROM resource_history h JOIN resources r ON r.rid = h.rid \
-                 WHERE (?1 IS NULL OR r.type = ?1) AND (?2 IS NULL OR h.last_updated >= ?2) \
-             ) WHERE (?3 IS NULL OR last_updated < ?3 OR (last_updated = ?3 AND \
-               (type > ?4 OR (type = ?4 AND (id > ?5 OR (id = ?5 AND version < ?6)))))) \
-             ORDER BY last_updated DESC, type, id, version DESC LIMIT ?7";
-        let rows = sqlx::query(SQL)
-            .bind(resource_type)
-            .bind(since)
-            .bind(after.map(|c| c.last_updated))
-            .bind(after.map(|c| c.resource_type.as_str()))
-            .bind(after.map(|c| c.id.as_str()))
-            .bind(after.map(|c| c.version))
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
+        // Each side (current versions, earlier versions) is read newest first through its
+        // `last_updated` index and stops after one page; the two pages are merged. The cursor
+        // keeps rows after (last_updated, type, id, version) in (DESC, ASC, ASC, DESC) order;
+        // its redundant `last_updated <= ?` bounds the index range.
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut sql = QueryBuilder::<Sqlite>::new(
+            "SELECT type, id, version, last_updated, deleted, content FROM (",
+        );
+        // INDEXED BY and CROSS JOIN (which fixes the join order in SQLite): without statistics
+        // the planner prefers scanning and sorting everything, or looping over the resources.
+        let current = if resource_type.is_some() {
+            "resources r INDEXED BY resources_type_updated"
+        } else {
+            "resources r INDEXED BY resources_updated"
+        };
+        for (index, (table, prefix)) in [
+            (current, "r."),
+            (
+                "resource_history h INDEXED BY resource_history_updated CROSS JOIN resources r ON r.rid = h.rid",
+                "h.",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if index > 0 {
+                sql.push(" UNION ALL ");
+            }
+            sql.push(format!(
+                "SELECT * FROM (SELECT r.type AS type, r.id AS id, {prefix}version AS version, {prefix}last_updated AS last_updated, {prefix}deleted AS deleted, {prefix}content AS content FROM {table} WHERE 1"
+            ));
+            if let Some(resource_type) = resource_type {
+                sql.push(" AND r.type = ");
+                sql.push_bind(resource_type.to_owned());
+                if index > 0 {
+                    // Earlier versions carry no type: test membership in one set of the type's
+                    // rows instead of looking every version's resource up.
+                    sql.push(" AND h.rid IN (SELECT rid FROM resources WHERE type = ");
+                    sql.push_bind(resource_type.to_owned());
+                    sql.push(")");
+                }
+            }
+            if let Some(since) = since {
+                sql.push(format!(" AND {prefix}last_updated >= "));
+                sql.push_bind(since);
+            }
+            if let Some(cursor) = after {
+                sql.push(format!(" AND {prefix}last_updated <= "));
+                sql.push_bind(cursor.last_updated);
+                sql.push(format!(" AND ({prefix}last_updated < "));
+                sql.push_bind(cursor.last_updated);
+                sql.push(" OR r.type > ");
+                sql.push_bind(cursor.resource_type.clone());
+                sql.push(" OR (r.type = ");
+                sql.push_bind(cursor.resource_type.clone());
+                sql.push(" AND (r.id > ");
+                sql.push_bind(cursor.id.clone());
+                sql.push(" OR (r.id = ");
+                sql.push_bind(cursor.id.clone());
+                sql.push(format!(" AND {prefix}version < "));
+                sql.push_bind(cursor.version);
+                sql.push("))))");
+            }
+            sql.push(format!(
+                " ORDER BY {prefix}last_updated DESC, r.type, r.id, {prefix}version DESC LIMIT "
+            ));
+            sql.push_bind(limit);
+            sql.push(")");
+        }
+        sql.push(") ORDER BY last_updated DESC, type, id, version DESC LIMIT ");
+        sql.push_bind(limit);
+        let rows = sql.build().fetch_all(&self.pool).await.map_err(db_error)?;
         rows.iter().map(stored_from_row).collect()
     }
 }
