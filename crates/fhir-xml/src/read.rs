@@ -97,6 +97,27 @@ impl<'i> XmlIn<'i> {
         }
     }
 
+    /// The next child element of the current one, or `None` at its end tag. Comments,
+    /// processing instructions and whitespace are skipped; other content is an error naming
+    /// `owner`.
+    fn next_child(
+        &mut self,
+        owner: &dyn Fn() -> String,
+    ) -> Result<Option<(Ns, BytesStart<'i>, bool)>, XmlError> {
+        loop {
+            let (ns, event) = self.next()?;
+            return match event {
+                Event::Start(start) => Ok(Some((ns, start, false))),
+                Event::Empty(start) => Ok(Some((ns, start, true))),
+                Event::End(_) => Ok(None),
+                Event::Comment(_) | Event::PI(_) => continue,
+                Event::Text(text) if text.iter().all(u8::is_ascii_whitespace) => continue,
+                Event::Eof => Err(self.error(format!("{} is not closed", owner()))),
+                _ => Err(self.error(format!("unexpected content in {}", owner()))),
+            };
+        }
+    }
+
     fn expect_ns(&self, ns: &Ns, expected: Ns) -> Result<(), XmlError> {
         if *ns == expected {
             Ok(())
@@ -159,17 +180,8 @@ impl<'i> XmlIn<'i> {
         if empty {
             return Ok(object);
         }
-        loop {
-            let (ns, event) = self.next()?;
-            let (child, child_empty) = match event {
-                Event::Start(child) => (child, false),
-                Event::Empty(child) => (child, true),
-                Event::End(_) => return Ok(object),
-                Event::Comment(_) | Event::PI(_) => continue,
-                Event::Text(text) if text.iter().all(u8::is_ascii_whitespace) => continue,
-                Event::Eof => return Err(self.error(format!("{} is not closed", def.name))),
-                _ => return Err(self.error(format!("text inside {}", def.name))),
-            };
+        let owner = || def.name.to_string();
+        while let Some((ns, child, child_empty)) = self.next_child(&owner)? {
             let name = utf8(child.local_name().into_inner())?;
             let element =
                 def.element(name)
@@ -185,6 +197,7 @@ impl<'i> XmlIn<'i> {
             }
             self.element(def, element, &child, child_empty, &mut object)?;
         }
+        Ok(object)
     }
 
     /// Reads one occurrence of `element` into `object`.
@@ -227,21 +240,8 @@ impl<'i> XmlIn<'i> {
             ));
         }
         let mut resource = None;
-        loop {
-            let (ns, event) = self.next()?;
-            let (start, inner_empty) = match event {
-                Event::Start(start) => (start, false),
-                Event::Empty(start) => (start, true),
-                Event::End(_) => break,
-                Event::Comment(_) | Event::PI(_) => continue,
-                Event::Text(text) if text.iter().all(u8::is_ascii_whitespace) => continue,
-                _ => {
-                    return Err(self.error(format!(
-                        "unexpected content in {}.{}",
-                        def.name, element.name
-                    )));
-                }
-            };
+        let owner = || format!("{}.{}", def.name, element.name);
+        while let Some((ns, start, inner_empty)) = self.next_child(&owner)? {
             if resource.is_some() {
                 return Err(XmlError::invalid(
                     def.name,
@@ -313,21 +313,8 @@ impl<'i> XmlIn<'i> {
                 .type_def("Extension")
                 .ok_or_else(|| XmlError::Model(String::from("no Extension type")))?;
             let mut extensions = Vec::new();
-            loop {
-                let (ns, event) = self.next()?;
-                let (child, child_empty) = match event {
-                    Event::Start(child) => (child, false),
-                    Event::Empty(child) => (child, true),
-                    Event::End(_) => break,
-                    Event::Comment(_) | Event::PI(_) => continue,
-                    Event::Text(text) if text.iter().all(u8::is_ascii_whitespace) => continue,
-                    _ => {
-                        return Err(self.error(format!(
-                            "unexpected content in {}.{}",
-                            def.name, element.name
-                        )));
-                    }
-                };
+            let owner = || format!("{}.{}", def.name, element.name);
+            while let Some((ns, child, child_empty)) = self.next_child(&owner)? {
                 self.expect_ns(&ns, Ns::Fhir)?;
                 if child.local_name().into_inner() != b"extension" {
                     return Err(XmlError::UnknownElement {

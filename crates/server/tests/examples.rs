@@ -7,14 +7,12 @@
 
 mod support;
 
-use std::{collections::BTreeMap, io::Read, sync::Arc};
+use std::{collections::BTreeMap, io::Read};
 
 use serde_json::Value;
-use support::{NOW, get, link, write};
-use tsunagi_core::clock::FixedClock;
+use support::{get, link, write};
 use tsunagi_server::Settings;
 use tsunagi_store::{Batch, Operation, Store};
-use tsunagi_store_sqlite::SqliteStore;
 
 fn official_examples() -> Vec<Value> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -45,15 +43,7 @@ fn without_store_meta(mut resource: Value) -> Value {
 
 #[tokio::test]
 async fn official_examples_are_served_back_unchanged() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        SqliteStore::open(
-            &format!("sqlite://{}", dir.path().join("examples.db").display()),
-            Arc::new(FixedClock(NOW)),
-        )
-        .await
-        .unwrap(),
-    );
+    let (store, _dir) = support::fresh_store().await;
     let examples = official_examples();
     assert_eq!(examples.len(), 205);
     let operations = examples

@@ -85,6 +85,24 @@ pub async fn pull(store: Arc<SqliteStore>, facility: &str, roots: Vec<PathBuf>) 
     adapter.pull(&context).await.unwrap()
 }
 
+/// A synthetic region of `patients` people (three hospitals, three vendors) generated in `dir`
+/// and pulled into a fresh store there; no file may be rejected.
+pub async fn ingested_region(dir: &Path, patients: usize, seed: u64) -> Arc<SqliteStore> {
+    let region = dir.join("region");
+    tsunagi_synth::generate_region(&region, patients, seed).unwrap();
+    let store = store(dir).await;
+    for hospital in tsunagi_synth::HOSPITALS {
+        let report = pull(
+            store.clone(),
+            hospital.code,
+            vec![region.join(hospital.code)],
+        )
+        .await;
+        assert!(report.rejected.is_empty(), "{:#?}", report.rejected);
+    }
+    store
+}
+
 /// Every current resource of the store, with meta filled in.
 pub async fn all_resources(store: &dyn Store) -> Vec<Value> {
     let mut resources = Vec::new();

@@ -7,7 +7,7 @@
 use std::{collections::HashSet, sync::Arc};
 
 use tsunagi_core::clock::FixedClock;
-use tsunagi_e2e::{pull, store};
+use tsunagi_e2e::ingested_region;
 use tsunagi_fhir_model::fhir_sdk::{
     TryStreamExt, Url,
     client::{Client, SearchParameters},
@@ -18,18 +18,7 @@ use tsunagi_fhir_model::fhir_sdk::{
 #[tokio::test]
 async fn fhir_sdk_client_reads_searches_pages_and_gets_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let region = dir.path().join("region");
-    tsunagi_synth::generate_region(&region, 12, 5).unwrap();
-    let store = store(dir.path()).await;
-    for hospital in tsunagi_synth::HOSPITALS {
-        let report = pull(
-            store.clone(),
-            hospital.code,
-            vec![region.join(hospital.code)],
-        )
-        .await;
-        assert!(report.rejected.is_empty());
-    }
+    let store = ingested_region(dir.path(), 12, 5).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let state = tsunagi_server::AppState::new(

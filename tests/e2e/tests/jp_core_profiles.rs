@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 use tsunagi_e2e::{
-    all_resources, check_against_profile, jp_core_profiles, pull, shared, store, workspace,
+    all_resources, check_against_profile, ingested_region, jp_core_profiles, pull, shared,
+    workspace,
 };
 
 fn statement() -> Vec<toml::Value> {
@@ -66,18 +67,7 @@ fn the_stated_constraints_are_jp_cores() {
 #[tokio::test]
 async fn every_resource_conforms_to_its_profile() {
     let dir = tempfile::tempdir().unwrap();
-    let region = dir.path().join("region");
-    tsunagi_synth::generate_region(&region, 45, 7).unwrap();
-    let store = store(dir.path()).await;
-    for hospital in tsunagi_synth::HOSPITALS {
-        let report = pull(
-            store.clone(),
-            hospital.code,
-            vec![region.join(hospital.code)],
-        )
-        .await;
-        assert!(report.rejected.is_empty(), "{:#?}", report.rejected);
-    }
+    let store = ingested_region(dir.path(), 45, 7).await;
     pull(
         store.clone(),
         "9999999999",

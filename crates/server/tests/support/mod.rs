@@ -177,16 +177,18 @@ pub fn observation(id: &str, patient: &str, day: u32) -> Value {
     })
 }
 
-pub async fn start() -> (SocketAddr, Arc<SqliteStore>, tempfile::TempDir) {
+/// A fresh SQLite store in a new temporary folder, on the fixed clock.
+pub async fn fresh_store() -> (Arc<SqliteStore>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        SqliteStore::open(
-            &format!("sqlite://{}", dir.path().join("api.db").display()),
-            Arc::new(FixedClock(NOW)),
-        )
+    let url = format!("sqlite://{}", dir.path().join("api.db").display());
+    let store = SqliteStore::open(&url, Arc::new(FixedClock(NOW)))
         .await
-        .unwrap(),
-    );
+        .unwrap();
+    (Arc::new(store), dir)
+}
+
+pub async fn start() -> (SocketAddr, Arc<SqliteStore>, tempfile::TempDir) {
+    let (store, dir) = fresh_store().await;
     let mut resources = vec![json!({
         "resourceType": "Patient", "id": "p1",
         "identifier": [{"system": "urn:oid:1.2.392.100495.20.3.51.10610100010", "value": "1"}],
