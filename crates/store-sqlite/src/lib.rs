@@ -89,8 +89,12 @@ impl SqliteStore {
             // consecutive batches are copied back once, not once per batch.
             .pragma("wal_autocheckpoint", "16384")
             .statement_cache_capacity(256);
+        // One connection per concurrent reader: with 4, eight keep-alive clients queued for a
+        // connection and read-by-id throughput fell from 33k to 29k requests/s. The writer
+        // still serialises through BEGIN IMMEDIATE; idle connections cost their page cache only
+        // once they have read.
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(8)
             .connect_with(options)
             .await
             .map_err(db_error)?;
