@@ -59,7 +59,11 @@ fn db_error(error: sqlx::Error) -> StoreError {
 /// The SQLite store.
 #[derive(Clone)]
 pub struct SqliteStore {
+    /// Writes, checkpoints and whole-store scans.
     pool: SqlitePool,
+    /// The API's reads (read, search, fetch, history…): memory-mapped, so a large region reads
+    /// like a small one. Kept apart so that ingest, which never uses it, keeps its RSS bound.
+    reader: SqlitePool,
     clock: Arc<dyn Clock>,
     compartments: Arc<query::CompartmentCache>,
 }
@@ -94,21 +98,29 @@ impl SqliteStore {
         // still serialises through BEGIN IMMEDIATE; idle connections cost their page cache only
         // once they have read.
         let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
+            .max_connections(4)
+            .connect_with(options.clone())
             .await
             .map_err(db_error)?;
-        let store = Self {
+        Self::migrate(&pool).await?;
+        // Pages are read through a memory map up to SQLite's 2 GiB build limit instead of a
+        // pread per page missing from the connection's cache. Mapped pages count in RSS, which
+        // is why only this pool maps: measured, it brought the large/small ratios of patient
+        // searches to ≤ 1.19, and would have pushed peak ingest RSS to 195 MB.
+        let reader = SqlitePoolOptions::new()
+            .max_connections(8)
+            .min_connections(0)
+            .connect_lazy_with(options.pragma("mmap_size", "2147418112"));
+        Ok(Self {
             pool,
+            reader,
             clock,
             compartments: Arc::default(),
-        };
-        store.migrate().await?;
-        Ok(store)
+        })
     }
 
-    async fn migrate(&self) -> Result<(), StoreError> {
-        let mut connection = self.pool.acquire().await.map_err(db_error)?;
+    async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
+        let mut connection = pool.acquire().await.map_err(db_error)?;
         let exists: Option<String> = sqlx::query_scalar(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'store_meta'",
         )
@@ -182,18 +194,18 @@ impl SqliteStore {
                 .map_err(db_error)?;
         if registry.as_deref() != Some(REGISTRY_VERSION.to_string().as_str()) {
             drop(connection);
-            self.reindex().await?;
+            Self::reindex_pool(pool).await?;
         }
         Ok(())
     }
 
     /// Rebuilds every index row from stored content (after a search-registry change).
     pub async fn reindex(&self) -> Result<(), StoreError> {
-        let mut transaction = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_error)?;
+        Self::reindex_pool(&self.pool).await
+    }
+
+    async fn reindex_pool(pool: &SqlitePool) -> Result<(), StoreError> {
+        let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)?;
         for table in [
             "idx_token",
             "idx_string",
@@ -253,13 +265,14 @@ impl SqliteStore {
 
     fn db(&self) -> query::Db<'_> {
         query::Db {
-            pool: &self.pool,
+            pool: &self.reader,
             compartments: &self.compartments,
         }
     }
 
     /// Closes the pool (checkpointing the WAL).
     pub async fn close(&self) {
+        self.reader.close().await;
         self.pool.close().await;
     }
 }
@@ -1136,7 +1149,7 @@ impl Store for SqliteStore {
             "SELECT type, id, version, last_updated, deleted, content FROM resources WHERE tid = ?",
         )
         .bind(format!("{resource_type}/{id}"))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await
         .map_err(db_error)?;
         row.as_ref().map(stored_from_row).transpose()
@@ -1158,7 +1171,7 @@ impl Store for SqliteStore {
         )
         .bind(format!("{resource_type}/{id}"))
         .bind(version)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await
         .map_err(db_error)?;
         row.as_ref().map(stored_from_row).transpose()
@@ -1176,7 +1189,7 @@ impl Store for SqliteStore {
              ORDER BY version DESC",
         )
         .bind(format!("{resource_type}/{id}"))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await
         .map_err(db_error)?;
         rows.iter().map(stored_from_row).collect()
@@ -1318,7 +1331,7 @@ impl Store for SqliteStore {
             "SELECT rid, type, id, version, last_updated, deleted, content FROM resources WHERE rid IN (SELECT value FROM json_each(?1)) AND deleted = 0",
         )
         .bind(list)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await
         .map_err(db_error)?;
         let mut by_key = HashMap::with_capacity(rows.len());
@@ -1342,7 +1355,7 @@ impl Store for SqliteStore {
             "SELECT rid FROM resources WHERE tid IN (SELECT value FROM json_each(?1)) AND deleted = 0 ORDER BY rid",
         )
         .bind(list)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await
         .map_err(db_error)
     }
@@ -1367,7 +1380,7 @@ impl Store for SqliteStore {
         .bind(i64::from(param))
         .bind(list)
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await
         .map_err(db_error)
     }
@@ -1389,7 +1402,7 @@ impl Store for SqliteStore {
         .bind(patient)
         .bind(types)
         .bind(since)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await
         .map_err(db_error)
     }
@@ -1472,7 +1485,11 @@ impl Store for SqliteStore {
         }
         sql.push(") ORDER BY last_updated DESC, type, id, version DESC LIMIT ");
         sql.push_bind(limit);
-        let rows = sql.build().fetch_all(&self.pool).await.map_err(db_error)?;
+        let rows = sql
+            .build()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db_error)?;
         rows.iter().map(stored_from_row).collect()
     }
 }
