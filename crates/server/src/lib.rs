@@ -287,21 +287,17 @@ async fn instance_level(
 ) -> Result<Response, ApiError> {
     valid_type(&resource_type)?;
     let mut pairs = decode_pairs(raw.as_deref());
+    // A POSTed search or operation carries its parameters as a form body, after the URL's.
+    if method == Method::POST && matches!(id.as_str(), "_search" | "$lastn") {
+        let form = std::str::from_utf8(&body)
+            .map_err(|_| ApiError::bad_request("invalid", format!("the {id} body is not UTF-8")))?;
+        pairs.extend(decode_pairs(Some(form)));
+    }
     match (method.clone(), id.as_str()) {
-        (Method::POST, "_search") => {
-            let form = std::str::from_utf8(&body)
-                .map_err(|_| ApiError::bad_request("invalid", "the _search body is not UTF-8"))?;
-            pairs.extend(decode_pairs(Some(form)));
+        (Method::GET | Method::POST, "_search") => {
             search(&state, &resource_type, pairs, &headers).await
         }
-        (Method::GET, "_search") => search(&state, &resource_type, pairs, &headers).await,
         (Method::GET | Method::POST, "$lastn") if resource_type == "Observation" => {
-            if method == Method::POST {
-                let form = std::str::from_utf8(&body).map_err(|_| {
-                    ApiError::bad_request("invalid", "the $lastn body is not UTF-8")
-                })?;
-                pairs.extend(decode_pairs(Some(form)));
-            }
             lastn(&state, pairs, &headers).await
         }
         (Method::GET, operation) if operation.starts_with('$') => Err(ApiError::not_found(
