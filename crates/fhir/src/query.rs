@@ -456,7 +456,10 @@ impl SearchQuery {
 
 fn parse_sort(resource_type: &str, value: &str) -> Result<Vec<Sort>, QueryError> {
     let mut keys = Vec::new();
-    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for item in value.split(',').map(str::trim) {
+        if item.is_empty() {
+            return Err(error("_sort", "an empty sort key (check the commas)"));
+        }
         let (descending, code) = match item.strip_prefix('-') {
             Some(rest) => (true, rest),
             None => (false, item),
