@@ -73,21 +73,21 @@ impl XmlError {
 /// Whether the top-level JSON property `name` of `resource_type` belongs to the `_summary=true`
 /// view (R4B `isSummary`); `false` for unknown types and properties.
 pub fn is_summary_element(resource_type: &str, name: &str) -> Result<bool, XmlError> {
-    let name = name.strip_prefix('_').unwrap_or(name);
-    Ok(model::Model::get()?
-        .resource(resource_type)
-        .and_then(|def| def.element(name))
-        .is_some_and(|e| e.summary))
+    Ok(top_level(resource_type, name)?.is_some_and(|e| e.summary))
 }
 
 /// Whether the top-level JSON property `name` of `resource_type` is mandatory (min ≥ 1), which
 /// `_elements` keeps whether asked for or not.
 pub fn is_mandatory_element(resource_type: &str, name: &str) -> Result<bool, XmlError> {
+    Ok(top_level(resource_type, name)?.is_some_and(|e| e.required))
+}
+
+/// The element of a resource type behind a top-level JSON property (`_name` included).
+fn top_level(resource_type: &str, name: &str) -> Result<Option<&'static model::Element>, XmlError> {
     let name = name.strip_prefix('_').unwrap_or(name);
     Ok(model::Model::get()?
         .resource(resource_type)
-        .and_then(|def| def.element(name))
-        .is_some_and(|e| e.required))
+        .and_then(|def| def.element(name)))
 }
 
 /// Names of the concrete R4B resource types the element table defines, sorted.

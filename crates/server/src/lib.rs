@@ -666,7 +666,7 @@ async fn search(
         resource_type,
         resource_type,
         &pairs,
-        pairs.clone(),
+        &pairs,
         headers,
         None,
     )
@@ -716,7 +716,7 @@ async fn lastn(
         "Observation",
         "Observation/$lastn",
         &pairs,
-        search_pairs,
+        &search_pairs,
         headers,
         Some(max),
     )
@@ -725,7 +725,14 @@ async fn lastn(
 
 /// The group of an Observation for `$lastn`.
 fn lastn_group(resource: &StoredResource) -> Result<String, ApiError> {
-    let value = resource.to_json()?.unwrap_or(Value::Null);
+    let value = match resource.content.as_deref() {
+        Some(content) => {
+            tsunagi_fhir::json::parse_fields(content, &|key| key == "code").map_err(|error| {
+                ApiError::from(tsunagi_store::StoreError::Corrupt(error.to_string()))
+            })?
+        }
+        None => Value::Null,
+    };
     let code = &value["code"];
     Ok(match code["coding"].get(0) {
         Some(coding) => format!(
@@ -765,7 +772,7 @@ async fn search_as(
     resource_type: &str,
     path: &str,
     link_pairs: &[(String, String)],
-    pairs: Vec<(String, String)>,
+    pairs: &[(String, String)],
     headers: &HeaderMap,
     lastn: Option<usize>,
 ) -> Result<Response, ApiError> {
@@ -780,7 +787,7 @@ async fn search_as(
     let now = state.clock.now_micros();
     let query = SearchQuery::parse(
         resource_type,
-        &pairs,
+        pairs,
         now.div_euclid(1_000_000),
         strict_handling(headers),
     )?;
@@ -813,7 +820,7 @@ async fn search_as(
         out.push(b'}');
         return Ok(json_response(StatusCode::OK, out));
     }
-    let (keys, snapshot, offset) = page_keys(state, path, &pairs, query.count, async {
+    let (keys, snapshot, offset) = page_keys(state, path, pairs, query.count, async {
         let keys = state.store.search(&query).await?;
         match lastn {
             Some(max) => lastn_keys(state, keys, max).await,
