@@ -276,6 +276,7 @@ impl Worker {
                             outcome.resources += resources.len();
                             outcome.operations.push(Operation::ReplaceSource {
                                 source_key: source_key.clone(),
+                                facility: facility.to_owned(),
                                 resources,
                             });
                             status[index] = Some(Status::Ok);

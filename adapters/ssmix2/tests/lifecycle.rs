@@ -182,7 +182,11 @@ async fn updates_deletes_and_snapshots() {
         .unwrap();
     assert_eq!(requests.len(), 1);
     let history = store
-        .history("MedicationRequest", &requests[0])
+        .history(
+            &tsunagi_store::Access::Unrestricted,
+            "MedicationRequest",
+            &requests[0],
+        )
         .await
         .unwrap();
     assert_eq!(history.len(), 2);
@@ -233,7 +237,11 @@ async fn updates_deletes_and_snapshots() {
     // And the full history of the corrected prescription is there too.
     assert_eq!(
         fresh
-            .history("MedicationRequest", &requests[0])
+            .history(
+                &tsunagi_store::Access::Unrestricted,
+                "MedicationRequest",
+                &requests[0]
+            )
             .await
             .unwrap()
             .len(),

@@ -61,6 +61,16 @@ fn select_key(jwks: &Value, kid: Option<&str>, alg: Algorithm) -> Result<Decodin
     DecodingKey::from_jwk(&jwk).map_err(|_| TokenError::UnknownKey)
 }
 
+/// The `iss` of an assertion, read **without** verifying it: only to find which client's keys
+/// to verify it with ([`verify_client_assertion`] then requires `iss` to be that client).
+pub fn unverified_issuer(assertion: &str) -> Option<String> {
+    if assertion.len() > crate::token::MAX_TOKEN_LEN {
+        return None;
+    }
+    let claims: Value = jsonwebtoken::dangerous::insecure_decode_claims(assertion).ok()?;
+    claims.get("iss")?.as_str().map(str::to_owned)
+}
+
 /// Verifies `assertion` from `client_id`, whose registered key set is `jwks`, presented at
 /// `token_url` at `now` (seconds).
 pub fn verify_client_assertion(

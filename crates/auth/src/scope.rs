@@ -144,6 +144,40 @@ impl Scopes {
         })
     }
 
+    /// What of `requested` these scopes (a client's registration) allow: each requested scope
+    /// keeps the interactions granted for its type (by name or by `*`); scopes left with none
+    /// are dropped. Scopes only ever narrow.
+    pub fn narrow(&self, requested: &Scopes) -> Scopes {
+        let resources = requested
+            .resources
+            .iter()
+            .filter_map(|scope| {
+                let interactions: Vec<Interaction> = scope
+                    .interactions
+                    .iter()
+                    .copied()
+                    .filter(|interaction| {
+                        self.resources.iter().any(|granted| {
+                            granted.context == scope.context
+                                && (granted.resource_type.is_none()
+                                    || granted.resource_type == scope.resource_type)
+                                && granted.interactions.contains(interaction)
+                        })
+                    })
+                    .collect();
+                (!interactions.is_empty()).then(|| ResourceScope {
+                    context: scope.context,
+                    resource_type: scope.resource_type.clone(),
+                    interactions,
+                })
+            })
+            .collect();
+        Scopes {
+            resources,
+            other: requested.other.clone(),
+        }
+    }
+
     /// True when no scope is of a context other than `context` (a system client may hold only
     /// `system/` scopes, a user only `user/` and `patient/`).
     pub fn only_contexts(&self, allowed: &[Context]) -> bool {
@@ -243,6 +277,19 @@ mod tests {
         );
         let write = Scopes::parse("patient/*.write").unwrap();
         assert!(write.allows(Context::Patient, "X", Interaction::Delete));
+    }
+
+    #[test]
+    fn registration_narrows_requests() {
+        let registered = Scopes::parse("system/Observation.rs system/Patient.r").unwrap();
+        let requested =
+            Scopes::parse("system/*.rs system/Patient.rs system/Observation.cruds").unwrap();
+        assert_eq!(
+            registered.narrow(&requested).to_string(),
+            "system/Patient.r system/Observation.rs"
+        );
+        let user = Scopes::parse("user/*.rs").unwrap();
+        assert!(user.narrow(&requested).resources.is_empty());
     }
 
     #[test]

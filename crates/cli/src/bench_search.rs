@@ -12,7 +12,12 @@ use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
 };
-use tsunagi_core::clock::SystemClock;
+use tsunagi_core::clock::{Clock, SystemClock};
+
+use tsunagi_auth::token::SigningKey;
+use tsunagi_server::security::{Subject, TokenSettings, issue_token};
+use tsunagi_store::governance::{Client, Facility, Governance};
+use tsunagi_store_sqlite::SqliteStore;
 
 use crate::commands;
 
@@ -20,20 +25,26 @@ use crate::commands;
 struct Connection {
     stream: BufReader<TcpStream>,
     host: String,
+    token: String,
 }
 
 impl Connection {
-    async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(addr).await?;
+    /// A connection to `region` carrying a fresh access token (valid five minutes).
+    async fn open(region: &Region) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(region.addr).await?;
         stream.set_nodelay(true)?;
         Ok(Self {
             stream: BufReader::new(stream),
-            host: addr.to_string(),
+            host: region.addr.to_string(),
+            token: region.token().await?,
         })
     }
 
     async fn get(&mut self, target: &str) -> anyhow::Result<(u16, Vec<u8>)> {
-        let request = format!("GET {target} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host);
+        let request = format!(
+            "GET {target} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\r\n",
+            self.host, self.token
+        );
         self.stream.get_mut().write_all(request.as_bytes()).await?;
         let mut line = String::new();
         self.stream.read_line(&mut line).await?;
@@ -67,6 +78,27 @@ struct Region {
     addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     patients: usize,
+    store: Arc<SqliteStore>,
+    key: SigningKey,
+}
+
+/// The bench reads as a system client of hospital A, whose patients it times.
+const BENCH_CLIENT: &str = "bench";
+const BENCH_FACILITY: &str = "0610100010";
+
+impl Region {
+    async fn token(&self) -> anyhow::Result<String> {
+        let (token, _) = issue_token(
+            self.store.as_ref(),
+            &self.key,
+            &TokenSettings::default(),
+            Subject::System(BENCH_CLIENT),
+            "system/*.rs",
+            SystemClock.now_micros().div_euclid(1_000_000),
+        )
+        .await?;
+        Ok(token)
+    }
 }
 
 async fn load_region(patients: usize, seed: u64) -> anyhow::Result<Region> {
@@ -90,10 +122,32 @@ async fn load_region(patients: usize, seed: u64) -> anyhow::Result<Region> {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    store
+        .put_facility(&Facility {
+            code: BENCH_FACILITY.to_owned(),
+            name: "荘内病院".to_owned(),
+            kind: "hospital".to_owned(),
+        })
+        .await?;
+    store
+        .put_client(&Client {
+            id: BENCH_CLIENT.to_owned(),
+            facility: BENCH_FACILITY.to_owned(),
+            kind: "system".to_owned(),
+            jwks: r#"{"keys":[]}"#.to_owned(),
+            scope: "system/*.rs".to_owned(),
+            active: true,
+        })
+        .await?;
+    let keys =
+        tsunagi_server::security::signing_keys(store.as_ref(), SystemClock.now_micros()).await?;
+    let key = keys.first().cloned().context("no signing key")?;
     let state = tsunagi_server::AppState::new(
-        store,
+        store.clone(),
+        store.clone(),
         Arc::new(SystemClock),
         tsunagi_server::Settings::default(),
+        keys,
     );
     let (sender, receiver) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(tsunagi_server::serve(listener, state, async {
@@ -104,6 +158,8 @@ async fn load_region(patients: usize, seed: u64) -> anyhow::Result<Region> {
         addr,
         shutdown: Some(sender),
         patients,
+        store,
+        key,
     })
 }
 
@@ -263,8 +319,8 @@ async fn timed_get(
 /// machine's speed falls on both alike and the small/large ratio is fair.
 /// Returns the timings, a line naming the patients, and the large region's patient.
 async fn time_queries(
-    small: SocketAddr,
-    large: SocketAddr,
+    small: &Region,
+    large: &Region,
     requests: usize,
 ) -> anyhow::Result<(Vec<Timing>, String, String)> {
     let mut small_connection = Connection::open(small).await?;
@@ -314,13 +370,13 @@ async fn time_queries(
     Ok((results, note, large_patient))
 }
 
-async fn throughput(addr: SocketAddr, target: String, seconds: f64) -> anyhow::Result<f64> {
+async fn throughput(region: &Region, target: String, seconds: f64) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let target = target.clone();
+        let mut connection = Connection::open(region).await?;
         tasks.push(tokio::spawn(async move {
-            let mut connection = Connection::open(addr).await?;
             let mut done = 0u64;
             while started.elapsed().as_secs_f64() < seconds {
                 connection.get(&target).await?;
@@ -352,7 +408,7 @@ pub(crate) async fn search(
     for size in [small, patients] {
         regions.push(load_region(size, seed).await?);
     }
-    let (timings, note, patient) = time_queries(regions[0].addr, regions[1].addr, requests).await?;
+    let (timings, note, patient) = time_queries(&regions[0], &regions[1], requests).await?;
     println!("\n{note}");
     println!(
         "latency over one keep-alive connection per region, {requests} requests each, in alternating blocks of 30 (ms)"
@@ -385,12 +441,12 @@ pub(crate) async fn search(
         );
     }
     let large = &regions[1];
-    let mut connection = Connection::open(large.addr).await?;
+    let mut connection = Connection::open(large).await?;
     let (_, _, list) = queries(&mut connection, Some(&patient)).await?;
     let read = list.first().map(|q| q.1.clone()).unwrap_or_default();
     let code = list.get(4).map(|q| q.1.clone()).unwrap_or_default();
-    let read_rate = throughput(large.addr, read, 5.0).await?;
-    let code_rate = throughput(large.addr, code, 5.0).await?;
+    let read_rate = throughput(large, read, 5.0).await?;
+    let code_rate = throughput(large, code, 5.0).await?;
     println!(
         "\nthroughput, 8 keep-alive clients in this process (region of {})",
         large.patients

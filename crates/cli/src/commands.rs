@@ -12,14 +12,17 @@ use std::{
 use anyhow::{Context, bail};
 use tsunagi_adapter::{AdapterContext, NoProgress, PullAdapter, PullReport};
 use tsunagi_adapter_ssmix2::Ssmix2Config;
-use tsunagi_core::{FacilityId, clock::SystemClock};
-use tsunagi_store::Store;
+use tsunagi_core::{
+    FacilityId,
+    clock::{Clock, SystemClock},
+};
+use tsunagi_store::{Access, Store};
 use tsunagi_store_sqlite::SqliteStore;
 
 use crate::{config::Config, progress::TerminalProgress, registry, tables};
 
 /// Opens the store named by a database URL.
-pub(crate) async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+pub(crate) async fn open_store(url: &str) -> anyhow::Result<Arc<SqliteStore>> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         if path.is_empty() {
             bail!("database url {url:?} names no file: use sqlite://<path>");
@@ -335,7 +338,9 @@ pub(crate) async fn demo(dir: &Path, patients: usize, listen: Option<&str>) -> a
         println!("  {resource_type:<26} {count:>7}");
     }
     let patient_id = "0610100010.1000000";
-    if let Some(patient) = store.read("Patient", patient_id).await?
+    if let Some(patient) = store
+        .read(&Access::Unrestricted, "Patient", patient_id)
+        .await?
         && let Some(json) = patient.to_json()?
     {
         println!(
@@ -417,7 +422,7 @@ pub(crate) fn init_logging(format: crate::config::LogFormat) {
 }
 
 async fn serve_store(
-    store: Arc<dyn Store>,
+    store: Arc<SqliteStore>,
     listen: &str,
     db: Option<&str>,
     settings: tsunagi_server::Settings,
@@ -442,7 +447,10 @@ async fn serve_store(
         println!("  {base}/Observation?patient={patient}&category=laboratory&_sort=-date");
         println!("  {base}/Patient/{patient}/$everything");
     }
-    let state = tsunagi_server::AppState::new(store, Arc::new(SystemClock), settings);
+    let keys =
+        tsunagi_server::security::signing_keys(store.as_ref(), SystemClock.now_micros()).await?;
+    let state =
+        tsunagi_server::AppState::new(store.clone(), store, Arc::new(SystemClock), settings, keys);
     tsunagi_server::serve(listener, state, async {
         let _ = tokio::signal::ctrl_c().await;
     })

@@ -95,8 +95,16 @@ pub fn loggable_route(template: Option<&str>, path: &str) -> String {
         .join("/")
 }
 
+/// The request's id, for handlers and the audit trail.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
 /// The middleware: id, span, metrics, access log.
-pub async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+pub async fn observe(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let started = std::time::Instant::now();
     let metrics = &state.metrics;
     let number = metrics.requests.fetch_add(1, Ordering::Relaxed);
@@ -117,6 +125,7 @@ pub async fn observe(State(state): State<Arc<AppState>>, request: Request, next:
         request.uri().path(),
     );
     let method = request.method().clone();
+    request.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!("request", request_id = %id);
     let mut response = next.run(request).instrument(span).await;
     let status = response.status();

@@ -12,6 +12,7 @@ pub mod access;
 pub mod capability;
 pub mod format;
 pub mod outcome;
+pub mod security;
 pub mod snapshot;
 
 use std::{
@@ -20,7 +21,7 @@ use std::{
 };
 
 use axum::{
-    Router,
+    Extension, Router,
     body::Bytes,
     extract::{Path, RawQuery, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
@@ -29,17 +30,22 @@ use axum::{
 };
 use serde_json::Value;
 use tower_http::compression::{CompressionLayer, CompressionLevel};
+use tsunagi_auth::{Interaction, token::SigningKey};
 use tsunagi_core::{clock::Clock, time::format_instant_jst};
 use tsunagi_fhir::{
     query::{Include, SearchQuery, Summary, Total},
     search::{IndexValue, extract_param},
 };
-use tsunagi_store::{HistoryCursor, Key, Store, StoredResource};
+use tsunagi_store::{Governance, HistoryCursor, Key, Store, StoredResource};
 
 use crate::{
     outcome::{ApiError, FHIR_JSON, outcome},
+    security::{AuditWriter, Caller, TokenSettings},
     snapshot::{Snapshot, Snapshots},
 };
+
+/// The authenticated caller, put in the request by [`security::guard`].
+type Who = Extension<Arc<Caller>>;
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -52,6 +58,8 @@ pub struct Settings {
     pub snapshot_max_keys: usize,
     /// Most `_revinclude` resources per page.
     pub max_revinclude: usize,
+    /// Token issuer, audience and endpoint.
+    pub tokens: TokenSettings,
 }
 
 impl Default for Settings {
@@ -61,6 +69,7 @@ impl Default for Settings {
             snapshot_ttl: Duration::from_secs(30 * 60),
             snapshot_max_keys: 5_000_000,
             max_revinclude: 1000,
+            tokens: TokenSettings::default(),
         }
     }
 }
@@ -68,36 +77,63 @@ impl Default for Settings {
 /// Shared state of all handlers.
 pub struct AppState {
     store: Arc<dyn Store>,
+    governance: Arc<dyn Governance>,
     clock: Arc<dyn Clock>,
     settings: Settings,
     snapshots: Snapshots,
     metrics: access::Metrics,
+    /// Tsunagi's token-signing keys, newest first (see [`security::signing_keys`]).
+    keys: Vec<SigningKey>,
+    audit: AuditWriter,
 }
 
 impl AppState {
-    /// State over a store.
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, settings: Settings) -> Arc<Self> {
+    /// State over a store and its governance records; starts the audit writer (call inside a
+    /// tokio runtime).
+    pub fn new(
+        store: Arc<dyn Store>,
+        governance: Arc<dyn Governance>,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+        keys: Vec<SigningKey>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
+            audit: AuditWriter::start(governance.clone()),
+            governance,
             clock,
             snapshots: Snapshots::new(settings.snapshot_ttl, settings.snapshot_max_keys),
             settings,
             metrics: access::Metrics::default(),
+            keys,
         })
     }
 }
 
 /// The router: FHIR under `/fhir`, plus `/healthz`, `/readyz`, `/metrics`.
 pub fn router(state: Arc<AppState>) -> Router {
+    // Everything under /fhir but the CapabilityStatement needs a valid token, and is audited.
+    let protected = Router::new()
+        .route("/fhir/{type}", any(type_level))
+        .route("/fhir/{type}/{id}", any(instance_level))
+        .route("/fhir/{type}/{id}/{operation}", any(instance_operation))
+        .route("/fhir/{type}/{id}/_history/{version}", any(vread))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security::guard,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/fhir/metadata", get(metadata))
-        .route("/fhir/{type}", any(type_level))
-        .route("/fhir/{type}/{id}", any(instance_level))
-        .route("/fhir/{type}/{id}/{operation}", any(instance_operation))
-        .route("/fhir/{type}/{id}/_history/{version}", any(vread))
+        .route(
+            "/.well-known/smart-configuration",
+            get(security::smart_configuration),
+        )
+        .route("/.well-known/jwks.json", get(security::jwks))
+        .route("/auth/token", axum::routing::post(security::token_endpoint))
+        .merge(protected)
         .fallback(|method: Method, uri: axum::http::Uri| async move {
             ApiError::not_found(format!("{method} {}: no such endpoint", uri.path()))
         })
@@ -127,7 +163,7 @@ pub async fn serve(
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    match state.store.read("Patient", "readiness-probe").await {
+    match state.governance.signing_keys().await {
         Ok(_) => (StatusCode::OK, "ready").into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response(),
     }
@@ -258,6 +294,7 @@ async fn metadata(
 
 async fn type_level(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Who,
     method: Method,
     Path(resource_type): Path<String>,
     headers: HeaderMap,
@@ -265,11 +302,11 @@ async fn type_level(
 ) -> Result<Response, ApiError> {
     let pairs = decode_pairs(raw.as_deref());
     if resource_type == "_history" && method == Method::GET {
-        return history_listing(&state, None, &headers, &pairs).await;
+        return history_listing(&state, &caller, None, &headers, &pairs).await;
     }
     valid_type(&resource_type)?;
     match method {
-        Method::GET => search(&state, &resource_type, pairs, &headers).await,
+        Method::GET => search(&state, &caller, &resource_type, pairs, &headers).await,
         _ => Err(ApiError::read_only(
             method.as_str(),
             &format!("/fhir/{resource_type}"),
@@ -279,6 +316,7 @@ async fn type_level(
 
 async fn instance_level(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Who,
     method: Method,
     Path((resource_type, id)): Path<(String, String)>,
     headers: HeaderMap,
@@ -295,18 +333,18 @@ async fn instance_level(
     }
     match (method.clone(), id.as_str()) {
         (Method::GET | Method::POST, "_search") => {
-            search(&state, &resource_type, pairs, &headers).await
+            search(&state, &caller, &resource_type, pairs, &headers).await
         }
         (Method::GET | Method::POST, "$lastn") if resource_type == "Observation" => {
-            lastn(&state, pairs, &headers).await
+            lastn(&state, &caller, pairs, &headers).await
         }
         (Method::GET, operation) if operation.starts_with('$') => Err(ApiError::not_found(
             format!("{operation} is not an operation of {resource_type}"),
         )),
         (Method::GET, "_history") => {
-            history_listing(&state, Some(&resource_type), &headers, &pairs).await
+            history_listing(&state, &caller, Some(&resource_type), &headers, &pairs).await
         }
-        (Method::GET, _) => read(&state, &resource_type, &id, &headers, &pairs).await,
+        (Method::GET, _) => read(&state, &caller, &resource_type, &id, &headers, &pairs).await,
         _ => Err(ApiError::read_only(
             method.as_str(),
             &format!("/fhir/{resource_type}/{id}"),
@@ -316,6 +354,7 @@ async fn instance_level(
 
 async fn instance_operation(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Who,
     method: Method,
     Path((resource_type, id, operation)): Path<(String, String, String)>,
     headers: HeaderMap,
@@ -326,10 +365,10 @@ async fn instance_operation(
     let pairs = decode_pairs(raw.as_deref());
     match (method, operation.as_str()) {
         (Method::GET, "_history") => {
-            instance_history(&state, &resource_type, &id, &headers, &pairs).await
+            instance_history(&state, &caller, &resource_type, &id, &headers, &pairs).await
         }
         (Method::GET, "$everything") if resource_type == "Patient" => {
-            everything(&state, &id, &headers, &pairs).await
+            everything(&state, &caller, &id, &headers, &pairs).await
         }
         (Method::GET, _) => Err(ApiError::not_found(format!(
             "{operation} is not an operation of {resource_type}"
@@ -399,17 +438,20 @@ fn resource_response(
 
 async fn read(
     state: &AppState,
+    caller: &Caller,
     resource_type: &str,
     id: &str,
     headers: &HeaderMap,
     pairs: &[(String, String)],
 ) -> Result<Response, ApiError> {
     valid_id(id)?;
-    let Some(resource) = state.store.read(resource_type, id).await? else {
+    caller.require(resource_type, Interaction::Read)?;
+    let Some(resource) = state.store.read(&caller.access, resource_type, id).await? else {
         return Err(ApiError::not_found(format!(
             "{resource_type}/{id} is not known"
         )));
     };
+    caller.touch([&resource]);
     if resource.deleted {
         return Err(ApiError::gone(format!("{resource_type}/{id} was deleted")));
     }
@@ -423,6 +465,7 @@ fn elements_of(pairs: &[(String, String)]) -> Option<Vec<String>> {
 
 async fn vread(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Who,
     method: Method,
     Path((resource_type, id, version)): Path<(String, String, String)>,
     headers: HeaderMap,
@@ -440,11 +483,17 @@ async fn vread(
     let number: i64 = version
         .parse()
         .map_err(|_| ApiError::not_found(format!("{version} is not a version id")))?;
-    let Some(resource) = state.store.vread(&resource_type, &id, number).await? else {
+    caller.require(&resource_type, Interaction::Read)?;
+    let Some(resource) = state
+        .store
+        .vread(&caller.access, &resource_type, &id, number)
+        .await?
+    else {
         return Err(ApiError::not_found(format!(
             "{resource_type}/{id} has no version {version}"
         )));
     };
+    caller.touch([&resource]);
     if resource.deleted {
         return Err(ApiError::gone(format!(
             "version {version} of {resource_type}/{id} is a deletion"
@@ -616,11 +665,15 @@ fn write_search_entry(
 /// Finds the page's keys: from a snapshot named in the request, or by running the search.
 async fn page_keys(
     state: &AppState,
+    caller: &Caller,
     scope: &str,
     pairs: &[(String, String)],
     count: usize,
     run: impl std::future::Future<Output = Result<Vec<Key>, ApiError>>,
 ) -> Result<(Arc<Vec<Key>>, Option<String>, usize), ApiError> {
+    // Another principal's snapshot id answers exactly like an expired one.
+    let scope = caller.snapshot_scope(scope);
+    let scope = scope.as_str();
     if let Some(id) = param(pairs, "_snapshot") {
         let offset: usize = param(pairs, "_offset")
             .unwrap_or("0")
@@ -657,12 +710,14 @@ fn strict_handling(headers: &HeaderMap) -> bool {
 
 async fn search(
     state: &AppState,
+    caller: &Caller,
     resource_type: &str,
     pairs: Vec<(String, String)>,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     search_as(
         state,
+        caller,
         resource_type,
         resource_type,
         &pairs,
@@ -679,6 +734,7 @@ async fn search(
 /// recent by `date` (`effective[x]`); groups follow each other, the newest group first.
 async fn lastn(
     state: &AppState,
+    caller: &Caller,
     pairs: Vec<(String, String)>,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -713,6 +769,7 @@ async fn lastn(
     search_pairs.push(("_sort".to_owned(), "-date".to_owned()));
     search_as(
         state,
+        caller,
         "Observation",
         "Observation/$lastn",
         &pairs,
@@ -746,11 +803,16 @@ fn lastn_group(resource: &StoredResource) -> Result<String, ApiError> {
 
 /// Keeps the first `max` keys of each `$lastn` group (keys come newest first), groups in the
 /// order their newest member appears.
-async fn lastn_keys(state: &AppState, keys: Vec<Key>, max: usize) -> Result<Vec<Key>, ApiError> {
+async fn lastn_keys(
+    state: &AppState,
+    caller: &Caller,
+    keys: Vec<Key>,
+    max: usize,
+) -> Result<Vec<Key>, ApiError> {
     let mut groups: Vec<(String, Vec<Key>)> = Vec::new();
     let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for chunk in keys.chunks(500) {
-        let resources = state.store.fetch(chunk).await?;
+        let resources = state.store.fetch(&caller.access, chunk).await?;
         for (key, resource) in chunk.iter().zip(&resources) {
             let group = lastn_group(resource)?;
             let slot = *index.entry(group.clone()).or_insert_with(|| {
@@ -767,8 +829,13 @@ async fn lastn_keys(state: &AppState, keys: Vec<Key>, max: usize) -> Result<Vec<
 
 /// A search whose links repeat `link_pairs` under `path`; `lastn` reduces the keys to the most
 /// recent of each code.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the one search path shared by search and $lastn; a request struct is the next refactor"
+)]
 async fn search_as(
     state: &AppState,
+    caller: &Caller,
     resource_type: &str,
     path: &str,
     link_pairs: &[(String, String)],
@@ -784,6 +851,7 @@ async fn search_as(
             "{resource_type} cannot be searched on this server"
         )));
     }
+    caller.require(resource_type, Interaction::Search)?;
     let now = state.clock.now_micros();
     let query = SearchQuery::parse(
         resource_type,
@@ -791,13 +859,19 @@ async fn search_as(
         now.div_euclid(1_000_000),
         strict_handling(headers),
     )?;
+    require_chained_types(caller, &query)?;
     let base = base_url(state.settings.base_url.as_deref(), headers);
     if query.summary == Summary::Count || query.count == 0 {
         let total = match lastn {
-            None => state.store.count(&query).await?,
-            Some(max) => lastn_keys(state, state.store.search(&query).await?, max)
-                .await?
-                .len() as u64,
+            None => state.store.count(&caller.access, &query).await?,
+            Some(max) => lastn_keys(
+                state,
+                caller,
+                state.store.search(&caller.access, &query).await?,
+                max,
+            )
+            .await?
+            .len() as u64,
         };
         let mut out = Vec::with_capacity(512);
         start_bundle(&mut out, "searchset", &bundle_id(state), now);
@@ -820,18 +894,19 @@ async fn search_as(
         out.push(b'}');
         return Ok(json_response(StatusCode::OK, out));
     }
-    let (keys, snapshot, offset) = page_keys(state, path, pairs, query.count, async {
-        let keys = state.store.search(&query).await?;
+    let (keys, snapshot, offset) = page_keys(state, caller, path, pairs, query.count, async {
+        let keys = state.store.search(&caller.access, &query).await?;
         match lastn {
-            Some(max) => lastn_keys(state, keys, max).await,
+            Some(max) => lastn_keys(state, caller, keys, max).await,
             None => Ok(keys),
         }
     })
     .await?;
     let end = (offset + query.count).min(keys.len());
     let page_keys = keys.get(offset..end).unwrap_or(&[]);
-    let matches = state.store.fetch(page_keys).await?;
-    let included = includes(state, &query, &matches).await?;
+    let matches = state.store.fetch(&caller.access, page_keys).await?;
+    let included = includes(state, caller, &query, &matches).await?;
+    caller.touch(matches.iter().chain(&included));
     let mut out = Vec::with_capacity(4096 + matches.len() * 2048);
     start_bundle(
         &mut out,
@@ -899,6 +974,27 @@ async fn search_as(
     Ok(json_response(StatusCode::OK, out))
 }
 
+/// Chains may only pass through types the caller may search: a chain is a question about the
+/// target's data.
+fn require_chained_types(caller: &Caller, query: &SearchQuery) -> Result<(), ApiError> {
+    fn walk(caller: &Caller, predicate: &tsunagi_fhir::query::Predicate) -> Result<(), ApiError> {
+        if let tsunagi_fhir::query::Predicate::Chain {
+            target_type, inner, ..
+        } = predicate
+        {
+            caller.require(target_type, Interaction::Search)?;
+            walk(caller, inner)?;
+        }
+        Ok(())
+    }
+    for filter in &query.filters {
+        for predicate in &filter.any_of {
+            walk(caller, predicate)?;
+        }
+    }
+    Ok(())
+}
+
 fn bundle_id(state: &AppState) -> String {
     state.snapshots.new_id()
 }
@@ -906,6 +1002,7 @@ fn bundle_id(state: &AppState) -> String {
 /// `_include` and `_revinclude` (with one level of `:iterate`) for a page of matches.
 async fn includes(
     state: &AppState,
+    caller: &Caller,
     query: &SearchQuery,
     matches: &[StoredResource],
 ) -> Result<Vec<StoredResource>, ApiError> {
@@ -917,14 +1014,14 @@ async fn includes(
         .map(|r| (r.resource_type.clone(), r.id.clone()))
         .collect();
     let mut included = Vec::new();
-    let first = include_round(state, query, matches, false, &mut seen).await?;
+    let first = include_round(state, caller, query, matches, false, &mut seen).await?;
     let iterate = query
         .include
         .iter()
         .chain(&query.revinclude)
         .any(|i| i.iterate);
     if iterate && !first.is_empty() {
-        let second = include_round(state, query, &first, true, &mut seen).await?;
+        let second = include_round(state, caller, query, &first, true, &mut seen).await?;
         included.extend(first);
         included.extend(second);
     } else {
@@ -935,6 +1032,7 @@ async fn includes(
 
 async fn include_round(
     state: &AppState,
+    caller: &Caller,
     query: &SearchQuery,
     sources: &[StoredResource],
     iterate_only: bool,
@@ -981,7 +1079,7 @@ async fn include_round(
     targets.retain(|target| !seen.contains(target));
     targets.sort();
     targets.dedup();
-    let mut keys = state.store.keys_of(&targets).await?;
+    let mut keys = state.store.keys_of(&caller.access, &targets).await?;
     for include in query.revinclude.iter().filter(applies) {
         let referenced: Vec<(String, String)> = sources
             .iter()
@@ -990,15 +1088,23 @@ async fn include_round(
         keys.extend(
             state
                 .store
-                .referencing(include.param.id, &referenced, state.settings.max_revinclude)
+                .referencing(
+                    &caller.access,
+                    include.param.id,
+                    &referenced,
+                    state.settings.max_revinclude,
+                )
                 .await?,
         );
     }
     keys.sort_unstable();
     keys.dedup();
     let mut found = Vec::new();
-    for resource in state.store.fetch(&keys).await? {
-        if seen.insert((resource.resource_type.clone(), resource.id.clone())) {
+    for resource in state.store.fetch(&caller.access, &keys).await? {
+        // Types the caller's role or scopes do not cover are left out, not refused.
+        if caller.may_see(&resource.resource_type)
+            && seen.insert((resource.resource_type.clone(), resource.id.clone()))
+        {
             found.push(resource);
         }
     }
@@ -1033,18 +1139,20 @@ fn count_of(pairs: &[(String, String)]) -> Result<usize, ApiError> {
 
 async fn everything(
     state: &AppState,
+    caller: &Caller,
     id: &str,
     headers: &HeaderMap,
     pairs: &[(String, String)],
 ) -> Result<Response, ApiError> {
-    let Some(patient) = state.store.read("Patient", id).await? else {
+    caller.require("Patient", Interaction::Read)?;
+    let Some(patient) = state.store.read(&caller.access, "Patient", id).await? else {
         return Err(ApiError::not_found(format!("Patient/{id} is not known")));
     };
     if patient.deleted {
         return Err(ApiError::gone(format!("Patient/{id} was deleted")));
     }
     let since = since_of(pairs)?;
-    let types: Vec<String> = param(pairs, "_type")
+    let mut types: Vec<String> = param(pairs, "_type")
         .map(|list| {
             list.split(',')
                 .map(str::trim)
@@ -1053,17 +1161,29 @@ async fn everything(
                 .collect()
         })
         .unwrap_or_default();
+    // Only what the caller's role and scopes cover.
+    if types.is_empty() {
+        types = tsunagi_fhir::query::searchable_types()
+            .iter()
+            .map(|t| (*t).to_owned())
+            .collect();
+    }
+    types.retain(|t| caller.may_see(t));
     let count = count_of(pairs)?;
     let scope = format!("Patient/{id}/$everything");
-    let (keys, snapshot, offset) = page_keys(state, &scope, pairs, count, async {
-        Ok(state.store.compartment(id, &types, since).await?)
+    let (keys, snapshot, offset) = page_keys(state, caller, &scope, pairs, count, async {
+        Ok(state
+            .store
+            .compartment(&caller.access, id, &types, since)
+            .await?)
     })
     .await?;
     let end = (offset + count).min(keys.len());
     let resources = state
         .store
-        .fetch(keys.get(offset..end).unwrap_or(&[]))
+        .fetch(&caller.access, keys.get(offset..end).unwrap_or(&[]))
         .await?;
+    caller.touch(&resources);
     let base = base_url(state.settings.base_url.as_deref(), headers);
     let now = state.clock.now_micros();
     let mut out = Vec::with_capacity(4096 + resources.len() * 2048);
@@ -1133,14 +1253,20 @@ fn write_history(
 
 async fn instance_history(
     state: &AppState,
+    caller: &Caller,
     resource_type: &str,
     id: &str,
     headers: &HeaderMap,
     pairs: &[(String, String)],
 ) -> Result<Response, ApiError> {
+    caller.require(resource_type, Interaction::Read)?;
     let since = since_of(pairs)?;
     let count = count_of(pairs)?;
-    let mut versions = state.store.history(resource_type, id).await?;
+    let mut versions = state
+        .store
+        .history(&caller.access, resource_type, id)
+        .await?;
+    caller.touch(&versions);
     if versions.is_empty() {
         return Err(ApiError::not_found(format!(
             "{resource_type}/{id} is not known"
@@ -1173,12 +1299,14 @@ async fn instance_history(
 
 async fn history_listing(
     state: &AppState,
+    caller: &Caller,
     resource_type: Option<&str>,
     headers: &HeaderMap,
     pairs: &[(String, String)],
 ) -> Result<Response, ApiError> {
     if let Some(resource_type) = resource_type {
         valid_type(resource_type)?;
+        caller.require(resource_type, Interaction::Search)?;
     }
     let since = since_of(pairs)?;
     let count = count_of(pairs)?;
@@ -1191,7 +1319,13 @@ async fn history_listing(
     // One more than a page tells whether there is a next page.
     let mut versions = state
         .store
-        .history_all(resource_type, since, after.as_ref(), count + 1)
+        .history_all(
+            &caller.access,
+            resource_type,
+            since,
+            after.as_ref(),
+            count + 1,
+        )
         .await?;
     let next = (versions.len() > count).then(|| {
         versions.truncate(count);
@@ -1199,6 +1333,9 @@ async fn history_listing(
             .last()
             .map(|last| HistoryCursor::after(last).token())
     });
+    // Whole-system history lists only the types the caller's role and scopes cover.
+    versions.retain(|version| caller.may_see(&version.resource_type));
+    caller.touch(&versions);
     let base = base_url(state.settings.base_url.as_deref(), headers);
     let now = state.clock.now_micros();
     let mut out = Vec::new();

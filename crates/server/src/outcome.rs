@@ -64,6 +64,35 @@ impl ApiError {
         }
     }
 
+    /// 401: no valid access token. The reason names the failed check, never the token.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            code: "login",
+            message: message.into(),
+        }
+    }
+
+    /// 403: the token's scopes or the principal's role do not allow this kind of request.
+    /// Never used for a patient one may not see: that is a 404 or an empty result, as if the
+    /// data did not exist.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            code: "forbidden",
+            message: message.into(),
+        }
+    }
+
+    /// 500 for a failure of our own (not the store's).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "exception",
+            message: message.into(),
+        }
+    }
+
     /// 406.
     pub fn not_acceptable(message: impl Into<String>) -> Self {
         Self {

@@ -49,6 +49,7 @@ async fn official_examples_are_served_back_unchanged() {
     let operations = examples
         .iter()
         .map(|example| Operation::ReplaceSource {
+            facility: support::FACILITY.into(),
             source_key: format!(
                 "example:{}/{}",
                 example["resourceType"].as_str().unwrap(),

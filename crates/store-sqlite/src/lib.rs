@@ -31,16 +31,28 @@ use tsunagi_fhir::{
     systems::canonical,
 };
 use tsunagi_store::{
-    ApplyStats, Batch, Counts, HistoryCursor, HistoryEntry, Key, Operation, ResourceWrite,
+    Access, ApplyStats, Batch, Counts, HistoryCursor, HistoryEntry, Key, Operation, ResourceWrite,
     SearchQuery, Store, StoreError, StoredResource, Visitor,
 };
 
+mod governance;
 mod query;
+
+/// Seconds an assertion id is remembered past its `exp` (clock skew between client and us).
+const ASSERTION_MEMORY_SLACK: i64 = 60;
 
 const MIGRATION_0001: &str = include_str!("../migrations/0001_initial.sql");
 const MIGRATION_0002: &str = include_str!("../migrations/0002_compartments.sql");
 const MIGRATION_0003: &str = include_str!("../migrations/0003_history_order.sql");
-const SCHEMA_VERSION: &str = "3";
+const MIGRATION_0004: &str = include_str!("../migrations/0004_access.sql");
+const SCHEMA_VERSION: &str = "4";
+
+/// Compartments written before schema 4 (or re-created by a re-index) get their facility from
+/// the SS-MIX2 adapter's source key of their Patient (`ssmix2:<10-digit code>:…`).
+const FACILITY_BACKFILL: &str = "UPDATE compartments SET facility = (\
+    SELECT substr(r.source_key, 8, 10) FROM resources r \
+    WHERE r.tid = 'Patient/' || compartments.patient AND r.source_key LIKE 'ssmix2:%') \
+    WHERE facility IS NULL";
 
 /// Rows per multi-row INSERT (SQLite allows 32766 bound parameters).
 const RESOURCE_CHUNK: usize = 500;
@@ -140,6 +152,10 @@ impl SqliteStore {
                 .execute(&mut *connection)
                 .await
                 .map_err(db_error)?;
+            sqlx::raw_sql(MIGRATION_0004)
+                .execute(&mut *connection)
+                .await
+                .map_err(db_error)?;
             sqlx::query("INSERT INTO store_meta (key, value) VALUES ('schema_version', ?), ('registry_version', ?)")
                 .bind(SCHEMA_VERSION)
                 .bind(REGISTRY_VERSION.to_string())
@@ -170,6 +186,23 @@ impl SqliteStore {
         if schema.as_deref() == Some("2") {
             let mut transaction = connection.begin().await.map_err(db_error)?;
             sqlx::raw_sql(MIGRATION_0003)
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+            sqlx::query("UPDATE store_meta SET value = '3' WHERE key = 'schema_version'")
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+            transaction.commit().await.map_err(db_error)?;
+            schema = Some("3".to_owned());
+        }
+        if schema.as_deref() == Some("3") {
+            let mut transaction = connection.begin().await.map_err(db_error)?;
+            sqlx::raw_sql(MIGRATION_0004)
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+            sqlx::query(FACILITY_BACKFILL)
                 .execute(&mut *transaction)
                 .await
                 .map_err(db_error)?;
@@ -239,7 +272,7 @@ impl SqliteStore {
                     .map_err(|error| StoreError::Corrupt(error.to_string()))?;
                 let compartment = search::compartment_patient(&resource_type, &value);
                 let pat = compartments
-                    .resolve(&mut transaction, compartment.as_deref())
+                    .resolve(&mut transaction, compartment.as_deref(), None)
                     .await?;
                 sqlx::query("UPDATE resources SET pat = ? WHERE rid = ?")
                     .bind(pat)
@@ -255,6 +288,10 @@ impl SqliteStore {
             }
             insert_index_rows(&mut transaction, &mut systems, entries).await?;
         }
+        sqlx::query(FACILITY_BACKFILL)
+            .execute(&mut *transaction)
+            .await
+            .map_err(db_error)?;
         sqlx::query("UPDATE store_meta SET value = ? WHERE key = 'registry_version'")
             .bind(REGISTRY_VERSION.to_string())
             .execute(&mut *transaction)
@@ -263,10 +300,11 @@ impl SqliteStore {
         transaction.commit().await.map_err(db_error)
     }
 
-    fn db(&self) -> query::Db<'_> {
+    fn db<'a>(&'a self, access: &'a Access) -> query::Db<'a> {
         query::Db {
             pool: &self.reader,
             compartments: &self.compartments,
+            access,
         }
     }
 
@@ -388,21 +426,30 @@ impl SystemIds {
 struct CompartmentIds(HashMap<String, i64>);
 
 impl CompartmentIds {
-    /// Loads (creating where missing) the ids of `patients`.
+    /// Loads (creating where missing) the ids of `patients`, each with the facility holding
+    /// it (a compartment keeps the facility that first wrote it).
     async fn load(
         &mut self,
         connection: &mut SqliteConnection,
-        patients: &[&str],
+        patients: &[(&str, Option<&str>)],
     ) -> Result<(), StoreError> {
         if patients.is_empty() {
             return Ok(());
         }
-        let list = json_list(patients);
-        sqlx::query("INSERT OR IGNORE INTO compartments (patient) SELECT value FROM json_each(?1)")
-            .bind(&list)
-            .execute(&mut *connection)
-            .await
-            .map_err(db_error)?;
+        let pairs: Vec<Vec<Value>> = patients
+            .iter()
+            .map(|(patient, facility)| vec![Value::from(*patient), Value::from(*facility)])
+            .collect();
+        sqlx::query(
+            "INSERT INTO compartments (patient, facility) SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1) WHERE true \
+             ON CONFLICT (patient) DO UPDATE SET facility = excluded.facility WHERE facility IS NULL",
+        )
+        .bind(json_list(&pairs))
+        .execute(&mut *connection)
+        .await
+        .map_err(db_error)?;
+        let names: Vec<&str> = patients.iter().map(|(patient, _)| *patient).collect();
+        let list = json_list(&names);
         let rows = sqlx::query(
             "SELECT id, patient FROM compartments WHERE patient IN (SELECT value FROM json_each(?1))",
         )
@@ -424,6 +471,7 @@ impl CompartmentIds {
         &mut self,
         connection: &mut SqliteConnection,
         patient: Option<&str>,
+        facility: Option<&str>,
     ) -> Result<i64, StoreError> {
         let Some(patient) = patient else {
             return Ok(0);
@@ -431,7 +479,7 @@ impl CompartmentIds {
         if let Some(id) = self.0.get(patient) {
             return Ok(*id);
         }
-        self.load(connection, &[patient]).await?;
+        self.load(connection, &[(patient, facility)]).await?;
         self.0
             .get(patient)
             .copied()
@@ -524,6 +572,7 @@ impl BatchWriter {
                 Operation::ReplaceSource {
                     source_key,
                     resources,
+                    ..
                 } => {
                     source_keys.push(source_key);
                     tids.extend(resources.iter().map(ResourceWrite::type_and_id));
@@ -550,14 +599,22 @@ impl BatchWriter {
             self.existing.insert(tid, existing);
         }
         self.systems = SystemIds::load(connection).await?;
-        let mut patients: Vec<&str> = batch
+        let mut patients: Vec<(&str, Option<&str>)> = batch
             .operations
             .iter()
             .flat_map(|operation| match operation {
-                Operation::ReplaceSource { resources, .. } => resources.as_slice(),
-                _ => &[],
+                Operation::ReplaceSource {
+                    resources,
+                    facility,
+                    ..
+                } => resources
+                    .iter()
+                    .filter_map(|write| {
+                        Some((write.compartment.as_deref()?, Some(facility.as_str())))
+                    })
+                    .collect(),
+                _ => Vec::new(),
             })
-            .filter_map(|write| write.compartment.as_deref())
             .collect();
         patients.sort_unstable();
         patients.dedup();
@@ -578,6 +635,7 @@ impl BatchWriter {
         match operation {
             Operation::ReplaceSource {
                 source_key,
+                facility,
                 resources,
             } => {
                 let mut listed = HashSet::new();
@@ -590,7 +648,8 @@ impl BatchWriter {
                     }
                 }
                 for write in resources {
-                    self.upsert(connection, &source_key, write).await?;
+                    self.upsert(connection, &source_key, &facility, write)
+                        .await?;
                 }
                 let previous = self.by_source.get(&source_key).cloned().unwrap_or_default();
                 for tid in previous {
@@ -618,12 +677,13 @@ impl BatchWriter {
         &mut self,
         connection: &mut SqliteConnection,
         source_key: &str,
+        facility: &str,
         write: ResourceWrite,
     ) -> Result<(), StoreError> {
         let tid = write.type_and_id();
         let pat = self
             .compartments
-            .resolve(connection, write.compartment.as_deref())
+            .resolve(connection, write.compartment.as_deref(), Some(facility))
             .await?;
         let Some(existing) = self.existing.get(&tid).cloned() else {
             let rid = self.next_rid;
@@ -1105,7 +1165,23 @@ fn stored_from_row(row: &SqliteRow) -> Result<StoredResource, StoreError> {
         last_updated: row.try_get("last_updated").map_err(db_error)?,
         deleted: row.try_get::<i64, _>("deleted").map_err(db_error)? != 0,
         content: row.try_get("content").map_err(db_error)?,
+        patient: row.try_get("patient").map_err(db_error)?,
     })
+}
+
+/// The permitted-rows condition of statements over `resources r LEFT JOIN compartments c ON
+/// c.id = r.pat`, with the viewer bound as `?2` (NULL for [`Access::Unrestricted`]) and the
+/// instant as `?3`: resources outside every compartment, compartments the viewer holds, and
+/// compartments a consent in force lets it see. [`query::push_guard`] is the same test for
+/// statements built piece by piece.
+const GUARD: &str = "(?2 IS NULL OR r.pat = 0 OR c.facility = ?2 OR EXISTS (SELECT 1 FROM access a WHERE a.viewer = ?2 AND a.pat = r.pat AND a.not_before <= ?3 AND a.not_after > ?3))";
+
+/// The `?2` and `?3` of [`GUARD`].
+fn viewer(access: &Access) -> (Option<&str>, i64) {
+    match access {
+        Access::Facility { code, at } => (Some(code.as_str()), *at),
+        Access::Unrestricted => (None, 0),
+    }
 }
 
 async fn begin(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, StoreError> {
@@ -1142,13 +1218,18 @@ impl Store for SqliteStore {
 
     async fn read(
         &self,
+        access: &Access,
         resource_type: &str,
         id: &str,
     ) -> Result<Option<StoredResource>, StoreError> {
-        let row = sqlx::query(
-            "SELECT type, id, version, last_updated, deleted, content FROM resources WHERE tid = ?",
-        )
+        let (viewer, at) = viewer(access);
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT r.type, r.id, r.version, r.last_updated, r.deleted, r.content, c.patient \
+             FROM resources r LEFT JOIN compartments c ON c.id = r.pat WHERE r.tid = ?1 AND {GUARD}"
+        )))
         .bind(format!("{resource_type}/{id}"))
+        .bind(viewer)
+        .bind(at)
         .fetch_optional(&self.reader)
         .await
         .map_err(db_error)?;
@@ -1157,19 +1238,25 @@ impl Store for SqliteStore {
 
     async fn vread(
         &self,
+        access: &Access,
         resource_type: &str,
         id: &str,
         version: i64,
     ) -> Result<Option<StoredResource>, StoreError> {
-        if let Some(current) = self.read(resource_type, id).await?
+        if let Some(current) = self.read(access, resource_type, id).await?
             && current.version == version
         {
             return Ok(Some(current));
         }
-        let row = sqlx::query(
-            "SELECT r.type, r.id, h.version, h.last_updated, h.deleted, h.content FROM resource_history h JOIN resources r ON r.rid = h.rid WHERE r.tid = ? AND h.version = ?",
-        )
+        let (viewer, at) = viewer(access);
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT r.type, r.id, h.version, h.last_updated, h.deleted, h.content, c.patient \
+             FROM resource_history h JOIN resources r ON r.rid = h.rid LEFT JOIN compartments c ON c.id = r.pat \
+             WHERE r.tid = ?1 AND h.version = ?4 AND {GUARD}"
+        )))
         .bind(format!("{resource_type}/{id}"))
+        .bind(viewer)
+        .bind(at)
         .bind(version)
         .fetch_optional(&self.reader)
         .await
@@ -1179,16 +1266,23 @@ impl Store for SqliteStore {
 
     async fn history(
         &self,
+        access: &Access,
         resource_type: &str,
         id: &str,
     ) -> Result<Vec<StoredResource>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT type, id, version, last_updated, deleted, content FROM resources WHERE tid = ?1 \
+        let (viewer, at) = viewer(access);
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT r.type, r.id, r.version, r.last_updated, r.deleted, r.content, c.patient \
+             FROM resources r LEFT JOIN compartments c ON c.id = r.pat WHERE r.tid = ?1 AND {GUARD} \
              UNION ALL \
-             SELECT r.type, r.id, h.version, h.last_updated, h.deleted, h.content FROM resource_history h JOIN resources r ON r.rid = h.rid WHERE r.tid = ?1 \
-             ORDER BY version DESC",
-        )
+             SELECT r.type, r.id, h.version, h.last_updated, h.deleted, h.content, c.patient \
+             FROM resource_history h JOIN resources r ON r.rid = h.rid LEFT JOIN compartments c ON c.id = r.pat \
+             WHERE r.tid = ?1 AND {GUARD} \
+             ORDER BY version DESC"
+        )))
         .bind(format!("{resource_type}/{id}"))
+        .bind(viewer)
+        .bind(at)
         .fetch_all(&self.reader)
         .await
         .map_err(db_error)?;
@@ -1225,7 +1319,7 @@ impl Store for SqliteStore {
         let mut count = 0u64;
         loop {
             let rows = sqlx::query(
-                "SELECT tid, type, id, version, last_updated, deleted, content FROM resources WHERE deleted = 0 AND tid > ? ORDER BY tid LIMIT 500",
+                "SELECT r.tid, r.type, r.id, r.version, r.last_updated, r.deleted, r.content, c.patient FROM resources r LEFT JOIN compartments c ON c.id = r.pat WHERE r.deleted = 0 AND r.tid > ? ORDER BY r.tid LIMIT 500",
             )
             .bind(&last)
             .fetch_all(&self.pool)
@@ -1314,23 +1408,31 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn search(&self, query: &SearchQuery) -> Result<Vec<Key>, StoreError> {
-        query::search(self.db(), query).await
+    async fn search(&self, access: &Access, query: &SearchQuery) -> Result<Vec<Key>, StoreError> {
+        query::search(self.db(access), query).await
     }
 
-    async fn count(&self, query: &SearchQuery) -> Result<u64, StoreError> {
-        query::count(self.db(), query).await
+    async fn count(&self, access: &Access, query: &SearchQuery) -> Result<u64, StoreError> {
+        query::count(self.db(access), query).await
     }
 
-    async fn fetch(&self, keys: &[Key]) -> Result<Vec<StoredResource>, StoreError> {
+    async fn fetch(
+        &self,
+        access: &Access,
+        keys: &[Key],
+    ) -> Result<Vec<StoredResource>, StoreError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let list = json_list(keys);
-        let rows = sqlx::query(
-            "SELECT rid, type, id, version, last_updated, deleted, content FROM resources WHERE rid IN (SELECT value FROM json_each(?1)) AND deleted = 0",
-        )
-        .bind(list)
+        let (viewer, at) = viewer(access);
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT r.rid, r.type, r.id, r.version, r.last_updated, r.deleted, r.content, c.patient \
+             FROM resources r LEFT JOIN compartments c ON c.id = r.pat \
+             WHERE r.rid IN (SELECT value FROM json_each(?1)) AND r.deleted = 0 AND {GUARD}"
+        )))
+        .bind(json_list(keys))
+        .bind(viewer)
+        .bind(at)
         .fetch_all(&self.reader)
         .await
         .map_err(db_error)?;
@@ -1342,7 +1444,11 @@ impl Store for SqliteStore {
         Ok(keys.iter().filter_map(|key| by_key.remove(key)).collect())
     }
 
-    async fn keys_of(&self, references: &[(String, String)]) -> Result<Vec<Key>, StoreError> {
+    async fn keys_of(
+        &self,
+        access: &Access,
+        references: &[(String, String)],
+    ) -> Result<Vec<Key>, StoreError> {
         if references.is_empty() {
             return Ok(Vec::new());
         }
@@ -1350,11 +1456,14 @@ impl Store for SqliteStore {
             .iter()
             .map(|(resource_type, id)| format!("{resource_type}/{id}"))
             .collect();
-        let list = json_list(&tids);
-        sqlx::query_scalar(
-            "SELECT rid FROM resources WHERE tid IN (SELECT value FROM json_each(?1)) AND deleted = 0 ORDER BY rid",
-        )
-        .bind(list)
+        let (viewer, at) = viewer(access);
+        sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT r.rid FROM resources r LEFT JOIN compartments c ON c.id = r.pat \
+             WHERE r.tid IN (SELECT value FROM json_each(?1)) AND r.deleted = 0 AND {GUARD} ORDER BY r.rid"
+        )))
+        .bind(json_list(&tids))
+        .bind(viewer)
+        .bind(at)
         .fetch_all(&self.reader)
         .await
         .map_err(db_error)
@@ -1362,6 +1471,7 @@ impl Store for SqliteStore {
 
     async fn referencing(
         &self,
+        access: &Access,
         param: u16,
         targets: &[(String, String)],
         limit: usize,
@@ -1373,12 +1483,17 @@ impl Store for SqliteStore {
             .iter()
             .map(|(resource_type, id)| vec![id.as_str(), resource_type.as_str()])
             .collect();
-        let list = json_list(&pairs);
-        sqlx::query_scalar(
-            "SELECT DISTINCT x.rid FROM json_each(?2) t JOIN idx_reference x ON x.param = ?1 AND x.target_id = json_extract(t.value, '$[0]') AND x.target_type = json_extract(t.value, '$[1]') ORDER BY x.rid LIMIT ?3",
-        )
+        let (viewer, at) = viewer(access);
+        sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT DISTINCT x.rid FROM json_each(?1) t \
+             JOIN idx_reference x ON x.param = ?4 AND x.target_id = json_extract(t.value, '$[0]') AND x.target_type = json_extract(t.value, '$[1]') \
+             JOIN resources r ON r.rid = x.rid LEFT JOIN compartments c ON c.id = r.pat \
+             WHERE {GUARD} ORDER BY x.rid LIMIT ?5"
+        )))
+        .bind(json_list(&pairs))
+        .bind(viewer)
+        .bind(at)
         .bind(i64::from(param))
-        .bind(list)
         .bind(limit as i64)
         .fetch_all(&self.reader)
         .await
@@ -1387,20 +1502,27 @@ impl Store for SqliteStore {
 
     async fn compartment(
         &self,
+        access: &Access,
         patient: &str,
         types: &[String],
         since: Option<i64>,
     ) -> Result<Vec<Key>, StoreError> {
-        let types = json_list(types);
-        sqlx::query_scalar(
-            "SELECT r.rid FROM compartments c JOIN resources r ON r.pat = c.id \
-             WHERE c.patient = ?1 AND r.deleted = 0 \
-             AND (json_array_length(?2) = 0 OR r.type IN (SELECT value FROM json_each(?2))) \
-             AND (?3 IS NULL OR r.last_updated >= ?3) \
-             ORDER BY r.type <> 'Patient', r.rid",
-        )
-        .bind(patient)
-        .bind(types)
+        let members = query::linked_scope(self.db(access), patient).await?;
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (viewer, at) = viewer(access);
+        sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT r.rid FROM resources r LEFT JOIN compartments c ON c.id = r.pat \
+             WHERE r.pat IN (SELECT value FROM json_each(?1)) AND r.deleted = 0 \
+             AND (json_array_length(?4) = 0 OR r.type IN (SELECT value FROM json_each(?4))) \
+             AND (?5 IS NULL OR r.last_updated >= ?5) AND {GUARD} \
+             ORDER BY r.type <> 'Patient', r.rid"
+        )))
+        .bind(json_list(&members))
+        .bind(viewer)
+        .bind(at)
+        .bind(json_list(types))
         .bind(since)
         .fetch_all(&self.reader)
         .await
@@ -1409,6 +1531,7 @@ impl Store for SqliteStore {
 
     async fn history_all(
         &self,
+        access: &Access,
         resource_type: Option<&str>,
         since: Option<i64>,
         after: Option<&HistoryCursor>,
@@ -1420,7 +1543,7 @@ impl Store for SqliteStore {
         // its redundant `last_updated <= ?` bounds the index range.
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut sql = QueryBuilder::<Sqlite>::new(
-            "SELECT type, id, version, last_updated, deleted, content FROM (",
+            "SELECT type, id, version, last_updated, deleted, content, patient FROM (",
         );
         // INDEXED BY and CROSS JOIN (which fixes the join order in SQLite): without statistics
         // the planner prefers scanning and sorting everything, or looping over the resources.
@@ -1443,8 +1566,9 @@ impl Store for SqliteStore {
                 sql.push(" UNION ALL ");
             }
             sql.push(format!(
-                "SELECT * FROM (SELECT r.type AS type, r.id AS id, {prefix}version AS version, {prefix}last_updated AS last_updated, {prefix}deleted AS deleted, {prefix}content AS content FROM {table} WHERE 1"
+                "SELECT * FROM (SELECT r.type AS type, r.id AS id, {prefix}version AS version, {prefix}last_updated AS last_updated, {prefix}deleted AS deleted, {prefix}content AS content, (SELECT patient FROM compartments WHERE id = r.pat) AS patient FROM {table} WHERE 1"
             ));
+            query::push_guard(&mut sql, access, "r.pat");
             if let Some(resource_type) = resource_type {
                 sql.push(" AND r.type = ");
                 sql.push_bind(resource_type.to_owned());

@@ -19,7 +19,7 @@ use tsunagi_fhir::{
     },
     search::{ParamType, SearchParam, compartment_param, token_text_matches},
 };
-use tsunagi_store::{Key, StoreError};
+use tsunagi_store::{Access, Key, StoreError};
 
 use crate::{db_error, json_list};
 
@@ -46,6 +46,27 @@ enum Scope {
 struct Planner<'a> {
     resource_type: &'a str,
     scope: Scope,
+    access: &'a Access,
+}
+
+/// Appends ` AND <permitted>` for a row of `resources` whose compartment column is `pat` (a
+/// qualified name: the subqueries have a `pat` column of their own). Nothing for
+/// [`Access::Unrestricted`]. The same test as `GUARD` in `lib.rs`.
+pub(crate) fn push_guard(sql: &mut QueryBuilder<Sqlite>, access: &Access, pat: &str) {
+    let Access::Facility { code, at } = access else {
+        return;
+    };
+    sql.push(format!(
+        " AND ({pat} = 0 OR EXISTS (SELECT 1 FROM compartments gc WHERE gc.id = {pat} AND gc.facility = "
+    ));
+    sql.push_bind(code.clone());
+    sql.push(") OR EXISTS (SELECT 1 FROM access ga WHERE ga.viewer = ");
+    sql.push_bind(code.clone());
+    sql.push(format!(" AND ga.pat = {pat} AND ga.not_before <= "));
+    sql.push_bind(*at);
+    sql.push(" AND ga.not_after > ");
+    sql.push_bind(*at);
+    sql.push("))");
 }
 
 fn is_compartment_type(resource_type: &str) -> bool {
@@ -89,10 +110,7 @@ enum PatientRef<'q> {
 }
 
 /// The logical ids of the patients a compartment filter names.
-async fn patient_ids(
-    pool: &SqlitePool,
-    refs: &[PatientRef<'_>],
-) -> Result<Vec<String>, StoreError> {
+async fn patient_ids(db: Db<'_>, refs: &[PatientRef<'_>]) -> Result<Vec<String>, StoreError> {
     let mut ids = Vec::new();
     for patient in refs {
         match patient {
@@ -101,15 +119,17 @@ async fn patient_ids(
                 let planner = Planner {
                     resource_type: "Patient",
                     scope: Scope::Zero,
+                    access: db.access,
                 };
                 let mut sql = QueryBuilder::<Sqlite>::new(
                     "SELECT id FROM resources WHERE type = 'Patient' AND deleted = 0 AND rid IN (",
                 );
                 planner.push_predicate(&mut sql, inner)?;
                 sql.push(")");
+                push_guard(&mut sql, db.access, "resources.pat");
                 let found: Vec<String> = sql
                     .build_query_scalar()
-                    .fetch_all(pool)
+                    .fetch_all(db.pool)
                     .await
                     .map_err(db_error)?;
                 ids.extend(found);
@@ -292,14 +312,19 @@ impl Planner<'_> {
                     } else {
                         Scope::Zero
                     },
+                    access: self.access,
                 };
                 sql.push("SELECT rid FROM idx_reference WHERE param = ");
                 sql.push_bind(i64::from(param.id));
                 sql.push(" AND target_type = ");
                 sql.push_bind(target_type.clone());
-                sql.push(" AND target_id IN (SELECT id FROM resources WHERE rid IN (");
+                // The chain's targets are tested under the caller's access too: a resource one
+                // may see must not reveal, through a chain, data of a patient one may not.
+                sql.push(" AND target_id IN (SELECT g.id FROM resources g WHERE g.rid IN (");
                 inner_planner.push_predicate(sql, inner)?;
-                sql.push("))");
+                sql.push(")");
+                push_guard(sql, self.access, "g.pat");
+                sql.push(")");
             }
             Predicate::Quantity {
                 param,
@@ -437,8 +462,9 @@ async fn resolve_scope(db: Db<'_>, query: &SearchQuery) -> Result<Scope, StoreEr
         let Some(refs) = compartment_filter(&query.resource_type, filter) else {
             continue;
         };
-        let patients = patient_ids(db.pool, &refs).await?;
+        let patients = patient_ids(db, &refs).await?;
         let ids = db.compartments.ids(db.pool, &patients).await?;
+        let ids = permitted_with_links(db, &ids).await?;
         scope = Some(match scope {
             // Two compartment filters (AND): only compartments named by both.
             Some(previous) => previous.into_iter().filter(|id| ids.contains(id)).collect(),
@@ -497,11 +523,52 @@ impl CompartmentCache {
     }
 }
 
-/// What a query needs: the pool and the compartment-id cache.
+/// Of compartments `ids`, those `db.access` may see, together with the compartments linked to
+/// them (the same person at other facilities, 紐付け). A compartment one may not see adds
+/// nothing, so naming it never reveals its links; linked compartments are still subject to the
+/// row guard.
+async fn permitted_with_links(db: Db<'_>, ids: &[i64]) -> Result<Vec<i64>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (viewer, at) = match db.access {
+        Access::Facility { code, at } => (Some(code.as_str()), *at),
+        Access::Unrestricted => (None, 0),
+    };
+    let permitted = "(?2 IS NULL OR EXISTS (SELECT 1 FROM compartments c WHERE c.id = j.value AND c.facility = ?2) \
+        OR EXISTS (SELECT 1 FROM access a WHERE a.viewer = ?2 AND a.pat = j.value AND a.not_before <= ?3 AND a.not_after > ?3))";
+    let mut found: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT j.value FROM json_each(?1) j WHERE {permitted} \
+         UNION SELECT l2.compartment FROM json_each(?1) j \
+         JOIN patient_links l1 ON l1.compartment = j.value JOIN patient_links l2 ON l2.regional = l1.regional \
+         WHERE {permitted}"
+    )))
+    .bind(json_list(ids))
+    .bind(viewer)
+    .bind(at)
+    .fetch_all(db.pool)
+    .await
+    .map_err(db_error)?;
+    found.sort_unstable();
+    Ok(found)
+}
+
+/// The compartments `$everything` of Patient `patient` reads: its own and its linked ones,
+/// empty when `db.access` may not see the patient.
+pub(crate) async fn linked_scope(db: Db<'_>, patient: &str) -> Result<Vec<i64>, StoreError> {
+    let ids = db
+        .compartments
+        .ids(db.pool, std::slice::from_ref(&patient.to_owned()))
+        .await?;
+    permitted_with_links(db, &ids).await
+}
+
+/// What a query needs: the pool, the compartment-id cache and whose eyes it is for.
 #[derive(Clone, Copy)]
 pub(crate) struct Db<'a> {
     pub(crate) pool: &'a SqlitePool,
     pub(crate) compartments: &'a CompartmentCache,
+    pub(crate) access: &'a Access,
 }
 
 /// Starts a statement with `head`, followed by the compound SELECT of the matching rids (no
@@ -514,6 +581,7 @@ async fn build(
     let planner = Planner {
         resource_type: &query.resource_type,
         scope: resolve_scope(db, query).await?,
+        access: db.access,
     };
     let mut sql = QueryBuilder::<Sqlite>::new(head);
     let filters: Vec<&Filter> = query
@@ -544,8 +612,9 @@ pub(crate) async fn count(db: Db<'_>, query: &SearchQuery) -> Result<u64, StoreE
     if has_text_filters(query) {
         return Ok(search(db, query).await?.len() as u64);
     }
-    let mut sql = build(db, query, "SELECT COUNT(DISTINCT rid) FROM (").await?;
+    let mut sql = build(db, query, "SELECT COUNT(*) FROM resources WHERE rid IN (").await?;
     sql.push(")");
+    push_guard(&mut sql, db.access, "resources.pat");
     let count: i64 = sql
         .build_query_scalar()
         .fetch_one(pool)
@@ -627,6 +696,7 @@ pub(crate) async fn search(db: Db<'_>, query: &SearchQuery) -> Result<Vec<Key>, 
     )
     .await?;
     sql.push(")");
+    push_guard(&mut sql, db.access, "resources.pat");
     sql.push(order);
     let rows = sql.build().fetch_all(pool).await.map_err(db_error)?;
     let mut candidates = Vec::with_capacity(rows.len());

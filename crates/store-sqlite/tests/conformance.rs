@@ -1,4 +1,5 @@
-//! The shared store conformance suite against a real SQLite database file.
+//! The shared store conformance suites (storage semantics and the access policy matrix) against a
+//! real SQLite database file.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -21,3 +22,5 @@ async fn fresh() -> SqliteStore {
 }
 
 tsunagi_store::store_conformance_suite!(fresh());
+
+tsunagi_store::store_access_suite!(fresh());

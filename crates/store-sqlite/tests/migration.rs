@@ -76,24 +76,33 @@ async fn a_schema_1_database_is_migrated_and_reindexed() {
         SearchQuery::parse("Observation", &pairs, 1_700_000_000, true).unwrap()
     };
     let by_patient = store
-        .search(&query(&[
-            ("patient", "p1"),
-            ("code", "http://loinc.org|718-7"),
-        ]))
+        .search(
+            &tsunagi_store::Access::Unrestricted,
+            &query(&[("patient", "p1"), ("code", "http://loinc.org|718-7")]),
+        )
         .await
         .unwrap();
     assert_eq!(by_patient.len(), 1);
-    let fetched = store.fetch(&by_patient).await.unwrap();
+    let fetched = store
+        .fetch(&tsunagi_store::Access::Unrestricted, &by_patient)
+        .await
+        .unwrap();
     assert_eq!(fetched[0].id, "o1");
     assert_eq!(
         store
-            .search(&query(&[("code", "718-7")]))
+            .search(
+                &tsunagi_store::Access::Unrestricted,
+                &query(&[("code", "718-7")])
+            )
             .await
             .unwrap()
             .len(),
         2
     );
-    let compartment = store.compartment("p1", &[], None).await.unwrap();
+    let compartment = store
+        .compartment(&tsunagi_store::Access::Unrestricted, "p1", &[], None)
+        .await
+        .unwrap();
     assert_eq!(compartment.len(), 2, "the patient and its observation");
     drop(store);
     // Opening again changes nothing.
@@ -102,7 +111,10 @@ async fn a_schema_1_database_is_migrated_and_reindexed() {
         .unwrap();
     assert_eq!(
         again
-            .search(&query(&[("patient", "Patient/p2")]))
+            .search(
+                &tsunagi_store::Access::Unrestricted,
+                &query(&[("patient", "Patient/p2")])
+            )
             .await
             .unwrap()
             .len(),

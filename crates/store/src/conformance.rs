@@ -8,7 +8,13 @@
 
 use serde_json::{Value, json};
 
-use crate::{Batch, Operation, ResourceWrite, Store};
+use crate::{Access, Batch, Operation, ResourceWrite, Store};
+
+/// The suites check storage semantics; what each facility may see is `conformance_access`.
+const ALL: Access = Access::Unrestricted;
+
+/// The facility every record of these suites belongs to.
+pub const FACILITY: &str = "0000000001";
 
 fn observation(id: &str, code: &str, patient: &str) -> ResourceWrite {
     let resource = json!({
@@ -35,6 +41,7 @@ fn patient(id: &str, family: &str) -> ResourceWrite {
 fn replace(source: &str, resources: Vec<ResourceWrite>) -> Operation {
     Operation::ReplaceSource {
         source_key: source.to_owned(),
+        facility: FACILITY.to_owned(),
         resources,
     }
 }
@@ -57,7 +64,7 @@ pub async fn create_and_read(store: &dyn Store) {
         .unwrap();
     assert_eq!(stats.created.get("Patient"), Some(&1));
     assert_eq!(stats.created.get("Observation"), Some(&1));
-    let read = store.read("Patient", "p1").await.unwrap().unwrap();
+    let read = store.read(&ALL, "Patient", "p1").await.unwrap().unwrap();
     assert_eq!(read.version, 1);
     assert!(!read.deleted);
     assert_eq!(content(&read)["name"][0]["family"], "山田");
@@ -76,8 +83,14 @@ pub async fn create_and_read(store: &dyn Store) {
             .unwrap()
             .ends_with("+09:00")
     );
-    assert!(store.read("Patient", "nope").await.unwrap().is_none());
-    assert!(store.read("Observation", "p1").await.unwrap().is_none());
+    assert!(store.read(&ALL, "Patient", "nope").await.unwrap().is_none());
+    assert!(
+        store
+            .read(&ALL, "Observation", "p1")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 pub async fn reapplying_is_a_no_op(store: &dyn Store) {
@@ -92,10 +105,15 @@ pub async fn reapplying_is_a_no_op(store: &dyn Store) {
     assert_eq!(second.written(), 0);
     assert_eq!(second.unchanged.values().sum::<u64>(), 2);
     assert_eq!(
-        store.read("Patient", "p1").await.unwrap().unwrap().version,
+        store
+            .read(&ALL, "Patient", "p1")
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
         1
     );
-    assert_eq!(store.history("Patient", "p1").await.unwrap().len(), 1);
+    assert_eq!(store.history(&ALL, "Patient", "p1").await.unwrap().len(), 1);
 }
 
 pub async fn changes_make_versions_and_keep_history(store: &dyn Store) {
@@ -108,13 +126,23 @@ pub async fn changes_make_versions_and_keep_history(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(stats.updated.get("Patient"), Some(&1));
-    let current = store.read("Patient", "p1").await.unwrap().unwrap();
+    let current = store.read(&ALL, "Patient", "p1").await.unwrap().unwrap();
     assert_eq!(current.version, 2);
     assert_eq!(content(&current)["name"][0]["family"], "佐藤");
-    let first = store.vread("Patient", "p1", 1).await.unwrap().unwrap();
+    let first = store
+        .vread(&ALL, "Patient", "p1", 1)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(content(&first)["name"][0]["family"], "山田");
-    assert!(store.vread("Patient", "p1", 3).await.unwrap().is_none());
-    let history = store.history("Patient", "p1").await.unwrap();
+    assert!(
+        store
+            .vread(&ALL, "Patient", "p1", 3)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let history = store.history(&ALL, "Patient", "p1").await.unwrap();
     assert_eq!(
         history.iter().map(|h| h.version).collect::<Vec<_>>(),
         vec![2, 1]
@@ -137,11 +165,22 @@ pub async fn replace_source_deletes_what_it_no_longer_holds(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(stats.deleted.get("Observation"), Some(&1));
-    let gone = store.read("Observation", "o2").await.unwrap().unwrap();
+    let gone = store
+        .read(&ALL, "Observation", "o2")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(gone.deleted);
     assert_eq!(gone.version, 2);
     assert!(gone.to_json().unwrap().is_none());
-    assert_eq!(store.history("Observation", "o2").await.unwrap().len(), 2);
+    assert_eq!(
+        store
+            .history(&ALL, "Observation", "o2")
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
     assert_eq!(
         store.count_current().await.unwrap().get("Observation"),
         Some(&1)
@@ -187,7 +226,11 @@ pub async fn delete_then_recreate(store: &dyn Store) {
         )]))
         .await
         .unwrap();
-    let current = store.read("Observation", "o1").await.unwrap().unwrap();
+    let current = store
+        .read(&ALL, "Observation", "o1")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(current.version, 3);
     assert!(!current.deleted);
 }
@@ -346,7 +389,7 @@ pub async fn a_failing_batch_leaves_nothing(store: &dyn Store) {
         .await;
     assert!(result.is_err());
     assert_eq!(store.checkpoint("x", "a").await.unwrap(), None);
-    assert!(store.read("Patient", "p1").await.unwrap().is_none());
+    assert!(store.read(&ALL, "Patient", "p1").await.unwrap().is_none());
 }
 
 pub async fn one_batch_may_touch_a_resource_twice(store: &dyn Store) {
@@ -359,7 +402,11 @@ pub async fn one_batch_may_touch_a_resource_twice(store: &dyn Store) {
         .unwrap();
     assert_eq!(stats.created.get("Observation"), Some(&1));
     assert_eq!(stats.updated.get("Observation"), Some(&1));
-    let current = store.read("Observation", "o1").await.unwrap().unwrap();
+    let current = store
+        .read(&ALL, "Observation", "o1")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(current.version, 2);
     assert_eq!(
         store
@@ -394,14 +441,21 @@ pub async fn an_existing_resource_updated_twice_in_one_batch(store: &dyn Store) 
         .unwrap();
     assert_eq!(
         store
-            .read("Observation", "o1")
+            .read(&ALL, "Observation", "o1")
             .await
             .unwrap()
             .unwrap()
             .version,
         3
     );
-    assert_eq!(store.history("Observation", "o1").await.unwrap().len(), 3);
+    assert_eq!(
+        store
+            .history(&ALL, "Observation", "o1")
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
     for stale in ["A", "B"] {
         assert!(
             store
@@ -430,7 +484,7 @@ pub async fn an_existing_resource_updated_twice_in_one_batch(store: &dyn Store) 
         ]))
         .await
         .unwrap();
-    let history = store.history("Observation", "o9").await.unwrap();
+    let history = store.history(&ALL, "Observation", "o9").await.unwrap();
     assert_eq!(
         history
             .iter()

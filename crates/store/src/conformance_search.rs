@@ -6,7 +6,10 @@
 use serde_json::{Value, json};
 use tsunagi_fhir::query::SearchQuery;
 
-use crate::{Batch, Operation, ResourceWrite, Store};
+use crate::{Access, Batch, Operation, ResourceWrite, Store};
+
+/// The suites check storage semantics; what each facility may see is `conformance_access`.
+const ALL: Access = Access::Unrestricted;
 
 const JLAC10: &str = "urn:oid:1.2.392.200119.4.504";
 
@@ -92,6 +95,7 @@ async fn load(store: &dyn Store) {
         .apply(Batch {
             operations: vec![Operation::ReplaceSource {
                 source_key: "search".into(),
+                facility: crate::conformance::FACILITY.to_owned(),
                 resources,
             }],
         })
@@ -106,15 +110,15 @@ async fn ids(store: &dyn Store, resource_type: &str, params: &[(&str, &str)]) ->
         .collect();
     let query = SearchQuery::parse(resource_type, &pairs, 1_800_000_000, true)
         .unwrap_or_else(|error| panic!("{params:?}: {error}"));
-    let keys = store.search(&query).await.unwrap();
-    let count = store.count(&query).await.unwrap();
+    let keys = store.search(&ALL, &query).await.unwrap();
+    let count = store.count(&ALL, &query).await.unwrap();
     assert_eq!(
         count as usize,
         keys.len(),
         "count agrees with search for {params:?}"
     );
     store
-        .fetch(&keys)
+        .fetch(&ALL, &keys)
         .await
         .unwrap()
         .into_iter()
@@ -444,10 +448,13 @@ pub async fn search_dates_quantities_and_sorting(store: &dyn Store) {
 pub async fn search_includes_compartments_and_history(store: &dyn Store) {
     load(store).await;
     let keys = store
-        .keys_of(&[
-            ("Patient".into(), "p1".into()),
-            ("Patient".into(), "zz".into()),
-        ])
+        .keys_of(
+            &ALL,
+            &[
+                ("Patient".into(), "p1".into()),
+                ("Patient".into(), "zz".into()),
+            ],
+        )
         .await
         .unwrap();
     assert_eq!(keys.len(), 1);
@@ -455,16 +462,21 @@ pub async fn search_includes_compartments_and_history(store: &dyn Store) {
         .unwrap()
         .id;
     let referencing = store
-        .referencing(result_param, &[("Observation".into(), "o1".into())], 100)
+        .referencing(
+            &ALL,
+            result_param,
+            &[("Observation".into(), "o1".into())],
+            100,
+        )
         .await
         .unwrap();
-    let fetched = store.fetch(&referencing).await.unwrap();
+    let fetched = store.fetch(&ALL, &referencing).await.unwrap();
     assert_eq!(
         fetched.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
         vec!["r1"]
     );
-    let everything = store.compartment("p1", &[], None).await.unwrap();
-    let fetched = store.fetch(&everything).await.unwrap();
+    let everything = store.compartment(&ALL, "p1", &[], None).await.unwrap();
+    let fetched = store.fetch(&ALL, &everything).await.unwrap();
     let listed: Vec<String> = fetched
         .iter()
         .map(|r| format!("{}/{}", r.resource_type, r.id))
@@ -481,19 +493,19 @@ pub async fn search_includes_compartments_and_history(store: &dyn Store) {
         ]
     );
     let only = store
-        .compartment("p1", &["DiagnosticReport".into()], None)
+        .compartment(&ALL, "p1", &["DiagnosticReport".into()], None)
         .await
         .unwrap();
     assert_eq!(only.len(), 1);
     assert!(
         store
-            .compartment("p1", &[], Some(i64::MAX))
+            .compartment(&ALL, "p1", &[], Some(i64::MAX))
             .await
             .unwrap()
             .is_empty()
     );
     let history = store
-        .history_all(Some("Patient"), None, None, 10)
+        .history_all(&ALL, Some("Patient"), None, None, 10)
         .await
         .unwrap();
     assert_eq!(history.len(), 3);
@@ -501,7 +513,7 @@ pub async fn search_includes_compartments_and_history(store: &dyn Store) {
     let key = |e: &crate::HistoryEntry| (e.resource_type.clone(), e.id.clone(), e.version);
     for resource_type in [None, Some("Observation"), Some("Patient")] {
         let everything = store
-            .history_all(resource_type, None, None, 1000)
+            .history_all(&ALL, resource_type, None, None, 1000)
             .await
             .unwrap();
         assert!(!everything.is_empty());
@@ -515,7 +527,7 @@ pub async fn search_includes_compartments_and_history(store: &dyn Store) {
             let mut cursor: Option<crate::HistoryCursor> = None;
             loop {
                 let page = store
-                    .history_all(resource_type, None, cursor.as_ref(), size)
+                    .history_all(&ALL, resource_type, None, cursor.as_ref(), size)
                     .await
                     .unwrap();
                 let Some(last) = page.last() else { break };

@@ -20,6 +20,11 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 #[cfg(feature = "conformance")]
+pub mod conformance_access;
+pub mod governance;
+
+pub use governance::{Access, Governance};
+#[cfg(feature = "conformance")]
 pub mod conformance_search;
 
 use std::collections::BTreeMap;
@@ -101,6 +106,9 @@ pub enum Operation {
     ReplaceSource {
         /// Identifies the source record (e.g. facility + SS-MIX2 record key).
         source_key: String,
+        /// The facility whose record this is: it holds (discloses) the patient compartments the
+        /// resources fall in.
+        facility: String,
         /// Everything the record holds now.
         resources: Vec<ResourceWrite>,
     },
@@ -189,6 +197,8 @@ pub struct StoredResource {
     pub deleted: bool,
     /// Serialized JSON without versionId/lastUpdated; `None` when deleted.
     pub content: Option<Vec<u8>>,
+    /// The Patient logical id of the compartment the resource is in (audited per patient).
+    pub patient: Option<String>,
 }
 
 impl StoredResource {
@@ -377,6 +387,12 @@ pub type Counts = BTreeMap<String, u64>;
 pub type Visitor<'a> = dyn FnMut(StoredResource) -> Result<(), StoreError> + Send + 'a;
 
 /// The FHIR store.
+///
+/// Every read of clinical data takes an [`Access`]. Under [`Access::Facility`] a resource in a
+/// compartment the facility may not see is **absent**: not returned, not counted, not matched by
+/// a chain, not included, not in history; the filter runs inside the backend's query, so totals
+/// and pages are computed on permitted data only. Resources outside every compartment (the
+/// directory) are visible to every facility.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
     /// Applies a batch atomically.
@@ -385,6 +401,7 @@ pub trait Store: Send + Sync {
     /// The current version of a resource (possibly a deletion marker).
     async fn read(
         &self,
+        access: &Access,
         resource_type: &str,
         id: &str,
     ) -> Result<Option<StoredResource>, StoreError>;
@@ -392,6 +409,7 @@ pub trait Store: Send + Sync {
     /// A specific version.
     async fn vread(
         &self,
+        access: &Access,
         resource_type: &str,
         id: &str,
         version: i64,
@@ -400,6 +418,7 @@ pub trait Store: Send + Sync {
     /// Every version, newest first.
     async fn history(
         &self,
+        access: &Access,
         resource_type: &str,
         id: &str,
     ) -> Result<Vec<StoredResource>, StoreError>;
@@ -438,33 +457,41 @@ pub trait Store: Send + Sync {
 
     /// The keys of every current resource matching `query`, in the query's sort order (ties and
     /// unsorted queries in storage order). `query.count` and paging are the caller's business.
-    async fn search(&self, query: &SearchQuery) -> Result<Vec<Key>, StoreError>;
+    async fn search(&self, access: &Access, query: &SearchQuery) -> Result<Vec<Key>, StoreError>;
 
     /// The number of matches of `query` (for `_summary=count`).
-    async fn count(&self, query: &SearchQuery) -> Result<u64, StoreError> {
-        Ok(self.search(query).await?.len() as u64)
+    async fn count(&self, access: &Access, query: &SearchQuery) -> Result<u64, StoreError> {
+        Ok(self.search(access, query).await?.len() as u64)
     }
 
     /// The current versions of `keys`, in the order given; deleted or unknown keys are skipped.
-    async fn fetch(&self, keys: &[Key]) -> Result<Vec<StoredResource>, StoreError>;
+    async fn fetch(&self, access: &Access, keys: &[Key])
+    -> Result<Vec<StoredResource>, StoreError>;
 
     /// Keys of the current, non-deleted resources `Type/id` among `references`.
-    async fn keys_of(&self, references: &[(String, String)]) -> Result<Vec<Key>, StoreError>;
+    async fn keys_of(
+        &self,
+        access: &Access,
+        references: &[(String, String)],
+    ) -> Result<Vec<Key>, StoreError>;
 
     /// Keys of current resources whose reference parameter `param` (a registry id) points at
     /// one of `targets` (`Type`, `id`), in storage order, at most `limit`.
     async fn referencing(
         &self,
+        access: &Access,
         param: u16,
         targets: &[(String, String)],
         limit: usize,
     ) -> Result<Vec<Key>, StoreError>;
 
-    /// Keys of the current resources in the compartment of Patient `patient` (the Patient itself
-    /// first), optionally only those of `types` and changed at or after `since`
+    /// Keys of the current resources in the compartment of Patient `patient` and of the records
+    /// linked with it (when `patient` itself is visible to `access`; the Patients first),
+    /// optionally only those of `types` and changed at or after `since`
     /// (microseconds), in storage order.
     async fn compartment(
         &self,
+        access: &Access,
         patient: &str,
         types: &[String],
         since: Option<i64>,
@@ -475,6 +502,7 @@ pub trait Store: Send + Sync {
     /// (newest first), starting after `after`.
     async fn history_all(
         &self,
+        access: &Access,
         resource_type: Option<&str>,
         since: Option<i64>,
         after: Option<&HistoryCursor>,

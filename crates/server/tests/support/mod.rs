@@ -3,17 +3,44 @@
 //! server's integration tests.
 #![allow(dead_code, unreachable_pub)]
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tsunagi_core::clock::FixedClock;
-use tsunagi_server::{AppState, Settings};
-use tsunagi_store::{Batch, Operation, ResourceWrite, Store};
+use tsunagi_server::{
+    AppState, Settings,
+    security::{Subject, issue_token, signing_keys},
+};
+use tsunagi_store::{
+    Batch, Governance, Operation, ResourceWrite, Store,
+    governance::{Client, Facility},
+};
 use tsunagi_store_sqlite::SqliteStore;
 
 /// The clock of every test server and store: 2023-11-14T22:13:20Z.
 pub const NOW: i64 = 1_700_000_000_000_000;
+
+/// The facility every record loaded by these tests belongs to, and the facility of the system
+/// client whose token [`request`] sends.
+pub const FACILITY: &str = "0610100010";
+
+/// The token of each test server's system client, by address (see [`serve`]).
+static TOKENS: Mutex<Option<HashMap<SocketAddr, String>>> = Mutex::new(None);
+
+/// The access token [`request`] sends to `addr`.
+pub fn token_for(addr: SocketAddr) -> String {
+    TOKENS
+        .lock()
+        .unwrap()
+        .as_ref()
+        .and_then(|tokens| tokens.get(&addr).cloned())
+        .expect("a server started by support::serve")
+}
 
 pub struct Reply {
     pub status: u16,
@@ -35,7 +62,8 @@ impl Reply {
     }
 }
 
-/// One HTTP/1.1 request on a fresh connection.
+/// One HTTP/1.1 request on a fresh connection, with the server's test token unless `headers`
+/// has an Authorization header of its own (`("authorization", "")` sends none).
 pub async fn request(
     addr: SocketAddr,
     method: &str,
@@ -51,8 +79,16 @@ pub async fn request(
     {
         text.push_str(&format!("Host: {addr}\r\n"));
     }
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+    {
+        text.push_str(&format!("Authorization: Bearer {}\r\n", token_for(addr)));
+    }
     for (name, value) in headers {
-        text.push_str(&format!("{name}: {value}\r\n"));
+        if !value.is_empty() {
+            text.push_str(&format!("{name}: {value}\r\n"));
+        }
     }
     if !body.is_empty() {
         text.push_str(&format!(
@@ -122,6 +158,7 @@ pub async fn replace(store: &dyn Store, source: &str, resources: Vec<Value>) {
         .apply(Batch {
             operations: vec![Operation::ReplaceSource {
                 source_key: source.into(),
+                facility: FACILITY.into(),
                 resources: resources.into_iter().map(write).collect(),
             }],
         })
@@ -151,11 +188,61 @@ pub fn entry_ids(bundle: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Serves `store` on a fresh loopback port.
-pub async fn serve(store: Arc<dyn Store>, settings: Settings) -> SocketAddr {
+/// Registers [`FACILITY`] and its system client `test-system` (`system/*.rs`), and returns a
+/// token for it.
+pub async fn system_token(store: &SqliteStore, settings: &Settings) -> String {
+    store
+        .put_facility(&Facility {
+            code: FACILITY.into(),
+            name: "荘内病院".into(),
+            kind: "hospital".into(),
+        })
+        .await
+        .unwrap();
+    store
+        .put_client(&Client {
+            id: "test-system".into(),
+            facility: FACILITY.into(),
+            kind: "system".into(),
+            jwks: r#"{"keys":[]}"#.into(),
+            scope: "system/*.rs".into(),
+            active: true,
+        })
+        .await
+        .unwrap();
+    let keys = signing_keys(store, NOW).await.unwrap();
+    issue_token(
+        store,
+        &keys[0],
+        &settings.tokens,
+        Subject::System("test-system"),
+        "system/*.rs",
+        NOW / 1_000_000,
+    )
+    .await
+    .unwrap()
+    .0
+}
+
+/// Serves `store` on a fresh loopback port; [`request`] sends the token of a system client of
+/// [`FACILITY`] to it.
+pub async fn serve(store: Arc<SqliteStore>, settings: Settings) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let state = AppState::new(store, Arc::new(FixedClock(NOW)), settings);
+    let token = system_token(&store, &settings).await;
+    TOKENS
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .insert(addr, token);
+    let keys = signing_keys(store.as_ref(), NOW).await.unwrap();
+    let state = AppState::new(
+        store.clone(),
+        store,
+        Arc::new(FixedClock(NOW)),
+        settings,
+        keys,
+    );
     tokio::spawn(tsunagi_server::serve(
         listener,
         state,

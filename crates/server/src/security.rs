@@ -1,0 +1,778 @@
+//! Authentication, authorisation and audit at the HTTP edge.
+//!
+//! [`guard`] wraps every FHIR route except `metadata`: it verifies the bearer token (401
+//! otherwise), makes the request's [`Caller`] (principal + the store [`Access`] it reads under),
+//! runs the handler, then appends one BALP AuditEvent per patient the response touched (one
+//! without a patient when it touched none, denials included) and sends the response only after
+//! the audit writer has committed them. If the audit cannot be written the client gets a 500,
+//! never unrecorded data.
+//!
+//! Also here: the SMART token endpoint (`client_credentials` + `private_key_jwt`, and a
+//! registered portal acting for a signed-in user), `/.well-known/smart-configuration` and the
+//! JWKS of Tsunagi's signing keys.
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Extension, Form, Json,
+    extract::{Request, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tsunagi_auth::{
+    Interaction, Principal, Role, Scopes,
+    assertion::{unverified_issuer, verify_client_assertion},
+    token::{self, AccessClaims, Expected, SigningKey, SubjectKind, TokenError, random_id},
+};
+use tsunagi_core::time::format_instant_jst;
+use tsunagi_store::{
+    Access, StoreError, StoredResource,
+    governance::{AuditRecord, Governance, StoredKey},
+};
+
+use crate::{AppState, access::RequestId, outcome::ApiError};
+
+/// Where tokens come from and whom they are for.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    /// `iss` of the access tokens Tsunagi signs.
+    pub issuer: String,
+    /// `aud` they carry and every request's token must carry: the FHIR base URL.
+    pub audience: String,
+    /// The token endpoint URL clients put in their assertions' `aud`.
+    pub token_url: String,
+    /// Lifetime of an access token, seconds (at most 300).
+    pub lifetime: i64,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        Self::for_base("http://127.0.0.1:8080")
+    }
+}
+
+impl TokenSettings {
+    /// Settings for a server whose public origin is `origin` (no trailing slash).
+    pub fn for_base(origin: &str) -> Self {
+        let origin = origin.trim_end_matches('/');
+        Self {
+            issuer: origin.to_owned(),
+            audience: format!("{origin}/fhir"),
+            token_url: format!("{origin}/auth/token"),
+            lifetime: token::MAX_LIFETIME,
+        }
+    }
+}
+
+/// Loads Tsunagi's signing keys, creating the first one when there is none.
+pub async fn signing_keys(
+    governance: &dyn Governance,
+    now_micros: i64,
+) -> Result<Vec<SigningKey>, StoreError> {
+    let mut stored = governance.signing_keys().await?;
+    if stored.is_empty() {
+        let (key, pem) =
+            SigningKey::generate().map_err(|error| StoreError::Invalid(error.to_string()))?;
+        let record = StoredKey {
+            kid: key.kid().to_owned(),
+            pem,
+            created_at: now_micros,
+        };
+        governance.put_signing_key(&record).await?;
+        stored.push(record);
+    }
+    stored
+        .iter()
+        .map(|key| {
+            SigningKey::from_pkcs8_pem(&key.kid, &key.pem)
+                .map_err(|error| StoreError::Corrupt(format!("signing key {}: {error}", key.kid)))
+        })
+        .collect()
+}
+
+/// Why a token cannot be issued to a subject.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// Unknown or inactive client or user, or a scope that grants nothing.
+    #[error("{0}")]
+    Refused(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Signing failed.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+}
+
+/// Who a token is for.
+#[derive(Debug, Clone, Copy)]
+pub enum Subject<'a> {
+    /// A system client acting as itself.
+    System(&'a str),
+    /// A user, through client `via` (a portal; the operator's CLI says `operator`).
+    User {
+        /// User id.
+        user: &'a str,
+        /// The client acting for the user.
+        via: &'a str,
+    },
+}
+
+/// Issues an access token for `subject` with the requested scopes narrowed by what its
+/// registration allows; returns the token and the granted scopes.
+pub async fn issue_token(
+    governance: &dyn Governance,
+    key: &SigningKey,
+    settings: &TokenSettings,
+    subject: Subject<'_>,
+    requested: &str,
+    now_seconds: i64,
+) -> Result<(String, String), IssueError> {
+    let requested =
+        Scopes::parse(requested).map_err(|error| IssueError::Refused(error.to_string()))?;
+    let (sub, client_id, facility, role, kind, allowed) =
+        match subject {
+            Subject::System(id) => {
+                let client = governance
+                    .client(id)
+                    .await?
+                    .filter(|client| client.active && client.kind == "system")
+                    .ok_or_else(|| IssueError::Refused(format!("no active system client {id}")))?;
+                let allowed = Scopes::parse(&client.scope)
+                    .map_err(|error| IssueError::Refused(error.to_string()))?;
+                (
+                    id,
+                    id,
+                    client.facility,
+                    Role::System,
+                    SubjectKind::System,
+                    allowed,
+                )
+            }
+            Subject::User { user, via } => {
+                let participant = governance
+                    .participant(user)
+                    .await?
+                    .filter(|participant| participant.active)
+                    .ok_or_else(|| IssueError::Refused(format!("no active user {user}")))?;
+                let role: Role = participant.role.parse().map_err(
+                    |error: tsunagi_auth::role::UnknownRole| IssueError::Refused(error.to_string()),
+                )?;
+                if role == Role::System {
+                    return Err(IssueError::Refused(format!("{user} is not a person")));
+                }
+                let allowed = Scopes::parse("user/*.cruds")
+                    .map_err(|error| IssueError::Refused(error.to_string()))?;
+                (
+                    user,
+                    via,
+                    participant.facility,
+                    role,
+                    SubjectKind::User,
+                    allowed,
+                )
+            }
+        };
+    let granted = allowed.narrow(&requested);
+    if granted.resources.is_empty() {
+        return Err(IssueError::Refused(format!(
+            "none of the requested scopes is allowed for {sub}"
+        )));
+    }
+    let lifetime = settings.lifetime.clamp(1, token::MAX_LIFETIME);
+    let claims = AccessClaims {
+        iss: settings.issuer.clone(),
+        aud: settings.audience.clone(),
+        sub: sub.to_owned(),
+        client_id: client_id.to_owned(),
+        exp: now_seconds + lifetime,
+        nbf: now_seconds,
+        iat: now_seconds,
+        jti: random_id(16),
+        scope: granted.to_string(),
+        facility,
+        role: role.code().to_owned(),
+        kind,
+    };
+    Ok((token::issue(key, &claims)?, claims.scope))
+}
+
+/// The authenticated caller of one request.
+#[derive(Debug)]
+pub struct Caller {
+    /// Who.
+    pub principal: Principal,
+    /// What the store lets them see, at the request's instant.
+    pub access: Access,
+    touched: Mutex<BTreeSet<String>>,
+}
+
+impl Caller {
+    /// Scope and role allow `interaction` on `resource_type`, else 403.
+    pub fn require(&self, resource_type: &str, interaction: Interaction) -> Result<(), ApiError> {
+        if self.principal.may(resource_type, interaction) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "the token's scopes or the {} role do not allow {} of {resource_type}",
+                self.principal.role,
+                match interaction {
+                    Interaction::Read => "read",
+                    Interaction::Search => "search",
+                    Interaction::Create => "create",
+                    Interaction::Update => "update",
+                    Interaction::Delete => "delete",
+                }
+            )))
+        }
+    }
+
+    /// True when the caller's scopes and role let it read `resource_type` (for included
+    /// resources, which are dropped rather than refused).
+    pub fn may_see(&self, resource_type: &str) -> bool {
+        self.principal.may(resource_type, Interaction::Read)
+            || self.principal.may(resource_type, Interaction::Search)
+    }
+
+    /// Notes the patients of resources about to be returned (audited per patient).
+    pub fn touch<'a>(&self, resources: impl IntoIterator<Item = &'a StoredResource>) {
+        let mut touched = self
+            .touched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for resource in resources {
+            if let Some(patient) = &resource.patient {
+                touched.insert(patient.clone());
+            }
+        }
+    }
+
+    /// Paging snapshots belong to the principal that made them.
+    pub fn snapshot_scope(&self, path: &str) -> String {
+        format!(
+            "{}|{}|{}|{path}",
+            self.principal.facility, self.principal.subject, self.principal.client_id
+        )
+    }
+}
+
+/// A batch of audit records and the reply sent once they are committed.
+type AuditJob = (Vec<AuditRecord>, oneshot::Sender<Result<(), String>>);
+
+/// Appends audit records with group commit: whatever is queued is written in one transaction.
+#[derive(Debug, Clone)]
+pub struct AuditWriter {
+    sender: mpsc::Sender<AuditJob>,
+}
+
+impl AuditWriter {
+    /// Starts the writer task.
+    pub fn start(governance: Arc<dyn Governance>) -> Self {
+        let (sender, mut receiver) = mpsc::channel::<AuditJob>(4096);
+        tokio::spawn(async move {
+            while let Some(first) = receiver.recv().await {
+                let mut jobs = vec![first];
+                while jobs.len() < 512 {
+                    match receiver.try_recv() {
+                        Ok(job) => jobs.push(job),
+                        Err(_) => break,
+                    }
+                }
+                let records: Vec<AuditRecord> = jobs
+                    .iter()
+                    .flat_map(|(records, _)| records.clone())
+                    .collect();
+                let result = governance
+                    .append_audit(&records)
+                    .await
+                    .map_err(|error| error.to_string());
+                for (_, reply) in jobs {
+                    // A caller that went away no longer needs to know.
+                    let _ = reply.send(result.clone());
+                }
+            }
+        });
+        Self { sender }
+    }
+
+    /// Appends `records` and waits until they are committed.
+    pub async fn append(&self, records: Vec<AuditRecord>) -> Result<(), String> {
+        let (reply, done) = oneshot::channel();
+        self.sender
+            .send((records, reply))
+            .await
+            .map_err(|_| "the audit writer has stopped".to_owned())?;
+        match tokio::time::timeout(Duration::from_secs(30), done).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err("the audit writer dropped the request".to_owned()),
+            Err(_) => Err("the audit writer did not answer in 30 s".to_owned()),
+        }
+    }
+}
+
+/// What the audit needs to know about the request, taken before the handler runs.
+struct RequestFacts {
+    method: String,
+    path: String,
+    query: Option<String>,
+    request_id: String,
+    address: Option<String>,
+}
+
+/// The middleware around every authenticated route.
+pub async fn guard(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let now = state.clock.now_micros();
+    let facts = RequestFacts {
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+        query: request.uri().query().map(str::to_owned),
+        request_id: request
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.0.clone())
+            .unwrap_or_default(),
+        address: request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip().to_string()),
+    };
+    let principal = match authenticate(&state, request.headers(), now) {
+        Ok(principal) => principal,
+        Err(reason) => {
+            let mut response =
+                ApiError::unauthorized(format!("access token refused: {reason}")).into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tsunagi\", error=\"invalid_token\""),
+            );
+            let record = audit_record(&facts, None, None, StatusCode::UNAUTHORIZED, now);
+            return finish(&state, vec![record], response).await;
+        }
+    };
+    let caller = Arc::new(Caller {
+        access: Access::facility(principal.facility.clone(), now),
+        principal,
+        touched: Mutex::default(),
+    });
+    request.extensions_mut().insert(caller.clone());
+    let response = next.run(request).await;
+    let status = response.status();
+    let touched = std::mem::take(
+        &mut *caller
+            .touched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    let records: Vec<AuditRecord> = if touched.is_empty() {
+        vec![audit_record(
+            &facts,
+            Some(&caller.principal),
+            None,
+            status,
+            now,
+        )]
+    } else {
+        touched
+            .iter()
+            .map(|patient| {
+                audit_record(&facts, Some(&caller.principal), Some(patient), status, now)
+            })
+            .collect()
+    };
+    finish(&state, records, response).await
+}
+
+/// Sends `response` once `records` are committed, a 500 if they cannot be.
+async fn finish(state: &AppState, records: Vec<AuditRecord>, response: Response) -> Response {
+    match state.audit.append(records).await {
+        Ok(()) => response,
+        Err(error) => {
+            tracing::error!(target: "tsunagi::audit", %error, "audit records not written; response withheld");
+            ApiError::internal("the access could not be audited; no data was returned")
+                .into_response()
+        }
+    }
+}
+
+/// The principal of the request's bearer token.
+fn authenticate(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    now_micros: i64,
+) -> Result<Principal, String> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or("no Authorization header")?
+        .to_str()
+        .map_err(|_| "malformed Authorization header")?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or("the Authorization scheme must be Bearer")?
+        .trim();
+    let expected = Expected {
+        issuer: &state.settings.tokens.issuer,
+        audience: &state.settings.tokens.audience,
+        now: now_micros.div_euclid(1_000_000),
+    };
+    let claims = token::verify(&state.keys, token, &expected).map_err(|error| error.to_string())?;
+    Principal::from_claims(claims).map_err(|error| error.to_string())
+}
+
+/// One BALP-shaped AuditEvent (Basic Audit Log Patterns: RESTful activity, patient variant when
+/// a patient was touched).
+fn audit_record(
+    facts: &RequestFacts,
+    principal: Option<&Principal>,
+    patient: Option<&str>,
+    status: StatusCode,
+    now: i64,
+) -> AuditRecord {
+    let (subtype, action) = interaction_of(&facts.method, &facts.path);
+    let outcome = if status.is_success() || status == StatusCode::NOT_MODIFIED {
+        "0"
+    } else if status.is_server_error() {
+        "8"
+    } else {
+        "4"
+    };
+    let dcm = "http://dicom.nema.org/resources/ontology/DCM";
+    let mut agents = vec![json!({
+        "type": {"coding": [{"system": dcm, "code": "110152", "display": "Destination Role ID"}]},
+        "who": {"display": "tsunagi"},
+        "requestor": false
+    })];
+    let mut client = json!({
+        "type": {"coding": [{"system": dcm, "code": "110153", "display": "Source Role ID"}]},
+        "requestor": false
+    });
+    if let Some(address) = &facts.address {
+        client["network"] = json!({"address": address, "type": "2"});
+    }
+    match principal {
+        Some(principal) => {
+            client["who"] = json!({"identifier": {"system": "urn:tsunagi:client", "value": principal.client_id}});
+            agents.push(client);
+            agents.push(json!({
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient"}]},
+                "who": {"identifier": {"system": if principal.kind == SubjectKind::User { "urn:tsunagi:user" } else { "urn:tsunagi:client" }, "value": principal.subject}},
+                "requestor": true,
+                "role": [{"coding": [{"system": "urn:tsunagi:role", "code": principal.role.code()}]}],
+                "policy": [principal.token_id],
+                "extension": [{"url": "urn:tsunagi:facility", "valueIdentifier": {"system": tsunagi_fhir::systems::MEDICAL_ORGANIZATION_ID, "value": principal.facility}}]
+            }));
+        }
+        None => {
+            client["who"] = json!({"display": "unauthenticated"});
+            agents.push(client);
+        }
+    }
+    let mut entities = Vec::new();
+    if let Some(patient) = patient {
+        entities.push(json!({
+            "what": {"reference": format!("Patient/{patient}")},
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"},
+            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"}
+        }));
+    }
+    let described = match &facts.query {
+        Some(query) => format!("{} {}?{query}", facts.method, facts.path),
+        None => format!("{} {}", facts.method, facts.path),
+    };
+    entities.push(json!({
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"},
+        "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query"},
+        "description": described
+    }));
+    if !facts.request_id.is_empty() {
+        entities.push(json!({
+            "what": {"identifier": {"value": facts.request_id}},
+            "type": {"system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType", "code": "XrequestId"}
+        }));
+    }
+    let event = json!({
+        "resourceType": "AuditEvent",
+        "id": random_id(16),
+        "meta": {"profile": [if patient.is_some() { "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientRead" } else { "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Read" }]},
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "Restful Operation"},
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": subtype}],
+        "action": action,
+        "recorded": format_instant_jst(now),
+        "outcome": outcome,
+        "outcomeDesc": format!("HTTP {}", status.as_u16()),
+        "agent": agents,
+        "source": {
+            "observer": {"display": "tsunagi"},
+            "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]
+        },
+        "entity": entities
+    });
+    AuditRecord {
+        recorded: now,
+        patient: patient.map(str::to_owned),
+        event: event.to_string().into_bytes(),
+    }
+}
+
+/// The FHIR restful interaction and AuditEvent action of a request path.
+fn interaction_of(method: &str, path: &str) -> (&'static str, &'static str) {
+    let segments: Vec<&str> = path
+        .trim_start_matches("/fhir")
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let read = if method == "GET" { "R" } else { "E" };
+    match segments.as_slice() {
+        ["_history"] => ("history-system", "R"),
+        [_, "_history"] => ("history-type", "R"),
+        [_, "_search"] | [_] => ("search-type", "E"),
+        [_, operation] | [_, _, operation] if operation.starts_with('$') => ("operation", "E"),
+        [_, _, "_history"] => ("history-instance", "R"),
+        [_, _, "_history", _] => ("vread", "R"),
+        [_, _] => ("read", read),
+        _ => ("operation", "E"),
+    }
+}
+
+/// `GET /.well-known/smart-configuration`.
+pub async fn smart_configuration(State(state): State<Arc<AppState>>) -> Response {
+    let tokens = &state.settings.tokens;
+    Json(json!({
+        "issuer": tokens.issuer,
+        "jwks_uri": format!("{}/.well-known/jwks.json", tokens.issuer),
+        "token_endpoint": tokens.token_url,
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+        "grant_types_supported": ["client_credentials"],
+        "scopes_supported": ["system/*.rs", "user/*.rs", "system/*.read", "user/*.read"],
+        "response_types_supported": [],
+        "capabilities": ["client-confidential-asymmetric", "permission-v2", "permission-v1"],
+        "code_challenge_methods_supported": []
+    }))
+    .into_response()
+}
+
+/// `GET /.well-known/jwks.json`: the public halves of Tsunagi's signing keys.
+pub async fn jwks(State(state): State<Arc<AppState>>) -> Response {
+    let keys: Vec<Value> = state
+        .keys
+        .iter()
+        .map(|key| key.public_jwk().clone())
+        .collect();
+    Json(json!({"keys": keys})).into_response()
+}
+
+/// An OAuth error response (RFC 6749 §5.2).
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    let mut response = (
+        status,
+        Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// `POST /auth/token`: `client_credentials` with a `private_key_jwt` client assertion. A
+/// registered portal adds `user=<user id>` to obtain a token for its signed-in user.
+pub async fn token_endpoint(
+    State(state): State<Arc<AppState>>,
+    request_id: Option<Extension<RequestId>>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let value = |name: &str| {
+        form.iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    };
+    let now = state.clock.now_micros();
+    let seconds = now.div_euclid(1_000_000);
+    if value("grant_type") != Some("client_credentials") {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "grant_type must be client_credentials",
+        );
+    }
+    if value("client_assertion_type")
+        != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "client_assertion_type must be jwt-bearer",
+        );
+    }
+    let Some(assertion) = value("client_assertion") else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "client_assertion is required",
+        );
+    };
+    let invalid_client =
+        |reason: &str| oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", reason);
+    let Some(client_id) = value("client_id")
+        .map(str::to_owned)
+        .or_else(|| unverified_issuer(assertion))
+    else {
+        return invalid_client("the assertion names no client");
+    };
+    let client = match state.governance.client(&client_id).await {
+        Ok(Some(client)) if client.active => client,
+        Ok(_) => return invalid_client("unknown client"),
+        Err(error) => return ApiError::from(error).into_response(),
+    };
+    let Ok(jwks) = serde_json::from_str::<Value>(&client.jwks) else {
+        return invalid_client("the client's registered keys are unreadable");
+    };
+    let verified = match verify_client_assertion(
+        assertion,
+        &client_id,
+        &jwks,
+        &state.settings.tokens.token_url,
+        seconds,
+    ) {
+        Ok(verified) => verified,
+        Err(error) => return invalid_client(&format!("client assertion refused: {error}")),
+    };
+    match state
+        .governance
+        .remember_assertion(&client_id, &verified.jti, verified.exp, seconds)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            return invalid_client(&format!(
+                "client assertion refused: {}",
+                TokenError::Replayed
+            ));
+        }
+        Err(error) => return ApiError::from(error).into_response(),
+    }
+    let subject = match (client.kind.as_str(), value("user")) {
+        ("system", None) => Subject::System(&client_id),
+        ("portal", Some(user)) => Subject::User {
+            user,
+            via: &client_id,
+        },
+        ("portal", None) => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "a portal names the signed-in user with user=",
+            );
+        }
+        _ => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "only a portal may act for a user",
+            );
+        }
+    };
+    let requested = value("scope").unwrap_or_default();
+    let Some(key) = state.keys.first() else {
+        return ApiError::internal("no signing key").into_response();
+    };
+    let facts = RequestFacts {
+        method: "POST".to_owned(),
+        path: "/auth/token".to_owned(),
+        query: None,
+        request_id: request_id.map(|Extension(id)| id.0).unwrap_or_default(),
+        address: None,
+    };
+    match issue_token(
+        state.governance.as_ref(),
+        key,
+        &state.settings.tokens,
+        subject,
+        requested,
+        seconds,
+    )
+    .await
+    {
+        Ok((token, scope)) => {
+            let mut response = Json(json!({
+                "access_token": token,
+                "token_type": "bearer",
+                "expires_in": state.settings.tokens.lifetime.clamp(1, token::MAX_LIFETIME),
+                "scope": scope
+            }))
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            // The login of MHLW §17 ①: when the principal obtained access.
+            let mut record = audit_record(&facts, None, None, StatusCode::OK, now);
+            if let Ok(mut event) = serde_json::from_slice::<Value>(&record.event) {
+                event["type"] = json!({"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110114", "display": "User Authentication"});
+                event["subtype"] = json!([{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110122", "display": "Login"}]);
+                event["agent"][1]["who"] =
+                    json!({"identifier": {"system": "urn:tsunagi:client", "value": client_id}});
+                if let Some(user) = value("user") {
+                    event["agent"][1]["altId"] = json!(user);
+                }
+                record.event = event.to_string().into_bytes();
+            }
+            finish(&state, vec![record], response).await
+        }
+        Err(IssueError::Refused(reason)) => {
+            oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", &reason)
+        }
+        Err(IssueError::Store(error)) => ApiError::from(error).into_response(),
+        Err(IssueError::Token(error)) => ApiError::internal(error.to_string()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interactions_of_paths() {
+        assert_eq!(interaction_of("GET", "/fhir/Patient/p1"), ("read", "R"));
+        assert_eq!(interaction_of("GET", "/fhir/Patient"), ("search-type", "E"));
+        assert_eq!(
+            interaction_of("POST", "/fhir/Patient/_search"),
+            ("search-type", "E")
+        );
+        assert_eq!(
+            interaction_of("GET", "/fhir/Patient/p1/$everything"),
+            ("operation", "E")
+        );
+        assert_eq!(
+            interaction_of("GET", "/fhir/Observation/$lastn"),
+            ("operation", "E")
+        );
+        assert_eq!(
+            interaction_of("GET", "/fhir/_history"),
+            ("history-system", "R")
+        );
+        assert_eq!(
+            interaction_of("GET", "/fhir/Patient/_history"),
+            ("history-type", "R")
+        );
+        assert_eq!(
+            interaction_of("GET", "/fhir/Patient/p/_history"),
+            ("history-instance", "R")
+        );
+        assert_eq!(
+            interaction_of("GET", "/fhir/Patient/p/_history/2"),
+            ("vread", "R")
+        );
+    }
+}

@@ -1,0 +1,611 @@
+//! The access conformance suite: the policy matrix of issue 4 at the store boundary. Every read
+//! method, under every facility's [`Access`], must return exactly the permitted set, and a hidden
+//! resource must look exactly like an absent one.
+//!
+//! The region: facilities H1, H2 (hospitals), C1, C2 (clinics), P (pharmacy), K (care-manager
+//! office), L (lab company). Patients, each with two Observations and a Condition:
+//! - `h1-none`: H1's, no consent;
+//! - `h1-c1`: H1's, consent H1 → C1 in force;
+//! - `h1-withdrawn`: H1's, consent H1 → C1 withdrawn;
+//! - `h1-expired`: H1's, consent H1 → C1 that ended;
+//! - `h1-linked`, `h2-linked`: one person at H1 and H2, linked under one regional id, with
+//!   consents H1 → C1 and H2 → C1 (so C1 sees both), and H2 → H1 (so H1 sees H2's record too);
+//! - `h2-only`: H2's, no consent.
+//!
+//! The expected sets come from a plain model of the rule (holder, or consent in force for the
+//! viewer from the holder over a record linked with the consent's patient), not from the store.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::collections::BTreeSet;
+
+use serde_json::json;
+use tsunagi_fhir::query::SearchQuery;
+
+use crate::{
+    Access, Batch, Governance, Operation, ResourceWrite, Store,
+    governance::{Consent, Facility},
+};
+
+/// The instant every check runs at (2023-11-14T22:13:20Z, the fixed clock of the tests).
+pub const NOW: i64 = 1_700_000_000_000_000;
+const DAY: i64 = 86_400_000_000;
+
+pub const FACILITIES: [(&str, &str); 7] = [
+    ("0000000011", "hospital"),
+    ("0000000012", "hospital"),
+    ("0000000021", "clinic"),
+    ("0000000022", "clinic"),
+    ("0000000031", "pharmacy"),
+    ("0000000041", "care-manager-office"),
+    ("0000000051", "lab-company"),
+];
+const H1: &str = "0000000011";
+const H2: &str = "0000000012";
+const C1: &str = "0000000021";
+
+/// (patient, holder).
+pub const PATIENTS: [(&str, &str); 7] = [
+    ("h1-none", H1),
+    ("h1-c1", H1),
+    ("h1-withdrawn", H1),
+    ("h1-expired", H1),
+    ("h1-linked", H1),
+    ("h2-linked", H2),
+    ("h2-only", H2),
+];
+
+/// The consents: (patient, disclosing, viewing, start, end, withdrawn).
+/// (patient, disclosing, viewing, start, end, withdrawn).
+type ConsentRow = (
+    &'static str,
+    &'static str,
+    &'static str,
+    i64,
+    i64,
+    Option<i64>,
+);
+
+fn consents() -> Vec<ConsentRow> {
+    vec![
+        ("h1-c1", H1, C1, NOW - 10 * DAY, NOW + 10 * DAY, None),
+        (
+            "h1-withdrawn",
+            H1,
+            C1,
+            NOW - 10 * DAY,
+            NOW + 10 * DAY,
+            Some(NOW - DAY),
+        ),
+        ("h1-expired", H1, C1, NOW - 10 * DAY, NOW - DAY, None),
+        // Recorded against either linked record, they cover the person.
+        ("h1-linked", H1, C1, NOW - 10 * DAY, NOW + 10 * DAY, None),
+        ("h1-linked", H2, C1, NOW - 10 * DAY, NOW + 10 * DAY, None),
+        ("h2-linked", H2, H1, NOW - 10 * DAY, NOW + 10 * DAY, None),
+    ]
+}
+
+/// The model: may `viewer` see patient `patient`'s record at [`NOW`]?
+pub fn permitted(viewer: &str, patient: &str) -> bool {
+    let holder = |p: &str| PATIENTS.iter().find(|(id, _)| *id == p).map(|(_, h)| *h);
+    if holder(patient) == Some(viewer) {
+        return true;
+    }
+    consents()
+        .into_iter()
+        .any(|(consented, disclosing, viewing, start, end, withdrawn)| {
+            viewing == viewer
+                && holder(patient) == Some(disclosing)
+                && person(consented).contains(&patient)
+                && start <= NOW
+                && NOW < end.min(withdrawn.unwrap_or(end))
+        })
+}
+
+/// The records of one person: both linked records, or the patient alone.
+fn person(patient: &str) -> Vec<&str> {
+    if patient.ends_with("-linked") {
+        vec!["h1-linked", "h2-linked"]
+    } else {
+        vec![patient]
+    }
+}
+
+fn record(patient: &str) -> Vec<ResourceWrite> {
+    let mut resources = vec![
+        ResourceWrite::from_json(
+            "Patient",
+            patient,
+            &json!({"resourceType": "Patient", "id": patient, "name": [{"family": "ヤマダ"}], "gender": "female"}),
+        )
+        .unwrap(),
+    ];
+    for n in 1..=2 {
+        let id = format!("{patient}-o{n}");
+        resources.push(
+            ResourceWrite::from_json(
+                "Observation",
+                &id,
+                &json!({
+                    "resourceType": "Observation", "id": id, "status": "final",
+                    "code": {"coding": [{"system": "http://medis.or.jp/CodeSystem/master-JLAC10-17digits", "code": "3A010000002327101"}]},
+                    "subject": {"reference": format!("Patient/{patient}")},
+                    // The second one points at another patient's (h1-none's) Encounter: a
+                    // reference that must not open that patient's data.
+                    "encounter": {"reference": if n == 2 { "Encounter/h1-none-e".to_owned() } else { format!("Encounter/{patient}-e") }},
+                    "effectiveDateTime": "2023-11-01T09:00:00+09:00"
+                }),
+            )
+            .unwrap(),
+        );
+    }
+    let id = format!("{patient}-e");
+    resources.push(
+        ResourceWrite::from_json(
+            "Encounter",
+            &id,
+            &json!({"resourceType": "Encounter", "id": id, "status": "finished", "subject": {"reference": format!("Patient/{patient}")}}),
+        )
+        .unwrap(),
+    );
+    let id = format!("{patient}-c");
+    resources.push(
+        ResourceWrite::from_json(
+            "Condition",
+            &id,
+            &json!({"resourceType": "Condition", "id": id, "subject": {"reference": format!("Patient/{patient}")}}),
+        )
+        .unwrap(),
+    );
+    resources
+}
+
+/// A directory resource, outside every compartment.
+fn organization() -> ResourceWrite {
+    ResourceWrite::from_json(
+        "Organization",
+        "org-h1",
+        &json!({"resourceType": "Organization", "id": "org-h1", "name": "H1"}),
+    )
+    .unwrap()
+}
+
+pub async fn load<S: Store + Governance>(store: &S) {
+    for (code, kind) in FACILITIES {
+        store
+            .put_facility(&Facility {
+                code: code.into(),
+                name: format!("facility {code}"),
+                kind: kind.into(),
+            })
+            .await
+            .unwrap();
+    }
+    let mut operations: Vec<Operation> = PATIENTS
+        .iter()
+        .map(|(patient, holder)| Operation::ReplaceSource {
+            source_key: format!("record:{patient}"),
+            facility: (*holder).into(),
+            resources: record(patient),
+        })
+        .collect();
+    operations.push(Operation::ReplaceSource {
+        source_key: "directory".into(),
+        facility: H1.into(),
+        resources: vec![organization()],
+    });
+    store.apply(Batch { operations }).await.unwrap();
+    store
+        .link("R-1", "h1-linked", "operator", NOW)
+        .await
+        .unwrap();
+    store
+        .link("R-1", "h2-linked", "operator", NOW)
+        .await
+        .unwrap();
+    for (n, (patient, disclosing, viewing, start, end, withdrawn)) in
+        consents().into_iter().enumerate()
+    {
+        store
+            .put_consent(&Consent {
+                id: format!("k{n}"),
+                patient: patient.into(),
+                disclosing: disclosing.into(),
+                viewing: viewing.into(),
+                start,
+                end,
+                withdrawn_at: None,
+                source: "signed-consent".into(),
+                created_by: "operator".into(),
+                created_at: NOW - 20 * DAY,
+            })
+            .await
+            .unwrap();
+        if let Some(at) = withdrawn {
+            assert!(store.withdraw_consent(&format!("k{n}"), at).await.unwrap());
+        }
+    }
+}
+
+fn ids_of(resources: &[crate::StoredResource]) -> BTreeSet<String> {
+    resources
+        .iter()
+        .map(|r| format!("{}/{}", r.resource_type, r.id))
+        .collect()
+}
+
+fn expected(viewer: &str, types: &[&str]) -> BTreeSet<String> {
+    let mut set = BTreeSet::new();
+    for (patient, _) in PATIENTS {
+        if !permitted(viewer, patient) {
+            continue;
+        }
+        for write in record(patient) {
+            if types.contains(&write.resource_type.as_str()) {
+                set.insert(write.tid);
+            }
+        }
+    }
+    set
+}
+
+async fn search_ids<S: Store>(
+    store: &S,
+    access: &Access,
+    resource_type: &str,
+    pairs: &[(&str, &str)],
+) -> (BTreeSet<String>, u64) {
+    let pairs: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).into(), (*v).into()))
+        .collect();
+    let query = SearchQuery::parse(resource_type, &pairs, NOW / 1_000_000, true).unwrap();
+    let keys = store.search(access, &query).await.unwrap();
+    let count = store.count(access, &query).await.unwrap();
+    (ids_of(&store.fetch(access, &keys).await.unwrap()), count)
+}
+
+/// Every facility × every read method: the returned set is the permitted set.
+pub async fn every_read_returns_exactly_the_permitted_set<S: Store + Governance>(store: &S) {
+    load(store).await;
+    for (viewer, _) in FACILITIES {
+        let access = Access::facility(viewer, NOW);
+        let context = |what: &str| format!("{what} by {viewer}");
+
+        // Region-wide searches and their counts.
+        for resource_type in ["Patient", "Observation", "Condition"] {
+            let (found, count) = search_ids(store, &access, resource_type, &[]).await;
+            let want = expected(viewer, &[resource_type]);
+            assert_eq!(found, want, "{}", context(resource_type));
+            assert_eq!(count, want.len() as u64, "{}", context("count"));
+        }
+        let (found, _) = search_ids(store, &access, "Patient", &[("family", "ヤマダ")]).await;
+        assert_eq!(
+            found,
+            expected(viewer, &["Patient"]),
+            "{}",
+            context("name search")
+        );
+        // The directory is everyone's.
+        let (found, _) = search_ids(store, &access, "Organization", &[]).await;
+        assert_eq!(found.len(), 1, "{}", context("directory"));
+
+        for (patient, _) in PATIENTS {
+            let visible = permitted(viewer, patient);
+            // read and vread and instance history: hidden is absent.
+            let read = store.read(&access, "Patient", patient).await.unwrap();
+            assert_eq!(
+                read.is_some(),
+                visible,
+                "{}",
+                context(&format!("read {patient}"))
+            );
+            let vread = store
+                .vread(&access, "Observation", &format!("{patient}-o1"), 1)
+                .await
+                .unwrap();
+            assert_eq!(vread.is_some(), visible, "{}", context("vread"));
+            let history = store
+                .history(&access, "Observation", &format!("{patient}-o1"))
+                .await
+                .unwrap();
+            assert_eq!(!history.is_empty(), visible, "{}", context("history"));
+            if let Some(read) = read {
+                assert_eq!(
+                    read.patient.as_deref(),
+                    Some(patient),
+                    "the audit's patient"
+                );
+            }
+
+            // A patient-scoped search answers with the patient's record and its permitted
+            // linked records, or nothing.
+            let (found, count) =
+                search_ids(store, &access, "Observation", &[("patient", patient)]).await;
+            let mut want = BTreeSet::new();
+            if visible {
+                for member in person(patient) {
+                    if permitted(viewer, member) {
+                        want.extend(
+                            record(member)
+                                .into_iter()
+                                .filter(|w| w.resource_type == "Observation")
+                                .map(|w| w.tid),
+                        );
+                    }
+                }
+            }
+            assert_eq!(
+                found,
+                want,
+                "{}",
+                context(&format!("Observation?patient={patient}"))
+            );
+            assert_eq!(count, want.len() as u64, "{}", context("count"));
+
+            // $everything's keys.
+            let keys = store
+                .compartment(&access, patient, &[], None)
+                .await
+                .unwrap();
+            let everything = ids_of(&store.fetch(&access, &keys).await.unwrap());
+            let mut want = BTreeSet::new();
+            if visible {
+                for member in person(patient) {
+                    if permitted(viewer, member) {
+                        want.extend(record(member).into_iter().map(|w| w.tid));
+                    }
+                }
+            }
+            assert_eq!(
+                everything,
+                want,
+                "{}",
+                context(&format!("$everything {patient}"))
+            );
+
+            // A chain through the patient, and one through an encounter to h1-none.
+            let (found, _) = search_ids(
+                store,
+                &access,
+                "Observation",
+                &[("subject:Patient._id", patient)],
+            )
+            .await;
+            assert_eq!(found.is_empty(), !visible, "{}", context("chain"));
+            let (found, _) = search_ids(
+                store,
+                &access,
+                "Observation",
+                &[
+                    ("_id", &format!("{patient}-o2")),
+                    ("encounter:Encounter.status", "finished"),
+                ],
+            )
+            .await;
+            assert_eq!(
+                !found.is_empty(),
+                visible && permitted(viewer, "h1-none"),
+                "{}",
+                context("chain through an encounter to another patient")
+            );
+
+            // _include of the subject and _revinclude of the observations.
+            let targets = vec![("Patient".to_owned(), patient.to_owned())];
+            let included = store.keys_of(&access, &targets).await.unwrap();
+            assert_eq!(
+                included.len(),
+                usize::from(visible),
+                "{}",
+                context("_include")
+            );
+            let subject = tsunagi_fhir::search::param("Observation", "subject").unwrap();
+            let referencing = store
+                .referencing(&access, subject.id, &targets, 100)
+                .await
+                .unwrap();
+            assert_eq!(
+                referencing.len(),
+                if visible { 2 } else { 0 },
+                "{}",
+                context("_revinclude")
+            );
+        }
+
+        // Type and system history.
+        let history = store
+            .history_all(&access, Some("Observation"), None, None, 1000)
+            .await
+            .unwrap();
+        assert_eq!(
+            ids_of(&history),
+            expected(viewer, &["Observation"]),
+            "{}",
+            context("type history")
+        );
+        let history = store
+            .history_all(&access, None, None, None, 1000)
+            .await
+            .unwrap();
+        let mut want = expected(
+            viewer,
+            &["Patient", "Observation", "Condition", "Encounter"],
+        );
+        want.insert("Organization/org-h1".into());
+        assert_eq!(ids_of(&history), want, "{}", context("system history"));
+    }
+}
+
+/// Withdrawing a consent hides the data from the next read on; unlinking removes what the link
+/// opened.
+pub async fn withdrawal_and_unlinking_take_effect_at_once<S: Store + Governance>(store: &S) {
+    load(store).await;
+    let c1 = Access::facility(C1, NOW);
+    assert!(store.read(&c1, "Patient", "h1-c1").await.unwrap().is_some());
+    assert!(store.withdraw_consent("k0", NOW - 1).await.unwrap());
+    assert!(store.read(&c1, "Patient", "h1-c1").await.unwrap().is_none());
+    assert!(
+        !store
+            .withdraw_consent("no-such-consent", NOW)
+            .await
+            .unwrap()
+    );
+    // Before the start of a consent nothing is visible, at its end neither.
+    let early = Access::facility(C1, NOW - 11 * DAY);
+    assert!(
+        store
+            .read(&early, "Patient", "h1-linked")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let late = Access::facility(C1, NOW + 10 * DAY);
+    assert!(
+        store
+            .read(&late, "Patient", "h1-linked")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // H1 sees H2's linked record through the H2 → H1 consent; unlinking H2's record ends it
+    // (the consent was recorded against h2-linked itself, so it still covers that record).
+    let h1 = Access::facility(H1, NOW);
+    let keys = store
+        .compartment(&h1, "h1-linked", &[], None)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 10);
+    store.unlink("h2-linked").await.unwrap();
+    let keys = store
+        .compartment(&h1, "h1-linked", &[], None)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 5, "only H1's own record once unlinked");
+    assert!(
+        store
+            .read(&h1, "Patient", "h2-linked")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // C1's consent was recorded against h1-linked with H2 disclosing: without the link, H2 holds
+    // no record of that person any more.
+    let c1 = Access::facility(C1, NOW);
+    assert!(
+        store
+            .read(&c1, "Patient", "h2-linked")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .read(&c1, "Patient", "h1-linked")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(store.linked("h1-linked").await.unwrap().len() == 1);
+}
+
+/// Consents need an existing patient and registered facilities; the audit table only grows.
+pub async fn governance_records_are_checked_and_audit_is_append_only<S: Store + Governance>(
+    store: &S,
+) {
+    load(store).await;
+    let consent = Consent {
+        id: "bad".into(),
+        patient: "no-such-patient".into(),
+        disclosing: H1.into(),
+        viewing: C1.into(),
+        start: NOW,
+        end: NOW + DAY,
+        withdrawn_at: None,
+        source: "invitation".into(),
+        created_by: "x".into(),
+        created_at: NOW,
+    };
+    assert!(store.put_consent(&consent).await.is_err());
+    let unknown_facility = Consent {
+        patient: "h1-none".into(),
+        viewing: "9999999999".into(),
+        ..consent.clone()
+    };
+    assert!(store.put_consent(&unknown_facility).await.is_err());
+    let backwards = Consent {
+        patient: "h1-none".into(),
+        end: NOW - DAY,
+        ..consent
+    };
+    assert!(store.put_consent(&backwards).await.is_err());
+    assert_eq!(
+        store.holder("h1-none").await.unwrap(),
+        Some(Some(H1.into()))
+    );
+    assert_eq!(store.holder("nobody").await.unwrap(), None);
+
+    let record = crate::governance::AuditRecord {
+        recorded: NOW,
+        patient: Some("h1-none".into()),
+        event: b"{}".to_vec(),
+    };
+    store.append_audit(&[record.clone(), record]).await.unwrap();
+    assert_eq!(store.audit_count().await.unwrap(), 2);
+    assert_eq!(
+        store
+            .audit(Some("h1-none"), None, None, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(
+        store
+            .audit(Some("h1-c1"), None, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Assertion ids are single-use until they expire.
+    assert!(
+        store
+            .remember_assertion("lab", "j1", 1000, 900)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .remember_assertion("lab", "j1", 1000, 950)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .remember_assertion("other", "j1", 1000, 950)
+            .await
+            .unwrap()
+    );
+}
+
+/// Expands to one `#[tokio::test]` per access behaviour; `$make` yields a fresh, empty store.
+#[macro_export]
+macro_rules! store_access_suite {
+    ($make:expr) => {
+        $crate::store_access_suite!(@tests $make;
+            every_read_returns_exactly_the_permitted_set,
+            withdrawal_and_unlinking_take_effect_at_once,
+            governance_records_are_checked_and_audit_is_append_only,
+        );
+    };
+    (@tests $make:expr; $($name:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let store = $make.await;
+                $crate::conformance_access::$name(&store).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,224 @@
+//! The network's own records, next to the clinical ones: the directory (facilities,
+//! participants, registered clients), patient links, consents, the audit trail, seen assertion
+//! ids and token-signing keys. [`Access`] is how a read names whose eyes it is for.
+
+use crate::StoreError;
+
+/// Whose eyes a read is for. Every read of clinical data takes one; there is no read without it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// A principal of facility `code`, at instant `at` (microseconds): only the compartments the
+    /// facility holds or a consent in force at `at` lets it see, plus resources outside every
+    /// patient's record (the directory).
+    Facility {
+        /// 10-digit facility code.
+        code: String,
+        /// Microseconds since the epoch.
+        at: i64,
+    },
+    /// Everything: the operator's command line, the ingest pipeline and store tests. The HTTP
+    /// API never builds one (a test in `tests/e2e` checks the server's source).
+    Unrestricted,
+}
+
+impl Access {
+    /// A facility's view at `at`.
+    pub fn facility(code: impl Into<String>, at: i64) -> Self {
+        Access::Facility {
+            code: code.into(),
+            at,
+        }
+    }
+}
+
+/// A facility of the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facility {
+    /// 10-digit code.
+    pub code: String,
+    /// Name.
+    pub name: String,
+    /// hospital, clinic, dental-clinic, pharmacy, home-nursing, care-manager-office,
+    /// nursing-home, lab-company, lab-centre.
+    pub kind: String,
+}
+
+/// The facility kinds the directory accepts.
+pub const FACILITY_KINDS: &[&str] = &[
+    "hospital",
+    "clinic",
+    "dental-clinic",
+    "pharmacy",
+    "home-nursing",
+    "care-manager-office",
+    "nursing-home",
+    "lab-company",
+    "lab-centre",
+];
+
+/// A person who signs in through the portal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Participant {
+    /// User id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// The facility they work for.
+    pub facility: String,
+    /// Role code (see `tsunagi_auth::Role`).
+    pub role: String,
+    /// False once deactivated: no token is issued for them.
+    pub active: bool,
+}
+
+/// A registered client: a system (hospital adapter, lab company, portal backend acting as
+/// itself) or the portal acting for its signed-in users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// client_id.
+    pub id: String,
+    /// The facility it acts for (for a portal: the network operator's facility).
+    pub facility: String,
+    /// `system` or `portal`.
+    pub kind: String,
+    /// Its public keys, a JWK Set as JSON text.
+    pub jwks: String,
+    /// The most a token issued to it may carry.
+    pub scope: String,
+    /// False once deactivated.
+    pub active: bool,
+}
+
+/// A consent: `viewing` may see what `disclosing` holds of `patient`'s person, during
+/// [`Consent::start`, `Consent::end`), unless withdrawn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consent {
+    /// Id.
+    pub id: String,
+    /// A Patient logical id of the person (any of their linked records).
+    pub patient: String,
+    /// Facility code whose data is disclosed.
+    pub disclosing: String,
+    /// Facility code that may view it.
+    pub viewing: String,
+    /// Microseconds, inclusive.
+    pub start: i64,
+    /// Microseconds, exclusive.
+    pub end: i64,
+    /// When withdrawn, if it was.
+    pub withdrawn_at: Option<i64>,
+    /// `invitation` (a holding facility's act) or `signed-consent` (the operator, from paper).
+    pub source: String,
+    /// Who recorded it (user or client id, or `operator`).
+    pub created_by: String,
+    /// When, microseconds.
+    pub created_at: i64,
+}
+
+/// One linked record of a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkedRecord {
+    /// Patient logical id.
+    pub patient: String,
+    /// The facility holding it.
+    pub facility: Option<String>,
+    /// The regional patient id it is linked under.
+    pub regional: String,
+}
+
+/// An audit record ready to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Microseconds.
+    pub recorded: i64,
+    /// The Patient logical id the event is about, if any.
+    pub patient: Option<String>,
+    /// The AuditEvent, serialized.
+    pub event: Vec<u8>,
+}
+
+/// A stored token-signing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    /// Key id.
+    pub kid: String,
+    /// PKCS#8 PEM.
+    pub pem: String,
+    /// Microseconds.
+    pub created_at: i64,
+}
+
+/// The network's records. Every change that affects who may see what recomputes the permitted
+/// set in the same transaction, so it holds for the next request.
+#[async_trait::async_trait]
+pub trait Governance: Send + Sync {
+    /// Adds or updates a facility.
+    async fn put_facility(&self, facility: &Facility) -> Result<(), StoreError>;
+    /// Every facility, by code.
+    async fn facilities(&self) -> Result<Vec<Facility>, StoreError>;
+
+    /// Adds or updates a participant; the facility must exist.
+    async fn put_participant(&self, participant: &Participant) -> Result<(), StoreError>;
+    /// One participant.
+    async fn participant(&self, id: &str) -> Result<Option<Participant>, StoreError>;
+    /// Every participant, by id.
+    async fn participants(&self) -> Result<Vec<Participant>, StoreError>;
+
+    /// Adds or updates a client; the facility must exist.
+    async fn put_client(&self, client: &Client) -> Result<(), StoreError>;
+    /// One client.
+    async fn client(&self, id: &str) -> Result<Option<Client>, StoreError>;
+    /// Every client, by id.
+    async fn clients(&self) -> Result<Vec<Client>, StoreError>;
+
+    /// The facility holding Patient `patient`'s record, `None` when the patient is unknown.
+    async fn holder(&self, patient: &str) -> Result<Option<Option<String>>, StoreError>;
+
+    /// Links Patient `patient` under regional id `regional` (moving it if linked elsewhere).
+    async fn link(
+        &self,
+        regional: &str,
+        patient: &str,
+        by: &str,
+        at: i64,
+    ) -> Result<(), StoreError>;
+    /// Removes Patient `patient` from its regional record.
+    async fn unlink(&self, patient: &str) -> Result<(), StoreError>;
+    /// The records linked with Patient `patient` (itself included when linked).
+    async fn linked(&self, patient: &str) -> Result<Vec<LinkedRecord>, StoreError>;
+
+    /// Records a consent (its patient must exist).
+    async fn put_consent(&self, consent: &Consent) -> Result<(), StoreError>;
+    /// Withdraws a consent at `at`; false when there is none with this id.
+    async fn withdraw_consent(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+    /// Consents about Patient `patient`'s person (`None`: all).
+    async fn consents(&self, patient: Option<&str>) -> Result<Vec<Consent>, StoreError>;
+
+    /// Appends audit records in one transaction.
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError>;
+    /// Audit records, newest first: about `patient` if given, recorded in [`from`, `to`).
+    async fn audit(
+        &self,
+        patient: Option<&str>,
+        from: Option<i64>,
+        to: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
+    /// The number of audit records.
+    async fn audit_count(&self) -> Result<u64, StoreError>;
+
+    /// Remembers assertion id `jti` of `client` until `exp` (seconds); false when it was already
+    /// seen (a replay). Forgets expired ids as it goes.
+    async fn remember_assertion(
+        &self,
+        client: &str,
+        jti: &str,
+        exp: i64,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Token-signing keys, newest first.
+    async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
+    /// Stores a new signing key.
+    async fn put_signing_key(&self, key: &StoredKey) -> Result<(), StoreError>;
+}
