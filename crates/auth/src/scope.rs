@@ -145,33 +145,51 @@ impl Scopes {
     }
 
     /// What of `requested` these scopes (a client's registration) allow: each requested scope
-    /// keeps the interactions granted for its type (by name or by `*`); scopes left with none
-    /// are dropped. Scopes only ever narrow.
+    /// keeps the interactions granted for its type (by name or by `*`); a requested `*` becomes
+    /// the registered scopes it covers. Scopes left with no interaction are dropped: scopes only
+    /// ever narrow.
     pub fn narrow(&self, requested: &Scopes) -> Scopes {
-        let resources = requested
-            .resources
-            .iter()
-            .filter_map(|scope| {
-                let interactions: Vec<Interaction> = scope
-                    .interactions
-                    .iter()
-                    .copied()
-                    .filter(|interaction| {
-                        self.resources.iter().any(|granted| {
-                            granted.context == scope.context
-                                && (granted.resource_type.is_none()
-                                    || granted.resource_type == scope.resource_type)
-                                && granted.interactions.contains(interaction)
-                        })
-                    })
-                    .collect();
-                (!interactions.is_empty()).then(|| ResourceScope {
+        let mut resources: Vec<ResourceScope> = Vec::new();
+        let mut add = |scope: ResourceScope| {
+            if !scope.interactions.is_empty() && !resources.contains(&scope) {
+                resources.push(scope);
+            }
+        };
+        for scope in &requested.resources {
+            let granted_for = |resource_type: &Option<String>, interaction: &Interaction| {
+                self.resources.iter().any(|granted| {
+                    granted.context == scope.context
+                        && (granted.resource_type.is_none()
+                            || granted.resource_type == *resource_type)
+                        && granted.interactions.contains(interaction)
+                })
+            };
+            if scope.resource_type.is_none() {
+                for granted in self.resources.iter().filter(|g| g.context == scope.context) {
+                    add(ResourceScope {
+                        context: scope.context,
+                        resource_type: granted.resource_type.clone(),
+                        interactions: scope
+                            .interactions
+                            .iter()
+                            .copied()
+                            .filter(|i| granted.interactions.contains(i))
+                            .collect(),
+                    });
+                }
+            } else {
+                add(ResourceScope {
                     context: scope.context,
                     resource_type: scope.resource_type.clone(),
-                    interactions,
-                })
-            })
-            .collect();
+                    interactions: scope
+                        .interactions
+                        .iter()
+                        .copied()
+                        .filter(|i| granted_for(&scope.resource_type, i))
+                        .collect(),
+                });
+            }
+        }
         Scopes {
             resources,
             other: requested.other.clone(),
@@ -286,7 +304,7 @@ mod tests {
             Scopes::parse("system/*.rs system/Patient.rs system/Observation.cruds").unwrap();
         assert_eq!(
             registered.narrow(&requested).to_string(),
-            "system/Patient.r system/Observation.rs"
+            "system/Observation.rs system/Patient.r"
         );
         let user = Scopes::parse("user/*.rs").unwrap();
         assert!(user.narrow(&requested).resources.is_empty());

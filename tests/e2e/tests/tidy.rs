@@ -78,3 +78,20 @@ fn every_external_dependency_has_a_reason() {
         previous = line;
     }
 }
+
+/// The HTTP layer has no way to read without a principal: it never names the store's
+/// unrestricted access (security-reliability S2; docs/specs/access-control.md "fail-closed").
+#[test]
+fn the_api_never_reads_unrestricted() {
+    let mut files = Vec::new();
+    rust_files(&workspace().join("crates/server/src"), &mut files);
+    assert!(files.len() > 3, "{files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            !text.contains("Unrestricted"),
+            "{} names Access::Unrestricted",
+            file.display()
+        );
+    }
+}

@@ -1,0 +1,387 @@
+//! Security at the HTTP edge (issue 4): no token no data, hidden answers like absent, role and
+//! scope refusals, snapshots bound to their principal, the token endpoint, and one audit record
+//! per patient touched.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use serde_json::json;
+use support::{FACILITY, NOW, fresh_store, replace, request, serve};
+use tsunagi_server::{
+    Settings,
+    security::{Subject, issue_token, signing_keys},
+};
+use tsunagi_store::{
+    Governance,
+    governance::{Client, Consent, Facility, Participant},
+};
+
+const CLINIC: &str = "0610999991";
+
+async fn region() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<tsunagi_store_sqlite::SqliteStore>,
+    tempfile::TempDir,
+) {
+    let (store, dir) = fresh_store().await;
+    for patient in ["shared", "private"] {
+        replace(
+            store.as_ref(),
+            patient,
+            vec![
+                json!({"resourceType": "Patient", "id": patient, "gender": "female"}),
+                support::observation(&format!("{patient}-o1"), patient, 1),
+                support::observation(&format!("{patient}-o2"), patient, 2),
+            ],
+        )
+        .await;
+    }
+    let addr = serve(store.clone(), Settings::default()).await;
+    store
+        .put_facility(&Facility {
+            code: CLINIC.into(),
+            name: "診療所".into(),
+            kind: "clinic".into(),
+        })
+        .await
+        .unwrap();
+    for (id, role) in [("dr-clinic", "doctor"), ("cm-clinic", "care-manager")] {
+        store
+            .put_participant(&Participant {
+                id: id.into(),
+                name: id.into(),
+                facility: CLINIC.into(),
+                role: role.into(),
+                active: true,
+            })
+            .await
+            .unwrap();
+    }
+    store
+        .put_consent(&Consent {
+            id: "invite-1".into(),
+            patient: "shared".into(),
+            disclosing: FACILITY.into(),
+            viewing: CLINIC.into(),
+            start: NOW - 1_000_000,
+            end: NOW + 86_400_000_000,
+            withdrawn_at: None,
+            source: "invitation".into(),
+            created_by: "test".into(),
+            created_at: NOW,
+        })
+        .await
+        .unwrap();
+    (addr, store, dir)
+}
+
+async fn user_token(store: &tsunagi_store_sqlite::SqliteStore, user: &str, scope: &str) -> String {
+    let keys = signing_keys(store, NOW).await.unwrap();
+    issue_token(
+        store,
+        &keys[0],
+        &Settings::default().tokens,
+        Subject::User {
+            user,
+            via: "operator",
+        },
+        scope,
+        NOW / 1_000_000,
+    )
+    .await
+    .unwrap()
+    .0
+}
+
+#[tokio::test]
+async fn without_a_valid_token_nothing_is_served_and_the_refusal_is_audited() {
+    let (addr, store, _dir) = region().await;
+    let before = store.audit_count().await.unwrap();
+    for auth in [
+        "",
+        "Bearer",
+        "Bearer not-a-jwt",
+        "Basic dXNlcjpwYXNz",
+        "Bearer e30.e30.e30",
+    ] {
+        let reply = request(
+            addr,
+            "GET",
+            "/fhir/Patient/shared",
+            &[("authorization", auth)],
+            "",
+        )
+        .await;
+        assert_eq!(reply.status, 401, "{auth:?}");
+        assert!(
+            reply
+                .header("www-authenticate")
+                .unwrap()
+                .starts_with("Bearer")
+        );
+        assert_eq!(reply.json()["resourceType"], "OperationOutcome");
+    }
+    assert_eq!(
+        store.audit_count().await.unwrap(),
+        before + 5,
+        "every refusal is audited"
+    );
+    // The CapabilityStatement and SMART discovery stay public.
+    let reply = request(addr, "GET", "/fhir/metadata", &[("authorization", "")], "").await;
+    assert_eq!(reply.status, 200);
+    let smart = request(
+        addr,
+        "GET",
+        "/.well-known/smart-configuration",
+        &[("authorization", "")],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(
+        smart["token_endpoint_auth_methods_supported"],
+        json!(["private_key_jwt"])
+    );
+    let jwks = request(
+        addr,
+        "GET",
+        "/.well-known/jwks.json",
+        &[("authorization", "")],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(jwks["keys"][0]["kty"], "EC");
+    assert!(jwks["keys"][0].get("d").is_none());
+}
+
+#[tokio::test]
+async fn a_hidden_patient_answers_exactly_like_an_absent_one() {
+    let (addr, store, _dir) = region().await;
+    let token = user_token(&store, "dr-clinic", "user/*.rs").await;
+    let auth = format!("Bearer {token}");
+    let get = |target: String| {
+        let auth = auth.clone();
+        async move { request(addr, "GET", &target, &[("authorization", &auth)], "").await }
+    };
+    // The invited clinic sees the shared patient.
+    assert_eq!(get("/fhir/Patient/shared".into()).await.status, 200);
+    let bundle = get("/fhir/Observation?patient=shared".into()).await.json();
+    assert_eq!(bundle["entry"].as_array().unwrap().len(), 2);
+    // The private patient and a patient that does not exist: same status, same body shape,
+    // same counts.
+    let hidden = get("/fhir/Patient/private".into()).await;
+    let absent = get("/fhir/Patient/nobody".into()).await;
+    assert_eq!((hidden.status, absent.status), (404, 404));
+    let text = |reply: &support::Reply| {
+        reply.json()["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .replace("private", "X")
+            .replace("nobody", "X")
+    };
+    assert_eq!(text(&hidden), text(&absent));
+    for (one, other) in [
+        (
+            "/fhir/Observation?patient=private&_summary=count",
+            "/fhir/Observation?patient=nobody&_summary=count",
+        ),
+        (
+            "/fhir/Observation?patient=private&_total=accurate",
+            "/fhir/Observation?patient=nobody&_total=accurate",
+        ),
+        (
+            "/fhir/Observation?subject:Patient._id=private",
+            "/fhir/Observation?subject:Patient._id=nobody",
+        ),
+        (
+            "/fhir/Patient/private/$everything",
+            "/fhir/Patient/nobody/$everything",
+        ),
+        (
+            "/fhir/Observation/private-o1/_history",
+            "/fhir/Observation/nobody-o1/_history",
+        ),
+    ] {
+        let (a, b) = (get(one.into()).await, get(other.into()).await);
+        assert_eq!(a.status, b.status, "{one}");
+        if a.status == 200 {
+            assert_eq!(a.json()["total"], b.json()["total"], "{one}");
+        }
+    }
+    // Region-wide searches and system history hold only what the clinic may see.
+    let patients = get("/fhir/Patient".into()).await.json();
+    assert_eq!(support::entry_ids(&patients), vec!["shared".to_owned()]);
+    let history = get("/fhir/_history".into()).await.json();
+    assert!(
+        history["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| !e["fullUrl"].as_str().unwrap().contains("private"))
+    );
+    // Withdrawal holds for the next request.
+    store.withdraw_consent("invite-1", NOW - 1).await.unwrap();
+    assert_eq!(get("/fhir/Patient/shared".into()).await.status, 404);
+}
+
+#[tokio::test]
+async fn roles_and_scopes_narrow_and_snapshots_belong_to_their_principal() {
+    let (addr, store, _dir) = region().await;
+    let care_manager = format!(
+        "Bearer {}",
+        user_token(&store, "cm-clinic", "user/*.rs").await
+    );
+    let reply = request(
+        addr,
+        "GET",
+        "/fhir/Observation?patient=shared",
+        &[("authorization", &care_manager)],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 403, "a care manager does not read lab values");
+    let reply = request(
+        addr,
+        "GET",
+        "/fhir/Patient/shared",
+        &[("authorization", &care_manager)],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    // $everything leaves out what the role may not read.
+    let everything = request(
+        addr,
+        "GET",
+        "/fhir/Patient/shared/$everything",
+        &[("authorization", &care_manager)],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(everything["total"], 1);
+    // A token scoped to Patient only.
+    let narrow = format!(
+        "Bearer {}",
+        user_token(&store, "dr-clinic", "user/Patient.rs").await
+    );
+    let reply = request(
+        addr,
+        "GET",
+        "/fhir/Observation?patient=shared",
+        &[("authorization", &narrow)],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 403);
+    // Paging snapshots: the hospital's next link is useless to the clinic.
+    let page = request(addr, "GET", "/fhir/Observation?_count=1", &[], "")
+        .await
+        .json();
+    let next = support::link(&page, "next").unwrap();
+    let target = next
+        .split_once("/fhir")
+        .map(|(_, rest)| format!("/fhir{rest}"))
+        .unwrap();
+    assert_eq!(request(addr, "GET", &target, &[], "").await.status, 200);
+    let doctor = format!(
+        "Bearer {}",
+        user_token(&store, "dr-clinic", "user/*.rs").await
+    );
+    assert_eq!(
+        request(addr, "GET", &target, &[("authorization", &doctor)], "")
+            .await
+            .status,
+        410
+    );
+}
+
+#[tokio::test]
+async fn every_access_is_audited_once_per_patient_touched() {
+    let (addr, store, _dir) = region().await;
+    let before = store.audit_count().await.unwrap();
+    // The hospital's system client reads both patients' observations in one search.
+    let reply = request(addr, "GET", "/fhir/Observation", &[], "").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        store.audit_count().await.unwrap(),
+        before + 2,
+        "one per patient"
+    );
+    let shared = store.audit(Some("shared"), None, None, 10).await.unwrap();
+    assert_eq!(shared.len(), 1);
+    let event: serde_json::Value = serde_json::from_slice(&shared[0].event).unwrap();
+    assert_eq!(event["resourceType"], "AuditEvent");
+    assert_eq!(event["entity"][0]["what"]["reference"], "Patient/shared");
+    assert_eq!(event["outcome"], "0");
+    assert_eq!(event["subtype"][0]["code"], "search-type");
+    // A search that touches nobody still leaves one record.
+    request(addr, "GET", "/fhir/Observation?patient=nobody", &[], "").await;
+    assert_eq!(store.audit_count().await.unwrap(), before + 3);
+}
+
+#[tokio::test]
+async fn the_token_endpoint_takes_client_assertions_once() {
+    let (addr, store, _dir) = region().await;
+    let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/keys");
+    store
+        .put_client(&Client {
+            id: "lab".into(),
+            facility: FACILITY.into(),
+            kind: "system".into(),
+            jwks: std::fs::read_to_string(keys.join("lab-rs384.jwks.json")).unwrap(),
+            scope: "system/Observation.rs system/Patient.rs".into(),
+            active: true,
+        })
+        .await
+        .unwrap();
+    let token_url = Settings::default().tokens.token_url;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS384);
+    header.kid = Some("lab-1".into());
+    let assertion = jsonwebtoken::encode(
+        &header,
+        &json!({"iss": "lab", "sub": "lab", "aud": token_url, "exp": NOW / 1_000_000 + 60, "jti": "once"}),
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(keys.join("lab-rs384.pem")).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let body = format!(
+        "grant_type=client_credentials&scope=system%2F*.rs&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}"
+    );
+    let reply = request(addr, "POST", "/auth/token", &[("authorization", "")], &body).await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let granted = reply.json();
+    assert_eq!(
+        granted["scope"], "system/Observation.rs system/Patient.rs",
+        "narrowed to the registration"
+    );
+    assert_eq!(granted["expires_in"], 300);
+    let token = format!("Bearer {}", granted["access_token"].as_str().unwrap());
+    let read = request(
+        addr,
+        "GET",
+        "/fhir/Patient/shared",
+        &[("authorization", &token)],
+        "",
+    )
+    .await;
+    assert_eq!(read.status, 200);
+    // The same assertion again is a replay.
+    let again = request(addr, "POST", "/auth/token", &[("authorization", "")], &body).await;
+    assert_eq!(again.status, 401);
+    assert_eq!(again.json()["error"], "invalid_client");
+    let wrong = request(
+        addr,
+        "POST",
+        "/auth/token",
+        &[("authorization", "")],
+        "grant_type=password",
+    )
+    .await;
+    assert_eq!(wrong.status, 400);
+}
