@@ -348,6 +348,11 @@ pub(crate) async fn demo(dir: &Path, patients: usize, listen: Option<&str>) -> a
             tsunagi_fhir::json::to_pretty_resource(&json)?
         );
     }
+    demo_network(store.as_ref(), patient_id).await?;
+    println!(
+        "\n   a clinic doctor's token (five minutes; issue another the same way):\n   TOKEN=$(tsunagi token issue --db {url} --user dr-demo --scope 'user/*.rs')\n   curl -H \"Authorization: Bearer $TOKEN\" http://{}/fhir/Patient/{patient_id}/\\$everything",
+        listen.unwrap_or("127.0.0.1:8080")
+    );
     println!(
         "\nnext: tsunagi export ndjson --db {url} --out {}",
         dir.join("export").display()
@@ -356,7 +361,7 @@ pub(crate) async fn demo(dir: &Path, patients: usize, listen: Option<&str>) -> a
         println!("      tsunagi serve --db {url}");
         return Ok(());
     };
-    println!("\n5. serving the region over FHIR (Ctrl-C stops; the access log goes to stderr)");
+    println!("\n6. serving the region over FHIR (Ctrl-C stops; the access log goes to stderr)");
     init_logging(crate::config::LogFormat::Text);
     serve_store(
         store,
@@ -366,6 +371,60 @@ pub(crate) async fn demo(dir: &Path, patients: usize, listen: Option<&str>) -> a
         Some(patient_id),
     )
     .await
+}
+
+/// The demo network: the three hospitals, a clinic with a doctor, the clinic invited to one
+/// patient of hospital A, and that patient's record at hospital B linked when there is one.
+async fn demo_network(store: &SqliteStore, patient_id: &str) -> anyhow::Result<()> {
+    use tsunagi_store::governance::{Consent, Facility, Governance, Participant};
+    const CLINIC: &str = "0610400014";
+    let now = SystemClock.now_micros();
+    for hospital in tsunagi_synth::HOSPITALS {
+        store
+            .put_facility(&Facility {
+                code: hospital.code.to_owned(),
+                name: hospital.name.to_owned(),
+                kind: "hospital".to_owned(),
+            })
+            .await?;
+    }
+    store
+        .put_facility(&Facility {
+            code: CLINIC.to_owned(),
+            name: "つなぎ内科クリニック".to_owned(),
+            kind: "clinic".to_owned(),
+        })
+        .await?;
+    store
+        .put_participant(&Participant {
+            id: "dr-demo".to_owned(),
+            name: "佐藤 医師".to_owned(),
+            facility: CLINIC.to_owned(),
+            role: "doctor".to_owned(),
+            active: true,
+        })
+        .await?;
+    if store.holder(patient_id).await?.is_some() {
+        store
+            .put_consent(&Consent {
+                id: "demo-invitation".to_owned(),
+                patient: patient_id.to_owned(),
+                disclosing: tsunagi_synth::HOSPITALS[0].code.to_owned(),
+                viewing: CLINIC.to_owned(),
+                start: now - 86_400_000_000,
+                end: i64::MAX,
+                withdrawn_at: None,
+                source: "invitation".to_owned(),
+                created_by: "tsunagi demo".to_owned(),
+                created_at: now,
+            })
+            .await?;
+    }
+    println!(
+        "\n5. the network: 3 hospitals and clinic {CLINIC} (user dr-demo, a doctor), invited by {} to Patient/{patient_id}; every other chart stays hidden from the clinic",
+        tsunagi_synth::HOSPITALS[0].name
+    );
+    Ok(())
 }
 
 /// Flags of `tsunagi serve`.
@@ -394,6 +453,10 @@ pub(crate) async fn serve(flags: ServeFlags) -> anyhow::Result<()> {
             .or_else(|| server.and_then(|s| s.base_url.clone())),
         ..Default::default()
     };
+    if let Some(base) = &settings.base_url {
+        settings.tokens =
+            tsunagi_server::security::TokenSettings::for_base(base.trim_end_matches("/fhir"));
+    }
     if let Some(seconds) = server.and_then(|s| s.snapshot_ttl_seconds) {
         settings.snapshot_ttl = std::time::Duration::from_secs(seconds);
     }

@@ -8,9 +8,12 @@
 //! - `tsunagi bench ingest --patients <n>`
 //! - `tsunagi bench search --patients <n> [--small <n>] [--requests <n>]`
 //! - `tsunagi run --config <file> [--once]` (cron-scheduled pulls from `tsunagi.toml`)
+//! - `tsunagi admin facility|user|client|consent … --db <url>`, `tsunagi admin link|unlink|audit`
+//! - `tsunagi token issue --db <url> (--system <client-id> | --user <user-id>) --scope <scopes>`
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod admin;
 mod bench;
 mod bench_search;
 mod commands;
@@ -87,6 +90,16 @@ enum Command {
         #[command(subcommand)]
         what: BenchWhat,
     },
+    /// The network operator's records: facilities, users, clients, consents, links, audit.
+    Admin {
+        #[command(subcommand)]
+        what: admin::Admin,
+    },
+    /// Access tokens for operators and scripts.
+    Token {
+        #[command(subcommand)]
+        what: TokenWhat,
+    },
     /// Run the pulls configured in a tsunagi.toml on their cron schedules.
     Run {
         /// The configuration file.
@@ -126,6 +139,29 @@ enum IngestSource {
         /// Storage roots.
         #[arg(required = true)]
         roots: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenWhat {
+    /// Print an access token (valid five minutes) for a registered system client or user.
+    Issue {
+        /// Database URL.
+        #[arg(long)]
+        db: String,
+        /// A registered system client.
+        #[arg(long, conflicts_with = "user")]
+        system: Option<String>,
+        /// A registered user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Requested SMART scopes, e.g. "user/*.rs" (narrowed by the registration).
+        #[arg(long)]
+        scope: String,
+        /// The server's public origin (as given to `serve --base-url`, without /fhir);
+        /// default http://127.0.0.1:8080.
+        #[arg(long)]
+        origin: Option<String>,
     },
 }
 
@@ -246,6 +282,26 @@ fn main() -> std::process::ExitCode {
                 listen,
                 no_serve,
             } => commands::demo(&dir, patients, (!no_serve).then_some(listen.as_str())).await,
+            Command::Admin { what } => admin::admin(what).await,
+            Command::Token {
+                what:
+                    TokenWhat::Issue {
+                        db,
+                        system,
+                        user,
+                        scope,
+                        origin,
+                    },
+            } => {
+                admin::issue(
+                    &db,
+                    system.as_deref(),
+                    user.as_deref(),
+                    &scope,
+                    origin.as_deref(),
+                )
+                .await
+            }
             Command::Serve {
                 db,
                 listen,

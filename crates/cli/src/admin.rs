@@ -1,0 +1,518 @@
+//! `tsunagi admin …` and `tsunagi token issue`: the network operator's acts on the directory,
+//! patient links and consents, the audit trail, and access tokens for scripts. Every act that
+//! changes who may see what is itself written to the audit trail.
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use serde_json::json;
+use tsunagi_core::{
+    clock::{Clock, SystemClock},
+    time::format_instant_jst,
+};
+use tsunagi_server::security::{Subject, TokenSettings, issue_token, signing_keys};
+use tsunagi_store::governance::{
+    AuditRecord, Client, Consent, FACILITY_KINDS, Facility, Governance, Participant,
+};
+
+use crate::commands::open_store;
+
+/// `tsunagi admin <what>`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Admin {
+    /// Facilities of the network.
+    Facility {
+        #[command(subcommand)]
+        action: FacilityAction,
+    },
+    /// People who sign in through the portal.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// Registered system clients and portals (SMART Backend Services).
+    Client {
+        #[command(subcommand)]
+        action: ClientAction,
+    },
+    /// Consents: who may see which facility's record of a patient.
+    Consent {
+        #[command(subcommand)]
+        action: ConsentAction,
+    },
+    /// Link a patient's records at several facilities under one regional id (紐付け).
+    Link {
+        #[arg(long)]
+        db: String,
+        /// Regional patient id.
+        #[arg(long)]
+        regional: String,
+        /// Patient logical id to link.
+        #[arg(long)]
+        patient: String,
+    },
+    /// Remove a patient record from its regional record.
+    Unlink {
+        #[arg(long)]
+        db: String,
+        #[arg(long)]
+        patient: String,
+    },
+    /// Print audit records (AuditEvent NDJSON), newest first.
+    Audit {
+        #[arg(long)]
+        db: String,
+        /// Only records about this Patient logical id.
+        #[arg(long)]
+        patient: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum FacilityAction {
+    /// Add or update a facility.
+    Add {
+        #[arg(long)]
+        db: String,
+        /// 10-digit code.
+        #[arg(long)]
+        code: String,
+        #[arg(long)]
+        name: String,
+        /// hospital, clinic, dental-clinic, pharmacy, home-nursing, care-manager-office,
+        /// nursing-home, lab-company or lab-centre.
+        #[arg(long)]
+        kind: String,
+    },
+    /// List facilities.
+    List {
+        #[arg(long)]
+        db: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum UserAction {
+    /// Add or update a user.
+    Add {
+        #[arg(long)]
+        db: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        facility: String,
+        /// doctor, nurse, pharmacist, care-manager, therapist, lab-staff or administrator.
+        #[arg(long)]
+        role: String,
+    },
+    /// Deactivate a user (no further tokens).
+    Deactivate {
+        #[arg(long)]
+        db: String,
+        #[arg(long)]
+        id: String,
+    },
+    /// List users.
+    List {
+        #[arg(long)]
+        db: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClientAction {
+    /// Register a client with its public keys.
+    Add {
+        #[arg(long)]
+        db: String,
+        /// client_id.
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        facility: String,
+        /// system or portal.
+        #[arg(long, default_value = "system")]
+        kind: String,
+        /// A JWK Set file with the client's public keys (RS384 or ES384).
+        #[arg(long)]
+        jwks: std::path::PathBuf,
+        /// The most a token of this client may carry, e.g. "system/*.rs".
+        #[arg(long)]
+        scope: String,
+    },
+    /// List clients.
+    List {
+        #[arg(long)]
+        db: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConsentAction {
+    /// Record a consent from a signed form (or an invitation the operator enters).
+    Add {
+        #[arg(long)]
+        db: String,
+        /// Consent id (default: generated).
+        #[arg(long)]
+        id: Option<String>,
+        /// A Patient logical id of the person.
+        #[arg(long)]
+        patient: String,
+        /// The disclosing facility's code.
+        #[arg(long)]
+        from: String,
+        /// The viewing facility's code.
+        #[arg(long)]
+        to: String,
+        /// First day, YYYY-MM-DD (default: now).
+        #[arg(long)]
+        start: Option<String>,
+        /// Last day, YYYY-MM-DD (default: open-ended).
+        #[arg(long)]
+        end: Option<String>,
+    },
+    /// Withdraw a consent now.
+    Withdraw {
+        #[arg(long)]
+        db: String,
+        #[arg(long)]
+        id: String,
+    },
+    /// List consents (of one patient's person, or all).
+    List {
+        #[arg(long)]
+        db: String,
+        #[arg(long)]
+        patient: Option<String>,
+    },
+}
+
+/// An AuditEvent for an operator's act on `patient`.
+fn operator_event(action: &str, what: &str, patient: Option<&str>, now: i64) -> AuditRecord {
+    let mut entity = vec![
+        json!({"what": {"display": what}, "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"}}),
+    ];
+    if let Some(patient) = patient {
+        entity.insert(
+            0,
+            json!({"what": {"reference": format!("Patient/{patient}")}, "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"}, "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"}}),
+        );
+    }
+    let event = json!({
+        "resourceType": "AuditEvent",
+        "id": tsunagi_auth::token::random_id(16),
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+        "subtype": [{"system": "urn:tsunagi:admin", "code": action}],
+        "action": if action.starts_with("withdraw") || action == "unlink" { "D" } else { "C" },
+        "recorded": format_instant_jst(now),
+        "outcome": "0",
+        "agent": [{"who": {"display": "operator (tsunagi admin)"}, "requestor": true, "altId": std::env::var("USER").unwrap_or_default()}],
+        "source": {"observer": {"display": "tsunagi admin"}},
+        "entity": entity
+    });
+    AuditRecord {
+        recorded: now,
+        patient: patient.map(str::to_owned),
+        event: event.to_string().into_bytes(),
+    }
+}
+
+fn day_start(text: &str) -> anyhow::Result<i64> {
+    let (start, _) = tsunagi_core::time::fhir_date_range(text)
+        .with_context(|| format!("{text} is not a date (YYYY-MM-DD)"))?;
+    Ok(start.saturating_mul(1_000_000))
+}
+
+fn day_end(text: &str) -> anyhow::Result<i64> {
+    let (_, end) = tsunagi_core::time::fhir_date_range(text)
+        .with_context(|| format!("{text} is not a date (YYYY-MM-DD)"))?;
+    Ok(end.saturating_mul(1_000_000))
+}
+
+/// Runs one `tsunagi admin` command.
+pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
+    let now = SystemClock.now_micros();
+    match command {
+        Admin::Facility { action } => match action {
+            FacilityAction::Add {
+                db,
+                code,
+                name,
+                kind,
+            } => {
+                if code.len() != 10 || !code.bytes().all(|b| b.is_ascii_digit()) {
+                    bail!("--code {code:?}: a facility code is 10 digits");
+                }
+                if !FACILITY_KINDS.contains(&kind.as_str()) {
+                    bail!("--kind {kind:?}: one of {}", FACILITY_KINDS.join(", "));
+                }
+                let store = open_store(&db).await?;
+                store
+                    .put_facility(&Facility {
+                        code: code.clone(),
+                        name,
+                        kind,
+                    })
+                    .await?;
+                store
+                    .append_audit(&[operator_event("facility-add", &code, None, now)])
+                    .await?;
+                println!("facility {code} saved");
+            }
+            FacilityAction::List { db } => {
+                for facility in open_store(&db).await?.facilities().await? {
+                    println!("{}\t{}\t{}", facility.code, facility.kind, facility.name);
+                }
+            }
+        },
+        Admin::User { action } => match action {
+            UserAction::Add {
+                db,
+                id,
+                name,
+                facility,
+                role,
+            } => {
+                let parsed: tsunagi_auth::Role = role.parse()?;
+                if parsed == tsunagi_auth::Role::System {
+                    bail!("--role system is for clients: use tsunagi admin client add");
+                }
+                let store = open_store(&db).await?;
+                store
+                    .put_participant(&Participant {
+                        id: id.clone(),
+                        name,
+                        facility,
+                        role,
+                        active: true,
+                    })
+                    .await?;
+                store
+                    .append_audit(&[operator_event("user-add", &id, None, now)])
+                    .await?;
+                println!("user {id} saved");
+            }
+            UserAction::Deactivate { db, id } => {
+                let store = open_store(&db).await?;
+                let mut user = store
+                    .participant(&id)
+                    .await?
+                    .with_context(|| format!("no user {id}"))?;
+                user.active = false;
+                store.put_participant(&user).await?;
+                store
+                    .append_audit(&[operator_event("user-deactivate", &id, None, now)])
+                    .await?;
+                println!("user {id} deactivated");
+            }
+            UserAction::List { db } => {
+                for user in open_store(&db).await?.participants().await? {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        user.id,
+                        user.facility,
+                        user.role,
+                        if user.active { "active" } else { "inactive" },
+                        user.name
+                    );
+                }
+            }
+        },
+        Admin::Client { action } => match action {
+            ClientAction::Add {
+                db,
+                id,
+                facility,
+                kind,
+                jwks,
+                scope,
+            } => {
+                if kind != "system" && kind != "portal" {
+                    bail!("--kind {kind:?}: system or portal");
+                }
+                let text = std::fs::read_to_string(&jwks)
+                    .with_context(|| format!("cannot read {}", jwks.display()))?;
+                let parsed: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not JSON", jwks.display()))?;
+                if !parsed["keys"].is_array() {
+                    bail!("{}: a JWK Set has a \"keys\" array", jwks.display());
+                }
+                if parsed["keys"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|key| key.get("d").is_some())
+                {
+                    bail!(
+                        "{}: holds a private key; register only public keys",
+                        jwks.display()
+                    );
+                }
+                tsunagi_auth::Scopes::parse(&scope)?;
+                let store = open_store(&db).await?;
+                store
+                    .put_client(&Client {
+                        id: id.clone(),
+                        facility,
+                        kind,
+                        jwks: text,
+                        scope,
+                        active: true,
+                    })
+                    .await?;
+                store
+                    .append_audit(&[operator_event("client-add", &id, None, now)])
+                    .await?;
+                println!("client {id} registered");
+            }
+            ClientAction::List { db } => {
+                for client in open_store(&db).await?.clients().await? {
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        client.id, client.facility, client.kind, client.scope
+                    );
+                }
+            }
+        },
+        Admin::Consent { action } => match action {
+            ConsentAction::Add {
+                db,
+                id,
+                patient,
+                from,
+                to,
+                start,
+                end,
+            } => {
+                let store = open_store(&db).await?;
+                let id =
+                    id.unwrap_or_else(|| format!("consent-{}", tsunagi_auth::token::random_id(8)));
+                let consent = Consent {
+                    id: id.clone(),
+                    patient: patient.clone(),
+                    disclosing: from,
+                    viewing: to,
+                    start: start.as_deref().map(day_start).transpose()?.unwrap_or(now),
+                    end: end.as_deref().map(day_end).transpose()?.unwrap_or(i64::MAX),
+                    withdrawn_at: None,
+                    source: "signed-consent".to_owned(),
+                    created_by: "operator".to_owned(),
+                    created_at: now,
+                };
+                store.put_consent(&consent).await?;
+                store
+                    .append_audit(&[operator_event("consent-add", &id, Some(&patient), now)])
+                    .await?;
+                println!("consent {id} recorded");
+            }
+            ConsentAction::Withdraw { db, id } => {
+                let store = open_store(&db).await?;
+                let patient = store
+                    .consents(None)
+                    .await?
+                    .into_iter()
+                    .find(|consent| consent.id == id)
+                    .map(|consent| consent.patient);
+                if !store.withdraw_consent(&id, now).await? {
+                    bail!("no consent {id}");
+                }
+                store
+                    .append_audit(&[operator_event(
+                        "consent-withdraw",
+                        &id,
+                        patient.as_deref(),
+                        now,
+                    )])
+                    .await?;
+                println!("consent {id} withdrawn");
+            }
+            ConsentAction::List { db, patient } => {
+                for consent in open_store(&db).await?.consents(patient.as_deref()).await? {
+                    let state = if consent.withdrawn_at.is_some() {
+                        "withdrawn"
+                    } else {
+                        "in force"
+                    };
+                    println!(
+                        "{}\t{}\t{} -> {}\t{}\t{}",
+                        consent.id,
+                        consent.patient,
+                        consent.disclosing,
+                        consent.viewing,
+                        format_instant_jst(consent.start),
+                        state
+                    );
+                }
+            }
+        },
+        Admin::Link {
+            db,
+            regional,
+            patient,
+        } => {
+            let store = open_store(&db).await?;
+            store.link(&regional, &patient, "operator", now).await?;
+            store
+                .append_audit(&[operator_event("link", &regional, Some(&patient), now)])
+                .await?;
+            println!("Patient/{patient} linked under {regional}");
+        }
+        Admin::Unlink { db, patient } => {
+            let store = open_store(&db).await?;
+            store.unlink(&patient).await?;
+            store
+                .append_audit(&[operator_event("unlink", &patient, Some(&patient), now)])
+                .await?;
+            println!("Patient/{patient} unlinked");
+        }
+        Admin::Audit { db, patient, limit } => {
+            for record in open_store(&db)
+                .await?
+                .audit(patient.as_deref(), None, None, limit)
+                .await?
+            {
+                println!("{}", String::from_utf8_lossy(&record.event));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `tsunagi token issue`.
+pub(crate) async fn issue(
+    db: &str,
+    system: Option<&str>,
+    user: Option<&str>,
+    scope: &str,
+    origin: Option<&str>,
+) -> anyhow::Result<()> {
+    let store = open_store(db).await?;
+    let now = SystemClock.now_micros();
+    let keys = signing_keys(store.as_ref(), now).await?;
+    let key = keys.first().context("no signing key")?;
+    let subject = match (system, user) {
+        (Some(client), None) => Subject::System(client),
+        (None, Some(user)) => Subject::User {
+            user,
+            via: "operator",
+        },
+        _ => bail!("give exactly one of --system <client-id> or --user <user-id>"),
+    };
+    let settings = origin.map_or_else(TokenSettings::default, TokenSettings::for_base);
+    let (token, _) = issue_token(
+        store.as_ref(),
+        key,
+        &settings,
+        subject,
+        scope,
+        now / 1_000_000,
+    )
+    .await?;
+    println!("{token}");
+    Ok(())
+}
