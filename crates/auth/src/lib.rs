@@ -70,12 +70,7 @@ impl Principal {
 
     /// Scope and role both allow `interaction` on `resource_type`.
     pub fn may(&self, resource_type: &str, interaction: Interaction) -> bool {
-        let role_ok = if resource_type == "AuditEvent" {
-            self.role.may_read_audit()
-        } else {
-            self.role.may_read(resource_type)
-        };
-        role_ok
+        self.role.may_read(resource_type)
             && self
                 .scopes
                 .allows(self.context(), resource_type, interaction)

@@ -118,7 +118,7 @@ impl Role {
 
     /// True when the role may read the audit trail.
     pub fn may_read_audit(self) -> bool {
-        self == Role::Administrator
+        self.may_read("AuditEvent")
     }
 }
 

@@ -222,16 +222,14 @@ fn operator_event(action: &str, what: &str, patient: Option<&str>, now: i64) -> 
     }
 }
 
-fn day_start(text: &str) -> anyhow::Result<i64> {
-    let (start, _) = tsunagi_core::time::fhir_date_range(text)
+/// The first and the past-the-last microsecond of a date.
+fn day_bounds(text: &str) -> anyhow::Result<(i64, i64)> {
+    let (start, end) = tsunagi_core::time::fhir_date_range(text)
         .with_context(|| format!("{text} is not a date (YYYY-MM-DD)"))?;
-    Ok(start.saturating_mul(1_000_000))
-}
-
-fn day_end(text: &str) -> anyhow::Result<i64> {
-    let (_, end) = tsunagi_core::time::fhir_date_range(text)
-        .with_context(|| format!("{text} is not a date (YYYY-MM-DD)"))?;
-    Ok(end.saturating_mul(1_000_000))
+    Ok((
+        start.saturating_mul(1_000_000),
+        end.saturating_mul(1_000_000),
+    ))
 }
 
 /// Runs one `tsunagi admin` command.
@@ -397,8 +395,16 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                     patient: patient.clone(),
                     disclosing: from,
                     viewing: to,
-                    start: start.as_deref().map(day_start).transpose()?.unwrap_or(now),
-                    end: end.as_deref().map(day_end).transpose()?.unwrap_or(i64::MAX),
+                    start: start
+                        .as_deref()
+                        .map(day_bounds)
+                        .transpose()?
+                        .map_or(now, |day| day.0),
+                    end: end
+                        .as_deref()
+                        .map(day_bounds)
+                        .transpose()?
+                        .map_or(i64::MAX, |day| day.1),
                     withdrawn_at: None,
                     source: "signed-consent".to_owned(),
                     created_by: "operator".to_owned(),

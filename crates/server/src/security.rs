@@ -356,7 +356,13 @@ pub async fn guard(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"tsunagi\", error=\"invalid_token\""),
             );
-            let record = audit_record(&facts, None, None, StatusCode::UNAUTHORIZED, now);
+            let record = audit_record(
+                &facts,
+                Agent::Unauthenticated,
+                None,
+                StatusCode::UNAUTHORIZED,
+                now,
+            );
             return finish(&state, vec![record], response).await;
         }
     };
@@ -377,7 +383,7 @@ pub async fn guard(
     let records: Vec<AuditRecord> = if touched.is_empty() {
         vec![audit_record(
             &facts,
-            Some(&caller.principal),
+            Agent::Principal(&caller.principal),
             None,
             status,
             now,
@@ -386,7 +392,13 @@ pub async fn guard(
         touched
             .iter()
             .map(|patient| {
-                audit_record(&facts, Some(&caller.principal), Some(patient), status, now)
+                audit_record(
+                    &facts,
+                    Agent::Principal(&caller.principal),
+                    Some(patient),
+                    status,
+                    now,
+                )
             })
             .collect()
     };
@@ -430,11 +442,25 @@ fn authenticate(
     Principal::from_claims(claims).map_err(|error| error.to_string())
 }
 
+/// Who an audit record names as the requesting side.
+#[derive(Clone, Copy)]
+enum Agent<'a> {
+    /// No valid token.
+    Unauthenticated,
+    /// An authenticated request.
+    Principal(&'a Principal),
+    /// A token issued at the token endpoint (the login of MHLW §17 ①).
+    Login {
+        client: &'a str,
+        user: Option<&'a str>,
+    },
+}
+
 /// One BALP-shaped AuditEvent (Basic Audit Log Patterns: RESTful activity, patient variant when
-/// a patient was touched).
+/// a patient was touched; DICOM User Authentication / Login for a token issued).
 fn audit_record(
     facts: &RequestFacts,
-    principal: Option<&Principal>,
+    agent: Agent<'_>,
     patient: Option<&str>,
     status: StatusCode,
     now: i64,
@@ -460,8 +486,8 @@ fn audit_record(
     if let Some(address) = &facts.address {
         client["network"] = json!({"address": address, "type": "2"});
     }
-    match principal {
-        Some(principal) => {
+    match agent {
+        Agent::Principal(principal) => {
             client["who"] = json!({"identifier": {"system": "urn:tsunagi:client", "value": principal.client_id}});
             agents.push(client);
             agents.push(json!({
@@ -473,11 +499,28 @@ fn audit_record(
                 "extension": [{"url": "urn:tsunagi:facility", "valueIdentifier": {"system": tsunagi_fhir::systems::MEDICAL_ORGANIZATION_ID, "value": principal.facility}}]
             }));
         }
-        None => {
+        Agent::Login { client: id, user } => {
+            client["who"] = json!({"identifier": {"system": "urn:tsunagi:client", "value": id}});
+            if let Some(user) = user {
+                client["altId"] = json!(user);
+            }
+            agents.push(client);
+        }
+        Agent::Unauthenticated => {
             client["who"] = json!({"display": "unauthenticated"});
             agents.push(client);
         }
     }
+    let (event_type, subtype) = match agent {
+        Agent::Login { .. } => (
+            json!({"system": dcm, "code": "110114", "display": "User Authentication"}),
+            json!({"system": dcm, "code": "110122", "display": "Login"}),
+        ),
+        _ => (
+            json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "Restful Operation"}),
+            json!({"system": "http://hl7.org/fhir/restful-interaction", "code": subtype}),
+        ),
+    };
     let mut entities = Vec::new();
     if let Some(patient) = patient {
         entities.push(json!({
@@ -505,8 +548,8 @@ fn audit_record(
         "resourceType": "AuditEvent",
         "id": random_id(16),
         "meta": {"profile": [if patient.is_some() { "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientRead" } else { "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Read" }]},
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "Restful Operation"},
-        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": subtype}],
+        "type": event_type,
+        "subtype": [subtype],
         "action": action,
         "recorded": format_instant_jst(now),
         "outcome": outcome,
@@ -716,18 +759,11 @@ pub async fn token_endpoint(
             response
                 .headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            // The login of MHLW §17 ①: when the principal obtained access.
-            let mut record = audit_record(&facts, None, None, StatusCode::OK, now);
-            if let Ok(mut event) = serde_json::from_slice::<Value>(&record.event) {
-                event["type"] = json!({"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110114", "display": "User Authentication"});
-                event["subtype"] = json!([{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110122", "display": "Login"}]);
-                event["agent"][1]["who"] =
-                    json!({"identifier": {"system": "urn:tsunagi:client", "value": client_id}});
-                if let Some(user) = value("user") {
-                    event["agent"][1]["altId"] = json!(user);
-                }
-                record.event = event.to_string().into_bytes();
-            }
+            let login = Agent::Login {
+                client: &client_id,
+                user: value("user"),
+            };
+            let record = audit_record(&facts, login, None, StatusCode::OK, now);
             finish(&state, vec![record], response).await
         }
         Err(IssueError::Refused(reason)) => {

@@ -1176,8 +1176,8 @@ fn stored_from_row(row: &SqliteRow) -> Result<StoredResource, StoreError> {
 /// statements built piece by piece.
 const GUARD: &str = "(?2 IS NULL OR r.pat = 0 OR c.facility = ?2 OR EXISTS (SELECT 1 FROM access a WHERE a.viewer = ?2 AND a.pat = r.pat AND a.not_before <= ?3 AND a.not_after > ?3))";
 
-/// The `?2` and `?3` of [`GUARD`].
-fn viewer(access: &Access) -> (Option<&str>, i64) {
+/// The `?2` and `?3` of [`GUARD`] (and of `query::permitted_with_links`).
+pub(crate) fn viewer(access: &Access) -> (Option<&str>, i64) {
     match access {
         Access::Facility { code, at } => (Some(code.as_str()), *at),
         Access::Unrestricted => (None, 0),

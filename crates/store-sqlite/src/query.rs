@@ -531,10 +531,7 @@ async fn permitted_with_links(db: Db<'_>, ids: &[i64]) -> Result<Vec<i64>, Store
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let (viewer, at) = match db.access {
-        Access::Facility { code, at } => (Some(code.as_str()), *at),
-        Access::Unrestricted => (None, 0),
-    };
+    let (viewer, at) = crate::viewer(db.access);
     let permitted = "(?2 IS NULL OR EXISTS (SELECT 1 FROM compartments c WHERE c.id = j.value AND c.facility = ?2) \
         OR EXISTS (SELECT 1 FROM access a WHERE a.viewer = ?2 AND a.pat = j.value AND a.not_before <= ?3 AND a.not_after > ?3))";
     let mut found: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(

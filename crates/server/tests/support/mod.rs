@@ -11,6 +11,7 @@ use std::{
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tsunagi_auth::token::SigningKey;
 use tsunagi_core::clock::FixedClock;
 use tsunagi_server::{
     AppState, Settings,
@@ -190,7 +191,7 @@ pub fn entry_ids(bundle: &Value) -> Vec<String> {
 
 /// Registers [`FACILITY`] and its system client `test-system` (`system/*.rs`), and returns a
 /// token for it.
-pub async fn system_token(store: &SqliteStore, settings: &Settings) -> String {
+pub async fn system_token(store: &SqliteStore, settings: &Settings, keys: &[SigningKey]) -> String {
     store
         .put_facility(&Facility {
             code: FACILITY.into(),
@@ -210,7 +211,6 @@ pub async fn system_token(store: &SqliteStore, settings: &Settings) -> String {
         })
         .await
         .unwrap();
-    let keys = signing_keys(store, NOW).await.unwrap();
     issue_token(
         store,
         &keys[0],
@@ -229,13 +229,13 @@ pub async fn system_token(store: &SqliteStore, settings: &Settings) -> String {
 pub async fn serve(store: Arc<SqliteStore>, settings: Settings) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let token = system_token(&store, &settings).await;
+    let keys = signing_keys(store.as_ref(), NOW).await.unwrap();
+    let token = system_token(&store, &settings, &keys).await;
     TOKENS
         .lock()
         .unwrap()
         .get_or_insert_with(HashMap::new)
         .insert(addr, token);
-    let keys = signing_keys(store.as_ref(), NOW).await.unwrap();
     let state = AppState::new(
         store.clone(),
         store,
