@@ -11,7 +11,7 @@ use tsunagi_core::{
 };
 use tsunagi_server::security::{Subject, TokenSettings, issue_token, signing_keys};
 use tsunagi_store::governance::{
-    AuditRecord, Client, Consent, FACILITY_KINDS, Facility, Governance, Participant,
+    AuditFilter, AuditRecord, Client, Consent, FACILITY_KINDS, Facility, Governance, Participant,
 };
 
 use crate::commands::open_store;
@@ -216,8 +216,10 @@ fn operator_event(action: &str, what: &str, patient: Option<&str>, now: i64) -> 
         "entity": entity
     });
     AuditRecord {
+        id: event["id"].as_str().unwrap_or_default().to_owned(),
         recorded: now,
         patient: patient.map(str::to_owned),
+        facility: None,
         event: event.to_string().into_bytes(),
     }
 }
@@ -477,12 +479,13 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
             println!("Patient/{patient} unlinked");
         }
         Admin::Audit { db, patient, limit } => {
-            for record in open_store(&db)
-                .await?
-                .audit(patient.as_deref(), None, None, limit)
-                .await?
-            {
-                println!("{}", String::from_utf8_lossy(&record.event));
+            let filter = AuditFilter {
+                patient,
+                limit,
+                ..AuditFilter::default()
+            };
+            for listed in open_store(&db).await?.audit(&filter).await? {
+                println!("{}", String::from_utf8_lossy(&listed.record.event));
             }
         }
     }

@@ -31,12 +31,17 @@ struct Connection {
 impl Connection {
     /// A connection to `region` carrying a fresh access token (valid five minutes).
     async fn open(region: &Region) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(region.addr).await?;
+        Self::open_at(region.addr, region.token().await?).await
+    }
+
+    /// A connection to `addr` sending `token`.
+    async fn open_at(addr: SocketAddr, token: String) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(Self {
             stream: BufReader::new(stream),
-            host: region.addr.to_string(),
-            token: region.token().await?,
+            host: addr.to_string(),
+            token,
         })
     }
 
@@ -76,7 +81,9 @@ impl Connection {
 struct Region {
     _dir: tempfile::TempDir,
     addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The same store served without access control (feature `bench-baseline`).
+    baseline: Option<SocketAddr>,
+    shutdown: Option<tokio::sync::watch::Sender<()>>,
     patients: usize,
     store: Arc<SqliteStore>,
     key: SigningKey,
@@ -149,13 +156,31 @@ async fn load_region(patients: usize, seed: u64) -> anyhow::Result<Region> {
         tsunagi_server::Settings::default(),
         keys,
     );
-    let (sender, receiver) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(tsunagi_server::serve(listener, state, async {
-        let _ = receiver.await;
-    }));
+    let (sender, receiver) = tokio::sync::watch::channel(());
+    let stopped = move || {
+        let mut receiver = receiver.clone();
+        async move {
+            let _ = receiver.changed().await;
+        }
+    };
+    #[cfg(feature = "bench-baseline")]
+    let baseline = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(tsunagi_server::baseline::serve_open(
+            listener,
+            state.clone(),
+            stopped(),
+        ));
+        Some(addr)
+    };
+    #[cfg(not(feature = "bench-baseline"))]
+    let baseline = None;
+    tokio::spawn(tsunagi_server::serve(listener, state, stopped()));
     Ok(Region {
         _dir: dir,
         addr,
+        baseline,
         shutdown: Some(sender),
         patients,
         store,
@@ -370,12 +395,23 @@ async fn time_queries(
     Ok((results, note, large_patient))
 }
 
-async fn throughput(region: &Region, target: String, seconds: f64) -> anyhow::Result<f64> {
+/// Requests per second of `target` from 8 keep-alive clients: against the secured server, or
+/// with `baseline` against the same store served without access control.
+async fn throughput(
+    region: &Region,
+    target: String,
+    seconds: f64,
+    baseline: bool,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let target = target.clone();
-        let mut connection = Connection::open(region).await?;
+        let mut connection = match (baseline, region.baseline) {
+            (true, Some(addr)) => Connection::open_at(addr, String::new()).await?,
+            (true, None) => bail!("this build has no baseline server"),
+            (false, _) => Connection::open(region).await?,
+        };
         tasks.push(tokio::spawn(async move {
             let mut done = 0u64;
             while started.elapsed().as_secs_f64() < seconds {
@@ -445,10 +481,10 @@ pub(crate) async fn search(
     let (_, _, list) = queries(&mut connection, Some(&patient)).await?;
     let read = list.first().map(|q| q.1.clone()).unwrap_or_default();
     let code = list.get(4).map(|q| q.1.clone()).unwrap_or_default();
-    let read_rate = throughput(large, read, 5.0).await?;
-    let code_rate = throughput(large, code, 5.0).await?;
+    let read_rate = throughput(large, read.clone(), 5.0, false).await?;
+    let code_rate = throughput(large, code.clone(), 5.0, false).await?;
     println!(
-        "\nthroughput, 8 keep-alive clients in this process (region of {})",
+        "\nthroughput, 8 keep-alive clients in this process (region of {}), with access control, consent filtering and audit",
         large.patients
     );
     println!(
@@ -459,6 +495,27 @@ pub(crate) async fn search(
         "  patient + code search  {code_rate:>8.0} req/s   target ≥ 10000   ratio {:.2}",
         code_rate / 10_000.0
     );
+    if large.baseline.is_some() {
+        let open_read = throughput(large, read, 5.0, true).await?;
+        let open_code = throughput(large, code, 5.0, true).await?;
+        println!(
+            "\nthe same without access control (baseline router: no token, no filter, no audit)"
+        );
+        for (name, secured, open) in [
+            ("read by id           ", read_rate, open_read),
+            ("patient + code search", code_rate, open_code),
+        ] {
+            println!(
+                "  {name}  {open:>8.0} req/s   security costs {:>5.1}% of throughput   target ≤ 20%   ratio {:.2}",
+                100.0 * (1.0 - secured / open),
+                (1.0 - secured / open) / 0.20
+            );
+        }
+    } else {
+        println!(
+            "\n(the cost of security is measured against a baseline router compiled only with\n `cargo run --release --features bench-baseline -- bench search`)"
+        );
+    }
     for region in &mut regions {
         if let Some(shutdown) = region.shutdown.take() {
             let _ = shutdown.send(());

@@ -88,6 +88,18 @@ pub fn capability_statement(base_url: &str, date: &str) -> Value {
         }
         resources.push(resource);
     }
+    if !resources.iter().any(|r| r["type"] == "AuditEvent") {
+        resources.push(json!({
+            "type": "AuditEvent",
+            "documentation": "The append-only audit trail (IHE BALP), for administrators: events about the patients their facility holds and events of their facility's own people.",
+            "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "searchParam": [
+                {"name": "patient", "type": "reference"},
+                {"name": "date", "type": "date", "documentation": "eq, ge, gt, le, lt"},
+                {"name": "_id", "type": "token"}
+            ]
+        }));
+    }
     json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -102,6 +114,10 @@ pub fn capability_statement(base_url: &str, date: &str) -> Value {
         "rest": [{
             "mode": "server",
             "documentation": "Clinical resources are read-only on this API: they arrive through the adapters.",
+            "security": {
+                "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]}],
+                "description": "Every request but this statement needs a bearer token from the token endpoint (SMART Backend Services, private_key_jwt); see /.well-known/smart-configuration. Each patient's data is visible only to the facility that holds it and the facilities a consent names."
+            },
             "resource": resources,
             "interaction": [{"code": "history-system"}],
             "searchParam": [

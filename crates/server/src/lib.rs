@@ -9,6 +9,9 @@
 //! - errors are [`outcome::ApiError`]s, turned into OperationOutcomes here and nowhere else.
 
 pub mod access;
+mod audit_api;
+#[cfg(feature = "bench-baseline")]
+pub mod baseline;
 pub mod capability;
 pub mod format;
 pub mod outcome;
@@ -113,15 +116,24 @@ impl AppState {
 /// The router: FHIR under `/fhir`, plus `/healthz`, `/readyz`, `/metrics`.
 pub fn router(state: Arc<AppState>) -> Router {
     // Everything under /fhir but the CapabilityStatement needs a valid token, and is audited.
-    let protected = Router::new()
+    let protected = protected_routes().route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        security::guard,
+    ));
+    assemble(state, protected)
+}
+
+/// The routes that read patient data; [`router`] puts them behind [`security::guard`].
+fn protected_routes() -> Router<Arc<AppState>> {
+    Router::new()
         .route("/fhir/{type}", any(type_level))
         .route("/fhir/{type}/{id}", any(instance_level))
         .route("/fhir/{type}/{id}/{operation}", any(instance_operation))
         .route("/fhir/{type}/{id}/_history/{version}", any(vread))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            security::guard,
-        ));
+}
+
+/// The public routes around the guarded ones, and the layers of every request.
+fn assemble(state: Arc<AppState>, protected: Router<Arc<AppState>>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -448,6 +460,9 @@ async fn read(
     headers: &HeaderMap,
     pairs: &[(String, String)],
 ) -> Result<Response, ApiError> {
+    if resource_type == "AuditEvent" {
+        return audit_api::read(state, caller, id).await;
+    }
     valid_id(id)?;
     caller.require(resource_type, Interaction::Read)?;
     let Some(resource) = state.store.read(&caller.access, resource_type, id).await? else {
@@ -719,6 +734,9 @@ async fn search(
     pairs: Vec<(String, String)>,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    if resource_type == "AuditEvent" {
+        return audit_api::search(state, caller, &pairs, headers).await;
+    }
     search_as(
         state,
         caller,

@@ -215,6 +215,15 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// A caller with nothing touched yet.
+    pub(crate) fn new(principal: Principal, access: Access) -> Self {
+        Self {
+            principal,
+            access,
+            touched: Mutex::default(),
+        }
+    }
+
     /// Scope and role allow `interaction` on `resource_type`, else 403.
     pub fn require(&self, resource_type: &str, interaction: Interaction) -> Result<(), ApiError> {
         if self.principal.may(resource_type, interaction) {
@@ -252,6 +261,14 @@ impl Caller {
                 touched.insert(patient.clone());
             }
         }
+    }
+
+    /// Notes a patient whose data is about to be returned (audited per patient).
+    pub fn touch_patient(&self, patient: &str) {
+        self.touched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(patient.to_owned());
     }
 
     /// Paging snapshots belong to the principal that made them.
@@ -366,11 +383,8 @@ pub async fn guard(
             return finish(&state, vec![record], response).await;
         }
     };
-    let caller = Arc::new(Caller {
-        access: Access::facility(principal.facility.clone(), now),
-        principal,
-        touched: Mutex::default(),
-    });
+    let access = Access::facility(principal.facility.clone(), now);
+    let caller = Arc::new(Caller::new(principal, access));
     request.extensions_mut().insert(caller.clone());
     let response = next.run(request).await;
     let status = response.status();
@@ -544,9 +558,10 @@ fn audit_record(
             "type": {"system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType", "code": "XrequestId"}
         }));
     }
+    let id = random_id(16);
     let event = json!({
         "resourceType": "AuditEvent",
-        "id": random_id(16),
+        "id": id,
         "meta": {"profile": [if patient.is_some() { "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientRead" } else { "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Read" }]},
         "type": event_type,
         "subtype": [subtype],
@@ -562,8 +577,13 @@ fn audit_record(
         "entity": entities
     });
     AuditRecord {
+        id,
         recorded: now,
         patient: patient.map(str::to_owned),
+        facility: match agent {
+            Agent::Principal(principal) => Some(principal.facility.clone()),
+            _ => None,
+        },
         event: event.to_string().into_bytes(),
     }
 }

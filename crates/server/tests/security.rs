@@ -13,7 +13,7 @@ use tsunagi_server::{
 };
 use tsunagi_store::{
     Governance,
-    governance::{Client, Consent, Facility, Participant},
+    governance::{AuditFilter, Client, Consent, Facility, Participant},
 };
 
 const CLINIC: &str = "0610999991";
@@ -309,9 +309,16 @@ async fn every_access_is_audited_once_per_patient_touched() {
         before + 2,
         "one per patient"
     );
-    let shared = store.audit(Some("shared"), None, None, 10).await.unwrap();
+    let shared = store
+        .audit(&AuditFilter {
+            patient: Some("shared".into()),
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(shared.len(), 1);
-    let event: serde_json::Value = serde_json::from_slice(&shared[0].event).unwrap();
+    let event: serde_json::Value = serde_json::from_slice(&shared[0].record.event).unwrap();
     assert_eq!(event["resourceType"], "AuditEvent");
     assert_eq!(event["entity"][0]["what"]["reference"], "Patient/shared");
     assert_eq!(event["outcome"], "0");
@@ -319,6 +326,163 @@ async fn every_access_is_audited_once_per_patient_touched() {
     // A search that touches nobody still leaves one record.
     request(addr, "GET", "/fhir/Observation?patient=nobody", &[], "").await;
     assert_eq!(store.audit_count().await.unwrap(), before + 3);
+}
+
+/// Administrators search the trail over FHIR: their own facility's patients and people only,
+/// by patient, date and id, newest first and paged; nobody else may, and nothing can change it.
+#[tokio::test]
+async fn administrators_search_the_audit_trail_over_fhir() {
+    let (addr, store, _dir) = region().await;
+    for (id, facility) in [("admin-h", FACILITY), ("admin-c", CLINIC)] {
+        store
+            .put_participant(&Participant {
+                id: id.into(),
+                name: id.into(),
+                facility: facility.into(),
+                role: "administrator".into(),
+                active: true,
+            })
+            .await
+            .unwrap();
+    }
+    // The hospital reads both patients; the clinic doctor reads the shared one.
+    request(addr, "GET", "/fhir/Observation", &[], "").await;
+    let doctor = user_token(&store, "dr-clinic", "user/*.rs").await;
+    let bearer = format!("Bearer {doctor}");
+    let reply = request(
+        addr,
+        "GET",
+        "/fhir/Patient/shared",
+        &[("authorization", bearer.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+
+    let hospital_admin = format!(
+        "Bearer {}",
+        user_token(&store, "admin-h", "user/AuditEvent.rs").await
+    );
+    let as_admin = |target: &str, auth: &str| {
+        let (target, auth) = (target.to_owned(), auth.to_owned());
+        async move {
+            request(
+                addr,
+                "GET",
+                &target,
+                &[("authorization", auth.as_str())],
+                "",
+            )
+            .await
+        }
+    };
+    // Who looked at the hospital's patient "shared": the hospital itself and the clinic doctor.
+    let reply = as_admin("/fhir/AuditEvent?patient=Patient/shared", &hospital_admin).await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let bundle = reply.json();
+    let events = bundle["entry"].as_array().unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(
+        events[0]["resource"]["agent"][2]["who"]["identifier"]["value"], "dr-clinic",
+        "newest first"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["resource"]["entity"][0]["what"]["reference"] == "Patient/shared")
+    );
+    // Read by id, and the same id through _id.
+    let id = events[0]["resource"]["id"].as_str().unwrap().to_owned();
+    let reply = as_admin(&format!("/fhir/AuditEvent/{id}"), &hospital_admin).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["id"], id.as_str());
+    let reply = as_admin(&format!("/fhir/AuditEvent?_id={id}"), &hospital_admin).await;
+    assert_eq!(reply.json()["entry"].as_array().unwrap().len(), 1);
+    // Dates: everything was recorded at NOW (2023-11-15 JST), nothing before.
+    for (dates, found) in [
+        ("date=lt2023-11-01", 0),
+        ("date=ge2023-11-01&date=le2023-11-30", 1),
+        ("date=2023-11-15", 1),
+        ("date=gt2023-11-15", 0),
+    ] {
+        let reply = as_admin(
+            &format!("/fhir/AuditEvent?_id={id}&{dates}"),
+            &hospital_admin,
+        )
+        .await;
+        assert_eq!(
+            reply.json()["entry"].as_array().unwrap().len(),
+            found,
+            "{dates}"
+        );
+    }
+    // Paging by cursor: one per page, then the next, and no more.
+    let reply = as_admin("/fhir/AuditEvent?patient=shared&_count=1", &hospital_admin).await;
+    let page = reply.json();
+    let next = support::link(&page, "next").unwrap();
+    let path = next[next.find("/fhir/").unwrap()..].to_owned();
+    let page2 = as_admin(&path, &hospital_admin).await.json();
+    assert_eq!(page2["entry"].as_array().unwrap().len(), 1);
+    assert_ne!(
+        page2["entry"][0]["resource"]["id"],
+        page["entry"][0]["resource"]["id"]
+    );
+    // The clinic's administrator sees what the clinic's doctor did, not the hospital's own
+    // reads, and nothing about the patient the clinic was never invited to.
+    let clinic_admin = format!(
+        "Bearer {}",
+        user_token(&store, "admin-c", "user/AuditEvent.rs").await
+    );
+    let reply = as_admin("/fhir/AuditEvent?patient=shared", &clinic_admin).await;
+    let events = reply.json()["entry"].as_array().unwrap().clone();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0]["resource"]["agent"][2]["who"]["identifier"]["value"],
+        "dr-clinic"
+    );
+    let reply = as_admin("/fhir/AuditEvent?patient=private", &clinic_admin).await;
+    assert_eq!(reply.json()["entry"].as_array().unwrap().len(), 0);
+    let own = as_admin(&format!("/fhir/AuditEvent/{id}"), &clinic_admin).await;
+    assert_eq!(own.status, 200, "the clinic doctor's own read");
+    let hospital_read = as_admin("/fhir/AuditEvent?patient=private", &hospital_admin)
+        .await
+        .json()["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hidden = as_admin(&format!("/fhir/AuditEvent/{hospital_read}"), &clinic_admin).await;
+    let absent = as_admin("/fhir/AuditEvent/no-such-event", &clinic_admin).await;
+    assert_eq!((hidden.status, absent.status), (404, 404));
+    // Unknown parameters are refused rather than ignored; a doctor may not search the trail;
+    // nobody may write it.
+    let reply = as_admin("/fhir/AuditEvent?agent=x", &hospital_admin).await;
+    assert_eq!(reply.status, 400);
+    let reply = as_admin("/fhir/AuditEvent", &bearer).await;
+    assert_eq!(reply.status, 403);
+    for method in ["PUT", "DELETE"] {
+        let reply = request(
+            addr,
+            method,
+            &format!("/fhir/AuditEvent/{id}"),
+            &[("authorization", hospital_admin.as_str())],
+            "{}",
+        )
+        .await;
+        assert!(
+            reply.status == 405 || reply.status == 403,
+            "{method}: {}",
+            reply.status
+        );
+    }
+    // Reading the trail is itself audited, per patient whose events were returned.
+    let before = store.audit_count().await.unwrap();
+    as_admin("/fhir/AuditEvent?patient=shared", &hospital_admin).await;
+    assert_eq!(store.audit_count().await.unwrap(), before + 1);
 }
 
 #[tokio::test]

@@ -7,7 +7,8 @@ use sqlx::{Row, SqliteConnection, sqlite::SqliteRow};
 use tsunagi_store::{
     StoreError,
     governance::{
-        AuditRecord, Client, Consent, Facility, Governance, LinkedRecord, Participant, StoredKey,
+        AuditFilter, AuditRecord, Client, Consent, Facility, Governance, LinkedRecord, ListedAudit,
+        Participant, StoredKey,
     },
 };
 
@@ -385,11 +386,13 @@ impl Governance for SqliteStore {
         let mut transaction = begin(&self.pool).await?;
         for chunk in records.chunks(300) {
             let mut sql = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO audit (recorded, patient, event) ",
+                "INSERT INTO audit (id, recorded, patient, facility, event) ",
             );
             sql.push_values(chunk, |mut row, record| {
-                row.push_bind(record.recorded)
+                row.push_bind(record.id.clone())
+                    .push_bind(record.recorded)
                     .push_bind(record.patient.clone())
+                    .push_bind(record.facility.clone())
                     .push_bind(record.event.clone());
             });
             sql.build()
@@ -400,31 +403,36 @@ impl Governance for SqliteStore {
         transaction.commit().await.map_err(db_error)
     }
 
-    async fn audit(
-        &self,
-        patient: Option<&str>,
-        from: Option<i64>,
-        to: Option<i64>,
-        limit: usize,
-    ) -> Result<Vec<AuditRecord>, StoreError> {
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<ListedAudit>, StoreError> {
         let rows = sqlx::query(
-            "SELECT recorded, patient, event FROM audit \
-             WHERE (?1 IS NULL OR patient = ?1) AND (?2 IS NULL OR recorded >= ?2) AND (?3 IS NULL OR recorded < ?3) \
-             ORDER BY recorded DESC, seq DESC LIMIT ?4",
+            "SELECT seq, id, recorded, patient, facility, event FROM audit \
+             WHERE (?1 IS NULL OR id = ?1) AND (?2 IS NULL OR patient = ?2) \
+             AND (?3 IS NULL OR recorded >= ?3) AND (?4 IS NULL OR recorded < ?4) \
+             AND (?5 IS NULL OR facility = ?5 OR patient IN (SELECT patient FROM compartments WHERE facility = ?5)) \
+             AND (?6 IS NULL OR seq < ?6) \
+             ORDER BY seq DESC LIMIT ?7",
         )
-        .bind(patient)
-        .bind(from)
-        .bind(to)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(filter.id.as_deref())
+        .bind(filter.patient.as_deref())
+        .bind(filter.from)
+        .bind(filter.to)
+        .bind(filter.facility.as_deref())
+        .bind(filter.before)
+        .bind(i64::try_from(filter.limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
         .map_err(db_error)?;
         rows.iter()
             .map(|row| {
-                Ok(AuditRecord {
-                    recorded: get(row, "recorded")?,
-                    patient: get(row, "patient")?,
-                    event: get(row, "event")?,
+                Ok(ListedAudit {
+                    position: get(row, "seq")?,
+                    record: AuditRecord {
+                        id: get::<Option<String>>(row, "id")?.unwrap_or_default(),
+                        recorded: get(row, "recorded")?,
+                        patient: get(row, "patient")?,
+                        facility: get(row, "facility")?,
+                        event: get(row, "event")?,
+                    },
                 })
             })
             .collect()

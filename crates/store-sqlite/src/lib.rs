@@ -45,7 +45,8 @@ const MIGRATION_0001: &str = include_str!("../migrations/0001_initial.sql");
 const MIGRATION_0002: &str = include_str!("../migrations/0002_compartments.sql");
 const MIGRATION_0003: &str = include_str!("../migrations/0003_history_order.sql");
 const MIGRATION_0004: &str = include_str!("../migrations/0004_access.sql");
-const SCHEMA_VERSION: &str = "4";
+const MIGRATION_0005: &str = include_str!("../migrations/0005_audit_search.sql");
+const SCHEMA_VERSION: &str = "5";
 
 /// Compartments written before schema 4 (or re-created by a re-index) get their facility from
 /// the SS-MIX2 adapter's source key of their Patient (`ssmix2:<10-digit code>:…`).
@@ -156,6 +157,10 @@ impl SqliteStore {
                 .execute(&mut *connection)
                 .await
                 .map_err(db_error)?;
+            sqlx::raw_sql(MIGRATION_0005)
+                .execute(&mut *connection)
+                .await
+                .map_err(db_error)?;
             sqlx::query("INSERT INTO store_meta (key, value) VALUES ('schema_version', ?), ('registry_version', ?)")
                 .bind(SCHEMA_VERSION)
                 .bind(REGISTRY_VERSION.to_string())
@@ -206,13 +211,25 @@ impl SqliteStore {
                 .execute(&mut *transaction)
                 .await
                 .map_err(db_error)?;
-            sqlx::query("UPDATE store_meta SET value = ?1 WHERE key = 'schema_version'")
-                .bind(SCHEMA_VERSION)
+            sqlx::query("UPDATE store_meta SET value = '4' WHERE key = 'schema_version'")
                 .execute(&mut *transaction)
                 .await
                 .map_err(db_error)?;
             transaction.commit().await.map_err(db_error)?;
-            schema = Some(SCHEMA_VERSION.to_owned());
+            schema = Some("4".to_owned());
+        }
+        if schema.as_deref() == Some("4") {
+            let mut transaction = connection.begin().await.map_err(db_error)?;
+            sqlx::raw_sql(MIGRATION_0005)
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+            sqlx::query("UPDATE store_meta SET value = '5' WHERE key = 'schema_version'")
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+            transaction.commit().await.map_err(db_error)?;
+            schema = Some("5".to_owned());
         }
         if schema.as_deref() != Some(SCHEMA_VERSION) {
             return Err(StoreError::Unsupported(format!(

@@ -545,28 +545,92 @@ pub async fn governance_records_are_checked_and_audit_is_append_only<S: Store + 
     );
     assert_eq!(store.holder("nobody").await.unwrap(), None);
 
-    let record = crate::governance::AuditRecord {
+    use crate::governance::{AuditFilter, AuditRecord};
+    let record = |id: &str, patient: &str, facility: Option<&str>| AuditRecord {
+        id: id.into(),
         recorded: NOW,
-        patient: Some("h1-none".into()),
+        patient: Some(patient.into()),
+        facility: facility.map(Into::into),
         event: b"{}".to_vec(),
     };
-    store.append_audit(&[record.clone(), record]).await.unwrap();
-    assert_eq!(store.audit_count().await.unwrap(), 2);
+    store
+        .append_audit(&[
+            record("a1", "h1-none", Some(C1)),
+            record("a2", "h1-none", Some(H2)),
+            record("a3", "h2-only", Some(C1)),
+            record("a4", "h2-only", None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.audit_count().await.unwrap(), 4);
+    let ids = |listed: Vec<crate::governance::ListedAudit>| {
+        listed.into_iter().map(|l| l.record.id).collect::<Vec<_>>()
+    };
+    let all = AuditFilter {
+        limit: 10,
+        ..AuditFilter::default()
+    };
+    let filtered = |change: &dyn Fn(&mut AuditFilter)| {
+        let mut filter = all.clone();
+        change(&mut filter);
+        filter
+    };
+    // Newest first; by patient, by id, by time.
     assert_eq!(
-        store
-            .audit(Some("h1-none"), None, None, 10)
+        ids(store.audit(&all).await.unwrap()),
+        ["a4", "a3", "a2", "a1"]
+    );
+    assert_eq!(
+        ids(store
+            .audit(&filtered(&|f| f.patient = Some("h1-none".into())))
             .await
-            .unwrap()
-            .len(),
-        2
+            .unwrap()),
+        ["a2", "a1"]
+    );
+    assert_eq!(
+        ids(store
+            .audit(&filtered(&|f| f.id = Some("a3".into())))
+            .await
+            .unwrap()),
+        ["a3"]
     );
     assert!(
         store
-            .audit(Some("h1-c1"), None, None, 10)
+            .audit(&filtered(&|f| f.from = Some(NOW + 1)))
             .await
             .unwrap()
             .is_empty()
     );
+    // An administrator of H1 sees what happened to H1's patients; one of C1 what C1's people
+    // did; H2 holds h2-only.
+    assert_eq!(
+        ids(store
+            .audit(&filtered(&|f| f.facility = Some(H1.into())))
+            .await
+            .unwrap()),
+        ["a2", "a1"]
+    );
+    assert_eq!(
+        ids(store
+            .audit(&filtered(&|f| f.facility = Some(C1.into())))
+            .await
+            .unwrap()),
+        ["a3", "a1"]
+    );
+    assert_eq!(
+        ids(store
+            .audit(&filtered(&|f| f.facility = Some(H2.into())))
+            .await
+            .unwrap()),
+        ["a4", "a3", "a2"]
+    );
+    // Paging continues after a page's last position.
+    let first = store.audit(&filtered(&|f| f.limit = 3)).await.unwrap();
+    let next = store
+        .audit(&filtered(&|f| f.before = Some(first[2].position)))
+        .await
+        .unwrap();
+    assert_eq!(ids(next), ["a1"]);
 
     // Assertion ids are single-use until they expire.
     assert!(

@@ -129,12 +129,45 @@ pub struct LinkedRecord {
 /// An audit record ready to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {
+    /// The AuditEvent's logical id.
+    pub id: String,
     /// Microseconds.
     pub recorded: i64,
     /// The Patient logical id the event is about, if any.
     pub patient: Option<String>,
+    /// The facility of the requesting agent, when one was authenticated.
+    pub facility: Option<String>,
     /// The AuditEvent, serialized.
     pub event: Vec<u8>,
+}
+
+/// Which audit records to list, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only the record with this AuditEvent id.
+    pub id: Option<String>,
+    /// Only records about this Patient logical id.
+    pub patient: Option<String>,
+    /// Recorded at or after (microseconds).
+    pub from: Option<i64>,
+    /// Recorded before (microseconds).
+    pub to: Option<i64>,
+    /// An administrator's facility: only records about patients it holds, or made by its own
+    /// agents. `None` for the operator.
+    pub facility: Option<String>,
+    /// Records older than this position only (the `position` of the last record of a page).
+    pub before: Option<i64>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// A listed audit record with its position in the trail (for paging).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedAudit {
+    /// Append order.
+    pub position: i64,
+    /// The record.
+    pub record: AuditRecord,
 }
 
 /// A stored token-signing key.
@@ -196,14 +229,8 @@ pub trait Governance: Send + Sync {
 
     /// Appends audit records in one transaction.
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError>;
-    /// Audit records, newest first: about `patient` if given, recorded in [`from`, `to`).
-    async fn audit(
-        &self,
-        patient: Option<&str>,
-        from: Option<i64>,
-        to: Option<i64>,
-        limit: usize,
-    ) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Audit records matching `filter`, newest first.
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<ListedAudit>, StoreError>;
     /// The number of audit records.
     async fn audit_count(&self) -> Result<u64, StoreError>;
 

@@ -1,0 +1,8 @@
+-- Schema 5: audit records become searchable over FHIR (AuditEvent?patient=&date=, read by id)
+-- and an administrator sees the events of their own facility's agents: each record keeps the
+-- AuditEvent's id and the requesting agent's facility. Adding columns changes no record
+-- (records written before this schema keep NULL and are found by patient and date only).
+ALTER TABLE audit ADD COLUMN id TEXT;
+ALTER TABLE audit ADD COLUMN facility TEXT;
+CREATE INDEX audit_id ON audit (id);
+CREATE INDEX audit_facility ON audit (facility, recorded);
