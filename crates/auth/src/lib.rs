@@ -70,7 +70,13 @@ impl Principal {
 
     /// Scope and role both allow `interaction` on `resource_type`.
     pub fn may(&self, resource_type: &str, interaction: Interaction) -> bool {
-        self.role.may_read(resource_type)
+        let role_allows = match interaction {
+            Interaction::Read | Interaction::Search => self.role.may_read(resource_type),
+            Interaction::Create | Interaction::Update | Interaction::Delete => {
+                self.role.may_write(resource_type)
+            }
+        };
+        role_allows
             && self
                 .scopes
                 .allows(self.context(), resource_type, interaction)

@@ -116,6 +116,18 @@ impl Role {
         table.contains(&resource_type)
     }
 
+    /// True when the role may create, change or delete resources of `resource_type` through the
+    /// API (subject to scope, and to the rules of the write itself: an invitation only by the
+    /// facility holding the patient). Clinical data arrives through the adapters, never here.
+    pub fn may_write(self, resource_type: &str) -> bool {
+        match resource_type {
+            // An invitation (consent) is recorded by the holding facility's clinicians or its
+            // administrator.
+            "Consent" => matches!(self, Role::Doctor | Role::Nurse | Role::Administrator),
+            _ => false,
+        }
+    }
+
     /// True when the role may read the audit trail.
     pub fn may_read_audit(self) -> bool {
         self.may_read("AuditEvent")

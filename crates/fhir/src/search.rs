@@ -12,7 +12,7 @@ use tsunagi_core::{normalize::search_key, time::fhir_date_range};
 use crate::systems::canonical;
 
 /// Bumped whenever the registry or extraction rules change.
-pub const REGISTRY_VERSION: u32 = 3;
+pub const REGISTRY_VERSION: u32 = 4;
 
 /// FHIR search-parameter types that are indexed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +180,27 @@ params! {
     242 "NutritionOrder" "datetime" Date ["dateTime"];
     243 "NutritionOrder" "status" Token ["status"];
     244 "NutritionOrder" "encounter" Reference ["encounter"];
+    260 "Organization" "identifier" Token ["identifier"];
+    261 "Organization" "name" String ["name", "alias"];
+    262 "Organization" "type" Token ["type"];
+    263 "Organization" "active" Token ["active"];
+    280 "Practitioner" "identifier" Token ["identifier"];
+    281 "Practitioner" "name" String ["name"];
+    282 "Practitioner" "active" Token ["active"];
+    300 "PractitionerRole" "identifier" Token ["identifier"];
+    301 "PractitionerRole" "practitioner" Reference ["practitioner"];
+    302 "PractitionerRole" "organization" Reference ["organization"];
+    303 "PractitionerRole" "role" Token ["code"];
+    304 "PractitionerRole" "active" Token ["active"];
+    320 "Consent" "identifier" Token ["identifier"];
+    321 "Consent" "patient" Reference ["patient"];
+    322 "Consent" "status" Token ["status"];
+    323 "Consent" "scope" Token ["scope"];
+    324 "Consent" "category" Token ["category"];
+    325 "Consent" "period" Date ["provision.period"];
+    326 "Consent" "actor" Reference ["provision.actor.reference"];
+    327 "Consent" "organization" Reference ["organization"];
+    328 "Consent" "date" Date ["dateTime"];
 }
 
 /// Parameters that search exactly the rows of another parameter of the same resource (same
@@ -212,6 +233,7 @@ pub const COMPARTMENT_PARAMS: &[(&str, &str)] = &[
     ("ServiceRequest", "patient"),
     ("Coverage", "beneficiary"),
     ("NutritionOrder", "patient"),
+    ("Consent", "patient"),
 ];
 
 /// The code of the parameter that places `resource_type` in a patient's compartment.

@@ -79,6 +79,14 @@ pub fn capability_statement(base_url: &str, date: &str) -> Value {
                 "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
             }]);
         }
+        if resource_type == "Consent" {
+            resource["interaction"] = json!([
+                {"code": "read"}, {"code": "vread"}, {"code": "search-type"},
+                {"code": "history-instance"}, {"code": "history-type"},
+                {"code": "create", "documentation": "An invitation by the facility holding the patient's record: one provision.actor with role IRCP names the invited facility."},
+                {"code": "update", "documentation": "Withdrawal only: status inactive, by the disclosing facility."}
+            ]);
+        }
         if resource_type == "Observation" {
             resource["operation"] = json!([{
                 "name": "lastn",
@@ -113,7 +121,7 @@ pub fn capability_statement(base_url: &str, date: &str) -> Value {
         "instantiates": ["http://jpfhir.jp/fhir/core/CapabilityStatement/jp-core-server"],
         "rest": [{
             "mode": "server",
-            "documentation": "Clinical resources are read-only on this API: they arrive through the adapters.",
+            "documentation": "Clinical resources are read-only on this API: they arrive through the adapters. Consents are written here (invitation and withdrawal).",
             "security": {
                 "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]}],
                 "description": "Every request but this statement needs a bearer token from the token endpoint (SMART Backend Services, private_key_jwt); see /.well-known/smart-configuration. Each patient's data is visible only to the facility that holds it and the facilities a consent names."

@@ -13,6 +13,7 @@ mod audit_api;
 #[cfg(feature = "bench-baseline")]
 pub mod baseline;
 pub mod capability;
+mod consent_api;
 pub mod format;
 pub mod outcome;
 pub mod security;
@@ -315,6 +316,7 @@ async fn type_level(
     Path(resource_type): Path<String>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     let pairs = decode_pairs(raw.as_deref());
     if resource_type == "_history" && method == Method::GET {
@@ -323,6 +325,9 @@ async fn type_level(
     valid_type(&resource_type)?;
     match method {
         Method::GET => search(&state, &caller, &resource_type, pairs, &headers).await,
+        Method::POST if resource_type == "Consent" => {
+            consent_api::create(&state, &caller, &headers, &body).await
+        }
         _ => Err(ApiError::read_only(
             method.as_str(),
             &format!("/fhir/{resource_type}"),
@@ -361,6 +366,9 @@ async fn instance_level(
             history_listing(&state, &caller, Some(&resource_type), &headers, &pairs).await
         }
         (Method::GET, _) => read(&state, &caller, &resource_type, &id, &headers, &pairs).await,
+        (Method::PUT, _) if resource_type == "Consent" => {
+            consent_api::update(&state, &caller, &id, &headers, &body).await
+        }
         _ => Err(ApiError::read_only(
             method.as_str(),
             &format!("/fhir/{resource_type}/{id}"),

@@ -35,6 +35,24 @@ impl ApiError {
         }
     }
 
+    /// 422: well-formed, but breaks a business rule.
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "business-rule",
+            message: message.into(),
+        }
+    }
+
+    /// 415: the body is not FHIR JSON.
+    pub fn unsupported_media(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code: "not-supported",
+            message: message.into(),
+        }
+    }
+
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self {

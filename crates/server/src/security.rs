@@ -596,6 +596,12 @@ fn interaction_of(method: &str, path: &str) -> (&'static str, &'static str) {
         .filter(|s| !s.is_empty())
         .collect();
     let read = if method == "GET" { "R" } else { "E" };
+    match (method, segments.as_slice()) {
+        ("POST", [_]) => return ("create", "C"),
+        ("PUT" | "PATCH", [_, _]) => return ("update", "U"),
+        ("DELETE", [_, _]) => return ("delete", "D"),
+        _ => {}
+    }
     match segments.as_slice() {
         ["_history"] => ("history-system", "R"),
         [_, "_history"] => ("history-type", "R"),

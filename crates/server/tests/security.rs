@@ -250,7 +250,8 @@ async fn roles_and_scopes_narrow_and_snapshots_belong_to_their_principal() {
     )
     .await;
     assert_eq!(reply.status, 200);
-    // $everything leaves out what the role may not read.
+    // $everything leaves out what the role may not read: the care manager gets the Patient and
+    // the invitation's Consent, not the Observations.
     let everything = request(
         addr,
         "GET",
@@ -260,7 +261,8 @@ async fn roles_and_scopes_narrow_and_snapshots_belong_to_their_principal() {
     )
     .await
     .json();
-    assert_eq!(everything["total"], 1);
+    assert_eq!(everything["total"], 2);
+    assert_eq!(support::entry_ids(&everything), ["shared", "invite-1"]);
     // A token scoped to Patient only.
     let narrow = format!(
         "Bearer {}",
@@ -483,6 +485,256 @@ async fn administrators_search_the_audit_trail_over_fhir() {
     let before = store.audit_count().await.unwrap();
     as_admin("/fhir/AuditEvent?patient=shared", &hospital_admin).await;
     assert_eq!(store.audit_count().await.unwrap(), before + 1);
+}
+
+/// The directory and consents are FHIR resources: everyone authenticated reads the directory;
+/// the holding facility invites and withdraws over FHIR, and the next request sees the change.
+#[tokio::test]
+async fn the_directory_is_readable_and_consents_are_managed_over_fhir() {
+    let (addr, store, _dir) = region().await;
+    store
+        .put_participant(&Participant {
+            id: "dr-hosp".into(),
+            name: "荘内 太郎".into(),
+            facility: FACILITY.into(),
+            role: "doctor".into(),
+            active: true,
+        })
+        .await
+        .unwrap();
+    let bearer = |token: String| format!("Bearer {token}");
+    let hospital = bearer(user_token(&store, "dr-hosp", "user/*.rs user/Consent.cu").await);
+    let clinic = bearer(user_token(&store, "dr-clinic", "user/*.rs user/Consent.cu").await);
+    let care = bearer(user_token(&store, "cm-clinic", "user/*.rs user/Consent.cu").await);
+    let call = |method: &'static str, target: String, auth: String, body: String| async move {
+        request(
+            addr,
+            method,
+            &target,
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", "application/fhir+json"),
+            ],
+            &body,
+        )
+        .await
+    };
+    let get =
+        |target: &str, auth: &str| call("GET", target.to_owned(), auth.to_owned(), String::new());
+
+    // The directory.
+    let reply = get(&format!("/fhir/Organization/{CLINIC}"), &clinic).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["type"][0]["coding"][0]["code"], "clinic");
+    let roles = get(
+        &format!("/fhir/PractitionerRole?organization=Organization/{CLINIC}&_include=PractitionerRole:practitioner"),
+        &hospital,
+    )
+    .await
+    .json();
+    let mut ids: Vec<String> = roles["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["resource"]["resourceType"].as_str().unwrap(),
+                e["resource"]["id"].as_str().unwrap()
+            )
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            "Practitioner/cm-clinic",
+            "Practitioner/dr-clinic",
+            "PractitionerRole/cm-clinic",
+            "PractitionerRole/dr-clinic"
+        ]
+    );
+
+    // An invitation from the hospital to the clinic, for the patient it holds.
+    let invitation = |patient: &str, to: &str| {
+        json!({
+            "resourceType": "Consent",
+            "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"reference": format!("Patient/{patient}")},
+            "provision": {
+                "type": "permit",
+                "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                           "reference": {"reference": format!("Organization/{to}")}}]
+            }
+        })
+        .to_string()
+    };
+    assert_eq!(get("/fhir/Patient/private", &clinic).await.status, 404);
+    let created = call(
+        "POST",
+        "/fhir/Consent".into(),
+        hospital.clone(),
+        invitation("private", CLINIC),
+    )
+    .await;
+    assert_eq!(
+        created.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
+    assert_eq!(created.header("etag"), Some("W/\"1\""));
+    let consent = created.json();
+    let id = consent["id"].as_str().unwrap().to_owned();
+    assert!(
+        created
+            .header("location")
+            .unwrap()
+            .ends_with(&format!("/fhir/Consent/{id}/_history/1"))
+    );
+    assert_eq!(consent["status"], "active");
+    assert_eq!(
+        consent["organization"][0]["reference"],
+        format!("Organization/{FACILITY}")
+    );
+    // The very next request of the clinic sees the patient, and the consent itself.
+    assert_eq!(get("/fhir/Patient/private", &clinic).await.status, 200);
+    let listed = get("/fhir/Consent?patient=private&status=active", &clinic)
+        .await
+        .json();
+    assert_eq!(support::entry_ids(&listed), [id.as_str()]);
+
+    // Refusals: the clinic does not hold the record; a care manager's role may not invite;
+    // a patient nobody has and one the caller may not see answer alike; bad bodies.
+    let reply = call(
+        "POST",
+        "/fhir/Consent".into(),
+        clinic.clone(),
+        invitation("shared", FACILITY),
+    )
+    .await;
+    assert_eq!(reply.status, 403);
+    let reply = call(
+        "POST",
+        "/fhir/Consent".into(),
+        care.clone(),
+        invitation("shared", FACILITY),
+    )
+    .await;
+    assert_eq!(reply.status, 403);
+    let other = bearer(user_token(&store, "dr-clinic", "user/*.rs user/Consent.cu").await);
+    store
+        .put_facility(&Facility {
+            code: "0610999992".into(),
+            name: "他院".into(),
+            kind: "clinic".into(),
+        })
+        .await
+        .unwrap();
+    let absent = call(
+        "POST",
+        "/fhir/Consent".into(),
+        other.clone(),
+        invitation("nobody", CLINIC),
+    )
+    .await;
+    assert_eq!(absent.status, 404);
+    for (body, status) in [
+        (invitation("private", "0000000000"), 422),
+        (invitation("private", FACILITY), 422),
+        (
+            invitation("private", CLINIC).replace("\"active\"", "\"draft\""),
+            422,
+        ),
+        (invitation("private", CLINIC).replace("IRCP", "CST"), 422),
+        ("{not json".to_owned(), 400),
+        (json!({"resourceType": "Patient"}).to_string(), 400),
+    ] {
+        let reply = call(
+            "POST",
+            "/fhir/Consent".into(),
+            hospital.clone(),
+            body.clone(),
+        )
+        .await;
+        assert_eq!(reply.status, status, "{body}");
+        assert_eq!(reply.json()["resourceType"], "OperationOutcome");
+    }
+    let reply = request(
+        addr,
+        "POST",
+        "/fhir/Consent",
+        &[
+            ("authorization", hospital.as_str()),
+            ("content-type", "text/plain"),
+        ],
+        &invitation("private", CLINIC),
+    )
+    .await;
+    assert_eq!(reply.status, 415);
+
+    // Withdrawal: only the disclosing facility, only to inactive; it holds for the next request.
+    let mut withdrawn = consent.clone();
+    withdrawn["status"] = json!("inactive");
+    let reply = call(
+        "PUT",
+        format!("/fhir/Consent/{id}"),
+        clinic.clone(),
+        withdrawn.to_string(),
+    )
+    .await;
+    assert_eq!(reply.status, 403);
+    let mut changed = consent.clone();
+    changed["status"] = json!("rejected");
+    let reply = call(
+        "PUT",
+        format!("/fhir/Consent/{id}"),
+        hospital.clone(),
+        changed.to_string(),
+    )
+    .await;
+    assert_eq!(reply.status, 422);
+    let reply = call(
+        "PUT",
+        format!("/fhir/Consent/{id}"),
+        hospital.clone(),
+        withdrawn.to_string(),
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.json()["status"], "inactive");
+    assert_eq!(reply.header("etag"), Some("W/\"2\""));
+    assert_eq!(get("/fhir/Patient/private", &clinic).await.status, 404);
+    assert_eq!(
+        get(&format!("/fhir/Consent/{id}"), &clinic).await.status,
+        404
+    );
+
+    // The invitation and the withdrawal are audited as create and update of the patient's data.
+    let events = store
+        .audit(&AuditFilter {
+            patient: Some("private".into()),
+            limit: 100,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    let subtypes: Vec<String> = events
+        .iter()
+        .map(|e| {
+            let event: serde_json::Value = serde_json::from_slice(&e.record.event).unwrap();
+            event["subtype"][0]["code"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert!(subtypes.contains(&"create".to_owned()), "{subtypes:?}");
+    assert!(subtypes.contains(&"update".to_owned()), "{subtypes:?}");
 }
 
 #[tokio::test]

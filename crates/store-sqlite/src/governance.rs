@@ -5,11 +5,12 @@
 
 use sqlx::{Row, SqliteConnection, sqlite::SqliteRow};
 use tsunagi_store::{
-    StoreError,
+    Batch, Operation, StoreError,
     governance::{
         AuditFilter, AuditRecord, Client, Consent, Facility, Governance, LinkedRecord, ListedAudit,
         Participant, StoredKey,
     },
+    projection,
 };
 
 use crate::{SqliteStore, begin, db_error, json_list};
@@ -96,9 +97,49 @@ async fn compartment_of(
         .transpose()
 }
 
+/// The columns `consent_from_row` reads, of `consents k`.
+const CONSENT_COLUMNS: &str = "k.id, k.patient, k.disclosing, k.viewing, k.start, k.\"end\", k.withdrawn_at, k.source, k.created_by, k.created_at";
+
+impl SqliteStore {
+    /// Writes a record's FHIR projection in the record's own transaction.
+    async fn project(
+        &self,
+        connection: &mut SqliteConnection,
+        operation: Operation,
+    ) -> Result<(), StoreError> {
+        self.apply_in(
+            connection,
+            Batch {
+                operations: vec![operation],
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Rewrites consent `id`'s Consent resource from its row as it now stands.
+    async fn project_consent(
+        &self,
+        connection: &mut SqliteConnection,
+        id: &str,
+    ) -> Result<(), StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONSENT_COLUMNS} FROM consents k WHERE k.id = ?1"
+        )))
+        .bind(id)
+        .fetch_one(&mut *connection)
+        .await
+        .map_err(db_error)?;
+        let consent = consent_from_row(&row)?;
+        self.project(connection, projection::consent(&consent)?)
+            .await
+    }
+}
+
 #[async_trait::async_trait]
 impl Governance for SqliteStore {
     async fn put_facility(&self, facility: &Facility) -> Result<(), StoreError> {
+        let mut transaction = begin(&self.pool).await?;
         sqlx::query(
             "INSERT INTO facilities (code, name, kind, created_at) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (code) DO UPDATE SET name = excluded.name, kind = excluded.kind",
@@ -107,10 +148,12 @@ impl Governance for SqliteStore {
         .bind(&facility.name)
         .bind(&facility.kind)
         .bind(self.clock.now_micros())
-        .execute(&self.pool)
+        .execute(&mut *transaction)
         .await
         .map_err(db_error)?;
-        Ok(())
+        self.project(&mut transaction, projection::facility(facility)?)
+            .await?;
+        transaction.commit().await.map_err(db_error)
     }
 
     async fn facilities(&self) -> Result<Vec<Facility>, StoreError> {
@@ -145,6 +188,8 @@ impl Governance for SqliteStore {
         .execute(&mut *transaction)
         .await
         .map_err(db_error)?;
+        self.project(&mut transaction, projection::participant(participant)?)
+            .await?;
         transaction.commit().await.map_err(db_error)
     }
 
@@ -326,6 +371,7 @@ impl Governance for SqliteStore {
         .await
         .map_err(db_error)?;
         recompute(&mut transaction, std::slice::from_ref(&consent.id)).await?;
+        self.project_consent(&mut transaction, &consent.id).await?;
         transaction.commit().await.map_err(db_error)
     }
 
@@ -347,18 +393,18 @@ impl Governance for SqliteStore {
             .map_err(db_error)?;
         if changed > 0 {
             recompute(&mut transaction, &[id.to_owned()]).await?;
+            self.project_consent(&mut transaction, id).await?;
         }
         transaction.commit().await.map_err(db_error)?;
         Ok(exists.is_some())
     }
 
     async fn consents(&self, patient: Option<&str>) -> Result<Vec<Consent>, StoreError> {
-        const COLUMNS: &str = "k.id, k.patient, k.disclosing, k.viewing, k.start, k.\"end\", k.withdrawn_at, k.source, k.created_by, k.created_at";
         let rows = match patient {
             // The person's consents: recorded against this record or any record linked with it.
             Some(patient) => {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {COLUMNS} FROM consents k WHERE k.patient = ?1 OR k.patient IN ( \
+                    "SELECT {CONSENT_COLUMNS} FROM consents k WHERE k.patient = ?1 OR k.patient IN ( \
                      SELECT c.patient FROM compartments p JOIN patient_links l1 ON l1.compartment = p.id \
                      JOIN patient_links l2 ON l2.regional = l1.regional JOIN compartments c ON c.id = l2.compartment \
                      WHERE p.patient = ?1) ORDER BY k.id"
@@ -369,7 +415,7 @@ impl Governance for SqliteStore {
             }
             None => {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {COLUMNS} FROM consents k ORDER BY k.id"
+                    "SELECT {CONSENT_COLUMNS} FROM consents k ORDER BY k.id"
                 )))
                 .fetch_all(&self.pool)
                 .await

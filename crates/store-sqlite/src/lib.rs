@@ -249,6 +249,36 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Applies `batch` inside the caller's transaction (the governance records write their FHIR
+    /// projection with it, so both commit or neither does).
+    pub(crate) async fn apply_in(
+        &self,
+        connection: &mut SqliteConnection,
+        batch: Batch,
+    ) -> Result<ApplyStats, StoreError> {
+        let mut writer = BatchWriter {
+            now: self.clock.now_micros(),
+            next_rid: 1,
+            existing: HashMap::new(),
+            by_source: HashMap::new(),
+            pending_rows: Vec::new(),
+            pending_positions: HashMap::new(),
+            pending_history: Vec::new(),
+            pending_index: HashMap::new(),
+            compartments: CompartmentIds::default(),
+            checkpoints: std::collections::BTreeMap::new(),
+            systems: SystemIds::default(),
+            stats: ApplyStats::default(),
+        };
+        writer.preload(connection, &batch).await?;
+        for operation in batch.operations {
+            writer.apply(connection, operation).await?;
+        }
+        writer.flush(connection).await?;
+        writer.flush_checkpoints(connection).await?;
+        Ok(writer.stats)
+    }
+
     /// Rebuilds every index row from stored content (after a search-registry change).
     pub async fn reindex(&self) -> Result<(), StoreError> {
         Self::reindex_pool(&self.pool).await
@@ -1209,28 +1239,9 @@ async fn begin(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, StoreE
 impl Store for SqliteStore {
     async fn apply(&self, batch: Batch) -> Result<ApplyStats, StoreError> {
         let mut transaction = begin(&self.pool).await?;
-        let mut writer = BatchWriter {
-            now: self.clock.now_micros(),
-            next_rid: 1,
-            existing: HashMap::new(),
-            by_source: HashMap::new(),
-            pending_rows: Vec::new(),
-            pending_positions: HashMap::new(),
-            pending_history: Vec::new(),
-            pending_index: HashMap::new(),
-            compartments: CompartmentIds::default(),
-            checkpoints: std::collections::BTreeMap::new(),
-            systems: SystemIds::default(),
-            stats: ApplyStats::default(),
-        };
-        writer.preload(&mut transaction, &batch).await?;
-        for operation in batch.operations {
-            writer.apply(&mut transaction, operation).await?;
-        }
-        writer.flush(&mut transaction).await?;
-        writer.flush_checkpoints(&mut transaction).await?;
+        let stats = self.apply_in(&mut transaction, batch).await?;
         transaction.commit().await.map_err(db_error)?;
-        Ok(writer.stats)
+        Ok(stats)
     }
 
     async fn read(

@@ -234,15 +234,27 @@ fn ids_of(resources: &[crate::StoredResource]) -> BTreeSet<String> {
         .collect()
 }
 
+/// Everything stored in `patient`'s compartment: its record and the Consent resources of the
+/// consents recorded against it (each consent's FHIR projection).
+fn stored(patient: &str) -> Vec<String> {
+    let mut tids: Vec<String> = record(patient).into_iter().map(|w| w.tid).collect();
+    for (n, row) in consents().into_iter().enumerate() {
+        if row.0 == patient {
+            tids.push(format!("Consent/k{n}"));
+        }
+    }
+    tids
+}
+
 fn expected(viewer: &str, types: &[&str]) -> BTreeSet<String> {
     let mut set = BTreeSet::new();
     for (patient, _) in PATIENTS {
         if !permitted(viewer, patient) {
             continue;
         }
-        for write in record(patient) {
-            if types.contains(&write.resource_type.as_str()) {
-                set.insert(write.tid);
+        for tid in stored(patient) {
+            if types.iter().any(|t| tid.starts_with(&format!("{t}/"))) {
+                set.insert(tid);
             }
         }
     }
@@ -286,9 +298,22 @@ pub async fn every_read_returns_exactly_the_permitted_set<S: Store + Governance>
             "{}",
             context("name search")
         );
-        // The directory is everyone's.
+        // The directory is everyone's: the facilities' Organizations and one more.
         let (found, _) = search_ids(store, &access, "Organization", &[]).await;
-        assert_eq!(found.len(), 1, "{}", context("directory"));
+        assert_eq!(
+            found.len(),
+            FACILITIES.len() + 1,
+            "{}",
+            context("directory")
+        );
+        // Consents are part of their patient's record.
+        let (found, _) = search_ids(store, &access, "Consent", &[]).await;
+        assert_eq!(
+            found,
+            expected(viewer, &["Consent"]),
+            "{}",
+            context("Consent")
+        );
 
         for (patient, _) in PATIENTS {
             let visible = permitted(viewer, patient);
@@ -353,7 +378,7 @@ pub async fn every_read_returns_exactly_the_permitted_set<S: Store + Governance>
             if visible {
                 for member in person(patient) {
                     if permitted(viewer, member) {
-                        want.extend(record(member).into_iter().map(|w| w.tid));
+                        want.extend(stored(member));
                     }
                 }
             }
@@ -429,9 +454,18 @@ pub async fn every_read_returns_exactly_the_permitted_set<S: Store + Governance>
             .unwrap();
         let mut want = expected(
             viewer,
-            &["Patient", "Observation", "Condition", "Encounter"],
+            &[
+                "Patient",
+                "Observation",
+                "Condition",
+                "Encounter",
+                "Consent",
+            ],
         );
         want.insert("Organization/org-h1".into());
+        for (code, _) in FACILITIES {
+            want.insert(format!("Organization/{code}"));
+        }
         assert_eq!(ids_of(&history), want, "{}", context("system history"));
     }
 }
@@ -475,13 +509,20 @@ pub async fn withdrawal_and_unlinking_take_effect_at_once<S: Store + Governance>
         .compartment(&h1, "h1-linked", &[], None)
         .await
         .unwrap();
-    assert_eq!(keys.len(), 10);
+    assert_eq!(
+        keys.len(),
+        stored("h1-linked").len() + stored("h2-linked").len()
+    );
     store.unlink("h2-linked").await.unwrap();
     let keys = store
         .compartment(&h1, "h1-linked", &[], None)
         .await
         .unwrap();
-    assert_eq!(keys.len(), 5, "only H1's own record once unlinked");
+    assert_eq!(
+        keys.len(),
+        stored("h1-linked").len(),
+        "only H1's own record once unlinked"
+    );
     assert!(
         store
             .read(&h1, "Patient", "h2-linked")

@@ -22,6 +22,7 @@ pub mod conformance;
 #[cfg(feature = "conformance")]
 pub mod conformance_access;
 pub mod governance;
+pub mod projection;
 
 pub use governance::{Access, Governance};
 #[cfg(feature = "conformance")]

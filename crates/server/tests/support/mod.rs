@@ -92,10 +92,13 @@ pub async fn request(
         }
     }
     if !body.is_empty() {
-        text.push_str(&format!(
-            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        {
+            text.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
+        }
+        text.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     text.push_str("\r\n");
     text.push_str(body);

@@ -1,0 +1,263 @@
+//! Consent over FHIR (IHE PCF style): the facility holding a patient's record invites another
+//! facility by `POST /fhir/Consent`, and withdraws by `PUT /fhir/Consent/{id}` with status
+//! `inactive`. The governance record is the truth; the Consent resource is its projection,
+//! written in the same transaction, so the next request already sees the new permitted set.
+
+use axum::{
+    body::Bytes,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::Response,
+};
+use serde_json::Value;
+use tsunagi_auth::{Interaction, token::random_id};
+use tsunagi_core::time::fhir_date_range;
+use tsunagi_store::governance::Consent;
+
+use crate::{AppState, base_url, etag, json_response, outcome::ApiError, security::Caller};
+
+/// An invitation without an end lasts until it is withdrawn (9999-12-31T23:59:59Z).
+const OPEN_END: i64 = 253_402_300_799_000_000;
+
+/// Reads a JSON request body that must be a `Consent`.
+fn consent_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    if !matches!(media, "application/fhir+json" | "application/json") {
+        return Err(ApiError::unsupported_media(format!(
+            "send the Consent as application/fhir+json (got {:?})",
+            content_type
+        )));
+    }
+    let resource: Value = serde_json::from_slice(body).map_err(|error| {
+        ApiError::bad_request("invalid", format!("the body is not JSON: {error}"))
+    })?;
+    if resource["resourceType"] != "Consent" {
+        return Err(ApiError::bad_request(
+            "invalid",
+            "the body is not a Consent resource",
+        ));
+    }
+    Ok(resource)
+}
+
+/// The logical id of a `Type/id` reference (or of an identifier of the 医療機関コード system
+/// for organizations).
+fn referenced_id<'a>(reference: &'a Value, resource_type: &str) -> Option<&'a str> {
+    if let Some(text) = reference["reference"].as_str() {
+        return text.strip_prefix(resource_type)?.strip_prefix('/');
+    }
+    if resource_type == "Organization"
+        && reference["identifier"]["system"] == tsunagi_fhir::systems::MEDICAL_ORGANIZATION_ID
+    {
+        return reference["identifier"]["value"].as_str();
+    }
+    None
+}
+
+/// Microseconds of a FHIR date or dateTime: the start of its range, or its end.
+fn instant(text: &str, end: bool) -> Result<i64, ApiError> {
+    let (start, stop) = fhir_date_range(text).ok_or_else(|| {
+        ApiError::bad_request("invalid", format!("{text} is not a FHIR date or dateTime"))
+    })?;
+    Ok(if end { stop } else { start }.saturating_mul(1_000_000))
+}
+
+/// `POST /fhir/Consent`: an invitation from the caller's facility, which must hold the patient's
+/// record, to the one facility named as information recipient (`provision.actor` with role
+/// `IRCP`), for `provision.period` (from now and open-ended when absent).
+pub(crate) async fn create(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    caller.require("Consent", Interaction::Create)?;
+    let resource = consent_body(headers, body)?;
+    if resource["status"] != "active" {
+        return Err(ApiError::unprocessable(
+            "a new Consent must have status active",
+        ));
+    }
+    let patient = referenced_id(&resource["patient"], "Patient")
+        .ok_or_else(|| ApiError::bad_request("required", "Consent.patient must be Patient/<id>"))?
+        .to_owned();
+    crate::valid_id(&patient)?;
+    // One the caller may not see answers exactly like one that does not exist.
+    if state
+        .store
+        .read(&caller.access, "Patient", &patient)
+        .await?
+        .is_none_or(|p| p.deleted)
+    {
+        return Err(ApiError::not_found(format!(
+            "Patient/{patient} is not known"
+        )));
+    }
+    caller.touch_patient(&patient);
+    let facility = &caller.principal.facility;
+    if state
+        .governance
+        .holder(&patient)
+        .await?
+        .flatten()
+        .as_deref()
+        != Some(facility.as_str())
+    {
+        return Err(ApiError::forbidden(format!(
+            "only the facility holding Patient/{patient}'s record may invite another facility to it"
+        )));
+    }
+    let recipients: Vec<&str> = resource["provision"]["actor"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|actor| {
+            actor["role"]["coding"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|coding| coding["code"] == "IRCP")
+        })
+        .filter_map(|actor| referenced_id(&actor["reference"], "Organization"))
+        .collect();
+    let [viewing] = recipients.as_slice() else {
+        return Err(ApiError::unprocessable(
+            "name exactly one information recipient: provision.actor with role IRCP and reference Organization/<10-digit code>",
+        ));
+    };
+    if viewing == facility {
+        return Err(ApiError::unprocessable(
+            "a facility cannot invite itself: it already holds the record",
+        ));
+    }
+    if !state
+        .governance
+        .facilities()
+        .await?
+        .iter()
+        .any(|known| known.code == *viewing)
+    {
+        return Err(ApiError::unprocessable(format!(
+            "Organization/{viewing} is not a registered facility"
+        )));
+    }
+    let now = state.clock.now_micros();
+    let period = &resource["provision"]["period"];
+    let start = match period["start"].as_str() {
+        Some(text) => instant(text, false)?,
+        None => now,
+    };
+    let end = match period["end"].as_str() {
+        Some(text) => instant(text, true)?,
+        None => OPEN_END,
+    };
+    if end <= start {
+        return Err(ApiError::unprocessable(
+            "provision.period.end must be after its start",
+        ));
+    }
+    let id = random_id(16);
+    state
+        .governance
+        .put_consent(&Consent {
+            id: id.clone(),
+            patient,
+            disclosing: facility.clone(),
+            viewing: (*viewing).to_owned(),
+            start,
+            end,
+            withdrawn_at: None,
+            source: "invitation".to_owned(),
+            created_by: caller.principal.subject.clone(),
+            created_at: now,
+        })
+        .await?;
+    stored(state, caller, headers, &id, StatusCode::CREATED).await
+}
+
+/// `PUT /fhir/Consent/{id}` with status `inactive`: withdrawal, by the disclosing facility. The
+/// terms of a consent never change: any other update is refused.
+pub(crate) async fn update(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    crate::valid_id(id)?;
+    caller.require("Consent", Interaction::Update)?;
+    let resource = consent_body(headers, body)?;
+    if resource["id"] != id {
+        return Err(ApiError::bad_request(
+            "invalid",
+            format!("the body's id must be {id}"),
+        ));
+    }
+    let Some(current) = state.store.read(&caller.access, "Consent", id).await? else {
+        return Err(ApiError::not_found(format!("Consent/{id} is not known")));
+    };
+    caller.touch([&current]);
+    let patient = current.patient.clone().unwrap_or_default();
+    let record = state
+        .governance
+        .consents(Some(&patient))
+        .await?
+        .into_iter()
+        .find(|consent| consent.id == id)
+        .ok_or_else(|| ApiError::not_found(format!("Consent/{id} is not known")))?;
+    if record.disclosing != caller.principal.facility {
+        return Err(ApiError::forbidden(
+            "only the disclosing facility may withdraw its consent",
+        ));
+    }
+    match resource["status"].as_str() {
+        Some("inactive") => {
+            if record.withdrawn_at.is_none() {
+                state
+                    .governance
+                    .withdraw_consent(id, state.clock.now_micros())
+                    .await?;
+            }
+            stored(state, caller, headers, id, StatusCode::OK).await
+        }
+        Some("active") if record.withdrawn_at.is_none() => {
+            stored(state, caller, headers, id, StatusCode::OK).await
+        }
+        _ => Err(ApiError::unprocessable(
+            "a consent's terms never change: withdraw it (status inactive) and record a new one",
+        )),
+    }
+}
+
+/// The Consent as stored, with `Location` and `ETag`.
+async fn stored(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    id: &str,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
+    let resource = state
+        .store
+        .read(&caller.access, "Consent", id)
+        .await?
+        .ok_or_else(|| ApiError::internal(format!("Consent/{id} was not stored")))?;
+    let mut body = Vec::new();
+    resource.write_json(&mut body)?;
+    let mut response = json_response(status, body);
+    let base = base_url(state.settings.base_url.as_deref(), headers);
+    let response_headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&etag(resource.version)) {
+        response_headers.insert(header::ETAG, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&format!(
+        "{base}/Consent/{id}/_history/{}",
+        resource.version
+    )) {
+        response_headers.insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
