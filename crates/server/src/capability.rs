@@ -77,6 +77,10 @@ pub fn capability_statement(base_url: &str, date: &str) -> Value {
             resource["operation"] = json!([{
                 "name": "everything",
                 "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+            }, {
+                "name": "ihe-pix",
+                "definition": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix",
+                "documentation": "For system clients: the person's identifiers at other facilities, through regional links the caller's facility is party to."
             }]);
         }
         if resource_type == "Consent" {

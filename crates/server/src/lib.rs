@@ -16,6 +16,7 @@ pub mod capability;
 mod consent_api;
 pub mod format;
 pub mod outcome;
+mod pix;
 pub mod security;
 pub mod snapshot;
 
@@ -358,6 +359,9 @@ async fn instance_level(
         }
         (Method::GET | Method::POST, "$lastn") if resource_type == "Observation" => {
             lastn(&state, &caller, pairs, &headers).await
+        }
+        (Method::GET, "$ihe-pix") if resource_type == "Patient" => {
+            pix::ihe_pix(&state, &caller, &pairs, &headers).await
         }
         (Method::GET, operation) if operation.starts_with('$') => Err(ApiError::not_found(
             format!("{operation} is not an operation of {resource_type}"),

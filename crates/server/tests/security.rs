@@ -12,7 +12,7 @@ use tsunagi_server::{
     security::{Subject, issue_token, signing_keys},
 };
 use tsunagi_store::{
-    Governance,
+    Governance, Store,
     governance::{AuditFilter, Client, Consent, Facility, Participant},
 };
 
@@ -735,6 +735,160 @@ async fn the_directory_is_readable_and_consents_are_managed_over_fhir() {
         .collect();
     assert!(subtypes.contains(&"create".to_owned()), "{subtypes:?}");
     assert!(subtypes.contains(&"update".to_owned()), "{subtypes:?}");
+}
+
+/// IHE PIXm: a system client learns a person's identifiers at other facilities only through
+/// links its own facility is party to; an unknown and a hidden identifier answer alike.
+#[tokio::test]
+async fn ihe_pix_cross_references_only_links_the_caller_is_party_to() {
+    let (store, _dir) = fresh_store().await;
+    const OTHER: &str = "0610999993";
+    let mrn = |facility: &str| format!("urn:oid:1.2.392.100495.20.3.51.1{facility}");
+    let patient = |id: &str, facility: &str, value: &str| json!({"resourceType": "Patient", "id": id, "identifier": [{"system": mrn(facility), "value": value}]});
+    let addr = serve(store.clone(), Settings::default()).await;
+    store
+        .put_facility(&Facility {
+            code: OTHER.into(),
+            name: "日本海病院".into(),
+            kind: "hospital".into(),
+        })
+        .await
+        .unwrap();
+    replace(store.as_ref(), "a", vec![patient("a-1", FACILITY, "100")]).await;
+    replace(store.as_ref(), "a2", vec![patient("a-2", FACILITY, "200")]).await;
+    for (source, id, value) in [("b", "b-1", "900"), ("b2", "b-2", "800")] {
+        store
+            .apply(tsunagi_store::Batch {
+                operations: vec![tsunagi_store::Operation::ReplaceSource {
+                    source_key: source.into(),
+                    facility: OTHER.into(),
+                    resources: vec![support::write(patient(id, OTHER, value))],
+                }],
+            })
+            .await
+            .unwrap();
+    }
+    // a-1 (ours) and b-1 (the other hospital's) are one person; b-2 is linked with nobody of ours.
+    store.link("R-1", "a-1", "operator", NOW).await.unwrap();
+    store.link("R-1", "b-1", "operator", NOW).await.unwrap();
+    store.link("R-2", "b-2", "operator", NOW).await.unwrap();
+    let pix = |query: String| async move {
+        request(
+            addr,
+            "GET",
+            &format!("/fhir/Patient/$ihe-pix?{query}"),
+            &[],
+            "",
+        )
+        .await
+    };
+    let encode = |text: &str| form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
+    let reply = pix(format!(
+        "sourceIdentifier={}",
+        encode(&format!("{}|100", mrn(FACILITY)))
+    ))
+    .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let answer = reply.json();
+    assert_eq!(answer["resourceType"], "Parameters");
+    let parameters = answer["parameter"].as_array().unwrap();
+    let identifiers: Vec<&serde_json::Value> = parameters
+        .iter()
+        .filter(|p| p["name"] == "targetIdentifier")
+        .map(|p| &p["valueIdentifier"])
+        .collect();
+    assert_eq!(
+        identifiers.len(),
+        1,
+        "the other hospital's id, not the source itself"
+    );
+    assert_eq!(identifiers[0]["system"], mrn(OTHER));
+    assert_eq!(identifiers[0]["value"], "900");
+    let references: Vec<&str> = parameters
+        .iter()
+        .filter(|p| p["name"] == "targetId")
+        .map(|p| p["valueReference"]["reference"].as_str().unwrap())
+        .collect();
+    assert_eq!(references, ["Patient/a-1", "Patient/b-1"]);
+    // targetSystem narrows: our own domain has nothing but the source.
+    let reply = pix(format!(
+        "sourceIdentifier={}&targetSystem={}",
+        encode(&format!("{}|100", mrn(FACILITY))),
+        encode(&mrn(FACILITY))
+    ))
+    .await;
+    assert!(
+        !reply.json()["parameter"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "targetIdentifier")
+    );
+    // Our unlinked patient: no cross-references. The other hospital's patients (linked among
+    // themselves or not) are not ours to see: 404, exactly like an identifier nobody has.
+    let reply = pix(format!(
+        "sourceIdentifier={}",
+        encode(&format!("{}|200", mrn(FACILITY)))
+    ))
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["parameter"].as_array().unwrap().len(), 0);
+    let hidden = pix(format!(
+        "sourceIdentifier={}",
+        encode(&format!("{}|800", mrn(OTHER)))
+    ))
+    .await;
+    let absent = pix(format!(
+        "sourceIdentifier={}",
+        encode(&format!("{}|777", mrn(OTHER)))
+    ))
+    .await;
+    assert_eq!((hidden.status, absent.status), (404, 404));
+    assert_eq!(
+        hidden.json()["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .replace("800", "#"),
+        absent.json()["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .replace("777", "#")
+    );
+    // Malformed requests, and users (not system clients), are refused.
+    assert_eq!(pix("sourceIdentifier=nobar".into()).await.status, 400);
+    assert_eq!(pix(String::new()).await.status, 400);
+    assert_eq!(
+        pix("sourceIdentifier=a|b&patient=x".into()).await.status,
+        400
+    );
+    store
+        .put_participant(&Participant {
+            id: "dr".into(),
+            name: "dr".into(),
+            facility: FACILITY.into(),
+            role: "doctor".into(),
+            active: true,
+        })
+        .await
+        .unwrap();
+    let doctor = format!("Bearer {}", user_token(&store, "dr", "user/*.rs").await);
+    let reply = request(
+        addr,
+        "GET",
+        &format!(
+            "/fhir/Patient/$ihe-pix?sourceIdentifier={}",
+            encode(&format!("{}|100", mrn(FACILITY)))
+        ),
+        &[("authorization", doctor.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 403);
 }
 
 #[tokio::test]
