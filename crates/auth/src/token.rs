@@ -261,6 +261,14 @@ pub fn verify(
     token: &str,
     expected: &Expected<'_>,
 ) -> Result<AccessClaims, TokenError> {
+    let claims = verify_signature(keys, token)?;
+    check_claims(&claims, expected)?;
+    Ok(claims)
+}
+
+/// The signature, algorithm, key and shape of a token: what does not change with the clock and
+/// is worth remembering ([`VerifiedTokens`]).
+fn verify_signature(keys: &[SigningKey], token: &str) -> Result<AccessClaims, TokenError> {
     let payload = verified_payload(token, &[Algorithm::ES384], &|header| {
         let kid = header.kid.as_deref().ok_or(TokenError::UnknownKey)?;
         keys.iter()
@@ -286,8 +294,11 @@ pub fn verify(
             return Err(TokenError::Claim(name));
         }
     }
-    let claims: AccessClaims =
-        serde_json::from_value(payload).map_err(|_| TokenError::Claim("kind"))?;
+    serde_json::from_value(payload).map_err(|_| TokenError::Claim("kind"))
+}
+
+/// The claims that depend on the clock and on who is asking: checked on every request.
+fn check_claims(claims: &AccessClaims, expected: &Expected<'_>) -> Result<(), TokenError> {
     check_times(claims.exp, Some(claims.nbf), Some(claims.iat), expected.now)?;
     if claims.exp - claims.iat > MAX_LIFETIME {
         return Err(TokenError::Lifetime);
@@ -301,7 +312,62 @@ pub fn verify(
     if claims.jti.is_empty() || claims.jti.len() > 128 {
         return Err(TokenError::Claim("jti"));
     }
-    Ok(claims)
+    Ok(())
+}
+
+/// Tokens whose signature has been verified, so that a client sending the same token on every
+/// request pays for the ES384 verification once per token lifetime (≤ 5 minutes), not per
+/// request. Only the signature is remembered: times, issuer and audience are checked every time.
+/// Bounded: when full, expired entries go, and if that is not enough, all of them.
+#[derive(Debug)]
+pub struct VerifiedTokens {
+    entries: std::sync::Mutex<std::collections::HashMap<String, AccessClaims>>,
+    capacity: usize,
+}
+
+impl VerifiedTokens {
+    /// A cache of at most `capacity` tokens.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: std::sync::Mutex::default(),
+            capacity,
+        }
+    }
+
+    /// Like [`verify`], skipping the signature of a token already verified against `keys`
+    /// (the caller keeps one cache per key set).
+    pub fn verify(
+        &self,
+        keys: &[SigningKey],
+        token: &str,
+        expected: &Expected<'_>,
+    ) -> Result<AccessClaims, TokenError> {
+        let known = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(token)
+            .cloned();
+        if let Some(claims) = known {
+            check_claims(&claims, expected)?;
+            return Ok(claims);
+        }
+        let claims = verify_signature(keys, token)?;
+        check_claims(&claims, expected)?;
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() >= self.capacity {
+            let now = expected.now;
+            entries.retain(|_, claims| now < claims.exp.saturating_add(LEEWAY));
+            if entries.len() >= self.capacity {
+                entries.clear();
+            }
+        }
+        entries.insert(token.to_owned(), claims.clone());
+        Ok(claims)
+    }
 }
 
 /// `exp` not passed, `nbf` and `iat` not in the future, each within [`LEEWAY`].

@@ -407,3 +407,51 @@ fn client_assertions_rs384_and_es384() {
         Err(TokenError::Claim("jti"))
     );
 }
+
+/// The verified-token cache skips only the signature: a remembered token still expires, and a
+/// remembered token presented to another audience is still refused; a forged copy is not
+/// remembered.
+#[test]
+fn remembered_tokens_are_still_checked_against_the_clock_and_audience() {
+    let (key, _) = SigningKey::generate().unwrap();
+    let keys = std::slice::from_ref(&key);
+    let claims: AccessClaims = serde_json::from_value(claims()).unwrap();
+    let token = token::issue(&key, &claims).unwrap();
+    let cache = token::VerifiedTokens::new(2);
+    assert_eq!(cache.verify(keys, &token, &expected()).unwrap(), claims);
+    assert_eq!(cache.verify(keys, &token, &expected()).unwrap(), claims);
+    let later = Expected {
+        now: NOW + 240 + 30,
+        ..expected()
+    };
+    assert_eq!(
+        cache.verify(keys, &token, &later).unwrap_err(),
+        TokenError::Expired
+    );
+    let elsewhere = Expected {
+        audience: "https://other.example.jp/fhir",
+        ..expected()
+    };
+    assert_eq!(
+        cache.verify(keys, &token, &elsewhere).unwrap_err(),
+        TokenError::Audience
+    );
+    // A token with a flipped signature byte is verified, and refused, every time.
+    let mut forged = token.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    for _ in 0..2 {
+        assert!(cache.verify(keys, &forged, &expected()).is_err());
+    }
+    // More tokens than the capacity: still correct.
+    for n in 0..5 {
+        let mut more = claims.clone();
+        more.jti = format!("t-{n}");
+        let token = token::issue(&key, &more).unwrap();
+        assert_eq!(
+            cache.verify(keys, &token, &expected()).unwrap().jti,
+            more.jti
+        );
+    }
+}

@@ -89,6 +89,8 @@ pub struct AppState {
     metrics: access::Metrics,
     /// Tsunagi's token-signing keys, newest first (see [`security::signing_keys`]).
     keys: Vec<SigningKey>,
+    /// Access tokens whose signature against `keys` was verified.
+    verified: tsunagi_auth::token::VerifiedTokens,
     audit: AuditWriter,
 }
 
@@ -111,6 +113,7 @@ impl AppState {
             settings,
             metrics: access::Metrics::default(),
             keys,
+            verified: tsunagi_auth::token::VerifiedTokens::new(100_000),
         })
     }
 }

@@ -310,6 +310,7 @@ impl AuditWriter {
                     .append_audit(&records)
                     .await
                     .map_err(|error| error.to_string());
+
                 for (_, reply) in jobs {
                     // A caller that went away no longer needs to know.
                     let _ = reply.send(result.clone());
@@ -452,7 +453,10 @@ fn authenticate(
         audience: &state.settings.tokens.audience,
         now: now_micros.div_euclid(1_000_000),
     };
-    let claims = token::verify(&state.keys, token, &expected).map_err(|error| error.to_string())?;
+    let claims = state
+        .verified
+        .verify(&state.keys, token, &expected)
+        .map_err(|error| error.to_string())?;
     Principal::from_claims(claims).map_err(|error| error.to_string())
 }
 
