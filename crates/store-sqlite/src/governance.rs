@@ -120,6 +120,32 @@ impl SqliteStore {
         .map(drop)
     }
 
+    /// Writes the FHIR projection of every facility, participant and consent (after an upgrade
+    /// from a schema that had none), and clears the pending flag in the same transaction.
+    pub(crate) async fn project_all(&self) -> Result<(), StoreError> {
+        let facilities = self.facilities().await?;
+        let participants = self.participants().await?;
+        let consents = self.consents(None).await?;
+        let mut operations = Vec::new();
+        for facility in &facilities {
+            operations.push(projection::facility(facility)?);
+        }
+        for participant in &participants {
+            operations.push(projection::participant(participant)?);
+        }
+        for consent in &consents {
+            operations.push(projection::consent(consent)?);
+        }
+        let mut transaction = begin(&self.pool).await?;
+        self.apply_in(&mut transaction, Batch { operations })
+            .await?;
+        sqlx::query("DELETE FROM store_meta WHERE key = 'projections'")
+            .execute(&mut *transaction)
+            .await
+            .map_err(db_error)?;
+        transaction.commit().await.map_err(db_error)
+    }
+
     /// Rewrites consent `id`'s Consent resource from its row as it now stands.
     async fn project_consent(
         &self,

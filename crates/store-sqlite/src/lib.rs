@@ -115,7 +115,7 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(db_error)?;
-        Self::migrate(&pool).await?;
+        let project = Self::migrate(&pool).await?;
         // Pages are read through a memory map up to SQLite's 2 GiB build limit instead of a
         // pread per page missing from the connection's cache. Mapped pages count in RSS, which
         // is why only this pool maps: measured, it brought the large/small ratios of patient
@@ -124,15 +124,21 @@ impl SqliteStore {
             .max_connections(8)
             .min_connections(0)
             .connect_lazy_with(options.pragma("mmap_size", "2147418112"));
-        Ok(Self {
+        let store = Self {
             pool,
             reader,
             clock,
             compartments: Arc::default(),
-        })
+        };
+        if project {
+            store.project_all().await?;
+        }
+        Ok(store)
     }
 
-    async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
+    /// Brings the schema up to date; true when the network's records written before schema 5
+    /// still need their FHIR projection.
+    async fn migrate(pool: &SqlitePool) -> Result<bool, StoreError> {
         let mut connection = pool.acquire().await.map_err(db_error)?;
         let exists: Option<String> = sqlx::query_scalar(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'store_meta'",
@@ -167,7 +173,7 @@ impl SqliteStore {
                 .execute(&mut *connection)
                 .await
                 .map_err(db_error)?;
-            return Ok(());
+            return Ok(false);
         }
         let mut schema: Option<String> =
             sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'schema_version'")
@@ -224,7 +230,10 @@ impl SqliteStore {
                 .execute(&mut *transaction)
                 .await
                 .map_err(db_error)?;
-            sqlx::query("UPDATE store_meta SET value = '5' WHERE key = 'schema_version'")
+            // Records of the network written before schema 5 have no FHIR projection yet; the
+            // flag goes in the transaction that writes them (`project_all`), so a crash between
+            // the two only means projecting again.
+            sqlx::query("UPDATE store_meta SET value = '5' WHERE key = 'schema_version'; INSERT OR REPLACE INTO store_meta (key, value) VALUES ('projections', 'pending')")
                 .execute(&mut *transaction)
                 .await
                 .map_err(db_error)?;
@@ -242,11 +251,16 @@ impl SqliteStore {
                 .fetch_optional(&mut *connection)
                 .await
                 .map_err(db_error)?;
+        let pending: Option<String> =
+            sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'projections'")
+                .fetch_optional(&mut *connection)
+                .await
+                .map_err(db_error)?;
         if registry.as_deref() != Some(REGISTRY_VERSION.to_string().as_str()) {
             drop(connection);
             Self::reindex_pool(pool).await?;
         }
-        Ok(())
+        Ok(pending.is_some())
     }
 
     /// Applies `batch` inside the caller's transaction (the governance records write their FHIR

@@ -121,3 +121,43 @@ async fn a_schema_1_database_is_migrated_and_reindexed() {
         1
     );
 }
+
+/// A schema-4 database (facilities, participants and consents without FHIR resources) gains
+/// their projections when it is opened by this build.
+#[tokio::test]
+async fn a_schema_4_database_gets_its_directory_and_consents_as_resources() {
+    use tsunagi_store::{Access, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("v4.db").display());
+    let clock = Arc::new(FixedClock(1_700_000_000_000_000));
+    drop(SqliteStore::open(&url, clock.clone()).await.unwrap());
+    {
+        // Turn it back into schema 4: records written by raw SQL, as schema 4 did.
+        let mut old = SqliteConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO facilities (code, name, kind, created_at) VALUES ('0610100010', '荘内病院', 'hospital', 0); \
+             INSERT INTO participants (id, name, facility, role, active, created_at) VALUES ('dr', 'dr', '0610100010', 'doctor', 1, 0); \
+             DROP INDEX audit_id; DROP INDEX audit_facility; \
+             ALTER TABLE audit DROP COLUMN id; ALTER TABLE audit DROP COLUMN facility; \
+             UPDATE store_meta SET value = '4' WHERE key = 'schema_version';",
+        )
+        .execute(&mut old)
+        .await
+        .unwrap();
+    }
+    let store = SqliteStore::open(&url, clock).await.unwrap();
+    for (resource_type, id) in [
+        ("Organization", "0610100010"),
+        ("Practitioner", "dr"),
+        ("PractitionerRole", "dr"),
+    ] {
+        assert!(
+            store
+                .read(&Access::Unrestricted, resource_type, id)
+                .await
+                .unwrap()
+                .is_some(),
+            "{resource_type}/{id}"
+        );
+    }
+}
