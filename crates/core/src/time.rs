@@ -258,8 +258,14 @@ pub fn civil_from_days(days: i64) -> (i32, u8, u8) {
 
 /// Formats microseconds since the epoch as a FHIR `instant` in JST, to the millisecond, e.g.
 /// `2026-11-24T14:30:05.123+09:00`.
+///
+/// Instants outside the years 0001–9999 (which FHIR cannot write) are clamped to them.
 pub fn format_instant_jst(micros: i64) -> String {
-    let local = micros + JST_OFFSET_SECONDS * 1_000_000;
+    const FIRST: i64 = -62_135_596_800_000_000; // 0001-01-01T00:00:00 local
+    const LAST: i64 = 253_402_300_799_999_999; // 9999-12-31T23:59:59.999999 local
+    let local = micros
+        .saturating_add(JST_OFFSET_SECONDS * 1_000_000)
+        .clamp(FIRST, LAST);
     let seconds = local.div_euclid(1_000_000);
     let fraction = local.rem_euclid(1_000_000) / 1000;
     let days = seconds.div_euclid(86_400);
@@ -360,6 +366,18 @@ pub fn fhir_date_range(text: &str) -> Option<(i64, i64)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn instants_beyond_fhir_years_are_clamped() {
+        assert_eq!(
+            super::format_instant_jst(i64::MAX),
+            "9999-12-31T23:59:59.999+09:00"
+        );
+        assert_eq!(
+            super::format_instant_jst(i64::MIN),
+            "0001-01-01T00:00:00.000+09:00"
+        );
+    }
+
     use super::*;
 
     fn fhir(text: &str) -> String {

@@ -15,8 +15,7 @@ use tsunagi_store::governance::Consent;
 
 use crate::{AppState, base_url, etag, json_response, outcome::ApiError, security::Caller};
 
-/// An invitation without an end lasts until it is withdrawn (9999-12-31T23:59:59Z).
-const OPEN_END: i64 = 253_402_300_799_000_000;
+use tsunagi_store::projection::OPEN_END;
 
 /// Reads a JSON request body that must be a `Consent`.
 fn consent_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {

@@ -23,6 +23,10 @@ pub const CONSENT_SYSTEM: &str = "urn:tsunagi:consent";
 /// Code system saying how a consent came about (`invitation`, `signed-consent`).
 pub const CONSENT_SOURCE_SYSTEM: &str = "urn:tsunagi:consent-source";
 
+/// A consent ending at or after this instant (9999-12-31T23:59:59Z) lasts until withdrawn: its
+/// Consent has no `provision.period.end`.
+pub const OPEN_END: i64 = 253_402_300_799_000_000;
+
 /// The source key under which a facility's Organization is stored.
 pub fn facility_source(code: &str) -> String {
     format!("directory:facility:{code}")
@@ -123,6 +127,11 @@ pub fn consent(consent: &Consent) -> Result<Operation, StoreError> {
             ]
         }
     });
+    if consent.end >= OPEN_END
+        && let Some(period) = resource["provision"]["period"].as_object_mut()
+    {
+        period.remove("end");
+    }
     if let Some(withdrawn) = consent.withdrawn_at {
         resource["extension"] = json!([{
             "url": "urn:tsunagi:consent-withdrawn",
