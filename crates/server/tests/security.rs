@@ -676,39 +676,33 @@ async fn the_directory_is_readable_and_consents_are_managed_over_fhir() {
     assert_eq!(reply.status, 415);
 
     // Withdrawal: only the disclosing facility, only to inactive; it holds for the next request.
-    let mut withdrawn = consent.clone();
-    withdrawn["status"] = json!("inactive");
-    let reply = call(
-        "PUT",
-        format!("/fhir/Consent/{id}"),
-        clinic.clone(),
-        withdrawn.to_string(),
-    )
-    .await;
-    assert_eq!(reply.status, 403);
-    let mut changed = consent.clone();
-    changed["status"] = json!("rejected");
-    let reply = call(
-        "PUT",
-        format!("/fhir/Consent/{id}"),
-        hospital.clone(),
-        changed.to_string(),
-    )
-    .await;
-    assert_eq!(reply.status, 422);
-    let reply = call(
-        "PUT",
-        format!("/fhir/Consent/{id}"),
-        hospital.clone(),
-        withdrawn.to_string(),
-    )
-    .await;
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    let with_status = |status: &str| {
+        let mut body = consent.clone();
+        body["status"] = json!(status);
+        body.to_string()
+    };
+    let mut reply = None;
+    for (who, status, expected) in [
+        (&clinic, "inactive", 403),
+        (&hospital, "rejected", 422),
+        (&hospital, "inactive", 200),
+    ] {
+        let answer = call(
+            "PUT",
+            format!("/fhir/Consent/{id}"),
+            who.clone(),
+            with_status(status),
+        )
+        .await;
+        assert_eq!(
+            answer.status,
+            expected,
+            "{status}: {}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        reply = Some(answer);
+    }
+    let reply = reply.unwrap();
     assert_eq!(reply.json()["status"], "inactive");
     assert_eq!(reply.header("etag"), Some("W/\"2\""));
     assert_eq!(get("/fhir/Patient/private", &clinic).await.status, 404);
