@@ -364,7 +364,7 @@ async fn instance_level(
             lastn(&state, &caller, pairs, &headers).await
         }
         (Method::GET, "$ihe-pix") if resource_type == "Patient" => {
-            pix::ihe_pix(&state, &caller, &pairs, &headers).await
+            pix::ihe_pix(&state, &caller, &pairs).await
         }
         (Method::GET, operation) if operation.starts_with('$') => Err(ApiError::not_found(
             format!("{operation} is not an operation of {resource_type}"),

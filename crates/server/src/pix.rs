@@ -3,10 +3,7 @@
 //! their facility is party to: a caller whose facility holds none of the person's records learns
 //! nothing beyond what it may already read.
 
-use axum::{
-    http::{HeaderMap, StatusCode},
-    response::Response,
-};
+use axum::{http::StatusCode, response::Response};
 use serde_json::{Value, json};
 use tsunagi_auth::{Interaction, SubjectKind};
 use tsunagi_fhir::query::SearchQuery;
@@ -19,7 +16,6 @@ pub(crate) async fn ihe_pix(
     state: &AppState,
     caller: &Caller,
     pairs: &[(String, String)],
-    _headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     if caller.principal.kind != SubjectKind::System {
         return Err(ApiError::forbidden(
