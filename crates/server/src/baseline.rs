@@ -5,12 +5,7 @@
 
 use std::sync::Arc;
 
-use axum::{
-    Router,
-    extract::{Request, State},
-    middleware::Next,
-    response::Response,
-};
+use axum::{Router, extract::Request, middleware::Next, response::Response};
 use tsunagi_auth::{Principal, Role, Scopes, SubjectKind};
 use tsunagi_store::governance::Access;
 
@@ -19,8 +14,7 @@ use crate::{AppState, security::Caller};
 /// The routes of [`crate::router`], where every request reads as an unrestricted system client:
 /// no token is checked, the store filters nothing and nothing is audited.
 pub fn open_router(state: Arc<AppState>) -> Router {
-    let open = crate::protected_routes()
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), open));
+    let open = crate::protected_routes().route_layer(axum::middleware::from_fn(open));
     crate::assemble(state, open)
 }
 
@@ -35,7 +29,7 @@ pub async fn serve_open(
         .await
 }
 
-async fn open(State(_): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+async fn open(mut request: Request, next: Next) -> Response {
     let principal = Principal {
         subject: "baseline".to_owned(),
         client_id: "baseline".to_owned(),
