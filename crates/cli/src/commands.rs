@@ -16,6 +16,7 @@ use tsunagi_core::{
     FacilityId,
     clock::{Clock, SystemClock},
 };
+use tsunagi_server::tls::TlsFiles;
 use tsunagi_store::{Access, Store};
 use tsunagi_store_sqlite::SqliteStore;
 
@@ -366,6 +367,7 @@ pub(crate) async fn demo(dir: &Path, patients: usize, listen: Option<&str>) -> a
     serve_store(
         store,
         listen,
+        Listeners::default(),
         None,
         tsunagi_server::Settings::default(),
         Some(patient_id),
@@ -433,6 +435,56 @@ pub(crate) struct ServeFlags {
     pub(crate) listen: Option<String>,
     pub(crate) base_url: Option<String>,
     pub(crate) config: Option<PathBuf>,
+    pub(crate) tls_cert: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
+    pub(crate) tls12: bool,
+    pub(crate) mtls_listen: Option<String>,
+    pub(crate) tls_client_ca: Option<PathBuf>,
+}
+
+/// The TLS side of `tsunagi serve`: flags win over the config file.
+#[derive(Default)]
+pub(crate) struct Listeners {
+    /// TLS on the main listener.
+    tls: Option<TlsFiles>,
+    /// The mutual-TLS listener: its address and the CA file of client certificates.
+    mutual: Option<(String, PathBuf)>,
+}
+
+impl Listeners {
+    fn from_flags(
+        flags: &ServeFlags,
+        server: Option<&crate::config::ServerConfig>,
+    ) -> anyhow::Result<Self> {
+        let pick = |flag: &Option<PathBuf>, file: Option<&Option<PathBuf>>| {
+            flag.clone().or_else(|| file.and_then(Clone::clone))
+        };
+        let cert = pick(&flags.tls_cert, server.map(|s| &s.tls_cert));
+        let key = pick(&flags.tls_key, server.map(|s| &s.tls_key));
+        let tls = match (cert, key) {
+            (Some(certificate_chain), Some(private_key)) => Some(TlsFiles {
+                certificate_chain,
+                private_key,
+                allow_tls12: flags.tls12 || server.and_then(|s| s.tls12).unwrap_or(false),
+            }),
+            (None, None) => None,
+            _ => bail!("TLS needs both a certificate (--tls-cert) and its key (--tls-key)"),
+        };
+        let mutual_listen = flags
+            .mtls_listen
+            .clone()
+            .or_else(|| server.and_then(|s| s.mtls_listen.clone()));
+        let client_ca = pick(&flags.tls_client_ca, server.map(|s| &s.tls_client_ca));
+        let mutual = match (mutual_listen, client_ca) {
+            (Some(_), _) if tls.is_none() => {
+                bail!("the mutual-TLS listener needs the server's --tls-cert and --tls-key")
+            }
+            (Some(listen), Some(ca)) => Some((listen, ca)),
+            (Some(_), None) => bail!("the mutual-TLS listener needs --tls-client-ca"),
+            (None, _) => None,
+        };
+        Ok(Self { tls, mutual })
+    }
 }
 
 /// `tsunagi serve`.
@@ -440,16 +492,19 @@ pub(crate) async fn serve(flags: ServeFlags) -> anyhow::Result<()> {
     let config = flags.config.as_deref().map(Config::load).transpose()?;
     let db = flags
         .db
+        .clone()
         .or_else(|| config.as_ref().map(|c| c.store.url.clone()))
         .context("--db is required (or a --config with a [store] url)")?;
     let server = config.as_ref().map(|c| &c.server);
     let listen = flags
         .listen
+        .clone()
         .or_else(|| server.and_then(|s| s.listen.clone()))
         .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
     let mut settings = tsunagi_server::Settings {
         base_url: flags
             .base_url
+            .clone()
             .or_else(|| server.and_then(|s| s.base_url.clone())),
         ..Default::default()
     };
@@ -468,8 +523,9 @@ pub(crate) async fn serve(flags: ServeFlags) -> anyhow::Result<()> {
             .and_then(|s| s.log_format)
             .unwrap_or(crate::config::LogFormat::Json),
     );
+    let listeners = Listeners::from_flags(&flags, server)?;
     let store = open_store(&db).await?;
-    serve_store(store, &listen, Some(&db), settings, None).await
+    serve_store(store, &listen, listeners, Some(&db), settings, None).await
 }
 
 /// Log lines (the access log among them) on stderr, at level INFO.
@@ -487,22 +543,53 @@ pub(crate) fn init_logging(format: crate::config::LogFormat) {
 async fn serve_store(
     store: Arc<SqliteStore>,
     listen: &str,
+    listeners: Listeners,
     db: Option<&str>,
     settings: tsunagi_server::Settings,
     example_patient: Option<&str>,
 ) -> anyhow::Result<()> {
+    // Certificates are read before any socket is bound: a bad file fails the start, by name.
+    let tls = listeners
+        .tls
+        .as_ref()
+        .map(|files| tsunagi_server::tls::server_config(files, None))
+        .transpose()?;
+    let mutual = match (&listeners.mutual, &listeners.tls) {
+        (Some((address, ca)), Some(files)) => {
+            let config = tsunagi_server::tls::server_config(files, Some(ca))?;
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address}"))?;
+            Some((listener, config))
+        }
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    if tls.is_none() && !address.ip().is_loopback() {
+        tracing::warn!(
+            target: "tsunagi::tls",
+            %address,
+            "plain HTTP on a non-loopback address: give --tls-cert and --tls-key, or put a TLS-terminating proxy in front"
+        );
+    }
     let base = settings
         .base_url
         .clone()
-        .unwrap_or_else(|| format!("http://{address}/fhir"));
+        .unwrap_or_else(|| format!("{scheme}://{address}/fhir"));
     if let Some(db) = db {
         println!("serving {db}");
     }
     println!("FHIR base {base}");
+    if let Some((listener, _)) = &mutual {
+        println!(
+            "mutual TLS for system clients on https://{}/fhir",
+            listener.local_addr()?
+        );
+    }
     println!("  {base}/metadata");
     if let Some(patient) = example_patient {
         println!("  {base}/Patient/{patient}");
@@ -514,11 +601,33 @@ async fn serve_store(
         tsunagi_server::security::signing_keys(store.as_ref(), SystemClock.now_micros()).await?;
     let state =
         tsunagi_server::AppState::new(store.clone(), store, Arc::new(SystemClock), settings, keys);
-    tsunagi_server::serve(listener, state, async {
+    let (stop, stopping) = tokio::sync::watch::channel(());
+    tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
-    })
-    .await
-    .context("the HTTP server stopped")?;
+        let _ = stop.send(());
+    });
+    let stopped = |mut stopping: tokio::sync::watch::Receiver<()>| async move {
+        let _ = stopping.changed().await;
+    };
+    let main = async {
+        match tls {
+            Some(config) => {
+                let listener = tsunagi_server::tls::TlsListener::new(listener, config, false)?;
+                tsunagi_server::serve_tls(listener, state.clone(), stopped(stopping.clone())).await
+            }
+            None => tsunagi_server::serve(listener, state.clone(), stopped(stopping.clone())).await,
+        }
+    };
+    let mutual = async {
+        match mutual {
+            Some((listener, config)) => {
+                let listener = tsunagi_server::tls::TlsListener::new(listener, config, true)?;
+                tsunagi_server::serve_tls(listener, state.clone(), stopped(stopping.clone())).await
+            }
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(main, mutual).context("the HTTP server stopped")?;
     println!("stopped");
     Ok(())
 }

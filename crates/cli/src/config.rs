@@ -39,6 +39,17 @@ pub(crate) struct ServerConfig {
     /// Log lines on stderr (the access log and operational events): `json` (default for
     /// `serve`, one object per line) or `text`.
     pub(crate) log_format: Option<LogFormat>,
+    /// PEM certificate chain: with `tls_key`, `listen` speaks TLS 1.3.
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub(crate) tls_key: Option<PathBuf>,
+    /// Also offer TLS 1.2 (ECDHE AEAD suites only); default false.
+    pub(crate) tls12: Option<bool>,
+    /// A second, mutual-TLS listener for system clients (needs `tls_cert`, `tls_key` and
+    /// `tls_client_ca`).
+    pub(crate) mtls_listen: Option<String>,
+    /// PEM CA certificates that issue the system clients' certificates.
+    pub(crate) tls_client_ca: Option<PathBuf>,
 }
 
 /// How log lines are written.

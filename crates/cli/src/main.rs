@@ -4,7 +4,8 @@
 //! - `tsunagi export ndjson --db <url> --out <dir>`
 //! - `tsunagi generate region --out <dir> --patients <n> --seed <s>`
 //! - `tsunagi demo [--listen <addr>] [--no-serve]`
-//! - `tsunagi serve --db <url> [--listen <addr>] [--base-url <url>] [--config <file>]`
+//! - `tsunagi serve --db <url> [--listen <addr>] [--base-url <url>] [--config <file>]
+//!   [--tls-cert <pem> --tls-key <pem> [--tls12]] [--mtls-listen <addr> --tls-client-ca <pem>]`
 //! - `tsunagi bench ingest --patients <n>`
 //! - `tsunagi bench search --patients <n> [--small <n>] [--requests <n>]`
 //! - `tsunagi run --config <file> [--once]` (cron-scheduled pulls from `tsunagi.toml`)
@@ -84,6 +85,21 @@ enum Command {
         /// tsunagi.toml.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// PEM certificate chain: serve TLS 1.3 on --listen (with --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Also offer TLS 1.2 (ECDHE AEAD suites only).
+        #[arg(long)]
+        tls12: bool,
+        /// A second listener with mutual TLS for system clients (needs --tls-client-ca).
+        #[arg(long, requires = "tls_client_ca")]
+        mtls_listen: Option<String>,
+        /// PEM CA certificates that issue system clients' certificates (CN = client id).
+        #[arg(long)]
+        tls_client_ca: Option<PathBuf>,
     },
     /// Measure performance against the targets.
     Bench {
@@ -307,12 +323,22 @@ fn main() -> std::process::ExitCode {
                 listen,
                 base_url,
                 config,
+                tls_cert,
+                tls_key,
+                tls12,
+                mtls_listen,
+                tls_client_ca,
             } => {
                 commands::serve(commands::ServeFlags {
                     db,
                     listen,
                     base_url,
                     config,
+                    tls_cert,
+                    tls_key,
+                    tls12,
+                    mtls_listen,
+                    tls_client_ca,
                 })
                 .await
             }

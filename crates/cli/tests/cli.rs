@@ -279,3 +279,157 @@ fn scheduled_pulls_run_once_from_a_config() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("surprise"));
 }
+
+fn tls_fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/tls")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// `GET path` over TLS with a blocking rustls client trusting the test CA, presenting the
+/// client certificate `identity` when given; the status line, or the TLS error.
+fn tls_get(addr: &str, path: &str, identity: Option<&str>) -> Result<String, String> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_file_iter(tls_fixture("ca.pem")).unwrap() {
+        roots.add(certificate.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(name) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(tls_fixture(&format!("{name}.pem")))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_file(tls_fixture(&format!("{name}.key"))).unwrap(),
+            )
+            .unwrap(),
+    };
+    let connection =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+    let socket = std::net::TcpStream::connect(addr).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, socket);
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    let read = tls.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    match text.lines().next() {
+        Some(line) if line.starts_with("HTTP/1.1") => Ok(line.to_owned()),
+        _ => Err(format!("{read:?}")),
+    }
+}
+
+#[test]
+fn serve_speaks_tls_and_mutual_tls_when_given_certificates() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let (cert, key, ca) = (
+        tls_fixture("server.pem"),
+        tls_fixture("server.key"),
+        tls_fixture("ca.pem"),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tsunagi"))
+        .args([
+            "serve",
+            "--db",
+            &db,
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--mtls-listen",
+            "127.0.0.1:0",
+            "--tls-client-ca",
+            &ca,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut main = None;
+    let mut mutual = None;
+    while main.is_none() || mutual.is_none() {
+        let line = lines.next().expect("serve prints its addresses").unwrap();
+        if let Some(rest) = line.strip_prefix("FHIR base https://") {
+            main = rest.strip_suffix("/fhir").map(str::to_owned);
+        }
+        if let Some(rest) = line.strip_prefix("mutual TLS for system clients on https://") {
+            mutual = rest.strip_suffix("/fhir").map(str::to_owned);
+        }
+    }
+    let (main, mutual) = (main.unwrap(), mutual.unwrap());
+    let results = (
+        tls_get(&main, "/fhir/metadata", None),
+        tls_get(&main, "/fhir/Patient", None),
+        tls_get(&mutual, "/fhir/metadata", Some("client-lab")),
+        tls_get(&mutual, "/fhir/metadata", None),
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(results.0.as_deref(), Ok("HTTP/1.1 200 OK"));
+    assert_eq!(results.1.as_deref(), Ok("HTTP/1.1 401 Unauthorized"));
+    assert_eq!(results.2.as_deref(), Ok("HTTP/1.1 200 OK"));
+    assert!(results.3.is_err(), "no client certificate: {:?}", results.3);
+}
+
+#[test]
+fn serve_refuses_incomplete_or_unreadable_tls_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let cert = tls_fixture("server.pem");
+    let missing = tls_fixture("absent.key");
+    for (args, expected) in [
+        (
+            vec![
+                "serve",
+                "--db",
+                &db,
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &missing,
+            ],
+            "absent.key",
+        ),
+        (vec!["serve", "--db", &db, "--tls-cert", &cert], "--tls-key"),
+        (
+            vec!["serve", "--db", &db, "--mtls-listen", "127.0.0.1:0"],
+            "--tls-client-ca",
+        ),
+        (
+            vec![
+                "serve",
+                "--db",
+                &db,
+                "--mtls-listen",
+                "127.0.0.1:0",
+                "--tls-client-ca",
+                &cert,
+            ],
+            "--tls-cert",
+        ),
+    ] {
+        let output = tsunagi(&args);
+        assert!(!output.status.success(), "{args:?} should fail");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

@@ -19,6 +19,7 @@ pub mod outcome;
 mod pix;
 pub mod security;
 pub mod snapshot;
+pub mod tls;
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -174,10 +175,25 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // With the peer address in each request: the audit records it (BALP agent.network).
+    // With the peer in each request: the audit records its address (BALP agent.network).
     axum::serve(
         listener,
-        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        router(state).into_make_service_with_connect_info::<tls::Peer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Serves `router` over TLS until `shutdown` completes. On a mutual-TLS listener every token
+/// must have been issued to the client the connection's certificate names.
+pub async fn serve_tls(
+    listener: tls::TlsListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<tls::Peer>(),
     )
     .with_graceful_shutdown(shutdown)
     .await

@@ -19,7 +19,7 @@ use std::{
 
 use axum::{
     Extension, Form, Json,
-    extract::{Request, State},
+    extract::{ConnectInfo, Request, State},
     http::{HeaderValue, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -37,7 +37,7 @@ use tsunagi_store::{
     governance::{AuditRecord, Governance, StoredKey},
 };
 
-use crate::{AppState, access::RequestId, outcome::ApiError};
+use crate::{AppState, access::RequestId, outcome::ApiError, tls::Peer};
 
 /// Where tokens come from and whom they are for.
 #[derive(Debug, Clone)]
@@ -351,6 +351,10 @@ pub async fn guard(
     next: Next,
 ) -> Response {
     let now = state.clock.now_micros();
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .map(|info| info.0.clone());
     let facts = RequestFacts {
         method: request.method().to_string(),
         path: request.uri().path().to_owned(),
@@ -360,12 +364,10 @@ pub async fn guard(
             .get::<RequestId>()
             .map(|id| id.0.clone())
             .unwrap_or_default(),
-        address: request
-            .extensions()
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|info| info.0.ip().to_string()),
+        address: peer.as_ref().map(|peer| peer.address.ip().to_string()),
     };
-    let principal = match authenticate(&state, request.headers(), now) {
+    let certified = peer.and_then(|peer| peer.certified_client);
+    let principal = match authenticate(&state, request.headers(), now, certified.as_deref()) {
         Ok(principal) => principal,
         Err(reason) => {
             let mut response =
@@ -433,10 +435,13 @@ async fn finish(state: &AppState, records: Vec<AuditRecord>, response: Response)
 }
 
 /// The principal of the request's bearer token.
+/// On the mutual-TLS listener (`certified` is the client id the certificate names) the token
+/// must have been issued to that client (RFC 8705 §3, bound by client id).
 fn authenticate(
     state: &AppState,
     headers: &axum::http::HeaderMap,
     now_micros: i64,
+    certified: Option<&str>,
 ) -> Result<Principal, String> {
     let value = headers
         .get(header::AUTHORIZATION)
@@ -457,7 +462,13 @@ fn authenticate(
         .verified
         .verify(&state.keys, token, &expected)
         .map_err(|error| error.to_string())?;
-    Principal::from_claims(claims).map_err(|error| error.to_string())
+    let principal = Principal::from_claims(claims).map_err(|error| error.to_string())?;
+    match certified {
+        Some(client) if client != principal.client_id => {
+            Err("the token was not issued to the client the TLS certificate names".to_owned())
+        }
+        _ => Ok(principal),
+    }
 }
 
 /// Who an audit record names as the requesting side.
@@ -664,8 +675,10 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
 pub async fn token_endpoint(
     State(state): State<Arc<AppState>>,
     request_id: Option<Extension<RequestId>>,
+    peer: Option<Extension<ConnectInfo<Peer>>>,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
+    let peer = peer.map(|Extension(ConnectInfo(peer))| peer);
     let value = |name: &str| {
         form.iter()
             .find(|(key, _)| key == name)
@@ -704,6 +717,13 @@ pub async fn token_endpoint(
     else {
         return invalid_client("the assertion names no client");
     };
+    if let Some(certified) = peer
+        .as_ref()
+        .and_then(|peer| peer.certified_client.as_deref())
+        && certified != client_id
+    {
+        return invalid_client("the TLS client certificate names another client");
+    }
     let client = match state.governance.client(&client_id).await {
         Ok(Some(client)) if client.active => client,
         Ok(_) => return invalid_client("unknown client"),
@@ -766,7 +786,7 @@ pub async fn token_endpoint(
         path: "/auth/token".to_owned(),
         query: None,
         request_id: request_id.map(|Extension(id)| id.0).unwrap_or_default(),
-        address: None,
+        address: peer.map(|peer| peer.address.ip().to_string()),
     };
     match issue_token(
         state.governance.as_ref(),

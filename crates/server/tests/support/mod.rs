@@ -10,7 +10,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tsunagi_auth::token::SigningKey;
 use tsunagi_core::clock::FixedClock;
 use tsunagi_server::{
@@ -72,7 +72,38 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Reply {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let token = if headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+    {
+        None
+    } else {
+        Some(token_for(addr))
+    };
+    exchange(
+        stream,
+        addr,
+        token.as_deref(),
+        method,
+        target,
+        headers,
+        body,
+    )
+    .await
+}
+
+/// One HTTP/1.1 request on `stream` (plain or TLS), closed after the reply; with `token` as
+/// bearer token when given.
+pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
     let mut text = format!("{method} {target} HTTP/1.1\r\nConnection: close\r\n");
     if !headers
         .iter()
@@ -80,11 +111,8 @@ pub async fn request(
     {
         text.push_str(&format!("Host: {addr}\r\n"));
     }
-    if !headers
-        .iter()
-        .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
-    {
-        text.push_str(&format!("Authorization: Bearer {}\r\n", token_for(addr)));
+    if let Some(token) = token {
+        text.push_str(&format!("Authorization: Bearer {token}\r\n"));
     }
     for (name, value) in headers {
         if !value.is_empty() {
@@ -104,8 +132,14 @@ pub async fn request(
     text.push_str(body);
     stream.write_all(text.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    // A TLS peer may close without close_notify once the reply is complete.
+    let _ = stream.read_to_end(&mut raw).await;
+    parse_reply(&raw).unwrap_or_else(|| panic!("no HTTP reply: {}", String::from_utf8_lossy(&raw)))
+}
+
+/// The HTTP/1.1 reply in `raw`, `None` when it holds none.
+pub fn parse_reply(raw: &[u8]) -> Option<Reply> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8(raw[..split].to_vec()).unwrap();
     let mut lines = head.split("\r\n");
     let status: u16 = lines
@@ -128,7 +162,7 @@ pub async fn request(
     if reply.header("transfer-encoding") == Some("chunked") {
         reply.body = dechunk(&reply.body);
     }
-    reply
+    Some(reply)
 }
 
 /// Decodes an HTTP/1.1 chunked body.
