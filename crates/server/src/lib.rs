@@ -1223,7 +1223,48 @@ async fn everything(
     }
     types.retain(|t| caller.may_see(t));
     let count = count_of(pairs)?;
+    let summary = match param(pairs, "_summary") {
+        None | Some("false") => None,
+        Some("true") => Some(Summary::True),
+        Some("count") => Some(Summary::Count),
+        Some("data") => Some(Summary::Data),
+        Some("text") => Some(Summary::Text),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid",
+                "_summary must be true, false, count, data or text",
+            ));
+        }
+    };
     let scope = format!("Patient/{id}/$everything");
+    let base = base_url(state.settings.base_url.as_deref(), headers);
+    let now = state.clock.now_micros();
+    if summary == Some(Summary::Count) || count == 0 {
+        // Only the total, counted on what the caller may see; no snapshot, no entries.
+        let total = state
+            .store
+            .compartment(&caller.access, id, &types, since)
+            .await?
+            .len();
+        caller.touch([&patient]);
+        let mut out = Vec::with_capacity(512);
+        start_bundle(&mut out, "searchset", &bundle_id(state), now);
+        out.extend_from_slice(format!(",\"total\":{total},").as_bytes());
+        page_links(
+            &mut out,
+            &Page {
+                base: &base,
+                path: &scope,
+                pairs,
+                snapshot: None,
+                offset: 0,
+                count: 0,
+                total,
+            },
+        );
+        out.push(b'}');
+        return Ok(json_response(StatusCode::OK, out));
+    }
     let (keys, snapshot, offset) = page_keys(state, caller, &scope, pairs, count, async {
         Ok(state
             .store
@@ -1237,8 +1278,6 @@ async fn everything(
         .fetch(&caller.access, keys.get(offset..end).unwrap_or(&[]))
         .await?;
     caller.touch(&resources);
-    let base = base_url(state.settings.base_url.as_deref(), headers);
-    let now = state.clock.now_micros();
     let mut out = Vec::with_capacity(4096 + resources.len() * 2048);
     start_bundle(
         &mut out,
@@ -1264,7 +1303,7 @@ async fn everything(
         if index > 0 {
             out.push(b',');
         }
-        write_search_entry(&mut out, &base, resource, "match", None, None)?;
+        write_search_entry(&mut out, &base, resource, "match", None, summary)?;
     }
     out.extend_from_slice(b"]}");
     Ok(json_response(StatusCode::OK, out))

@@ -268,7 +268,40 @@ async fn search_forms_includes_and_everything() {
         .await
         .json();
     assert_eq!(only["total"], 1);
+    // _summary=count and _count=0: the total of the same set, no entries, no paging snapshot.
+    for target in [
+        "/fhir/Patient/p1/$everything?_summary=count",
+        "/fhir/Patient/p1/$everything?_count=0",
+    ] {
+        let counted = get(addr, target).await.json();
+        assert_eq!(counted["total"], 26, "{target}");
+        assert!(counted.get("entry").is_none(), "{target}: {counted}");
+        assert!(link(&counted, "next").is_none(), "{target}");
+    }
+    // _summary=true reduces each entry and marks it SUBSETTED.
+    let summarised = get(
+        addr,
+        "/fhir/Patient/p1/$everything?_summary=true&_type=Patient",
+    )
+    .await
+    .json();
+    assert_eq!(
+        summarised["entry"][0]["resource"]["meta"]["tag"][0]["code"],
+        "SUBSETTED"
+    );
+    assert_eq!(
+        get(addr, "/fhir/Patient/p1/$everything?_summary=maybe")
+            .await
+            .status,
+        400
+    );
     assert_eq!(get(addr, "/fhir/Patient/zz/$everything").await.status, 404);
+    assert_eq!(
+        get(addr, "/fhir/Patient/zz/$everything?_summary=count")
+            .await
+            .status,
+        404
+    );
     let elements = get(addr, "/fhir/Patient?_id=p1&_elements=gender")
         .await
         .json();

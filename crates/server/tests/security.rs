@@ -199,6 +199,10 @@ async fn a_hidden_patient_answers_exactly_like_an_absent_one() {
             "/fhir/Patient/nobody/$everything",
         ),
         (
+            "/fhir/Patient/private/$everything?_summary=count",
+            "/fhir/Patient/nobody/$everything?_summary=count",
+        ),
+        (
             "/fhir/Observation/private-o1/_history",
             "/fhir/Observation/nobody-o1/_history",
         ),
