@@ -103,7 +103,7 @@ pub fn permitted(viewer: &str, patient: &str) -> bool {
 }
 
 /// The records of one person: both linked records, or the patient alone.
-fn person(patient: &str) -> Vec<&str> {
+pub fn person(patient: &str) -> Vec<&str> {
     if patient.ends_with("-linked") {
         vec!["h1-linked", "h2-linked"]
     } else {
@@ -236,7 +236,7 @@ fn ids_of(resources: &[crate::StoredResource]) -> BTreeSet<String> {
 
 /// Everything stored in `patient`'s compartment: its record and the Consent resources of the
 /// consents recorded against it (each consent's FHIR projection).
-fn stored(patient: &str) -> Vec<String> {
+pub fn stored(patient: &str) -> Vec<String> {
     let mut tids: Vec<String> = record(patient).into_iter().map(|w| w.tid).collect();
     for (n, row) in consents().into_iter().enumerate() {
         if row.0 == patient {
@@ -246,7 +246,7 @@ fn stored(patient: &str) -> Vec<String> {
     tids
 }
 
-fn expected(viewer: &str, types: &[&str]) -> BTreeSet<String> {
+pub fn expected(viewer: &str, types: &[&str]) -> BTreeSet<String> {
     let mut set = BTreeSet::new();
     for (patient, _) in PATIENTS {
         if !permitted(viewer, patient) {
