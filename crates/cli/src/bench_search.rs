@@ -149,6 +149,8 @@ async fn load_region(patients: usize, seed: u64) -> anyhow::Result<Region> {
     let keys =
         tsunagi_server::security::signing_keys(store.as_ref(), SystemClock.now_micros()).await?;
     let key = keys.first().cloned().context("no signing key")?;
+    // As `tsunagi serve` does: audit records go through the journal.
+    store.journal_audit().await?;
     let state = tsunagi_server::AppState::new(
         store.clone(),
         store.clone(),

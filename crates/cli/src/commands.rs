@@ -599,6 +599,8 @@ async fn serve_store(
     }
     let keys =
         tsunagi_server::security::signing_keys(store.as_ref(), SystemClock.now_micros()).await?;
+    // Audit records are journaled beside the database and imported in the background.
+    store.journal_audit().await?;
     let state =
         tsunagi_server::AppState::new(store.clone(), store, Arc::new(SystemClock), settings, keys);
     let (stop, stopping) = tokio::sync::watch::channel(());

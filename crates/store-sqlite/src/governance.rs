@@ -13,7 +13,22 @@ use tsunagi_store::{
     projection,
 };
 
-use crate::{SqliteStore, begin, db_error, json_list};
+use crate::{SqliteStore, begin, db_error, journal::Journal, json_list};
+
+/// One multi-row INSERT of audit records (at most `AUDIT_CHUNK`).
+pub(crate) fn audit_insert(chunk: &[AuditRecord]) -> sqlx::QueryBuilder<sqlx::Sqlite> {
+    let mut sql = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        "INSERT INTO audit (id, recorded, patient, facility, event) ",
+    );
+    sql.push_values(chunk.iter().cloned(), |mut row, record| {
+        row.push_bind(record.id)
+            .push_bind(record.recorded)
+            .push_bind(record.patient)
+            .push_bind(record.facility)
+            .push_bind(record.event);
+    });
+    sql
+}
 
 fn get<'r, T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>>(
     row: &'r SqliteRow,
@@ -458,23 +473,16 @@ impl Governance for SqliteStore {
         if records.is_empty() {
             return Ok(());
         }
-        let insert = |chunk: &[AuditRecord]| {
-            let mut sql = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO audit (id, recorded, patient, facility, event) ",
-            );
-            sql.push_values(chunk.iter().cloned(), |mut row, record| {
-                row.push_bind(record.id)
-                    .push_bind(record.recorded)
-                    .push_bind(record.patient)
-                    .push_bind(record.facility)
-                    .push_bind(record.event);
-            });
-            sql
-        };
+        // The server appends to the journal (see `crate::journal`); other processes insert.
+        if let Some(journal) = &self.journal
+            && journal.append(records)?
+        {
+            return Ok(());
+        }
         // One statement is atomic on its own: the common case (a group commit of a few
         // requests) costs one round trip to the database thread instead of three.
         if records.len() <= AUDIT_CHUNK {
-            insert(records)
+            audit_insert(records)
                 .build()
                 .execute(&self.pool)
                 .await
@@ -483,7 +491,7 @@ impl Governance for SqliteStore {
         }
         let mut transaction = begin(&self.pool).await?;
         for chunk in records.chunks(AUDIT_CHUNK) {
-            insert(chunk)
+            audit_insert(chunk)
                 .build()
                 .execute(&mut *transaction)
                 .await
@@ -493,6 +501,7 @@ impl Governance for SqliteStore {
     }
 
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<ListedAudit>, StoreError> {
+        self.import_journal().await?;
         let rows = sqlx::query(
             "SELECT seq, id, recorded, patient, facility, event FROM audit \
              WHERE (?1 IS NULL OR id = ?1) AND (?2 IS NULL OR patient = ?2) \
@@ -528,6 +537,7 @@ impl Governance for SqliteStore {
     }
 
     async fn audit_count(&self) -> Result<u64, StoreError> {
+        self.import_journal().await?;
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit")
             .fetch_one(&self.pool)
             .await
@@ -622,4 +632,105 @@ fn client_from_row(row: &SqliteRow) -> Result<Client, StoreError> {
         scope: get(row, "scope")?,
         active: get(row, "active")?,
     })
+}
+
+impl SqliteStore {
+    /// Journals this process's audit records (see `crate::journal`): imports what earlier runs
+    /// left, appends to a new generation from now on, and imports every 100 ms in the
+    /// background. Only the server calls this; without it records are inserted directly. A
+    /// database without a file (in memory) keeps inserting directly.
+    pub async fn journal_audit(&self) -> Result<(), StoreError> {
+        let Some(journal) = self.journal.clone() else {
+            return Ok(());
+        };
+        let (generation, _) = self.import_journal().await?;
+        journal.start_appending(generation)?;
+        let store = self.clone();
+        let weak = std::sync::Arc::downgrade(&journal);
+        drop(journal);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                // The store was dropped: stop.
+                if weak.upgrade().is_none() {
+                    return;
+                }
+                if let Err(error) = store.import_journal().await {
+                    tracing::warn!(target: "tsunagi::audit", %error, "audit journal import failed; retrying");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Moves journaled audit records into the `audit` table (see `crate::journal`); returns the
+    /// import position (generation, offset) afterwards.
+    pub(crate) async fn import_journal(&self) -> Result<(u64, u64), StoreError> {
+        let Some(journal) = &self.journal else {
+            return Ok((0, 0));
+        };
+        let _one_at_a_time = self.importing.lock().await;
+        let files = journal.files()?;
+        let mut transaction = begin(&self.pool).await?;
+        let position: Option<String> =
+            sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'audit_journal'")
+                .fetch_optional(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+        let (mut generation, mut offset) = position
+            .as_deref()
+            .and_then(|text| text.split_once(':'))
+            .and_then(|(g, o)| Some((g.parse::<u64>().ok()?, o.parse::<u64>().ok()?)))
+            .unwrap_or((0, 0));
+        let start = (generation, offset);
+        let mut imported = 0usize;
+        let pending: Vec<&(u64, std::path::PathBuf)> =
+            files.iter().filter(|(g, _)| *g >= generation).collect();
+        for (index, (file_generation, path)) in pending.iter().enumerate() {
+            let from = if *file_generation == generation {
+                offset
+            } else {
+                0
+            };
+            let (records, end) = Journal::read_from(path, from)?;
+            for chunk in records.chunks(AUDIT_CHUNK) {
+                audit_insert(chunk)
+                    .build()
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(db_error)?;
+            }
+            imported += records.len();
+            match pending.get(index + 1) {
+                // A later generation exists: this one is complete (any cut frame at its end
+                // belongs to a request that was never answered).
+                Some((next, _)) => (generation, offset) = (*next, 0),
+                None => (generation, offset) = (*file_generation, end),
+            }
+        }
+        if (generation, offset) != start {
+            sqlx::query(
+                "INSERT OR REPLACE INTO store_meta (key, value) VALUES ('audit_journal', ?1)",
+            )
+            .bind(format!("{generation}:{offset}"))
+            .execute(&mut *transaction)
+            .await
+            .map_err(db_error)?;
+            transaction.commit().await.map_err(db_error)?;
+        } else {
+            transaction.rollback().await.map_err(db_error)?;
+        }
+        // Generations before the one being imported from are in the table.
+        for (file_generation, path) in &files {
+            if *file_generation < generation {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        if imported > 0 {
+            tracing::debug!(target: "tsunagi::audit", imported, "audit journal imported");
+        }
+        Ok((generation, offset))
+    }
 }

@@ -36,6 +36,7 @@ use tsunagi_store::{
 };
 
 mod governance;
+mod journal;
 mod query;
 
 /// Seconds an assertion id is remembered past its `exp` (clock skew between client and us).
@@ -65,6 +66,15 @@ fn json_list<T: Clone + Into<Value>>(items: &[T]) -> String {
     Value::from(items.to_vec()).to_string()
 }
 
+/// The database file of a `sqlite://` URL, if it names one.
+fn database_file(url: &str) -> Option<std::path::PathBuf> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = path.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.contains(":memory:")).then(|| std::path::PathBuf::from(path))
+}
+
 fn db_error(error: sqlx::Error) -> StoreError {
     StoreError::Database(error.to_string())
 }
@@ -79,6 +89,10 @@ pub struct SqliteStore {
     reader: SqlitePool,
     clock: Arc<dyn Clock>,
     compartments: Arc<query::CompartmentCache>,
+    /// The audit journal beside the database file (none for an in-memory database).
+    journal: Option<Arc<journal::Journal>>,
+    /// One journal import at a time in this process.
+    importing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -124,11 +138,14 @@ impl SqliteStore {
             .max_connections(8)
             .min_connections(0)
             .connect_lazy_with(options.pragma("mmap_size", "2147418112"));
+        let journal = database_file(url).map(|file| Arc::new(journal::Journal::new(file)));
         let store = Self {
             pool,
             reader,
             clock,
             compartments: Arc::default(),
+            journal,
+            importing: Arc::default(),
         };
         if project {
             store.project_all().await?;

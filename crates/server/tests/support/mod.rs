@@ -273,6 +273,8 @@ pub async fn serve(store: Arc<SqliteStore>, settings: Settings) -> SocketAddr {
         .unwrap()
         .get_or_insert_with(HashMap::new)
         .insert(addr, token);
+    // As `tsunagi serve` does: audit records go through the journal (reads import it).
+    store.journal_audit().await.unwrap();
     let state = AppState::new(
         store.clone(),
         store,
