@@ -30,6 +30,21 @@ pub(crate) fn audit_insert(chunk: &[AuditRecord]) -> sqlx::QueryBuilder<sqlx::Sq
     sql
 }
 
+/// Inserts any number of audit records inside `transaction`, `AUDIT_CHUNK` per statement.
+async fn insert_audit(
+    transaction: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    records: &[AuditRecord],
+) -> Result<(), StoreError> {
+    for chunk in records.chunks(AUDIT_CHUNK) {
+        audit_insert(chunk)
+            .build()
+            .execute(&mut **transaction)
+            .await
+            .map_err(db_error)?;
+    }
+    Ok(())
+}
+
 fn get<'r, T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>>(
     row: &'r SqliteRow,
     column: &str,
@@ -490,13 +505,7 @@ impl Governance for SqliteStore {
             return Ok(());
         }
         let mut transaction = begin(&self.pool).await?;
-        for chunk in records.chunks(AUDIT_CHUNK) {
-            audit_insert(chunk)
-                .build()
-                .execute(&mut *transaction)
-                .await
-                .map_err(db_error)?;
-        }
+        insert_audit(&mut transaction, records).await?;
         transaction.commit().await.map_err(db_error)
     }
 
@@ -695,13 +704,7 @@ impl SqliteStore {
                 0
             };
             let (records, end) = Journal::read_from(path, from)?;
-            for chunk in records.chunks(AUDIT_CHUNK) {
-                audit_insert(chunk)
-                    .build()
-                    .execute(&mut *transaction)
-                    .await
-                    .map_err(db_error)?;
-            }
+            insert_audit(&mut transaction, &records).await?;
             imported += records.len();
             match pending.get(index + 1) {
                 // A later generation exists: this one is complete (any cut frame at its end

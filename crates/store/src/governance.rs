@@ -227,7 +227,9 @@ pub trait Governance: Send + Sync {
     /// Consents about Patient `patient`'s person (`None`: all).
     async fn consents(&self, patient: Option<&str>) -> Result<Vec<Consent>, StoreError>;
 
-    /// Appends audit records in one transaction.
+    /// Appends audit records atomically; when it returns they survive a crash of the process
+    /// (a backend may journal them and import them later, but every read of the trail must see
+    /// them).
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError>;
     /// Audit records matching `filter`, newest first.
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<ListedAudit>, StoreError>;
