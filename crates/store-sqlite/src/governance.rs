@@ -654,19 +654,22 @@ impl SqliteStore {
         };
         let (generation, _) = self.import_journal().await?;
         journal.start_appending(generation)?;
-        let store = self.clone();
+        // The task holds the journal weakly: it stops once every handle of the store is gone.
         let weak = std::sync::Arc::downgrade(&journal);
         drop(journal);
+        let store = Self {
+            journal: None,
+            ..self.clone()
+        };
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                // The store was dropped: stop.
-                if weak.upgrade().is_none() {
+                let Some(journal) = weak.upgrade() else {
                     return;
-                }
-                if let Err(error) = store.import_journal().await {
+                };
+                if let Err(error) = store.import_from(&journal).await {
                     tracing::warn!(target: "tsunagi::audit", %error, "audit journal import failed; retrying");
                 }
             }
@@ -677,9 +680,13 @@ impl SqliteStore {
     /// Moves journaled audit records into the `audit` table (see `crate::journal`); returns the
     /// import position (generation, offset) afterwards.
     pub(crate) async fn import_journal(&self) -> Result<(u64, u64), StoreError> {
-        let Some(journal) = &self.journal else {
-            return Ok((0, 0));
-        };
+        match &self.journal {
+            Some(journal) => self.import_from(journal).await,
+            None => Ok((0, 0)),
+        }
+    }
+
+    async fn import_from(&self, journal: &Journal) -> Result<(u64, u64), StoreError> {
         let _one_at_a_time = self.importing.lock().await;
         let files = journal.files()?;
         let mut transaction = begin(&self.pool).await?;
