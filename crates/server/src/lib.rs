@@ -175,13 +175,7 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // With the peer in each request: the audit records its address (BALP agent.network).
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<tls::Peer>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    serve_on(listener, state, shutdown).await
 }
 
 /// Serves `router` over TLS until `shutdown` completes. On a mutual-TLS listener every token
@@ -191,6 +185,21 @@ pub async fn serve_tls(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_on(listener, state, shutdown).await
+}
+
+async fn serve_on<L>(
+    listener: L,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+    tls::Peer: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    // With the peer in each request: the audit records its address (BALP agent.network), and
+    // the guard holds tokens to the client a certificate names.
     axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<tls::Peer>(),

@@ -14,15 +14,11 @@ mod support;
 use std::collections::BTreeSet;
 
 use serde_json::Value;
-use support::{NOW, Reply, fresh_store, request, serve};
-use tsunagi_server::{
-    Settings,
-    security::{Subject, issue_token, signing_keys},
-};
+use support::{NOW, Reply, fresh_store, request, serve, system_client};
+use tsunagi_server::{Settings, security::signing_keys};
 use tsunagi_store::{
     Governance,
     conformance_access::{FACILITIES, PATIENTS, expected, load, permitted, person, stored},
-    governance::Client,
 };
 
 /// One viewer's client: the server's address and a token of a system client of `facility`.
@@ -118,27 +114,15 @@ async fn every_interaction_returns_exactly_the_permitted_set_over_http() {
     let mut viewers = Vec::new();
     for (facility, _) in FACILITIES {
         let id = format!("system-{facility}");
-        store
-            .put_client(&Client {
-                id: id.clone(),
-                facility: facility.into(),
-                kind: "system".into(),
-                jwks: r#"{"keys":[]}"#.into(),
-                scope: "system/*.rs".into(),
-                active: true,
-            })
-            .await
-            .unwrap();
-        let (token, _) = issue_token(
-            store.as_ref(),
-            &keys[0],
-            &Settings::default().tokens,
-            Subject::System(&id),
-            "system/*.rs",
-            NOW / 1_000_000,
+        let token = system_client(
+            &store,
+            &Settings::default(),
+            &keys,
+            &id,
+            facility,
+            r#"{"keys":[]}"#,
         )
-        .await
-        .unwrap();
+        .await;
         viewers.push(Viewer {
             addr,
             facility,

@@ -13,13 +13,13 @@ use rustls::{
     pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
 };
 use serde_json::json;
-use support::{FACILITY, NOW, Reply, fresh_store, parse_reply, system_token};
+use support::{FACILITY, NOW, Reply, fresh_store, parse_reply, system_client, system_token};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 use tsunagi_core::clock::FixedClock;
 use tsunagi_server::{
     AppState, Settings,
-    security::{Subject, issue_token, signing_keys},
+    security::signing_keys,
     tls::{TlsFiles, TlsListener, common_name, server_config},
 };
 use tsunagi_store::{Governance, governance::Client};
@@ -54,32 +54,12 @@ async fn serve(allow_tls12: bool, client_ca: Option<&str>) -> Served {
     let settings = Settings::default();
     let keys = signing_keys(store.as_ref(), NOW).await.unwrap();
     let test_system = system_token(&store, &settings, &keys).await;
-    store
-        .put_client(&Client {
-            id: "lab-company-1".into(),
-            facility: FACILITY.into(),
-            kind: "system".into(),
-            jwks: std::fs::read_to_string(
-                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("../../tests/fixtures/keys/lab-rs384.jwks.json"),
-            )
-            .unwrap(),
-            scope: "system/*.rs".into(),
-            active: true,
-        })
-        .await
-        .unwrap();
-    let lab = issue_token(
-        store.as_ref(),
-        &keys[0],
-        &settings.tokens,
-        Subject::System("lab-company-1"),
-        "system/*.rs",
-        NOW / 1_000_000,
+    let jwks = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/keys/lab-rs384.jwks.json"),
     )
-    .await
-    .unwrap()
-    .0;
+    .unwrap();
+    let lab = system_client(&store, &settings, &keys, "lab-company-1", FACILITY, &jwks).await;
     let config = server_config(&files(allow_tls12), client_ca.map(fixture).as_deref()).unwrap();
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let listener = TlsListener::new(tcp, config, client_ca.is_some()).unwrap();

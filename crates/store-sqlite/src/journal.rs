@@ -107,14 +107,24 @@ impl Journal {
     /// Appends `records` in one write; `Ok(false)` when this process does not append (the
     /// caller inserts them directly).
     pub(crate) fn append(&self, records: &[AuditRecord]) -> Result<bool, StoreError> {
-        let mut appender = self.appender.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some((generation, file, written)) = appender.as_mut() else {
+        if self
+            .appender
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+        {
             return Ok(false);
-        };
+        }
+        // Encoded outside the lock (a process that appends never stops): only the write is
+        // serialised.
         let mut bytes = Vec::with_capacity(records.len() * 1600);
         for record in records {
             encode(record, &mut bytes)?;
         }
+        let mut appender = self.appender.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some((generation, file, written)) = appender.as_mut() else {
+            return Ok(false);
+        };
         file.write_all(&bytes)
             .map_err(|e| io_error(&self.path(*generation), e))?;
         *written += bytes.len() as u64;

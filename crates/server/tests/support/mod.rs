@@ -237,12 +237,33 @@ pub async fn system_token(store: &SqliteStore, settings: &Settings, keys: &[Sign
         })
         .await
         .unwrap();
+    system_client(
+        store,
+        settings,
+        keys,
+        "test-system",
+        FACILITY,
+        r#"{"keys":[]}"#,
+    )
+    .await
+}
+
+/// Registers system client `id` of `facility` (`system/*.rs`, with the JWK Set `jwks`) and
+/// returns a token for it.
+pub async fn system_client(
+    store: &SqliteStore,
+    settings: &Settings,
+    keys: &[SigningKey],
+    id: &str,
+    facility: &str,
+    jwks: &str,
+) -> String {
     store
         .put_client(&Client {
-            id: "test-system".into(),
-            facility: FACILITY.into(),
+            id: id.into(),
+            facility: facility.into(),
             kind: "system".into(),
-            jwks: r#"{"keys":[]}"#.into(),
+            jwks: jwks.into(),
             scope: "system/*.rs".into(),
             active: true,
         })
@@ -252,7 +273,7 @@ pub async fn system_token(store: &SqliteStore, settings: &Settings, keys: &[Sign
         store,
         &keys[0],
         &settings.tokens,
-        Subject::System("test-system"),
+        Subject::System(id),
         "system/*.rs",
         NOW / 1_000_000,
     )
