@@ -205,7 +205,7 @@ fn operator_event(action: &str, what: &str, patient: Option<&str>, now: i64) -> 
     }
     let event = json!({
         "resourceType": "AuditEvent",
-        "id": tsunagi_auth::token::random_id(16),
+        "id": tsunagi_store::audit::record_id(now, &tsunagi_auth::token::random_id(8)),
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
         "subtype": [{"system": "urn:tsunagi:admin", "code": action}],
         "action": if action.starts_with("withdraw") || action == "unlink" { "D" } else { "C" },
@@ -485,7 +485,7 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                 ..AuditFilter::default()
             };
             for listed in open_store(&db).await?.audit(&filter).await? {
-                println!("{}", String::from_utf8_lossy(&listed.record.event));
+                println!("{}", tsunagi_store::audit::render(&listed.record));
             }
         }
     }

@@ -11,7 +11,10 @@ use axum::{
 use serde_json::Value;
 use tsunagi_auth::Interaction;
 use tsunagi_fhir::query::Prefix;
-use tsunagi_store::governance::{AuditFilter, ListedAudit};
+use tsunagi_store::{
+    audit::render,
+    governance::{AuditFilter, AuditRecord, ListedAudit},
+};
 
 use crate::{
     AppState, base_url, bundle_id, json_response, link_query, outcome::ApiError, push_link,
@@ -126,11 +129,17 @@ pub(crate) async fn search(
                 .as_bytes(),
         );
         out.extend_from_slice(b",\"resource\":");
-        out.extend_from_slice(&record.event);
+        write_event(record, &mut out)?;
         out.extend_from_slice(b",\"search\":{\"mode\":\"match\"}}");
     }
     out.extend_from_slice(b"]}");
     Ok(json_response(StatusCode::OK, out))
+}
+
+/// The AuditEvent of a stored record, resourceType first as every resource we serve.
+fn write_event(record: &AuditRecord, out: &mut Vec<u8>) -> Result<(), ApiError> {
+    tsunagi_fhir::json::write_resource(&render(record), out)
+        .map_err(|error| ApiError::internal(error.to_string()))
 }
 
 /// `GET /fhir/AuditEvent/{id}`: 404 for an id that does not exist and for one the caller's
@@ -154,7 +163,9 @@ pub(crate) async fn read(
     if let Some(patient) = &listed.record.patient {
         caller.touch_patient(patient);
     }
-    Ok(json_response(StatusCode::OK, listed.record.event))
+    let mut out = Vec::with_capacity(2048);
+    write_event(&listed.record, &mut out)?;
+    Ok(json_response(StatusCode::OK, out))
 }
 
 /// Narrows the recorded interval by one `date` value: `eq` (no prefix), `ge`, `gt`, `le`, `lt`.

@@ -31,9 +31,9 @@ use tsunagi_auth::{
     assertion::{unverified_issuer, verify_client_assertion},
     token::{self, AccessClaims, Expected, SigningKey, SubjectKind, TokenError, random_id},
 };
-use tsunagi_core::time::format_instant_jst;
 use tsunagi_store::{
     Access, StoreError, StoredResource,
+    audit::{AuditAgent, AuditFacts, record_id},
     governance::{AuditRecord, Governance, StoredKey},
 };
 
@@ -283,16 +283,28 @@ impl Caller {
 /// A batch of audit records and the reply sent once they are committed.
 type AuditJob = (Vec<AuditRecord>, oneshot::Sender<Result<(), String>>);
 
-/// Appends audit records with group commit: whatever is queued is written in one transaction.
-#[derive(Debug, Clone)]
+/// Appends audit records: at once when the store journals them (one short write, no hand-off
+/// between tasks), else with group commit, whatever is queued written in one transaction.
+#[derive(Clone)]
 pub struct AuditWriter {
     sender: mpsc::Sender<AuditJob>,
+    governance: Arc<dyn Governance>,
+}
+
+impl std::fmt::Debug for AuditWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditWriter").finish_non_exhaustive()
+    }
 }
 
 impl AuditWriter {
     /// Starts the writer task.
     pub fn start(governance: Arc<dyn Governance>) -> Self {
         let (sender, mut receiver) = mpsc::channel::<AuditJob>(4096);
+        let writer = Self {
+            sender,
+            governance: governance.clone(),
+        };
         tokio::spawn(async move {
             while let Some(first) = receiver.recv().await {
                 let mut jobs = vec![first];
@@ -317,11 +329,14 @@ impl AuditWriter {
                 }
             }
         });
-        Self { sender }
+        writer
     }
 
     /// Appends `records` and waits until they are committed.
     pub async fn append(&self, records: Vec<AuditRecord>) -> Result<(), String> {
+        if let Some(done) = self.governance.append_audit_now(&records) {
+            return done.map_err(|error| error.to_string());
+        }
         let (reply, done) = oneshot::channel();
         self.sender
             .send((records, reply))
@@ -406,16 +421,15 @@ pub async fn guard(
             now,
         )]
     } else {
+        let event = audit_facts(&facts, Agent::Principal(&caller.principal), status);
         touched
             .iter()
-            .map(|patient| {
-                audit_record(
-                    &facts,
-                    Agent::Principal(&caller.principal),
-                    Some(patient),
-                    status,
-                    now,
-                )
+            .map(|patient| AuditRecord {
+                id: record_id(now, &random_id(8)),
+                recorded: now,
+                patient: Some(patient.clone()),
+                facility: Some(caller.principal.facility.clone()),
+                event: event.clone(),
             })
             .collect()
     };
@@ -485,8 +499,8 @@ enum Agent<'a> {
     },
 }
 
-/// One BALP-shaped AuditEvent (Basic Audit Log Patterns: RESTful activity, patient variant when
-/// a patient was touched; DICOM User Authentication / Login for a token issued).
+/// The audit record of one access, holding its compact facts (rendered as an IHE BALP
+/// AuditEvent when the trail is read: [`tsunagi_store::audit::render`]).
 fn audit_record(
     facts: &RequestFacts,
     agent: Agent<'_>,
@@ -494,139 +508,45 @@ fn audit_record(
     status: StatusCode,
     now: i64,
 ) -> AuditRecord {
-    let (subtype, action) = interaction_of(&facts.method, &facts.path);
-    let outcome = if status.is_success() || status == StatusCode::NOT_MODIFIED {
-        "0"
-    } else if status.is_server_error() {
-        "8"
-    } else {
-        "4"
-    };
-    let dcm = "http://dicom.nema.org/resources/ontology/DCM";
-    let mut agents = vec![json!({
-        "type": {"coding": [{"system": dcm, "code": "110152", "display": "Destination Role ID"}]},
-        "who": {"display": "tsunagi"},
-        "requestor": false
-    })];
-    let mut client = json!({
-        "type": {"coding": [{"system": dcm, "code": "110153", "display": "Source Role ID"}]},
-        "requestor": false
-    });
-    if let Some(address) = &facts.address {
-        client["network"] = json!({"address": address, "type": "2"});
-    }
-    match agent {
-        Agent::Principal(principal) => {
-            client["who"] = json!({"identifier": {"system": "urn:tsunagi:client", "value": principal.client_id}});
-            agents.push(client);
-            agents.push(json!({
-                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient"}]},
-                "who": {"identifier": {"system": if principal.kind == SubjectKind::User { "urn:tsunagi:user" } else { "urn:tsunagi:client" }, "value": principal.subject}},
-                "requestor": true,
-                "role": [{"coding": [{"system": "urn:tsunagi:role", "code": principal.role.code()}]}],
-                "policy": [principal.token_id],
-                "extension": [{"url": "urn:tsunagi:facility", "valueIdentifier": {"system": tsunagi_fhir::systems::MEDICAL_ORGANIZATION_ID, "value": principal.facility}}]
-            }));
-        }
-        Agent::Login { client: id, user } => {
-            client["who"] = json!({"identifier": {"system": "urn:tsunagi:client", "value": id}});
-            if let Some(user) = user {
-                client["altId"] = json!(user);
-            }
-            agents.push(client);
-        }
-        Agent::Unauthenticated => {
-            client["who"] = json!({"display": "unauthenticated"});
-            agents.push(client);
-        }
-    }
-    let (event_type, subtype) = match agent {
-        Agent::Login { .. } => (
-            json!({"system": dcm, "code": "110114", "display": "User Authentication"}),
-            json!({"system": dcm, "code": "110122", "display": "Login"}),
-        ),
-        _ => (
-            json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "Restful Operation"}),
-            json!({"system": "http://hl7.org/fhir/restful-interaction", "code": subtype}),
-        ),
-    };
-    let mut entities = Vec::new();
-    if let Some(patient) = patient {
-        entities.push(json!({
-            "what": {"reference": format!("Patient/{patient}")},
-            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"},
-            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"}
-        }));
-    }
-    let described = match &facts.query {
-        Some(query) => format!("{} {}?{query}", facts.method, facts.path),
-        None => format!("{} {}", facts.method, facts.path),
-    };
-    entities.push(json!({
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"},
-        "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query"},
-        "description": described
-    }));
-    if !facts.request_id.is_empty() {
-        entities.push(json!({
-            "what": {"identifier": {"value": facts.request_id}},
-            "type": {"system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType", "code": "XrequestId"}
-        }));
-    }
-    let id = random_id(16);
-    let event = json!({
-        "resourceType": "AuditEvent",
-        "id": id,
-        "meta": {"profile": [if patient.is_some() { "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientRead" } else { "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Read" }]},
-        "type": event_type,
-        "subtype": [subtype],
-        "action": action,
-        "recorded": format_instant_jst(now),
-        "outcome": outcome,
-        "outcomeDesc": format!("HTTP {}", status.as_u16()),
-        "agent": agents,
-        "source": {
-            "observer": {"display": "tsunagi"},
-            "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]
-        },
-        "entity": entities
-    });
     AuditRecord {
-        id,
+        id: record_id(now, &random_id(8)),
         recorded: now,
         patient: patient.map(str::to_owned),
         facility: match agent {
             Agent::Principal(principal) => Some(principal.facility.clone()),
             _ => None,
         },
-        event: event.to_string().into_bytes(),
+        event: audit_facts(facts, agent, status),
     }
 }
 
-/// The FHIR restful interaction and AuditEvent action of a request path.
-fn interaction_of(method: &str, path: &str) -> (&'static str, &'static str) {
-    let segments: Vec<&str> = path
-        .trim_start_matches("/fhir")
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
-    let read = if method == "GET" { "R" } else { "E" };
-    match (method, segments.as_slice()) {
-        ("POST", [_]) => return ("create", "C"),
-        ("PUT" | "PATCH", [_, _]) => return ("update", "U"),
-        ("DELETE", [_, _]) => return ("delete", "D"),
-        _ => {}
-    }
-    match segments.as_slice() {
-        ["_history"] => ("history-system", "R"),
-        [_, "_history"] => ("history-type", "R"),
-        [_, "_search"] | [_] => ("search-type", "E"),
-        [_, operation] | [_, _, operation] if operation.starts_with('$') => ("operation", "E"),
-        [_, _, "_history"] => ("history-instance", "R"),
-        [_, _, "_history", _] => ("vread", "R"),
-        [_, _] => ("read", read),
-        _ => ("operation", "E"),
-    }
+/// The stored facts of an access ([`AuditFacts`]).
+fn audit_facts(facts: &RequestFacts, agent: Agent<'_>, status: StatusCode) -> Vec<u8> {
+    let agent = match agent {
+        Agent::Unauthenticated => AuditAgent::Unauthenticated,
+        Agent::Principal(principal) => AuditAgent::Principal {
+            client: principal.client_id.clone(),
+            subject: principal.subject.clone(),
+            user: principal.kind == SubjectKind::User,
+            role: principal.role.code().to_owned(),
+            token: principal.token_id.clone(),
+            facility: principal.facility.clone(),
+        },
+        Agent::Login { client, user } => AuditAgent::Login {
+            client: client.to_owned(),
+            user: user.map(str::to_owned),
+        },
+    };
+    AuditFacts::new(
+        &facts.method,
+        &facts.path,
+        facts.query.as_deref(),
+        &facts.request_id,
+        facts.address.as_deref(),
+        status.as_u16(),
+        agent,
+    )
+    .to_bytes()
 }
 
 /// `GET /.well-known/smart-configuration`.
@@ -821,44 +741,5 @@ pub async fn token_endpoint(
         }
         Err(IssueError::Store(error)) => ApiError::from(error).into_response(),
         Err(IssueError::Token(error)) => ApiError::internal(error.to_string()).into_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interactions_of_paths() {
-        assert_eq!(interaction_of("GET", "/fhir/Patient/p1"), ("read", "R"));
-        assert_eq!(interaction_of("GET", "/fhir/Patient"), ("search-type", "E"));
-        assert_eq!(
-            interaction_of("POST", "/fhir/Patient/_search"),
-            ("search-type", "E")
-        );
-        assert_eq!(
-            interaction_of("GET", "/fhir/Patient/p1/$everything"),
-            ("operation", "E")
-        );
-        assert_eq!(
-            interaction_of("GET", "/fhir/Observation/$lastn"),
-            ("operation", "E")
-        );
-        assert_eq!(
-            interaction_of("GET", "/fhir/_history"),
-            ("history-system", "R")
-        );
-        assert_eq!(
-            interaction_of("GET", "/fhir/Patient/_history"),
-            ("history-type", "R")
-        );
-        assert_eq!(
-            interaction_of("GET", "/fhir/Patient/p/_history"),
-            ("history-instance", "R")
-        );
-        assert_eq!(
-            interaction_of("GET", "/fhir/Patient/p/_history/2"),
-            ("vread", "R")
-        );
     }
 }

@@ -324,7 +324,7 @@ async fn every_access_is_audited_once_per_patient_touched() {
         .await
         .unwrap();
     assert_eq!(shared.len(), 1);
-    let event: serde_json::Value = serde_json::from_slice(&shared[0].record.event).unwrap();
+    let event: serde_json::Value = tsunagi_store::audit::render(&shared[0].record);
     assert_eq!(event["resourceType"], "AuditEvent");
     assert_eq!(event["entity"][0]["what"]["reference"], "Patient/shared");
     assert_eq!(event["outcome"], "0");
@@ -727,7 +727,7 @@ async fn the_directory_is_readable_and_consents_are_managed_over_fhir() {
     let subtypes: Vec<String> = events
         .iter()
         .map(|e| {
-            let event: serde_json::Value = serde_json::from_slice(&e.record.event).unwrap();
+            let event: serde_json::Value = tsunagi_store::audit::render(&e.record);
             event["subtype"][0]["code"].as_str().unwrap().to_owned()
         })
         .collect();

@@ -330,7 +330,7 @@ async fn mutual_tls_binds_tokens_to_the_certified_client() {
         .unwrap();
     assert!(
         trail.iter().any(|listed| {
-            let event: serde_json::Value = serde_json::from_slice(&listed.record.event).unwrap();
+            let event: serde_json::Value = tsunagi_store::audit::render(&listed.record);
             event["outcome"] == "4" && event.to_string().contains("127.0.0.1")
         }),
         "{trail:?}"

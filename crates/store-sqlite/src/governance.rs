@@ -509,6 +509,15 @@ impl Governance for SqliteStore {
         transaction.commit().await.map_err(db_error)
     }
 
+    fn append_audit_now(&self, records: &[AuditRecord]) -> Option<Result<(), StoreError>> {
+        let journal = self.journal.as_ref()?;
+        match journal.append(records) {
+            Ok(true) => Some(Ok(())),
+            Ok(false) => None,
+            Err(error) => Some(Err(error)),
+        }
+    }
+
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<ListedAudit>, StoreError> {
         self.import_journal().await?;
         let rows = sqlx::query(
@@ -649,11 +658,18 @@ impl SqliteStore {
     /// background. Only the server calls this; without it records are inserted directly. A
     /// database without a file (in memory) keeps inserting directly.
     pub async fn journal_audit(&self) -> Result<(), StoreError> {
+        self.journal_audit_rotating_at(crate::journal::ROTATE_BYTES)
+            .await
+    }
+
+    /// [`SqliteStore::journal_audit`], beginning a new journal file whenever the current one
+    /// passes `bytes` (64 MiB in the server; tests use a few bytes to see files rotate).
+    pub async fn journal_audit_rotating_at(&self, bytes: u64) -> Result<(), StoreError> {
         let Some(journal) = self.journal.clone() else {
             return Ok(());
         };
         let (generation, _) = self.import_journal().await?;
-        journal.start_appending(generation)?;
+        journal.start_appending(generation, bytes.max(1))?;
         // The task holds the journal weakly: it stops once every handle of the store is gone.
         let weak = std::sync::Arc::downgrade(&journal);
         drop(journal);

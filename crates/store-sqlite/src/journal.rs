@@ -33,13 +33,24 @@ fn io_error(path: &Path, error: std::io::Error) -> StoreError {
     StoreError::Database(format!("audit journal {}: {error}", path.display()))
 }
 
+/// The file this process appends to.
+#[derive(Debug)]
+struct Appender {
+    generation: u64,
+    file: File,
+    /// Bytes written to `file`.
+    written: u64,
+    /// Begin a new generation past this size.
+    rotate_at: u64,
+}
+
 /// The journal files of one database.
 #[derive(Debug)]
 pub(crate) struct Journal {
     /// The database file; journal files are named after it.
     database: PathBuf,
-    /// The generation this process appends to, when it appends at all.
-    appender: Mutex<Option<(u64, File, u64)>>,
+    /// What this process appends to, when it appends at all.
+    appender: Mutex<Option<Appender>>,
 }
 
 impl Journal {
@@ -83,15 +94,21 @@ impl Journal {
         Ok(found)
     }
 
-    /// Starts appending, to a generation after every existing one and after `imported`.
-    pub(crate) fn start_appending(&self, imported: u64) -> Result<(), StoreError> {
+    /// Starts appending, to a generation after every existing one and after `imported`; a new
+    /// generation begins whenever the current file passes `rotate_at` bytes.
+    pub(crate) fn start_appending(&self, imported: u64, rotate_at: u64) -> Result<(), StoreError> {
         let newest = self
             .files()?
             .last()
             .map_or(0, |(generation, _)| *generation);
         let generation = newest.max(imported) + 1;
         let file = self.create(generation)?;
-        *self.appender.lock().unwrap_or_else(PoisonError::into_inner) = Some((generation, file, 0));
+        *self.appender.lock().unwrap_or_else(PoisonError::into_inner) = Some(Appender {
+            generation,
+            file,
+            written: 0,
+            rotate_at,
+        });
         Ok(())
     }
 
@@ -122,17 +139,19 @@ impl Journal {
             encode(record, &mut bytes)?;
         }
         let mut appender = self.appender.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some((generation, file, written)) = appender.as_mut() else {
+        let Some(appender) = appender.as_mut() else {
             return Ok(false);
         };
-        file.write_all(&bytes)
-            .map_err(|e| io_error(&self.path(*generation), e))?;
-        *written += bytes.len() as u64;
-        if *written >= ROTATE_BYTES {
-            let next = *generation + 1;
-            *file = self.create(next)?;
-            *generation = next;
-            *written = 0;
+        appender
+            .file
+            .write_all(&bytes)
+            .map_err(|e| io_error(&self.path(appender.generation), e))?;
+        appender.written += bytes.len() as u64;
+        if appender.written >= appender.rotate_at {
+            let next = appender.generation + 1;
+            appender.file = self.create(next)?;
+            appender.generation = next;
+            appender.written = 0;
         }
         Ok(true)
     }

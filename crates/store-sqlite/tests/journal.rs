@@ -112,3 +112,46 @@ async fn without_journaling_records_are_inserted_directly() {
     assert!(journal_files(dir.path()).is_empty());
     assert_eq!(store.audit_count().await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn a_full_journal_file_rotates_and_imported_generations_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let server = open(&url).await;
+    // Each record's frame is over 50 bytes: every append fills a file.
+    server.journal_audit_rotating_at(50).await.unwrap();
+    for n in 1..=3 {
+        server.append_audit(&[record(n)]).await.unwrap();
+    }
+    // Generations 1–3 are full; appends now go to an empty generation 4.
+    assert_eq!(
+        journal_files(dir.path()),
+        vec![
+            "t.db.audit-1",
+            "t.db.audit-2",
+            "t.db.audit-3",
+            "t.db.audit-4"
+        ]
+    );
+    // A reader imports all three full files, in order, and they are deleted.
+    let listed = open(&url)
+        .await
+        .audit(&AuditFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|l| l.record.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["a3", "a2", "a1"]
+    );
+    assert_eq!(journal_files(dir.path()), vec!["t.db.audit-4"]);
+    // Appending and importing go on in the new generation, nothing twice.
+    server.append_audit(&[record(4)]).await.unwrap();
+    assert_eq!(server.audit_count().await.unwrap(), 4);
+    assert_eq!(open(&url).await.audit_count().await.unwrap(), 4);
+}

@@ -137,7 +137,8 @@ pub struct AuditRecord {
     pub patient: Option<String>,
     /// The facility of the requesting agent, when one was authenticated.
     pub facility: Option<String>,
-    /// The AuditEvent, serialized.
+    /// The facts of the access ([`crate::audit::AuditFacts`]), or an AuditEvent, serialized;
+    /// [`crate::audit::render`] gives the AuditEvent of either.
     pub event: Vec<u8>,
 }
 
@@ -231,6 +232,13 @@ pub trait Governance: Send + Sync {
     /// (a backend may journal them and import them later, but every read of the trail must see
     /// them).
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError>;
+    /// Appends audit records at once, without waiting on the database, when this backend can
+    /// (a local journal, one short write): `None` when it cannot, and the caller uses
+    /// [`Governance::append_audit`]. The same durability promise holds.
+    fn append_audit_now(&self, records: &[AuditRecord]) -> Option<Result<(), StoreError>> {
+        let _ = records;
+        None
+    }
     /// Audit records matching `filter`, newest first.
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<ListedAudit>, StoreError>;
     /// The number of audit records.

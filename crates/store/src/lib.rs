@@ -17,6 +17,7 @@
 //! `meta.versionId` and `meta.lastUpdated` are not part of the stored content: the store owns
 //! them and [`StoredResource::to_json`] adds them when a resource is read.
 
+pub mod audit;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 #[cfg(feature = "conformance")]
