@@ -16,7 +16,10 @@ use tsunagi_core::clock::{Clock, SystemClock};
 
 use tsunagi_auth::token::SigningKey;
 use tsunagi_server::security::{Subject, TokenSettings, issue_token};
-use tsunagi_store::governance::{Client, Facility, Governance};
+use tsunagi_store::{
+    Access, Store,
+    governance::{Client, Facility, Governance},
+};
 use tsunagi_store_sqlite::SqliteStore;
 
 use crate::commands;
@@ -397,6 +400,96 @@ async fn time_queries(
     Ok((results, note, large_patient))
 }
 
+/// A patient the bench's facility may not see (hospital B's, no consent) and an id that exists
+/// nowhere, asked the same questions over one connection in alternating blocks: status, total
+/// and p50/p95 (ms) of each, so a reader can check that hidden is indistinguishable from absent
+/// in timing too.
+async fn hidden_versus_absent(region: &Region, requests: usize) -> anyhow::Result<()> {
+    let hospital_b = tsunagi_synth::HOSPITALS[1].code;
+    let mut hidden = None;
+    // The synthetic hospital B numbers its patients 20nnnnnnnn (see tsunagi-synth's charts).
+    for n in 0..200 {
+        let id = format!("{hospital_b}.20{n:08}");
+        if region
+            .store
+            .read(&Access::Unrestricted, "Patient", &id)
+            .await?
+            .is_some()
+        {
+            hidden = Some(id);
+            break;
+        }
+    }
+    let hidden = hidden.context("no patient of hospital B among the first 200")?;
+    let absent = format!("{hospital_b}.2099999999");
+    if region
+        .store
+        .read(&Access::Unrestricted, "Patient", &absent)
+        .await?
+        .is_some()
+    {
+        bail!("Patient {absent} exists; the bench needs an id that does not");
+    }
+    let mut connection = Connection::open(region).await?;
+    println!(
+        "\nhidden versus absent: Patient {hidden} (hospital B, no consent for {BENCH_FACILITY}) and {absent} (no such patient); {requests} requests each, alternating blocks of 30 (ms)"
+    );
+    println!(
+        "  {:<34} {:>7} {:>7} {:>8} {:>8}   {:>7} {:>7} {:>8} {:>8}",
+        "query", "hidden", "total", "p50", "p95", "absent", "total", "p50", "p95"
+    );
+    let questions: [(&str, fn(&str) -> String); 4] = [
+        ("read Patient", |id| format!("/fhir/Patient/{id}")),
+        ("Observation?patient", |id| {
+            format!("/fhir/Observation?patient={id}&category=laboratory")
+        }),
+        ("Observation?patient _summary=count", |id| {
+            format!("/fhir/Observation?patient={id}&_summary=count")
+        }),
+        ("Patient/$everything", |id| {
+            format!("/fhir/Patient/{id}/$everything")
+        }),
+    ];
+    for (name, target) in questions {
+        let targets = [target(&hidden), target(&absent)];
+        let mut samples = [Vec::with_capacity(requests), Vec::with_capacity(requests)];
+        let mut answers = [(0u16, String::new()), (0u16, String::new())];
+        while samples[0].len() < requests {
+            let block = (requests - samples[0].len()).min(30);
+            for side in 0..2 {
+                for _ in 0..5 {
+                    connection.get(&targets[side]).await?;
+                }
+                for _ in 0..block {
+                    let started = Instant::now();
+                    let (status, body) = connection.get(&targets[side]).await?;
+                    samples[side].push(started.elapsed().as_secs_f64() * 1000.0);
+                    let total = serde_json::from_slice::<Value>(&body)
+                        .ok()
+                        .and_then(|bundle| bundle["total"].as_u64())
+                        .map_or_else(|| "-".to_owned(), |total| total.to_string());
+                    answers[side] = (status, total);
+                }
+            }
+        }
+        for side in &mut samples {
+            side.sort_by(f64::total_cmp);
+        }
+        println!(
+            "  {name:<34} {:>7} {:>7} {:>8.3} {:>8.3}   {:>7} {:>7} {:>8.3} {:>8.3}",
+            answers[0].0,
+            answers[0].1,
+            percentile(&samples[0], 0.5),
+            percentile(&samples[0], 0.95),
+            answers[1].0,
+            answers[1].1,
+            percentile(&samples[1], 0.5),
+            percentile(&samples[1], 0.95),
+        );
+    }
+    Ok(())
+}
+
 /// Requests per second of `target` from 8 keep-alive clients: against the secured server, or
 /// with `baseline` against the same store served without access control.
 async fn throughput(
@@ -502,6 +595,7 @@ pub(crate) async fn search(
         );
     }
     let large = &regions[1];
+    hidden_versus_absent(large, requests).await?;
     let mut connection = Connection::open(large).await?;
     let (_, _, list) = queries(&mut connection, Some(&patient)).await?;
     let read = list.first().map(|q| q.1.clone()).unwrap_or_default();
