@@ -2,10 +2,11 @@
 //! model as the SQLite store (`src/schema.sql`), the same [`Store`] contract, checked by the
 //! same conformance suite against a real server.
 //!
-//! Status: writes, reads, history, checkpoints, exports, includes, compartments and the system
-//! and type history pass the storage suite. FHIR search ([`Store::search`], [`Store::count`])
-//! and the [`tsunagi_store::Governance`] records are not yet ported: search answers
-//! [`StoreError::Unsupported`], and the server cannot run on this backend yet.
+//! Status: writes, reads, history, checkpoints, exports, includes, compartments, the system and
+//! type history and the [`tsunagi_store::Governance`] records (directory, links, consents and
+//! the permitted set, audit, assertion ids, keys) pass the conformance suites. FHIR search
+//! ([`Store::search`], [`Store::count`]) is not yet ported: it answers
+//! [`StoreError::Unsupported`], so the server and CLI do not open this backend yet.
 //!
 //! Writes: one transaction per batch under a transaction-level advisory lock (one writer at a
 //! time, like SQLite's `BEGIN IMMEDIATE`). Each resource is written with plain statements; a
@@ -30,6 +31,8 @@ use tsunagi_store::{
 /// The whole schema (version [`SCHEMA_VERSION`]).
 const SCHEMA: &str = include_str!("schema.sql");
 const SCHEMA_VERSION: &str = "1";
+/// Seconds an assertion id is remembered past its `exp` (clock skew between client and us).
+const ASSERTION_MEMORY_SLACK: i64 = 60;
 /// The advisory lock every writing transaction holds ("tsunagi" in ASCII, as a number).
 const WRITER_LOCK: i64 = 0x0074_7375_6e61_6769;
 
@@ -37,6 +40,8 @@ const WRITER_LOCK: i64 = 0x0074_7375_6e61_6769;
 /// with the viewer as `$2` (NULL: unrestricted) and the instant as `$3`; the same test as the
 /// SQLite store's `GUARD`.
 const GUARD: &str = "($2::text IS NULL OR r.pat = 0 OR c.facility = $2 OR EXISTS (SELECT 1 FROM access a WHERE a.viewer = $2 AND a.pat = r.pat AND a.not_before <= $3 AND a.not_after > $3))";
+
+mod governance;
 
 fn db_error(error: sqlx::Error) -> StoreError {
     StoreError::Database(error.to_string())
@@ -175,6 +180,34 @@ impl PostgresStore {
             )));
         }
         Ok(())
+    }
+
+    /// A transaction holding the writer lock.
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+        let mut transaction = self.pool.begin().await.map_err(db_error)?;
+        lock_writer(&mut transaction).await?;
+        Ok(transaction)
+    }
+
+    /// Applies `batch` inside a transaction that holds the writer lock.
+    pub(crate) async fn apply_in(
+        &self,
+        connection: &mut PgConnection,
+        batch: Batch,
+    ) -> Result<ApplyStats, StoreError> {
+        let mut writer = BatchWriter {
+            connection,
+            now: self.clock.now_micros(),
+            systems: HashMap::new(),
+            compartments: HashMap::new(),
+            stats: ApplyStats::default(),
+        };
+        for operation in batch.operations {
+            writer.apply(operation).await?;
+        }
+        Ok(writer.stats)
     }
 
     /// Closes the pool.
@@ -574,19 +607,8 @@ impl BatchWriter<'_> {
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn apply(&self, batch: Batch) -> Result<ApplyStats, StoreError> {
-        let mut transaction = self.pool.begin().await.map_err(db_error)?;
-        lock_writer(&mut transaction).await?;
-        let mut writer = BatchWriter {
-            connection: &mut transaction,
-            now: self.clock.now_micros(),
-            systems: HashMap::new(),
-            compartments: HashMap::new(),
-            stats: ApplyStats::default(),
-        };
-        for operation in batch.operations {
-            writer.apply(operation).await?;
-        }
-        let stats = writer.stats;
+        let mut transaction = self.begin_write().await?;
+        let stats = self.apply_in(&mut transaction, batch).await?;
         transaction.commit().await.map_err(db_error)?;
         Ok(stats)
     }

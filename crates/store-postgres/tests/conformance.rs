@@ -74,8 +74,8 @@ async fn fresh() -> PostgresStore {
     .unwrap()
 }
 
-// The storage semantics, includes, compartments and history. FHIR search and the access matrix
-// need the search planner and the governance records, not yet ported to PostgreSQL.
+// The storage semantics, includes, compartments and history. FHIR search (and the policy
+// matrix, which searches) needs the search planner, not yet ported to PostgreSQL.
 tsunagi_store::store_conformance_suite!(@tests fresh();
     create_and_read,
     reapplying_is_a_no_op,
@@ -92,4 +92,10 @@ tsunagi_store::store_conformance_suite!(@tests fresh();
 
 tsunagi_store::store_conformance_suite!(@search fresh();
     search_includes_compartments_and_history,
+);
+
+// The governance records and their effect on reads (the policy matrix itself searches).
+tsunagi_store::store_access_suite!(@tests fresh();
+    withdrawal_and_unlinking_take_effect_at_once,
+    governance_records_are_checked_and_audit_is_append_only,
 );
