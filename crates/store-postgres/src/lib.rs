@@ -2,11 +2,12 @@
 //! model as the SQLite store (`src/schema.sql`), the same [`Store`] contract, checked by the
 //! same conformance suite against a real server.
 //!
-//! Status: writes, reads, history, checkpoints, exports, includes, compartments, the system and
-//! type history and the [`tsunagi_store::Governance`] records (directory, links, consents and
-//! the permitted set, audit, assertion ids, keys) pass the conformance suites. FHIR search
-//! ([`Store::search`], [`Store::count`]) is not yet ported: it answers
-//! [`StoreError::Unsupported`], so the server and CLI do not open this backend yet.
+//! Status: the whole conformance suite passes against a real server — storage semantics,
+//! search (`query.rs`, the SQLite planner in PostgreSQL's dialect), includes, compartments,
+//! history, the governance records and the access policy matrix. Not yet: the CLI and server
+//! do not open `postgres://` URLs (they are wired to the SQLite store's extras: audit journal,
+//! reindex), there is no reindex after a search-registry change, and writes are plain
+//! per-resource statements (not yet tuned for bulk ingest).
 //!
 //! Writes: one transaction per batch under a transaction-level advisory lock (one writer at a
 //! time, like SQLite's `BEGIN IMMEDIATE`). Each resource is written with plain statements; a
@@ -42,6 +43,7 @@ const WRITER_LOCK: i64 = 0x0074_7375_6e61_6769;
 const GUARD: &str = "($2::text IS NULL OR r.pat = 0 OR c.facility = $2 OR EXISTS (SELECT 1 FROM access a WHERE a.viewer = $2 AND a.pat = r.pat AND a.not_before <= $3 AND a.not_after > $3))";
 
 mod governance;
+mod query;
 
 fn db_error(error: sqlx::Error) -> StoreError {
     StoreError::Database(error.to_string())
@@ -81,6 +83,8 @@ fn stored_from_row(row: &PgRow) -> Result<StoredResource, StoreError> {
 pub struct PostgresStore {
     pool: PgPool,
     clock: Arc<dyn Clock>,
+    /// Patient → compartment id, for search scopes.
+    compartments: Arc<query::CompartmentCache>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -131,7 +135,11 @@ impl PostgresStore {
             .await
             .map_err(db_error)?;
         Self::migrate(&pool).await?;
-        Ok(Self { pool, clock })
+        Ok(Self {
+            pool,
+            clock,
+            compartments: Arc::default(),
+        })
     }
 
     /// Creates the schema in an empty database; refuses one of another schema version or
@@ -208,6 +216,14 @@ impl PostgresStore {
             writer.apply(operation).await?;
         }
         Ok(writer.stats)
+    }
+
+    fn db<'a>(&'a self, access: &'a Access) -> query::Db<'a> {
+        query::Db {
+            pool: &self.pool,
+            compartments: &self.compartments,
+            access,
+        }
     }
 
     /// Closes the pool.
@@ -790,17 +806,12 @@ impl Store for PostgresStore {
         .map_err(db_error)
     }
 
-    async fn search(&self, _access: &Access, query: &SearchQuery) -> Result<Vec<Key>, StoreError> {
-        Err(StoreError::Unsupported(format!(
-            "{} search is not yet available on the PostgreSQL store",
-            query.resource_type
-        )))
+    async fn search(&self, access: &Access, query: &SearchQuery) -> Result<Vec<Key>, StoreError> {
+        query::search(self.db(access), query).await
     }
 
     async fn count(&self, access: &Access, query: &SearchQuery) -> Result<u64, StoreError> {
-        self.search(access, query)
-            .await
-            .map(|keys| keys.len() as u64)
+        query::count(self.db(access), query).await
     }
 
     async fn fetch(

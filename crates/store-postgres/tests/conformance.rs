@@ -74,28 +74,6 @@ async fn fresh() -> PostgresStore {
     .unwrap()
 }
 
-// The storage semantics, includes, compartments and history. FHIR search (and the policy
-// matrix, which searches) needs the search planner, not yet ported to PostgreSQL.
-tsunagi_store::store_conformance_suite!(@tests fresh();
-    create_and_read,
-    reapplying_is_a_no_op,
-    changes_make_versions_and_keep_history,
-    replace_source_deletes_what_it_no_longer_holds,
-    delete_then_recreate,
-    index_rows_follow_the_current_version,
-    checkpoints_commit_with_the_data,
-    a_failing_batch_leaves_nothing,
-    one_batch_may_touch_a_resource_twice,
-    an_existing_resource_updated_twice_in_one_batch,
-    export_order_and_counts,
-);
+tsunagi_store::store_conformance_suite!(fresh());
 
-tsunagi_store::store_conformance_suite!(@search fresh();
-    search_includes_compartments_and_history,
-);
-
-// The governance records and their effect on reads (the policy matrix itself searches).
-tsunagi_store::store_access_suite!(@tests fresh();
-    withdrawal_and_unlinking_take_effect_at_once,
-    governance_records_are_checked_and_audit_is_append_only,
-);
+tsunagi_store::store_access_suite!(fresh());
