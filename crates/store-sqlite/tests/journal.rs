@@ -8,7 +8,7 @@
 use std::{io::Write, sync::Arc};
 
 use tsunagi_core::clock::FixedClock;
-use tsunagi_store::governance::{AuditFilter, AuditRecord, Governance};
+use tsunagi_store::governance::{AuditFilter, AuditRecord, Governance, ListedAudit};
 use tsunagi_store_sqlite::SqliteStore;
 
 const NOW: i64 = 1_700_000_000_000_000;
@@ -31,6 +31,21 @@ fn journal_files(dir: &std::path::Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// The ten newest records of the trail.
+async fn newest_ten(store: &SqliteStore) -> Vec<ListedAudit> {
+    store
+        .audit(&AuditFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+fn ids(listed: &[ListedAudit]) -> Vec<&str> {
+    listed.iter().map(|l| l.record.id.as_str()).collect()
 }
 
 async fn open(url: &str) -> SqliteStore {
@@ -57,20 +72,8 @@ async fn journaled_records_are_read_once_by_every_process_and_survive_a_crash() 
     // The server reading too imports nothing twice.
     assert_eq!(server.audit_count().await.unwrap(), 3);
     server.append_audit(&[record(4), record(5)]).await.unwrap();
-    let newest = operator
-        .audit(&AuditFilter {
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        newest
-            .iter()
-            .map(|l| l.record.id.as_str())
-            .collect::<Vec<_>>(),
-        vec!["a5", "a4", "a3", "a2", "a1"]
-    );
+    let newest = newest_ten(&operator).await;
+    assert_eq!(ids(&newest), vec!["a5", "a4", "a3", "a2", "a1"]);
     assert_eq!(newest[0].record, record(5));
 
     // The server appends one more and dies in the middle of a further write.
@@ -134,21 +137,8 @@ async fn a_full_journal_file_rotates_and_imported_generations_are_deleted() {
         ]
     );
     // A reader imports all three full files, in order, and they are deleted.
-    let listed = open(&url)
-        .await
-        .audit(&AuditFilter {
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        listed
-            .iter()
-            .map(|l| l.record.id.as_str())
-            .collect::<Vec<_>>(),
-        vec!["a3", "a2", "a1"]
-    );
+    let listed = newest_ten(&open(&url).await).await;
+    assert_eq!(ids(&listed), vec!["a3", "a2", "a1"]);
     assert_eq!(journal_files(dir.path()), vec!["t.db.audit-4"]);
     // Appending and importing go on in the new generation, nothing twice.
     server.append_audit(&[record(4)]).await.unwrap();
