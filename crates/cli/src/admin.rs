@@ -2,6 +2,8 @@
 //! patient links and consents, the audit trail, and access tokens for scripts. Every act that
 //! changes who may see what is itself written to the audit trail.
 
+use std::io::Write;
+
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use serde_json::json;
@@ -11,7 +13,7 @@ use tsunagi_core::{
 };
 use tsunagi_server::security::{Subject, TokenSettings, issue_token, signing_keys};
 use tsunagi_store::governance::{
-    AuditFilter, AuditRecord, Client, Consent, FACILITY_KINDS, Facility, Governance, Participant,
+    AuditFilter, AuditRecord, Client, Consent, FACILITY_KINDS, Facility, Participant,
 };
 
 use crate::commands::open_store;
@@ -484,8 +486,20 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                 limit,
                 ..AuditFilter::default()
             };
+            // One AuditEvent per line, resourceType first. A reader that stops early (`| head`)
+            // ends the listing quietly.
+            let mut out = std::io::stdout().lock();
             for listed in open_store(&db).await?.audit(&filter).await? {
-                println!("{}", tsunagi_store::audit::render(&listed.record));
+                let mut line = Vec::with_capacity(2048);
+                tsunagi_fhir::json::write_resource(
+                    &tsunagi_store::audit::render(&listed.record),
+                    &mut line,
+                )?;
+                line.push(b'\n');
+                match out.write_all(&line) {
+                    Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => break,
+                    written => written?,
+                }
             }
         }
     }

@@ -17,10 +17,9 @@ use tsunagi_core::clock::{Clock, SystemClock};
 use tsunagi_auth::token::SigningKey;
 use tsunagi_server::security::{Subject, TokenSettings, issue_token};
 use tsunagi_store::{
-    Access, Store,
-    governance::{Client, Facility, Governance},
+    Access, Backend,
+    governance::{Client, Facility},
 };
-use tsunagi_store_sqlite::SqliteStore;
 
 use crate::commands;
 
@@ -88,7 +87,7 @@ struct Region {
     baseline: Option<SocketAddr>,
     shutdown: Option<tokio::sync::watch::Sender<()>>,
     patients: usize,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Backend>,
     key: SigningKey,
 }
 
@@ -153,7 +152,7 @@ async fn load_region(patients: usize, seed: u64) -> anyhow::Result<Region> {
         tsunagi_server::security::signing_keys(store.as_ref(), SystemClock.now_micros()).await?;
     let key = keys.first().cloned().context("no signing key")?;
     // As `tsunagi serve` does: audit records go through the journal.
-    store.journal_audit().await?;
+    store.start_serving().await?;
     let state = tsunagi_server::AppState::new(
         store.clone(),
         store.clone(),

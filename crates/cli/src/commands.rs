@@ -17,13 +17,16 @@ use tsunagi_core::{
     clock::{Clock, SystemClock},
 };
 use tsunagi_server::tls::TlsFiles;
+use tsunagi_store::Backend;
 use tsunagi_store::{Access, Store};
+use tsunagi_store_postgres::PostgresStore;
 use tsunagi_store_sqlite::SqliteStore;
 
 use crate::{config::Config, progress::TerminalProgress, registry, tables};
 
-/// Opens the store named by a database URL.
-pub(crate) async fn open_store(url: &str) -> anyhow::Result<Arc<SqliteStore>> {
+/// Opens the store named by a database URL: `sqlite://<path>` (created if missing) or
+/// `postgres://user@host:port/database` (the schema is created in an empty database).
+pub(crate) async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Backend>> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         if path.is_empty() {
             bail!("database url {url:?} names no file: use sqlite://<path>");
@@ -40,12 +43,13 @@ pub(crate) async fn open_store(url: &str) -> anyhow::Result<Arc<SqliteStore>> {
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        bail!(
-            "PostgreSQL is not yet supported by this build ({url}); use sqlite://<path> until the PostgreSQL store lands"
-        );
+        let store = PostgresStore::open(url, Arc::new(SystemClock))
+            .await
+            .with_context(|| format!("cannot open {url}"))?;
+        return Ok(Arc::new(store));
     }
     bail!(
-        "unsupported database url {url:?}: expected sqlite://<path> (or postgres://… once supported)"
+        "unsupported database url {url:?}: expected sqlite://<path> or postgres://user@host:port/database"
     )
 }
 
@@ -377,8 +381,8 @@ pub(crate) async fn demo(dir: &Path, patients: usize, listen: Option<&str>) -> a
 
 /// The demo network: the three hospitals, a clinic with a doctor, the clinic invited to one
 /// patient of hospital A, and that patient's record at hospital B linked when there is one.
-async fn demo_network(store: &SqliteStore, patient_id: &str) -> anyhow::Result<()> {
-    use tsunagi_store::governance::{Consent, Facility, Governance, Participant};
+async fn demo_network(store: &dyn Backend, patient_id: &str) -> anyhow::Result<()> {
+    use tsunagi_store::governance::{Consent, Facility, Participant};
     const CLINIC: &str = "0610400014";
     let now = SystemClock.now_micros();
     for hospital in tsunagi_synth::HOSPITALS {
@@ -541,7 +545,7 @@ pub(crate) fn init_logging(format: crate::config::LogFormat) {
 }
 
 async fn serve_store(
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Backend>,
     listen: &str,
     listeners: Listeners,
     db: Option<&str>,
@@ -599,8 +603,8 @@ async fn serve_store(
     }
     let keys =
         tsunagi_server::security::signing_keys(store.as_ref(), SystemClock.now_micros()).await?;
-    // Audit records are journaled beside the database and imported in the background.
-    store.journal_audit().await?;
+    // SQLite: audit records are journaled beside the database and imported in the background.
+    store.start_serving().await?;
     let state =
         tsunagi_server::AppState::new(store.clone(), store, Arc::new(SystemClock), settings, keys);
     let (stop, stopping) = tokio::sync::watch::channel(());

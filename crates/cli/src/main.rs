@@ -131,7 +131,7 @@ enum Command {
 enum IngestSource {
     /// SS-MIX2 standardized storage (one or more roots of one facility).
     Ssmix2 {
-        /// Database URL: sqlite://<path> (created if missing).
+        /// Database URL: sqlite://<path> (created if missing) or postgres://user@host:port/database.
         #[arg(long)]
         db: String,
         /// The facility's 10-digit medical-institution code.

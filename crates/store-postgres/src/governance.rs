@@ -583,3 +583,6 @@ fn client_from_row(row: &PgRow) -> Result<Client, StoreError> {
         active: get(row, "active")?,
     })
 }
+
+/// Audit records are committed directly: nothing to start.
+impl tsunagi_store::Backend for PostgresStore {}

@@ -4,10 +4,10 @@
 //!
 //! Status: the whole conformance suite passes against a real server — storage semantics,
 //! search (`query.rs`, the SQLite planner in PostgreSQL's dialect), includes, compartments,
-//! history, the governance records and the access policy matrix. Not yet: the CLI and server
-//! do not open `postgres://` URLs (they are wired to the SQLite store's extras: audit journal,
-//! reindex), there is no reindex after a search-registry change, and writes are plain
-//! per-resource statements (not yet tuned for bulk ingest).
+//! history, the governance records and the access policy matrix; the CLI opens `postgres://`
+//! URLs for every command. Not yet: a reindex after a search-registry change (such a database
+//! is refused with a message), an audit journal (records are committed directly), and tuned
+//! bulk writes (each resource is written with plain statements).
 //!
 //! Writes: one transaction per batch under a transaction-level advisory lock (one writer at a
 //! time, like SQLite's `BEGIN IMMEDIATE`). Each resource is written with plain statements; a
@@ -109,18 +109,21 @@ impl PostgresStore {
     ) -> Result<Self, StoreError> {
         let mut options =
             PgConnectOptions::from_str(url).map_err(|error| StoreError::Url(error.to_string()))?;
-        if let Some(schema) = schema {
-            if !schema
+        if let Some(schema) = schema
+            && !schema
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            {
-                return Err(StoreError::Url(format!(
-                    "schema {schema}: use lower-case letters, digits and _"
-                )));
-            }
-            let mut connection = <PgConnection as sqlx::Connection>::connect_with(&options)
-                .await
-                .map_err(db_error)?;
+        {
+            return Err(StoreError::Url(format!(
+                "schema {schema}: use lower-case letters, digits and _"
+            )));
+        }
+        // One connection first: a server that is down or refuses us fails at once, by name,
+        // instead of after the pool's acquire timeout.
+        let mut connection = <PgConnection as sqlx::Connection>::connect_with(&options)
+            .await
+            .map_err(db_error)?;
+        if let Some(schema) = schema {
             connection
                 .execute(AssertSqlSafe(format!(
                     "CREATE SCHEMA IF NOT EXISTS {schema}"
@@ -129,6 +132,7 @@ impl PostgresStore {
                 .map_err(db_error)?;
             options = options.options([("search_path", schema)]);
         }
+        drop(connection);
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .connect_with(options)

@@ -652,6 +652,14 @@ fn client_from_row(row: &SqliteRow) -> Result<Client, StoreError> {
     })
 }
 
+#[async_trait::async_trait]
+impl tsunagi_store::Backend for SqliteStore {
+    /// Journals the audit records ([`SqliteStore::journal_audit`]).
+    async fn start_serving(&self) -> Result<(), StoreError> {
+        self.journal_audit().await
+    }
+}
+
 impl SqliteStore {
     /// Journals this process's audit records (see `crate::journal`): imports what earlier runs
     /// left, appends to a new generation from now on, and imports every 100 ms in the

@@ -512,6 +512,17 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<HistoryEntry>, StoreError>;
 }
 
+/// A complete backend: the FHIR store and the network's records in one database, as the CLI
+/// opens it from a URL (`sqlite://…`, `postgres://…`).
+#[async_trait::async_trait]
+pub trait Backend: Store + Governance {
+    /// Readies the backend to serve the API: called once before the server starts (the SQLite
+    /// store begins journaling audit records here). Nothing by default.
+    async fn start_serving(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
