@@ -83,8 +83,6 @@ fn stored_from_row(row: &PgRow) -> Result<StoredResource, StoreError> {
 pub struct PostgresStore {
     pool: PgPool,
     clock: Arc<dyn Clock>,
-    /// Patient → compartment id, for search scopes.
-    compartments: Arc<query::CompartmentCache>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -142,7 +140,6 @@ impl PostgresStore {
         Ok(Self {
             pool,
             clock,
-            compartments: Arc::default(),
         })
     }
 
@@ -225,7 +222,6 @@ impl PostgresStore {
     fn db<'a>(&'a self, access: &'a Access) -> query::Db<'a> {
         query::Db {
             pool: &self.pool,
-            compartments: &self.compartments,
             access,
         }
     }

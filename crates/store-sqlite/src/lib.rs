@@ -88,7 +88,6 @@ pub struct SqliteStore {
     /// like a small one. Kept apart so that ingest, which never uses it, keeps its RSS bound.
     reader: SqlitePool,
     clock: Arc<dyn Clock>,
-    compartments: Arc<query::CompartmentCache>,
     /// The audit journal beside the database file (none for an in-memory database).
     journal: Option<Arc<journal::Journal>>,
     /// One journal import at a time in this process.
@@ -143,7 +142,6 @@ impl SqliteStore {
             pool,
             reader,
             clock,
-            compartments: Arc::default(),
             journal,
             importing: Arc::default(),
         };
@@ -381,7 +379,6 @@ impl SqliteStore {
     fn db<'a>(&'a self, access: &'a Access) -> query::Db<'a> {
         query::Db {
             pool: &self.reader,
-            compartments: &self.compartments,
             access,
         }
     }

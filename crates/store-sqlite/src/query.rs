@@ -463,8 +463,7 @@ async fn resolve_scope(db: Db<'_>, query: &SearchQuery) -> Result<Scope, StoreEr
             continue;
         };
         let patients = patient_ids(db, &refs).await?;
-        let ids = db.compartments.ids(db.pool, &patients).await?;
-        let ids = permitted_with_links(db, &ids).await?;
+        let ids = permitted_with_links(db, &patients).await?;
         scope = Some(match scope {
             // Two compartment filters (AND): only compartments named by both.
             Some(previous) => previous.into_iter().filter(|id| ids.contains(id)).collect(),
@@ -474,73 +473,22 @@ async fn resolve_scope(db: Db<'_>, query: &SearchQuery) -> Result<Scope, StoreEr
     Ok(scope.map_or(Scope::All, Scope::Compartments))
 }
 
-/// Compartment ids of patients, remembered: an id never changes once assigned, so only hits
-/// are kept (a patient without one yet is asked again). Bounded; cleared when full.
-#[derive(Debug, Default)]
-pub(crate) struct CompartmentCache(std::sync::Mutex<std::collections::HashMap<String, i64>>);
-
-impl CompartmentCache {
-    const MAX: usize = 1_000_000;
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, i64>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The compartment ids of `patients` that have one.
-    async fn ids(&self, pool: &SqlitePool, patients: &[String]) -> Result<Vec<i64>, StoreError> {
-        let mut ids = Vec::with_capacity(patients.len());
-        let mut missing = Vec::new();
-        {
-            let known = self.lock();
-            for patient in patients {
-                match known.get(patient) {
-                    Some(id) => ids.push(*id),
-                    None => missing.push(patient.as_str()),
-                }
-            }
-        }
-        if missing.is_empty() {
-            return Ok(ids);
-        }
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT patient, id FROM compartments WHERE patient IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(json_list(&missing))
-        .fetch_all(pool)
-        .await
-        .map_err(db_error)?;
-        let mut known = self.lock();
-        if known.len() + rows.len() > Self::MAX {
-            known.clear();
-        }
-        for (patient, id) in rows {
-            ids.push(id);
-            known.insert(patient, id);
-        }
-        Ok(ids)
-    }
-}
-
-/// Of compartments `ids`, those `db.access` may see, together with the compartments linked to
-/// them (the same person at other facilities, 紐付け). A compartment one may not see adds
-/// nothing, so naming it never reveals its links; linked compartments are still subject to the
-/// row guard.
-async fn permitted_with_links(db: Db<'_>, ids: &[i64]) -> Result<Vec<i64>, StoreError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
+/// The compartments of Patients `patients` that `db.access` may see, together with the
+/// compartments linked to them (the same person at other facilities, 紐付け). A compartment one
+/// may not see adds nothing, so naming it never reveals its links; linked compartments are still
+/// subject to the row guard. One statement whether the patients exist, are hidden or are
+/// absent, so that the three cost the same work (no early exits, no cache of existing ids).
+async fn permitted_with_links(db: Db<'_>, patients: &[String]) -> Result<Vec<i64>, StoreError> {
     let (viewer, at) = crate::viewer(db.access);
-    let permitted = "(?2 IS NULL OR EXISTS (SELECT 1 FROM compartments c WHERE c.id = j.value AND c.facility = ?2) \
-        OR EXISTS (SELECT 1 FROM access a WHERE a.viewer = ?2 AND a.pat = j.value AND a.not_before <= ?3 AND a.not_after > ?3))";
+    let permitted = "(?2 IS NULL OR c.facility = ?2 \
+        OR EXISTS (SELECT 1 FROM access a WHERE a.viewer = ?2 AND a.pat = c.id AND a.not_before <= ?3 AND a.not_after > ?3))";
     let mut found: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT j.value FROM json_each(?1) j WHERE {permitted} \
-         UNION SELECT l2.compartment FROM json_each(?1) j \
-         JOIN patient_links l1 ON l1.compartment = j.value JOIN patient_links l2 ON l2.regional = l1.regional \
-         WHERE {permitted}"
+        "SELECT c.id FROM compartments c WHERE c.patient IN (SELECT value FROM json_each(?1)) AND {permitted} \
+         UNION SELECT l2.compartment FROM compartments c \
+         JOIN patient_links l1 ON l1.compartment = c.id JOIN patient_links l2 ON l2.regional = l1.regional \
+         WHERE c.patient IN (SELECT value FROM json_each(?1)) AND {permitted}"
     )))
-    .bind(json_list(ids))
+    .bind(json_list(patients))
     .bind(viewer)
     .bind(at)
     .fetch_all(db.pool)
@@ -553,18 +501,13 @@ async fn permitted_with_links(db: Db<'_>, ids: &[i64]) -> Result<Vec<i64>, Store
 /// The compartments `$everything` of Patient `patient` reads: its own and its linked ones,
 /// empty when `db.access` may not see the patient.
 pub(crate) async fn linked_scope(db: Db<'_>, patient: &str) -> Result<Vec<i64>, StoreError> {
-    let ids = db
-        .compartments
-        .ids(db.pool, std::slice::from_ref(&patient.to_owned()))
-        .await?;
-    permitted_with_links(db, &ids).await
+    permitted_with_links(db, &[patient.to_owned()]).await
 }
 
-/// What a query needs: the pool, the compartment-id cache and whose eyes it is for.
+/// What a query needs: the pool and whose eyes it is for.
 #[derive(Clone, Copy)]
 pub(crate) struct Db<'a> {
     pub(crate) pool: &'a SqlitePool,
-    pub(crate) compartments: &'a CompartmentCache,
     pub(crate) access: &'a Access,
 }
 
