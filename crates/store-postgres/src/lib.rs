@@ -137,10 +137,7 @@ impl PostgresStore {
             .await
             .map_err(db_error)?;
         Self::migrate(&pool).await?;
-        Ok(Self {
-            pool,
-            clock,
-        })
+        Ok(Self { pool, clock })
     }
 
     /// Creates the schema in an empty database; refuses one of another schema version or
