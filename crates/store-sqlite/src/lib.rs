@@ -1624,7 +1624,7 @@ impl Store for SqliteStore {
             sql.push(format!(
                 "SELECT * FROM (SELECT r.type AS type, r.id AS id, {prefix}version AS version, {prefix}last_updated AS last_updated, {prefix}deleted AS deleted, {prefix}content AS content, (SELECT patient FROM compartments WHERE id = r.pat) AS patient FROM {table} WHERE 1"
             ));
-            query::push_guard(&mut sql, access, "r.pat");
+            tsunagi_store_sql::push_guard(&mut sql, access, "r.pat");
             if let Some(resource_type) = resource_type {
                 sql.push(" AND r.type = ");
                 sql.push_bind(resource_type.to_owned());
