@@ -13,11 +13,16 @@
 //! Parsing never looks at meaning: which segments a message type needs is the mapping's job.
 //! Errors name the segment, its line and the field, so the adapter can add the file name.
 //! [`charset::encode_iso2022jp`] is the inverse of step 1 for JIS X 0208 text (used by the
-//! synthetic-region generator and, later, write-back).
+//! synthetic-region generator and write-back).
+//!
+//! [`mllp`] splits a TCP byte stream into frames and [`ack`] builds and reads acknowledgements;
+//! both are pure, the sockets live in `tsunagi-mllp`.
 
+pub mod ack;
 pub mod charset;
 mod escape;
 mod message;
+pub mod mllp;
 
 pub use escape::unescape;
 pub use message::{
