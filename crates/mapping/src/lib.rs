@@ -18,6 +18,7 @@ pub mod lab;
 pub mod medication;
 pub mod orders;
 pub mod problems;
+pub mod pushed;
 pub mod tables;
 
 use std::fmt;

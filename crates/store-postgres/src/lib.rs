@@ -31,7 +31,9 @@ use tsunagi_store::{
 
 /// The whole schema (version [`SCHEMA_VERSION`]).
 const SCHEMA: &str = include_str!("schema.sql");
-const SCHEMA_VERSION: &str = "1";
+/// Schema 2: the inbound message log, added to schema 1 databases in place.
+const SCHEMA_2: &str = include_str!("messages.sql");
+const SCHEMA_VERSION: &str = "2";
 /// Seconds an assertion id is remembered past its `exp` (clock skew between client and us).
 const ASSERTION_MEMORY_SLACK: i64 = 60;
 /// The advisory lock every writing transaction holds ("tsunagi" in ASCII, as a number).
@@ -43,6 +45,7 @@ const WRITER_LOCK: i64 = 0x0074_7375_6e61_6769;
 const GUARD: &str = "($2::text IS NULL OR r.pat = 0 OR c.facility = $2 OR EXISTS (SELECT 1 FROM access a WHERE a.viewer = $2 AND a.pat = r.pat AND a.not_before <= $3 AND a.not_after > $3))";
 
 mod governance;
+mod messages;
 mod query;
 
 fn db_error(error: sqlx::Error) -> StoreError {
@@ -157,13 +160,27 @@ impl PostgresStore {
                 .await
                 .map_err(db_error)?;
             sqlx::query(
-                "INSERT INTO store_meta (key, value) VALUES ('schema', $1), ('registry', $2)",
+                "INSERT INTO store_meta (key, value) VALUES ('schema', '1'), ('registry', $1)",
             )
-            .bind(SCHEMA_VERSION)
             .bind(REGISTRY_VERSION.to_string())
             .execute(&mut *transaction)
             .await
             .map_err(db_error)?;
+        }
+        let schema: Option<String> =
+            sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'schema'")
+                .fetch_optional(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+        if schema.as_deref() == Some("1") {
+            sqlx::raw_sql(SCHEMA_2)
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+            sqlx::query("UPDATE store_meta SET value = '2' WHERE key = 'schema'")
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error)?;
         }
         let meta: HashMap<String, String> =
             sqlx::query_as("SELECT key, value FROM store_meta WHERE key IN ('schema', 'registry')")
@@ -313,6 +330,12 @@ impl BatchWriter<'_> {
                 .execute(&mut *self.connection)
                 .await
                 .map_err(db_error)?;
+            }
+            Operation::LogMessage(message) => {
+                messages::insert(&mut *self.connection, &message).await?;
+            }
+            Operation::SetMessageState { seq, state, reason } => {
+                messages::set_state(&mut *self.connection, seq, state, &reason).await?;
             }
         }
         Ok(())

@@ -37,6 +37,7 @@ use tsunagi_store::{
 
 mod governance;
 mod journal;
+mod messages;
 mod query;
 
 /// Seconds an assertion id is remembered past its `exp` (clock skew between client and us).
@@ -47,7 +48,8 @@ const MIGRATION_0002: &str = include_str!("../migrations/0002_compartments.sql")
 const MIGRATION_0003: &str = include_str!("../migrations/0003_history_order.sql");
 const MIGRATION_0004: &str = include_str!("../migrations/0004_access.sql");
 const MIGRATION_0005: &str = include_str!("../migrations/0005_audit_search.sql");
-const SCHEMA_VERSION: &str = "5";
+const MIGRATION_0006: &str = include_str!("../migrations/0006_messages.sql");
+const SCHEMA_VERSION: &str = "6";
 
 /// Compartments written before schema 4 (or re-created by a re-index) get their facility from
 /// the SS-MIX2 adapter's source key of their Patient (`ssmix2:<10-digit code>:…`).
@@ -108,7 +110,10 @@ impl SqliteStore {
             .map_err(|error| StoreError::Url(format!("{url}: {error}")))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            // FULL: every commit syncs the WAL, so what a feed acknowledged survives a power
+            // loss, not only a crash of the process (bulk ingest commits large batches, so the
+            // extra sync per commit costs little).
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
             // 8 KiB pages (set before the first table is created; ignored afterwards): fewer
             // page splits and shallower index B-trees than the 4 KiB default.
@@ -179,6 +184,10 @@ impl SqliteStore {
                 .await
                 .map_err(db_error)?;
             sqlx::raw_sql(MIGRATION_0005)
+                .execute(&mut *connection)
+                .await
+                .map_err(db_error)?;
+            sqlx::raw_sql(MIGRATION_0006)
                 .execute(&mut *connection)
                 .await
                 .map_err(db_error)?;
@@ -254,6 +263,19 @@ impl SqliteStore {
                 .map_err(db_error)?;
             transaction.commit().await.map_err(db_error)?;
             schema = Some("5".to_owned());
+        }
+        if schema.as_deref() == Some("5") {
+            let mut transaction = connection.begin().await.map_err(db_error)?;
+            sqlx::raw_sql(MIGRATION_0006)
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+            sqlx::query("UPDATE store_meta SET value = '6' WHERE key = 'schema_version'")
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+            transaction.commit().await.map_err(db_error)?;
+            schema = Some("6".to_owned());
         }
         if schema.as_deref() != Some(SCHEMA_VERSION) {
             return Err(StoreError::Unsupported(format!(
@@ -653,7 +675,9 @@ impl BatchWriter {
                     tids.extend(resources.iter().map(ResourceWrite::type_and_id));
                 }
                 Operation::DeleteSource { source_key } => source_keys.push(source_key),
-                Operation::PutCheckpoint { .. } => {}
+                Operation::PutCheckpoint { .. }
+                | Operation::LogMessage(_)
+                | Operation::SetMessageState { .. } => {}
             }
         }
         source_keys.sort_unstable();
@@ -743,6 +767,10 @@ impl BatchWriter {
             }
             Operation::PutCheckpoint { scope, key, value } => {
                 self.checkpoints.insert((scope, key), value);
+            }
+            Operation::LogMessage(message) => messages::insert(connection, &message).await?,
+            Operation::SetMessageState { seq, state, reason } => {
+                messages::set_state(connection, seq, state, &reason).await?;
             }
         }
         Ok(())

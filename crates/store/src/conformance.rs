@@ -534,6 +534,121 @@ pub async fn export_order_and_counts(store: &dyn Store) {
     assert_eq!(counts.get("Observation"), Some(&1));
 }
 
+fn logged(control_id: &str, content: &[u8], state: crate::MessageState) -> Operation {
+    Operation::LogMessage(Box::new(crate::InboundMessage {
+        seq: 0,
+        channel: "mllp".to_owned(),
+        sender: "HIS|SHONAI".to_owned(),
+        control_id: control_id.to_owned(),
+        hash: content.iter().rev().copied().collect(),
+        received: 1_700_000_000_000_000,
+        facility: FACILITY.to_owned(),
+        message_type: "ADT^A08".to_owned(),
+        patient: "p1".to_owned(),
+        state,
+        reason: String::new(),
+        ack: b"MSH|^~\\&|ack".to_vec(),
+        raw: content.to_vec(),
+    }))
+}
+
+/// The inbound message log commits with the data a message maps to, keeps one message per
+/// duplicate key (a conflicting resend beside it), lists what is not applied in arrival order
+/// and changes state only for messages it holds.
+pub async fn the_message_log_commits_with_the_data<S: Store + crate::MessageLog>(store: &S) {
+    use crate::MessageState::{Applied, Conflict, Dropped, Quarantined};
+    store
+        .apply(batch(vec![
+            logged("M1", b"first", Applied),
+            replace("feed:p1", vec![patient("p1", "山田")]),
+        ]))
+        .await
+        .unwrap();
+    let first = store.logged_message("HIS|SHONAI", "M1").await.unwrap().unwrap();
+    assert!(first.seq > 0);
+    assert_eq!((first.raw.as_slice(), first.state), (&b"first"[..], Applied));
+    assert_eq!(first.ack, b"MSH|^~\\&|ack".to_vec());
+    assert_eq!(store.message(first.seq).await.unwrap().unwrap(), first);
+    assert!(store.logged_message("HIS|SHONAI", "M2").await.unwrap().is_none());
+    assert!(store.logged_message("HIS|OTHER", "M1").await.unwrap().is_none());
+
+    // The same key again fails the whole batch: the resources it carried are not written.
+    let again = store
+        .apply(batch(vec![
+            replace("feed:p2", vec![patient("p2", "佐藤")]),
+            logged("M1", b"first", Applied),
+        ]))
+        .await;
+    assert!(again.is_err());
+    assert!(store.read(&ALL, "Patient", "p2").await.unwrap().is_none());
+
+    // A conflicting resend is kept beside the original; the key still finds the original.
+    store
+        .apply(batch(vec![
+            logged("M1", b"other content", Conflict),
+            logged("M2", b"unknown type", Quarantined),
+            logged("M3", b"unknown patient", Quarantined),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.logged_message("HIS|SHONAI", "M1").await.unwrap().unwrap().seq,
+        first.seq
+    );
+    let open = store.messages(&[Quarantined, Conflict], 0, 10).await.unwrap();
+    let listed: Vec<(&str, crate::MessageState)> = open
+        .iter()
+        .map(|message| (message.control_id.as_str(), message.state))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![("M1", Conflict), ("M2", Quarantined), ("M3", Quarantined)]
+    );
+    assert!(open.windows(2).all(|pair| pair[0].seq < pair[1].seq));
+    let after_first = store.messages(&[Quarantined, Conflict], open[0].seq, 1).await.unwrap();
+    assert_eq!(after_first.len(), 1);
+    assert_eq!(after_first[0].control_id, "M2");
+
+    // The operator drops one and applies the other after a fix.
+    store
+        .apply(batch(vec![Operation::SetMessageState {
+            seq: open[1].seq,
+            state: Dropped,
+            reason: "dropped by operator".to_owned(),
+        }]))
+        .await
+        .unwrap();
+    store
+        .apply(batch(vec![
+            replace("feed:p3", vec![patient("p3", "鈴木")]),
+            Operation::SetMessageState {
+                seq: open[2].seq,
+                state: Applied,
+                reason: String::new(),
+            },
+        ]))
+        .await
+        .unwrap();
+    let quarantined = store.messages(&[Quarantined], 0, 10).await.unwrap();
+    assert!(quarantined.is_empty(), "{quarantined:?}");
+    let dropped = store.message(open[1].seq).await.unwrap().unwrap();
+    assert_eq!((dropped.state, dropped.reason.as_str()), (Dropped, "dropped by operator"));
+    assert!(store.read(&ALL, "Patient", "p3").await.unwrap().is_some());
+    // A state change for a message the log does not hold fails its batch.
+    let unknown = store
+        .apply(batch(vec![
+            replace("feed:p4", vec![patient("p4", "高橋")]),
+            Operation::SetMessageState {
+                seq: 999_999,
+                state: Dropped,
+                reason: String::new(),
+            },
+        ]))
+        .await;
+    assert!(unknown.is_err());
+    assert!(store.read(&ALL, "Patient", "p4").await.unwrap().is_none());
+}
+
 /// Expands to one `#[tokio::test]` per conformance behaviour; `$make` is an async expression
 /// yielding a fresh, empty store.
 #[macro_export]
@@ -552,11 +667,23 @@ macro_rules! store_conformance_suite {
             an_existing_resource_updated_twice_in_one_batch,
             export_order_and_counts,
         );
+        $crate::store_conformance_suite!(@log $make;
+            the_message_log_commits_with_the_data,
+        );
         $crate::store_conformance_suite!(@search $make;
             search_tokens_strings_and_references,
             search_dates_quantities_and_sorting,
             search_includes_compartments_and_history,
         );
+    };
+    (@log $make:expr; $($name:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let store = $make.await;
+                $crate::conformance::$name(&store).await;
+            }
+        )*
     };
     (@search $make:expr; $($name:ident,)*) => {
         $(

@@ -23,9 +23,11 @@ pub mod conformance;
 #[cfg(feature = "conformance")]
 pub mod conformance_access;
 pub mod governance;
+pub mod messages;
 pub mod projection;
 
 pub use governance::{Access, Governance};
+pub use messages::{InboundMessage, MessageLog, MessageState};
 #[cfg(feature = "conformance")]
 pub mod conformance_search;
 
@@ -118,6 +120,18 @@ pub enum Operation {
     DeleteSource {
         /// The source record.
         source_key: String,
+    },
+    /// Logs an inbound message with what was done with it ([`messages`]); a second message
+    /// under the same sender and control id (other than a conflict) fails the batch.
+    LogMessage(Box<InboundMessage>),
+    /// Changes a logged message's state and reason (the operator's retry or drop).
+    SetMessageState {
+        /// The message.
+        seq: i64,
+        /// Its new state.
+        state: MessageState,
+        /// Why (empty when applied).
+        reason: String,
     },
     /// Stores an opaque checkpoint value.
     PutCheckpoint {
@@ -515,7 +529,7 @@ pub trait Store: Send + Sync {
 /// A complete backend: the FHIR store and the network's records in one database, as the CLI
 /// opens it from a URL (`sqlite://…`, `postgres://…`).
 #[async_trait::async_trait]
-pub trait Backend: Store + Governance {
+pub trait Backend: Store + Governance + MessageLog {
     /// Readies the backend to serve the API: called once before the server starts (the SQLite
     /// store begins journaling audit records here). Nothing by default.
     async fn start_serving(&self) -> Result<(), StoreError> {

@@ -1665,8 +1665,9 @@ impl<'p> Chart<'p> {
             self.pv1("I", &ward, &doctor, dept, &admit.minutes(), ""),
         );
         writer.write(
+            // 診療日 of a planned discharge is the planned day (PV2-9), as the guideline says.
             &self.file_name(
-                &plan_at.date(),
+                &discharge.date(),
                 "ADT-51",
                 "999999999999999",
                 plan_at,

@@ -1,0 +1,139 @@
+//! The inbound message log in PostgreSQL (`messages`, schema 2): rows written inside a batch's
+//! transaction, and the [`MessageLog`] reads.
+
+use sqlx::{Row, PgConnection, postgres::PgRow};
+use tsunagi_store::{InboundMessage, MessageLog, MessageState, StoreError};
+
+use crate::{PostgresStore, db_error};
+
+const COLUMNS: &str = "seq, channel, sender, control_id, hash, received, facility, message_type, \
+                       patient, state, reason, ack, raw";
+
+/// Logs a message inside the batch's transaction. A second row under the same duplicate key fails
+/// the statement (and so the batch).
+pub(crate) async fn insert(
+    connection: &mut PgConnection,
+    message: &InboundMessage,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO messages (channel, sender, control_id, hash, received, facility, \
+         message_type, patient, state, reason, ack, raw) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(&message.channel)
+    .bind(&message.sender)
+    .bind(&message.control_id)
+    .bind(&message.hash)
+    .bind(message.received)
+    .bind(&message.facility)
+    .bind(&message.message_type)
+    .bind(&message.patient)
+    .bind(message.state.as_str())
+    .bind(&message.reason)
+    .bind(&message.ack)
+    .bind(&message.raw)
+    .execute(&mut *connection)
+    .await
+    .map_err(|error| match &error {
+        sqlx::Error::Database(database) if database.is_unique_violation() => {
+            StoreError::Invalid(format!(
+                "message {} from {} is already logged",
+                message.control_id, message.sender
+            ))
+        }
+        _ => db_error(error),
+    })?;
+    Ok(())
+}
+
+/// Changes a logged message's state; an unknown sequence number fails the batch.
+pub(crate) async fn set_state(
+    connection: &mut PgConnection,
+    seq: i64,
+    state: MessageState,
+    reason: &str,
+) -> Result<(), StoreError> {
+    let done = sqlx::query("UPDATE messages SET state = $1, reason = $2 WHERE seq = $3")
+        .bind(state.as_str())
+        .bind(reason)
+        .bind(seq)
+        .execute(&mut *connection)
+        .await
+        .map_err(db_error)?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::Invalid(format!("message {seq} is not logged")));
+    }
+    Ok(())
+}
+
+fn from_row(row: &PgRow) -> Result<InboundMessage, StoreError> {
+    let state: String = row.try_get("state").map_err(db_error)?;
+    Ok(InboundMessage {
+        seq: row.try_get("seq").map_err(db_error)?,
+        channel: row.try_get("channel").map_err(db_error)?,
+        sender: row.try_get("sender").map_err(db_error)?,
+        control_id: row.try_get("control_id").map_err(db_error)?,
+        hash: row.try_get("hash").map_err(db_error)?,
+        received: row.try_get("received").map_err(db_error)?,
+        facility: row.try_get("facility").map_err(db_error)?,
+        message_type: row.try_get("message_type").map_err(db_error)?,
+        patient: row.try_get("patient").map_err(db_error)?,
+        state: MessageState::parse(&state)
+            .ok_or_else(|| StoreError::Database(format!("unknown message state {state:?}")))?,
+        reason: row.try_get("reason").map_err(db_error)?,
+        ack: row.try_get("ack").map_err(db_error)?,
+        raw: row.try_get("raw").map_err(db_error)?,
+    })
+}
+
+#[async_trait::async_trait]
+impl MessageLog for PostgresStore {
+    async fn logged_message(
+        &self,
+        sender: &str,
+        control_id: &str,
+    ) -> Result<Option<InboundMessage>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM messages WHERE sender = $1 AND control_id = $2 \
+             AND state <> 'conflict'"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(sender)
+            .bind(control_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    async fn message(&self, seq: i64) -> Result<Option<InboundMessage>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM messages WHERE seq = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    async fn messages(
+        &self,
+        states: &[MessageState],
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<InboundMessage>, StoreError> {
+        let states: Vec<String> = states.iter().map(|state| state.as_str().to_owned()).collect();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM messages WHERE state = ANY($1) \
+             AND seq > $2 ORDER BY seq LIMIT $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&states)
+            .bind(after)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        rows.iter().map(from_row).collect()
+    }
+}
