@@ -38,7 +38,7 @@ use tsunagi_adapter::{
 };
 use tsunagi_core::FacilityId;
 use tsunagi_hl7v2::{Message, charset};
-use tsunagi_mapping::{CodeTables, SourceContext, check_message_type, map_message};
+use tsunagi_mapping::{CodeTables, Origin, SourceContext, check_message_type, map_message};
 use tsunagi_store::{Batch, Operation, ResourceWrite, Store};
 
 use crate::{
@@ -361,7 +361,7 @@ impl Worker {
             care_date: &name.care_date,
             data_type: name.data_type,
             order_number: &name.order_number,
-            file_name: &name.name,
+            origin: Origin::File(&name.name),
             tables: &self.tables,
         };
         let mapped = map_message(&context, &message).map_err(|error| error.to_string())?;

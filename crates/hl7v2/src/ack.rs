@@ -293,7 +293,13 @@ pub fn write_ack(
         .first()
         .map(|error| escape(&error.text))
         .unwrap_or_default();
-    let _ = write!(out, "MSA|{}|{}|{}\r", code.as_str(), header.control_id, text);
+    let _ = write!(
+        out,
+        "MSA|{}|{}|{}\r",
+        code.as_str(),
+        header.control_id,
+        text
+    );
     for error in errors {
         let (number, name) = error.condition.code();
         let location = error
@@ -423,12 +429,22 @@ mod tests {
             text: "患者 123 is unknown | not registered\r".to_owned(),
         };
         let ack = write_ack(&Header::of(&message), &responder(), AckCode::AE, &[error]);
-        assert!(ack.contains("MSA|AE|MSG0001|?? 123 is unknown \\F\\ not registered \r"), "{ack}");
-        assert!(ack.contains("ERR||PID^1^3|204^Unknown key identifier^HL70357|E||||"), "{ack}");
+        assert!(
+            ack.contains("MSA|AE|MSG0001|?? 123 is unknown \\F\\ not registered \r"),
+            "{ack}"
+        );
+        assert!(
+            ack.contains("ERR||PID^1^3|204^Unknown key identifier^HL70357|E||||"),
+            "{ack}"
+        );
         assert!(ack.is_ascii());
         let read = read_ack(&Message::parse(&ack).unwrap()).unwrap();
         assert_eq!(read.code, AckCode::AE);
-        assert!(read.text.contains("?? 123 is unknown | not registered"), "{}", read.text);
+        assert!(
+            read.text.contains("?? 123 is unknown | not registered"),
+            "{}",
+            read.text
+        );
     }
 
     #[test]
@@ -446,7 +462,10 @@ mod tests {
         assert_eq!(mode.code(Outcome::Rejected), Some(AckCode::CR));
         let always = ENHANCED.replace("|ER|NE", "|AL|NE");
         let always = Message::parse(&always).unwrap();
-        assert_eq!(AckMode::of(&always).code(Outcome::Accepted), Some(AckCode::CA));
+        assert_eq!(
+            AckMode::of(&always).code(Outcome::Accepted),
+            Some(AckCode::CA)
+        );
         let never = ENHANCED.replace("|ER|NE", "|NE|AL");
         let never = Message::parse(&never).unwrap();
         assert_eq!(AckMode::of(&never).code(Outcome::Rejected), None);

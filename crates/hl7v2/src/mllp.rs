@@ -174,7 +174,10 @@ mod tests {
         stream.extend(frame(b"three"));
         let mut decoder = FrameDecoder::new(1024);
         decoder.push(&stream);
-        assert_eq!(all(&mut decoder), vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+        assert_eq!(
+            all(&mut decoder),
+            vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+        );
     }
 
     #[test]

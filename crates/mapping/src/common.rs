@@ -39,12 +39,20 @@ impl<'c, 'm> Builder<'c, 'm> {
         message: &'c Message<'m>,
         trigger: &str,
     ) -> Self {
-        let source = format!(
-            "urn:tsunagi:ssmix2:{}:{}#{}",
-            context.facility,
-            percent_encode(context.file_name),
-            percent_encode(&message.control_id())
-        );
+        let source = match context.origin {
+            crate::Origin::File(name) => format!(
+                "urn:tsunagi:ssmix2:{}:{}#{}",
+                context.facility,
+                percent_encode(name),
+                percent_encode(&message.control_id())
+            ),
+            crate::Origin::Pushed(channel) => format!(
+                "urn:tsunagi:{}:{}#{}",
+                percent_encode(channel),
+                context.facility,
+                percent_encode(&message.control_id())
+            ),
+        };
         Self {
             context,
             message,
@@ -71,6 +79,10 @@ impl<'c, 'm> Builder<'c, 'm> {
     /// PID-3 may differ from the folder's patient id (seen in the guideline samples): identity
     /// follows the file name, the difference is reported.
     pub(crate) fn check_patient_id(&mut self) {
+        // A pushed message's patient id is PID-3 (normalised by the feed's rules) already.
+        if matches!(self.context.origin, crate::Origin::Pushed(_)) {
+            return;
+        }
         let Some(pid) = self.message.first("PID") else {
             return;
         };

@@ -204,10 +204,20 @@ pub struct SourceContext<'a> {
     pub data_type: DataType,
     /// オーダNo from the file name (free text; 13, 15 or 22 characters seen).
     pub order_number: &'a str,
-    /// The file name, for provenance.
-    pub file_name: &'a str,
+    /// Where the message came from, for provenance (`meta.source`).
+    pub origin: Origin<'a>,
     /// Code tables of this facility.
     pub tables: &'a CodeTables,
+}
+
+/// How a message reached the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin<'a> {
+    /// A file of SS-MIX2 storage, by name: `urn:tsunagi:ssmix2:<facility>:<file>#<MSH-10>`.
+    File(&'a str),
+    /// Pushed by the sender over a channel (`mllp`, `http`):
+    /// `urn:tsunagi:<channel>:<facility>#<MSH-10>`.
+    Pushed(&'a str),
 }
 
 /// One produced resource.

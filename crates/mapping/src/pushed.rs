@@ -169,14 +169,12 @@ fn exam_kind(message: &Message<'_>) -> Exam {
         .first("OBR")
         .map(|obr| obr.field(4).component(3).text().trim().to_ascii_uppercase())
         .unwrap_or_default();
+    let endoscopic_modality = message
+        .first("IPC")
+        .is_some_and(|ipc| ipc.field(5).component(1).text().trim() == "ES");
     if system.starts_with("JJ1017") {
         Exam::Radiology
-    } else if system == "LENDO" {
-        Exam::Endoscopy
-    } else if message
-        .first("IPC")
-        .is_some_and(|ipc| ipc.field(5).component(1).text().trim() == "ES")
-    {
+    } else if system == "LENDO" || endoscopic_modality {
         Exam::Endoscopy
     } else if message.first("IPC").is_some() {
         Exam::Radiology
@@ -210,7 +208,14 @@ fn care_date(message: &Message<'_>, code: &str, trigger: &str) -> String {
     let date_in = |segment: &str, field: usize| {
         let value = message
             .first(segment)
-            .map(|segment| segment.field(field).first().component(1).text().into_owned())
+            .map(|segment| {
+                segment
+                    .field(field)
+                    .first()
+                    .component(1)
+                    .text()
+                    .into_owned()
+            })
             .unwrap_or_default();
         let digits: String = value.trim().chars().take(8).collect();
         (digits.len() == 8 && digits.chars().all(|c| c.is_ascii_digit())).then_some(digits)
@@ -252,9 +257,7 @@ mod tests {
         assert_eq!(inpatient.data_type, DataType::Adt22);
         assert_eq!(inpatient.care_date, "20261120");
         assert_eq!(inpatient.order_number, NO_ORDER);
-        let outpatient = key(&format!(
-            "{MSH}ADT^A11^ADT_A09|1|P|2.5\rPID|||42\rPV1||O\r"
-        ));
+        let outpatient = key(&format!("{MSH}ADT^A11^ADT_A09|1|P|2.5\rPID|||42\rPV1||O\r"));
         assert_eq!(outpatient.data_type, DataType::Adt12);
         assert_eq!(outpatient.care_date, "-");
     }
@@ -263,11 +266,23 @@ mod tests {
     fn numeric_patient_ids_are_padded_to_the_feed_width() {
         let message = format!("{MSH}ADT^A08|1|P|2.5\rPID|||10000\r");
         let message = Message::parse(&message).unwrap();
-        let padded = identify(&message, &IdentifyRules { patient_id_width: 8 }).unwrap();
+        let padded = identify(
+            &message,
+            &IdentifyRules {
+                patient_id_width: 8,
+            },
+        )
+        .unwrap();
         assert_eq!(padded.patient_id, "00010000");
         let alpha = format!("{MSH}ADT^A08|1|P|2.5\rPID|||A10\r");
         let alpha = Message::parse(&alpha).unwrap();
-        let kept = identify(&alpha, &IdentifyRules { patient_id_width: 8 }).unwrap();
+        let kept = identify(
+            &alpha,
+            &IdentifyRules {
+                patient_id_width: 8,
+            },
+        )
+        .unwrap();
         assert_eq!(kept.patient_id, "A10");
     }
 
@@ -275,17 +290,26 @@ mod tests {
     fn unsupported_types_and_missing_patients_are_errors() {
         let message = format!("{MSH}ADT^Z99|1|P|2.5\rPID|||42\r");
         assert_eq!(
-            identify(&Message::parse(&message).unwrap(), &IdentifyRules::default()),
+            identify(
+                &Message::parse(&message).unwrap(),
+                &IdentifyRules::default()
+            ),
             Err(IdentifyError::UnsupportedType("ADT^Z99".to_owned()))
         );
         let message = format!("{MSH}ADT^A08|1|P|2.5\rPID|||\r");
         assert_eq!(
-            identify(&Message::parse(&message).unwrap(), &IdentifyRules::default()),
+            identify(
+                &Message::parse(&message).unwrap(),
+                &IdentifyRules::default()
+            ),
             Err(IdentifyError::NoPatient)
         );
         let message = format!("{MSH}|1|P|2.5\rPID|||42\r");
         assert!(matches!(
-            identify(&Message::parse(&message).unwrap(), &IdentifyRules::default()),
+            identify(
+                &Message::parse(&message).unwrap(),
+                &IdentifyRules::default()
+            ),
             Err(IdentifyError::Parse(_))
         ));
     }

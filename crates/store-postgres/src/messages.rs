@@ -1,7 +1,7 @@
 //! The inbound message log in PostgreSQL (`messages`, schema 2): rows written inside a batch's
 //! transaction, and the [`MessageLog`] reads.
 
-use sqlx::{Row, PgConnection, postgres::PgRow};
+use sqlx::{PgConnection, Row, postgres::PgRow};
 use tsunagi_store::{InboundMessage, MessageLog, MessageState, StoreError};
 
 use crate::{PostgresStore, db_error};
@@ -122,7 +122,10 @@ impl MessageLog for PostgresStore {
         after: i64,
         limit: usize,
     ) -> Result<Vec<InboundMessage>, StoreError> {
-        let states: Vec<String> = states.iter().map(|state| state.as_str().to_owned()).collect();
+        let states: Vec<String> = states
+            .iter()
+            .map(|state| state.as_str().to_owned())
+            .collect();
         let sql = format!(
             "SELECT {COLUMNS} FROM messages WHERE state = ANY($1) \
              AND seq > $2 ORDER BY seq LIMIT $3"

@@ -564,13 +564,32 @@ pub async fn the_message_log_commits_with_the_data<S: Store + crate::MessageLog>
         ]))
         .await
         .unwrap();
-    let first = store.logged_message("HIS|SHONAI", "M1").await.unwrap().unwrap();
+    let first = store
+        .logged_message("HIS|SHONAI", "M1")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(first.seq > 0);
-    assert_eq!((first.raw.as_slice(), first.state), (&b"first"[..], Applied));
+    assert_eq!(
+        (first.raw.as_slice(), first.state),
+        (&b"first"[..], Applied)
+    );
     assert_eq!(first.ack, b"MSH|^~\\&|ack".to_vec());
     assert_eq!(store.message(first.seq).await.unwrap().unwrap(), first);
-    assert!(store.logged_message("HIS|SHONAI", "M2").await.unwrap().is_none());
-    assert!(store.logged_message("HIS|OTHER", "M1").await.unwrap().is_none());
+    assert!(
+        store
+            .logged_message("HIS|SHONAI", "M2")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .logged_message("HIS|OTHER", "M1")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // The same key again fails the whole batch: the resources it carried are not written.
     let again = store
@@ -592,10 +611,18 @@ pub async fn the_message_log_commits_with_the_data<S: Store + crate::MessageLog>
         .await
         .unwrap();
     assert_eq!(
-        store.logged_message("HIS|SHONAI", "M1").await.unwrap().unwrap().seq,
+        store
+            .logged_message("HIS|SHONAI", "M1")
+            .await
+            .unwrap()
+            .unwrap()
+            .seq,
         first.seq
     );
-    let open = store.messages(&[Quarantined, Conflict], 0, 10).await.unwrap();
+    let open = store
+        .messages(&[Quarantined, Conflict], 0, 10)
+        .await
+        .unwrap();
     let listed: Vec<(&str, crate::MessageState)> = open
         .iter()
         .map(|message| (message.control_id.as_str(), message.state))
@@ -605,7 +632,10 @@ pub async fn the_message_log_commits_with_the_data<S: Store + crate::MessageLog>
         vec![("M1", Conflict), ("M2", Quarantined), ("M3", Quarantined)]
     );
     assert!(open.windows(2).all(|pair| pair[0].seq < pair[1].seq));
-    let after_first = store.messages(&[Quarantined, Conflict], open[0].seq, 1).await.unwrap();
+    let after_first = store
+        .messages(&[Quarantined, Conflict], open[0].seq, 1)
+        .await
+        .unwrap();
     assert_eq!(after_first.len(), 1);
     assert_eq!(after_first[0].control_id, "M2");
 
@@ -632,7 +662,10 @@ pub async fn the_message_log_commits_with_the_data<S: Store + crate::MessageLog>
     let quarantined = store.messages(&[Quarantined], 0, 10).await.unwrap();
     assert!(quarantined.is_empty(), "{quarantined:?}");
     let dropped = store.message(open[1].seq).await.unwrap().unwrap();
-    assert_eq!((dropped.state, dropped.reason.as_str()), (Dropped, "dropped by operator"));
+    assert_eq!(
+        (dropped.state, dropped.reason.as_str()),
+        (Dropped, "dropped by operator")
+    );
     assert!(store.read(&ALL, "Patient", "p3").await.unwrap().is_some());
     // A state change for a message the log does not hold fails its batch.
     let unknown = store

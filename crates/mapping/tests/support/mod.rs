@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 use tsunagi_core::FacilityId;
 use tsunagi_hl7v2::{Message, charset};
-use tsunagi_mapping::{CodeTables, DataType, SourceContext, map_message};
+use tsunagi_mapping::{CodeTables, DataType, Origin, SourceContext, map_message};
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -64,7 +64,7 @@ pub fn map_bytes(facility: &str, file_name: &str, bytes: &[u8], tables: &CodeTab
         care_date: fields[1],
         data_type: DataType::parse(fields[2]).unwrap(),
         order_number: fields[3],
-        file_name,
+        origin: Origin::File(file_name),
         tables,
     };
     let (text, _) = match charset::decode(bytes) {

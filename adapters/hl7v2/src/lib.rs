@@ -1,0 +1,202 @@
+//! The HL7 v2 feed adapter: a hospital EHR (or a lab company) that pushes messages as events
+//! happen, over MLLP or HTTP, instead of writing SS-MIX2 storage for Tsunagi to pull.
+//!
+//! [`Intake`] receives raw messages from any transport and answers each with the ACK to send.
+//! One writer task takes messages in arrival order and, for each:
+//! 1. decodes (ISO-2022-JP before splitting) and parses it; unreadable → AR, nothing stored;
+//! 2. finds the registered feed it speaks for ([`Feeds`]: the connection's client certificate,
+//!    else MSH-3/MSH-4); unknown sender → AR, nothing stored;
+//! 3. recognises a duplicate by sender + MSH-10: the same content (SHA-256) → the stored ACK
+//!    again and nothing written; other content → AR, and the message is kept as a conflict;
+//! 4. derives the record the message belongs to ([`tsunagi_mapping::pushed::identify`]) and
+//!    maps it with the same mapping as SS-MIX2 files, onto the same source key, so a pushed
+//!    message and the same message read from storage are one record;
+//! 5. anything that cannot be applied (an unsupported type, an unknown patient, a mapping error)
+//!    is kept in quarantine and answered AE / CE.
+//!
+//! The messages taken together (at most [`IntakeOptions::group`]) are committed in **one
+//! transaction** — resources and message-log rows — and only then answered: commit-before-ACK
+//! with group commit. If the store fails, nobody is answered (the transport closes the
+//! connection, the sender resends, duplicates make the resend harmless). Messages of one patient
+//! are applied in arrival order because there is one writer.
+
+mod feeds;
+mod process;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+pub use feeds::{FeedConfig, Feeds};
+pub use process::{Channel, Received, Reply};
+use tokio::sync::{mpsc, oneshot};
+use tsunagi_core::clock::Clock;
+use tsunagi_store::{Batch, MessageLog, Store, StoreError};
+
+/// Why a message got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// The store could not commit: the sender must resend.
+    #[error("the store cannot commit: {0}")]
+    Store(#[from] StoreError),
+    /// The intake has stopped.
+    #[error("the intake has stopped")]
+    Stopped,
+}
+
+/// Tuning.
+#[derive(Debug, Clone, Copy)]
+pub struct IntakeOptions {
+    /// Messages committed together at most.
+    pub group: usize,
+    /// Messages waiting for the writer at most (senders wait beyond it).
+    pub queue: usize,
+}
+
+impl Default for IntakeOptions {
+    fn default() -> Self {
+        Self {
+            group: 512,
+            queue: 4096,
+        }
+    }
+}
+
+/// What the intake needs of the store.
+pub trait FeedStore: Store + MessageLog {}
+impl<T: Store + MessageLog + ?Sized> FeedStore for T {}
+
+type Job = (Received, oneshot::Sender<Result<Reply, IntakeError>>);
+
+/// The running intake: submit messages, get their ACKs.
+#[derive(Clone)]
+pub struct Intake {
+    sender: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Intake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intake").finish_non_exhaustive()
+    }
+}
+
+impl Intake {
+    /// Starts the writer task on the current tokio runtime.
+    pub fn start<S: FeedStore + ?Sized + 'static>(
+        store: Arc<S>,
+        feeds: Arc<Feeds>,
+        clock: Arc<dyn Clock>,
+        options: IntakeOptions,
+    ) -> Self {
+        let (sender, receiver) = mpsc::channel(options.queue.max(1));
+        let processor = process::Processor::new(store, feeds, clock);
+        tokio::spawn(writer(processor, receiver, options.group.max(1)));
+        Self { sender }
+    }
+
+    /// Submits one message and waits until it is committed (or refused); the reply holds the ACK
+    /// to send.
+    pub async fn submit(&self, received: Received) -> Result<Reply, IntakeError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send((received, reply))
+            .await
+            .map_err(|_| IntakeError::Stopped)?;
+        answer.await.map_err(|_| IntakeError::Stopped)?
+    }
+}
+
+/// Applies a quarantined message again (after its cause was fixed: the patient registered, a
+/// code table completed…). The message keeps its place in the log; when it can now be applied
+/// its resources and its new state commit together.
+pub async fn retry<S: FeedStore + ?Sized + 'static>(
+    store: Arc<S>,
+    feeds: Arc<Feeds>,
+    clock: Arc<dyn Clock>,
+    seq: i64,
+) -> Result<process::RetryOutcome, IntakeError> {
+    process::Processor::new(store, feeds, clock)
+        .retry(seq)
+        .await
+}
+
+pub use process::RetryOutcome;
+
+/// Serves an intake on MLLP: each frame is submitted and its ACK written back; a store failure
+/// closes the connection unanswered.
+#[derive(Debug, Clone)]
+pub struct MllpHandler(pub Intake);
+
+#[async_trait::async_trait]
+impl tsunagi_mllp::FrameHandler for MllpHandler {
+    async fn handle(
+        &self,
+        frame: Vec<u8>,
+        peer: &tsunagi_mllp::PeerInfo,
+    ) -> Result<Option<Vec<u8>>, ()> {
+        let received = Received {
+            channel: Channel::Mllp,
+            raw: frame,
+            client: peer.client.clone(),
+        };
+        match self.0.submit(received).await {
+            Ok(reply) => Ok(reply.ack),
+            Err(error) => {
+                tracing::error!(target: "tsunagi::feed", address = %peer.address, %error, "message not answered");
+                Err(())
+            }
+        }
+    }
+}
+
+/// Counts ACK control ids within this process.
+static ACK_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn next_ack_number() -> u64 {
+    ACK_COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+async fn writer<S: FeedStore + ?Sized>(
+    mut processor: process::Processor<S>,
+    mut receiver: mpsc::Receiver<Job>,
+    group: usize,
+) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(group);
+    loop {
+        if receiver.recv_many(&mut jobs, group).await == 0 {
+            return;
+        }
+        processor.begin_group();
+        let mut prepared = Vec::with_capacity(jobs.len());
+        for (received, _) in &jobs {
+            prepared.push(processor.prepare(received).await);
+        }
+        let mut batch = Batch::default();
+        for prepared in prepared.iter().flatten() {
+            batch.operations.extend(prepared.operations.iter().cloned());
+        }
+        let committed = if batch.operations.is_empty() {
+            Ok(())
+        } else {
+            processor.store().apply(batch).await.map(|_| ())
+        };
+        match committed {
+            Ok(()) => {
+                for ((_, reply), item) in jobs.drain(..).zip(prepared) {
+                    let _ = reply.send(item.map(|prepared| prepared.reply).map_err(Into::into));
+                }
+            }
+            Err(error) => {
+                // One message may carry what the store refuses (a mapping that lists a resource
+                // twice…): commit each on its own, so only that one is quarantined.
+                tracing::warn!(target: "tsunagi::feed", %error, "group commit failed; committing one by one");
+                processor.begin_group();
+                for (received, reply) in jobs.drain(..) {
+                    let result = processor.commit_alone(&received).await;
+                    let _ = reply.send(result);
+                }
+            }
+        }
+    }
+}
