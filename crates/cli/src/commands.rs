@@ -11,11 +11,13 @@ use std::{
 
 use anyhow::{Context, bail};
 use tsunagi_adapter::{AdapterContext, NoProgress, PullAdapter, PullReport};
+use tsunagi_adapter_hl7v2::{FeedConfig, Feeds, Intake, IntakeOptions, MllpHandler};
 use tsunagi_adapter_ssmix2::Ssmix2Config;
 use tsunagi_core::{
     FacilityId,
     clock::{Clock, SystemClock},
 };
+use tsunagi_mapping::pushed::IdentifyRules;
 use tsunagi_server::tls::TlsFiles;
 use tsunagi_store::Backend;
 use tsunagi_store::{Access, Store};
@@ -280,7 +282,11 @@ pub(crate) fn generate_region(out: &Path, patients: usize, seed: u64) -> anyhow:
 }
 
 /// `tsunagi demo`.
-pub(crate) async fn demo(dir: &Path, patients: usize, listen: Option<&str>) -> anyhow::Result<()> {
+pub(crate) async fn demo(
+    dir: &Path,
+    patients: usize,
+    listen: Option<(&str, &str)>,
+) -> anyhow::Result<()> {
     let region = dir.join("region");
     if region.exists() {
         std::fs::remove_dir_all(&region)
@@ -356,18 +362,35 @@ pub(crate) async fn demo(dir: &Path, patients: usize, listen: Option<&str>) -> a
     demo_network(store.as_ref(), patient_id).await?;
     println!(
         "\n   a clinic doctor's token (five minutes; issue another the same way):\n   TOKEN=$(tsunagi token issue --db {url} --user dr-demo --scope 'user/*.rs')\n   curl -H \"Authorization: Bearer $TOKEN\" http://{}/fhir/Patient/{patient_id}/\\$everything",
-        listen.unwrap_or("127.0.0.1:8080")
+        listen.map_or("127.0.0.1:8080", |(http, _)| http)
     );
     println!(
         "\nnext: tsunagi export ndjson --db {url} --out {}",
         dir.join("export").display()
     );
-    let Some(listen) = listen else {
+    let Some((listen, mllp_listen)) = listen else {
         println!("      tsunagi serve --db {url}");
         return Ok(());
     };
-    println!("\n6. serving the region over FHIR (Ctrl-C stops; the access log goes to stderr)");
+    println!(
+        "\n6. serving the region over FHIR, and the hospitals' HL7 v2 feeds over MLLP on {mllp_listen} (Ctrl-C stops; the access log goes to stderr)"
+    );
     init_logging(crate::config::LogFormat::Text);
+    // The synthetic EHRs write MSH-3 = EHR, MSH-4 = their facility code.
+    let feeds = tsunagi_synth::HOSPITALS
+        .iter()
+        .map(|hospital| {
+            anyhow::Ok(FeedConfig {
+                facility: FacilityId::parse(hospital.code)?,
+                name: Some(hospital.name.to_owned()),
+                sending_facility: hospital.code.to_owned(),
+                sending_application: Some("EHR".to_owned()),
+                clients: Vec::new(),
+                tables: Arc::new(tables::load(hospital.code, None)?),
+                rules: IdentifyRules::default(),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     serve_store(
         store,
         listen,
@@ -375,6 +398,11 @@ pub(crate) async fn demo(dir: &Path, patients: usize, listen: Option<&str>) -> a
         None,
         tsunagi_server::Settings::default(),
         Some(patient_id),
+        Some(MllpSetup {
+            address: mllp_listen.to_owned(),
+            feeds: Feeds::new(feeds),
+            options: tsunagi_mllp::ServerOptions::default(),
+        }),
     )
     .await
 }
@@ -444,6 +472,60 @@ pub(crate) struct ServeFlags {
     pub(crate) tls12: bool,
     pub(crate) mtls_listen: Option<String>,
     pub(crate) tls_client_ca: Option<PathBuf>,
+    pub(crate) mllp_listen: Option<String>,
+}
+
+/// The MLLP listener of `tsunagi serve`: where, which senders, which limits.
+pub(crate) struct MllpSetup {
+    pub(crate) address: String,
+    pub(crate) feeds: Feeds,
+    pub(crate) options: tsunagi_mllp::ServerOptions,
+}
+
+impl MllpSetup {
+    /// From `--mllp-listen` and the config's `[mllp]` and `[[hl7v2]]`; none without an address.
+    fn from_config(flag: Option<&str>, config: Option<&Config>) -> anyhow::Result<Option<Self>> {
+        let Some(address) = flag
+            .map(str::to_owned)
+            .or_else(|| config.and_then(|c| c.mllp.listen.clone()))
+        else {
+            return Ok(None);
+        };
+        let mut feeds = Vec::new();
+        for feed in config.map(|c| c.hl7v2.as_slice()).unwrap_or_default() {
+            feeds.push(FeedConfig {
+                facility: FacilityId::parse(&feed.facility)?,
+                name: feed.name.clone(),
+                sending_facility: feed.sending_facility.clone(),
+                sending_application: feed.sending_application.clone(),
+                clients: feed.clients.clone(),
+                tables: Arc::new(tables::load(&feed.facility, feed.mappings.as_deref())?),
+                rules: IdentifyRules {
+                    patient_id_width: feed.patient_id_width.unwrap_or(0),
+                },
+            });
+        }
+        if feeds.is_empty() {
+            tracing::warn!(target: "tsunagi::mllp", "no [[hl7v2]] senders are configured: every message will be rejected (AR)");
+        }
+        let mut options = tsunagi_mllp::ServerOptions::default();
+        if let Some(mllp) = config.map(|c| &c.mllp) {
+            if let Some(bytes) = mllp.max_frame_bytes {
+                options.max_frame = bytes;
+            }
+            if let Some(connections) = mllp.max_connections {
+                options.max_connections = connections;
+            }
+            if let Some(seconds) = mllp.idle_timeout_seconds {
+                options.idle_timeout = std::time::Duration::from_secs(seconds);
+            }
+        }
+        Ok(Some(Self {
+            address,
+            feeds: Feeds::new(feeds),
+            options,
+        }))
+    }
 }
 
 /// The TLS side of `tsunagi serve`: flags win over the config file.
@@ -528,8 +610,9 @@ pub(crate) async fn serve(flags: ServeFlags) -> anyhow::Result<()> {
             .unwrap_or(crate::config::LogFormat::Json),
     );
     let listeners = Listeners::from_flags(&flags, server)?;
+    let mllp = MllpSetup::from_config(flags.mllp_listen.as_deref(), config.as_ref())?;
     let store = open_store(&db).await?;
-    serve_store(store, &listen, listeners, Some(&db), settings, None).await
+    serve_store(store, &listen, listeners, Some(&db), settings, None, mllp).await
 }
 
 /// Log lines (the access log among them) on stderr, at level INFO.
@@ -551,6 +634,7 @@ async fn serve_store(
     db: Option<&str>,
     settings: tsunagi_server::Settings,
     example_patient: Option<&str>,
+    mllp: Option<MllpSetup>,
 ) -> anyhow::Result<()> {
     // Certificates are read before any socket is bound: a bad file fails the start, by name.
     let tls = listeners
@@ -600,6 +684,28 @@ async fn serve_store(
         println!("  {base}/Patient?jp-kana-sort=ヤ&_count=5");
         println!("  {base}/Observation?patient={patient}&category=laboratory&_sort=-date");
         println!("  {base}/Patient/{patient}/$everything");
+    }
+    if let Some(mllp) = mllp {
+        let listener = tokio::net::TcpListener::bind(&mllp.address)
+            .await
+            .with_context(|| format!("cannot listen for MLLP on {}", mllp.address))?;
+        println!(
+            "HL7 v2 over MLLP on {} ({} senders)",
+            listener.local_addr()?,
+            mllp.feeds.all().len()
+        );
+        let intake = Intake::start(
+            store.clone(),
+            Arc::new(mllp.feeds),
+            Arc::new(SystemClock),
+            IntakeOptions::default(),
+        );
+        tokio::spawn(tsunagi_mllp::serve(
+            listener,
+            None,
+            mllp.options,
+            Arc::new(MllpHandler(intake)),
+        ));
     }
     let keys =
         tsunagi_server::security::signing_keys(store.as_ref(), SystemClock.now_micros()).await?;

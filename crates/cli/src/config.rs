@@ -21,6 +21,47 @@ pub(crate) struct Config {
     /// The FHIR REST API (`tsunagi serve`).
     #[serde(default)]
     pub(crate) server: ServerConfig,
+    /// Senders that push HL7 v2 (MLLP), one per hospital feed.
+    #[serde(default)]
+    pub(crate) hl7v2: Vec<Hl7v2Feed>,
+    /// The MLLP listener of `tsunagi serve`.
+    #[serde(default)]
+    pub(crate) mllp: MllpConfig,
+}
+
+/// One sender that pushes HL7 v2 messages.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Hl7v2Feed {
+    /// The registered facility whose records the feed carries (10-digit code).
+    pub(crate) facility: String,
+    /// Display name.
+    pub(crate) name: Option<String>,
+    /// MSH-4 (sending facility) the sender writes.
+    pub(crate) sending_facility: String,
+    /// MSH-3 (sending application), when the facility has several senders.
+    pub(crate) sending_application: Option<String>,
+    /// Client ids (certificate CN) that speak for this feed on a mutual-TLS MLLP listener.
+    #[serde(default)]
+    pub(crate) clients: Vec<String>,
+    /// Code tables folder; default: the tables built into the binary.
+    pub(crate) mappings: Option<PathBuf>,
+    /// Zero-pads numeric PID-3 values to this many digits (0 or absent: as sent).
+    pub(crate) patient_id_width: Option<usize>,
+}
+
+/// The MLLP listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MllpConfig {
+    /// Address to listen on (or `--mllp-listen`); no listener when absent.
+    pub(crate) listen: Option<String>,
+    /// Largest frame accepted, in bytes (default 16 MiB).
+    pub(crate) max_frame_bytes: Option<usize>,
+    /// Connections served at once (default 256).
+    pub(crate) max_connections: Option<usize>,
+    /// Seconds a connection may stay silent (default 300).
+    pub(crate) idle_timeout_seconds: Option<u64>,
 }
 
 /// The FHIR REST API.
@@ -113,6 +154,15 @@ impl Config {
                 bail!(
                     "ssmix2 source {}: at least one root is required",
                     source.facility
+                );
+            }
+        }
+        for feed in &config.hl7v2 {
+            tsunagi_core::FacilityId::parse(&feed.facility)?;
+            if feed.sending_facility.trim().is_empty() {
+                bail!(
+                    "hl7v2 feed {}: sending_facility (MSH-4) is required",
+                    feed.facility
                 );
             }
         }

@@ -16,6 +16,7 @@
 
 mod admin;
 mod bench;
+mod bench_mllp;
 mod bench_search;
 mod commands;
 mod config;
@@ -67,6 +68,9 @@ enum Command {
         /// Where the FHIR API listens once the region is loaded.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Where the hospitals' HL7 v2 feeds (MLLP) are received while serving.
+        #[arg(long, default_value = "127.0.0.1:2575")]
+        mllp_listen: String,
         /// Stop after loading instead of serving.
         #[arg(long)]
         no_serve: bool,
@@ -97,6 +101,9 @@ enum Command {
         /// A second listener with mutual TLS for system clients (needs --tls-client-ca).
         #[arg(long, requires = "tls_client_ca")]
         mtls_listen: Option<String>,
+        /// Also listen for HL7 v2 over MLLP on this address (senders: [[hl7v2]] of --config).
+        #[arg(long)]
+        mllp_listen: Option<String>,
         /// PEM CA certificates that issue system clients' certificates (CN = client id).
         #[arg(long)]
         tls_client_ca: Option<PathBuf>,
@@ -228,6 +235,19 @@ enum BenchWhat {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Push one hospital's synthetic messages over MLLP (8 connections, commit before ACK) into
+    /// a fresh SQLite store, then resend them all; print messages/s and ACK latency.
+    Mllp {
+        /// People in the generated region (hospital A's messages are sent).
+        #[arg(long, default_value_t = 400)]
+        patients: usize,
+        /// Connections sending at once (a patient's messages share one connection, in order).
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// Generate, ingest into a fresh database, re-ingest; print throughput, skip rate, peak RSS.
     Ingest {
         /// Number of people in the generated region.
@@ -296,8 +316,16 @@ fn main() -> std::process::ExitCode {
                 dir,
                 patients,
                 listen,
+                mllp_listen,
                 no_serve,
-            } => commands::demo(&dir, patients, (!no_serve).then_some(listen.as_str())).await,
+            } => {
+                commands::demo(
+                    &dir,
+                    patients,
+                    (!no_serve).then_some((listen.as_str(), mllp_listen.as_str())),
+                )
+                .await
+            }
             Command::Admin { what } => admin::admin(what).await,
             Command::Token {
                 what:
@@ -328,6 +356,7 @@ fn main() -> std::process::ExitCode {
                 tls12,
                 mtls_listen,
                 tls_client_ca,
+                mllp_listen,
             } => {
                 commands::serve(commands::ServeFlags {
                     db,
@@ -339,6 +368,7 @@ fn main() -> std::process::ExitCode {
                     tls12,
                     mtls_listen,
                     tls_client_ca,
+                    mllp_listen,
                 })
                 .await
             }
@@ -359,6 +389,14 @@ fn main() -> std::process::ExitCode {
                         seed,
                     },
             } => bench_search::search(patients, small, requests, seed).await,
+            Command::Bench {
+                what:
+                    BenchWhat::Mllp {
+                        patients,
+                        connections,
+                        seed,
+                    },
+            } => bench_mllp::mllp(patients, connections, seed).await,
             Command::Run { config, once } => commands::run(&config, once).await,
         }
     });
