@@ -10,14 +10,13 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use tsunagi_adapter_hl7v2::{FeedConfig, Feeds, Intake, IntakeOptions, MllpHandler};
-use tsunagi_core::{FacilityId, clock::SystemClock};
+use tsunagi_adapter_hl7v2::{Feeds, Intake, IntakeOptions, MllpHandler};
+use tsunagi_core::clock::SystemClock;
 use tsunagi_hl7v2::{Message, ack::read_ack};
-use tsunagi_mapping::pushed::IdentifyRules;
 use tsunagi_mllp::client::Connection;
 use tsunagi_store::MessageLog;
 
-use crate::tables;
+use crate::commands;
 
 const TARGET_MESSAGES_PER_SECOND: f64 = 5_000.0;
 
@@ -165,15 +164,7 @@ pub(crate) async fn mllp(patients: usize, connections: usize, seed: u64) -> anyh
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
     let store =
         Arc::new(tsunagi_store_sqlite::SqliteStore::open(&url, Arc::new(SystemClock)).await?);
-    let feeds = Feeds::new(vec![FeedConfig {
-        facility: FacilityId::parse(hospital.code)?,
-        name: Some(hospital.name.to_owned()),
-        sending_facility: hospital.code.to_owned(),
-        sending_application: Some("EHR".to_owned()),
-        clients: Vec::new(),
-        tables: Arc::new(tables::load(hospital.code, None)?),
-        rules: IdentifyRules::default(),
-    }]);
+    let feeds = Feeds::new(vec![commands::synthetic_feed(&hospital)?]);
     let intake = Intake::start(
         store.clone(),
         Arc::new(feeds),

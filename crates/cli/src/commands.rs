@@ -376,20 +376,9 @@ pub(crate) async fn demo(
         "\n6. serving the region over FHIR, and the hospitals' HL7 v2 feeds over MLLP on {mllp_listen} (Ctrl-C stops; the access log goes to stderr)"
     );
     init_logging(crate::config::LogFormat::Text);
-    // The synthetic EHRs write MSH-3 = EHR, MSH-4 = their facility code.
     let feeds = tsunagi_synth::HOSPITALS
         .iter()
-        .map(|hospital| {
-            anyhow::Ok(FeedConfig {
-                facility: FacilityId::parse(hospital.code)?,
-                name: Some(hospital.name.to_owned()),
-                sending_facility: hospital.code.to_owned(),
-                sending_application: Some("EHR".to_owned()),
-                clients: Vec::new(),
-                tables: Arc::new(tables::load(hospital.code, None)?),
-                rules: IdentifyRules::default(),
-            })
-        })
+        .map(synthetic_feed)
         .collect::<anyhow::Result<Vec<_>>>()?;
     serve_store(
         store,
@@ -473,6 +462,19 @@ pub(crate) struct ServeFlags {
     pub(crate) mtls_listen: Option<String>,
     pub(crate) tls_client_ca: Option<PathBuf>,
     pub(crate) mllp_listen: Option<String>,
+}
+
+/// The feed of a synthetic hospital, whose EHR writes MSH-3 = EHR and MSH-4 = its facility code.
+pub(crate) fn synthetic_feed(hospital: &tsunagi_synth::Hospital) -> anyhow::Result<FeedConfig> {
+    Ok(FeedConfig {
+        facility: FacilityId::parse(hospital.code)?,
+        name: Some(hospital.name.to_owned()),
+        sending_facility: hospital.code.to_owned(),
+        sending_application: Some("EHR".to_owned()),
+        clients: Vec::new(),
+        tables: Arc::new(tables::load(hospital.code, None)?),
+        rules: IdentifyRules::default(),
+    })
 }
 
 /// The MLLP listener of `tsunagi serve`: where, which senders, which limits.
