@@ -173,8 +173,9 @@ async fn writer<S: FeedStore + ?Sized>(
             prepared.push(processor.prepare(received).await);
         }
         let mut batch = Batch::default();
-        for prepared in prepared.iter().flatten() {
-            batch.operations.extend(prepared.operations.iter().cloned());
+        // Moved, not copied: if the group fails, each message is prepared again from its bytes.
+        for prepared in prepared.iter_mut().flatten() {
+            batch.operations.append(&mut prepared.operations);
         }
         let committed = if batch.operations.is_empty() {
             Ok(())

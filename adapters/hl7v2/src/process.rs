@@ -90,6 +90,7 @@ pub(crate) struct Prepared {
 }
 
 /// The log row's facts about a message.
+#[derive(Clone)]
 struct Facts {
     sender: String,
     control_id: String,
@@ -190,8 +191,11 @@ impl<S: FeedStore + ?Sized> Processor<S> {
         self.group_patients.clear();
     }
 
-    /// Decides and prepares one message of the group.
-    pub(crate) async fn prepare(&mut self, received: &Received) -> Result<Prepared, StoreError> {
+    /// Decides one received message: its content hash and what the rules say.
+    async fn decide_received(
+        &mut self,
+        received: &Received,
+    ) -> Result<(Vec<u8>, Decision), StoreError> {
         let hash = Sha256::digest(&received.raw).to_vec();
         let decision = self
             .decide(
@@ -202,6 +206,12 @@ impl<S: FeedStore + ?Sized> Processor<S> {
                 true,
             )
             .await?;
+        Ok((hash, decision))
+    }
+
+    /// Decides and prepares one message of the group.
+    pub(crate) async fn prepare(&mut self, received: &Received) -> Result<Prepared, StoreError> {
+        let (hash, decision) = self.decide_received(received).await?;
         Ok(self.settle(received, hash, decision))
     }
 
@@ -209,34 +219,29 @@ impl<S: FeedStore + ?Sized> Processor<S> {
     /// quarantined with the store's reason.
     pub(crate) async fn commit_alone(&mut self, received: &Received) -> Result<Reply, IntakeError> {
         self.begin_group();
-        let prepared = self.prepare(received).await?;
-        let operations = prepared.operations.clone();
-        if operations.is_empty() {
+        let (hash, decision) = self.decide_received(received).await?;
+        // Should the store refuse what the message maps to, it is quarantined with these facts.
+        let fallback = match &decision {
+            Decision::Apply {
+                header,
+                mode,
+                facts,
+                ..
+            } => Some((header.clone(), *mode, facts.clone())),
+            _ => None,
+        };
+        let prepared = self.settle(received, hash.clone(), decision);
+        if prepared.operations.is_empty() {
             return Ok(prepared.reply);
         }
+        let operations = prepared.operations;
         match self.store.apply(Batch { operations }).await {
             Ok(_) => Ok(prepared.reply),
             Err(StoreError::Invalid(reason)) => {
-                self.begin_group();
-                let hash = Sha256::digest(&received.raw).to_vec();
-                let decision = self
-                    .decide(
-                        &received.raw,
-                        received.client.as_deref(),
-                        received.channel,
-                        &hash,
-                        true,
-                    )
-                    .await?;
-                let Decision::Apply {
-                    header,
-                    mode,
-                    facts,
-                    ..
-                } = decision
-                else {
+                let Some((header, mode, facts)) = fallback else {
                     return Err(StoreError::Invalid(reason).into());
                 };
+                self.begin_group();
                 let decision = Decision::Quarantine {
                     header,
                     mode,
