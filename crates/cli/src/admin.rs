@@ -59,6 +59,12 @@ pub(crate) enum Admin {
         #[arg(long)]
         patient: String,
     },
+    /// Inbound HL7 v2 messages that could not be applied (unknown type, unknown patient…) and
+    /// conflicting resends.
+    Quarantine {
+        #[command(subcommand)]
+        action: crate::quarantine::QuarantineAction,
+    },
     /// Print audit records (AuditEvent NDJSON), newest first.
     Audit {
         #[arg(long)]
@@ -195,7 +201,12 @@ pub(crate) enum ConsentAction {
 }
 
 /// An AuditEvent for an operator's act on `patient`.
-fn operator_event(action: &str, what: &str, patient: Option<&str>, now: i64) -> AuditRecord {
+pub(crate) fn operator_event(
+    action: &str,
+    what: &str,
+    patient: Option<&str>,
+    now: i64,
+) -> AuditRecord {
     let mut entity = vec![
         json!({"what": {"display": what}, "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"}}),
     ];
@@ -210,7 +221,7 @@ fn operator_event(action: &str, what: &str, patient: Option<&str>, now: i64) -> 
         "id": tsunagi_store::audit::record_id(now, &tsunagi_auth::token::random_id(8)),
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
         "subtype": [{"system": "urn:tsunagi:admin", "code": action}],
-        "action": if action.starts_with("withdraw") || action == "unlink" { "D" } else { "C" },
+        "action": if action.starts_with("withdraw") || action == "unlink" || action.ends_with("-drop") { "D" } else if action.ends_with("-retry") { "U" } else { "C" },
         "recorded": format_instant_jst(now),
         "outcome": "0",
         "agent": [{"who": {"display": "operator (tsunagi admin)"}, "requestor": true, "altId": std::env::var("USER").unwrap_or_default()}],
@@ -480,6 +491,7 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                 .await?;
             println!("Patient/{patient} unlinked");
         }
+        Admin::Quarantine { action } => crate::quarantine::run(action, now).await?,
         Admin::Audit { db, patient, limit } => {
             let filter = AuditFilter {
                 patient,

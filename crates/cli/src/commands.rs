@@ -376,10 +376,6 @@ pub(crate) async fn demo(
         "\n6. serving the region over FHIR, and the hospitals' HL7 v2 feeds over MLLP on {mllp_listen} (Ctrl-C stops; the access log goes to stderr)"
     );
     init_logging(crate::config::LogFormat::Text);
-    let feeds = tsunagi_synth::HOSPITALS
-        .iter()
-        .map(synthetic_feed)
-        .collect::<anyhow::Result<Vec<_>>>()?;
     serve_store(
         store,
         listen,
@@ -389,8 +385,9 @@ pub(crate) async fn demo(
         Some(patient_id),
         Some(MllpSetup {
             address: mllp_listen.to_owned(),
-            feeds: Feeds::new(feeds),
+            feeds: synthetic_feeds()?,
             options: tsunagi_mllp::ServerOptions::default(),
+            tls: None,
         }),
     )
     .await
@@ -464,6 +461,16 @@ pub(crate) struct ServeFlags {
     pub(crate) mllp_listen: Option<String>,
 }
 
+/// The feeds of the three synthetic hospitals `tsunagi demo` listens for.
+pub(crate) fn synthetic_feeds() -> anyhow::Result<Feeds> {
+    Ok(Feeds::new(
+        tsunagi_synth::HOSPITALS
+            .iter()
+            .map(synthetic_feed)
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    ))
+}
+
 /// The feed of a synthetic hospital, whose EHR writes MSH-3 = EHR and MSH-4 = its facility code.
 pub(crate) fn synthetic_feed(hospital: &tsunagi_synth::Hospital) -> anyhow::Result<FeedConfig> {
     Ok(FeedConfig {
@@ -477,11 +484,32 @@ pub(crate) fn synthetic_feed(hospital: &tsunagi_synth::Hospital) -> anyhow::Resu
     })
 }
 
+/// The HL7 v2 senders of the config's `[[hl7v2]]`.
+pub(crate) fn feeds_from_config(config: Option<&Config>) -> anyhow::Result<Feeds> {
+    let mut feeds = Vec::new();
+    for feed in config.map(|c| c.hl7v2.as_slice()).unwrap_or_default() {
+        feeds.push(FeedConfig {
+            facility: FacilityId::parse(&feed.facility)?,
+            name: feed.name.clone(),
+            sending_facility: feed.sending_facility.clone(),
+            sending_application: feed.sending_application.clone(),
+            clients: feed.clients.clone(),
+            tables: Arc::new(tables::load(&feed.facility, feed.mappings.as_deref())?),
+            rules: IdentifyRules {
+                patient_id_width: feed.patient_id_width.unwrap_or(0),
+            },
+        });
+    }
+    Ok(Feeds::new(feeds))
+}
+
 /// The MLLP listener of `tsunagi serve`: where, which senders, which limits.
 pub(crate) struct MllpSetup {
     pub(crate) address: String,
     pub(crate) feeds: Feeds,
     pub(crate) options: tsunagi_mllp::ServerOptions,
+    /// TLS with the server's certificate; `Some(ca)`: client certificates required.
+    pub(crate) tls: Option<Option<PathBuf>>,
 }
 
 impl MllpSetup {
@@ -493,21 +521,8 @@ impl MllpSetup {
         else {
             return Ok(None);
         };
-        let mut feeds = Vec::new();
-        for feed in config.map(|c| c.hl7v2.as_slice()).unwrap_or_default() {
-            feeds.push(FeedConfig {
-                facility: FacilityId::parse(&feed.facility)?,
-                name: feed.name.clone(),
-                sending_facility: feed.sending_facility.clone(),
-                sending_application: feed.sending_application.clone(),
-                clients: feed.clients.clone(),
-                tables: Arc::new(tables::load(&feed.facility, feed.mappings.as_deref())?),
-                rules: IdentifyRules {
-                    patient_id_width: feed.patient_id_width.unwrap_or(0),
-                },
-            });
-        }
-        if feeds.is_empty() {
+        let feeds = feeds_from_config(config)?;
+        if feeds.all().is_empty() {
             tracing::warn!(target: "tsunagi::mllp", "no [[hl7v2]] senders are configured: every message will be rejected (AR)");
         }
         let mut options = tsunagi_mllp::ServerOptions::default();
@@ -522,10 +537,16 @@ impl MllpSetup {
                 options.idle_timeout = std::time::Duration::from_secs(seconds);
             }
         }
+        let tls = match config.map(|c| (c.mllp.tls.unwrap_or(false), &c.mllp.tls_client_ca)) {
+            Some((true, ca)) => Some(ca.clone()),
+            Some((false, Some(_))) => bail!("[mllp] tls_client_ca needs tls = true"),
+            _ => None,
+        };
         Ok(Some(Self {
             address,
-            feeds: Feeds::new(feeds),
+            feeds,
             options,
+            tls,
         }))
     }
 }
@@ -688,11 +709,33 @@ async fn serve_store(
         println!("  {base}/Patient/{patient}/$everything");
     }
     if let Some(mllp) = mllp {
+        let tls = match (&mllp.tls, &listeners.tls) {
+            (None, _) => None,
+            (Some(_), None) => bail!(
+                "[mllp] tls = true needs the server's certificate and key (--tls-cert, --tls-key)"
+            ),
+            (Some(ca), Some(files)) => {
+                let config = tsunagi_server::tls::server_config(files, ca.as_deref())?;
+                // MLLP is not HTTP: no ALPN.
+                let mut config = (*config).clone();
+                config.alpn_protocols.clear();
+                let namer: tsunagi_mllp::ClientNamer = Arc::new(tsunagi_server::tls::common_name);
+                Some(tsunagi_mllp::Tls {
+                    config: Arc::new(config),
+                    client_id: namer,
+                })
+            }
+        };
         let listener = tokio::net::TcpListener::bind(&mllp.address)
             .await
             .with_context(|| format!("cannot listen for MLLP on {}", mllp.address))?;
         println!(
-            "HL7 v2 over MLLP on {} ({} senders)",
+            "HL7 v2 over MLLP{} on {} ({} senders)",
+            match &mllp.tls {
+                None => "",
+                Some(None) => " (TLS)",
+                Some(Some(_)) => " (mutual TLS)",
+            },
             listener.local_addr()?,
             mllp.feeds.all().len()
         );
@@ -704,7 +747,7 @@ async fn serve_store(
         );
         tokio::spawn(tsunagi_mllp::serve(
             listener,
-            None,
+            tls,
             mllp.options,
             Arc::new(MllpHandler(intake)),
         ));

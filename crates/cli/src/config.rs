@@ -62,6 +62,12 @@ pub(crate) struct MllpConfig {
     pub(crate) max_connections: Option<usize>,
     /// Seconds a connection may stay silent (default 300).
     pub(crate) idle_timeout_seconds: Option<u64>,
+    /// TLS on the MLLP listener, with the server's certificate and key (`[server]` or
+    /// `--tls-cert`/`--tls-key`).
+    pub(crate) tls: Option<bool>,
+    /// With TLS: every sender must present a certificate issued under this CA; its common name
+    /// is a client id of an `[[hl7v2]]` sender's `clients`.
+    pub(crate) tls_client_ca: Option<PathBuf>,
 }
 
 /// The FHIR REST API.

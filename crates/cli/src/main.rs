@@ -21,6 +21,7 @@ mod bench_search;
 mod commands;
 mod config;
 mod progress;
+mod quarantine;
 mod registry;
 mod tables;
 
