@@ -33,7 +33,9 @@ use tsunagi_store::{
 const SCHEMA: &str = include_str!("schema.sql");
 /// Schema 2: the inbound message log, added to schema 1 databases in place.
 const SCHEMA_2: &str = include_str!("messages.sql");
-const SCHEMA_VERSION: &str = "2";
+/// Schema 3: the outbound queue, added in place.
+const SCHEMA_3: &str = include_str!("outbox.sql");
+const SCHEMA_VERSION: &str = "3";
 /// Seconds an assertion id is remembered past its `exp` (clock skew between client and us).
 const ASSERTION_MEMORY_SLACK: i64 = 60;
 /// The advisory lock every writing transaction holds ("tsunagi" in ASCII, as a number).
@@ -46,6 +48,7 @@ const GUARD: &str = "($2::text IS NULL OR r.pat = 0 OR c.facility = $2 OR EXISTS
 
 mod governance;
 mod messages;
+mod outbox;
 mod query;
 
 fn db_error(error: sqlx::Error) -> StoreError {
@@ -178,6 +181,16 @@ impl PostgresStore {
                 .await
                 .map_err(db_error)?;
             sqlx::query("UPDATE store_meta SET value = '2' WHERE key = 'schema'")
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+        }
+        if matches!(schema.as_deref(), Some("1" | "2")) {
+            sqlx::raw_sql(SCHEMA_3)
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+            sqlx::query("UPDATE store_meta SET value = '3' WHERE key = 'schema'")
                 .execute(&mut *transaction)
                 .await
                 .map_err(db_error)?;
@@ -336,6 +349,12 @@ impl BatchWriter<'_> {
             }
             Operation::SetMessageState { seq, state, reason } => {
                 messages::set_state(&mut *self.connection, seq, state, &reason).await?;
+            }
+            Operation::Enqueue(message) => {
+                outbox::insert(&mut *self.connection, &message).await?;
+            }
+            Operation::SetDelivery(update) => {
+                outbox::update(&mut *self.connection, &update).await?;
             }
         }
         Ok(())

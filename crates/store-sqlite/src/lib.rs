@@ -38,6 +38,7 @@ use tsunagi_store::{
 mod governance;
 mod journal;
 mod messages;
+mod outbox;
 mod query;
 
 /// Seconds an assertion id is remembered past its `exp` (clock skew between client and us).
@@ -49,7 +50,8 @@ const MIGRATION_0003: &str = include_str!("../migrations/0003_history_order.sql"
 const MIGRATION_0004: &str = include_str!("../migrations/0004_access.sql");
 const MIGRATION_0005: &str = include_str!("../migrations/0005_audit_search.sql");
 const MIGRATION_0006: &str = include_str!("../migrations/0006_messages.sql");
-const SCHEMA_VERSION: &str = "6";
+const MIGRATION_0007: &str = include_str!("../migrations/0007_outbox.sql");
+const SCHEMA_VERSION: &str = "7";
 
 /// Compartments written before schema 4 (or re-created by a re-index) get their facility from
 /// the SS-MIX2 adapter's source key of their Patient (`ssmix2:<10-digit code>:…`).
@@ -191,6 +193,10 @@ impl SqliteStore {
                 .execute(&mut *connection)
                 .await
                 .map_err(db_error)?;
+            sqlx::raw_sql(MIGRATION_0007)
+                .execute(&mut *connection)
+                .await
+                .map_err(db_error)?;
             sqlx::query("INSERT INTO store_meta (key, value) VALUES ('schema_version', ?), ('registry_version', ?)")
                 .bind(SCHEMA_VERSION)
                 .bind(REGISTRY_VERSION.to_string())
@@ -276,6 +282,19 @@ impl SqliteStore {
                 .map_err(db_error)?;
             transaction.commit().await.map_err(db_error)?;
             schema = Some("6".to_owned());
+        }
+        if schema.as_deref() == Some("6") {
+            let mut transaction = connection.begin().await.map_err(db_error)?;
+            sqlx::raw_sql(MIGRATION_0007)
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+            sqlx::query("UPDATE store_meta SET value = '7' WHERE key = 'schema_version'")
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+            transaction.commit().await.map_err(db_error)?;
+            schema = Some("7".to_owned());
         }
         if schema.as_deref() != Some(SCHEMA_VERSION) {
             return Err(StoreError::Unsupported(format!(
@@ -677,7 +696,9 @@ impl BatchWriter {
                 Operation::DeleteSource { source_key } => source_keys.push(source_key),
                 Operation::PutCheckpoint { .. }
                 | Operation::LogMessage(_)
-                | Operation::SetMessageState { .. } => {}
+                | Operation::SetMessageState { .. }
+                | Operation::Enqueue(_)
+                | Operation::SetDelivery(_) => {}
             }
         }
         source_keys.sort_unstable();
@@ -772,6 +793,8 @@ impl BatchWriter {
             Operation::SetMessageState { seq, state, reason } => {
                 messages::set_state(connection, seq, state, &reason).await?;
             }
+            Operation::Enqueue(message) => outbox::insert(connection, &message).await?,
+            Operation::SetDelivery(update) => outbox::update(connection, &update).await?,
         }
         Ok(())
     }

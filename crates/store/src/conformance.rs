@@ -682,6 +682,120 @@ pub async fn the_message_log_commits_with_the_data<S: Store + crate::MessageLog>
     assert!(store.read(&ALL, "Patient", "p4").await.unwrap().is_none());
 }
 
+fn queued(resource: &str, destination: &str, next_attempt: i64) -> Operation {
+    Operation::Enqueue(Box::new(crate::OutboundMessage {
+        seq: 0,
+        destination: destination.to_owned(),
+        resource: resource.to_owned(),
+        task: format!("Task/{}", resource.replace('/', "-")),
+        patient: "p1".to_owned(),
+        control_id: format!("OUT-{resource}"),
+        payload: b"MSH|^~\\&|TSUNAGI".to_vec(),
+        state: crate::DeliveryState::Pending,
+        attempts: 0,
+        next_attempt,
+        last_error: String::new(),
+        ack: Vec::new(),
+        created: next_attempt,
+        updated: next_attempt,
+    }))
+}
+
+/// The outbound queue commits with the resource it carries, lists what is due in due order,
+/// holds one delivery of a resource per destination, and records attempts only for rows it holds.
+pub async fn the_outbox_commits_with_the_resource<S: Store + crate::Outbox>(store: &S) {
+    use crate::DeliveryState::{Dead, Delivered, Pending};
+    store
+        .apply(batch(vec![
+            replace("api:c1", vec![patient("p1", "山田")]),
+            queued("Communication/c1", "0610100010", 200),
+            queued("Communication/c2", "0610100010", 100),
+            queued("Communication/c3", "0610100020", 300),
+        ]))
+        .await
+        .unwrap();
+    let due = store.outbound_due(250, 10).await.unwrap();
+    let listed: Vec<&str> = due.iter().map(|row| row.resource.as_str()).collect();
+    assert_eq!(listed, vec!["Communication/c2", "Communication/c1"]);
+    assert_eq!(store.outbound_due(250, 1).await.unwrap().len(), 1);
+    assert_eq!(store.outbound_next_due().await.unwrap(), Some(100));
+    let first = store.outbound(due[1].seq).await.unwrap().unwrap();
+    assert_eq!(first, due[1]);
+    assert_eq!(first.payload, b"MSH|^~\\&|TSUNAGI".to_vec());
+    assert_eq!((first.state, first.attempts), (Pending, 0));
+
+    // The same resource to the same destination again fails its batch, resource and all.
+    let again = store
+        .apply(batch(vec![
+            replace("api:p2", vec![patient("p2", "佐藤")]),
+            queued("Communication/c1", "0610100010", 500),
+        ]))
+        .await;
+    assert!(again.is_err());
+    assert!(store.read(&ALL, "Patient", "p2").await.unwrap().is_none());
+
+    // Attempts: one delivered, one retried later, one dead.
+    let update = |seq, state, attempts, next_attempt, error: &str| {
+        Operation::SetDelivery(Box::new(crate::DeliveryUpdate {
+            seq,
+            state,
+            attempts,
+            next_attempt,
+            last_error: error.to_owned(),
+            ack: b"MSA|AA".to_vec(),
+            updated: 400,
+        }))
+    };
+    let third = store
+        .outbound_list(&[Pending], 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|row| row.resource == "Communication/c3")
+        .unwrap();
+    store
+        .apply(batch(vec![
+            update(due[0].seq, Delivered, 1, 100, ""),
+            update(due[1].seq, Pending, 1, 1_000, "AE: try later"),
+            update(third.seq, Dead, 1, 300, "AR: unknown patient"),
+        ]))
+        .await
+        .unwrap();
+    assert!(store.outbound_due(999, 10).await.unwrap().is_empty());
+    assert_eq!(store.outbound_next_due().await.unwrap(), Some(1_000));
+    let dead = store.outbound_list(&[Dead], 0, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (
+            dead[0].last_error.as_str(),
+            dead[0].attempts,
+            dead[0].updated
+        ),
+        ("AR: unknown patient", 1, 400)
+    );
+    let delivered = store.outbound(due[0].seq).await.unwrap().unwrap();
+    assert_eq!(
+        (delivered.state, delivered.ack.as_slice()),
+        (Delivered, &b"MSA|AA"[..])
+    );
+    let all = store
+        .outbound_list(&crate::DeliveryState::ALL, 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all.windows(2).all(|pair| pair[0].seq < pair[1].seq));
+
+    // An update of a row the queue does not hold fails its batch.
+    let unknown = store
+        .apply(batch(vec![
+            replace("api:p4", vec![patient("p4", "高橋")]),
+            update(999_999, Dead, 1, 0, "x"),
+        ]))
+        .await;
+    assert!(unknown.is_err());
+    assert!(store.read(&ALL, "Patient", "p4").await.unwrap().is_none());
+}
+
 /// Expands to one `#[tokio::test]` per conformance behaviour; `$make` is an async expression
 /// yielding a fresh, empty store.
 #[macro_export]
@@ -702,6 +816,7 @@ macro_rules! store_conformance_suite {
         );
         $crate::store_conformance_suite!(@log $make;
             the_message_log_commits_with_the_data,
+            the_outbox_commits_with_the_resource,
         );
         $crate::store_conformance_suite!(@search $make;
             search_tokens_strings_and_references,

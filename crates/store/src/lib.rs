@@ -24,10 +24,12 @@ pub mod conformance;
 pub mod conformance_access;
 pub mod governance;
 pub mod messages;
+pub mod outbox;
 pub mod projection;
 
 pub use governance::{Access, Governance};
 pub use messages::{InboundMessage, MessageLog, MessageState};
+pub use outbox::{DeliveryState, DeliveryUpdate, OutboundMessage, Outbox};
 #[cfg(feature = "conformance")]
 pub mod conformance_search;
 
@@ -133,6 +135,10 @@ pub enum Operation {
         /// Why (empty when applied).
         reason: String,
     },
+    /// Queues a delivery ([`outbox`]) with the resource it carries.
+    Enqueue(Box<OutboundMessage>),
+    /// Records an attempt's outcome, or the operator's retry or drop, on a queued delivery.
+    SetDelivery(Box<DeliveryUpdate>),
     /// Stores an opaque checkpoint value.
     PutCheckpoint {
         /// Namespace, e.g. `ssmix2:<facility>`.
@@ -529,7 +535,7 @@ pub trait Store: Send + Sync {
 /// A complete backend: the FHIR store and the network's records in one database, as the CLI
 /// opens it from a URL (`sqlite://…`, `postgres://…`).
 #[async_trait::async_trait]
-pub trait Backend: Store + Governance + MessageLog {
+pub trait Backend: Store + Governance + MessageLog + Outbox {
     /// Readies the backend to serve the API: called once before the server starts (the SQLite
     /// store begins journaling audit records here). Nothing by default.
     async fn start_serving(&self) -> Result<(), StoreError> {
