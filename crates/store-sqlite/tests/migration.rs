@@ -138,7 +138,7 @@ async fn a_schema_4_database_gets_its_directory_and_consents_as_resources() {
             "INSERT INTO facilities (code, name, kind, created_at) VALUES ('0610100010', '荘内病院', 'hospital', 0); \
              INSERT INTO participants (id, name, facility, role, active, created_at) VALUES ('dr', 'dr', '0610100010', 'doctor', 1, 0); \
              DROP INDEX audit_id; DROP INDEX audit_facility; \
-             ALTER TABLE audit DROP COLUMN id; ALTER TABLE audit DROP COLUMN facility; DROP TABLE messages; \
+             ALTER TABLE audit DROP COLUMN id; ALTER TABLE audit DROP COLUMN facility; DROP TABLE messages; DROP TABLE outbox; \
              UPDATE store_meta SET value = '4' WHERE key = 'schema_version';",
         )
         .execute(&mut old)
