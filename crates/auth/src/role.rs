@@ -57,6 +57,7 @@ const CLINICAL: &[&str] = &[
     "Coverage",
     "DocumentReference",
     "Communication",
+    "Task",
     "Consent",
 ];
 
@@ -70,6 +71,7 @@ const CARE_MANAGER: &[&str] = &[
     "MedicationRequest",
     "DocumentReference",
     "Communication",
+    "Task",
     "Consent",
 ];
 
@@ -118,12 +120,25 @@ impl Role {
 
     /// True when the role may create, change or delete resources of `resource_type` through the
     /// API (subject to scope, and to the rules of the write itself: an invitation only by the
-    /// facility holding the patient). Clinical data arrives through the adapters, never here.
+    /// facility holding the patient). Clinical data arrives through the adapters, never here; notes
+    /// and documents written here go back to the hospital through the outbound queue.
     pub fn may_write(self, resource_type: &str) -> bool {
         match resource_type {
             // An invitation (consent) is recorded by the holding facility's clinicians or its
             // administrator.
             "Consent" => matches!(self, Role::Doctor | Role::Nurse | Role::Administrator),
+            // Notes and the network's standard documents, by the people who write them and by
+            // clinic systems on their behalf; which document types a role may send is checked
+            // by the write itself (`tsunagi_fhir::documents`).
+            "Communication" | "DocumentReference" => matches!(
+                self,
+                Role::Doctor
+                    | Role::Nurse
+                    | Role::Pharmacist
+                    | Role::CareManager
+                    | Role::Therapist
+                    | Role::System
+            ),
             _ => false,
         }
     }

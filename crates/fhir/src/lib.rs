@@ -11,6 +11,7 @@
 //! behind `tsunagi-fhir-model` and are used to check what we produce, so this crate (and every
 //! crate above it) compiles in seconds.
 
+pub mod documents;
 pub mod json;
 pub mod profiles;
 pub mod query;

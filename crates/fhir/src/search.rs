@@ -11,7 +11,9 @@ use tsunagi_core::{normalize::search_key, time::fhir_date_range};
 
 use crate::systems::canonical;
 
-/// Bumped whenever the registry or extraction rules change.
+/// Bumped whenever the registry or extraction rules change. (Communication, DocumentReference
+/// and Task were added without a bump: no stored resource of those types predates them, since
+/// they are written only through the API that came with them.)
 pub const REGISTRY_VERSION: u32 = 4;
 
 /// FHIR search-parameter types that are indexed.
@@ -201,6 +203,36 @@ params! {
     326 "Consent" "actor" Reference ["provision.actor.reference"];
     327 "Consent" "organization" Reference ["organization"];
     328 "Consent" "date" Date ["dateTime"];
+    340 "Communication" "identifier" Token ["identifier"];
+    341 "Communication" "patient" Reference ["subject"];
+    342 "Communication" "status" Token ["status"];
+    343 "Communication" "category" Token ["category"];
+    344 "Communication" "sent" Date ["sent"];
+    345 "Communication" "received" Date ["received"];
+    346 "Communication" "recipient" Reference ["recipient"];
+    347 "Communication" "sender" Reference ["sender"];
+    348 "Communication" "part-of" Reference ["partOf"];
+    349 "Communication" "based-on" Reference ["basedOn"];
+    360 "DocumentReference" "identifier" Token ["identifier", "masterIdentifier"];
+    361 "DocumentReference" "patient" Reference ["subject"];
+    362 "DocumentReference" "type" Token ["type"];
+    363 "DocumentReference" "category" Token ["category"];
+    364 "DocumentReference" "date" Date ["date"];
+    365 "DocumentReference" "status" Token ["status"];
+    366 "DocumentReference" "author" Reference ["author"];
+    367 "DocumentReference" "custodian" Reference ["custodian"];
+    368 "DocumentReference" "period" Date ["context.period"];
+    369 "DocumentReference" "contenttype" Token ["content.attachment.contentType"];
+    380 "Task" "identifier" Token ["identifier"];
+    381 "Task" "patient" Reference ["for"];
+    382 "Task" "status" Token ["status"];
+    383 "Task" "focus" Reference ["focus"];
+    384 "Task" "owner" Reference ["owner"];
+    385 "Task" "requester" Reference ["requester"];
+    386 "Task" "modified" Date ["lastModified"];
+    387 "Task" "business-status" Token ["businessStatus"];
+    388 "Task" "authored-on" Date ["authoredOn"];
+    389 "Task" "code" Token ["code"];
 }
 
 /// Parameters that search exactly the rows of another parameter of the same resource (same
@@ -216,6 +248,8 @@ pub const ALIASES: &[(&str, &str, &str)] = &[
     ("Specimen", "subject", "patient"),
     ("ServiceRequest", "subject", "patient"),
     ("Coverage", "patient", "beneficiary"),
+    ("Communication", "subject", "patient"),
+    ("DocumentReference", "subject", "patient"),
 ];
 
 /// The reference parameter that places a resource of each type in a patient's compartment
@@ -234,6 +268,9 @@ pub const COMPARTMENT_PARAMS: &[(&str, &str)] = &[
     ("Coverage", "beneficiary"),
     ("NutritionOrder", "patient"),
     ("Consent", "patient"),
+    ("Communication", "patient"),
+    ("DocumentReference", "patient"),
+    ("Task", "patient"),
 ];
 
 /// The code of the parameter that places `resource_type` in a patient's compartment.

@@ -180,6 +180,161 @@ impl Iso2022JpEncoder {
     }
 }
 
+/// A character that was written as something else, so the text fits JIS X 0208.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Substitution {
+    /// The character as written.
+    pub character: char,
+    /// What was sent in its place.
+    pub replacement: String,
+    /// Its position in the input, in characters.
+    pub index: usize,
+}
+
+/// What replaces a character outside JIS X 0208 (or outside what SS-MIX2 allows) when Tsunagi
+/// writes to a hospital: the NHO substitutions for Windows environment-dependent characters
+/// (①→(1), ㈱→(株), ㎎→mg, Ⅳ→IV, ㍻→平成…), a few common variant kanji of names written with
+/// their standard form (髙→高, 﨑→崎), and `■` (the 外字 mark) for anything else. Half-width
+/// katakana are widened separately ([`widen_katakana`]), because a voiced mark joins the
+/// character before it.
+pub fn substitute(character: char) -> Cow<'static, str> {
+    let code = character as u32;
+    let numbered = |base: u32| Cow::Owned(format!("({})", code - base + 1));
+    Cow::Borrowed(match character {
+        '\u{2460}'..='\u{2473}' => return numbered(0x2460),
+        '\u{2474}'..='\u{2487}' => return numbered(0x2474),
+        '\u{2160}'..='\u{216B}' => ROMAN[(code - 0x2160) as usize],
+        '\u{2170}'..='\u{217B}' => ROMAN_LOWER[(code - 0x2170) as usize],
+        '㈱' => "(株)",
+        '㈲' => "(有)",
+        '㈹' => "(代)",
+        '㍿' => "株式会社",
+        '㊤' => "(上)",
+        '㊥' => "(中)",
+        '㊦' => "(下)",
+        '㊧' => "(左)",
+        '㊨' => "(右)",
+        '㍻' => "平成",
+        '㍼' => "昭和",
+        '㍽' => "大正",
+        '㍾' => "明治",
+        '㋿' => "令和",
+        '㎎' => "mg",
+        '㎏' => "kg",
+        '㎜' => "mm",
+        '㎝' => "cm",
+        '㎞' => "km",
+        '㎡' => "m2",
+        '㏄' => "cc",
+        '㍉' => "ミリ",
+        '㌔' => "キロ",
+        '㌢' => "センチ",
+        '㍍' => "メートル",
+        '㌘' => "グラム",
+        '㌧' => "トン",
+        '㌃' => "アール",
+        '㌶' => "ヘクタール",
+        '㍑' => "リットル",
+        '㍗' => "ワット",
+        '㌍' => "カロリー",
+        '㌦' => "ドル",
+        '㌣' => "セント",
+        '㌫' => "パーセント",
+        '№' => "No.",
+        '℡' => "TEL",
+        '∮' => "∫",
+        '∑' => "Σ",
+        '∟' => "∠",
+        '⊿' => "△",
+        '髙' => "高",
+        '﨑' => "崎",
+        '德' => "徳",
+        '栁' => "柳",
+        '\t' => " ",
+        _ => "■",
+    })
+}
+
+const ROMAN: [&str; 12] = [
+    "I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X", "XI", "XII",
+];
+const ROMAN_LOWER: [&str; 12] = [
+    "i", "ii", "iii", "iv", "v", "vi", "vii", "viii", "ix", "x", "xi", "xii",
+];
+
+/// Full-width forms of U+FF61–U+FF9F, in order.
+const WIDE_KANA: &str = "。「」、・ヲァィゥェォャュョッーアイウエオカキクケコサシスセソタチツテトナニヌネノハヒフヘホマミムメモヤユヨラリルレロワン゛゜";
+
+/// Half-width katakana widened, a following voiced (ﾞ) or semi-voiced (ﾟ) mark joined to the
+/// character before it (ｶﾞ→ガ, ﾊﾟ→パ, ｳﾞ→ヴ).
+pub fn widen_katakana(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(|c| ('\u{FF61}'..='\u{FF9F}').contains(&c)) {
+        return Cow::Borrowed(text);
+    }
+    let wide: Vec<char> = WIDE_KANA.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(character) = chars.next() {
+        if !('\u{FF61}'..='\u{FF9F}').contains(&character) {
+            out.push(character);
+            continue;
+        }
+        let base = wide
+            .get((character as u32 - 0xFF61) as usize)
+            .copied()
+            .unwrap_or('■');
+        let joined = match chars.peek() {
+            Some('\u{FF9E}') if base == 'ウ' => Some('ヴ'),
+            Some('\u{FF9E}') if ('カ'..='ト').contains(&base) || ('ハ'..='ホ').contains(&base) => {
+                char::from_u32(base as u32 + 1)
+            }
+            Some('\u{FF9F}') if ('ハ'..='ホ').contains(&base) => char::from_u32(base as u32 + 2),
+            _ => None,
+        };
+        match joined {
+            Some(joined) => {
+                chars.next();
+                out.push(joined);
+            }
+            None => out.push(base),
+        }
+    }
+    Cow::Owned(out)
+}
+
+impl Iso2022JpEncoder {
+    /// Encodes `text` for a hospital that reads SS-MIX2's ISO-2022-JP: half-width katakana are
+    /// widened and every character outside JIS X 0208 is replaced ([`substitute`]), never
+    /// written as `&#NNNN;`. Returns the bytes and what was replaced.
+    pub fn encode_substituting(&mut self, text: &str) -> (Vec<u8>, Vec<Substitution>) {
+        let widened = widen_katakana(text);
+        let mut substitutions = Vec::new();
+        let mut writable = String::with_capacity(widened.len());
+        for (index, character) in widened.chars().enumerate() {
+            let fits = (character.is_ascii() && !character.is_ascii_control())
+                || matches!(character, '\r' | '\n')
+                || (!character.is_ascii() && self.jis_pair(character).is_some());
+            if fits {
+                writable.push(character);
+            } else {
+                let replacement = substitute(character);
+                substitutions.push(Substitution {
+                    character,
+                    replacement: replacement.clone().into_owned(),
+                    index,
+                });
+                writable.push_str(&replacement);
+            }
+        }
+        // Every replacement is ASCII or JIS X 0208, so this cannot fail; a failure would be a
+        // bug in the table, answered with the mark rather than a panic.
+        let bytes = self
+            .encode(&writable)
+            .unwrap_or_else(|_| b"\x1b$B\x22\x23\x1b(B".to_vec());
+        (bytes, substitutions)
+    }
+}
+
 /// The JIS-standard (Unicode consortium JIS0208.TXT) forms of characters that the pinned
 /// WHATWG mapping decodes differently, mapped to the pinned form with the same JIS code.
 fn jis_standard_alias(character: char) -> Option<char> {
@@ -230,6 +385,35 @@ mod tests {
             assert_eq!(error.index, 0, "{forbidden}");
         }
         assert!(encoder.encode("患者　太郎−１〜２").is_ok());
+    }
+
+    #[test]
+    fn characters_outside_jis_x_0208_are_substituted_never_written_as_references() {
+        let mut encoder = Iso2022JpEncoder::default();
+        let (bytes, substitutions) = encoder.encode_substituting("①㈱㎎Ⅳ㍻ ｶﾞｲﾀﾞﾝﾊﾟﾝ 髙橋 😀 ⑳\t〜");
+        let (text, _) = decode(&bytes).unwrap();
+        assert_eq!(text, "(1)(株)mgIV平成 ガイダンパン 高橋 ■ (20) ～");
+        assert!(!bytes.windows(2).any(|pair| pair == b"&#"));
+        let replaced: Vec<char> = substitutions.iter().map(|s| s.character).collect();
+        assert_eq!(
+            replaced,
+            vec!['①', '㈱', '㎎', 'Ⅳ', '㍻', '髙', '😀', '⑳', '\t']
+        );
+        // Every replacement of the table is itself writable.
+        for code in (0x2100..0x3400).chain(0xFA00..0xFB00) {
+            let Some(character) = char::from_u32(code) else {
+                continue;
+            };
+            let replacement = substitute(character);
+            assert!(
+                encoder.encode(&replacement).is_ok(),
+                "{character} -> {replacement}"
+            );
+        }
+        // Text that fits is written unchanged.
+        let (bytes, substitutions) = encoder.encode_substituting("患者　太郎−１〜２\r");
+        assert!(substitutions.is_empty());
+        assert_eq!(decode(&bytes).unwrap().0, "患者　太郎－１～２\r");
     }
 
     #[test]

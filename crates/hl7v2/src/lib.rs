@@ -20,6 +20,7 @@
 
 pub mod ack;
 pub mod charset;
+pub mod document;
 mod escape;
 mod message;
 pub mod mllp;
