@@ -91,6 +91,14 @@ pub fn capability_statement(base_url: &str, date: &str) -> Value {
                 {"code": "update", "documentation": "Withdrawal only: status inactive, by the disclosing facility."}
             ]);
         }
+        if matches!(resource_type, "Communication" | "DocumentReference") {
+            resource["interaction"] = json!([
+                {"code": "read"}, {"code": "vread"}, {"code": "search-type"},
+                {"code": "history-instance"}, {"code": "history-type"},
+                {"code": "create", "documentation": "A note (Communication, recipients as Organization references) or one of the network's standard documents (DocumentReference typed with http://tsunagi.example.jp/fhir/CodeSystem/network-document, recipients in the ihe-intendedRecipient extension), about a patient the caller may see. The sender role and recipient kinds of the document table are enforced. Whatever is addressed to the hospital holding the record is queued for delivery to its EHR in the same transaction; a Task with focus = the resource shows the delivery. A repeated identifier answers 200 with what exists."}
+            ]);
+            resource["conditionalCreate"] = json!(true);
+        }
         if resource_type == "Observation" {
             resource["operation"] = json!([{
                 "name": "lastn",
@@ -125,7 +133,7 @@ pub fn capability_statement(base_url: &str, date: &str) -> Value {
         "instantiates": ["http://jpfhir.jp/fhir/core/CapabilityStatement/jp-core-server"],
         "rest": [{
             "mode": "server",
-            "documentation": "Clinical resources are read-only on this API: they arrive through the adapters. Consents are written here (invitation and withdrawal).",
+            "documentation": "Clinical resources are read-only on this API: they arrive through the adapters. Consents (invitation and withdrawal), notes (Communication) and the network's standard documents (DocumentReference) are written here.",
             "security": {
                 "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]}],
                 "description": "Every request but this statement needs a bearer token from the token endpoint (SMART Backend Services, private_key_jwt); see /.well-known/smart-configuration. Each patient's data is visible only to the facility that holds it and the facilities a consent names."

@@ -15,6 +15,7 @@ pub mod baseline;
 pub mod capability;
 mod consent_api;
 pub mod format;
+mod notes_api;
 pub mod outcome;
 mod pix;
 pub mod security;
@@ -356,6 +357,14 @@ async fn type_level(
         Method::GET => search(&state, &caller, &resource_type, pairs, &headers).await,
         Method::POST if resource_type == "Consent" => {
             consent_api::create(&state, &caller, &headers, &body).await
+        }
+        Method::POST
+            if matches!(
+                resource_type.as_str(),
+                "Communication" | "DocumentReference"
+            ) =>
+        {
+            notes_api::create(&state, &caller, &resource_type, &headers, &body).await
         }
         _ => Err(ApiError::read_only(
             method.as_str(),
