@@ -313,7 +313,9 @@ async fn bad_notes_are_refused_with_an_outcome_and_write_nothing() {
     let region = region().await;
     let doctor = token(&region.store, "dr-clinic").await;
     let lab = token(&region.store, "lab-clinic").await;
-    let cases: Vec<(&str, Value, Vec<(&str, &str)>, u16, &str)> = vec![
+    // (token, body, extra headers, status, text the outcome names)
+    type Case<'a> = (&'a str, Value, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         // Not invited to this patient: answered like an absent one.
         (
             &doctor,
