@@ -13,6 +13,7 @@
 //! failed) closes the connection without a reply, so the sender resends.
 
 pub mod client;
+pub mod standin;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 

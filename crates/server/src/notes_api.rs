@@ -429,7 +429,7 @@ pub(crate) async fn create(
     let tid = format!("{resource_type}/{id}");
 
     // Delivery to the hospital holding the record, when it is a recipient.
-    let mut resources = vec![ResourceWrite::from_json(resource_type, &id, &resource)?];
+    let resources = vec![ResourceWrite::from_json(resource_type, &id, &resource)?];
     let mut operations = Vec::new();
     if let Some(holder) = holder.as_deref()
         && recipients.iter().any(|recipient| recipient.code == holder)
@@ -489,7 +489,12 @@ pub(crate) async fn create(
             "owner": {"reference": format!("Organization/{holder}")},
             "identifier": [{"system": "urn:tsunagi:outbox", "value": control_id}]
         });
-        resources.push(ResourceWrite::from_json("Task", &task_id, &task)?);
+        // The Task is a source of its own: the delivery worker rewrites it as attempts go.
+        operations.push(Operation::ReplaceSource {
+            source_key: format!("outbox:Task/{task_id}"),
+            facility: holder.to_owned(),
+            resources: vec![ResourceWrite::from_json("Task", &task_id, &task)?],
+        });
         operations.push(Operation::Enqueue(Box::new(OutboundMessage {
             seq: 0,
             destination: holder.to_owned(),
