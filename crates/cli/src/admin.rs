@@ -65,6 +65,11 @@ pub(crate) enum Admin {
         #[command(subcommand)]
         action: crate::quarantine::QuarantineAction,
     },
+    /// Notes and documents queued for the hospitals' EHRs: pending deliveries and dead letters.
+    Outbox {
+        #[command(subcommand)]
+        action: crate::outbox::OutboxAction,
+    },
     /// Print audit records (AuditEvent NDJSON), newest first.
     Audit {
         #[arg(long)]
@@ -492,6 +497,7 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
             println!("Patient/{patient} unlinked");
         }
         Admin::Quarantine { action } => crate::quarantine::run(action, now).await?,
+        Admin::Outbox { action } => crate::outbox::run(action, now).await?,
         Admin::Audit { db, patient, limit } => {
             let filter = AuditFilter {
                 patient,

@@ -1,7 +1,7 @@
 //! The commands: ingest, export, generate, demo, run.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     io::Write,
     path::{Path, PathBuf},
     str::FromStr,
@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::{Context, bail};
 use tsunagi_adapter::{AdapterContext, NoProgress, PullAdapter, PullReport};
-use tsunagi_adapter_hl7v2::{FeedConfig, Feeds, Intake, IntakeOptions, MllpHandler};
+use tsunagi_adapter_hl7v2::{
+    FeedConfig, Feeds, Intake, IntakeOptions, MllpHandler,
+    deliver::{Deliverer, DeliveryOptions, Route},
+};
 use tsunagi_adapter_ssmix2::Ssmix2Config;
 use tsunagi_core::{
     FacilityId,
@@ -376,6 +379,32 @@ pub(crate) async fn demo(
         "\n6. serving the region over FHIR, and the hospitals' HL7 v2 feeds over MLLP on {mllp_listen} (Ctrl-C stops; the access log goes to stderr)"
     );
     init_logging(crate::config::LogFormat::Text);
+    // Hospital A's EHR is played by the stand-in: notes written for it are delivered there.
+    let standin = tsunagi_mllp::standin::StandIn::start("127.0.0.1:0").await?;
+    let hospital = tsunagi_synth::HOSPITALS[0];
+    println!(
+        "   {} EHR stand-in listening for notes on {} (MLLP)",
+        hospital.name,
+        standin.address()
+    );
+    let outbound = OutboundSetup {
+        routes: HashMap::from([(
+            hospital.code.to_owned(),
+            Route::Mllp(standin.address().to_string()),
+        )]),
+        options: DeliveryOptions {
+            first_backoff: std::time::Duration::from_secs(1),
+            ..DeliveryOptions::default()
+        },
+    };
+    // The signing key exists before the server and the demo note both look for it.
+    tsunagi_server::security::signing_keys(store.as_ref(), SystemClock.now_micros()).await?;
+    tokio::spawn(demo_note(
+        store.clone(),
+        listen.to_owned(),
+        patient_id.to_owned(),
+        standin,
+    ));
     serve_store(
         store,
         listen,
@@ -383,14 +412,114 @@ pub(crate) async fn demo(
         None,
         tsunagi_server::Settings::default(),
         Some(patient_id),
-        Some(MllpSetup {
-            address: mllp_listen.to_owned(),
-            feeds: synthetic_feeds()?,
-            options: tsunagi_mllp::ServerOptions::default(),
-            tls: None,
-        }),
+        LiveFeeds {
+            mllp: Some(MllpSetup {
+                address: mllp_listen.to_owned(),
+                feeds: synthetic_feeds()?,
+                options: tsunagi_mllp::ServerOptions::default(),
+                tls: None,
+            }),
+            outbound,
+        },
     )
     .await
+}
+
+/// The demo's write-back: once the API is up, the clinic doctor writes a note to hospital A about
+/// the shared patient through `POST /fhir/Communication`, and the note is followed until the
+/// hospital's EHR stand-in has acknowledged it.
+async fn demo_note(
+    store: Arc<dyn Backend>,
+    listen: String,
+    patient_id: String,
+    standin: tsunagi_mllp::standin::StandIn,
+) {
+    let outcome = async {
+        let keys =
+            tsunagi_server::security::signing_keys(store.as_ref(), SystemClock.now_micros())
+                .await?;
+        let key = keys.first().context("no signing key")?;
+        let (token, _) = tsunagi_server::security::issue_token(
+            store.as_ref(),
+            key,
+            &tsunagi_server::security::TokenSettings::default(),
+            tsunagi_server::security::Subject::User {
+                user: "dr-demo",
+                via: "tsunagi demo",
+            },
+            "user/*.rs user/Communication.c",
+            SystemClock.now_micros() / 1_000_000,
+        )
+        .await?;
+        let hospital = tsunagi_synth::HOSPITALS[0].code;
+        let note = serde_json::json!({
+            "resourceType": "Communication",
+            "identifier": [{"system": "urn:tsunagi:demo:notes", "value": "demo-note-1"}],
+            "status": "completed",
+            "subject": {"reference": format!("Patient/{patient_id}")},
+            "recipient": [{"reference": format!("Organization/{hospital}")}],
+            "payload": [{"contentString": "退院後の経過は良好です。①内服継続 ②次回受診 12/1（ｶﾙﾃ参照）"}]
+        })
+        .to_string();
+        let mut reply = None;
+        for _ in 0..100 {
+            if let Ok(answer) = http_post(&listen, "/fhir/Communication", &token, &note).await {
+                reply = Some(answer);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let (status, location) = reply.context("the API did not come up")?;
+        println!("\n7. dr-demo wrote a note to the hospital through the API: HTTP {status}, {location}");
+        for _ in 0..200 {
+            if let Some((control_id, _)) = standin.accepted().into_iter().next() {
+                println!(
+                    "   delivered to the {} EHR stand-in as MDM^T02 (ISO-2022-JP, MSH-10 {control_id}), acknowledged AA; see Task?focus=… for its state",
+                    tsunagi_synth::HOSPITALS[0].name
+                );
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("the note was not delivered within 10 s")
+    }
+    .await;
+    if let Err(error) = outcome {
+        println!("   the demo note: {error:#}");
+    }
+}
+
+/// A minimal HTTP/1.1 POST of FHIR JSON with a bearer token: the status code and `Location`.
+async fn http_post(
+    address: &str,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .context("no HTTP status")?;
+    let location = text
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("location")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    Ok((status, location))
 }
 
 /// The demo network: the three hospitals, a clinic with a doctor, the clinic invited to one
@@ -551,6 +680,53 @@ impl MllpSetup {
     }
 }
 
+/// The HL7 v2 links of `tsunagi serve`: feeds in over MLLP, notes and documents out.
+pub(crate) struct LiveFeeds {
+    pub(crate) mllp: Option<MllpSetup>,
+    pub(crate) outbound: OutboundSetup,
+}
+
+/// Outbound delivery of `tsunagi serve`: each hospital's route and the retry settings.
+#[derive(Default)]
+pub(crate) struct OutboundSetup {
+    pub(crate) routes: HashMap<String, Route>,
+    pub(crate) options: DeliveryOptions,
+}
+
+impl OutboundSetup {
+    /// From the config's `[[outbound]]` and `[outbox]`.
+    pub(crate) fn from_config(config: Option<&Config>) -> Self {
+        let mut setup = Self::default();
+        let Some(config) = config else {
+            return setup;
+        };
+        for route in &config.outbound {
+            let target = match (&route.mllp, &route.folder) {
+                (Some(address), _) => Route::Mllp(address.clone()),
+                (None, Some(folder)) => Route::Folder(folder.clone()),
+                // `Config::parse` requires one of the two.
+                (None, None) => continue,
+            };
+            setup.routes.insert(route.facility.clone(), target);
+        }
+        let outbox = &config.outbox;
+        let seconds = std::time::Duration::from_secs;
+        if let Some(attempts) = outbox.max_attempts {
+            setup.options.max_attempts = attempts.max(1);
+        }
+        if let Some(value) = outbox.first_backoff_seconds {
+            setup.options.first_backoff = seconds(value);
+        }
+        if let Some(value) = outbox.max_backoff_seconds {
+            setup.options.max_backoff = seconds(value);
+        }
+        if let Some(value) = outbox.timeout_seconds {
+            setup.options.timeout = seconds(value);
+        }
+        setup
+    }
+}
+
 /// The TLS side of `tsunagi serve`: flags win over the config file.
 #[derive(Default)]
 pub(crate) struct Listeners {
@@ -634,8 +810,18 @@ pub(crate) async fn serve(flags: ServeFlags) -> anyhow::Result<()> {
     );
     let listeners = Listeners::from_flags(&flags, server)?;
     let mllp = MllpSetup::from_config(flags.mllp_listen.as_deref(), config.as_ref())?;
+    let outbound = OutboundSetup::from_config(config.as_ref());
     let store = open_store(&db).await?;
-    serve_store(store, &listen, listeners, Some(&db), settings, None, mllp).await
+    serve_store(
+        store,
+        &listen,
+        listeners,
+        Some(&db),
+        settings,
+        None,
+        LiveFeeds { mllp, outbound },
+    )
+    .await
 }
 
 /// Log lines (the access log among them) on stderr, at level INFO.
@@ -657,8 +843,9 @@ async fn serve_store(
     db: Option<&str>,
     settings: tsunagi_server::Settings,
     example_patient: Option<&str>,
-    mllp: Option<MllpSetup>,
+    live: LiveFeeds,
 ) -> anyhow::Result<()> {
+    let LiveFeeds { mllp, outbound } = live;
     // Certificates are read before any socket is bound: a bad file fails the start, by name.
     let tls = listeners
         .tls
@@ -752,6 +939,27 @@ async fn serve_store(
             Arc::new(MllpHandler(intake)),
         ));
     }
+    // Notes and documents written through the API go to the hospitals' EHRs.
+    if outbound.routes.is_empty() {
+        println!(
+            "outbound delivery: no [[outbound]] routes; notes to hospitals wait in `tsunagi admin outbox list`"
+        );
+    } else {
+        println!(
+            "delivering notes and documents to {} hospital(s)",
+            outbound.routes.len()
+        );
+    }
+    let deliverer = Deliverer::new(
+        store.clone(),
+        outbound.routes,
+        Arc::new(SystemClock),
+        outbound.options,
+    );
+    tokio::spawn(deliverer.run(
+        Arc::new(tokio::sync::Notify::new()),
+        std::time::Duration::from_millis(250),
+    ));
     let keys =
         tsunagi_server::security::signing_keys(store.as_ref(), SystemClock.now_micros()).await?;
     // SQLite: audit records are journaled beside the database and imported in the background.

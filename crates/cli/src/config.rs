@@ -27,6 +27,38 @@ pub(crate) struct Config {
     /// The MLLP listener of `tsunagi serve`.
     #[serde(default)]
     pub(crate) mllp: MllpConfig,
+    /// Where notes and documents for each hospital are delivered.
+    #[serde(default)]
+    pub(crate) outbound: Vec<OutboundRoute>,
+    /// Retry settings of outbound delivery.
+    #[serde(default)]
+    pub(crate) outbox: OutboxConfig,
+}
+
+/// How one hospital receives notes and documents written in the network.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OutboundRoute {
+    /// The hospital's 10-digit facility code.
+    pub(crate) facility: String,
+    /// Its EHR's MLLP listener, `host:port`.
+    pub(crate) mllp: Option<String>,
+    /// Or its inbound folder: each message becomes `<MSH-10>.hl7`.
+    pub(crate) folder: Option<PathBuf>,
+}
+
+/// Retry settings of outbound delivery.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OutboxConfig {
+    /// Attempts before a message becomes a dead letter (default 10).
+    pub(crate) max_attempts: Option<u32>,
+    /// Seconds after the first failed attempt, doubled after each (default 5).
+    pub(crate) first_backoff_seconds: Option<u64>,
+    /// The longest wait between attempts, in seconds (default 1800).
+    pub(crate) max_backoff_seconds: Option<u64>,
+    /// Seconds to wait for a connection or an ACK (default 30).
+    pub(crate) timeout_seconds: Option<u64>,
 }
 
 /// One sender that pushes HL7 v2 messages.
@@ -169,6 +201,15 @@ impl Config {
                 bail!(
                     "hl7v2 feed {}: sending_facility (MSH-4) is required",
                     feed.facility
+                );
+            }
+        }
+        for route in &config.outbound {
+            tsunagi_core::FacilityId::parse(&route.facility)?;
+            if route.mllp.is_some() == route.folder.is_some() {
+                bail!(
+                    "outbound {}: give exactly one of mllp = \"host:port\" or folder = \"/path\"",
+                    route.facility
                 );
             }
         }

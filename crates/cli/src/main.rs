@@ -20,6 +20,7 @@ mod bench_mllp;
 mod bench_search;
 mod commands;
 mod config;
+mod outbox;
 mod progress;
 mod quarantine;
 mod registry;

@@ -300,7 +300,7 @@ pub(crate) async fn create(
     let identifier = business_identifier(&resource);
     check_if_none_exist(headers, identifier.as_ref())?;
     let id = match &identifier {
-        Some((system, value)) => logical_id(&[resource_type, &facility, system, value]),
+        Some((system, value)) => logical_id(&[&facility, system, value]),
         None => random_id(16),
     };
     // A repeated identifier is a retry: answer with what exists, write and queue nothing.

@@ -1,0 +1,468 @@
+//! The live feeds as an operator runs them: `tsunagi serve --mllp-listen` with
+//! `tsunagi admin quarantine list|show|retry|drop` (messages that cannot be applied are answered
+//! AE and kept, listed and shown, applied once their cause is fixed or dropped with a reason), and
+//! `[[outbound]]` with `tsunagi admin outbox list|show|retry|drop` (a note written through the API
+//! lands in the hospital's folder; one whose EHR cannot be reached becomes a dead letter the
+//! operator replays or drops). Every operator act is in the audit trail.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    io::{BufRead, Read, Write},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+fn tsunagi(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tsunagi"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let output = tsunagi(args);
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A guideline sample's bytes (ISO-2022-JP).
+fn sample(relative: &str) -> Vec<u8> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/testdata/ssmix2-guideline-samples/sampleData/999/901/9999013")
+        .join(relative);
+    let entry = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap();
+    let mut bytes = std::fs::read(entry.path()).unwrap();
+    while bytes.last().is_some_and(|&byte| byte == 0x1c) {
+        bytes.pop();
+    }
+    bytes
+}
+
+fn a08(control_id: &str, patient: &str, message_type: &str) -> Vec<u8> {
+    a08_from("SEND", control_id, patient, message_type)
+}
+
+fn a08_from(sender: &str, control_id: &str, patient: &str, message_type: &str) -> Vec<u8> {
+    format!(
+        "MSH|^~\\&|HIS123|{sender}|TSUNAGI|NET|20261124101500||{message_type}|{control_id}|P|2.5\r\
+         EVN||20261124101500\r\
+         PID|||{patient}^^^^PI||Kensa^Taro^^^^^L||19600101|M\r\
+         PV1||O\r"
+    )
+    .into_bytes()
+}
+
+/// `tsunagi serve` on free ports: the child, its MLLP address and its FHIR base.
+fn start_serve(db: &str, config: &str) -> (std::process::Child, String, String) {
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_tsunagi"))
+        .args([
+            "serve",
+            "--db",
+            db,
+            "--config",
+            config,
+            "--listen",
+            "127.0.0.1:0",
+            "--mllp-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(serve.stdout.take().unwrap()).lines();
+    let mut base = String::new();
+    let address = loop {
+        let line = lines.next().expect("serve prints its addresses").unwrap();
+        if let Some(rest) = line.strip_prefix("FHIR base ") {
+            rest.clone_into(&mut base);
+        }
+        if let Some(rest) = line.strip_prefix("HL7 v2 over MLLP on ") {
+            break rest.split(' ').next().unwrap().to_owned();
+        }
+    };
+    // Keep reading stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (serve, address, base)
+}
+
+/// Sends one framed message and reads the framed answer; returns MSA-1.
+fn request(stream: &mut TcpStream, message: &[u8]) -> String {
+    let mut frame = vec![0x0b];
+    frame.extend_from_slice(message);
+    frame.extend_from_slice(&[0x1c, 0x0d]);
+    stream.write_all(&frame).unwrap();
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while !reply.ends_with(&[0x1c, 0x0d]) {
+        stream.read_exact(&mut byte).unwrap();
+        reply.push(byte[0]);
+    }
+    let text = String::from_utf8(reply).unwrap();
+    let msa = text
+        .split('\r')
+        .find(|segment| segment.starts_with("MSA|"))
+        .unwrap();
+    msa.split('|').nth(1).unwrap().to_owned()
+}
+
+#[test]
+fn quarantined_messages_are_listed_shown_retried_and_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("feed.db").display());
+    let config = dir.path().join("tsunagi.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\n[store]\nurl = \"{db}\"\n\n[[hl7v2]]\nfacility = \"0610100010\"\nsending_facility = \"SEND\"\nsending_application = \"HIS123\"\n"
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+
+    let (mut serve, address, _) = start_serve(&db, config);
+    let mut stream = TcpStream::connect(&address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // A lab order for a patient not registered yet, and a message type nobody maps.
+    let answers = [
+        request(&mut stream, &sample("20111220/OML-11")),
+        request(&mut stream, &a08("Z1", "0001000052", "ADT^Z99")),
+        // Registered now (the OML's PID-3 is 0001000052).
+        request(&mut stream, &a08("R1", "0001000052", "ADT^A08^ADT_A01")),
+    ];
+    drop(stream);
+    serve.kill().unwrap();
+    let _ = serve.wait();
+    assert_eq!(answers, ["AE", "AE", "AA"].map(str::to_owned));
+
+    let listed = ok(&["admin", "quarantine", "list", "--db", &db]);
+    let rows: Vec<Vec<&str>> = listed
+        .lines()
+        .map(|line| line.split('\t').collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{listed}");
+    assert!(rows.iter().all(|row| row[2] == "quarantined"), "{listed}");
+    let lab = rows
+        .iter()
+        .find(|row| row[6] == "OUL^R22")
+        .unwrap_or_else(|| panic!("{listed}"))[0]
+        .to_owned();
+    let unknown = rows
+        .iter()
+        .find(|row| row[6] == "ADT^Z99")
+        .unwrap_or_else(|| panic!("{listed}"))[0]
+        .to_owned();
+
+    let shown = ok(&["admin", "quarantine", "show", "--db", &db, &lab]);
+    assert!(shown.contains("state      quarantined"), "{shown}");
+    assert!(shown.contains("not registered"), "{shown}");
+    assert!(shown.contains("MSA|AE|"), "{shown}");
+    assert!(shown.contains("  PID|"), "{shown}");
+    let missing = tsunagi(&["admin", "quarantine", "show", "--db", &db, "999"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no message 999"));
+
+    let retried = ok(&[
+        "admin",
+        "quarantine",
+        "retry",
+        "--db",
+        &db,
+        "--config",
+        config,
+        "--all",
+    ]);
+    assert!(retried.contains(&format!("{lab}\tapplied")), "{retried}");
+    assert!(
+        retried.contains(&format!("{unknown}\tstill quarantined")),
+        "{retried}"
+    );
+    assert!(
+        retried.contains("1 applied, 1 still quarantined"),
+        "{retried}"
+    );
+
+    let no_reason = tsunagi(&[
+        "admin",
+        "quarantine",
+        "drop",
+        "--db",
+        &db,
+        &unknown,
+        "--reason",
+        " ",
+    ]);
+    assert!(!no_reason.status.success());
+    ok(&[
+        "admin",
+        "quarantine",
+        "drop",
+        "--db",
+        &db,
+        &unknown,
+        "--reason",
+        "test message from the EHR vendor",
+    ]);
+    // Applied messages are not dropped.
+    let applied = tsunagi(&[
+        "admin",
+        "quarantine",
+        "drop",
+        "--db",
+        &db,
+        &lab,
+        "--reason",
+        "x",
+    ]);
+    assert!(!applied.status.success());
+    assert!(String::from_utf8_lossy(&applied.stderr).contains("is applied"));
+
+    assert_eq!(ok(&["admin", "quarantine", "list", "--db", &db]), "");
+    let dropped = ok(&[
+        "admin",
+        "quarantine",
+        "list",
+        "--db",
+        &db,
+        "--state",
+        "dropped",
+    ]);
+    assert!(
+        dropped.contains("dropped by the operator: test message from the EHR vendor"),
+        "{dropped}"
+    );
+    let applied = ok(&[
+        "admin",
+        "quarantine",
+        "list",
+        "--db",
+        &db,
+        "--state",
+        "applied",
+    ]);
+    assert_eq!(applied.lines().count(), 2, "{applied}");
+
+    let audit = ok(&["admin", "audit", "--db", &db]);
+    assert!(audit.contains("\"quarantine-retry\""), "{audit}");
+    assert!(audit.contains("\"quarantine-retry-failed\""), "{audit}");
+    assert!(audit.contains("\"quarantine-drop\""), "{audit}");
+}
+
+/// A minimal HTTP/1.1 POST; returns the status and the body.
+fn post_json(base: &str, path: &str, token: &str, body: &str) -> (u16, String) {
+    let address = base
+        .trim_start_matches("http://")
+        .trim_end_matches("/fhir")
+        .to_owned();
+    let mut stream = TcpStream::connect(&address).unwrap();
+    write!(
+        stream,
+        "POST /fhir/{path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, answer)
+}
+
+fn note(patient: &str, hospital: &str, identifier: &str) -> String {
+    format!(
+        r#"{{"resourceType": "Communication", "identifier": [{{"system": "urn:clinic:notes", "value": "{identifier}"}}], "status": "completed", "subject": {{"reference": "Patient/{patient}"}}, "recipient": [{{"reference": "Organization/{hospital}"}}], "payload": [{{"contentString": "退院後の内服について ①"}}]}}"#
+    )
+}
+
+#[test]
+fn notes_reach_the_hospitals_folder_and_dead_letters_are_replayed_or_dropped() {
+    const SHONAI: &str = "0610100010";
+    const NIHONKAI: &str = "0610100020";
+    const CLINIC: &str = "0610400014";
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("out.db").display());
+    let inbox = dir.path().join("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    let config = dir.path().join("tsunagi.toml");
+    // 日本海's EHR listens nowhere (port 1): its note becomes a dead letter after one attempt.
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\n[store]\nurl = \"{db}\"\n\n\
+             [[hl7v2]]\nfacility = \"{SHONAI}\"\nsending_facility = \"SEND\"\n\n\
+             [[hl7v2]]\nfacility = \"{NIHONKAI}\"\nsending_facility = \"NIHONKAI\"\n\n\
+             [[outbound]]\nfacility = \"{SHONAI}\"\nfolder = \"{}\"\n\n\
+             [[outbound]]\nfacility = \"{NIHONKAI}\"\nmllp = \"127.0.0.1:1\"\n\n\
+             [outbox]\nmax_attempts = 1\ntimeout_seconds = 2\n",
+            inbox.display()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    for (code, kind) in [
+        (SHONAI, "hospital"),
+        (NIHONKAI, "hospital"),
+        (CLINIC, "clinic"),
+    ] {
+        ok(&[
+            "admin", "facility", "add", "--db", &db, "--code", code, "--name", code, "--kind", kind,
+        ]);
+    }
+    ok(&[
+        "admin",
+        "user",
+        "add",
+        "--db",
+        &db,
+        "--id",
+        "dr",
+        "--name",
+        "佐藤",
+        "--facility",
+        CLINIC,
+        "--role",
+        "doctor",
+    ]);
+
+    let (mut serve, mllp, base) = start_serve(&db, config);
+    let mut stream = TcpStream::connect(&mllp).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        request(
+            &mut stream,
+            &a08_from("SEND", "A1", "0000000001", "ADT^A08^ADT_A01")
+        ),
+        "AA"
+    );
+    assert_eq!(
+        request(
+            &mut stream,
+            &a08_from("NIHONKAI", "B1", "0000000002", "ADT^A08^ADT_A01")
+        ),
+        "AA"
+    );
+    let shonai_patient = format!("{SHONAI}.0000000001");
+    let nihonkai_patient = format!("{NIHONKAI}.0000000002");
+    for (patient, from) in [(&shonai_patient, SHONAI), (&nihonkai_patient, NIHONKAI)] {
+        ok(&[
+            "admin",
+            "consent",
+            "add",
+            "--db",
+            &db,
+            "--patient",
+            patient,
+            "--from",
+            from,
+            "--to",
+            CLINIC,
+        ]);
+    }
+    let token = ok(&[
+        "token",
+        "issue",
+        "--db",
+        &db,
+        "--user",
+        "dr",
+        "--scope",
+        "user/*.rs user/Communication.c",
+    ]);
+    let token = token.trim();
+    let (status, answer) = post_json(
+        &base,
+        "Communication",
+        token,
+        &note(&shonai_patient, SHONAI, "n1"),
+    );
+    assert_eq!(status, 201, "{answer}");
+    let (status, answer) = post_json(
+        &base,
+        "Communication",
+        token,
+        &note(&nihonkai_patient, NIHONKAI, "n2"),
+    );
+    assert_eq!(status, 201, "{answer}");
+
+    // The note for 荘内 lands in its folder; the one for 日本海 becomes a dead letter.
+    let mut delivered = None;
+    for _ in 0..200 {
+        let files: Vec<_> = std::fs::read_dir(&inbox)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        let dead = ok(&["admin", "outbox", "list", "--db", &db, "--state", "dead"]);
+        if files.len() == 1 && !dead.is_empty() {
+            delivered = Some((files, dead));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    serve.kill().unwrap();
+    let _ = serve.wait();
+    let (files, dead) = delivered.expect("one note delivered and one dead letter");
+    let bytes = std::fs::read(&files[0]).unwrap();
+    assert!(bytes.starts_with(b"MSH|^~\\&|TSUNAGI|"));
+    assert!(bytes.iter().all(|&b| b < 0x80), "ISO-2022-JP is 7-bit");
+    assert!(String::from_utf8_lossy(&bytes).contains("MDM^T02"));
+    let row: Vec<&str> = dead.lines().next().unwrap().split('\t').collect();
+    assert_eq!(row[3], NIHONKAI, "{dead}");
+    assert!(row[8].contains("127.0.0.1:1"), "{dead}");
+    let seq = row[0].to_owned();
+    let delivered_rows = ok(&[
+        "admin",
+        "outbox",
+        "list",
+        "--db",
+        &db,
+        "--state",
+        "delivered",
+    ]);
+    assert!(delivered_rows.contains("written to"), "{delivered_rows}");
+
+    let shown = ok(&["admin", "outbox", "show", "--db", &db, &seq]);
+    assert!(shown.contains("state        dead"), "{shown}");
+    assert!(shown.contains("  TXA|1|note^"), "{shown}");
+    assert!(shown.contains("(1)"), "① is sent as (1): {shown}");
+
+    // Replay: pending again with fresh attempts; then the operator gives up on it.
+    let retried = ok(&["admin", "outbox", "retry", "--db", &db, "--all"]);
+    assert!(
+        retried.contains(&format!("{seq}\tqueued again")),
+        "{retried}"
+    );
+    let pending = ok(&["admin", "outbox", "list", "--db", &db, "--state", "pending"]);
+    assert!(pending.starts_with(&format!("{seq}\t")), "{pending}");
+    let refused = tsunagi(&["admin", "outbox", "drop", "--db", &db, &seq, "--reason", ""]);
+    assert!(!refused.status.success());
+    ok(&[
+        "admin",
+        "outbox",
+        "drop",
+        "--db",
+        &db,
+        &seq,
+        "--reason",
+        "the hospital has left the network",
+    ]);
+    assert_eq!(ok(&["admin", "outbox", "list", "--db", &db]), "");
+    let again = tsunagi(&["admin", "outbox", "drop", "--db", &db, "1", "--reason", "x"]);
+    assert!(
+        !again.status.success(),
+        "a delivered note cannot be dropped"
+    );
+
+    let audit = ok(&["admin", "audit", "--db", &db]);
+    assert!(audit.contains("\"outbox-retry\""), "{audit}");
+    assert!(audit.contains("\"outbox-drop\""), "{audit}");
+}
