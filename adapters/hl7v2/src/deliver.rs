@@ -10,7 +10,8 @@
 //! - AR/CR, or attempts exhausted → dead letter, for the operator (`tsunagi admin outbox`);
 //! - a folder delivery is done when the file is written, synced and renamed into place.
 //!
-//! Every change of state is committed with the Task that shows it on the API.
+//! Every change of state is committed with the Task that shows it on the API; a round's changes
+//! commit in one transaction.
 
 use std::{
     collections::HashMap,
@@ -132,14 +133,21 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
             .store
             .outbound_due(self.clock.now_micros(), self.options.batch)
             .await?;
+        // The round's outcomes commit together: one transaction (one fsync) for the round, not
+        // one per message. A crash before that commit only means the round's messages are sent
+        // again, under the same MSH-10 — at least once, as promised.
+        let mut operations = Vec::with_capacity(due.len() * 2);
         for message in due {
             let attempt = self.attempt(&message).await;
-            let state = self.record(&message, attempt).await?;
+            let state = self.record(&message, attempt, &mut operations).await?;
             match state {
                 DeliveryState::Delivered => round.delivered += 1,
                 DeliveryState::Pending => round.retrying += 1,
                 DeliveryState::Dead | DeliveryState::Dropped => round.dead += 1,
             }
+        }
+        if !operations.is_empty() {
+            self.store.apply(Batch { operations }).await?;
         }
         Ok(round)
     }
@@ -239,11 +247,12 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
         attempt
     }
 
-    /// Commits an attempt's outcome with the Task that shows it.
+    /// The operations that record an attempt's outcome with the Task that shows it.
     async fn record(
         &self,
         message: &OutboundMessage,
         attempt: Attempt,
+        operations: &mut Vec<Operation>,
     ) -> Result<DeliveryState, StoreError> {
         let now = self.clock.now_micros();
         let attempts = message.attempts.saturating_add(1);
@@ -293,7 +302,7 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
                 tracing::info!(target: "tsunagi::outbox", resource = %message.resource, destination = %message.destination, %error, attempts, "will retry");
             }
         }
-        let mut operations = vec![Operation::SetDelivery(Box::new(DeliveryUpdate {
+        operations.push(Operation::SetDelivery(Box::new(DeliveryUpdate {
             seq: message.seq,
             state,
             attempts,
@@ -301,9 +310,8 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
             last_error: error,
             ack,
             updated: now,
-        }))];
+        })));
         operations.extend(task_update(self.store.as_ref(), message, state, &status, now).await?);
-        self.store.apply(Batch { operations }).await?;
         Ok(state)
     }
 }

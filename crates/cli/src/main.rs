@@ -17,6 +17,7 @@
 mod admin;
 mod bench;
 mod bench_mllp;
+mod bench_outbound;
 mod bench_search;
 mod commands;
 mod config;
@@ -250,6 +251,13 @@ enum BenchWhat {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Queue notes for a hospital as the write endpoint does, deliver them to the EHR stand-in
+    /// over MLLP (ACK read and checked, outcomes committed); print deliveries/s.
+    Outbound {
+        /// Notes queued and delivered.
+        #[arg(long, default_value_t = 20_000)]
+        notes: usize,
+    },
     /// Generate, ingest into a fresh database, re-ingest; print throughput, skip rate, peak RSS.
     Ingest {
         /// Number of people in the generated region.
@@ -399,6 +407,9 @@ fn main() -> std::process::ExitCode {
                         seed,
                     },
             } => bench_mllp::mllp(patients, connections, seed).await,
+            Command::Bench {
+                what: BenchWhat::Outbound { notes },
+            } => bench_outbound::run(notes).await,
             Command::Run { config, once } => commands::run(&config, once).await,
         }
     });
