@@ -99,12 +99,23 @@ impl Intake {
     /// Submits one message and waits until it is committed (or refused); the reply holds the ACK
     /// to send.
     pub async fn submit(&self, received: Received) -> Result<Reply, IntakeError> {
+        self.enqueue(received).await?.await
+    }
+
+    /// Queues one message for the writer (messages are applied in the order they are queued)
+    /// and returns the future of its reply, so a transport can take the sender's next message
+    /// before this one is committed.
+    pub async fn enqueue(
+        &self,
+        received: Received,
+    ) -> Result<impl Future<Output = Result<Reply, IntakeError>> + Send + 'static, IntakeError>
+    {
         let (reply, answer) = oneshot::channel();
         self.sender
             .send((received, reply))
             .await
             .map_err(|_| IntakeError::Stopped)?;
-        answer.await.map_err(|_| IntakeError::Stopped)?
+        Ok(async move { answer.await.map_err(|_| IntakeError::Stopped)? })
     }
 }
 
@@ -146,6 +157,32 @@ impl tsunagi_mllp::FrameHandler for MllpHandler {
             Err(error) => {
                 tracing::error!(target: "tsunagi::feed", address = %peer.address, %error, "message not answered");
                 Err(())
+            }
+        }
+    }
+
+    /// Pipelining: the message is queued for the writer in frame order, and answered once its
+    /// group has committed.
+    async fn accept(&self, frame: Vec<u8>, peer: &tsunagi_mllp::PeerInfo) -> tsunagi_mllp::Answer {
+        let received = Received {
+            channel: Channel::Mllp,
+            raw: frame,
+            client: peer.client.clone(),
+        };
+        let address = peer.address;
+        match self.0.enqueue(received).await {
+            Ok(reply) => Box::pin(async move {
+                match reply.await {
+                    Ok(reply) => Ok(reply.ack),
+                    Err(error) => {
+                        tracing::error!(target: "tsunagi::feed", %address, %error, "message not answered");
+                        Err(())
+                    }
+                }
+            }),
+            Err(error) => {
+                tracing::error!(target: "tsunagi::feed", %address, %error, "message not queued");
+                Box::pin(std::future::ready(Err(())))
             }
         }
     }

@@ -426,3 +426,38 @@ async fn an_oversized_or_unfinished_frame_stores_nothing() {
     );
     assert_eq!(code, AckCode::AA);
 }
+
+#[tokio::test]
+async fn a_pipelining_sender_gets_every_ack_in_order_after_its_commit() {
+    let gateway = gateway(ServerOptions {
+        pipeline: 8,
+        ..ServerOptions::default()
+    })
+    .await;
+    let mut connection = Connection::connect(&gateway.address).await.unwrap();
+    // Thirty messages in one write: more than the pipeline takes at once.
+    let mut bytes = Vec::new();
+    for number in 0..30 {
+        let message = a08(
+            &format!("P{number:02}"),
+            &format!("{:07}", 5000 + number),
+            "Pipe",
+        );
+        bytes.extend_from_slice(&tsunagi_hl7v2::mllp::frame(&message));
+    }
+    connection.write_raw(&bytes).await.unwrap();
+    for number in 0..30 {
+        let (code, acknowledged, _) = ack_of(&connection.reply(TIMEOUT).await.unwrap());
+        assert_eq!((code, acknowledged), (AckCode::AA, format!("P{number:02}")));
+        // Acknowledged means stored.
+        let id = logical_id(&[FACILITY, &format!("{:07}", 5000 + number)]);
+        assert!(
+            gateway
+                .store
+                .read(&Access::Unrestricted, "Patient", &id)
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+}

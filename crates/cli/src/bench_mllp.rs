@@ -82,7 +82,9 @@ struct Run {
     codes: BTreeMap<String, u64>,
 }
 
-async fn send_all(address: &str, lanes: &[Vec<Vec<u8>>]) -> anyhow::Result<Run> {
+/// Sends every lane on a connection of its own; each connection keeps at most `window` messages
+/// unanswered (1: the usual stop-and-wait sender).
+async fn send_all(address: &str, lanes: &[Vec<Vec<u8>>], window: usize) -> anyhow::Result<Run> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for lane in lanes {
@@ -92,11 +94,18 @@ async fn send_all(address: &str, lanes: &[Vec<Vec<u8>>]) -> anyhow::Result<Run> 
             let mut connection = Connection::connect(&address).await?;
             let mut latencies = Vec::with_capacity(lane.len());
             let mut codes: BTreeMap<String, u64> = BTreeMap::new();
-            for message in lane {
-                let sent = Instant::now();
-                let reply = connection
-                    .request(&message, Duration::from_secs(30))
-                    .await?;
+            let mut sent_at = std::collections::VecDeque::new();
+            let mut next = lane.into_iter();
+            loop {
+                while sent_at.len() < window.max(1) {
+                    let Some(message) = next.next() else { break };
+                    connection.send(&message).await?;
+                    sent_at.push_back(Instant::now());
+                }
+                let Some(sent) = sent_at.pop_front() else {
+                    break;
+                };
+                let reply = connection.reply(Duration::from_secs(30)).await?;
                 latencies.push(sent.elapsed());
                 let text = String::from_utf8_lossy(&reply).into_owned();
                 let code = Message::parse(&text)
@@ -146,7 +155,12 @@ fn report(label: &str, run: &Run) {
     );
 }
 
-pub(crate) async fn mllp(patients: usize, connections: usize, seed: u64) -> anyhow::Result<()> {
+pub(crate) async fn mllp(
+    patients: usize,
+    connections: usize,
+    window: usize,
+    seed: u64,
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     println!("generating a region of {patients} people…");
     tsunagi_synth::generate_region(&dir.path().join("region"), patients, seed)?;
@@ -186,9 +200,18 @@ pub(crate) async fn mllp(patients: usize, connections: usize, seed: u64) -> anyh
         hospital.name,
         by_patient.len()
     );
-    let first = send_all(&address, &lanes).await?;
+    println!(
+        "  each connection keeps {} message(s) unanswered{}",
+        window.max(1),
+        if window <= 1 {
+            " (stop-and-wait)"
+        } else {
+            " (a pipelining sender)"
+        }
+    );
+    let first = send_all(&address, &lanes, window).await?;
     report("new messages", &first);
-    let again = send_all(&address, &lanes).await?;
+    let again = send_all(&address, &lanes, window).await?;
     report("the same messages again", &again);
     let logged = store
         .messages(&tsunagi_store::MessageState::ALL, 0, usize::MAX)

@@ -247,6 +247,10 @@ enum BenchWhat {
         /// Connections sending at once (a patient's messages share one connection, in order).
         #[arg(long, default_value_t = 8)]
         connections: usize,
+        /// Messages each connection keeps unanswered: 1 waits for every ACK before the next
+        /// message; more pipelines (ACKs still come in order, each after its commit).
+        #[arg(long, default_value_t = 1)]
+        window: usize,
         /// Random seed.
         #[arg(long, default_value_t = 42)]
         seed: u64,
@@ -404,9 +408,10 @@ fn main() -> std::process::ExitCode {
                     BenchWhat::Mllp {
                         patients,
                         connections,
+                        window,
                         seed,
                     },
-            } => bench_mllp::mllp(patients, connections, seed).await,
+            } => bench_mllp::mllp(patients, connections, window, seed).await,
             Command::Bench {
                 what: BenchWhat::Outbound { notes },
             } => bench_outbound::run(notes).await,

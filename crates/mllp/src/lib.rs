@@ -15,7 +15,9 @@
 pub mod client;
 pub mod standin;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
+};
 
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -33,12 +35,25 @@ pub struct PeerInfo {
     pub client: Option<String>,
 }
 
+/// The answer a frame will get: `Ok(Some(reply))` sends the reply framed, `Ok(None)` sends
+/// nothing, `Err(())` closes the connection without an answer.
+pub type Answer = Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>, ()>> + Send>>;
+
 /// What to do with frames.
 #[async_trait::async_trait]
 pub trait FrameHandler: Send + Sync + 'static {
     /// Handles one frame: `Ok(Some(reply))` sends the reply framed, `Ok(None)` sends nothing,
     /// `Err(())` closes the connection without an answer.
     async fn handle(&self, frame: Vec<u8>, peer: &PeerInfo) -> Result<Option<Vec<u8>>, ()>;
+
+    /// Takes a frame in arrival order and returns its answer-to-be, so that the connection can
+    /// read the sender's next frame while this one is processed (a pipelining sender). Answers
+    /// are written in frame order whatever the handler does. The default handles the frame to
+    /// the end before the next is read.
+    async fn accept(&self, frame: Vec<u8>, peer: &PeerInfo) -> Answer {
+        let answer = self.handle(frame, peer).await;
+        Box::pin(std::future::ready(answer))
+    }
 }
 
 /// Listener limits.
@@ -50,6 +65,9 @@ pub struct ServerOptions {
     pub max_connections: usize,
     /// A connection with no complete frame for this long is closed.
     pub idle_timeout: Duration,
+    /// Frames of one connection taken before the first of them is answered (a sender that
+    /// pipelines); further frames wait in the socket. Answers keep frame order.
+    pub pipeline: usize,
 }
 
 impl Default for ServerOptions {
@@ -58,6 +76,7 @@ impl Default for ServerOptions {
             max_frame: 16 * 1024 * 1024,
             max_connections: 256,
             idle_timeout: Duration::from_secs(300),
+            pipeline: 64,
         }
     }
 }
@@ -141,6 +160,13 @@ pub async fn serve(
     }
 }
 
+/// What a connection waits for next.
+enum Event {
+    Answered(Result<Option<Vec<u8>>, ()>),
+    Read(std::io::Result<usize>),
+    Idle,
+}
+
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     peer: PeerInfo,
@@ -149,47 +175,74 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let mut decoder = FrameDecoder::new(options.max_frame);
     let mut buffer = vec![0u8; 64 * 1024];
+    let mut pending: VecDeque<Answer> = VecDeque::new();
+    let in_flight = options.pipeline.max(1);
+    let mut reading = true;
     loop {
-        let frame_content = match decoder.next_frame() {
-            Ok(Some(content)) => content,
-            Ok(None) => {
-                let read =
-                    tokio::time::timeout(options.idle_timeout, stream.read(&mut buffer)).await;
-                match read {
-                    Ok(Ok(0)) => {
-                        if decoder.pending() > 0 {
-                            tracing::warn!(target: "tsunagi::mllp", address = %peer.address, bytes = decoder.pending(), "connection closed inside a frame; nothing stored");
-                        }
-                        return;
+        // Take every complete frame, in order, up to the pipeline's depth.
+        while pending.len() < in_flight {
+            match decoder.next_frame() {
+                Ok(Some(content)) => {
+                    if decoder.discarded() > 0 {
+                        tracing::debug!(target: "tsunagi::mllp", address = %peer.address, bytes = decoder.discarded(), "bytes outside frames discarded");
                     }
-                    Ok(Ok(count)) => {
-                        decoder.push(&buffer[..count]);
-                        continue;
-                    }
-                    Ok(Err(_)) => return,
-                    Err(_) => {
-                        tracing::info!(target: "tsunagi::mllp", address = %peer.address, "idle timeout; closed");
-                        return;
-                    }
+                    pending.push_back(handler.accept(content, &peer).await);
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::warn!(target: "tsunagi::mllp", address = %peer.address, %error, "framing error; closed");
+                    reading = false;
+                    break;
                 }
             }
-            Err(error) => {
-                tracing::warn!(target: "tsunagi::mllp", address = %peer.address, %error, "framing error; closed");
+        }
+        if pending.is_empty() && !reading {
+            return;
+        }
+        let take_more = reading && pending.len() < in_flight;
+        let event = match pending.front_mut() {
+            // Nothing in flight: wait for bytes, at most the idle timeout.
+            None => {
+                match tokio::time::timeout(options.idle_timeout, stream.read(&mut buffer)).await {
+                    Ok(read) => Event::Read(read),
+                    Err(_) => Event::Idle,
+                }
+            }
+            // The sender waits for us: no idle timeout while an answer is being made.
+            Some(front) if take_more => tokio::select! {
+                answer = front => Event::Answered(answer),
+                read = stream.read(&mut buffer) => Event::Read(read),
+            },
+            Some(front) => Event::Answered(front.await),
+        };
+        match event {
+            Event::Answered(answer) => {
+                pending.pop_front();
+                match answer {
+                    Ok(Some(reply)) => {
+                        if stream.write_all(&frame(&reply)).await.is_err()
+                            || stream.flush().await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(()) => return,
+                }
+            }
+            Event::Read(Ok(0)) => {
+                if decoder.pending() > 0 {
+                    tracing::warn!(target: "tsunagi::mllp", address = %peer.address, bytes = decoder.pending(), "connection closed inside a frame; nothing stored");
+                }
+                // Frames already taken are still answered (their data may be committed).
+                reading = false;
+            }
+            Event::Read(Ok(count)) => decoder.push(&buffer[..count]),
+            Event::Read(Err(_)) => return,
+            Event::Idle => {
+                tracing::info!(target: "tsunagi::mllp", address = %peer.address, "idle timeout; closed");
                 return;
             }
-        };
-        if decoder.discarded() > 0 {
-            tracing::debug!(target: "tsunagi::mllp", address = %peer.address, bytes = decoder.discarded(), "bytes outside frames discarded");
-        }
-        match handler.handle(frame_content, &peer).await {
-            Ok(Some(reply)) => {
-                if stream.write_all(&frame(&reply)).await.is_err() || stream.flush().await.is_err()
-                {
-                    return;
-                }
-            }
-            Ok(None) => {}
-            Err(()) => return,
         }
     }
 }
