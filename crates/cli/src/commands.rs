@@ -414,7 +414,7 @@ pub(crate) async fn demo(
         Some(patient_id),
         LiveFeeds {
             mllp: Some(MllpSetup {
-                address: mllp_listen.to_owned(),
+                address: Some(mllp_listen.to_owned()),
                 feeds: synthetic_feeds()?,
                 options: tsunagi_mllp::ServerOptions::default(),
                 tls: None,
@@ -634,7 +634,8 @@ pub(crate) fn feeds_from_config(config: Option<&Config>) -> anyhow::Result<Feeds
 
 /// The MLLP listener of `tsunagi serve`: where, which senders, which limits.
 pub(crate) struct MllpSetup {
-    pub(crate) address: String,
+    /// Where MLLP is received; none: the feeds post over HTTP only (`POST /hl7v2`).
+    pub(crate) address: Option<String>,
     pub(crate) feeds: Feeds,
     pub(crate) options: tsunagi_mllp::ServerOptions,
     /// TLS with the server's certificate; `Some(ca)`: client certificates required.
@@ -644,13 +645,13 @@ pub(crate) struct MllpSetup {
 impl MllpSetup {
     /// From `--mllp-listen` and the config's `[mllp]` and `[[hl7v2]]`; none without an address.
     fn from_config(flag: Option<&str>, config: Option<&Config>) -> anyhow::Result<Option<Self>> {
-        let Some(address) = flag
+        let address = flag
             .map(str::to_owned)
-            .or_else(|| config.and_then(|c| c.mllp.listen.clone()))
-        else {
-            return Ok(None);
-        };
+            .or_else(|| config.and_then(|c| c.mllp.listen.clone()));
         let feeds = feeds_from_config(config)?;
+        if address.is_none() && feeds.all().is_empty() {
+            return Ok(None);
+        }
         if feeds.all().is_empty() {
             tracing::warn!(target: "tsunagi::mllp", "no [[hl7v2]] senders are configured: every message will be rejected (AR)");
         }
@@ -677,6 +678,25 @@ impl MllpSetup {
             options,
             tls,
         }))
+    }
+}
+
+/// `POST /hl7v2` into the feed intake: the sender is the token's system client.
+struct HttpIntake(Intake);
+
+#[async_trait::async_trait]
+impl tsunagi_server::hl7v2_api::MessageIntake for HttpIntake {
+    async fn submit(&self, raw: Vec<u8>, client: String) -> Result<Option<Vec<u8>>, String> {
+        let received = tsunagi_adapter_hl7v2::Received {
+            channel: tsunagi_adapter_hl7v2::Channel::Http,
+            raw,
+            client: Some(client),
+        };
+        self.0
+            .submit(received)
+            .await
+            .map(|reply| reply.ack)
+            .map_err(|error| error.to_string())
     }
 }
 
@@ -895,6 +915,8 @@ async fn serve_store(
         println!("  {base}/Observation?patient={patient}&category=laboratory&_sort=-date");
         println!("  {base}/Patient/{patient}/$everything");
     }
+    let mut http_intake = None;
+    let base_for_hl7v2 = base.trim_end_matches("/fhir").to_owned();
     if let Some(mllp) = mllp {
         let tls = match (&mllp.tls, &listeners.tls) {
             (None, _) => None,
@@ -913,31 +935,35 @@ async fn serve_store(
                 })
             }
         };
-        let listener = tokio::net::TcpListener::bind(&mllp.address)
-            .await
-            .with_context(|| format!("cannot listen for MLLP on {}", mllp.address))?;
-        println!(
-            "HL7 v2 over MLLP{} on {} ({} senders)",
-            match &mllp.tls {
-                None => "",
-                Some(None) => " (TLS)",
-                Some(Some(_)) => " (mutual TLS)",
-            },
-            listener.local_addr()?,
-            mllp.feeds.all().len()
-        );
+        let senders = mllp.feeds.all().len();
         let intake = Intake::start(
             store.clone(),
             Arc::new(mllp.feeds),
             Arc::new(SystemClock),
             IntakeOptions::default(),
         );
-        tokio::spawn(tsunagi_mllp::serve(
-            listener,
-            tls,
-            mllp.options,
-            Arc::new(MllpHandler(intake)),
-        ));
+        http_intake = Some(intake.clone());
+        if let Some(address) = &mllp.address {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen for MLLP on {address}"))?;
+            println!(
+                "HL7 v2 over MLLP{} on {} ({senders} senders)",
+                match &mllp.tls {
+                    None => "",
+                    Some(None) => " (TLS)",
+                    Some(Some(_)) => " (mutual TLS)",
+                },
+                listener.local_addr()?,
+            );
+            tokio::spawn(tsunagi_mllp::serve(
+                listener,
+                tls,
+                mllp.options,
+                Arc::new(MllpHandler(intake)),
+            ));
+        }
+        println!("HL7 v2 over HTTP: POST {base_for_hl7v2}/hl7v2 (system clients)");
     }
     // Notes and documents written through the API go to the hospitals' EHRs.
     if outbound.routes.is_empty() {
@@ -966,6 +992,9 @@ async fn serve_store(
     store.start_serving().await?;
     let state =
         tsunagi_server::AppState::new(store.clone(), store, Arc::new(SystemClock), settings, keys);
+    if let Some(intake) = http_intake {
+        state.set_intake(Arc::new(HttpIntake(intake)));
+    }
     let (stop, stopping) = tokio::sync::watch::channel(());
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;

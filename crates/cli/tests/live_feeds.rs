@@ -466,3 +466,171 @@ fn notes_reach_the_hospitals_folder_and_dead_letters_are_replayed_or_dropped() {
     assert!(audit.contains("\"outbox-retry\""), "{audit}");
     assert!(audit.contains("\"outbox-drop\""), "{audit}");
 }
+
+/// A minimal HTTP/1.1 POST of an ER7 body; returns the status and the raw answer.
+fn post_er7(base: &str, token: &str, body: &[u8], content_type: &str) -> (u16, String) {
+    let address = base.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&address).unwrap();
+    let mut request = format!(
+        "POST /hl7v2 HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    stream.write_all(&request).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, answer)
+}
+
+#[test]
+fn a_lab_company_posts_hl7_v2_over_http_and_gets_its_ack() {
+    const LAB: &str = "0610900001";
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("lab.db").display());
+    let config = dir.path().join("tsunagi.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\n[store]\nurl = \"{db}\"\n\n\
+             [[hl7v2]]\nfacility = \"{LAB}\"\nsending_facility = \"LABCO\"\nclients = [\"client-lab\"]\n"
+        ),
+    )
+    .unwrap();
+    let jwks = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/keys/lab-rs384.jwks.json");
+    ok(&[
+        "admin",
+        "facility",
+        "add",
+        "--db",
+        &db,
+        "--code",
+        LAB,
+        "--name",
+        "検査センター",
+        "--kind",
+        "lab-company",
+    ]);
+    ok(&[
+        "admin",
+        "client",
+        "add",
+        "--db",
+        &db,
+        "--id",
+        "client-lab",
+        "--facility",
+        LAB,
+        "--kind",
+        "system",
+        "--jwks",
+        jwks.to_str().unwrap(),
+        "--scope",
+        "system/*.rs",
+    ]);
+    ok(&[
+        "admin",
+        "user",
+        "add",
+        "--db",
+        &db,
+        "--id",
+        "dr",
+        "--name",
+        "佐藤",
+        "--facility",
+        LAB,
+        "--role",
+        "doctor",
+    ]);
+    let system = ok(&[
+        "token",
+        "issue",
+        "--db",
+        &db,
+        "--system",
+        "client-lab",
+        "--scope",
+        "system/*.rs",
+    ]);
+    let user = ok(&[
+        "token",
+        "issue",
+        "--db",
+        &db,
+        "--user",
+        "dr",
+        "--scope",
+        "user/*.rs",
+    ]);
+
+    // HTTP only: no MLLP listener.
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_tsunagi"))
+        .args([
+            "serve",
+            "--db",
+            &db,
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(serve.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next().expect("serve prints its addresses").unwrap();
+        assert!(!line.starts_with("HL7 v2 over MLLP"), "{line}");
+        if let Some(rest) = line.strip_prefix("HL7 v2 over HTTP: POST ") {
+            break rest
+                .split(' ')
+                .next()
+                .unwrap()
+                .trim_end_matches("/hl7v2")
+                .to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    // With MLLP framing bytes and a trailing newline, as some lab systems send.
+    let mut message = vec![0x0b];
+    message.extend_from_slice(&a08_from("LABCO", "L1", "0000000009", "ADT^A08^ADT_A01"));
+    message.extend_from_slice(&[0x1c, 0x0d, b'\n']);
+    let first = post_er7(&base, system.trim(), &message, "x-application/hl7-v2+er7");
+    let again = post_er7(&base, system.trim(), &message, "x-application/hl7-v2+er7");
+    let unknown = post_er7(
+        &base,
+        system.trim(),
+        &a08_from("NOBODY", "L2", "0000000009", "ADT^A08^ADT_A01"),
+        "x-application/hl7-v2+er7",
+    );
+    let as_user = post_er7(&base, user.trim(), &message, "x-application/hl7-v2+er7");
+    let as_json = post_er7(&base, system.trim(), &message, "application/json");
+    serve.kill().unwrap();
+    let _ = serve.wait();
+
+    assert_eq!(first.0, 200, "{}", first.1);
+    assert!(first.1.contains("x-application/hl7-v2+er7"), "{}", first.1);
+    assert!(first.1.contains("MSA|AA|L1"), "{}", first.1);
+    // A resend is answered with the same ACK, byte for byte.
+    let body = |answer: &str| answer.split("\r\n\r\n").nth(1).unwrap().to_owned();
+    assert_eq!(body(&first.1), body(&again.1));
+    assert!(unknown.1.contains("MSA|AR|L2"), "{}", unknown.1);
+    assert_eq!(as_user.0, 403, "{}", as_user.1);
+    assert_eq!(as_json.0, 415, "{}", as_json.1);
+    let logged = ok(&[
+        "admin",
+        "quarantine",
+        "list",
+        "--db",
+        &db,
+        "--state",
+        "applied",
+    ]);
+    assert_eq!(logged.lines().count(), 1, "{logged}");
+    assert!(logged.contains("\thttp\tHIS123|LABCO\tL1\t"), "{logged}");
+}

@@ -15,6 +15,7 @@ pub mod baseline;
 pub mod capability;
 mod consent_api;
 pub mod format;
+pub mod hl7v2_api;
 mod notes_api;
 pub mod outcome;
 mod pix;
@@ -94,6 +95,8 @@ pub struct AppState {
     /// Access tokens whose signature against `keys` was verified.
     verified: tsunagi_auth::token::VerifiedTokens,
     audit: AuditWriter,
+    /// Where `POST /hl7v2` hands messages, once the binary wires a feed intake.
+    intake: std::sync::OnceLock<Arc<dyn hl7v2_api::MessageIntake>>,
 }
 
 impl AppState {
@@ -116,7 +119,13 @@ impl AppState {
             metrics: access::Metrics::default(),
             keys,
             verified: tsunagi_auth::token::VerifiedTokens::new(100_000),
+            intake: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Takes HL7 v2 over HTTP (`POST /hl7v2`) into `intake`; the first intake set stays.
+    pub fn set_intake(&self, intake: Arc<dyn hl7v2_api::MessageIntake>) {
+        let _ = self.intake.set(intake);
     }
 }
 
@@ -137,6 +146,16 @@ fn protected_routes() -> Router<Arc<AppState>> {
         .route("/fhir/{type}/{id}", any(instance_level))
         .route("/fhir/{type}/{id}/{operation}", any(instance_operation))
         .route("/fhir/{type}/{id}/_history/{version}", any(vread))
+        .route("/hl7v2", axum::routing::post(hl7v2))
+}
+
+async fn hl7v2(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Who,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    hl7v2_api::post(state.intake.get(), &caller, &headers, body).await
 }
 
 /// The public routes around the guarded ones, and the layers of every request.
