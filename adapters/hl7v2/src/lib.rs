@@ -206,6 +206,20 @@ async fn writer<S: FeedStore + ?Sized>(
             return;
         }
         processor.begin_group();
+        let raws: Vec<&[u8]> = jobs
+            .iter()
+            .map(|(received, _)| received.raw.as_slice())
+            .collect();
+        if let Err(error) = processor.prefetch(&raws).await {
+            // Nothing is decided without the log: nobody is answered, senders resend.
+            tracing::error!(target: "tsunagi::feed", %error, "duplicate lookup failed");
+            for (_, reply) in jobs.drain(..) {
+                let _ = reply.send(Err(IntakeError::Store(StoreError::Database(
+                    error.to_string(),
+                ))));
+            }
+            continue;
+        }
         let mut prepared = Vec::with_capacity(jobs.len());
         for (received, _) in &jobs {
             prepared.push(processor.prepare(received).await);
@@ -222,6 +236,7 @@ async fn writer<S: FeedStore + ?Sized>(
         };
         match committed {
             Ok(()) => {
+                processor.committed();
                 for ((_, reply), item) in jobs.drain(..).zip(prepared) {
                     let _ = reply.send(item.map(|prepared| prepared.reply).map_err(Into::into));
                 }

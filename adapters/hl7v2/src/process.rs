@@ -160,6 +160,15 @@ fn hl7_timestamp(micros: i64) -> String {
 /// What the group knows of a duplicate key it logged: content hash, ACK, outcome.
 type Logged = (Vec<u8>, Vec<u8>, Outcome);
 
+/// The outcome a logged message was answered with.
+fn outcome_of(state: MessageState) -> Outcome {
+    match state {
+        MessageState::Applied => Outcome::Accepted,
+        MessageState::Quarantined | MessageState::Dropped => Outcome::Error,
+        MessageState::Conflict => Outcome::Rejected,
+    }
+}
+
 pub(crate) struct Processor<S: ?Sized> {
     store: Arc<S>,
     feeds: Arc<Feeds>,
@@ -168,6 +177,29 @@ pub(crate) struct Processor<S: ?Sized> {
     group_keys: HashMap<(String, String), Logged>,
     /// Patients registered by messages of the group being prepared.
     group_patients: HashSet<String>,
+    /// What the log held for the group's duplicate keys, looked up at once ([`Self::prefetch`]);
+    /// `None`: not logged.
+    prefetched: HashMap<(String, String), Option<Logged>>,
+    /// Patients known to exist: registered by a committed group, or found in the store.
+    known_patients: HashSet<String>,
+}
+
+/// MSH-3|MSH-4 and MSH-10 read from the raw bytes (MSH is ASCII), as the duplicate key is
+/// spelled once the message is parsed; `None` when MSH is not plain.
+fn raw_key(raw: &[u8]) -> Option<(String, String)> {
+    let line = raw.split(|&b| b == b'\r' || b == b'\n').next()?;
+    if !line.starts_with(b"MSH") || line.len() < 8 || !line.is_ascii() {
+        return None;
+    }
+    let separator = line[3];
+    let fields: Vec<&[u8]> = line.split(|&b| b == separator).collect();
+    // fields[0] = "MSH", fields[1] = encoding characters (MSH-2), fields[n - 1] = MSH-n.
+    let text = |n: usize| std::str::from_utf8(fields.get(n - 1).copied().unwrap_or_default()).ok();
+    let control_id = text(10)?.trim();
+    if control_id.is_empty() {
+        return None;
+    }
+    Some((format!("{}|{}", text(3)?, text(4)?), control_id.to_owned()))
 }
 
 impl<S: FeedStore + ?Sized> Processor<S> {
@@ -178,7 +210,38 @@ impl<S: FeedStore + ?Sized> Processor<S> {
             clock,
             group_keys: HashMap::new(),
             group_patients: HashSet::new(),
+            prefetched: HashMap::new(),
+            known_patients: HashSet::new(),
         }
+    }
+
+    /// Looks up the duplicate keys of a whole group in one query, before its messages are
+    /// decided one by one.
+    pub(crate) async fn prefetch(&mut self, raws: &[&[u8]]) -> Result<(), StoreError> {
+        let keys: Vec<(String, String)> = raws.iter().filter_map(|raw| raw_key(raw)).collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        for logged in self.store.logged_messages(&keys).await? {
+            let outcome = outcome_of(logged.state);
+            self.prefetched.insert(
+                (logged.sender, logged.control_id),
+                Some((logged.hash, logged.ack, outcome)),
+            );
+        }
+        for key in keys {
+            self.prefetched.entry(key).or_insert(None);
+        }
+        Ok(())
+    }
+
+    /// The group committed: the patients it registered exist from now on.
+    pub(crate) fn committed(&mut self) {
+        // Bounded: a region has tens of thousands of patients; start afresh beyond that.
+        if self.known_patients.len() > 200_000 {
+            self.known_patients.clear();
+        }
+        self.known_patients.extend(self.group_patients.drain());
     }
 
     pub(crate) fn store(&self) -> &S {
@@ -189,6 +252,7 @@ impl<S: FeedStore + ?Sized> Processor<S> {
     pub(crate) fn begin_group(&mut self) {
         self.group_keys.clear();
         self.group_patients.clear();
+        self.prefetched.clear();
     }
 
     /// Decides one received message: its content hash and what the rules say.
@@ -405,22 +469,16 @@ impl<S: FeedStore + ?Sized> Processor<S> {
         };
         if check_duplicates {
             let key = (facts.sender.clone(), facts.control_id.clone());
-            let logged = match self.group_keys.get(&key) {
-                Some((logged_hash, ack, outcome)) => {
+            let logged = match (self.group_keys.get(&key), self.prefetched.get(&key)) {
+                (Some((logged_hash, ack, outcome)), _) => {
                     Some((logged_hash.clone(), ack.clone(), *outcome))
                 }
-                None => self
+                (None, Some(prefetched)) => prefetched.clone(),
+                (None, None) => self
                     .store
                     .logged_message(&key.0, &key.1)
                     .await?
-                    .map(|logged| {
-                        let outcome = match logged.state {
-                            MessageState::Applied => Outcome::Accepted,
-                            MessageState::Quarantined | MessageState::Dropped => Outcome::Error,
-                            MessageState::Conflict => Outcome::Rejected,
-                        };
-                        (logged.hash, logged.ack, outcome)
-                    }),
+                    .map(|logged| (logged.hash, logged.ack, outcome_of(logged.state))),
             };
             if let Some((logged_hash, ack, outcome)) = logged {
                 if logged_hash == hash {
@@ -479,6 +537,7 @@ impl<S: FeedStore + ?Sized> Processor<S> {
         let patient_logical = logical_id(&[facility, &key.patient_id]);
         if key.data_type != DataType::Adt00
             && !self.group_patients.contains(&patient_logical)
+            && !self.known_patients.contains(&patient_logical)
             && !self.patient_exists(&patient_logical).await?
         {
             return Ok(quarantine(
@@ -544,12 +603,16 @@ impl<S: FeedStore + ?Sized> Processor<S> {
         })
     }
 
-    async fn patient_exists(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self
+    async fn patient_exists(&mut self, id: &str) -> Result<bool, StoreError> {
+        let exists = self
             .store
             .read(&Access::Unrestricted, "Patient", id)
             .await?
-            .is_some_and(|patient| !patient.deleted))
+            .is_some_and(|patient| !patient.deleted);
+        if exists {
+            self.known_patients.insert(id.to_owned());
+        }
+        Ok(exists)
     }
 
     /// Turns a decision into operations and the reply.

@@ -106,6 +106,32 @@ impl MessageLog for SqliteStore {
         row.as_ref().map(from_row).transpose()
     }
 
+    async fn logged_messages(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<InboundMessage>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pairs: Vec<[&str; 2]> = keys
+            .iter()
+            .map(|(sender, control_id)| [sender.as_str(), control_id.as_str()])
+            .collect();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM messages WHERE state <> 'conflict' AND (sender, control_id) IN \
+             (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1))"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(
+                serde_json::to_string(&pairs)
+                    .map_err(|error| StoreError::Invalid(error.to_string()))?,
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        rows.iter().map(from_row).collect()
+    }
+
     async fn message(&self, seq: i64) -> Result<Option<InboundMessage>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM messages WHERE seq = ?1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))

@@ -619,6 +619,24 @@ pub async fn the_message_log_commits_with_the_data<S: Store + crate::MessageLog>
             .seq,
         first.seq
     );
+    // A group's keys are looked up at once; the conflict beside M1 is not a logged message.
+    let key = |control_id: &str| ("HIS|SHONAI".to_owned(), control_id.to_owned());
+    let mut found: Vec<(String, i64)> = store
+        .logged_messages(&[
+            key("M1"),
+            key("M2"),
+            key("nothing"),
+            ("HIS|OTHER".into(), "M3".into()),
+        ])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|message| (message.control_id, message.seq))
+        .collect();
+    found.sort();
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(found[0], ("M1".to_owned(), first.seq));
+    assert_eq!(found[1].0, "M2");
     let open = store
         .messages(&[Quarantined, Conflict], 0, 10)
         .await

@@ -86,6 +86,21 @@ pub trait MessageLog: Send + Sync {
         control_id: &str,
     ) -> Result<Option<InboundMessage>, crate::StoreError>;
 
+    /// The messages logged under any of `keys` (sender, control id), conflicts excluded: one
+    /// lookup for a whole group of arriving messages. The default asks key by key.
+    async fn logged_messages(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<InboundMessage>, crate::StoreError> {
+        let mut found = Vec::new();
+        for (sender, control_id) in keys {
+            if let Some(message) = self.logged_message(sender, control_id).await? {
+                found.push(message);
+            }
+        }
+        Ok(found)
+    }
+
     /// One message by its sequence number.
     async fn message(&self, seq: i64) -> Result<Option<InboundMessage>, crate::StoreError>;
 
