@@ -1,9 +1,11 @@
 //! MLLP over TCP (optionally TLS): the socket layer of the HL7 v2 feeds.
 //!
 //! Layers: bytes (this crate's sockets) → frames ([`tsunagi_hl7v2::mllp::FrameDecoder`]) →
-//! messages and ACKs (the [`FrameHandler`], e.g. the HL7 v2 feed adapter's intake). A connection
-//! is served one frame at a time, in order: the next frame is read only after the previous one
-//! was answered, which is what MLLP senders expect and what keeps one sender's messages in order.
+//! messages and ACKs (the [`FrameHandler`], e.g. the HL7 v2 feed adapter's intake). A connection's
+//! frames are handed over in order and answered in order. Most senders wait for each ACK; one
+//! that pipelines may have up to [`ServerOptions::pipeline`] frames taken before the first is
+//! answered (with a handler that implements [`FrameHandler::accept`]), which lets the intake
+//! commit them together.
 //!
 //! Limits, so no peer can exhaust the gateway: a frame larger than
 //! [`ServerOptions::max_frame`] closes the connection (memory stays bounded); at most
