@@ -529,3 +529,127 @@ fn serve_refuses_incomplete_or_unreadable_tls_settings() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+/// One HL7 v2 message over MLLP in TLS, trusting the test CA and presenting `identity`; MSA-1
+/// of the answer, or what failed.
+fn mllp_tls_request(addr: &str, identity: Option<&str>, message: &str) -> Result<String, String> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_file_iter(tls_fixture("ca.pem")).unwrap() {
+        roots.add(certificate.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(name) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(tls_fixture(&format!("{name}.pem")))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_file(tls_fixture(&format!("{name}.key"))).unwrap(),
+            )
+            .unwrap(),
+    };
+    let connection =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+    let socket = std::net::TcpStream::connect(addr).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, socket);
+    let mut frame = vec![0x0b];
+    frame.extend_from_slice(message.as_bytes());
+    frame.extend_from_slice(&[0x1c, 0x0d]);
+    tls.write_all(&frame).map_err(|e| e.to_string())?;
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while !reply.ends_with(&[0x1c, 0x0d]) {
+        match tls.read(&mut byte) {
+            Ok(1) => reply.push(byte[0]),
+            Ok(_) => return Err("closed".to_owned()),
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+    let text = String::from_utf8_lossy(&reply).into_owned();
+    let msa = text
+        .split('\r')
+        .find(|segment| segment.starts_with("MSA|"))
+        .ok_or(text.clone())?;
+    Ok(msa.split('|').nth(1).unwrap_or_default().to_owned())
+}
+
+#[test]
+fn mllp_over_mutual_tls_names_the_sender_by_its_certificate() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let config = dir.path().join("tsunagi.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\n[store]\nurl = \"{db}\"\n\n\
+             [[hl7v2]]\nfacility = \"0610900001\"\nsending_facility = \"LABCO\"\nclients = [\"lab-company-1\"]\n\n\
+             [mllp]\ntls = true\ntls_client_ca = \"{}\"\n",
+            tls_fixture("ca.pem")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tsunagi"))
+        .args([
+            "serve",
+            "--db",
+            &db,
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--mllp-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &tls_fixture("server.pem"),
+            "--tls-key",
+            &tls_fixture("server.key"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let address = loop {
+        let line = lines.next().expect("serve prints its addresses").unwrap();
+        if let Some(rest) = line.strip_prefix("HL7 v2 over MLLP (mutual TLS) on ") {
+            break rest.split(' ').next().unwrap().to_owned();
+        }
+    };
+    let message = |facility: &str, control_id: &str| {
+        format!(
+            "MSH|^~\\&|LIS|{facility}|TSUNAGI|NET|20261124101500||ADT^A08^ADT_A01|{control_id}|P|2.5\r\
+             EVN||20261124101500\rPID|||0000000042^^^^PI||Kensa^Taro^^^^^L||19600101|M\rPV1||O\r"
+        )
+    };
+    let results = (
+        mllp_tls_request(&address, Some("client-lab"), &message("LABCO", "T1")),
+        mllp_tls_request(&address, Some("client-lab"), &message("OTHER", "T2")),
+        mllp_tls_request(&address, None, &message("LABCO", "T3")),
+        mllp_tls_request(&address, Some("client-rogue"), &message("LABCO", "T4")),
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(results.0.as_deref(), Ok("AA"));
+    // The certificate names the sender: a message claiming another facility is refused.
+    assert_eq!(results.1.as_deref(), Ok("AR"));
+    assert!(results.2.is_err(), "no client certificate: {:?}", results.2);
+    assert!(
+        results.3.is_err(),
+        "a certificate of another CA: {:?}",
+        results.3
+    );
+}
