@@ -11,7 +11,7 @@ use tsunagi_adapter_hl7v2::deliver::operator_act;
 use tsunagi_core::time::format_instant_jst;
 use tsunagi_store::{DeliveryState, OutboundMessage};
 
-use crate::{admin::operator_event, commands::open_store};
+use crate::{admin::operator_event, commands::open_store, quarantine::segments};
 
 /// `tsunagi admin outbox <action>`.
 #[derive(Debug, Subcommand)]
@@ -90,17 +90,6 @@ fn list_line(message: &OutboundMessage) -> String {
         },
         message.last_error
     )
-}
-
-fn segments(bytes: &[u8]) -> String {
-    let text = match tsunagi_hl7v2::charset::decode(bytes) {
-        Ok((text, _)) => text.into_owned(),
-        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
-    };
-    text.split(['\r', '\n'])
-        .filter(|line| !line.is_empty())
-        .map(|line| format!("  {line}\n"))
-        .collect()
 }
 
 /// Runs one `tsunagi admin outbox` command.

@@ -96,8 +96,8 @@ fn list_line(message: &InboundMessage) -> String {
     )
 }
 
-/// Segments one per line (HL7 separates them with CR).
-fn segments(bytes: &[u8]) -> String {
+/// Segments one per line (HL7 separates them with CR), decoded from ISO-2022-JP or UTF-8.
+pub(crate) fn segments(bytes: &[u8]) -> String {
     let text = match tsunagi_hl7v2::charset::decode(bytes) {
         Ok((text, _)) => text.into_owned(),
         Err(_) => String::from_utf8_lossy(bytes).into_owned(),

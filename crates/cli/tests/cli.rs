@@ -384,11 +384,9 @@ fn tls_fixture(name: &str) -> String {
         .to_string()
 }
 
-/// `GET path` over TLS with a blocking rustls client trusting the test CA, presenting the
-/// client certificate `identity` when given; the status line, or the TLS error.
-fn tls_get(addr: &str, path: &str, identity: Option<&str>) -> Result<String, String> {
+/// A rustls client trusting the test CA, presenting the client certificate `identity` if given.
+fn tls_client(identity: Option<&str>) -> rustls::ClientConfig {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-    use std::io::{Read, Write};
     let mut roots = rustls::RootCertStore::empty();
     for certificate in CertificateDer::pem_file_iter(tls_fixture("ca.pem")).unwrap() {
         roots.add(certificate.unwrap()).unwrap();
@@ -399,7 +397,7 @@ fn tls_get(addr: &str, path: &str, identity: Option<&str>) -> Result<String, Str
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_root_certificates(roots);
-    let config = match identity {
+    match identity {
         None => builder.with_no_client_auth(),
         Some(name) => builder
             .with_client_auth_cert(
@@ -410,7 +408,14 @@ fn tls_get(addr: &str, path: &str, identity: Option<&str>) -> Result<String, Str
                 PrivateKeyDer::from_pem_file(tls_fixture(&format!("{name}.key"))).unwrap(),
             )
             .unwrap(),
-    };
+    }
+}
+
+/// `GET path` over TLS with a blocking rustls client trusting the test CA, presenting the
+/// client certificate `identity` when given; the status line, or the TLS error.
+fn tls_get(addr: &str, path: &str, identity: Option<&str>) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let config = tls_client(identity);
     let connection =
         rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
             .unwrap();
@@ -533,30 +538,8 @@ fn serve_refuses_incomplete_or_unreadable_tls_settings() {
 /// One HL7 v2 message over MLLP in TLS, trusting the test CA and presenting `identity`; MSA-1
 /// of the answer, or what failed.
 fn mllp_tls_request(addr: &str, identity: Option<&str>, message: &str) -> Result<String, String> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     use std::io::{Read, Write};
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in CertificateDer::pem_file_iter(tls_fixture("ca.pem")).unwrap() {
-        roots.add(certificate.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    let config = match identity {
-        None => builder.with_no_client_auth(),
-        Some(name) => builder
-            .with_client_auth_cert(
-                CertificateDer::pem_file_iter(tls_fixture(&format!("{name}.pem")))
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .collect(),
-                PrivateKeyDer::from_pem_file(tls_fixture(&format!("{name}.key"))).unwrap(),
-            )
-            .unwrap(),
-    };
+    let config = tls_client(identity);
     let connection =
         rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
             .unwrap();
