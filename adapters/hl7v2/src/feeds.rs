@@ -23,6 +23,9 @@ pub struct FeedConfig {
     pub tables: Arc<CodeTables>,
     /// How identifiers are normalised.
     pub rules: IdentifyRules,
+    /// For a lab company: the facilities whose patients it reports results for (MSH-6 names
+    /// the one a message is for). Empty for a hospital, whose feed carries its own records.
+    pub reports_for: Vec<FacilityId>,
 }
 
 /// The configured senders.
@@ -120,6 +123,7 @@ mod tests {
             clients: clients.iter().map(|c| (*c).to_owned()).collect(),
             tables: Arc::default(),
             rules: IdentifyRules::default(),
+            reports_for: Vec::new(),
         }
     }
 

@@ -14,7 +14,7 @@ use tsunagi_hl7v2::{
     charset,
 };
 use tsunagi_mapping::{
-    DataType, Origin, SourceContext, map_message,
+    DataType, Origin, SourceContext, map_lab_report, map_message,
     pushed::{IdentifyError, identify},
 };
 use tsunagi_store::{
@@ -505,6 +505,38 @@ impl<S: FeedStore + ?Sized> Processor<S> {
             facts,
             error: error(condition, location, text),
         };
+        // A lab company reports for the ordering facility named in MSH-6.
+        let mut lab_for = None;
+        if !feed.reports_for.is_empty() {
+            let is_result = matches!(
+                (message_type.code.as_str(), message_type.trigger.as_str()),
+                ("ORU", "R01") | ("OUL", "R22")
+            );
+            if !is_result {
+                let found = facts.message_type.clone();
+                return Ok(quarantine(
+                    facts,
+                    ErrorCondition::UnsupportedMessageType,
+                    Some(("MSH", 9)),
+                    format!(
+                        "a lab company's feed carries results (ORU^R01 or OUL^R22), not {found}"
+                    ),
+                ));
+            }
+            let named = message.msh().field(6).component(1).text().trim().to_owned();
+            let Some(ordering) = feed.reports_for.iter().find(|f| f.as_str() == named) else {
+                return Ok(reject(
+                    header,
+                    ErrorCondition::UnknownKey,
+                    Some(("MSH", 6)),
+                    format!(
+                        "lab {} does not report for facility {named:?} (MSH-6): not in its reports_for",
+                        feed.facility.as_str()
+                    ),
+                ));
+            };
+            lab_for = Some(ordering.clone());
+        }
         let key = match identify(&message, &feed.rules) {
             Ok(key) => key,
             Err(IdentifyError::UnsupportedType(found)) => {
@@ -533,9 +565,14 @@ impl<S: FeedStore + ?Sized> Processor<S> {
             }
         };
         facts.patient = key.patient_id.clone();
-        let facility = feed.facility.as_str();
+        // A lab's result is the ordering facility's lab-result record.
+        let (record_facility, data_type) = match &lab_for {
+            Some(ordering) => (ordering.clone(), DataType::Oml11),
+            None => (feed.facility.clone(), key.data_type),
+        };
+        let facility = record_facility.as_str();
         let patient_logical = logical_id(&[facility, &key.patient_id]);
-        if key.data_type != DataType::Adt00
+        if data_type != DataType::Adt00
             && !self.group_patients.contains(&patient_logical)
             && !self.known_patients.contains(&patient_logical)
             && !self.patient_exists(&patient_logical).await?
@@ -551,15 +588,22 @@ impl<S: FeedStore + ?Sized> Processor<S> {
             ));
         }
         let context = SourceContext {
-            facility: &feed.facility,
+            facility: &record_facility,
             patient_id: &key.patient_id,
             care_date: &key.care_date,
-            data_type: key.data_type,
+            data_type,
             order_number: &key.order_number,
-            origin: Origin::Pushed(channel.as_str()),
+            origin: Origin::Pushed {
+                channel: channel.as_str(),
+                sender: feed.facility.as_str(),
+            },
             tables: &feed.tables,
         };
-        let mapped = match map_message(&context, &message) {
+        let mapped = match lab_for {
+            Some(_) => map_lab_report(&context, &message),
+            None => map_message(&context, &message),
+        };
+        let mapped = match mapped {
             Ok(mapped) => mapped,
             Err(cause) => {
                 return Ok(quarantine(
@@ -584,12 +628,12 @@ impl<S: FeedStore + ?Sized> Processor<S> {
                 }
             }
         }
-        if key.data_type == DataType::Adt00 {
+        if data_type == DataType::Adt00 {
             self.group_patients.insert(patient_logical);
         }
         let source_key = format!(
             "ssmix2:{facility}:{}:{}:{}:{}",
-            key.patient_id, key.care_date, key.data_type, key.order_number
+            key.patient_id, key.care_date, data_type, key.order_number
         );
         Ok(Decision::Apply {
             header,

@@ -58,6 +58,7 @@ async fn gateway(options: ServerOptions) -> Gateway {
         clients: Vec::new(),
         tables: Arc::new(CodeTables::default()),
         rules: IdentifyRules::default(),
+        reports_for: Vec::new(),
     }]));
     let intake = Intake::start(
         store.clone(),
@@ -460,4 +461,112 @@ async fn a_pipelining_sender_gets_every_ack_in_order_after_its_commit() {
                 .is_some()
         );
     }
+}
+
+/// A lab company's ORU^R01 for a patient of the ordering facility `ordering` (MSH-6).
+fn oru(control_id: &str, ordering: &str, patient: &str) -> Vec<u8> {
+    format!(
+        "MSH|^~\\&|LIS|LABCO|EHR|{ordering}|20261124120000||ORU^R01^ORU_R01|{control_id}|P|2.5\r\
+         PID|||{patient}^^^^PI||Kensa^Taro^^^^^L||19600101|M\r\
+         ORC|RE|ORD-{control_id}|F-{control_id}||CM\r\
+         OBR|1|ORD-{control_id}|F-{control_id}|3A010000002327101^総蛋白^JC10|||20261124083000|||||||||||||||20261124115500|||F\r\
+         OBX|1|NM|3A010000002327101^総蛋白^JC10||7.1|g/dL|6.5-8.2||||F|||20261124083000\r\
+         OBX|2|NM|3D010000001926101^グルコース^JC10||132|mg/dL|70-109|H|||F|||20261124083000\r"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn a_lab_company_reports_results_for_the_patients_of_the_facilities_it_serves() {
+    const LAB: &str = "0610900001";
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("lab.db").display());
+    let clock = Arc::new(FixedClock(1_764_000_000_000_000));
+    let store = Arc::new(SqliteStore::open(&url, clock.clone()).await.unwrap());
+    let feed = |facility: &str, sender: &str, reports_for: Vec<FacilityId>| FeedConfig {
+        facility: FacilityId::parse(facility).unwrap(),
+        name: None,
+        sending_facility: sender.to_owned(),
+        sending_application: None,
+        clients: Vec::new(),
+        tables: Arc::new(CodeTables::default()),
+        rules: IdentifyRules::default(),
+        reports_for,
+    };
+    let feeds = Arc::new(Feeds::new(vec![
+        feed(FACILITY, "SEND", Vec::new()),
+        feed(LAB, "LABCO", vec![FacilityId::parse(FACILITY).unwrap()]),
+    ]));
+    let intake = Intake::start(store.clone(), feeds, clock, IntakeOptions::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(tsunagi_mllp::serve(
+        listener,
+        None,
+        ServerOptions::default(),
+        Arc::new(MllpHandler(intake)),
+    ));
+    let mut connection = Connection::connect(&address).await.unwrap();
+    let mut send =
+        async |message: Vec<u8>| ack_of(&connection.request(&message, TIMEOUT).await.unwrap());
+
+    // The hospital registers its patient; the lab reports for it.
+    assert_eq!(send(a08("H1", "0000000077", "Lab")).await.0, AckCode::AA);
+    let (code, _, text) = send(oru("L1", FACILITY, "0000000077")).await;
+    assert_eq!(code, AckCode::AA, "{text}");
+    let patient = format!("Patient/{}", logical_id(&[FACILITY, "0000000077"]));
+    let observations = store
+        .find_by_reference("Observation", "patient", &patient)
+        .await
+        .unwrap();
+    assert_eq!(observations.len(), 2);
+    let reports = store
+        .find_by_reference("DiagnosticReport", "patient", &patient)
+        .await
+        .unwrap();
+    assert_eq!(reports.len(), 1);
+    let observation = store
+        .read(&Access::Unrestricted, "Observation", &observations[0])
+        .await
+        .unwrap()
+        .unwrap()
+        .to_json()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        observation["category"][0]["coding"][0]["code"],
+        "laboratory"
+    );
+    assert!(
+        observation["meta"]["source"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("urn:tsunagi:mllp:{LAB}#L1")),
+        "{observation}"
+    );
+
+    // A facility the lab does not serve: refused, nothing stored.
+    let (code, _, text) = send(oru("L2", "0610100099", "0000000077")).await;
+    assert_eq!(code, AckCode::AR);
+    assert!(text.contains("reports_for"), "{text}");
+    // A patient the ordering facility never registered: kept for the operator.
+    let (code, _, text) = send(oru("L3", FACILITY, "0000000078")).await;
+    assert_eq!(code, AckCode::AE);
+    assert!(text.contains("not registered"), "{text}");
+    // A lab does not register patients.
+    let (code, _, text) = send(
+        String::from_utf8(a08("L4", "0000000079", "Lab"))
+            .unwrap()
+            .replace("HIS123|SEND", "LIS|LABCO")
+            .into_bytes(),
+    )
+    .await;
+    assert_eq!(code, AckCode::AE);
+    assert!(text.contains("ORU^R01 or OUL^R22"), "{text}");
+    let quarantined = store
+        .messages(&[MessageState::Quarantined], 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(quarantined.len(), 2);
+    assert!(quarantined.iter().all(|message| message.facility == LAB));
 }

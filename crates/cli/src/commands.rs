@@ -610,6 +610,7 @@ pub(crate) fn synthetic_feed(hospital: &tsunagi_synth::Hospital) -> anyhow::Resu
         clients: Vec::new(),
         tables: Arc::new(tables::load(hospital.code, None)?),
         rules: IdentifyRules::default(),
+        reports_for: Vec::new(),
     })
 }
 
@@ -627,6 +628,11 @@ pub(crate) fn feeds_from_config(config: Option<&Config>) -> anyhow::Result<Feeds
             rules: IdentifyRules {
                 patient_id_width: feed.patient_id_width.unwrap_or(0),
             },
+            reports_for: feed
+                .reports_for
+                .iter()
+                .map(|code| FacilityId::parse(code))
+                .collect::<Result<_, _>>()?,
         });
     }
     Ok(Feeds::new(feeds))

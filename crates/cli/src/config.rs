@@ -80,6 +80,10 @@ pub(crate) struct Hl7v2Feed {
     pub(crate) mappings: Option<PathBuf>,
     /// Zero-pads numeric PID-3 values to this many digits (0 or absent: as sent).
     pub(crate) patient_id_width: Option<usize>,
+    /// A lab company: the facilities whose patients it reports results for (ORU^R01 or
+    /// OUL^R22, MSH-6 = the ordering facility, PID-3 = the patient's id there).
+    #[serde(default)]
+    pub(crate) reports_for: Vec<String>,
 }
 
 /// The MLLP listener.

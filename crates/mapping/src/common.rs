@@ -46,10 +46,10 @@ impl<'c, 'm> Builder<'c, 'm> {
                 percent_encode(name),
                 percent_encode(&message.control_id())
             ),
-            crate::Origin::Pushed(channel) => format!(
+            crate::Origin::Pushed { channel, sender } => format!(
                 "urn:tsunagi:{}:{}#{}",
                 percent_encode(channel),
-                context.facility,
+                percent_encode(sender),
                 percent_encode(&message.control_id())
             ),
         };
@@ -80,7 +80,7 @@ impl<'c, 'm> Builder<'c, 'm> {
     /// follows the file name, the difference is reported.
     pub(crate) fn check_patient_id(&mut self) {
         // A pushed message's patient id is PID-3 (normalised by the feed's rules) already.
-        if matches!(self.context.origin, crate::Origin::Pushed(_)) {
+        if matches!(self.context.origin, crate::Origin::Pushed { .. }) {
             return;
         }
         let Some(pid) = self.message.first("PID") else {

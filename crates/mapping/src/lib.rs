@@ -215,9 +215,14 @@ pub struct SourceContext<'a> {
 pub enum Origin<'a> {
     /// A file of SS-MIX2 storage, by name: `urn:tsunagi:ssmix2:<facility>:<file>#<MSH-10>`.
     File(&'a str),
-    /// Pushed by the sender over a channel (`mllp`, `http`):
-    /// `urn:tsunagi:<channel>:<facility>#<MSH-10>`.
-    Pushed(&'a str),
+    /// Pushed over a channel (`mllp`, `http`) by the facility `sender` (the record's own
+    /// facility, or the lab company reporting for it): `urn:tsunagi:<channel>:<sender>#<MSH-10>`.
+    Pushed {
+        /// `mllp` or `http`.
+        channel: &'a str,
+        /// The sending facility's code.
+        sender: &'a str,
+    },
 }
 
 /// One produced resource.
@@ -283,6 +288,30 @@ pub fn check_message_type(data_type: DataType, message: &Message<'_>) -> Result<
         });
     }
     Ok(message_type.trigger)
+}
+
+/// Maps a lab company's result message — ORU^R01 or OUL^R22, both laid out as OBR with its OBX
+/// (SPM where sent) — as the ordering facility's lab-result record (OML-11). `context` is that
+/// record: the ordering facility, its patient id, and data type OML-11.
+pub fn map_lab_report(
+    context: &SourceContext<'_>,
+    message: &Message<'_>,
+) -> Result<Mapped, MapError> {
+    let message_type = message.message_type()?;
+    let trigger = match (message_type.code.as_str(), message_type.trigger.as_str()) {
+        ("ORU", "R01") | ("OUL", "R22") => message_type.trigger.clone(),
+        _ => {
+            return Err(MapError::WrongMessageType {
+                data_type: DataType::Oml11,
+                found: message_type.to_string(),
+                expected: "ORU^R01 or OUL^R22".to_owned(),
+            });
+        }
+    };
+    let mut builder = common::Builder::new(context, message, &trigger);
+    builder.check_patient_id();
+    lab::results(&mut builder)?;
+    Ok(builder.finish())
 }
 
 /// Maps one message of the given record.
