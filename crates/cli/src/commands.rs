@@ -687,8 +687,9 @@ impl MllpSetup {
     }
 }
 
-/// `POST /hl7v2` into the feed intake: the sender is the token's system client.
-struct HttpIntake(Intake);
+/// `POST /hl7v2` into the feed intake: the sender is the token's system client. Its feeds also
+/// tell which lab a client posts FHIR results for (`POST /fhir`).
+struct HttpIntake(Intake, Arc<Feeds>);
 
 #[async_trait::async_trait]
 impl tsunagi_server::hl7v2_api::MessageIntake for HttpIntake {
@@ -703,6 +704,20 @@ impl tsunagi_server::hl7v2_api::MessageIntake for HttpIntake {
             .await
             .map(|reply| reply.ack)
             .map_err(|error| error.to_string())
+    }
+
+    fn lab_scope(&self, client: &str) -> Option<tsunagi_server::transaction_api::LabScope> {
+        let feed = self.1.all().iter().find(|feed| {
+            !feed.reports_for.is_empty() && feed.clients.iter().any(|id| id == client)
+        })?;
+        Some(tsunagi_server::transaction_api::LabScope {
+            lab: feed.facility.as_str().to_owned(),
+            reports_for: feed
+                .reports_for
+                .iter()
+                .map(|facility| facility.as_str().to_owned())
+                .collect(),
+        })
     }
 }
 
@@ -942,13 +957,14 @@ async fn serve_store(
             }
         };
         let senders = mllp.feeds.all().len();
+        let feeds = Arc::new(mllp.feeds);
         let intake = Intake::start(
             store.clone(),
-            Arc::new(mllp.feeds),
+            feeds.clone(),
             Arc::new(SystemClock),
             IntakeOptions::default(),
         );
-        http_intake = Some(intake.clone());
+        http_intake = Some((intake.clone(), feeds));
         if let Some(address) = &mllp.address {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
@@ -998,8 +1014,8 @@ async fn serve_store(
     store.start_serving().await?;
     let state =
         tsunagi_server::AppState::new(store.clone(), store, Arc::new(SystemClock), settings, keys);
-    if let Some(intake) = http_intake {
-        state.set_intake(Arc::new(HttpIntake(intake)));
+    if let Some((intake, feeds)) = http_intake {
+        state.set_intake(Arc::new(HttpIntake(intake, feeds)));
     }
     let (stop, stopping) = tokio::sync::watch::channel(());
     tokio::spawn(async move {

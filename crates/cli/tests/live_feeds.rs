@@ -263,10 +263,15 @@ fn post_json(base: &str, path: &str, token: &str, body: &str) -> (u16, String) {
         .trim_start_matches("http://")
         .trim_end_matches("/fhir")
         .to_owned();
+    let target = if path.is_empty() {
+        "/fhir".to_owned()
+    } else {
+        format!("/fhir/{path}")
+    };
     let mut stream = TcpStream::connect(&address).unwrap();
     write!(
         stream,
-        "POST /fhir/{path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {target} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -633,4 +638,247 @@ fn a_lab_company_posts_hl7_v2_over_http_and_gets_its_ack() {
     ]);
     assert_eq!(logged.lines().count(), 1, "{logged}");
     assert!(logged.contains("\thttp\tHIS123|LABCO\tL1\t"), "{logged}");
+}
+
+fn get_json(base: &str, path: &str, token: &str) -> serde_json::Value {
+    let address = base
+        .trim_start_matches("http://")
+        .trim_end_matches("/fhir")
+        .to_owned();
+    let mut stream = TcpStream::connect(&address).unwrap();
+    write!(
+        stream,
+        "GET /fhir/{path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap();
+    serde_json::from_str(body).unwrap_or_else(|_| panic!("{answer}"))
+}
+
+fn results_bundle(patient: &str) -> String {
+    serde_json::json!({
+        "resourceType": "Bundle", "type": "transaction",
+        "entry": [
+            {"fullUrl": "urn:uuid:0b8a6c2e-0000-4000-8000-000000000001",
+             "resource": {"resourceType": "Specimen", "identifier": [{"system": "urn:lab:specimen", "value": "S-1"}],
+                          "subject": {"reference": format!("Patient/{patient}")}, "type": {"text": "血清"}},
+             "request": {"method": "POST", "url": "Specimen", "ifNoneExist": "identifier=urn:lab:specimen|S-1"}},
+            {"fullUrl": "urn:uuid:0b8a6c2e-0000-4000-8000-000000000002",
+             "resource": {"resourceType": "Observation", "identifier": [{"system": "urn:lab:result", "value": "R-1"}],
+                          "status": "final",
+                          "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
+                          "code": {"coding": [{"system": "urn:oid:1.2.392.200119.4.504", "code": "3A010000002327101"}], "text": "総蛋白"},
+                          "subject": {"reference": format!("Patient/{patient}")},
+                          "specimen": {"reference": "urn:uuid:0b8a6c2e-0000-4000-8000-000000000001"},
+                          "effectiveDateTime": "2026-11-24T08:30:00+09:00",
+                          "valueQuantity": {"value": 7.1, "unit": "g/dL"}},
+             "request": {"method": "PUT", "url": "Observation?identifier=urn:lab:result|R-1"}},
+            {"resource": {"resourceType": "DiagnosticReport", "identifier": [{"system": "urn:lab:report", "value": "D-1"}],
+                          "status": "final", "code": {"text": "生化学検査"},
+                          "subject": {"reference": format!("Patient/{patient}")},
+                          "result": [{"reference": "urn:uuid:0b8a6c2e-0000-4000-8000-000000000002"}]},
+             "request": {"method": "POST", "url": "DiagnosticReport"}}
+        ]
+    })
+    .to_string()
+}
+
+#[test]
+fn a_lab_company_posts_results_as_a_fhir_transaction_once() {
+    const HOSPITAL: &str = "0610100010";
+    const LAB: &str = "0610900001";
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("fhirlab.db").display());
+    let config = dir.path().join("tsunagi.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\n[store]\nurl = \"{db}\"\n\n\
+             [[hl7v2]]\nfacility = \"{HOSPITAL}\"\nsending_facility = \"SEND\"\n\n\
+             [[hl7v2]]\nfacility = \"{LAB}\"\nsending_facility = \"LABCO\"\nclients = [\"client-lab\"]\nreports_for = [\"{HOSPITAL}\"]\n"
+        ),
+    )
+    .unwrap();
+    let jwks = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/keys/lab-rs384.jwks.json");
+    ok(&[
+        "admin",
+        "facility",
+        "add",
+        "--db",
+        &db,
+        "--code",
+        HOSPITAL,
+        "--name",
+        "荘内病院",
+        "--kind",
+        "hospital",
+    ]);
+    ok(&[
+        "admin",
+        "facility",
+        "add",
+        "--db",
+        &db,
+        "--code",
+        LAB,
+        "--name",
+        "検査センター",
+        "--kind",
+        "lab-company",
+    ]);
+    ok(&[
+        "admin",
+        "client",
+        "add",
+        "--db",
+        &db,
+        "--id",
+        "client-lab",
+        "--facility",
+        LAB,
+        "--kind",
+        "system",
+        "--jwks",
+        jwks.to_str().unwrap(),
+        "--scope",
+        "system/*.rs",
+    ]);
+    ok(&[
+        "admin",
+        "user",
+        "add",
+        "--db",
+        &db,
+        "--id",
+        "dr",
+        "--name",
+        "荘内 医師",
+        "--facility",
+        HOSPITAL,
+        "--role",
+        "doctor",
+    ]);
+    let lab = ok(&[
+        "token",
+        "issue",
+        "--db",
+        &db,
+        "--system",
+        "client-lab",
+        "--scope",
+        "system/*.rs",
+    ]);
+    let doctor = ok(&[
+        "token",
+        "issue",
+        "--db",
+        &db,
+        "--user",
+        "dr",
+        "--scope",
+        "user/*.rs",
+    ]);
+
+    let (mut serve, mllp, base) = start_serve(&db, config.to_str().unwrap());
+    let mut stream = TcpStream::connect(&mllp).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        request(
+            &mut stream,
+            &a08_from("SEND", "H1", "0000000005", "ADT^A08^ADT_A01")
+        ),
+        "AA"
+    );
+    let patient = format!("{HOSPITAL}.0000000005");
+    let first = post_json(&base, "", lab.trim(), &results_bundle(&patient));
+    let again = post_json(&base, "", lab.trim(), &results_bundle(&patient));
+    let stranger = post_json(&base, "", lab.trim(), &results_bundle("0610100099.1"));
+    let as_doctor = post_json(&base, "", doctor.trim(), &results_bundle(&patient));
+    let observations = get_json(
+        &base,
+        &format!("Observation?patient={patient}"),
+        doctor.trim(),
+    );
+    // Bad Bundles are refused whole.
+    let no_identifier = results_bundle(&patient).replace(
+        r#""identifier":[{"system":"urn:lab:report","value":"D-1"}],"#,
+        "",
+    );
+    let patient_entry = results_bundle(&patient).replace(
+        r#""resourceType":"Specimen""#,
+        r#""resourceType":"Patient""#,
+    );
+    let batch = results_bundle(&patient).replace(r#""type":"transaction""#, r#""type":"batch""#);
+    let refusals = [
+        post_json(&base, "", lab.trim(), &no_identifier),
+        post_json(&base, "", lab.trim(), &patient_entry),
+        post_json(&base, "", lab.trim(), &batch),
+    ];
+    let after = get_json(
+        &base,
+        &format!("Observation?patient={patient}"),
+        doctor.trim(),
+    );
+    serve.kill().unwrap();
+    let _ = serve.wait();
+
+    let body = |answer: &str| -> serde_json::Value {
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+    };
+    assert_eq!(first.0, 200, "{}", first.1);
+    let statuses = |bundle: &serde_json::Value| -> Vec<String> {
+        bundle["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| entry["response"]["status"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let created = body(&first.1);
+    assert_eq!(created["type"], "transaction-response");
+    assert_eq!(statuses(&created), ["201 Created"; 3]);
+    // A resend writes nothing new: the same versions.
+    let resent = body(&again.1);
+    assert_eq!(statuses(&resent), ["200 OK"; 3]);
+    for (a, b) in created["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(resent["entry"].as_array().unwrap())
+    {
+        assert_eq!(a["response"]["location"], b["response"]["location"]);
+        assert!(
+            a["response"]["location"]
+                .as_str()
+                .unwrap()
+                .ends_with("/_history/1")
+        );
+    }
+    assert_eq!(stranger.0, 422, "{}", stranger.1);
+    assert_eq!(as_doctor.0, 403, "{}", as_doctor.1);
+    // The hospital sees the result, its specimen reference rewritten to the id given.
+    assert_eq!(observations["total"], 1, "{observations}");
+    let observation = &observations["entry"][0]["resource"];
+    let specimen = created["entry"][0]["response"]["location"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        observation["specimen"]["reference"].as_str().unwrap(),
+        specimen.split("/_history").next().unwrap()
+    );
+    assert!(
+        observation["meta"]["source"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("urn:tsunagi:fhir:{LAB}#"))
+    );
+    let codes: Vec<u16> = refusals.iter().map(|(status, _)| *status).collect();
+    assert_eq!(codes, [422, 422, 400], "{refusals:?}");
+    assert!(refusals[0].1.contains("identifier"), "{}", refusals[0].1);
+    assert_eq!(after["total"], 1);
 }

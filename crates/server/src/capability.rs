@@ -139,7 +139,10 @@ pub fn capability_statement(base_url: &str, date: &str) -> Value {
                 "description": "Every request but this statement needs a bearer token from the token endpoint (SMART Backend Services, private_key_jwt); see /.well-known/smart-configuration. Each patient's data is visible only to the facility that holds it and the facilities a consent names."
             },
             "resource": resources,
-            "interaction": [{"code": "history-system"}],
+            "interaction": [
+                {"code": "history-system"},
+                {"code": "transaction", "documentation": "For lab companies' system clients: DiagnosticReport, Observation and Specimen for patients of the facilities the lab reports for; every resource carries an identifier (POST with ifNoneExist or conditional PUT on it), so a resent Bundle writes nothing new; all or nothing."}
+            ],
             "searchParam": [
                 {"name": "_count", "type": "number"},
                 {"name": "_sort", "type": "string"},

@@ -24,6 +24,12 @@ pub trait MessageIntake: Send + Sync {
     /// Takes one message from the system client `client`; `Ok(ack)` once it is committed (or
     /// refused), `Err` when the store could not commit (the sender must resend).
     async fn submit(&self, raw: Vec<u8>, client: String) -> Result<Option<Vec<u8>>, String>;
+
+    /// The lab company a system client posts results for, and the facilities it reports for
+    /// (`POST /fhir` transactions); `None` when the client is no lab's.
+    fn lab_scope(&self, _client: &str) -> Option<crate::transaction_api::LabScope> {
+        None
+    }
 }
 
 /// `POST /hl7v2`.

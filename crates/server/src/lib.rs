@@ -22,6 +22,7 @@ mod pix;
 pub mod security;
 pub mod snapshot;
 pub mod tls;
+pub mod transaction_api;
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -147,6 +148,20 @@ fn protected_routes() -> Router<Arc<AppState>> {
         .route("/fhir/{type}/{id}/{operation}", any(instance_operation))
         .route("/fhir/{type}/{id}/_history/{version}", any(vread))
         .route("/hl7v2", axum::routing::post(hl7v2))
+        .route("/fhir", axum::routing::post(transaction))
+}
+
+async fn transaction(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Who,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let scope = state
+        .intake
+        .get()
+        .and_then(|intake| intake.lab_scope(&caller.principal.client_id));
+    transaction_api::post(&state, scope, &caller, &headers, &body).await
 }
 
 async fn hl7v2(
