@@ -1,7 +1,11 @@
-//! Crash consistency (promise R4): a sender streams HL7 v2 messages over MLLP while `tsunagi
-//! serve` is killed with SIGKILL at random moments and restarted; the sender resends whatever it
-//! has no ACK for. Afterwards every message is stored exactly once — one log row per control id,
-//! one resource version per message — and every ACK the sender saw stands for committed data.
+//! Crash consistency (promise R4): `tsunagi serve` is killed with SIGKILL at random moments and
+//! restarted while work streams through it.
+//! - In: a sender streams HL7 v2 over MLLP and resends whatever it has no ACK for; afterwards
+//!   every message is stored exactly once (one log row per control id, one resource version per
+//!   message), so every ACK the sender saw stands for committed data.
+//! - Out: notes are written through the API (retried on failure, safe by identifier) and
+//!   delivered to the EHR stand-in; afterwards each note was queued once, is delivered, and the
+//!   hospital accepted every queued control id — at least once, never under another MSH-10.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -228,4 +232,232 @@ fn every_acknowledged_message_is_stored_exactly_once_across_sigkills() {
         versions.iter().all(|p| p["meta"]["versionId"] == "1"),
         "a message was applied twice"
     );
+}
+
+/// One HTTP/1.1 POST of FHIR JSON; the status, or `None` when the connection failed.
+fn post(address: &str, token: &str, body: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(address).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "POST /fhir/Communication HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    answer.split(' ').nth(1)?.parse().ok()
+}
+
+#[test]
+fn every_note_reaches_the_hospital_at_least_once_across_sigkills() {
+    const NOTES: usize = 100;
+    const HOSPITAL: &str = "0610100010";
+    const CLINIC: &str = "0610400014";
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let standin = runtime
+        .block_on(tsunagi_mllp::standin::StandIn::start("127.0.0.1:0"))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("out.db").display());
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (mllp_port, http_port) = (free_port(), free_port());
+    let config = dir.path().join("tsunagi.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\n[store]\nurl = \"{db}\"\n\n\
+             [[hl7v2]]\nfacility = \"{HOSPITAL}\"\nsending_facility = \"SEND\"\n\n\
+             [[outbound]]\nfacility = \"{HOSPITAL}\"\nmllp = \"{}\"\n\n\
+             [outbox]\nfirst_backoff_seconds = 1\nmax_backoff_seconds = 1\ntimeout_seconds = 2\n",
+            standin.address()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    for (code, kind) in [(HOSPITAL, "hospital"), (CLINIC, "clinic")] {
+        tsunagi(&[
+            "admin", "facility", "add", "--db", &db, "--code", code, "--name", code, "--kind", kind,
+        ]);
+    }
+    tsunagi(&[
+        "admin",
+        "user",
+        "add",
+        "--db",
+        &db,
+        "--id",
+        "dr",
+        "--name",
+        "dr",
+        "--facility",
+        CLINIC,
+        "--role",
+        "doctor",
+    ]);
+    let start_at = move |db: &str, config: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tsunagi"))
+            .args([
+                "serve",
+                "--db",
+                db,
+                "--config",
+                config,
+                "--listen",
+                &format!("127.0.0.1:{http_port}"),
+                "--mllp-listen",
+                &format!("127.0.0.1:{mllp_port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Register the patient (and invite the clinic) before the chaos starts.
+    let mut child = start_at(&db, &config);
+    let registered = (0..200).find_map(|_| {
+        let mut stream = TcpStream::connect(("127.0.0.1", mllp_port))
+            .ok()
+            .or_else(|| {
+                std::thread::sleep(Duration::from_millis(20));
+                None
+            })?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        exchange(&mut stream, &message(1))
+    });
+    assert_eq!(registered.as_deref(), Some("AA"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let patient = format!("{HOSPITAL}.{:010}", 100_001);
+    tsunagi(&[
+        "admin",
+        "consent",
+        "add",
+        "--db",
+        &db,
+        "--patient",
+        &patient,
+        "--from",
+        HOSPITAL,
+        "--to",
+        CLINIC,
+    ]);
+    let token = tsunagi(&[
+        "token",
+        "issue",
+        "--db",
+        &db,
+        "--user",
+        "dr",
+        "--scope",
+        "user/*.rs user/Communication.c",
+    ]);
+    let token = token.trim().to_owned();
+
+    let server = Arc::new(Mutex::new(start_at(&db, &config)));
+    let done = Arc::new(AtomicBool::new(false));
+    let killer = {
+        let (server, done, db, config) = (server.clone(), done.clone(), db.clone(), config.clone());
+        std::thread::spawn(move || {
+            let mut random = Lcg(7);
+            let mut kills = 0;
+            while !done.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(15 + random.below(100)));
+                let mut child = server.lock().unwrap();
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+                *child = start_at(&db, &config);
+            }
+            kills
+        })
+    };
+    // Notes are written (a failed POST is sent again: the identifier makes it safe) while the
+    // server is killed and restarted; meanwhile it delivers what it queued.
+    let address = format!("127.0.0.1:{http_port}");
+    let started = Instant::now();
+    for number in 0..NOTES {
+        let body = format!(
+            r#"{{"resourceType": "Communication", "identifier": [{{"system": "urn:clinic:notes", "value": "n{number}"}}], "status": "completed", "subject": {{"reference": "Patient/{patient}"}}, "recipient": [{{"reference": "Organization/{HOSPITAL}"}}], "payload": [{{"contentString": "経過報告 {number}"}}]}}"#
+        );
+        loop {
+            assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+            match post(&address, &token, &body) {
+                Some(201 | 200) => break,
+                _ => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+    // Let the chaos run on until every note was accepted once, then stop it.
+    while standin.accepted().len() < NOTES {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "undelivered: {:?}",
+            standin.accepted()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done.store(true, Ordering::SeqCst);
+    let kills = killer.join().unwrap();
+    // The last server finishes recording what it delivered.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let open = tsunagi(&[
+            "admin",
+            "outbox",
+            "list",
+            "--db",
+            &db,
+            "--state",
+            "pending,dead",
+        ]);
+        if open.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still open: {open}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    {
+        let mut child = server.lock().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    eprintln!(
+        "{kills} kills; {} notes accepted more than once (sent again after a kill)",
+        standin.accepted().values().filter(|&&n| n > 1).count()
+    );
+    assert!(kills >= 3, "the server was killed only {kills} times");
+    // Every note queued once, delivered, and accepted by the hospital under one MSH-10.
+    let delivered = tsunagi(&[
+        "admin",
+        "outbox",
+        "list",
+        "--db",
+        &db,
+        "--state",
+        "delivered",
+        "--limit",
+        "1000",
+    ]);
+    assert_eq!(delivered.lines().count(), NOTES, "{delivered}");
+    let accepted = standin.accepted();
+    assert_eq!(accepted.len(), NOTES, "{accepted:?}");
+    let control_ids: std::collections::BTreeSet<&str> = delivered
+        .lines()
+        .map(|line| line.split('\t').nth(5).unwrap())
+        .collect();
+    assert_eq!(
+        control_ids,
+        accepted.keys().map(String::as_str).collect(),
+        "the hospital saw exactly the queued control ids"
+    );
+    drop(runtime);
 }
