@@ -7,7 +7,7 @@ use std::{
 };
 
 use sha2::{Digest, Sha256};
-use tsunagi_core::{clock::Clock, ids::logical_id, time::format_instant_jst};
+use tsunagi_core::{clock::Clock, ids::logical_id, time::format_hl7_jst};
 use tsunagi_hl7v2::{
     Message,
     ack::{AckError, AckMode, ErrorCondition, Header, Outcome, Responder, write_ack},
@@ -146,15 +146,6 @@ fn header_of_unreadable(raw: &[u8]) -> Header {
     Message::parse(&text)
         .map(|message| Header::of(&message))
         .unwrap_or_default()
-}
-
-/// `YYYYMMDDHHMMSS.SSS+0900` from microseconds.
-fn hl7_timestamp(micros: i64) -> String {
-    let instant = format_instant_jst(micros);
-    instant
-        .chars()
-        .filter(|c| c.is_ascii_digit() || *c == '.' || *c == '+')
-        .collect()
 }
 
 /// What the group knows of a duplicate key it logged: content hash, ACK, outcome.
@@ -662,7 +653,7 @@ impl<S: FeedStore + ?Sized> Processor<S> {
     /// Turns a decision into operations and the reply.
     fn settle(&mut self, received: &Received, hash: Vec<u8>, decision: Decision) -> Prepared {
         let now = self.clock.now_micros();
-        let timestamp = hl7_timestamp(now);
+        let timestamp = format_hl7_jst(now);
         let control_id = format!("{now:x}{:04x}", crate::next_ack_number() & 0xffff);
         let responder = Responder {
             application: "TSUNAGI",

@@ -279,6 +279,15 @@ pub fn format_instant_jst(micros: i64) -> String {
     )
 }
 
+/// Formats microseconds since the epoch as an HL7 v2 `TS` in JST, to the millisecond, e.g.
+/// `20261124143005.123+0900` (MSH-7 of what Tsunagi sends).
+pub fn format_hl7_jst(micros: i64) -> String {
+    format_instant_jst(micros)
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == '.' || *c == '+')
+        .collect()
+}
+
 /// The half-open range `[start, end)` in UTC seconds covered by a FHIR `date`, `dateTime` or
 /// `instant` string at its precision. Values without a zone are taken as JST. `None` if the
 /// string is not a FHIR date form.
@@ -440,6 +449,10 @@ mod tests {
         assert_eq!(
             format_instant_jst(1_700_000_000_123_456),
             "2023-11-15T07:13:20.123+09:00"
+        );
+        assert_eq!(
+            super::format_hl7_jst(1_700_000_000_123_456),
+            "20231115071320.123+0900"
         );
     }
 

@@ -16,7 +16,11 @@ use axum::{
 };
 use serde_json::{Value, json};
 use tsunagi_auth::{Interaction, Role, token::random_id};
-use tsunagi_core::{hash::content_hash, ids::logical_id, time::format_instant_jst};
+use tsunagi_core::{
+    hash::content_hash,
+    ids::logical_id,
+    time::{format_hl7_jst, format_instant_jst},
+};
 use tsunagi_fhir::documents::{
     COMMUNICATION_CATEGORY_SYSTEM, DOCUMENT_TYPE_SYSTEM, INTENDED_RECIPIENT, NOTE, document_type,
 };
@@ -266,13 +270,6 @@ fn recipients<'a>(
     Ok(found)
 }
 
-fn hl7_time(micros: i64) -> String {
-    // `format_instant_jst` gives 2026-11-24T10:15:00.123+09:00.
-    let text = format_instant_jst(micros);
-    let digits: String = text.chars().take(19).filter(char::is_ascii_digit).collect();
-    format!("{digits}+0900")
-}
-
 /// `POST /fhir/Communication` and `POST /fhir/DocumentReference`.
 pub(crate) async fn create(
     state: &AppState,
@@ -450,7 +447,7 @@ pub(crate) async fn create(
             sending_facility: facility.clone(),
             receiving_application: String::new(),
             receiving_facility: holder.to_owned(),
-            timestamp: hl7_time(now),
+            timestamp: format_hl7_jst(now),
             control_id: control_id.clone(),
             patient_id: local_id,
             patient_name: (
@@ -458,7 +455,7 @@ pub(crate) async fn create(
                 names["given"][0].as_str().unwrap_or("").to_owned(),
             ),
             document_type: document.clone(),
-            activity_time: hl7_time(now),
+            activity_time: format_hl7_jst(now),
             originator: (principal.subject.clone(), principal.role.code().to_owned()),
             unique_id: tid.clone(),
             parent_id: resource["inResponseTo"][0]["reference"]
