@@ -7,22 +7,9 @@ use std::{path::Path, process::Command};
 
 use serde_json::Value;
 
-fn tsunagi(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tsunagi"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+mod support;
 
-fn ok(args: &[&str]) -> String {
-    let output = tsunagi(args);
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
+use support::{ok, tsunagi};
 
 fn tree_digest(root: &Path) -> Vec<(String, u64)> {
     let mut found = Vec::new();

@@ -11,7 +11,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
     net::TcpStream,
     process::{Child, Command, Stdio},
     sync::{
@@ -23,18 +22,9 @@ use std::{
 
 const MESSAGES: usize = 400;
 
-fn tsunagi(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_tsunagi"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
+mod support;
+
+use support::{http, mllp_exchange as exchange, ok as tsunagi};
 
 fn start(db: &str, config: &str, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_tsunagi"))
@@ -64,27 +54,6 @@ fn message(number: usize) -> Vec<u8> {
         100_000 + number
     )
     .into_bytes()
-}
-
-/// Sends one message and reads its ACK; `None` when the connection failed on the way.
-fn exchange(stream: &mut TcpStream, message: &[u8]) -> Option<String> {
-    let mut frame = vec![0x0b];
-    frame.extend_from_slice(message);
-    frame.extend_from_slice(&[0x1c, 0x0d]);
-    stream.write_all(&frame).ok()?;
-    let mut reply = Vec::new();
-    let mut byte = [0u8; 1];
-    while !reply.ends_with(&[0x1c, 0x0d]) {
-        if stream.read(&mut byte).ok()? == 0 {
-            return None;
-        }
-        reply.push(byte[0]);
-    }
-    let text = String::from_utf8(reply).ok()?;
-    let msa = text
-        .split('\r')
-        .find(|segment| segment.starts_with("MSA|"))?;
-    Some(msa.split('|').nth(1)?.to_owned())
 }
 
 /// A small deterministic generator for the kill times.
@@ -234,19 +203,17 @@ fn every_acknowledged_message_is_stored_exactly_once_across_sigkills() {
     );
 }
 
-/// One HTTP/1.1 POST of FHIR JSON; the status, or `None` when the connection failed.
+/// POSTs a note; the status, or `None` when the connection failed.
 fn post(address: &str, token: &str, body: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect(address).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "POST /fhir/Communication HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    http(
+        address,
+        "POST",
+        "/fhir/Communication",
+        token,
+        Some("application/fhir+json"),
+        body.as_bytes(),
     )
-    .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    answer.split(' ').nth(1)?.parse().ok()
+    .map(|(status, _)| status)
 }
 
 #[test]

@@ -8,29 +8,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::{
-    io::{BufRead, Read, Write},
+    io::BufRead,
     net::TcpStream,
     path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
 };
 
-fn tsunagi(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tsunagi"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+mod support;
 
-fn ok(args: &[&str]) -> String {
-    let output = tsunagi(args);
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
+use support::{http, mllp_exchange, ok, register_lab, tsunagi};
 
 /// A guideline sample's bytes (ISO-2022-JP).
 fn sample(relative: &str) -> Vec<u8> {
@@ -95,22 +82,7 @@ fn start_serve(db: &str, config: &str) -> (std::process::Child, String, String) 
 
 /// Sends one framed message and reads the framed answer; returns MSA-1.
 fn request(stream: &mut TcpStream, message: &[u8]) -> String {
-    let mut frame = vec![0x0b];
-    frame.extend_from_slice(message);
-    frame.extend_from_slice(&[0x1c, 0x0d]);
-    stream.write_all(&frame).unwrap();
-    let mut reply = Vec::new();
-    let mut byte = [0u8; 1];
-    while !reply.ends_with(&[0x1c, 0x0d]) {
-        stream.read_exact(&mut byte).unwrap();
-        reply.push(byte[0]);
-    }
-    let text = String::from_utf8(reply).unwrap();
-    let msa = text
-        .split('\r')
-        .find(|segment| segment.starts_with("MSA|"))
-        .unwrap();
-    msa.split('|').nth(1).unwrap().to_owned()
+    mllp_exchange(stream, message).expect("an MLLP answer")
 }
 
 #[test]
@@ -257,28 +229,30 @@ fn quarantined_messages_are_listed_shown_retried_and_dropped() {
     assert!(audit.contains("\"quarantine-drop\""), "{audit}");
 }
 
-/// A minimal HTTP/1.1 POST; returns the status and the body.
-fn post_json(base: &str, path: &str, token: &str, body: &str) -> (u16, String) {
-    let address = base
-        .trim_start_matches("http://")
+/// The address of a FHIR base `http://host:port/fhir`.
+fn address_of(base: &str) -> String {
+    base.trim_start_matches("http://")
         .trim_end_matches("/fhir")
-        .to_owned();
+        .to_owned()
+}
+
+/// POSTs FHIR JSON to `<base>/<path>` (`<base>` itself when `path` is empty).
+fn post_json(base: &str, path: &str, token: &str, body: &str) -> (u16, String) {
     let target = if path.is_empty() {
         "/fhir".to_owned()
     } else {
         format!("/fhir/{path}")
     };
-    let mut stream = TcpStream::connect(&address).unwrap();
-    write!(
-        stream,
-        "POST {target} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let address = address_of(base);
+    http(
+        &address,
+        "POST",
+        &target,
+        token,
+        Some("application/fhir+json"),
+        body.as_bytes(),
     )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let status = answer.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, answer)
+    .expect("an HTTP answer")
 }
 
 fn note(patient: &str, hospital: &str, identifier: &str) -> String {
@@ -472,22 +446,10 @@ fn notes_reach_the_hospitals_folder_and_dead_letters_are_replayed_or_dropped() {
     assert!(audit.contains("\"outbox-drop\""), "{audit}");
 }
 
-/// A minimal HTTP/1.1 POST of an ER7 body; returns the status and the raw answer.
+/// POSTs an ER7 body to `/hl7v2` of the server at `base` (`http://host:port`).
 fn post_er7(base: &str, token: &str, body: &[u8], content_type: &str) -> (u16, String) {
-    let address = base.trim_start_matches("http://").to_owned();
-    let mut stream = TcpStream::connect(&address).unwrap();
-    let mut request = format!(
-        "POST /hl7v2 HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(body);
-    stream.write_all(&request).unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).unwrap();
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let status = answer.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, answer)
+    let address = base.trim_start_matches("http://");
+    http(address, "POST", "/hl7v2", token, Some(content_type), body).expect("an HTTP answer")
 }
 
 #[test]
@@ -504,38 +466,7 @@ fn a_lab_company_posts_hl7_v2_over_http_and_gets_its_ack() {
         ),
     )
     .unwrap();
-    let jwks = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/keys/lab-rs384.jwks.json");
-    ok(&[
-        "admin",
-        "facility",
-        "add",
-        "--db",
-        &db,
-        "--code",
-        LAB,
-        "--name",
-        "検査センター",
-        "--kind",
-        "lab-company",
-    ]);
-    ok(&[
-        "admin",
-        "client",
-        "add",
-        "--db",
-        &db,
-        "--id",
-        "client-lab",
-        "--facility",
-        LAB,
-        "--kind",
-        "system",
-        "--jwks",
-        jwks.to_str().unwrap(),
-        "--scope",
-        "system/*.rs",
-    ]);
+    register_lab(&db, LAB);
     ok(&[
         "admin",
         "user",
@@ -641,18 +572,15 @@ fn a_lab_company_posts_hl7_v2_over_http_and_gets_its_ack() {
 }
 
 fn get_json(base: &str, path: &str, token: &str) -> serde_json::Value {
-    let address = base
-        .trim_start_matches("http://")
-        .trim_end_matches("/fhir")
-        .to_owned();
-    let mut stream = TcpStream::connect(&address).unwrap();
-    write!(
-        stream,
-        "GET /fhir/{path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n"
+    let (_, answer) = http(
+        &address_of(base),
+        "GET",
+        &format!("/fhir/{path}"),
+        token,
+        None,
+        b"",
     )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
+    .expect("an HTTP answer");
     let body = answer.split("\r\n\r\n").nth(1).unwrap();
     serde_json::from_str(body).unwrap_or_else(|_| panic!("{answer}"))
 }
@@ -701,8 +629,6 @@ fn a_lab_company_posts_results_as_a_fhir_transaction_once() {
         ),
     )
     .unwrap();
-    let jwks = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/keys/lab-rs384.jwks.json");
     ok(&[
         "admin",
         "facility",
@@ -716,36 +642,7 @@ fn a_lab_company_posts_results_as_a_fhir_transaction_once() {
         "--kind",
         "hospital",
     ]);
-    ok(&[
-        "admin",
-        "facility",
-        "add",
-        "--db",
-        &db,
-        "--code",
-        LAB,
-        "--name",
-        "検査センター",
-        "--kind",
-        "lab-company",
-    ]);
-    ok(&[
-        "admin",
-        "client",
-        "add",
-        "--db",
-        &db,
-        "--id",
-        "client-lab",
-        "--facility",
-        LAB,
-        "--kind",
-        "system",
-        "--jwks",
-        jwks.to_str().unwrap(),
-        "--scope",
-        "system/*.rs",
-    ]);
+    register_lab(&db, LAB);
     ok(&[
         "admin",
         "user",

@@ -17,34 +17,9 @@ use crate::{AppState, base_url, etag, json_response, outcome::ApiError, security
 
 use tsunagi_store::projection::OPEN_END;
 
-/// Reads a JSON request body that must be a `Consent`.
-fn consent_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("");
-    let media = content_type.split(';').next().unwrap_or("").trim();
-    if !matches!(media, "application/fhir+json" | "application/json") {
-        return Err(ApiError::unsupported_media(format!(
-            "send the Consent as application/fhir+json (got {:?})",
-            content_type
-        )));
-    }
-    let resource: Value = serde_json::from_slice(body).map_err(|error| {
-        ApiError::bad_request("invalid", format!("the body is not JSON: {error}"))
-    })?;
-    if resource["resourceType"] != "Consent" {
-        return Err(ApiError::bad_request(
-            "invalid",
-            "the body is not a Consent resource",
-        ));
-    }
-    Ok(resource)
-}
-
 /// The logical id of a `Type/id` reference (or of an identifier of the 医療機関コード system
 /// for organizations).
-fn referenced_id<'a>(reference: &'a Value, resource_type: &str) -> Option<&'a str> {
+pub(crate) fn referenced_id<'a>(reference: &'a Value, resource_type: &str) -> Option<&'a str> {
     if let Some(text) = reference["reference"].as_str() {
         return text.strip_prefix(resource_type)?.strip_prefix('/');
     }
@@ -74,7 +49,7 @@ pub(crate) async fn create(
     body: &Bytes,
 ) -> Result<Response, ApiError> {
     caller.require("Consent", Interaction::Create)?;
-    let resource = consent_body(headers, body)?;
+    let resource = crate::notes_api::resource_body(headers, body, "Consent")?;
     if resource["status"] != "active" {
         return Err(ApiError::unprocessable(
             "a new Consent must have status active",
@@ -188,7 +163,7 @@ pub(crate) async fn update(
 ) -> Result<Response, ApiError> {
     crate::valid_id(id)?;
     caller.require("Consent", Interaction::Update)?;
-    let resource = consent_body(headers, body)?;
+    let resource = crate::notes_api::resource_body(headers, body, "Consent")?;
     if resource["id"] != id {
         return Err(ApiError::bad_request(
             "invalid",

@@ -39,8 +39,13 @@ fn patient_id_system(facility: &str) -> String {
     format!("urn:oid:1.2.392.100495.20.3.51.1{facility}")
 }
 
-/// The body, which must be FHIR JSON of `resource_type`.
-fn resource_body(headers: &HeaderMap, body: &[u8], resource_type: &str) -> Result<Value, ApiError> {
+/// The body, which must be FHIR JSON of `resource_type` (every write endpoint reads its body
+/// this way).
+pub(crate) fn resource_body(
+    headers: &HeaderMap,
+    body: &[u8],
+    resource_type: &str,
+) -> Result<Value, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -67,14 +72,6 @@ fn resource_body(headers: &HeaderMap, body: &[u8], resource_type: &str) -> Resul
         ));
     }
     Ok(resource)
-}
-
-/// The id a reference `Type/id` names, when it is of `resource_type`.
-fn reference_id<'a>(reference: &'a Value, resource_type: &str) -> Option<&'a str> {
-    reference["reference"]
-        .as_str()?
-        .strip_prefix(resource_type)?
-        .strip_prefix('/')
 }
 
 /// The first identifier with both system and value, which names the resource for retries.
@@ -249,7 +246,7 @@ fn recipients<'a>(
 ) -> Result<Vec<Facility>, ApiError> {
     let mut found: Vec<Facility> = Vec::new();
     for reference in references {
-        let Some(code) = reference_id(reference, "Organization") else {
+        let Some(code) = crate::consent_api::referenced_id(reference, "Organization") else {
             continue;
         };
         let facility = facilities
@@ -280,7 +277,7 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     caller.require(resource_type, Interaction::Create)?;
     let mut resource = resource_body(headers, body, resource_type)?;
-    let patient = reference_id(&resource["subject"], "Patient")
+    let patient = crate::consent_api::referenced_id(&resource["subject"], "Patient")
         .ok_or_else(|| ApiError::bad_request("required", "subject must be Patient/<id>"))?
         .to_owned();
     crate::valid_id(&patient)?;
@@ -327,9 +324,10 @@ pub(crate) async fn create(
             .flatten()
             .next()
         {
-            let parent_id = reference_id(parent, "Communication").ok_or_else(|| {
-                ApiError::unprocessable("inResponseTo must be Communication/<id>")
-            })?;
+            let parent_id =
+                crate::consent_api::referenced_id(parent, "Communication").ok_or_else(|| {
+                    ApiError::unprocessable("inResponseTo must be Communication/<id>")
+                })?;
             if state
                 .store
                 .read(&caller.access, "Communication", parent_id)

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use axum::{
     body::Bytes,
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode},
     response::Response,
 };
 use serde_json::{Value, json};
@@ -119,24 +119,8 @@ pub(crate) async fn post(
             caller.principal.client_id
         )));
     };
-    let media = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_owned();
-    if !matches!(media.as_str(), "application/fhir+json" | "application/json") {
-        return Err(ApiError::unsupported_media(format!(
-            "send the Bundle as application/fhir+json (got {media:?})"
-        )));
-    }
-    let bundle: Value = serde_json::from_slice(body).map_err(|error| {
-        ApiError::bad_request("invalid", format!("the body is not JSON: {error}"))
-    })?;
-    if bundle["resourceType"] != "Bundle" || bundle["type"] != "transaction" {
+    let bundle = crate::notes_api::resource_body(headers, body, "Bundle")?;
+    if bundle["type"] != "transaction" {
         return Err(ApiError::bad_request(
             "invalid",
             "POST /fhir takes a Bundle of type transaction",

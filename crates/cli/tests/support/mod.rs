@@ -1,0 +1,119 @@
+//! What the `tsunagi` binary's integration tests share: running the binary, one MLLP exchange and
+//! one HTTP/1.1 request over plain sockets, and registering a lab company with its client.
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    process::{Command, Output},
+    time::Duration,
+};
+
+/// Runs `tsunagi args…`.
+pub fn tsunagi(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tsunagi"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs `tsunagi args…`, which must succeed; its stdout.
+pub fn ok(args: &[&str]) -> String {
+    let output = tsunagi(args);
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Sends one framed HL7 v2 message and reads the framed answer: MSA-1, or `None` when the
+/// connection failed on the way.
+pub fn mllp_exchange(stream: &mut TcpStream, message: &[u8]) -> Option<String> {
+    let mut frame = vec![0x0b];
+    frame.extend_from_slice(message);
+    frame.extend_from_slice(&[0x1c, 0x0d]);
+    stream.write_all(&frame).ok()?;
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while !reply.ends_with(&[0x1c, 0x0d]) {
+        if stream.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        reply.push(byte[0]);
+    }
+    let text = String::from_utf8(reply).ok()?;
+    let msa = text
+        .split('\r')
+        .find(|segment| segment.starts_with("MSA|"))?;
+    Some(msa.split('|').nth(1)?.to_owned())
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`) with a bearer token: the
+/// status and the raw answer, or `None` when the connection failed.
+pub fn http(
+    address: &str,
+    method: &str,
+    target: &str,
+    token: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(address).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let content_type = content_type
+        .map(|media| format!("Content-Type: {media}\r\n"))
+        .unwrap_or_default();
+    let mut request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n{content_type}Content-Length: {}\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    stream.write_all(&request).ok()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).ok()?;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.split(' ').nth(1)?.parse().ok()?;
+    Some((status, answer))
+}
+
+/// Registers lab company `code` and its system client `client-lab` (the test key pair's public
+/// half) in `db`.
+pub fn register_lab(db: &str, code: &str) {
+    let jwks = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/keys/lab-rs384.jwks.json");
+    ok(&[
+        "admin",
+        "facility",
+        "add",
+        "--db",
+        db,
+        "--code",
+        code,
+        "--name",
+        "検査センター",
+        "--kind",
+        "lab-company",
+    ]);
+    ok(&[
+        "admin",
+        "client",
+        "add",
+        "--db",
+        db,
+        "--id",
+        "client-lab",
+        "--facility",
+        code,
+        "--kind",
+        "system",
+        "--jwks",
+        jwks.to_str().unwrap(),
+        "--scope",
+        "system/*.rs",
+    ]);
+}
