@@ -5,7 +5,8 @@
 //!   the older OID forms accepted on input) and the HL7 v2 coding-system table (`JC10`, `HOT9`…);
 //! - [`json`]: small builders for FHIR data types as `serde_json::Value`;
 //! - [`search`]: the search-parameter registry and the extraction of index rows from a resource;
-//! - [`query`]: search requests parsed from URL parameters into a typed query.
+//! - [`query`]: search requests parsed from URL parameters into a typed query;
+//! - [`validate`]: resources checked against StructureDefinition snapshots (JP Core profiles).
 //!
 //! Resources are handled as JSON values throughout the pipeline; the typed fhir-sdk models live
 //! behind `tsunagi-fhir-model` and are used to check what we produce, so this crate (and every
@@ -17,3 +18,4 @@ pub mod profiles;
 pub mod query;
 pub mod search;
 pub mod systems;
+pub mod validate;

@@ -20,7 +20,6 @@ use serde_json::Value;
 use tsunagi_adapter::{AdapterContext, NoProgress, PullAdapter, PullReport};
 use tsunagi_adapter_ssmix2::{Ssmix2Adapter, Ssmix2Config};
 use tsunagi_core::{FacilityId, clock::FixedClock};
-use tsunagi_fhir::systems::canonical;
 use tsunagi_mapping::CodeTables;
 use tsunagi_store::Store;
 use tsunagi_store_sqlite::SqliteStore;
@@ -138,180 +137,13 @@ pub fn jp_core_profiles() -> HashMap<String, Value> {
     profiles
 }
 
-/// The nodes at a dot path below `node` (arrays flattened; `x[x]` matches `xType` keys).
-fn nodes_at<'v>(node: &'v Value, path: &[&str]) -> Vec<&'v Value> {
-    let Some((head, rest)) = path.split_first() else {
-        return vec![node];
-    };
-    let mut out = Vec::new();
-    let children: Vec<&Value> = match node {
-        Value::Object(map) => {
-            if let Some(prefix) = head.strip_suffix("[x]") {
-                map.iter()
-                    .filter(|(key, _)| {
-                        key.len() > prefix.len()
-                            && key.starts_with(prefix)
-                            && key.as_bytes()[prefix.len()].is_ascii_uppercase()
-                    })
-                    .map(|(_, value)| value)
-                    .collect()
-            } else {
-                map.get(*head).into_iter().collect()
-            }
-        }
-        _ => Vec::new(),
-    };
-    for child in children {
-        match child {
-            Value::Array(items) => {
-                for item in items {
-                    out.extend(nodes_at(item, rest));
-                }
-            }
-            other => out.extend(nodes_at(other, rest)),
-        }
-    }
-    out
-}
-
-fn count_children(parent: &Value, name: &str) -> usize {
-    let Value::Object(map) = parent else { return 0 };
-    let matched: Vec<&Value> = if let Some(prefix) = name.strip_suffix("[x]") {
-        map.iter()
-            .filter(|(key, _)| {
-                key.len() > prefix.len()
-                    && key.starts_with(prefix)
-                    && key.as_bytes()[prefix.len()].is_ascii_uppercase()
-            })
-            .map(|(_, value)| value)
-            .collect()
-    } else {
-        map.get(name).into_iter().collect()
-    };
-    matched
-        .iter()
-        .map(|value| {
-            if let Value::Array(items) = value {
-                items.len()
-            } else {
-                1
-            }
-        })
-        .sum()
-}
-
-fn same_system(a: &str, b: &str) -> bool {
-    canonical(a) == canonical(b)
-}
-
-fn contains_pattern(value: &Value, pattern: &Value) -> bool {
-    match (value, pattern) {
-        (Value::Object(map), Value::Object(pattern_map)) => pattern_map.iter().all(|(key, expected)| {
-            map.get(key).is_some_and(|actual| {
-                if key == "system" {
-                    matches!((actual, expected), (Value::String(a), Value::String(b)) if same_system(a, b))
-                } else {
-                    contains_pattern(actual, expected)
-                }
-            })
-        }),
-        (Value::Array(items), Value::Array(patterns)) => patterns.iter().all(|p| items.iter().any(|item| contains_pattern(item, p))),
-        (actual, expected) => actual == expected,
-    }
-}
-
-/// Checks a resource against a StructureDefinition snapshot: minimum and maximum cardinality of
-/// every element whose parent is present, required slices discriminated by a fixed system
-/// (OID and URL forms are equivalent, as JP Core 1.2 says), and pattern slices.
+/// Checks a resource against a StructureDefinition snapshot with the checker the server uses
+/// (`tsunagi_fhir::validate`); one line per finding.
 pub fn check_against_profile(resource: &Value, definition: &Value) -> Vec<String> {
-    let mut problems = Vec::new();
-    let elements = definition["snapshot"]["element"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let fixed_system = |slice_id: &str| -> Option<String> {
-        elements
-            .iter()
-            .find(|element| element["id"].as_str() == Some(&format!("{slice_id}.system")))
-            .and_then(|element| element["fixedUri"].as_str().map(str::to_owned))
-    };
-    for element in &elements {
-        let id = element["id"].as_str().unwrap_or_default();
-        let path = element["path"].as_str().unwrap_or_default();
-        let min = element["min"].as_u64().unwrap_or(0) as usize;
-        let max = element["max"].as_str().unwrap_or("*");
-        let segments: Vec<&str> = path.split('.').collect();
-        if segments.len() < 2 {
-            continue;
-        }
-        // Extensions are open slices; their content is checked by their own definitions.
-        if segments
-            .iter()
-            .any(|segment| *segment == "extension" || *segment == "modifierExtension")
-        {
-            continue;
-        }
-        let in_slice = id.contains(':');
-        let (parent_path, name) = (
-            &segments[1..segments.len() - 1],
-            segments[segments.len() - 1],
-        );
-        if in_slice {
-            // Only the slice entries themselves (`X.identifier:rpNumber`) are checked, by their
-            // discriminator.
-            let Some((_, slice)) = id.rsplit_once(':') else {
-                continue;
-            };
-            if slice.contains('.') || min == 0 {
-                continue;
-            }
-            for parent in nodes_at(resource, parent_path) {
-                let items: Vec<&Value> = match parent.get(name.trim_end_matches("[x]")) {
-                    Some(Value::Array(items)) => items.iter().collect(),
-                    Some(other) => vec![other],
-                    None => Vec::new(),
-                };
-                let matching = if let Some(system) = fixed_system(id) {
-                    items
-                        .iter()
-                        .filter(|item| {
-                            item["system"]
-                                .as_str()
-                                .is_some_and(|s| same_system(s, &system))
-                        })
-                        .count()
-                } else if let Some(pattern) = element.as_object().and_then(|map| {
-                    map.iter()
-                        .find(|(key, _)| key.starts_with("pattern"))
-                        .map(|(_, value)| value)
-                }) {
-                    items
-                        .iter()
-                        .filter(|item| contains_pattern(item, pattern))
-                        .count()
-                } else {
-                    // Type slices (medication[x]:medicationCodeableConcept).
-                    let wanted = slice;
-                    usize::from(parent.get(wanted).is_some())
-                };
-                if matching < min {
-                    problems.push(format!("{id}: required slice missing ({matching} < {min})"));
-                }
-            }
-            continue;
-        }
-        for parent in nodes_at(resource, parent_path) {
-            let count = count_children(parent, name);
-            if count < min {
-                problems.push(format!("{path}: min {min}, found {count}"));
-            }
-            if max != "*"
-                && let Ok(max) = max.parse::<usize>()
-                && count > max
-            {
-                problems.push(format!("{path}: max {max}, found {count}"));
-            }
-        }
-    }
-    problems
+    tsunagi_fhir::validate::Profile::from_structure_definition(definition)
+        .expect("a StructureDefinition with a snapshot")
+        .check(resource)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }

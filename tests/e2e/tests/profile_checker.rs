@@ -46,6 +46,37 @@ fn missing_required_elements_and_slices_are_reported() {
             .any(|p| p.contains("category:laboratory"))
     );
 
+    // The JSON form, lexical forms and unknown elements, against the real snapshot.
+    for (change, needle) in [
+        (
+            json!({"specimen": [{"reference": "Specimen/s"}]}),
+            "Observation.specimen: a single element, not an array",
+        ),
+        (
+            json!({"effectiveDateTime": "2011-12-19 15:00"}),
+            "is not a valid dateTime",
+        ),
+        (
+            json!({"valueQuantiy": {"value": 1}}),
+            "valueQuantiy is not an element of Observation",
+        ),
+        (
+            json!({"referenceRange": [{"lowValue": 1}]}),
+            "lowValue is not an element of Observation.referenceRange",
+        ),
+        (json!({"status": ""}), "an empty string is not allowed"),
+    ] {
+        let mut changed = good.clone();
+        for (key, value) in change.as_object().unwrap() {
+            changed[key] = value.clone();
+        }
+        let problems = check_against_profile(&changed, lab);
+        assert!(
+            problems.iter().any(|p| p.contains(needle)),
+            "{needle}: {problems:?}"
+        );
+    }
+
     let request = &package["http://jpfhir.jp/fhir/core/StructureDefinition/JP_MedicationRequest"];
     let prescription = json!({
         "resourceType": "MedicationRequest",
@@ -84,4 +115,43 @@ fn missing_required_elements_and_slices_are_reported() {
 fn the_r4b_round_trip_rejects_invented_elements() {
     let condition = json!({"resourceType": "Condition", "subject": {"reference": "Patient/p"}, "hospitalization": {"text": "x"}});
     assert!(tsunagi_fhir_model::check_r4b(&condition).is_err());
+}
+
+/// The checker agrees with JP Core about JP Core's own examples: each conforms to every profile
+/// of the package it claims.
+#[test]
+fn jp_cores_examples_conform_to_the_profiles_they_claim() {
+    let package = jp_core_profiles();
+    let file =
+        std::fs::File::open(tsunagi_e2e::shared().join("reference/jp-core.r4-1.1.1-snap.tgz"))
+            .unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut text = String::new();
+        use std::io::Read;
+        if !path.ends_with(".json") || entry.read_to_string(&mut text).is_err() {
+            continue;
+        }
+        let Ok(example) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        for profile in example["meta"]["profile"].as_array().into_iter().flatten() {
+            let Some(definition) = profile.as_str().and_then(|url| package.get(url)) else {
+                continue;
+            };
+            checked += 1;
+            for problem in check_against_profile(&example, definition) {
+                problems.push(format!("{path}: {problem}"));
+            }
+        }
+    }
+    assert!(
+        checked >= 20,
+        "only {checked} examples claim a profile of the package"
+    );
+    assert!(problems.is_empty(), "{problems:#?}");
 }
