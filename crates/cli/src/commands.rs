@@ -844,11 +844,22 @@ pub(crate) async fn serve(flags: ServeFlags) -> anyhow::Result<()> {
     if let Some(keys) = server.and_then(|s| s.snapshot_max_keys) {
         settings.snapshot_max_keys = keys;
     }
+    if let Some(packages) = server.map(|s| &s.profile_packages)
+        && !packages.is_empty()
+    {
+        settings.profiles = std::sync::Arc::new(crate::packages::load_profiles(packages)?);
+    }
     init_logging(
         server
             .and_then(|s| s.log_format)
             .unwrap_or(crate::config::LogFormat::Json),
     );
+    if !settings.profiles.is_empty() {
+        tracing::info!(
+            profiles = settings.profiles.len(),
+            "profiles loaded: lab transactions are validated against them, and $validate offers them"
+        );
+    }
     let listeners = Listeners::from_flags(&flags, server)?;
     let mllp = MllpSetup::from_config(flags.mllp_listen.as_deref(), config.as_ref())?;
     let outbound = OutboundSetup::from_config(config.as_ref());

@@ -133,6 +133,11 @@ pub(crate) struct ServerConfig {
     pub(crate) mtls_listen: Option<String>,
     /// PEM CA certificates that issue the system clients' certificates.
     pub(crate) tls_client_ca: Option<PathBuf>,
+    /// FHIR packages (`.tgz`) or folders of StructureDefinition JSON whose profiles resources
+    /// posted by others are checked against (JP Core's lab-result profiles for lab
+    /// transactions) and that `$validate` offers; default none (structural checks only).
+    #[serde(default)]
+    pub(crate) profile_packages: Vec<PathBuf>,
 }
 
 /// How log lines are written.

@@ -22,6 +22,7 @@ mod bench_search;
 mod commands;
 mod config;
 mod outbox;
+mod packages;
 mod progress;
 mod quarantine;
 mod registry;

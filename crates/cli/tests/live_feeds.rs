@@ -17,7 +17,7 @@ use std::{
 
 mod support;
 
-use support::{http, mllp_exchange, ok, register_lab, tsunagi};
+use support::{http, jp_core_package, mllp_exchange, ok, register_lab, tsunagi};
 
 /// A guideline sample's bytes (ISO-2022-JP).
 fn sample(relative: &str) -> Vec<u8> {
@@ -604,7 +604,9 @@ fn results_bundle(patient: &str) -> String {
                           "valueQuantity": {"value": 7.1, "unit": "g/dL"}},
              "request": {"method": "PUT", "url": "Observation?identifier=urn:lab:result|R-1"}},
             {"resource": {"resourceType": "DiagnosticReport", "identifier": [{"system": "urn:lab:report", "value": "D-1"}],
-                          "status": "final", "code": {"text": "生化学検査"},
+                          "status": "final",
+                          "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "LAB"}]}],
+                          "code": {"text": "生化学検査"},
                           "subject": {"reference": format!("Patient/{patient}")},
                           "result": [{"reference": "urn:uuid:0b8a6c2e-0000-4000-8000-000000000002"}]},
              "request": {"method": "POST", "url": "DiagnosticReport"}}
@@ -625,7 +627,9 @@ fn a_lab_company_posts_results_as_a_fhir_transaction_once() {
         format!(
             "version = 1\n[store]\nurl = \"{db}\"\n\n\
              [[hl7v2]]\nfacility = \"{HOSPITAL}\"\nsending_facility = \"SEND\"\n\n\
-             [[hl7v2]]\nfacility = \"{LAB}\"\nsending_facility = \"LABCO\"\nclients = [\"client-lab\"]\nreports_for = [\"{HOSPITAL}\"]\n"
+             [[hl7v2]]\nfacility = \"{LAB}\"\nsending_facility = \"LABCO\"\nclients = [\"client-lab\"]\nreports_for = [\"{HOSPITAL}\"]\n\n\
+             [server]\nprofile_packages = [\"{}\"]\n",
+            jp_core_package().display()
         ),
     )
     .unwrap();
@@ -711,10 +715,18 @@ fn a_lab_company_posts_results_as_a_fhir_transaction_once() {
         r#""resourceType":"Patient""#,
     );
     let batch = results_bundle(&patient).replace(r#""type":"transaction""#, r#""type":"batch""#);
+    // JP_Observation_LabResult needs a specimen; the loaded package says so.
+    let no_specimen = results_bundle(&patient).replace(
+        r#""specimen":{"reference":"urn:uuid:0b8a6c2e-0000-4000-8000-000000000001"},"#,
+        "",
+    );
+    assert_ne!(no_specimen, results_bundle(&patient));
+    let nonconformant = post_json(&base, "", lab.trim(), &no_specimen);
     let refusals = [
         post_json(&base, "", lab.trim(), &no_identifier),
         post_json(&base, "", lab.trim(), &patient_entry),
         post_json(&base, "", lab.trim(), &batch),
+        nonconformant.clone(),
     ];
     let after = get_json(
         &base,
@@ -775,7 +787,26 @@ fn a_lab_company_posts_results_as_a_fhir_transaction_once() {
             .starts_with(&format!("urn:tsunagi:fhir:{LAB}#"))
     );
     let codes: Vec<u16> = refusals.iter().map(|(status, _)| *status).collect();
-    assert_eq!(codes, [422, 422, 400], "{refusals:?}");
+    assert_eq!(codes, [422, 422, 400, 422], "{refusals:?}");
     assert!(refusals[0].1.contains("identifier"), "{}", refusals[0].1);
+    // The profile finding names the entry, the element and the profile.
+    let outcome = body(&nonconformant.1);
+    let issues = outcome["issue"].as_array().unwrap();
+    assert!(
+        issues.iter().any(|issue| issue["code"] == "required"
+            && issue["expression"][0] == "Bundle.entry[1].resource.Observation.specimen"
+            && issue["diagnostics"]
+                .as_str()
+                .unwrap()
+                .contains("JP_Observation_LabResult")),
+        "{outcome}"
+    );
+    // What was stored says which profiles it was checked against.
+    assert_eq!(
+        observation["meta"]["profile"],
+        serde_json::json!([
+            "http://jpfhir.jp/fhir/core/StructureDefinition/JP_Observation_LabResult"
+        ])
+    );
     assert_eq!(after["total"], 1);
 }

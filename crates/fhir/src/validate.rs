@@ -42,6 +42,31 @@ pub struct Finding {
     pub location: String,
     /// What.
     pub message: String,
+    /// Which kind of problem.
+    pub kind: FindingKind,
+}
+
+/// What kind of problem a finding is; [`FindingKind::issue_code`] names it for an
+/// OperationOutcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FindingKind {
+    /// A missing element or slice.
+    Required,
+    /// An element where none may be, too many, or the wrong JSON shape.
+    Structure,
+    /// A value of the wrong type, form or content.
+    Value,
+}
+
+impl FindingKind {
+    /// The OperationOutcome `issue.code`.
+    pub fn issue_code(self) -> &'static str {
+        match self {
+            Self::Required => "required",
+            Self::Structure => "structure",
+            Self::Value => "value",
+        }
+    }
 }
 
 impl std::fmt::Display for Finding {
@@ -263,6 +288,7 @@ impl Profile {
         let actual = resource["resourceType"].as_str().unwrap_or("");
         if actual != self.resource_type {
             findings.push(Finding {
+                kind: FindingKind::Structure,
                 location: actual.to_owned(),
                 message: format!(
                     "the profile {} is for {}, not {actual:?}",
@@ -307,8 +333,13 @@ impl Profile {
             // A data type the snapshot does not unroll: nothing known about its insides.
             return;
         };
-        let mut at =
-            |location: String, message: String| findings.push(Finding { location, message });
+        let mut at = |kind: FindingKind, location: String, message: String| {
+            findings.push(Finding {
+                location,
+                message,
+                kind,
+            })
+        };
         // Each key resolved once: to the child element it is, or reported as unknown.
         let mut by_child: HashMap<&str, Vec<KeyedValue<'_>>> = HashMap::new();
         for (key, value) in node {
@@ -319,6 +350,7 @@ impl Profile {
                 // A primitive's id and extensions (`_status`).
                 if self.element_for_key(path, name).is_none() {
                     at(
+                        FindingKind::Structure,
                         format!("{location}.{key}"),
                         format!("{name} is not an element of {path} in {}", self.url),
                     );
@@ -333,6 +365,7 @@ impl Profile {
                         .push((key, value, type_code));
                 }
                 None => at(
+                    FindingKind::Structure,
                     format!("{location}.{key}"),
                     format!("{key} is not an element of {path} in {}", self.url),
                 ),
@@ -346,6 +379,7 @@ impl Profile {
             let present = by_child.remove(child.as_str()).unwrap_or_default();
             if element.is_choice() && present.len() > 1 {
                 at(
+                    FindingKind::Structure,
                     format!("{location}.{}", element.name),
                     "only one type of a choice element may be present".to_owned(),
                 );
@@ -357,10 +391,18 @@ impl Profile {
                 let items: Vec<(String, &Value)> = match value {
                     Value::Array(items) => {
                         if !element.repeats {
-                            at(here.clone(), "a single element, not an array".to_owned());
+                            at(
+                                FindingKind::Structure,
+                                here.clone(),
+                                "a single element, not an array".to_owned(),
+                            );
                         }
                         if items.is_empty() {
-                            at(here.clone(), "an empty array is not allowed".to_owned());
+                            at(
+                                FindingKind::Structure,
+                                here.clone(),
+                                "an empty array is not allowed".to_owned(),
+                            );
                         }
                         items
                             .iter()
@@ -371,6 +413,7 @@ impl Profile {
                     other => {
                         if element.repeats {
                             at(
+                                FindingKind::Structure,
                                 here.clone(),
                                 "a repeating element must be an array".to_owned(),
                             );
@@ -384,18 +427,26 @@ impl Profile {
                         .clone()
                         .or_else(|| (element.types.len() == 1).then(|| element.types[0].clone()));
                     if let Some(problem) = form_problem(type_code.as_deref(), item) {
-                        at(item_location.clone(), problem);
+                        at(FindingKind::Value, item_location.clone(), problem);
                         continue;
                     }
                     if let Some(fixed) = &element.fixed
                         && item != fixed
                     {
-                        at(item_location.clone(), format!("must be exactly {fixed}"));
+                        at(
+                            FindingKind::Value,
+                            item_location.clone(),
+                            format!("must be exactly {fixed}"),
+                        );
                     }
                     if let Some(pattern) = &element.pattern
                         && !contains_pattern(item, pattern)
                     {
-                        at(item_location.clone(), format!("must contain {pattern}"));
+                        at(
+                            FindingKind::Value,
+                            item_location.clone(),
+                            format!("must contain {pattern}"),
+                        );
                     }
                     items_of_element.push((key.clone(), item));
                     if let Value::Object(map) = item {
@@ -403,6 +454,7 @@ impl Profile {
                             Some("Extension") => {
                                 if map.get("url").and_then(Value::as_str).is_none() {
                                     at(
+                                        FindingKind::Value,
                                         item_location.clone(),
                                         "an extension needs a url".to_owned(),
                                     );
@@ -421,6 +473,7 @@ impl Profile {
             let full = format!("{location}.{}", element.name);
             if count < element.min {
                 at(
+                    FindingKind::Required,
                     full.clone(),
                     format!(
                         "minimum cardinality {} not met ({count} present)",
@@ -432,6 +485,7 @@ impl Profile {
                 && count > max
             {
                 at(
+                    FindingKind::Structure,
                     full.clone(),
                     format!("maximum cardinality {max} exceeded ({count} present)"),
                 );
@@ -444,6 +498,7 @@ impl Profile {
                         .count();
                     if matching < slice.min {
                         at(
+                            FindingKind::Required,
                             full.clone(),
                             format!(
                                 "required slice {} missing ({matching} < {})",
@@ -455,6 +510,7 @@ impl Profile {
                         && matching > max
                     {
                         at(
+                            FindingKind::Structure,
                             full.clone(),
                             format!("slice {}: at most {max} ({matching} present)", slice.id),
                         );
@@ -851,6 +907,26 @@ mod tests {
         assert!(messages(&r).is_empty());
         let wrong_type = json!({"resourceType": "Patient"});
         expect(wrong_type, "is for Obs");
+    }
+
+    #[test]
+    fn findings_carry_an_issue_type() {
+        let kinds = |resource: &Value| -> Vec<&'static str> {
+            lab_profile()
+                .check(resource)
+                .iter()
+                .map(|finding| finding.kind.issue_code())
+                .collect()
+        };
+        let mut r = good();
+        r.as_object_mut().unwrap().remove("status");
+        assert_eq!(kinds(&r), ["required"]);
+        let mut r = good();
+        r["colour"] = json!("red");
+        assert_eq!(kinds(&r), ["structure"]);
+        let mut r = good();
+        r["effectiveDateTime"] = json!("yesterday");
+        assert_eq!(kinds(&r), ["value"]);
     }
 
     #[test]

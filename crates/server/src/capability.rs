@@ -141,7 +141,7 @@ pub fn capability_statement(base_url: &str, date: &str) -> Value {
             "resource": resources,
             "interaction": [
                 {"code": "history-system"},
-                {"code": "transaction", "documentation": "For lab companies' system clients: DiagnosticReport, Observation and Specimen for patients of the facilities the lab reports for; every resource carries an identifier (POST with ifNoneExist or conditional PUT on it), so a resent Bundle writes nothing new; all or nothing."}
+                {"code": "transaction", "documentation": "For lab companies' system clients: DiagnosticReport, Observation and Specimen for patients of the facilities the lab reports for; every resource carries an identifier (POST with ifNoneExist or conditional PUT on it), so a resent Bundle writes nothing new; each resource must conform to the JP Core lab-result profile of its type and to the profiles it claims, where loaded; all or nothing."}
             ],
             "searchParam": [
                 {"name": "_count", "type": "number"},
@@ -149,7 +149,12 @@ pub fn capability_statement(base_url: &str, date: &str) -> Value {
                 {"name": "_total", "type": "token"},
                 {"name": "_summary", "type": "token"},
                 {"name": "_elements", "type": "string"}
-            ]
+            ],
+            "operation": [{
+                "name": "validate",
+                "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+                "documentation": "POST /fhir/<Type>/$validate with the resource (or Parameters with resource and profile; or ?profile=): checked against the profiles the operator loaded (profile_packages), by default those it claims, else the type's JP Core base profile. Answers an OperationOutcome, one issue per finding."
+            }]
         }]
     })
 }

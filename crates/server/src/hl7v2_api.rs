@@ -84,6 +84,7 @@ pub(crate) async fn post(
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "transient",
             message: format!("the message was not stored ({reason}); send it again"),
+            findings: Vec::new(),
         }),
     }
 }

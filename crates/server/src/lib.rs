@@ -5,7 +5,9 @@
 //!   `POST _search`; `Patient/{id}/$everything`;
 //! - searchset Bundles cut from [`snapshot`]s, so pages are stable under ingestion; links are
 //!   absolute on the base the client used (`--base-url`, else `X-Forwarded-*`, else `Host`);
-//! - writes answer 405: data arrives through the adapters;
+//! - writes: notes and documents, consents, lab transactions, HL7 v2 over HTTP, and
+//!   `$validate` against the loaded profiles; other writes answer 405 (data arrives through the
+//!   adapters);
 //! - errors are [`outcome::ApiError`]s, turned into OperationOutcomes here and nowhere else.
 
 pub mod access;
@@ -23,6 +25,7 @@ pub mod security;
 pub mod snapshot;
 pub mod tls;
 pub mod transaction_api;
+mod validation;
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -69,6 +72,9 @@ pub struct Settings {
     pub max_revinclude: usize,
     /// Token issuer, audience and endpoint.
     pub tokens: TokenSettings,
+    /// Profiles posted resources are checked against (see [`validation`]); empty: structural
+    /// checks only.
+    pub profiles: Arc<tsunagi_fhir::validate::Profiles>,
 }
 
 impl Default for Settings {
@@ -79,6 +85,7 @@ impl Default for Settings {
             snapshot_max_keys: 5_000_000,
             max_revinclude: 1000,
             tokens: TokenSettings::default(),
+            profiles: Arc::default(),
         }
     }
 }
@@ -419,6 +426,15 @@ async fn instance_level(
     valid_type(&resource_type)?;
     let mut pairs = decode_pairs(raw.as_deref());
     // A POSTed search or operation carries its parameters as a form body, after the URL's.
+    if method == Method::POST && id == "$validate" {
+        return validation::validate_operation(
+            &state.settings.profiles,
+            &resource_type,
+            &pairs,
+            &headers,
+            &body,
+        );
+    }
     if method == Method::POST && matches!(id.as_str(), "_search" | "$lastn") {
         let form = std::str::from_utf8(&body)
             .map_err(|_| ApiError::bad_request("invalid", format!("the {id} body is not UTF-8")))?;

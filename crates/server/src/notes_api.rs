@@ -46,6 +46,18 @@ pub(crate) fn resource_body(
     body: &[u8],
     resource_type: &str,
 ) -> Result<Value, ApiError> {
+    let resource = json_body(headers, body, resource_type)?;
+    if resource["resourceType"] != resource_type {
+        return Err(ApiError::bad_request(
+            "invalid",
+            format!("the body is not a {resource_type} resource"),
+        ));
+    }
+    Ok(resource)
+}
+
+/// A FHIR JSON object body (`what` names it in the error).
+pub(crate) fn json_body(headers: &HeaderMap, body: &[u8], what: &str) -> Result<Value, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -53,25 +65,19 @@ pub(crate) fn resource_body(
     let media = content_type.split(';').next().unwrap_or("").trim();
     if !matches!(media, "application/fhir+json" | "application/json") {
         return Err(ApiError::unsupported_media(format!(
-            "send the {resource_type} as application/fhir+json (got {content_type:?})"
+            "send the {what} as application/fhir+json (got {content_type:?})"
         )));
     }
-    let resource: Value = serde_json::from_slice(body).map_err(|error| {
+    let value: Value = serde_json::from_slice(body).map_err(|error| {
         ApiError::bad_request("invalid", format!("the body is not JSON: {error}"))
     })?;
-    if resource["resourceType"] != resource_type {
-        return Err(ApiError::bad_request(
-            "invalid",
-            format!("the body is not a {resource_type} resource"),
-        ));
-    }
-    if !resource.is_object() {
+    if !value.is_object() {
         return Err(ApiError::bad_request(
             "invalid",
             "the body is not an object",
         ));
     }
-    Ok(resource)
+    Ok(value)
 }
 
 /// The first identifier with both system and value, which names the resource for retries.

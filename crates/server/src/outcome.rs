@@ -8,7 +8,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::json;
-use tsunagi_fhir::query::QueryError;
+use tsunagi_fhir::{query::QueryError, validate::Finding};
 use tsunagi_store::StoreError;
 
 /// `application/fhir+json; charset=utf-8`.
@@ -23,6 +23,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human-readable diagnostics.
     pub message: String,
+    /// Profile findings, one issue each after the first (empty for most errors).
+    pub findings: Vec<Finding>,
 }
 
 impl ApiError {
@@ -32,6 +34,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             code,
             message: message.into(),
+            findings: Vec::new(),
         }
     }
 
@@ -41,6 +44,7 @@ impl ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             code: "business-rule",
             message: message.into(),
+            findings: Vec::new(),
         }
     }
 
@@ -50,6 +54,7 @@ impl ApiError {
             status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
             code: "not-supported",
             message: message.into(),
+            findings: Vec::new(),
         }
     }
 
@@ -59,6 +64,7 @@ impl ApiError {
             status: StatusCode::NOT_FOUND,
             code: "not-found",
             message: message.into(),
+            findings: Vec::new(),
         }
     }
 
@@ -68,6 +74,7 @@ impl ApiError {
             status: StatusCode::GONE,
             code: "deleted",
             message: message.into(),
+            findings: Vec::new(),
         }
     }
 
@@ -79,6 +86,7 @@ impl ApiError {
             message: format!(
                 "{method} {path}: clinical resources are read-only on this API; data arrives through the adapters"
             ),
+            findings: Vec::new(),
         }
     }
 
@@ -88,6 +96,7 @@ impl ApiError {
             status: StatusCode::UNAUTHORIZED,
             code: "login",
             message: message.into(),
+            findings: Vec::new(),
         }
     }
 
@@ -99,6 +108,7 @@ impl ApiError {
             status: StatusCode::FORBIDDEN,
             code: "forbidden",
             message: message.into(),
+            findings: Vec::new(),
         }
     }
 
@@ -108,6 +118,17 @@ impl ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "exception",
             message: message.into(),
+            findings: Vec::new(),
+        }
+    }
+
+    /// 422: the resource does not conform to a profile; one issue per finding.
+    pub fn nonconformant(message: impl Into<String>, findings: Vec<Finding>) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "processing",
+            message: message.into(),
+            findings,
         }
     }
 
@@ -117,6 +138,7 @@ impl ApiError {
             status: StatusCode::NOT_ACCEPTABLE,
             code: "not-supported",
             message: message.into(),
+            findings: Vec::new(),
         }
     }
 }
@@ -139,6 +161,7 @@ impl From<StoreError> for ApiError {
                     StoreError::Corrupt(_) => "stored data could not be read".to_owned(),
                     _ => "the store failed; the request can be retried".to_owned(),
                 },
+                findings: Vec::new(),
             },
         }
     }
@@ -152,6 +175,16 @@ pub fn outcome(severity: &str, code: &str, message: &str) -> serde_json::Value {
     })
 }
 
+/// One profile finding as an OperationOutcome error issue.
+pub fn finding_issue(finding: &Finding) -> serde_json::Value {
+    json!({
+        "severity": "error",
+        "code": finding.kind.issue_code(),
+        "diagnostics": finding.message,
+        "expression": [finding.location],
+    })
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let severity = if self.status.is_server_error() {
@@ -159,7 +192,11 @@ impl IntoResponse for ApiError {
         } else {
             "error"
         };
-        let body = outcome(severity, self.code, &self.message).to_string();
+        let mut body = outcome(severity, self.code, &self.message);
+        if let Some(serde_json::Value::Array(issues)) = body.get_mut("issue") {
+            issues.extend(self.findings.iter().map(finding_issue));
+        }
+        let body = body.to_string();
         let mut response = (self.status, body).into_response();
         response
             .headers_mut()

@@ -4,7 +4,9 @@
 //! The whole Bundle is validated first and written in **one batch** (all or nothing). Every
 //! resource must carry an identifier; its id is derived from the lab and that identifier, so a
 //! resent Bundle writes nothing new (each entry answers `200 OK` with the version that exists).
-//! `urn:uuid:` references between entries are rewritten to the ids given.
+//! `urn:uuid:` references between entries are rewritten to the ids given. Each resource is
+//! checked against the JP Core lab-result profile of its type and the profiles it claims, where
+//! the operator loaded them ([`crate::validation`]); the stored `meta.profile` lists those checked.
 
 use std::collections::HashMap;
 
@@ -18,10 +20,44 @@ use tsunagi_auth::Role;
 use tsunagi_core::{ids::logical_id, time::format_instant_jst};
 use tsunagi_store::{Access, Batch, Operation, ResourceWrite};
 
-use crate::{AppState, etag, json_response, outcome::ApiError, security::Caller};
+use crate::{AppState, etag, json_response, outcome::ApiError, security::Caller, validation};
 
 /// The types a lab posts.
 const RESULT_TYPES: &[&str] = &["DiagnosticReport", "Observation", "Specimen"];
+
+/// The codes of the required binding of `status` (FHIR R4B), which JP Core does not restate.
+fn status_codes(resource_type: &str) -> &'static [&'static str] {
+    match resource_type {
+        "Observation" => &[
+            "registered",
+            "preliminary",
+            "final",
+            "amended",
+            "corrected",
+            "cancelled",
+            "entered-in-error",
+            "unknown",
+        ],
+        "DiagnosticReport" => &[
+            "registered",
+            "partial",
+            "preliminary",
+            "final",
+            "amended",
+            "corrected",
+            "appended",
+            "cancelled",
+            "entered-in-error",
+            "unknown",
+        ],
+        _ => &[
+            "available",
+            "unavailable",
+            "unsatisfactory",
+            "entered-in-error",
+        ],
+    }
+}
 
 /// Who a system client reports results for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +204,21 @@ pub(crate) async fn post(
                 "entry[{index}]: {resource_type}.code is required"
             )));
         }
+        if let Some(status) = resource["status"].as_str()
+            && !status_codes(resource_type).contains(&status)
+        {
+            return Err(ApiError::unprocessable(format!(
+                "entry[{index}]: {status:?} is not a {resource_type}.status ({})",
+                status_codes(resource_type).join(", ")
+            )));
+        }
+        let place = format!("entry[{index}]");
+        let required = validation::lab_result_profile(resource_type);
+        let checked = validation::check(
+            &validation::applicable(&state.settings.profiles, &resource, required),
+            &resource,
+            Some(&place),
+        )?;
         let patient = resource["subject"]["reference"]
             .as_str()
             .and_then(|reference| reference.strip_prefix("Patient/"))
@@ -197,6 +248,9 @@ pub(crate) async fn post(
         };
         resource["id"] = json!(id);
         resource["meta"] = json!({"source": source});
+        if !checked.is_empty() {
+            resource["meta"]["profile"] = json!(checked);
+        }
         let write = ResourceWrite::from_json(resource_type, id, &resource)?;
         // The lab does not hold the patient's record; its own results are looked up (version
         // only, never content) in the view of the facility that does.

@@ -1,5 +1,6 @@
 //! What the `tsunagi` binary's integration tests share: running the binary, one MLLP exchange and
-//! one HTTP/1.1 request over plain sockets, and registering a lab company with its client.
+//! one HTTP/1.1 request over plain sockets, registering a lab company with its client, and the
+//! JP Core package in `../shared`.
 #![allow(dead_code, unreachable_pub)]
 
 use std::{
@@ -116,4 +117,11 @@ pub fn register_lab(db: &str, code: &str) {
         "--scope",
         "system/*.rs",
     ]);
+}
+
+/// The JP Core package beside the checkout (`../shared`), as an operator's
+/// `[server] profile_packages` names it.
+pub fn jp_core_package() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/reference/jp-core.r4-1.1.1-snap.tgz")
 }
