@@ -125,7 +125,9 @@ impl SqliteStore {
             // Checkpoint the WAL every 16k pages rather than 1k: index pages rewritten by
             // consecutive batches are copied back once, not once per batch.
             .pragma("wal_autocheckpoint", "16384")
-            .statement_cache_capacity(256);
+            // The writer's multi-row statements alone come in about 250 shapes (see
+            // `pow2_sizes`); the searches need their own.
+            .statement_cache_capacity(512);
         // One connection per concurrent reader: with 4, eight keep-alive clients queued for a
         // connection and read-by-id throughput fell from 33k to 29k requests/s. The writer
         // still serialises through BEGIN IMMEDIATE; idle connections cost their page cache only
@@ -338,6 +340,7 @@ impl SqliteStore {
             compartments: CompartmentIds::default(),
             checkpoints: std::collections::BTreeMap::new(),
             systems: SystemIds::default(),
+            pending_messages: Vec::new(),
             stats: ApplyStats::default(),
         };
         writer.preload(connection, &batch).await?;
@@ -488,6 +491,8 @@ struct BatchWriter {
     checkpoints: std::collections::BTreeMap<(String, String), Vec<u8>>,
     /// Token system URL → `token_systems.id`.
     systems: SystemIds,
+    /// Inbound messages to log, in order (written together, before any state change).
+    pending_messages: Vec<tsunagi_store::InboundMessage>,
     stats: ApplyStats,
 }
 
@@ -618,23 +623,20 @@ fn bump(map: &mut std::collections::BTreeMap<String, u64>, resource_type: &str) 
     }
 }
 
-/// Splits `items` into chunks of power-of-two sizes (at most `max`), so multi-row statements
-/// come in a handful of shapes and their prepared statements stay few and cached.
+/// Splits `items` into the chunks [`pow2_sizes`] gives.
 fn pow2_chunks<T>(items: &[T], max: usize) -> Vec<&[T]> {
     let mut chunks = Vec::new();
     let mut rest = items;
-    while !rest.is_empty() {
-        let mut size = max.min(rest.len()).next_power_of_two();
-        if size > rest.len() || size > max {
-            size /= 2;
-        }
-        let size = size.max(1);
+    for size in pow2_sizes(items.len(), max) {
         let (head, tail) = rest.split_at(size);
         chunks.push(head);
         rest = tail;
     }
     chunks
 }
+
+/// Rows up to which a multi-row statement is sized exactly rather than split in powers of two.
+const EXACT_TAIL: usize = 16;
 
 const BY_SOURCE_KEY: &str = "SELECT rid, pat, tid, type, version, deleted, hash, source_key FROM resources WHERE source_key IN (SELECT value FROM json_each(?1))";
 const BY_TID: &str = "SELECT rid, pat, tid, type, version, deleted, hash, source_key FROM resources WHERE tid IN (SELECT value FROM json_each(?1))";
@@ -789,8 +791,10 @@ impl BatchWriter {
             Operation::PutCheckpoint { scope, key, value } => {
                 self.checkpoints.insert((scope, key), value);
             }
-            Operation::LogMessage(message) => messages::insert(connection, &message).await?,
+            Operation::LogMessage(message) => self.pending_messages.push(*message),
             Operation::SetMessageState { seq, state, reason } => {
+                let logged = std::mem::take(&mut self.pending_messages);
+                messages::insert(connection, logged).await?;
                 messages::set_state(connection, seq, state, &reason).await?;
             }
             Operation::Enqueue(message) => outbox::insert(connection, &message).await?,
@@ -1079,6 +1083,7 @@ impl BatchWriter {
     }
 
     async fn flush(&mut self, connection: &mut SqliteConnection) -> Result<(), StoreError> {
+        messages::insert(connection, std::mem::take(&mut self.pending_messages)).await?;
         // Values are moved into the statements, not copied: sqlx copies borrowed strings and
         // byte slices into fresh allocations, owned ones it takes as they are.
         let mut rows = std::mem::take(&mut self.pending_rows);
@@ -1140,11 +1145,19 @@ impl BatchWriter {
     }
 }
 
-/// Chunk sizes for `len` rows: powers of two, at most `max` (see [`pow2_chunks`]).
-fn pow2_sizes(len: usize, max: usize) -> Vec<usize> {
+/// Chunk sizes for `len` rows: powers of two, at most `max`, and a last chunk of at most
+/// [`EXACT_TAIL`] rows sized exactly. Multi-row statements so come in a few dozen shapes whose
+/// prepared statements stay cached, and a small batch (a stop-and-wait feed's group) takes one
+/// statement per table rather than one per bit of its row count: each statement is a round
+/// trip to SQLite's thread.
+pub(crate) fn pow2_sizes(len: usize, max: usize) -> Vec<usize> {
     let mut sizes = Vec::new();
     let mut rest = len;
     while rest > 0 {
+        if rest <= EXACT_TAIL.min(max) {
+            sizes.push(rest);
+            break;
+        }
         let mut size = max.min(rest).next_power_of_two();
         if size > rest || size > max {
             size /= 2;
@@ -1727,10 +1740,10 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::pow2_chunks;
+    use super::{pow2_chunks, pow2_sizes};
 
     #[test]
-    fn chunks_come_in_power_of_two_shapes() {
+    fn chunks_come_in_power_of_two_shapes_and_a_short_exact_tail() {
         let items: Vec<u32> = (0..1000).collect();
         let sizes: Vec<usize> = pow2_chunks(&items, 256).iter().map(|c| c.len()).collect();
         assert_eq!(sizes, vec![256, 256, 256, 128, 64, 32, 8]);
@@ -1741,7 +1754,13 @@ mod tests {
                 .iter()
                 .map(|c| c.len())
                 .collect::<Vec<_>>(),
-            vec![4, 1]
+            vec![5]
         );
+        let sizes: Vec<usize> = pow2_chunks(&items[..150], 1000)
+            .iter()
+            .map(|c| c.len())
+            .collect();
+        assert_eq!(sizes, vec![128, 16, 6]);
+        assert_eq!(pow2_sizes(13, 1000), vec![13]);
     }
 }
