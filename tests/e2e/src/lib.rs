@@ -115,26 +115,36 @@ pub async fn all_resources(store: &dyn Store) -> Vec<Value> {
     resources
 }
 
-/// The StructureDefinitions of the JP Core 1.1.1 package, by canonical URL.
-pub fn jp_core_profiles() -> HashMap<String, Value> {
+/// Every JSON file of the JP Core 1.1.1 package, by its path in the archive.
+pub fn jp_core_files() -> Vec<(String, Value)> {
     let file = std::fs::File::open(shared().join("reference/jp-core.r4-1.1.1-snap.tgz"))
         .expect("../shared/reference/jp-core.r4-1.1.1-snap.tgz");
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
-    let mut profiles = HashMap::new();
+    let mut files = Vec::new();
     for entry in archive.entries().unwrap() {
         let mut entry = entry.unwrap();
         let path = entry.path().unwrap().to_string_lossy().into_owned();
-        if !path.starts_with("package/StructureDefinition-") {
+        let mut text = String::new();
+        if !path.ends_with(".json") || entry.read_to_string(&mut text).is_err() {
             continue;
         }
-        let mut text = String::new();
-        entry.read_to_string(&mut text).unwrap();
-        let definition: Value = serde_json::from_str(&text).unwrap();
-        if let Some(url) = definition["url"].as_str() {
-            profiles.insert(url.to_owned(), definition);
+        if let Ok(value) = serde_json::from_str(&text) {
+            files.push((path, value));
         }
     }
-    profiles
+    files
+}
+
+/// The StructureDefinitions of the JP Core 1.1.1 package, by canonical URL.
+pub fn jp_core_profiles() -> HashMap<String, Value> {
+    jp_core_files()
+        .into_iter()
+        .filter(|(path, _)| path.starts_with("package/StructureDefinition-"))
+        .filter_map(|(_, definition)| {
+            let url = definition["url"].as_str()?.to_owned();
+            Some((url, definition))
+        })
+        .collect()
 }
 
 /// Checks a resource against a StructureDefinition snapshot with the checker the server uses

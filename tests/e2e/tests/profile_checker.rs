@@ -122,23 +122,9 @@ fn the_r4b_round_trip_rejects_invented_elements() {
 #[test]
 fn jp_cores_examples_conform_to_the_profiles_they_claim() {
     let package = jp_core_profiles();
-    let file =
-        std::fs::File::open(tsunagi_e2e::shared().join("reference/jp-core.r4-1.1.1-snap.tgz"))
-            .unwrap();
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
     let mut checked = 0;
     let mut problems = Vec::new();
-    for entry in archive.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        let path = entry.path().unwrap().to_string_lossy().into_owned();
-        let mut text = String::new();
-        use std::io::Read;
-        if !path.ends_with(".json") || entry.read_to_string(&mut text).is_err() {
-            continue;
-        }
-        let Ok(example) = serde_json::from_str::<serde_json::Value>(&text) else {
-            continue;
-        };
+    for (path, example) in tsunagi_e2e::jp_core_files() {
         for profile in example["meta"]["profile"].as_array().into_iter().flatten() {
             let Some(definition) = profile.as_str().and_then(|url| package.get(url)) else {
                 continue;
