@@ -116,6 +116,10 @@ impl Element {
     }
 }
 
+/// A slice while the snapshot is read: element path, slice id, min, max, and the rule found so
+/// far (a fixed `system` is read from a later element).
+type PendingSlice = (String, String, usize, Option<usize>, Option<SliceRule>);
+
 /// A JSON key of a node, its value and, for a choice element, the type the key names.
 type KeyedValue<'v> = (&'v String, &'v Value, Option<String>);
 
@@ -169,7 +173,7 @@ impl Profile {
             .ok_or_else(|| unusable(&format!("{url}: no snapshot")))?;
         let mut elements: HashMap<String, Element> = HashMap::new();
         let mut children: HashMap<String, Vec<String>> = HashMap::new();
-        let mut pending_slices: Vec<(String, Slice, Option<String>)> = Vec::new();
+        let mut pending_slices: Vec<PendingSlice> = Vec::new();
         let mut fixed_systems: HashMap<String, String> = HashMap::new();
         for element in snapshot {
             let Some(map) = element.as_object() else {
@@ -202,15 +206,10 @@ impl Profile {
                     .then(|| SliceRule::Type(slice.to_owned()));
                 pending_slices.push((
                     path.to_owned(),
-                    Slice {
-                        id: id.to_owned(),
-                        min,
-                        max,
-                        rule: rule
-                            .or(type_slice)
-                            .unwrap_or(SliceRule::Type(String::new())),
-                    },
-                    None,
+                    id.to_owned(),
+                    min,
+                    max,
+                    rule.or(type_slice),
                 ));
                 continue;
             }
@@ -252,16 +251,17 @@ impl Profile {
                 },
             );
         }
-        for (path, mut slice, _) in pending_slices {
-            if let Some(system) = fixed_systems.get(&slice.id) {
-                slice.rule = SliceRule::System(system.clone());
-            }
+        for (path, id, min, max, rule) in pending_slices {
+            let rule = fixed_systems
+                .get(&id)
+                .map(|system| SliceRule::System(system.clone()))
+                .or(rule);
             // A slice with no rule of ours (discriminated some other way) is not checked.
-            if matches!(&slice.rule, SliceRule::Type(name) if name.is_empty()) {
+            let Some(rule) = rule else {
                 continue;
-            }
+            };
             if let Some(element) = elements.get_mut(&path) {
-                element.slices.push(slice);
+                element.slices.push(Slice { id, min, max, rule });
             }
         }
         Ok(Self {
