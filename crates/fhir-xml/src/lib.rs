@@ -11,7 +11,9 @@
 //! Data the table does not know is an error, never silently dropped.
 
 mod model;
+pub mod primitive;
 mod read;
+pub mod structure;
 mod write;
 
 pub use read::from_xml;
@@ -68,6 +70,11 @@ impl XmlError {
             reason: reason.into(),
         }
     }
+}
+
+/// Characters XML 1.0 can carry (`Char` production).
+pub(crate) fn xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
 /// Whether the top-level JSON property `name` of `resource_type` belongs to the `_summary=true`

@@ -44,8 +44,10 @@ pub(crate) struct Element {
     pub(crate) attr: bool,
     /// Part of the `_summary=true` view.
     pub(crate) summary: bool,
-    /// Mandatory (min ≥ 1).
+    /// Mandatory (min ≥ 1); for a choice, one of its types must be present.
     pub(crate) required: bool,
+    /// The choice this element is one type of (`value` for `valueQuantity`), if any.
+    pub(crate) choice: Option<&'static str>,
 }
 
 /// A resource, datatype or backbone element.
@@ -173,6 +175,7 @@ fn parse(table: &'static str) -> Result<Model, String> {
                     attr,
                     summary: flags.contains(&"summary"),
                     required: flags.contains(&"required"),
+                    choice,
                 });
             }
         }
@@ -210,6 +213,7 @@ fn parse(table: &'static str) -> Result<Model, String> {
                     attr: e.attr,
                     summary: e.summary,
                     required: e.required,
+                    choice: e.choice,
                 })
                 .collect(),
             by_name: def.by_name.clone(),

@@ -10,7 +10,7 @@ use quick_xml::name::QName;
 use serde_json::{Map, Value};
 
 use crate::model::{Holds, JsonKind, Model, TypeDef};
-use crate::{FHIR_NS, XmlError};
+use crate::{FHIR_NS, XmlError, xml_char};
 
 /// Writes `resource` (FHIR JSON with `resourceType`) as a FHIR XML document, indented when
 /// `pretty`.
@@ -52,7 +52,7 @@ fn io(e: std::io::Error) -> XmlError {
 /// Escapes an attribute value so that every parser reads back exactly `value` (newlines and tabs
 /// as character references: attribute-value normalisation would otherwise turn them into spaces).
 fn escape_attribute(value: &str) -> Result<Cow<'_, str>, XmlError> {
-    let needs = |c: char| matches!(c, '&' | '<' | '>' | '"' | '\n' | '\r' | '\t') || !allowed(c);
+    let needs = |c: char| matches!(c, '&' | '<' | '>' | '"' | '\n' | '\r' | '\t') || !xml_char(c);
     if !value.chars().any(needs) {
         return Ok(Cow::Borrowed(value));
     }
@@ -66,16 +66,11 @@ fn escape_attribute(value: &str) -> Result<Cow<'_, str>, XmlError> {
             '\n' => out.push_str("&#10;"),
             '\r' => out.push_str("&#13;"),
             '\t' => out.push_str("&#9;"),
-            c if !allowed(c) => return Err(XmlError::Character(u32::from(c))),
+            c if !xml_char(c) => return Err(XmlError::Character(u32::from(c))),
             c => out.push(c),
         }
     }
     Ok(Cow::Owned(out))
-}
-
-/// Characters XML 1.0 can carry (`Char` production).
-fn allowed(c: char) -> bool {
-    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
 fn push_attribute(

@@ -218,6 +218,16 @@ fn official_r4b_examples_round_trip_through_xml() {
     }
 }
 
+/// The structural check finds nothing wrong with the official examples, nor with what Tsunagi
+/// writes; JP Core's examples are checked against it in `tests/e2e`.
+#[test]
+fn official_r4b_examples_are_structurally_valid() {
+    for (name, json) in official_examples() {
+        let problems = tsunagi_fhir_xml::structure::check(&json).unwrap();
+        assert!(problems.is_empty(), "{name}: {problems:?}");
+    }
+}
+
 /// All 2,800 official examples (every resource type): run with
 /// `TSUNAGI_R4B_EXAMPLES=/path/to/package cargo test -p tsunagi-fhir-xml -- --ignored`.
 #[test]

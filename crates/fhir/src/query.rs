@@ -21,8 +21,29 @@ use crate::{
 
 /// Default page size.
 pub const DEFAULT_COUNT: usize = 50;
-/// Largest page size a client may ask for.
+/// Largest page size a client may ask for (limit `_count`; more is refused).
 pub const MAX_COUNT: usize = 1000;
+
+/// The limits one search is held to, checked while its parameters are parsed, before any SQL
+/// is built: a request over one is refused (400) with a message naming the limit, never run
+/// (hostile input: thousands of filters once made the store fail, issue 17).
+pub mod limits {
+    /// Search parameters in one request (filters, `_sort`, `_include`…; not `_format` and
+    /// the paging parameters).
+    pub const MAX_PARAMETERS: usize = 64;
+    /// Comma-separated (ORed) values of one parameter, and names in `_elements`.
+    pub const MAX_VALUES: usize = 100;
+    /// Values of all filters together (each is one branch of the statement the store runs).
+    pub const MAX_ALTERNATIVES: usize = 256;
+    /// `_include` and `_revinclude` parameters together.
+    pub const MAX_INCLUDES: usize = 10;
+    /// Keys of `_sort`.
+    pub const MAX_SORT_KEYS: usize = 8;
+    /// Levels of a chained parameter (`subject:Patient.identifier` is one).
+    pub const MAX_CHAIN_DEPTH: usize = 1;
+    /// Bytes of one parameter's value, decoded.
+    pub const MAX_VALUE_BYTES: usize = 4096;
+}
 
 /// Parameters every search accepts that the server handles outside the query (format, paging).
 pub const TRANSPORT_PARAMS: &[&str] = &["_format", "_pretty", "_offset", "_snapshot", "_cursor"];
@@ -398,17 +419,13 @@ impl SearchQuery {
             revinclude: Vec::new(),
             ignored: Vec::new(),
         };
+        check_limits(pairs)?;
         for (name, value) in pairs {
             if TRANSPORT_PARAMS.contains(&name.as_str()) {
                 continue;
             }
             match name.as_str() {
-                "_count" => {
-                    let count: usize = value
-                        .parse()
-                        .map_err(|_| error(name, "must be a whole number"))?;
-                    query.count = count.min(MAX_COUNT);
-                }
+                "_count" => query.count = parse_count(value)?,
                 "_sort" => query.sort = parse_sort(resource_type, value)?,
                 "_total" => {
                     query.total = match value.as_str() {
@@ -454,6 +471,97 @@ impl SearchQuery {
     }
 }
 
+/// `_count`: a whole number up to [`MAX_COUNT`].
+pub fn parse_count(value: &str) -> Result<usize, QueryError> {
+    let count: usize = value
+        .parse()
+        .map_err(|_| error("_count", "must be a whole number"))?;
+    if count > MAX_COUNT {
+        return Err(error(
+            "_count",
+            format!("{count} is over the limit of {MAX_COUNT} resources a page (limit _count)"),
+        ));
+    }
+    Ok(count)
+}
+
+/// The request-wide [`limits`], before anything is parsed.
+fn check_limits(pairs: &[(String, String)]) -> Result<(), QueryError> {
+    let searched = || {
+        pairs
+            .iter()
+            .filter(|(name, _)| !TRANSPORT_PARAMS.contains(&name.as_str()))
+    };
+    let count = searched().count();
+    if count > limits::MAX_PARAMETERS {
+        return Err(error(
+            "(request)",
+            format!(
+                "{count} search parameters; at most {} are taken in one request (limit max_parameters)",
+                limits::MAX_PARAMETERS
+            ),
+        ));
+    }
+    let includes = searched()
+        .filter(|(name, _)| name.starts_with("_include") || name.starts_with("_revinclude"))
+        .count();
+    if includes > limits::MAX_INCLUDES {
+        return Err(error(
+            "_include",
+            format!(
+                "{includes} _include and _revinclude parameters; at most {} (limit max_includes)",
+                limits::MAX_INCLUDES
+            ),
+        ));
+    }
+    let mut alternatives = 0;
+    for (name, value) in searched() {
+        if value.len() > limits::MAX_VALUE_BYTES {
+            return Err(error(
+                name,
+                format!(
+                    "a value of {} bytes; at most {} (limit max_value_bytes)",
+                    value.len(),
+                    limits::MAX_VALUE_BYTES
+                ),
+            ));
+        }
+        let values = value.split(',').count();
+        if values > limits::MAX_VALUES {
+            return Err(error(
+                name,
+                format!(
+                    "{values} comma-separated values; at most {} (limit max_values)",
+                    limits::MAX_VALUES
+                ),
+            ));
+        }
+        if !name.starts_with('_') {
+            alternatives += values;
+        }
+        let depth = name.matches('.').count();
+        if depth > limits::MAX_CHAIN_DEPTH {
+            return Err(error(
+                name,
+                format!(
+                    "a chain of {depth} levels; at most {} (limit max_chain_depth)",
+                    limits::MAX_CHAIN_DEPTH
+                ),
+            ));
+        }
+    }
+    if alternatives > limits::MAX_ALTERNATIVES {
+        return Err(error(
+            "(request)",
+            format!(
+                "{alternatives} values in all filters together; at most {} (limit max_alternatives)",
+                limits::MAX_ALTERNATIVES
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn parse_sort(resource_type: &str, value: &str) -> Result<Vec<Sort>, QueryError> {
     let mut keys = Vec::new();
     for item in value.split(',').map(str::trim) {
@@ -484,6 +592,16 @@ fn parse_sort(resource_type: &str, value: &str) -> Result<Vec<Sort>, QueryError>
             }
         };
         keys.push(Sort { key, descending });
+    }
+    if keys.len() > limits::MAX_SORT_KEYS {
+        return Err(error(
+            "_sort",
+            format!(
+                "{} sort keys; at most {} (limit max_sort_keys)",
+                keys.len(),
+                limits::MAX_SORT_KEYS
+            ),
+        ));
     }
     Ok(keys)
 }
@@ -1086,7 +1204,7 @@ mod tests {
         let query = parse(
             "Observation",
             &[
-                ("_count", "5000"),
+                ("_count", "1000"),
                 ("_sort", "-date,_id"),
                 ("_total", "none"),
                 ("_summary", "count"),
@@ -1109,6 +1227,66 @@ mod tests {
         assert!(query.revinclude[0].iterate);
         assert!(parse("Observation", &[("_include", "Observation:code")]).is_err());
         assert!(parse("Observation", &[("_count", "many")]).is_err());
+    }
+
+    #[test]
+    fn limits_are_refused_by_name_before_anything_runs() {
+        let refused = |pairs: Vec<(String, String)>, limit: &str| {
+            let error = SearchQuery::parse("Observation", &pairs, 0, false).unwrap_err();
+            assert!(error.reason.contains(limit), "{error} should name {limit}");
+        };
+        let codes: Vec<(String, String)> = (0..=limits::MAX_PARAMETERS)
+            .map(|i| ("code".to_owned(), format!("c{i}")))
+            .collect();
+        refused(codes.clone(), "max_parameters");
+        assert!(SearchQuery::parse("Observation", &codes[1..], 0, false).is_ok());
+        // Transport parameters do not count.
+        let mut with_format = codes[1..].to_vec();
+        with_format.push(("_format".to_owned(), "xml".to_owned()));
+        assert!(SearchQuery::parse("Observation", &with_format, 0, false).is_ok());
+        let many = (0..=limits::MAX_VALUES)
+            .map(|i| format!("c{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        refused(vec![("code".to_owned(), many)], "max_values");
+        let values = |n: usize| {
+            (0..n)
+                .map(|i| format!("c{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let spread: Vec<(String, String)> = (0..3)
+            .map(|_| ("code".to_owned(), values(limits::MAX_VALUES)))
+            .collect();
+        refused(spread, "max_alternatives");
+        refused(
+            vec![("code".to_owned(), "x".repeat(limits::MAX_VALUE_BYTES + 1))],
+            "max_value_bytes",
+        );
+        refused(
+            vec![("_count".to_owned(), (MAX_COUNT + 1).to_string())],
+            "_count",
+        );
+        refused(
+            (0..=limits::MAX_INCLUDES)
+                .map(|_| ("_include".to_owned(), "Observation:patient".to_owned()))
+                .collect(),
+            "max_includes",
+        );
+        refused(
+            vec![(
+                "_sort".to_owned(),
+                vec!["date"; limits::MAX_SORT_KEYS + 1].join(","),
+            )],
+            "max_sort_keys",
+        );
+        refused(
+            vec![(
+                "subject:Patient.organization.name".to_owned(),
+                "x".to_owned(),
+            )],
+            "max_chain_depth",
+        );
     }
 
     #[test]

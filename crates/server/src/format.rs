@@ -165,17 +165,51 @@ fn render(json: &[u8], wire: Wire, pretty: bool) -> Result<(Vec<u8>, &'static st
     match wire {
         Wire::Xml => tsunagi_fhir_xml::to_xml(&value, pretty)
             .map(|xml| (xml, FHIR_XML))
-            .map_err(|e| format!("the resource cannot be written as FHIR XML: {e}")),
+            .map_err(|e| match failing_entry(&value) {
+                Some(entry) => format!("{entry} cannot be written as FHIR XML: {e}"),
+                None => format!("the resource cannot be written as FHIR XML: {e}"),
+            }),
         Wire::Json => tsunagi_fhir::json::to_pretty_resource(&value)
             .map(|text| (text.into_bytes(), FHIR_JSON))
             .map_err(|e| e.to_string()),
     }
 }
 
+/// The first entry of a Bundle that cannot be written as XML, named by index and reference,
+/// so that one bad resource is found rather than a whole page failing without a clue.
+fn failing_entry(bundle: &Value) -> Option<String> {
+    let entries = bundle.get("entry")?.as_array()?;
+    entries.iter().enumerate().find_map(|(index, entry)| {
+        let resource = entry.get("resource")?;
+        tsunagi_fhir_xml::to_xml(resource, false).err()?;
+        tracing::warn!(target: "tsunagi::format", index, "a Bundle entry cannot be written as FHIR XML");
+        Some(format!(
+            "Bundle.entry[{index}] ({}/{})",
+            resource["resourceType"].as_str().unwrap_or("?"),
+            resource["id"].as_str().unwrap_or("?")
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_bundle_that_cannot_be_xml_names_its_entry() {
+        let bundle = serde_json::json!({"resourceType": "Bundle", "type": "searchset", "entry": [
+            {"resource": {"resourceType": "Patient", "id": "ok"}},
+            {"resource": {"resourceType": "Communication", "id": "bad", "status": "completed",
+                          "probeUnknown": [[1, 2]]}}
+        ]});
+        let reason = render(bundle.to_string().as_bytes(), Wire::Xml, false).unwrap_err();
+        assert!(
+            reason.contains("Bundle.entry[1] (Communication/bad)"),
+            "{reason}"
+        );
+        assert!(reason.contains("probeUnknown"), "{reason}");
+    }
 
     #[test]
     fn format_parameter_wins_and_names_what_it_refuses() {

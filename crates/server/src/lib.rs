@@ -1245,17 +1245,10 @@ fn since_of(pairs: &[(String, String)]) -> Result<Option<i64>, ApiError> {
 }
 
 fn count_of(pairs: &[(String, String)]) -> Result<usize, ApiError> {
-    param(pairs, "_count")
-        .map(|text| {
-            text.parse::<usize>()
-                .map_err(|_| ApiError::bad_request("invalid", "_count must be a whole number"))
-        })
-        .transpose()
-        .map(|count| {
-            count
-                .unwrap_or(tsunagi_fhir::query::DEFAULT_COUNT)
-                .min(tsunagi_fhir::query::MAX_COUNT)
-        })
+    Ok(param(pairs, "_count")
+        .map(tsunagi_fhir::query::parse_count)
+        .transpose()?
+        .unwrap_or(tsunagi_fhir::query::DEFAULT_COUNT))
 }
 
 async fn everything(

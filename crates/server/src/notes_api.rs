@@ -53,6 +53,7 @@ pub(crate) fn resource_body(
             format!("the body is not a {resource_type} resource"),
         ));
     }
+    crate::validation::structure(&resource)?;
     Ok(resource)
 }
 

@@ -153,16 +153,33 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Invalid(message) => ApiError::bad_request("invalid", message),
-            other => ApiError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                code: "exception",
-                // The store's message can name SQL; clients get a generic text.
-                message: match other {
-                    StoreError::Corrupt(_) => "stored data could not be read".to_owned(),
-                    _ => "the store failed; the request can be retried".to_owned(),
-                },
-                findings: Vec::new(),
-            },
+            other => {
+                // Logged inside the request's span, so the line carries its request id. Only
+                // the database's own text of a failure is logged (it names statements and
+                // constraints, never bound values); a corrupt record's message can name an id,
+                // so only its kind is.
+                match &other {
+                    StoreError::Database(message) => {
+                        tracing::error!(target: "tsunagi::store", error = %message, "the store failed")
+                    }
+                    StoreError::Corrupt(_) => {
+                        tracing::error!(target: "tsunagi::store", "stored data could not be read")
+                    }
+                    _ => {
+                        tracing::error!(target: "tsunagi::store", error = %other, "the store failed")
+                    }
+                }
+                ApiError {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    code: "exception",
+                    // The store's message can name SQL; clients get a generic text.
+                    message: match other {
+                        StoreError::Corrupt(_) => "stored data could not be read".to_owned(),
+                        _ => "the store failed; the request can be retried".to_owned(),
+                    },
+                    findings: Vec::new(),
+                }
+            }
         }
     }
 }

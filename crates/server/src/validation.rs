@@ -8,6 +8,10 @@
 //! endpoint requires (a lab's Observation is a `JP_Observation_LabResult`) when that is loaded.
 //! A claimed profile that is not loaded cannot be checked: it is not an error, and it is not
 //! kept in the stored `meta.profile`, which lists only the profiles the server checked.
+//!
+//! Before any profile, every resource body the API takes is checked structurally against R4B
+//! ([`structure`], `tsunagi_fhir_xml::structure`), loaded packages or not: what is stored can
+//! always be served, in JSON and in XML.
 
 use axum::{
     body::Bytes,
@@ -17,8 +21,10 @@ use axum::{
 use serde_json::{Value, json};
 use tsunagi_fhir::{
     profiles,
-    validate::{Finding, Profile, Profiles},
+    validate::{Finding, FindingKind, Profile, Profiles},
 };
+
+use tsunagi_fhir_xml::structure::ProblemKind;
 
 use crate::{json_response, outcome::ApiError};
 
@@ -61,6 +67,43 @@ pub(crate) fn applicable<'p>(
         }
     }
     out
+}
+
+/// The structural problems of a posted resource (see `tsunagi_fhir_xml::structure`) as
+/// findings.
+fn structural_findings(resource: &Value) -> Result<Vec<Finding>, ApiError> {
+    let problems = tsunagi_fhir_xml::structure::check(resource)
+        .map_err(|error| ApiError::internal(error.to_string()))?;
+    Ok(problems
+        .into_iter()
+        .map(|problem| Finding {
+            kind: match problem.kind {
+                ProblemKind::Required => FindingKind::Required,
+                ProblemKind::Structure => FindingKind::Structure,
+                ProblemKind::Value => FindingKind::Value,
+            },
+            location: problem.location,
+            message: problem.message,
+        })
+        .collect())
+}
+
+/// Refuses (422, one issue per problem, each with its location) a resource body that is not
+/// valid FHIR R4B for its type: an element the type does not define, the wrong JSON type, an
+/// empty value, a missing mandatory element, narrative that is not one well-formed `div`.
+pub(crate) fn structure(resource: &Value) -> Result<(), ApiError> {
+    let findings = structural_findings(resource)?;
+    let Some(first) = findings.first() else {
+        return Ok(());
+    };
+    Err(ApiError::nonconformant(
+        format!(
+            "the {} is not valid FHIR R4B: {} problem(s), the first: {first}",
+            resource["resourceType"].as_str().unwrap_or("body"),
+            findings.len()
+        ),
+        findings,
+    ))
 }
 
 /// Checks `resource` against `profiles`; every finding is prefixed with its place (`entry[2]`)
@@ -160,29 +203,42 @@ pub(crate) fn validate_operation(
             chosen.push(profile);
         }
     }
-    let issues: Vec<Value> = if chosen.is_empty() {
-        vec![json!({
+    // R4B's own rules first; a profile's finding at a place already named is left out.
+    let mut issues: Vec<Value> = structural_findings(&resource)?
+        .iter()
+        .map(crate::outcome::finding_issue)
+        .collect();
+    let named = |issues: &[Value], location: &str| {
+        issues
+            .iter()
+            .any(|issue| issue["expression"][0].as_str() == Some(location))
+    };
+    if chosen.is_empty() && issues.is_empty() {
+        issues.push(json!({
             "severity": "information",
             "code": "informational",
             "diagnostics": format!(
-                "no profile of {resource_type} is loaded on this server ({} loaded); nothing was checked",
+                "valid R4B; no profile of {resource_type} is loaded on this server ({} loaded), nothing was checked against a profile",
                 loaded.len()
             ),
-        })]
-    } else {
+        }));
+    } else if !chosen.is_empty() {
         match check(&chosen, &resource, None) {
-            Ok(urls) => vec![json!({
+            Ok(urls) if issues.is_empty() => issues.push(json!({
                 "severity": "information",
                 "code": "informational",
                 "diagnostics": format!("no issues: conforms to {}", urls.join(", ")),
-            })],
-            Err(error) => error
-                .findings
-                .iter()
-                .map(crate::outcome::finding_issue)
-                .collect(),
+            })),
+            Ok(_) => {}
+            Err(error) => {
+                for finding in &error.findings {
+                    if !named(&issues, &finding.location) {
+                        issues.push(crate::outcome::finding_issue(finding));
+                    }
+                }
+            }
         }
-    };
+    }
     let body = json!({"resourceType": "OperationOutcome", "issue": issues});
     let mut out = Vec::new();
     tsunagi_fhir::json::write_resource(&body, &mut out)

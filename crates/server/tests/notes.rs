@@ -421,6 +421,41 @@ async fn bad_notes_are_refused_with_an_outcome_and_write_nothing() {
             400,
             "not a Communication",
         ),
+        // Issue 17 §3: an element FHIR does not have, which would have broken every XML read
+        // of the patient's record for everyone.
+        (
+            &doctor,
+            {
+                let mut body = note("x12", "shared", FACILITY, "x");
+                body["probeUnknown"] = json!([[1, 2], {"a": null}]);
+                body
+            },
+            vec![],
+            422,
+            "Communication.probeUnknown",
+        ),
+        (
+            &doctor,
+            {
+                let mut body = note("x13", "shared", FACILITY, "x");
+                body["text"] = json!({"status": "generated", "div": "<div>a</div></text><evil/>"});
+                body
+            },
+            vec![],
+            422,
+            "Communication.text.div",
+        ),
+        (
+            &doctor,
+            {
+                let mut body = note("x14", "shared", FACILITY, "x");
+                body["payload"][0]["contentString"] = json!("bell \u{7}");
+                body
+            },
+            vec![],
+            422,
+            "U+0007",
+        ),
     ];
     for (auth, body, extra, status, expected) in cases {
         let reply = post(&region, auth, "Communication", &body, &extra).await;
@@ -449,6 +484,16 @@ async fn bad_notes_are_refused_with_an_outcome_and_write_nothing() {
     .await
     .json();
     assert_eq!(notes["total"], 0);
+    // What was refused left nothing that could break a read in XML.
+    let xml = request(
+        region.addr,
+        "GET",
+        "/fhir/Patient/shared/$everything?_format=xml",
+        &[("authorization", &doctor)],
+        "",
+    )
+    .await;
+    assert_eq!(xml.status, 200, "{}", String::from_utf8_lossy(&xml.body));
 }
 
 #[tokio::test]

@@ -840,6 +840,7 @@ macro_rules! store_conformance_suite {
             search_tokens_strings_and_references,
             search_dates_quantities_and_sorting,
             search_includes_compartments_and_history,
+            search_at_the_query_limits,
         );
     };
     (@log $make:expr; $($name:ident,)*) => {

@@ -545,3 +545,51 @@ pub async fn search_includes_compartments_and_history(store: &dyn Store) {
         );
     }
 }
+
+/// The most a search may ask for ([`tsunagi_fhir::query::limits`]) is answered, not failed by
+/// the database (issue 17: 501 filters once broke SQLite's compound-statement limit): the most
+/// parameters, the most values of one, and the most values in all, for tokens, strings,
+/// references and chains.
+pub async fn search_at_the_query_limits(store: &dyn Store) {
+    use tsunagi_fhir::query::limits::{MAX_ALTERNATIVES, MAX_PARAMETERS, MAX_VALUES};
+    load(store).await;
+    let list = |count: usize, real: &str, fake: &dyn Fn(usize) -> String| {
+        let mut values: Vec<String> = (1..count).map(fake).collect();
+        values.push(real.to_owned());
+        values.join(",")
+    };
+    let per_param = MAX_ALTERNATIVES / MAX_PARAMETERS;
+    let real = format!("{JLAC10}|3A010");
+    let codes = list(per_param, &real, &|i| format!("{JLAC10}|X{i}"));
+    let expected = sorted(ids(store, "Observation", &[("code", &real)]).await);
+    let params: Vec<(&str, &str)> = (0..MAX_PARAMETERS)
+        .map(|_| ("code", codes.as_str()))
+        .collect();
+    assert_eq!(sorted(ids(store, "Observation", &params).await), expected);
+    let widest = list(MAX_VALUES, &real, &|i| format!("{JLAC10}|X{i}"));
+    assert_eq!(
+        sorted(ids(store, "Observation", &[("code", &widest)]).await),
+        expected
+    );
+    let subjects = list(per_param, "Patient/p1", &|i| format!("Patient/x{i}"));
+    let chained = list(per_param, "p1", &|i| format!("x{i}"));
+    let mixed: Vec<(&str, &str)> = (0..MAX_PARAMETERS)
+        .map(|i| match i % 3 {
+            0 => ("code", codes.as_str()),
+            1 => ("subject", subjects.as_str()),
+            _ => ("subject:Patient.identifier", chained.as_str()),
+        })
+        .collect();
+    assert_eq!(
+        sorted(ids(store, "Observation", &mixed).await),
+        sorted(ids(store, "Observation", &[("code", &real), ("patient", "p1")]).await)
+    );
+    let names = list(per_param, "ヤマ", &|i| format!("ナマエ{i}"));
+    let people: Vec<(&str, &str)> = (0..MAX_PARAMETERS)
+        .map(|_| ("name", names.as_str()))
+        .collect();
+    assert_eq!(
+        sorted(ids(store, "Patient", &people).await),
+        vec!["p1".to_owned(), "p2".to_owned()]
+    );
+}

@@ -93,6 +93,12 @@ async fn every_resource_conforms_to_its_profile() {
                 .or_default()
                 .extend(differences.into_iter().map(|d| format!("R4B: {d}")));
         }
+        for problem in tsunagi_fhir_xml::structure::check(resource).unwrap() {
+            problems.entry(id.clone()).or_default().push(format!(
+                "structure: {}: {}",
+                problem.location, problem.message
+            ));
+        }
         match tsunagi_fhir_xml::to_xml(resource, false).map(|xml| tsunagi_fhir_xml::from_xml(&xml))
         {
             Ok(Ok(back)) if &back == resource => {}

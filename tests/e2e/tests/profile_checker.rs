@@ -141,3 +141,28 @@ fn jp_cores_examples_conform_to_the_profiles_they_claim() {
     );
     assert!(problems.is_empty(), "{problems:#?}");
 }
+
+/// The structural check (what the API refuses before storing) agrees with JP Core about its
+/// examples: every example resource of the package is valid R4B.
+#[test]
+fn jp_cores_examples_are_structurally_valid() {
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    for (path, example) in tsunagi_e2e::jp_core_files() {
+        let Some(kind) = example["resourceType"].as_str() else {
+            continue;
+        };
+        if matches!(
+            kind,
+            "StructureDefinition" | "CodeSystem" | "ValueSet" | "ImplementationGuide"
+        ) {
+            continue;
+        }
+        checked += 1;
+        for problem in tsunagi_fhir_xml::structure::check(&example).unwrap() {
+            problems.push(format!("{path}: {}: {}", problem.location, problem.message));
+        }
+    }
+    assert!(checked >= 20, "only {checked} examples");
+    assert!(problems.is_empty(), "{problems:#?}");
+}
