@@ -32,6 +32,8 @@ pub struct Principal {
     pub scopes: Scopes,
     /// The token's `jti` (audited; the token itself never is).
     pub token_id: String,
+    /// The token's `iat`, seconds (a revocation of its subject refuses tokens issued before).
+    pub issued_at: i64,
 }
 
 impl Principal {
@@ -57,6 +59,7 @@ impl Principal {
             role,
             scopes,
             token_id: claims.jti,
+            issued_at: claims.iat,
         })
     }
 

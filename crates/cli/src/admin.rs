@@ -13,7 +13,8 @@ use tsunagi_core::{
 };
 use tsunagi_server::security::{Subject, TokenSettings, issue_token, signing_keys};
 use tsunagi_store::governance::{
-    AuditFilter, AuditRecord, Client, Consent, FACILITY_KINDS, Facility, Participant,
+    AuditFilter, AuditRecord, Client, Consent, FACILITY_KINDS, Facility, OPERATOR_CLIENT,
+    Participant, Revocation,
 };
 
 use crate::commands::open_store;
@@ -70,6 +71,12 @@ pub(crate) enum Admin {
         #[command(subcommand)]
         action: crate::outbox::OutboxAction,
     },
+    /// Access tokens: revoke one (by jti) or every token of a user or client, from the next
+    /// request on.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Print audit records (AuditEvent NDJSON), newest first.
     Audit {
         #[arg(long)]
@@ -99,10 +106,34 @@ pub(crate) enum FacilityAction {
         #[arg(long)]
         kind: String,
     },
+    /// Deactivate a facility that leaves the network: the tokens of its people and clients
+    /// are refused from the next request on, and no new ones are issued.
+    Deactivate {
+        #[arg(long)]
+        db: String,
+        #[arg(long)]
+        code: String,
+    },
     /// List facilities.
     List {
         #[arg(long)]
         db: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenAction {
+    /// Revoke tokens: one by its jti, or every token a user or client was issued so far.
+    Revoke {
+        #[arg(long)]
+        db: String,
+        /// The token's jti (in the audit trail of its use).
+        #[arg(long, conflicts_with = "subject", required_unless_present = "subject")]
+        jti: Option<String>,
+        /// A user id or client id: every token issued to it (or through it, for a portal) up
+        /// to now.
+        #[arg(long)]
+        subject: Option<String>,
     },
 }
 
@@ -156,6 +187,17 @@ pub(crate) enum ClientAction {
         /// The most a token of this client may carry, e.g. "system/*.rs".
         #[arg(long)]
         scope: String,
+        /// A portal: facilities besides its own whose users it may act for (comma-separated
+        /// codes; a regional portal lists each facility it serves).
+        #[arg(long, value_delimiter = ',')]
+        serves: Vec<String>,
+    },
+    /// Deactivate a client: its tokens are refused from the next request on.
+    Deactivate {
+        #[arg(long)]
+        db: String,
+        #[arg(long)]
+        id: String,
     },
     /// List clients.
     List {
@@ -226,7 +268,7 @@ pub(crate) fn operator_event(
         "id": tsunagi_store::audit::record_id(now, &tsunagi_auth::token::random_id(8)),
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
         "subtype": [{"system": "urn:tsunagi:admin", "code": action}],
-        "action": if action.starts_with("withdraw") || action == "unlink" || action.ends_with("-drop") { "D" } else if action.ends_with("-retry") { "U" } else { "C" },
+        "action": if action.starts_with("withdraw") || action == "unlink" || action.ends_with("-drop") || action.ends_with("-revoke") || action.ends_with("-deactivate") { "D" } else if action.ends_with("-retry") { "U" } else { "C" },
         "recorded": format_instant_jst(now),
         "outcome": "0",
         "agent": [{"who": {"display": "operator (tsunagi admin)"}, "requestor": true, "altId": std::env::var("USER").unwrap_or_default()}],
@@ -275,6 +317,7 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                         code: code.clone(),
                         name,
                         kind,
+                        active: true,
                     })
                     .await?;
                 store
@@ -282,9 +325,34 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                     .await?;
                 println!("facility {code} saved");
             }
+            FacilityAction::Deactivate { db, code } => {
+                let store = open_store(&db).await?;
+                let mut facility = store
+                    .facilities()
+                    .await?
+                    .into_iter()
+                    .find(|facility| facility.code == code)
+                    .with_context(|| format!("no facility {code}"))?;
+                facility.active = false;
+                store.put_facility(&facility).await?;
+                store
+                    .append_audit(&[operator_event("facility-deactivate", &code, None, now)])
+                    .await?;
+                println!("facility {code} deactivated");
+            }
             FacilityAction::List { db } => {
                 for facility in open_store(&db).await?.facilities().await? {
-                    println!("{}\t{}\t{}", facility.code, facility.kind, facility.name);
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        facility.code,
+                        facility.kind,
+                        if facility.active {
+                            "active"
+                        } else {
+                            "inactive"
+                        },
+                        facility.name
+                    );
                 }
             }
         },
@@ -349,9 +417,16 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                 kind,
                 jwks,
                 scope,
+                serves,
             } => {
                 if kind != "system" && kind != "portal" {
                     bail!("--kind {kind:?}: system or portal");
+                }
+                if id == OPERATOR_CLIENT {
+                    bail!("--id {OPERATOR_CLIENT} is reserved for tokens the operator issues");
+                }
+                if kind != "portal" && !serves.is_empty() {
+                    bail!("--serves is for portals: a system client acts for its own facility");
                 }
                 let text = std::fs::read_to_string(&jwks)
                     .with_context(|| format!("cannot read {}", jwks.display()))?;
@@ -373,6 +448,13 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                 }
                 tsunagi_auth::Scopes::parse(&scope)?;
                 let store = open_store(&db).await?;
+                let known = store.facilities().await?;
+                if let Some(unknown) = serves
+                    .iter()
+                    .find(|code| !known.iter().any(|facility| &facility.code == *code))
+                {
+                    bail!("--serves {unknown}: no such facility in the directory");
+                }
                 store
                     .put_client(&Client {
                         id: id.clone(),
@@ -381,6 +463,7 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                         jwks: text,
                         scope,
                         active: true,
+                        serves,
                     })
                     .await?;
                 store
@@ -388,13 +471,52 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                     .await?;
                 println!("client {id} registered");
             }
+            ClientAction::Deactivate { db, id } => {
+                let store = open_store(&db).await?;
+                let mut client = store
+                    .client(&id)
+                    .await?
+                    .with_context(|| format!("no client {id}"))?;
+                client.active = false;
+                store.put_client(&client).await?;
+                store
+                    .append_audit(&[operator_event("client-deactivate", &id, None, now)])
+                    .await?;
+                println!("client {id} deactivated");
+            }
             ClientAction::List { db } => {
                 for client in open_store(&db).await?.clients().await? {
                     println!(
-                        "{}\t{}\t{}\t{}",
-                        client.id, client.facility, client.kind, client.scope
+                        "{}\t{}\t{}\t{}\t{}\t{}",
+                        client.id,
+                        client.facility,
+                        client.kind,
+                        if client.active { "active" } else { "inactive" },
+                        client.scope,
+                        client.serves.join(",")
                     );
                 }
+            }
+        },
+        Admin::Token { action } => match action {
+            TokenAction::Revoke { db, jti, subject } => {
+                let store = open_store(&db).await?;
+                let (revocation, what) = match (jti, subject) {
+                    (Some(jti), _) => (Revocation::Token(jti.clone()), format!("token {jti}")),
+                    (None, Some(id)) => (
+                        Revocation::Subject {
+                            id: id.clone(),
+                            at: now.div_euclid(1_000_000),
+                        },
+                        format!("every token of {id}"),
+                    ),
+                    (None, None) => bail!("give --jti <token id> or --subject <user or client id>"),
+                };
+                store.revoke(&revocation).await?;
+                store
+                    .append_audit(&[operator_event("token-revoke", &what, None, now)])
+                    .await?;
+                println!("revoked {what}");
             }
         },
         Admin::Consent { action } => match action {

@@ -136,6 +136,7 @@ async fn load_region(patients: usize, seed: u64) -> anyhow::Result<Region> {
             code: BENCH_FACILITY.to_owned(),
             name: "荘内病院".to_owned(),
             kind: "hospital".to_owned(),
+            active: true,
         })
         .await?;
     store
@@ -146,6 +147,7 @@ async fn load_region(patients: usize, seed: u64) -> anyhow::Result<Region> {
             jwks: r#"{"keys":[]}"#.to_owned(),
             scope: "system/*.rs".to_owned(),
             active: true,
+            serves: Vec::new(),
         })
         .await?;
     let keys =

@@ -534,6 +534,7 @@ async fn demo_network(store: &dyn Backend, patient_id: &str) -> anyhow::Result<(
                 code: hospital.code.to_owned(),
                 name: hospital.name.to_owned(),
                 kind: "hospital".to_owned(),
+                active: true,
             })
             .await?;
     }
@@ -542,6 +543,7 @@ async fn demo_network(store: &dyn Backend, patient_id: &str) -> anyhow::Result<(
             code: CLINIC.to_owned(),
             name: "つなぎ内科クリニック".to_owned(),
             kind: "clinic".to_owned(),
+            active: true,
         })
         .await?;
     store

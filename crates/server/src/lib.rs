@@ -23,6 +23,7 @@ pub mod outcome;
 mod pix;
 pub mod security;
 pub mod snapshot;
+mod standing;
 pub mod tls;
 pub mod transaction_api;
 mod validation;

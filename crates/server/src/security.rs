@@ -34,7 +34,7 @@ use tsunagi_auth::{
 use tsunagi_store::{
     Access, StoreError, StoredResource,
     audit::{AuditAgent, AuditFacts, record_id},
-    governance::{AuditRecord, Governance, StoredKey},
+    governance::{AuditRecord, Governance, StoredKey, TokenFacts},
 };
 
 use crate::{AppState, access::RequestId, outcome::ApiError, tls::Peer};
@@ -100,9 +100,14 @@ pub async fn signing_keys(
 /// Why a token cannot be issued to a subject.
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
-    /// Unknown or inactive client or user, or a scope that grants nothing.
+    /// A scope that grants nothing, or that cannot be read.
     #[error("{0}")]
     Refused(String),
+    /// The subject may not have a token through this client: unknown or inactive client, user
+    /// or facility, or a portal asking for a user of a facility it does not serve
+    /// ([`crate::standing`]).
+    #[error("{0}")]
+    Grant(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -144,7 +149,7 @@ pub async fn issue_token(
                     .client(id)
                     .await?
                     .filter(|client| client.active && client.kind == "system")
-                    .ok_or_else(|| IssueError::Refused(format!("no active system client {id}")))?;
+                    .ok_or_else(|| IssueError::Grant(format!("no active system client {id}")))?;
                 let allowed = Scopes::parse(&client.scope)
                     .map_err(|error| IssueError::Refused(error.to_string()))?;
                 (
@@ -161,7 +166,7 @@ pub async fn issue_token(
                     .participant(user)
                     .await?
                     .filter(|participant| participant.active)
-                    .ok_or_else(|| IssueError::Refused(format!("no active user {user}")))?;
+                    .ok_or_else(|| IssueError::Grant(format!("no active user {user}")))?;
                 let role: Role = participant.role.parse().map_err(
                     |error: tsunagi_auth::role::UnknownRole| IssueError::Refused(error.to_string()),
                 )?;
@@ -186,6 +191,17 @@ pub async fn issue_token(
             "none of the requested scopes is allowed for {sub}"
         )));
     }
+    let jti = random_id(16);
+    let facts = TokenFacts {
+        token_id: jti.clone(),
+        subject: sub.to_owned(),
+        client: client_id.to_owned(),
+        facility: facility.clone(),
+        user: kind == SubjectKind::User,
+        issued_at: now_seconds,
+    };
+    let standing = governance.token_standing(&facts).await?;
+    crate::standing::judge(&facts, role.code(), &standing).map_err(IssueError::Grant)?;
     let lifetime = settings.lifetime.clamp(1, token::MAX_LIFETIME);
     let claims = AccessClaims {
         iss: settings.issuer.clone(),
@@ -195,7 +211,7 @@ pub async fn issue_token(
         exp: now_seconds + lifetime,
         nbf: now_seconds,
         iat: now_seconds,
-        jti: random_id(16),
+        jti,
         scope: granted.to_string(),
         facility,
         role: role.code().to_owned(),
@@ -382,15 +398,18 @@ pub async fn guard(
         address: peer.as_ref().map(|peer| peer.address.ip().to_string()),
     };
     let certified = peer.and_then(|peer| peer.certified_client);
+    let refused = |reason: &str| {
+        let mut response =
+            ApiError::unauthorized(format!("access token refused: {reason}")).into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"tsunagi\", error=\"invalid_token\""),
+        );
+        response
+    };
     let principal = match authenticate(&state, request.headers(), now, certified.as_deref()) {
         Ok(principal) => principal,
         Err(reason) => {
-            let mut response =
-                ApiError::unauthorized(format!("access token refused: {reason}")).into_response();
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"tsunagi\", error=\"invalid_token\""),
-            );
             let record = audit_record(
                 &facts,
                 Agent::Unauthenticated,
@@ -398,9 +417,21 @@ pub async fn guard(
                 StatusCode::UNAUTHORIZED,
                 now,
             );
-            return finish(&state, vec![record], response).await;
+            return finish(&state, vec![record], refused(&reason)).await;
         }
     };
+    // The records behind the token, read fresh: a deactivation or revocation holds from the
+    // next request on, whatever the token's expiry.
+    let token = crate::standing::facts_of(&principal);
+    let standing = match state.governance.token_standing(&token).await {
+        Ok(standing) => crate::standing::judge(&token, principal.role.code(), &standing),
+        Err(error) => return ApiError::from(error).into_response(),
+    };
+    if let Err(reason) = standing {
+        let agent = Agent::Principal(&principal);
+        let record = audit_record(&facts, agent, None, StatusCode::UNAUTHORIZED, now);
+        return finish(&state, vec![record], refused(&reason)).await;
+    }
     let access = Access::facility(principal.facility.clone(), now);
     let caller = Arc::new(Caller::new(principal, access));
     request.extensions_mut().insert(caller.clone());
@@ -738,6 +769,20 @@ pub async fn token_endpoint(
         }
         Err(IssueError::Refused(reason)) => {
             oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", &reason)
+        }
+        Err(IssueError::Grant(reason)) => {
+            // A refusal after the client proved who it is: audited, like a login.
+            let login = Agent::Login {
+                client: &client_id,
+                user: value("user"),
+            };
+            let record = audit_record(&facts, login, None, StatusCode::BAD_REQUEST, now);
+            finish(
+                &state,
+                vec![record],
+                oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", &reason),
+            )
+            .await
         }
         Err(IssueError::Store(error)) => ApiError::from(error).into_response(),
         Err(IssueError::Token(error)) => ApiError::internal(error.to_string()).into_response(),

@@ -55,6 +55,7 @@ async fn region() -> Region {
                 code: code.into(),
                 name: name.into(),
                 kind: kind.into(),
+                active: true,
             })
             .await
             .unwrap();

@@ -42,6 +42,7 @@ async fn region() -> (
             code: CLINIC.into(),
             name: "診療所".into(),
             kind: "clinic".into(),
+            active: true,
         })
         .await
         .unwrap();
@@ -634,6 +635,7 @@ async fn the_directory_is_readable_and_consents_are_managed_over_fhir() {
             code: "0610999992".into(),
             name: "他院".into(),
             kind: "clinic".into(),
+            active: true,
         })
         .await
         .unwrap();
@@ -749,6 +751,7 @@ async fn ihe_pix_cross_references_only_links_the_caller_is_party_to() {
             code: OTHER.into(),
             name: "日本海病院".into(),
             kind: "hospital".into(),
+            active: true,
         })
         .await
         .unwrap();
@@ -901,6 +904,7 @@ async fn the_token_endpoint_takes_client_assertions_once() {
             jwks: std::fs::read_to_string(keys.join("lab-rs384.jwks.json")).unwrap(),
             scope: "system/Observation.rs system/Patient.rs".into(),
             active: true,
+            serves: Vec::new(),
         })
         .await
         .unwrap();

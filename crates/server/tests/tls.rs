@@ -352,6 +352,7 @@ async fn mutual_tls_token_endpoint_takes_only_the_certified_clients_assertion() 
             jwks: std::fs::read_to_string(keys.join("lab-rs384.jwks.json")).unwrap(),
             scope: "system/*.rs".into(),
             active: true,
+            serves: Vec::new(),
         })
         .await
         .unwrap();

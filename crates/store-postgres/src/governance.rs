@@ -8,10 +8,11 @@ use tsunagi_store::{
     Batch, Operation, StoreError,
     governance::{
         AuditFilter, AuditRecord, Client, Consent, Facility, Governance, LinkedRecord, ListedAudit,
-        Participant, StoredKey,
+        Participant, Revocation, Standing, StoredKey, TokenFacts,
     },
     projection,
 };
+use tsunagi_store_sql::standing::{serves_from, standing_from_row, standing_query};
 
 use crate::{PostgresStore, db_error};
 
@@ -144,13 +145,14 @@ impl Governance for PostgresStore {
     async fn put_facility(&self, facility: &Facility) -> Result<(), StoreError> {
         let mut transaction = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO facilities (code, name, kind, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (code) DO UPDATE SET name = excluded.name, kind = excluded.kind",
+            "INSERT INTO facilities (code, name, kind, created_at, active) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (code) DO UPDATE SET name = excluded.name, kind = excluded.kind, active = excluded.active",
         )
         .bind(&facility.code)
         .bind(&facility.name)
         .bind(&facility.kind)
         .bind(self.clock.now_micros())
+        .bind(facility.active)
         .execute(&mut *transaction)
         .await
         .map_err(db_error)?;
@@ -160,7 +162,7 @@ impl Governance for PostgresStore {
     }
 
     async fn facilities(&self) -> Result<Vec<Facility>, StoreError> {
-        let rows = sqlx::query("SELECT code, name, kind FROM facilities ORDER BY code")
+        let rows = sqlx::query("SELECT code, name, kind, active FROM facilities ORDER BY code")
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
@@ -170,6 +172,7 @@ impl Governance for PostgresStore {
                     code: get(row, "code")?,
                     name: get(row, "name")?,
                     kind: get(row, "kind")?,
+                    active: get(row, "active")?,
                 })
             })
             .collect()
@@ -219,8 +222,8 @@ impl Governance for PostgresStore {
         let mut transaction = self.begin_write().await?;
         require_facility(&mut transaction, &client.facility).await?;
         sqlx::query(
-            "INSERT INTO clients (id, facility, kind, jwks, scope, active, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (id) DO UPDATE SET facility = excluded.facility, kind = excluded.kind, jwks = excluded.jwks, scope = excluded.scope, active = excluded.active",
+            "INSERT INTO clients (id, facility, kind, jwks, scope, active, created_at, serves) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (id) DO UPDATE SET facility = excluded.facility, kind = excluded.kind, jwks = excluded.jwks, scope = excluded.scope, active = excluded.active, serves = excluded.serves",
         )
         .bind(&client.id)
         .bind(&client.facility)
@@ -229,6 +232,7 @@ impl Governance for PostgresStore {
         .bind(&client.scope)
         .bind(client.active)
         .bind(self.clock.now_micros())
+        .bind(client.serves.join(" "))
         .execute(&mut *transaction)
         .await
         .map_err(db_error)?;
@@ -237,7 +241,7 @@ impl Governance for PostgresStore {
 
     async fn client(&self, id: &str) -> Result<Option<Client>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, facility, kind, jwks, scope, active FROM clients WHERE id = $1",
+            "SELECT id, facility, kind, jwks, scope, active, serves FROM clients WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -247,11 +251,12 @@ impl Governance for PostgresStore {
     }
 
     async fn clients(&self) -> Result<Vec<Client>, StoreError> {
-        let rows =
-            sqlx::query("SELECT id, facility, kind, jwks, scope, active FROM clients ORDER BY id")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_error)?;
+        let rows = sqlx::query(
+            "SELECT id, facility, kind, jwks, scope, active, serves FROM clients ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
         rows.iter().map(client_from_row).collect()
     }
 
@@ -540,6 +545,33 @@ impl Governance for PostgresStore {
             .collect()
     }
 
+    async fn revoke(&self, revocation: &Revocation) -> Result<(), StoreError> {
+        let (kind, value, at) = match revocation {
+            Revocation::Token(jti) => ("token", jti.as_str(), 0),
+            Revocation::Subject { id, at } => ("subject", id.as_str(), *at),
+        };
+        sqlx::query(
+            "INSERT INTO revocations (kind, value, at) VALUES ($1, $2, $3) \
+             ON CONFLICT (kind, value) DO UPDATE SET at = GREATEST(revocations.at, excluded.at)",
+        )
+        .bind(kind)
+        .bind(value)
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn token_standing(&self, token: &TokenFacts) -> Result<Standing, StoreError> {
+        let row = standing_query::<sqlx::Postgres>(token)
+            .build()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)?;
+        standing_from_row(&row)
+    }
+
     async fn put_signing_key(&self, key: &StoredKey) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO signing_keys (kid, pem, created_at) VALUES ($1, $2, $3)")
             .bind(&key.kid)
@@ -581,6 +613,7 @@ fn client_from_row(row: &PgRow) -> Result<Client, StoreError> {
         jwks: get(row, "jwks")?,
         scope: get(row, "scope")?,
         active: get(row, "active")?,
+        serves: serves_from(&get::<String>(row, "serves")?),
     })
 }
 

@@ -35,7 +35,9 @@ const SCHEMA: &str = include_str!("schema.sql");
 const SCHEMA_2: &str = include_str!("messages.sql");
 /// Schema 3: the outbound queue, added in place.
 const SCHEMA_3: &str = include_str!("outbox.sql");
-const SCHEMA_VERSION: &str = "3";
+/// Schema 4: portals' served facilities, facility deactivation, revocations.
+const SCHEMA_4: &str = include_str!("standing.sql");
+const SCHEMA_VERSION: &str = "4";
 /// Seconds an assertion id is remembered past its `exp` (clock skew between client and us).
 const ASSERTION_MEMORY_SLACK: i64 = 60;
 /// The advisory lock every writing transaction holds ("tsunagi" in ASCII, as a number).
@@ -170,30 +172,28 @@ impl PostgresStore {
             .await
             .map_err(db_error)?;
         }
-        let schema: Option<String> =
-            sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'schema'")
-                .fetch_optional(&mut *transaction)
-                .await
-                .map_err(db_error)?;
-        if schema.as_deref() == Some("1") {
-            sqlx::raw_sql(SCHEMA_2)
-                .execute(&mut *transaction)
-                .await
-                .map_err(db_error)?;
-            sqlx::query("UPDATE store_meta SET value = '2' WHERE key = 'schema'")
-                .execute(&mut *transaction)
-                .await
-                .map_err(db_error)?;
-        }
-        if matches!(schema.as_deref(), Some("1" | "2")) {
-            sqlx::raw_sql(SCHEMA_3)
-                .execute(&mut *transaction)
-                .await
-                .map_err(db_error)?;
-            sqlx::query("UPDATE store_meta SET value = '3' WHERE key = 'schema'")
-                .execute(&mut *transaction)
-                .await
-                .map_err(db_error)?;
+        // Each step reads the version the previous one left.
+        for (from, script, to) in [
+            ("1", SCHEMA_2, "2"),
+            ("2", SCHEMA_3, "3"),
+            ("3", SCHEMA_4, "4"),
+        ] {
+            let current: Option<String> =
+                sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'schema'")
+                    .fetch_optional(&mut *transaction)
+                    .await
+                    .map_err(db_error)?;
+            if current.as_deref() == Some(from) {
+                sqlx::raw_sql(script)
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(db_error)?;
+                sqlx::query("UPDATE store_meta SET value = $1 WHERE key = 'schema'")
+                    .bind(to)
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(db_error)?;
+            }
         }
         let meta: HashMap<String, String> =
             sqlx::query_as("SELECT key, value FROM store_meta WHERE key IN ('schema', 'registry')")

@@ -11,6 +11,8 @@
 //! that patient's rows however large the region is. `_sort` keys other than `_id` and
 //! `_lastUpdated` are ordered in Rust, ties broken by storage order.
 
+pub mod standing;
+
 use std::cmp::Ordering;
 
 use serde_json::Value;

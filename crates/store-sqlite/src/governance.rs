@@ -8,10 +8,12 @@ use tsunagi_store::{
     Batch, Operation, StoreError,
     governance::{
         AuditFilter, AuditRecord, Client, Consent, Facility, Governance, LinkedRecord, ListedAudit,
-        Participant, StoredKey,
+        Participant, Revocation, Standing, StoredKey, TokenFacts,
     },
     projection,
 };
+
+use tsunagi_store_sql::standing::{serves_from, standing_from_row, standing_query};
 
 use crate::{SqliteStore, begin, db_error, journal::Journal, json_list};
 
@@ -200,13 +202,14 @@ impl Governance for SqliteStore {
     async fn put_facility(&self, facility: &Facility) -> Result<(), StoreError> {
         let mut transaction = begin(&self.pool).await?;
         sqlx::query(
-            "INSERT INTO facilities (code, name, kind, created_at) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (code) DO UPDATE SET name = excluded.name, kind = excluded.kind",
+            "INSERT INTO facilities (code, name, kind, created_at, active) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (code) DO UPDATE SET name = excluded.name, kind = excluded.kind, active = excluded.active",
         )
         .bind(&facility.code)
         .bind(&facility.name)
         .bind(&facility.kind)
         .bind(self.clock.now_micros())
+        .bind(facility.active)
         .execute(&mut *transaction)
         .await
         .map_err(db_error)?;
@@ -216,7 +219,7 @@ impl Governance for SqliteStore {
     }
 
     async fn facilities(&self) -> Result<Vec<Facility>, StoreError> {
-        let rows = sqlx::query("SELECT code, name, kind FROM facilities ORDER BY code")
+        let rows = sqlx::query("SELECT code, name, kind, active FROM facilities ORDER BY code")
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
@@ -226,6 +229,7 @@ impl Governance for SqliteStore {
                     code: get(row, "code")?,
                     name: get(row, "name")?,
                     kind: get(row, "kind")?,
+                    active: get(row, "active")?,
                 })
             })
             .collect()
@@ -275,8 +279,8 @@ impl Governance for SqliteStore {
         let mut transaction = begin(&self.pool).await?;
         require_facility(&mut transaction, &client.facility).await?;
         sqlx::query(
-            "INSERT INTO clients (id, facility, kind, jwks, scope, active, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-             ON CONFLICT (id) DO UPDATE SET facility = excluded.facility, kind = excluded.kind, jwks = excluded.jwks, scope = excluded.scope, active = excluded.active",
+            "INSERT INTO clients (id, facility, kind, jwks, scope, active, created_at, serves) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             ON CONFLICT (id) DO UPDATE SET facility = excluded.facility, kind = excluded.kind, jwks = excluded.jwks, scope = excluded.scope, active = excluded.active, serves = excluded.serves",
         )
         .bind(&client.id)
         .bind(&client.facility)
@@ -285,6 +289,7 @@ impl Governance for SqliteStore {
         .bind(&client.scope)
         .bind(client.active)
         .bind(self.clock.now_micros())
+        .bind(client.serves.join(" "))
         .execute(&mut *transaction)
         .await
         .map_err(db_error)?;
@@ -293,7 +298,7 @@ impl Governance for SqliteStore {
 
     async fn client(&self, id: &str) -> Result<Option<Client>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, facility, kind, jwks, scope, active FROM clients WHERE id = ?1",
+            "SELECT id, facility, kind, jwks, scope, active, serves FROM clients WHERE id = ?1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -303,11 +308,12 @@ impl Governance for SqliteStore {
     }
 
     async fn clients(&self) -> Result<Vec<Client>, StoreError> {
-        let rows =
-            sqlx::query("SELECT id, facility, kind, jwks, scope, active FROM clients ORDER BY id")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_error)?;
+        let rows = sqlx::query(
+            "SELECT id, facility, kind, jwks, scope, active, serves FROM clients ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
         rows.iter().map(client_from_row).collect()
     }
 
@@ -608,6 +614,33 @@ impl Governance for SqliteStore {
             .collect()
     }
 
+    async fn revoke(&self, revocation: &Revocation) -> Result<(), StoreError> {
+        let (kind, value, at) = match revocation {
+            Revocation::Token(jti) => ("token", jti.as_str(), 0),
+            Revocation::Subject { id, at } => ("subject", id.as_str(), *at),
+        };
+        sqlx::query(
+            "INSERT INTO revocations (kind, value, at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (kind, value) DO UPDATE SET at = MAX(at, excluded.at)",
+        )
+        .bind(kind)
+        .bind(value)
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn token_standing(&self, token: &TokenFacts) -> Result<Standing, StoreError> {
+        let row = standing_query::<sqlx::Sqlite>(token)
+            .build()
+            .fetch_one(&self.reader)
+            .await
+            .map_err(db_error)?;
+        standing_from_row(&row)
+    }
+
     async fn put_signing_key(&self, key: &StoredKey) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO signing_keys (kid, pem, created_at) VALUES (?1, ?2, ?3)")
             .bind(&key.kid)
@@ -649,6 +682,7 @@ fn client_from_row(row: &SqliteRow) -> Result<Client, StoreError> {
         jwks: get(row, "jwks")?,
         scope: get(row, "scope")?,
         active: get(row, "active")?,
+        serves: serves_from(&get::<String>(row, "serves")?),
     })
 }
 

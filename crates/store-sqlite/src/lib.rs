@@ -51,7 +51,14 @@ const MIGRATION_0004: &str = include_str!("../migrations/0004_access.sql");
 const MIGRATION_0005: &str = include_str!("../migrations/0005_audit_search.sql");
 const MIGRATION_0006: &str = include_str!("../migrations/0006_messages.sql");
 const MIGRATION_0007: &str = include_str!("../migrations/0007_outbox.sql");
-const SCHEMA_VERSION: &str = "7";
+const MIGRATION_0008: &str = include_str!("../migrations/0008_standing.sql");
+/// Migrations that are one script each, by the schema version they lead to.
+const SIMPLE_MIGRATIONS: [(&str, &str); 3] = [
+    ("6", MIGRATION_0006),
+    ("7", MIGRATION_0007),
+    ("8", MIGRATION_0008),
+];
+const SCHEMA_VERSION: &str = "8";
 
 /// Compartments written before schema 4 (or re-created by a re-index) get their facility from
 /// the SS-MIX2 adapter's source key of their Patient (`ssmix2:<10-digit code>:…`).
@@ -191,14 +198,12 @@ impl SqliteStore {
                 .execute(&mut *connection)
                 .await
                 .map_err(db_error)?;
-            sqlx::raw_sql(MIGRATION_0006)
-                .execute(&mut *connection)
-                .await
-                .map_err(db_error)?;
-            sqlx::raw_sql(MIGRATION_0007)
-                .execute(&mut *connection)
-                .await
-                .map_err(db_error)?;
+            for (_, script) in SIMPLE_MIGRATIONS {
+                sqlx::raw_sql(script)
+                    .execute(&mut *connection)
+                    .await
+                    .map_err(db_error)?;
+            }
             sqlx::query("INSERT INTO store_meta (key, value) VALUES ('schema_version', ?), ('registry_version', ?)")
                 .bind(SCHEMA_VERSION)
                 .bind(REGISTRY_VERSION.to_string())
@@ -272,31 +277,23 @@ impl SqliteStore {
             transaction.commit().await.map_err(db_error)?;
             schema = Some("5".to_owned());
         }
-        if schema.as_deref() == Some("5") {
+        for (index, (version, script)) in SIMPLE_MIGRATIONS.iter().enumerate() {
+            let from = index + 5;
+            if schema.as_deref() != Some(from.to_string().as_str()) {
+                continue;
+            }
             let mut transaction = connection.begin().await.map_err(db_error)?;
-            sqlx::raw_sql(MIGRATION_0006)
+            sqlx::raw_sql(*script)
                 .execute(&mut *transaction)
                 .await
                 .map_err(db_error)?;
-            sqlx::query("UPDATE store_meta SET value = '6' WHERE key = 'schema_version'")
+            sqlx::query("UPDATE store_meta SET value = ?1 WHERE key = 'schema_version'")
+                .bind(*version)
                 .execute(&mut *transaction)
                 .await
                 .map_err(db_error)?;
             transaction.commit().await.map_err(db_error)?;
-            schema = Some("6".to_owned());
-        }
-        if schema.as_deref() == Some("6") {
-            let mut transaction = connection.begin().await.map_err(db_error)?;
-            sqlx::raw_sql(MIGRATION_0007)
-                .execute(&mut *transaction)
-                .await
-                .map_err(db_error)?;
-            sqlx::query("UPDATE store_meta SET value = '7' WHERE key = 'schema_version'")
-                .execute(&mut *transaction)
-                .await
-                .map_err(db_error)?;
-            transaction.commit().await.map_err(db_error)?;
-            schema = Some("7".to_owned());
+            schema = Some((*version).to_owned());
         }
         if schema.as_deref() != Some(SCHEMA_VERSION) {
             return Err(StoreError::Unsupported(format!(

@@ -139,6 +139,7 @@ async fn a_schema_4_database_gets_its_directory_and_consents_as_resources() {
              INSERT INTO participants (id, name, facility, role, active, created_at) VALUES ('dr', 'dr', '0610100010', 'doctor', 1, 0); \
              DROP INDEX audit_id; DROP INDEX audit_facility; \
              ALTER TABLE audit DROP COLUMN id; ALTER TABLE audit DROP COLUMN facility; DROP TABLE messages; DROP TABLE outbox; \
+             ALTER TABLE clients DROP COLUMN serves; ALTER TABLE facilities DROP COLUMN active; DROP TABLE revocations; \
              UPDATE store_meta SET value = '4' WHERE key = 'schema_version';",
         )
         .execute(&mut old)
@@ -160,4 +161,19 @@ async fn a_schema_4_database_gets_its_directory_and_consents_as_resources() {
             "{resource_type}/{id}"
         );
     }
+    // Schema 8: facilities written before it are active; nothing is revoked.
+    use tsunagi_store::Governance;
+    assert!(store.facilities().await.unwrap()[0].active);
+    let standing = store
+        .token_standing(&tsunagi_store::governance::TokenFacts {
+            token_id: "t".into(),
+            subject: "dr".into(),
+            client: "operator".into(),
+            facility: "0610100010".into(),
+            user: true,
+            issued_at: 0,
+        })
+        .await
+        .unwrap();
+    assert!(standing.facility_active && !standing.revoked && standing.user.is_some());
 }

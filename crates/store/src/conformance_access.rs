@@ -177,6 +177,7 @@ pub async fn load<S: Store + Governance>(store: &S) {
                 code: code.into(),
                 name: format!("facility {code}"),
                 kind: kind.into(),
+                active: true,
             })
             .await
             .unwrap();
@@ -693,6 +694,11 @@ macro_rules! store_access_suite {
             withdrawal_and_unlinking_take_effect_at_once,
             governance_records_are_checked_and_audit_is_append_only,
         );
+        #[tokio::test]
+        async fn token_standing_reads_clients_users_facilities_and_revocations() {
+            let store = $make.await;
+            $crate::conformance_standing::token_standing_reads_clients_users_facilities_and_revocations(&store).await;
+        }
     };
     (@tests $make:expr; $($name:ident,)*) => {
         $(

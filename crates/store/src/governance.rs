@@ -41,6 +41,8 @@ pub struct Facility {
     /// hospital, clinic, dental-clinic, pharmacy, home-nursing, care-manager-office,
     /// nursing-home, lab-company, lab-centre.
     pub kind: String,
+    /// False once deactivated (left the network): no token of its people or clients stands.
+    pub active: bool,
 }
 
 /// The facility kinds the directory accepts.
@@ -87,6 +89,58 @@ pub struct Client {
     pub scope: String,
     /// False once deactivated.
     pub active: bool,
+    /// A portal: the facilities besides its own whose users it may act for (a regional portal
+    /// lists every facility it serves). Empty for a system client.
+    pub serves: Vec<String>,
+}
+
+/// The client id of tokens the operator issues from the command line (`tsunagi token issue`);
+/// no registered client may take it.
+pub const OPERATOR_CLIENT: &str = "operator";
+
+/// A revocation: tokens it names are refused from the next request on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// One token, by its `jti`.
+    Token(String),
+    /// Every token of a user or client (as subject or as the client it was issued to) issued
+    /// up to `at` (seconds since the epoch).
+    Subject {
+        /// User or client id.
+        id: String,
+        /// Seconds: tokens issued at or before are refused.
+        at: i64,
+    },
+}
+
+/// What a token names, to look up whether it still stands ([`Governance::token_standing`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenFacts {
+    /// `jti`.
+    pub token_id: String,
+    /// `sub`: a user id or a client id.
+    pub subject: String,
+    /// `client_id`.
+    pub client: String,
+    /// The facility the token acts for.
+    pub facility: String,
+    /// Whether the subject is a user (a participant) rather than a client.
+    pub user: bool,
+    /// `iat`, seconds.
+    pub issued_at: i64,
+}
+
+/// The network's records behind a token, as they are now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Standing {
+    /// The client it was issued to, if registered.
+    pub client: Option<Client>,
+    /// For a user's token: the participant, if registered.
+    pub user: Option<Participant>,
+    /// Whether the token's facility is in the directory and active.
+    pub facility_active: bool,
+    /// Whether the token, its subject or its client was revoked after it was issued.
+    pub revoked: bool,
 }
 
 /// A consent: `viewing` may see what `disclosing` holds of `patient`'s person, during
@@ -258,4 +312,10 @@ pub trait Governance: Send + Sync {
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
     /// Stores a new signing key.
     async fn put_signing_key(&self, key: &StoredKey) -> Result<(), StoreError>;
+
+    /// Records a revocation (a later revocation of the same subject moves its instant on).
+    async fn revoke(&self, revocation: &Revocation) -> Result<(), StoreError>;
+
+    /// The records behind a token, read in one query on every request that carries it.
+    async fn token_standing(&self, token: &TokenFacts) -> Result<Standing, StoreError>;
 }

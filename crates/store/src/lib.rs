@@ -32,6 +32,8 @@ pub use messages::{InboundMessage, MessageLog, MessageState};
 pub use outbox::{DeliveryState, DeliveryUpdate, OutboundMessage, Outbox};
 #[cfg(feature = "conformance")]
 pub mod conformance_search;
+#[cfg(feature = "conformance")]
+pub mod conformance_standing;
 
 use std::collections::BTreeMap;
 

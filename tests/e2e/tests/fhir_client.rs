@@ -32,6 +32,7 @@ async fn fhir_sdk_client_reads_searches_pages_and_gets_everything() {
             code: "0610100010".into(),
             name: "荘内病院".into(),
             kind: "hospital".into(),
+            active: true,
         })
         .await
         .unwrap();
@@ -44,6 +45,7 @@ async fn fhir_sdk_client_reads_searches_pages_and_gets_everything() {
             jwks: std::fs::read_to_string(keys.join("lab-rs384.jwks.json")).unwrap(),
             scope: "system/*.rs".into(),
             active: true,
+            serves: Vec::new(),
         })
         .await
         .unwrap();

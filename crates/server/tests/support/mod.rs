@@ -234,6 +234,7 @@ pub async fn system_token(store: &SqliteStore, settings: &Settings, keys: &[Sign
             code: FACILITY.into(),
             name: "荘内病院".into(),
             kind: "hospital".into(),
+            active: true,
         })
         .await
         .unwrap();
@@ -266,6 +267,7 @@ pub async fn system_client(
             jwks: jwks.into(),
             scope: "system/*.rs".into(),
             active: true,
+            serves: Vec::new(),
         })
         .await
         .unwrap();

@@ -1,0 +1,167 @@
+//! The records behind a token (`Governance::token_standing`), read the same on every backend:
+//! clients with the facilities a portal serves, users, deactivated facilities, revocations of
+//! a token and of a subject.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use crate::governance::{
+    Client, Facility, Governance, Participant, Revocation, Standing, TokenFacts,
+};
+
+const HOSPITAL: &str = "0610100010";
+const CLINIC: &str = "0610400014";
+
+fn token(subject: &str, client: &str, facility: &str, user: bool, issued_at: i64) -> TokenFacts {
+    TokenFacts {
+        token_id: format!("jti-{subject}-{issued_at}"),
+        subject: subject.into(),
+        client: client.into(),
+        facility: facility.into(),
+        user,
+        issued_at,
+    }
+}
+
+pub async fn token_standing_reads_clients_users_facilities_and_revocations<S: Governance>(
+    store: &S,
+) {
+    for (code, kind) in [(HOSPITAL, "hospital"), (CLINIC, "clinic")] {
+        store
+            .put_facility(&Facility {
+                code: code.into(),
+                name: code.into(),
+                kind: kind.into(),
+                active: true,
+            })
+            .await
+            .unwrap();
+    }
+    store
+        .put_participant(&Participant {
+            id: "dr-a".into(),
+            name: "医師 A".into(),
+            facility: HOSPITAL.into(),
+            role: "doctor".into(),
+            active: true,
+        })
+        .await
+        .unwrap();
+    let portal = Client {
+        id: "portal-k".into(),
+        facility: CLINIC.into(),
+        kind: "portal".into(),
+        jwks: "{\"keys\": []}".into(),
+        scope: "user/*.rs".into(),
+        active: true,
+        serves: vec![HOSPITAL.into()],
+    };
+    store.put_client(&portal).await.unwrap();
+    assert_eq!(
+        store.client("portal-k").await.unwrap().unwrap().serves,
+        vec![HOSPITAL.to_owned()]
+    );
+
+    let as_user = token("dr-a", "portal-k", HOSPITAL, true, 1_000);
+    let found = store.token_standing(&as_user).await.unwrap();
+    let client = found.client.clone().unwrap();
+    assert_eq!(
+        (
+            client.kind.as_str(),
+            client.facility.as_str(),
+            client.active
+        ),
+        ("portal", CLINIC, true)
+    );
+    assert_eq!(client.serves, vec![HOSPITAL.to_owned()]);
+    let user = found.user.clone().unwrap();
+    assert_eq!(
+        (user.facility.as_str(), user.role.as_str(), user.active),
+        (HOSPITAL, "doctor", true)
+    );
+    assert!(found.facility_active && !found.revoked);
+
+    // A system token names no user; unknown names come back as absent.
+    let system = store
+        .token_standing(&token("portal-k", "portal-k", CLINIC, false, 1_000))
+        .await
+        .unwrap();
+    assert!(system.user.is_none() && system.client.is_some());
+    let unknown = store
+        .token_standing(&token("nobody", "no-client", "0699999999", true, 1_000))
+        .await
+        .unwrap();
+    assert_eq!(unknown, Standing::default());
+
+    // Revoking one token names only it.
+    store
+        .revoke(&Revocation::Token(as_user.token_id.clone()))
+        .await
+        .unwrap();
+    assert!(store.token_standing(&as_user).await.unwrap().revoked);
+    let other = token("dr-a", "portal-k", HOSPITAL, true, 1_001);
+    assert!(!store.token_standing(&other).await.unwrap().revoked);
+
+    // Revoking a subject names what it was issued up to then, as subject or as client; a
+    // later revocation moves the instant on, an earlier one does not move it back.
+    store
+        .revoke(&Revocation::Subject {
+            id: "portal-k".into(),
+            at: 2_000,
+        })
+        .await
+        .unwrap();
+    store
+        .revoke(&Revocation::Subject {
+            id: "portal-k".into(),
+            at: 1_500,
+        })
+        .await
+        .unwrap();
+    assert!(store.token_standing(&other).await.unwrap().revoked);
+    assert!(
+        store
+            .token_standing(&token("dr-a", "portal-k", HOSPITAL, true, 2_000))
+            .await
+            .unwrap()
+            .revoked
+    );
+    assert!(
+        !store
+            .token_standing(&token("dr-a", "portal-k", HOSPITAL, true, 2_001))
+            .await
+            .unwrap()
+            .revoked
+    );
+
+    // Deactivations are seen at once.
+    store
+        .put_client(&Client {
+            active: false,
+            ..portal
+        })
+        .await
+        .unwrap();
+    store
+        .put_facility(&Facility {
+            code: HOSPITAL.into(),
+            name: HOSPITAL.into(),
+            kind: "hospital".into(),
+            active: false,
+        })
+        .await
+        .unwrap();
+    let later = token("dr-a", "portal-k", HOSPITAL, true, 3_000);
+    let now = store.token_standing(&later).await.unwrap();
+    assert!(!now.client.unwrap().active);
+    assert!(!now.facility_active);
+    assert!(
+        !store
+            .facilities()
+            .await
+            .unwrap()
+            .iter()
+            .find(|f| f.code == HOSPITAL)
+            .unwrap()
+            .active
+    );
+}
