@@ -29,7 +29,7 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-pub use feeds::{FeedConfig, Feeds};
+pub use feeds::{FeedConfig, Feeds, Peer, SenderError};
 pub use process::{Channel, Received, Reply};
 use tokio::sync::{mpsc, oneshot};
 use tsunagi_core::clock::Clock;
@@ -74,6 +74,7 @@ type Job = (Received, oneshot::Sender<Result<Reply, IntakeError>>);
 #[derive(Clone)]
 pub struct Intake {
     sender: mpsc::Sender<Job>,
+    feeds: Arc<Feeds>,
 }
 
 impl std::fmt::Debug for Intake {
@@ -91,9 +92,14 @@ impl Intake {
         options: IntakeOptions,
     ) -> Self {
         let (sender, receiver) = mpsc::channel(options.queue.max(1));
-        let processor = process::Processor::new(store, feeds, clock);
+        let processor = process::Processor::new(store, feeds.clone(), clock);
         tokio::spawn(writer(processor, receiver, options.group.max(1)));
-        Self { sender }
+        Self { sender, feeds }
+    }
+
+    /// Whether a connection without client identity from `address` could speak for any sender.
+    pub fn admits(&self, address: std::net::IpAddr) -> bool {
+        self.feeds.admits(address)
     }
 
     /// Submits one message and waits until it is committed (or refused); the reply holds the ACK
@@ -135,6 +141,15 @@ pub async fn retry<S: FeedStore + ?Sized + 'static>(
 
 pub use process::RetryOutcome;
 
+/// How an MLLP connection identifies its sender: the client its certificate names, else its
+/// address.
+fn origin_of(peer: &tsunagi_mllp::PeerInfo) -> Peer {
+    match &peer.client {
+        Some(client) => Peer::Client(client.clone()),
+        None => Peer::Address(peer.address.ip()),
+    }
+}
+
 /// Serves an intake on MLLP: each frame is submitted and its ACK written back; a store failure
 /// closes the connection unanswered.
 #[derive(Debug, Clone)]
@@ -142,6 +157,11 @@ pub struct MllpHandler(pub Intake);
 
 #[async_trait::async_trait]
 impl tsunagi_mllp::FrameHandler for MllpHandler {
+    /// A plain connection from an address no sender is registered at is closed at once.
+    fn admits(&self, address: std::net::IpAddr) -> bool {
+        self.0.admits(address)
+    }
+
     async fn handle(
         &self,
         frame: Vec<u8>,
@@ -150,7 +170,7 @@ impl tsunagi_mllp::FrameHandler for MllpHandler {
         let received = Received {
             channel: Channel::Mllp,
             raw: frame,
-            client: peer.client.clone(),
+            origin: origin_of(peer),
         };
         match self.0.submit(received).await {
             Ok(reply) => Ok(reply.ack),
@@ -167,7 +187,7 @@ impl tsunagi_mllp::FrameHandler for MllpHandler {
         let received = Received {
             channel: Channel::Mllp,
             raw: frame,
-            client: peer.client.clone(),
+            origin: origin_of(peer),
         };
         let address = peer.address;
         match self.0.enqueue(received).await {

@@ -21,7 +21,7 @@ use tsunagi_store::{
     Access, Batch, InboundMessage, MessageState, Operation, ResourceWrite, StoreError,
 };
 
-use crate::{FeedStore, Feeds, IntakeError};
+use crate::{FeedStore, Feeds, IntakeError, Peer};
 
 /// The transport a message arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,8 +57,8 @@ pub struct Received {
     pub channel: Channel,
     /// The frame's content as received.
     pub raw: Vec<u8>,
-    /// The client id the connection's certificate names (mutual TLS), if any.
-    pub client: Option<String>,
+    /// How the connection identifies its sender.
+    pub origin: Peer,
 }
 
 /// The answer to a message.
@@ -255,7 +255,7 @@ impl<S: FeedStore + ?Sized> Processor<S> {
         let decision = self
             .decide(
                 &received.raw,
-                received.client.as_deref(),
+                &received.origin,
                 received.channel,
                 &hash,
                 true,
@@ -334,7 +334,7 @@ impl<S: FeedStore + ?Sized> Processor<S> {
         let decision = self
             .decide(
                 &message.raw,
-                None,
+                &Peer::Logged,
                 Channel::parse(&message.channel),
                 &message.hash,
                 false,
@@ -368,7 +368,7 @@ impl<S: FeedStore + ?Sized> Processor<S> {
     async fn decide(
         &mut self,
         raw: &[u8],
-        client: Option<&str>,
+        origin: &Peer,
         channel: Channel,
         hash: &[u8],
         check_duplicates: bool,
@@ -436,7 +436,7 @@ impl<S: FeedStore + ?Sized> Processor<S> {
         let msh = message.msh();
         let feed = match self
             .feeds
-            .find(msh.field(3).raw(), msh.field(4).raw(), client)
+            .find(msh.field(3).raw(), msh.field(4).raw(), origin)
         {
             Ok(feed) => feed.clone(),
             Err(cause) => {

@@ -610,6 +610,7 @@ pub(crate) fn synthetic_feed(hospital: &tsunagi_synth::Hospital) -> anyhow::Resu
         sending_facility: hospital.code.to_owned(),
         sending_application: Some("EHR".to_owned()),
         clients: Vec::new(),
+        addresses: Vec::new(),
         tables: Arc::new(tables::load(hospital.code, None)?),
         rules: IdentifyRules::default(),
         reports_for: Vec::new(),
@@ -626,6 +627,11 @@ pub(crate) fn feeds_from_config(config: Option<&Config>) -> anyhow::Result<Feeds
             sending_facility: feed.sending_facility.clone(),
             sending_application: feed.sending_application.clone(),
             clients: feed.clients.clone(),
+            addresses: feed
+                .addresses
+                .iter()
+                .map(|range| range.parse())
+                .collect::<Result<_, _>>()?,
             tables: Arc::new(tables::load(&feed.facility, feed.mappings.as_deref())?),
             rules: IdentifyRules {
                 patient_id_width: feed.patient_id_width.unwrap_or(0),
@@ -663,18 +669,7 @@ impl MllpSetup {
         if feeds.all().is_empty() {
             tracing::warn!(target: "tsunagi::mllp", "no [[hl7v2]] senders are configured: every message will be rejected (AR)");
         }
-        let mut options = tsunagi_mllp::ServerOptions::default();
-        if let Some(mllp) = config.map(|c| &c.mllp) {
-            if let Some(bytes) = mllp.max_frame_bytes {
-                options.max_frame = bytes;
-            }
-            if let Some(connections) = mllp.max_connections {
-                options.max_connections = connections;
-            }
-            if let Some(seconds) = mllp.idle_timeout_seconds {
-                options.idle_timeout = std::time::Duration::from_secs(seconds);
-            }
-        }
+        let options = crate::limits::mllp(config.map(|c| &c.mllp));
         let tls = match config.map(|c| (c.mllp.tls.unwrap_or(false), &c.mllp.tls_client_ca)) {
             Some((true, ca)) => Some(ca.clone()),
             Some((false, Some(_))) => bail!("[mllp] tls_client_ca needs tls = true"),
@@ -699,7 +694,7 @@ impl tsunagi_server::hl7v2_api::MessageIntake for HttpIntake {
         let received = tsunagi_adapter_hl7v2::Received {
             channel: tsunagi_adapter_hl7v2::Channel::Http,
             raw,
-            client: Some(client),
+            origin: tsunagi_adapter_hl7v2::Peer::Client(client),
         };
         self.0
             .submit(received)
@@ -834,6 +829,7 @@ pub(crate) async fn serve(flags: ServeFlags) -> anyhow::Result<()> {
             .base_url
             .clone()
             .or_else(|| server.and_then(|s| s.base_url.clone())),
+        limits: crate::limits::http(server),
         ..Default::default()
     };
     if let Some(base) = &settings.base_url {
@@ -863,7 +859,14 @@ pub(crate) async fn serve(flags: ServeFlags) -> anyhow::Result<()> {
         );
     }
     let listeners = Listeners::from_flags(&flags, server)?;
-    let mllp = MllpSetup::from_config(flags.mllp_listen.as_deref(), config.as_ref())?;
+    let mut mllp = MllpSetup::from_config(flags.mllp_listen.as_deref(), config.as_ref())?;
+    crate::limits::fit_descriptors(
+        &mut settings.limits,
+        1 + usize::from(listeners.mutual.is_some()),
+        mllp.as_mut()
+            .filter(|setup| setup.address.is_some())
+            .map(|setup| &mut setup.options),
+    )?;
     let outbound = OutboundSetup::from_config(config.as_ref());
     let store = open_store(&db).await?;
     serve_store(

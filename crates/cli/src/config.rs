@@ -76,6 +76,11 @@ pub(crate) struct Hl7v2Feed {
     /// Client ids (certificate CN) that speak for this feed on a mutual-TLS MLLP listener.
     #[serde(default)]
     pub(crate) clients: Vec<String>,
+    /// Addresses (`10.1.2.3`, `10.1.2.0/24`, `::1`) the sender connects from over plain TCP or
+    /// TLS without a client certificate; a message naming this sender from anywhere else is
+    /// refused (AR). Absent: loopback only.
+    #[serde(default)]
+    pub(crate) addresses: Vec<String>,
     /// Code tables folder; default: the tables built into the binary.
     pub(crate) mappings: Option<PathBuf>,
     /// Zero-pads numeric PID-3 values to this many digits (0 or absent: as sent).
@@ -96,8 +101,12 @@ pub(crate) struct MllpConfig {
     pub(crate) max_frame_bytes: Option<usize>,
     /// Connections served at once (default 256).
     pub(crate) max_connections: Option<usize>,
-    /// Seconds a connection may stay silent (default 300).
+    /// Connections from one address at once (default 32).
+    pub(crate) max_connections_per_peer: Option<usize>,
+    /// Seconds a connection may stay silent between frames (default 300).
     pub(crate) idle_timeout_seconds: Option<u64>,
+    /// Seconds a frame may take from its first byte to its end (default 60).
+    pub(crate) frame_timeout_seconds: Option<u64>,
     /// TLS on the MLLP listener, with the server's certificate and key (`[server]` or
     /// `--tls-cert`/`--tls-key`).
     pub(crate) tls: Option<bool>,
@@ -138,6 +147,21 @@ pub(crate) struct ServerConfig {
     /// transactions) and that `$validate` offers; default none (structural checks only).
     #[serde(default)]
     pub(crate) profile_packages: Vec<PathBuf>,
+    /// Connections of each listener at once (default 1024).
+    pub(crate) max_connections: Option<usize>,
+    /// Connections from one address at once (default 256; behind a reverse proxy, the proxy).
+    pub(crate) max_connections_per_peer: Option<usize>,
+    /// Seconds for a request's line and headers, from when the server waits for them (default
+    /// 10; also the TLS handshake's limit).
+    pub(crate) header_read_timeout_seconds: Option<u64>,
+    /// Seconds a connection may stay silent after an answer, or after it opened (default 5).
+    pub(crate) keep_alive_timeout_seconds: Option<u64>,
+    /// Seconds for a request's whole body (default 60).
+    pub(crate) body_read_timeout_seconds: Option<u64>,
+    /// Seconds an answer may wait for the client to read it (default 60).
+    pub(crate) send_timeout_seconds: Option<u64>,
+    /// The largest request body, in bytes (default 16 MiB).
+    pub(crate) max_body_bytes: Option<usize>,
 }
 
 /// How log lines are written.
@@ -211,6 +235,11 @@ impl Config {
                     "hl7v2 feed {}: sending_facility (MSH-4) is required",
                     feed.facility
                 );
+            }
+            for range in &feed.addresses {
+                range
+                    .parse::<tsunagi_net::Cidr>()
+                    .with_context(|| format!("hl7v2 feed {}: addresses", feed.facility))?;
             }
         }
         for route in &config.outbound {

@@ -21,6 +21,7 @@ mod bench_outbound;
 mod bench_search;
 mod commands;
 mod config;
+mod limits;
 mod outbox;
 mod packages;
 mod progress;

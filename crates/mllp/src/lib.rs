@@ -7,25 +7,37 @@
 //! answered (with a handler that implements [`FrameHandler::accept`]), which lets the intake
 //! commit them together.
 //!
-//! Limits, so no peer can exhaust the gateway: a frame larger than
+//! Limits, so no peer can exhaust the gateway (issue 17 §2): a frame larger than
 //! [`ServerOptions::max_frame`] closes the connection (memory stays bounded); at most
-//! [`ServerOptions::max_connections`] connections are served at once (more are closed at
-//! accept); a connection silent for [`ServerOptions::idle_timeout`] — including one that
-//! started a frame and never ended it — is closed. A handler that cannot answer (its store
-//! failed) closes the connection without a reply, so the sender resends.
+//! [`ServerOptions::max_connections`] connections are served at once, and
+//! [`ServerOptions::max_connections_per_peer`] from one address (more are closed at accept,
+//! through a [`tsunagi_net::Gate`], whose accept backs off when descriptors run out); on a
+//! plain-TCP listener a connection from an address the handler does not admit
+//! ([`FrameHandler::admits`]: no sender is registered there) is closed at once; a TLS
+//! handshake must end within [`ServerOptions::frame_timeout`]; a connection silent for
+//! [`ServerOptions::idle_timeout`] is closed, and so is one whose frame, once begun, is not
+//! ended within [`ServerOptions::frame_timeout`] (a sender trickling bytes). A handler that
+//! cannot answer (its store failed) closes the connection without a reply, so the sender
+//! resends.
 
 pub mod client;
 pub mod standin;
 
 use std::{
-    collections::VecDeque, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
+    collections::VecDeque,
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
 };
 
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpListener,
-    sync::Semaphore,
+    time::Instant,
 };
+use tsunagi_net::{Admission, Gate};
 use tsunagi_hl7v2::mllp::{FrameDecoder, frame};
 
 /// Who is on the other end of a connection.
@@ -44,6 +56,11 @@ pub type Answer = Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>, ()>> + Sen
 /// What to do with frames.
 #[async_trait::async_trait]
 pub trait FrameHandler: Send + Sync + 'static {
+    /// Whether a plain-TCP connection from `address` is served at all (the default: yes).
+    fn admits(&self, _address: IpAddr) -> bool {
+        true
+    }
+
     /// Handles one frame: `Ok(Some(reply))` sends the reply framed, `Ok(None)` sends nothing,
     /// `Err(())` closes the connection without an answer.
     async fn handle(&self, frame: Vec<u8>, peer: &PeerInfo) -> Result<Option<Vec<u8>>, ()>;
@@ -65,8 +82,13 @@ pub struct ServerOptions {
     pub max_frame: usize,
     /// Connections served at once.
     pub max_connections: usize,
-    /// A connection with no complete frame for this long is closed.
+    /// Connections from one address at once.
+    pub max_connections_per_peer: usize,
+    /// A connection silent this long between frames is closed.
     pub idle_timeout: Duration,
+    /// A frame must end this long after its first byte, and a TLS handshake end this long
+    /// after the connection opened.
+    pub frame_timeout: Duration,
     /// Frames of one connection taken before the first of them is answered (a sender that
     /// pipelines); further frames wait in the socket. Answers keep frame order.
     pub pipeline: usize,
@@ -77,7 +99,9 @@ impl Default for ServerOptions {
         Self {
             max_frame: 16 * 1024 * 1024,
             max_connections: 256,
+            max_connections_per_peer: 32,
             idle_timeout: Duration::from_secs(300),
+            frame_timeout: Duration::from_secs(60),
             pipeline: 64,
         }
     }
@@ -108,26 +132,31 @@ pub async fn serve(
     options: ServerOptions,
     handler: Arc<dyn FrameHandler>,
 ) {
-    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let gate = Gate::new(
+        "mllp",
+        tsunagi_net::Limits {
+            max_connections: options.max_connections,
+            max_per_peer: options.max_connections_per_peer,
+        },
+    );
     loop {
-        let (stream, address) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(target: "tsunagi::mllp", %error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        let (stream, address, admission) = gate.accept(&listener).await;
+        let ticket = match admission {
+            Admission::Admitted(ticket) => ticket,
+            refused => {
+                tracing::warn!(target: "tsunagi::mllp", %address, limit = ?refused, "connection limit reached; closed");
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(target: "tsunagi::mllp", %address, "connection limit reached; closed");
-            drop(stream);
+        if tls.is_none() && !handler.admits(address.ip()) {
+            tracing::info!(target: "tsunagi::mllp", %address, "no sender is registered at this address; closed");
             continue;
-        };
+        }
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _ticket = ticket;
             match tls {
                 None => {
                     let peer = PeerInfo {
@@ -139,14 +168,17 @@ pub async fn serve(
                 Some(tls) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
                     let handshake =
-                        tokio::time::timeout(options.idle_timeout, acceptor.accept(stream)).await;
+                        tokio::time::timeout(options.frame_timeout, acceptor.accept(stream)).await;
                     let stream = match handshake {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(error)) => {
                             tracing::warn!(target: "tsunagi::mllp", %address, %error, "TLS handshake failed");
                             return;
                         }
-                        Err(_) => return,
+                        Err(_) => {
+                            tracing::info!(target: "tsunagi::mllp", %address, "TLS handshake timed out");
+                            return;
+                        }
                     };
                     let client = stream
                         .get_ref()
@@ -180,6 +212,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut pending: VecDeque<Answer> = VecDeque::new();
     let in_flight = options.pipeline.max(1);
     let mut reading = true;
+    // When the frame now arriving began (its first byte), while one is arriving.
+    let mut frame_started: Option<Instant> = None;
     loop {
         // Take every complete frame, in order, up to the pipeline's depth.
         while pending.len() < in_flight {
@@ -201,11 +235,25 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         if pending.is_empty() && !reading {
             return;
         }
+        // A frame begun and not ended is on the clock.
+        if decoder.pending() == 0 {
+            frame_started = None;
+        } else if frame_started.is_none() {
+            frame_started = Some(Instant::now());
+        }
         let take_more = reading && pending.len() < in_flight;
         let event = match pending.front_mut() {
-            // Nothing in flight: wait for bytes, at most the idle timeout.
+            // Nothing in flight: wait for bytes, at most the idle timeout between frames and
+            // what is left of the frame timeout inside one.
             None => {
-                match tokio::time::timeout(options.idle_timeout, stream.read(&mut buffer)).await {
+                let wait = match frame_started {
+                    Some(started) => options
+                        .frame_timeout
+                        .saturating_sub(started.elapsed())
+                        .min(options.idle_timeout),
+                    None => options.idle_timeout,
+                };
+                match tokio::time::timeout(wait, stream.read(&mut buffer)).await {
                     Ok(read) => Event::Read(read),
                     Err(_) => Event::Idle,
                 }
@@ -242,7 +290,11 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             Event::Read(Ok(count)) => decoder.push(&buffer[..count]),
             Event::Read(Err(_)) => return,
             Event::Idle => {
-                tracing::info!(target: "tsunagi::mllp", address = %peer.address, "idle timeout; closed");
+                if frame_started.is_some() {
+                    tracing::info!(target: "tsunagi::mllp", address = %peer.address, bytes = decoder.pending(), "a frame did not end within the frame timeout; closed, nothing stored");
+                } else {
+                    tracing::info!(target: "tsunagi::mllp", address = %peer.address, "idle timeout; closed");
+                }
                 return;
             }
         }

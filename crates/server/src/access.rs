@@ -35,8 +35,32 @@ pub struct Metrics {
     pub(crate) client_errors: AtomicU64,
     pub(crate) server_errors: AtomicU64,
     pub(crate) micros: AtomicU64,
+    /// The listeners' connection gates (open and refused connections).
+    pub(crate) gates: std::sync::Mutex<Vec<tsunagi_net::Gate>>,
     /// A per-process random prefix for generated request ids.
     id_prefix: u64,
+}
+
+impl Metrics {
+    /// One Prometheus line per listener of `value`.
+    pub(crate) fn per_listener(&self, value: impl Fn(&tsunagi_net::Gate) -> u64, metric: &str) -> String {
+        let gates = self
+            .gates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        gates
+            .iter()
+            .map(|gate| format!("{metric}{{listener=\"{}\"}} {}\n", gate.name(), value(gate)))
+            .collect()
+    }
+
+    /// Counts a listener's gate in `/metrics`.
+    pub(crate) fn watch_gate(&self, gate: tsunagi_net::Gate) {
+        self.gates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(gate);
+    }
 }
 
 impl Default for Metrics {
@@ -46,6 +70,7 @@ impl Default for Metrics {
             client_errors: AtomicU64::new(0),
             server_errors: AtomicU64::new(0),
             micros: AtomicU64::new(0),
+            gates: std::sync::Mutex::default(),
             id_prefix: RandomState::new().hash_one(std::process::id()),
         }
     }

@@ -18,6 +18,8 @@ pub mod capability;
 mod consent_api;
 pub mod format;
 pub mod hl7v2_api;
+pub mod limits;
+pub mod listen;
 mod notes_api;
 pub mod outcome;
 mod pix;
@@ -76,6 +78,8 @@ pub struct Settings {
     /// Profiles posted resources are checked against (see [`validation`]); empty: structural
     /// checks only.
     pub profiles: Arc<tsunagi_fhir::validate::Profiles>,
+    /// Connection and request limits ([`listen`], [`limits`]).
+    pub limits: listen::HttpLimits,
 }
 
 impl Default for Settings {
@@ -87,6 +91,7 @@ impl Default for Settings {
             max_revinclude: 1000,
             tokens: TokenSettings::default(),
             profiles: Arc::default(),
+            limits: listen::HttpLimits::default(),
         }
     }
 }
@@ -198,6 +203,13 @@ fn assemble(state: Arc<AppState>, protected: Router<Arc<AppState>>) -> Router {
         .fallback(|method: Method, uri: axum::http::Uri| async move {
             ApiError::not_found(format!("{method} {}: no such endpoint", uri.path()))
         })
+        // Bodies are bounded (size and time) by `limits::bounded`, not per extractor.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::bounded,
+        ))
+        .layer(axum::middleware::from_fn(limits::ensure_outcome))
         .layer(axum::middleware::from_fn(format::convert))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -212,42 +224,32 @@ fn assemble(state: Arc<AppState>, protected: Router<Arc<AppState>>) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on a bound listener until the future `shutdown` completes.
+/// Serves the API on a bound listener until the future `shutdown` completes, then drains
+/// (see [`listen`]: connection caps and timeouts from [`Settings::limits`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_on(listener, state, shutdown).await
+    listen::serve("http", listener, listen::Transport::Plain, state, shutdown).await
 }
 
-/// Serves `router` over TLS until `shutdown` completes. On a mutual-TLS listener every token
+/// Serves the API over TLS until `shutdown` completes. On a mutual-TLS listener every token
 /// must have been issued to the client the connection's certificate names.
 pub async fn serve_tls(
     listener: tls::TlsListener,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_on(listener, state, shutdown).await
-}
-
-async fn serve_on<L>(
-    listener: L,
-    state: Arc<AppState>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-    tls::Peer: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
-{
-    // With the peer in each request: the audit records its address (BALP agent.network), and
-    // the guard holds tokens to the client a certificate names.
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<tls::Peer>(),
+    let (tcp, acceptor, mutual) = listener.into_parts();
+    let name = if mutual { "mtls" } else { "https" };
+    listen::serve(
+        name,
+        tcp,
+        listen::Transport::Tls { acceptor, mutual },
+        state,
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
     .await
 }
 
@@ -264,11 +266,15 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "# HELP tsunagi_http_requests_total HTTP requests answered.\n# TYPE tsunagi_http_requests_total counter\ntsunagi_http_requests_total {}\n\
          # HELP tsunagi_http_client_errors_total Requests answered 4xx.\n# TYPE tsunagi_http_client_errors_total counter\ntsunagi_http_client_errors_total {}\n\
          # HELP tsunagi_http_server_errors_total Requests answered 5xx.\n# TYPE tsunagi_http_server_errors_total counter\ntsunagi_http_server_errors_total {}\n\
-         # HELP tsunagi_http_request_seconds_sum Time spent answering requests.\n# TYPE tsunagi_http_request_seconds_sum counter\ntsunagi_http_request_seconds_sum {:.6}\n",
+         # HELP tsunagi_http_request_seconds_sum Time spent answering requests.\n# TYPE tsunagi_http_request_seconds_sum counter\ntsunagi_http_request_seconds_sum {:.6}\n\
+         # HELP tsunagi_connections_open Connections open, by listener.\n# TYPE tsunagi_connections_open gauge\n\
+         {}# HELP tsunagi_connections_refused_total Connections turned away over a cap, by listener.\n# TYPE tsunagi_connections_refused_total counter\n{}",
         m.requests.load(Ordering::Relaxed),
         m.client_errors.load(Ordering::Relaxed),
         m.server_errors.load(Ordering::Relaxed),
         m.micros.load(Ordering::Relaxed) as f64 / 1e6,
+        m.per_listener(|gate| gate.open() as u64, "tsunagi_connections_open"),
+        m.per_listener(tsunagi_net::Gate::refused, "tsunagi_connections_refused_total"),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -618,6 +618,8 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // The OAuth error form is the token endpoint's wire form, not an OperationOutcome.
+    response.extensions_mut().insert(crate::limits::OwnForm);
     response
 }
 
@@ -627,8 +629,19 @@ pub async fn token_endpoint(
     State(state): State<Arc<AppState>>,
     request_id: Option<Extension<RequestId>>,
     peer: Option<Extension<ConnectInfo<Peer>>>,
-    Form(form): Form<Vec<(String, String)>>,
+    form: Result<Form<Vec<(String, String)>>, axum::extract::rejection::FormRejection>,
 ) -> Response {
+    let form = match form {
+        Ok(Form(form)) => form,
+        // RFC 6749 §4.4: the request is application/x-www-form-urlencoded.
+        Err(rejection) => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &format!("the token request is a form (application/x-www-form-urlencoded): {rejection}"),
+            );
+        }
+    };
     let peer = peer.map(|Extension(ConnectInfo(peer))| peer);
     let value = |name: &str| {
         form.iter()

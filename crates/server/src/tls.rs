@@ -1,41 +1,29 @@
 //! TLS for the FHIR API (issue 4 §6): rustls server configurations — TLS 1.3 only by default,
 //! TLS 1.2 with ECDHE AEAD suites only when configured, verified client certificates on the
-//! mutual-TLS listener — and an axum [`Listener`] that completes handshakes off its accept loop,
-//! so that a client stalling its handshake delays nobody else.
+//! mutual-TLS listener — and the [`TlsListener`] the API serves on; handshakes run on each
+//! connection's own task (`crate::listen`), so a client stalling its handshake delays nobody
+//! else, and is cut off after the header-read timeout.
 
 use std::{
     io,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
 };
 
-use axum::{
-    extract::connect_info::Connected,
-    serve::{IncomingStream, Listener},
-};
 use rustls::{
     CipherSuite, RootCertStore, ServerConfig, SupportedCipherSuite,
     crypto::CryptoProvider,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
     server::WebPkiClientVerifier,
 };
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::{Semaphore, mpsc},
-    task::JoinHandle,
-};
-use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use x509_cert::der::{
     Decode,
     asn1::{ObjectIdentifier, PrintableStringRef, Utf8StringRef},
 };
 
-/// A handshake not finished within this time is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; further connections wait in the kernel's backlog.
-const MAX_HANDSHAKES: usize = 1024;
 /// The subject attribute commonName (X.520).
 const COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
 /// The TLS 1.2 suites offered when TLS 1.2 is enabled: ephemeral ECDH key exchange and AEAD
@@ -58,21 +46,6 @@ pub struct Peer {
     /// `Some` only on the mutual-TLS listener: the subject common name of the client
     /// certificate, which must equal the `client_id` of every token used on the connection.
     pub certified_client: Option<Arc<str>>,
-}
-
-impl Connected<IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
-        Self {
-            address: *stream.remote_addr(),
-            certified_client: None,
-        }
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        stream.remote_addr().clone()
-    }
 }
 
 /// The server's certificate and key, and whether TLS 1.2 is allowed besides 1.3.
@@ -205,11 +178,12 @@ pub fn common_name(certificate: &[u8]) -> Option<String> {
     }
 }
 
-/// TLS connections ready to serve, handshaken by tasks of their own.
+/// A listening socket and the TLS configuration its connections are served with.
 pub struct TlsListener {
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    mutual: bool,
     local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, Peer)>,
-    acceptor: JoinHandle<()>,
 }
 
 impl TlsListener {
@@ -217,117 +191,21 @@ impl TlsListener {
     /// certificate names no single common name is closed after the handshake.
     pub fn new(listener: TcpListener, config: Arc<ServerConfig>, mutual: bool) -> io::Result<Self> {
         let local = listener.local_addr()?;
-        let (sender, ready) = mpsc::channel(64);
-        let acceptor = tokio::spawn(accept_loop(
-            listener,
-            TlsAcceptor::from(config),
-            mutual,
-            sender,
-        ));
         Ok(Self {
+            tcp: listener,
+            acceptor: TlsAcceptor::from(config),
+            mutual,
             local,
-            ready,
-            acceptor,
         })
     }
-}
 
-impl TlsListener {
     /// The bound address.
     pub fn address(&self) -> SocketAddr {
         self.local
     }
-}
 
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        // Closes the listening socket with the server.
-        self.acceptor.abort();
-    }
-}
-
-impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = Peer;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(connection) => connection,
-            // The accept loop never ends on its own; nothing more will come.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Peer> {
-        Ok(Peer {
-            address: self.local,
-            certified_client: None,
-        })
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    mutual: bool,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, Peer)>,
-) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    loop {
-        let (stream, address) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of file descriptors and the like: wait rather than spin.
-                tracing::warn!(target: "tsunagi::tls", %error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = handshakes.clone().acquire_owned().await else {
-            return;
-        };
-        let acceptor = acceptor.clone();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _ = stream.set_nodelay(true);
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                .await
-            {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    tracing::info!(target: "tsunagi::tls", %address, %error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!(target: "tsunagi::tls", %address, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let certified_client = if mutual {
-                let name = stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|chain| chain.first())
-                    .and_then(|leaf| common_name(leaf.as_ref()));
-                let Some(name) = name else {
-                    tracing::info!(target: "tsunagi::tls", %address, "client certificate names no single common name");
-                    return;
-                };
-                Some(Arc::from(name))
-            } else {
-                None
-            };
-            let _ = ready
-                .send((
-                    stream,
-                    Peer {
-                        address,
-                        certified_client,
-                    },
-                ))
-                .await;
-        });
+    /// The socket, the acceptor and whether client certificates name clients.
+    pub(crate) fn into_parts(self) -> (TcpListener, TlsAcceptor, bool) {
+        (self.tcp, self.acceptor, self.mutual)
     }
 }

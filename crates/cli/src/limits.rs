@@ -1,0 +1,111 @@
+//! The limits of `tsunagi serve`'s listeners from `tsunagi.toml` (`[server]`, `[mllp]`), and
+//! their connection caps fitted under the process's open-file limit, so clients can never take
+//! the descriptors the store, the audit journal and outbound delivery need (issue 17 §2).
+
+use std::time::Duration;
+
+use anyhow::bail;
+use tsunagi_server::listen::HttpLimits;
+
+use crate::config::{MllpConfig, ServerConfig};
+
+/// The API's limits: the config's, else the defaults.
+pub(crate) fn http(server: Option<&ServerConfig>) -> HttpLimits {
+    let mut limits = HttpLimits::default();
+    let Some(server) = server else {
+        return limits;
+    };
+    let seconds = Duration::from_secs;
+    if let Some(value) = server.max_connections {
+        limits.max_connections = value;
+    }
+    if let Some(value) = server.max_connections_per_peer {
+        limits.max_connections_per_peer = value;
+    }
+    if let Some(value) = server.header_read_timeout_seconds {
+        limits.header_read_timeout = seconds(value);
+    }
+    if let Some(value) = server.keep_alive_timeout_seconds {
+        limits.keep_alive_timeout = seconds(value);
+    }
+    if let Some(value) = server.body_read_timeout_seconds {
+        limits.body_read_timeout = seconds(value);
+    }
+    if let Some(value) = server.send_timeout_seconds {
+        limits.send_timeout = seconds(value);
+    }
+    if let Some(value) = server.max_body_bytes {
+        limits.max_body_bytes = value;
+    }
+    limits
+}
+
+/// The MLLP listener's limits: the config's, else the defaults.
+pub(crate) fn mllp(mllp: Option<&MllpConfig>) -> tsunagi_mllp::ServerOptions {
+    let mut options = tsunagi_mllp::ServerOptions::default();
+    let Some(mllp) = mllp else {
+        return options;
+    };
+    if let Some(bytes) = mllp.max_frame_bytes {
+        options.max_frame = bytes;
+    }
+    if let Some(connections) = mllp.max_connections {
+        options.max_connections = connections;
+    }
+    if let Some(connections) = mllp.max_connections_per_peer {
+        options.max_connections_per_peer = connections;
+    }
+    if let Some(seconds) = mllp.idle_timeout_seconds {
+        options.idle_timeout = Duration::from_secs(seconds);
+    }
+    if let Some(seconds) = mllp.frame_timeout_seconds {
+        options.frame_timeout = Duration::from_secs(seconds);
+    }
+    options
+}
+
+/// Raises the open-file limit to its hard maximum and fits the listeners' caps under it (the
+/// API's cap holds for each of its `http_listeners`), keeping
+/// [`tsunagi_net::descriptors::RESERVE`] for the gateway itself. Says what it had to lower.
+pub(crate) fn fit_descriptors(
+    http: &mut HttpLimits,
+    http_listeners: usize,
+    mllp: Option<&mut tsunagi_mllp::ServerOptions>,
+) -> anyhow::Result<()> {
+    let Some(limit) = tsunagi_net::descriptors::raise_limit() else {
+        return Ok(());
+    };
+    let listeners = http_listeners.max(1);
+    let mut http_total = http.max_connections.saturating_mul(listeners);
+    let mut mllp_cap = mllp.as_ref().map_or(0, |options| options.max_connections);
+    let fitted = if mllp.is_some() {
+        tsunagi_net::descriptors::fit(limit, &mut [&mut http_total, &mut mllp_cap])
+    } else {
+        tsunagi_net::descriptors::fit(limit, &mut [&mut http_total])
+    };
+    match fitted {
+        Err(needed) => bail!(
+            "the open-file limit is {limit}; tsunagi serve needs at least {needed} (raise it: ulimit -n, or LimitNOFILE= in the systemd unit)"
+        ),
+        Ok(false) => Ok(()),
+        Ok(true) => {
+            http.max_connections = http_total / listeners;
+            http.max_connections_per_peer =
+                http.max_connections_per_peer.min(http.max_connections);
+            if let Some(options) = mllp {
+                options.max_connections = mllp_cap;
+                options.max_connections_per_peer =
+                    options.max_connections_per_peer.min(mllp_cap);
+            }
+            tracing::warn!(
+                target: "tsunagi::net",
+                open_file_limit = limit,
+                reserved = tsunagi_net::descriptors::RESERVE,
+                http_max_connections = http.max_connections,
+                mllp_max_connections = mllp_cap,
+                "connection caps lowered to fit the open-file limit"
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! A stream that gives up on a stalled peer: a write that makes no progress for `send_timeout`
+//! (a client that stopped reading), and a read that waits longer than `keep_alive` after the
+//! stream last wrote (a client that holds a kept-alive connection without a new request, or
+//! a new connection that never says anything). A read after the peer spoke — a request still
+//! arriving, a handler at work — is never timed here: the protocol layer bounds those.
+
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    time::Sleep,
+};
+
+/// What the stream did last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Last {
+    /// Wrote (or has just been opened): the peer's turn to speak.
+    Wrote,
+    /// Read: the peer spoke.
+    Read,
+}
+
+/// A stream with a send timeout and a keep-alive timeout.
+#[derive(Debug)]
+pub struct Watched<S> {
+    inner: S,
+    keep_alive: Duration,
+    send_timeout: Duration,
+    last: Last,
+    idle: Option<Pin<Box<Sleep>>>,
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> Watched<S> {
+    /// Watches `inner`; a new connection counts as having written (it must speak first).
+    pub fn new(inner: S, keep_alive: Duration, send_timeout: Duration) -> Self {
+        Self {
+            inner,
+            keep_alive,
+            send_timeout,
+            last: Last::Wrote,
+            idle: None,
+            stalled: None,
+        }
+    }
+
+    /// The stream inside.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+/// Polls a timer armed on first use; true when it has fired.
+fn fired(timer: &mut Option<Pin<Box<Sleep>>>, after: Duration, cx: &mut Context<'_>) -> bool {
+    let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+    sleep.as_mut().poll(cx).is_ready()
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.last = Last::Read;
+                    this.idle = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => {
+                if this.last == Last::Wrote && fired(&mut this.idle, this.keep_alive, cx) {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no request within the keep-alive timeout",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write(cx, data) {
+            Poll::Ready(Ok(written)) => {
+                if written > 0 {
+                    this.last = Last::Wrote;
+                    this.stalled = None;
+                    this.idle = None;
+                }
+                Poll::Ready(Ok(written))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => {
+                if fired(&mut this.stalled, this.send_timeout, cx) {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the peer stopped reading",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Ok(written)) => {
+                if written > 0 {
+                    this.last = Last::Wrote;
+                    this.stalled = None;
+                    this.idle = None;
+                }
+                Poll::Ready(Ok(written))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => {
+                if fired(&mut this.stalled, this.send_timeout, cx) {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the peer stopped reading",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Pending if fired(&mut this.stalled, this.send_timeout, cx) => Poll::Ready(Err(
+                io::Error::new(io::ErrorKind::TimedOut, "the peer stopped reading"),
+            )),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_silent_peer_is_timed_out_only_when_it_is_its_turn() {
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut watched = Watched::new(near, Duration::from_millis(50), Duration::from_secs(5));
+        let mut buffer = [0u8; 8];
+        // A new connection that says nothing.
+        let error = watched.read(&mut buffer).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        // After the peer spoke, waiting (a handler at work) is not timed.
+        let (near, mut far2) = tokio::io::duplex(64);
+        let mut watched = Watched::new(near, Duration::from_millis(50), Duration::from_secs(5));
+        far2.write_all(b"hi").await.unwrap();
+        assert_eq!(watched.read(&mut buffer).await.unwrap(), 2);
+        let waited = tokio::time::timeout(Duration::from_millis(150), watched.read(&mut buffer));
+        assert!(waited.await.is_err(), "still waiting, not failed");
+        // After an answer, the keep-alive clock runs again.
+        watched.write_all(b"ok").await.unwrap();
+        let error = watched.read(&mut buffer).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        far.write_all(b"x").await.ok();
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stops_reading_fails_the_write() {
+        let (near, _far) = tokio::io::duplex(16);
+        let mut watched = Watched::new(near, Duration::from_secs(5), Duration::from_millis(50));
+        let error = watched.write_all(&[0u8; 1024]).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+    }
+}
