@@ -7,8 +7,8 @@
 use std::{net::IpAddr, sync::Arc};
 
 use tsunagi_core::FacilityId;
-use tsunagi_net::Cidr;
 use tsunagi_mapping::{CodeTables, pushed::IdentifyRules};
+use tsunagi_net::Cidr;
 
 /// One configured sender.
 #[derive(Debug, Clone)]
@@ -82,7 +82,9 @@ pub enum SenderError {
     },
     /// A sender named by MSH-3/MSH-4 over a connection from an address it is not registered to
     /// connect from.
-    #[error("sender {sender} does not connect from {address}; use its registered address, or TLS with its client certificate")]
+    #[error(
+        "sender {sender} does not connect from {address}; use its registered address, or TLS with its client certificate"
+    )]
     WrongAddress {
         /// What MSH-3/MSH-4 claim.
         sender: String,

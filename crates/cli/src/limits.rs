@@ -90,12 +90,10 @@ pub(crate) fn fit_descriptors(
         Ok(false) => Ok(()),
         Ok(true) => {
             http.max_connections = http_total / listeners;
-            http.max_connections_per_peer =
-                http.max_connections_per_peer.min(http.max_connections);
+            http.max_connections_per_peer = http.max_connections_per_peer.min(http.max_connections);
             if let Some(options) = mllp {
                 options.max_connections = mllp_cap;
-                options.max_connections_per_peer =
-                    options.max_connections_per_peer.min(mllp_cap);
+                options.max_connections_per_peer = options.max_connections_per_peer.min(mllp_cap);
             }
             tracing::warn!(
                 target: "tsunagi::net",

@@ -37,8 +37,8 @@ use tokio::{
     net::TcpListener,
     time::Instant,
 };
-use tsunagi_net::{Admission, Gate};
 use tsunagi_hl7v2::mllp::{FrameDecoder, frame};
+use tsunagi_net::{Admission, Gate};
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone)]

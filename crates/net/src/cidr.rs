@@ -59,7 +59,9 @@ impl Cidr {
     pub fn contains(&self, address: IpAddr) -> bool {
         match (self.network, address.to_canonical()) {
             (IpAddr::V4(network), IpAddr::V4(address)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(network) & mask == u32::from(address) & mask
             }
             (IpAddr::V6(network), IpAddr::V6(address)) => {
@@ -87,7 +89,10 @@ mod tests {
         let lan: Cidr = "10.1.2.0/24".parse().unwrap();
         assert!(lan.contains(ip("10.1.2.200")));
         assert!(!lan.contains(ip("10.1.3.1")));
-        assert!(lan.contains(ip("::ffff:10.1.2.7")), "IPv4 through an IPv6 socket");
+        assert!(
+            lan.contains(ip("::ffff:10.1.2.7")),
+            "IPv4 through an IPv6 socket"
+        );
         let host: Cidr = "192.0.2.10".parse().unwrap();
         assert!(host.contains(ip("192.0.2.10")) && !host.contains(ip("192.0.2.11")));
         let any: Cidr = "0.0.0.0/0".parse().unwrap();

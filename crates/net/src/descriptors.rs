@@ -56,7 +56,10 @@ mod tests {
     fn caps_are_scaled_under_the_limit_with_the_reserve_kept() {
         let (mut http, mut mtls, mut mllp) = (1024, 256, 256);
         assert_eq!(fit(1024, &mut [&mut http, &mut mtls, &mut mllp]), Ok(true));
-        assert!((http + mtls + mllp) as u64 <= 1024 - RESERVE, "{http} {mtls} {mllp}");
+        assert!(
+            (http + mtls + mllp) as u64 <= 1024 - RESERVE,
+            "{http} {mtls} {mllp}"
+        );
         assert!(http > mtls && mtls == mllp);
         let (mut http, mut mllp) = (1024, 256);
         assert_eq!(fit(65536, &mut [&mut http, &mut mllp]), Ok(false));

@@ -43,7 +43,11 @@ pub struct Metrics {
 
 impl Metrics {
     /// One Prometheus line per listener of `value`.
-    pub(crate) fn per_listener(&self, value: impl Fn(&tsunagi_net::Gate) -> u64, metric: &str) -> String {
+    pub(crate) fn per_listener(
+        &self,
+        value: impl Fn(&tsunagi_net::Gate) -> u64,
+        metric: &str,
+    ) -> String {
         let gates = self
             .gates
             .lock()

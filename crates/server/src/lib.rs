@@ -274,7 +274,10 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         m.server_errors.load(Ordering::Relaxed),
         m.micros.load(Ordering::Relaxed) as f64 / 1e6,
         m.per_listener(|gate| gate.open() as u64, "tsunagi_connections_open"),
-        m.per_listener(tsunagi_net::Gate::refused, "tsunagi_connections_refused_total"),
+        m.per_listener(
+            tsunagi_net::Gate::refused,
+            "tsunagi_connections_refused_total"
+        ),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

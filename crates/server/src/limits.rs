@@ -133,7 +133,8 @@ pub async fn bounded(State(state): State<Arc<AppState>>, request: Request, next:
             );
         }
     };
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 /// The OperationOutcome issue code for an HTTP status.
@@ -161,6 +162,7 @@ fn issue_code(status: StatusCode) -> &'static str {
 /// same status and headers (`Allow`, `WWW-Authenticate`, `Retry-After` are kept); the text a
 /// lower layer gave becomes its diagnostics.
 pub async fn ensure_outcome(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
     let response = next.run(request).await;
     let status = response.status();
     let is_fhir = response
@@ -185,13 +187,7 @@ pub async fn ensure_outcome(request: Request, next: Next) -> Response {
     let message = if said.is_empty() {
         match status {
             StatusCode::METHOD_NOT_ALLOWED => format!(
-                "this endpoint does not take this method{}",
-                parts
-                    .headers
-                    .get(header::ALLOW)
-                    .and_then(|allow| allow.to_str().ok())
-                    .map(|allow| format!(" (it takes {allow})"))
-                    .unwrap_or_default()
+                "this endpoint does not take {method}; the Allow header lists the methods it takes"
             ),
             other => other
                 .canonical_reason()

@@ -76,10 +76,7 @@ pub(crate) enum Transport {
     /// Plain TCP.
     Plain,
     /// TLS; with `mutual`, the client certificate names the client.
-    Tls {
-        acceptor: TlsAcceptor,
-        mutual: bool,
-    },
+    Tls { acceptor: TlsAcceptor, mutual: bool },
 }
 
 /// Serves `state`'s router on `listener` until `shutdown`, then drains.
@@ -246,18 +243,22 @@ async fn http<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-        let mut request = request.map(Body::new);
-        request.extensions_mut().insert(ConnectInfo(peer.clone()));
-        let mut router = router.clone();
-        async move { tower_service::Service::call(&mut router, request).await }
-    });
+    let service =
+        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let mut request = request.map(Body::new);
+            request.extensions_mut().insert(ConnectInfo(peer.clone()));
+            let mut router = router.clone();
+            async move { tower_service::Service::call(&mut router, request).await }
+        });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(HYPER_MAX_HEAD)
-        .max_headers(HYPER_MAX_HEADERS);
+        .max_headers(HYPER_MAX_HEADERS)
+        // A malformed header line is dropped rather than failing the request with hyper's bare
+        // 400 (the request then meets the API's own checks and answers).
+        .ignore_invalid_headers(true);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let result = tokio::select! {

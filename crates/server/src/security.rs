@@ -638,7 +638,9 @@ pub async fn token_endpoint(
             return oauth_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
-                &format!("the token request is a form (application/x-www-form-urlencoded): {rejection}"),
+                &format!(
+                    "the token request is a form (application/x-www-form-urlencoded): {rejection}"
+                ),
             );
         }
     };
