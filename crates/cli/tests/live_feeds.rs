@@ -376,9 +376,11 @@ fn notes_reach_the_hospitals_folder_and_dead_letters_are_replayed_or_dropped() {
     // The note for 荘内 lands in its folder; the one for 日本海 becomes a dead letter.
     let mut delivered = None;
     for _ in 0..200 {
+        // A delivery in progress is a hidden `.partial` file until it is renamed into place.
         let files: Vec<_> = std::fs::read_dir(&inbox)
             .unwrap()
             .map(|e| e.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "hl7"))
             .collect();
         let dead = ok(&["admin", "outbox", "list", "--db", &db, "--state", "dead"]);
         if files.len() == 1 && !dead.is_empty() {

@@ -38,7 +38,7 @@ use tokio::{
     time::Instant,
 };
 use tsunagi_hl7v2::mllp::{FrameDecoder, frame};
-use tsunagi_net::{Admission, Gate};
+use tsunagi_net::{Admission, Evictable, Gate};
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone)]
@@ -137,61 +137,98 @@ pub async fn serve(
         tsunagi_net::Limits {
             max_connections: options.max_connections,
             max_per_peer: options.max_connections_per_peer,
+            // A full listener makes room by closing a connection that has had no message
+            // acknowledged (AA/AE): a sender that delivers is never closed for a newcomer.
+            evict: true,
         },
     );
+    // On plain TCP, an address no sender is registered at is closed before the gate counts it.
+    let screen = {
+        let handler = handler.clone();
+        let plain = tls.is_none();
+        move |address: IpAddr| !plain || handler.admits(address)
+    };
     loop {
-        let (stream, address, admission) = gate.accept(&listener).await;
+        let (stream, address, admission) = gate.accept(&listener, &screen).await;
         let ticket = match admission {
             Admission::Admitted(ticket) => ticket,
+            Admission::Screened => {
+                tracing::debug!(target: "tsunagi::mllp", %address, "no sender is registered at this address; closed");
+                continue;
+            }
             refused => {
-                tracing::warn!(target: "tsunagi::mllp", %address, limit = ?refused, "connection limit reached; closed");
+                tracing::debug!(target: "tsunagi::mllp", %address, limit = ?refused, "connection limit reached; closed");
                 continue;
             }
         };
-        if tls.is_none() && !handler.admits(address.ip()) {
-            tracing::info!(target: "tsunagi::mllp", %address, "no sender is registered at this address; closed");
-            continue;
-        }
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let _ticket = ticket;
-            match tls {
-                None => {
-                    let peer = PeerInfo {
-                        address,
-                        client: None,
-                    };
-                    connection(stream, peer, options, handler).await;
-                }
-                Some(tls) => {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-                    let handshake =
-                        tokio::time::timeout(options.frame_timeout, acceptor.accept(stream)).await;
-                    let stream = match handshake {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(error)) => {
-                            tracing::warn!(target: "tsunagi::mllp", %address, %error, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::info!(target: "tsunagi::mllp", %address, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let client = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|chain| chain.first())
-                        .and_then(|leaf| (tls.client_id)(leaf.as_ref()));
-                    let peer = PeerInfo { address, client };
-                    connection(stream, peer, options, handler).await;
+            let evictable = ticket.evictable();
+            tokio::select! {
+                () = serve_connection(stream, address, tls, options, handler, evictable) => {}
+                () = ticket.evicted() => {
+                    tracing::info!(target: "tsunagi::mllp", %address, "connection without an acknowledged message closed for a newcomer");
                 }
             }
+            drop(ticket);
         });
     }
+}
+
+/// One accepted connection: TLS when the listener speaks it, then frames until it closes.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    address: SocketAddr,
+    tls: Option<Tls>,
+    options: ServerOptions,
+    handler: Arc<dyn FrameHandler>,
+    evictable: Evictable,
+) {
+    match tls {
+        None => {
+            let peer = PeerInfo {
+                address,
+                client: None,
+            };
+            connection(stream, peer, options, handler, evictable).await;
+        }
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+            let handshake =
+                tokio::time::timeout(options.frame_timeout, acceptor.accept(stream)).await;
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::warn!(target: "tsunagi::mllp", %address, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(target: "tsunagi::mllp", %address, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let client = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| (tls.client_id)(leaf.as_ref()));
+            let peer = PeerInfo { address, client };
+            connection(stream, peer, options, handler, evictable).await;
+        }
+    }
+}
+
+/// Whether an answer acknowledges a message as taken (MSA-1 AA, AE, CA or CE): the sender is a
+/// real one.
+fn acknowledged(reply: &[u8]) -> bool {
+    reply
+        .windows(5)
+        .position(|window| window == b"MSA|A" || window == b"MSA|C")
+        .and_then(|at| reply.get(at + 5))
+        .is_some_and(|code| matches!(code, b'A' | b'E'))
 }
 
 /// What a connection waits for next.
@@ -206,6 +243,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     peer: PeerInfo,
     options: ServerOptions,
     handler: Arc<dyn FrameHandler>,
+    evictable: Evictable,
 ) {
     let mut decoder = FrameDecoder::new(options.max_frame);
     let mut buffer = vec![0u8; 64 * 1024];
@@ -274,6 +312,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                             || stream.flush().await.is_err()
                         {
                             return;
+                        }
+                        if acknowledged(&reply) {
+                            evictable.spare();
                         }
                     }
                     Ok(None) => {}

@@ -1,19 +1,22 @@
 //! The cap on a listener's connections and on each peer address's, and the accept loop's
-//! handling of errors.
+//! handling of errors. A full listener that evicts (the API's) makes room for a newcomer by
+//! closing its oldest connection that has not proven itself — none of whose requests carried a
+//! valid token — so that idle or slow unauthenticated sockets can never keep authenticated
+//! clients out.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore},
+    sync::{Notify, OwnedSemaphorePermit, Semaphore},
 };
 
 /// How many connections a listener serves.
@@ -24,6 +27,30 @@ pub struct Limits {
     /// Connections from one peer address at once (a reverse proxy in front is one address:
     /// raise this to `max_connections` there, and limit per client in the proxy).
     pub max_per_peer: usize,
+    /// When full, close the oldest connection that has not proven itself
+    /// ([`Evictable::spare`]) to admit a new one.
+    pub evict: bool,
+}
+
+/// How long a newcomer waits for the place of the connection evicted for it.
+const EVICTION_WAIT: Duration = Duration::from_millis(250);
+
+/// An open connection, as the gate knows it.
+#[derive(Debug)]
+struct Entry {
+    evictable: Arc<AtomicBool>,
+    evict: Arc<Notify>,
+}
+
+/// Whether a connection may still be evicted; the server spares it once it has proven itself.
+#[derive(Debug, Clone)]
+pub struct Evictable(Arc<AtomicBool>);
+
+impl Evictable {
+    /// The connection carried an authenticated request: never evicted for a newcomer.
+    pub fn spare(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }
 
 /// Whether a connection was admitted.
@@ -35,6 +62,8 @@ pub enum Admission {
     PeerFull,
     /// The listener already has `max_connections` connections.
     ListenerFull,
+    /// The listener does not serve this address at all.
+    Screened,
 }
 
 #[derive(Debug)]
@@ -43,7 +72,13 @@ struct Inner {
     limits: Limits,
     slots: Arc<Semaphore>,
     peers: Mutex<HashMap<IpAddr, usize>>,
+    /// Open connections by admission order.
+    open: Mutex<BTreeMap<u64, Entry>>,
+    admitted: AtomicU64,
     refused: AtomicU64,
+    evicted: AtomicU64,
+    /// When refusals were last logged, and the count then.
+    last_warned: Mutex<Option<(Instant, u64)>>,
 }
 
 /// The connection limits of one listener.
@@ -66,11 +101,32 @@ impl std::fmt::Debug for Gate {
 pub struct Ticket {
     gate: Arc<Inner>,
     peer: IpAddr,
+    number: u64,
+    evictable: Arc<AtomicBool>,
+    evict: Arc<Notify>,
     _slot: OwnedSemaphorePermit,
+}
+
+impl Ticket {
+    /// The handle that spares the connection from eviction.
+    pub fn evictable(&self) -> Evictable {
+        Evictable(self.evictable.clone())
+    }
+
+    /// Completes when the gate evicts this connection for a newcomer (never, on a gate that
+    /// does not evict): the connection should close at once.
+    pub async fn evicted(&self) {
+        self.evict.notified().await;
+    }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        self.gate
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.number);
         let mut peers = self
             .gate
             .peers
@@ -91,6 +147,7 @@ impl Gate {
         let limits = Limits {
             max_connections: limits.max_connections.max(1),
             max_per_peer: limits.max_per_peer.clamp(1, limits.max_connections.max(1)),
+            evict: limits.evict,
         };
         Self {
             inner: Arc::new(Inner {
@@ -98,7 +155,11 @@ impl Gate {
                 limits,
                 slots: Arc::new(Semaphore::new(limits.max_connections)),
                 peers: Mutex::default(),
+                open: Mutex::default(),
+                admitted: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
+                evicted: AtomicU64::new(0),
+                last_warned: Mutex::default(),
             }),
         }
     }
@@ -123,28 +184,126 @@ impl Gate {
         self.inner.refused.load(Ordering::Relaxed)
     }
 
-    /// Admits a connection from `peer`, or says which limit it is over.
-    pub fn admit(&self, peer: IpAddr) -> Admission {
+    /// Connections evicted for newcomers so far.
+    pub fn evicted(&self) -> u64 {
+        self.inner.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Logs refused connections at most once every ten seconds, with how many there were.
+    fn note_refusal(&self) {
+        let mut last = self
+            .inner
+            .last_warned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_none_or(|(at, _)| at.elapsed() >= Duration::from_secs(10)) {
+            let refused = self.refused();
+            let since = last.map_or(refused, |(_, before)| refused.saturating_sub(before));
+            tracing::warn!(
+                target: "tsunagi::net",
+                listener = self.inner.name,
+                refused_since_last_warning = since,
+                open = self.open(),
+                "connections turned away (caps, or addresses this listener does not serve)"
+            );
+            *last = Some((Instant::now(), refused));
+        }
+    }
+
+    /// Registers an admitted connection holding `slot`.
+    fn ticket(&self, peer: IpAddr, slot: OwnedSemaphorePermit) -> Ticket {
+        let number = self.inner.admitted.fetch_add(1, Ordering::Relaxed);
+        let evictable = Arc::new(AtomicBool::new(true));
+        let evict = Arc::new(Notify::new());
+        self.inner
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                number,
+                Entry {
+                    evictable: evictable.clone(),
+                    evict: evict.clone(),
+                },
+            );
+        Ticket {
+            gate: self.inner.clone(),
+            peer,
+            number,
+            evictable,
+            evict,
+            _slot: slot,
+        }
+    }
+
+    /// Tells the oldest connection that has not proven itself to close; false when there is
+    /// none.
+    fn evict_one(&self) -> bool {
+        let open = self
+            .inner
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match open
+            .values()
+            .find(|entry| entry.evictable.swap(false, Ordering::Relaxed))
+        {
+            Some(entry) => {
+                entry.evict.notify_one();
+                self.inner.evicted.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Admits a connection from `peer`, or says which limit it is over. A full gate that evicts
+    /// closes its oldest unproven connection and gives its place to this one.
+    pub async fn admit(&self, peer: IpAddr) -> Admission {
+        let peer_full = || {
+            let peers = self
+                .inner
+                .peers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            peers.get(&peer).copied().unwrap_or(0) >= self.inner.limits.max_per_peer
+        };
+        if peer_full() {
+            self.inner.refused.fetch_add(1, Ordering::Relaxed);
+            return Admission::PeerFull;
+        }
+        let slot = match self.inner.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) if self.inner.limits.evict && self.evict_one() => {
+                let freed =
+                    tokio::time::timeout(EVICTION_WAIT, self.inner.slots.clone().acquire_owned())
+                        .await;
+                match freed {
+                    Ok(Ok(slot)) => slot,
+                    _ => {
+                        self.inner.refused.fetch_add(1, Ordering::Relaxed);
+                        return Admission::ListenerFull;
+                    }
+                }
+            }
+            Err(_) => {
+                self.inner.refused.fetch_add(1, Ordering::Relaxed);
+                return Admission::ListenerFull;
+            }
+        };
         let mut peers = self
             .inner
             .peers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let count = peers.get(&peer).copied().unwrap_or(0);
-        if count >= self.inner.limits.max_per_peer {
+        let count = peers.entry(peer).or_insert(0);
+        if *count >= self.inner.limits.max_per_peer {
             self.inner.refused.fetch_add(1, Ordering::Relaxed);
             return Admission::PeerFull;
         }
-        let Ok(slot) = self.inner.slots.clone().try_acquire_owned() else {
-            self.inner.refused.fetch_add(1, Ordering::Relaxed);
-            return Admission::ListenerFull;
-        };
-        peers.insert(peer, count + 1);
-        Admission::Admitted(Ticket {
-            gate: self.inner.clone(),
-            peer,
-            _slot: slot,
-        })
+        *count += 1;
+        drop(peers);
+        Admission::Admitted(self.ticket(peer, slot))
     }
 
     /// Waits until every admitted connection has closed, or `deadline` passed; true when all
@@ -156,10 +315,16 @@ impl Gate {
             .is_ok_and(|permit| permit.is_ok())
     }
 
-    /// The next connection of `listener`, with what the gate says of it. Errors of accept —
-    /// out of file descriptors above all — are backed off (10 ms doubling to 1 s) and logged at
-    /// most once a second, so a starved process neither spins nor floods its log.
-    pub async fn accept(&self, listener: &TcpListener) -> (TcpStream, SocketAddr, Admission) {
+    /// The next connection of `listener`, with what the gate says of it; `screen` says which
+    /// addresses the listener serves at all (others are [`Admission::Screened`] before any cap
+    /// counts them). Errors of accept — out of file descriptors above all — are backed off
+    /// (10 ms doubling to 1 s) and logged at most once a second, so a starved process neither
+    /// spins nor floods its log.
+    pub async fn accept(
+        &self,
+        listener: &TcpListener,
+        screen: &(dyn Fn(IpAddr) -> bool + Send + Sync),
+    ) -> (TcpStream, SocketAddr, Admission) {
         let mut backoff = Duration::from_millis(10);
         let mut last_log: Option<Instant> = None;
         let mut failures = 0u64;
@@ -169,7 +334,15 @@ impl Gate {
                     if failures > 0 {
                         tracing::info!(target: "tsunagi::net", listener = self.inner.name, failures, "accepting again");
                     }
-                    let admission = self.admit(address.ip());
+                    let admission = if screen(address.ip()) {
+                        self.admit(address.ip()).await
+                    } else {
+                        self.inner.refused.fetch_add(1, Ordering::Relaxed);
+                        Admission::Screened
+                    };
+                    if !matches!(admission, Admission::Admitted(_)) {
+                        self.note_refusal();
+                    }
                     return (stream, address, admission);
                 }
                 Err(error) => {
@@ -202,19 +375,20 @@ mod tests {
             Limits {
                 max_connections: 3,
                 max_per_peer: 2,
+                evict: false,
             },
         );
-        let first = gate.admit(ip(1));
-        let second = gate.admit(ip(1));
+        let first = gate.admit(ip(1)).await;
+        let second = gate.admit(ip(1)).await;
         assert!(matches!(first, Admission::Admitted(_)));
         assert!(matches!(second, Admission::Admitted(_)));
-        assert!(matches!(gate.admit(ip(1)), Admission::PeerFull));
-        let third = gate.admit(ip(2));
+        assert!(matches!(gate.admit(ip(1)).await, Admission::PeerFull));
+        let third = gate.admit(ip(2)).await;
         assert!(matches!(third, Admission::Admitted(_)));
-        assert!(matches!(gate.admit(ip(3)), Admission::ListenerFull));
+        assert!(matches!(gate.admit(ip(3)).await, Admission::ListenerFull));
         assert_eq!((gate.open(), gate.refused()), (3, 2));
         drop(first);
-        assert!(matches!(gate.admit(ip(1)), Admission::Admitted(_)));
+        assert!(matches!(gate.admit(ip(1)).await, Admission::Admitted(_)));
         drop(second);
         drop(third);
         assert!(gate.drained(Duration::from_millis(50)).await);
@@ -227,11 +401,51 @@ mod tests {
             Limits {
                 max_connections: 2,
                 max_per_peer: 2,
+                evict: false,
             },
         );
-        let held = gate.admit(ip(1));
+        let held = gate.admit(ip(1)).await;
         assert!(!gate.drained(Duration::from_millis(20)).await);
         drop(held);
         assert!(gate.drained(Duration::from_millis(20)).await);
+    }
+
+    #[tokio::test]
+    async fn a_full_evicting_gate_closes_the_oldest_unproven_connection() {
+        let gate = Gate::new(
+            "test",
+            Limits {
+                max_connections: 3,
+                max_per_peer: 3,
+                evict: true,
+            },
+        );
+        let admitted = |admission: Admission| match admission {
+            Admission::Admitted(ticket) => ticket,
+            other => panic!("{other:?}"),
+        };
+        let proven = admitted(gate.admit(ip(1)).await);
+        proven.evictable().spare();
+        let idle = admitted(gate.admit(ip(2)).await);
+        let slow = admitted(gate.admit(ip(3)).await);
+        // The idle connection closes when told, as a server's connection task does.
+        let closing = tokio::spawn(async move {
+            idle.evicted().await;
+            drop(idle);
+        });
+        let newcomer = admitted(gate.admit(ip(4)).await);
+        closing.await.unwrap();
+        assert_eq!((gate.open(), gate.evicted()), (3, 1));
+        // Next the slow one; the proven one is never chosen.
+        let closing = tokio::spawn(async move {
+            slow.evicted().await;
+            drop(slow);
+        });
+        newcomer.evictable().spare();
+        let _another = admitted(gate.admit(ip(5)).await);
+        closing.await.unwrap();
+        _another.evictable().spare();
+        assert!(matches!(gate.admit(ip(6)).await, Admission::ListenerFull));
+        drop(proven);
     }
 }

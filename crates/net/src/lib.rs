@@ -4,7 +4,8 @@
 //! - [`Gate`]: at most `max_connections` connections of a listener at once, and at most
 //!   `max_per_peer` from one address; a connection over either is turned away at accept (the
 //!   caller decides how: a closed socket, or an HTTP answer). Each admitted connection holds a
-//!   [`Ticket`] until it closes.
+//!   [`Ticket`] until it closes. A full gate that evicts (the API's) closes its oldest connection
+//!   that has not yet carried an authenticated request to admit a newcomer.
 //! - [`Gate::accept`]: errors of `accept(2)` (out of descriptors above all) are logged at most
 //!   once a second and backed off exponentially, never spun on.
 //! - [`Watched`]: a stream that fails a write stalled longer than its limit (a peer that stops
@@ -21,5 +22,5 @@ mod gate;
 mod watched;
 
 pub use cidr::{Cidr, CidrError};
-pub use gate::{Admission, Gate, Limits, Ticket};
+pub use gate::{Admission, Evictable, Gate, Limits, Ticket};
 pub use watched::Watched;

@@ -5,9 +5,12 @@
 //! connection's own task, and serves HTTP with hyper's header-read timeout and bounded header
 //! sizes. Request bodies are bounded in size and time by [`crate::limits`].
 //!
-//! A connection over a cap is answered, when it can be, with a short HTTP error (429 for one
-//! address over its share, 503 for a full listener) as an OperationOutcome, then closed; on a
-//! TLS listener it is simply closed. Stopping drains: no new connections, every open one is
+//! A full listener makes room for a newcomer by closing its oldest connection that has not
+//! carried an authenticated request (the guard spares a connection once a valid token came on
+//! it), so idle or slow sockets cannot keep authenticated clients out; only when every open
+//! connection has proven itself is a newcomer refused. A connection over a cap is answered, when
+//! it can be, with a short HTTP error (429 for one address over its share, 503 for a full
+//! listener) as an OperationOutcome, then closed; on a TLS listener it is simply closed. Stopping drains: no new connections, every open one is
 //! asked to finish its request in progress and close, for at most [`HttpLimits::drain`].
 
 use std::{future::Future, io, sync::Arc, time::Duration};
@@ -20,7 +23,7 @@ use tokio::{
     sync::{Semaphore, watch},
 };
 use tokio_rustls::TlsAcceptor;
-use tsunagi_net::{Admission, Gate, Watched};
+use tsunagi_net::{Admission, Evictable, Gate, Watched};
 
 use crate::{AppState, tls::Peer};
 
@@ -93,6 +96,9 @@ pub(crate) async fn serve(
         tsunagi_net::Limits {
             max_connections: limits.max_connections,
             max_per_peer: limits.max_connections_per_peer,
+            // A full listener makes room by closing a connection that never carried a valid
+            // token (the guard spares those that did).
+            evict: true,
         },
     );
     state.metrics.watch_gate(gate.clone());
@@ -103,7 +109,7 @@ pub(crate) async fn serve(
     loop {
         let (stream, address, admission) = tokio::select! {
             () = &mut shutdown => break,
-            accepted = gate.accept(&listener) => accepted,
+            accepted = gate.accept(&listener, &|_| true) => accepted,
         };
         match admission {
             Admission::Admitted(ticket) => {
@@ -112,8 +118,14 @@ pub(crate) async fn serve(
                 let limits = limits.clone();
                 let stopping = stopping.clone();
                 tokio::spawn(async move {
-                    let _ticket = ticket;
-                    connection(stream, address, transport, router, &limits, stopping).await;
+                    let evictable = ticket.evictable();
+                    tokio::select! {
+                        () = connection(stream, address, transport, router, &limits, stopping, evictable) => {}
+                        () = ticket.evicted() => {
+                            tracing::debug!(target: "tsunagi::net", %address, "unproven connection evicted for a newcomer");
+                        }
+                    }
+                    drop(ticket);
                 });
             }
             refused => {
@@ -185,6 +197,7 @@ async fn connection(
     router: Router,
     limits: &HttpLimits,
     stopping: watch::Receiver<bool>,
+    evictable: Evictable,
 ) {
     let _ = stream.set_nodelay(true);
     let stream = Watched::new(stream, limits.keep_alive_timeout, limits.send_timeout);
@@ -194,7 +207,7 @@ async fn connection(
                 address,
                 certified_client: None,
             };
-            http(stream, peer, router, limits, stopping).await;
+            http(stream, peer, router, limits, stopping, evictable.clone()).await;
         }
         Transport::Tls { acceptor, mutual } => {
             let handshake =
@@ -229,7 +242,7 @@ async fn connection(
                 address,
                 certified_client,
             };
-            http(stream, peer, router, limits, stopping).await;
+            http(stream, peer, router, limits, stopping, evictable.clone()).await;
         }
     }
 }
@@ -240,6 +253,7 @@ async fn http<S>(
     router: Router,
     limits: &HttpLimits,
     mut stopping: watch::Receiver<bool>,
+    evictable: Evictable,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -247,6 +261,7 @@ async fn http<S>(
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let mut request = request.map(Body::new);
             request.extensions_mut().insert(ConnectInfo(peer.clone()));
+            request.extensions_mut().insert(evictable.clone());
             let mut router = router.clone();
             async move { tower_service::Service::call(&mut router, request).await }
         });

@@ -432,6 +432,10 @@ pub async fn guard(
         let record = audit_record(&facts, agent, None, StatusCode::UNAUTHORIZED, now);
         return finish(&state, vec![record], refused(&reason)).await;
     }
+    // A connection that carried a valid token is never evicted for a newcomer.
+    if let Some(evictable) = request.extensions().get::<tsunagi_net::Evictable>() {
+        evictable.spare();
+    }
     let access = Access::facility(principal.facility.clone(), now);
     let caller = Arc::new(Caller::new(principal, access));
     request.extensions_mut().insert(caller.clone());

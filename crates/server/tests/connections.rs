@@ -183,7 +183,7 @@ async fn idle_and_slow_sockets_are_reclaimed_while_others_are_answered() {
 }
 
 #[tokio::test]
-async fn at_the_cap_new_connections_get_503_and_open_ones_keep_working() {
+async fn at_the_cap_unproven_sockets_make_room_and_proven_ones_keep_working() {
     let (addr, _dir) = server(HttpLimits {
         max_connections: 20,
         max_connections_per_peer: 20,
@@ -199,29 +199,53 @@ async fn at_the_cap_new_connections_get_503_and_open_ones_keep_working() {
     let mut kept = connect_from(addr, 1).await;
     kept.write_all(ask.as_bytes()).await.unwrap();
     assert_eq!(read_answer(&mut kept).await.status, 200);
+    // 19 idle sockets fill the listener.
     let mut idle = Vec::new();
     for _ in 0..19 {
         idle.push(connect_from(addr, 2).await);
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut refused = connect_from(addr, 3).await;
+    // A newcomer still gets in: the oldest idle socket is closed to make room, never the one
+    // that carried a valid token, which keeps working.
+    let mut newcomers = Vec::new();
+    for round in 0..5 {
+        let mut newcomer = connect_from(addr, 3).await;
+        newcomer.write_all(ask.as_bytes()).await.unwrap();
+        assert_eq!(
+            read_answer(&mut newcomer).await.status,
+            200,
+            "round {round}"
+        );
+        kept.write_all(ask.as_bytes()).await.unwrap();
+        assert_eq!(read_answer(&mut kept).await.status, 200, "round {round}");
+        newcomers.push(newcomer);
+    }
+    let mut evicted = 0;
+    for stream in &mut idle {
+        if closed_within(stream, Duration::from_millis(50)).await {
+            evicted += 1;
+        }
+    }
+    assert_eq!(evicted, 5, "one idle socket per newcomer");
+    // When every open connection has proven itself, a newcomer is refused with 503.
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut proven = newcomers;
+    for _ in 0..14 {
+        let mut stream = connect_from(addr, 4).await;
+        stream.write_all(ask.as_bytes()).await.unwrap();
+        assert_eq!(read_answer(&mut stream).await.status, 200);
+        proven.push(stream);
+    }
+    let mut refused = connect_from(addr, 5).await;
     let mut raw = Vec::new();
     let _ = refused.read_to_end(&mut raw).await;
     let reply = parse_reply(&raw).unwrap();
     assert_eq!(reply.status, 503);
     assert_eq!(reply.header("retry-after"), Some("1"));
     outcome(&reply);
-    // The connection already open is served as before.
-    for _ in 0..3 {
-        kept.write_all(ask.as_bytes()).await.unwrap();
-        assert_eq!(read_answer(&mut kept).await.status, 200);
-    }
-    drop(idle);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        request(addr, "GET", "/fhir/metadata", &[], "").await.status,
-        200
-    );
+    kept.write_all(ask.as_bytes()).await.unwrap();
+    assert_eq!(read_answer(&mut kept).await.status, 200);
 }
 
 #[tokio::test]
