@@ -204,7 +204,10 @@ async fn serve_keeps_answering_under_a_low_file_limit_with_two_thousand_slow_con
         .lines()
         .filter(|line| line.contains("GET /fhir/Patient?_count=1"))
         .count();
-    assert_eq!(searches, 10, "one audit record per search answered: {audit}");
+    assert_eq!(
+        searches, 10,
+        "one audit record per search answered: {audit}"
+    );
     println!(
         "2,000 connections opened in {pressed:?}; all reclaimed after {reclaimed:?}; descriptors ≤ 512"
     );

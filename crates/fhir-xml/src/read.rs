@@ -37,7 +37,24 @@ pub fn from_xml(input: &[u8]) -> Result<Value, XmlError> {
         xml_in.expect_ns(&ns, Ns::Fhir)?;
         root = Some(Value::Object(xml_in.resource(&start, empty)?));
     }
-    root.ok_or_else(|| xml_in.error("no root element"))
+    let root = root.ok_or_else(|| xml_in.error("no root element"))?;
+    // A character reference can name a character XML 1.0 cannot carry (`&#16;`): such a
+    // document is not XML, and what it would read could not be written back.
+    characters(&root)?;
+    Ok(root)
+}
+
+/// Refuses a string holding a character outside XML 1.0's `Char`.
+fn characters(value: &Value) -> Result<(), XmlError> {
+    match value {
+        Value::String(text) => match text.chars().find(|&c| !crate::xml_char(c)) {
+            Some(bad) => Err(XmlError::Character(u32::from(bad))),
+            None => Ok(()),
+        },
+        Value::Array(items) => items.iter().try_for_each(characters),
+        Value::Object(map) => map.values().try_for_each(characters),
+        _ => Ok(()),
+    }
 }
 
 /// The namespace of an element, as far as FHIR XML cares.

@@ -973,7 +973,7 @@ pub fn parse_date(name: &str, value: &str, now: i64) -> Result<DateBound, QueryE
 
 fn minute_range(text: &str) -> Option<(i64, i64)> {
     // YYYY-MM-DDThh:mm[zone]
-    if text.len() < 16 || text.as_bytes().get(13) != Some(&b':') {
+    if text.len() < 16 || text.as_bytes().get(13) != Some(&b':') || !text.is_char_boundary(16) {
         return None;
     }
     let (head, zone) = text.split_at(16);
@@ -1227,6 +1227,14 @@ mod tests {
         assert!(query.revinclude[0].iterate);
         assert!(parse("Observation", &[("_include", "Observation:code")]).is_err());
         assert!(parse("Observation", &[("_count", "many")]).is_err());
+    }
+
+    #[test]
+    fn a_date_cut_inside_a_character_is_refused_not_a_panic() {
+        // Found by fuzz/run search_parameters: the minute form was split at byte 16.
+        assert!(parse_date("date", "2026-12-01T10:0あ", 0).is_err());
+        assert!(parse_date("_lastUpdated", "le20:6-12-01T10:0\u{fffd}+09:00", 0).is_err());
+        assert!(parse_date("date", "2026-12-01T10:00あ", 0).is_err());
     }
 
     #[test]
