@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{http, mllp_exchange, ok, register_lab, tsunagi};
+use support::{add_facility, add_user, http, mllp_exchange, ok, register_lab, tsunagi};
 
 const HOSPITAL: &str = "0610100010";
 const LAB: &str = "0610900001";
@@ -218,34 +218,8 @@ fn revocations_and_deactivations_hold_from_the_next_request() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("revoke.db").display());
     register_lab(&db, LAB);
-    ok(&[
-        "admin",
-        "facility",
-        "add",
-        "--db",
-        &db,
-        "--code",
-        HOSPITAL,
-        "--name",
-        "荘内病院",
-        "--kind",
-        "hospital",
-    ]);
-    ok(&[
-        "admin",
-        "user",
-        "add",
-        "--db",
-        &db,
-        "--id",
-        "dr",
-        "--name",
-        "佐藤",
-        "--facility",
-        HOSPITAL,
-        "--role",
-        "doctor",
-    ]);
+    add_facility(&db, HOSPITAL, "荘内病院", "hospital");
+    add_user(&db, "dr", HOSPITAL, "doctor");
     let config = dir.path().join("tsunagi.toml");
     std::fs::write(&config, format!("version = 1\n[store]\nurl = \"{db}\"\n")).unwrap();
     let log = dir.path().join("serve.log");

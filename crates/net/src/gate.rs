@@ -448,4 +448,67 @@ mod tests {
         assert!(matches!(gate.admit(ip(6)).await, Admission::ListenerFull));
         drop(proven);
     }
+
+    /// CPU time of this process so far, in clock ticks (utime + stime of /proc/self/stat).
+    fn cpu_ticks() -> u64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after.split(' ').collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
+    /// Out of descriptors, accept fails with EMFILE at once, again and again; the gate must wait
+    /// between tries rather than spin, and accept the waiting connection once a descriptor is
+    /// free. (Each test runs in a process of its own, whose limit it lowers.)
+    #[tokio::test]
+    async fn accept_errors_are_backed_off_not_spun() {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        // The client's socket exists before the descriptors run out; its connection waits in
+        // the backlog.
+        let client = std::net::TcpStream::connect(address).unwrap();
+        let limit = getrlimit(Resource::Nofile);
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(256),
+                maximum: limit.maximum,
+            },
+        )
+        .unwrap();
+        let before = cpu_ticks();
+        let mut hogs = Vec::new();
+        while let Ok(file) = std::fs::File::open("/dev/null") {
+            hogs.push(file);
+        }
+        let gate = Gate::new(
+            "test",
+            Limits {
+                max_connections: 8,
+                max_per_peer: 8,
+                evict: false,
+            },
+        );
+        let accepting = gate.accept(&listener, &|_| true);
+        tokio::pin!(accepting);
+        let starved = tokio::time::timeout(Duration::from_millis(1500), &mut accepting).await;
+        assert!(
+            starved.is_err(),
+            "nothing can be accepted without a descriptor"
+        );
+        // One descriptor for reading /proc (the accept is not polled meanwhile).
+        drop(hogs.pop());
+        let spent = cpu_ticks() - before;
+        assert!(
+            spent < 30,
+            "{spent} ticks of CPU in 1.5 s of EMFILE: spinning"
+        );
+        drop(hogs);
+        let (_, _, admission) = tokio::time::timeout(Duration::from_secs(3), accepting)
+            .await
+            .unwrap();
+        assert!(matches!(admission, Admission::Admitted(_)));
+        drop(client);
+    }
 }

@@ -91,33 +91,43 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     }
 }
 
+impl<S> Watched<S> {
+    /// What a write came to: progress resets the clocks, no progress runs the send timeout.
+    fn wrote(
+        &mut self,
+        result: Poll<io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        match result {
+            Poll::Ready(Ok(written)) => {
+                if written > 0 {
+                    self.last = Last::Wrote;
+                    self.stalled = None;
+                    self.idle = None;
+                }
+                Poll::Ready(Ok(written))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending if fired(&mut self.stalled, self.send_timeout, cx) => {
+                Poll::Ready(Err(stopped_reading()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+fn stopped_reading() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the peer stopped reading")
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_write(cx, data) {
-            Poll::Ready(Ok(written)) => {
-                if written > 0 {
-                    this.last = Last::Wrote;
-                    this.stalled = None;
-                    this.idle = None;
-                }
-                Poll::Ready(Ok(written))
-            }
-            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-            Poll::Pending => {
-                if fired(&mut this.stalled, this.send_timeout, cx) {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the peer stopped reading",
-                    )));
-                }
-                Poll::Pending
-            }
-        }
+        let result = Pin::new(&mut self.inner).poll_write(cx, data);
+        self.wrote(result, cx)
     }
 
     fn poll_write_vectored(
@@ -125,27 +135,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(written)) => {
-                if written > 0 {
-                    this.last = Last::Wrote;
-                    this.stalled = None;
-                    this.idle = None;
-                }
-                Poll::Ready(Ok(written))
-            }
-            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-            Poll::Pending => {
-                if fired(&mut this.stalled, this.send_timeout, cx) {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the peer stopped reading",
-                    )));
-                }
-                Poll::Pending
-            }
-        }
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(result, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -155,9 +146,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_flush(cx) {
-            Poll::Pending if fired(&mut this.stalled, this.send_timeout, cx) => Poll::Ready(Err(
-                io::Error::new(io::ErrorKind::TimedOut, "the peer stopped reading"),
-            )),
+            Poll::Pending if fired(&mut this.stalled, this.send_timeout, cx) => {
+                Poll::Ready(Err(stopped_reading()))
+            }
             other => other,
         }
     }

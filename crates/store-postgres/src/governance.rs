@@ -546,10 +546,7 @@ impl Governance for PostgresStore {
     }
 
     async fn revoke(&self, revocation: &Revocation) -> Result<(), StoreError> {
-        let (kind, value, at) = match revocation {
-            Revocation::Token(jti) => ("token", jti.as_str(), 0),
-            Revocation::Subject { id, at } => ("subject", id.as_str(), *at),
-        };
+        let (kind, value, at) = revocation.row();
         sqlx::query(
             "INSERT INTO revocations (kind, value, at) VALUES ($1, $2, $3) \
              ON CONFLICT (kind, value) DO UPDATE SET at = GREATEST(revocations.at, excluded.at)",

@@ -113,6 +113,16 @@ pub enum Revocation {
     },
 }
 
+impl Revocation {
+    /// Its row in `revocations`: kind (`token` or `subject`), the jti or id, and the instant.
+    pub fn row(&self) -> (&'static str, &str, i64) {
+        match self {
+            Revocation::Token(jti) => ("token", jti.as_str(), 0),
+            Revocation::Subject { id, at } => ("subject", id.as_str(), *at),
+        }
+    }
+}
+
 /// What a token names, to look up whether it still stands ([`Governance::token_standing`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenFacts {

@@ -82,6 +82,32 @@ pub fn http(
     Some((status, answer))
 }
 
+/// Adds facility `code` of `kind` to the directory of `db`.
+pub fn add_facility(db: &str, code: &str, name: &str, kind: &str) {
+    ok(&[
+        "admin", "facility", "add", "--db", db, "--code", code, "--name", name, "--kind", kind,
+    ]);
+}
+
+/// Adds user `id` of `facility` with `role` to `db`.
+pub fn add_user(db: &str, id: &str, facility: &str, role: &str) {
+    ok(&[
+        "admin",
+        "user",
+        "add",
+        "--db",
+        db,
+        "--id",
+        id,
+        "--name",
+        id,
+        "--facility",
+        facility,
+        "--role",
+        role,
+    ]);
+}
+
 /// Registers lab company `code` and its system client `client-lab` (the test key pair's public
 /// half) in `db`.
 pub fn register_lab(db: &str, code: &str) {
