@@ -34,6 +34,8 @@ pub struct Principal {
     pub token_id: String,
     /// The token's `iat`, seconds (a revocation of its subject refuses tokens issued before).
     pub issued_at: i64,
+    /// The token's `exp`, seconds.
+    pub expires_at: i64,
 }
 
 impl Principal {
@@ -60,6 +62,7 @@ impl Principal {
             scopes,
             token_id: claims.jti,
             issued_at: claims.iat,
+            expires_at: claims.exp,
         })
     }
 

@@ -39,6 +39,7 @@ async fn open(mut request: Request, next: Next) -> Response {
         scopes: Scopes::parse("system/*.rs").unwrap_or_default(),
         token_id: String::new(),
         issued_at: 0,
+        expires_at: 0,
     };
     request
         .extensions_mut()

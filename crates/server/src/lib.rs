@@ -108,6 +108,8 @@ pub struct AppState {
     keys: Vec<SigningKey>,
     /// Access tokens whose signature against `keys` was verified.
     verified: tsunagi_auth::token::VerifiedTokens,
+    /// Tokens found standing in the store's current standing epoch.
+    standings: standing::Remembered,
     audit: AuditWriter,
     /// Where `POST /hl7v2` hands messages, once the binary wires a feed intake.
     intake: std::sync::OnceLock<Arc<dyn hl7v2_api::MessageIntake>>,
@@ -133,6 +135,7 @@ impl AppState {
             metrics: access::Metrics::default(),
             keys,
             verified: tsunagi_auth::token::VerifiedTokens::new(100_000),
+            standings: standing::Remembered::default(),
             intake: std::sync::OnceLock::new(),
         })
     }

@@ -420,13 +420,26 @@ pub async fn guard(
             return finish(&state, vec![record], refused(&reason)).await;
         }
     };
-    // The records behind the token, read fresh: a deactivation or revocation holds from the
-    // next request on, whatever the token's expiry.
-    let token = crate::standing::facts_of(&principal);
-    let standing = match state.governance.token_standing(&token).await {
-        Ok(standing) => crate::standing::judge(&token, principal.role.code(), &standing),
-        Err(error) => return ApiError::from(error).into_response(),
+    // The records behind the token, read again whenever they may have changed: a deactivation
+    // or revocation holds from the next request on, whatever the token's expiry.
+    let epoch = state.governance.standing_epoch();
+    let seconds = now.div_euclid(1_000_000);
+    let remembered =
+        epoch.is_some_and(|epoch| state.standings.holds(&principal.token_id, epoch, seconds));
+    let standing = if remembered {
+        Ok(())
+    } else {
+        let token = crate::standing::facts_of(&principal);
+        match state.governance.token_standing(&token).await {
+            Ok(standing) => crate::standing::judge(&token, principal.role.code(), &standing),
+            Err(error) => return ApiError::from(error).into_response(),
+        }
     };
+    if let (Ok(()), false, Some(epoch)) = (&standing, remembered, epoch) {
+        state
+            .standings
+            .remember(&principal.token_id, epoch, principal.expires_at);
+    }
     if let Err(reason) = standing {
         let agent = Agent::Principal(&principal);
         let record = audit_record(&facts, agent, None, StatusCode::UNAUTHORIZED, now);

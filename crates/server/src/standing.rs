@@ -11,9 +11,45 @@
 //!   portal that obtained it is registered, active, a portal, and serves the user's facility —
 //!   its own, or one it is registered to serve (`admin client add --kind portal --serves …`).
 //!   A token the operator issued from the command line (`tsunagi token issue`) has no portal.
+//!
+//! [`Remembered`]: a token found standing is remembered while the store's standing epoch
+//! (`Governance::standing_epoch`) stays where it was; any change to those records, in any
+//! process, moves the epoch and forgets them all, so the next request reads the records again.
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+};
 
 use tsunagi_auth::{Principal, token::SubjectKind};
 use tsunagi_store::governance::{OPERATOR_CLIENT, Standing, TokenFacts};
+
+/// Tokens remembered at most; more empties the memory (they are read again).
+const REMEMBERED: usize = 100_000;
+
+/// Tokens found standing, by `jti`, with their expiry (seconds), valid for one epoch.
+#[derive(Debug, Default)]
+pub(crate) struct Remembered {
+    inner: Mutex<(Option<u64>, HashMap<String, i64>)>,
+}
+
+impl Remembered {
+    /// Whether `token_id` was found standing in this `epoch` and has not expired at `now`.
+    pub(crate) fn holds(&self, token_id: &str, epoch: u64, now: i64) -> bool {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.0 == Some(epoch) && inner.1.get(token_id).is_some_and(|expiry| *expiry > now)
+    }
+
+    /// Remembers that `token_id` stands in `epoch`, until `expiry`.
+    pub(crate) fn remember(&self, token_id: &str, epoch: u64, expiry: i64) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if inner.0 != Some(epoch) || inner.1.len() >= REMEMBERED {
+            inner.1.clear();
+            inner.0 = Some(epoch);
+        }
+        inner.1.insert(token_id.to_owned(), expiry);
+    }
+}
 
 /// What a principal's token names, to look its standing up.
 pub(crate) fn facts_of(principal: &Principal) -> TokenFacts {
@@ -87,6 +123,22 @@ mod tests {
     use tsunagi_store::governance::{Client, Participant};
 
     use super::*;
+
+    #[test]
+    fn standings_are_remembered_for_one_epoch_until_expiry() {
+        let remembered = Remembered::default();
+        assert!(!remembered.holds("t1", 0, 100));
+        remembered.remember("t1", 0, 200);
+        assert!(remembered.holds("t1", 0, 100));
+        assert!(!remembered.holds("t1", 0, 200), "expired");
+        assert!(!remembered.holds("t1", 1, 100), "another epoch");
+        remembered.remember("t2", 1, 200);
+        assert!(
+            !remembered.holds("t1", 1, 100),
+            "a new epoch forgets the old"
+        );
+        assert!(remembered.holds("t2", 1, 100));
+    }
 
     const CLINIC: &str = "0610400014";
     const HOSPITAL: &str = "0610100010";

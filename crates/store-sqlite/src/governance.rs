@@ -215,7 +215,8 @@ impl Governance for SqliteStore {
         .map_err(db_error)?;
         self.project(&mut transaction, projection::facility(facility)?)
             .await?;
-        transaction.commit().await.map_err(db_error)
+        transaction.commit().await.map_err(db_error)?;
+        self.standing_changed()
     }
 
     async fn facilities(&self) -> Result<Vec<Facility>, StoreError> {
@@ -253,7 +254,8 @@ impl Governance for SqliteStore {
         .map_err(db_error)?;
         self.project(&mut transaction, projection::participant(participant)?)
             .await?;
-        transaction.commit().await.map_err(db_error)
+        transaction.commit().await.map_err(db_error)?;
+        self.standing_changed()
     }
 
     async fn participant(&self, id: &str) -> Result<Option<Participant>, StoreError> {
@@ -293,7 +295,8 @@ impl Governance for SqliteStore {
         .execute(&mut *transaction)
         .await
         .map_err(db_error)?;
-        transaction.commit().await.map_err(db_error)
+        transaction.commit().await.map_err(db_error)?;
+        self.standing_changed()
     }
 
     async fn client(&self, id: &str) -> Result<Option<Client>, StoreError> {
@@ -626,7 +629,11 @@ impl Governance for SqliteStore {
         .execute(&self.pool)
         .await
         .map_err(db_error)?;
-        Ok(())
+        self.standing_changed()
+    }
+
+    fn standing_epoch(&self) -> Option<u64> {
+        self.epoch.as_ref()?.read()
     }
 
     async fn token_standing(&self, token: &TokenFacts) -> Result<Standing, StoreError> {
@@ -647,6 +654,16 @@ impl Governance for SqliteStore {
             .await
             .map_err(db_error)?;
         Ok(())
+    }
+}
+
+impl SqliteStore {
+    /// Moves the standing epoch on after a committed change to what tokens stand on.
+    fn standing_changed(&self) -> Result<(), StoreError> {
+        match &self.epoch {
+            Some(epoch) => epoch.bump(),
+            None => Ok(()),
+        }
     }
 }
 

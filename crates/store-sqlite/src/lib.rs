@@ -35,6 +35,7 @@ use tsunagi_store::{
     SearchQuery, Store, StoreError, StoredResource, Visitor,
 };
 
+mod epoch;
 mod governance;
 mod journal;
 mod messages;
@@ -101,6 +102,8 @@ pub struct SqliteStore {
     clock: Arc<dyn Clock>,
     /// The audit journal beside the database file (none for an in-memory database).
     journal: Option<Arc<journal::Journal>>,
+    /// The standing epoch beside the database file (none for an in-memory database).
+    epoch: Option<Arc<epoch::StandingEpoch>>,
     /// One journal import at a time in this process.
     importing: Arc<tokio::sync::Mutex<()>>,
 }
@@ -154,11 +157,13 @@ impl SqliteStore {
             .min_connections(0)
             .connect_lazy_with(options.pragma("mmap_size", "2147418112"));
         let journal = database_file(url).map(|file| Arc::new(journal::Journal::new(file)));
+        let epoch = database_file(url).map(|file| Arc::new(epoch::StandingEpoch::new(&file)));
         let store = Self {
             pool,
             reader,
             clock,
             journal,
+            epoch,
             importing: Arc::default(),
         };
         if project {

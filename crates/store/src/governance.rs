@@ -326,6 +326,14 @@ pub trait Governance: Send + Sync {
     /// Records a revocation (a later revocation of the same subject moves its instant on).
     async fn revoke(&self, revocation: &Revocation) -> Result<(), StoreError>;
 
-    /// The records behind a token, read in one query on every request that carries it.
+    /// The records behind a token, read in one query.
     async fn token_standing(&self, token: &TokenFacts) -> Result<Standing, StoreError>;
+
+    /// A number that moves whenever a record [`Governance::token_standing`] reads may have
+    /// changed, in any process, and that is cheap to read (no query): while it stays, standings
+    /// read before still hold. `None` when this backend cannot tell (every request then reads
+    /// the records).
+    fn standing_epoch(&self) -> Option<u64> {
+        None
+    }
 }
