@@ -225,3 +225,38 @@ async fn per_address_caps_and_frame_timeouts_leave_senders_served() {
         .unwrap();
     assert_eq!(code, AckCode::AA);
 }
+
+/// A refused message whose MSH writes `MSA|AA` about itself (the ACK repeats MSH-3 and MSH-4)
+/// does not make its connection a proven sender's: at the cap such connections make room for a
+/// real sender.
+#[tokio::test]
+async fn a_refused_message_that_spells_an_ack_proves_nothing() {
+    let gateway = gateway(ServerOptions {
+        max_connections: 4,
+        max_connections_per_peer: 8,
+        ..ServerOptions::default()
+    })
+    .await;
+    let mut impostors = Vec::new();
+    for number in 0..4 {
+        let mut stream = connect_from(gateway.address, 3).await;
+        let forged = format!(
+            "MSH|^~\\&|MSA|AA|TSUNAGI|NET|20261124101500||ADT^A08^ADT_A01|F{number}|P|2.5\rPID|||1^^^^PI\r"
+        );
+        let (code, _) = send(&mut stream, forged.as_bytes()).await.unwrap();
+        assert_eq!(code, AckCode::AR);
+        impostors.push(stream);
+    }
+    let mut shonai = connect_from(gateway.address, 2).await;
+    let (code, _) = send(&mut shonai, &a08("SHONAI", "R1", "1000020"))
+        .await
+        .unwrap();
+    assert_eq!(code, AckCode::AA, "the real sender got in");
+    let mut closed = 0;
+    for stream in &mut impostors {
+        if closed_within(stream, Duration::from_millis(200)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 1, "one impostor made room");
+}

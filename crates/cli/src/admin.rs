@@ -369,6 +369,10 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                     bail!("--role system is for clients: use tsunagi admin client add");
                 }
                 let store = open_store(&db).await?;
+                // Users and clients share one namespace: a revocation by subject names one.
+                if id == OPERATOR_CLIENT || store.client(&id).await?.is_some() {
+                    bail!("--id {id} is a client's id; users and clients need ids of their own");
+                }
                 store
                     .put_participant(&Participant {
                         id: id.clone(),
@@ -448,6 +452,9 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                 }
                 tsunagi_auth::Scopes::parse(&scope)?;
                 let store = open_store(&db).await?;
+                if store.participant(&id).await?.is_some() {
+                    bail!("--id {id} is a user's id; users and clients need ids of their own");
+                }
                 let known = store.facilities().await?;
                 if let Some(unknown) = serves
                     .iter()

@@ -58,6 +58,18 @@ fn start(
         }
     }
     std::thread::spawn(move || for _ in lines {});
+    // Serving begins once the signing keys are loaded: a token issued before could be signed
+    // with a key the server never loaded.
+    let ready = std::time::Instant::now();
+    while support::http(&http, "GET", "/fhir/metadata", "", None, b"").map(|(status, _)| status)
+        != Some(200)
+    {
+        assert!(
+            ready.elapsed() < Duration::from_secs(20),
+            "serve did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     (child, http, mllp)
 }
 
@@ -227,7 +239,8 @@ fn revocations_and_deactivations_hold_from_the_next_request() {
     let search = "/fhir/Patient?_count=1";
 
     let user = token(&db, &["--user", "dr", "--scope", "user/*.rs"]);
-    assert_eq!(status(&address, search, &user), 200);
+    let first = http(&address, "GET", search, &user, None, b"").unwrap();
+    assert_eq!(first.0, 200, "{}", first.1);
     ok(&["admin", "token", "revoke", "--db", &db, "--subject", "dr"]);
     assert_eq!(status(&address, search, &user), 401);
     std::thread::sleep(Duration::from_millis(1100));

@@ -11,6 +11,7 @@
 //! Data the table does not know is an error, never silently dropped.
 
 mod model;
+pub mod narrative;
 pub mod primitive;
 mod read;
 pub mod structure;

@@ -41,9 +41,21 @@ pub fn problem(code: &str, value: &Value) -> Option<String> {
     let expect = |ok: bool, what: &str| (!ok).then(|| format!("must be {what} ({code})"));
     match code {
         "boolean" => expect(value.is_boolean(), "true or false"),
-        "integer" | "integer64" => expect(value.is_i64(), "an integer"),
-        "unsignedInt" => expect(value.is_u64(), "an integer ≥ 0"),
-        "positiveInt" => expect(value.as_u64().is_some_and(|n| n > 0), "an integer ≥ 1"),
+        "integer" => expect(
+            value.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
+            "a 32-bit integer",
+        ),
+        "integer64" => expect(value.is_i64(), "a 64-bit integer"),
+        "unsignedInt" => expect(
+            value.as_u64().is_some_and(|n| n <= i32::MAX as u64),
+            "an integer from 0 to 2147483647",
+        ),
+        "positiveInt" => expect(
+            value
+                .as_u64()
+                .is_some_and(|n| (1..=i32::MAX as u64).contains(&n)),
+            "an integer from 1 to 2147483647",
+        ),
         "decimal" => expect(value.is_number(), "a number"),
         _ => {
             let Some(text) = value.as_str() else {
@@ -191,6 +203,12 @@ mod tests {
         assert!(problem("boolean", &json!("true")).is_some());
         assert!(problem("positiveInt", &json!(0)).is_some());
         assert!(problem("integer", &json!(1.5)).is_some());
+        assert!(
+            problem("integer", &json!(2_147_483_648_i64)).is_some(),
+            "R4B integers are 32-bit"
+        );
+        assert_eq!(problem("integer64", &json!(2_147_483_648_i64)), None);
+        assert!(problem("unsignedInt", &json!(4_000_000_000_u64)).is_some());
         assert_eq!(problem("decimal", &json!(1.5)), None);
         assert!(problem("string", &json!("")).is_some());
         assert!(problem("string", &json!(["a"])).is_some());

@@ -8,7 +8,6 @@
 //! post before storing it, so stored content can never make a read fail. Profiles (JP Core)
 //! are checked on top of this by `tsunagi_fhir::validate`.
 
-use quick_xml::{Reader, events::Event};
 use serde_json::{Map, Value};
 
 use crate::{
@@ -144,16 +143,16 @@ impl Checker {
                     self.problem(at(path, key), "only primitives have a `_` property")
                 }
                 Some(e) => {
-                    if let Some(base) = e.choice
-                        && !key.starts_with('_')
-                    {
+                    // A `_name` twin counts as its element: `valueString` with `_valueBoolean`
+                    // is two types of one choice.
+                    if let Some(base) = e.choice {
                         match choices.iter().find(|(b, _)| *b == base) {
-                            Some((_, first)) if *first != key => self.problem(
+                            Some((_, first)) if *first != name => self.problem(
                                 at(path, key),
-                                format!("{base}[x] has two types: {first} and {key}"),
+                                format!("{base}[x] has two types: {first} and {name}"),
                             ),
                             Some(_) => {}
-                            None => choices.push((base, key)),
+                            None => choices.push((base, name)),
                         }
                     }
                 }
@@ -198,7 +197,7 @@ impl Checker {
                 Holds::Primitive(_) => self.primitives(e, value, extra, &here),
                 Holds::Xhtml => match value.and_then(Value::as_str) {
                     Some(div) => {
-                        if let Some(reason) = xhtml_problem(div) {
+                        if let Some(reason) = crate::narrative::problem(div) {
                             self.report(ProblemKind::Value, here, reason);
                         }
                     }
@@ -397,96 +396,6 @@ impl Checker {
     }
 }
 
-const NOT_XHTML: &str = "the narrative's <div> must declare xmlns=\"http://www.w3.org/1999/xhtml\"";
-
-/// Whether an element declares the XHTML namespace as its default namespace.
-fn declares_xhtml(start: &quick_xml::events::BytesStart<'_>) -> bool {
-    start.attributes().flatten().any(|attribute| {
-        attribute.key.as_ref() == b"xmlns"
-            && attribute.value.as_ref() == b"http://www.w3.org/1999/xhtml"
-    })
-}
-
-/// What is wrong with a narrative `div`, if anything: it must be well-formed XML with a single
-/// `div` root in the XHTML namespace, no DTD, processing instruction or entity other than XML's
-/// own, and only characters XML can carry.
-pub fn xhtml_problem(div: &str) -> Option<String> {
-    if let Some(bad) = div.chars().find(|&c| !crate::xml_char(c)) {
-        return Some(format!(
-            "the narrative holds U+{:04X}, a character XML cannot carry",
-            u32::from(bad)
-        ));
-    }
-    let mut reader = Reader::from_str(div);
-    reader.config_mut().check_end_names = true;
-    let mut depth = 0usize;
-    let mut roots = 0usize;
-    loop {
-        let event = match reader.read_event() {
-            Ok(event) => event,
-            Err(error) => return Some(format!("the narrative is not well-formed XML: {error}")),
-        };
-        match event {
-            Event::Start(start) => {
-                if depth == 0 {
-                    roots += 1;
-                    if start.name().as_ref() != b"div" || roots > 1 {
-                        return Some("the narrative must be one <div> element".to_owned());
-                    }
-                    if !declares_xhtml(&start) {
-                        return Some(NOT_XHTML.to_owned());
-                    }
-                }
-                depth += 1;
-            }
-            Event::End(_) => depth = depth.saturating_sub(1),
-            Event::Empty(empty) => {
-                if depth == 0 {
-                    roots += 1;
-                    if empty.name().as_ref() != b"div" || roots > 1 {
-                        return Some("the narrative must be one <div> element".to_owned());
-                    }
-                    if !declares_xhtml(&empty) {
-                        return Some(NOT_XHTML.to_owned());
-                    }
-                }
-            }
-            Event::Text(text) => {
-                // Not even whitespace: XML would not keep it, so the narrative would change.
-                if depth == 0 && !text.is_empty() {
-                    return Some("text outside the narrative's <div>".to_owned());
-                }
-            }
-            Event::GeneralRef(reference) => {
-                let name = reference.as_ref();
-                let known = matches!(name, b"amp" | b"lt" | b"gt" | b"quot" | b"apos")
-                    || name.first() == Some(&b'#');
-                if !known || depth == 0 {
-                    return Some(format!(
-                        "the narrative uses the entity &{};, which XML does not define",
-                        String::from_utf8_lossy(name)
-                    ));
-                }
-            }
-            Event::CData(_) | Event::Comment(_) => {}
-            Event::Decl(_) | Event::PI(_) | Event::DocType(_) => {
-                return Some(
-                    "the narrative may not hold a declaration, DTD or processing instruction"
-                        .to_owned(),
-                );
-            }
-            Event::Eof => break,
-        }
-    }
-    if depth != 0 {
-        return Some("the narrative's <div> is not closed".to_owned());
-    }
-    if roots != 1 {
-        return Some("the narrative must be one <div> element".to_owned());
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
@@ -585,6 +494,15 @@ mod tests {
         let mut two = note();
         two["payload"][0]["contentReference"] = json!({"reference": "Binary/b"});
         one(two, "Communication.payload[0].contentString", "two types");
+        let mut twin = note();
+        twin["payload"][0] =
+            json!({"contentReference": {"reference": "Binary/b"}, "_contentString": {"id": "x"}});
+        assert!(
+            problems(twin)
+                .iter()
+                .any(|p| p.message.contains("two types")),
+            "a twin of another type is a second type"
+        );
         // A primitive's extension alone satisfies a mandatory element.
         let mut extension_only = note();
         extension_only.as_object_mut().unwrap().remove("status");
@@ -627,33 +545,6 @@ mod tests {
             bundle,
             "Bundle.entry[0].resource.resourceType",
             "not an R4B resource type",
-        );
-    }
-
-    #[test]
-    fn narratives_must_be_one_well_formed_div() {
-        for bad in [
-            "<div xmlns=\"http://www.w3.org/1999/xhtml\">",
-            "<div xmlns=\"http://www.w3.org/1999/xhtml\"></div><div></div>",
-            "<p>not a div</p>",
-            "<div xmlns=\"http://www.w3.org/1999/xhtml\">a</div></text><evil/>",
-            "<div xmlns=\"http://www.w3.org/1999/xhtml\">&nbsp;</div>",
-            "<!DOCTYPE x><div/>",
-            "text<div/>",
-            // Found by fuzz/run json_body: whitespace outside the div does not survive XML.
-            "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div> ",
-            // Found by fuzz/run json_body: a div outside XHTML cannot be read back from XML.
-            "<div xmlns=\"ht(p://www.w3.org/1999/xhtml\"><p>x</p></div>",
-            "<div><p>x</p></div>",
-            "<div xmlns=\"http://www.w3.org/1999/xhtml\">\u{10}</div>",
-        ] {
-            assert!(xhtml_problem(bad).is_some(), "{bad}");
-        }
-        assert_eq!(
-            xhtml_problem(
-                "<div xmlns=\"http://www.w3.org/1999/xhtml\">a &lt; b &#x3042;<br/></div>"
-            ),
-            None
         );
     }
 

@@ -782,7 +782,10 @@ mod tests {
         expect(r, "only one type of a choice element");
         let mut r = good();
         r["component"][0]["count"] = json!(0);
-        expect(r, "Obs.component[0].count: must be an integer ≥ 1");
+        expect(
+            r,
+            "Obs.component[0].count: must be an integer from 1 to 2147483647 (positiveInt)",
+        );
         let mut r = good();
         r["code"] = Value::Null;
         expect(r, "null is not allowed");

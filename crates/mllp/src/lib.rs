@@ -38,7 +38,7 @@ use tokio::{
     time::Instant,
 };
 use tsunagi_hl7v2::mllp::{FrameDecoder, frame};
-use tsunagi_net::{Admission, Evictable, Gate};
+use tsunagi_net::{Admission, Evictable, Gate, Watched};
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone)]
@@ -186,6 +186,9 @@ async fn serve_connection(
     handler: Arc<dyn FrameHandler>,
     evictable: Evictable,
 ) {
+    // A sender that stops reading its ACKs is cut off after the frame timeout (the idle timeout
+    // between frames is the connection's own, so the keep-alive clock here never runs first).
+    let stream = Watched::new(stream, options.idle_timeout * 2, options.frame_timeout);
     match tls {
         None => {
             let peer = PeerInfo {
@@ -224,11 +227,13 @@ async fn serve_connection(
 /// Whether an answer acknowledges a message as taken (MSA-1 AA, AE, CA or CE): the sender is a
 /// real one.
 fn acknowledged(reply: &[u8]) -> bool {
+    // MSA-1 of the MSA segment itself: the MSH before it repeats what the sender wrote about
+    // itself, which may be anything, `MSA|AA` included.
     reply
-        .windows(5)
-        .position(|window| window == b"MSA|A" || window == b"MSA|C")
-        .and_then(|at| reply.get(at + 5))
-        .is_some_and(|code| matches!(code, b'A' | b'E'))
+        .split(|&byte| byte == b'\r' || byte == b'\n')
+        .find(|segment| segment.starts_with(b"MSA|"))
+        .and_then(|segment| segment.split(|&byte| byte == b'|').nth(1))
+        .is_some_and(|code| matches!(code, b"AA" | b"AE" | b"CA" | b"CE"))
 }
 
 /// What a connection waits for next.

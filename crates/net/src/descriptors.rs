@@ -31,7 +31,9 @@ pub fn raise_limit() -> Option<u64> {
 /// scaled down in proportion when they do not fit, each at least 8. `Err` when not even that
 /// fits, with the limit the operator must give.
 pub fn fit(limit: u64, caps: &mut [&mut usize]) -> Result<bool, u64> {
-    let wanted: u64 = caps.iter().map(|cap| **cap as u64).sum();
+    let wanted: u64 = caps
+        .iter()
+        .fold(0u64, |sum, cap| sum.saturating_add(**cap as u64));
     let minimum = RESERVE + 8 * caps.len() as u64;
     if limit < minimum {
         return Err(minimum);

@@ -9,7 +9,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -38,20 +38,56 @@ const EVICTION_WAIT: Duration = Duration::from_millis(250);
 /// An open connection, as the gate knows it.
 #[derive(Debug)]
 struct Entry {
-    evictable: Arc<AtomicBool>,
+    spared_until: Arc<AtomicI64>,
     evict: Arc<Notify>,
 }
 
-/// Whether a connection may still be evicted; the server spares it once it has proven itself.
+/// Seconds since the epoch, now.
+fn now_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+        })
+}
+
+/// Until when a connection is spared from eviction (seconds since the epoch; none at first).
+/// The server spares it while it proves itself — for as long as the token it carried is valid —
+/// and exposes it again when a request on it fails to authenticate.
 #[derive(Debug, Clone)]
-pub struct Evictable(Arc<AtomicBool>);
+pub struct Evictable(Arc<AtomicI64>);
 
 impl Evictable {
-    /// The connection carried an authenticated request: never evicted for a newcomer.
+    /// The connection carried a valid credential still valid for `lifetime`.
+    pub fn spare_for(&self, lifetime: Duration) {
+        let lifetime = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX);
+        self.0
+            .fetch_max(now_seconds().saturating_add(lifetime), Ordering::Relaxed);
+    }
+
+    /// The connection proved itself for as long as it stays open (an MLLP sender whose message
+    /// was acknowledged).
     pub fn spare(&self) {
-        self.0.store(false, Ordering::Relaxed);
+        self.0.store(i64::MAX, Ordering::Relaxed);
+    }
+
+    /// A request on the connection failed to authenticate: evictable again.
+    pub fn expose(&self) {
+        self.0.store(0, Ordering::Relaxed);
     }
 }
+
+/// The address a per-peer cap counts: an IPv4 address, or the /64 network of an IPv6 one (one
+/// host holds a whole /64).
+fn peer_key(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
+}
+
+/// The most connections a gate counts (a configuration beyond it is clamped).
+const MAX_CAP: usize = 1 << 20;
 
 /// Whether a connection was admitted.
 #[derive(Debug)]
@@ -102,7 +138,7 @@ pub struct Ticket {
     gate: Arc<Inner>,
     peer: IpAddr,
     number: u64,
-    evictable: Arc<AtomicBool>,
+    spared_until: Arc<AtomicI64>,
     evict: Arc<Notify>,
     _slot: OwnedSemaphorePermit,
 }
@@ -110,7 +146,7 @@ pub struct Ticket {
 impl Ticket {
     /// The handle that spares the connection from eviction.
     pub fn evictable(&self) -> Evictable {
-        Evictable(self.evictable.clone())
+        Evictable(self.spared_until.clone())
     }
 
     /// Completes when the gate evicts this connection for a newcomer (never, on a gate that
@@ -144,9 +180,10 @@ impl Drop for Ticket {
 impl Gate {
     /// A gate for the listener called `name` (in logs).
     pub fn new(name: &'static str, limits: Limits) -> Self {
+        let max_connections = limits.max_connections.clamp(1, MAX_CAP);
         let limits = Limits {
-            max_connections: limits.max_connections.max(1),
-            max_per_peer: limits.max_per_peer.clamp(1, limits.max_connections.max(1)),
+            max_connections,
+            max_per_peer: limits.max_per_peer.clamp(1, max_connections),
             evict: limits.evict,
         };
         Self {
@@ -213,7 +250,7 @@ impl Gate {
     /// Registers an admitted connection holding `slot`.
     fn ticket(&self, peer: IpAddr, slot: OwnedSemaphorePermit) -> Ticket {
         let number = self.inner.admitted.fetch_add(1, Ordering::Relaxed);
-        let evictable = Arc::new(AtomicBool::new(true));
+        let spared_until = Arc::new(AtomicI64::new(0));
         let evict = Arc::new(Notify::new());
         self.inner
             .open
@@ -222,7 +259,7 @@ impl Gate {
             .insert(
                 number,
                 Entry {
-                    evictable: evictable.clone(),
+                    spared_until: spared_until.clone(),
                     evict: evict.clone(),
                 },
             );
@@ -230,7 +267,7 @@ impl Gate {
             gate: self.inner.clone(),
             peer,
             number,
-            evictable,
+            spared_until,
             evict,
             _slot: slot,
         }
@@ -244,10 +281,16 @@ impl Gate {
             .open
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match open
-            .values()
-            .find(|entry| entry.evictable.swap(false, Ordering::Relaxed))
-        {
+        let now = now_seconds();
+        // The one chosen is marked spared, so it is not chosen twice while it closes.
+        match open.values().find(|entry| {
+            entry
+                .spared_until
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |until| {
+                    (until <= now).then_some(i64::MAX)
+                })
+                .is_ok()
+        }) {
             Some(entry) => {
                 entry.evict.notify_one();
                 self.inner.evicted.fetch_add(1, Ordering::Relaxed);
@@ -259,7 +302,8 @@ impl Gate {
 
     /// Admits a connection from `peer`, or says which limit it is over. A full gate that evicts
     /// closes its oldest unproven connection and gives its place to this one.
-    pub async fn admit(&self, peer: IpAddr) -> Admission {
+    pub async fn admit(&self, address: IpAddr) -> Admission {
+        let peer = peer_key(address);
         let peer_full = || {
             let peers = self
                 .inner
@@ -447,6 +491,57 @@ mod tests {
         _another.evictable().spare();
         assert!(matches!(gate.admit(ip(6)).await, Admission::ListenerFull));
         drop(proven);
+    }
+
+    #[tokio::test]
+    async fn sparing_lapses_and_is_withdrawn_and_ipv6_hosts_count_by_their_64() {
+        let gate = Gate::new(
+            "test",
+            Limits {
+                max_connections: 2,
+                max_per_peer: 2,
+                evict: true,
+            },
+        );
+        let admitted = |admission: Admission| match admission {
+            Admission::Admitted(ticket) => ticket,
+            other => panic!("{other:?}"),
+        };
+        let expired = admitted(gate.admit(ip(1)).await);
+        expired.evictable().spare_for(Duration::ZERO);
+        let withdrawn = admitted(gate.admit(ip(2)).await);
+        withdrawn.evictable().spare_for(Duration::from_secs(300));
+        withdrawn.evictable().expose();
+        // A token that expired no longer protects its connection; neither does a failed login.
+        let closing = tokio::spawn(async move {
+            expired.evicted().await;
+        });
+        let first = admitted(gate.admit(ip(3)).await);
+        closing.await.unwrap();
+        first.evictable().spare();
+        let closing = tokio::spawn(async move {
+            withdrawn.evicted().await;
+        });
+        let _second = admitted(gate.admit(ip(4)).await);
+        closing.await.unwrap();
+        // Two addresses of one IPv6 /64 are one peer.
+        let six = Gate::new(
+            "test",
+            Limits {
+                max_connections: 8,
+                max_per_peer: 1,
+                evict: false,
+            },
+        );
+        let _one = admitted(six.admit("2001:db8::1".parse().unwrap()).await);
+        assert!(matches!(
+            six.admit("2001:db8::2".parse().unwrap()).await,
+            Admission::PeerFull
+        ));
+        assert!(matches!(
+            six.admit("2001:db8:0:1::1".parse().unwrap()).await,
+            Admission::Admitted(_)
+        ));
     }
 
     /// CPU time of this process so far, in clock ticks (utime + stime of /proc/self/stat).

@@ -149,7 +149,7 @@ impl AppState {
 /// The router: FHIR under `/fhir`, plus `/healthz`, `/readyz`, `/metrics`.
 pub fn router(state: Arc<AppState>) -> Router {
     // Everything under /fhir but the CapabilityStatement needs a valid token, and is audited.
-    let protected = protected_routes().route_layer(axum::middleware::from_fn_with_state(
+    let protected = protected_routes(&state).route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
         security::guard,
     ));
@@ -157,7 +157,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// The routes that read patient data; [`router`] puts them behind [`security::guard`].
-fn protected_routes() -> Router<Arc<AppState>> {
+fn protected_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/fhir/{type}", any(type_level))
         .route("/fhir/{type}/{id}", any(instance_level))
@@ -165,6 +165,11 @@ fn protected_routes() -> Router<Arc<AppState>> {
         .route("/fhir/{type}/{id}/_history/{version}", any(vread))
         .route("/hl7v2", axum::routing::post(hl7v2))
         .route("/fhir", axum::routing::post(transaction))
+        // Bodies are read into memory only here, behind the guard (`limits::collect_body`).
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::collect_body,
+        ))
 }
 
 async fn transaction(

@@ -4,7 +4,10 @@
 //! [`bounded`]: the target at most [`MAX_URI_BYTES`] (414), the head at most [`MAX_HEADERS`]
 //! fields and [`MAX_HEAD_BYTES`] (431), the body at most `max_body_bytes` (413, refused from its
 //! `Content-Length` before it is read, or while it is read when chunked) and entirely arrived
-//! within `body_read_timeout` (408). A request refused for its body closes its connection.
+//! within `body_read_timeout` (408). A request refused for its body closes its connection. The
+//! API's bodies are read only behind the token guard ([`collect_body`]); an endpoint open to
+//! all takes at most [`PUBLIC_BODY_BYTES`], so no one without a token can make the server
+//! hold more than that per connection.
 //!
 //! [`ensure_outcome`]: every answer of status 400 or more is an OperationOutcome, whoever made
 //! it — a handler, an extractor's rejection (a path that is not UTF-8), the router (a method
@@ -92,49 +95,80 @@ pub async fn bounded(State(state): State<Arc<AppState>>, request: Request, next:
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    let too_large = || {
-        refuse(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-costly",
+    // A body is read into memory only once it may be: behind the token guard for the API
+    // ([`collect_body`]), small for the public endpoints (the token form).
+    let behind_guard = behind_guard(request.uri().path());
+    let cap = if behind_guard {
+        limits.max_body_bytes
+    } else {
+        PUBLIC_BODY_BYTES
+    };
+    if declared.is_some_and(|length| length > cap as u64) {
+        return too_large(cap);
+    }
+    if behind_guard {
+        return next.run(request).await;
+    }
+    match collect(request, cap, limits.body_read_timeout).await {
+        Ok(request) => next.run(request).await,
+        Err(refused) => refused,
+    }
+}
+
+/// Middleware inside the token guard: the request's body read into memory, within
+/// `max_body_bytes` and `body_read_timeout`, only for a caller whose token stands.
+pub async fn collect_body(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let limits = &state.settings.limits;
+    match collect(request, limits.max_body_bytes, limits.body_read_timeout).await {
+        Ok(request) => next.run(request).await,
+        Err(refused) => refused,
+    }
+}
+
+/// The largest body of an endpoint anyone may call without a token (the token request form).
+pub const PUBLIC_BODY_BYTES: usize = 64 * 1024;
+
+/// Whether `path` is served behind the token guard (its body is read only after the guard).
+fn behind_guard(path: &str) -> bool {
+    path == "/hl7v2" || (path == "/fhir" || path.starts_with("/fhir/")) && path != "/fhir/metadata"
+}
+
+fn too_large(cap: usize) -> Response {
+    refuse(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too-costly",
+        format!("the body is larger than {cap} bytes (limit max_body_bytes)"),
+        true,
+    )
+}
+
+/// Reads the whole body of `request` within `cap` bytes and `deadline`.
+async fn collect(request: Request, cap: usize, deadline: Duration) -> Result<Request, Response> {
+    let (parts, body) = request.into_parts();
+    let limited = Limited::new(body, cap);
+    match tokio::time::timeout(deadline, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(Request::from_parts(parts, Body::from(collected.to_bytes()))),
+        Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(cap)),
+        Ok(Err(_)) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "incomplete",
+            "the request body could not be read to its end".to_owned(),
+            true,
+        )),
+        Err(_) => Err(refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
             format!(
-                "the body is larger than {} bytes (limit max_body_bytes)",
-                limits.max_body_bytes
+                "the request body did not arrive within {} s (limit body_read_timeout)",
+                deadline.as_secs()
             ),
             true,
-        )
-    };
-    if declared.is_some_and(|length| length > limits.max_body_bytes as u64) {
-        return too_large();
+        )),
     }
-    let (parts, body) = request.into_parts();
-    let limited = Limited::new(body, limits.max_body_bytes);
-    let bytes = match tokio::time::timeout(limits.body_read_timeout, limited.collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            return too_large();
-        }
-        Ok(Err(_)) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "incomplete",
-                "the request body could not be read to its end".to_owned(),
-                true,
-            );
-        }
-        Err(_) => {
-            return refuse(
-                StatusCode::REQUEST_TIMEOUT,
-                "timeout",
-                format!(
-                    "the request body did not arrive within {} s (limit body_read_timeout)",
-                    limits.body_read_timeout.as_secs()
-                ),
-                true,
-            );
-        }
-    };
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
 }
 
 /// The OperationOutcome issue code for an HTTP status.

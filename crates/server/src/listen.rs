@@ -270,10 +270,9 @@ async fn http<S>(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(HYPER_MAX_HEAD)
-        .max_headers(HYPER_MAX_HEADERS)
-        // A malformed header line is dropped rather than failing the request with hyper's bare
-        // 400 (the request then meets the API's own checks and answers).
-        .ignore_invalid_headers(true);
+        // A malformed header line fails the request (hyper's bare 400): dropping it instead
+        // could let a lenient proxy in front frame the request differently (smuggling).
+        .max_headers(HYPER_MAX_HEADERS);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let result = tokio::select! {

@@ -407,9 +407,21 @@ pub async fn guard(
         );
         response
     };
+    // A connection is spared from eviction at the cap only while the token it carries is
+    // valid and stands; a request that fails to authenticate exposes it again.
+    let evictable = request
+        .extensions()
+        .get::<tsunagi_net::Evictable>()
+        .cloned();
+    let expose = || {
+        if let Some(evictable) = &evictable {
+            evictable.expose();
+        }
+    };
     let principal = match authenticate(&state, request.headers(), now, certified.as_deref()) {
         Ok(principal) => principal,
         Err(reason) => {
+            expose();
             let record = audit_record(
                 &facts,
                 Agent::Unauthenticated,
@@ -441,13 +453,16 @@ pub async fn guard(
             .remember(&principal.token_id, epoch, principal.expires_at);
     }
     if let Err(reason) = standing {
+        expose();
         let agent = Agent::Principal(&principal);
         let record = audit_record(&facts, agent, None, StatusCode::UNAUTHORIZED, now);
         return finish(&state, vec![record], refused(&reason)).await;
     }
-    // A connection that carried a valid token is never evicted for a newcomer.
-    if let Some(evictable) = request.extensions().get::<tsunagi_net::Evictable>() {
-        evictable.spare();
+    if let Some(evictable) = &evictable {
+        let lifetime = principal
+            .expires_at
+            .saturating_sub(now.div_euclid(1_000_000));
+        evictable.spare_for(Duration::from_secs(u64::try_from(lifetime).unwrap_or(0)));
     }
     let access = Access::facility(principal.facility.clone(), now);
     let caller = Arc::new(Caller::new(principal, access));
@@ -646,6 +661,7 @@ pub async fn token_endpoint(
     State(state): State<Arc<AppState>>,
     request_id: Option<Extension<RequestId>>,
     peer: Option<Extension<ConnectInfo<Peer>>>,
+    evictable: Option<Extension<tsunagi_net::Evictable>>,
     form: Result<Form<Vec<(String, String)>>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let form = match form {
@@ -782,6 +798,11 @@ pub async fn token_endpoint(
     .await
     {
         Ok((token, scope)) => {
+            // The client proved who it is: its connection is spared while the token lasts.
+            if let Some(Extension(evictable)) = &evictable {
+                let lifetime = state.settings.tokens.lifetime.clamp(1, token::MAX_LIFETIME);
+                evictable.spare_for(Duration::from_secs(u64::try_from(lifetime).unwrap_or(0)));
+            }
             let mut response = Json(json!({
                 "access_token": token,
                 "token_type": "bearer",

@@ -95,6 +95,12 @@ pub(crate) fn judge(token: &TokenFacts, role: &str, standing: &Standing) -> Resu
             .as_ref()
             .filter(|client| client.active && client.kind == "portal")
             .ok_or_else(|| format!("{} is not an active portal", token.client))?;
+        if !standing.client_facility_active {
+            return Err(format!(
+                "the facility of portal {} is not an active member of the network",
+                portal.id
+            ));
+        }
         if portal.facility != user.facility && !portal.serves.contains(&user.facility) {
             return Err(format!(
                 "portal {} does not serve facility {}",
@@ -177,6 +183,7 @@ mod tests {
                 active: true,
             }),
             facility_active: true,
+            client_facility_active: true,
             revoked: false,
         }
     }
@@ -223,6 +230,12 @@ mod tests {
         let mut moved = good.clone();
         moved.user.as_mut().unwrap().facility = CLINIC.into();
         assert!(judge(&token, "doctor", &moved).is_err());
+        let mut portal_gone = good.clone();
+        portal_gone.client_facility_active = false;
+        assert!(
+            judge(&token, "doctor", &portal_gone).is_err(),
+            "the portal's facility left"
+        );
         let mut portal_off = good;
         portal_off.client.as_mut().unwrap().active = false;
         assert!(judge(&token, "doctor", &portal_off).is_err());
@@ -243,6 +256,7 @@ mod tests {
             client: Some(client),
             user: None,
             facility_active: true,
+            client_facility_active: true,
             revoked: false,
         };
         assert!(judge(&token, "system", &records).is_ok());

@@ -301,6 +301,38 @@ async fn bodies_are_bounded_in_size_and_time() {
     let reply = parse_reply(&raw).unwrap();
     assert_eq!(reply.status, 413);
     outcome(&reply);
+    // Without a valid token the body is never read: a declared body that never comes gets its
+    // 401 at once, not a wait for the body.
+    let mut anonymous = TcpStream::connect(addr).await.unwrap();
+    anonymous
+        .write_all(
+            b"POST /fhir/Communication HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\nContent-Length: 500000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let asked = Instant::now();
+    let reply = read_answer(&mut anonymous).await;
+    assert_eq!(reply.status, 401);
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        asked.elapsed()
+    );
+    // An endpoint open to all takes a small body only.
+    let form = format!("grant_type=client_credentials&x={}", "a".repeat(70 * 1024));
+    let reply = request(
+        addr,
+        "POST",
+        "/auth/token",
+        &[
+            ("authorization", ""),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        &form,
+    )
+    .await;
+    assert_eq!(reply.status, 413);
+    outcome(&reply);
     // A body that trickles in and stops: 408 after the body timeout.
     let mut trickle = TcpStream::connect(addr).await.unwrap();
     trickle

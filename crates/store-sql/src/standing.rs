@@ -24,7 +24,7 @@ pub fn standing_query<DB: Dialect>(token: &TokenFacts) -> QueryBuilder<DB> {
     } else {
         sql.push("NULL AS p_id, NULL AS p_facility, NULL AS p_role, NULL AS p_active, ");
     }
-    sql.push("f.active AS f_active, EXISTS (SELECT 1 FROM revocations r WHERE (r.kind = 'token' AND r.value = ");
+    sql.push("f.active AS f_active, cf.active AS cf_active, EXISTS (SELECT 1 FROM revocations r WHERE (r.kind = 'token' AND r.value = ");
     DB::bind(&mut sql, token.token_id.clone().into());
     sql.push(") OR (r.kind = 'subject' AND r.value IN (");
     DB::bind(&mut sql, token.subject.clone().into());
@@ -40,6 +40,7 @@ pub fn standing_query<DB: Dialect>(token: &TokenFacts) -> QueryBuilder<DB> {
     }
     sql.push(" LEFT JOIN facilities f ON f.code = ");
     DB::bind(&mut sql, token.facility.clone().into());
+    sql.push(" LEFT JOIN facilities cf ON cf.code = c.facility");
     sql
 }
 
@@ -94,6 +95,7 @@ where
         client,
         user,
         facility_active: column::<R, Option<bool>>(row, "f_active")?.unwrap_or(false),
+        client_facility_active: column::<R, Option<bool>>(row, "cf_active")?.unwrap_or(false),
         revoked: column(row, "revoked")?,
     })
 }

@@ -78,7 +78,7 @@ pub async fn token_standing_reads_clients_users_facilities_and_revocations<S: Go
         (user.facility.as_str(), user.role.as_str(), user.active),
         (HOSPITAL, "doctor", true)
     );
-    assert!(found.facility_active && !found.revoked);
+    assert!(found.facility_active && found.client_facility_active && !found.revoked);
 
     // A system token names no user; unknown names come back as absent.
     let system = store
@@ -154,6 +154,10 @@ pub async fn token_standing_reads_clients_users_facilities_and_revocations<S: Go
     let now = store.token_standing(&later).await.unwrap();
     assert!(!now.client.unwrap().active);
     assert!(!now.facility_active);
+    assert!(
+        now.client_facility_active,
+        "the portal's own facility, the clinic, is active"
+    );
     assert!(
         !store
             .facilities()

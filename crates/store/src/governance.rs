@@ -149,6 +149,9 @@ pub struct Standing {
     pub user: Option<Participant>,
     /// Whether the token's facility is in the directory and active.
     pub facility_active: bool,
+    /// Whether the facility of the client it was issued to is in the directory and active (a
+    /// portal of a facility that left the network acts for nobody).
+    pub client_facility_active: bool,
     /// Whether the token, its subject or its client was revoked after it was issued.
     pub revoked: bool,
 }
