@@ -18,6 +18,27 @@ use support::{add_facility, add_user, http, mllp_exchange, ok, register_lab, tsu
 const HOSPITAL: &str = "0610100010";
 const LAB: &str = "0610900001";
 
+/// A `tsunagi serve` child, killed when dropped (a failing test leaves no server behind).
+struct Serving(Child);
+
+impl Serving {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn stop(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `tsunagi serve` with `config`, under an open-file limit of `nofile` when given: the child,
 /// its FHIR address and its MLLP address; stderr goes to `log`.
 fn start(
@@ -25,7 +46,7 @@ fn start(
     config: &std::path::Path,
     nofile: Option<u32>,
     log: &std::path::Path,
-) -> (Child, String, Option<String>) {
+) -> (Serving, String, Option<String>) {
     let binary = env!("CARGO_BIN_EXE_tsunagi");
     let serve = format!(
         "exec {binary} serve --db '{db}' --config '{}' --listen 127.0.0.1:0",
@@ -35,13 +56,15 @@ fn start(
         Some(limit) => format!("ulimit -n {limit} && {serve}"),
         None => serve,
     };
-    let mut child = Command::new("sh")
-        .args(["-c", &script])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut child = Serving(
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = std::io::BufReader::new(child.0.stdout.take().unwrap()).lines();
     let mut http = String::new();
     let mut mllp = None;
     loop {
@@ -129,7 +152,7 @@ async fn serve_keeps_answering_under_a_low_file_limit_with_two_thousand_slow_con
     )
     .unwrap();
     let log = dir.path().join("serve.log");
-    let (mut child, address, mllp) = start(&db, &config, Some(512), &log);
+    let (child, address, mllp) = start(&db, &config, Some(512), &log);
     let mllp = mllp.expect("an MLLP listener");
     let pid = child.id();
 
@@ -206,8 +229,7 @@ async fn serve_keeps_answering_under_a_low_file_limit_with_two_thousand_slow_con
     let reclaimed = started.elapsed();
     // The audit trail of the requests above was imported by the server itself.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.stop();
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(!log.contains("Too many open files"), "{log}");
     assert!(!log.contains("audit journal import failed"), "{log}");
@@ -235,7 +257,7 @@ fn revocations_and_deactivations_hold_from_the_next_request() {
     let config = dir.path().join("tsunagi.toml");
     std::fs::write(&config, format!("version = 1\n[store]\nurl = \"{db}\"\n")).unwrap();
     let log = dir.path().join("serve.log");
-    let (mut child, address, _) = start(&db, &config, None, &log);
+    let (child, address, _) = start(&db, &config, None, &log);
     let search = "/fhir/Patient?_count=1";
 
     let user = token(&db, &["--user", "dr", "--scope", "user/*.rs"]);
@@ -272,8 +294,7 @@ fn revocations_and_deactivations_hold_from_the_next_request() {
         facilities.contains(&format!("{LAB}\tlab-company\tinactive")),
         "{facilities}"
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.stop();
 
     // Registrations that would open more than they say are refused by name.
     let jwks = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -32,8 +32,8 @@ pub struct Watched<S> {
     keep_alive: Duration,
     send_timeout: Duration,
     last: Last,
-    idle: Option<Pin<Box<Sleep>>>,
-    stalled: Option<Pin<Box<Sleep>>>,
+    idle: Timer,
+    stalled: Timer,
 }
 
 impl<S> Watched<S> {
@@ -44,8 +44,8 @@ impl<S> Watched<S> {
             keep_alive,
             send_timeout,
             last: Last::Wrote,
-            idle: None,
-            stalled: None,
+            idle: Timer::default(),
+            stalled: Timer::default(),
         }
     }
 
@@ -55,10 +55,36 @@ impl<S> Watched<S> {
     }
 }
 
-/// Polls a timer armed on first use; true when it has fired.
-fn fired(timer: &mut Option<Pin<Box<Sleep>>>, after: Duration, cx: &mut Context<'_>) -> bool {
-    let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
-    sleep.as_mut().poll(cx).is_ready()
+/// A timer that is armed when first polled after being disarmed, reusing its allocation.
+#[derive(Debug, Default)]
+struct Timer {
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl Timer {
+    /// Stops the timer (the next poll arms it afresh).
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// Polls the timer, arming it for `after` if it is not running; true when it has fired.
+    fn fired(&mut self, after: Duration, cx: &mut Context<'_>) -> bool {
+        let deadline = tokio::time::Instant::now() + after;
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if !self.armed {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
+            }
+            None => self
+                .sleep
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        self.armed = true;
+        sleep.as_mut().poll(cx).is_ready()
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
@@ -73,13 +99,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
                     this.last = Last::Read;
-                    this.idle = None;
+                    this.idle.disarm();
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
             Poll::Pending => {
-                if this.last == Last::Wrote && fired(&mut this.idle, this.keep_alive, cx) {
+                if this.last == Last::Wrote && this.idle.fired(this.keep_alive, cx) {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "no request within the keep-alive timeout",
@@ -102,13 +128,13 @@ impl<S> Watched<S> {
             Poll::Ready(Ok(written)) => {
                 if written > 0 {
                     self.last = Last::Wrote;
-                    self.stalled = None;
-                    self.idle = None;
+                    self.stalled.disarm();
+                    self.idle.disarm();
                 }
                 Poll::Ready(Ok(written))
             }
             Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-            Poll::Pending if fired(&mut self.stalled, self.send_timeout, cx) => {
+            Poll::Pending if self.stalled.fired(self.send_timeout, cx) => {
                 Poll::Ready(Err(stopped_reading()))
             }
             Poll::Pending => Poll::Pending,
@@ -146,7 +172,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_flush(cx) {
-            Poll::Pending if fired(&mut this.stalled, this.send_timeout, cx) => {
+            Poll::Pending if this.stalled.fired(this.send_timeout, cx) => {
                 Poll::Ready(Err(stopped_reading()))
             }
             other => other,
