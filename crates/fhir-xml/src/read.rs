@@ -287,9 +287,19 @@ impl<'i> XmlIn<'i> {
             ..usize::try_from(span.end).unwrap_or(usize::MAX);
         let inner = self
             .input
-            .get(range)
+            .get(range.clone())
             .ok_or_else(|| self.error("narrative out of range"))?;
-        Ok(format!("<{tag}>{}</{qname}>", utf8(inner)?))
+        // The end tag as written (`</div >` is XML too), so the narrative reads back verbatim.
+        let end_tag = self
+            .input
+            .get(range.end..)
+            .and_then(|rest| {
+                rest.iter()
+                    .position(|&byte| byte == b'>')
+                    .map(|at| &rest[..=at])
+            })
+            .ok_or_else(|| self.error(format!("narrative </{qname}> out of range")))?;
+        Ok(format!("<{tag}>{}{}", utf8(inner)?, utf8(end_tag)?))
     }
 
     /// A primitive: `value` and `id` attributes, `extension` children; JSON `name` and `_name`.

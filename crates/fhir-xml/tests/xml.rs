@@ -221,6 +221,26 @@ fn official_r4b_examples_round_trip_through_xml() {
     }
 }
 
+/// Found by fuzz/run json_body: a narrative whose end tag is written `</div >` (XML allows the
+/// space) reads back exactly as it was written.
+#[test]
+fn a_narrative_reads_back_verbatim_whatever_its_end_tag() {
+    let patient = serde_json::json!({
+        "resourceType": "Patient", "id": "p",
+        "text": {"status": "generated",
+                 "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">\n  <p>x</p >\n</div >"}
+    });
+    assert!(
+        tsunagi_fhir_xml::structure::check(&patient)
+            .unwrap()
+            .is_empty()
+    );
+    for pretty in [false, true] {
+        let xml = to_xml(&patient, pretty).unwrap();
+        assert_eq!(from_xml(&xml).unwrap(), patient);
+    }
+}
+
 /// The structural check finds nothing wrong with the official examples, nor with what Tsunagi
 /// writes; JP Core's examples are checked against it in `tests/e2e`.
 #[test]
