@@ -27,6 +27,7 @@ pub mod security;
 pub mod snapshot;
 mod standing;
 pub mod tls;
+mod token_api;
 pub mod transaction_api;
 mod validation;
 
