@@ -15,7 +15,7 @@ use tsunagi_store::{
 
 use tsunagi_store_sql::standing::{serves_from, standing_from_row, standing_query};
 
-use crate::{SqliteStore, begin, db_error, journal::Journal, json_list};
+use crate::{SqliteStore, begin, db_error, json_list};
 
 /// One multi-row INSERT of audit records (at most `AUDIT_CHUNK`).
 pub(crate) fn audit_insert(chunk: &[AuditRecord]) -> sqlx::QueryBuilder<sqlx::Sqlite> {
@@ -33,7 +33,7 @@ pub(crate) fn audit_insert(chunk: &[AuditRecord]) -> sqlx::QueryBuilder<sqlx::Sq
 }
 
 /// Inserts any number of audit records inside `transaction`, `AUDIT_CHUNK` per statement.
-async fn insert_audit(
+pub(crate) async fn insert_audit(
     transaction: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
     records: &[AuditRecord],
 ) -> Result<(), StoreError> {
@@ -698,121 +698,4 @@ fn client_from_row(row: &SqliteRow) -> Result<Client, StoreError> {
         active: get(row, "active")?,
         serves: serves_from(&get::<String>(row, "serves")?),
     })
-}
-
-#[async_trait::async_trait]
-impl tsunagi_store::Backend for SqliteStore {
-    /// Journals the audit records ([`SqliteStore::journal_audit`]).
-    async fn start_serving(&self) -> Result<(), StoreError> {
-        self.journal_audit().await
-    }
-}
-
-impl SqliteStore {
-    /// Journals this process's audit records (see `crate::journal`): imports what earlier runs
-    /// left, appends to a new generation from now on, and imports every 100 ms in the
-    /// background. Only the server calls this; without it records are inserted directly. A
-    /// database without a file (in memory) keeps inserting directly.
-    pub async fn journal_audit(&self) -> Result<(), StoreError> {
-        self.journal_audit_rotating_at(crate::journal::ROTATE_BYTES)
-            .await
-    }
-
-    /// [`SqliteStore::journal_audit`], beginning a new journal file whenever the current one
-    /// passes `bytes` (64 MiB in the server; tests use a few bytes to see files rotate).
-    pub async fn journal_audit_rotating_at(&self, bytes: u64) -> Result<(), StoreError> {
-        let Some(journal) = self.journal.clone() else {
-            return Ok(());
-        };
-        let (generation, _) = self.import_journal().await?;
-        journal.start_appending(generation, bytes.max(1))?;
-        // The task holds the journal weakly: it stops once every handle of the store is gone.
-        let weak = std::sync::Arc::downgrade(&journal);
-        drop(journal);
-        let store = Self {
-            journal: None,
-            ..self.clone()
-        };
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(journal) = weak.upgrade() else {
-                    return;
-                };
-                if let Err(error) = store.import_from(&journal).await {
-                    tracing::warn!(target: "tsunagi::audit", %error, "audit journal import failed; retrying");
-                }
-            }
-        });
-        Ok(())
-    }
-
-    /// Moves journaled audit records into the `audit` table (see `crate::journal`); returns the
-    /// import position (generation, offset) afterwards.
-    pub(crate) async fn import_journal(&self) -> Result<(u64, u64), StoreError> {
-        match &self.journal {
-            Some(journal) => self.import_from(journal).await,
-            None => Ok((0, 0)),
-        }
-    }
-
-    async fn import_from(&self, journal: &Journal) -> Result<(u64, u64), StoreError> {
-        let _one_at_a_time = self.importing.lock().await;
-        let files = journal.files()?;
-        let mut transaction = begin(&self.pool).await?;
-        let position: Option<String> =
-            sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'audit_journal'")
-                .fetch_optional(&mut *transaction)
-                .await
-                .map_err(db_error)?;
-        let (mut generation, mut offset) = position
-            .as_deref()
-            .and_then(|text| text.split_once(':'))
-            .and_then(|(g, o)| Some((g.parse::<u64>().ok()?, o.parse::<u64>().ok()?)))
-            .unwrap_or((0, 0));
-        let start = (generation, offset);
-        let mut imported = 0usize;
-        let pending: Vec<&(u64, std::path::PathBuf)> =
-            files.iter().filter(|(g, _)| *g >= generation).collect();
-        for (index, (file_generation, path)) in pending.iter().enumerate() {
-            let from = if *file_generation == generation {
-                offset
-            } else {
-                0
-            };
-            let (records, end) = Journal::read_from(path, from)?;
-            insert_audit(&mut transaction, &records).await?;
-            imported += records.len();
-            match pending.get(index + 1) {
-                // A later generation exists: this one is complete (any cut frame at its end
-                // belongs to a request that was never answered).
-                Some((next, _)) => (generation, offset) = (*next, 0),
-                None => (generation, offset) = (*file_generation, end),
-            }
-        }
-        if (generation, offset) != start {
-            sqlx::query(
-                "INSERT OR REPLACE INTO store_meta (key, value) VALUES ('audit_journal', ?1)",
-            )
-            .bind(format!("{generation}:{offset}"))
-            .execute(&mut *transaction)
-            .await
-            .map_err(db_error)?;
-            transaction.commit().await.map_err(db_error)?;
-        } else {
-            transaction.rollback().await.map_err(db_error)?;
-        }
-        // Generations before the one being imported from are in the table.
-        for (file_generation, path) in &files {
-            if *file_generation < generation {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-        if imported > 0 {
-            tracing::debug!(target: "tsunagi::audit", imported, "audit journal imported");
-        }
-        Ok((generation, offset))
-    }
 }

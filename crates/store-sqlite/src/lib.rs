@@ -38,6 +38,7 @@ use tsunagi_store::{
 mod epoch;
 mod governance;
 mod journal;
+mod journal_import;
 mod messages;
 mod outbox;
 mod query;
