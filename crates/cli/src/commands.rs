@@ -669,7 +669,7 @@ impl MllpSetup {
         if feeds.all().is_empty() {
             tracing::warn!(target: "tsunagi::mllp", "no [[hl7v2]] senders are configured: every message will be rejected (AR)");
         }
-        let options = crate::limits::mllp(config.map(|c| &c.mllp));
+        let options = crate::limits::mllp(config.map(|c| &c.mllp))?;
         let tls = match config.map(|c| (c.mllp.tls.unwrap_or(false), &c.mllp.tls_client_ca)) {
             Some((true, ca)) => Some(ca.clone()),
             Some((false, Some(_))) => bail!("[mllp] tls_client_ca needs tls = true"),
@@ -829,7 +829,7 @@ pub(crate) async fn serve(flags: ServeFlags) -> anyhow::Result<()> {
             .base_url
             .clone()
             .or_else(|| server.and_then(|s| s.base_url.clone())),
-        limits: crate::limits::http(server),
+        limits: crate::limits::http(server)?,
         ..Default::default()
     };
     if let Some(base) = &settings.base_url {

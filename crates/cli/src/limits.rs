@@ -9,13 +9,23 @@ use tsunagi_server::listen::HttpLimits;
 
 use crate::config::{MllpConfig, ServerConfig};
 
+/// The longest timeout a setting may ask for: a day.
+const MAX_SECONDS: u64 = 86_400;
+
+/// A timeout setting, from 1 second to a day.
+fn seconds(key: &str, value: u64) -> anyhow::Result<Duration> {
+    if !(1..=MAX_SECONDS).contains(&value) {
+        bail!("{key} = {value}: a timeout is 1 to {MAX_SECONDS} seconds");
+    }
+    Ok(Duration::from_secs(value))
+}
+
 /// The API's limits: the config's, else the defaults.
-pub(crate) fn http(server: Option<&ServerConfig>) -> HttpLimits {
+pub(crate) fn http(server: Option<&ServerConfig>) -> anyhow::Result<HttpLimits> {
     let mut limits = HttpLimits::default();
     let Some(server) = server else {
-        return limits;
+        return Ok(limits);
     };
-    let seconds = Duration::from_secs;
     if let Some(value) = server.max_connections {
         limits.max_connections = value;
     }
@@ -23,28 +33,28 @@ pub(crate) fn http(server: Option<&ServerConfig>) -> HttpLimits {
         limits.max_connections_per_peer = value;
     }
     if let Some(value) = server.header_read_timeout_seconds {
-        limits.header_read_timeout = seconds(value);
+        limits.header_read_timeout = seconds("[server] header_read_timeout_seconds", value)?;
     }
     if let Some(value) = server.keep_alive_timeout_seconds {
-        limits.keep_alive_timeout = seconds(value);
+        limits.keep_alive_timeout = seconds("[server] keep_alive_timeout_seconds", value)?;
     }
     if let Some(value) = server.body_read_timeout_seconds {
-        limits.body_read_timeout = seconds(value);
+        limits.body_read_timeout = seconds("[server] body_read_timeout_seconds", value)?;
     }
     if let Some(value) = server.send_timeout_seconds {
-        limits.send_timeout = seconds(value);
+        limits.send_timeout = seconds("[server] send_timeout_seconds", value)?;
     }
     if let Some(value) = server.max_body_bytes {
         limits.max_body_bytes = value;
     }
-    limits
+    Ok(limits)
 }
 
 /// The MLLP listener's limits: the config's, else the defaults.
-pub(crate) fn mllp(mllp: Option<&MllpConfig>) -> tsunagi_mllp::ServerOptions {
+pub(crate) fn mllp(mllp: Option<&MllpConfig>) -> anyhow::Result<tsunagi_mllp::ServerOptions> {
     let mut options = tsunagi_mllp::ServerOptions::default();
     let Some(mllp) = mllp else {
-        return options;
+        return Ok(options);
     };
     if let Some(bytes) = mllp.max_frame_bytes {
         options.max_frame = bytes;
@@ -55,13 +65,13 @@ pub(crate) fn mllp(mllp: Option<&MllpConfig>) -> tsunagi_mllp::ServerOptions {
     if let Some(connections) = mllp.max_connections_per_peer {
         options.max_connections_per_peer = connections;
     }
-    if let Some(seconds) = mllp.idle_timeout_seconds {
-        options.idle_timeout = Duration::from_secs(seconds);
+    if let Some(value) = mllp.idle_timeout_seconds {
+        options.idle_timeout = seconds("[mllp] idle_timeout_seconds", value)?;
     }
-    if let Some(seconds) = mllp.frame_timeout_seconds {
-        options.frame_timeout = Duration::from_secs(seconds);
+    if let Some(value) = mllp.frame_timeout_seconds {
+        options.frame_timeout = seconds("[mllp] frame_timeout_seconds", value)?;
     }
-    options
+    Ok(options)
 }
 
 /// Raises the open-file limit to its hard maximum and fits the listeners' caps under it (the

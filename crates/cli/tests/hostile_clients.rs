@@ -391,4 +391,17 @@ fn a_sender_address_that_is_not_an_address_stops_serve_by_name() {
         said.contains("addresses") && said.contains("10.1.2.0/33"),
         "{said}"
     );
+    // A timeout out of range (0, or one whose deadline cannot be computed) is refused by name.
+    std::fs::write(
+        &config,
+        format!("version = 1\n[store]\nurl = \"{db}\"\n[server]\nkeep_alive_timeout_seconds = 9223372036854775807\n"),
+    )
+    .unwrap();
+    let output = tsunagi(&["serve", "--db", &db, "--config", config.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("keep_alive_timeout_seconds") && said.contains("1 to 86400"),
+        "{said}"
+    );
 }

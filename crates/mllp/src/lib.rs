@@ -188,7 +188,11 @@ async fn serve_connection(
 ) {
     // A sender that stops reading its ACKs is cut off after the frame timeout (the idle timeout
     // between frames is the connection's own, so the keep-alive clock here never runs first).
-    let stream = Watched::new(stream, options.idle_timeout * 2, options.frame_timeout);
+    let stream = Watched::new(
+        stream,
+        options.idle_timeout.saturating_mul(2),
+        options.frame_timeout,
+    );
     match tls {
         None => {
             let peer = PeerInfo {
@@ -225,15 +229,14 @@ async fn serve_connection(
 }
 
 /// Whether an answer acknowledges a message as taken (MSA-1 AA, AE, CA or CE): the sender is a
-/// real one.
+/// real one. Read with the ACK reader, from the MSA segment itself: the MSH before it repeats
+/// what the sender wrote about itself, which may be anything, `MSA|AA` included.
 fn acknowledged(reply: &[u8]) -> bool {
-    // MSA-1 of the MSA segment itself: the MSH before it repeats what the sender wrote about
-    // itself, which may be anything, `MSA|AA` included.
-    reply
-        .split(|&byte| byte == b'\r' || byte == b'\n')
-        .find(|segment| segment.starts_with(b"MSA|"))
-        .and_then(|segment| segment.split(|&byte| byte == b'|').nth(1))
-        .is_some_and(|code| matches!(code, b"AA" | b"AE" | b"CA" | b"CE"))
+    std::str::from_utf8(reply)
+        .ok()
+        .and_then(|text| tsunagi_hl7v2::Message::parse(text).ok())
+        .and_then(|message| tsunagi_hl7v2::ack::read_ack(&message).ok())
+        .is_some_and(|ack| ack.code.outcome() != tsunagi_hl7v2::ack::Outcome::Rejected)
 }
 
 /// What a connection waits for next.

@@ -70,7 +70,11 @@ impl Timer {
 
     /// Polls the timer, arming it for `after` if it is not running; true when it has fired.
     fn fired(&mut self, after: Duration, cx: &mut Context<'_>) -> bool {
-        let deadline = tokio::time::Instant::now() + after;
+        let now = tokio::time::Instant::now();
+        // A limit too large to add is as good as none: a year.
+        let deadline = now
+            .checked_add(after)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
         let sleep = match &mut self.sleep {
             Some(sleep) => {
                 if !self.armed {

@@ -157,8 +157,11 @@ impl SqliteStore {
             .max_connections(8)
             .min_connections(0)
             .connect_lazy_with(options.pragma("mmap_size", "2147418112"));
-        let journal = database_file(url).map(|file| Arc::new(journal::Journal::new(file)));
-        let epoch = database_file(url).map(|file| Arc::new(epoch::StandingEpoch::new(&file)));
+        let file = database_file(url);
+        let epoch = file
+            .as_deref()
+            .map(|file| Arc::new(epoch::StandingEpoch::new(file)));
+        let journal = file.map(|file| Arc::new(journal::Journal::new(file)));
         let store = Self {
             pool,
             reader,

@@ -1,0 +1,112 @@
+//! The limits one search is held to, checked while its parameters are parsed, before any SQL
+//! is built: a request over one is refused (400) with a message naming the limit, never run
+//! (hostile input: thousands of filters once made the store fail, issue 17).
+
+use super::{MAX_COUNT, QueryError, TRANSPORT_PARAMS, error};
+
+/// Search parameters in one request (filters, `_sort`, `_include`…; not `_format` and
+/// the paging parameters).
+pub const MAX_PARAMETERS: usize = 64;
+/// Comma-separated (ORed) values of one parameter, and names in `_elements`.
+pub const MAX_VALUES: usize = 100;
+/// Values of all filters together (each is one branch of the statement the store runs).
+pub const MAX_ALTERNATIVES: usize = 256;
+/// `_include` and `_revinclude` parameters together.
+pub const MAX_INCLUDES: usize = 10;
+/// Keys of `_sort`.
+pub const MAX_SORT_KEYS: usize = 8;
+/// Levels of a chained parameter (`subject:Patient.identifier` is one).
+pub const MAX_CHAIN_DEPTH: usize = 1;
+/// Bytes of one parameter's value, decoded.
+pub const MAX_VALUE_BYTES: usize = 4096;
+
+/// `_count`: a whole number up to [`MAX_COUNT`].
+pub fn parse_count(value: &str) -> Result<usize, QueryError> {
+    let count: usize = value
+        .parse()
+        .map_err(|_| error("_count", "must be a whole number"))?;
+    if count > MAX_COUNT {
+        return Err(error(
+            "_count",
+            format!("{count} is over the limit of {MAX_COUNT} resources a page (limit _count)"),
+        ));
+    }
+    Ok(count)
+}
+
+/// The request-wide limits, before anything is parsed.
+pub(super) fn check_limits(pairs: &[(String, String)]) -> Result<(), QueryError> {
+    let searched = || {
+        pairs
+            .iter()
+            .filter(|(name, _)| !TRANSPORT_PARAMS.contains(&name.as_str()))
+    };
+    let count = searched().count();
+    if count > MAX_PARAMETERS {
+        return Err(error(
+            "(request)",
+            format!(
+                "{count} search parameters; at most {} are taken in one request (limit max_parameters)",
+                MAX_PARAMETERS
+            ),
+        ));
+    }
+    let includes = searched()
+        .filter(|(name, _)| name.starts_with("_include") || name.starts_with("_revinclude"))
+        .count();
+    if includes > MAX_INCLUDES {
+        return Err(error(
+            "_include",
+            format!(
+                "{includes} _include and _revinclude parameters; at most {} (limit max_includes)",
+                MAX_INCLUDES
+            ),
+        ));
+    }
+    let mut alternatives = 0;
+    for (name, value) in searched() {
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(error(
+                name,
+                format!(
+                    "a value of {} bytes; at most {} (limit max_value_bytes)",
+                    value.len(),
+                    MAX_VALUE_BYTES
+                ),
+            ));
+        }
+        let values = value.split(',').count();
+        if values > MAX_VALUES {
+            return Err(error(
+                name,
+                format!(
+                    "{values} comma-separated values; at most {} (limit max_values)",
+                    MAX_VALUES
+                ),
+            ));
+        }
+        if !name.starts_with('_') {
+            alternatives += values;
+        }
+        let depth = name.matches('.').count();
+        if depth > MAX_CHAIN_DEPTH {
+            return Err(error(
+                name,
+                format!(
+                    "a chain of {depth} levels; at most {} (limit max_chain_depth)",
+                    MAX_CHAIN_DEPTH
+                ),
+            ));
+        }
+    }
+    if alternatives > MAX_ALTERNATIVES {
+        return Err(error(
+            "(request)",
+            format!(
+                "{alternatives} values in all filters together; at most {} (limit max_alternatives)",
+                MAX_ALTERNATIVES
+            ),
+        ));
+    }
+    Ok(())
+}
