@@ -251,7 +251,9 @@ impl<S: FeedStore + ?Sized> Processor<S> {
         &mut self,
         received: &Received,
     ) -> Result<(Vec<u8>, Decision), StoreError> {
-        let hash = Sha256::digest(&received.raw).to_vec();
+        // Resends are compared by content, whatever their segment terminators; the raw bytes
+        // are kept as received.
+        let hash = Sha256::digest(tsunagi_hl7v2::normal_segments(&received.raw)).to_vec();
         let decision = self
             .decide(
                 &received.raw,
@@ -472,7 +474,8 @@ impl<S: FeedStore + ?Sized> Processor<S> {
                     .map(|logged| (logged.hash, logged.ack, outcome_of(logged.state))),
             };
             if let Some((logged_hash, ack, outcome)) = logged {
-                if logged_hash == hash {
+                // Rows logged before terminators were normalised hold the hash of the raw bytes.
+                if logged_hash == hash || logged_hash[..] == Sha256::digest(raw)[..] {
                     return Ok(Decision::Duplicate { ack, outcome });
                 }
                 return Ok(Decision::Conflict {

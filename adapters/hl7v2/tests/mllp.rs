@@ -158,6 +158,72 @@ async fn a_message_is_acknowledged_after_it_is_stored_and_a_resend_changes_nothi
 }
 
 #[tokio::test]
+async fn a_resend_differing_only_in_segment_terminators_is_the_same_message() {
+    let gateway = gateway(ServerOptions::default()).await;
+    let mut connection = Connection::connect(&gateway.address).await.unwrap();
+    // hl7.client.MLLPClient keeps the final CR; python-hl7's mllp_send strips it; some
+    // senders end segments with LF or CRLF.
+    let kept = a08("T1", "300", "Yamada");
+    let first = connection.request(&kept, TIMEOUT).await.unwrap();
+    assert_eq!(ack_of(&first).0, AckCode::AA);
+    let stripped = kept[..kept.len() - 1].to_vec();
+    let crlf = String::from_utf8(kept.clone())
+        .unwrap()
+        .replace('\r', "\r\n")
+        .into_bytes();
+    for resend in [stripped.clone(), crlf] {
+        let again = connection.request(&resend, TIMEOUT).await.unwrap();
+        assert_eq!(ack_of(&again).0, AckCode::AA);
+        assert!(again == first, "a resend gets the same ACK");
+    }
+    let history = gateway
+        .store
+        .history(
+            &Access::Unrestricted,
+            "Patient",
+            &logical_id(&[FACILITY, "300"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1);
+    assert!(
+        gateway
+            .store
+            .messages(&[MessageState::Conflict], 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The log keeps the first message's bytes as received.
+    let logged = gateway
+        .store
+        .logged_message("HIS123|SEND", "T1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(logged.raw == kept);
+
+    // Sent first without its final CR, the message is logged as sent, and the full form is
+    // its resend too.
+    let bare = a08("T2", "301", "Sato");
+    let bare = bare[..bare.len() - 1].to_vec();
+    let first = connection.request(&bare, TIMEOUT).await.unwrap();
+    assert_eq!(ack_of(&first).0, AckCode::AA);
+    let again = connection
+        .request(&a08("T2", "301", "Sato"), TIMEOUT)
+        .await
+        .unwrap();
+    assert!(again == first);
+    let logged = gateway
+        .store
+        .logged_message("HIS123|SEND", "T2")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(logged.raw == bare);
+}
+
+#[tokio::test]
 async fn a_control_id_reused_with_other_content_is_rejected_and_kept() {
     let gateway = gateway(ServerOptions::default()).await;
     let mut connection = Connection::connect(&gateway.address).await.unwrap();

@@ -271,7 +271,7 @@ pub(crate) fn operator_event(
         "action": if action.starts_with("withdraw") || action == "unlink" || action.ends_with("-drop") || action.ends_with("-revoke") || action.ends_with("-deactivate") { "D" } else if action.ends_with("-retry") { "U" } else { "C" },
         "recorded": format_instant_jst(now),
         "outcome": "0",
-        "agent": [{"who": {"display": "operator (tsunagi admin)"}, "requestor": true, "altId": std::env::var("USER").unwrap_or_default()}],
+        "agent": [operator_agent()],
         "source": {"observer": {"display": "tsunagi admin"}},
         "entity": entity
     });
@@ -282,6 +282,18 @@ pub(crate) fn operator_event(
         facility: None,
         event: event.to_string().into_bytes(),
     }
+}
+
+/// The operator as an AuditEvent agent; `altId` is the login name when there is one (FHIR
+/// forbids empty strings).
+fn operator_agent() -> serde_json::Value {
+    let mut agent = json!({"who": {"display": "operator (tsunagi admin)"}, "requestor": true});
+    if let Ok(user) = std::env::var("USER")
+        && !user.trim().is_empty()
+    {
+        agent["altId"] = json!(user.trim());
+    }
+    agent
 }
 
 /// The first and the past-the-last microsecond of a date.
@@ -673,7 +685,14 @@ pub(crate) async fn issue(
         },
         _ => bail!("give exactly one of --system <client-id> or --user <user-id>"),
     };
-    let settings = origin.map_or_else(TokenSettings::default, TokenSettings::for_base);
+    // Without --origin: the origin `tsunagi serve` last served under on this store.
+    let recorded = match origin {
+        Some(_) => None,
+        None => store.served_origin().await?,
+    };
+    let settings = origin
+        .or(recorded.as_deref())
+        .map_or_else(TokenSettings::default, TokenSettings::for_base);
     let (token, _) = issue_token(
         store.as_ref(),
         key,

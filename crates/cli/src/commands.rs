@@ -439,10 +439,15 @@ async fn demo_note(
             tsunagi_server::security::signing_keys(store.as_ref(), SystemClock.now_micros())
                 .await?;
         let key = keys.first().context("no signing key")?;
+        // The issuer `serve_store` derives from the address it binds.
+        let origin = listen.parse().map_or_else(
+            |_| format!("http://{listen}"),
+            |address| served_origin("http", address),
+        );
         let (token, _) = tsunagi_server::security::issue_token(
             store.as_ref(),
             key,
-            &tsunagi_server::security::TokenSettings::default(),
+            &tsunagi_server::security::TokenSettings::for_base(&origin),
             tsunagi_server::security::Subject::User {
                 user: "dr-demo",
                 via: "tsunagi demo",
@@ -893,12 +898,30 @@ pub(crate) fn init_logging(format: crate::config::LogFormat) {
     };
 }
 
+/// The origin of a bound listener: its own address, or loopback's when bound to every
+/// interface (clients elsewhere need `--base-url`).
+fn served_origin(scheme: &str, address: std::net::SocketAddr) -> String {
+    let ip = match address.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        }
+        ip => ip,
+    };
+    format!(
+        "{scheme}://{}",
+        std::net::SocketAddr::new(ip, address.port())
+    )
+}
+
 async fn serve_store(
     store: Arc<dyn Backend>,
     listen: &str,
     listeners: Listeners,
     db: Option<&str>,
-    settings: tsunagi_server::Settings,
+    mut settings: tsunagi_server::Settings,
     example_patient: Option<&str>,
     live: LiveFeeds,
 ) -> anyhow::Result<()> {
@@ -931,10 +954,24 @@ async fn serve_store(
             "plain HTTP on a non-loopback address: give --tls-cert and --tls-key, or put a TLS-terminating proxy in front"
         );
     }
+    // Without --base-url, the issuer and the token endpoint follow the address actually bound
+    // (links still follow each request's Host and X-Forwarded-* headers).
+    let origin = match &settings.base_url {
+        Some(base) => base
+            .trim_end_matches('/')
+            .trim_end_matches("/fhir")
+            .to_owned(),
+        None => {
+            let origin = served_origin(scheme, address);
+            settings.tokens = tsunagi_server::security::TokenSettings::for_base(&origin);
+            origin
+        }
+    };
+    store.record_served_origin(&origin).await?;
     let base = settings
         .base_url
         .clone()
-        .unwrap_or_else(|| format!("{scheme}://{address}/fhir"));
+        .unwrap_or_else(|| format!("{origin}/fhir"));
     if let Some(db) = db {
         println!("serving {db}");
     }

@@ -187,7 +187,8 @@ enum TokenWhat {
         #[arg(long)]
         scope: String,
         /// The server's public origin (as given to `serve --base-url`, without /fhir);
-        /// default http://127.0.0.1:8080.
+        /// default: the origin `tsunagi serve` last served under on this store, else
+        /// http://127.0.0.1:8080.
         #[arg(long)]
         origin: Option<String>,
     },

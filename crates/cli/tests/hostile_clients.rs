@@ -139,7 +139,6 @@ async fn serve_keeps_answering_under_a_low_file_limit_with_two_thousand_slow_con
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("press.db").display());
     register_lab(&db, LAB);
-    let system = token(&db, &["--system", "client-lab", "--scope", "system/*.rs"]);
     let config = dir.path().join("tsunagi.toml");
     std::fs::write(
         &config,
@@ -153,6 +152,8 @@ async fn serve_keeps_answering_under_a_low_file_limit_with_two_thousand_slow_con
     .unwrap();
     let log = dir.path().join("serve.log");
     let (child, address, mllp) = start(&db, &config, Some(512), &log);
+    // Issued once the server runs: the token names the origin it serves under.
+    let system = token(&db, &["--system", "client-lab", "--scope", "system/*.rs"]);
     let mllp = mllp.expect("an MLLP listener");
     let pid = child.id();
 

@@ -484,26 +484,6 @@ fn a_lab_company_posts_hl7_v2_over_http_and_gets_its_ack() {
         "--role",
         "doctor",
     ]);
-    let system = ok(&[
-        "token",
-        "issue",
-        "--db",
-        &db,
-        "--system",
-        "client-lab",
-        "--scope",
-        "system/*.rs",
-    ]);
-    let user = ok(&[
-        "token",
-        "issue",
-        "--db",
-        &db,
-        "--user",
-        "dr",
-        "--scope",
-        "user/*.rs",
-    ]);
 
     // HTTP only: no MLLP listener.
     let mut serve = Command::new(env!("CARGO_BIN_EXE_tsunagi"))
@@ -534,6 +514,27 @@ fn a_lab_company_posts_hl7_v2_over_http_and_gets_its_ack() {
         }
     };
     std::thread::spawn(move || for _ in lines {});
+    // Tokens name the origin the server serves under, which `token issue` reads from the store.
+    let system = ok(&[
+        "token",
+        "issue",
+        "--db",
+        &db,
+        "--system",
+        "client-lab",
+        "--scope",
+        "system/*.rs",
+    ]);
+    let user = ok(&[
+        "token",
+        "issue",
+        "--db",
+        &db,
+        "--user",
+        "dr",
+        "--scope",
+        "user/*.rs",
+    ]);
     // With MLLP framing bytes and a trailing newline, as some lab systems send.
     let mut message = vec![0x0b];
     message.extend_from_slice(&a08_from("LABCO", "L1", "0000000009", "ADT^A08^ADT_A01"));
@@ -664,6 +665,8 @@ fn a_lab_company_posts_results_as_a_fhir_transaction_once() {
         "--role",
         "doctor",
     ]);
+
+    let (mut serve, mllp, base) = start_serve(&db, config.to_str().unwrap());
     let lab = ok(&[
         "token",
         "issue",
@@ -684,8 +687,6 @@ fn a_lab_company_posts_results_as_a_fhir_transaction_once() {
         "--scope",
         "user/*.rs",
     ]);
-
-    let (mut serve, mllp, base) = start_serve(&db, config.to_str().unwrap());
     let mut stream = TcpStream::connect(&mllp).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -789,7 +790,25 @@ fn a_lab_company_posts_results_as_a_fhir_transaction_once() {
             .starts_with(&format!("urn:tsunagi:fhir:{LAB}#"))
     );
     let codes: Vec<u16> = refusals.iter().map(|(status, _)| *status).collect();
-    assert_eq!(codes, [422, 422, 400, 422], "{refusals:?}");
+    assert_eq!(codes, [422, 422, 200, 422], "{refusals:?}");
+    // As a batch, each entry stands alone: the specimen exists already; the others name
+    // entries by urn:uuid, which a batch cannot resolve, and are refused one by one.
+    let batched = body(&refusals[2].1);
+    assert_eq!(batched["type"], "batch-response");
+    assert_eq!(
+        statuses(&batched),
+        [
+            "200 OK",
+            "422 Unprocessable Entity",
+            "422 Unprocessable Entity"
+        ]
+    );
+    assert!(
+        batched["entry"][1]["response"]["outcome"]["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("names no entry")
+    );
     assert!(refusals[0].1.contains("identifier"), "{}", refusals[0].1);
     // The profile finding names the entry, the element and the profile.
     let outcome = body(&nonconformant.1);

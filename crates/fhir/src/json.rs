@@ -115,6 +115,32 @@ fn write_entry(
     write_value(value, out)
 }
 
+/// Removes empty strings, arrays and objects, innermost first (FHIR: an element is absent or
+/// has a value; `""`, `[]` and `{}` are never valid).
+pub fn prune_empty(value: &mut Value) {
+    let empty = |value: &Value| match value {
+        Value::String(text) => text.is_empty(),
+        Value::Array(items) => items.is_empty(),
+        Value::Object(fields) => fields.is_empty(),
+        _ => false,
+    };
+    match value {
+        Value::Object(fields) => {
+            for child in fields.values_mut() {
+                prune_empty(child);
+            }
+            fields.retain(|_, child| !empty(child));
+        }
+        Value::Array(items) => {
+            for item in items.iter_mut() {
+                prune_empty(item);
+            }
+            items.retain(|item| !empty(item));
+        }
+        _ => {}
+    }
+}
+
 /// Compact JSON for any value (sorted object keys, as serde_json's own maps).
 pub fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
     match value {

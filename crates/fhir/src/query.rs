@@ -290,6 +290,20 @@ pub enum Summary {
     Text,
 }
 
+impl Summary {
+    /// A `_summary` value; `None` if it is none of `true`, `false`, `count`, `data`, `text`.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "true" => Self::True,
+            "false" => Self::False,
+            "count" => Self::Count,
+            "data" => Self::Data,
+            "text" => Self::Text,
+            _ => return None,
+        })
+    }
+}
+
 /// `_include` / `_revinclude` `Source:param[:Target]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Include {
@@ -418,14 +432,8 @@ impl SearchQuery {
                     }
                 }
                 "_summary" => {
-                    query.summary = match value.as_str() {
-                        "true" => Summary::True,
-                        "false" => Summary::False,
-                        "count" => Summary::Count,
-                        "data" => Summary::Data,
-                        "text" => Summary::Text,
-                        _ => return Err(error(name, "must be true, false, count, data or text")),
-                    }
+                    query.summary = Summary::parse(value)
+                        .ok_or_else(|| error(name, "must be true, false, count, data or text"))?;
                 }
                 "_elements" => query.elements = Some(parse_elements(value)),
                 "_include" | "_include:iterate" => {

@@ -28,5 +28,5 @@ pub mod mllp;
 pub use escape::unescape;
 pub use message::{
     Component, Delimiters, Field, Message, MessageType, ParseError, Repetition, Segment,
-    fold_charset_name,
+    fold_charset_name, normal_segments,
 };

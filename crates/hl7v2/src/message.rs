@@ -313,6 +313,40 @@ impl<'a> Message<'a> {
     }
 }
 
+/// A message's segments with their terminators normalised: CR, LF and CRLF all end a segment,
+/// blank lines are dropped and the last segment is terminated. Two sends of one message that
+/// differ only in how segments are terminated (`mllp_send` strips the final CR, other clients
+/// keep it or send LF) have the same normal form, so a resend is recognised as such.
+pub fn normal_segments(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + 1);
+    for segment in raw.split(|&b| b == b'\r' || b == b'\n') {
+        if !segment.is_empty() {
+            out.extend_from_slice(segment);
+            out.push(b'\r');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod normal_form_tests {
+    use super::normal_segments;
+
+    #[test]
+    fn terminators_do_not_matter() {
+        let expected = b"MSH|^~\\&|A\rPID|1\r".to_vec();
+        for raw in [
+            &b"MSH|^~\\&|A\rPID|1\r"[..],
+            b"MSH|^~\\&|A\rPID|1",
+            b"MSH|^~\\&|A\r\nPID|1\r\n",
+            b"MSH|^~\\&|A\nPID|1\n\n",
+        ] {
+            assert_eq!(normal_segments(raw), expected);
+        }
+        assert_ne!(normal_segments(b"MSH|A\rPID|2"), expected);
+    }
+}
+
 /// Folds the spelling variants of HL7 character-set names.
 pub fn fold_charset_name(name: &str) -> String {
     name.chars()

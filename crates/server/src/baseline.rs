@@ -14,8 +14,8 @@ use crate::{AppState, security::Caller};
 /// The routes of [`crate::router`], where every request reads as an unrestricted system client:
 /// no token is checked, the store filters nothing and nothing is audited.
 pub fn open_router(state: Arc<AppState>) -> Router {
-    let open = crate::protected_routes(&state).route_layer(axum::middleware::from_fn(open));
-    crate::assemble(state, open)
+    let open = crate::routes::protected_routes(&state).route_layer(axum::middleware::from_fn(open));
+    crate::routes::assemble(state, open)
 }
 
 /// Serves [`open_router`] on a bound listener until `shutdown` completes.

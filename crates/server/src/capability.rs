@@ -35,7 +35,8 @@ fn supported_profiles(resource_type: &str) -> Vec<&'static str> {
 }
 
 /// The server's CapabilityStatement.
-pub fn capability_statement(base_url: &str, date: &str) -> Value {
+/// `token_url` is the token endpoint, announced in `rest.security` (SMART `oauth-uris`).
+pub fn capability_statement(base_url: &str, date: &str, token_url: &str) -> Value {
     let mut resources = Vec::new();
     for &resource_type in searchable_types() {
         let mut params: Vec<Value> = vec![
@@ -135,12 +136,18 @@ pub fn capability_statement(base_url: &str, date: &str) -> Value {
             "mode": "server",
             "documentation": "Clinical resources are read-only on this API: they arrive through the adapters. Consents (invitation and withdrawal), notes (Communication) and the network's standard documents (DocumentReference) are written here.",
             "security": {
+                "extension": [{
+                    "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                    "extension": [{"url": "token", "valueUri": token_url}]
+                }],
                 "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]}],
                 "description": "Every request but this statement needs a bearer token from the token endpoint (SMART Backend Services, private_key_jwt); see /.well-known/smart-configuration. Each patient's data is visible only to the facility that holds it and the facilities a consent names."
             },
             "resource": resources,
+            "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
             "interaction": [
                 {"code": "history-system"},
+                {"code": "batch", "documentation": "Each entry is answered as if sent alone (authorised and audited alike), with its own response.status: reads and searches (GET), and for lab companies' system clients the POSTs a transaction takes."},
                 {"code": "transaction", "documentation": "For lab companies' system clients: DiagnosticReport, Observation and Specimen for patients of the facilities the lab reports for; every resource carries an identifier (POST with ifNoneExist or conditional PUT on it), so a resent Bundle writes nothing new; each resource must conform to the JP Core lab-result profile of its type and to the profiles it claims, where loaded; all or nothing."}
             ],
             "searchParam": [
@@ -165,7 +172,11 @@ mod tests {
 
     #[test]
     fn lists_only_what_the_registry_searches() {
-        let statement = capability_statement("http://localhost/fhir", "2026-11-24");
+        let statement = capability_statement(
+            "http://localhost/fhir",
+            "2026-11-24",
+            "http://localhost/auth/token",
+        );
         assert_eq!(statement["fhirVersion"], "4.3.0");
         let resources = statement["rest"][0]["resource"].as_array().unwrap();
         let observation = resources

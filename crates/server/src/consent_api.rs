@@ -5,7 +5,7 @@
 
 use axum::{
     body::Bytes,
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, StatusCode},
     response::Response,
 };
 use serde_json::Value;
@@ -13,7 +13,7 @@ use tsunagi_auth::{Interaction, token::random_id};
 use tsunagi_core::time::fhir_date_range;
 use tsunagi_store::governance::Consent;
 
-use crate::{AppState, base_url, etag, json_response, outcome::ApiError, security::Caller};
+use crate::{AppState, outcome::ApiError, security::Caller};
 
 use tsunagi_store::projection::OPEN_END;
 
@@ -219,19 +219,10 @@ async fn stored(
         .read(&caller.access, "Consent", id)
         .await?
         .ok_or_else(|| ApiError::internal(format!("Consent/{id} was not stored")))?;
-    let mut body = Vec::new();
-    resource.write_json(&mut body)?;
-    let mut response = json_response(status, body);
-    let base = base_url(state.settings.base_url.as_deref(), headers);
-    let response_headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&etag(resource.version)) {
-        response_headers.insert(header::ETAG, value);
-    }
-    if let Ok(value) = HeaderValue::from_str(&format!(
-        "{base}/Consent/{id}/_history/{}",
-        resource.version
-    )) {
-        response_headers.insert(header::LOCATION, value);
-    }
-    Ok(response)
+    crate::write_answer::answer(
+        state.settings.base_url.as_deref(),
+        headers,
+        &resource,
+        status,
+    )
 }

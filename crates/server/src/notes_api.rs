@@ -11,7 +11,7 @@
 
 use axum::{
     body::Bytes,
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::Response,
 };
 use serde_json::{Value, json};
@@ -29,7 +29,7 @@ use tsunagi_store::{
     Batch, DeliveryState, Operation, OutboundMessage, ResourceWrite, governance::Facility,
 };
 
-use crate::{AppState, base_url, etag, json_response, outcome::ApiError, security::Caller};
+use crate::{AppState, outcome::ApiError, security::Caller};
 
 /// Largest attachment accepted, in base64 characters (about 7.5 MB of PDF).
 const MAX_ATTACHMENT: usize = 10 * 1024 * 1024;
@@ -552,19 +552,10 @@ async fn respond(
             )));
         }
     };
-    let mut body = Vec::new();
-    resource.write_json(&mut body)?;
-    let mut response = json_response(status, body);
-    let base = base_url(state.settings.base_url.as_deref(), headers);
-    let response_headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&etag(resource.version)) {
-        response_headers.insert(header::ETAG, value);
-    }
-    if let Ok(value) = HeaderValue::from_str(&format!(
-        "{base}/{resource_type}/{id}/_history/{}",
-        resource.version
-    )) {
-        response_headers.insert(header::LOCATION, value);
-    }
-    Ok(response)
+    crate::write_answer::answer(
+        state.settings.base_url.as_deref(),
+        headers,
+        &resource,
+        status,
+    )
 }

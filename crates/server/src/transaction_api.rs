@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 
 use axum::{
-    body::Bytes,
     http::{HeaderMap, StatusCode},
     response::Response,
 };
@@ -20,7 +19,13 @@ use tsunagi_auth::Role;
 use tsunagi_core::{ids::logical_id, time::format_instant_jst};
 use tsunagi_store::{Access, Batch, Operation, ResourceWrite};
 
-use crate::{AppState, etag, json_response, outcome::ApiError, security::Caller, validation};
+use crate::{
+    AppState, etag, json_response,
+    outcome::ApiError,
+    security::Caller,
+    validation,
+    write_answer::{Return, write_outcome},
+};
 
 /// The types a lab posts.
 const RESULT_TYPES: &[&str] = &["DiagnosticReport", "Observation", "Specimen"];
@@ -136,13 +141,30 @@ fn rewrite_references(value: &mut Value, ids: &HashMap<String, String>) {
     }
 }
 
+/// A `urn:uuid:` or `urn:oid:` reference left after rewriting: it names no entry (in a batch,
+/// entries cannot name each other).
+fn unresolved_reference(value: &Value) -> Option<String> {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(reference)) = map.get("reference")
+                && (reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:"))
+            {
+                return Some(reference.clone());
+            }
+            map.values().find_map(unresolved_reference)
+        }
+        Value::Array(items) => items.iter().find_map(unresolved_reference),
+        _ => None,
+    }
+}
+
 /// `POST /fhir`.
 pub(crate) async fn post(
     state: &AppState,
     scope: Option<LabScope>,
     caller: &Caller,
     headers: &HeaderMap,
-    body: &Bytes,
+    bundle: &Value,
 ) -> Result<Response, ApiError> {
     if caller.principal.role != Role::System {
         return Err(ApiError::forbidden(
@@ -155,13 +177,6 @@ pub(crate) async fn post(
             caller.principal.client_id
         )));
     };
-    let bundle = crate::notes_api::resource_body(headers, body, "Bundle")?;
-    if bundle["type"] != "transaction" {
-        return Err(ApiError::bad_request(
-            "invalid",
-            "POST /fhir takes a Bundle of type transaction",
-        ));
-    }
     let entries = bundle["entry"].as_array().cloned().unwrap_or_default();
     if entries.is_empty() {
         return Err(ApiError::unprocessable("the transaction has no entries"));
@@ -194,6 +209,11 @@ pub(crate) async fn post(
     for (index, (entry, (resource_type, id))) in entries.iter().zip(&planned).enumerate() {
         let mut resource = entry["resource"].clone();
         rewrite_references(&mut resource, &ids);
+        if let Some(dangling) = unresolved_reference(&resource) {
+            return Err(ApiError::unprocessable(format!(
+                "entry[{index}]: the reference {dangling} names no entry of this Bundle"
+            )));
+        }
         if resource_type != "Specimen" && resource["status"].as_str().is_none() {
             return Err(ApiError::unprocessable(format!(
                 "entry[{index}]: {resource_type}.status is required"
@@ -287,14 +307,32 @@ pub(crate) async fn post(
         } else {
             "200 OK"
         };
-        response_entries.push(json!({
+        let mut entry = json!({
             "response": {
                 "status": status,
                 "location": format!("{resource_type}/{id}/_history/{}", stored.version),
                 "etag": etag(stored.version),
                 "lastModified": format_instant_jst(stored.last_updated),
             }
-        }));
+        });
+        // `Prefer: return=` for each entry; without one, the response stays minimal.
+        if headers.get("prefer").is_some() {
+            match Return::of(headers) {
+                Return::Minimal => {}
+                Return::Representation => {
+                    entry["resource"] = stored.to_json()?.unwrap_or(Value::Null);
+                }
+                Return::Outcome => {
+                    let code = if before.is_none() {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    };
+                    entry["response"]["outcome"] = write_outcome(&stored, code);
+                }
+            }
+        }
+        response_entries.push(entry);
     }
     let body = json!({
         "resourceType": "Bundle",

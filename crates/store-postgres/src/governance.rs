@@ -545,6 +545,22 @@ impl Governance for PostgresStore {
             .collect()
     }
 
+    async fn served_origin(&self) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'served_origin'")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn record_served_origin(&self, origin: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO store_meta (key, value) VALUES ('served_origin', $1) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value")
+            .bind(origin)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
     async fn revoke(&self, revocation: &Revocation) -> Result<(), StoreError> {
         let (kind, value, at) = revocation.row();
         sqlx::query(

@@ -617,6 +617,22 @@ impl Governance for SqliteStore {
             .collect()
     }
 
+    async fn served_origin(&self) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'served_origin'")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn record_served_origin(&self, origin: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR REPLACE INTO store_meta (key, value) VALUES ('served_origin', ?1)")
+            .bind(origin)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
     async fn revoke(&self, revocation: &Revocation) -> Result<(), StoreError> {
         let (kind, value, at) = revocation.row();
         sqlx::query(

@@ -120,7 +120,11 @@ pub fn render(record: &AuditRecord) -> Value {
     match serde_json::from_slice::<AuditFacts>(&record.event) {
         Ok(facts) if facts.version == FACTS_VERSION => balp(record, &facts),
         _ => match serde_json::from_slice::<Value>(&record.event) {
-            Ok(event @ Value::Object(_)) => event,
+            Ok(mut event @ Value::Object(_)) => {
+                // Events written before empty values were refused are served valid.
+                tsunagi_fhir::json::prune_empty(&mut event);
+                event
+            }
             _ => json!({
                 "resourceType": "AuditEvent",
                 "id": record.id,
@@ -128,7 +132,7 @@ pub fn render(record: &AuditRecord) -> Value {
                 "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
                 "outcome": "8",
                 "outcomeDesc": "the stored record could not be read",
-                "agent": [],
+                "agent": [{"who": {"display": "unknown"}, "requestor": false}],
                 "source": {"observer": {"display": "tsunagi"}}
             }),
         },

@@ -169,3 +169,20 @@ pub async fn token_standing_reads_clients_users_facilities_and_revocations<S: Go
             .active
     );
 }
+
+/// `tsunagi serve` records its origin; the last one recorded is read back.
+pub async fn the_served_origin_is_remembered<S: Governance>(store: &S) {
+    assert_eq!(store.served_origin().await.unwrap(), None);
+    store
+        .record_served_origin("http://127.0.0.1:8080")
+        .await
+        .unwrap();
+    store
+        .record_served_origin("https://gw.example.jp:9443")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.served_origin().await.unwrap().as_deref(),
+        Some("https://gw.example.jp:9443")
+    );
+}

@@ -323,6 +323,12 @@ pub trait Governance: Send + Sync {
 
     /// Token-signing keys, newest first.
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
+
+    /// The origin (`scheme://host:port`) the API last served under, recorded by `tsunagi
+    /// serve`: the issuer `tsunagi token issue` names by default.
+    async fn served_origin(&self) -> Result<Option<String>, StoreError>;
+    /// Records the origin the API serves under.
+    async fn record_served_origin(&self, origin: &str) -> Result<(), StoreError>;
     /// Stores a new signing key.
     async fn put_signing_key(&self, key: &StoredKey) -> Result<(), StoreError>;
 

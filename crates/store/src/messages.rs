@@ -56,7 +56,8 @@ pub struct InboundMessage {
     pub sender: String,
     /// MSH-10.
     pub control_id: String,
-    /// SHA-256 of the raw bytes.
+    /// SHA-256 of the message with its segment terminators normalised
+    /// (`tsunagi_hl7v2::normal_segments`; rows logged before that hold the raw bytes' hash).
     pub hash: Vec<u8>,
     /// When it was received (microseconds since the epoch).
     pub received: i64,

@@ -244,7 +244,7 @@ fn limits_are_refused_by_name_before_anything_runs() {
     refused(
         vec![(
             "_sort".to_owned(),
-            vec!["date"; limits::MAX_SORT_KEYS + 1].join(","),
+            ["date"; limits::MAX_SORT_KEYS + 1].join(","),
         )],
         "max_sort_keys",
     );

@@ -1,0 +1,153 @@
+//! Writing Bundles: the opening, entries, paging links, and the page of keys cut from a
+//! [`crate::snapshot`].
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tsunagi_core::time::format_instant_jst;
+use tsunagi_fhir::query::Summary;
+use tsunagi_store::{Key, StoredResource};
+
+use crate::{AppState, outcome::ApiError, security::Caller, snapshot::Snapshot};
+use crate::{read_api::write_entry_resource, request::param};
+
+/// Pairs of the original search to repeat in links (without paging and format parameters).
+pub(crate) fn link_query(pairs: &[(String, String)], extra: &[(&str, String)]) -> String {
+    let mut serializer = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in pairs {
+        if matches!(name.as_str(), "_snapshot" | "_offset" | "_cursor") {
+            continue;
+        }
+        serializer.append_pair(name, value);
+    }
+    for (name, value) in extra {
+        serializer.append_pair(name, value);
+    }
+    serializer.finish()
+}
+
+pub(crate) struct Page<'a> {
+    pub(crate) base: &'a str,
+    /// Path under the base, e.g. `Observation` or `Patient/p1/$everything`.
+    pub(crate) path: &'a str,
+    pub(crate) pairs: &'a [(String, String)],
+    pub(crate) snapshot: Option<String>,
+    pub(crate) offset: usize,
+    pub(crate) count: usize,
+    pub(crate) total: usize,
+}
+
+pub(crate) fn push_link(out: &mut Vec<u8>, first: &mut bool, relation: &str, url: &str) {
+    if !*first {
+        out.push(b',');
+    }
+    *first = false;
+    out.extend_from_slice(b"{\"relation\":");
+    out.extend_from_slice(Value::String(relation.to_owned()).to_string().as_bytes());
+    out.extend_from_slice(b",\"url\":");
+    out.extend_from_slice(Value::String(url.to_owned()).to_string().as_bytes());
+    out.push(b'}');
+}
+
+pub(crate) fn page_links(out: &mut Vec<u8>, page: &Page<'_>) {
+    let url = |extra: &[(&str, String)]| {
+        let query = link_query(page.pairs, extra);
+        if query.is_empty() {
+            format!("{}/{}", page.base, page.path)
+        } else {
+            format!("{}/{}?{query}", page.base, page.path)
+        }
+    };
+    let mut first = true;
+    out.extend_from_slice(b"\"link\":[");
+    match &page.snapshot {
+        Some(snapshot) => {
+            let at = |offset: usize| {
+                url(&[
+                    ("_snapshot", snapshot.clone()),
+                    ("_offset", offset.to_string()),
+                ])
+            };
+            push_link(out, &mut first, "self", &at(page.offset));
+            if page.offset + page.count < page.total && page.count > 0 {
+                push_link(out, &mut first, "next", &at(page.offset + page.count));
+            }
+            if page.offset > 0 {
+                push_link(
+                    out,
+                    &mut first,
+                    "previous",
+                    &at(page.offset.saturating_sub(page.count)),
+                );
+            }
+        }
+        None => push_link(out, &mut first, "self", &url(&[])),
+    }
+    out.extend_from_slice(b"]");
+}
+
+pub(crate) fn start_bundle(out: &mut Vec<u8>, bundle_type: &str, id: &str, now: i64) {
+    out.extend_from_slice(b"{\"resourceType\":\"Bundle\",\"id\":\"");
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b"\",\"meta\":{\"lastUpdated\":\"");
+    out.extend_from_slice(format_instant_jst(now).as_bytes());
+    out.extend_from_slice(b"\"},\"type\":\"");
+    out.extend_from_slice(bundle_type.as_bytes());
+    out.extend_from_slice(b"\"");
+}
+
+pub(crate) fn write_search_entry(
+    out: &mut Vec<u8>,
+    base: &str,
+    resource: &StoredResource,
+    mode: &str,
+    elements: Option<&[String]>,
+    summary: Option<Summary>,
+) -> Result<(), ApiError> {
+    out.extend_from_slice(b"{\"fullUrl\":\"");
+    out.extend_from_slice(format!("{base}/{}/{}", resource.resource_type, resource.id).as_bytes());
+    out.extend_from_slice(b"\",\"resource\":");
+    write_entry_resource(resource, elements, summary, out)?;
+    out.extend_from_slice(b",\"search\":{\"mode\":\"");
+    out.extend_from_slice(mode.as_bytes());
+    out.extend_from_slice(b"\"}}");
+    Ok(())
+}
+
+/// Finds the page's keys: from a snapshot named in the request, or by running the search.
+pub(crate) async fn page_keys(
+    state: &AppState,
+    caller: &Caller,
+    scope: &str,
+    pairs: &[(String, String)],
+    count: usize,
+    run: impl std::future::Future<Output = Result<Vec<Key>, ApiError>>,
+) -> Result<(Arc<Vec<Key>>, Option<String>, usize), ApiError> {
+    // Another principal's snapshot id answers exactly like an expired one.
+    let scope = caller.snapshot_scope(scope);
+    let scope = scope.as_str();
+    if let Some(id) = param(pairs, "_snapshot") {
+        let offset: usize = param(pairs, "_offset")
+            .unwrap_or("0")
+            .parse()
+            .map_err(|_| ApiError::bad_request("invalid", "_offset must be a whole number"))?;
+        let snapshot = state
+            .snapshots
+            .get(id)
+            .filter(|snapshot| snapshot.scope == scope)
+            .ok_or_else(|| ApiError::gone("this result set has expired; run the search again"))?;
+        return Ok((snapshot.keys, Some(id.to_owned()), offset));
+    }
+    let keys = Arc::new(run.await?);
+    let snapshot = (keys.len() > count).then(|| {
+        state.snapshots.put(Snapshot {
+            scope: scope.to_owned(),
+            keys: keys.clone(),
+        })
+    });
+    Ok((keys, snapshot, 0))
+}
+
+pub(crate) fn bundle_id(state: &AppState) -> String {
+    state.snapshots.new_id()
+}
