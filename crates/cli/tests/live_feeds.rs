@@ -701,6 +701,19 @@ fn a_lab_company_posts_results_as_a_fhir_transaction_once() {
     let patient = format!("{HOSPITAL}.0000000005");
     let first = post_json(&base, "", lab.trim(), &results_bundle(&patient));
     let again = post_json(&base, "", lab.trim(), &results_bundle(&patient));
+    // A resend asking for the resources (Prefer: return=representation) gets each in its entry.
+    let represented = support::http_with(
+        &address_of(&base),
+        "POST",
+        "/fhir/",
+        lab.trim(),
+        &[
+            ("Content-Type", "application/fhir+json"),
+            ("Prefer", "return=representation"),
+        ],
+        results_bundle(&patient).as_bytes(),
+    )
+    .expect("an HTTP answer");
     let stranger = post_json(&base, "", lab.trim(), &results_bundle("0610100099.1"));
     let as_doctor = post_json(&base, "", doctor.trim(), &results_bundle(&patient));
     let observations = get_json(
@@ -757,6 +770,17 @@ fn a_lab_company_posts_results_as_a_fhir_transaction_once() {
     // A resend writes nothing new: the same versions.
     let resent = body(&again.1);
     assert_eq!(statuses(&resent), ["200 OK"; 3]);
+    assert!(resent["entry"][0].get("resource").is_none());
+    let represented = body(&represented.1);
+    assert_eq!(statuses(&represented), ["200 OK"; 3]);
+    assert_eq!(
+        represented["entry"][1]["resource"]["resourceType"],
+        "Observation"
+    );
+    assert_eq!(
+        represented["entry"][1]["resource"]["meta"]["versionId"],
+        "1"
+    );
     for (a, b) in created["entry"]
         .as_array()
         .unwrap()

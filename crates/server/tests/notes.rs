@@ -589,3 +589,58 @@ async fn standard_documents_follow_the_networks_sender_and_recipient_rules() {
     // Only the document to the hospital is queued.
     assert_eq!(queued(&region).await.len(), 1);
 }
+
+#[tokio::test]
+async fn prefer_return_chooses_what_a_write_answers_with() {
+    let region = region().await;
+    let doctor = token(&region.store, "dr-clinic").await;
+    // return=minimal: the headers only.
+    let minimal = post(
+        &region,
+        &doctor,
+        "Communication",
+        &note("p-1", "shared", FACILITY, "最小"),
+        &[("prefer", "return=minimal")],
+    )
+    .await;
+    assert_eq!(minimal.status, 201);
+    assert!(minimal.body.is_empty(), "{:?}", minimal.body);
+    let location = minimal.header("location").unwrap().to_owned();
+    assert!(location.contains("/fhir/Communication/"), "{location}");
+    assert_eq!(minimal.header("etag"), Some("W/\"1\""));
+    assert!(minimal.header("last-modified").is_some());
+    // return=OperationOutcome: what was done, as an outcome.
+    let outcome = post(
+        &region,
+        &doctor,
+        "Communication",
+        &note("p-2", "shared", FACILITY, "結果"),
+        &[("prefer", "return=OperationOutcome")],
+    )
+    .await;
+    assert_eq!(outcome.status, 201);
+    let said = outcome.json();
+    assert_eq!(said["resourceType"], "OperationOutcome");
+    assert_eq!(said["issue"][0]["severity"], "information");
+    assert!(
+        said["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("created, version 1")
+    );
+    // return=representation (and no preference): the resource as stored; a resend of the
+    // same identifier answers 200 the same way.
+    for prefer in [&[("prefer", "return=representation")][..], &[]] {
+        let resent = post(
+            &region,
+            &doctor,
+            "Communication",
+            &note("p-1", "shared", FACILITY, "最小"),
+            prefer,
+        )
+        .await;
+        assert_eq!(resent.status, 200);
+        assert_eq!(resent.json()["resourceType"], "Communication");
+        assert_eq!(resent.header("location"), Some(location.as_str()));
+    }
+}

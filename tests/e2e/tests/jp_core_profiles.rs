@@ -93,6 +93,12 @@ async fn every_resource_conforms_to_its_profile() {
                 .or_default()
                 .extend(differences.into_iter().map(|d| format!("R4B: {d}")));
         }
+        for path in tsunagi_e2e::empty_values(resource) {
+            problems
+                .entry(id.clone())
+                .or_default()
+                .push(format!("empty value at {path}"));
+        }
         for problem in tsunagi_fhir_xml::structure::check(resource).unwrap() {
             problems.entry(id.clone()).or_default().push(format!(
                 "structure: {}: {}",

@@ -61,15 +61,32 @@ pub fn http(
     content_type: Option<&str>,
     body: &[u8],
 ) -> Option<(u16, String)> {
+    let headers: Vec<(&str, &str)> = content_type
+        .map(|media| ("Content-Type", media))
+        .into_iter()
+        .collect();
+    http_with(address, method, target, token, &headers, body)
+}
+
+/// [`http`] with any further request headers.
+pub fn http_with(
+    address: &str,
+    method: &str,
+    target: &str,
+    token: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(address).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
-    let content_type = content_type
-        .map(|media| format!("Content-Type: {media}\r\n"))
-        .unwrap_or_default();
+    let headers: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let mut request = format!(
-        "{method} {target} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n{content_type}Content-Length: {}\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n",
+        "{method} {target} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n{headers}Content-Length: {}\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();

@@ -1,0 +1,191 @@
+//! A newcomer's first hour with the binary: `serve` on a port of its own without `--base-url`
+//! names that origin in discovery and as the issuer, `token issue` defaults to it, and the audit
+//! trail an operator's act leaves is valid FHIR (no empty values) even when `$USER` is empty.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::{
+    io::BufRead,
+    process::{Child, Command, Stdio},
+};
+
+use serde_json::Value;
+use support::{add_facility, add_user, http, ok, register_lab};
+
+const HOSPITAL: &str = "0610100010";
+const LAB: &str = "0610900001";
+
+/// Kills the server when the test ends, however it ends.
+struct Serving(Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `tsunagi serve --db db --listen 127.0.0.1:0` (no --base-url): the child and its address.
+fn serve(db: &str) -> (Serving, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tsunagi"))
+        .args(["serve", "--db", db, "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next().expect("serve prints its base").unwrap();
+        if let Some(rest) = line.strip_prefix("FHIR base ") {
+            break rest.to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let address = base
+        .trim_start_matches("http://")
+        .trim_end_matches("/fhir")
+        .to_owned();
+    (Serving(child), address)
+}
+
+fn json_of(answer: &str) -> Value {
+    serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+}
+
+/// Every empty string, array or object in `value`, by path.
+fn empties(value: &Value, path: &str, found: &mut Vec<String>) {
+    match value {
+        Value::String(text) if text.is_empty() => found.push(path.to_owned()),
+        Value::Array(items) if items.is_empty() => found.push(path.to_owned()),
+        Value::Object(fields) if fields.is_empty() => found.push(path.to_owned()),
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                empties(item, &format!("{path}[{index}]"), found);
+            }
+        }
+        Value::Object(fields) => {
+            for (key, item) in fields {
+                empties(item, &format!("{path}.{key}"), found);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn serve_without_base_url_names_the_origin_it_listens_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("first.db").display());
+    add_facility(&db, HOSPITAL, "荘内病院", "hospital");
+    register_lab(&db, LAB);
+    let (_serving, address) = serve(&db);
+    assert!(!address.ends_with(":8080"), "{address}");
+    let origin = format!("http://{address}");
+
+    let (status, answer) = http(
+        &address,
+        "GET",
+        "/fhir/.well-known/smart-configuration",
+        "",
+        None,
+        b"",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let discovery = json_of(&answer);
+    assert_eq!(discovery["issuer"], origin.as_str());
+    assert_eq!(
+        discovery["token_endpoint"],
+        format!("{origin}/auth/token").as_str()
+    );
+    let (_, answer) = http(&address, "GET", "/fhir/metadata", "", None, b"").unwrap();
+    let statement = json_of(&answer);
+    assert_eq!(
+        statement["rest"][0]["security"]["extension"][0]["extension"][0]["valueUri"],
+        format!("{origin}/auth/token").as_str()
+    );
+
+    // `token issue` without --origin names the origin `serve` recorded in the store.
+    let token = ok(&[
+        "token",
+        "issue",
+        "--db",
+        &db,
+        "--system",
+        "client-lab",
+        "--scope",
+        "system/*.rs",
+    ]);
+    let (status, answer) = http(
+        &address,
+        "GET",
+        "/fhir/Patient?_count=1",
+        token.trim(),
+        None,
+        b"",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    // A token for another origin is refused, and says why.
+    let elsewhere = ok(&[
+        "token",
+        "issue",
+        "--db",
+        &db,
+        "--system",
+        "client-lab",
+        "--scope",
+        "system/*.rs",
+        "--origin",
+        "http://127.0.0.1:8080",
+    ]);
+    let (status, answer) = http(
+        &address,
+        "GET",
+        "/fhir/Patient?_count=1",
+        elsewhere.trim(),
+        None,
+        b"",
+    )
+    .unwrap();
+    assert_eq!(status, 401, "{answer}");
+}
+
+#[test]
+fn an_operators_audit_events_hold_no_empty_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("audit.db").display());
+    add_facility(&db, "0610999991", "診療所", "clinic");
+    add_user(&db, "dr", "0610999991", "doctor");
+    // An operator whose login name is empty, as under some service managers.
+    let added = Command::new(env!("CARGO_BIN_EXE_tsunagi"))
+        .args(["admin", "user", "deactivate", "--db", &db, "--id", "dr"])
+        .env("USER", "")
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let listed = ok(&["admin", "audit", "--db", &db, "--limit", "100"]);
+    let events: Vec<Value> = listed
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert!(!events.is_empty());
+    for event in &events {
+        assert_eq!(event["resourceType"], "AuditEvent");
+        let mut found = Vec::new();
+        empties(event, "AuditEvent", &mut found);
+        assert!(found.is_empty(), "{found:?} in {event}");
+        assert!(event["agent"].as_array().is_some_and(|a| !a.is_empty()));
+    }
+    let deactivated = events
+        .iter()
+        .find(|event| event["subtype"][0]["code"] == "user-deactivate")
+        .expect("the operator's act is audited");
+    assert!(deactivated["agent"][0].get("altId").is_none());
+}
