@@ -252,7 +252,10 @@ async fn writer<S: FeedStore + ?Sized>(
         let committed = if batch.operations.is_empty() {
             Ok(())
         } else {
-            processor.store().apply(batch).await.map(|_| ())
+            match processor.settled(batch).await {
+                Ok(batch) => processor.store().apply(batch).await.map(|_| ()),
+                Err(error) => Err(error),
+            }
         };
         match committed {
             Ok(()) => {

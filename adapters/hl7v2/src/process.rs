@@ -239,6 +239,13 @@ impl<S: FeedStore + ?Sized> Processor<S> {
         &self.store
     }
 
+    /// Completes a batch with the resources several records make together (a visit's one
+    /// Encounter), folded in the same batch ([`tsunagi_store::contributions`]).
+    pub(crate) async fn settled(&self, batch: Batch) -> Result<Batch, StoreError> {
+        tsunagi_store::contributions::settle(self.store.as_ref(), batch, &tsunagi_mapping::Folds)
+            .await
+    }
+
     /// Forgets what the previous group held (it is committed, or nothing of it is).
     pub(crate) fn begin_group(&mut self) {
         self.group_keys.clear();
@@ -291,8 +298,12 @@ impl<S: FeedStore + ?Sized> Processor<S> {
         if prepared.operations.is_empty() {
             return Ok(prepared.reply);
         }
-        let operations = prepared.operations;
-        match self.store.apply(Batch { operations }).await {
+        let batch = self
+            .settled(Batch {
+                operations: prepared.operations,
+            })
+            .await?;
+        match self.store.apply(batch).await {
             Ok(_) => Ok(prepared.reply),
             Err(StoreError::Invalid(reason)) => {
                 let Some((header, mode, facts)) = fallback else {
@@ -363,7 +374,8 @@ impl<S: FeedStore + ?Sized> Processor<S> {
             ),
             Decision::Duplicate { .. } => (Vec::new(), RetryOutcome::Applied),
         };
-        self.store.apply(Batch { operations }).await?;
+        let batch = self.settled(Batch { operations }).await?;
+        self.store.apply(batch).await?;
         Ok(outcome)
     }
 
@@ -629,15 +641,20 @@ impl<S: FeedStore + ?Sized> Processor<S> {
             "ssmix2:{facility}:{}:{}:{}:{}",
             key.patient_id, key.care_date, data_type, key.order_number
         );
+        let mut operations = vec![Operation::ReplaceSource {
+            source_key: source_key.clone(),
+            facility: facility.to_owned(),
+            resources,
+        }];
+        operations.extend(tsunagi_store::contributions::declare(
+            &source_key,
+            &tsunagi_mapping::parts_of(&mapped, facility),
+        ));
         Ok(Decision::Apply {
             header,
             mode,
             facts,
-            operations: vec![Operation::ReplaceSource {
-                source_key,
-                facility: facility.to_owned(),
-                resources,
-            }],
+            operations,
         })
     }
 

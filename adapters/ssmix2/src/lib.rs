@@ -108,8 +108,8 @@ struct Worker {
 
 /// The result of reading one file.
 enum Read {
-    /// Mapped resources.
-    Mapped(Vec<ResourceWrite>),
+    /// Mapped resources, and the record's parts of resources it makes with other records.
+    Mapped(Vec<ResourceWrite>, Vec<tsunagi_store::contributions::Part>),
     /// A valid deletion file (structure checked, nothing to map).
     Valid,
 }
@@ -272,13 +272,16 @@ impl Worker {
                         continue;
                     }
                     match self.read(&versions[index], true, outcome) {
-                        Ok(Read::Mapped(resources)) => {
-                            outcome.resources += resources.len();
+                        Ok(Read::Mapped(resources, parts)) => {
+                            outcome.resources += resources.len() + parts.len();
                             outcome.operations.push(Operation::ReplaceSource {
                                 source_key: source_key.clone(),
                                 facility: facility.to_owned(),
                                 resources,
                             });
+                            outcome
+                                .operations
+                                .extend(tsunagi_store::contributions::declare(&source_key, &parts));
                             status[index] = Some(Status::Ok);
                         }
                         Ok(Read::Valid) => status[index] = Some(Status::Ok),
@@ -366,6 +369,7 @@ impl Worker {
         };
         let mapped = map_message(&context, &message).map_err(|error| error.to_string())?;
         outcome.messages += 1;
+        let parts = tsunagi_mapping::parts_of(&mapped, self.facility.as_str());
         for warning in mapped.warnings {
             outcome
                 .warnings
@@ -378,7 +382,7 @@ impl Worker {
                     .map_err(|error| error.to_string())?;
             writes.push(write);
         }
-        Ok(Read::Mapped(writes))
+        Ok(Read::Mapped(writes, parts))
     }
 }
 
@@ -510,6 +514,14 @@ impl PullAdapter for Ssmix2Adapter {
         let applier = tokio::spawn(async move {
             let mut stats = tsunagi_store::ApplyStats::default();
             while let Some(batch) = batch_receiver.recv().await {
+                // Resources several records make together (a stay's Encounter) are folded in
+                // the same batch as their records.
+                let batch = tsunagi_store::contributions::settle(
+                    applier_store.as_ref(),
+                    batch,
+                    &tsunagi_mapping::Folds,
+                )
+                .await?;
                 stats.merge(&applier_store.apply(batch).await?);
             }
             Ok::<_, tsunagi_store::StoreError>(stats)

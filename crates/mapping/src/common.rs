@@ -156,6 +156,15 @@ impl<'c, 'm> Builder<'c, 'm> {
         });
     }
 
+    /// Hands on this record's part of a resource several records make together.
+    pub(crate) fn contribute(&mut self, resource_type: &'static str, id: String, part: Value) {
+        self.mapped.contributions.push(crate::Contribution {
+            resource_type,
+            id,
+            part,
+        });
+    }
+
     /// A required segment.
     pub(crate) fn required(&self, id: &'static str) -> Result<&'c Segment<'m>, crate::MapError> {
         self.message

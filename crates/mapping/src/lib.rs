@@ -13,12 +13,14 @@
 
 pub mod adt;
 mod common;
+mod encounter;
 pub mod imaging;
 pub mod lab;
 pub mod medication;
 pub mod orders;
 pub mod problems;
 pub mod pushed;
+pub mod stay;
 pub mod tables;
 
 use std::fmt;
@@ -236,11 +238,78 @@ pub struct MappedResource {
     pub json: Value,
 }
 
+/// A record's part in a resource that several records make together — an inpatient stay's
+/// one Encounter, from its admission, transfers and discharge. The store keeps each record's
+/// part; the resource is [`fold`]ed from all of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contribution {
+    /// The type of the resource made together.
+    pub resource_type: &'static str,
+    /// Its deterministic logical id.
+    pub id: String,
+    /// This record's part (for an Encounter, see [`stay`]).
+    pub part: Value,
+}
+
+/// The resource the parts of a [`Contribution`] target make together; `None` when nothing is
+/// left of it (every part withdrawn), or for a type nothing is folded into.
+pub fn fold(resource_type: &str, parts: &[Value]) -> Option<Value> {
+    match resource_type {
+        "Encounter" => stay::fold(parts),
+        _ => None,
+    }
+}
+
+/// How the records this crate maps fold their parts (for [`tsunagi_store::contributions`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Folds;
+
+impl tsunagi_store::contributions::Fold for Folds {
+    fn may_contribute(&self, source_key: &str) -> bool {
+        source_key.split(':').any(|segment| {
+            matches!(
+                DataType::parse(segment),
+                Some(
+                    DataType::Adt12
+                        | DataType::Adt21
+                        | DataType::Adt22
+                        | DataType::Adt31
+                        | DataType::Adt32
+                        | DataType::Adt41
+                        | DataType::Adt42
+                        | DataType::Adt51
+                        | DataType::Adt52
+                )
+            )
+        })
+    }
+
+    fn fold(&self, resource_type: &str, _id: &str, parts: &[Value]) -> Option<Value> {
+        fold(resource_type, parts)
+    }
+}
+
+/// The parts a mapped record declares, for its facility (see [`tsunagi_store::contributions`]).
+pub fn parts_of(mapped: &Mapped, facility: &str) -> Vec<tsunagi_store::contributions::Part> {
+    mapped
+        .contributions
+        .iter()
+        .map(|contribution| tsunagi_store::contributions::Part {
+            resource_type: contribution.resource_type.to_owned(),
+            id: contribution.id.clone(),
+            facility: facility.to_owned(),
+            part: contribution.part.clone(),
+        })
+        .collect()
+}
+
 /// What a message maps to.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Mapped {
     /// The resources the record holds now. Empty for a delete or cancel event with nothing left.
     pub resources: Vec<MappedResource>,
+    /// The record's parts in resources several records make together.
+    pub contributions: Vec<Contribution>,
     /// Tolerated deviations worth telling the operator about.
     pub warnings: Vec<String>,
 }
@@ -336,7 +405,7 @@ pub fn map_message(context: &SourceContext<'_>, message: &Message<'_>) -> Result
         | DataType::Adt41
         | DataType::Adt42
         | DataType::Adt51
-        | DataType::Adt52 => adt::encounter(&mut builder)?,
+        | DataType::Adt52 => encounter::encounter(&mut builder)?,
         DataType::Ppr01 => problems::conditions(&mut builder)?,
         DataType::Omp01 | DataType::Omp02 => medication::requests(&mut builder)?,
         DataType::Omp11 | DataType::Omp12 => medication::administrations(&mut builder)?,

@@ -22,6 +22,7 @@ pub mod audit;
 pub mod conformance;
 #[cfg(feature = "conformance")]
 pub mod conformance_access;
+pub mod contributions;
 pub mod governance;
 pub mod messages;
 pub mod outbox;

@@ -285,6 +285,8 @@ pub(crate) struct Chart<'p> {
     person: &'p Person,
     pid: String,
     order_counter: u64,
+    /// The visit number (PV1-19) of the visit being written; empty outside visits.
+    visit: String,
 }
 
 /// A point in time: days since the epoch plus seconds of the day.
@@ -354,6 +356,7 @@ impl<'p> Chart<'p> {
             person,
             pid,
             order_counter: 0,
+            visit: String::new(),
         }
     }
 
@@ -505,6 +508,7 @@ impl<'p> Chart<'p> {
                 (3, location),
                 (7, doctor),
                 (10, department),
+                (19, &self.visit),
                 (44, admit),
                 (45, discharge),
             ],
@@ -704,6 +708,8 @@ impl<'p> Chart<'p> {
         let (_, department_name, department) = self.department(rng);
         let doctor = self.doctor(rng);
         let date = when.date();
+        // Each outpatient visit has its number, as an EHR's reception gives one.
+        self.visit = format!("O{}", when.days);
         // Reception.
         let reception = vec![
             self.msh(
@@ -1325,6 +1331,8 @@ impl<'p> Chart<'p> {
         writer: &mut Writer,
         admit: When,
     ) -> io::Result<()> {
+        // One number for the whole stay: plan, admission, transfers, discharge.
+        self.visit = format!("I{}", admit.days);
         let doctor = self.doctor(rng);
         let (_, _, department) = self.department(rng);
         let ward = format!(
@@ -1646,6 +1654,7 @@ impl<'p> Chart<'p> {
                     (6, &ward),
                     (7, &doctor),
                     (10, dept),
+                    (19, &self.visit),
                     (44, &admit.minutes()),
                 ],
             );

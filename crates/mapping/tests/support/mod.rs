@@ -76,10 +76,20 @@ pub fn map_bytes(facility: &str, file_name: &str, bytes: &[u8], tables: &CodeTab
         Err(error) => return json!({"error": error.to_string()}),
     };
     match map_message(&context, &message) {
-        Ok(mapped) => json!({
-            "resources": mapped.resources.iter().map(|r| r.json.clone()).collect::<Vec<_>>(),
-            "warnings": mapped.warnings,
-        }),
+        Ok(mapped) => {
+            let mut snapshot = json!({
+                "resources": mapped.resources.iter().map(|r| r.json.clone()).collect::<Vec<_>>(),
+                "warnings": mapped.warnings,
+            });
+            if !mapped.contributions.is_empty() {
+                snapshot["contributions"] = mapped
+                    .contributions
+                    .iter()
+                    .map(|c| json!({"target": format!("{}/{}", c.resource_type, c.id), "part": c.part}))
+                    .collect();
+            }
+            snapshot
+        }
         Err(error) => json!({"error": error.to_string()}),
     }
 }
