@@ -638,3 +638,57 @@ async fn a_lab_company_reports_results_for_the_patients_of_the_facilities_it_ser
     assert_eq!(quarantined.len(), 2);
     assert!(quarantined.iter().all(|message| message.facility == LAB));
 }
+
+/// ADT^A01 or ADT^A03 of patient 400's visit `visit`, ASCII.
+fn stay_event(control_id: &str, kind: &str, visit: &str, discharge: &str) -> Vec<u8> {
+    format!(
+        "MSH|^~\\&|HIS123|SEND|TSUNAGI|NET|20261124101500||{kind}|{control_id}|P|2.5\r\
+         EVN||20261124101500\r\
+         PID|||400^^^^PI||Yamada^Taro^^^^^L||19600101|M\r\
+         PV1||I|31^301^1||||D1^Ishi||||||||||||{visit}|||||||||||||||||||||||||202611200930|{discharge}\r"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn pushed_admission_and_discharge_converge_on_one_encounter() {
+    let gateway = gateway(ServerOptions::default()).await;
+    let mut connection = Connection::connect(&gateway.address).await.unwrap();
+    let registered = connection
+        .request(&a08("E0", "400", "Yamada"), TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(ack_of(&registered).0, AckCode::AA);
+    for (control, kind, discharge) in [
+        ("E1", "ADT^A01^ADT_A01", ""),
+        ("E2", "ADT^A03^ADT_A03", "202611241000"),
+    ] {
+        let reply = connection
+            .request(&stay_event(control, kind, "V77", discharge), TIMEOUT)
+            .await
+            .unwrap();
+        let (code, _, text) = ack_of(&reply);
+        assert_eq!(code, AckCode::AA, "{kind}: {text}");
+    }
+    let mut encounters = Vec::new();
+    gateway
+        .store
+        .for_each_current(&mut |resource| {
+            if resource.resource_type == "Encounter" {
+                encounters.push(resource.to_json().unwrap().unwrap());
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(encounters.len(), 1, "{encounters:#?}");
+    let stay = &encounters[0];
+    assert_eq!(
+        stay["id"],
+        logical_id(&[FACILITY, "400", "visit", "V77"]).as_str()
+    );
+    assert_eq!(stay["status"], "finished");
+    assert_eq!(stay["period"]["start"], "2026-11-20T09:30:00+09:00");
+    assert_eq!(stay["period"]["end"], "2026-11-24T10:00:00+09:00");
+    assert_eq!(stay["identifier"][0]["value"], "V77");
+}

@@ -68,12 +68,24 @@ fn the_stated_constraints_are_jp_cores() {
 async fn every_resource_conforms_to_its_profile() {
     let dir = tempfile::tempdir().unwrap();
     let store = ingested_region(dir.path(), 45, 7).await;
-    pull(
+    // The storage root is sampleData/ (patient 9999013 lives in 999/901/9999013/); the three
+    // deliberately broken files under 000/ are refused, everything else is read.
+    let samples = pull(
         store.clone(),
         "9999999999",
-        vec![shared().join("testdata/ssmix2-guideline-samples/sampleData/999")],
+        vec![shared().join("testdata/ssmix2-guideline-samples/sampleData")],
     )
     .await;
+    assert!(samples.files_read >= 20, "{samples:#?}");
+    assert_eq!(samples.rejected.len(), 3, "{:#?}", samples.rejected);
+    assert!(
+        samples
+            .rejected
+            .iter()
+            .all(|rejection| rejection.source.contains("/sampleData/000/")),
+        "{:#?}",
+        samples.rejected
+    );
 
     let package = jp_core_profiles();
     let stated: HashMap<String, toml::Value> = statement()
