@@ -439,11 +439,20 @@ async fn demo_note(
             tsunagi_server::security::signing_keys(store.as_ref(), SystemClock.now_micros())
                 .await?;
         let key = keys.first().context("no signing key")?;
-        // The issuer `serve_store` derives from the address it binds.
-        let origin = listen.parse().map_or_else(
-            |_| format!("http://{listen}"),
-            |address| served_origin("http", address),
-        );
+        // Once the API answers at all, the origin it serves under (the issuer) is recorded.
+        let mut up = false;
+        for _ in 0..200 {
+            if http_post(&listen, "/fhir/metadata", "", "").await.is_ok() {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        anyhow::ensure!(up, "the API did not come up");
+        let origin = store
+            .served_origin()
+            .await?
+            .context("the API did not record its origin")?;
         let (token, _) = tsunagi_server::security::issue_token(
             store.as_ref(),
             key,
@@ -830,10 +839,12 @@ pub(crate) async fn serve(flags: ServeFlags) -> anyhow::Result<()> {
         .or_else(|| server.and_then(|s| s.listen.clone()))
         .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
     let mut settings = tsunagi_server::Settings {
+        // One spelling from here on: no trailing slash (the issuer and links derive from it).
         base_url: flags
             .base_url
             .clone()
-            .or_else(|| server.and_then(|s| s.base_url.clone())),
+            .or_else(|| server.and_then(|s| s.base_url.clone()))
+            .map(|base| base.trim_end_matches('/').to_owned()),
         limits: crate::limits::http(server)?,
         ..Default::default()
     };
@@ -967,7 +978,10 @@ async fn serve_store(
             origin
         }
     };
-    store.record_served_origin(&origin).await?;
+    // For `token issue`; a store that cannot record it (read-only) still serves.
+    if let Err(error) = store.record_served_origin(&origin).await {
+        tracing::warn!(target: "tsunagi::serve", %error, "the served origin could not be recorded; give token issue --origin");
+    }
     let base = settings
         .base_url
         .clone()

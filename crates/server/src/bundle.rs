@@ -69,8 +69,13 @@ pub(crate) fn page_links(out: &mut Vec<u8>, page: &Page<'_>) {
                 ])
             };
             push_link(out, &mut first, "self", &at(page.offset));
-            if page.offset + page.count < page.total && page.count > 0 {
-                push_link(out, &mut first, "next", &at(page.offset + page.count));
+            if page.offset.saturating_add(page.count) < page.total && page.count > 0 {
+                push_link(
+                    out,
+                    &mut first,
+                    "next",
+                    &at(page.offset.saturating_add(page.count)),
+                );
             }
             if page.offset > 0 {
                 push_link(

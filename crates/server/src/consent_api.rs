@@ -174,6 +174,23 @@ pub(crate) async fn update(
         return Err(ApiError::not_found(format!("Consent/{id} is not known")));
     };
     caller.touch([&current]);
+    // `If-Match`: the update applies only to the version the client read (weak comparison).
+    if let Some(condition) = headers
+        .get(axum::http::header::IF_MATCH)
+        .and_then(|value| value.to_str().ok())
+    {
+        let tag = crate::etag(current.version);
+        let matches = condition.split(',').any(|candidate| {
+            let candidate = candidate.trim();
+            candidate == "*" || candidate.trim_start_matches("W/") == tag.trim_start_matches("W/")
+        });
+        if !matches {
+            return Err(ApiError::precondition_failed(format!(
+                "Consent/{id} is at version {} ({tag}), not {condition}",
+                current.version
+            )));
+        }
+    }
     let patient = current.patient.clone().unwrap_or_default();
     let record = state
         .governance

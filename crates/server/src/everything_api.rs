@@ -93,7 +93,7 @@ pub(crate) async fn everything(
             .await?)
     })
     .await?;
-    let end = (offset + count).min(keys.len());
+    let end = offset.saturating_add(count).min(keys.len());
     let resources = state
         .store
         .fetch(&caller.access, keys.get(offset..end).unwrap_or(&[]))

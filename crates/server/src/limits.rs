@@ -134,7 +134,10 @@ pub const PUBLIC_BODY_BYTES: usize = 64 * 1024;
 
 /// Whether `path` is served behind the token guard (its body is read only after the guard).
 fn behind_guard(path: &str) -> bool {
-    path == "/hl7v2" || (path == "/fhir" || path.starts_with("/fhir/")) && path != "/fhir/metadata"
+    // The base itself takes a POST (transaction or batch) behind the guard; its GET is public
+    // and has no body.
+    const PUBLIC: &[&str] = &["/fhir/metadata", "/fhir/.well-known/smart-configuration"];
+    path == "/hl7v2" || (path == "/fhir" || path.starts_with("/fhir/")) && !PUBLIC.contains(&path)
 }
 
 fn too_large(cap: usize) -> Response {

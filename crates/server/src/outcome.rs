@@ -28,6 +28,16 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// 412: an `If-Match` precondition names another version.
+    pub fn precondition_failed(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::PRECONDITION_FAILED,
+            code: "conflict",
+            message: message.into(),
+            findings: Vec::new(),
+        }
+    }
+
     /// 400 with issue code `invalid` (or `not-supported`).
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self {

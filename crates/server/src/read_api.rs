@@ -56,9 +56,11 @@ pub(crate) fn resource_response(
         .get(header::IF_NONE_MATCH)
         .and_then(|value| value.to_str().ok())
     {
-        Some(condition) => condition
-            .split(',')
-            .any(|candidate| candidate.trim() == tag || candidate.trim() == "*"),
+        // Weak comparison (RFC 7232 §2.3.2): `W/"1"` and `"1"` name the same version.
+        Some(condition) => condition.split(',').any(|candidate| {
+            let candidate = candidate.trim();
+            candidate == "*" || candidate.trim_start_matches("W/") == tag.trim_start_matches("W/")
+        }),
         None => unmodified_since(resource, headers),
     };
     if not_modified {
@@ -102,6 +104,8 @@ pub(crate) async fn read(
     }
     valid_id(id)?;
     caller.require(resource_type, Interaction::Read)?;
+    // Parameters are checked before anything is read: a refused request touched no record.
+    let reduction = Reduction::of(pairs)?;
     let Some(resource) = state.store.read(&caller.access, resource_type, id).await? else {
         return Err(ApiError::not_found(format!(
             "{resource_type}/{id} is not known"
@@ -111,7 +115,7 @@ pub(crate) async fn read(
     if resource.deleted {
         return Err(ApiError::gone(format!("{resource_type}/{id} was deleted")));
     }
-    resource_response(&resource, headers, &Reduction::of(pairs)?)
+    resource_response(&resource, headers, &reduction)
 }
 
 /// How a read is reduced: `_elements` and `_summary` apply to read and vread as to search.
@@ -156,14 +160,25 @@ fn parse_http_date(text: &str) -> Option<i64> {
     ];
     let (_, rest) = text.trim().split_once(", ")?;
     let mut parts = rest.split(' ');
-    let day: u8 = parts.next()?.parse().ok()?;
+    let day = parts
+        .next()
+        .filter(|day| day.len() == 2 && day.bytes().all(|b| b.is_ascii_digit()))?;
+    let day: u8 = day.parse().ok()?;
     let month_name = parts.next()?;
     let month = MONTHS.iter().position(|m| *m == month_name)?;
-    let year: i32 = parts.next()?.parse().ok()?;
+    let year = parts
+        .next()
+        .filter(|year| year.len() == 4 && year.bytes().all(|b| b.is_ascii_digit()))?;
+    let year: i32 = year.parse().ok()?;
+    // Two unsigned digits each (`+1`, `-1` or a huge number are not a time of day).
     let clock: Vec<i64> = parts
         .next()?
         .split(':')
-        .map(|part| part.parse().ok())
+        .map(|part| {
+            (part.len() == 2 && part.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| part.parse::<i64>().ok())
+                .flatten()
+        })
         .collect::<Option<_>>()?;
     if parts.next()? != "GMT" || parts.next().is_some() || clock.len() != 3 {
         return None;
@@ -215,6 +230,7 @@ pub(crate) async fn vread(
         .parse()
         .map_err(|_| ApiError::not_found(format!("{version} is not a version id")))?;
     caller.require(&resource_type, Interaction::Read)?;
+    let reduction = Reduction::of(&pairs)?;
     let Some(resource) = state
         .store
         .vread(&caller.access, &resource_type, &id, number)
@@ -230,7 +246,7 @@ pub(crate) async fn vread(
             "version {version} of {resource_type}/{id} is a deletion"
         )));
     }
-    resource_response(&resource, &headers, &Reduction::of(&pairs)?)
+    resource_response(&resource, &headers, &reduction)
 }
 
 /// Writes one resource, optionally reduced to `_elements` or a summary mode.

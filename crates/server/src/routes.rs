@@ -67,14 +67,19 @@ pub(crate) async fn transaction(
     State(state): State<Arc<AppState>>,
     Extension(caller): Who,
     peer: Option<Extension<axum::extract::ConnectInfo<crate::tls::Peer>>>,
+    request_id: Option<Extension<access::RequestId>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let bundle = notes_api::resource_body(&headers, &body, "Bundle")?;
     match bundle["type"].as_str() {
         Some("batch") => {
-            crate::batch_api::post(&state, &headers, peer.map(|Extension(peer)| peer), &bundle)
-                .await
+            let outer = crate::batch_api::Outer {
+                headers: &headers,
+                peer: peer.map(|Extension(peer)| peer),
+                request_id: request_id.map(|Extension(id)| id.0),
+            };
+            crate::batch_api::post(&state, &outer, &bundle).await
         }
         Some("transaction") => {
             let scope = state

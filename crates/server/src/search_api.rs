@@ -105,9 +105,13 @@ pub(crate) async fn lastn(
                 )
             })?,
     };
-    let scoped = pairs.iter().any(|(key, _)| {
-        let name = key.split(':').next().unwrap_or(key);
-        name == "patient" || name == "subject" || name == "_snapshot"
+    // A patient named, not just a parameter spelled: `patient=` (empty, ignored) or
+    // `patient:missing=…` would leave every visible Observation in the search.
+    let scoped = pairs.iter().any(|(key, value)| {
+        matches!(
+            key.as_str(),
+            "patient" | "subject" | "patient:Patient" | "subject:Patient" | "_snapshot"
+        ) && !value.trim().is_empty()
     });
     if !scoped {
         return Err(ApiError::bad_request(
@@ -263,7 +267,7 @@ pub(crate) async fn search_as(
         }
     })
     .await?;
-    let end = (offset + query.count).min(keys.len());
+    let end = offset.saturating_add(query.count).min(keys.len());
     let page_keys = keys.get(offset..end).unwrap_or(&[]);
     let matches = state.store.fetch(&caller.access, page_keys).await?;
     let included = includes(state, caller, &query, &matches).await?;

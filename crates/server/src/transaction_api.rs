@@ -316,7 +316,7 @@ pub(crate) async fn post(
             }
         });
         // `Prefer: return=` for each entry; without one, the response stays minimal.
-        if headers.get("prefer").is_some() {
+        if crate::request::preference(headers, "return").is_some() {
             match Return::of(headers) {
                 Return::Minimal => {}
                 Return::Representation => {

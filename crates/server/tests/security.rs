@@ -687,6 +687,26 @@ async fn the_directory_is_readable_and_consents_are_managed_over_fhir() {
         body["status"] = json!(status);
         body.to_string()
     };
+    // A withdrawal conditional on another version than the stored one changes nothing.
+    let stale = request(
+        addr,
+        "PUT",
+        &format!("/fhir/Consent/{id}"),
+        &[
+            ("authorization", hospital.as_str()),
+            ("content-type", "application/fhir+json"),
+            ("if-match", "W/\"7\""),
+        ],
+        &with_status("inactive"),
+    )
+    .await;
+    assert_eq!(
+        stale.status,
+        412,
+        "{}",
+        String::from_utf8_lossy(&stale.body)
+    );
+    assert_eq!(stale.json()["issue"][0]["code"], "conflict");
     let mut reply = None;
     for (who, status, expected) in [
         (&clinic, "inactive", 403),

@@ -174,7 +174,9 @@ async fn a_batch_answers_each_entry_as_if_sent_alone() {
         {"request": {"method": "DELETE", "url": "Patient/p1"}},
         {"request": {"method": "GET", "url": "http://elsewhere.example/fhir/Patient/p1"}},
         {"request": {"method": "GET", "url": "Patient/../../metrics"}},
-        {"request": {"method": "POST", "url": "/fhir/"}, "resource": {"resourceType": "Bundle", "type": "batch"}}
+        {"request": {"method": "POST", "url": "/fhir/"}, "resource": {"resourceType": "Bundle", "type": "batch"}},
+        {"request": {"method": "GET", "url": "Patient/p1", "ifModifiedSince": "2023-11-15T07:13:20+09:00"}},
+        {"request": {"method": "GET", "url": "Patient/p1?_format=xml&_pretty=true"}}
     ]});
     let reply = request(addr, "POST", "/fhir/", &[FHIR_JSON], &bundle.to_string()).await;
     assert_eq!(
@@ -186,7 +188,7 @@ async fn a_batch_answers_each_entry_as_if_sent_alone() {
     let answer = reply.json();
     assert_eq!(answer["type"], "batch-response");
     let entries = answer["entry"].as_array().unwrap();
-    assert_eq!(entries.len(), 9);
+    assert_eq!(entries.len(), 11);
     let status = |i: usize| {
         entries[i]["response"]["status"]
             .as_str()
@@ -213,7 +215,12 @@ async fn a_batch_answers_each_entry_as_if_sent_alone() {
     assert_eq!(status(4), "304 Not Modified");
     assert!(entries[4].get("resource").is_none());
     assert_eq!(status(5), "405 Method Not Allowed");
-    for (i, entry) in entries.iter().enumerate().skip(6) {
+    // ifModifiedSince is an instant in a Bundle: the same second answers 304.
+    assert_eq!(status(9), "304 Not Modified");
+    // The batch answers in JSON whatever an entry's URL asks.
+    assert_eq!(status(10), "200 OK");
+    assert_eq!(entries[10]["resource"]["id"], "p1");
+    for (i, entry) in entries.iter().enumerate().skip(6).take(3) {
         assert_eq!(status(i), "400 Bad Request", "entry {i}: {entry}");
         assert_eq!(
             entry["response"]["outcome"]["resourceType"],
@@ -301,6 +308,20 @@ async fn a_batch_answers_each_entry_as_if_sent_alone() {
         no_method.json()["issue"][1]["expression"][0],
         "Bundle.entry[1].request.method"
     );
+
+    // Too many entries for one batch: refused whole, nothing run.
+    let many: Vec<Value> = (0..201)
+        .map(|_| json!({"request": {"method": "GET", "url": "Patient/p1"}}))
+        .collect();
+    let too_many = request(
+        addr,
+        "POST",
+        "/fhir",
+        &[FHIR_JSON],
+        &json!({"resourceType": "Bundle", "type": "batch", "entry": many}).to_string(),
+    )
+    .await;
+    assert_eq!(too_many.status, 422);
 
     // Not a batch or a transaction: refused as a whole.
     let collection = request(
@@ -487,6 +508,16 @@ async fn if_modified_since_answers_304_when_nothing_changed() {
         .await;
         assert_eq!(reply.status, status, "{since}");
     }
+    // If-None-Match compares weakly: a strong spelling of the version matches too.
+    let strong = request(
+        addr,
+        "GET",
+        "/fhir/Patient/p1",
+        &[("if-none-match", "\"1\"")],
+        "",
+    )
+    .await;
+    assert_eq!(strong.status, 304);
     // If-None-Match wins when both are sent (RFC 7232 §6).
     let both = request(
         addr,

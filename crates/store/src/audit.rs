@@ -157,6 +157,10 @@ pub fn interaction_of(method: &str, path: &str) -> (&'static str, &'static str) 
         ["_history"] => ("history-system", "R"),
         [_, "_history"] => ("history-type", "R"),
         [_, "_search"] | [_] => ("search-type", "E"),
+        // A compartment search: `Patient/{id}/Observation`.
+        ["Patient", _, kind] if kind.starts_with(|c: char| c.is_ascii_uppercase()) => {
+            ("search-type", "E")
+        }
         [_, operation] | [_, _, operation] if operation.starts_with('$') => ("operation", "E"),
         [_, _, "_history"] => ("history-instance", "R"),
         [_, _, "_history", _] => ("vread", "R"),
