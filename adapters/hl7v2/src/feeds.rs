@@ -108,6 +108,21 @@ impl Feeds {
         &self.feeds
     }
 
+    /// Adds to feed `facility`'s lab reporting the facilities the directory lists for it.
+    pub fn add_reports_for(&mut self, facility: &str, codes: &[FacilityId]) {
+        for feed in self
+            .feeds
+            .iter_mut()
+            .filter(|feed| feed.facility.as_str() == facility)
+        {
+            for code in codes {
+                if !feed.reports_for.contains(code) {
+                    feed.reports_for.push(code.clone());
+                }
+            }
+        }
+    }
+
     /// Whether a connection without client identity from `address` could speak for any feed
     /// (an MLLP listener closes the others at once).
     pub fn admits(&self, address: IpAddr) -> bool {

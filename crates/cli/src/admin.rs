@@ -17,6 +17,8 @@ use tsunagi_store::governance::{
     Participant, Revocation,
 };
 
+use tsunagi_store::Backend;
+
 use crate::commands::open_store;
 
 /// `tsunagi admin <what>`.
@@ -105,6 +107,21 @@ pub(crate) enum FacilityAction {
         /// nursing-home, lab-company or lab-centre.
         #[arg(long)]
         kind: String,
+        /// For a lab company or lab centre: the facilities whose patients it reports results
+        /// for (comma-separated codes, each registered), over FHIR and HL7 v2.
+        #[arg(long, value_delimiter = ',')]
+        reports_for: Vec<String>,
+    },
+    /// Set the facilities a lab reports results for (replacing the list; none clears it).
+    ReportsFor {
+        #[arg(long)]
+        db: String,
+        /// The lab's 10-digit code.
+        #[arg(long)]
+        code: String,
+        /// Comma-separated facility codes.
+        #[arg(long, value_delimiter = ',')]
+        facilities: Vec<String>,
     },
     /// Deactivate a facility that leaves the network: the tokens of its people and clients
     /// are refused from the next request on, and no new ones are issued.
@@ -284,6 +301,37 @@ pub(crate) fn operator_event(
     }
 }
 
+/// Records which facilities lab `code` reports for (a lab company or lab centre only).
+async fn set_reports_for(
+    store: &dyn Backend,
+    code: &str,
+    facilities: &[String],
+    now: i64,
+) -> anyhow::Result<()> {
+    let lab = store
+        .facilities()
+        .await?
+        .into_iter()
+        .find(|facility| facility.code == code)
+        .with_context(|| format!("no facility {code}"))?;
+    if !matches!(lab.kind.as_str(), "lab-company" | "lab-centre") {
+        bail!(
+            "facility {code} is a {}: only a lab-company or lab-centre reports results for others",
+            lab.kind
+        );
+    }
+    store.set_lab_reports_for(code, facilities).await?;
+    store
+        .append_audit(&[operator_event("facility-reports-for", code, None, now)])
+        .await?;
+    if facilities.is_empty() {
+        println!("lab {code} reports for no facility");
+    } else {
+        println!("lab {code} reports for {}", facilities.join(", "));
+    }
+    Ok(())
+}
+
 /// The operator as an AuditEvent agent; `altId` is the login name when there is one (FHIR
 /// forbids empty strings).
 fn operator_agent() -> serde_json::Value {
@@ -316,6 +364,7 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                 code,
                 name,
                 kind,
+                reports_for,
             } => {
                 if code.len() != 10 || !code.bytes().all(|b| b.is_ascii_digit()) {
                     bail!("--code {code:?}: a facility code is 10 digits");
@@ -336,6 +385,17 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                     .append_audit(&[operator_event("facility-add", &code, None, now)])
                     .await?;
                 println!("facility {code} saved");
+                if !reports_for.is_empty() {
+                    set_reports_for(store.as_ref(), &code, &reports_for, now).await?;
+                }
+            }
+            FacilityAction::ReportsFor {
+                db,
+                code,
+                facilities,
+            } => {
+                let store = open_store(&db).await?;
+                set_reports_for(store.as_ref(), &code, &facilities, now).await?;
             }
             FacilityAction::Deactivate { db, code } => {
                 let store = open_store(&db).await?;

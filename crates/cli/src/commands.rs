@@ -1024,7 +1024,24 @@ async fn serve_store(
             }
         };
         let senders = mllp.feeds.all().len();
-        let feeds = Arc::new(mllp.feeds);
+        let mut feeds = mllp.feeds;
+        // Which facilities a lab reports for is the directory's record (`admin facility
+        // reports-for`), joined to what [[hl7v2]] reports_for says; read at start.
+        let labs: Vec<String> = feeds
+            .all()
+            .iter()
+            .map(|feed| feed.facility.as_str().to_owned())
+            .collect();
+        for lab in labs {
+            let codes: Vec<tsunagi_core::FacilityId> = store
+                .lab_reports_for(&lab)
+                .await?
+                .iter()
+                .filter_map(|code| tsunagi_core::FacilityId::parse(code).ok())
+                .collect();
+            feeds.add_reports_for(&lab, &codes);
+        }
+        let feeds = Arc::new(feeds);
         let intake = Intake::start(
             store.clone(),
             feeds.clone(),

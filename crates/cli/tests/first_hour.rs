@@ -189,3 +189,119 @@ fn an_operators_audit_events_hold_no_empty_values() {
         .expect("the operator's act is audited");
     assert!(deactivated["agent"][0].get("altId").is_none());
 }
+
+/// A minimal SS-MIX2 storage holding patient 1234567's ADT-00 record (ASCII is ISO-2022-JP).
+fn storage_with_patient(root: &std::path::Path) {
+    let folder = root.join("123/456/1234567/-/ADT-00");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(
+        folder.join("1234567_-_ADT-00_999999999999999_20240401101010123_-_1"),
+        format!(
+            "MSH|^~\\&|EHR|{HOSPITAL}|GW|TSUNAGI|20240401101010||ADT^A08^ADT_A01|P0|P|2.5\rPID|0001||1234567||Yamada^Hanako^^^^^L||19600101|F\r"
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_lab_that_only_posts_fhir_needs_no_hl7v2_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("lab.db").display());
+    add_facility(&db, HOSPITAL, "荘内病院", "hospital");
+    register_lab(&db, LAB);
+    // Which facilities the lab reports for is the directory's record.
+    let said = ok(&[
+        "admin",
+        "facility",
+        "reports-for",
+        "--db",
+        &db,
+        "--code",
+        LAB,
+        "--facilities",
+        HOSPITAL,
+    ]);
+    assert!(said.contains(HOSPITAL), "{said}");
+    // Only a lab reports for others.
+    let hospital = support::tsunagi(&[
+        "admin",
+        "facility",
+        "reports-for",
+        "--db",
+        &db,
+        "--code",
+        HOSPITAL,
+        "--facilities",
+        LAB,
+    ]);
+    assert!(!hospital.status.success());
+    assert!(String::from_utf8_lossy(&hospital.stderr).contains("lab-company"));
+    let root = dir.path().join("storage");
+    storage_with_patient(&root);
+    ok(&[
+        "ingest",
+        "ssmix2",
+        "--db",
+        &db,
+        "--facility",
+        HOSPITAL,
+        root.to_str().unwrap(),
+    ]);
+    // No --config, so no [[hl7v2]] section at all.
+    let (_serving, address) = serve(&db);
+    let token = ok(&[
+        "token",
+        "issue",
+        "--db",
+        &db,
+        "--system",
+        "client-lab",
+        "--scope",
+        "system/*.rs",
+    ]);
+    let bundle = |value: &str| {
+        serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "Observation", "identifier": [{"system": "urn:lab:result", "value": value}],
+                          "status": "final",
+                          "code": {"coding": [{"system": "urn:oid:1.2.392.200119.4.504", "code": "3A010000002327101"}], "text": "総蛋白"},
+                          "subject": {"reference": format!("Patient/{HOSPITAL}.1234567")},
+                          "valueQuantity": {"value": 7.1, "unit": "g/dL"}},
+             "request": {"method": "POST", "url": "Observation", "ifNoneExist": format!("identifier=urn:lab:result|{value}")}}
+        ]})
+        .to_string()
+    };
+    let (status, answer) = http(
+        &address,
+        "POST",
+        "/fhir",
+        token.trim(),
+        Some("application/fhir+json"),
+        bundle("R-1").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        json_of(&answer)["entry"][0]["response"]["status"],
+        "201 Created"
+    );
+    // The directory no longer lists the hospital: the next result is refused.
+    ok(&[
+        "admin",
+        "facility",
+        "reports-for",
+        "--db",
+        &db,
+        "--code",
+        LAB,
+    ]);
+    let (status, answer) = http(
+        &address,
+        "POST",
+        "/fhir",
+        token.trim(),
+        Some("application/fhir+json"),
+        bundle("R-2").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 403, "{answer}");
+}

@@ -82,10 +82,7 @@ pub(crate) async fn transaction(
             crate::batch_api::post(&state, &outer, &bundle).await
         }
         Some("transaction") => {
-            let scope = state
-                .intake
-                .get()
-                .and_then(|intake| intake.lab_scope(&caller.principal.client_id));
+            let scope = transaction_api::lab_scope(&state, &caller).await?;
             transaction_api::post(&state, scope, &caller, &headers, &bundle).await
         }
         _ => Err(ApiError::bad_request(

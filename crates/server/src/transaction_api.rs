@@ -73,6 +73,39 @@ pub struct LabScope {
     pub reports_for: Vec<String>,
 }
 
+/// Who the caller reports results for: the directory's record of its facility (`tsunagi admin
+/// facility reports-for`), joined to a `[[hl7v2]] reports_for` that names its client.
+pub(crate) async fn lab_scope(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<Option<LabScope>, ApiError> {
+    let configured = state
+        .intake
+        .get()
+        .and_then(|intake| intake.lab_scope(&caller.principal.client_id));
+    let listed = state
+        .governance
+        .lab_reports_for(&caller.principal.facility)
+        .await?;
+    Ok(match configured {
+        Some(mut scope) => {
+            if scope.lab == caller.principal.facility {
+                for code in listed {
+                    if !scope.reports_for.contains(&code) {
+                        scope.reports_for.push(code);
+                    }
+                }
+            }
+            Some(scope)
+        }
+        None if listed.is_empty() => None,
+        None => Some(LabScope {
+            lab: caller.principal.facility.clone(),
+            reports_for: listed,
+        }),
+    })
+}
+
 /// The identifier `system|value` of an entry: from `ifNoneExist`, a conditional PUT url, or the
 /// resource's first identifier (they must agree).
 fn entry_identifier(entry: &Value, index: usize) -> Result<(String, String), ApiError> {
@@ -173,7 +206,7 @@ pub(crate) async fn post(
     }
     let Some(scope) = scope else {
         return Err(ApiError::forbidden(format!(
-            "client {} reports for no facility: it is not a lab company's client (reports_for)",
+            "client {} reports for no facility: its lab is listed for none (tsunagi admin facility reports-for)",
             caller.principal.client_id
         )));
     };

@@ -37,7 +37,8 @@ const SCHEMA_2: &str = include_str!("messages.sql");
 const SCHEMA_3: &str = include_str!("outbox.sql");
 /// Schema 4: portals' served facilities, facility deactivation, revocations.
 const SCHEMA_4: &str = include_str!("standing.sql");
-const SCHEMA_VERSION: &str = "4";
+const SCHEMA_5: &str = include_str!("lab_reports.sql");
+const SCHEMA_VERSION: &str = "5";
 /// Seconds an assertion id is remembered past its `exp` (clock skew between client and us).
 const ASSERTION_MEMORY_SLACK: i64 = 60;
 /// The advisory lock every writing transaction holds ("tsunagi" in ASCII, as a number).
@@ -177,6 +178,7 @@ impl PostgresStore {
             ("1", SCHEMA_2, "2"),
             ("2", SCHEMA_3, "3"),
             ("3", SCHEMA_4, "4"),
+            ("4", SCHEMA_5, "5"),
         ] {
             let current: Option<String> =
                 sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'schema'")

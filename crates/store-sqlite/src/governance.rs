@@ -617,6 +617,51 @@ impl Governance for SqliteStore {
             .collect()
     }
 
+    async fn lab_reports_for(&self, lab: &str) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("SELECT facility FROM lab_reports WHERE lab = ?1 ORDER BY facility")
+            .bind(lab)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn set_lab_reports_for(
+        &self,
+        lab: &str,
+        facilities: &[String],
+    ) -> Result<(), StoreError> {
+        let known: Vec<String> = self
+            .facilities()
+            .await?
+            .into_iter()
+            .map(|f| f.code)
+            .collect();
+        for code in std::iter::once(lab).chain(facilities.iter().map(String::as_str)) {
+            if !known.iter().any(|known| known == code) {
+                return Err(StoreError::Invalid(format!(
+                    "facility {code} is not registered"
+                )));
+            }
+        }
+        let mut transaction = self.pool.begin().await.map_err(db_error)?;
+        sqlx::query("DELETE FROM lab_reports WHERE lab = ?1")
+            .bind(lab)
+            .execute(&mut *transaction)
+            .await
+            .map_err(db_error)?;
+        for facility in facilities {
+            sqlx::query(
+                "INSERT INTO lab_reports (lab, facility) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            )
+            .bind(lab)
+            .bind(facility)
+            .execute(&mut *transaction)
+            .await
+            .map_err(db_error)?;
+        }
+        transaction.commit().await.map_err(db_error)
+    }
+
     async fn served_origin(&self) -> Result<Option<String>, StoreError> {
         sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'served_origin'")
             .fetch_optional(&self.pool)

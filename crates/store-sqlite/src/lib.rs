@@ -54,13 +54,15 @@ const MIGRATION_0005: &str = include_str!("../migrations/0005_audit_search.sql")
 const MIGRATION_0006: &str = include_str!("../migrations/0006_messages.sql");
 const MIGRATION_0007: &str = include_str!("../migrations/0007_outbox.sql");
 const MIGRATION_0008: &str = include_str!("../migrations/0008_standing.sql");
+const MIGRATION_0009: &str = include_str!("../migrations/0009_lab_reports.sql");
 /// Migrations that are one script each, by the schema version they lead to.
-const SIMPLE_MIGRATIONS: [(&str, &str); 3] = [
+const SIMPLE_MIGRATIONS: [(&str, &str); 4] = [
     ("6", MIGRATION_0006),
     ("7", MIGRATION_0007),
     ("8", MIGRATION_0008),
+    ("9", MIGRATION_0009),
 ];
-const SCHEMA_VERSION: &str = "8";
+const SCHEMA_VERSION: &str = "9";
 
 /// Compartments written before schema 4 (or re-created by a re-index) get their facility from
 /// the SS-MIX2 adapter's source key of their Patient (`ssmix2:<10-digit code>:…`).

@@ -700,6 +700,11 @@ macro_rules! store_access_suite {
             $crate::conformance_standing::token_standing_reads_clients_users_facilities_and_revocations(&store).await;
         }
         #[tokio::test]
+        async fn lab_reports_are_the_directorys_record() {
+            let store = $make.await;
+            $crate::conformance_standing::lab_reports_are_the_directorys_record(&store).await;
+        }
+        #[tokio::test]
         async fn the_served_origin_is_remembered() {
             let store = $make.await;
             $crate::conformance_standing::the_served_origin_is_remembered(&store).await;

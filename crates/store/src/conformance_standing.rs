@@ -186,3 +186,44 @@ pub async fn the_served_origin_is_remembered<S: Governance>(store: &S) {
         Some("https://gw.example.jp:9443")
     );
 }
+
+/// Which facilities a lab reports for: replaced as a whole, only registered facilities.
+pub async fn lab_reports_are_the_directorys_record<S: Governance>(store: &S) {
+    const LAB: &str = "0610900001";
+    for (code, kind) in [
+        (HOSPITAL, "hospital"),
+        (CLINIC, "clinic"),
+        (LAB, "lab-company"),
+    ] {
+        store
+            .put_facility(&Facility {
+                code: code.into(),
+                name: code.into(),
+                kind: kind.into(),
+                active: true,
+            })
+            .await
+            .unwrap();
+    }
+    assert!(store.lab_reports_for(LAB).await.unwrap().is_empty());
+    store
+        .set_lab_reports_for(LAB, &[HOSPITAL.to_owned(), CLINIC.to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.lab_reports_for(LAB).await.unwrap(),
+        [HOSPITAL.min(CLINIC), HOSPITAL.max(CLINIC)]
+    );
+    store
+        .set_lab_reports_for(LAB, &[CLINIC.to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(store.lab_reports_for(LAB).await.unwrap(), [CLINIC]);
+    let unknown = store
+        .set_lab_reports_for(LAB, &["0619999999".to_owned()])
+        .await;
+    assert!(unknown.is_err());
+    assert_eq!(store.lab_reports_for(LAB).await.unwrap(), [CLINIC]);
+    store.set_lab_reports_for(LAB, &[]).await.unwrap();
+    assert!(store.lab_reports_for(LAB).await.unwrap().is_empty());
+}

@@ -324,6 +324,12 @@ pub trait Governance: Send + Sync {
     /// Token-signing keys, newest first.
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
 
+    /// The facilities lab company `lab` reports results for (the directory's record), sorted.
+    async fn lab_reports_for(&self, lab: &str) -> Result<Vec<String>, StoreError>;
+    /// Replaces them (every code must be a registered facility; `lab` must be one too).
+    async fn set_lab_reports_for(&self, lab: &str, facilities: &[String])
+    -> Result<(), StoreError>;
+
     /// The origin (`scheme://host:port`) the API last served under, recorded by `tsunagi
     /// serve`: the issuer `tsunagi token issue` names by default.
     async fn served_origin(&self) -> Result<Option<String>, StoreError>;
