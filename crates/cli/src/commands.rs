@@ -965,6 +965,10 @@ async fn serve_store(
             "plain HTTP on a non-loopback address: give --tls-cert and --tls-key, or put a TLS-terminating proxy in front"
         );
     }
+    // The signing key exists before anything is announced: a `token issue` run as soon as the
+    // base is printed signs with the key this server verifies against.
+    let keys =
+        tsunagi_server::security::signing_keys(store.as_ref(), SystemClock.now_micros()).await?;
     // Without --base-url, the issuer and the token endpoint follow the address actually bound
     // (links still follow each request's Host and X-Forwarded-* headers).
     let origin = match &settings.base_url {
@@ -1092,8 +1096,6 @@ async fn serve_store(
         Arc::new(tokio::sync::Notify::new()),
         std::time::Duration::from_millis(250),
     ));
-    let keys =
-        tsunagi_server::security::signing_keys(store.as_ref(), SystemClock.now_micros()).await?;
     // SQLite: audit records are journaled beside the database and imported in the background.
     store.start_serving().await?;
     let state =

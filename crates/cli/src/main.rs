@@ -27,6 +27,7 @@ mod packages;
 mod progress;
 mod quarantine;
 mod registry;
+mod standin;
 mod tables;
 
 use std::path::PathBuf;
@@ -47,6 +48,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// A hospital EHR stand-in: receives what Tsunagi delivers over MLLP and answers as told,
+    /// for trying outbound delivery before the EHR is connected.
+    Standin {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:2576")]
+        listen: String,
+        /// How to answer every message: AA, AE, AR, slow:<milliseconds>, drop or garbage.
+        #[arg(long, default_value = "AA")]
+        answer: String,
+        /// Keep each message as received in this folder (000001.hl7, …).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Pull a source into the store.
     Ingest {
         #[command(subcommand)]
@@ -419,6 +433,11 @@ fn main() -> std::process::ExitCode {
                 what: BenchWhat::Outbound { notes },
             } => bench_outbound::run(notes).await,
             Command::Run { config, once } => commands::run(&config, once).await,
+            Command::Standin {
+                listen,
+                answer,
+                out,
+            } => standin::run(&listen, &answer, out).await,
         }
     });
     match result {

@@ -305,3 +305,55 @@ fn a_lab_that_only_posts_fhir_needs_no_hl7v2_section() {
     .unwrap();
     assert_eq!(status, 403, "{answer}");
 }
+
+#[test]
+fn the_ehr_standin_answers_as_told_and_keeps_what_it_received() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("received");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tsunagi"))
+        .args([
+            "standin",
+            "--listen",
+            "127.0.0.1:0",
+            "--answer",
+            "AE",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let address = first
+        .split_whitespace()
+        .find(|word| word.starts_with("127.0.0.1:"))
+        .expect("the stand-in prints its address")
+        .to_owned();
+    let _serving = Serving(child);
+    let message = format!(
+        "MSH|^~\\&|TSUNAGI|NET|EHR|{HOSPITAL}|20261124101500||MDM^T02^MDM_T02|N1|P|2.5\rPID|||1234567^^^^PI\r"
+    );
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        support::mllp_exchange(&mut stream, message.as_bytes()).as_deref(),
+        Some("AE")
+    );
+    // One line per message, saying what it was and how it was answered.
+    let line = loop {
+        let line = lines.next().unwrap().unwrap();
+        if line.starts_with("1:") {
+            break line;
+        }
+    };
+    assert!(line.contains("MDM^T02^MDM_T02 control id N1"), "{line}");
+    assert!(line.contains("1234567") && line.ends_with("AE"), "{line}");
+    assert_eq!(
+        std::fs::read(out.join("000001.hl7")).unwrap(),
+        message.as_bytes()
+    );
+}

@@ -44,6 +44,8 @@ struct Inner {
     received: usize,
     accepted: BTreeMap<String, usize>,
     last: Vec<u8>,
+    /// Where each received message is also sent, with how it was answered (`tsunagi standin`).
+    watcher: Option<tokio::sync::mpsc::UnboundedSender<(Vec<u8>, Behaviour)>>,
 }
 
 /// A running stand-in.
@@ -67,7 +69,11 @@ impl FrameHandler for Handler {
             inner.received += 1;
             inner.last.clone_from(&frame);
             let default = inner.default.unwrap_or(Behaviour::Accept);
-            inner.script.pop_front().unwrap_or(default)
+            let behaviour = inner.script.pop_front().unwrap_or(default);
+            if let Some(watcher) = &inner.watcher {
+                let _ = watcher.send((frame.clone(), behaviour));
+            }
+            behaviour
         };
         let code = match behaviour {
             Behaviour::Drop => return Err(()),
@@ -139,6 +145,13 @@ impl StandIn {
     /// How it answers once the script is used up (AA unless set).
     pub fn set_default(&self, behaviour: Behaviour) {
         lock(&self.inner).default = Some(behaviour);
+    }
+
+    /// Every message received from now on, with how it is answered, as it arrives.
+    pub fn watch(&self) -> tokio::sync::mpsc::UnboundedReceiver<(Vec<u8>, Behaviour)> {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        lock(&self.inner).watcher = Some(sender);
+        receiver
     }
 
     /// Messages received, resends included.
