@@ -47,9 +47,6 @@ use crate::{
     walk::FoundFile,
 };
 
-/// How many warnings a report keeps verbatim (all are counted).
-const KEPT_WARNINGS: usize = 50;
-
 /// Configuration of one SS-MIX2 source.
 #[derive(Debug, Clone)]
 pub struct Ssmix2Config {
@@ -93,7 +90,8 @@ struct PatientOutcome {
     records_deleted: u64,
     files_skipped: u64,
     rejected: Vec<Rejection>,
-    warnings: Vec<String>,
+    /// (file, warning text).
+    warnings: Vec<(String, String)>,
     /// The patient's new checkpoint file list.
     file_list: Option<FileList>,
 }
@@ -373,7 +371,7 @@ impl Worker {
         for warning in mapped.warnings {
             outcome
                 .warnings
-                .push(format!("{}: {warning}", file.path.display()));
+                .push((file.path.display().to_string(), warning));
         }
         let mut writes = Vec::with_capacity(mapped.resources.len());
         for resource in &mapped.resources {
@@ -538,11 +536,8 @@ impl PullAdapter for Ssmix2Adapter {
             report.files_skipped_unchanged += outcome.files_skipped;
             report.messages += outcome.messages;
             report.records_deleted += outcome.records_deleted;
-            report.warning_count += outcome.warnings.len() as u64;
-            for warning in outcome.warnings.drain(..) {
-                if report.warnings.len() < KEPT_WARNINGS {
-                    report.warnings.push(warning);
-                }
+            for (source, warning) in outcome.warnings.drain(..) {
+                report.warn(&source, &warning);
             }
             report.rejected.append(&mut outcome.rejected);
             pending_resources += outcome.resources;

@@ -46,6 +46,61 @@ pub struct Rejection {
     pub reason: String,
 }
 
+/// Warnings of one kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WarningKind {
+    /// The warning with its varying values (quoted text, line numbers) replaced by `…`.
+    pub kind: String,
+    /// How often it was found.
+    pub count: u64,
+    /// The first files (or messages) it was found in.
+    pub first: Vec<String>,
+}
+
+/// How many verbatim warnings a report keeps (all are counted, by kind).
+pub const KEPT_WARNINGS: usize = 50;
+
+/// How many files a warning kind names.
+pub const KEPT_SOURCES: usize = 3;
+
+/// The kind of a warning: quoted values and line numbers replaced by `…`, so that the same
+/// deviation in many files is one kind.
+pub fn warning_kind(text: &str) -> String {
+    let mut kind = String::with_capacity(text.len());
+    let mut quoted = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if c == '"' {
+            if !quoted {
+                kind.push('…');
+            }
+            quoted = !quoted;
+            rest = &rest[1..];
+            continue;
+        }
+        if quoted {
+            // Inside quotes, an escaped quote does not end the value.
+            let skip = if rest.starts_with("\\\"") {
+                2
+            } else {
+                c.len_utf8()
+            };
+            rest = &rest[skip..];
+            continue;
+        }
+        if let Some(after) = rest.strip_prefix("line ")
+            && after.starts_with(|d: char| d.is_ascii_digit())
+        {
+            kind.push_str("line …");
+            rest = after.trim_start_matches(|d: char| d.is_ascii_digit());
+            continue;
+        }
+        kind.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    kind
+}
+
 /// The outcome of one pull.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PullReport {
@@ -67,8 +122,11 @@ pub struct PullReport {
     pub records_deleted: u64,
     /// Tolerated deviations (see `warnings`).
     pub warning_count: u64,
-    /// The first warnings, for the operator.
+    /// The first warnings verbatim (`file: text`), for the operator.
     pub warnings: Vec<String>,
+    /// Every warning counted once per kind (its text without the values that differ from file
+    /// to file), with the first files it was found in, in order of first appearance.
+    pub warning_kinds: Vec<WarningKind>,
     /// Resources created per type.
     pub created: BTreeMap<String, u64>,
     /// Resources updated (new version) per type.
@@ -80,6 +138,32 @@ pub struct PullReport {
 }
 
 impl PullReport {
+    /// Counts a warning found in `source`: verbatim among the first, and under its kind.
+    pub fn warn(&mut self, source: &str, text: &str) {
+        self.warning_count += 1;
+        if self.warnings.len() < KEPT_WARNINGS {
+            self.warnings.push(format!("{source}: {text}"));
+        }
+        let kind = warning_kind(text);
+        match self
+            .warning_kinds
+            .iter_mut()
+            .find(|known| known.kind == kind)
+        {
+            Some(known) => {
+                known.count += 1;
+                if known.first.len() < KEPT_SOURCES {
+                    known.first.push(source.to_owned());
+                }
+            }
+            None => self.warning_kinds.push(WarningKind {
+                kind,
+                count: 1,
+                first: vec![source.to_owned()],
+            }),
+        }
+    }
+
     /// Folds a store batch's statistics into the report.
     pub fn add_stats(&mut self, stats: &ApplyStats) {
         for (mine, theirs) in [
@@ -132,4 +216,37 @@ pub trait PullAdapter: Send + Sync {
     /// One pass over the source: read what is new since the checkpoint, write it, advance the
     /// checkpoint in the same transactions.
     async fn pull(&self, context: &AdapterContext) -> Result<PullReport, AdapterError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_of_one_kind_differ_only_in_their_values() {
+        assert_eq!(
+            warning_kind(
+                r#"PID-3 "10001" differs from the folder's patient id "00010001"; the folder id is used"#
+            ),
+            "PID-3 … differs from the folder's patient id …; the folder id is used"
+        );
+        assert_eq!(
+            warning_kind("RXE-2 (line 12) has no drug code"),
+            "RXE-2 (line …) has no drug code"
+        );
+        assert_eq!(
+            warning_kind(r#"PID-7: "a \"quoted\" value" is not a date"#),
+            "PID-7: … is not a date"
+        );
+        let mut report = PullReport::default();
+        for file in ["a", "b", "c", "d"] {
+            report.warn(file, &format!("PID-3 \"{file}\" differs"));
+        }
+        report.warn("e", "no SPM segment");
+        assert_eq!(report.warning_count, 5);
+        assert_eq!(report.warning_kinds.len(), 2);
+        assert_eq!(report.warning_kinds[0].count, 4);
+        assert_eq!(report.warning_kinds[0].first, ["a", "b", "c"]);
+        assert_eq!(report.warnings[0], "a: PID-3 \"a\" differs");
+    }
 }

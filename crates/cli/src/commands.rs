@@ -195,10 +195,19 @@ pub(crate) fn print_summary(report: &PullReport, name: Option<&str>, seconds: f6
             println!("    {}: {}", rejection.source, rejection.reason);
         }
     }
-    if !report.warnings.is_empty() {
-        println!("  first warnings:");
-        for warning in report.warnings.iter().take(5) {
-            println!("    {warning}");
+    if !report.warning_kinds.is_empty() {
+        println!("  warnings, by kind:");
+        for kind in &report.warning_kinds {
+            println!("    {} × {}", kind.count, kind.kind);
+            for source in &kind.first {
+                println!("        {source}");
+            }
+            if kind.count > kind.first.len() as u64 {
+                println!(
+                    "        … and {} more",
+                    kind.count - kind.first.len() as u64
+                );
+            }
         }
     }
     println!(

@@ -357,3 +357,72 @@ fn the_ehr_standin_answers_as_told_and_keeps_what_it_received() {
         message.as_bytes()
     );
 }
+
+#[test]
+fn many_identical_warnings_are_reported_once_per_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let region = dir.path().join("region");
+    ok(&[
+        "generate",
+        "region",
+        "--out",
+        region.to_str().unwrap(),
+        "--patients",
+        "30",
+        "--seed",
+        "3",
+    ]);
+    // Homma's EHR writes PID-3 without the folder's leading zeros: a warning in every file.
+    let db = format!("sqlite://{}", dir.path().join("homma.db").display());
+    let homma = region.join("0610300016");
+    let json = ok(&[
+        "ingest",
+        "ssmix2",
+        "--db",
+        &db,
+        "--facility",
+        "0610300016",
+        "--json",
+        homma.to_str().unwrap(),
+    ]);
+    let report: Value = serde_json::from_str(json.lines().last().unwrap()).unwrap();
+    let kinds = report["warning_kinds"].as_array().unwrap();
+    let pid = kinds
+        .iter()
+        .find(|kind| {
+            kind["kind"]
+                .as_str()
+                .unwrap()
+                .starts_with("PID-3 … differs from the folder's patient id …")
+        })
+        .unwrap_or_else(|| panic!("{kinds:#?}"));
+    let count = pid["count"].as_u64().unwrap();
+    assert!(count > 10, "{pid}");
+    assert_eq!(pid["first"].as_array().unwrap().len(), 3);
+    let total: u64 = kinds.iter().map(|k| k["count"].as_u64().unwrap()).sum();
+    assert_eq!(total, report["warning_count"].as_u64().unwrap());
+    // On the terminal: one line per kind with its count, then the first files.
+    let fresh = format!("sqlite://{}", dir.path().join("again.db").display());
+    let text = ok(&[
+        "ingest",
+        "ssmix2",
+        "--db",
+        &fresh,
+        "--facility",
+        "0610300016",
+        homma.to_str().unwrap(),
+    ]);
+    let line = text
+        .lines()
+        .find(|line| line.contains("PID-3 … differs"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.trim_start().starts_with(&format!("{count} × ")),
+        "{line}"
+    );
+    assert_eq!(text.matches("PID-3 … differs").count(), 1, "{text}");
+    assert!(
+        text.contains(&format!("… and {} more", count - 3)),
+        "{text}"
+    );
+}
