@@ -139,6 +139,9 @@ impl Role {
                     | Role::Therapist
                     | Role::System
             ),
+            // Results, by lab companies' systems; for which facilities' patients is checked by
+            // the write itself (the directory's `reports-for`).
+            "DiagnosticReport" | "Observation" | "Specimen" => self == Role::System,
             _ => false,
         }
     }

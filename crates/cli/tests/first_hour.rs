@@ -249,7 +249,8 @@ fn a_lab_that_only_posts_fhir_needs_no_hl7v2_section() {
     ]);
     // No --config, so no [[hl7v2]] section at all.
     let (_serving, address) = serve(&db);
-    let token = ok(&[
+    // Reading alone does not write results: the token must carry the create scopes.
+    let reader = ok(&[
         "token",
         "issue",
         "--db",
@@ -258,6 +259,16 @@ fn a_lab_that_only_posts_fhir_needs_no_hl7v2_section() {
         "client-lab",
         "--scope",
         "system/*.rs",
+    ]);
+    let token = ok(&[
+        "token",
+        "issue",
+        "--db",
+        &db,
+        "--system",
+        "client-lab",
+        "--scope",
+        support::LAB_SCOPE,
     ]);
     let bundle = |value: &str| {
         serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": [
@@ -284,6 +295,16 @@ fn a_lab_that_only_posts_fhir_needs_no_hl7v2_section() {
         json_of(&answer)["entry"][0]["response"]["status"],
         "201 Created"
     );
+    let (status, answer) = http(
+        &address,
+        "POST",
+        "/fhir",
+        reader.trim(),
+        Some("application/fhir+json"),
+        bundle("R-3").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 403, "{answer}");
     // The directory no longer lists the hospital: the next result is refused.
     ok(&[
         "admin",

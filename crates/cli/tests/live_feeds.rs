@@ -675,7 +675,7 @@ fn a_lab_company_posts_results_as_a_fhir_transaction_once() {
         "--system",
         "client-lab",
         "--scope",
-        "system/*.rs",
+        support::LAB_SCOPE,
     ]);
     let doctor = ok(&[
         "token",

@@ -224,6 +224,9 @@ pub(crate) async fn post(
                 "entry[{index}]: {resource_type:?} is not taken here (DiagnosticReport, Observation, Specimen)"
             )));
         }
+        // Writing results is a create of each type the lab's token must carry
+        // (`system/Observation.c`, …), whatever a read scope allows.
+        caller.require(resource_type, tsunagi_auth::Interaction::Create)?;
         let (system, value) = entry_identifier(entry, index)?;
         let id = logical_id(&[&scope.lab, resource_type, &system, &value]);
         if let Some(full_url) = entry["fullUrl"].as_str() {

@@ -158,9 +158,13 @@ pub fn register_lab(db: &str, code: &str) {
         "--jwks",
         jwks.to_str().unwrap(),
         "--scope",
-        "system/*.rs",
+        LAB_SCOPE,
     ]);
 }
+
+/// What a lab company's client may do: read, and create its results.
+pub const LAB_SCOPE: &str =
+    "system/*.rs system/DiagnosticReport.c system/Observation.c system/Specimen.c";
 
 /// The JP Core package beside the checkout (`../shared`), as an operator's
 /// `[server] profile_packages` names it.
