@@ -80,11 +80,14 @@ fn ssmix2_config(
         name,
         roots,
         tables: Arc::new(tables),
-        batch_resources: 2000,
+        batch_resources: DEFAULT_BATCH_RESOURCES,
         workers: 0,
         full,
     })
 }
+
+/// Resources per store transaction of an SS-MIX2 pull (`[[ssmix2]] batch_resources`).
+pub(crate) const DEFAULT_BATCH_RESOURCES: usize = 2000;
 
 /// The flags of `tsunagi ingest ssmix2`.
 pub(crate) struct Ssmix2Ingest {

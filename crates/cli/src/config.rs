@@ -197,7 +197,7 @@ pub(crate) struct Ssmix2Source {
     pub(crate) schedule: String,
     /// Code tables folder; default: the tables built into the binary.
     pub(crate) mappings: Option<PathBuf>,
-    /// Resources per store transaction (default 5000).
+    /// Resources per store transaction (default 2000).
     pub(crate) batch_resources: Option<usize>,
     /// Worker threads (default: one per core).
     pub(crate) workers: Option<usize>,
@@ -274,6 +274,80 @@ mod tests {
         let config = Config::load(&path).unwrap();
         assert_eq!(config.version, 1);
         assert_eq!(config.ssmix2.len(), 3);
+    }
+
+    /// Every value the example states for a setting that has a default is that default, so the
+    /// reference configuration never documents a behaviour the code does not have.
+    #[test]
+    fn the_example_states_the_code_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/tsunagi.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = Config::parse(&text).unwrap();
+        let seconds = |d: std::time::Duration| Some(d.as_secs());
+        let http = tsunagi_server::listen::HttpLimits::default();
+        let settings = tsunagi_server::Settings::default();
+        let server = &config.server;
+        assert_eq!(server.max_connections, Some(http.max_connections));
+        assert_eq!(
+            server.max_connections_per_peer,
+            Some(http.max_connections_per_peer)
+        );
+        assert_eq!(
+            server.header_read_timeout_seconds,
+            seconds(http.header_read_timeout)
+        );
+        assert_eq!(
+            server.keep_alive_timeout_seconds,
+            seconds(http.keep_alive_timeout)
+        );
+        assert_eq!(
+            server.body_read_timeout_seconds,
+            seconds(http.body_read_timeout)
+        );
+        assert_eq!(server.send_timeout_seconds, seconds(http.send_timeout));
+        assert_eq!(server.max_body_bytes, Some(http.max_body_bytes));
+        assert_eq!(server.snapshot_ttl_seconds, seconds(settings.snapshot_ttl));
+        assert_eq!(server.snapshot_max_keys, Some(settings.snapshot_max_keys));
+        assert_eq!(server.tls12, Some(false));
+        assert_eq!(server.listen.as_deref(), Some("127.0.0.1:8080"));
+        let mllp = tsunagi_mllp::ServerOptions::default();
+        assert_eq!(config.mllp.max_frame_bytes, Some(mllp.max_frame));
+        assert_eq!(config.mllp.max_connections, Some(mllp.max_connections));
+        assert_eq!(
+            config.mllp.max_connections_per_peer,
+            Some(mllp.max_connections_per_peer)
+        );
+        assert_eq!(config.mllp.idle_timeout_seconds, seconds(mllp.idle_timeout));
+        assert_eq!(
+            config.mllp.frame_timeout_seconds,
+            seconds(mllp.frame_timeout)
+        );
+        let outbox = tsunagi_adapter_hl7v2::deliver::DeliveryOptions::default();
+        assert_eq!(config.outbox.max_attempts, Some(outbox.max_attempts));
+        assert_eq!(
+            config.outbox.first_backoff_seconds,
+            seconds(outbox.first_backoff)
+        );
+        assert_eq!(
+            config.outbox.max_backoff_seconds,
+            seconds(outbox.max_backoff)
+        );
+        assert_eq!(config.outbox.timeout_seconds, seconds(outbox.timeout));
+        // Defaults stated only in comments: `# key = value` and "(default N)".
+        let batch = format!(
+            "# batch_resources = {}",
+            crate::commands::DEFAULT_BATCH_RESOURCES
+        );
+        assert!(text.contains(&batch), "the example should say {batch}");
+        assert!(text.contains(&format!(
+            "(default {})",
+            crate::commands::DEFAULT_BATCH_RESOURCES
+        )));
+        // Every [[outbound]] names a facility the examples register.
+        for facility in ["0610100010", "0610200018"] {
+            assert!(text.contains(&format!("[[outbound]]\nfacility = \"{facility}\"")));
+        }
     }
 
     #[test]
