@@ -124,6 +124,7 @@ pub(crate) async fn ingest_ssmix2(flags: Ssmix2Ingest) -> anyhow::Result<()> {
     let (db, facility) = (db.as_str(), facility.as_str());
     let store = open_store(db).await?;
     let mut config = ssmix2_config(facility, name.clone(), roots, mappings.as_deref(), full)?;
+    register_hospital(store.as_ref(), facility, name.as_deref(), json).await?;
     config.workers = workers;
     let adapter = registry::build(registry::Source::Ssmix2(config));
     let label = format!("ingest {facility}");
@@ -140,6 +141,48 @@ pub(crate) async fn ingest_ssmix2(flags: Ssmix2Ingest) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&value)?);
     } else {
         print_summary(&report, name.as_deref(), seconds);
+    }
+    Ok(())
+}
+
+/// A hospital pulled for the first time joins the directory (kind hospital, named by `--name`),
+/// so that consents, clients and deliveries can name it; one already registered is left as is.
+async fn register_hospital(
+    store: &dyn Backend,
+    facility: &str,
+    name: Option<&str>,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    if store
+        .facilities()
+        .await?
+        .iter()
+        .any(|known| known.code == facility)
+    {
+        return Ok(());
+    }
+    store
+        .put_facility(&tsunagi_store::governance::Facility {
+            code: facility.to_owned(),
+            name: name.unwrap_or(facility).to_owned(),
+            kind: "hospital".to_owned(),
+            active: true,
+        })
+        .await?;
+    let now = SystemClock.now_micros();
+    store
+        .append_audit(&[crate::admin::operator_event(
+            "facility-add",
+            facility,
+            None,
+            now,
+        )])
+        .await?;
+    if !quiet {
+        println!(
+            "facility {facility} registered as a hospital ({}); `tsunagi admin facility add` changes it",
+            name.unwrap_or(facility)
+        );
     }
     Ok(())
 }

@@ -104,6 +104,24 @@ pub fn document_type(code: &str) -> Option<&'static DocumentType> {
     DOCUMENT_TYPES.iter().find(|kind| kind.code == code)
 }
 
+/// The table of [`DOCUMENT_TYPES`] as Markdown: who may send which document to which kind of
+/// facility (`docs/documents.md` shows it; a test keeps the two equal).
+pub fn markdown_table() -> String {
+    let mut table = String::from(
+        "| code | document | sent by (role) | to (facility kind) |\n| --- | --- | --- | --- |\n",
+    );
+    for kind in DOCUMENT_TYPES {
+        table.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            kind.code,
+            kind.display,
+            kind.senders.join(", "),
+            kind.recipients.join(", ")
+        ));
+    }
+    table
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -644,3 +644,60 @@ async fn prefer_return_chooses_what_a_write_answers_with() {
         assert_eq!(resent.header("location"), Some(location.as_str()));
     }
 }
+
+/// `docs/documents.md` shows exactly the table the server enforces, and every worked example
+/// in it is accepted from the role it names.
+#[tokio::test]
+async fn the_documents_page_shows_the_enforced_table_and_its_examples_are_accepted() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/documents.md");
+    let page = std::fs::read_to_string(&path).unwrap();
+    let (head, rest) = page.split_once("<!-- table: begin -->\n").unwrap();
+    let (shown, tail) = rest.split_once("<!-- table: end -->").unwrap();
+    let table = tsunagi_fhir::documents::markdown_table();
+    if std::env::var_os("TSUNAGI_BLESS").is_some() {
+        std::fs::write(
+            &path,
+            format!("{head}<!-- table: begin -->\n{table}<!-- table: end -->{tail}"),
+        )
+        .unwrap();
+    } else {
+        assert_eq!(
+            shown, table,
+            "docs/documents.md (TSUNAGI_BLESS=1 rewrites the table)"
+        );
+    }
+    let region = region().await;
+    let mut posted = 0;
+    for example in page.split("<!-- example: ").skip(1) {
+        let (marker, body) = example.split_once(" -->\n").unwrap();
+        let (code, sender) = marker.split_once(" sender=").unwrap();
+        let json = body
+            .split_once("```json\n")
+            .unwrap()
+            .1
+            .split_once("```")
+            .unwrap()
+            .0;
+        // The page's ids are the README walkthrough's; this region's are the test's own.
+        let json = json
+            .replace("0610100010.1000003", "shared")
+            .replace("0610500011", CARE_OFFICE);
+        let resource: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(resource["type"]["coding"][0]["code"], code);
+        let user = match sender {
+            "care-manager" => "cm-office",
+            "doctor" => "dr-clinic",
+            other => panic!("no test user with role {other}"),
+        };
+        let auth = token(&region.store, user).await;
+        let reply = post(&region, &auth, "DocumentReference", &resource, &[]).await;
+        assert_eq!(
+            reply.status,
+            201,
+            "{code} from {sender}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        posted += 1;
+    }
+    assert_eq!(posted, tsunagi_fhir::documents::DOCUMENT_TYPES.len());
+}
