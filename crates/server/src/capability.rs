@@ -160,7 +160,7 @@ pub fn capability_statement(base_url: &str, date: &str, token_url: &str) -> Valu
             "operation": [{
                 "name": "validate",
                 "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
-                "documentation": "POST /fhir/<Type>/$validate with the resource (or Parameters with resource and profile; or ?profile=): checked against the profiles the operator loaded (profile_packages), by default those it claims, else the type's JP Core base profile. Answers an OperationOutcome, one issue per finding."
+                "documentation": "POST /fhir/<Type>/$validate with the resource (or Parameters with resource and profile; or ?profile=), or GET/POST /fhir/<Type>/<id>/$validate for a stored resource the caller may read: checked against the profiles the operator loaded (profile_packages), by default those it claims, else the type's JP Core base profile. Answers an OperationOutcome, one issue per finding."
             }]
         }]
     })

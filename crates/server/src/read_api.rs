@@ -118,6 +118,28 @@ pub(crate) async fn read(
     resource_response(&resource, headers, &reduction)
 }
 
+/// `[type]/[id]/$validate`: the stored resource, read as a read is (same access, same audit),
+/// checked against the loaded profiles ([`crate::validation::validate_stored`]).
+pub(crate) async fn validate_stored(
+    state: &AppState,
+    caller: &Caller,
+    resource_type: &str,
+    id: &str,
+    pairs: &[(String, String)],
+) -> Result<Response, ApiError> {
+    caller.require(resource_type, Interaction::Read)?;
+    let Some(resource) = state.store.read(&caller.access, resource_type, id).await? else {
+        return Err(ApiError::not_found(format!(
+            "{resource_type}/{id} is not known"
+        )));
+    };
+    caller.touch([&resource]);
+    if resource.deleted {
+        return Err(ApiError::gone(format!("{resource_type}/{id} was deleted")));
+    }
+    crate::validation::validate_stored(&state.settings.profiles, &resource, pairs)
+}
+
 /// How a read is reduced: `_elements` and `_summary` apply to read and vread as to search.
 pub(crate) struct Reduction {
     elements: Option<Vec<String>>,

@@ -319,6 +319,9 @@ pub(crate) async fn instance_operation(
         (Method::GET | Method::POST, "$everything") if resource_type == "Patient" => {
             everything(&state, &caller, &id, &headers, &pairs).await
         }
+        (Method::GET | Method::POST, "$validate") => {
+            crate::read_api::validate_stored(&state, &caller, &resource_type, &id, &pairs).await
+        }
         (Method::GET | Method::POST, operation) if operation.starts_with('$') => {
             Err(ApiError::not_found(format!(
                 "{operation} is not an operation of {resource_type}"

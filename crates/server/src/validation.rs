@@ -185,8 +185,38 @@ pub(crate) fn validate_operation(
             ),
         ));
     }
+    outcome_of(loaded, resource_type, &resource, &asked)
+}
+
+/// `GET` or `POST [type]/[id]/$validate`: the stored resource (as the caller may read it),
+/// checked against `?profile=` or the profiles it claims, else its type's JP Core base profile.
+pub(crate) fn validate_stored(
+    loaded: &Profiles,
+    resource: &tsunagi_store::StoredResource,
+    pairs: &[(String, String)],
+) -> Result<Response, ApiError> {
+    let value = resource
+        .to_json()?
+        .ok_or_else(|| ApiError::internal("a stored resource without content"))?;
+    let asked: Vec<String> = pairs
+        .iter()
+        .filter(|(name, _)| name == "profile")
+        .map(|(_, value)| value.clone())
+        .collect();
+    outcome_of(loaded, &resource.resource_type, &value, &asked)
+}
+
+/// The OperationOutcome of checking `resource` against the profiles `asked` (or, with none, those
+/// it claims, else its type's base profile).
+fn outcome_of(
+    loaded: &Profiles,
+    resource_type: &str,
+    resource: &Value,
+    asked: &[String],
+) -> Result<Response, ApiError> {
+    let resource = resource.clone();
     let mut chosen: Vec<&Profile> = Vec::new();
-    for url in &asked {
+    for url in asked {
         let profile = loaded.get(url).ok_or_else(|| {
             ApiError::bad_request(
                 "not-supported",

@@ -130,7 +130,29 @@ async fn operations_that_change_nothing_take_post_with_parameters_or_a_form() {
     )
     .await;
     assert_eq!(plain.status, 415);
-    // $validate still needs the resource: GET says how to call it.
+    // $validate of a stored resource takes GET or POST, read as a read is.
+    let stored = get(addr, "/fhir/Patient/p1/$validate").await;
+    assert_eq!(stored.status, 200);
+    let said = stored.json();
+    assert_eq!(said["resourceType"], "OperationOutcome");
+    assert_eq!(said["issue"][0]["severity"], "information");
+    let unknown_profile = request(
+        addr,
+        "POST",
+        "/fhir/Patient/p1/$validate",
+        &[FHIR_JSON],
+        &json!({"resourceType": "Parameters", "parameter": [
+            {"name": "profile", "valueCanonical": "http://example.org/StructureDefinition/nothing"}
+        ]})
+        .to_string(),
+    )
+    .await;
+    assert_eq!(unknown_profile.status, 400);
+    assert_eq!(
+        get(addr, "/fhir/Patient/nobody/$validate").await.status,
+        404
+    );
+    // Type-level $validate needs the resource: GET says how to call it.
     let validate = get(addr, "/fhir/Patient/$validate").await;
     assert_eq!(validate.status, 400);
     assert!(
