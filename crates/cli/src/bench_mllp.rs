@@ -16,7 +16,7 @@ use tsunagi_hl7v2::{Message, ack::read_ack};
 use tsunagi_mllp::client::Connection;
 use tsunagi_store::MessageLog;
 
-use crate::commands;
+use crate::serve;
 
 const TARGET_MESSAGES_PER_SECOND: f64 = 5_000.0;
 
@@ -178,7 +178,7 @@ pub(crate) async fn mllp(
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
     let store =
         Arc::new(tsunagi_store_sqlite::SqliteStore::open(&url, Arc::new(SystemClock)).await?);
-    let feeds = Feeds::new(vec![commands::synthetic_feed(&hospital)?]);
+    let feeds = Feeds::new(vec![serve::synthetic_feed(&hospital)?]);
     let intake = Intake::start(
         store.clone(),
         Arc::new(feeds),

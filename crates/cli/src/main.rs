@@ -21,12 +21,14 @@ mod bench_outbound;
 mod bench_search;
 mod commands;
 mod config;
+mod demo;
 mod limits;
 mod outbox;
 mod packages;
 mod progress;
 mod quarantine;
 mod registry;
+mod serve;
 mod standin;
 mod tables;
 
@@ -350,7 +352,7 @@ fn main() -> std::process::ExitCode {
                 mllp_listen,
                 no_serve,
             } => {
-                commands::demo(
+                demo::demo(
                     &dir,
                     patients,
                     (!no_serve).then_some((listen.as_str(), mllp_listen.as_str())),
@@ -389,7 +391,7 @@ fn main() -> std::process::ExitCode {
                 tls_client_ca,
                 mllp_listen,
             } => {
-                commands::serve(commands::ServeFlags {
+                serve::serve(serve::ServeFlags {
                     db,
                     listen,
                     base_url,

@@ -159,8 +159,8 @@ pub(crate) async fn run(action: QuarantineAction, now: i64) -> anyhow::Result<()
             all,
         } => {
             let feeds = match config {
-                Some(path) => crate::commands::feeds_from_config(Some(&Config::load(&path)?))?,
-                None => crate::commands::synthetic_feeds()?,
+                Some(path) => crate::serve::feeds_from_config(Some(&Config::load(&path)?))?,
+                None => crate::serve::synthetic_feeds()?,
             };
             let store = open_store(&db).await?;
             let numbers = match (all, seq.is_empty()) {
