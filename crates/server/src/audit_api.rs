@@ -132,7 +132,7 @@ pub(crate) async fn search(
         write_event(record, &mut out)?;
         out.extend_from_slice(b",\"search\":{\"mode\":\"match\"}}");
     }
-    out.extend_from_slice(b"]}");
+    crate::bundle::close_entries(&mut out);
     Ok(json_response(StatusCode::OK, out))
 }
 

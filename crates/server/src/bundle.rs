@@ -156,3 +156,15 @@ pub(crate) async fn page_keys(
 pub(crate) fn bundle_id(state: &AppState) -> String {
     state.snapshots.new_id()
 }
+
+/// Ends a Bundle whose entries were written after `,"entry":[`: with no entry, the element is
+/// left out (FHIR: never an empty array).
+pub(crate) fn close_entries(out: &mut Vec<u8>) {
+    const OPEN: &[u8] = b",\"entry\":[";
+    if out.ends_with(OPEN) {
+        out.truncate(out.len() - OPEN.len());
+        out.push(b'}');
+    } else {
+        out.extend_from_slice(b"]}");
+    }
+}

@@ -66,10 +66,13 @@ pub fn capability_statement(base_url: &str, date: &str, token_url: &str) -> Valu
             "readHistory": true,
             "updateCreate": false,
             "conditionalRead": "not-match",
-            "searchInclude": includes,
             "searchRevInclude": revincludes,
             "searchParam": params
         });
+        // FHIR has no empty arrays: a type with nothing to include says nothing.
+        if !includes.is_empty() {
+            resource["searchInclude"] = json!(includes);
+        }
         let supported = supported_profiles(resource_type);
         if !supported.is_empty() {
             resource["supportedProfile"] = json!(supported);

@@ -126,6 +126,6 @@ pub(crate) async fn everything(
         }
         write_search_entry(&mut out, &base, resource, "match", None, summary)?;
     }
-    out.extend_from_slice(b"]}");
+    crate::bundle::close_entries(&mut out);
     Ok(json_response(StatusCode::OK, out))
 }

@@ -63,7 +63,7 @@ pub(crate) fn write_history(
             out.extend_from_slice(format!(",\"request\":{{\"method\":\"{method}\",\"url\":\"{request_url}\"}},\"response\":{{\"status\":\"{status}\",\"etag\":\"W/\\\"{}\\\"\",\"lastModified\":\"{}\"}}}}", version.version, format_instant_jst(version.last_updated)).as_bytes());
         }
     }
-    out.extend_from_slice(b"]}");
+    crate::bundle::close_entries(out);
     Ok(())
 }
 

@@ -335,7 +335,7 @@ pub(crate) async fn search_as(
         );
         out.extend_from_slice(b",\"search\":{\"mode\":\"outcome\"}}");
     }
-    out.extend_from_slice(b"]}");
+    crate::bundle::close_entries(&mut out);
     Ok(json_response(StatusCode::OK, out))
 }
 

@@ -222,9 +222,9 @@ pub async fn smart_configuration(State(state): State<Arc<AppState>>) -> Response
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
         "grant_types_supported": ["client_credentials"],
         "scopes_supported": ["system/*.rs", "user/*.rs", "system/*.read", "user/*.read"],
-        "response_types_supported": [],
-        "capabilities": ["client-confidential-asymmetric", "permission-v2", "permission-v1"],
-        "code_challenge_methods_supported": []
+        // Backend services only: no authorize endpoint, so no response types or PKCE methods
+        // are listed (an empty list would be an empty array served).
+        "capabilities": ["client-confidential-asymmetric", "permission-v2", "permission-v1"]
     }))
     .into_response()
 }

@@ -555,3 +555,62 @@ async fn if_modified_since_answers_304_when_nothing_changed() {
     assert_eq!(both.status, 200);
     let _: Value = both.json();
 }
+
+/// Every empty string, array or object in `value`, by path.
+fn empty_values(value: &Value, path: &str, found: &mut Vec<String>) {
+    match value {
+        Value::String(text) if text.is_empty() => found.push(path.to_owned()),
+        Value::Array(items) if items.is_empty() => found.push(path.to_owned()),
+        Value::Object(fields) if fields.is_empty() => found.push(path.to_owned()),
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                empty_values(item, &format!("{path}[{index}]"), found);
+            }
+        }
+        Value::Object(fields) => {
+            for (key, item) in fields {
+                empty_values(item, &format!("{path}.{key}"), found);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn nothing_served_holds_an_empty_value() {
+    let (addr, _store, _dir) = start().await;
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient/p1"}},
+        {"request": {"method": "GET", "url": "Observation?code=nothing"}}
+    ]})
+    .to_string();
+    let empty_batch = json!({"resourceType": "Bundle", "type": "batch"}).to_string();
+    let requests: Vec<(&str, &str, &str)> = vec![
+        ("GET", "/fhir/metadata", ""),
+        ("GET", "/fhir/.well-known/smart-configuration", ""),
+        ("GET", "/fhir/Patient/p1", ""),
+        ("GET", "/fhir/Patient/p1?_summary=true", ""),
+        ("GET", "/fhir/Observation?patient=p1&_count=3", ""),
+        // Searches that find nothing: no `entry: []`.
+        ("GET", "/fhir/Observation?code=nothing", ""),
+        ("GET", "/fhir/Patient/nobody/Observation", ""),
+        ("GET", "/fhir/Observation?colour=blue&code=nothing", ""),
+        ("GET", "/fhir/Patient/p1/$everything", ""),
+        ("GET", "/fhir/Patient/p1/_history", ""),
+        ("GET", "/fhir/Patient/_history?_since=2099-01-01", ""),
+        ("GET", "/fhir/_history?_count=5", ""),
+        ("GET", "/fhir/Observation/$lastn?patient=p1", ""),
+        ("GET", "/fhir/Patient/nobody", ""),
+        ("GET", "/fhir/Patient/p9", ""),
+        ("POST", "/fhir", &batch),
+        ("POST", "/fhir/", &empty_batch),
+    ];
+    for (method, target, body) in requests {
+        let headers: &[(&str, &str)] = if body.is_empty() { &[] } else { &[FHIR_JSON] };
+        let reply = request(addr, method, target, headers, body).await;
+        let value = reply.json();
+        let mut found = Vec::new();
+        empty_values(&value, "$", &mut found);
+        assert!(found.is_empty(), "{method} {target}: {found:?} in {value}");
+    }
+}
