@@ -7,17 +7,12 @@
 
 mod support;
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeMap, path::Path};
 
-use support::{pull, store};
-use tsunagi_hl7v2::charset::Iso2022JpEncoder;
+use support::{pull, rename, store, write};
 use tsunagi_store::Store;
 
 const FACILITY: &str = "0610100010";
-const PATIENT: &str = "1234567";
 
 fn msh(kind: &str, control: &str) -> String {
     format!(
@@ -27,31 +22,6 @@ fn msh(kind: &str, control: &str) -> String {
 
 fn pid() -> String {
     "PID|0001||1234567||日野^入江^^^^^L^I~ヒノ^イリエ^^^^^L^P||19600101|F".to_owned()
-}
-
-fn write(root: &Path, name: &str, segments: &[String]) -> PathBuf {
-    let fields: Vec<&str> = name.split('_').collect();
-    let folder = root
-        .join("123")
-        .join("456")
-        .join(PATIENT)
-        .join(fields[1])
-        .join(fields[2]);
-    std::fs::create_dir_all(&folder).unwrap();
-    let bytes = Iso2022JpEncoder::default()
-        .encode(&(segments.join("\r") + "\r"))
-        .unwrap();
-    let path = folder.join(name);
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
-
-fn rename(path: &Path, flag: char) -> PathBuf {
-    let name = path.file_name().unwrap().to_str().unwrap();
-    let renamed = format!("{}{flag}", &name[..name.len() - 1]);
-    let target = path.with_file_name(renamed);
-    std::fs::rename(path, &target).unwrap();
-    target
 }
 
 fn prescription(control: &str, doses: &[&str]) -> Vec<String> {

@@ -9,40 +9,14 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
-use support::{pull, store};
+use support::{PATIENT, pull, rename, store, write};
 use tsunagi_core::ids::logical_id;
-use tsunagi_hl7v2::charset::Iso2022JpEncoder;
 use tsunagi_store::{Access, Store};
 
 const FACILITY: &str = "0610100010";
-const PATIENT: &str = "1234567";
-
-fn write(root: &Path, name: &str, segments: &[String]) -> PathBuf {
-    let fields: Vec<&str> = name.split('_').collect();
-    let folder = root
-        .join("123")
-        .join("456")
-        .join(PATIENT)
-        .join(fields[1])
-        .join(fields[2]);
-    std::fs::create_dir_all(&folder).unwrap();
-    let bytes = Iso2022JpEncoder::default()
-        .encode(&(segments.join("\r") + "\r"))
-        .unwrap();
-    let path = folder.join(name);
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
-
-fn rename(path: &Path, flag: char) -> PathBuf {
-    let name = path.file_name().unwrap().to_str().unwrap();
-    let target = path.with_file_name(format!("{}{flag}", &name[..name.len() - 1]));
-    std::fs::rename(path, &target).unwrap();
-    target
-}
 
 /// One ADT message: MSH-9, control id, EVN-6, PV1 fields 3/6/19/44/45, PV2-8/9.
 struct Event<'a> {

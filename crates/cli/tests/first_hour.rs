@@ -54,26 +54,6 @@ fn json_of(answer: &str) -> Value {
     serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap()
 }
 
-/// Every empty string, array or object in `value`, by path.
-fn empties(value: &Value, path: &str, found: &mut Vec<String>) {
-    match value {
-        Value::String(text) if text.is_empty() => found.push(path.to_owned()),
-        Value::Array(items) if items.is_empty() => found.push(path.to_owned()),
-        Value::Object(fields) if fields.is_empty() => found.push(path.to_owned()),
-        Value::Array(items) => {
-            for (index, item) in items.iter().enumerate() {
-                empties(item, &format!("{path}[{index}]"), found);
-            }
-        }
-        Value::Object(fields) => {
-            for (key, item) in fields {
-                empties(item, &format!("{path}.{key}"), found);
-            }
-        }
-        _ => {}
-    }
-}
-
 #[test]
 fn serve_without_base_url_names_the_origin_it_listens_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -178,8 +158,7 @@ fn an_operators_audit_events_hold_no_empty_values() {
     assert!(!events.is_empty());
     for event in &events {
         assert_eq!(event["resourceType"], "AuditEvent");
-        let mut found = Vec::new();
-        empties(event, "AuditEvent", &mut found);
+        let found = tsunagi_fhir::json::empty_values(event, "AuditEvent");
         assert!(found.is_empty(), "{found:?} in {event}");
         assert!(event["agent"].as_array().is_some_and(|a| !a.is_empty()));
     }

@@ -115,6 +115,32 @@ fn write_entry(
     write_value(value, out)
 }
 
+/// Every empty string, array or object in `value`, by path from `root` (FHIR forbids all three:
+/// an element is absent or has a value).
+pub fn empty_values(value: &Value, root: &str) -> Vec<String> {
+    fn walk(value: &Value, path: &str, found: &mut Vec<String>) {
+        match value {
+            Value::String(text) if text.is_empty() => found.push(path.to_owned()),
+            Value::Array(items) if items.is_empty() => found.push(path.to_owned()),
+            Value::Object(fields) if fields.is_empty() => found.push(path.to_owned()),
+            Value::Array(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    walk(item, &format!("{path}[{index}]"), found);
+                }
+            }
+            Value::Object(fields) => {
+                for (key, item) in fields {
+                    walk(item, &format!("{path}.{key}"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    walk(value, root, &mut found);
+    found
+}
+
 /// Removes empty strings, arrays and objects, innermost first (FHIR: an element is absent or
 /// has a value; `""`, `[]` and `{}` are never valid).
 pub fn prune_empty(value: &mut Value) {

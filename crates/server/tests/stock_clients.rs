@@ -556,26 +556,6 @@ async fn if_modified_since_answers_304_when_nothing_changed() {
     let _: Value = both.json();
 }
 
-/// Every empty string, array or object in `value`, by path.
-fn empty_values(value: &Value, path: &str, found: &mut Vec<String>) {
-    match value {
-        Value::String(text) if text.is_empty() => found.push(path.to_owned()),
-        Value::Array(items) if items.is_empty() => found.push(path.to_owned()),
-        Value::Object(fields) if fields.is_empty() => found.push(path.to_owned()),
-        Value::Array(items) => {
-            for (index, item) in items.iter().enumerate() {
-                empty_values(item, &format!("{path}[{index}]"), found);
-            }
-        }
-        Value::Object(fields) => {
-            for (key, item) in fields {
-                empty_values(item, &format!("{path}.{key}"), found);
-            }
-        }
-        _ => {}
-    }
-}
-
 #[tokio::test]
 async fn nothing_served_holds_an_empty_value() {
     let (addr, _store, _dir) = start().await;
@@ -609,8 +589,7 @@ async fn nothing_served_holds_an_empty_value() {
         let headers: &[(&str, &str)] = if body.is_empty() { &[] } else { &[FHIR_JSON] };
         let reply = request(addr, method, target, headers, body).await;
         let value = reply.json();
-        let mut found = Vec::new();
-        empty_values(&value, "$", &mut found);
+        let found = tsunagi_fhir::json::empty_values(&value, "$");
         assert!(found.is_empty(), "{method} {target}: {found:?} in {value}");
     }
 }

@@ -158,32 +158,7 @@ pub fn check_against_profile(resource: &Value, definition: &Value) -> Vec<String
         .collect()
 }
 
-/// Every empty string, array or object in `value`, by path (FHIR forbids all three: an element
-/// is absent or has a value).
+/// Every empty string, array or object in a resource, by path (FHIR forbids all three).
 pub fn empty_values(value: &Value) -> Vec<String> {
-    fn walk(value: &Value, path: &str, found: &mut Vec<String>) {
-        match value {
-            Value::String(text) if text.is_empty() => found.push(path.to_owned()),
-            Value::Array(items) if items.is_empty() => found.push(path.to_owned()),
-            Value::Object(fields) if fields.is_empty() => found.push(path.to_owned()),
-            Value::Array(items) => {
-                for (index, item) in items.iter().enumerate() {
-                    walk(item, &format!("{path}[{index}]"), found);
-                }
-            }
-            Value::Object(fields) => {
-                for (key, item) in fields {
-                    walk(item, &format!("{path}.{key}"), found);
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut found = Vec::new();
-    walk(
-        value,
-        value["resourceType"].as_str().unwrap_or("$"),
-        &mut found,
-    );
-    found
+    tsunagi_fhir::json::empty_values(value, value["resourceType"].as_str().unwrap_or("$"))
 }
