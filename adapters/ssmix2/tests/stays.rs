@@ -328,3 +328,42 @@ async fn a_cancelled_admission_undoes_the_admission_only() {
         .unwrap();
     assert_eq!(v2["status"], "cancelled");
 }
+
+#[tokio::test]
+async fn a_version_that_moves_its_visit_number_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("storage");
+    let store = store(dir.path()).await;
+    patient_record(&root);
+    // Two versions of one admission record, read in one pull: the older names visit V1, the
+    // newer (the correction) V2.
+    let older = write(
+        &root,
+        "1234567_20240410_ADT-22_999999999999999_20240410093000000_01_1",
+        &message(&event("ADT^A01^ADT_A01", "M1", "202404100930")),
+    );
+    rename(&older, '2');
+    write(
+        &root,
+        "1234567_20240410_ADT-22_999999999999999_20240410100000000_01_1",
+        &message(&Event {
+            visit: "V2",
+            ..event("ADT^A01^ADT_A01", "M2", "202404101000")
+        }),
+    );
+    let report = pull(store.clone(), FACILITY, vec![root.clone()]).await;
+    assert!(report.rejected.is_empty(), "{:#?}", report.rejected);
+    let all = encounters(store.as_ref()).await;
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0]["id"], stay_id("V2").as_str());
+    // No part of V1 is left to come back: a later event of V1 folds from itself alone.
+    let parts = store
+        .checkpoints(&format!(
+            "{}Encounter/{}",
+            tsunagi_store::contributions::PART_SCOPE,
+            stay_id("V1")
+        ))
+        .await
+        .unwrap();
+    assert!(parts.iter().all(|(_, value)| value.is_empty()), "{parts:?}");
+}

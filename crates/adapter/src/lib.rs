@@ -63,6 +63,13 @@ pub const KEPT_WARNINGS: usize = 50;
 /// How many files a warning kind names.
 pub const KEPT_SOURCES: usize = 3;
 
+/// How many kinds a report tells apart; warnings of further kinds are counted under one last
+/// kind, so a source that words every warning differently cannot grow the report without bound.
+pub const KEPT_KINDS: usize = 100;
+
+/// The kind further kinds are counted under once [`KEPT_KINDS`] are known.
+pub const OTHER_KINDS: &str = "(warnings of further kinds)";
+
 /// The kind of a warning: quoted values and line numbers replaced by `…`, so that the same
 /// deviation in many files is one kind.
 pub fn warning_kind(text: &str) -> String {
@@ -144,7 +151,12 @@ impl PullReport {
         if self.warnings.len() < KEPT_WARNINGS {
             self.warnings.push(format!("{source}: {text}"));
         }
-        let kind = warning_kind(text);
+        let mut kind = warning_kind(text);
+        if self.warning_kinds.len() >= KEPT_KINDS
+            && !self.warning_kinds.iter().any(|known| known.kind == kind)
+        {
+            kind = OTHER_KINDS.to_owned();
+        }
         match self
             .warning_kinds
             .iter_mut()
@@ -248,5 +260,13 @@ mod tests {
         assert_eq!(report.warning_kinds[0].count, 4);
         assert_eq!(report.warning_kinds[0].first, ["a", "b", "c"]);
         assert_eq!(report.warnings[0], "a: PID-3 \"a\" differs");
+        // Kinds are bounded: the rest are counted together.
+        let mut flood = PullReport::default();
+        for n in 0..(KEPT_KINDS + 50) {
+            flood.warn("f", &format!("kind {n} of its own"));
+        }
+        assert_eq!(flood.warning_kinds.len(), KEPT_KINDS + 1);
+        let other = flood.warning_kinds.last().unwrap();
+        assert_eq!((other.kind.as_str(), other.count), (OTHER_KINDS, 50));
     }
 }

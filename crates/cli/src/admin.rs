@@ -308,18 +308,7 @@ async fn set_reports_for(
     facilities: &[String],
     now: i64,
 ) -> anyhow::Result<()> {
-    let lab = store
-        .facilities()
-        .await?
-        .into_iter()
-        .find(|facility| facility.code == code)
-        .with_context(|| format!("no facility {code}"))?;
-    if !matches!(lab.kind.as_str(), "lab-company" | "lab-centre") {
-        bail!(
-            "facility {code} is a {}: only a lab-company or lab-centre reports results for others",
-            lab.kind
-        );
-    }
+    // The store checks that `code` is a lab and that every facility is registered.
     store.set_lab_reports_for(code, facilities).await?;
     store
         .append_audit(&[operator_event("facility-reports-for", code, None, now)])
@@ -329,6 +318,9 @@ async fn set_reports_for(
     } else {
         println!("lab {code} reports for {}", facilities.join(", "));
     }
+    println!(
+        "  POST /fhir reads this from the next request; HL7 v2 feeds ([[hl7v2]]) when serve next starts"
+    );
     Ok(())
 }
 
@@ -371,6 +363,11 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                 }
                 if !FACILITY_KINDS.contains(&kind.as_str()) {
                     bail!("--kind {kind:?}: one of {}", FACILITY_KINDS.join(", "));
+                }
+                if !reports_for.is_empty() && !tsunagi_store::governance::reports_results(&kind) {
+                    bail!(
+                        "--reports-for: only a lab-company or lab-centre reports results for others"
+                    );
                 }
                 let store = open_store(&db).await?;
                 store

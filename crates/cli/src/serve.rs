@@ -127,6 +127,8 @@ impl MllpSetup {
 
 /// `POST /hl7v2` into the feed intake: the sender is the token's system client. Its feeds also
 /// tell which lab a client posts FHIR results for (`POST /fhir`).
+/// The intake behind `POST /hl7v2`, and the feeds as `tsunagi.toml` configures them (without the
+/// directory's reporting, which `POST /fhir` reads per request).
 pub(crate) struct HttpIntake(Intake, Arc<Feeds>);
 
 #[async_trait::async_trait]
@@ -456,6 +458,8 @@ pub(crate) async fn serve_store(
         };
         let senders = mllp.feeds.all().len();
         let mut feeds = mllp.feeds;
+        // `POST /fhir` reads the directory per request; it joins only what the file says.
+        let configured = Arc::new(feeds.clone());
         // Which facilities a lab reports for is the directory's record (`admin facility
         // reports-for`), joined to what [[hl7v2]] reports_for says; read at start.
         let labs: Vec<String> = feeds
@@ -479,7 +483,7 @@ pub(crate) async fn serve_store(
             Arc::new(SystemClock),
             IntakeOptions::default(),
         );
-        http_intake = Some((intake.clone(), feeds));
+        http_intake = Some((intake.clone(), configured));
         if let Some(address) = &mllp.address {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
@@ -527,8 +531,8 @@ pub(crate) async fn serve_store(
     store.start_serving().await?;
     let state =
         tsunagi_server::AppState::new(store.clone(), store, Arc::new(SystemClock), settings, keys);
-    if let Some((intake, feeds)) = http_intake {
-        state.set_intake(Arc::new(HttpIntake(intake, feeds)));
+    if let Some((intake, configured)) = http_intake {
+        state.set_intake(Arc::new(HttpIntake(intake, configured)));
     }
     let (stop, stopping) = tokio::sync::watch::channel(());
     tokio::spawn(async move {

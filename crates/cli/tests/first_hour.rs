@@ -29,8 +29,14 @@ impl Drop for Serving {
 
 /// `tsunagi serve --db db --listen 127.0.0.1:0` (no --base-url): the child and its address.
 fn serve(db: &str) -> (Serving, String) {
+    serve_with(db, &[])
+}
+
+/// `serve` with further arguments (a `--config`, say).
+fn serve_with(db: &str, extra: &[&str]) -> (Serving, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tsunagi"))
         .args(["serve", "--db", db, "--listen", "127.0.0.1:0"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -184,6 +190,18 @@ fn storage_with_patient(root: &std::path::Path) {
 
 #[test]
 fn a_lab_that_only_posts_fhir_needs_no_hl7v2_section() {
+    lab_reports_from_the_directory(false);
+}
+
+#[test]
+fn a_lab_with_an_hl7v2_section_reads_the_directory_per_request_too() {
+    lab_reports_from_the_directory(true);
+}
+
+/// The directory says which facilities the lab reports for, and `POST /fhir` reads it per
+/// request: listed, a result is taken; no longer listed, refused — with or without an
+/// `[[hl7v2]]` section for the lab (its own `reports_for` left empty).
+fn lab_reports_from_the_directory(with_hl7v2_section: bool) {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("lab.db").display());
     add_facility(&db, HOSPITAL, "荘内病院", "hospital");
@@ -226,8 +244,21 @@ fn a_lab_that_only_posts_fhir_needs_no_hl7v2_section() {
         HOSPITAL,
         root.to_str().unwrap(),
     ]);
-    // No --config, so no [[hl7v2]] section at all.
-    let (_serving, address) = serve(&db);
+    let config = dir.path().join("tsunagi.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\n[store]\nurl = \"{db}\"\n[[hl7v2]]\nfacility = \"{LAB}\"\nsending_facility = \"LAB\"\nclients = [\"client-lab\"]\n"
+        ),
+    )
+    .unwrap();
+    let config_flag = ["--config", config.to_str().unwrap()];
+    let (_serving, address) = if with_hl7v2_section {
+        serve_with(&db, &config_flag)
+    } else {
+        // No --config, so no [[hl7v2]] section at all.
+        serve(&db)
+    };
     // Reading alone does not write results: the token must carry the create scopes.
     let reader = ok(&[
         "token",

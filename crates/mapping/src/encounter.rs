@@ -137,13 +137,15 @@ pub(crate) fn encounter(builder: &mut Builder<'_, '_>) -> Result<(), MapError> {
     }
     // When the event happened, for ordering a visit's events: the event's own time, else the
     // admission or discharge it records, else when it was recorded.
-    let at = event_time
-        .or_else(|| match trigger.as_str() {
-            "A03" | "A13" => discharge.clone(),
-            _ => admit.clone(),
-        })
-        .or_else(|| evn.and_then(|evn| builder.datetime(evn, 2)))
-        .unwrap_or_default();
+    let recorded = evn.and_then(|evn| builder.datetime(evn, 2));
+    let at = match trigger.as_str() {
+        // A plan happens when it is made; PV2-8 is when the admission is expected.
+        "A14" | "A27" => recorded.clone().or(event_time),
+        "A01" | "A11" | "A04" => admit.clone().or(event_time).or(recorded.clone()),
+        "A03" | "A13" => discharge.clone().or(event_time).or(recorded.clone()),
+        _ => event_time.or(recorded.clone()).or_else(|| admit.clone()),
+    }
+    .unwrap_or_default();
     let part = Obj::new()
         .put("kind", builder.context.data_type.code())
         .put("trigger", trigger.as_str())

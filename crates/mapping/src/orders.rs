@@ -228,7 +228,7 @@ fn emit_service_request(builder: &mut Builder<'_, '_>, order: Order) {
         Some(code) => code,
         None => {
             builder.warn(format!(
-                "order {} (ORC line {}) has no OBR-4 procedure code",
+                "order {:?} (ORC line {}) has no OBR-4 procedure code",
                 order.placer, order.orc_line
             ));
             json!({"text": "不明"})

@@ -38,9 +38,12 @@ pub fn fold(parts: &[Value]) -> Option<Value> {
     let mut last_cancel: Option<&Value> = None;
     for part in ordered {
         if part["cancel"].as_bool().unwrap_or(false) {
+            // A cancel written as its event's record's new version has replaced the event
+            // already; one in a record of its own undoes only the event it names: same folder,
+            // same time. Never another event of that kind.
             if let Some(position) = effective
                 .iter()
-                .rposition(|earlier| earlier["kind"] == part["kind"])
+                .rposition(|earlier| earlier["kind"] == part["kind"] && earlier["at"] == part["at"])
             {
                 effective.remove(position);
             }
@@ -153,7 +156,8 @@ fn order(a: &Value, b: &Value) -> Ordering {
 /// The status the events say, by the rules in the module documentation.
 fn status(effective: &[&Value]) -> &'static str {
     let has = |kind: &str| effective.iter().any(|part| part["kind"] == kind);
-    if has("ADT-52") || has("ADT-12") {
+    // An outpatient visit that took place is over, unless the same visit became a stay.
+    if has("ADT-52") || (has("ADT-12") && !has("ADT-21") && !has("ADT-22")) {
         return "finished";
     }
     let leave = effective
@@ -176,7 +180,8 @@ fn started_status(kind: &str) -> Option<&'static str> {
         "ADT-21" => Some("planned"),
         "ADT-22" | "ADT-32" => Some("in-progress"),
         "ADT-31" => Some("onleave"),
-        "ADT-52" | "ADT-12" => Some("finished"),
+        "ADT-52" => Some("finished"),
+        "ADT-12" => Some("in-progress"),
         _ => None,
     }
 }
@@ -194,8 +199,11 @@ fn status_history(effective: &[&Value]) -> Vec<Value> {
         }
         changes.push((started, at));
     }
+    // Only periods that go forward (FHIR per-1: start before end); a plan's time can lie after
+    // the admission that came early.
     changes
         .windows(2)
+        .filter(|pair| pair[0].1 < pair[1].1)
         .map(|pair| json!({"status": pair[0].0, "period": {"start": pair[0].1, "end": pair[1].1}}))
         .collect()
 }
@@ -233,6 +241,8 @@ fn locations(effective: &[&Value], finished: bool) -> Vec<Value> {
         set(&mut list, place, "active");
     }
     list.into_iter()
+        // A planned transfer that never took place is no place the patient was.
+        .filter(|(_, status)| !(finished && *status == "planned"))
         .map(|(place, status)| {
             let status = if finished && status == "active" {
                 "completed"
@@ -242,4 +252,209 @@ fn locations(effective: &[&Value], finished: bool) -> Vec<Value> {
             json!({"location": {"display": place}, "status": status})
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A part as `encounter` makes it: folder, time, ward (and the ward before), cancel or not.
+    fn part(kind: &str, at: &str, ward: &str, prior: Option<&str>, cancel: bool) -> Value {
+        let mut encounter = json!({
+            "resourceType": "Encounter", "id": "stay",
+            "status": "in-progress",
+            "class": {"code": if kind == "ADT-12" { "AMB" } else { "IMP" }},
+            "subject": {"reference": "Patient/p"},
+            "period": {"start": at}
+        });
+        if kind == "ADT-52" {
+            encounter["period"]["end"] = json!(at);
+        }
+        let mut part = json!({"kind": kind, "at": at, "cancel": cancel, "location": ward,
+            "trigger": "A00", "encounter": encounter});
+        if let Some(prior) = prior {
+            part["prior"] = json!(prior);
+        }
+        part
+    }
+
+    fn wards(encounter: &Value) -> Vec<String> {
+        encounter["location"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|l| {
+                        format!(
+                            "{}:{}",
+                            l["location"]["display"].as_str().unwrap_or(""),
+                            l["status"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn stay() -> Vec<Value> {
+        vec![
+            part(
+                "ADT-21",
+                "2024-04-07T09:00:00+09:00",
+                "31-301-1",
+                None,
+                false,
+            ),
+            part(
+                "ADT-22",
+                "2024-04-10T09:30:00+09:00",
+                "31-301-1",
+                None,
+                false,
+            ),
+            part(
+                "ADT-42",
+                "2024-04-12T10:00:00+09:00",
+                "41-410-2",
+                Some("31-301-1"),
+                false,
+            ),
+            part(
+                "ADT-42",
+                "2024-04-15T10:00:00+09:00",
+                "51-510-1",
+                Some("41-410-2"),
+                false,
+            ),
+            part(
+                "ADT-31",
+                "2024-04-16T10:00:00+09:00",
+                "51-510-1",
+                None,
+                false,
+            ),
+            part(
+                "ADT-32",
+                "2024-04-17T10:00:00+09:00",
+                "51-510-1",
+                None,
+                false,
+            ),
+            part(
+                "ADT-52",
+                "2024-04-20T11:00:00+09:00",
+                "51-510-1",
+                None,
+                false,
+            ),
+        ]
+    }
+
+    #[test]
+    fn the_fold_does_not_depend_on_arrival_order() {
+        let parts = stay();
+        let expected = fold(&parts);
+        // Every rotation and the reverse: the same Encounter.
+        for shift in 0..parts.len() {
+            let mut rotated = parts.clone();
+            rotated.rotate_left(shift);
+            assert_eq!(fold(&rotated), expected, "rotated by {shift}");
+            rotated.reverse();
+            assert_eq!(fold(&rotated), expected, "reversed after {shift}");
+        }
+        let encounter = expected.unwrap();
+        assert_eq!(encounter["status"], "finished");
+        assert_eq!(
+            wards(&encounter),
+            [
+                "31-301-1:completed",
+                "41-410-2:completed",
+                "51-510-1:completed"
+            ]
+        );
+        let history: Vec<&str> = encounter["statusHistory"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            history,
+            ["planned", "in-progress", "onleave", "in-progress"]
+        );
+        for entry in encounter["statusHistory"].as_array().unwrap() {
+            assert!(entry["period"]["start"].as_str() < entry["period"]["end"].as_str());
+        }
+    }
+
+    #[test]
+    fn a_cancel_undoes_only_the_event_it_names() {
+        // The second transfer is cancelled by a message of its own (same folder, same time):
+        // the first transfer stays.
+        let mut parts = stay();
+        parts.truncate(4);
+        parts.push(part(
+            "ADT-42",
+            "2024-04-15T10:00:00+09:00",
+            "51-510-1",
+            Some("41-410-2"),
+            true,
+        ));
+        let encounter = fold(&parts).unwrap();
+        assert_eq!(encounter["status"], "in-progress");
+        assert_eq!(wards(&encounter), ["31-301-1:completed", "41-410-2:active"]);
+        // Only cancels left: the visit is cancelled.
+        let cancelled = fold(&[part(
+            "ADT-22",
+            "2024-04-10T09:30:00+09:00",
+            "31-301-1",
+            None,
+            true,
+        )])
+        .unwrap();
+        assert_eq!(cancelled["status"], "cancelled");
+        assert_eq!(fold(&[]), None);
+    }
+
+    #[test]
+    fn an_outpatient_visit_that_became_a_stay_is_not_finished() {
+        let visit = part("ADT-12", "2024-04-10T09:00:00+09:00", "01", None, false);
+        assert_eq!(
+            fold(std::slice::from_ref(&visit)).unwrap()["status"],
+            "finished"
+        );
+        let admitted = part(
+            "ADT-22",
+            "2024-04-10T11:00:00+09:00",
+            "31-301-1",
+            None,
+            false,
+        );
+        let encounter = fold(&[visit, admitted]).unwrap();
+        assert_eq!(encounter["status"], "in-progress");
+        assert_eq!(encounter["class"]["code"], "IMP");
+    }
+
+    #[test]
+    fn a_plan_later_than_the_admission_makes_no_backward_period() {
+        // Planned for the 12th, admitted early on the 10th: no period ends before it starts.
+        let parts = [
+            part(
+                "ADT-21",
+                "2024-04-12T09:00:00+09:00",
+                "31-301-1",
+                None,
+                false,
+            ),
+            part(
+                "ADT-22",
+                "2024-04-10T09:30:00+09:00",
+                "31-301-1",
+                None,
+                false,
+            ),
+        ];
+        let encounter = fold(&parts).unwrap();
+        assert_eq!(encounter["status"], "in-progress");
+        assert!(encounter.get("statusHistory").is_none(), "{encounter}");
+    }
 }

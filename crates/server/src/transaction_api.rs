@@ -227,6 +227,10 @@ pub(crate) async fn post(
         // Writing results is a create of each type the lab's token must carry
         // (`system/Observation.c`, …), whatever a read scope allows.
         caller.require(resource_type, tsunagi_auth::Interaction::Create)?;
+        // A conditional PUT replaces a result that exists: an update as well.
+        if entry["request"]["method"] == "PUT" {
+            caller.require(resource_type, tsunagi_auth::Interaction::Update)?;
+        }
         let (system, value) = entry_identifier(entry, index)?;
         let id = logical_id(&[&scope.lab, resource_type, &system, &value]);
         if let Some(full_url) = entry["fullUrl"].as_str() {

@@ -213,6 +213,14 @@ impl Governance for SqliteStore {
         .execute(&mut *transaction)
         .await
         .map_err(db_error)?;
+        // Only a lab reports results for others: a facility that is no longer one lists none.
+        if !tsunagi_store::governance::reports_results(&facility.kind) {
+            sqlx::query("DELETE FROM lab_reports WHERE lab = ?1")
+                .bind(&facility.code)
+                .execute(&mut *transaction)
+                .await
+                .map_err(db_error)?;
+        }
         self.project(&mut transaction, projection::facility(facility)?)
             .await?;
         transaction.commit().await.map_err(db_error)?;
@@ -630,20 +638,29 @@ impl Governance for SqliteStore {
         lab: &str,
         facilities: &[String],
     ) -> Result<(), StoreError> {
-        let known: Vec<String> = self
-            .facilities()
-            .await?
-            .into_iter()
-            .map(|f| f.code)
-            .collect();
-        for code in std::iter::once(lab).chain(facilities.iter().map(String::as_str)) {
-            if !known.iter().any(|known| known == code) {
+        let known = self.facilities().await?;
+        match known.iter().find(|facility| facility.code == lab) {
+            Some(facility) if tsunagi_store::governance::reports_results(&facility.kind) => {}
+            Some(facility) => {
+                return Err(StoreError::Invalid(format!(
+                    "facility {lab} is a {}: only a lab-company or lab-centre reports results for others",
+                    facility.kind
+                )));
+            }
+            None => {
+                return Err(StoreError::Invalid(format!(
+                    "facility {lab} is not registered"
+                )));
+            }
+        }
+        for code in facilities {
+            if !known.iter().any(|known| &known.code == code) {
                 return Err(StoreError::Invalid(format!(
                     "facility {code} is not registered"
                 )));
             }
         }
-        let mut transaction = self.pool.begin().await.map_err(db_error)?;
+        let mut transaction = begin(&self.pool).await?;
         sqlx::query("DELETE FROM lab_reports WHERE lab = ?1")
             .bind(lab)
             .execute(&mut *transaction)

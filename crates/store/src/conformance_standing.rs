@@ -224,6 +224,27 @@ pub async fn lab_reports_are_the_directorys_record<S: Governance>(store: &S) {
         .await;
     assert!(unknown.is_err());
     assert_eq!(store.lab_reports_for(LAB).await.unwrap(), [CLINIC]);
+    // Only a lab reports for others; a lab that stops being one lists none.
+    assert!(
+        store
+            .set_lab_reports_for(HOSPITAL, &[CLINIC.to_owned()])
+            .await
+            .is_err()
+    );
     store.set_lab_reports_for(LAB, &[]).await.unwrap();
+    assert!(store.lab_reports_for(LAB).await.unwrap().is_empty());
+    store
+        .set_lab_reports_for(LAB, &[HOSPITAL.to_owned()])
+        .await
+        .unwrap();
+    store
+        .put_facility(&Facility {
+            code: LAB.into(),
+            name: LAB.into(),
+            kind: "clinic".into(),
+            active: true,
+        })
+        .await
+        .unwrap();
     assert!(store.lab_reports_for(LAB).await.unwrap().is_empty());
 }

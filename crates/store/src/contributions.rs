@@ -72,13 +72,19 @@ type Overlay = BTreeMap<String, BTreeMap<String, Option<Vec<u8>>>>;
 
 /// Completes `batch` with the folded resources of every target its records' parts touch, and
 /// with the bookkeeping rows (withdrawn parts, the per-record index). See the module docs.
+///
+/// A part that cannot be read (not JSON) is left out of its fold rather than failing the batch:
+/// one damaged row must not stop a facility's intake.
 pub async fn settle<S: Store + ?Sized>(
     store: &S,
     mut batch: Batch,
     fold: &dyn Fold,
 ) -> Result<Batch, StoreError> {
-    // What each touched record contributes after the batch, in operation order.
+    // What each touched record contributes after the batch: its declarations after its last
+    // replacement or deletion in the batch. `ever` keeps every target a record declared anywhere
+    // in the batch, so that what an earlier version of it declared is withdrawn too.
     let mut declared: Overlay = BTreeMap::new();
+    let mut ever: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for operation in &batch.operations {
         match operation {
             Operation::ReplaceSource { source_key, .. }
@@ -89,6 +95,9 @@ pub async fn settle<S: Store + ?Sized>(
             }
             Operation::PutCheckpoint { scope, key, value } => {
                 if let Some(target) = scope.strip_prefix(PART_SCOPE) {
+                    ever.entry(key.clone())
+                        .or_default()
+                        .insert(target.to_owned());
                     declared.entry(key.clone()).or_default().insert(
                         target.to_owned(),
                         (!value.is_empty()).then(|| value.clone()),
@@ -104,16 +113,23 @@ pub async fn settle<S: Store + ?Sized>(
     let mut targets: BTreeSet<String> = BTreeSet::new();
     let mut extra = Vec::new();
     for (source, parts) in &mut declared {
-        let before: Vec<String> = store
+        let indexed: BTreeSet<String> = store
             .checkpoints(&format!("{INDEX_SCOPE}{source}"))
             .await?
             .into_iter()
             .filter(|(_, value)| !value.is_empty())
             .map(|(target, _)| target)
             .collect();
+        let before: BTreeSet<String> = indexed
+            .iter()
+            .chain(ever.get(source).into_iter().flatten())
+            .cloned()
+            .collect();
         for target in &before {
-            if !parts.contains_key(target) {
-                // Contributed before, not now: its part is withdrawn.
+            let withdrawn = !matches!(parts.get(target), Some(Some(_)));
+            if withdrawn {
+                // Contributed before (stored, or by an earlier version in this batch), not now:
+                // its part row is emptied, after anything the batch wrote to it.
                 parts.insert(target.clone(), None);
                 extra.push(Operation::PutCheckpoint {
                     scope: format!("{PART_SCOPE}{target}"),
@@ -123,8 +139,7 @@ pub async fn settle<S: Store + ?Sized>(
             }
         }
         for (target, part) in parts.iter() {
-            let indexed = before.contains(target);
-            if part.is_some() != indexed {
+            if part.is_some() != indexed.contains(target) {
                 extra.push(Operation::PutCheckpoint {
                     scope: format!("{INDEX_SCOPE}{source}"),
                     key: target.clone(),
@@ -140,9 +155,7 @@ pub async fn settle<S: Store + ?Sized>(
     }
     for target in targets {
         let Some((resource_type, id)) = target.split_once('/') else {
-            return Err(StoreError::Invalid(format!(
-                "a contribution names {target}, not Type/id"
-            )));
+            continue;
         };
         let mut parts: BTreeMap<String, Vec<u8>> = store
             .checkpoints(&format!("{PART_SCOPE}{target}"))
@@ -155,37 +168,47 @@ pub async fn settle<S: Store + ?Sized>(
                 Some(Some(part)) => {
                     parts.insert(source.clone(), part.clone());
                 }
+                // Withdrawn, or a part row its record's index does not know (a touched record
+                // contributes exactly what it declared): gone, and its row emptied.
                 Some(None) => {
                     parts.remove(source);
                 }
-                None if contributed.is_empty() || !parts.contains_key(source) => {}
-                // Replaced or deleted in this batch without declaring this target again.
                 None => {
-                    parts.remove(source);
+                    if parts.remove(source).is_some() {
+                        extra.push(Operation::PutCheckpoint {
+                            scope: format!("{PART_SCOPE}{target}"),
+                            key: source.clone(),
+                            value: Vec::new(),
+                        });
+                    }
                 }
             }
         }
         let mut facility = None;
         let mut values = Vec::with_capacity(parts.len());
         for bytes in parts.values() {
-            let stored: Value = serde_json::from_slice(bytes).map_err(|error| {
-                StoreError::Corrupt(format!("a part of {target} is not JSON: {error}"))
-            })?;
+            let Ok(stored) = serde_json::from_slice::<Value>(bytes) else {
+                continue;
+            };
             if facility.is_none() {
                 facility = stored["facility"].as_str().map(str::to_owned);
             }
             values.push(stored["part"].clone());
         }
         let source_key = format!("{FOLD_SOURCE}{target}");
-        match (fold.fold(resource_type, id, &values), facility) {
-            (Some(resource), Some(facility)) => {
-                extra.push(Operation::ReplaceSource {
-                    source_key,
-                    facility,
-                    resources: vec![ResourceWrite::from_json(resource_type, id, &resource)?],
-                });
+        match fold.fold(resource_type, id, &values).zip(facility) {
+            Some((resource, facility)) => {
+                // A fold the store cannot take keeps what was folded before, rather than
+                // failing every later batch of the facility.
+                if let Ok(write) = ResourceWrite::from_json(resource_type, id, &resource) {
+                    extra.push(Operation::ReplaceSource {
+                        source_key,
+                        facility,
+                        resources: vec![write],
+                    });
+                }
             }
-            _ => extra.push(Operation::DeleteSource { source_key }),
+            None => extra.push(Operation::DeleteSource { source_key }),
         }
     }
     batch.operations.append(&mut extra);

@@ -45,6 +45,11 @@ pub struct Facility {
     pub active: bool,
 }
 
+/// Whether facilities of `kind` report results for others (lab companies and lab centres).
+pub fn reports_results(kind: &str) -> bool {
+    matches!(kind, "lab-company" | "lab-centre")
+}
+
 /// The facility kinds the directory accepts.
 pub const FACILITY_KINDS: &[&str] = &[
     "hospital",

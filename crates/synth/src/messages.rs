@@ -552,6 +552,7 @@ impl<'p> Chart<'p> {
                 millis: rng.below(1000) as u32,
             };
             self.outpatient_visit(rng, writer, when)?;
+            self.visit.clear();
         }
         if rng.chance(20) {
             let admit = When {
@@ -559,6 +560,7 @@ impl<'p> Chart<'p> {
                 ..when
             };
             self.inpatient_stay(rng, writer, admit)?;
+            self.visit.clear();
         }
         if rng.chance(70) {
             self.problem_list(rng, writer, when)?;

@@ -164,7 +164,7 @@ pub fn register_lab(db: &str, code: &str) {
 
 /// What a lab company's client may do: read, and create its results.
 pub const LAB_SCOPE: &str =
-    "system/*.rs system/DiagnosticReport.c system/Observation.c system/Specimen.c";
+    "system/*.rs system/DiagnosticReport.cu system/Observation.cu system/Specimen.cu";
 
 /// The JP Core package beside the checkout (`../shared`), as an operator's
 /// `[server] profile_packages` names it.
