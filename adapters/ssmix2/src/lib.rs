@@ -47,6 +47,11 @@ use crate::{
     walk::FoundFile,
 };
 
+/// The generation of what the mapping makes of a file. Raise it when the same file maps to
+/// different resources (2: one Encounter per visit, issue 18), and every storage pulled under
+/// an older generation is read again in full on its next pull.
+pub const MAPPING_GENERATION: &str = "2";
+
 /// Configuration of one SS-MIX2 source.
 #[derive(Debug, Clone)]
 pub struct Ssmix2Config {
@@ -409,8 +414,31 @@ impl PullAdapter for Ssmix2Adapter {
             facility: facility.clone(),
             ..PullReport::default()
         };
+        // A storage pulled under another mapping generation is read again in full, once, so
+        // that what the mapping now makes of unchanged files replaces what it made before.
+        let generation_scope = format!("ssmix2:{facility}:mapping");
+        let stored_generation = context
+            .store
+            .checkpoint(&generation_scope, "generation")
+            .await?;
+        let pulled_before = !context
+            .store
+            .checkpoints(&digest_scope(&facility))
+            .await?
+            .is_empty();
+        let remap =
+            pulled_before && stored_generation.as_deref() != Some(MAPPING_GENERATION.as_bytes());
+        if remap && !config.full {
+            report.warn(
+                &facility,
+                &format!(
+                    "the mapping changed since this storage was last pulled (generation \"{MAPPING_GENERATION}\"): every file is read again, once"
+                ),
+            );
+        }
+        let full = config.full || remap;
 
-        let digests: HashMap<String, u64> = if config.full {
+        let digests: HashMap<String, u64> = if full {
             HashMap::new()
         } else {
             context
@@ -482,7 +510,7 @@ impl PullAdapter for Ssmix2Adapter {
                 tables: config.tables.clone(),
                 store: context.store.clone(),
                 handle: Handle::current(),
-                full: config.full,
+                full,
             };
             worker_handles.push(tokio::task::spawn_blocking(move || {
                 loop {
@@ -590,6 +618,17 @@ impl PullAdapter for Ssmix2Adapter {
         report.files_seen += unchanged_files;
         report.files_skipped_unchanged += unchanged_files;
         report.rejected.sort_by(|a, b| a.source.cmp(&b.source));
+        // Only a pull that went through records the generation it mapped with.
+        context
+            .store
+            .apply(Batch {
+                operations: vec![Operation::PutCheckpoint {
+                    scope: generation_scope,
+                    key: "generation".to_owned(),
+                    value: MAPPING_GENERATION.as_bytes().to_vec(),
+                }],
+            })
+            .await?;
         Ok(report)
     }
 }

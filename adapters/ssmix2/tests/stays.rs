@@ -367,3 +367,55 @@ async fn a_version_that_moves_its_visit_number_leaves_nothing_behind() {
         .unwrap();
     assert!(parts.iter().all(|(_, value)| value.is_empty()), "{parts:?}");
 }
+
+#[tokio::test]
+async fn a_storage_pulled_under_the_old_mapping_is_read_again_once() {
+    use tsunagi_store::{Batch, Operation, ResourceWrite};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("storage");
+    let store = store(dir.path()).await;
+    patient_record(&root);
+    let records = stay_records();
+    write(&root, &records[1].0, &records[1].1);
+    pull(store.clone(), FACILITY, vec![root.clone()]).await;
+    // As the previous build left it: an Encounter per record under the admission record's
+    // source key, and no mapping generation recorded.
+    let source_key = format!("ssmix2:{FACILITY}:{PATIENT}:20240410:ADT-22:999999999999999");
+    let old_id = "0610100010.1234567.20240410.ADT-22.999999999999999";
+    let old = serde_json::json!({"resourceType": "Encounter", "id": old_id, "status": "arrived",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+        "subject": {"reference": format!("Patient/{FACILITY}.{PATIENT}")}});
+    store
+        .apply(Batch {
+            operations: vec![
+                Operation::ReplaceSource {
+                    source_key,
+                    facility: FACILITY.to_owned(),
+                    resources: vec![ResourceWrite::from_json("Encounter", old_id, &old).unwrap()],
+                },
+                Operation::PutCheckpoint {
+                    scope: format!("ssmix2:{FACILITY}:mapping"),
+                    key: "generation".to_owned(),
+                    value: b"1".to_vec(),
+                },
+            ],
+        })
+        .await
+        .unwrap();
+    assert_eq!(encounters(store.as_ref()).await.len(), 2);
+    // The next pull reads every file again, once: the per-record Encounter is gone.
+    let again = pull(store.clone(), FACILITY, vec![root.clone()]).await;
+    assert!(again.files_read >= 2, "{again:#?}");
+    assert!(
+        again
+            .warning_kinds
+            .iter()
+            .any(|kind| kind.kind.starts_with("the mapping changed")),
+        "{again:#?}"
+    );
+    let left = encounters(store.as_ref()).await;
+    assert_eq!(left.len(), 1, "{left:#?}");
+    assert_eq!(left[0]["id"], stay_id("V1").as_str());
+    let third = pull(store.clone(), FACILITY, vec![root.clone()]).await;
+    assert_eq!(third.files_read, 0, "read again only once: {third:#?}");
+}
