@@ -56,6 +56,22 @@ fn serve_with(db: &str, extra: &[&str]) -> (Serving, String) {
     (Serving(child), address)
 }
 
+/// `tsunagi token issue` for the lab's client `client-lab` with `scope` (and further flags).
+fn lab_token(db: &str, scope: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "token",
+        "issue",
+        "--db",
+        db,
+        "--system",
+        "client-lab",
+        "--scope",
+        scope,
+    ];
+    args.extend_from_slice(extra);
+    ok(&args)
+}
+
 fn json_of(answer: &str) -> Value {
     serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap()
 }
@@ -94,16 +110,7 @@ fn serve_without_base_url_names_the_origin_it_listens_on() {
     );
 
     // `token issue` without --origin names the origin `serve` recorded in the store.
-    let token = ok(&[
-        "token",
-        "issue",
-        "--db",
-        &db,
-        "--system",
-        "client-lab",
-        "--scope",
-        "system/*.rs",
-    ]);
+    let token = lab_token(&db, "system/*.rs", &[]);
     let (status, answer) = http(
         &address,
         "GET",
@@ -115,18 +122,7 @@ fn serve_without_base_url_names_the_origin_it_listens_on() {
     .unwrap();
     assert_eq!(status, 200, "{answer}");
     // A token for another origin is refused, and says why.
-    let elsewhere = ok(&[
-        "token",
-        "issue",
-        "--db",
-        &db,
-        "--system",
-        "client-lab",
-        "--scope",
-        "system/*.rs",
-        "--origin",
-        "http://127.0.0.1:8080",
-    ]);
+    let elsewhere = lab_token(&db, "system/*.rs", &["--origin", "http://127.0.0.1:8080"]);
     let (status, answer) = http(
         &address,
         "GET",
@@ -260,26 +256,8 @@ fn lab_reports_from_the_directory(with_hl7v2_section: bool) {
         serve(&db)
     };
     // Reading alone does not write results: the token must carry the create scopes.
-    let reader = ok(&[
-        "token",
-        "issue",
-        "--db",
-        &db,
-        "--system",
-        "client-lab",
-        "--scope",
-        "system/*.rs",
-    ]);
-    let token = ok(&[
-        "token",
-        "issue",
-        "--db",
-        &db,
-        "--system",
-        "client-lab",
-        "--scope",
-        support::LAB_SCOPE,
-    ]);
+    let reader = lab_token(&db, "system/*.rs", &[]);
+    let token = lab_token(&db, support::LAB_SCOPE, &[]);
     let bundle = |value: &str| {
         serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": [
             {"resource": {"resourceType": "Observation", "identifier": [{"system": "urn:lab:result", "value": value}],

@@ -106,6 +106,18 @@ pub(crate) async fn read(
     caller.require(resource_type, Interaction::Read)?;
     // Parameters are checked before anything is read: a refused request touched no record.
     let reduction = Reduction::of(pairs)?;
+    let resource = current(state, caller, resource_type, id).await?;
+    resource_response(&resource, headers, &reduction)
+}
+
+/// The current version of a resource the caller may read: read under its access, noted for the
+/// audit, 404 when unknown or hidden, 410 when deleted.
+async fn current(
+    state: &AppState,
+    caller: &Caller,
+    resource_type: &str,
+    id: &str,
+) -> Result<StoredResource, ApiError> {
     let Some(resource) = state.store.read(&caller.access, resource_type, id).await? else {
         return Err(ApiError::not_found(format!(
             "{resource_type}/{id} is not known"
@@ -115,7 +127,7 @@ pub(crate) async fn read(
     if resource.deleted {
         return Err(ApiError::gone(format!("{resource_type}/{id} was deleted")));
     }
-    resource_response(&resource, headers, &reduction)
+    Ok(resource)
 }
 
 /// `[type]/[id]/$validate`: the stored resource, read as a read is (same access, same audit),
@@ -128,15 +140,7 @@ pub(crate) async fn validate_stored(
     pairs: &[(String, String)],
 ) -> Result<Response, ApiError> {
     caller.require(resource_type, Interaction::Read)?;
-    let Some(resource) = state.store.read(&caller.access, resource_type, id).await? else {
-        return Err(ApiError::not_found(format!(
-            "{resource_type}/{id} is not known"
-        )));
-    };
-    caller.touch([&resource]);
-    if resource.deleted {
-        return Err(ApiError::gone(format!("{resource_type}/{id} was deleted")));
-    }
+    let resource = current(state, caller, resource_type, id).await?;
     crate::validation::validate_stored(&state.settings.profiles, &resource, pairs)
 }
 

@@ -638,28 +638,7 @@ impl Governance for SqliteStore {
         lab: &str,
         facilities: &[String],
     ) -> Result<(), StoreError> {
-        let known = self.facilities().await?;
-        match known.iter().find(|facility| facility.code == lab) {
-            Some(facility) if tsunagi_store::governance::reports_results(&facility.kind) => {}
-            Some(facility) => {
-                return Err(StoreError::Invalid(format!(
-                    "facility {lab} is a {}: only a lab-company or lab-centre reports results for others",
-                    facility.kind
-                )));
-            }
-            None => {
-                return Err(StoreError::Invalid(format!(
-                    "facility {lab} is not registered"
-                )));
-            }
-        }
-        for code in facilities {
-            if !known.iter().any(|known| &known.code == code) {
-                return Err(StoreError::Invalid(format!(
-                    "facility {code} is not registered"
-                )));
-            }
-        }
+        tsunagi_store::governance::check_lab_reports(&self.facilities().await?, lab, facilities)?;
         let mut transaction = begin(&self.pool).await?;
         sqlx::query("DELETE FROM lab_reports WHERE lab = ?1")
             .bind(lab)

@@ -50,6 +50,38 @@ pub fn reports_results(kind: &str) -> bool {
     matches!(kind, "lab-company" | "lab-centre")
 }
 
+/// Checks a lab's list of facilities against the directory (`known`): `lab` must be a lab company
+/// or lab centre, every listed facility registered. Both backends call it before writing.
+pub fn check_lab_reports(
+    known: &[Facility],
+    lab: &str,
+    facilities: &[String],
+) -> Result<(), StoreError> {
+    match known.iter().find(|facility| facility.code == lab) {
+        Some(facility) if reports_results(&facility.kind) => {}
+        Some(facility) => {
+            return Err(StoreError::Invalid(format!(
+                "facility {lab} is a {}: only a lab-company or lab-centre reports results for others",
+                facility.kind
+            )));
+        }
+        None => {
+            return Err(StoreError::Invalid(format!(
+                "facility {lab} is not registered"
+            )));
+        }
+    }
+    match facilities
+        .iter()
+        .find(|code| !known.iter().any(|facility| &facility.code == *code))
+    {
+        Some(code) => Err(StoreError::Invalid(format!(
+            "facility {code} is not registered"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The facility kinds the directory accepts.
 pub const FACILITY_KINDS: &[&str] = &[
     "hospital",
