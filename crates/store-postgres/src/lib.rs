@@ -751,6 +751,19 @@ impl Store for PostgresStore {
             .map_err(db_error)
     }
 
+    async fn checkpoints_in(
+        &self,
+        scopes: &[String],
+    ) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+        sqlx::query_as(
+            "SELECT scope, key, value FROM checkpoints WHERE scope = ANY($1) ORDER BY scope, key",
+        )
+        .bind(scopes)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)
+    }
+
     async fn checkpoints(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         sqlx::query_as("SELECT key, value FROM checkpoints WHERE scope = $1 ORDER BY key")
             .bind(scope)

@@ -1426,6 +1426,25 @@ impl Store for SqliteStore {
             .map_err(db_error)
     }
 
+    async fn checkpoints_in(
+        &self,
+        scopes: &[String],
+    ) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+        if scopes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = serde_json::to_string(scopes)
+            .map_err(|error| StoreError::Invalid(error.to_string()))?;
+        sqlx::query_as(
+            "SELECT scope, key, value FROM checkpoints \
+             WHERE scope IN (SELECT value FROM json_each(?1)) ORDER BY scope, key",
+        )
+        .bind(list)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)
+    }
+
     async fn checkpoints(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let rows = sqlx::query("SELECT key, value FROM checkpoints WHERE scope = ? ORDER BY key")
             .bind(scope)

@@ -357,6 +357,20 @@ pub async fn checkpoints_commit_with_the_data(store: &dyn Store) {
             ("b".to_owned(), b"2".to_vec())
         ]
     );
+    let many = store
+        .checkpoints_in(&["y".to_owned(), "x".to_owned(), "none".to_owned()])
+        .await
+        .unwrap();
+    let row =
+        |scope: &str, key: &str, value: &[u8]| (scope.to_owned(), key.to_owned(), value.to_vec());
+    assert_eq!(
+        many,
+        vec![
+            row("x", "a", b"1"),
+            row("x", "b", b"2"),
+            row("y", "a", b"9")
+        ]
+    );
     store
         .apply(batch(vec![Operation::PutCheckpoint {
             scope: "x".to_owned(),

@@ -112,14 +112,24 @@ pub async fn settle<S: Store + ?Sized>(
     }
     let mut targets: BTreeSet<String> = BTreeSet::new();
     let mut extra = Vec::new();
+    // What every touched record had contributed, in one round trip.
+    let index_scopes: Vec<String> = declared
+        .keys()
+        .map(|source| format!("{INDEX_SCOPE}{source}"))
+        .collect();
+    let mut stored_index: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (scope, target, value) in store.checkpoints_in(&index_scopes).await? {
+        if let Some(source) = scope.strip_prefix(INDEX_SCOPE)
+            && !value.is_empty()
+        {
+            stored_index
+                .entry(source.to_owned())
+                .or_default()
+                .insert(target);
+        }
+    }
     for (source, parts) in &mut declared {
-        let indexed: BTreeSet<String> = store
-            .checkpoints(&format!("{INDEX_SCOPE}{source}"))
-            .await?
-            .into_iter()
-            .filter(|(_, value)| !value.is_empty())
-            .map(|(target, _)| target)
-            .collect();
+        let indexed = stored_index.remove(source.as_str()).unwrap_or_default();
         let before: BTreeSet<String> = indexed
             .iter()
             .chain(ever.get(source).into_iter().flatten())
@@ -153,16 +163,27 @@ pub async fn settle<S: Store + ?Sized>(
             targets.insert(target.clone());
         }
     }
+    // Every touched target's stored parts, in one round trip.
+    let part_scopes: Vec<String> = targets
+        .iter()
+        .map(|target| format!("{PART_SCOPE}{target}"))
+        .collect();
+    let mut stored_parts: BTreeMap<String, BTreeMap<String, Vec<u8>>> = BTreeMap::new();
+    for (scope, source, value) in store.checkpoints_in(&part_scopes).await? {
+        if let Some(target) = scope.strip_prefix(PART_SCOPE)
+            && !value.is_empty()
+        {
+            stored_parts
+                .entry(target.to_owned())
+                .or_default()
+                .insert(source, value);
+        }
+    }
     for target in targets {
         let Some((resource_type, id)) = target.split_once('/') else {
             continue;
         };
-        let mut parts: BTreeMap<String, Vec<u8>> = store
-            .checkpoints(&format!("{PART_SCOPE}{target}"))
-            .await?
-            .into_iter()
-            .filter(|(_, value)| !value.is_empty())
-            .collect();
+        let mut parts = stored_parts.remove(&target).unwrap_or_default();
         for (source, contributed) in &declared {
             match contributed.get(&target) {
                 Some(Some(part)) => {

@@ -454,6 +454,24 @@ pub trait Store: Send + Sync {
     /// Every checkpoint of a scope, ordered by key.
     async fn checkpoints(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
+    /// Every checkpoint of any of `scopes`, as (scope, key, value), ordered by scope then key:
+    /// one round trip for many scopes (a batch's contributions). The default asks scope by scope.
+    async fn checkpoints_in(
+        &self,
+        scopes: &[String],
+    ) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+        let mut sorted: Vec<&String> = scopes.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        let mut all = Vec::new();
+        for scope in sorted {
+            for (key, value) in self.checkpoints(scope).await? {
+                all.push((scope.clone(), key, value));
+            }
+        }
+        Ok(all)
+    }
+
     /// Calls `visit` for every current resource, ordered by type then id.
     async fn for_each_current(&self, visit: &mut Visitor<'_>) -> Result<u64, StoreError>;
 
