@@ -20,6 +20,7 @@
 //! connection, the sender resends, duplicates make the resend harmless). Messages of one patient
 //! are applied in arrival order because there is one writer.
 
+mod decision;
 pub mod deliver;
 mod feeds;
 mod process;

@@ -151,6 +151,22 @@ impl DataType {
         }
     }
 
+    /// ADT-12…52: the events of a visit, which contribute to its one Encounter.
+    pub fn is_encounter_event(self) -> bool {
+        matches!(
+            self,
+            Self::Adt12
+                | Self::Adt21
+                | Self::Adt22
+                | Self::Adt31
+                | Self::Adt32
+                | Self::Adt41
+                | Self::Adt42
+                | Self::Adt51
+                | Self::Adt52
+        )
+    }
+
     /// Parses the folder / file-name spelling.
     pub fn parse(code: &str) -> Option<Self> {
         Self::ALL
@@ -266,22 +282,9 @@ pub struct Folds;
 
 impl tsunagi_store::contributions::Fold for Folds {
     fn may_contribute(&self, source_key: &str) -> bool {
-        source_key.split(':').any(|segment| {
-            matches!(
-                DataType::parse(segment),
-                Some(
-                    DataType::Adt12
-                        | DataType::Adt21
-                        | DataType::Adt22
-                        | DataType::Adt31
-                        | DataType::Adt32
-                        | DataType::Adt41
-                        | DataType::Adt42
-                        | DataType::Adt51
-                        | DataType::Adt52
-                )
-            )
-        })
+        source_key
+            .split(':')
+            .any(|segment| DataType::parse(segment).is_some_and(DataType::is_encounter_event))
     }
 
     fn fold(&self, resource_type: &str, _id: &str, parts: &[Value]) -> Option<Value> {
@@ -397,6 +400,7 @@ pub fn map_message(context: &SourceContext<'_>, message: &Message<'_>) -> Result
             ));
         }
         DataType::Adt61 => adt::allergies(&mut builder)?,
+        // The events `DataType::is_encounter_event` names (the match stays exhaustive).
         DataType::Adt12
         | DataType::Adt21
         | DataType::Adt22
