@@ -163,6 +163,14 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Invalid(message) => ApiError::bad_request("invalid", message),
+            // The database's text names a constraint; the client learns only that it raced.
+            StoreError::Conflict(_) => ApiError {
+                status: StatusCode::CONFLICT,
+                code: "conflict",
+                message: "another write stored the same key first; the request can be retried"
+                    .to_owned(),
+                findings: Vec::new(),
+            },
             other => {
                 // Logged inside the request's span, so the line carries its request id. Only
                 // the database's own text of a failure is logged (it names statements and

@@ -2,12 +2,11 @@
 //! model as the SQLite store (`src/schema.sql`), the same [`Store`] contract, checked by the
 //! same conformance suite against a real server.
 //!
-//! Status: the whole conformance suite passes against a real server — storage semantics,
-//! search (`query.rs`, the SQLite planner in PostgreSQL's dialect), includes, compartments,
-//! history, the governance records and the access policy matrix; the CLI opens `postgres://`
-//! URLs for every command. Not yet: a reindex after a search-registry change (such a database
-//! is refused with a message), an audit journal (records are committed directly), and tuned
-//! bulk writes (each resource is written with plain statements).
+//! Everything but writing is `tsunagi-store-sql`'s, shared with SQLite: reads, search,
+//! governance, the audit, the outbox and the message log, and the consent guard. This crate
+//! keeps connecting, the schema and its migrations, the writer lock, the batch writer and
+//! reindexing. Not yet: an audit journal (records are committed directly) and tuned bulk writes
+//! (each resource is written with plain statements).
 //!
 //! Writes: one transaction per batch under a transaction-level advisory lock (one writer at a
 //! time, like SQLite's `BEGIN IMMEDIATE`). Each resource is written with plain statements; a
@@ -17,17 +16,12 @@ use std::{collections::HashMap, str::FromStr, sync::Arc};
 
 use sqlx::{
     AssertSqlSafe, Executor, PgConnection, Postgres, QueryBuilder, Row,
-    postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow},
+    postgres::{PgConnectOptions, PgPool, PgPoolOptions},
 };
 use tsunagi_core::clock::Clock;
-use tsunagi_fhir::{
-    search::{self, IndexEntry, IndexValue, REGISTRY_VERSION},
-    systems::canonical,
-};
-use tsunagi_store::{
-    Access, ApplyStats, Batch, Counts, HistoryCursor, HistoryEntry, Key, Operation, ResourceWrite,
-    SearchQuery, Store, StoreError, StoredResource, Visitor,
-};
+use tsunagi_fhir::search::{IndexEntry, IndexValue, REGISTRY_VERSION};
+use tsunagi_store::{ApplyStats, Batch, Counts, Operation, ResourceWrite, StoreError};
+use tsunagi_store_sql::{Engine, SqlStore, db_error, messages, outbox};
 
 /// The whole schema (version [`SCHEMA_VERSION`]).
 const SCHEMA: &str = include_str!("schema.sql");
@@ -39,32 +33,8 @@ const SCHEMA_3: &str = include_str!("outbox.sql");
 const SCHEMA_4: &str = include_str!("standing.sql");
 const SCHEMA_5: &str = include_str!("lab_reports.sql");
 const SCHEMA_VERSION: &str = "5";
-/// Seconds an assertion id is remembered past its `exp` (clock skew between client and us).
-const ASSERTION_MEMORY_SLACK: i64 = 60;
 /// The advisory lock every writing transaction holds ("tsunagi" in ASCII, as a number).
 const WRITER_LOCK: i64 = 0x0074_7375_6e61_6769;
-
-/// The permitted-rows condition over `resources r LEFT JOIN compartments c ON c.id = r.pat`,
-/// with the viewer as `$2` (NULL: unrestricted) and the instant as `$3`; the same test as the
-/// SQLite store's `GUARD`.
-const GUARD: &str = "($2::text IS NULL OR r.pat = 0 OR c.facility = $2 OR EXISTS (SELECT 1 FROM access a WHERE a.viewer = $2 AND a.pat = r.pat AND a.not_before <= $3 AND a.not_after > $3))";
-
-mod governance;
-mod messages;
-mod outbox;
-mod query;
-
-fn db_error(error: sqlx::Error) -> StoreError {
-    StoreError::Database(error.to_string())
-}
-
-/// The `$2` and `$3` of [`GUARD`].
-fn viewer(access: &Access) -> (Option<&str>, i64) {
-    match access {
-        Access::Facility { code, at } => (Some(code.as_str()), *at),
-        Access::Unrestricted => (None, 0),
-    }
-}
 
 /// The compartment id an index row carries: a Patient's own rows carry 0 (as in SQLite).
 fn index_pat(resource_type: &str, pat: i64) -> i64 {
@@ -75,41 +45,28 @@ fn bump(map: &mut Counts, resource_type: &str) {
     *map.entry(resource_type.to_owned()).or_default() += 1;
 }
 
-fn stored_from_row(row: &PgRow) -> Result<StoredResource, StoreError> {
-    Ok(StoredResource {
-        resource_type: row.try_get("type").map_err(db_error)?,
-        id: row.try_get("id").map_err(db_error)?,
-        version: row.try_get("version").map_err(db_error)?,
-        last_updated: row.try_get("last_updated").map_err(db_error)?,
-        deleted: row.try_get("deleted").map_err(db_error)?,
-        content: row.try_get("content").map_err(db_error)?,
-        patient: row.try_get("patient").map_err(db_error)?,
-    })
-}
+/// The PostgreSQL store: the shared SQL store over the PostgreSQL engine.
+pub type PostgresStore = SqlStore<PostgresEngine>;
 
-/// The PostgreSQL store.
+/// What is PostgreSQL's own: the pool, the schema and its migrations, the writer lock and the
+/// batch writer.
 #[derive(Clone)]
-pub struct PostgresStore {
+pub struct PostgresEngine {
     pool: PgPool,
     clock: Arc<dyn Clock>,
 }
 
-impl std::fmt::Debug for PostgresStore {
+impl std::fmt::Debug for PostgresEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresStore").finish_non_exhaustive()
+        f.debug_struct("PostgresEngine").finish_non_exhaustive()
     }
 }
 
-impl PostgresStore {
-    /// Connects to `url` (`postgres://user@host:port/database`) and creates the schema in an
-    /// empty database.
-    pub async fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
-        Self::open_in_schema(url, None, clock).await
-    }
-
-    /// [`PostgresStore::open`] inside PostgreSQL schema `schema` (created when missing): several
-    /// stores share one database, as the tests do.
-    pub async fn open_in_schema(
+impl PostgresEngine {
+    /// Connects to `url` (`postgres://user@host:port/database`) inside PostgreSQL schema
+    /// `schema` when one is named (created when missing: several stores share one database, as
+    /// the tests do), and brings the store's schema up to date.
+    pub async fn connect_in_schema(
         url: &str,
         schema: Option<&str>,
         clock: Arc<dyn Clock>,
@@ -220,41 +177,6 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// A transaction holding the writer lock.
-    pub(crate) async fn begin_write(
-        &self,
-    ) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
-        let mut transaction = self.pool.begin().await.map_err(db_error)?;
-        lock_writer(&mut transaction).await?;
-        Ok(transaction)
-    }
-
-    /// Applies `batch` inside a transaction that holds the writer lock.
-    pub(crate) async fn apply_in(
-        &self,
-        connection: &mut PgConnection,
-        batch: Batch,
-    ) -> Result<ApplyStats, StoreError> {
-        let mut writer = BatchWriter {
-            connection,
-            now: self.clock.now_micros(),
-            systems: HashMap::new(),
-            compartments: HashMap::new(),
-            stats: ApplyStats::default(),
-        };
-        for operation in batch.operations {
-            writer.apply(operation).await?;
-        }
-        Ok(writer.stats)
-    }
-
-    fn db<'a>(&'a self, access: &'a Access) -> query::Db<'a> {
-        query::Db {
-            pool: &self.pool,
-            access,
-        }
-    }
-
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -347,16 +269,16 @@ impl BatchWriter<'_> {
                 .map_err(db_error)?;
             }
             Operation::LogMessage(message) => {
-                messages::insert(&mut *self.connection, &message).await?;
+                messages::insert::<Postgres>(&mut *self.connection, vec![*message]).await?;
             }
             Operation::SetMessageState { seq, state, reason } => {
-                messages::set_state(&mut *self.connection, seq, state, &reason).await?;
+                messages::set_state::<Postgres>(&mut *self.connection, seq, state, &reason).await?;
             }
             Operation::Enqueue(message) => {
-                outbox::insert(&mut *self.connection, &message).await?;
+                outbox::insert::<Postgres>(&mut *self.connection, &message).await?;
             }
             Operation::SetDelivery(update) => {
-                outbox::update(&mut *self.connection, &update).await?;
+                outbox::update::<Postgres>(&mut *self.connection, &update).await?;
             }
         }
         Ok(())
@@ -662,377 +584,48 @@ impl BatchWriter<'_> {
 }
 
 #[async_trait::async_trait]
-impl Store for PostgresStore {
-    async fn apply(&self, batch: Batch) -> Result<ApplyStats, StoreError> {
-        let mut transaction = self.begin_write().await?;
-        let stats = self.apply_in(&mut transaction, batch).await?;
-        transaction.commit().await.map_err(db_error)?;
-        Ok(stats)
+impl Engine for PostgresEngine {
+    type Db = Postgres;
+    /// 5 bound values each; PostgreSQL allows 65535.
+    const AUDIT_CHUNK: usize = 1000;
+
+    async fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        Self::connect_in_schema(url, None, clock).await
     }
 
-    async fn read(
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+        let mut transaction = self.pool.begin().await.map_err(db_error)?;
+        lock_writer(&mut transaction).await?;
+        Ok(transaction)
+    }
+
+    async fn apply_in(
         &self,
-        access: &Access,
-        resource_type: &str,
-        id: &str,
-    ) -> Result<Option<StoredResource>, StoreError> {
-        let (viewer, at) = viewer(access);
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT r.type, r.id, r.version, r.last_updated, r.deleted, r.content, c.patient \
-             FROM resources r LEFT JOIN compartments c ON c.id = r.pat WHERE r.tid = $1 AND {GUARD}"
-        )))
-        .bind(format!("{resource_type}/{id}"))
-        .bind(viewer)
-        .bind(at)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_error)?;
-        row.as_ref().map(stored_from_row).transpose()
-    }
-
-    async fn vread(
-        &self,
-        access: &Access,
-        resource_type: &str,
-        id: &str,
-        version: i64,
-    ) -> Result<Option<StoredResource>, StoreError> {
-        let (viewer, at) = viewer(access);
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT r.type, r.id, r.version, r.last_updated, r.deleted, r.content, c.patient \
-             FROM resources r LEFT JOIN compartments c ON c.id = r.pat \
-             WHERE r.tid = $1 AND r.version = $4 AND {GUARD} \
-             UNION ALL \
-             SELECT r.type, r.id, h.version, h.last_updated, h.deleted, h.content, c.patient \
-             FROM resource_history h JOIN resources r ON r.rid = h.rid LEFT JOIN compartments c ON c.id = r.pat \
-             WHERE r.tid = $1 AND h.version = $4 AND {GUARD}"
-        )))
-        .bind(format!("{resource_type}/{id}"))
-        .bind(viewer)
-        .bind(at)
-        .bind(version)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_error)?;
-        row.as_ref().map(stored_from_row).transpose()
-    }
-
-    async fn history(
-        &self,
-        access: &Access,
-        resource_type: &str,
-        id: &str,
-    ) -> Result<Vec<StoredResource>, StoreError> {
-        let (viewer, at) = viewer(access);
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT r.type, r.id, r.version, r.last_updated, r.deleted, r.content, c.patient \
-             FROM resources r LEFT JOIN compartments c ON c.id = r.pat WHERE r.tid = $1 AND {GUARD} \
-             UNION ALL \
-             SELECT r.type, r.id, h.version, h.last_updated, h.deleted, h.content, c.patient \
-             FROM resource_history h JOIN resources r ON r.rid = h.rid LEFT JOIN compartments c ON c.id = r.pat \
-             WHERE r.tid = $1 AND {GUARD} \
-             ORDER BY version DESC"
-        )))
-        .bind(format!("{resource_type}/{id}"))
-        .bind(viewer)
-        .bind(at)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        rows.iter().map(stored_from_row).collect()
-    }
-
-    async fn checkpoint(&self, scope: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        sqlx::query_scalar("SELECT value FROM checkpoints WHERE scope = $1 AND key = $2")
-            .bind(scope)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)
-    }
-
-    async fn checkpoints_in(
-        &self,
-        scopes: &[String],
-    ) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
-        sqlx::query_as(
-            "SELECT scope, key, value FROM checkpoints WHERE scope = ANY($1) ORDER BY scope, key",
-        )
-        .bind(scopes)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)
-    }
-
-    async fn checkpoints(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        sqlx::query_as("SELECT key, value FROM checkpoints WHERE scope = $1 ORDER BY key")
-            .bind(scope)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)
-    }
-
-    async fn for_each_current(&self, visit: &mut Visitor<'_>) -> Result<u64, StoreError> {
-        let mut last = String::new();
-        let mut count = 0u64;
-        loop {
-            let rows = sqlx::query(
-                "SELECT r.tid, r.type, r.id, r.version, r.last_updated, r.deleted, r.content, c.patient \
-                 FROM resources r LEFT JOIN compartments c ON c.id = r.pat \
-                 WHERE NOT r.deleted AND r.tid > $1 ORDER BY r.tid LIMIT 500",
-            )
-            .bind(&last)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
-            if rows.is_empty() {
-                return Ok(count);
-            }
-            for row in &rows {
-                last = row.try_get("tid").map_err(db_error)?;
-                visit(stored_from_row(row)?)?;
-                count += 1;
-            }
-        }
-    }
-
-    async fn count_current(&self) -> Result<Counts, StoreError> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT type, COUNT(*) FROM resources WHERE NOT deleted GROUP BY type")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_error)?;
-        Ok(rows
-            .into_iter()
-            .map(|(resource_type, n)| (resource_type, n.max(0) as u64))
-            .collect())
-    }
-
-    async fn find_by_token(
-        &self,
-        resource_type: &str,
-        param: &str,
-        system: Option<&str>,
-        code: &str,
-    ) -> Result<Vec<String>, StoreError> {
-        let Some(definition) = search::param(resource_type, param) else {
-            return Err(StoreError::Invalid(format!(
-                "unknown search parameter {resource_type}.{param}"
-            )));
+        connection: &mut PgConnection,
+        batch: Batch,
+    ) -> Result<ApplyStats, StoreError> {
+        let mut writer = BatchWriter {
+            connection,
+            now: self.clock.now_micros(),
+            systems: HashMap::new(),
+            compartments: HashMap::new(),
+            stats: ApplyStats::default(),
         };
-        sqlx::query_scalar(
-            "SELECT r.id FROM idx_token t JOIN resources r ON r.rid = t.rid \
-             WHERE t.param = $1 AND t.code = $2 AND NOT r.deleted \
-             AND ($3::text IS NULL OR t.system_id = (SELECT id FROM token_systems WHERE system = $3)) \
-             ORDER BY r.id",
-        )
-        .bind(i64::from(definition.id))
-        .bind(code)
-        .bind(system.map(canonical))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)
-    }
-
-    async fn find_by_reference(
-        &self,
-        resource_type: &str,
-        param: &str,
-        target: &str,
-    ) -> Result<Vec<String>, StoreError> {
-        let Some(definition) = search::param(resource_type, param) else {
-            return Err(StoreError::Invalid(format!(
-                "unknown search parameter {resource_type}.{param}"
-            )));
-        };
-        let Some((target_type, target_id)) = search::split_reference(target) else {
-            return Err(StoreError::Invalid(format!("{target} is not Type/id")));
-        };
-        sqlx::query_scalar(
-            "SELECT r.id FROM idx_reference x JOIN resources r ON r.rid = x.rid \
-             WHERE x.param = $1 AND x.target_id = $2 AND x.target_type = $3 AND NOT r.deleted ORDER BY r.id",
-        )
-        .bind(i64::from(definition.id))
-        .bind(target_id)
-        .bind(target_type)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)
-    }
-
-    async fn search(&self, access: &Access, query: &SearchQuery) -> Result<Vec<Key>, StoreError> {
-        query::search(self.db(access), query).await
-    }
-
-    async fn count(&self, access: &Access, query: &SearchQuery) -> Result<u64, StoreError> {
-        query::count(self.db(access), query).await
-    }
-
-    async fn fetch(
-        &self,
-        access: &Access,
-        keys: &[Key],
-    ) -> Result<Vec<StoredResource>, StoreError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
+        for operation in batch.operations {
+            writer.apply(operation).await?;
         }
-        let (viewer, at) = viewer(access);
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT r.rid, r.type, r.id, r.version, r.last_updated, r.deleted, r.content, c.patient \
-             FROM resources r LEFT JOIN compartments c ON c.id = r.pat \
-             WHERE r.rid = ANY($1) AND NOT r.deleted AND {GUARD}"
-        )))
-        .bind(keys)
-        .bind(viewer)
-        .bind(at)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        let mut by_key = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let rid: i64 = row.try_get("rid").map_err(db_error)?;
-            by_key.insert(rid, stored_from_row(row)?);
-        }
-        Ok(keys.iter().filter_map(|key| by_key.remove(key)).collect())
-    }
-
-    async fn keys_of(
-        &self,
-        access: &Access,
-        references: &[(String, String)],
-    ) -> Result<Vec<Key>, StoreError> {
-        if references.is_empty() {
-            return Ok(Vec::new());
-        }
-        let tids: Vec<String> = references
-            .iter()
-            .map(|(resource_type, id)| format!("{resource_type}/{id}"))
-            .collect();
-        let (viewer, at) = viewer(access);
-        sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT r.rid FROM resources r LEFT JOIN compartments c ON c.id = r.pat \
-             WHERE r.tid = ANY($1) AND NOT r.deleted AND {GUARD} ORDER BY r.rid"
-        )))
-        .bind(&tids)
-        .bind(viewer)
-        .bind(at)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)
-    }
-
-    async fn referencing(
-        &self,
-        access: &Access,
-        param: u16,
-        targets: &[(String, String)],
-        limit: usize,
-    ) -> Result<Vec<Key>, StoreError> {
-        if targets.is_empty() {
-            return Ok(Vec::new());
-        }
-        let types: Vec<&str> = targets.iter().map(|(t, _)| t.as_str()).collect();
-        let ids: Vec<&str> = targets.iter().map(|(_, id)| id.as_str()).collect();
-        let (viewer, at) = viewer(access);
-        sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT DISTINCT x.rid FROM UNNEST($1::text[], $4::text[]) AS t (target_type, target_id) \
-             JOIN idx_reference x ON x.param = $5 AND x.target_id = t.target_id AND x.target_type = t.target_type \
-             JOIN resources r ON r.rid = x.rid LEFT JOIN compartments c ON c.id = r.pat \
-             WHERE {GUARD} ORDER BY x.rid LIMIT $6"
-        )))
-        .bind(&types)
-        .bind(viewer)
-        .bind(at)
-        .bind(&ids)
-        .bind(i64::from(param))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)
-    }
-
-    async fn compartment(
-        &self,
-        access: &Access,
-        patient: &str,
-        types: &[String],
-        since: Option<i64>,
-    ) -> Result<Vec<Key>, StoreError> {
-        let (viewer, at) = viewer(access);
-        // The patient's compartment if the viewer may see it, with the compartments linked to
-        // it (紐付け); a compartment one may not see adds nothing, so naming it never reveals
-        // its links. Rows are still subject to the row guard.
-        let permitted = "($2::text IS NULL OR p.facility = $2 OR EXISTS (SELECT 1 FROM access a WHERE a.viewer = $2 AND a.pat = p.id AND a.not_before <= $3 AND a.not_after > $3))";
-        sqlx::query_scalar(AssertSqlSafe(format!(
-            "WITH own AS (SELECT p.id FROM compartments p WHERE p.patient = $1 AND {permitted}), \
-             scope AS (SELECT id FROM own UNION SELECT l2.compartment FROM own \
-                JOIN patient_links l1 ON l1.compartment = own.id JOIN patient_links l2 ON l2.regional = l1.regional) \
-             SELECT r.rid FROM resources r LEFT JOIN compartments c ON c.id = r.pat \
-             WHERE r.pat IN (SELECT id FROM scope) AND NOT r.deleted \
-             AND (cardinality($4::text[]) = 0 OR r.type = ANY($4)) \
-             AND ($5::bigint IS NULL OR r.last_updated >= $5) AND {GUARD} \
-             ORDER BY r.type <> 'Patient', r.rid"
-        )))
-        .bind(patient)
-        .bind(viewer)
-        .bind(at)
-        .bind(types)
-        .bind(since)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)
-    }
-
-    async fn history_all(
-        &self,
-        access: &Access,
-        resource_type: Option<&str>,
-        since: Option<i64>,
-        after: Option<&HistoryCursor>,
-        limit: usize,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
-        // Current and earlier versions, each side newest first and cut at one page, merged in
-        // [`HistoryCursor`] order: (last_updated DESC, type, id, version DESC).
-        let (viewer, at) = viewer(access);
-        let (cursor_updated, cursor_type, cursor_id, cursor_version) = match after {
-            Some(cursor) => (
-                Some(cursor.last_updated),
-                Some(cursor.resource_type.as_str()),
-                Some(cursor.id.as_str()),
-                Some(cursor.version),
-            ),
-            None => (None, None, None, None),
-        };
-        let side = |prefix: &str, from: &str| {
-            format!(
-                "(SELECT r.type, r.id, {prefix}version AS version, {prefix}last_updated AS last_updated, \
-                 {prefix}deleted AS deleted, {prefix}content AS content, c.patient \
-                 FROM {from} LEFT JOIN compartments c ON c.id = r.pat \
-                 WHERE {GUARD} AND ($4::text IS NULL OR r.type = $4) \
-                 AND ($5::bigint IS NULL OR {prefix}last_updated >= $5) \
-                 AND ($6::bigint IS NULL OR {prefix}last_updated < $6 OR ({prefix}last_updated = $6 AND \
-                      (r.type > $7 OR (r.type = $7 AND (r.id > $8 OR (r.id = $8 AND {prefix}version < $9)))))) \
-                 ORDER BY {prefix}last_updated DESC, r.type, r.id, {prefix}version DESC LIMIT $1)"
-            )
-        };
-        let sql = format!(
-            "SELECT * FROM ({} UNION ALL {}) AS page ORDER BY last_updated DESC, type, id, version DESC LIMIT $1",
-            side("r.", "resources r"),
-            side("h.", "resource_history h JOIN resources r ON r.rid = h.rid"),
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(viewer)
-            .bind(at)
-            .bind(resource_type)
-            .bind(since)
-            .bind(cursor_updated)
-            .bind(cursor_type)
-            .bind(cursor_id)
-            .bind(cursor_version)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
-        rows.iter().map(stored_from_row).collect()
+        Ok(writer.stats)
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{
 
 use sqlx::Connection;
 use tsunagi_core::clock::FixedClock;
-use tsunagi_store_postgres::PostgresStore;
+use tsunagi_store_postgres::{PostgresEngine, PostgresStore};
 
 const PREFIX: &str = "tsunagi_t_";
 
@@ -65,13 +65,14 @@ async fn fresh() -> PostgresStore {
     .execute(&mut connection)
     .await
     .unwrap();
-    PostgresStore::open_in_schema(
+    let engine = PostgresEngine::connect_in_schema(
         &url(),
         Some(&schema),
         Arc::new(FixedClock(1_700_000_000_000_000)),
     )
     .await
-    .unwrap()
+    .unwrap();
+    PostgresStore::with_engine(engine).await.unwrap()
 }
 
 tsunagi_store::store_conformance_suite!(fresh());

@@ -3,13 +3,13 @@
 //! `tsunagi_store::Governance::token_standing`). The statement and the decoding of its row are
 //! the same on both backends; the rule applied to the answer is the server's (`standing`).
 
-use sqlx::{ColumnIndex, Decode, QueryBuilder, Row, Type};
+use sqlx::QueryBuilder;
 use tsunagi_store::{
     StoreError,
     governance::{Client, Participant, Standing, TokenFacts},
 };
 
-use crate::Dialect;
+use crate::{Cells, Dialect};
 
 /// The statement for `token`.
 pub fn standing_query<DB: Dialect>(token: &TokenFacts) -> QueryBuilder<DB> {
@@ -49,53 +49,35 @@ pub fn serves_from(text: &str) -> Vec<String> {
     text.split_whitespace().map(str::to_owned).collect()
 }
 
-fn column<'r, R, T>(row: &'r R, name: &str) -> Result<T, StoreError>
-where
-    R: Row,
-    T: Decode<'r, R::Database> + Type<R::Database>,
-    for<'n> &'n str: ColumnIndex<R>,
-{
-    row.try_get(name)
-        .map_err(|error| StoreError::Database(error.to_string()))
-}
-
 /// The [`Standing`] of the row [`standing_query`] returns.
-pub fn standing_from_row<R>(row: &R) -> Result<Standing, StoreError>
-where
-    R: Row,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> Option<String>: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> Option<bool>: Decode<'r, R::Database> + Type<R::Database>,
-    for<'n> &'n str: ColumnIndex<R>,
-{
-    let client = match column::<R, Option<String>>(row, "c_id")? {
+pub fn standing_from_row(row: &impl Cells) -> Result<Standing, StoreError> {
+    let client = match row.opt_text("c_id")? {
         Some(id) => Some(Client {
             id,
-            facility: column(row, "c_facility")?,
-            kind: column(row, "c_kind")?,
+            facility: row.text("c_facility")?,
+            kind: row.text("c_kind")?,
             jwks: String::new(),
-            scope: column(row, "c_scope")?,
-            active: column(row, "c_active")?,
-            serves: serves_from(&column::<R, String>(row, "c_serves")?),
+            scope: row.text("c_scope")?,
+            active: row.flag("c_active")?,
+            serves: serves_from(&row.text("c_serves")?),
         }),
         None => None,
     };
-    let user = match column::<R, Option<String>>(row, "p_id")? {
+    let user = match row.opt_text("p_id")? {
         Some(id) => Some(Participant {
             id,
             name: String::new(),
-            facility: column(row, "p_facility")?,
-            role: column(row, "p_role")?,
-            active: column(row, "p_active")?,
+            facility: row.text("p_facility")?,
+            role: row.text("p_role")?,
+            active: row.flag("p_active")?,
         }),
         None => None,
     };
     Ok(Standing {
         client,
         user,
-        facility_active: column::<R, Option<bool>>(row, "f_active")?.unwrap_or(false),
-        client_facility_active: column::<R, Option<bool>>(row, "cf_active")?.unwrap_or(false),
-        revoked: column(row, "revoked")?,
+        facility_active: row.opt_flag("f_active")?.unwrap_or(false),
+        client_facility_active: row.opt_flag("cf_active")?.unwrap_or(false),
+        revoked: row.flag("revoked")?,
     })
 }

@@ -5,17 +5,11 @@
 
 use tsunagi_store::StoreError;
 
-use crate::{SqliteStore, begin, db_error, governance::insert_audit, journal::Journal};
+use tsunagi_store_sql::{Engine, audit};
 
-#[async_trait::async_trait]
-impl tsunagi_store::Backend for SqliteStore {
-    /// Journals the audit records ([`SqliteStore::journal_audit`]).
-    async fn start_serving(&self) -> Result<(), StoreError> {
-        self.journal_audit().await
-    }
-}
+use crate::{SqliteEngine, begin, db_error, journal::Journal};
 
-impl SqliteStore {
+impl SqliteEngine {
     /// Journals this process's audit records (see `crate::journal`): imports what earlier runs
     /// left, appends to a new generation from now on, and imports every 100 ms in the
     /// background. Only the server calls this; without it records are inserted directly. A
@@ -25,7 +19,7 @@ impl SqliteStore {
             .await
     }
 
-    /// [`SqliteStore::journal_audit`], beginning a new journal file whenever the current one
+    /// [`SqliteEngine::journal_audit`], beginning a new journal file whenever the current one
     /// passes `bytes` (64 MiB in the server; tests use a few bytes to see files rotate).
     pub async fn journal_audit_rotating_at(&self, bytes: u64) -> Result<(), StoreError> {
         let Some(journal) = self.journal.clone() else {
@@ -90,7 +84,7 @@ impl SqliteStore {
                 0
             };
             let (records, end) = Journal::read_from(path, from)?;
-            insert_audit(&mut transaction, &records).await?;
+            audit::insert::<sqlx::Sqlite>(&mut transaction, &records, Self::AUDIT_CHUNK).await?;
             imported += records.len();
             match pending.get(index + 1) {
                 // A later generation exists: this one is complete (any cut frame at its end

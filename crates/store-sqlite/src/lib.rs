@@ -26,25 +26,15 @@ use sqlx::{
     },
 };
 use tsunagi_core::clock::Clock;
-use tsunagi_fhir::{
-    search::{self, IndexEntry, IndexValue, REGISTRY_VERSION},
-    systems::canonical,
-};
+use tsunagi_fhir::search::{self, IndexEntry, IndexValue, REGISTRY_VERSION};
 use tsunagi_store::{
-    Access, ApplyStats, Batch, Counts, HistoryCursor, HistoryEntry, Key, Operation, ResourceWrite,
-    SearchQuery, Store, StoreError, StoredResource, Visitor,
+    ApplyStats, Batch, Operation, ResourceWrite, StoreError, governance::AuditRecord,
 };
+use tsunagi_store_sql::{Engine, SqlStore, db_error, messages, outbox, pow2_sizes};
 
 mod epoch;
-mod governance;
 mod journal;
 mod journal_import;
-mod messages;
-mod outbox;
-mod query;
-
-/// Seconds an assertion id is remembered past its `exp` (clock skew between client and us).
-const ASSERTION_MEMORY_SLACK: i64 = 60;
 
 const MIGRATION_0001: &str = include_str!("../migrations/0001_initial.sql");
 const MIGRATION_0002: &str = include_str!("../migrations/0002_compartments.sql");
@@ -90,13 +80,13 @@ fn database_file(url: &str) -> Option<std::path::PathBuf> {
     (!path.is_empty() && !path.contains(":memory:")).then(|| std::path::PathBuf::from(path))
 }
 
-fn db_error(error: sqlx::Error) -> StoreError {
-    StoreError::Database(error.to_string())
-}
+/// The SQLite store: the shared SQL store over the SQLite engine.
+pub type SqliteStore = SqlStore<SqliteEngine>;
 
-/// The SQLite store.
+/// What is SQLite's own: the pools and their pragmas, migrations, the batch writer, reindexing,
+/// the audit journal and the standing epoch.
 #[derive(Clone)]
-pub struct SqliteStore {
+pub struct SqliteEngine {
     /// Writes, checkpoints and whole-store scans.
     pool: SqlitePool,
     /// The API's reads (read, search, fetch, history…): memory-mapped, so a large region reads
@@ -111,16 +101,16 @@ pub struct SqliteStore {
     importing: Arc<tokio::sync::Mutex<()>>,
 }
 
-impl std::fmt::Debug for SqliteStore {
+impl std::fmt::Debug for SqliteEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").finish_non_exhaustive()
+        f.debug_struct("SqliteEngine").finish_non_exhaustive()
     }
 }
 
-impl SqliteStore {
+impl SqliteEngine {
     /// Opens (creating if missing) the database at a `sqlite://<path>` URL and brings its
     /// schema up to date.
-    pub async fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|error| StoreError::Url(format!("{url}: {error}")))?
             .create_if_missing(true)
@@ -150,7 +140,7 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(db_error)?;
-        let project = Self::migrate(&pool).await?;
+        Self::migrate(&pool).await?;
         // Pages are read through a memory map up to SQLite's 2 GiB build limit instead of a
         // pread per page missing from the connection's cache. Mapped pages count in RSS, which
         // is why only this pool maps: measured, it brought the large/small ratios of patient
@@ -164,23 +154,19 @@ impl SqliteStore {
             .as_deref()
             .map(|file| Arc::new(epoch::StandingEpoch::new(file)));
         let journal = file.map(|file| Arc::new(journal::Journal::new(file)));
-        let store = Self {
+        Ok(Self {
             pool,
             reader,
             clock,
             journal,
             epoch,
             importing: Arc::default(),
-        };
-        if project {
-            store.project_all().await?;
-        }
-        Ok(store)
+        })
     }
 
-    /// Brings the schema up to date; true when the network's records written before schema 5
-    /// still need their FHIR projection.
-    async fn migrate(pool: &SqlitePool) -> Result<bool, StoreError> {
+    /// Brings the schema up to date (an upgrade past schema 5 leaves the network's records'
+    /// FHIR projections pending in `store_meta`; `SqlStore` writes them once open).
+    async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
         let mut connection = pool.acquire().await.map_err(db_error)?;
         let exists: Option<String> = sqlx::query_scalar(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'store_meta'",
@@ -221,7 +207,7 @@ impl SqliteStore {
                 .execute(&mut *connection)
                 .await
                 .map_err(db_error)?;
-            return Ok(false);
+            return Ok(());
         }
         let mut schema: Option<String> =
             sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'schema_version'")
@@ -317,16 +303,11 @@ impl SqliteStore {
                 .fetch_optional(&mut *connection)
                 .await
                 .map_err(db_error)?;
-        let pending: Option<String> =
-            sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'projections'")
-                .fetch_optional(&mut *connection)
-                .await
-                .map_err(db_error)?;
         if registry.as_deref() != Some(REGISTRY_VERSION.to_string().as_str()) {
             drop(connection);
             Self::reindex_pool(pool).await?;
         }
-        Ok(pending.is_some())
+        Ok(())
     }
 
     /// Applies `batch` inside the caller's transaction (the governance records write their FHIR
@@ -426,13 +407,6 @@ impl SqliteStore {
             .await
             .map_err(db_error)?;
         transaction.commit().await.map_err(db_error)
-    }
-
-    fn db<'a>(&'a self, access: &'a Access) -> query::Db<'a> {
-        query::Db {
-            pool: &self.reader,
-            access,
-        }
     }
 
     /// Closes the pool (checkpointing the WAL).
@@ -643,9 +617,6 @@ fn pow2_chunks<T>(items: &[T], max: usize) -> Vec<&[T]> {
     chunks
 }
 
-/// Rows up to which a multi-row statement is sized exactly rather than split in powers of two.
-const EXACT_TAIL: usize = 16;
-
 const BY_SOURCE_KEY: &str = "SELECT rid, pat, tid, type, version, deleted, hash, source_key FROM resources WHERE source_key IN (SELECT value FROM json_each(?1))";
 const BY_TID: &str = "SELECT rid, pat, tid, type, version, deleted, hash, source_key FROM resources WHERE tid IN (SELECT value FROM json_each(?1))";
 
@@ -802,11 +773,11 @@ impl BatchWriter {
             Operation::LogMessage(message) => self.pending_messages.push(*message),
             Operation::SetMessageState { seq, state, reason } => {
                 let logged = std::mem::take(&mut self.pending_messages);
-                messages::insert(connection, logged).await?;
-                messages::set_state(connection, seq, state, &reason).await?;
+                messages::insert::<Sqlite>(connection, logged).await?;
+                messages::set_state::<Sqlite>(connection, seq, state, &reason).await?;
             }
-            Operation::Enqueue(message) => outbox::insert(connection, &message).await?,
-            Operation::SetDelivery(update) => outbox::update(connection, &update).await?,
+            Operation::Enqueue(message) => outbox::insert::<Sqlite>(connection, &message).await?,
+            Operation::SetDelivery(update) => outbox::update::<Sqlite>(connection, &update).await?,
         }
         Ok(())
     }
@@ -1091,7 +1062,7 @@ impl BatchWriter {
     }
 
     async fn flush(&mut self, connection: &mut SqliteConnection) -> Result<(), StoreError> {
-        messages::insert(connection, std::mem::take(&mut self.pending_messages)).await?;
+        messages::insert::<Sqlite>(connection, std::mem::take(&mut self.pending_messages)).await?;
         // Values are moved into the statements, not copied: sqlx copies borrowed strings and
         // byte slices into fresh allocations, owned ones it takes as they are.
         let mut rows = std::mem::take(&mut self.pending_rows);
@@ -1151,30 +1122,6 @@ impl BatchWriter {
         }
         insert_index_rows(connection, &mut self.systems, entries).await
     }
-}
-
-/// Chunk sizes for `len` rows: powers of two, at most `max`, and a last chunk of at most
-/// [`EXACT_TAIL`] rows sized exactly. Multi-row statements so come in a few dozen shapes whose
-/// prepared statements stay cached, and a small batch (a stop-and-wait feed's group) takes one
-/// statement per table rather than one per bit of its row count: each statement is a round
-/// trip to SQLite's thread.
-pub(crate) fn pow2_sizes(len: usize, max: usize) -> Vec<usize> {
-    let mut sizes = Vec::new();
-    let mut rest = len;
-    while rest > 0 {
-        if rest <= EXACT_TAIL.min(max) {
-            sizes.push(rest);
-            break;
-        }
-        let mut size = max.min(rest).next_power_of_two();
-        if size > rest || size > max {
-            size /= 2;
-        }
-        let size = size.max(1);
-        sizes.push(size);
-        rest -= size;
-    }
-    sizes
 }
 
 /// Inserts owned rows in power-of-two chunks (a handful of cached statement shapes).
@@ -1304,464 +1251,69 @@ async fn insert_index_rows(
     .await
 }
 
-fn stored_from_row(row: &SqliteRow) -> Result<StoredResource, StoreError> {
-    Ok(StoredResource {
-        resource_type: row.try_get("type").map_err(db_error)?,
-        id: row.try_get("id").map_err(db_error)?,
-        version: row.try_get("version").map_err(db_error)?,
-        last_updated: row.try_get("last_updated").map_err(db_error)?,
-        deleted: row.try_get::<i64, _>("deleted").map_err(db_error)? != 0,
-        content: row.try_get("content").map_err(db_error)?,
-        patient: row.try_get("patient").map_err(db_error)?,
-    })
-}
-
-/// The permitted-rows condition of statements over `resources r LEFT JOIN compartments c ON
-/// c.id = r.pat`, with the viewer bound as `?2` (NULL for [`Access::Unrestricted`]) and the
-/// instant as `?3`: resources outside every compartment, compartments the viewer holds, and
-/// compartments a consent in force lets it see. [`query::push_guard`] is the same test for
-/// statements built piece by piece.
-const GUARD: &str = "(?2 IS NULL OR r.pat = 0 OR c.facility = ?2 OR EXISTS (SELECT 1 FROM access a WHERE a.viewer = ?2 AND a.pat = r.pat AND a.not_before <= ?3 AND a.not_after > ?3))";
-
-/// The `?2` and `?3` of [`GUARD`] (and of `query::permitted_with_links`).
-pub(crate) fn viewer(access: &Access) -> (Option<&str>, i64) {
-    match access {
-        Access::Facility { code, at } => (Some(code.as_str()), *at),
-        Access::Unrestricted => (None, 0),
-    }
-}
-
 async fn begin(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, StoreError> {
     pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)
 }
 
 #[async_trait::async_trait]
-impl Store for SqliteStore {
-    async fn apply(&self, batch: Batch) -> Result<ApplyStats, StoreError> {
-        let mut transaction = begin(&self.pool).await?;
-        let stats = self.apply_in(&mut transaction, batch).await?;
-        transaction.commit().await.map_err(db_error)?;
-        Ok(stats)
+impl Engine for SqliteEngine {
+    type Db = Sqlite;
+    /// 5 bound values each; SQLite allows 32766.
+    const AUDIT_CHUNK: usize = 300;
+
+    async fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        SqliteEngine::connect(url, clock).await
     }
 
-    async fn read(
+    fn writer(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        begin(&self.pool).await
+    }
+
+    async fn apply_in(
         &self,
-        access: &Access,
-        resource_type: &str,
-        id: &str,
-    ) -> Result<Option<StoredResource>, StoreError> {
-        let (viewer, at) = viewer(access);
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT r.type, r.id, r.version, r.last_updated, r.deleted, r.content, c.patient \
-             FROM resources r LEFT JOIN compartments c ON c.id = r.pat WHERE r.tid = ?1 AND {GUARD}"
-        )))
-        .bind(format!("{resource_type}/{id}"))
-        .bind(viewer)
-        .bind(at)
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(db_error)?;
-        row.as_ref().map(stored_from_row).transpose()
+        connection: &mut SqliteConnection,
+        batch: Batch,
+    ) -> Result<ApplyStats, StoreError> {
+        SqliteEngine::apply_in(self, connection, batch).await
     }
 
-    async fn vread(
-        &self,
-        access: &Access,
-        resource_type: &str,
-        id: &str,
-        version: i64,
-    ) -> Result<Option<StoredResource>, StoreError> {
-        if let Some(current) = self.read(access, resource_type, id).await?
-            && current.version == version
-        {
-            return Ok(Some(current));
-        }
-        let (viewer, at) = viewer(access);
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT r.type, r.id, h.version, h.last_updated, h.deleted, h.content, c.patient \
-             FROM resource_history h JOIN resources r ON r.rid = h.rid LEFT JOIN compartments c ON c.id = r.pat \
-             WHERE r.tid = ?1 AND h.version = ?4 AND {GUARD}"
-        )))
-        .bind(format!("{resource_type}/{id}"))
-        .bind(viewer)
-        .bind(at)
-        .bind(version)
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(db_error)?;
-        row.as_ref().map(stored_from_row).transpose()
-    }
-
-    async fn history(
-        &self,
-        access: &Access,
-        resource_type: &str,
-        id: &str,
-    ) -> Result<Vec<StoredResource>, StoreError> {
-        let (viewer, at) = viewer(access);
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT r.type, r.id, r.version, r.last_updated, r.deleted, r.content, c.patient \
-             FROM resources r LEFT JOIN compartments c ON c.id = r.pat WHERE r.tid = ?1 AND {GUARD} \
-             UNION ALL \
-             SELECT r.type, r.id, h.version, h.last_updated, h.deleted, h.content, c.patient \
-             FROM resource_history h JOIN resources r ON r.rid = h.rid LEFT JOIN compartments c ON c.id = r.pat \
-             WHERE r.tid = ?1 AND {GUARD} \
-             ORDER BY version DESC"
-        )))
-        .bind(format!("{resource_type}/{id}"))
-        .bind(viewer)
-        .bind(at)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db_error)?;
-        rows.iter().map(stored_from_row).collect()
-    }
-
-    async fn checkpoint(&self, scope: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        sqlx::query_scalar("SELECT value FROM checkpoints WHERE scope = ? AND key = ?")
-            .bind(scope)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)
-    }
-
-    async fn checkpoints_in(
-        &self,
-        scopes: &[String],
-    ) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
-        if scopes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let list = serde_json::to_string(scopes)
-            .map_err(|error| StoreError::Invalid(error.to_string()))?;
-        sqlx::query_as(
-            "SELECT scope, key, value FROM checkpoints \
-             WHERE scope IN (SELECT value FROM json_each(?1)) ORDER BY scope, key",
-        )
-        .bind(list)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)
-    }
-
-    async fn checkpoints(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let rows = sqlx::query("SELECT key, value FROM checkpoints WHERE scope = ? ORDER BY key")
-            .bind(scope)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get("key").map_err(db_error)?,
-                    row.try_get("value").map_err(db_error)?,
-                ))
-            })
-            .collect()
-    }
-
-    async fn for_each_current(&self, visit: &mut Visitor<'_>) -> Result<u64, StoreError> {
-        let mut last = String::new();
-        let mut count = 0u64;
-        loop {
-            let rows = sqlx::query(
-                "SELECT r.tid, r.type, r.id, r.version, r.last_updated, r.deleted, r.content, c.patient FROM resources r LEFT JOIN compartments c ON c.id = r.pat WHERE r.deleted = 0 AND r.tid > ? ORDER BY r.tid LIMIT 500",
-            )
-            .bind(&last)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
-            if rows.is_empty() {
-                return Ok(count);
-            }
-            for row in &rows {
-                last = row.try_get("tid").map_err(db_error)?;
-                visit(stored_from_row(row)?)?;
-                count += 1;
-            }
+    fn standing_changed(&self) -> Result<(), StoreError> {
+        match &self.epoch {
+            Some(epoch) => epoch.bump(),
+            None => Ok(()),
         }
     }
 
-    async fn count_current(&self) -> Result<Counts, StoreError> {
-        let rows = sqlx::query(
-            "SELECT type, COUNT(*) AS n FROM resources WHERE deleted = 0 GROUP BY type",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        let mut counts = Counts::new();
-        for row in rows {
-            let count: i64 = row.try_get("n").map_err(db_error)?;
-            counts.insert(row.try_get("type").map_err(db_error)?, count as u64);
+    fn journal(&self, records: &[AuditRecord]) -> Result<bool, StoreError> {
+        // The server appends to the journal (see `crate::journal`); other processes insert.
+        match &self.journal {
+            Some(journal) => journal.append(records),
+            None => Ok(false),
         }
-        Ok(counts)
     }
 
-    async fn find_by_token(
-        &self,
-        resource_type: &str,
-        param: &str,
-        system: Option<&str>,
-        code: &str,
-    ) -> Result<Vec<String>, StoreError> {
-        let Some(definition) = search::param(resource_type, param) else {
-            return Err(StoreError::Invalid(format!(
-                "unknown search parameter {resource_type}.{param}"
-            )));
-        };
-        let rows = match system {
-            Some(system) => sqlx::query("SELECT r.id FROM idx_token t JOIN resources r ON r.rid = t.rid WHERE t.param = ? AND t.code = ? AND t.system_id = (SELECT id FROM token_systems WHERE system = ?) AND r.deleted = 0 ORDER BY r.id")
-                .bind(i64::from(definition.id))
-                .bind(code)
-                .bind(canonical(system))
-                .fetch_all(&self.pool)
-                .await,
-            None => sqlx::query("SELECT r.id FROM idx_token t JOIN resources r ON r.rid = t.rid WHERE t.param = ? AND t.code = ? AND r.deleted = 0 ORDER BY r.id")
-                .bind(i64::from(definition.id))
-                .bind(code)
-                .fetch_all(&self.pool)
-                .await,
-        }
-        .map_err(db_error)?;
-        rows.iter()
-            .map(|row| row.try_get("id").map_err(db_error))
-            .collect()
+    async fn settle_audit(&self) -> Result<(), StoreError> {
+        self.import_journal().await.map(drop)
     }
 
-    async fn find_by_reference(
-        &self,
-        resource_type: &str,
-        param: &str,
-        target: &str,
-    ) -> Result<Vec<String>, StoreError> {
-        let Some(definition) = search::param(resource_type, param) else {
-            return Err(StoreError::Invalid(format!(
-                "unknown search parameter {resource_type}.{param}"
-            )));
-        };
-        let Some((target_type, target_id)) = search::split_reference(target) else {
-            return Err(StoreError::Invalid(format!("{target} is not Type/id")));
-        };
-        let rows = sqlx::query("SELECT r.id FROM idx_reference x JOIN resources r ON r.rid = x.rid WHERE x.param = ? AND x.target_id = ? AND x.target_type = ? AND r.deleted = 0 ORDER BY r.id")
-            .bind(i64::from(definition.id))
-            .bind(target_id)
-            .bind(target_type)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
-        rows.iter()
-            .map(|row| row.try_get("id").map_err(db_error))
-            .collect()
+    fn standing_epoch(&self) -> Option<u64> {
+        self.epoch.as_ref()?.read()
     }
 
-    async fn search(&self, access: &Access, query: &SearchQuery) -> Result<Vec<Key>, StoreError> {
-        query::search(self.db(access), query).await
-    }
-
-    async fn count(&self, access: &Access, query: &SearchQuery) -> Result<u64, StoreError> {
-        query::count(self.db(access), query).await
-    }
-
-    async fn fetch(
-        &self,
-        access: &Access,
-        keys: &[Key],
-    ) -> Result<Vec<StoredResource>, StoreError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (viewer, at) = viewer(access);
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT r.rid, r.type, r.id, r.version, r.last_updated, r.deleted, r.content, c.patient \
-             FROM resources r LEFT JOIN compartments c ON c.id = r.pat \
-             WHERE r.rid IN (SELECT value FROM json_each(?1)) AND r.deleted = 0 AND {GUARD}"
-        )))
-        .bind(json_list(keys))
-        .bind(viewer)
-        .bind(at)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db_error)?;
-        let mut by_key = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let rid: i64 = row.try_get("rid").map_err(db_error)?;
-            by_key.insert(rid, stored_from_row(row)?);
-        }
-        Ok(keys.iter().filter_map(|key| by_key.remove(key)).collect())
-    }
-
-    async fn keys_of(
-        &self,
-        access: &Access,
-        references: &[(String, String)],
-    ) -> Result<Vec<Key>, StoreError> {
-        if references.is_empty() {
-            return Ok(Vec::new());
-        }
-        let tids: Vec<String> = references
-            .iter()
-            .map(|(resource_type, id)| format!("{resource_type}/{id}"))
-            .collect();
-        let (viewer, at) = viewer(access);
-        sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT r.rid FROM resources r LEFT JOIN compartments c ON c.id = r.pat \
-             WHERE r.tid IN (SELECT value FROM json_each(?1)) AND r.deleted = 0 AND {GUARD} ORDER BY r.rid"
-        )))
-        .bind(json_list(&tids))
-        .bind(viewer)
-        .bind(at)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db_error)
-    }
-
-    async fn referencing(
-        &self,
-        access: &Access,
-        param: u16,
-        targets: &[(String, String)],
-        limit: usize,
-    ) -> Result<Vec<Key>, StoreError> {
-        if targets.is_empty() {
-            return Ok(Vec::new());
-        }
-        let pairs: Vec<Vec<&str>> = targets
-            .iter()
-            .map(|(resource_type, id)| vec![id.as_str(), resource_type.as_str()])
-            .collect();
-        let (viewer, at) = viewer(access);
-        sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT DISTINCT x.rid FROM json_each(?1) t \
-             JOIN idx_reference x ON x.param = ?4 AND x.target_id = json_extract(t.value, '$[0]') AND x.target_type = json_extract(t.value, '$[1]') \
-             JOIN resources r ON r.rid = x.rid LEFT JOIN compartments c ON c.id = r.pat \
-             WHERE {GUARD} ORDER BY x.rid LIMIT ?5"
-        )))
-        .bind(json_list(&pairs))
-        .bind(viewer)
-        .bind(at)
-        .bind(i64::from(param))
-        .bind(limit as i64)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db_error)
-    }
-
-    async fn compartment(
-        &self,
-        access: &Access,
-        patient: &str,
-        types: &[String],
-        since: Option<i64>,
-    ) -> Result<Vec<Key>, StoreError> {
-        let members = query::linked_scope(self.db(access), patient).await?;
-        if members.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (viewer, at) = viewer(access);
-        sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT r.rid FROM resources r LEFT JOIN compartments c ON c.id = r.pat \
-             WHERE r.pat IN (SELECT value FROM json_each(?1)) AND r.deleted = 0 \
-             AND (json_array_length(?4) = 0 OR r.type IN (SELECT value FROM json_each(?4))) \
-             AND (?5 IS NULL OR r.last_updated >= ?5) AND {GUARD} \
-             ORDER BY r.type <> 'Patient', r.rid"
-        )))
-        .bind(json_list(&members))
-        .bind(viewer)
-        .bind(at)
-        .bind(json_list(types))
-        .bind(since)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db_error)
-    }
-
-    async fn history_all(
-        &self,
-        access: &Access,
-        resource_type: Option<&str>,
-        since: Option<i64>,
-        after: Option<&HistoryCursor>,
-        limit: usize,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
-        // Each side (current versions, earlier versions) is read newest first through its
-        // `last_updated` index and stops after one page; the two pages are merged. The cursor
-        // keeps rows after (last_updated, type, id, version) in (DESC, ASC, ASC, DESC) order;
-        // its redundant `last_updated <= ?` bounds the index range.
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut sql = QueryBuilder::<Sqlite>::new(
-            "SELECT type, id, version, last_updated, deleted, content, patient FROM (",
-        );
-        // INDEXED BY and CROSS JOIN (which fixes the join order in SQLite): without statistics
-        // the planner prefers scanning and sorting everything, or looping over the resources.
-        let current = if resource_type.is_some() {
-            "resources r INDEXED BY resources_type_updated"
-        } else {
-            "resources r INDEXED BY resources_updated"
-        };
-        for (index, (table, prefix)) in [
-            (current, "r."),
-            (
-                "resource_history h INDEXED BY resource_history_updated CROSS JOIN resources r ON r.rid = h.rid",
-                "h.",
-            ),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            if index > 0 {
-                sql.push(" UNION ALL ");
-            }
-            sql.push(format!(
-                "SELECT * FROM (SELECT r.type AS type, r.id AS id, {prefix}version AS version, {prefix}last_updated AS last_updated, {prefix}deleted AS deleted, {prefix}content AS content, (SELECT patient FROM compartments WHERE id = r.pat) AS patient FROM {table} WHERE 1"
-            ));
-            tsunagi_store_sql::push_guard(&mut sql, access, "r.pat");
-            if let Some(resource_type) = resource_type {
-                sql.push(" AND r.type = ");
-                sql.push_bind(resource_type.to_owned());
-                if index > 0 {
-                    // Earlier versions carry no type: test membership in one set of the type's
-                    // rows instead of looking every version's resource up.
-                    sql.push(" AND h.rid IN (SELECT rid FROM resources WHERE type = ");
-                    sql.push_bind(resource_type.to_owned());
-                    sql.push(")");
-                }
-            }
-            if let Some(since) = since {
-                sql.push(format!(" AND {prefix}last_updated >= "));
-                sql.push_bind(since);
-            }
-            if let Some(cursor) = after {
-                sql.push(format!(" AND {prefix}last_updated <= "));
-                sql.push_bind(cursor.last_updated);
-                sql.push(format!(" AND ({prefix}last_updated < "));
-                sql.push_bind(cursor.last_updated);
-                sql.push(" OR r.type > ");
-                sql.push_bind(cursor.resource_type.clone());
-                sql.push(" OR (r.type = ");
-                sql.push_bind(cursor.resource_type.clone());
-                sql.push(" AND (r.id > ");
-                sql.push_bind(cursor.id.clone());
-                sql.push(" OR (r.id = ");
-                sql.push_bind(cursor.id.clone());
-                sql.push(format!(" AND {prefix}version < "));
-                sql.push_bind(cursor.version);
-                sql.push("))))");
-            }
-            sql.push(format!(
-                " ORDER BY {prefix}last_updated DESC, r.type, r.id, {prefix}version DESC LIMIT "
-            ));
-            sql.push_bind(limit);
-            sql.push(")");
-        }
-        sql.push(") ORDER BY last_updated DESC, type, id, version DESC LIMIT ");
-        sql.push_bind(limit);
-        let rows = sql
-            .build()
-            .fetch_all(&self.reader)
-            .await
-            .map_err(db_error)?;
-        rows.iter().map(stored_from_row).collect()
+    async fn start_serving(&self) -> Result<(), StoreError> {
+        self.journal_audit().await
     }
 }
 

@@ -400,6 +400,9 @@ pub enum StoreError {
     /// Input that cannot be stored.
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// A write lost a race for a unique key (another writer stored the same key first).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// Stored data that cannot be read back.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

@@ -1,0 +1,585 @@
+//! What differs between SQLite and PostgreSQL, in one place: how a statement spells a
+//! placeholder, a list, a pair list, `LEAST`, an index hint; how values are bound; and how a
+//! statement runs on a connection. Shared statements are written once with numbered
+//! placeholders (`?1`, `?2`, …, SQLite's spelling) and run through [`Stmt`]; statements assembled
+//! piece by piece use sqlx's `QueryBuilder` and [`Dialect::bind`].
+
+use std::{borrow::Cow, future::Future, pin::Pin};
+
+use sqlx::{
+    AssertSqlSafe, Database, Postgres, QueryBuilder, Row, Sqlite, postgres::PgRow, query::Query,
+    sqlite::SqliteRow,
+};
+use tsunagi_store::StoreError;
+
+/// A boxed future of a statement's outcome.
+pub type Fut<'e, T> = Pin<Box<dyn Future<Output = Result<T, sqlx::Error>> + Send + 'e>>;
+
+/// A value bound into a statement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Bound {
+    /// An integer.
+    Int(i64),
+    /// A real.
+    Real(f64),
+    /// Text.
+    Text(String),
+    /// Bytes.
+    Bytes(Vec<u8>),
+    /// A truth value (SQLite stores 0 or 1).
+    Flag(bool),
+    /// NULL where an integer goes.
+    NullInt,
+    /// NULL where text goes.
+    NullText,
+    /// NULL where bytes go.
+    NullBytes,
+    /// A list of texts, tested with [`Dialect::in_list`].
+    Texts(Vec<String>),
+    /// A list of integers, tested with [`Dialect::in_list`].
+    Ints(Vec<i64>),
+    /// A list of pairs of texts, read with [`Dialect::pairs`] (bound as a JSON array of pairs).
+    Pairs(Vec<[String; 2]>),
+}
+
+impl From<i64> for Bound {
+    fn from(value: i64) -> Self {
+        Bound::Int(value)
+    }
+}
+
+impl From<f64> for Bound {
+    fn from(value: f64) -> Self {
+        Bound::Real(value)
+    }
+}
+
+impl From<bool> for Bound {
+    fn from(value: bool) -> Self {
+        Bound::Flag(value)
+    }
+}
+
+impl From<String> for Bound {
+    fn from(value: String) -> Self {
+        Bound::Text(value)
+    }
+}
+
+impl From<&String> for Bound {
+    fn from(value: &String) -> Self {
+        Bound::Text(value.clone())
+    }
+}
+
+impl From<&str> for Bound {
+    fn from(value: &str) -> Self {
+        Bound::Text(value.to_owned())
+    }
+}
+
+impl From<Vec<u8>> for Bound {
+    fn from(value: Vec<u8>) -> Self {
+        Bound::Bytes(value)
+    }
+}
+
+impl From<&[u8]> for Bound {
+    fn from(value: &[u8]) -> Self {
+        Bound::Bytes(value.to_vec())
+    }
+}
+
+impl From<&Vec<u8>> for Bound {
+    fn from(value: &Vec<u8>) -> Self {
+        Bound::Bytes(value.clone())
+    }
+}
+
+impl From<Option<i64>> for Bound {
+    fn from(value: Option<i64>) -> Self {
+        value.map_or(Bound::NullInt, Bound::Int)
+    }
+}
+
+impl From<Option<&str>> for Bound {
+    fn from(value: Option<&str>) -> Self {
+        value.map_or(Bound::NullText, |text| Bound::Text(text.to_owned()))
+    }
+}
+
+impl From<Option<String>> for Bound {
+    fn from(value: Option<String>) -> Self {
+        value.map_or(Bound::NullText, Bound::Text)
+    }
+}
+
+impl From<&Option<String>> for Bound {
+    fn from(value: &Option<String>) -> Self {
+        value.as_deref().into()
+    }
+}
+
+impl From<&Option<Vec<u8>>> for Bound {
+    fn from(value: &Option<Vec<u8>>) -> Self {
+        value.clone().map_or(Bound::NullBytes, Bound::Bytes)
+    }
+}
+
+impl From<Vec<String>> for Bound {
+    fn from(value: Vec<String>) -> Self {
+        Bound::Texts(value)
+    }
+}
+
+impl From<&[String]> for Bound {
+    fn from(value: &[String]) -> Self {
+        Bound::Texts(value.to_vec())
+    }
+}
+
+impl From<Vec<&str>> for Bound {
+    fn from(value: Vec<&str>) -> Self {
+        Bound::Texts(value.into_iter().map(str::to_owned).collect())
+    }
+}
+
+impl From<Vec<i64>> for Bound {
+    fn from(value: Vec<i64>) -> Self {
+        Bound::Ints(value)
+    }
+}
+
+impl From<&[i64]> for Bound {
+    fn from(value: &[i64]) -> Self {
+        Bound::Ints(value.to_vec())
+    }
+}
+
+/// A count or limit as a bound integer (saturating).
+pub fn count(value: usize) -> Bound {
+    Bound::Int(i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+/// The JSON text SQLite reads lists from, and both backends read pair lists from.
+fn json_text(value: &Bound) -> Option<String> {
+    match value {
+        Bound::Texts(items) => Some(serde_json::Value::from(items.clone()).to_string()),
+        Bound::Ints(items) => Some(serde_json::Value::from(items.clone()).to_string()),
+        Bound::Pairs(items) => Some(
+            serde_json::Value::Array(
+                items
+                    .iter()
+                    .map(|[a, b]| serde_json::Value::from(vec![a.clone(), b.clone()]))
+                    .collect(),
+            )
+            .to_string(),
+        ),
+        _ => None,
+    }
+}
+
+/// Typed reads of a row's columns by name; a column of another type is a database error.
+pub trait Cells {
+    /// An integer.
+    fn int(&self, column: &str) -> Result<i64, StoreError>;
+    /// An integer or NULL.
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError>;
+    /// A real.
+    fn real(&self, column: &str) -> Result<f64, StoreError>;
+    /// Text.
+    fn text(&self, column: &str) -> Result<String, StoreError>;
+    /// Text or NULL.
+    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError>;
+    /// Bytes.
+    fn bytes(&self, column: &str) -> Result<Vec<u8>, StoreError>;
+    /// Bytes or NULL.
+    fn opt_bytes(&self, column: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// A truth value.
+    fn flag(&self, column: &str) -> Result<bool, StoreError>;
+    /// A truth value or NULL.
+    fn opt_flag(&self, column: &str) -> Result<Option<bool>, StoreError>;
+}
+
+/// The error of a failed statement: a unique-key violation is a [`StoreError::Conflict`] (two
+/// writers raced for one key), anything else a [`StoreError::Database`].
+pub fn db_error(error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::Database(database) if database.is_unique_violation() => {
+            StoreError::Conflict(database.message().to_owned())
+        }
+        _ => StoreError::Database(error.to_string()),
+    }
+}
+
+macro_rules! cells_of {
+    ($row:ty, $flag:expr) => {
+        impl Cells for $row {
+            fn int(&self, column: &str) -> Result<i64, StoreError> {
+                self.try_get(column).map_err(db_error)
+            }
+            fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
+                self.try_get(column).map_err(db_error)
+            }
+            fn real(&self, column: &str) -> Result<f64, StoreError> {
+                self.try_get(column).map_err(db_error)
+            }
+            fn text(&self, column: &str) -> Result<String, StoreError> {
+                self.try_get(column).map_err(db_error)
+            }
+            fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
+                self.try_get(column).map_err(db_error)
+            }
+            fn bytes(&self, column: &str) -> Result<Vec<u8>, StoreError> {
+                self.try_get(column).map_err(db_error)
+            }
+            fn opt_bytes(&self, column: &str) -> Result<Option<Vec<u8>>, StoreError> {
+                self.try_get(column).map_err(db_error)
+            }
+            fn flag(&self, column: &str) -> Result<bool, StoreError> {
+                Ok(self.opt_flag(column)?.unwrap_or(false))
+            }
+            fn opt_flag(&self, column: &str) -> Result<Option<bool>, StoreError> {
+                $flag(self, column)
+            }
+        }
+    };
+}
+
+// SQLite keeps truth values as integers; a computed column may carry no declared type, so
+// they are read as integers there.
+cells_of!(SqliteRow, |row: &SqliteRow, column: &str| {
+    row.try_get::<Option<i64>, _>(column)
+        .map(|value| value.map(|value| value != 0))
+        .map_err(db_error)
+});
+cells_of!(PgRow, |row: &PgRow, column: &str| row
+    .try_get::<Option<bool>, _>(column)
+    .map_err(db_error));
+
+/// What differs between the databases.
+pub trait Dialect: Database<Row: Cells> + Sized {
+    /// The function giving a substring's position, 0 when absent (`instr`, `strpos`).
+    const POSITION: &'static str;
+    /// The smaller of two values (`MIN`, `LEAST`).
+    const LEAST: &'static str;
+    /// The larger of two values (`MAX`, `GREATEST`).
+    const GREATEST: &'static str;
+    /// A join whose order the planner must keep (`CROSS JOIN` fixes it in SQLite; PostgreSQL
+    /// plans with statistics and spells it `JOIN`).
+    const ORDERED_JOIN: &'static str;
+
+    /// ` INDEXED BY <index>` where the database takes such a hint, else nothing.
+    fn indexed_by(index: &str) -> String;
+    /// `<column>` is one of the list bound at `placeholder` ([`Bound::Texts`], [`Bound::Ints`]).
+    fn in_list(column: &str, placeholder: &str) -> String;
+    /// A table of the pairs bound at `placeholder` ([`Bound::Pairs`]), columns `first`, `second`.
+    fn pairs(placeholder: &str) -> String;
+    /// Binds `value` at the end of `sql`.
+    fn bind(sql: &mut QueryBuilder<Self>, value: Bound);
+    /// A statement written with `?N` placeholders, in this database's spelling.
+    fn spell(text: &str) -> Cow<'_, str>;
+    /// The query of a [`Stmt`]: its text (already spelled) and values.
+    fn query(
+        text: String,
+        values: Vec<Bound>,
+    ) -> Result<Query<'static, Self, Self::Arguments>, StoreError>;
+    /// Runs a statement, giving the number of rows it changed.
+    fn execute<'e, 'q: 'e>(
+        connection: &'e mut Self::Connection,
+        query: Query<'q, Self, Self::Arguments>,
+    ) -> Fut<'e, u64>;
+    /// Runs a query, giving its rows.
+    fn fetch_all<'e, 'q: 'e>(
+        connection: &'e mut Self::Connection,
+        query: Query<'q, Self, Self::Arguments>,
+    ) -> Fut<'e, Vec<Self::Row>>;
+    /// Runs a query, giving its first row if any.
+    fn fetch_optional<'e, 'q: 'e>(
+        connection: &'e mut Self::Connection,
+        query: Query<'q, Self, Self::Arguments>,
+    ) -> Fut<'e, Option<Self::Row>>;
+}
+
+macro_rules! bind_value {
+    ($sink:expr, $value:expr) => {
+        match $value {
+            Bound::Int(value) => $sink(value),
+            Bound::Real(value) => $sink(value),
+            Bound::Text(value) => $sink(value),
+            Bound::Bytes(value) => $sink(value),
+            Bound::Flag(value) => $sink(value),
+            Bound::NullInt => $sink(None::<i64>),
+            Bound::NullText => $sink(None::<String>),
+            Bound::NullBytes => $sink(None::<Vec<u8>>),
+            list => $sink(json_text(&list).unwrap_or_default()),
+        }
+    };
+}
+
+impl Dialect for Sqlite {
+    const POSITION: &'static str = "instr";
+    const LEAST: &'static str = "MIN";
+    const GREATEST: &'static str = "MAX";
+    const ORDERED_JOIN: &'static str = "CROSS JOIN";
+
+    fn indexed_by(index: &str) -> String {
+        format!(" INDEXED BY {index}")
+    }
+
+    fn in_list(column: &str, placeholder: &str) -> String {
+        format!("{column} IN (SELECT value FROM json_each({placeholder}))")
+    }
+
+    fn pairs(placeholder: &str) -> String {
+        format!(
+            "(SELECT json_extract(value, '$[0]') AS first, json_extract(value, '$[1]') AS second \
+             FROM json_each({placeholder}))"
+        )
+    }
+
+    fn bind(sql: &mut QueryBuilder<Self>, value: Bound) {
+        bind_value!(
+            |value| {
+                sql.push_bind(value);
+            },
+            value
+        )
+    }
+
+    fn spell(text: &str) -> Cow<'_, str> {
+        Cow::Borrowed(text)
+    }
+
+    fn query(
+        text: String,
+        values: Vec<Bound>,
+    ) -> Result<Query<'static, Self, Self::Arguments>, StoreError> {
+        let mut arguments = <Self::Arguments as Default>::default();
+        for value in values {
+            bind_value!(
+                |value| sqlx::Arguments::add(&mut arguments, value)
+                    .map_err(|error| StoreError::Database(error.to_string())),
+                value
+            )?;
+        }
+        Ok(sqlx::query_with(AssertSqlSafe(text), arguments))
+    }
+
+    fn execute<'e, 'q: 'e>(
+        connection: &'e mut Self::Connection,
+        query: Query<'q, Self, Self::Arguments>,
+    ) -> Fut<'e, u64> {
+        Box::pin(async move { Ok(query.execute(connection).await?.rows_affected()) })
+    }
+
+    fn fetch_all<'e, 'q: 'e>(
+        connection: &'e mut Self::Connection,
+        query: Query<'q, Self, Self::Arguments>,
+    ) -> Fut<'e, Vec<Self::Row>> {
+        Box::pin(query.fetch_all(connection))
+    }
+
+    fn fetch_optional<'e, 'q: 'e>(
+        connection: &'e mut Self::Connection,
+        query: Query<'q, Self, Self::Arguments>,
+    ) -> Fut<'e, Option<Self::Row>> {
+        Box::pin(query.fetch_optional(connection))
+    }
+}
+
+impl Dialect for Postgres {
+    const POSITION: &'static str = "strpos";
+    const LEAST: &'static str = "LEAST";
+    const GREATEST: &'static str = "GREATEST";
+    const ORDERED_JOIN: &'static str = "JOIN";
+
+    fn indexed_by(_index: &str) -> String {
+        String::new()
+    }
+
+    fn in_list(column: &str, placeholder: &str) -> String {
+        format!("{column} = ANY({placeholder})")
+    }
+
+    fn pairs(placeholder: &str) -> String {
+        format!(
+            "(SELECT value->>0 AS first, value->>1 AS second \
+             FROM jsonb_array_elements(CAST({placeholder} AS jsonb)))"
+        )
+    }
+
+    fn bind(sql: &mut QueryBuilder<Self>, value: Bound) {
+        match value {
+            Bound::Texts(items) => {
+                sql.push_bind(items);
+            }
+            Bound::Ints(items) => {
+                sql.push_bind(items);
+            }
+            other => bind_value!(
+                |value| {
+                    sql.push_bind(value);
+                },
+                other
+            ),
+        }
+    }
+
+    fn spell(text: &str) -> Cow<'_, str> {
+        if text.contains('?') {
+            Cow::Owned(text.replace('?', "$"))
+        } else {
+            Cow::Borrowed(text)
+        }
+    }
+
+    fn query(
+        text: String,
+        values: Vec<Bound>,
+    ) -> Result<Query<'static, Self, Self::Arguments>, StoreError> {
+        let mut arguments = <Self::Arguments as Default>::default();
+        for value in values {
+            let added = match value {
+                Bound::Texts(items) => sqlx::Arguments::add(&mut arguments, items),
+                Bound::Ints(items) => sqlx::Arguments::add(&mut arguments, items),
+                other => bind_value!(|value| sqlx::Arguments::add(&mut arguments, value), other),
+            };
+            added.map_err(|error| StoreError::Database(error.to_string()))?;
+        }
+        Ok(sqlx::query_with(AssertSqlSafe(text), arguments))
+    }
+
+    fn execute<'e, 'q: 'e>(
+        connection: &'e mut Self::Connection,
+        query: Query<'q, Self, Self::Arguments>,
+    ) -> Fut<'e, u64> {
+        Box::pin(async move { Ok(query.execute(connection).await?.rows_affected()) })
+    }
+
+    fn fetch_all<'e, 'q: 'e>(
+        connection: &'e mut Self::Connection,
+        query: Query<'q, Self, Self::Arguments>,
+    ) -> Fut<'e, Vec<Self::Row>> {
+        Box::pin(query.fetch_all(connection))
+    }
+
+    fn fetch_optional<'e, 'q: 'e>(
+        connection: &'e mut Self::Connection,
+        query: Query<'q, Self, Self::Arguments>,
+    ) -> Fut<'e, Option<Self::Row>> {
+        Box::pin(query.fetch_optional(connection))
+    }
+}
+
+/// A statement written once with `?N` placeholders, and its values.
+#[derive(Debug, Clone)]
+pub struct Stmt {
+    text: Cow<'static, str>,
+    values: Vec<Bound>,
+}
+
+/// A statement to run on either database.
+pub fn stmt(text: impl Into<Cow<'static, str>>) -> Stmt {
+    Stmt {
+        text: text.into(),
+        values: Vec::new(),
+    }
+}
+
+impl Stmt {
+    /// Binds the next placeholder.
+    pub fn arg(mut self, value: impl Into<Bound>) -> Self {
+        self.values.push(value.into());
+        self
+    }
+
+    fn query<D: Dialect>(self) -> Result<Query<'static, D, D::Arguments>, StoreError> {
+        let text = D::spell(&self.text).into_owned();
+        D::query(text, self.values)
+    }
+
+    /// Runs it, giving the number of rows changed.
+    pub async fn execute<D: Dialect>(
+        self,
+        connection: &mut D::Connection,
+    ) -> Result<u64, StoreError> {
+        D::execute(connection, self.query::<D>()?)
+            .await
+            .map_err(db_error)
+    }
+
+    /// Runs it, giving its rows.
+    pub async fn fetch_all<D: Dialect>(
+        self,
+        connection: &mut D::Connection,
+    ) -> Result<Vec<D::Row>, StoreError> {
+        D::fetch_all(connection, self.query::<D>()?)
+            .await
+            .map_err(db_error)
+    }
+
+    /// Runs it, giving its first row if any.
+    pub async fn fetch_optional<D: Dialect>(
+        self,
+        connection: &mut D::Connection,
+    ) -> Result<Option<D::Row>, StoreError> {
+        D::fetch_optional(connection, self.query::<D>()?)
+            .await
+            .map_err(db_error)
+    }
+
+    /// Runs it, giving its one row (a query that finds none is a database error).
+    pub async fn fetch_one<D: Dialect>(
+        self,
+        connection: &mut D::Connection,
+    ) -> Result<D::Row, StoreError> {
+        self.fetch_optional::<D>(connection)
+            .await?
+            .ok_or_else(|| StoreError::Database("the statement returned no row".to_owned()))
+    }
+}
+
+/// Runs a statement assembled with a `QueryBuilder`, giving its rows.
+pub async fn fetch_built<D: Dialect>(
+    connection: &mut D::Connection,
+    sql: &mut QueryBuilder<D>,
+) -> Result<Vec<D::Row>, StoreError> {
+    D::fetch_all(connection, sql.build())
+        .await
+        .map_err(db_error)
+}
+
+/// Runs a statement assembled with a `QueryBuilder`, giving the number of rows changed.
+pub async fn execute_built<D: Dialect>(
+    connection: &mut D::Connection,
+    sql: &mut QueryBuilder<D>,
+) -> Result<u64, StoreError> {
+    D::execute(connection, sql.build()).await.map_err(db_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_numbers_the_placeholders_sqlite_writes() {
+        assert_eq!(
+            Postgres::spell("SELECT 1 WHERE a = ?1 AND b = ?12"),
+            "SELECT 1 WHERE a = $1 AND b = $12"
+        );
+        assert_eq!(Sqlite::spell("a = ?1"), "a = ?1");
+    }
+
+    #[test]
+    fn lists_and_pairs_are_json_for_sqlite() {
+        assert_eq!(
+            json_text(&Bound::Pairs(vec![["a".into(), "b\"".into()]])).as_deref(),
+            Some(r#"[["a","b\""]]"#)
+        );
+        assert_eq!(
+            json_text(&Bound::Ints(vec![1, 2])).as_deref(),
+            Some("[1,2]")
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! The outbound queue on either database (`outbox`): rows written inside a batch's transaction
+//! (both engines call [`insert`] and [`update`] from their write path), and the [`Outbox`]
+//! reads.
+
+use sqlx::Database;
+use tsunagi_store::{DeliveryState, DeliveryUpdate, OutboundMessage, Outbox, StoreError};
+
+use crate::{
+    dialect::{Cells, Dialect, count, stmt},
+    store::{Engine, SqlStore},
+};
+
+type Connection<D> = <D as Database>::Connection;
+
+const COLUMNS: &str = "seq, destination, resource, task, patient, control_id, payload, state, \
+                       attempts, next_attempt, last_error, ack, created, updated";
+
+/// Queues a delivery inside the batch's transaction. A second delivery of the same resource to
+/// the same destination fails the statement (and so the batch).
+pub async fn insert<D: Dialect>(
+    connection: &mut Connection<D>,
+    message: &OutboundMessage,
+) -> Result<(), StoreError> {
+    stmt(
+        "INSERT INTO outbox (destination, resource, task, patient, control_id, payload, state, \
+         attempts, next_attempt, last_error, ack, created, updated) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )
+    .arg(&message.destination)
+    .arg(&message.resource)
+    .arg(&message.task)
+    .arg(&message.patient)
+    .arg(&message.control_id)
+    .arg(&message.payload)
+    .arg(message.state.as_str())
+    .arg(i64::from(message.attempts))
+    .arg(message.next_attempt)
+    .arg(&message.last_error)
+    .arg(&message.ack)
+    .arg(message.created)
+    .arg(message.updated)
+    .execute::<D>(connection)
+    .await
+    .map_err(|error| match error {
+        StoreError::Conflict(_) => StoreError::Invalid(format!(
+            "{} is already queued for {}",
+            message.resource, message.destination
+        )),
+        other => other,
+    })?;
+    Ok(())
+}
+
+/// Records an attempt's outcome; an unknown sequence number fails the batch.
+pub async fn update<D: Dialect>(
+    connection: &mut Connection<D>,
+    update: &DeliveryUpdate,
+) -> Result<(), StoreError> {
+    let changed = stmt(
+        "UPDATE outbox SET state = ?1, attempts = ?2, next_attempt = ?3, last_error = ?4, \
+         ack = ?5, updated = ?6 WHERE seq = ?7",
+    )
+    .arg(update.state.as_str())
+    .arg(i64::from(update.attempts))
+    .arg(update.next_attempt)
+    .arg(&update.last_error)
+    .arg(&update.ack)
+    .arg(update.updated)
+    .arg(update.seq)
+    .execute::<D>(connection)
+    .await?;
+    if changed == 0 {
+        return Err(StoreError::Invalid(format!(
+            "outbound message {} is not queued",
+            update.seq
+        )));
+    }
+    Ok(())
+}
+
+fn from_row(row: &impl Cells) -> Result<OutboundMessage, StoreError> {
+    let state = row.text("state")?;
+    Ok(OutboundMessage {
+        seq: row.int("seq")?,
+        destination: row.text("destination")?,
+        resource: row.text("resource")?,
+        task: row.text("task")?,
+        patient: row.text("patient")?,
+        control_id: row.text("control_id")?,
+        payload: row.bytes("payload")?,
+        state: DeliveryState::parse(&state)
+            .ok_or_else(|| StoreError::Database(format!("unknown delivery state {state:?}")))?,
+        attempts: u32::try_from(row.int("attempts")?).unwrap_or(u32::MAX),
+        next_attempt: row.int("next_attempt")?,
+        last_error: row.text("last_error")?,
+        ack: row.bytes("ack")?,
+        created: row.int("created")?,
+        updated: row.int("updated")?,
+    })
+}
+
+#[async_trait::async_trait]
+impl<E: Engine> Outbox for SqlStore<E> {
+    async fn outbound(&self, seq: i64) -> Result<Option<OutboundMessage>, StoreError> {
+        let mut connection = self.write_connection().await?;
+        let row = stmt(format!("SELECT {COLUMNS} FROM outbox WHERE seq = ?1"))
+            .arg(seq)
+            .fetch_optional::<E::Db>(&mut *connection)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    async fn outbound_due(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboundMessage>, StoreError> {
+        let mut connection = self.write_connection().await?;
+        let rows = stmt(format!(
+            "SELECT {COLUMNS} FROM outbox WHERE state = 'pending' AND next_attempt <= ?1 \
+             ORDER BY next_attempt, seq LIMIT ?2"
+        ))
+        .arg(now)
+        .arg(count(limit))
+        .fetch_all::<E::Db>(&mut *connection)
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    async fn outbound_list(
+        &self,
+        states: &[DeliveryState],
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboundMessage>, StoreError> {
+        let states: Vec<&str> = states.iter().map(|state| state.as_str()).collect();
+        let mut connection = self.write_connection().await?;
+        let rows = stmt(format!(
+            "SELECT {COLUMNS} FROM outbox WHERE {} AND seq > ?2 ORDER BY seq LIMIT ?3",
+            E::Db::in_list("state", "?1")
+        ))
+        .arg(states)
+        .arg(after)
+        .arg(count(limit))
+        .fetch_all::<E::Db>(&mut *connection)
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    async fn outbound_next_due(&self) -> Result<Option<i64>, StoreError> {
+        let mut connection = self.write_connection().await?;
+        let row = stmt("SELECT MIN(next_attempt) AS due FROM outbox WHERE state = 'pending'")
+            .fetch_one::<E::Db>(&mut *connection)
+            .await?;
+        row.opt_int("due")
+    }
+}
