@@ -19,20 +19,28 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPool, PgPoolOptions},
 };
 use tsunagi_core::clock::Clock;
-use tsunagi_fhir::search::{IndexEntry, IndexValue, REGISTRY_VERSION};
+use tsunagi_fhir::search::{self, IndexEntry, IndexValue, REGISTRY_VERSION};
 use tsunagi_store::{ApplyStats, Batch, Counts, Operation, ResourceWrite, StoreError};
-use tsunagi_store_sql::{Engine, SqlStore, db_error, messages, outbox};
+use tsunagi_store_sql::{
+    Engine, SqlStore, db_error, messages,
+    migrations::{self, MetaKeys},
+    outbox,
+};
 
-/// The whole schema (version [`SCHEMA_VERSION`]).
-const SCHEMA: &str = include_str!("schema.sql");
-/// Schema 2: the inbound message log, added to schema 1 databases in place.
-const SCHEMA_2: &str = include_str!("messages.sql");
-/// Schema 3: the outbound queue, added in place.
-const SCHEMA_3: &str = include_str!("outbox.sql");
-/// Schema 4: portals' served facilities, facility deactivation, revocations.
-const SCHEMA_4: &str = include_str!("standing.sql");
-const SCHEMA_5: &str = include_str!("lab_reports.sql");
-const SCHEMA_VERSION: &str = "5";
+/// The schema, one file per version (`migrations/`), applied by `tsunagi_store_sql::migrations`.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+const META_KEYS: MetaKeys = MetaKeys {
+    schema: "schema",
+    registry: "registry",
+};
+/// The index tables a reindex empties and refills.
+const INDEX_TABLES: [&str; 5] = [
+    "idx_token",
+    "idx_string",
+    "idx_date",
+    "idx_reference",
+    "idx_quantity",
+];
 /// The advisory lock every writing transaction holds ("tsunagi" in ASCII, as a number).
 const WRITER_LOCK: i64 = 0x0074_7375_6e61_6769;
 
@@ -106,75 +114,85 @@ impl PostgresEngine {
         Ok(Self { pool, clock })
     }
 
-    /// Creates the schema in an empty database; refuses one of another schema version or
-    /// search-registry version (the stored index rows would not be the ones this build reads).
+    /// Brings the schema up to date, and the index rows when they were extracted by another
+    /// search registry than this build's.
     async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+        let mut connection = pool.acquire().await.map_err(db_error)?;
+        let registry =
+            migrations::migrate::<Postgres>(&mut connection, &MIGRATOR, META_KEYS).await?;
+        drop(connection);
+        if registry != REGISTRY_VERSION.to_string() {
+            Self::reindex_pool(pool).await?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds every index row, and every resource's compartment, from stored content (after a
+    /// search-registry change), in one writing transaction.
+    pub async fn reindex(&self) -> Result<(), StoreError> {
+        Self::reindex_pool(&self.pool).await
+    }
+
+    async fn reindex_pool(pool: &PgPool) -> Result<(), StoreError> {
         let mut transaction = pool.begin().await.map_err(db_error)?;
         lock_writer(&mut transaction).await?;
-        let exists: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'store_meta')",
-        )
-        .fetch_one(&mut *transaction)
-        .await
-        .map_err(db_error)?;
-        if !exists {
-            sqlx::raw_sql(SCHEMA)
+        for table in INDEX_TABLES {
+            sqlx::query(AssertSqlSafe(format!("DELETE FROM {table}")))
                 .execute(&mut *transaction)
                 .await
                 .map_err(db_error)?;
-            sqlx::query(
-                "INSERT INTO store_meta (key, value) VALUES ('schema', '1'), ('registry', $1)",
+        }
+        let mut writer = BatchWriter {
+            connection: &mut transaction,
+            now: 0,
+            systems: HashMap::new(),
+            compartments: HashMap::new(),
+            stats: ApplyStats::default(),
+        };
+        let mut last_rid = 0i64;
+        loop {
+            let rows = sqlx::query(
+                "SELECT r.rid, r.type, r.content, c.facility FROM resources r \
+                 LEFT JOIN compartments c ON c.id = r.pat \
+                 WHERE NOT r.deleted AND r.rid > $1 ORDER BY r.rid LIMIT 1000",
             )
+            .bind(last_rid)
+            .fetch_all(&mut *writer.connection)
+            .await
+            .map_err(db_error)?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                let rid: i64 = row.try_get("rid").map_err(db_error)?;
+                let resource_type: String = row.try_get("type").map_err(db_error)?;
+                let content: Vec<u8> = row.try_get("content").map_err(db_error)?;
+                let facility: Option<String> = row.try_get("facility").map_err(db_error)?;
+                let value: serde_json::Value = serde_json::from_slice(&content)
+                    .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+                let patient = search::compartment_patient(&resource_type, &value);
+                let pat = writer
+                    .compartment(patient.as_deref(), facility.as_deref())
+                    .await?;
+                sqlx::query("UPDATE resources SET pat = $1 WHERE rid = $2")
+                    .bind(pat)
+                    .bind(rid)
+                    .execute(&mut *writer.connection)
+                    .await
+                    .map_err(db_error)?;
+                let entries = search::extract(&resource_type, &value);
+                writer
+                    .insert_index(rid, index_pat(&resource_type, pat), entries)
+                    .await?;
+                last_rid = rid;
+            }
+        }
+        sqlx::query("UPDATE store_meta SET value = $1 WHERE key = 'registry'")
             .bind(REGISTRY_VERSION.to_string())
             .execute(&mut *transaction)
             .await
             .map_err(db_error)?;
-        }
-        // Each step reads the version the previous one left.
-        for (from, script, to) in [
-            ("1", SCHEMA_2, "2"),
-            ("2", SCHEMA_3, "3"),
-            ("3", SCHEMA_4, "4"),
-            ("4", SCHEMA_5, "5"),
-        ] {
-            let current: Option<String> =
-                sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'schema'")
-                    .fetch_optional(&mut *transaction)
-                    .await
-                    .map_err(db_error)?;
-            if current.as_deref() == Some(from) {
-                sqlx::raw_sql(script)
-                    .execute(&mut *transaction)
-                    .await
-                    .map_err(db_error)?;
-                sqlx::query("UPDATE store_meta SET value = $1 WHERE key = 'schema'")
-                    .bind(to)
-                    .execute(&mut *transaction)
-                    .await
-                    .map_err(db_error)?;
-            }
-        }
-        let meta: HashMap<String, String> =
-            sqlx::query_as("SELECT key, value FROM store_meta WHERE key IN ('schema', 'registry')")
-                .fetch_all(&mut *transaction)
-                .await
-                .map_err(db_error)?
-                .into_iter()
-                .collect();
-        transaction.commit().await.map_err(db_error)?;
-        if meta.get("schema").map(String::as_str) != Some(SCHEMA_VERSION) {
-            return Err(StoreError::Unsupported(format!(
-                "this PostgreSQL database has store schema {:?}; this build reads schema {SCHEMA_VERSION}",
-                meta.get("schema")
-            )));
-        }
-        if meta.get("registry") != Some(&REGISTRY_VERSION.to_string()) {
-            return Err(StoreError::Unsupported(format!(
-                "this PostgreSQL database was indexed with search registry {:?}; this build uses {REGISTRY_VERSION}, and reindexing is not yet available on PostgreSQL",
-                meta.get("registry")
-            )));
-        }
-        Ok(())
+        transaction.commit().await.map_err(db_error)
     }
 
     /// Closes the pool.
@@ -289,7 +307,7 @@ impl BatchWriter<'_> {
     async fn compartment(
         &mut self,
         patient: Option<&str>,
-        facility: &str,
+        facility: Option<&str>,
     ) -> Result<i64, StoreError> {
         let Some(patient) = patient else {
             return Ok(0);
@@ -342,7 +360,7 @@ impl BatchWriter<'_> {
         write: ResourceWrite,
     ) -> Result<(), StoreError> {
         let pat = self
-            .compartment(write.compartment.as_deref(), facility)
+            .compartment(write.compartment.as_deref(), Some(facility))
             .await?;
         let hash = write.hash as i64;
         let Some(existing) = self.existing(&write.tid).await? else {

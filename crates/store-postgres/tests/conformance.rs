@@ -50,7 +50,8 @@ async fn drop_stale_schemas() {
     }
 }
 
-async fn fresh() -> PostgresStore {
+/// A new, empty schema of its own (named after this process).
+async fn new_schema() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     drop_stale_schemas().await;
     let schema = format!(
@@ -65,14 +66,130 @@ async fn fresh() -> PostgresStore {
     .execute(&mut connection)
     .await
     .unwrap();
+    schema
+}
+
+async fn open(schema: &str) -> Result<PostgresStore, tsunagi_store::StoreError> {
     let engine = PostgresEngine::connect_in_schema(
         &url(),
-        Some(&schema),
+        Some(schema),
         Arc::new(FixedClock(1_700_000_000_000_000)),
     )
+    .await?;
+    PostgresStore::with_engine(engine).await
+}
+
+async fn fresh() -> PostgresStore {
+    open(&new_schema().await).await.unwrap()
+}
+
+/// Runs `sql` inside `schema`, as an operator (or an older build) would.
+async fn run_in(schema: &str, sql: &str) {
+    let mut connection = sqlx::PgConnection::connect(&url()).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET search_path TO {schema}; {sql}"
+    )))
+    .execute(&mut connection)
     .await
     .unwrap();
-    PostgresStore::with_engine(engine).await.unwrap()
+}
+
+/// A database indexed by another search registry is reindexed when opened: index rows and
+/// compartments are rebuilt from stored content, and the registry version recorded.
+#[tokio::test]
+async fn a_database_of_another_search_registry_is_reindexed() {
+    use tsunagi_store::{Access, Batch, Operation, ResourceWrite, Store};
+    let schema = new_schema().await;
+    let store = open(&schema).await.unwrap();
+    let patient = serde_json::json!({"resourceType": "Patient", "id": "p1",
+        "identifier": [{"system": "urn:oid:1.2.392.100495.20.3.51.11234567890", "value": "0001"}]});
+    let observation = serde_json::json!({"resourceType": "Observation", "id": "o1", "status": "final",
+        "code": {"coding": [{"system": "urn:oid:1.2.392.200119.4.504", "code": "3A010000002327101"}]},
+        "subject": {"reference": "Patient/p1"}});
+    store
+        .apply(Batch {
+            operations: vec![Operation::ReplaceSource {
+                source_key: "test:1".into(),
+                facility: "1234567890".into(),
+                resources: vec![
+                    ResourceWrite::from_json("Patient", "p1", &patient).unwrap(),
+                    ResourceWrite::from_json("Observation", "o1", &observation).unwrap(),
+                ],
+            }],
+        })
+        .await
+        .unwrap();
+    let found = || async {
+        let store = open(&schema).await.unwrap();
+        let by_code = store
+            .find_by_token("Observation", "code", None, "3A010000002327101")
+            .await
+            .unwrap();
+        let by_subject = store
+            .find_by_reference("Observation", "subject", "Patient/p1")
+            .await
+            .unwrap();
+        let everything = store
+            .compartment(&Access::Unrestricted, "p1", &[], None)
+            .await
+            .unwrap();
+        (by_code, by_subject, everything.len())
+    };
+    let before = found().await;
+    assert_eq!(before.0, vec!["o1".to_owned()]);
+    assert_eq!(before.1, vec!["o1".to_owned()]);
+    assert_eq!(before.2, 2);
+    drop(store);
+    // As an older build left it: other index rows (here none) and an older registry.
+    run_in(
+        &schema,
+        "DELETE FROM idx_token; DELETE FROM idx_reference; DELETE FROM idx_string; \
+         UPDATE resources SET pat = 0; UPDATE store_meta SET value = '0' WHERE key = 'registry'",
+    )
+    .await;
+    assert_eq!(found().await, before);
+    let mut connection = sqlx::PgConnection::connect(&url()).await.unwrap();
+    let registry: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT value FROM {schema}.store_meta WHERE key = 'registry'"
+    )))
+    .fetch_one(&mut connection)
+    .await
+    .unwrap();
+    assert_eq!(registry, tsunagi_fhir::search::REGISTRY_VERSION.to_string());
+}
+
+/// Migrations are files applied once: a database of the builds before them (schema recorded
+/// only in `store_meta`) is taken over without running what it has, and one with a migration
+/// this build does not know is refused by name.
+#[tokio::test]
+async fn migrations_take_over_older_databases_and_refuse_newer_ones() {
+    let schema = new_schema().await;
+    drop(open(&schema).await.unwrap());
+    // A schema-4 database of a build before migration files: no migration table, no lab list.
+    run_in(
+        &schema,
+        "DROP TABLE _sqlx_migrations; DROP TABLE lab_reports; \
+         UPDATE store_meta SET value = '4' WHERE key = 'schema'",
+    )
+    .await;
+    let store = open(&schema).await.unwrap();
+    use tsunagi_store::Governance;
+    assert_eq!(
+        store.lab_reports_for("x").await.unwrap(),
+        Vec::<String>::new()
+    );
+    drop(store);
+    run_in(
+        &schema,
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from the future', TRUE, '\\x00', 0)",
+    )
+    .await;
+    let refused = open(&schema).await.err().unwrap().to_string();
+    assert!(
+        refused.contains("9999") && refused.contains("newer"),
+        "{refused}"
+    );
 }
 
 tsunagi_store::store_conformance_suite!(fresh());

@@ -7,7 +7,10 @@
 use std::{borrow::Cow, future::Future, pin::Pin};
 
 use sqlx::{
-    AssertSqlSafe, Database, Postgres, QueryBuilder, Row, Sqlite, postgres::PgRow, query::Query,
+    AssertSqlSafe, Database, Postgres, QueryBuilder, Row, Sqlite,
+    migrate::{MigrateError, Migrator},
+    postgres::PgRow,
+    query::Query,
     sqlite::SqliteRow,
 };
 use tsunagi_store::StoreError;
@@ -268,6 +271,8 @@ pub trait Dialect: Database<Row: Cells> + Sized {
     /// A join whose order the planner must keep (`CROSS JOIN` fixes it in SQLite; PostgreSQL
     /// plans with statistics and spells it `JOIN`).
     const ORDERED_JOIN: &'static str;
+    /// A row when the table named by `?1` exists (in the current schema).
+    const TABLE_EXISTS: &'static str;
 
     /// ` INDEXED BY <index>` where the database takes such a hint, else nothing.
     fn indexed_by(index: &str) -> String;
@@ -299,6 +304,52 @@ pub trait Dialect: Database<Row: Cells> + Sized {
         connection: &'e mut Self::Connection,
         query: Query<'q, Self, Self::Arguments>,
     ) -> Fut<'e, Option<Self::Row>>;
+    /// Applies `migrator`'s pending migrations, or with `skip_to` only marks those up to that
+    /// version applied (see `crate::migrations`).
+    fn migrate<'e>(
+        connection: &'e mut Self::Connection,
+        migrator: &'e Migrator,
+        skip_to: Option<i64>,
+    ) -> Migrating<'e>;
+}
+
+/// A boxed future of a migration run.
+pub type Migrating<'e> = Pin<Box<dyn Future<Output = Result<(), MigrateError>> + Send + 'e>>;
+
+/// The running methods of [`Dialect`], the same text for each database (the types differ).
+macro_rules! runs_on_its_connection {
+    () => {
+        fn execute<'e, 'q: 'e>(
+            connection: &'e mut Self::Connection,
+            query: Query<'q, Self, Self::Arguments>,
+        ) -> Fut<'e, u64> {
+            Box::pin(async move { Ok(query.execute(connection).await?.rows_affected()) })
+        }
+
+        fn fetch_all<'e, 'q: 'e>(
+            connection: &'e mut Self::Connection,
+            query: Query<'q, Self, Self::Arguments>,
+        ) -> Fut<'e, Vec<Self::Row>> {
+            Box::pin(query.fetch_all(connection))
+        }
+
+        fn fetch_optional<'e, 'q: 'e>(
+            connection: &'e mut Self::Connection,
+            query: Query<'q, Self, Self::Arguments>,
+        ) -> Fut<'e, Option<Self::Row>> {
+            Box::pin(query.fetch_optional(connection))
+        }
+
+        fn migrate<'e>(
+            connection: &'e mut Self::Connection,
+            migrator: &'e Migrator,
+            skip_to: Option<i64>,
+        ) -> Migrating<'e> {
+            // `run_direct` is `run` and `skip` on a connection: the two through `Acquire` do
+            // not compile inside a boxed future (sqlx's own note on `run_direct`).
+            Box::pin(migrator.run_direct(skip_to, connection, skip_to.is_some()))
+        }
+    };
 }
 
 macro_rules! bind_value {
@@ -322,6 +373,8 @@ impl Dialect for Sqlite {
     const LEAST: &'static str = "MIN";
     const GREATEST: &'static str = "MAX";
     const ORDERED_JOIN: &'static str = "CROSS JOIN";
+    const TABLE_EXISTS: &'static str =
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?1";
 
     fn indexed_by(index: &str) -> String {
         format!(" INDEXED BY {index}")
@@ -366,26 +419,7 @@ impl Dialect for Sqlite {
         Ok(sqlx::query_with(AssertSqlSafe(text), arguments))
     }
 
-    fn execute<'e, 'q: 'e>(
-        connection: &'e mut Self::Connection,
-        query: Query<'q, Self, Self::Arguments>,
-    ) -> Fut<'e, u64> {
-        Box::pin(async move { Ok(query.execute(connection).await?.rows_affected()) })
-    }
-
-    fn fetch_all<'e, 'q: 'e>(
-        connection: &'e mut Self::Connection,
-        query: Query<'q, Self, Self::Arguments>,
-    ) -> Fut<'e, Vec<Self::Row>> {
-        Box::pin(query.fetch_all(connection))
-    }
-
-    fn fetch_optional<'e, 'q: 'e>(
-        connection: &'e mut Self::Connection,
-        query: Query<'q, Self, Self::Arguments>,
-    ) -> Fut<'e, Option<Self::Row>> {
-        Box::pin(query.fetch_optional(connection))
-    }
+    runs_on_its_connection!();
 }
 
 impl Dialect for Postgres {
@@ -393,6 +427,8 @@ impl Dialect for Postgres {
     const LEAST: &'static str = "LEAST";
     const GREATEST: &'static str = "GREATEST";
     const ORDERED_JOIN: &'static str = "JOIN";
+    const TABLE_EXISTS: &'static str = "SELECT tablename FROM pg_tables \
+        WHERE schemaname = current_schema() AND tablename = ?1";
 
     fn indexed_by(_index: &str) -> String {
         String::new()
@@ -450,26 +486,7 @@ impl Dialect for Postgres {
         Ok(sqlx::query_with(AssertSqlSafe(text), arguments))
     }
 
-    fn execute<'e, 'q: 'e>(
-        connection: &'e mut Self::Connection,
-        query: Query<'q, Self, Self::Arguments>,
-    ) -> Fut<'e, u64> {
-        Box::pin(async move { Ok(query.execute(connection).await?.rows_affected()) })
-    }
-
-    fn fetch_all<'e, 'q: 'e>(
-        connection: &'e mut Self::Connection,
-        query: Query<'q, Self, Self::Arguments>,
-    ) -> Fut<'e, Vec<Self::Row>> {
-        Box::pin(query.fetch_all(connection))
-    }
-
-    fn fetch_optional<'e, 'q: 'e>(
-        connection: &'e mut Self::Connection,
-        query: Query<'q, Self, Self::Arguments>,
-    ) -> Fut<'e, Option<Self::Row>> {
-        Box::pin(query.fetch_optional(connection))
-    }
+    runs_on_its_connection!();
 }
 
 /// A statement written once with `?N` placeholders, and its values.

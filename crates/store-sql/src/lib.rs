@@ -11,6 +11,7 @@ pub mod dialect;
 pub mod governance;
 pub mod guard;
 pub mod messages;
+pub mod migrations;
 pub mod outbox;
 pub mod plan;
 pub mod reads;

@@ -54,3 +54,6 @@ CREATE TABLE idx_quantity (
     rid    INTEGER NOT NULL,
     PRIMARY KEY (param, code, pat, value, system, rid)
 ) WITHOUT ROWID;
+
+-- The index tables are new and empty: the registry-version check after migrating refills them.
+UPDATE store_meta SET value = '0' WHERE key = 'registry_version';

@@ -101,3 +101,10 @@ CREATE TABLE signing_keys (
     pem        TEXT NOT NULL,
     created_at INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+-- Compartments written before this schema get their facility from the SS-MIX2 adapter's source
+-- key of their Patient (`ssmix2:<10-digit code>:…`).
+UPDATE compartments SET facility = (
+    SELECT substr(r.source_key, 8, 10) FROM resources r
+    WHERE r.tid = 'Patient/' || compartments.patient AND r.source_key LIKE 'ssmix2:%')
+WHERE facility IS NULL;

@@ -6,3 +6,8 @@ ALTER TABLE audit ADD COLUMN id TEXT;
 ALTER TABLE audit ADD COLUMN facility TEXT;
 CREATE INDEX audit_id ON audit (id);
 CREATE INDEX audit_facility ON audit (facility, recorded);
+
+-- Records of the network written before this schema have no FHIR projection yet: the store
+-- writes them when it opens, in the transaction that clears this flag (a crash between the two
+-- only means projecting again).
+INSERT OR REPLACE INTO store_meta (key, value) VALUES ('projections', 'pending');

@@ -19,7 +19,7 @@ use std::{
 
 use serde_json::Value;
 use sqlx::{
-    AssertSqlSafe, Connection, QueryBuilder, Row, Sqlite, SqliteConnection, Transaction,
+    AssertSqlSafe, QueryBuilder, Row, Sqlite, SqliteConnection, Transaction,
     sqlite::{
         SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
         SqliteSynchronous,
@@ -30,29 +30,22 @@ use tsunagi_fhir::search::{self, IndexEntry, IndexValue, REGISTRY_VERSION};
 use tsunagi_store::{
     ApplyStats, Batch, Operation, ResourceWrite, StoreError, governance::AuditRecord,
 };
-use tsunagi_store_sql::{Engine, SqlStore, db_error, messages, outbox, pow2_sizes};
+use tsunagi_store_sql::{
+    Engine, SqlStore, db_error, messages,
+    migrations::{self, MetaKeys},
+    outbox, pow2_sizes,
+};
 
 mod epoch;
 mod journal;
 mod journal_import;
 
-const MIGRATION_0001: &str = include_str!("../migrations/0001_initial.sql");
-const MIGRATION_0002: &str = include_str!("../migrations/0002_compartments.sql");
-const MIGRATION_0003: &str = include_str!("../migrations/0003_history_order.sql");
-const MIGRATION_0004: &str = include_str!("../migrations/0004_access.sql");
-const MIGRATION_0005: &str = include_str!("../migrations/0005_audit_search.sql");
-const MIGRATION_0006: &str = include_str!("../migrations/0006_messages.sql");
-const MIGRATION_0007: &str = include_str!("../migrations/0007_outbox.sql");
-const MIGRATION_0008: &str = include_str!("../migrations/0008_standing.sql");
-const MIGRATION_0009: &str = include_str!("../migrations/0009_lab_reports.sql");
-/// Migrations that are one script each, by the schema version they lead to.
-const SIMPLE_MIGRATIONS: [(&str, &str); 4] = [
-    ("6", MIGRATION_0006),
-    ("7", MIGRATION_0007),
-    ("8", MIGRATION_0008),
-    ("9", MIGRATION_0009),
-];
-const SCHEMA_VERSION: &str = "9";
+/// The schema, one file per version (`migrations/`), applied by `tsunagi_store_sql::migrations`.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+const META_KEYS: MetaKeys = MetaKeys {
+    schema: "schema_version",
+    registry: "registry_version",
+};
 
 /// Compartments written before schema 4 (or re-created by a re-index) get their facility from
 /// the SS-MIX2 adapter's source key of their Patient (`ssmix2:<10-digit code>:…`).
@@ -168,143 +161,9 @@ impl SqliteEngine {
     /// FHIR projections pending in `store_meta`; `SqlStore` writes them once open).
     async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
         let mut connection = pool.acquire().await.map_err(db_error)?;
-        let exists: Option<String> = sqlx::query_scalar(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'store_meta'",
-        )
-        .fetch_optional(&mut *connection)
-        .await
-        .map_err(db_error)?;
-        if exists.is_none() {
-            sqlx::raw_sql(MIGRATION_0001)
-                .execute(&mut *connection)
-                .await
-                .map_err(db_error)?;
-            sqlx::raw_sql(MIGRATION_0002)
-                .execute(&mut *connection)
-                .await
-                .map_err(db_error)?;
-            sqlx::raw_sql(MIGRATION_0003)
-                .execute(&mut *connection)
-                .await
-                .map_err(db_error)?;
-            sqlx::raw_sql(MIGRATION_0004)
-                .execute(&mut *connection)
-                .await
-                .map_err(db_error)?;
-            sqlx::raw_sql(MIGRATION_0005)
-                .execute(&mut *connection)
-                .await
-                .map_err(db_error)?;
-            for (_, script) in SIMPLE_MIGRATIONS {
-                sqlx::raw_sql(script)
-                    .execute(&mut *connection)
-                    .await
-                    .map_err(db_error)?;
-            }
-            sqlx::query("INSERT INTO store_meta (key, value) VALUES ('schema_version', ?), ('registry_version', ?)")
-                .bind(SCHEMA_VERSION)
-                .bind(REGISTRY_VERSION.to_string())
-                .execute(&mut *connection)
-                .await
-                .map_err(db_error)?;
-            return Ok(());
-        }
-        let mut schema: Option<String> =
-            sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'schema_version'")
-                .fetch_optional(&mut *connection)
-                .await
-                .map_err(db_error)?;
-        if schema.as_deref() == Some("1") {
-            // 0002 recreates the index tables; the registry-version check below refills them.
-            let mut transaction = connection.begin().await.map_err(db_error)?;
-            sqlx::raw_sql(MIGRATION_0002)
-                .execute(&mut *transaction)
-                .await
-                .map_err(db_error)?;
-            sqlx::query("UPDATE store_meta SET value = '2' WHERE key = 'schema_version'; UPDATE store_meta SET value = '0' WHERE key = 'registry_version'")
-                .execute(&mut *transaction)
-                .await
-                .map_err(db_error)?;
-            transaction.commit().await.map_err(db_error)?;
-            schema = Some("2".to_owned());
-        }
-        if schema.as_deref() == Some("2") {
-            let mut transaction = connection.begin().await.map_err(db_error)?;
-            sqlx::raw_sql(MIGRATION_0003)
-                .execute(&mut *transaction)
-                .await
-                .map_err(db_error)?;
-            sqlx::query("UPDATE store_meta SET value = '3' WHERE key = 'schema_version'")
-                .execute(&mut *transaction)
-                .await
-                .map_err(db_error)?;
-            transaction.commit().await.map_err(db_error)?;
-            schema = Some("3".to_owned());
-        }
-        if schema.as_deref() == Some("3") {
-            let mut transaction = connection.begin().await.map_err(db_error)?;
-            sqlx::raw_sql(MIGRATION_0004)
-                .execute(&mut *transaction)
-                .await
-                .map_err(db_error)?;
-            sqlx::query(FACILITY_BACKFILL)
-                .execute(&mut *transaction)
-                .await
-                .map_err(db_error)?;
-            sqlx::query("UPDATE store_meta SET value = '4' WHERE key = 'schema_version'")
-                .execute(&mut *transaction)
-                .await
-                .map_err(db_error)?;
-            transaction.commit().await.map_err(db_error)?;
-            schema = Some("4".to_owned());
-        }
-        if schema.as_deref() == Some("4") {
-            let mut transaction = connection.begin().await.map_err(db_error)?;
-            sqlx::raw_sql(MIGRATION_0005)
-                .execute(&mut *transaction)
-                .await
-                .map_err(db_error)?;
-            // Records of the network written before schema 5 have no FHIR projection yet; the
-            // flag goes in the transaction that writes them (`project_all`), so a crash between
-            // the two only means projecting again.
-            sqlx::query("UPDATE store_meta SET value = '5' WHERE key = 'schema_version'; INSERT OR REPLACE INTO store_meta (key, value) VALUES ('projections', 'pending')")
-                .execute(&mut *transaction)
-                .await
-                .map_err(db_error)?;
-            transaction.commit().await.map_err(db_error)?;
-            schema = Some("5".to_owned());
-        }
-        for (index, (version, script)) in SIMPLE_MIGRATIONS.iter().enumerate() {
-            let from = index + 5;
-            if schema.as_deref() != Some(from.to_string().as_str()) {
-                continue;
-            }
-            let mut transaction = connection.begin().await.map_err(db_error)?;
-            sqlx::raw_sql(*script)
-                .execute(&mut *transaction)
-                .await
-                .map_err(db_error)?;
-            sqlx::query("UPDATE store_meta SET value = ?1 WHERE key = 'schema_version'")
-                .bind(*version)
-                .execute(&mut *transaction)
-                .await
-                .map_err(db_error)?;
-            transaction.commit().await.map_err(db_error)?;
-            schema = Some((*version).to_owned());
-        }
-        if schema.as_deref() != Some(SCHEMA_VERSION) {
-            return Err(StoreError::Unsupported(format!(
-                "database schema version {} is not {SCHEMA_VERSION}; this build cannot open it",
-                schema.unwrap_or_default()
-            )));
-        }
-        let registry: Option<String> =
-            sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'registry_version'")
-                .fetch_optional(&mut *connection)
-                .await
-                .map_err(db_error)?;
-        if registry.as_deref() != Some(REGISTRY_VERSION.to_string().as_str()) {
-            drop(connection);
+        let registry = migrations::migrate::<Sqlite>(&mut connection, &MIGRATOR, META_KEYS).await?;
+        drop(connection);
+        if registry != REGISTRY_VERSION.to_string() {
             Self::reindex_pool(pool).await?;
         }
         Ok(())

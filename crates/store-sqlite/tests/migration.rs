@@ -132,7 +132,8 @@ async fn a_schema_4_database_gets_its_directory_and_consents_as_resources() {
     let clock = Arc::new(FixedClock(1_700_000_000_000_000));
     drop(SqliteStore::open(&url, clock.clone()).await.unwrap());
     {
-        // Turn it back into schema 4: records written by raw SQL, as schema 4 did.
+        // Turn it back into schema 4: records written by raw SQL, as schema 4 did, and no
+        // migration table (builds of schema 4 kept the version in `store_meta` only).
         let mut old = SqliteConnection::connect(&url).await.unwrap();
         sqlx::raw_sql(
             "INSERT INTO facilities (code, name, kind, created_at) VALUES ('0610100010', '荘内病院', 'hospital', 0); \
@@ -140,7 +141,7 @@ async fn a_schema_4_database_gets_its_directory_and_consents_as_resources() {
              DROP INDEX audit_id; DROP INDEX audit_facility; \
              ALTER TABLE audit DROP COLUMN id; ALTER TABLE audit DROP COLUMN facility; DROP TABLE messages; DROP TABLE outbox; \
              ALTER TABLE clients DROP COLUMN serves; ALTER TABLE facilities DROP COLUMN active; DROP TABLE revocations; DROP TABLE lab_reports; \
-             UPDATE store_meta SET value = '4' WHERE key = 'schema_version';",
+             UPDATE store_meta SET value = '4' WHERE key = 'schema_version'; DROP TABLE _sqlx_migrations;",
         )
         .execute(&mut old)
         .await
@@ -176,4 +177,33 @@ async fn a_schema_4_database_gets_its_directory_and_consents_as_resources() {
         .await
         .unwrap();
     assert!(standing.facility_active && !standing.revoked && standing.user.is_some());
+}
+
+/// A database with a migration this build does not know (written by a newer build) is refused
+/// by name, not opened and not changed.
+#[tokio::test]
+async fn a_database_of_a_newer_build_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("new.db").display());
+    let clock = Arc::new(FixedClock(1_700_000_000_000_000));
+    drop(SqliteStore::open(&url, clock.clone()).await.unwrap());
+    {
+        let mut newer = SqliteConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (9999, 'from the future', 1, x'00', 0)",
+        )
+        .execute(&mut newer)
+        .await
+        .unwrap();
+    }
+    let refused = SqliteStore::open(&url, clock)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        refused.contains("9999") && refused.contains("newer"),
+        "{refused}"
+    );
 }

@@ -1,0 +1,103 @@
+//! Schema migrations on either database: each backend's `migrations/` folder, embedded with
+//! `sqlx::migrate!` and applied in order, once, under sqlx's migration lock (on PostgreSQL an
+//! advisory lock, so of several nodes starting together one migrates and the others wait). A
+//! migration that needs more than SQL leaves a flag in `store_meta` that code acts on after
+//! opening: the search registry's version (a mismatch reindexes) and pending projections.
+//!
+//! Databases created before migrations were files record their schema only in `store_meta`;
+//! the first open marks the migrations they already have as applied, then runs the rest.
+
+use sqlx::{
+    Database,
+    migrate::{MigrateError, Migrator},
+};
+use tsunagi_fhir::search::REGISTRY_VERSION;
+use tsunagi_store::StoreError;
+
+use crate::dialect::{Cells, Dialect, stmt};
+
+/// The `store_meta` keys a backend keeps its schema and search-registry versions under.
+#[derive(Debug, Clone, Copy)]
+pub struct MetaKeys {
+    /// The last migration applied (read by builds that predate migration files).
+    pub schema: &'static str,
+    /// The search registry the index rows were extracted with.
+    pub registry: &'static str,
+}
+
+fn migrate_error(error: MigrateError) -> StoreError {
+    match error {
+        MigrateError::VersionMissing(version) => StoreError::Unsupported(format!(
+            "this database has migration {version}, which this build does not know: it was \
+             written by a newer Tsunagi"
+        )),
+        other => StoreError::Database(format!("migrating the schema: {other}")),
+    }
+}
+
+async fn table_exists<D: Dialect>(
+    connection: &mut <D as Database>::Connection,
+    table: &str,
+) -> Result<bool, StoreError> {
+    Ok(stmt(D::TABLE_EXISTS)
+        .arg(table)
+        .fetch_optional::<D>(connection)
+        .await?
+        .is_some())
+}
+
+/// Brings the schema up to `migrator`'s last migration; gives the search-registry version the
+/// index rows were written with (the caller reindexes when it is not this build's).
+pub async fn migrate<D: Dialect>(
+    connection: &mut <D as Database>::Connection,
+    migrator: &Migrator,
+    keys: MetaKeys,
+) -> Result<String, StoreError> {
+    if !table_exists::<D>(connection, "_sqlx_migrations").await?
+        && table_exists::<D>(connection, "store_meta").await?
+    {
+        let row = stmt("SELECT value FROM store_meta WHERE key = ?1")
+            .arg(keys.schema)
+            .fetch_optional::<D>(connection)
+            .await?;
+        let recorded = match row {
+            Some(row) => row.text("value")?,
+            None => String::new(),
+        };
+        let version: i64 = recorded.parse().map_err(|_| {
+            StoreError::Unsupported(format!(
+                "this database records schema {recorded:?}, which this build cannot read"
+            ))
+        })?;
+        D::migrate(connection, migrator, Some(version))
+            .await
+            .map_err(migrate_error)?;
+    }
+    D::migrate(connection, migrator, None)
+        .await
+        .map_err(migrate_error)?;
+    let latest = migrator
+        .iter()
+        .map(|migration| migration.version)
+        .max()
+        .unwrap_or(0);
+    stmt(
+        "INSERT INTO store_meta (key, value) VALUES (?1, ?2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .arg(keys.schema)
+    .arg(latest.to_string())
+    .execute::<D>(connection)
+    .await?;
+    // A new database has no index rows yet: they will be this build's.
+    stmt("INSERT INTO store_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING")
+        .arg(keys.registry)
+        .arg(REGISTRY_VERSION.to_string())
+        .execute::<D>(connection)
+        .await?;
+    stmt("SELECT value FROM store_meta WHERE key = ?1")
+        .arg(keys.registry)
+        .fetch_one::<D>(connection)
+        .await?
+        .text("value")
+}
