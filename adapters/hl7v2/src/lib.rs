@@ -21,7 +21,6 @@
 //! are applied in arrival order because there is one writer.
 
 mod decision;
-pub mod deliver;
 mod feeds;
 mod process;
 

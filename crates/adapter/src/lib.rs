@@ -1,10 +1,15 @@
-//! The adapter extension point: one trait, [`PullAdapter`], and the [`AdapterContext`] it runs in.
+//! The adapter extension point: [`PullAdapter`] for a source the gateway reads on a schedule
+//! (SS-MIX2 storage), and [`outbound::Destination`] for a facility the gateway delivers to (over
+//! MLLP, into a folder), with the outbox's [`delivery::Deliverer`] that drives destinations.
 //!
 //! An adapter acquires raw input from one source system (an SS-MIX2 share, an MLLP feed, a
 //! vendor export), maps it, and writes through the store in batches that carry its checkpoint,
 //! so a re-run resumes exactly where the last committed batch ended. Adapters never see a
 //! concrete store, the HTTP layer or another adapter. The list of adapters lives in one place:
 //! `crates/cli/src/registry.rs`.
+
+pub mod delivery;
+pub mod outbound;
 
 use std::{collections::BTreeMap, sync::Arc};
 

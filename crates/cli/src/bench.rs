@@ -45,7 +45,7 @@ pub(crate) async fn pull_all(
             workers: 0,
             full: false,
         };
-        let adapter = registry::build(registry::Source::Ssmix2(config));
+        let adapter = registry::pull(registry::Source::Ssmix2(config));
         let context = AdapterContext {
             store: store.clone(),
             clock: Arc::new(SystemClock),

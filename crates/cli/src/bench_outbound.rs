@@ -4,14 +4,14 @@
 //! MLLP, reads and checks each ACK and commits the outcomes with their Tasks. Use a release build.
 
 use std::{
-    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::bail;
 use serde_json::json;
-use tsunagi_adapter_hl7v2::deliver::{Deliverer, DeliveryOptions, Route};
+use tsunagi_adapter::delivery::{Deliverer, DeliveryOptions};
+use tsunagi_adapter_outbound_mllp::MllpDestination;
 use tsunagi_core::clock::{Clock, SystemClock};
 use tsunagi_hl7v2::document::OutboundDocument;
 use tsunagi_mllp::standin::StandIn;
@@ -116,13 +116,10 @@ pub(crate) async fn run(notes: usize) -> anyhow::Result<()> {
     let queue_seconds = queue_started.elapsed().as_secs_f64();
 
     let standin = StandIn::start("127.0.0.1:0").await?;
-    let routes = HashMap::from([(
-        HOSPITAL.to_owned(),
-        Route::Mllp(standin.address().to_string()),
-    )]);
+    let destination = MllpDestination::new(HOSPITAL, standin.address().to_string());
     let mut deliverer = Deliverer::new(
         store.clone(),
-        routes,
+        vec![Arc::new(destination)],
         Arc::new(SystemClock),
         DeliveryOptions {
             timeout: Duration::from_secs(10),

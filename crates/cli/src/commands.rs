@@ -123,7 +123,7 @@ pub(crate) async fn ingest_ssmix2(flags: Ssmix2Ingest) -> anyhow::Result<()> {
     let mut config = ssmix2_config(facility, name.clone(), roots, mappings.as_deref(), full)?;
     register_hospital(store.as_ref(), facility, name.as_deref(), json).await?;
     config.workers = workers;
-    let adapter = registry::build(registry::Source::Ssmix2(config));
+    let adapter = registry::pull(registry::Source::Ssmix2(config));
     let label = format!("ingest {facility}");
     let (progress, drawer) = TerminalProgress::start(label, !json);
     let started = Instant::now();
@@ -359,7 +359,7 @@ pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
         }
         jobs.push((
             schedule,
-            registry::build(registry::Source::Ssmix2(ssmix2)),
+            registry::pull(registry::Source::Ssmix2(ssmix2)),
             source.name,
         ));
     }
@@ -367,7 +367,7 @@ pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
         bail!(
             "{} configures no sources (adapters known to this build: {})",
             path.display(),
-            registry::KINDS.join(", ")
+            registry::SOURCE_KINDS.join(", ")
         );
     }
     if once {
@@ -410,6 +410,46 @@ pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await?;
     for task in tasks {
         task.abort();
+    }
+    Ok(())
+}
+
+/// `tsunagi config check`: parses the file, names what it configures, and for a version-1 file
+/// says what to change (it is still read as it is).
+pub(crate) fn check_config(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    println!(
+        "{}: config version {}, valid",
+        path.display(),
+        config.version
+    );
+    let mut kinds: Vec<String> = Vec::new();
+    if !config.ssmix2.is_empty() {
+        kinds.push(format!("{} ssmix2", config.ssmix2.len()));
+    }
+    if !config.hl7v2.is_empty() {
+        kinds.push(format!("{} hl7v2", config.hl7v2.len()));
+    }
+    println!(
+        "sources: {} (kinds this build knows: {})",
+        if kinds.is_empty() {
+            "none".to_owned()
+        } else {
+            kinds.join(", ")
+        },
+        registry::SOURCE_KINDS.join(", ")
+    );
+    println!(
+        "destinations: {} (kinds this build knows: {})",
+        config.outbound.len(),
+        registry::DESTINATION_KINDS.join(", ")
+    );
+    let notes = config.upgrade_notes();
+    if !notes.is_empty() {
+        println!("version 1 is still read; to write it as version 2:");
+        for note in notes {
+            println!("  - {note}");
+        }
     }
     Ok(())
 }

@@ -11,28 +11,80 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Config {
-    /// Format version of this file; this build reads version 1.
+    /// Format version of this file; this build reads versions 2 and 1.
     pub(crate) version: u32,
     /// Where resources are stored.
     pub(crate) store: StoreConfig,
-    /// SS-MIX2 sources, one per facility.
+    /// Version 2: every source, `kind` naming its adapter (`crate::registry::SOURCE_KINDS`);
+    /// `Config::parse` files them into `ssmix2` and `hl7v2`.
+    #[serde(default)]
+    pub(crate) source: Vec<SourceSection>,
+    /// Version 2: every outbound destination (`crate::registry::DESTINATION_KINDS`); filed into
+    /// `outbound`.
+    #[serde(default)]
+    pub(crate) destination: Vec<DestinationSection>,
+    /// SS-MIX2 sources, one per facility (version 1's `[[ssmix2]]`).
     #[serde(default)]
     pub(crate) ssmix2: Vec<Ssmix2Source>,
     /// The FHIR REST API (`tsunagi serve`).
     #[serde(default)]
     pub(crate) server: ServerConfig,
-    /// Senders that push HL7 v2 (MLLP), one per hospital feed.
+    /// Senders that push HL7 v2 (MLLP), one per hospital feed (version 1's `[[hl7v2]]`).
     #[serde(default)]
     pub(crate) hl7v2: Vec<Hl7v2Feed>,
     /// The MLLP listener of `tsunagi serve`.
     #[serde(default)]
     pub(crate) mllp: MllpConfig,
-    /// Where notes and documents for each hospital are delivered.
+    /// Where notes and documents for each hospital are delivered (version 1's `[[outbound]]`).
     #[serde(default)]
     pub(crate) outbound: Vec<OutboundRoute>,
     /// Retry settings of outbound delivery.
     #[serde(default)]
     pub(crate) outbox: OutboxConfig,
+}
+
+/// A `[[source]]` section of a version-2 file.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind")]
+pub(crate) enum SourceSection {
+    /// SS-MIX2 standardized storage, pulled on a schedule.
+    #[serde(rename = "ssmix2")]
+    Ssmix2(Ssmix2Source),
+    /// A hospital or lab pushing HL7 v2 (MLLP, `POST /hl7v2`).
+    #[serde(rename = "hl7v2")]
+    Hl7v2(Hl7v2Feed),
+}
+
+/// A `[[destination]]` section of a version-2 file.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind")]
+pub(crate) enum DestinationSection {
+    /// The facility's MLLP listener.
+    #[serde(rename = "mllp")]
+    Mllp(MllpDestinationSection),
+    /// The facility's inbound folder.
+    #[serde(rename = "folder")]
+    Folder(FolderDestinationSection),
+}
+
+/// `[[destination]] kind = "mllp"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MllpDestinationSection {
+    /// The 10-digit code of the facility delivered to.
+    pub(crate) facility: String,
+    /// Its EHR's MLLP listener, `host:port`.
+    pub(crate) address: String,
+}
+
+/// `[[destination]] kind = "folder"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FolderDestinationSection {
+    /// The 10-digit code of the facility delivered to.
+    pub(crate) facility: String,
+    /// Its inbound folder.
+    pub(crate) folder: PathBuf,
 }
 
 /// How one hospital receives notes and documents written in the network.
@@ -111,7 +163,7 @@ pub(crate) struct MllpConfig {
     /// `--tls-cert`/`--tls-key`).
     pub(crate) tls: Option<bool>,
     /// With TLS: every sender must present a certificate issued under this CA; its common name
-    /// is a client id of an `[[hl7v2]]` sender's `clients`.
+    /// is a client id of an hl7v2 source's `clients`.
     pub(crate) tls_client_ca: Option<PathBuf>,
 }
 
@@ -206,12 +258,27 @@ pub(crate) struct Ssmix2Source {
 impl Config {
     /// Parses and validates the text of a config file.
     pub(crate) fn parse(text: &str) -> anyhow::Result<Self> {
-        let config: Config = toml::from_str(text)?;
-        if config.version != 1 {
-            bail!(
-                "config version {} is not supported (this build reads version 1)",
-                config.version
-            );
+        let mut config: Config = toml::from_str(text)?;
+        match config.version {
+            1 if !config.source.is_empty() || !config.destination.is_empty() => bail!(
+                "[[source]] and [[destination]] are sections of config version 2: set version = 2"
+            ),
+            1 => {}
+            2 if !config.ssmix2.is_empty()
+                || !config.hl7v2.is_empty()
+                || !config.outbound.is_empty() =>
+            {
+                bail!(
+                    "version 2 names sources as [[source]] kind = \"ssmix2\" or \"hl7v2\" and \
+                     destinations as [[destination]] kind = \"mllp\" or \"folder\"; \
+                     [[ssmix2]], [[hl7v2]] and [[outbound]] are version 1 (`tsunagi config check` \
+                     shows the rewrite)"
+                )
+            }
+            2 => config.take_sections(),
+            other => {
+                bail!("config version {other} is not supported (this build reads versions 1 and 2)")
+            }
         }
         for source in &config.ssmix2 {
             tsunagi_core::FacilityId::parse(&source.facility)?;
@@ -255,6 +322,66 @@ impl Config {
     }
 
     /// Reads a config file.
+    /// Files version 2's sections into the lists the rest of the CLI reads.
+    fn take_sections(&mut self) {
+        for section in std::mem::take(&mut self.source) {
+            match section {
+                SourceSection::Ssmix2(source) => self.ssmix2.push(source),
+                SourceSection::Hl7v2(feed) => self.hl7v2.push(feed),
+            }
+        }
+        for section in std::mem::take(&mut self.destination) {
+            self.outbound.push(match section {
+                DestinationSection::Mllp(mllp) => OutboundRoute {
+                    facility: mllp.facility,
+                    mllp: Some(mllp.address),
+                    folder: None,
+                },
+                DestinationSection::Folder(folder) => OutboundRoute {
+                    facility: folder.facility,
+                    mllp: None,
+                    folder: Some(folder.folder),
+                },
+            });
+        }
+    }
+
+    /// What to change in a version-1 file to make it version 2 (nothing for version 2).
+    pub(crate) fn upgrade_notes(&self) -> Vec<String> {
+        if self.version != 1 {
+            return Vec::new();
+        }
+        let mut notes = vec!["set version = 2".to_owned()];
+        if !self.ssmix2.is_empty() {
+            notes.push(format!(
+                "rename each of the {} [[ssmix2]] sections to [[source]] and add kind = \"ssmix2\"",
+                self.ssmix2.len()
+            ));
+        }
+        if !self.hl7v2.is_empty() {
+            notes.push(format!(
+                "rename each of the {} [[hl7v2]] sections to [[source]] and add kind = \"hl7v2\"",
+                self.hl7v2.len()
+            ));
+        }
+        for route in &self.outbound {
+            notes.push(match (&route.mllp, &route.folder) {
+                (Some(address), _) => format!(
+                    "rewrite [[outbound]] {} as [[destination]] kind = \"mllp\", facility = \"{}\", address = \"{address}\"",
+                    route.facility, route.facility
+                ),
+                (None, Some(folder)) => format!(
+                    "rewrite [[outbound]] {} as [[destination]] kind = \"folder\", facility = \"{}\", folder = \"{}\"",
+                    route.facility,
+                    route.facility,
+                    folder.display()
+                ),
+                (None, None) => format!("[[outbound]] {} names no route", route.facility),
+            });
+        }
+        notes
+    }
+
     pub(crate) fn load(path: &std::path::Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
@@ -272,8 +399,58 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../deploy/tsunagi.example.toml");
         let config = Config::load(&path).unwrap();
-        assert_eq!(config.version, 1);
+        assert_eq!(config.version, 2);
         assert_eq!(config.ssmix2.len(), 3);
+        assert_eq!(config.hl7v2.len(), 2);
+        assert_eq!(config.outbound.len(), 2);
+        assert!(config.upgrade_notes().is_empty());
+    }
+
+    /// Version 1 is still read, as it was, and means exactly what its version-2 rewrite means;
+    /// `tsunagi config check` says how to rewrite it; the two spellings do not mix.
+    #[test]
+    fn version_1_is_still_read_and_its_rewrite_is_named() {
+        let v1 = include_str!("../tests/data/tsunagi.v1.toml");
+        let old = Config::parse(v1).unwrap();
+        let v2 = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../deploy/tsunagi.example.toml"),
+        )
+        .unwrap();
+        let new = Config::parse(&v2).unwrap();
+        assert_eq!(format!("{:?}", old.ssmix2), format!("{:?}", new.ssmix2));
+        assert_eq!(format!("{:?}", old.hl7v2), format!("{:?}", new.hl7v2));
+        assert_eq!(format!("{:?}", old.outbound), format!("{:?}", new.outbound));
+        let notes = old.upgrade_notes().join("\n");
+        assert!(notes.contains("set version = 2"), "{notes}");
+        assert!(
+            notes.contains("3 [[ssmix2]] sections to [[source]]"),
+            "{notes}"
+        );
+        assert!(
+            notes.contains("2 [[hl7v2]] sections to [[source]]"),
+            "{notes}"
+        );
+        assert!(
+            notes.contains("[[destination]] kind = \"mllp\", facility = \"0610100010\", address = \"ehr.shonai.example:2576\""),
+            "{notes}"
+        );
+        let mixed = v2.replacen("[[source]]\nkind = \"ssmix2\"", "[[ssmix2]]", 1);
+        assert!(
+            Config::parse(&mixed)
+                .unwrap_err()
+                .to_string()
+                .contains("version 1")
+        );
+        let unknown = v2.replacen("kind = \"folder\"", "kind = \"ftp\"", 1);
+        assert!(
+            Config::parse(&unknown)
+                .unwrap_err()
+                .to_string()
+                .contains("ftp")
+        );
+        let typo = v2.replacen("address = ", "adress = ", 1);
+        assert!(Config::parse(&typo).is_err());
     }
 
     /// Every value the example states for a setting that has a default is that default, so the
@@ -323,7 +500,7 @@ mod tests {
             config.mllp.frame_timeout_seconds,
             seconds(mllp.frame_timeout)
         );
-        let outbox = tsunagi_adapter_hl7v2::deliver::DeliveryOptions::default();
+        let outbox = tsunagi_adapter::delivery::DeliveryOptions::default();
         assert_eq!(config.outbox.max_attempts, Some(outbox.max_attempts));
         assert_eq!(
             config.outbox.first_backoff_seconds,
@@ -344,9 +521,11 @@ mod tests {
             "(default {})",
             crate::commands::DEFAULT_BATCH_RESOURCES
         )));
-        // Every [[outbound]] names a facility the examples register.
-        for facility in ["0610100010", "0610200018"] {
-            assert!(text.contains(&format!("[[outbound]]\nfacility = \"{facility}\"")));
+        // Every [[destination]] names a facility the examples register.
+        for (kind, facility) in [("mllp", "0610100010"), ("folder", "0610200018")] {
+            assert!(text.contains(&format!(
+                "[[destination]]\nkind = \"{kind}\"\nfacility = \"{facility}\""
+            )));
         }
     }
 
@@ -355,7 +534,7 @@ mod tests {
         let good = "version = 1\n[store]\nurl = \"sqlite://x.db\"\n";
         assert!(Config::parse(good).is_ok());
         assert!(Config::parse(&good.replace("url", "uri")).is_err());
-        assert!(Config::parse(&good.replace("version = 1", "version = 2")).is_err());
+        assert!(Config::parse(&good.replace("version = 1", "version = 3")).is_err());
         let bad_schedule = format!(
             "{good}[[ssmix2]]\nfacility = \"0610100010\"\nroots = [\"/x\"]\nschedule = \"every five minutes\"\n"
         );

@@ -3,7 +3,6 @@
 //! note goes through the API to hospital A's EHR stand-in.
 
 use std::{
-    collections::HashMap,
     path::{Path, PathBuf},
     sync::Arc,
     time::Instant,
@@ -11,7 +10,8 @@ use std::{
 
 use anyhow::Context;
 use tsunagi_adapter::NoProgress;
-use tsunagi_adapter_hl7v2::deliver::{DeliveryOptions, Route};
+use tsunagi_adapter::delivery::DeliveryOptions;
+use tsunagi_adapter_outbound_mllp::MllpDestination;
 use tsunagi_core::clock::{Clock, SystemClock};
 use tsunagi_store::Access;
 use tsunagi_store::Backend;
@@ -61,7 +61,7 @@ pub(crate) async fn demo(
                 None,
                 false,
             )?;
-            let adapter = registry::build(registry::Source::Ssmix2(config));
+            let adapter = registry::pull(registry::Source::Ssmix2(config));
             anyhow::Ok(adapter.pull(&context(store, Arc::new(NoProgress))).await?)
         }
     };
@@ -127,10 +127,10 @@ pub(crate) async fn demo(
         standin.address()
     );
     let outbound = OutboundSetup {
-        routes: HashMap::from([(
-            hospital.code.to_owned(),
-            Route::Mllp(standin.address().to_string()),
-        )]),
+        destinations: vec![Arc::new(MllpDestination::new(
+            hospital.code,
+            standin.address().to_string(),
+        ))],
         options: DeliveryOptions {
             first_backoff: std::time::Duration::from_secs(1),
             ..DeliveryOptions::default()

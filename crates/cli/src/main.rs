@@ -144,6 +144,11 @@ enum Command {
         #[command(subcommand)]
         what: TokenWhat,
     },
+    /// Check a tsunagi.toml: what it configures, and what to change in an older version.
+    Config {
+        #[command(subcommand)]
+        what: ConfigWhat,
+    },
     /// Run the pulls configured in a tsunagi.toml on their cron schedules.
     Run {
         /// The configuration file.
@@ -152,6 +157,16 @@ enum Command {
         /// Run every configured pull once and exit.
         #[arg(long)]
         once: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigWhat {
+    /// Parse and check a configuration file; say what a version-1 file should become.
+    Check {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -435,6 +450,9 @@ fn main() -> std::process::ExitCode {
                 what: BenchWhat::Outbound { notes },
             } => bench_outbound::run(notes).await,
             Command::Run { config, once } => commands::run(&config, once).await,
+            Command::Config {
+                what: ConfigWhat::Check { config },
+            } => commands::check_config(&config),
             Command::Standin {
                 listen,
                 answer,

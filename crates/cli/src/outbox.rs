@@ -7,7 +7,7 @@ use std::io::Write;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use tsunagi_adapter_hl7v2::deliver::operator_act;
+use tsunagi_adapter::delivery::operator_act;
 use tsunagi_core::time::format_instant_jst;
 use tsunagi_store::{DeliveryState, OutboundMessage};
 

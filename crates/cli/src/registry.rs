@@ -1,23 +1,42 @@
-//! Every adapter this build knows, in one visible list. Adding an adapter means one crate, one
-//! line in `KINDS`, one arm in `build`, and a config section.
+//! Every adapter this build knows, in one visible list: the kinds a `[[source]]` or a
+//! `[[destination]]` section may name, and how each is built. Adding an adapter means one crate,
+//! one line in a list, one arm in its builder and a config section (`crate::config`).
 
 use std::sync::Arc;
 
-use tsunagi_adapter::PullAdapter;
+use tsunagi_adapter::{PullAdapter, outbound::Destination};
+use tsunagi_adapter_outbound_folder::FolderDestination;
+use tsunagi_adapter_outbound_mllp::MllpDestination;
 use tsunagi_adapter_ssmix2::{Ssmix2Adapter, Ssmix2Config};
 
-/// Adapter kinds, as named in `tsunagi.toml` and on the command line.
-pub(crate) const KINDS: &[&str] = &["ssmix2"];
+use crate::config::OutboundRoute;
 
-/// A configured source.
+/// Source kinds, as `[[source]] kind` names them: `ssmix2` is pulled on a schedule
+/// ([`pull`]); `hl7v2` is a sender pushing over MLLP or HTTP, received by `tsunagi serve`
+/// (`crate::serve::feeds_from_config`).
+pub(crate) const SOURCE_KINDS: &[&str] = &["ssmix2", "hl7v2"];
+
+/// Destination kinds, as `[[destination]] kind` names them ([`destination`]).
+pub(crate) const DESTINATION_KINDS: &[&str] = &["mllp", "folder"];
+
+/// A source read on a schedule.
 pub(crate) enum Source {
     /// SS-MIX2 standardized storage.
     Ssmix2(Ssmix2Config),
 }
 
-/// Builds the adapter for a configured source.
-pub(crate) fn build(source: Source) -> Arc<dyn PullAdapter> {
+/// Builds the adapter for a scheduled source.
+pub(crate) fn pull(source: Source) -> Arc<dyn PullAdapter> {
     match source {
         Source::Ssmix2(config) => Arc::new(Ssmix2Adapter::new(config)),
+    }
+}
+
+/// Builds the destination of one facility.
+pub(crate) fn destination(route: &OutboundRoute) -> Option<Arc<dyn Destination>> {
+    match (&route.mllp, &route.folder) {
+        (Some(address), _) => Some(Arc::new(MllpDestination::new(&route.facility, address))),
+        (None, Some(folder)) => Some(Arc::new(FolderDestination::new(&route.facility, folder))),
+        (None, None) => None,
     }
 }

@@ -1,13 +1,14 @@
 //! `tsunagi serve`: the FHIR API with its listeners (plain, TLS, mutual TLS), the HL7 v2 intake
 //! (MLLP and `POST /hl7v2`) and outbound delivery, wired from flags and `tsunagi.toml`.
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc};
 
 use anyhow::{Context, bail};
-use tsunagi_adapter_hl7v2::{
-    FeedConfig, Feeds, Intake, IntakeOptions, MllpHandler,
-    deliver::{Deliverer, DeliveryOptions, Route},
+use tsunagi_adapter::{
+    delivery::{Deliverer, DeliveryOptions},
+    outbound::Destination,
 };
+use tsunagi_adapter_hl7v2::{FeedConfig, Feeds, Intake, IntakeOptions, MllpHandler};
 use tsunagi_core::{
     FacilityId,
     clock::{Clock, SystemClock},
@@ -17,7 +18,7 @@ use tsunagi_server::tls::TlsFiles;
 use tsunagi_store::Backend;
 
 use crate::commands::open_store;
-use crate::{config::Config, tables};
+use crate::{config::Config, registry, tables};
 
 /// Flags of `tsunagi serve`.
 pub(crate) struct ServeFlags {
@@ -58,7 +59,7 @@ pub(crate) fn synthetic_feed(hospital: &tsunagi_synth::Hospital) -> anyhow::Resu
     })
 }
 
-/// The HL7 v2 senders of the config's `[[hl7v2]]`.
+/// The HL7 v2 senders of the config's hl7v2 sources (`[[source]] kind = "hl7v2"`; version 1: `[[hl7v2]]`).
 pub(crate) fn feeds_from_config(config: Option<&Config>) -> anyhow::Result<Feeds> {
     let mut feeds = Vec::new();
     for feed in config.map(|c| c.hl7v2.as_slice()).unwrap_or_default() {
@@ -98,7 +99,7 @@ pub(crate) struct MllpSetup {
 }
 
 impl MllpSetup {
-    /// From `--mllp-listen` and the config's `[mllp]` and `[[hl7v2]]`; none without an address.
+    /// From `--mllp-listen` and the config's `[mllp]` and hl7v2 sources; none without an address.
     fn from_config(flag: Option<&str>, config: Option<&Config>) -> anyhow::Result<Option<Self>> {
         let address = flag
             .map(str::to_owned)
@@ -108,7 +109,7 @@ impl MllpSetup {
             return Ok(None);
         }
         if feeds.all().is_empty() {
-            tracing::warn!(target: "tsunagi::mllp", "no [[hl7v2]] senders are configured: every message will be rejected (AR)");
+            tracing::warn!(target: "tsunagi::mllp", "no hl7v2 sources are configured: every message will be rejected (AR)");
         }
         let options = crate::limits::mllp(config.map(|c| &c.mllp))?;
         let tls = match config.map(|c| (c.mllp.tls.unwrap_or(false), &c.mllp.tls_client_ca)) {
@@ -167,29 +168,24 @@ pub(crate) struct LiveFeeds {
     pub(crate) outbound: OutboundSetup,
 }
 
-/// Outbound delivery of `tsunagi serve`: each hospital's route and the retry settings.
+/// Outbound delivery of `tsunagi serve`: each hospital's destination and the retry settings.
 #[derive(Default)]
 pub(crate) struct OutboundSetup {
-    pub(crate) routes: HashMap<String, Route>,
+    pub(crate) destinations: Vec<Arc<dyn Destination>>,
     pub(crate) options: DeliveryOptions,
 }
 
 impl OutboundSetup {
-    /// From the config's `[[outbound]]` and `[outbox]`.
+    /// From the config's `[[destination]]` (version 1: `[[outbound]]`) and `[outbox]`.
     pub(crate) fn from_config(config: Option<&Config>) -> Self {
         let mut setup = Self::default();
         let Some(config) = config else {
             return setup;
         };
-        for route in &config.outbound {
-            let target = match (&route.mllp, &route.folder) {
-                (Some(address), _) => Route::Mllp(address.clone()),
-                (None, Some(folder)) => Route::Folder(folder.clone()),
-                // `Config::parse` requires one of the two.
-                (None, None) => continue,
-            };
-            setup.routes.insert(route.facility.clone(), target);
-        }
+        // `Config::parse` requires each route to name one way in.
+        setup
+            .destinations
+            .extend(config.outbound.iter().filter_map(registry::destination));
         let outbox = &config.outbox;
         let seconds = std::time::Duration::from_secs;
         if let Some(attempts) = outbox.max_attempts {
@@ -461,7 +457,7 @@ pub(crate) async fn serve_store(
         // `POST /fhir` reads the directory per request; it joins only what the file says.
         let configured = Arc::new(feeds.clone());
         // Which facilities a lab reports for is the directory's record (`admin facility
-        // reports-for`), joined to what [[hl7v2]] reports_for says; read at start.
+        // reports-for`), joined to what the hl7v2 sources' reports_for says; read at start.
         let labs: Vec<String> = feeds
             .all()
             .iter()
@@ -507,19 +503,19 @@ pub(crate) async fn serve_store(
         println!("HL7 v2 over HTTP: POST {base_for_hl7v2}/hl7v2 (system clients)");
     }
     // Notes and documents written through the API go to the hospitals' EHRs.
-    if outbound.routes.is_empty() {
+    if outbound.destinations.is_empty() {
         println!(
-            "outbound delivery: no [[outbound]] routes; notes to hospitals wait in `tsunagi admin outbox list`"
+            "outbound delivery: no [[destination]] sections; notes to hospitals wait in `tsunagi admin outbox list`"
         );
     } else {
         println!(
             "delivering notes and documents to {} hospital(s)",
-            outbound.routes.len()
+            outbound.destinations.len()
         );
     }
     let deliverer = Deliverer::new(
         store.clone(),
-        outbound.routes,
+        outbound.destinations,
         Arc::new(SystemClock),
         outbound.options,
     );

@@ -38,7 +38,7 @@ pub(crate) async fn run(listen: &str, answer: &str, out: Option<PathBuf>) -> any
     standin.set_default(behaviour);
     let mut received = standin.watch();
     println!(
-        "EHR stand-in listening on {} (MLLP), answering {answer}; in tsunagi.toml:\n  [[outbound]]\n  facility = \"<the hospital's code>\"\n  mllp = \"{}\"",
+        "EHR stand-in listening on {} (MLLP), answering {answer}; in tsunagi.toml:\n  [[destination]]\n  kind = \"mllp\"\n  facility = \"<the hospital's code>\"\n  address = \"{}\"",
         standin.address(),
         standin.address()
     );

@@ -1,7 +1,7 @@
 //! The live feeds as an operator runs them: `tsunagi serve --mllp-listen` with
 //! `tsunagi admin quarantine list|show|retry|drop` (messages that cannot be applied are answered
 //! AE and kept, listed and shown, applied once their cause is fixed or dropped with a reason), and
-//! `[[outbound]]` with `tsunagi admin outbox list|show|retry|drop` (a note written through the API
+//! `[[destination]]` with `tsunagi admin outbox list|show|retry|drop` (a note written through the API
 //! lands in the hospital's folder; one whose EHR cannot be reached becomes a dead letter the
 //! operator replays or drops). Every operator act is in the audit trail.
 
@@ -275,11 +275,11 @@ fn notes_reach_the_hospitals_folder_and_dead_letters_are_replayed_or_dropped() {
     std::fs::write(
         &config,
         format!(
-            "version = 1\n[store]\nurl = \"{db}\"\n\n\
-             [[hl7v2]]\nfacility = \"{SHONAI}\"\nsending_facility = \"SEND\"\n\n\
-             [[hl7v2]]\nfacility = \"{NIHONKAI}\"\nsending_facility = \"NIHONKAI\"\n\n\
-             [[outbound]]\nfacility = \"{SHONAI}\"\nfolder = \"{}\"\n\n\
-             [[outbound]]\nfacility = \"{NIHONKAI}\"\nmllp = \"127.0.0.1:1\"\n\n\
+            "version = 2\n[store]\nurl = \"{db}\"\n\n\
+             [[source]]\nkind = \"hl7v2\"\nfacility = \"{SHONAI}\"\nsending_facility = \"SEND\"\n\n\
+             [[source]]\nkind = \"hl7v2\"\nfacility = \"{NIHONKAI}\"\nsending_facility = \"NIHONKAI\"\n\n\
+             [[destination]]\nkind = \"folder\"\nfacility = \"{SHONAI}\"\nfolder = \"{}\"\n\n\
+             [[destination]]\nkind = \"mllp\"\nfacility = \"{NIHONKAI}\"\naddress = \"127.0.0.1:1\"\n\n\
              [outbox]\nmax_attempts = 1\ntimeout_seconds = 2\n",
             inbox.display()
         ),

@@ -167,8 +167,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(_) => ApiError {
                 status: StatusCode::CONFLICT,
                 code: "conflict",
-                message: "another write stored the same key first; the request can be retried"
-                    .to_owned(),
+                message: "another write already holds the same key".to_owned(),
                 findings: Vec::new(),
             },
             other => {

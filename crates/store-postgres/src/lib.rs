@@ -1,5 +1,5 @@
 //! The PostgreSQL FHIR store (`postgres://…`), for a region that outgrows one machine: the same
-//! model as the SQLite store (`src/schema.sql`), the same [`Store`] contract, checked by the
+//! model as the SQLite store (`migrations/`), the same [`Store`] contract, checked by the
 //! same conformance suite against a real server.
 //!
 //! Everything but writing is `tsunagi-store-sql`'s, shared with SQLite: reads, search,
@@ -33,14 +33,6 @@ const META_KEYS: MetaKeys = MetaKeys {
     schema: "schema",
     registry: "registry",
 };
-/// The index tables a reindex empties and refills.
-const INDEX_TABLES: [&str; 5] = [
-    "idx_token",
-    "idx_string",
-    "idx_date",
-    "idx_reference",
-    "idx_quantity",
-];
 /// The advisory lock every writing transaction holds ("tsunagi" in ASCII, as a number).
 const WRITER_LOCK: i64 = 0x0074_7375_6e61_6769;
 
@@ -122,7 +114,7 @@ impl PostgresEngine {
             migrations::migrate::<Postgres>(&mut connection, &MIGRATOR, META_KEYS).await?;
         drop(connection);
         if registry != REGISTRY_VERSION.to_string() {
-            Self::reindex_pool(pool).await?;
+            Self::reindex_pool(pool, true).await?;
         }
         Ok(())
     }
@@ -130,17 +122,17 @@ impl PostgresEngine {
     /// Rebuilds every index row, and every resource's compartment, from stored content (after a
     /// search-registry change), in one writing transaction.
     pub async fn reindex(&self) -> Result<(), StoreError> {
-        Self::reindex_pool(&self.pool).await
+        Self::reindex_pool(&self.pool, false).await
     }
 
-    async fn reindex_pool(pool: &PgPool) -> Result<(), StoreError> {
+    async fn reindex_pool(pool: &PgPool, only_if_stale: bool) -> Result<(), StoreError> {
         let mut transaction = pool.begin().await.map_err(db_error)?;
+        // Nodes starting together wait here; the first reindexes, the others find it done.
         lock_writer(&mut transaction).await?;
-        for table in INDEX_TABLES {
-            sqlx::query(AssertSqlSafe(format!("DELETE FROM {table}")))
-                .execute(&mut *transaction)
-                .await
-                .map_err(db_error)?;
+        if !migrations::begin_reindex::<Postgres>(&mut transaction, META_KEYS, only_if_stale)
+            .await?
+        {
+            return Ok(());
         }
         let mut writer = BatchWriter {
             connection: &mut transaction,
@@ -152,9 +144,8 @@ impl PostgresEngine {
         let mut last_rid = 0i64;
         loop {
             let rows = sqlx::query(
-                "SELECT r.rid, r.type, r.content, c.facility FROM resources r \
-                 LEFT JOIN compartments c ON c.id = r.pat \
-                 WHERE NOT r.deleted AND r.rid > $1 ORDER BY r.rid LIMIT 1000",
+                "SELECT rid, type, content FROM resources \
+                 WHERE NOT deleted AND rid > $1 ORDER BY rid LIMIT 1000",
             )
             .bind(last_rid)
             .fetch_all(&mut *writer.connection)
@@ -167,13 +158,12 @@ impl PostgresEngine {
                 let rid: i64 = row.try_get("rid").map_err(db_error)?;
                 let resource_type: String = row.try_get("type").map_err(db_error)?;
                 let content: Vec<u8> = row.try_get("content").map_err(db_error)?;
-                let facility: Option<String> = row.try_get("facility").map_err(db_error)?;
                 let value: serde_json::Value = serde_json::from_slice(&content)
                     .map_err(|error| StoreError::Corrupt(error.to_string()))?;
                 let patient = search::compartment_patient(&resource_type, &value);
-                let pat = writer
-                    .compartment(patient.as_deref(), facility.as_deref())
-                    .await?;
+                // An existing compartment keeps its facility; one the reindex creates gets it in
+                // `finish_reindex`, from its Patient's source key, or stays without one.
+                let pat = writer.compartment(patient.as_deref(), None).await?;
                 sqlx::query("UPDATE resources SET pat = $1 WHERE rid = $2")
                     .bind(pat)
                     .bind(rid)
@@ -187,11 +177,7 @@ impl PostgresEngine {
                 last_rid = rid;
             }
         }
-        sqlx::query("UPDATE store_meta SET value = $1 WHERE key = 'registry'")
-            .bind(REGISTRY_VERSION.to_string())
-            .execute(&mut *transaction)
-            .await
-            .map_err(db_error)?;
+        migrations::finish_reindex::<Postgres>(&mut transaction, META_KEYS).await?;
         transaction.commit().await.map_err(db_error)
     }
 

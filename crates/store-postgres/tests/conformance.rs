@@ -133,12 +133,34 @@ async fn a_database_of_another_search_registry_is_reindexed() {
             .compartment(&Access::Unrestricted, "p1", &[], None)
             .await
             .unwrap();
-        (by_code, by_subject, everything.len())
+        // The holding facility still sees its patient's rows; another facility does not.
+        let holder = Access::Facility {
+            code: "1234567890".into(),
+            at: 1_700_000_000_000_000,
+        };
+        let stranger = Access::Facility {
+            code: "0987654321".into(),
+            at: 1_700_000_000_000_000,
+        };
+        let seen = (
+            store
+                .read(&holder, "Observation", "o1")
+                .await
+                .unwrap()
+                .is_some(),
+            store
+                .read(&stranger, "Observation", "o1")
+                .await
+                .unwrap()
+                .is_some(),
+        );
+        (by_code, by_subject, everything.len(), seen)
     };
     let before = found().await;
     assert_eq!(before.0, vec!["o1".to_owned()]);
     assert_eq!(before.1, vec!["o1".to_owned()]);
     assert_eq!(before.2, 2);
+    assert_eq!(before.3, (true, false));
     drop(store);
     // As an older build left it: other index rows (here none) and an older registry.
     run_in(

@@ -463,11 +463,21 @@ impl Dialect for Postgres {
     }
 
     fn spell(text: &str) -> Cow<'_, str> {
-        if text.contains('?') {
-            Cow::Owned(text.replace('?', "$"))
-        } else {
-            Cow::Borrowed(text)
+        if !text.contains('?') {
+            return Cow::Borrowed(text);
         }
+        // Only a `?` followed by a digit is a placeholder; shared statements put no `?N` inside
+        // a literal.
+        let mut spelled = String::with_capacity(text.len());
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+                spelled.push('$');
+            } else {
+                spelled.push(c);
+            }
+        }
+        Cow::Owned(spelled)
     }
 
     fn query(
@@ -586,6 +596,7 @@ mod tests {
             "SELECT 1 WHERE a = $1 AND b = $12"
         );
         assert_eq!(Sqlite::spell("a = ?1"), "a = ?1");
+        assert_eq!(Postgres::spell("a = '?' AND b = ?2"), "a = '?' AND b = $2");
     }
 
     #[test]

@@ -104,6 +104,22 @@ async fn recompute<D: Dialect>(
     Ok(())
 }
 
+/// Rewrites the `access` rows of every consent (after a reindex, which may create or move
+/// compartments): inside the caller's writing transaction.
+pub async fn recompute_all<D: Dialect>(connection: &mut Connection<D>) -> Result<(), StoreError> {
+    let rows = stmt("SELECT id FROM consents ORDER BY id")
+        .fetch_all::<D>(connection)
+        .await?;
+    let ids = rows
+        .iter()
+        .map(|row| row.text("id"))
+        .collect::<Result<Vec<_>, _>>()?;
+    for chunk in ids.chunks(500) {
+        recompute::<D>(connection, chunk).await?;
+    }
+    Ok(())
+}
+
 /// Ids of the consents about any record of the regional record `regional`.
 async fn consents_of_regional<D: Dialect>(
     connection: &mut Connection<D>,
@@ -514,7 +530,7 @@ impl<E: Engine> Governance for SqlStore<E> {
         exp: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let mut transaction = self.writer().begin().await.map_err(db_error)?;
+        let mut transaction = self.begin_small_write().await?;
         stmt("DELETE FROM seen_assertions WHERE exp < ?1")
             .arg(now - ASSERTION_MEMORY_SLACK)
             .execute::<E::Db>(&mut *transaction)

@@ -31,6 +31,10 @@ fn migrate_error(error: MigrateError) -> StoreError {
             "this database has migration {version}, which this build does not know: it was \
              written by a newer Tsunagi"
         )),
+        MigrateError::VersionMismatch(version) => StoreError::Unsupported(format!(
+            "migration {version} of this database differs from this build's file of that \
+             version: a migration file was edited after it was applied"
+        )),
         other => StoreError::Database(format!("migrating the schema: {other}")),
     }
 }
@@ -100,4 +104,63 @@ pub async fn migrate<D: Dialect>(
         .fetch_one::<D>(connection)
         .await?
         .text("value")
+}
+
+/// The index tables a reindex empties and refills.
+const INDEX_TABLES: [&str; 5] = [
+    "idx_token",
+    "idx_string",
+    "idx_date",
+    "idx_reference",
+    "idx_quantity",
+];
+
+/// Compartments without a facility get it from the SS-MIX2 adapter's source key of their
+/// Patient (`ssmix2:<10-digit code>:…`); others stay without one (only the operator sees them).
+const FACILITY_BACKFILL: &str = "UPDATE compartments SET facility = (\
+    SELECT substr(r.source_key, 8, 10) FROM resources r \
+    WHERE r.tid = 'Patient/' || compartments.patient AND r.source_key LIKE 'ssmix2:%') \
+    WHERE facility IS NULL";
+
+/// The first step of a reindex, inside the caller's writing transaction (which serialises
+/// reindexes): `false` when `only_if_stale` and the index rows are already this build's (another
+/// node reindexed first); else the index tables are emptied for the backend's writer to refill.
+pub async fn begin_reindex<D: Dialect>(
+    connection: &mut <D as Database>::Connection,
+    keys: MetaKeys,
+    only_if_stale: bool,
+) -> Result<bool, StoreError> {
+    if only_if_stale {
+        let row = stmt("SELECT value FROM store_meta WHERE key = ?1")
+            .arg(keys.registry)
+            .fetch_optional::<D>(connection)
+            .await?;
+        let current = row.map(|row| row.text("value")).transpose()?;
+        if current == Some(REGISTRY_VERSION.to_string()) {
+            return Ok(false);
+        }
+    }
+    for table in INDEX_TABLES {
+        stmt(format!("DELETE FROM {table}"))
+            .execute::<D>(connection)
+            .await?;
+    }
+    Ok(true)
+}
+
+/// The last step of a reindex: compartments the reindex created get their facility where the
+/// source key tells it, every consent's permitted set is recomputed over the compartments as
+/// they now are, and this build's registry version is recorded.
+pub async fn finish_reindex<D: Dialect>(
+    connection: &mut <D as Database>::Connection,
+    keys: MetaKeys,
+) -> Result<(), StoreError> {
+    stmt(FACILITY_BACKFILL).execute::<D>(connection).await?;
+    crate::governance::recompute_all::<D>(connection).await?;
+    stmt("UPDATE store_meta SET value = ?1 WHERE key = ?2")
+        .arg(REGISTRY_VERSION.to_string())
+        .arg(keys.registry)
+        .execute::<D>(connection)
+        .await?;
+    Ok(())
 }

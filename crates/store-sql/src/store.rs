@@ -34,6 +34,12 @@ pub trait Engine: Send + Sync + 'static {
     fn clock(&self) -> &Arc<dyn Clock>;
     /// A transaction that may write (serialised with every other writer).
     async fn begin_write(&self) -> Result<Transaction<'static, Self::Db>, StoreError>;
+    /// A transaction for a small write that need not wait for bulk writers (a replayed
+    /// assertion id): SQLite takes its write lock at once (`BEGIN IMMEDIATE`); PostgreSQL's row
+    /// locks suffice.
+    async fn begin_small_write(&self) -> Result<Transaction<'static, Self::Db>, StoreError> {
+        self.writer().begin().await.map_err(db_error)
+    }
     /// Applies `batch` inside the caller's writing transaction.
     async fn apply_in(
         &self,

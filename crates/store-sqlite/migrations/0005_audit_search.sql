@@ -9,5 +9,6 @@ CREATE INDEX audit_facility ON audit (facility, recorded);
 
 -- Records of the network written before this schema have no FHIR projection yet: the store
 -- writes them when it opens, in the transaction that clears this flag (a crash between the two
--- only means projecting again).
-INSERT OR REPLACE INTO store_meta (key, value) VALUES ('projections', 'pending');
+-- only means projecting again). A new database (no schema recorded yet) has none to project.
+INSERT OR REPLACE INTO store_meta (key, value)
+SELECT 'projections', 'pending' WHERE EXISTS (SELECT 1 FROM store_meta WHERE key = 'schema_version');

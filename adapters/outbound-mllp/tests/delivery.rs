@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::{
-    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicI64, Ordering},
@@ -15,7 +14,10 @@ use std::{
 };
 
 use serde_json::json;
-use tsunagi_adapter_hl7v2::deliver::{Deliverer, DeliveryOptions, Round, Route, operator_act};
+use tsunagi_adapter::delivery::{Deliverer, DeliveryOptions, Round, operator_act};
+use tsunagi_adapter::outbound::Destination;
+use tsunagi_adapter_outbound_folder::FolderDestination;
+use tsunagi_adapter_outbound_mllp::MllpDestination;
 use tsunagi_core::clock::Clock;
 use tsunagi_hl7v2::document::OutboundDocument;
 use tsunagi_mllp::standin::{Behaviour, StandIn};
@@ -140,13 +142,13 @@ async fn deliveries_are_retried_until_acknowledged_and_refusals_become_dead_lett
     ] {
         enqueue(&store, control_id, destination).await;
     }
-    let routes = HashMap::from([
-        (
-            HOSPITAL.to_owned(),
-            Route::Mllp(standin.address().to_string()),
-        ),
-        (FILE_HOSPITAL.to_owned(), Route::Folder(inbox.clone())),
-    ]);
+    let destinations: Vec<Arc<dyn Destination>> = vec![
+        Arc::new(MllpDestination::new(
+            HOSPITAL,
+            standin.address().to_string(),
+        )),
+        Arc::new(FolderDestination::new(FILE_HOSPITAL, inbox.clone())),
+    ];
     let options = DeliveryOptions {
         max_attempts: 4,
         first_backoff: Duration::from_secs(5),
@@ -154,9 +156,9 @@ async fn deliveries_are_retried_until_acknowledged_and_refusals_become_dead_lett
         timeout: Duration::from_millis(500),
         batch: 100,
     };
-    let mut deliverer = Deliverer::new(store.clone(), routes, clock.clone(), options);
+    let mut deliverer = Deliverer::new(store.clone(), destinations, clock.clone(), options);
 
-    // Round 1: M1 accepted, M2 AE, M3 AR, M4's connection dropped, M5 written, M6 has no route.
+    // Round 1: M1 accepted, M2 AE, M3 AR, M4's connection dropped, M5 written, M6 has no destination.
     standin.script([
         Behaviour::Accept,
         Behaviour::Error,
@@ -181,7 +183,7 @@ async fn deliveries_are_retried_until_acknowledged_and_refusals_become_dead_lett
     assert_eq!(state, DeliveryState::Dead);
     assert!(error.starts_with("AR"), "{error}");
     assert_eq!(task_status(&store, "M3").await, "failed");
-    assert!(state_of(&store, "M6").await.2.contains("no route"));
+    assert!(state_of(&store, "M6").await.2.contains("no destination"));
     let written = std::fs::read(inbox.join("M5.hl7")).unwrap();
     assert_eq!(written, payload("M5", "退院後の内服について"));
     assert_eq!(

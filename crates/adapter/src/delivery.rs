@@ -1,46 +1,28 @@
-//! Outbound delivery: notes and documents queued by the write endpoint go to the hospital that
-//! owns the patient's record, over MLLP or into its inbound folder.
+//! Outbound delivery, the same for every destination: notes and documents queued by the write
+//! endpoint go to the facility that owns the patient's record, through the [`Destination`]
+//! configured for it (`[[destination]]`).
 //!
 //! Rules (promise R3):
-//! - a delivery is done only when the peer's ACK was read and MSA-1 checked (MSA-2 must name the
-//!   message); AA/CA → delivered;
-//! - AE/CE, a timeout, a dropped connection or an unreadable answer → retried with capped
-//!   exponential backoff, the **same bytes under the same MSH-10**, so the receiver can
-//!   recognise a resend;
-//! - AR/CR, or attempts exhausted → dead letter, for the operator (`tsunagi admin outbox`);
-//! - a folder delivery is done when the file is written, synced and renamed into place.
+//! - a delivery is done only when the destination says so (an MLLP destination: the peer's ACK
+//!   read and MSA-1 checked, MSA-2 naming the message; a folder: the file synced into place);
+//! - a retry is capped exponential backoff, the **same bytes under the same MSH-10**, so the
+//!   receiver can recognise a resend;
+//! - a refusal, or attempts exhausted → dead letter, for the operator (`tsunagi admin outbox`);
+//! - no destination for the facility → retried (the operator may add one).
 //!
 //! Every change of state is committed with the Task that shows it on the API; a round's changes
 //! commit in one transaction.
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use serde_json::{Value, json};
 use tsunagi_core::{clock::Clock, time::format_instant_jst};
-use tsunagi_hl7v2::{
-    Message,
-    ack::{AckCode, read_ack},
-    charset,
-};
-use tsunagi_mllp::client::Connection;
 use tsunagi_store::{
     Access, Batch, DeliveryState, DeliveryUpdate, Operation, OutboundMessage, Outbox,
     ResourceWrite, Store, StoreError,
 };
 
-/// How a hospital receives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    /// An MLLP listener of its EHR (`host:port`).
-    Mllp(String),
-    /// Its inbound folder; each message becomes `<MSH-10>.hl7`.
-    Folder(PathBuf),
-}
+use crate::outbound::{Attempt, Destination};
 
 /// Retry and timeout settings.
 #[derive(Debug, Clone, Copy)]
@@ -73,27 +55,20 @@ impl Default for DeliveryOptions {
 pub trait DeliveryStore: Store + Outbox {}
 impl<T: Store + Outbox + ?Sized> DeliveryStore for T {}
 
-/// What one attempt met.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Attempt {
-    Delivered { ack: Vec<u8>, note: String },
-    Retry { ack: Vec<u8>, error: String },
-    Refused { ack: Vec<u8>, error: String },
-}
-
 /// The delivery worker.
 pub struct Deliverer<S: ?Sized> {
     store: Arc<S>,
-    routes: HashMap<String, Route>,
+    destinations: HashMap<String, Arc<dyn Destination>>,
     clock: Arc<dyn Clock>,
     options: DeliveryOptions,
-    connections: HashMap<String, Connection>,
 }
 
 impl<S: ?Sized> std::fmt::Debug for Deliverer<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut facilities: Vec<&String> = self.destinations.keys().collect();
+        facilities.sort();
         f.debug_struct("Deliverer")
-            .field("routes", &self.routes)
+            .field("destinations", &facilities)
             .finish_non_exhaustive()
     }
 }
@@ -110,19 +85,23 @@ pub struct Round {
 }
 
 impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
-    /// A worker delivering to `routes` (facility code → route).
+    /// A worker delivering through `destinations` (one per facility; a later one for the same
+    /// facility replaces an earlier one).
     pub fn new(
         store: Arc<S>,
-        routes: HashMap<String, Route>,
+        destinations: Vec<Arc<dyn Destination>>,
         clock: Arc<dyn Clock>,
         options: DeliveryOptions,
     ) -> Self {
+        let destinations = destinations
+            .into_iter()
+            .map(|destination| (destination.describe().facility, destination))
+            .collect();
         Self {
             store,
-            routes,
+            destinations,
             clock,
             options,
-            connections: HashMap::new(),
         }
     }
 
@@ -181,70 +160,16 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
     }
 
     async fn attempt(&mut self, message: &OutboundMessage) -> Attempt {
-        match self.routes.get(&message.destination).cloned() {
+        match self.destinations.get(&message.destination) {
             None => Attempt::Retry {
                 ack: Vec::new(),
-                error: format!("no route to facility {} is configured", message.destination),
+                error: format!(
+                    "no destination for facility {} is configured",
+                    message.destination
+                ),
             },
-            Some(Route::Folder(folder)) => match write_file(&folder, message).await {
-                Ok(path) => Attempt::Delivered {
-                    ack: Vec::new(),
-                    note: format!("written to {}", path.display()),
-                },
-                Err(error) => Attempt::Retry {
-                    ack: Vec::new(),
-                    error: format!("cannot write into {}: {error}", folder.display()),
-                },
-            },
-            Some(Route::Mllp(address)) => self.send(&address, message).await,
+            Some(destination) => destination.deliver(message, self.options.timeout).await,
         }
-    }
-
-    async fn send(&mut self, address: &str, message: &OutboundMessage) -> Attempt {
-        let timeout = self.options.timeout;
-        let destination = message.destination.clone();
-        if !self.connections.contains_key(&destination) {
-            match tokio::time::timeout(timeout, Connection::connect(address)).await {
-                Ok(Ok(connection)) => {
-                    self.connections.insert(destination.clone(), connection);
-                }
-                Ok(Err(error)) => {
-                    return Attempt::Retry {
-                        ack: Vec::new(),
-                        error: format!("cannot connect to {address}: {error}"),
-                    };
-                }
-                Err(_) => {
-                    return Attempt::Retry {
-                        ack: Vec::new(),
-                        error: format!("no connection to {address} within {timeout:?}"),
-                    };
-                }
-            }
-        }
-        let Some(connection) = self.connections.get_mut(&destination) else {
-            return Attempt::Retry {
-                ack: Vec::new(),
-                error: "no connection".to_owned(),
-            };
-        };
-        let reply = connection.request(&message.payload, timeout).await;
-        let (attempt, clean) = match reply {
-            Err(error) => (
-                Attempt::Retry {
-                    ack: Vec::new(),
-                    error: format!("{address}: {error}"),
-                },
-                false,
-            ),
-            Ok(reply) => judge(&reply, &message.control_id),
-        };
-        // After anything but a valid ACK of this message the connection's state is unknown
-        // (a late ACK could be read as the next message's): start afresh.
-        if !clean {
-            self.connections.remove(&destination);
-        }
-        attempt
     }
 
     /// The operations that record an attempt's outcome with the Task that shows it.
@@ -323,80 +248,6 @@ pub fn backoff(options: &DeliveryOptions, attempts: u32) -> Duration {
         .first_backoff
         .saturating_mul(factor)
         .min(options.max_backoff)
-}
-
-/// What a reply says about `control_id`, and whether it was a valid ACK of it.
-fn judge(reply: &[u8], control_id: &str) -> (Attempt, bool) {
-    let unreadable = |why: String| {
-        (
-            Attempt::Retry {
-                ack: reply.to_vec(),
-                error: why,
-            },
-            false,
-        )
-    };
-    let Ok((text, _)) = charset::decode(reply) else {
-        return unreadable("the answer is not HL7 (undecodable)".to_owned());
-    };
-    let Ok(parsed) = Message::parse(&text) else {
-        return unreadable("the answer is not an HL7 message".to_owned());
-    };
-    let Ok(ack) = read_ack(&parsed) else {
-        return unreadable("the answer has no valid MSA-1".to_owned());
-    };
-    if ack.control_id != control_id {
-        return unreadable(format!(
-            "the ACK acknowledges {:?}, not {control_id:?}",
-            ack.control_id
-        ));
-    }
-    let text = if ack.text.is_empty() {
-        ack.code.as_str().to_owned()
-    } else {
-        format!("{}: {}", ack.code.as_str(), ack.text)
-    };
-    let attempt = match ack.code {
-        AckCode::AA | AckCode::CA => Attempt::Delivered {
-            ack: reply.to_vec(),
-            note: String::new(),
-        },
-        AckCode::AE | AckCode::CE => Attempt::Retry {
-            ack: reply.to_vec(),
-            error: text,
-        },
-        AckCode::AR | AckCode::CR => Attempt::Refused {
-            ack: reply.to_vec(),
-            error: text,
-        },
-    };
-    (attempt, true)
-}
-
-/// Writes `<MSH-10>.hl7` into `folder`: a temporary name first, synced, then renamed, so the
-/// hospital never reads half a file; a rewrite after a crash replaces it with the same bytes.
-async fn write_file(folder: &Path, message: &OutboundMessage) -> std::io::Result<PathBuf> {
-    let name: String = message
-        .control_id
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .collect();
-    let path = folder.join(format!("{name}.hl7"));
-    let temporary = folder.join(format!(".{name}.hl7.partial"));
-    let payload = message.payload.clone();
-    let (done, file) = (path.clone(), temporary.clone());
-    let folder = folder.to_owned();
-    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut handle = std::fs::File::create(&file)?;
-        handle.write_all(&payload)?;
-        handle.sync_all()?;
-        std::fs::rename(&file, &done)?;
-        std::fs::File::open(&folder)?.sync_all()
-    })
-    .await
-    .map_err(std::io::Error::other)??;
-    Ok(path)
 }
 
 /// The Task of a delivery rewritten to show `state`.
@@ -508,32 +359,5 @@ mod tests {
         let waits: Vec<u64> = (1..=6).map(|n| backoff(&options, n).as_secs()).collect();
         assert_eq!(waits, vec![5, 10, 20, 40, 60, 60]);
         assert_eq!(backoff(&options, 200).as_secs(), 60);
-    }
-
-    #[test]
-    fn an_ack_counts_only_for_the_message_it_names() {
-        let ack = |code: &str, id: &str| {
-            format!("MSH|^~\\&|EHR|H|TSUNAGI|T|20261124||ACK^T02^ACK|A1|P|2.5\rMSA|{code}|{id}\r")
-        };
-        let judged = |code: &str, id: &str| judge(ack(code, id).as_bytes(), "T1");
-        assert!(matches!(
-            judged("AA", "T1"),
-            (Attempt::Delivered { .. }, true)
-        ));
-        assert!(matches!(
-            judged("CA", "T1"),
-            (Attempt::Delivered { .. }, true)
-        ));
-        assert!(matches!(judged("AE", "T1"), (Attempt::Retry { .. }, true)));
-        assert!(matches!(
-            judged("AR", "T1"),
-            (Attempt::Refused { .. }, true)
-        ));
-        assert!(matches!(judged("AA", "T2"), (Attempt::Retry { .. }, false)));
-        assert!(matches!(judged("XX", "T1"), (Attempt::Retry { .. }, false)));
-        assert!(matches!(
-            judge(b"garbage", "T1"),
-            (Attempt::Retry { .. }, false)
-        ));
     }
 }
