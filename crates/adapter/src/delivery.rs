@@ -306,7 +306,7 @@ pub async fn operator_act<S: DeliveryStore + ?Sized>(
     let message = store
         .outbound(seq)
         .await?
-        .ok_or_else(|| StoreError::Invalid(format!("outbound message {seq} is not queued")))?;
+        .ok_or_else(|| StoreError::NotFound(format!("outbound message {seq} is not queued")))?;
     let allowed = match message.state {
         DeliveryState::Pending | DeliveryState::Dead => true,
         DeliveryState::Dropped => retry,

@@ -163,6 +163,21 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Invalid(message) => ApiError::bad_request("invalid", message),
+            StoreError::NotFound(message) => ApiError {
+                status: StatusCode::NOT_FOUND,
+                code: "not-found",
+                message,
+                findings: Vec::new(),
+            },
+            StoreError::Unavailable(message) => {
+                tracing::error!(target: "tsunagi::store", error = %message, "the database is unavailable");
+                ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "transient",
+                    message: "the database is unavailable; the request can be retried".to_owned(),
+                    findings: Vec::new(),
+                }
+            }
             // The database's text names a constraint; the client learns only that it raced.
             StoreError::Conflict(_) => ApiError {
                 status: StatusCode::CONFLICT,

@@ -205,12 +205,18 @@ pub trait Cells {
 }
 
 /// The error of a failed statement: a unique-key violation is a [`StoreError::Conflict`] (two
-/// writers raced for one key), anything else a [`StoreError::Database`].
+/// writers raced for one key), a database out of reach [`StoreError::Unavailable`], anything
+/// else a [`StoreError::Database`].
 pub fn db_error(error: sqlx::Error) -> StoreError {
     match &error {
         sqlx::Error::Database(database) if database.is_unique_violation() => {
             StoreError::Conflict(database.message().to_owned())
         }
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error.to_string()),
         _ => StoreError::Database(error.to_string()),
     }
 }

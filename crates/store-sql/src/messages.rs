@@ -87,7 +87,7 @@ pub async fn set_state<D: Dialect>(
         .execute::<D>(connection)
         .await?;
     if changed == 0 {
-        return Err(StoreError::Invalid(format!("message {seq} is not logged")));
+        return Err(StoreError::NotFound(format!("message {seq} is not logged")));
     }
     Ok(())
 }

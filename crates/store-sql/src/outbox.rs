@@ -70,7 +70,7 @@ pub async fn update<D: Dialect>(
     .execute::<D>(connection)
     .await?;
     if changed == 0 {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::NotFound(format!(
             "outbound message {} is not queued",
             update.seq
         )));

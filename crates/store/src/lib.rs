@@ -22,6 +22,8 @@ pub mod audit;
 pub mod conformance;
 #[cfg(feature = "conformance")]
 pub mod conformance_access;
+#[cfg(feature = "conformance")]
+pub mod conformance_queues;
 pub mod contributions;
 pub mod governance;
 pub mod messages;
@@ -403,6 +405,13 @@ pub enum StoreError {
     /// A write lost a race for a unique key (another writer stored the same key first).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// What an operation names does not exist (an outbound message, a logged message).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The database cannot be reached now (no connection within the pool's timeout, the
+    /// connection lost): the same request may succeed later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// Stored data that cannot be read back.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

@@ -1,5 +1,7 @@
 //! Tests of search parsing: types, prefixes, modifiers, chains, result parameters, limits.
 
+use tsunagi_core::time::fhir_date_range;
+
 use super::*;
 
 fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
