@@ -234,9 +234,7 @@ async fn writer<S: FeedStore + ?Sized>(
             // Nothing is decided without the log: nobody is answered, senders resend.
             tracing::error!(target: "tsunagi::feed", %error, "duplicate lookup failed");
             for (_, reply) in jobs.drain(..) {
-                let _ = reply.send(Err(IntakeError::Store(StoreError::Database(
-                    error.to_string(),
-                ))));
+                let _ = reply.send(Err(IntakeError::Store(error.clone())));
             }
             continue;
         }

@@ -249,7 +249,7 @@ impl<S: FeedStore + ?Sized> Processor<S> {
     /// Applies a quarantined message again.
     pub(crate) async fn retry(&mut self, seq: i64) -> Result<RetryOutcome, IntakeError> {
         let message = self.store.message(seq).await?.ok_or_else(|| {
-            IntakeError::Store(StoreError::Invalid(format!("message {seq} is not logged")))
+            IntakeError::Store(StoreError::NotFound(format!("message {seq} is not logged")))
         })?;
         if message.state != MessageState::Quarantined {
             return Err(IntakeError::Store(StoreError::Invalid(format!(

@@ -319,7 +319,7 @@ async fn set_reports_for(
         println!("lab {code} reports for {}", facilities.join(", "));
     }
     println!(
-        "  POST /fhir reads this from the next request; HL7 v2 feeds ([[hl7v2]]) when serve next starts"
+        "  POST /fhir reads this from the next request; HL7 v2 feeds (hl7v2 sources) when serve next starts"
     );
     Ok(())
 }

@@ -83,7 +83,7 @@ pub(crate) fn ssmix2_config(
     })
 }
 
-/// Resources per store transaction of an SS-MIX2 pull (`[[ssmix2]] batch_resources`).
+/// Resources per store transaction of an SS-MIX2 pull (an ssmix2 source's `batch_resources`).
 pub(crate) const DEFAULT_BATCH_RESOURCES: usize = 2000;
 
 /// The flags of `tsunagi ingest ssmix2`.
@@ -418,6 +418,19 @@ pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
 /// says what to change (it is still read as it is).
 pub(crate) fn check_config(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    // What `run` and `serve` build from it, built now: mapping tables, address ranges.
+    for source in &config.ssmix2 {
+        ssmix2_config(
+            &source.facility,
+            source.name.clone(),
+            source.roots.clone(),
+            source.mappings.as_deref(),
+            false,
+        )
+        .with_context(|| format!("{}: ssmix2 source {}", path.display(), source.facility))?;
+    }
+    crate::serve::feeds_from_config(Some(&config))
+        .with_context(|| format!("{}: hl7v2 sources", path.display()))?;
     println!(
         "{}: config version {}, valid",
         path.display(),

@@ -255,6 +255,11 @@ pub(crate) struct Ssmix2Source {
     pub(crate) workers: Option<usize>,
 }
 
+/// `text` as a TOML basic string, quoted and escaped.
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}
+
 impl Config {
     /// Parses and validates the text of a config file.
     pub(crate) fn parse(text: &str) -> anyhow::Result<Self> {
@@ -281,7 +286,8 @@ impl Config {
             }
         }
         for source in &config.ssmix2 {
-            tsunagi_core::FacilityId::parse(&source.facility)?;
+            tsunagi_core::FacilityId::parse(&source.facility)
+                .with_context(|| format!("ssmix2 source {:?}", source.facility))?;
             cron::Schedule::from_str(&source.schedule).with_context(|| {
                 format!(
                     "ssmix2 source {}: schedule {:?} is not a cron expression",
@@ -296,7 +302,12 @@ impl Config {
             }
         }
         for feed in &config.hl7v2 {
-            tsunagi_core::FacilityId::parse(&feed.facility)?;
+            tsunagi_core::FacilityId::parse(&feed.facility)
+                .with_context(|| format!("hl7v2 source {:?}", feed.facility))?;
+            for code in &feed.reports_for {
+                tsunagi_core::FacilityId::parse(code)
+                    .with_context(|| format!("hl7v2 source {}: reports_for", feed.facility))?;
+            }
             if feed.sending_facility.trim().is_empty() {
                 bail!(
                     "hl7v2 feed {}: sending_facility (MSH-4) is required",
@@ -309,8 +320,17 @@ impl Config {
                     .with_context(|| format!("hl7v2 feed {}: addresses", feed.facility))?;
             }
         }
+        let mut destinations = std::collections::BTreeSet::new();
         for route in &config.outbound {
-            tsunagi_core::FacilityId::parse(&route.facility)?;
+            tsunagi_core::FacilityId::parse(&route.facility)
+                .with_context(|| format!("destination {:?}", route.facility))?;
+            // Version 1 kept the last of two routes for one facility; version 2 says so.
+            if !destinations.insert(route.facility.as_str()) && config.version >= 2 {
+                bail!(
+                    "destination {}: a facility has one [[destination]]; this is its second",
+                    route.facility
+                );
+            }
             if route.mllp.is_some() == route.folder.is_some() {
                 bail!(
                     "outbound {}: give exactly one of mllp = \"host:port\" or folder = \"/path\"",
@@ -367,14 +387,16 @@ impl Config {
         for route in &self.outbound {
             notes.push(match (&route.mllp, &route.folder) {
                 (Some(address), _) => format!(
-                    "rewrite [[outbound]] {} as [[destination]] kind = \"mllp\", facility = \"{}\", address = \"{address}\"",
-                    route.facility, route.facility
+                    "rewrite [[outbound]] {} as [[destination]] kind = \"mllp\", facility = {}, address = {}",
+                    route.facility,
+                    toml_string(&route.facility),
+                    toml_string(address)
                 ),
                 (None, Some(folder)) => format!(
-                    "rewrite [[outbound]] {} as [[destination]] kind = \"folder\", facility = \"{}\", folder = \"{}\"",
+                    "rewrite [[outbound]] {} as [[destination]] kind = \"folder\", facility = {}, folder = {}",
                     route.facility,
-                    route.facility,
-                    folder.display()
+                    toml_string(&route.facility),
+                    toml_string(&folder.display().to_string())
                 ),
                 (None, None) => format!("[[outbound]] {} names no route", route.facility),
             });
@@ -451,6 +473,24 @@ mod tests {
         );
         let typo = v2.replacen("address = ", "adress = ", 1);
         assert!(Config::parse(&typo).is_err());
+        // An unknown key beside every required one is refused as unknown, in either kind.
+        for kind in ["\nkind = \"ssmix2\"\n", "\nkind = \"mllp\"\n"] {
+            let extra = v2.replacen(kind, &format!("{kind}shedule = \"x\"\n"), 1);
+            let refused = Config::parse(&extra).unwrap_err();
+            assert!(
+                format!("{refused:#}").contains("unknown field"),
+                "{refused:#}"
+            );
+        }
+        let twice = format!(
+            "{v2}\n[[destination]]\nkind = \"folder\"\nfacility = \"0610100010\"\nfolder = \"/x\"\n"
+        );
+        assert!(
+            Config::parse(&twice)
+                .unwrap_err()
+                .to_string()
+                .contains("second")
+        );
     }
 
     /// Every value the example states for a setting that has a default is that default, so the

@@ -122,7 +122,7 @@ enum Command {
         /// A second listener with mutual TLS for system clients (needs --tls-client-ca).
         #[arg(long, requires = "tls_client_ca")]
         mtls_listen: Option<String>,
-        /// Also listen for HL7 v2 over MLLP on this address (senders: [[hl7v2]] of --config).
+        /// Also listen for HL7 v2 over MLLP on this address (senders: the hl7v2 sources of --config).
         #[arg(long)]
         mllp_listen: Option<String>,
         /// PEM CA certificates that issue system clients' certificates (CN = client id).

@@ -41,7 +41,7 @@ pub(crate) enum QuarantineAction {
     Retry {
         #[arg(long)]
         db: String,
-        /// The config whose `[[hl7v2]]` senders the messages came from. Without it: the three
+        /// The config whose hl7v2 sources the messages came from. Without it: the three
         /// synthetic hospitals of `tsunagi demo`.
         #[arg(long)]
         config: Option<PathBuf>,

@@ -49,7 +49,7 @@ pub(crate) async fn create(
     body: &Bytes,
 ) -> Result<Response, ApiError> {
     caller.require("Consent", Interaction::Create)?;
-    let resource = crate::notes_api::resource_body(headers, body, "Consent")?;
+    let resource = crate::request::resource_body(headers, body, "Consent")?;
     if resource["status"] != "active" {
         return Err(ApiError::unprocessable(
             "a new Consent must have status active",
@@ -163,7 +163,7 @@ pub(crate) async fn update(
 ) -> Result<Response, ApiError> {
     crate::valid_id(id)?;
     caller.require("Consent", Interaction::Update)?;
-    let resource = crate::notes_api::resource_body(headers, body, "Consent")?;
+    let resource = crate::request::resource_body(headers, body, "Consent")?;
     if resource["id"] != id {
         return Err(ApiError::bad_request(
             "invalid",

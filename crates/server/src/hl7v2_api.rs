@@ -46,7 +46,7 @@ pub(crate) async fn post(
     }
     let Some(intake) = intake else {
         return Err(ApiError::not_found(
-            "this server takes no HL7 v2 over HTTP: no [[hl7v2]] senders are configured",
+            "this server takes no HL7 v2 over HTTP: no hl7v2 sources are configured",
         ));
     };
     let content_type = headers

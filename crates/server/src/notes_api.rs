@@ -11,7 +11,7 @@
 
 use axum::{
     body::Bytes,
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode},
     response::Response,
 };
 use serde_json::{Value, json};
@@ -37,48 +37,6 @@ const MAX_ATTACHMENT: usize = 10 * 1024 * 1024;
 /// The JP Core patient-id system of a facility (`urn:oid:1.2.392.100495.20.3.51.1` + code).
 fn patient_id_system(facility: &str) -> String {
     format!("urn:oid:1.2.392.100495.20.3.51.1{facility}")
-}
-
-/// The body, which must be FHIR JSON of `resource_type` (every write endpoint reads its body
-/// this way).
-pub(crate) fn resource_body(
-    headers: &HeaderMap,
-    body: &[u8],
-    resource_type: &str,
-) -> Result<Value, ApiError> {
-    let resource = json_body(headers, body, resource_type)?;
-    if resource["resourceType"] != resource_type {
-        return Err(ApiError::bad_request(
-            "invalid",
-            format!("the body is not a {resource_type} resource"),
-        ));
-    }
-    crate::validation::structure(&resource)?;
-    Ok(resource)
-}
-
-/// A FHIR JSON object body (`what` names it in the error).
-pub(crate) fn json_body(headers: &HeaderMap, body: &[u8], what: &str) -> Result<Value, ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("");
-    let media = content_type.split(';').next().unwrap_or("").trim();
-    if !matches!(media, "application/fhir+json" | "application/json") {
-        return Err(ApiError::unsupported_media(format!(
-            "send the {what} as application/fhir+json (got {content_type:?})"
-        )));
-    }
-    let value: Value = serde_json::from_slice(body).map_err(|error| {
-        ApiError::bad_request("invalid", format!("the body is not JSON: {error}"))
-    })?;
-    if !value.is_object() {
-        return Err(ApiError::bad_request(
-            "invalid",
-            "the body is not an object",
-        ));
-    }
-    Ok(value)
 }
 
 /// The first identifier with both system and value, which names the resource for retries.
@@ -283,7 +241,7 @@ pub(crate) async fn create(
     body: &Bytes,
 ) -> Result<Response, ApiError> {
     caller.require(resource_type, Interaction::Create)?;
-    let mut resource = resource_body(headers, body, resource_type)?;
+    let mut resource = crate::request::resource_body(headers, body, resource_type)?;
     let patient = crate::consent_api::referenced_id(&resource["subject"], "Patient")
         .ok_or_else(|| ApiError::bad_request("required", "subject must be Patient/<id>"))?
         .to_owned();

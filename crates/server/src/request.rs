@@ -1,5 +1,6 @@
-//! Reading a request: query pairs, the base URL the client used, ids and types, and the FHIR
-//! JSON response.
+//! Reading a request: query pairs, the base URL the client used, ids and types, FHIR JSON
+//! bodies (every endpoint that takes a resource reads it with `resource_body`), and the FHIR JSON
+//! response.
 
 use axum::{
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
@@ -156,7 +157,7 @@ pub(crate) fn operation_parameters(
         })?;
         return Ok(decode_pairs(Some(form)));
     }
-    let posted = crate::notes_api::json_body(headers, body, "Parameters")?;
+    let posted = json_body(headers, body, "Parameters")?;
     if posted["resourceType"] != "Parameters" {
         return Err(ApiError::bad_request(
             "invalid",
@@ -212,6 +213,48 @@ pub(crate) fn operation_parameters(
         pairs.push((name.to_owned(), text));
     }
     Ok(pairs)
+}
+
+/// The body, which must be FHIR JSON of `resource_type` (every write endpoint reads its body
+/// this way).
+pub(crate) fn resource_body(
+    headers: &HeaderMap,
+    body: &[u8],
+    resource_type: &str,
+) -> Result<Value, ApiError> {
+    let resource = json_body(headers, body, resource_type)?;
+    if resource["resourceType"] != resource_type {
+        return Err(ApiError::bad_request(
+            "invalid",
+            format!("the body is not a {resource_type} resource"),
+        ));
+    }
+    crate::validation::structure(&resource)?;
+    Ok(resource)
+}
+
+/// A FHIR JSON object body (`what` names it in the error).
+pub(crate) fn json_body(headers: &HeaderMap, body: &[u8], what: &str) -> Result<Value, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    if !matches!(media, "application/fhir+json" | "application/json") {
+        return Err(ApiError::unsupported_media(format!(
+            "send the {what} as application/fhir+json (got {content_type:?})"
+        )));
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|error| {
+        ApiError::bad_request("invalid", format!("the body is not JSON: {error}"))
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid",
+            "the body is not an object",
+        ));
+    }
+    Ok(value)
 }
 
 #[cfg(test)]

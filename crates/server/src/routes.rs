@@ -71,7 +71,7 @@ pub(crate) async fn transaction(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let bundle = notes_api::resource_body(&headers, &body, "Bundle")?;
+    let bundle = crate::request::resource_body(&headers, &body, "Bundle")?;
     match bundle["type"].as_str() {
         Some("batch") => {
             let outer = crate::batch_api::Outer {

@@ -74,7 +74,7 @@ pub struct LabScope {
 }
 
 /// Who the caller reports results for: the directory's record of its facility (`tsunagi admin
-/// facility reports-for`), joined to a `[[hl7v2]] reports_for` that names its client.
+/// facility reports-for`), joined to an hl7v2 source's `reports_for` that names its client.
 pub(crate) async fn lab_scope(
     state: &AppState,
     caller: &Caller,

@@ -148,7 +148,7 @@ pub(crate) fn validate_operation(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Response, ApiError> {
-    let posted = crate::notes_api::json_body(headers, body, resource_type)?;
+    let posted = crate::request::json_body(headers, body, resource_type)?;
     let (resource, mut asked) = if posted["resourceType"] == "Parameters" {
         let parameters = posted["parameter"].as_array().cloned().unwrap_or_default();
         let resource = parameters

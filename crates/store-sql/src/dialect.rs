@@ -205,18 +205,18 @@ pub trait Cells {
 }
 
 /// The error of a failed statement: a unique-key violation is a [`StoreError::Conflict`] (two
-/// writers raced for one key), a database out of reach [`StoreError::Unavailable`], anything
+/// writers raced for one key), no connection to be had [`StoreError::Unavailable`], anything
 /// else a [`StoreError::Database`].
 pub fn db_error(error: sqlx::Error) -> StoreError {
     match &error {
         sqlx::Error::Database(database) if database.is_unique_violation() => {
             StoreError::Conflict(database.message().to_owned())
         }
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error.to_string()),
+        // No connection was had: nothing was done, so the same request may be made again. (An
+        // IO error mid-statement is not this: a commit may have happened.)
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            StoreError::Unavailable(error.to_string())
+        }
         _ => StoreError::Database(error.to_string()),
     }
 }

@@ -388,7 +388,7 @@ impl HistoryCursor {
 }
 
 /// A store failure.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database URL is not usable.
     #[error("database url: {0}")]
@@ -408,8 +408,8 @@ pub enum StoreError {
     /// What an operation names does not exist (an outbound message, a logged message).
     #[error("not found: {0}")]
     NotFound(String),
-    /// The database cannot be reached now (no connection within the pool's timeout, the
-    /// connection lost): the same request may succeed later.
+    /// No connection to the database could be had (the pool's timeout passed, the pool is
+    /// closed): nothing was done, and the same request may succeed later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
     /// Stored data that cannot be read back.
