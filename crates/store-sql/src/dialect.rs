@@ -7,7 +7,7 @@
 use std::{borrow::Cow, future::Future, pin::Pin};
 
 use sqlx::{
-    AssertSqlSafe, Database, Postgres, QueryBuilder, Row, Sqlite,
+    AssertSqlSafe, Database, Pool, Postgres, QueryBuilder, Row, Sqlite,
     migrate::{MigrateError, Migrator},
     postgres::PgRow,
     query::Query,
@@ -290,9 +290,10 @@ pub trait Dialect: Database<Row: Cells> + Sized {
     fn bind(sql: &mut QueryBuilder<Self>, value: Bound);
     /// A statement written with `?N` placeholders, in this database's spelling.
     fn spell(text: &str) -> Cow<'_, str>;
-    /// The query of a [`Stmt`]: its text (already spelled) and values.
+    /// The query of a [`Stmt`]: its text (already spelled; a static text is not copied) and
+    /// values.
     fn query(
-        text: String,
+        text: Cow<'static, str>,
         values: Vec<Bound>,
     ) -> Result<Query<'static, Self, Self::Arguments>, StoreError>;
     /// Runs a statement, giving the number of rows it changed.
@@ -321,6 +322,17 @@ pub trait Dialect: Database<Row: Cells> + Sized {
 
 /// A boxed future of a migration run.
 pub type Migrating<'e> = Pin<Box<dyn Future<Output = Result<(), MigrateError>> + Send + 'e>>;
+
+/// A query of `text`: a static text is used as it is, an assembled one is vouched for (every
+/// value is bound, never spliced into the text).
+macro_rules! with_text {
+    ($text:expr, $arguments:expr) => {
+        match $text {
+            Cow::Borrowed(text) => sqlx::query_with(text, $arguments),
+            Cow::Owned(text) => sqlx::query_with(AssertSqlSafe(text), $arguments),
+        }
+    };
+}
 
 /// The running methods of [`Dialect`], the same text for each database (the types differ).
 macro_rules! runs_on_its_connection {
@@ -411,7 +423,7 @@ impl Dialect for Sqlite {
     }
 
     fn query(
-        text: String,
+        text: Cow<'static, str>,
         values: Vec<Bound>,
     ) -> Result<Query<'static, Self, Self::Arguments>, StoreError> {
         let mut arguments = <Self::Arguments as Default>::default();
@@ -422,7 +434,7 @@ impl Dialect for Sqlite {
                 value
             )?;
         }
-        Ok(sqlx::query_with(AssertSqlSafe(text), arguments))
+        Ok(with_text!(text, arguments))
     }
 
     runs_on_its_connection!();
@@ -487,7 +499,7 @@ impl Dialect for Postgres {
     }
 
     fn query(
-        text: String,
+        text: Cow<'static, str>,
         values: Vec<Bound>,
     ) -> Result<Query<'static, Self, Self::Arguments>, StoreError> {
         let mut arguments = <Self::Arguments as Default>::default();
@@ -499,7 +511,7 @@ impl Dialect for Postgres {
             };
             added.map_err(|error| StoreError::Database(error.to_string()))?;
         }
-        Ok(sqlx::query_with(AssertSqlSafe(text), arguments))
+        Ok(with_text!(text, arguments))
     }
 
     runs_on_its_connection!();
@@ -528,8 +540,11 @@ impl Stmt {
     }
 
     fn query<D: Dialect>(self) -> Result<Query<'static, D, D::Arguments>, StoreError> {
-        let text = D::spell(&self.text).into_owned();
-        D::query(text, self.values)
+        let spelled = match D::spell(&self.text) {
+            Cow::Owned(spelled) => Some(spelled),
+            Cow::Borrowed(_) => None,
+        };
+        D::query(spelled.map_or(self.text, Cow::Owned), self.values)
     }
 
     /// Runs it, giving the number of rows changed.
@@ -570,6 +585,35 @@ impl Stmt {
         self.fetch_optional::<D>(connection)
             .await?
             .ok_or_else(|| StoreError::Database("the statement returned no row".to_owned()))
+    }
+}
+
+impl Stmt {
+    /// [`Stmt::execute`] on a connection of `pool`.
+    pub async fn execute_in<D: Dialect>(self, pool: &Pool<D>) -> Result<u64, StoreError> {
+        let mut connection = pool.acquire().await.map_err(db_error)?;
+        self.execute::<D>(&mut connection).await
+    }
+
+    /// [`Stmt::fetch_all`] on a connection of `pool`.
+    pub async fn fetch_all_in<D: Dialect>(self, pool: &Pool<D>) -> Result<Vec<D::Row>, StoreError> {
+        let mut connection = pool.acquire().await.map_err(db_error)?;
+        self.fetch_all::<D>(&mut connection).await
+    }
+
+    /// [`Stmt::fetch_optional`] on a connection of `pool`.
+    pub async fn fetch_optional_in<D: Dialect>(
+        self,
+        pool: &Pool<D>,
+    ) -> Result<Option<D::Row>, StoreError> {
+        let mut connection = pool.acquire().await.map_err(db_error)?;
+        self.fetch_optional::<D>(&mut connection).await
+    }
+
+    /// [`Stmt::fetch_one`] on a connection of `pool`.
+    pub async fn fetch_one_in<D: Dialect>(self, pool: &Pool<D>) -> Result<D::Row, StoreError> {
+        let mut connection = pool.acquire().await.map_err(db_error)?;
+        self.fetch_one::<D>(&mut connection).await
     }
 }
 

@@ -226,9 +226,8 @@ impl<E: Engine> Governance for SqlStore<E> {
     }
 
     async fn facilities(&self) -> Result<Vec<Facility>, StoreError> {
-        let mut connection = self.write_connection().await?;
         let rows = stmt("SELECT code, name, kind, active FROM facilities ORDER BY code")
-            .fetch_all::<E::Db>(&mut *connection)
+            .fetch_all_in::<E::Db>(self.writer())
             .await?;
         rows.iter()
             .map(|row| {
@@ -264,18 +263,16 @@ impl<E: Engine> Governance for SqlStore<E> {
     }
 
     async fn participant(&self, id: &str) -> Result<Option<Participant>, StoreError> {
-        let mut connection = self.write_connection().await?;
         let row = stmt("SELECT id, name, facility, role, active FROM participants WHERE id = ?1")
             .arg(id)
-            .fetch_optional::<E::Db>(&mut *connection)
+            .fetch_optional_in::<E::Db>(self.writer())
             .await?;
         row.as_ref().map(participant_from_row).transpose()
     }
 
     async fn participants(&self) -> Result<Vec<Participant>, StoreError> {
-        let mut connection = self.write_connection().await?;
         let rows = stmt("SELECT id, name, facility, role, active FROM participants ORDER BY id")
-            .fetch_all::<E::Db>(&mut *connection)
+            .fetch_all_in::<E::Db>(self.writer())
             .await?;
         rows.iter().map(participant_from_row).collect()
     }
@@ -302,30 +299,27 @@ impl<E: Engine> Governance for SqlStore<E> {
     }
 
     async fn client(&self, id: &str) -> Result<Option<Client>, StoreError> {
-        let mut connection = self.write_connection().await?;
         let row = stmt(
             "SELECT id, facility, kind, jwks, scope, active, serves FROM clients WHERE id = ?1",
         )
         .arg(id)
-        .fetch_optional::<E::Db>(&mut *connection)
+        .fetch_optional_in::<E::Db>(self.writer())
         .await?;
         row.as_ref().map(client_from_row).transpose()
     }
 
     async fn clients(&self) -> Result<Vec<Client>, StoreError> {
-        let mut connection = self.write_connection().await?;
         let rows =
             stmt("SELECT id, facility, kind, jwks, scope, active, serves FROM clients ORDER BY id")
-                .fetch_all::<E::Db>(&mut *connection)
+                .fetch_all_in::<E::Db>(self.writer())
                 .await?;
         rows.iter().map(client_from_row).collect()
     }
 
     async fn holder(&self, patient: &str) -> Result<Option<Option<String>>, StoreError> {
-        let mut connection = self.write_connection().await?;
         let row = stmt("SELECT facility FROM compartments WHERE patient = ?1")
             .arg(patient)
-            .fetch_optional::<E::Db>(&mut *connection)
+            .fetch_optional_in::<E::Db>(self.writer())
             .await?;
         row.map(|row| row.opt_text("facility")).transpose()
     }
@@ -381,7 +375,6 @@ impl<E: Engine> Governance for SqlStore<E> {
     }
 
     async fn linked(&self, patient: &str) -> Result<Vec<LinkedRecord>, StoreError> {
-        let mut connection = self.write_connection().await?;
         let rows = stmt(
             "SELECT c.patient, c.facility, l2.regional FROM compartments p \
              JOIN patient_links l1 ON l1.compartment = p.id \
@@ -389,7 +382,7 @@ impl<E: Engine> Governance for SqlStore<E> {
              JOIN compartments c ON c.id = l2.compartment WHERE p.patient = ?1 ORDER BY c.patient",
         )
         .arg(patient)
-        .fetch_all::<E::Db>(&mut *connection)
+        .fetch_all_in::<E::Db>(self.writer())
         .await?;
         rows.iter()
             .map(|row| {
@@ -479,8 +472,7 @@ impl<E: Engine> Governance for SqlStore<E> {
                 "SELECT {CONSENT_COLUMNS} FROM consents k ORDER BY k.id"
             )),
         };
-        let mut connection = self.write_connection().await?;
-        let rows = statement.fetch_all::<E::Db>(&mut *connection).await?;
+        let rows = statement.fetch_all_in::<E::Db>(self.writer()).await?;
         rows.iter().map(consent_from_row).collect()
     }
 
@@ -516,9 +508,8 @@ impl<E: Engine> Governance for SqlStore<E> {
 
     async fn audit_count(&self) -> Result<u64, StoreError> {
         self.settle_audit().await?;
-        let mut connection = self.write_connection().await?;
         let row = stmt("SELECT COUNT(*) AS n FROM audit")
-            .fetch_one::<E::Db>(&mut *connection)
+            .fetch_one_in::<E::Db>(self.writer())
             .await?;
         Ok(row.int("n")?.max(0) as u64)
     }
@@ -548,10 +539,9 @@ impl<E: Engine> Governance for SqlStore<E> {
     }
 
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
-        let mut connection = self.write_connection().await?;
         let rows =
             stmt("SELECT kid, pem, created_at FROM signing_keys ORDER BY created_at DESC, kid")
-                .fetch_all::<E::Db>(&mut *connection)
+                .fetch_all_in::<E::Db>(self.writer())
                 .await?;
         rows.iter()
             .map(|row| {
@@ -565,10 +555,9 @@ impl<E: Engine> Governance for SqlStore<E> {
     }
 
     async fn lab_reports_for(&self, lab: &str) -> Result<Vec<String>, StoreError> {
-        let mut connection = self.write_connection().await?;
         let rows = stmt("SELECT facility FROM lab_reports WHERE lab = ?1 ORDER BY facility")
             .arg(lab)
-            .fetch_all::<E::Db>(&mut *connection)
+            .fetch_all_in::<E::Db>(self.writer())
             .await?;
         rows.iter().map(|row| row.text("facility")).collect()
     }
@@ -595,39 +584,35 @@ impl<E: Engine> Governance for SqlStore<E> {
     }
 
     async fn served_origin(&self) -> Result<Option<String>, StoreError> {
-        let mut connection = self.write_connection().await?;
         let row = stmt("SELECT value FROM store_meta WHERE key = 'served_origin'")
-            .fetch_optional::<E::Db>(&mut *connection)
+            .fetch_optional_in::<E::Db>(self.writer())
             .await?;
         row.map(|row| row.text("value")).transpose()
     }
 
     async fn record_served_origin(&self, origin: &str) -> Result<(), StoreError> {
-        let mut connection = self.write_connection().await?;
         stmt(
             "INSERT INTO store_meta (key, value) VALUES ('served_origin', ?1) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         )
         .arg(origin)
-        .execute::<E::Db>(&mut *connection)
+        .execute_in::<E::Db>(self.writer())
         .await?;
         Ok(())
     }
 
     async fn put_signing_key(&self, key: &StoredKey) -> Result<(), StoreError> {
-        let mut connection = self.write_connection().await?;
         stmt("INSERT INTO signing_keys (kid, pem, created_at) VALUES (?1, ?2, ?3)")
             .arg(&key.kid)
             .arg(&key.pem)
             .arg(key.created_at)
-            .execute::<E::Db>(&mut *connection)
+            .execute_in::<E::Db>(self.writer())
             .await?;
         Ok(())
     }
 
     async fn revoke(&self, revocation: &Revocation) -> Result<(), StoreError> {
         let (kind, value, at) = revocation.row();
-        let mut connection = self.write_connection().await?;
         stmt(format!(
             "INSERT INTO revocations (kind, value, at) VALUES (?1, ?2, ?3) \
              ON CONFLICT (kind, value) DO UPDATE SET at = {}(revocations.at, excluded.at)",
@@ -636,7 +621,7 @@ impl<E: Engine> Governance for SqlStore<E> {
         .arg(kind)
         .arg(value)
         .arg(at)
-        .execute::<E::Db>(&mut *connection)
+        .execute_in::<E::Db>(self.writer())
         .await?;
         self.standing_changed()
     }

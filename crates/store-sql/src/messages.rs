@@ -119,14 +119,13 @@ impl<E: Engine> MessageLog for SqlStore<E> {
         sender: &str,
         control_id: &str,
     ) -> Result<Option<InboundMessage>, StoreError> {
-        let mut connection = self.write_connection().await?;
         let row = stmt(format!(
             "SELECT {COLUMNS} FROM messages WHERE sender = ?1 AND control_id = ?2 \
              AND state <> 'conflict'"
         ))
         .arg(sender)
         .arg(control_id)
-        .fetch_optional::<E::Db>(&mut *connection)
+        .fetch_optional_in::<E::Db>(self.writer())
         .await?;
         row.as_ref().map(from_row).transpose()
     }
@@ -142,23 +141,21 @@ impl<E: Engine> MessageLog for SqlStore<E> {
             .iter()
             .map(|(sender, control_id)| [sender.clone(), control_id.clone()])
             .collect();
-        let mut connection = self.write_connection().await?;
         let rows = stmt(format!(
             "SELECT {COLUMNS} FROM messages WHERE state <> 'conflict' AND (sender, control_id) IN \
              (SELECT first, second FROM {} AS keys)",
             E::Db::pairs("?1")
         ))
         .arg(Bound::Pairs(pairs))
-        .fetch_all::<E::Db>(&mut *connection)
+        .fetch_all_in::<E::Db>(self.writer())
         .await?;
         rows.iter().map(from_row).collect()
     }
 
     async fn message(&self, seq: i64) -> Result<Option<InboundMessage>, StoreError> {
-        let mut connection = self.write_connection().await?;
         let row = stmt(format!("SELECT {COLUMNS} FROM messages WHERE seq = ?1"))
             .arg(seq)
-            .fetch_optional::<E::Db>(&mut *connection)
+            .fetch_optional_in::<E::Db>(self.writer())
             .await?;
         row.as_ref().map(from_row).transpose()
     }
@@ -170,7 +167,6 @@ impl<E: Engine> MessageLog for SqlStore<E> {
         limit: usize,
     ) -> Result<Vec<InboundMessage>, StoreError> {
         let states: Vec<&str> = states.iter().map(|state| state.as_str()).collect();
-        let mut connection = self.write_connection().await?;
         let rows = stmt(format!(
             "SELECT {COLUMNS} FROM messages WHERE {} AND seq > ?2 ORDER BY seq LIMIT ?3",
             E::Db::in_list("state", "?1")
@@ -178,7 +174,7 @@ impl<E: Engine> MessageLog for SqlStore<E> {
         .arg(states)
         .arg(after)
         .arg(count(limit))
-        .fetch_all::<E::Db>(&mut *connection)
+        .fetch_all_in::<E::Db>(self.writer())
         .await?;
         rows.iter().map(from_row).collect()
     }

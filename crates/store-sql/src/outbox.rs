@@ -102,10 +102,9 @@ fn from_row(row: &impl Cells) -> Result<OutboundMessage, StoreError> {
 #[async_trait::async_trait]
 impl<E: Engine> Outbox for SqlStore<E> {
     async fn outbound(&self, seq: i64) -> Result<Option<OutboundMessage>, StoreError> {
-        let mut connection = self.write_connection().await?;
         let row = stmt(format!("SELECT {COLUMNS} FROM outbox WHERE seq = ?1"))
             .arg(seq)
-            .fetch_optional::<E::Db>(&mut *connection)
+            .fetch_optional_in::<E::Db>(self.writer())
             .await?;
         row.as_ref().map(from_row).transpose()
     }
@@ -115,14 +114,13 @@ impl<E: Engine> Outbox for SqlStore<E> {
         now: i64,
         limit: usize,
     ) -> Result<Vec<OutboundMessage>, StoreError> {
-        let mut connection = self.write_connection().await?;
         let rows = stmt(format!(
             "SELECT {COLUMNS} FROM outbox WHERE state = 'pending' AND next_attempt <= ?1 \
              ORDER BY next_attempt, seq LIMIT ?2"
         ))
         .arg(now)
         .arg(count(limit))
-        .fetch_all::<E::Db>(&mut *connection)
+        .fetch_all_in::<E::Db>(self.writer())
         .await?;
         rows.iter().map(from_row).collect()
     }
@@ -134,7 +132,6 @@ impl<E: Engine> Outbox for SqlStore<E> {
         limit: usize,
     ) -> Result<Vec<OutboundMessage>, StoreError> {
         let states: Vec<&str> = states.iter().map(|state| state.as_str()).collect();
-        let mut connection = self.write_connection().await?;
         let rows = stmt(format!(
             "SELECT {COLUMNS} FROM outbox WHERE {} AND seq > ?2 ORDER BY seq LIMIT ?3",
             E::Db::in_list("state", "?1")
@@ -142,15 +139,14 @@ impl<E: Engine> Outbox for SqlStore<E> {
         .arg(states)
         .arg(after)
         .arg(count(limit))
-        .fetch_all::<E::Db>(&mut *connection)
+        .fetch_all_in::<E::Db>(self.writer())
         .await?;
         rows.iter().map(from_row).collect()
     }
 
     async fn outbound_next_due(&self) -> Result<Option<i64>, StoreError> {
-        let mut connection = self.write_connection().await?;
         let row = stmt("SELECT MIN(next_attempt) AS due FROM outbox WHERE state = 'pending'")
-            .fetch_one::<E::Db>(&mut *connection)
+            .fetch_one_in::<E::Db>(self.writer())
             .await?;
         row.opt_int("due")
     }

@@ -3,7 +3,7 @@
 //! compartments (`$everything`) and the system history. Every statement that returns clinical
 //! rows carries the consent guard (`crate::guard`).
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::LazyLock};
 
 use serde_json::Value;
 use sqlx::QueryBuilder;
@@ -23,6 +23,40 @@ use crate::{
 /// The columns [`stored_from_row`] reads, of `resources r` (current versions) and the
 /// compartment `c` joined on `r.pat`.
 const CURRENT: &str = "r.type, r.id, r.version, r.last_updated, r.deleted, r.content, c.patient";
+
+/// The current version of `?1` (a `Type/id`), if `?2` at `?3` may see it. The statements of the
+/// hottest reads are written once per process, not per request.
+static READ: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {CURRENT} FROM resources r LEFT JOIN compartments c ON c.id = r.pat \
+         WHERE r.tid = ?1 AND {}",
+        guard("r.pat", "?2", "?3")
+    )
+});
+
+/// An earlier version `?4` of `?1`, if `?2` at `?3` may see it.
+static VREAD: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT r.type, r.id, h.version, h.last_updated, h.deleted, h.content, c.patient \
+         FROM resource_history h JOIN resources r ON r.rid = h.rid LEFT JOIN compartments c ON c.id = r.pat \
+         WHERE r.tid = ?1 AND h.version = ?4 AND {}",
+        guard("r.pat", "?2", "?3")
+    )
+});
+
+/// Every version of `?1`, newest first, if `?2` at `?3` may see it.
+static HISTORY: LazyLock<String> = LazyLock::new(|| {
+    let guarded = guard("r.pat", "?2", "?3");
+    format!(
+        "SELECT {CURRENT} FROM resources r LEFT JOIN compartments c ON c.id = r.pat \
+         WHERE r.tid = ?1 AND {guarded} \
+         UNION ALL \
+         SELECT r.type, r.id, h.version, h.last_updated, h.deleted, h.content, c.patient \
+         FROM resource_history h JOIN resources r ON r.rid = h.rid LEFT JOIN compartments c ON c.id = r.pat \
+         WHERE r.tid = ?1 AND {guarded} \
+         ORDER BY version DESC"
+    )
+});
 
 pub(crate) fn stored_from_row(row: &impl Cells) -> Result<StoredResource, StoreError> {
     Ok(StoredResource {
@@ -56,17 +90,12 @@ impl<E: Engine> Store for SqlStore<E> {
         id: &str,
     ) -> Result<Option<StoredResource>, StoreError> {
         let (viewer, at) = viewer(access);
-        let mut connection = self.read_connection().await?;
-        let row = stmt(format!(
-            "SELECT {CURRENT} FROM resources r LEFT JOIN compartments c ON c.id = r.pat \
-             WHERE r.tid = ?1 AND {}",
-            guard("r.pat", "?2", "?3")
-        ))
-        .arg(format!("{resource_type}/{id}"))
-        .arg(viewer)
-        .arg(at)
-        .fetch_optional::<E::Db>(&mut *connection)
-        .await?;
+        let row = stmt(READ.as_str())
+            .arg(format!("{resource_type}/{id}"))
+            .arg(viewer)
+            .arg(at)
+            .fetch_optional_in::<E::Db>(self.reader())
+            .await?;
         row.as_ref().map(stored_from_row).transpose()
     }
 
@@ -83,19 +112,13 @@ impl<E: Engine> Store for SqlStore<E> {
             return Ok(Some(current));
         }
         let (viewer, at) = viewer(access);
-        let mut connection = self.read_connection().await?;
-        let row = stmt(format!(
-            "SELECT r.type, r.id, h.version, h.last_updated, h.deleted, h.content, c.patient \
-             FROM resource_history h JOIN resources r ON r.rid = h.rid LEFT JOIN compartments c ON c.id = r.pat \
-             WHERE r.tid = ?1 AND h.version = ?4 AND {}",
-            guard("r.pat", "?2", "?3")
-        ))
-        .arg(format!("{resource_type}/{id}"))
-        .arg(viewer)
-        .arg(at)
-        .arg(version)
-        .fetch_optional::<E::Db>(&mut *connection)
-        .await?;
+        let row = stmt(VREAD.as_str())
+            .arg(format!("{resource_type}/{id}"))
+            .arg(viewer)
+            .arg(at)
+            .arg(version)
+            .fetch_optional_in::<E::Db>(self.reader())
+            .await?;
         row.as_ref().map(stored_from_row).transpose()
     }
 
@@ -106,31 +129,20 @@ impl<E: Engine> Store for SqlStore<E> {
         id: &str,
     ) -> Result<Vec<StoredResource>, StoreError> {
         let (viewer, at) = viewer(access);
-        let guarded = guard("r.pat", "?2", "?3");
-        let mut connection = self.read_connection().await?;
-        let rows = stmt(format!(
-            "SELECT {CURRENT} FROM resources r LEFT JOIN compartments c ON c.id = r.pat \
-             WHERE r.tid = ?1 AND {guarded} \
-             UNION ALL \
-             SELECT r.type, r.id, h.version, h.last_updated, h.deleted, h.content, c.patient \
-             FROM resource_history h JOIN resources r ON r.rid = h.rid LEFT JOIN compartments c ON c.id = r.pat \
-             WHERE r.tid = ?1 AND {guarded} \
-             ORDER BY version DESC"
-        ))
-        .arg(format!("{resource_type}/{id}"))
-        .arg(viewer)
-        .arg(at)
-        .fetch_all::<E::Db>(&mut *connection)
-        .await?;
+        let rows = stmt(HISTORY.as_str())
+            .arg(format!("{resource_type}/{id}"))
+            .arg(viewer)
+            .arg(at)
+            .fetch_all_in::<E::Db>(self.reader())
+            .await?;
         rows.iter().map(stored_from_row).collect()
     }
 
     async fn checkpoint(&self, scope: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut connection = self.write_connection().await?;
         let row = stmt("SELECT value FROM checkpoints WHERE scope = ?1 AND key = ?2")
             .arg(scope)
             .arg(key)
-            .fetch_optional::<E::Db>(&mut *connection)
+            .fetch_optional_in::<E::Db>(self.writer())
             .await?;
         row.map(|row| row.bytes("value")).transpose()
     }
@@ -142,13 +154,12 @@ impl<E: Engine> Store for SqlStore<E> {
         if scopes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut connection = self.write_connection().await?;
         let rows = stmt(format!(
             "SELECT scope, key, value FROM checkpoints WHERE {} ORDER BY scope, key",
             E::Db::in_list("scope", "?1")
         ))
         .arg(scopes)
-        .fetch_all::<E::Db>(&mut *connection)
+        .fetch_all_in::<E::Db>(self.writer())
         .await?;
         rows.iter()
             .map(|row| Ok((row.text("scope")?, row.text("key")?, row.bytes("value")?)))
@@ -156,10 +167,9 @@ impl<E: Engine> Store for SqlStore<E> {
     }
 
     async fn checkpoints(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let mut connection = self.write_connection().await?;
         let rows = stmt("SELECT key, value FROM checkpoints WHERE scope = ?1 ORDER BY key")
             .arg(scope)
-            .fetch_all::<E::Db>(&mut *connection)
+            .fetch_all_in::<E::Db>(self.writer())
             .await?;
         rows.iter()
             .map(|row| Ok((row.text("key")?, row.bytes("value")?)))
@@ -191,10 +201,9 @@ impl<E: Engine> Store for SqlStore<E> {
     }
 
     async fn count_current(&self) -> Result<Counts, StoreError> {
-        let mut connection = self.write_connection().await?;
         let rows =
             stmt("SELECT type, COUNT(*) AS n FROM resources WHERE NOT deleted GROUP BY type")
-                .fetch_all::<E::Db>(&mut *connection)
+                .fetch_all_in::<E::Db>(self.writer())
                 .await?;
         let mut counts = Counts::new();
         for row in rows {
@@ -226,8 +235,7 @@ impl<E: Engine> Store for SqlStore<E> {
         if let Some(system) = system {
             statement = statement.arg(canonical(system));
         }
-        let mut connection = self.write_connection().await?;
-        let rows = statement.fetch_all::<E::Db>(&mut *connection).await?;
+        let rows = statement.fetch_all_in::<E::Db>(self.writer()).await?;
         rows.iter().map(|row| row.text("id")).collect()
     }
 
@@ -242,7 +250,6 @@ impl<E: Engine> Store for SqlStore<E> {
         let Some((target_type, target_id)) = search::split_reference(target) else {
             return Err(StoreError::Invalid(format!("{target} is not Type/id")));
         };
-        let mut connection = self.write_connection().await?;
         let rows = stmt(
             "SELECT r.id FROM idx_reference x JOIN resources r ON r.rid = x.rid \
              WHERE x.param = ?1 AND x.target_id = ?2 AND x.target_type = ?3 AND NOT r.deleted ORDER BY r.id",
@@ -250,7 +257,7 @@ impl<E: Engine> Store for SqlStore<E> {
         .arg(i64::from(definition.id))
         .arg(target_id)
         .arg(target_type)
-        .fetch_all::<E::Db>(&mut *connection)
+        .fetch_all_in::<E::Db>(self.writer())
         .await?;
         rows.iter().map(|row| row.text("id")).collect()
     }
@@ -274,7 +281,6 @@ impl<E: Engine> Store for SqlStore<E> {
             return Ok(Vec::new());
         }
         let (viewer, at) = viewer(access);
-        let mut connection = self.read_connection().await?;
         let rows = stmt(format!(
             "SELECT r.rid, {CURRENT} FROM resources r LEFT JOIN compartments c ON c.id = r.pat \
              WHERE {} AND NOT r.deleted AND {}",
@@ -284,7 +290,7 @@ impl<E: Engine> Store for SqlStore<E> {
         .arg(keys)
         .arg(viewer)
         .arg(at)
-        .fetch_all::<E::Db>(&mut *connection)
+        .fetch_all_in::<E::Db>(self.reader())
         .await?;
         let mut by_key = HashMap::with_capacity(rows.len());
         for row in &rows {
@@ -306,7 +312,6 @@ impl<E: Engine> Store for SqlStore<E> {
             .map(|(resource_type, id)| format!("{resource_type}/{id}"))
             .collect();
         let (viewer, at) = viewer(access);
-        let mut connection = self.read_connection().await?;
         let rows = stmt(format!(
             "SELECT r.rid FROM resources r WHERE {} AND NOT r.deleted AND {} ORDER BY r.rid",
             E::Db::in_list("r.tid", "?1"),
@@ -315,7 +320,7 @@ impl<E: Engine> Store for SqlStore<E> {
         .arg(tids)
         .arg(viewer)
         .arg(at)
-        .fetch_all::<E::Db>(&mut *connection)
+        .fetch_all_in::<E::Db>(self.reader())
         .await?;
         rows.iter().map(|row| row.int("rid")).collect()
     }
@@ -335,7 +340,6 @@ impl<E: Engine> Store for SqlStore<E> {
             .map(|(resource_type, id)| [id.clone(), resource_type.clone()])
             .collect();
         let (viewer, at) = viewer(access);
-        let mut connection = self.read_connection().await?;
         let rows = stmt(format!(
             "SELECT DISTINCT x.rid FROM {} t \
              JOIN idx_reference x ON x.param = ?4 AND x.target_id = t.first AND x.target_type = t.second \
@@ -348,7 +352,7 @@ impl<E: Engine> Store for SqlStore<E> {
         .arg(at)
         .arg(i64::from(param))
         .arg(count(limit))
-        .fetch_all::<E::Db>(&mut *connection)
+        .fetch_all_in::<E::Db>(self.reader())
         .await?;
         rows.iter().map(|row| row.int("rid")).collect()
     }
