@@ -32,8 +32,15 @@ use std::sync::{
 pub use feeds::{FeedConfig, Feeds, Peer, SenderError};
 pub use process::{Channel, Received, Reply};
 use tokio::sync::{mpsc, oneshot};
+use tsunagi_adapter::{
+    AdapterError,
+    listen::{
+        ListenAdapter, ListenContext, ListenInfo, PendingAnswer, PushIntake, Pushed, Sender,
+        Transport,
+    },
+};
 use tsunagi_core::clock::Clock;
-use tsunagi_store::{Batch, MessageLog, Store, StoreError};
+use tsunagi_store::{Batch, StoreError};
 
 /// Why a message got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -64,9 +71,7 @@ impl Default for IntakeOptions {
     }
 }
 
-/// What the intake needs of the store.
-pub trait FeedStore: Store + MessageLog {}
-impl<T: Store + MessageLog + ?Sized> FeedStore for T {}
+pub use tsunagi_store::FeedStore;
 
 type Job = (Received, oneshot::Sender<Result<Reply, IntakeError>>);
 
@@ -141,70 +146,79 @@ pub async fn retry<S: FeedStore + ?Sized + 'static>(
 
 pub use process::RetryOutcome;
 
-/// How an MLLP connection identifies its sender: the client its certificate names, else its
-/// address.
-fn origin_of(peer: &tsunagi_mllp::PeerInfo) -> Peer {
-    match &peer.client {
-        Some(client) => Peer::Client(client.clone()),
-        None => Peer::Address(peer.address.ip()),
+impl From<Pushed> for Received {
+    fn from(pushed: Pushed) -> Self {
+        Self {
+            channel: match pushed.transport {
+                Transport::Mllp => Channel::Mllp,
+                Transport::Http => Channel::Http,
+            },
+            raw: pushed.raw,
+            origin: match pushed.sender {
+                Sender::Client(client) => Peer::Client(client),
+                Sender::Address(address) => Peer::Address(address),
+            },
+        }
     }
 }
 
-/// Serves an intake on MLLP: each frame is submitted and its ACK written back; a store failure
-/// closes the connection unanswered.
-#[derive(Debug, Clone)]
-pub struct MllpHandler(pub Intake);
+impl From<IntakeError> for AdapterError {
+    fn from(error: IntakeError) -> Self {
+        match error {
+            IntakeError::Store(error) => Self::Store(error),
+            IntakeError::Stopped => Self::Stopped,
+        }
+    }
+}
 
 #[async_trait::async_trait]
-impl tsunagi_mllp::FrameHandler for MllpHandler {
-    /// A plain connection from an address no sender is registered at is closed at once.
+impl PushIntake for Intake {
     fn admits(&self, address: std::net::IpAddr) -> bool {
-        self.0.admits(address)
+        self.feeds.admits(address)
     }
 
-    async fn handle(
-        &self,
-        frame: Vec<u8>,
-        peer: &tsunagi_mllp::PeerInfo,
-    ) -> Result<Option<Vec<u8>>, ()> {
-        let received = Received {
-            channel: Channel::Mllp,
-            raw: frame,
-            origin: origin_of(peer),
-        };
-        match self.0.submit(received).await {
-            Ok(reply) => Ok(reply.ack),
-            Err(error) => {
-                tracing::error!(target: "tsunagi::feed", address = %peer.address, %error, "message not answered");
-                Err(())
-            }
+    async fn take(&self, pushed: Pushed) -> Result<PendingAnswer, AdapterError> {
+        let reply = self.enqueue(pushed.into()).await?;
+        Ok(Box::pin(async move { Ok(reply.await?.ack) }))
+    }
+}
+
+/// The HL7 v2 feed as a listen source (`[[source]] kind = "hl7v2"`): every configured sender
+/// shares one intake, so messages of one patient are applied in arrival order whatever the
+/// transport.
+#[derive(Debug, Clone)]
+pub struct Hl7v2Listener {
+    feeds: Arc<Feeds>,
+    options: IntakeOptions,
+}
+
+impl Hl7v2Listener {
+    /// The source of these senders.
+    pub fn new(feeds: Arc<Feeds>, options: IntakeOptions) -> Self {
+        Self { feeds, options }
+    }
+}
+
+impl ListenAdapter for Hl7v2Listener {
+    fn describe(&self) -> ListenInfo {
+        ListenInfo {
+            kind: "hl7v2",
+            facilities: self
+                .feeds
+                .all()
+                .iter()
+                .map(|feed| feed.facility.as_str().to_owned())
+                .collect(),
         }
     }
 
-    /// Pipelining: the message is queued for the writer in frame order, and answered once its
-    /// group has committed.
-    async fn accept(&self, frame: Vec<u8>, peer: &tsunagi_mllp::PeerInfo) -> tsunagi_mllp::Answer {
-        let received = Received {
-            channel: Channel::Mllp,
-            raw: frame,
-            origin: origin_of(peer),
-        };
-        let address = peer.address;
-        match self.0.enqueue(received).await {
-            Ok(reply) => Box::pin(async move {
-                match reply.await {
-                    Ok(reply) => Ok(reply.ack),
-                    Err(error) => {
-                        tracing::error!(target: "tsunagi::feed", %address, %error, "message not answered");
-                        Err(())
-                    }
-                }
-            }),
-            Err(error) => {
-                tracing::error!(target: "tsunagi::feed", %address, %error, "message not queued");
-                Box::pin(std::future::ready(Err(())))
-            }
-        }
+    fn start(&self, context: &ListenContext) -> Arc<dyn PushIntake> {
+        Arc::new(Intake::start(
+            context.store.clone(),
+            self.feeds.clone(),
+            context.clock.clone(),
+            self.options,
+        ))
     }
 }
 

@@ -6,7 +6,8 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use tsunagi_adapter_hl7v2::{FeedConfig, Feeds, Intake, IntakeOptions, MllpHandler, retry};
+use tsunagi_adapter::listen::MllpIntake;
+use tsunagi_adapter_hl7v2::{FeedConfig, Feeds, Intake, IntakeOptions, retry};
 use tsunagi_core::{FacilityId, clock::FixedClock, ids::logical_id};
 use tsunagi_hl7v2::{
     Message,
@@ -73,7 +74,7 @@ async fn gateway(options: ServerOptions) -> Gateway {
         listener,
         None,
         options,
-        Arc::new(MllpHandler(intake)),
+        Arc::new(MllpIntake(Arc::new(intake))),
     ));
     Gateway {
         store,
@@ -572,7 +573,7 @@ async fn a_lab_company_reports_results_for_the_patients_of_the_facilities_it_ser
         listener,
         None,
         ServerOptions::default(),
-        Arc::new(MllpHandler(intake)),
+        Arc::new(MllpIntake(Arc::new(intake))),
     ));
     let mut connection = Connection::connect(&address).await.unwrap();
     let mut send =

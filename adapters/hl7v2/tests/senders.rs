@@ -15,7 +15,8 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
 };
-use tsunagi_adapter_hl7v2::{FeedConfig, Feeds, Intake, IntakeOptions, MllpHandler};
+use tsunagi_adapter::listen::MllpIntake;
+use tsunagi_adapter_hl7v2::{FeedConfig, Feeds, Intake, IntakeOptions};
 use tsunagi_core::{FacilityId, clock::FixedClock, ids::logical_id};
 use tsunagi_hl7v2::{
     Message,
@@ -63,7 +64,7 @@ async fn gateway(options: ServerOptions) -> Gateway {
         listener,
         None,
         options,
-        Arc::new(MllpHandler(intake)),
+        Arc::new(MllpIntake(Arc::new(intake))),
     ));
     Gateway {
         store,

@@ -1,6 +1,7 @@
 //! The adapter extension point: [`PullAdapter`] for a source the gateway reads on a schedule
-//! (SS-MIX2 storage), and [`outbound::Destination`] for a facility the gateway delivers to (over
-//! MLLP, into a folder), with the outbox's [`delivery::Deliverer`] that drives destinations.
+//! (SS-MIX2 storage), [`listen::ListenAdapter`] for a source whose senders push (HL7 v2 over MLLP
+//! or HTTP), and [`outbound::Destination`] for a facility the gateway delivers to (over MLLP,
+//! into a folder), with the outbox's [`delivery::Deliverer`] that drives destinations.
 //!
 //! An adapter acquires raw input from one source system (an SS-MIX2 share, an MLLP feed, a
 //! vendor export), maps it, and writes through the store in batches that carry its checkpoint,
@@ -9,6 +10,7 @@
 //! `crates/cli/src/registry.rs`.
 
 pub mod delivery;
+pub mod listen;
 pub mod outbound;
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -213,6 +215,9 @@ pub enum AdapterError {
     /// The adapter's configuration is unusable.
     #[error("configuration: {0}")]
     Config(String),
+    /// A listen source's intake has stopped taking messages.
+    #[error("the intake has stopped")]
+    Stopped,
 }
 
 /// Static description of an adapter instance.

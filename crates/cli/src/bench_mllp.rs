@@ -10,7 +10,8 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use tsunagi_adapter_hl7v2::{Feeds, Intake, IntakeOptions, MllpHandler};
+use tsunagi_adapter::listen::{ListenContext, MllpIntake};
+use tsunagi_adapter_hl7v2::Feeds;
 use tsunagi_core::clock::SystemClock;
 use tsunagi_hl7v2::{Message, ack::read_ack};
 use tsunagi_mllp::client::Connection;
@@ -179,19 +180,17 @@ pub(crate) async fn mllp(
     let store =
         Arc::new(tsunagi_store_sqlite::SqliteStore::open(&url, Arc::new(SystemClock)).await?);
     let feeds = Feeds::new(vec![serve::synthetic_feed(&hospital)?]);
-    let intake = Intake::start(
-        store.clone(),
-        Arc::new(feeds),
-        Arc::new(SystemClock),
-        IntakeOptions::default(),
-    );
+    let intake = crate::registry::listen(feeds).start(&ListenContext {
+        store: store.clone(),
+        clock: Arc::new(SystemClock),
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?.to_string();
     tokio::spawn(tsunagi_mllp::serve(
         listener,
         None,
         tsunagi_mllp::ServerOptions::default(),
-        Arc::new(MllpHandler(intake)),
+        Arc::new(MllpIntake(intake)),
     ));
     println!(
         "{} messages of {} {} ({} patients) over {connections} MLLP connections into {url} (synchronous=FULL, commit before ACK):",

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use tsunagi_adapter::{PullAdapter, outbound::Destination};
+use tsunagi_adapter::{PullAdapter, listen::ListenAdapter, outbound::Destination};
+use tsunagi_adapter_hl7v2::{Feeds, Hl7v2Listener, IntakeOptions};
 use tsunagi_adapter_outbound_folder::FolderDestination;
 use tsunagi_adapter_outbound_mllp::MllpDestination;
 use tsunagi_adapter_ssmix2::{Ssmix2Adapter, Ssmix2Config};
@@ -13,7 +14,7 @@ use crate::config::OutboundRoute;
 
 /// Source kinds, as `[[source]] kind` names them: `ssmix2` is pulled on a schedule
 /// ([`pull`]); `hl7v2` is a sender pushing over MLLP or HTTP, received by `tsunagi serve`
-/// (`crate::serve::feeds_from_config`).
+/// ([`listen`]).
 pub(crate) const SOURCE_KINDS: &[&str] = &["ssmix2", "hl7v2"];
 
 /// Destination kinds, as `[[destination]] kind` names them ([`destination`]).
@@ -30,6 +31,15 @@ pub(crate) fn pull(source: Source) -> Arc<dyn PullAdapter> {
     match source {
         Source::Ssmix2(config) => Arc::new(Ssmix2Adapter::new(config)),
     }
+}
+
+/// Builds the listen source of the `hl7v2` sections: every sender they configure shares one
+/// intake, fed by the MLLP listener and `POST /hl7v2` alike.
+pub(crate) fn listen(feeds: Feeds) -> Arc<dyn ListenAdapter> {
+    Arc::new(Hl7v2Listener::new(
+        Arc::new(feeds),
+        IntakeOptions::default(),
+    ))
 }
 
 /// Builds the destination of one facility.

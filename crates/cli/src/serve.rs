@@ -6,9 +6,10 @@ use std::{path::PathBuf, sync::Arc};
 use anyhow::{Context, bail};
 use tsunagi_adapter::{
     delivery::{Deliverer, DeliveryOptions},
+    listen::{ListenContext, MllpIntake, PushIntake, Pushed, Sender, Transport},
     outbound::Destination,
 };
-use tsunagi_adapter_hl7v2::{FeedConfig, Feeds, Intake, IntakeOptions, MllpHandler};
+use tsunagi_adapter_hl7v2::{FeedConfig, Feeds};
 use tsunagi_core::{
     FacilityId,
     clock::{Clock, SystemClock},
@@ -126,39 +127,61 @@ impl MllpSetup {
     }
 }
 
-/// `POST /hl7v2` into the feed intake: the sender is the token's system client. Its feeds also
-/// tell which lab a client posts FHIR results for (`POST /fhir`).
-/// The intake behind `POST /hl7v2`, and the feeds as `tsunagi.toml` configures them (without the
-/// directory's reporting, which `POST /fhir` reads per request).
-pub(crate) struct HttpIntake(Intake, Arc<Feeds>);
+/// `POST /hl7v2` into the listen source's intake: the sender is the token's system client. The
+/// hl7v2 sources also tell which lab a client posts FHIR results for (`POST /fhir`), as the
+/// config file says (the directory's reporting is read per request).
+pub(crate) struct HttpIntake {
+    intake: Arc<dyn PushIntake>,
+    labs: Vec<LabClients>,
+}
+
+/// A lab company's sender: its system clients and the facilities it reports for.
+struct LabClients {
+    clients: Vec<String>,
+    scope: tsunagi_server::transaction_api::LabScope,
+}
+
+impl HttpIntake {
+    fn new(intake: Arc<dyn PushIntake>, feeds: &Feeds) -> Self {
+        let labs = feeds
+            .all()
+            .iter()
+            .filter(|feed| !feed.reports_for.is_empty())
+            .map(|feed| LabClients {
+                clients: feed.clients.clone(),
+                scope: tsunagi_server::transaction_api::LabScope {
+                    lab: feed.facility.as_str().to_owned(),
+                    reports_for: feed
+                        .reports_for
+                        .iter()
+                        .map(|facility| facility.as_str().to_owned())
+                        .collect(),
+                },
+            })
+            .collect();
+        Self { intake, labs }
+    }
+}
 
 #[async_trait::async_trait]
 impl tsunagi_server::hl7v2_api::MessageIntake for HttpIntake {
     async fn submit(&self, raw: Vec<u8>, client: String) -> Result<Option<Vec<u8>>, String> {
-        let received = tsunagi_adapter_hl7v2::Received {
-            channel: tsunagi_adapter_hl7v2::Channel::Http,
+        let pushed = Pushed {
+            transport: Transport::Http,
             raw,
-            origin: tsunagi_adapter_hl7v2::Peer::Client(client),
+            sender: Sender::Client(client),
         };
-        self.0
-            .submit(received)
+        self.intake
+            .exchange(pushed)
             .await
-            .map(|reply| reply.ack)
             .map_err(|error| error.to_string())
     }
 
     fn lab_scope(&self, client: &str) -> Option<tsunagi_server::transaction_api::LabScope> {
-        let feed = self.1.all().iter().find(|feed| {
-            !feed.reports_for.is_empty() && feed.clients.iter().any(|id| id == client)
-        })?;
-        Some(tsunagi_server::transaction_api::LabScope {
-            lab: feed.facility.as_str().to_owned(),
-            reports_for: feed
-                .reports_for
-                .iter()
-                .map(|facility| facility.as_str().to_owned())
-                .collect(),
-        })
+        self.labs
+            .iter()
+            .find(|lab| lab.clients.iter().any(|id| id == client))
+            .map(|lab| lab.scope.clone())
     }
 }
 
@@ -455,7 +478,7 @@ pub(crate) async fn serve_store(
         let senders = mllp.feeds.all().len();
         let mut feeds = mllp.feeds;
         // `POST /fhir` reads the directory per request; it joins only what the file says.
-        let configured = Arc::new(feeds.clone());
+        let configured = feeds.clone();
         // Which facilities a lab reports for is the directory's record (`admin facility
         // reports-for`), joined to what the hl7v2 sources' reports_for says; read at start.
         let labs: Vec<String> = feeds
@@ -472,14 +495,11 @@ pub(crate) async fn serve_store(
                 .collect();
             feeds.add_reports_for(&lab, &codes);
         }
-        let feeds = Arc::new(feeds);
-        let intake = Intake::start(
-            store.clone(),
-            feeds.clone(),
-            Arc::new(SystemClock),
-            IntakeOptions::default(),
-        );
-        http_intake = Some((intake.clone(), configured));
+        let intake = registry::listen(feeds).start(&ListenContext {
+            store: store.clone(),
+            clock: Arc::new(SystemClock),
+        });
+        http_intake = Some(HttpIntake::new(intake.clone(), &configured));
         if let Some(address) = &mllp.address {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
@@ -497,7 +517,7 @@ pub(crate) async fn serve_store(
                 listener,
                 tls,
                 mllp.options,
-                Arc::new(MllpHandler(intake)),
+                Arc::new(MllpIntake(intake)),
             ));
         }
         println!("HL7 v2 over HTTP: POST {base_for_hl7v2}/hl7v2 (system clients)");
@@ -527,8 +547,8 @@ pub(crate) async fn serve_store(
     store.start_serving().await?;
     let state =
         tsunagi_server::AppState::new(store.clone(), store, Arc::new(SystemClock), settings, keys);
-    if let Some((intake, configured)) = http_intake {
-        state.set_intake(Arc::new(HttpIntake(intake, configured)));
+    if let Some(intake) = http_intake {
+        state.set_intake(Arc::new(intake));
     }
     let (stop, stopping) = tokio::sync::watch::channel(());
     tokio::spawn(async move {

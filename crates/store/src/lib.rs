@@ -565,10 +565,14 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<HistoryEntry>, StoreError>;
 }
 
+/// What a pushed feed writes to: the FHIR store and the message log of what senders pushed.
+pub trait FeedStore: Store + MessageLog {}
+impl<T: Store + MessageLog + ?Sized> FeedStore for T {}
+
 /// A complete backend: the FHIR store and the network's records in one database, as the CLI
 /// opens it from a URL (`sqlite://…`, `postgres://…`).
 #[async_trait::async_trait]
-pub trait Backend: Store + Governance + MessageLog + Outbox {
+pub trait Backend: FeedStore + Governance + Outbox {
     /// Readies the backend to serve the API: called once before the server starts (the SQLite
     /// store begins journaling audit records here). Nothing by default.
     async fn start_serving(&self) -> Result<(), StoreError> {
