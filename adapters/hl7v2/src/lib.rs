@@ -132,15 +132,17 @@ impl Intake {
 
 /// Applies a quarantined message again (after its cause was fixed: the patient registered, a
 /// code table completed…). The message keeps its place in the log; when it can now be applied
-/// its resources and its new state commit together.
+/// its resources and its new state commit together, with the operator's act (`audit` makes its
+/// record from the outcome).
 pub async fn retry<S: FeedStore + ?Sized + 'static>(
     store: Arc<S>,
     feeds: Arc<Feeds>,
     clock: Arc<dyn Clock>,
     seq: i64,
+    audit: impl FnOnce(&RetryOutcome) -> tsunagi_store::governance::AuditRecord + Send,
 ) -> Result<process::RetryOutcome, IntakeError> {
     process::Processor::new(store, feeds, clock)
-        .retry(seq)
+        .retry(seq, audit)
         .await
 }
 

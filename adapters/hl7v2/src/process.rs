@@ -19,6 +19,7 @@ use tsunagi_mapping::{
 };
 use tsunagi_store::{
     Access, Batch, InboundMessage, MessageState, Operation, ResourceWrite, StoreError,
+    governance::AuditRecord,
 };
 
 use crate::{
@@ -247,7 +248,11 @@ impl<S: FeedStore + ?Sized> Processor<S> {
     }
 
     /// Applies a quarantined message again.
-    pub(crate) async fn retry(&mut self, seq: i64) -> Result<RetryOutcome, IntakeError> {
+    pub(crate) async fn retry(
+        &mut self,
+        seq: i64,
+        audit: impl FnOnce(&RetryOutcome) -> AuditRecord + Send,
+    ) -> Result<RetryOutcome, IntakeError> {
         let message = self.store.message(seq).await?.ok_or_else(|| {
             IntakeError::Store(StoreError::NotFound(format!("message {seq} is not logged")))
         })?;
@@ -267,7 +272,7 @@ impl<S: FeedStore + ?Sized> Processor<S> {
                 false,
             )
             .await?;
-        let (operations, outcome) = match decision {
+        let (mut operations, outcome) = match decision {
             Decision::Apply { mut operations, .. } => {
                 operations.push(Operation::SetMessageState {
                     seq,
@@ -288,6 +293,7 @@ impl<S: FeedStore + ?Sized> Processor<S> {
             ),
             Decision::Duplicate { .. } => (Vec::new(), RetryOutcome::Applied),
         };
+        operations.push(Operation::Audit(Box::new(audit(&outcome))));
         let batch = self.settled(Batch { operations }).await?;
         self.store.apply(batch).await?;
         Ok(outcome)

@@ -16,7 +16,11 @@ use tsunagi_hl7v2::{
 };
 use tsunagi_mapping::{CodeTables, pushed::IdentifyRules};
 use tsunagi_mllp::{ServerOptions, client::Connection};
-use tsunagi_store::{Access, MessageLog, MessageState, Store};
+use tsunagi_store::{
+    Access, MessageLog, MessageState, Store,
+    governance::{AuditFilter, Governance},
+    operator::{Act, ActFacts},
+};
 use tsunagi_store_sqlite::SqliteStore;
 
 const FACILITY: &str = "0610100010";
@@ -354,11 +358,24 @@ async fn results_for_unknown_patients_wait_in_quarantine_until_retried() {
     // Retrying before the patient exists changes nothing; after registration it applies.
     let clock = Arc::new(FixedClock(1_764_000_000_000_000));
     let seq = quarantined[0].seq;
+    // The operator's act is recorded with what the retry did, in the same transaction.
+    let act = |nonce: &'static str| {
+        move |outcome: &tsunagi_adapter_hl7v2::RetryOutcome| {
+            let done = match outcome {
+                tsunagi_adapter_hl7v2::RetryOutcome::Applied => Act::QuarantineRetry,
+                tsunagi_adapter_hl7v2::RetryOutcome::StillQuarantined(_) => {
+                    Act::QuarantineRetryFailed
+                }
+            };
+            ActFacts::new(done, format!("message {seq}"), None).record(None, 1, nonce)
+        }
+    };
     let outcome = retry(
         gateway.store.clone(),
         gateway.feeds.clone(),
         clock.clone(),
         seq,
+        act("r1"),
     )
     .await
     .unwrap();
@@ -374,10 +391,29 @@ async fn results_for_unknown_patients_wait_in_quarantine_until_retried() {
             .unwrap(),
     );
     assert_eq!(code, AckCode::AA);
-    let outcome = retry(gateway.store.clone(), gateway.feeds.clone(), clock, seq)
-        .await
-        .unwrap();
+    let outcome = retry(
+        gateway.store.clone(),
+        gateway.feeds.clone(),
+        clock,
+        seq,
+        act("r2"),
+    )
+    .await
+    .unwrap();
     assert_eq!(outcome, tsunagi_adapter_hl7v2::RetryOutcome::Applied);
+    let filter = AuditFilter {
+        limit: 10,
+        ..Default::default()
+    };
+    let acts: Vec<_> = gateway
+        .store
+        .audit(&filter)
+        .await
+        .unwrap()
+        .iter()
+        .map(|listed| tsunagi_store::audit::render(&listed.record)["subtype"][0]["code"].clone())
+        .collect();
+    assert_eq!(acts, ["quarantine-retry", "quarantine-retry-failed"]);
     assert_eq!(
         gateway.store.message(seq).await.unwrap().unwrap().state,
         MessageState::Applied

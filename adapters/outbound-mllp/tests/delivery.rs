@@ -24,6 +24,10 @@ use tsunagi_mllp::standin::{Behaviour, StandIn};
 use tsunagi_store::{
     Access, Batch, DeliveryState, Operation, OutboundMessage, Outbox, ResourceWrite, Store,
 };
+use tsunagi_store::{
+    governance::{AuditFilter, Governance},
+    operator::{Act, ActFacts},
+};
 use tsunagi_store_sqlite::SqliteStore;
 
 const T0: i64 = 1_764_000_000_000_000;
@@ -226,25 +230,37 @@ async fn deliveries_are_retried_until_acknowledged_and_refusals_become_dead_lett
         .find(|row| row.control_id == "M3")
         .unwrap()
         .seq;
-    operator_act(
-        store.as_ref(),
-        seq,
-        true,
-        "patient re-registered",
-        clock.now_micros(),
-    )
-    .await
-    .unwrap();
+    let now = clock.now_micros();
+    let act = |message: &tsunagi_store::OutboundMessage| {
+        ActFacts::new(Act::OutboxRetry, message.control_id.clone(), None).record(
+            Some(&message.patient),
+            now,
+            "retry1",
+        )
+    };
+    operator_act(store.as_ref(), seq, true, "patient re-registered", now, act)
+        .await
+        .unwrap();
     assert_eq!(task_status(&store, "M3").await, "requested");
+    // The act is in the audit trail, committed with it.
+    let filter = AuditFilter {
+        limit: 10,
+        ..Default::default()
+    };
+    let trail = store.audit(&filter).await.unwrap();
+    let event = tsunagi_store::audit::render(&trail[0].record);
+    assert_eq!(event["subtype"][0]["code"], "outbox-retry");
+    assert_eq!(event["entity"][1]["what"]["display"], "M3");
     let round = deliverer.round().await.unwrap();
     assert_eq!(round.delivered, 1);
     assert_eq!(task_status(&store, "M3").await, "completed");
     // A delivered message cannot be retried or dropped.
-    assert!(
-        operator_act(store.as_ref(), seq, false, "x", clock.now_micros())
-            .await
-            .is_err()
-    );
+    let refused = operator_act(store.as_ref(), seq, false, "x", now, |message| {
+        ActFacts::new(Act::OutboxDrop, message.control_id.clone(), None).record(None, now, "d1")
+    });
+    assert!(refused.await.is_err());
+    // Refused: nothing was done, and no act recorded.
+    assert_eq!(store.audit(&filter).await.unwrap().len(), trail.len());
 
     // At least once, one per MSH-10: M4 was accepted twice (its first AA came after the
     // timeout), always under the same control id.

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tsunagi_core::{clock::Clock, time::format_instant_jst};
 use tsunagi_store::{
     Access, Batch, DeliveryState, DeliveryUpdate, Operation, OutboundMessage, Outbox,
-    ResourceWrite, Store, StoreError,
+    ResourceWrite, Store, StoreError, governance::AuditRecord,
 };
 
 use crate::outbound::{Attempt, Destination};
@@ -295,13 +295,15 @@ async fn task_update<S: Store + ?Sized>(
 }
 
 /// The operator's acts on a delivery: `retry` makes a dead (or pending) message due now with
-/// fresh attempts; `drop` ends it. Both are committed with the Task.
+/// fresh attempts; `drop` ends it. Both are committed with the Task and with the act's audit
+/// record, which `audit` makes from the message.
 pub async fn operator_act<S: DeliveryStore + ?Sized>(
     store: &S,
     seq: i64,
     retry: bool,
     reason: &str,
     now: i64,
+    audit: impl FnOnce(&OutboundMessage) -> AuditRecord + Send,
 ) -> Result<OutboundMessage, StoreError> {
     let message = store
         .outbound(seq)
@@ -341,6 +343,7 @@ pub async fn operator_act<S: DeliveryStore + ?Sized>(
         updated: now,
     }))];
     operations.extend(task_update(store, &message, state, &status, now).await?);
+    operations.push(Operation::Audit(Box::new(audit(&message))));
     store.apply(Batch { operations }).await?;
     Ok(message)
 }

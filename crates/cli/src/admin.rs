@@ -6,18 +6,19 @@ use std::io::Write;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use serde_json::json;
 use tsunagi_core::{
     clock::{Clock, SystemClock},
     time::format_instant_jst,
 };
 use tsunagi_server::security::{Subject, TokenSettings, issue_token, signing_keys};
-use tsunagi_store::governance::{
-    AuditFilter, AuditRecord, Client, Consent, FACILITY_KINDS, Facility, OPERATOR_CLIENT,
-    Participant, Revocation,
+use tsunagi_store::{
+    Backend,
+    governance::{
+        AuditFilter, AuditRecord, Change, Client, Consent, FACILITY_KINDS, Facility,
+        OPERATOR_CLIENT, Participant, Revocation,
+    },
+    operator::{Act, ActFacts},
 };
-
-use tsunagi_store::Backend;
 
 use crate::commands::open_store;
 
@@ -264,41 +265,14 @@ pub(crate) enum ConsentAction {
     },
 }
 
-/// An AuditEvent for an operator's act on `patient`.
-pub(crate) fn operator_event(
-    action: &str,
-    what: &str,
-    patient: Option<&str>,
-    now: i64,
-) -> AuditRecord {
-    let mut entity = vec![
-        json!({"what": {"display": what}, "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"}}),
-    ];
-    if let Some(patient) = patient {
-        entity.insert(
-            0,
-            json!({"what": {"reference": format!("Patient/{patient}")}, "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"}, "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"}}),
-        );
-    }
-    let event = json!({
-        "resourceType": "AuditEvent",
-        "id": tsunagi_store::audit::record_id(now, &tsunagi_auth::token::random_id(8)),
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
-        "subtype": [{"system": "urn:tsunagi:admin", "code": action}],
-        "action": if action.starts_with("withdraw") || action == "unlink" || action.ends_with("-drop") || action.ends_with("-revoke") || action.ends_with("-deactivate") { "D" } else if action.ends_with("-retry") { "U" } else { "C" },
-        "recorded": format_instant_jst(now),
-        "outcome": "0",
-        "agent": [operator_agent()],
-        "source": {"observer": {"display": "tsunagi admin"}},
-        "entity": entity
-    });
-    AuditRecord {
-        id: event["id"].as_str().unwrap_or_default().to_owned(),
-        recorded: now,
-        patient: patient.map(str::to_owned),
-        facility: None,
-        event: event.to_string().into_bytes(),
-    }
+/// The audit record of an operator's act on `what` (and `patient`), committed with the act
+/// (`Governance::change`, `Operation::Audit`).
+pub(crate) fn act(act: Act, what: &str, patient: Option<&str>, now: i64) -> AuditRecord {
+    let operator = std::env::var("USER")
+        .ok()
+        .map(|user| user.trim().to_owned())
+        .filter(|user| !user.is_empty());
+    ActFacts::new(act, what, operator).record(patient, now, &tsunagi_auth::token::random_id(8))
 }
 
 /// Records which facilities lab `code` reports for (a lab company or lab centre only).
@@ -309,10 +283,12 @@ async fn set_reports_for(
     now: i64,
 ) -> anyhow::Result<()> {
     // The store checks that `code` is a lab and that every facility is registered.
-    store.set_lab_reports_for(code, facilities).await?;
-    store
-        .append_audit(&[operator_event("facility-reports-for", code, None, now)])
-        .await?;
+    let change = Change::LabReportsFor {
+        lab: code.to_owned(),
+        facilities: facilities.to_vec(),
+    };
+    let record = act(Act::FacilityReportsFor, code, None, now);
+    store.change(change, Some(&record)).await?;
     if facilities.is_empty() {
         println!("lab {code} reports for no facility");
     } else {
@@ -326,16 +302,6 @@ async fn set_reports_for(
 
 /// The operator as an AuditEvent agent; `altId` is the login name when there is one (FHIR
 /// forbids empty strings).
-fn operator_agent() -> serde_json::Value {
-    let mut agent = json!({"who": {"display": "operator (tsunagi admin)"}, "requestor": true});
-    if let Ok(user) = std::env::var("USER")
-        && !user.trim().is_empty()
-    {
-        agent["altId"] = json!(user.trim());
-    }
-    agent
-}
-
 /// The first and the past-the-last microsecond of a date.
 fn day_bounds(text: &str) -> anyhow::Result<(i64, i64)> {
     let (start, end) = tsunagi_core::time::fhir_date_range(text)
@@ -370,16 +336,15 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                     );
                 }
                 let store = open_store(&db).await?;
+                let facility = Facility {
+                    code: code.clone(),
+                    name,
+                    kind,
+                    active: true,
+                };
+                let record = act(Act::FacilityAdd, &code, None, now);
                 store
-                    .put_facility(&Facility {
-                        code: code.clone(),
-                        name,
-                        kind,
-                        active: true,
-                    })
-                    .await?;
-                store
-                    .append_audit(&[operator_event("facility-add", &code, None, now)])
+                    .change(Change::Facility(facility), Some(&record))
                     .await?;
                 println!("facility {code} saved");
                 if !reports_for.is_empty() {
@@ -403,9 +368,9 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                     .find(|facility| facility.code == code)
                     .with_context(|| format!("no facility {code}"))?;
                 facility.active = false;
-                store.put_facility(&facility).await?;
+                let record = act(Act::FacilityDeactivate, &code, None, now);
                 store
-                    .append_audit(&[operator_event("facility-deactivate", &code, None, now)])
+                    .change(Change::Facility(facility), Some(&record))
                     .await?;
                 println!("facility {code} deactivated");
             }
@@ -442,17 +407,16 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                 if id == OPERATOR_CLIENT || store.client(&id).await?.is_some() {
                     bail!("--id {id} is a client's id; users and clients need ids of their own");
                 }
+                let user = Participant {
+                    id: id.clone(),
+                    name,
+                    facility,
+                    role,
+                    active: true,
+                };
+                let record = act(Act::UserAdd, &id, None, now);
                 store
-                    .put_participant(&Participant {
-                        id: id.clone(),
-                        name,
-                        facility,
-                        role,
-                        active: true,
-                    })
-                    .await?;
-                store
-                    .append_audit(&[operator_event("user-add", &id, None, now)])
+                    .change(Change::Participant(user), Some(&record))
                     .await?;
                 println!("user {id} saved");
             }
@@ -463,9 +427,9 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                     .await?
                     .with_context(|| format!("no user {id}"))?;
                 user.active = false;
-                store.put_participant(&user).await?;
+                let record = act(Act::UserDeactivate, &id, None, now);
                 store
-                    .append_audit(&[operator_event("user-deactivate", &id, None, now)])
+                    .change(Change::Participant(user), Some(&record))
                     .await?;
                 println!("user {id} deactivated");
             }
@@ -531,20 +495,17 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                 {
                     bail!("--serves {unknown}: no such facility in the directory");
                 }
-                store
-                    .put_client(&Client {
-                        id: id.clone(),
-                        facility,
-                        kind,
-                        jwks: text,
-                        scope,
-                        active: true,
-                        serves,
-                    })
-                    .await?;
-                store
-                    .append_audit(&[operator_event("client-add", &id, None, now)])
-                    .await?;
+                let client = Client {
+                    id: id.clone(),
+                    facility,
+                    kind,
+                    jwks: text,
+                    scope,
+                    active: true,
+                    serves,
+                };
+                let record = act(Act::ClientAdd, &id, None, now);
+                store.change(Change::Client(client), Some(&record)).await?;
                 println!("client {id} registered");
             }
             ClientAction::Deactivate { db, id } => {
@@ -554,10 +515,8 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                     .await?
                     .with_context(|| format!("no client {id}"))?;
                 client.active = false;
-                store.put_client(&client).await?;
-                store
-                    .append_audit(&[operator_event("client-deactivate", &id, None, now)])
-                    .await?;
+                let record = act(Act::ClientDeactivate, &id, None, now);
+                store.change(Change::Client(client), Some(&record)).await?;
                 println!("client {id} deactivated");
             }
             ClientAction::List { db } => {
@@ -588,9 +547,9 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                     ),
                     (None, None) => bail!("give --jti <token id> or --subject <user or client id>"),
                 };
-                store.revoke(&revocation).await?;
+                let record = act(Act::TokenRevoke, &what, None, now);
                 store
-                    .append_audit(&[operator_event("token-revoke", &what, None, now)])
+                    .change(Change::Revoke(revocation), Some(&record))
                     .await?;
                 println!("revoked {what}");
             }
@@ -628,9 +587,9 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                     created_by: "operator".to_owned(),
                     created_at: now,
                 };
-                store.put_consent(&consent).await?;
+                let record = act(Act::ConsentAdd, &id, Some(&patient), now);
                 store
-                    .append_audit(&[operator_event("consent-add", &id, Some(&patient), now)])
+                    .change(Change::Consent(consent), Some(&record))
                     .await?;
                 println!("consent {id} recorded");
             }
@@ -642,17 +601,14 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                     .into_iter()
                     .find(|consent| consent.id == id)
                     .map(|consent| consent.patient);
-                if !store.withdraw_consent(&id, now).await? {
+                let record = act(Act::ConsentWithdraw, &id, patient.as_deref(), now);
+                let change = Change::WithdrawConsent {
+                    id: id.clone(),
+                    at: now,
+                };
+                if !store.change(change, Some(&record)).await? {
                     bail!("no consent {id}");
                 }
-                store
-                    .append_audit(&[operator_event(
-                        "consent-withdraw",
-                        &id,
-                        patient.as_deref(),
-                        now,
-                    )])
-                    .await?;
                 println!("consent {id} withdrawn");
             }
             ConsentAction::List { db, patient } => {
@@ -680,18 +636,23 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
             patient,
         } => {
             let store = open_store(&db).await?;
-            store.link(&regional, &patient, "operator", now).await?;
-            store
-                .append_audit(&[operator_event("link", &regional, Some(&patient), now)])
-                .await?;
+            let record = act(Act::Link, &regional, Some(&patient), now);
+            let change = Change::Link {
+                regional: regional.clone(),
+                patient: patient.clone(),
+                by: "operator".to_owned(),
+                at: now,
+            };
+            store.change(change, Some(&record)).await?;
             println!("Patient/{patient} linked under {regional}");
         }
         Admin::Unlink { db, patient } => {
             let store = open_store(&db).await?;
-            store.unlink(&patient).await?;
-            store
-                .append_audit(&[operator_event("unlink", &patient, Some(&patient), now)])
-                .await?;
+            let record = act(Act::Unlink, &patient, Some(&patient), now);
+            let change = Change::Unlink {
+                patient: patient.clone(),
+            };
+            store.change(change, Some(&record)).await?;
             println!("Patient/{patient} unlinked");
         }
         Admin::Quarantine { action } => crate::quarantine::run(action, now).await?,

@@ -158,22 +158,23 @@ pub(crate) async fn register_hospital(
     {
         return Ok(());
     }
+    let hospital = tsunagi_store::governance::Facility {
+        code: facility.to_owned(),
+        name: name.unwrap_or(facility).to_owned(),
+        kind: "hospital".to_owned(),
+        active: true,
+    };
+    let record = crate::admin::act(
+        tsunagi_store::operator::Act::FacilityAdd,
+        facility,
+        None,
+        SystemClock.now_micros(),
+    );
     store
-        .put_facility(&tsunagi_store::governance::Facility {
-            code: facility.to_owned(),
-            name: name.unwrap_or(facility).to_owned(),
-            kind: "hospital".to_owned(),
-            active: true,
-        })
-        .await?;
-    let now = SystemClock.now_micros();
-    store
-        .append_audit(&[crate::admin::operator_event(
-            "facility-add",
-            facility,
-            None,
-            now,
-        )])
+        .change(
+            tsunagi_store::governance::Change::Facility(hospital),
+            Some(&record),
+        )
         .await?;
     if !quiet {
         println!(

@@ -9,9 +9,9 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use tsunagi_adapter::delivery::operator_act;
 use tsunagi_core::time::format_instant_jst;
-use tsunagi_store::{DeliveryState, OutboundMessage};
+use tsunagi_store::{DeliveryState, OutboundMessage, operator::Act};
 
-use crate::{admin::operator_event, commands::open_store, quarantine::segments};
+use crate::{admin::act, commands::open_store, quarantine::segments};
 
 /// `tsunagi admin outbox <action>`.
 #[derive(Debug, Subcommand)]
@@ -154,21 +154,27 @@ pub(crate) async fn run(action: OutboxAction, now: i64) -> anyhow::Result<()> {
                 _ => bail!("give delivery numbers, or --all"),
             };
             for number in &numbers {
-                let message =
-                    operator_act(store.as_ref(), *number, true, "tsunagi admin outbox", now)
-                        .await
-                        .with_context(|| format!("delivery {number}"))?;
-                store
-                    .append_audit(&[operator_event(
-                        "outbox-retry",
+                let audit = |message: &OutboundMessage| {
+                    act(
+                        Act::OutboxRetry,
                         &format!(
                             "outbound {} of {} to {}",
                             message.control_id, message.resource, message.destination
                         ),
                         Some(&message.patient),
                         now,
-                    )])
-                    .await?;
+                    )
+                };
+                operator_act(
+                    store.as_ref(),
+                    *number,
+                    true,
+                    "tsunagi admin outbox",
+                    now,
+                    audit,
+                )
+                .await
+                .with_context(|| format!("delivery {number}"))?;
                 println!("{number}\tqueued again");
             }
             println!(
@@ -181,20 +187,20 @@ pub(crate) async fn run(action: OutboxAction, now: i64) -> anyhow::Result<()> {
                 bail!("--reason: say why the delivery is dropped");
             }
             let store = open_store(&db).await?;
-            let message = operator_act(store.as_ref(), seq, false, &reason, now)
-                .await
-                .with_context(|| format!("delivery {seq}"))?;
-            store
-                .append_audit(&[operator_event(
-                    "outbox-drop",
+            let audit = |message: &OutboundMessage| {
+                act(
+                    Act::OutboxDrop,
                     &format!(
                         "outbound {} of {} to {}: {reason}",
                         message.control_id, message.resource, message.destination
                     ),
                     Some(&message.patient),
                     now,
-                )])
-                .await?;
+                )
+            };
+            operator_act(store.as_ref(), seq, false, &reason, now, audit)
+                .await
+                .with_context(|| format!("delivery {seq}"))?;
             println!("delivery {seq} dropped");
         }
     }

@@ -11,7 +11,9 @@ use tsunagi_adapter_hl7v2::{RetryOutcome, retry};
 use tsunagi_core::{clock::SystemClock, time::format_instant_jst};
 use tsunagi_store::{Batch, InboundMessage, MessageState, Operation};
 
-use crate::{admin::operator_event, commands::open_store, config::Config};
+use tsunagi_store::operator::Act;
+
+use crate::{admin::act, commands::open_store, config::Config};
 
 /// `tsunagi admin quarantine <action>`.
 #[derive(Debug, Subcommand)]
@@ -191,26 +193,27 @@ pub(crate) async fn run(action: QuarantineAction, now: i64) -> anyhow::Result<()
                     ),
                     None => format!("inbound message {number}"),
                 };
-                let outcome = retry(store.clone(), feeds.clone(), Arc::new(SystemClock), number)
+                let audit = |outcome: &RetryOutcome| {
+                    let done = match outcome {
+                        RetryOutcome::Applied => Act::QuarantineRetry,
+                        RetryOutcome::StillQuarantined(_) => Act::QuarantineRetryFailed,
+                    };
+                    act(done, &what, None, now)
+                };
+                let clock = Arc::new(SystemClock);
+                let outcome = retry(store.clone(), feeds.clone(), clock, number, audit)
                     .await
                     .with_context(|| format!("message {number}"))?;
-                let (action, line) = match outcome {
+                match outcome {
                     RetryOutcome::Applied => {
                         applied += 1;
-                        ("quarantine-retry", format!("{number}\tapplied"))
+                        println!("{number}\tapplied");
                     }
                     RetryOutcome::StillQuarantined(reason) => {
                         still += 1;
-                        (
-                            "quarantine-retry-failed",
-                            format!("{number}\tstill quarantined: {reason}"),
-                        )
+                        println!("{number}\tstill quarantined: {reason}");
                     }
-                };
-                store
-                    .append_audit(&[operator_event(action, &what, None, now)])
-                    .await?;
-                println!("{line}");
+                }
             }
             println!("{applied} applied, {still} still quarantined");
         }
@@ -232,22 +235,19 @@ pub(crate) async fn run(action: QuarantineAction, now: i64) -> anyhow::Result<()
                     message.state.as_str()
                 );
             }
+            let what = format!("inbound message {seq}: {reason}");
+            let record = act(Act::QuarantineDrop, &what, None, now);
             store
                 .apply(Batch {
-                    operations: vec![Operation::SetMessageState {
-                        seq,
-                        state: MessageState::Dropped,
-                        reason: format!("dropped by the operator: {reason}"),
-                    }],
+                    operations: vec![
+                        Operation::SetMessageState {
+                            seq,
+                            state: MessageState::Dropped,
+                            reason: format!("dropped by the operator: {reason}"),
+                        },
+                        Operation::Audit(Box::new(record)),
+                    ],
                 })
-                .await?;
-            store
-                .append_audit(&[operator_event(
-                    "quarantine-drop",
-                    &format!("inbound message {seq}: {reason}"),
-                    None,
-                    now,
-                )])
                 .await?;
             println!("message {seq} dropped");
         }

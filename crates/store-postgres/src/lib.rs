@@ -22,7 +22,7 @@ use tsunagi_core::clock::Clock;
 use tsunagi_fhir::search::{self, IndexEntry, IndexValue, REGISTRY_VERSION};
 use tsunagi_store::{ApplyStats, Batch, Counts, Operation, ResourceWrite, StoreError};
 use tsunagi_store_sql::{
-    Engine, SqlStore, db_error, messages,
+    Engine, SqlStore, audit, db_error, messages,
     migrations::{self, MetaKeys},
     outbox,
 };
@@ -283,6 +283,10 @@ impl BatchWriter<'_> {
             }
             Operation::SetDelivery(update) => {
                 outbox::update::<Postgres>(&mut *self.connection, &update).await?;
+            }
+            Operation::Audit(record) => {
+                audit::insert::<Postgres>(&mut *self.connection, std::slice::from_ref(&*record), 1)
+                    .await?;
             }
         }
         Ok(())

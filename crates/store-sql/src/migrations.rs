@@ -156,7 +156,7 @@ pub async fn finish_reindex<D: Dialect>(
     keys: MetaKeys,
 ) -> Result<(), StoreError> {
     stmt(FACILITY_BACKFILL).execute::<D>(connection).await?;
-    crate::governance::recompute_all::<D>(connection).await?;
+    crate::changes::recompute_all::<D>(connection).await?;
     stmt("UPDATE store_meta SET value = ?1 WHERE key = ?2")
         .arg(REGISTRY_VERSION.to_string())
         .arg(keys.registry)

@@ -9,7 +9,7 @@ use serde_json::Value;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, sqlite::SqliteRow};
 use tsunagi_fhir::search::{self, IndexEntry, IndexValue};
 use tsunagi_store::{ApplyStats, Batch, Operation, ResourceWrite, StoreError};
-use tsunagi_store_sql::{db_error, messages, outbox, pow2_sizes};
+use tsunagi_store_sql::{audit, db_error, messages, outbox, pow2_sizes};
 
 use crate::{
     SqliteEngine,
@@ -175,7 +175,8 @@ impl BatchWriter {
                 | Operation::LogMessage(_)
                 | Operation::SetMessageState { .. }
                 | Operation::Enqueue(_)
-                | Operation::SetDelivery(_) => {}
+                | Operation::SetDelivery(_)
+                | Operation::Audit(_) => {}
             }
         }
         source_keys.sort_unstable();
@@ -274,6 +275,9 @@ impl BatchWriter {
             }
             Operation::Enqueue(message) => outbox::insert::<Sqlite>(connection, &message).await?,
             Operation::SetDelivery(update) => outbox::update::<Sqlite>(connection, &update).await?,
+            Operation::Audit(record) => {
+                audit::insert::<Sqlite>(connection, std::slice::from_ref(&*record), 1).await?;
+            }
         }
         Ok(())
     }

@@ -4,8 +4,8 @@
 //!
 //! Recording is on the answer path of every request and the trail grows by one record per
 //! patient touched, so the facts are kept small and cheap to write; reading the trail is rare.
-//! A record whose `event` already is an AuditEvent (written by `tsunagi admin`, or by a version
-//! that stored the rendered form) is returned as it is.
+//! An operator's act is stored as its facts too ([`crate::operator`]). A record whose `event`
+//! already is an AuditEvent (written by an earlier version) is returned as it is.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -117,6 +117,11 @@ impl AuditFacts {
 /// A record that holds neither is shown by id and time with outcome 8, never dropped (an Audit
 /// Record Repository shall not reject what it holds).
 pub fn render(record: &AuditRecord) -> Value {
+    if let Ok(facts) = serde_json::from_slice::<crate::operator::ActFacts>(&record.event)
+        && facts.version == crate::operator::ACT_VERSION
+    {
+        return crate::operator::render(record, &facts);
+    }
     match serde_json::from_slice::<AuditFacts>(&record.event) {
         Ok(facts) if facts.version == FACTS_VERSION => balp(record, &facts),
         _ => match serde_json::from_slice::<Value>(&record.event) {

@@ -709,6 +709,11 @@ macro_rules! store_access_suite {
             let store = $make.await;
             $crate::conformance_standing::the_served_origin_is_remembered(&store).await;
         }
+        #[tokio::test]
+        async fn an_operators_change_commits_with_its_audit_record() {
+            let store = $make.await;
+            $crate::conformance_standing::an_operators_change_commits_with_its_audit_record(&store).await;
+        }
     };
     (@tests $make:expr; $($name:ident,)*) => {
         $(

@@ -248,3 +248,67 @@ pub async fn lab_reports_are_the_directorys_record<S: Governance>(store: &S) {
         .unwrap();
     assert!(store.lab_reports_for(LAB).await.unwrap().is_empty());
 }
+
+/// An operator's change and the audit record of the act commit together, or neither does.
+pub async fn an_operators_change_commits_with_its_audit_record<S: Governance>(store: &S) {
+    use crate::{
+        governance::{AuditFilter, Change},
+        operator::{Act, ActFacts},
+    };
+    let act = |act: Act, what: &str, nonce: &str| {
+        ActFacts::new(act, what, Some("ops".into())).record(None, 1_000, nonce)
+    };
+    let trail = || async {
+        let filter = AuditFilter {
+            limit: 10,
+            ..Default::default()
+        };
+        store
+            .audit(&filter)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|listed| crate::audit::render(&listed.record)["subtype"][0]["code"].clone())
+            .collect::<Vec<_>>()
+    };
+    let hospital = Facility {
+        code: HOSPITAL.into(),
+        name: "Shonai".into(),
+        kind: "hospital".into(),
+        active: true,
+    };
+    let changed = store
+        .change(
+            Change::Facility(hospital),
+            Some(&act(Act::FacilityAdd, HOSPITAL, "n1")),
+        )
+        .await
+        .unwrap();
+    assert!(changed);
+    assert_eq!(trail().await, ["facility-add"]);
+    assert_eq!(store.facilities().await.unwrap().len(), 1);
+    // A change the store refuses leaves no act behind.
+    let user = Participant {
+        id: "u1".into(),
+        name: "Dr. A".into(),
+        facility: "9999999999".into(),
+        role: "physician".into(),
+        active: true,
+    };
+    let refused = store
+        .change(
+            Change::Participant(user),
+            Some(&act(Act::UserAdd, "u1", "n2")),
+        )
+        .await;
+    assert!(refused.is_err());
+    // A change that finds nothing to change records no act either.
+    let withdrawal = Change::WithdrawConsent {
+        id: "no-such-consent".into(),
+        at: 2_000,
+    };
+    let record = act(Act::ConsentWithdraw, "no-such-consent", "n3");
+    assert!(!store.change(withdrawal, Some(&record)).await.unwrap());
+    assert_eq!(trail().await, ["facility-add"]);
+    assert!(store.participant("u1").await.unwrap().is_none());
+}

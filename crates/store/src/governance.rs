@@ -286,24 +286,87 @@ pub struct StoredKey {
     pub created_at: i64,
 }
 
+/// A change of the network's records. Each is made in one transaction, with the audit record
+/// of the operator's act that made it when there is one ([`Governance::change`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Adds or updates a facility.
+    Facility(Facility),
+    /// Adds or updates a participant; the facility must exist.
+    Participant(Participant),
+    /// Adds or updates a client; the facility must exist.
+    Client(Client),
+    /// Links Patient `patient` under regional id `regional` (moving it if linked elsewhere).
+    Link {
+        /// The regional id.
+        regional: String,
+        /// The facility's Patient id.
+        patient: String,
+        /// Who linked.
+        by: String,
+        /// Microseconds.
+        at: i64,
+    },
+    /// Removes Patient `patient` from its regional record.
+    Unlink {
+        /// The Patient id.
+        patient: String,
+    },
+    /// Records a consent (its patient must exist).
+    Consent(Consent),
+    /// Withdraws a consent at `at`: unchanged (`false`) when there is none with this id.
+    WithdrawConsent {
+        /// The consent's id.
+        id: String,
+        /// Microseconds.
+        at: i64,
+    },
+    /// Replaces the facilities lab `lab` reports for (each a registered facility; `lab` one too).
+    LabReportsFor {
+        /// The lab's facility code.
+        lab: String,
+        /// The facilities it reports for.
+        facilities: Vec<String>,
+    },
+    /// Records a revocation (a later revocation of the same subject moves its instant on).
+    Revoke(Revocation),
+}
+
 /// The network's records. Every change that affects who may see what recomputes the permitted
 /// set in the same transaction, so it holds for the next request.
 #[async_trait::async_trait]
 pub trait Governance: Send + Sync {
+    /// Makes `change` and appends `audit` (the operator's act that made it) in one transaction:
+    /// both or neither. `Ok(false)` when there was nothing to change (no consent by that id).
+    async fn change(&self, change: Change, audit: Option<&AuditRecord>)
+    -> Result<bool, StoreError>;
+
     /// Adds or updates a facility.
-    async fn put_facility(&self, facility: &Facility) -> Result<(), StoreError>;
+    async fn put_facility(&self, facility: &Facility) -> Result<(), StoreError> {
+        self.change(Change::Facility(facility.clone()), None)
+            .await
+            .map(drop)
+    }
     /// Every facility, by code.
     async fn facilities(&self) -> Result<Vec<Facility>, StoreError>;
 
     /// Adds or updates a participant; the facility must exist.
-    async fn put_participant(&self, participant: &Participant) -> Result<(), StoreError>;
+    async fn put_participant(&self, participant: &Participant) -> Result<(), StoreError> {
+        self.change(Change::Participant(participant.clone()), None)
+            .await
+            .map(drop)
+    }
     /// One participant.
     async fn participant(&self, id: &str) -> Result<Option<Participant>, StoreError>;
     /// Every participant, by id.
     async fn participants(&self) -> Result<Vec<Participant>, StoreError>;
 
     /// Adds or updates a client; the facility must exist.
-    async fn put_client(&self, client: &Client) -> Result<(), StoreError>;
+    async fn put_client(&self, client: &Client) -> Result<(), StoreError> {
+        self.change(Change::Client(client.clone()), None)
+            .await
+            .map(drop)
+    }
     /// One client.
     async fn client(&self, id: &str) -> Result<Option<Client>, StoreError>;
     /// Every client, by id.
@@ -319,16 +382,39 @@ pub trait Governance: Send + Sync {
         patient: &str,
         by: &str,
         at: i64,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        let change = Change::Link {
+            regional: regional.to_owned(),
+            patient: patient.to_owned(),
+            by: by.to_owned(),
+            at,
+        };
+        self.change(change, None).await.map(drop)
+    }
     /// Removes Patient `patient` from its regional record.
-    async fn unlink(&self, patient: &str) -> Result<(), StoreError>;
+    async fn unlink(&self, patient: &str) -> Result<(), StoreError> {
+        let change = Change::Unlink {
+            patient: patient.to_owned(),
+        };
+        self.change(change, None).await.map(drop)
+    }
     /// The records linked with Patient `patient` (itself included when linked).
     async fn linked(&self, patient: &str) -> Result<Vec<LinkedRecord>, StoreError>;
 
     /// Records a consent (its patient must exist).
-    async fn put_consent(&self, consent: &Consent) -> Result<(), StoreError>;
+    async fn put_consent(&self, consent: &Consent) -> Result<(), StoreError> {
+        self.change(Change::Consent(consent.clone()), None)
+            .await
+            .map(drop)
+    }
     /// Withdraws a consent at `at`; false when there is none with this id.
-    async fn withdraw_consent(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+    async fn withdraw_consent(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+        let change = Change::WithdrawConsent {
+            id: id.to_owned(),
+            at,
+        };
+        self.change(change, None).await
+    }
     /// Consents about Patient `patient`'s person (`None`: all).
     async fn consents(&self, patient: Option<&str>) -> Result<Vec<Consent>, StoreError>;
 
@@ -364,8 +450,17 @@ pub trait Governance: Send + Sync {
     /// The facilities lab company `lab` reports results for (the directory's record), sorted.
     async fn lab_reports_for(&self, lab: &str) -> Result<Vec<String>, StoreError>;
     /// Replaces them (every code must be a registered facility; `lab` must be one too).
-    async fn set_lab_reports_for(&self, lab: &str, facilities: &[String])
-    -> Result<(), StoreError>;
+    async fn set_lab_reports_for(
+        &self,
+        lab: &str,
+        facilities: &[String],
+    ) -> Result<(), StoreError> {
+        let change = Change::LabReportsFor {
+            lab: lab.to_owned(),
+            facilities: facilities.to_vec(),
+        };
+        self.change(change, None).await.map(drop)
+    }
 
     /// The origin (`scheme://host:port`) the API last served under, recorded by `tsunagi
     /// serve`: the issuer `tsunagi token issue` names by default.
@@ -376,7 +471,11 @@ pub trait Governance: Send + Sync {
     async fn put_signing_key(&self, key: &StoredKey) -> Result<(), StoreError>;
 
     /// Records a revocation (a later revocation of the same subject moves its instant on).
-    async fn revoke(&self, revocation: &Revocation) -> Result<(), StoreError>;
+    async fn revoke(&self, revocation: &Revocation) -> Result<(), StoreError> {
+        self.change(Change::Revoke(revocation.clone()), None)
+            .await
+            .map(drop)
+    }
 
     /// The records behind a token, read in one query.
     async fn token_standing(&self, token: &TokenFacts) -> Result<Standing, StoreError>;

@@ -27,6 +27,7 @@ pub mod conformance_queues;
 pub mod contributions;
 pub mod governance;
 pub mod messages;
+pub mod operator;
 pub mod outbox;
 pub mod projection;
 
@@ -144,6 +145,9 @@ pub enum Operation {
     Enqueue(Box<OutboundMessage>),
     /// Records an attempt's outcome, or the operator's retry or drop, on a queued delivery.
     SetDelivery(Box<DeliveryUpdate>),
+    /// Appends a record to the audit trail with the batch (an operator's act on the quarantine
+    /// or the outbox, committed with what it did).
+    Audit(Box<governance::AuditRecord>),
     /// Stores an opaque checkpoint value.
     PutCheckpoint {
         /// Namespace, e.g. `ssmix2:<facility>`.
