@@ -14,7 +14,7 @@ use tsunagi_hl7v2::{
     charset,
 };
 use tsunagi_mapping::{
-    DataType, Origin, SourceContext, map_lab_report, map_message,
+    DataType, Origin, SourceContext, SourceRecord, map,
     pushed::{IdentifyError, identify},
 };
 use tsunagi_store::{
@@ -526,8 +526,14 @@ impl<S: FeedStore + ?Sized> Processor<S> {
             tables: &feed.tables,
         };
         let mapped = match lab_for {
-            Some(_) => map_lab_report(&context, &message),
-            None => map_message(&context, &message),
+            Some(_) => map(SourceRecord::LabReport {
+                context,
+                message: &message,
+            }),
+            None => map(SourceRecord::Hl7v2 {
+                context,
+                message: &message,
+            }),
         };
         let mapped = match mapped {
             Ok(mapped) => mapped,

@@ -38,7 +38,7 @@ use tsunagi_adapter::{
 };
 use tsunagi_core::FacilityId;
 use tsunagi_hl7v2::{Message, charset};
-use tsunagi_mapping::{CodeTables, Origin, SourceContext, check_message_type, map_message};
+use tsunagi_mapping::{CodeTables, Origin, SourceContext, SourceRecord, check_message_type};
 use tsunagi_store::{Batch, Operation, ResourceWrite, Store};
 
 use crate::{
@@ -370,7 +370,11 @@ impl Worker {
             origin: Origin::File(&name.name),
             tables: &self.tables,
         };
-        let mapped = map_message(&context, &message).map_err(|error| error.to_string())?;
+        let mapped = tsunagi_mapping::map(SourceRecord::Hl7v2 {
+            context,
+            message: &message,
+        })
+        .map_err(|error| error.to_string())?;
         outcome.messages += 1;
         let parts = tsunagi_mapping::parts_of(&mapped, self.facility.as_str());
         for warning in mapped.warnings {

@@ -1,8 +1,9 @@
 //! SS-MIX2 HL7 v2.5 messages to JP Core FHIR resources.
 //!
-//! [`map_message`] takes one parsed message, the [`SourceContext`] that identifies the record it
-//! came from (facility, the file name's 7 fields, code tables) and returns the resources the
-//! record holds *now*, with deterministic ids, JP Core profiles and provenance. It never looks at
+//! [`map`] takes one [`SourceRecord`] — today an HL7 v2 message ([`map_message`]: the parsed
+//! message and the [`SourceContext`] that identifies the record it came from: facility, the file
+//! name's 7 fields, code tables) or a lab company's result ([`map_lab_report`]) — and returns the
+//! resources the record holds *now*, with deterministic ids, JP Core profiles and provenance. It never looks at
 //! other records and does no IO; applying the result to a store (upsert, delete what the record
 //! no longer holds) is the adapter's job.
 //!
@@ -384,6 +385,37 @@ pub fn map_lab_report(
     builder.check_patient_id();
     lab::results(&mut builder)?;
     Ok(builder.finish())
+}
+
+/// One record of a source, as the mapping takes it: its kind decides which mapping runs. An HL7
+/// v2 message is one kind; a record that is not HL7 v2 (a document of extended storage, a
+/// vendor's export, a PACS study) is a kind of its own, mapped without pretending to be HL7.
+#[derive(Debug, Clone, Copy)]
+pub enum SourceRecord<'a> {
+    /// A message of an SS-MIX2 record (a file of standardized storage, or the same message
+    /// pushed): mapped by its data type ([`map_message`]).
+    Hl7v2 {
+        /// The record it belongs to.
+        context: SourceContext<'a>,
+        /// The parsed message.
+        message: &'a Message<'a>,
+    },
+    /// A lab company's result message, as the ordering facility's lab-result record
+    /// ([`map_lab_report`]).
+    LabReport {
+        /// The ordering facility's record.
+        context: SourceContext<'a>,
+        /// The parsed ORU^R01 or OUL^R22.
+        message: &'a Message<'a>,
+    },
+}
+
+/// Maps one source record: the resources it holds now, with deterministic ids and provenance.
+pub fn map(record: SourceRecord<'_>) -> Result<Mapped, MapError> {
+    match record {
+        SourceRecord::Hl7v2 { context, message } => map_message(&context, message),
+        SourceRecord::LabReport { context, message } => map_lab_report(&context, message),
+    }
 }
 
 /// Maps one message of the given record.

@@ -217,7 +217,7 @@ pub fn db_error(error: sqlx::Error) -> StoreError {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
             StoreError::Unavailable(error.to_string())
         }
-        _ => StoreError::Database(error.to_string()),
+        _ => StoreError::Database(tsunagi_store::DatabaseError::caused_by(error)),
     }
 }
 
@@ -429,8 +429,9 @@ impl Dialect for Sqlite {
         let mut arguments = <Self::Arguments as Default>::default();
         for value in values {
             bind_value!(
-                |value| sqlx::Arguments::add(&mut arguments, value)
-                    .map_err(|error| StoreError::Database(error.to_string())),
+                |value| sqlx::Arguments::add(&mut arguments, value).map_err(|error| {
+                    StoreError::Database(tsunagi_store::DatabaseError::from(error))
+                }),
                 value
             )?;
         }
@@ -509,7 +510,8 @@ impl Dialect for Postgres {
                 Bound::Ints(items) => sqlx::Arguments::add(&mut arguments, items),
                 other => bind_value!(|value| sqlx::Arguments::add(&mut arguments, value), other),
             };
-            added.map_err(|error| StoreError::Database(error.to_string()))?;
+            added
+                .map_err(|error| StoreError::Database(tsunagi_store::DatabaseError::from(error)))?;
         }
         Ok(with_text!(text, arguments))
     }
@@ -584,7 +586,7 @@ impl Stmt {
     ) -> Result<D::Row, StoreError> {
         self.fetch_optional::<D>(connection)
             .await?
-            .ok_or_else(|| StoreError::Database("the statement returned no row".to_owned()))
+            .ok_or_else(|| StoreError::database("the statement returned no row".to_owned()))
     }
 }
 

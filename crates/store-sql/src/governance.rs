@@ -290,7 +290,7 @@ impl<E: Engine> Governance for SqlStore<E> {
         let rows = fetch_built::<E::Db>(&mut connection, &mut sql).await?;
         let row = rows
             .first()
-            .ok_or_else(|| StoreError::Database("the standing query returned no row".to_owned()))?;
+            .ok_or_else(|| StoreError::database("the standing query returned no row".to_owned()))?;
         standing_from_row(row)
     }
 }

@@ -105,7 +105,7 @@ fn from_row(row: &impl Cells) -> Result<InboundMessage, StoreError> {
         message_type: row.text("message_type")?,
         patient: row.text("patient")?,
         state: MessageState::parse(&state)
-            .ok_or_else(|| StoreError::Database(format!("unknown message state {state:?}")))?,
+            .ok_or_else(|| StoreError::database(format!("unknown message state {state:?}")))?,
         reason: row.text("reason")?,
         ack: row.bytes("ack")?,
         raw: row.bytes("raw")?,

@@ -35,7 +35,7 @@ fn migrate_error(error: MigrateError) -> StoreError {
             "migration {version} of this database differs from this build's file of that \
              version: a migration file was edited after it was applied"
         )),
-        other => StoreError::Database(format!("migrating the schema: {other}")),
+        other => StoreError::database(format!("migrating the schema: {other}")),
     }
 }
 

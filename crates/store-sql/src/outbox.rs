@@ -89,7 +89,7 @@ fn from_row(row: &impl Cells) -> Result<OutboundMessage, StoreError> {
         control_id: row.text("control_id")?,
         payload: row.bytes("payload")?,
         state: DeliveryState::parse(&state)
-            .ok_or_else(|| StoreError::Database(format!("unknown delivery state {state:?}")))?,
+            .ok_or_else(|| StoreError::database(format!("unknown delivery state {state:?}")))?,
         attempts: u32::try_from(row.int("attempts")?).unwrap_or(u32::MAX),
         next_attempt: row.int("next_attempt")?,
         last_error: row.text("last_error")?,

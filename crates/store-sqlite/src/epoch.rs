@@ -36,7 +36,7 @@ impl StandingEpoch {
             .open(&self.path)
             .and_then(|mut file| file.write_all(b"."))
             .map_err(|error| {
-                StoreError::Database(format!(
+                StoreError::database(format!(
                     "the change is committed, but {} could not be updated ({error}): a running server notices it only as its tokens expire",
                     self.path.display()
                 ))

@@ -30,7 +30,7 @@ const HEADER: usize = 12;
 const NONE: u16 = u16::MAX;
 
 fn io_error(path: &Path, error: std::io::Error) -> StoreError {
-    StoreError::Database(format!("audit journal {}: {error}", path.display()))
+    StoreError::database(format!("audit journal {}: {error}", path.display()))
 }
 
 /// The file this process appends to.

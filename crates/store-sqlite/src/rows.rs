@@ -128,7 +128,7 @@ impl CompartmentIds {
         self.0
             .get(patient)
             .copied()
-            .ok_or_else(|| StoreError::Database(format!("compartment of {patient} not created")))
+            .ok_or_else(|| StoreError::database(format!("compartment of {patient} not created")))
     }
 }
 

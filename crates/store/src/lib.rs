@@ -391,6 +391,57 @@ impl HistoryCursor {
     }
 }
 
+/// What the database (or the store's own reading of it) reported: a message, and the driver's
+/// error it came from, kept as the source so callers can walk the chain without parsing text.
+#[derive(Debug, Clone)]
+pub struct DatabaseError {
+    message: String,
+    cause: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl DatabaseError {
+    /// The driver's `error`, with its text as the message.
+    pub fn caused_by(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            message: error.to_string(),
+            cause: Some(std::sync::Arc::new(error)),
+        }
+    }
+}
+
+impl From<Box<dyn std::error::Error + Send + Sync>> for DatabaseError {
+    fn from(error: Box<dyn std::error::Error + Send + Sync>) -> Self {
+        Self {
+            message: error.to_string(),
+            cause: Some(std::sync::Arc::from(error)),
+        }
+    }
+}
+
+impl std::fmt::Display for DatabaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for DatabaseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|cause| cause as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl StoreError {
+    /// A database failure the store itself found (a row missing, a value it cannot read).
+    pub fn database(message: impl Into<String>) -> Self {
+        Self::Database(DatabaseError {
+            message: message.into(),
+            cause: None,
+        })
+    }
+}
+
 /// A store failure.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -400,9 +451,9 @@ pub enum StoreError {
     /// The backend exists in the URL grammar but not yet in this build.
     #[error("{0}")]
     Unsupported(String),
-    /// The database said no.
+    /// The database said no (its own error is the source, when there is one).
     #[error("database error: {0}")]
-    Database(String),
+    Database(#[source] DatabaseError),
     /// Input that cannot be stored.
     #[error("invalid input: {0}")]
     Invalid(String),
@@ -588,6 +639,18 @@ pub trait Backend: FeedStore + Governance + Outbox {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_database_error_keeps_the_drivers_error_as_its_source() {
+        use std::error::Error;
+        let cause = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "connection reset");
+        let error = StoreError::Database(DatabaseError::caused_by(cause));
+        assert_eq!(error.to_string(), "database error: connection reset");
+        let source = error.source().and_then(Error::source).unwrap();
+        assert!(source.downcast_ref::<std::io::Error>().is_some());
+        let found = StoreError::database("the statement returned no row");
+        assert!(found.source().unwrap().source().is_none());
+    }
 
     #[test]
     fn the_store_owns_version_and_last_updated() {
