@@ -17,6 +17,7 @@
 
 mod messages;
 mod random;
+mod vendor;
 
 use std::{
     fs, io,
@@ -28,7 +29,7 @@ use tsunagi_hl7v2::charset::Iso2022JpEncoder;
 
 pub use random::Rng;
 
-/// How a hospital's EHR writes its storage.
+/// How a hospital's EHR writes its storage (each vendor's [`vendor::VendorProfile`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Vendor {
     /// CR terminators and a trailing 0x1C, 15-digit order numbers, `~ISO IR87` /
@@ -41,6 +42,17 @@ pub enum Vendor {
     /// CRLF terminators, 15-digit order numbers, MSH-7 as 17 digits without a dot, PID-3 without
     /// the folder id's leading zeros, local drug codes.
     C,
+}
+
+impl Vendor {
+    /// How this vendor writes, as data.
+    pub(crate) fn profile(self) -> &'static vendor::VendorProfile {
+        match self {
+            Self::A => &vendor::A,
+            Self::B => &vendor::B,
+            Self::C => &vendor::C,
+        }
+    }
 }
 
 /// One synthetic hospital.
@@ -126,17 +138,13 @@ impl Writer {
             .join(fields[1])
             .join(fields[2]);
         fs::create_dir_all(&folder)?;
-        let terminator = match self.vendor {
-            Vendor::A => "\r",
-            Vendor::B => "\n",
-            Vendor::C => "\r\n",
-        };
+        let terminator = self.vendor.profile().terminator;
         let mut text = segments.join(terminator);
         text.push_str(terminator);
         let mut bytes = self.encoder.encode(&text).map_err(|error| {
             io::Error::new(io::ErrorKind::InvalidData, format!("{name}: {error}"))
         })?;
-        if self.vendor == Vendor::A {
+        if self.vendor.profile().trailing_file_separator {
             bytes.push(0x1C);
         }
         self.files += 1;

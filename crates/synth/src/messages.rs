@@ -4,7 +4,10 @@ use std::io;
 
 use tsunagi_core::time::civil_from_days;
 
-use crate::{Hospital, Rng, Vendor, Writer};
+use crate::{
+    Hospital, Rng, Writer,
+    vendor::{LabCodes, PatientIdForm, VendorProfile},
+};
 
 mod exams;
 mod orders;
@@ -81,10 +84,10 @@ pub(crate) struct Chart<'p> {
 
 /// A point in time: days since the epoch plus seconds of the day.
 #[derive(Clone, Copy)]
-struct When {
-    days: i64,
-    seconds: u32,
-    millis: u32,
+pub(crate) struct When {
+    pub(crate) days: i64,
+    pub(crate) seconds: u32,
+    pub(crate) millis: u32,
 }
 
 impl When {
@@ -99,7 +102,7 @@ impl When {
             (self.seconds / 60) % 60
         )
     }
-    fn seconds(self) -> String {
+    pub(crate) fn seconds(self) -> String {
         format!("{}{:02}", self.minutes(), self.seconds % 60)
     }
     fn later(self, seconds: u32) -> Self {
@@ -136,11 +139,7 @@ fn segment(id: &str, values: &[(usize, &str)]) -> String {
 
 impl<'p> Chart<'p> {
     pub(crate) fn new(hospital: Hospital, person: &'p Person, index: usize) -> Self {
-        let pid = match hospital.vendor {
-            Vendor::A => format!("{:07}", 1_000_000 + index),
-            Vendor::B => format!("20{:08}", index),
-            Vendor::C => format!("{:08}", 10_000 + index),
-        };
+        let pid = hospital.vendor.profile().patient_id(index);
         Self {
             hospital,
             person,
@@ -150,28 +149,30 @@ impl<'p> Chart<'p> {
         }
     }
 
-    fn order_number(&mut self, days: i64) -> String {
-        self.order_counter += 1;
-        let (year, _, _) = civil_from_days(days);
-        match self.hospital.vendor {
-            Vendor::B => format!(
-                "{:04}{:09}",
-                year,
-                self.order_counter + self.pid.len() as u64 * 1000
-            ),
-            _ => format!(
-                "{:04}{:011}",
-                year,
-                self.order_counter + (self.pid.as_bytes()[self.pid.len() - 1] as u64) * 100_000
-            ),
-        }
+    /// How this chart's hospital writes.
+    fn profile(&self) -> &'static VendorProfile {
+        self.hospital.vendor.profile()
     }
 
     fn occurred(&self, when: When) -> String {
-        match self.hospital.vendor {
-            // 15 digits (the documented short form).
-            Vendor::C => format!("{}{}", when.seconds(), when.millis / 100),
-            _ => format!("{}{:03}", when.seconds(), when.millis),
+        self.profile().occurred(when)
+    }
+
+    fn order_number(&mut self, days: i64) -> String {
+        self.order_counter += 1;
+        let (year, _, _) = civil_from_days(days);
+        if self.profile().short_order_numbers {
+            format!(
+                "{:04}{:09}",
+                year,
+                self.order_counter + self.pid.len() as u64 * 1000
+            )
+        } else {
+            format!(
+                "{:04}{:011}",
+                year,
+                self.order_counter + (self.pid.as_bytes()[self.pid.len() - 1] as u64) * 100_000
+            )
         }
     }
 
@@ -192,23 +193,8 @@ impl<'p> Chart<'p> {
     }
 
     fn msh(&self, when: When, message_type: &str, control: &str) -> String {
-        let (timestamp, charset, extension) = match self.hospital.vendor {
-            Vendor::A => (
-                format!("{}.{:04}", when.seconds(), when.millis * 10),
-                "~ISO IR87",
-                "ISO 2022-1994",
-            ),
-            Vendor::B => (
-                format!("{}.{:02}", when.seconds(), when.millis / 10),
-                "~ISOIR87",
-                "ISO2022-1994",
-            ),
-            Vendor::C => (
-                format!("{}{:03}", when.seconds(), when.millis),
-                "~ISO IR87",
-                "ISO2022-1994",
-            ),
-        };
+        let timestamp = self.profile().msh7(when);
+        let (charset, extension) = self.profile().charset;
         segment(
             "MSH",
             &[
@@ -234,21 +220,22 @@ impl<'p> Chart<'p> {
 
     fn pid_segment(&self) -> String {
         let p = self.person;
-        let pid3 = match self.hospital.vendor {
-            Vendor::A => self.pid.clone(),
-            Vendor::B => format!("{}^^^^PI", self.pid),
-            Vendor::C => self.pid.trim_start_matches('0').to_owned(),
+        let pid3 = match self.profile().pid3 {
+            PatientIdForm::Bare => self.pid.clone(),
+            PatientIdForm::Cx => format!("{}^^^^PI", self.pid),
+            PatientIdForm::Unpadded => self.pid.trim_start_matches('0').to_owned(),
         };
-        let names = match self.hospital.vendor {
+        let names = if self.profile().names_off_by_one {
             // Off-by-one kanji components (L in 6, I in 7), as one generator writes them.
-            Vendor::B => format!(
+            format!(
                 "{}^{}^^^^L^I~{}^{}^^^^^L^P",
                 p.family.0, p.given.0, p.family.1, p.given.1
-            ),
-            _ => format!(
+            )
+        } else {
+            format!(
                 "{}^{}^^^^^L^I~{}^{}^^^^^L^P",
                 p.family.0, p.given.0, p.family.1, p.given.1
-            ),
+            )
         };
         let address = format!("^^^^{}^JPN^H^{}", p.postal, p.address);
         let phone = format!("^PRN^PH^^^^^^^^^{}", p.phone);
@@ -268,7 +255,7 @@ impl<'p> Chart<'p> {
 
     fn department(&self, rng: &mut Rng) -> (&'static str, &'static str, String) {
         let (code, name, local) = *rng.pick(DEPARTMENTS);
-        let sent = if self.hospital.vendor == Vendor::B {
+        let sent = if self.profile().local_departments {
             local.to_owned()
         } else {
             code.to_owned()
@@ -306,17 +293,20 @@ impl<'p> Chart<'p> {
     }
 
     fn lab_code(&self, lab: &Lab) -> String {
-        match self.hospital.vendor {
-            Vendor::A => format!("{}^{}^JC10^{}^{}^99X03", lab.0, lab.1, lab.5, lab.1),
-            Vendor::B => format!("{}^{}^99NLB", lab.5, lab.1),
-            Vendor::C => format!("{}^{}^JC10", lab.0, lab.1),
+        match self.profile().lab_codes {
+            LabCodes::JlacAndLocal => {
+                format!("{}^{}^JC10^{}^{}^99X03", lab.0, lab.1, lab.5, lab.1)
+            }
+            LabCodes::LocalOnly => format!("{}^{}^99NLB", lab.5, lab.1),
+            LabCodes::Jlac => format!("{}^{}^JC10", lab.0, lab.1),
         }
     }
 
     fn drug_code(&self, drug: &Drug) -> String {
-        match self.hospital.vendor {
-            Vendor::C => format!("{}^{}^99HMD", drug.6, drug.1),
-            _ => format!("{}^{}^HOT9", drug.0, drug.1),
+        if self.profile().local_drugs {
+            format!("{}^{}^99HMD", drug.6, drug.1)
+        } else {
+            format!("{}^{}^HOT9", drug.0, drug.1)
         }
     }
 

@@ -333,9 +333,10 @@ impl Chart<'_> {
                 (2, "ST"),
                 (
                     3,
-                    &match self.hospital.vendor {
-                        Vendor::B => "40001^尿蛋白^99NLB".to_owned(),
-                        _ => "1A020000000191111^尿蛋白^JC10".to_owned(),
+                    if self.profile().lab_codes == LabCodes::LocalOnly {
+                        "40001^尿蛋白^99NLB"
+                    } else {
+                        "1A020000000191111^尿蛋白^JC10"
                     },
                 ),
                 (5, qualitative),
