@@ -20,7 +20,7 @@ use tsunagi_store::{
     operator::{Act, ActFacts},
 };
 
-use crate::commands::open_store;
+use crate::open::open_store;
 
 /// `tsunagi admin <what>`.
 #[derive(Debug, Subcommand)]

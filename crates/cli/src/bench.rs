@@ -7,7 +7,7 @@ use anyhow::Context;
 use tsunagi_adapter::{AdapterContext, NoProgress, PullReport};
 use tsunagi_core::clock::SystemClock;
 
-use crate::{commands, registry, tables};
+use crate::{open, registry, tables};
 
 /// Target: resources per second, end to end.
 const TARGET_RESOURCES_PER_SECOND: f64 = 30_000.0;
@@ -96,7 +96,7 @@ pub(crate) async fn ingest(
     let _ = std::process::Command::new("sync").status();
     reset_peak_rss();
     let rss_before = status_kib("VmRSS:").unwrap_or(0);
-    let store = commands::open_store(&format!("sqlite://{}", db.display())).await?;
+    let store = open::open_store(&format!("sqlite://{}", db.display())).await?;
     let started = Instant::now();
     let first = pull_all(&region, store.clone()).await?;
     let ingest_seconds = started.elapsed().as_secs_f64();

@@ -17,7 +17,7 @@ use tsunagi_hl7v2::document::OutboundDocument;
 use tsunagi_mllp::standin::StandIn;
 use tsunagi_store::{Batch, DeliveryState, Operation, OutboundMessage, ResourceWrite};
 
-use crate::commands;
+use crate::open;
 
 const TARGET_DELIVERIES_PER_SECOND: f64 = 1_000.0;
 const HOSPITAL: &str = "0610100010";
@@ -93,7 +93,7 @@ pub(crate) async fn run(notes: usize) -> anyhow::Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let store = commands::open_store(&url).await?;
+    let store = open::open_store(&url).await?;
     let now = SystemClock.now_micros();
     let patient = json!({"resourceType": "Patient", "id": "bench", "name": [{"family": "山田"}]});
     store

@@ -21,7 +21,7 @@ use tsunagi_store::{
     governance::{Client, Facility},
 };
 
-use crate::commands;
+use crate::open;
 
 /// A keep-alive HTTP/1.1 connection that reads `Content-Length` bodies.
 struct Connection {
@@ -115,7 +115,7 @@ async fn load_region(patients: usize, seed: u64) -> anyhow::Result<Region> {
     let region = dir.path().join("region");
     let started = Instant::now();
     tsunagi_synth::generate_region(&region, patients, seed)?;
-    let store = commands::open_store(&format!(
+    let store = open::open_store(&format!(
         "sqlite://{}",
         dir.path().join("bench.db").display()
     ))

@@ -554,12 +554,12 @@ mod tests {
         // Defaults stated only in comments: `# key = value` and "(default N)".
         let batch = format!(
             "# batch_resources = {}",
-            crate::commands::DEFAULT_BATCH_RESOURCES
+            crate::ingest::DEFAULT_BATCH_RESOURCES
         );
         assert!(text.contains(&batch), "the example should say {batch}");
         assert!(text.contains(&format!(
             "(default {})",
-            crate::commands::DEFAULT_BATCH_RESOURCES
+            crate::ingest::DEFAULT_BATCH_RESOURCES
         )));
         // Every [[destination]] names a facility the examples register.
         for (kind, facility) in [("mllp", "0610100010"), ("folder", "0610200018")] {

@@ -18,7 +18,9 @@ use tsunagi_store::Backend;
 
 use crate::registry;
 use crate::{
-    commands::{context, generate_region, open_store, print_summary, ssmix2_config},
+    export::generate_region,
+    ingest::{print_summary, ssmix2_config},
+    open::{context, open_store},
     serve::{
         Listeners, LiveFeeds, MllpSetup, OutboundSetup, init_logging, serve_store, synthetic_feeds,
     },

@@ -19,15 +19,19 @@ mod bench;
 mod bench_mllp;
 mod bench_outbound;
 mod bench_search;
-mod commands;
 mod config;
+mod config_check;
 mod demo;
+mod export;
+mod ingest;
 mod limits;
+mod open;
 mod outbox;
 mod packages;
 mod progress;
 mod quarantine;
 mod registry;
+mod run;
 mod serve;
 mod standin;
 mod tables;
@@ -337,7 +341,7 @@ fn main() -> std::process::ExitCode {
                         roots,
                     },
             } => {
-                commands::ingest_ssmix2(commands::Ssmix2Ingest {
+                ingest::ingest_ssmix2(ingest::Ssmix2Ingest {
                     db,
                     facility,
                     name,
@@ -351,7 +355,7 @@ fn main() -> std::process::ExitCode {
             }
             Command::Export {
                 format: ExportFormat::Ndjson { db, out },
-            } => commands::export_ndjson(&db, &out).await,
+            } => export::export_ndjson(&db, &out).await,
             Command::Generate {
                 what:
                     GenerateWhat::Region {
@@ -359,7 +363,7 @@ fn main() -> std::process::ExitCode {
                         patients,
                         seed,
                     },
-            } => commands::generate_region(&out, patients, seed),
+            } => export::generate_region(&out, patients, seed),
             Command::Demo {
                 dir,
                 patients,
@@ -449,10 +453,10 @@ fn main() -> std::process::ExitCode {
             Command::Bench {
                 what: BenchWhat::Outbound { notes },
             } => bench_outbound::run(notes).await,
-            Command::Run { config, once } => commands::run(&config, once).await,
+            Command::Run { config, once } => run::run(&config, once).await,
             Command::Config {
                 what: ConfigWhat::Check { config },
-            } => commands::check_config(&config),
+            } => config_check::check_config(&config),
             Command::Standin {
                 listen,
                 answer,

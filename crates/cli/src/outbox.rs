@@ -11,7 +11,7 @@ use tsunagi_adapter::delivery::operator_act;
 use tsunagi_core::time::format_instant_jst;
 use tsunagi_store::{DeliveryState, OutboundMessage, operator::Act};
 
-use crate::{admin::act, commands::open_store, quarantine::segments};
+use crate::{admin::act, open::open_store, quarantine::segments};
 
 /// `tsunagi admin outbox <action>`.
 #[derive(Debug, Subcommand)]

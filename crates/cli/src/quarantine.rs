@@ -13,7 +13,7 @@ use tsunagi_store::{Batch, InboundMessage, MessageState, Operation};
 
 use tsunagi_store::operator::Act;
 
-use crate::{admin::act, commands::open_store, config::Config};
+use crate::{admin::act, config::Config, open::open_store};
 
 /// `tsunagi admin quarantine <action>`.
 #[derive(Debug, Subcommand)]

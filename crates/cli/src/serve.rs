@@ -18,7 +18,7 @@ use tsunagi_mapping::pushed::IdentifyRules;
 use tsunagi_server::tls::TlsFiles;
 use tsunagi_store::Backend;
 
-use crate::commands::open_store;
+use crate::open::open_store;
 use crate::{config::Config, registry, tables};
 
 /// Flags of `tsunagi serve`.

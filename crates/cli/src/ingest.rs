@@ -1,0 +1,221 @@
+//! `tsunagi ingest ssmix2`: one pull of SS-MIX2 storage, the hospital registered on its first
+//! pull, and the summary a pull prints (also `tsunagi run`'s).
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
+
+use tsunagi_adapter::PullReport;
+use tsunagi_adapter_ssmix2::Ssmix2Config;
+use tsunagi_core::{
+    FacilityId,
+    clock::{Clock, SystemClock},
+};
+use tsunagi_store::Backend;
+
+use crate::{
+    open::{context, open_store},
+    progress::TerminalProgress,
+    registry, tables,
+};
+
+pub(crate) fn ssmix2_config(
+    facility: &str,
+    name: Option<String>,
+    roots: Vec<PathBuf>,
+    mappings: Option<&Path>,
+    full: bool,
+) -> anyhow::Result<Ssmix2Config> {
+    let facility_id = FacilityId::parse(facility)?;
+    let tables = tables::load(facility, mappings)?;
+    Ok(Ssmix2Config {
+        facility: facility_id,
+        name,
+        roots,
+        tables: Arc::new(tables),
+        batch_resources: DEFAULT_BATCH_RESOURCES,
+        workers: 0,
+        full,
+    })
+}
+
+/// Resources per store transaction of an SS-MIX2 pull (an ssmix2 source's `batch_resources`).
+pub(crate) const DEFAULT_BATCH_RESOURCES: usize = 2000;
+
+/// The flags of `tsunagi ingest ssmix2`.
+pub(crate) struct Ssmix2Ingest {
+    /// Database URL.
+    pub(crate) db: String,
+    /// 10-digit facility code.
+    pub(crate) facility: String,
+    /// Facility name for the summary.
+    pub(crate) name: Option<String>,
+    /// Storage roots.
+    pub(crate) roots: Vec<PathBuf>,
+    /// Code tables folder (default: built in).
+    pub(crate) mappings: Option<PathBuf>,
+    /// Print the summary as JSON.
+    pub(crate) json: bool,
+    /// Ignore the checkpoint.
+    pub(crate) full: bool,
+    /// Mapping worker threads (0 = automatic).
+    pub(crate) workers: usize,
+}
+
+/// `tsunagi ingest ssmix2`.
+pub(crate) async fn ingest_ssmix2(flags: Ssmix2Ingest) -> anyhow::Result<()> {
+    let Ssmix2Ingest {
+        db,
+        facility,
+        name,
+        roots,
+        mappings,
+        json,
+        full,
+        workers,
+    } = flags;
+    let (db, facility) = (db.as_str(), facility.as_str());
+    let store = open_store(db).await?;
+    let mut config = ssmix2_config(facility, name.clone(), roots, mappings.as_deref(), full)?;
+    register_hospital(store.as_ref(), facility, name.as_deref(), json).await?;
+    config.workers = workers;
+    let adapter = registry::pull(registry::Source::Ssmix2(config));
+    let label = format!("ingest {facility}");
+    let (progress, drawer) = TerminalProgress::start(label, !json);
+    let started = Instant::now();
+    let result = adapter.pull(&context(store, progress.clone())).await;
+    progress.finish(drawer);
+    let report = result?;
+    let seconds = started.elapsed().as_secs_f64();
+    if json {
+        let mut value = serde_json::to_value(&report)?;
+        value["name"] = serde_json::json!(name);
+        value["seconds"] = serde_json::json!(seconds);
+        println!("{}", serde_json::to_string(&value)?);
+    } else {
+        print_summary(&report, name.as_deref(), seconds);
+    }
+    Ok(())
+}
+
+/// A hospital pulled for the first time joins the directory (kind hospital, named by `--name`),
+/// so that consents, clients and deliveries can name it; one already registered is left as is.
+pub(crate) async fn register_hospital(
+    store: &dyn Backend,
+    facility: &str,
+    name: Option<&str>,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    if store
+        .facilities()
+        .await?
+        .iter()
+        .any(|known| known.code == facility)
+    {
+        return Ok(());
+    }
+    let hospital = tsunagi_store::governance::Facility {
+        code: facility.to_owned(),
+        name: name.unwrap_or(facility).to_owned(),
+        kind: "hospital".to_owned(),
+        active: true,
+    };
+    let record = crate::admin::act(
+        tsunagi_store::operator::Act::FacilityAdd,
+        facility,
+        None,
+        SystemClock.now_micros(),
+    );
+    store
+        .change(
+            tsunagi_store::governance::Change::Facility(hospital),
+            Some(&record),
+        )
+        .await?;
+    if !quiet {
+        println!(
+            "facility {facility} registered as a hospital ({}); `tsunagi admin facility add` changes it",
+            name.unwrap_or(facility)
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn total(map: &BTreeMap<String, u64>) -> u64 {
+    map.values().sum()
+}
+
+/// Prints a human summary of one pull.
+pub(crate) fn print_summary(report: &PullReport, name: Option<&str>, seconds: f64) {
+    println!(
+        "SS-MIX2 ingest of {}{}",
+        report.facility,
+        name.map(|n| format!(" {n}")).unwrap_or_default()
+    );
+    println!(
+        "  files      {} seen, {} read, {} skipped as unchanged, {} rejected",
+        report.files_seen,
+        report.files_read,
+        report.files_skipped_unchanged,
+        report.rejected.len()
+    );
+    println!(
+        "  messages   {} mapped, {} records deleted by the source, {} warnings",
+        report.messages, report.records_deleted, report.warning_count
+    );
+    println!(
+        "  resources  {} written: {} created, {} updated, {} unchanged, {} deleted",
+        report.resources_written(),
+        total(&report.created),
+        total(&report.updated),
+        total(&report.unchanged),
+        total(&report.deleted)
+    );
+    let mut types: Vec<&String> = report
+        .created
+        .keys()
+        .chain(report.updated.keys())
+        .chain(report.deleted.keys())
+        .collect();
+    types.sort();
+    types.dedup();
+    for resource_type in types {
+        let get = |map: &BTreeMap<String, u64>| map.get(resource_type).copied().unwrap_or(0);
+        println!(
+            "    {:<26} {:>8} created {:>7} updated {:>7} deleted",
+            resource_type,
+            get(&report.created),
+            get(&report.updated),
+            get(&report.deleted)
+        );
+    }
+    if !report.rejected.is_empty() {
+        println!("  rejected:");
+        for rejection in &report.rejected {
+            println!("    {}: {}", rejection.source, rejection.reason);
+        }
+    }
+    if !report.warning_kinds.is_empty() {
+        println!("  warnings, by kind:");
+        for kind in &report.warning_kinds {
+            println!("    {} × {}", kind.count, kind.kind);
+            for source in &kind.first {
+                println!("        {source}");
+            }
+            if kind.count > kind.first.len() as u64 {
+                println!(
+                    "        … and {} more",
+                    kind.count - kind.first.len() as u64
+                );
+            }
+        }
+    }
+    println!(
+        "  time       {seconds:.2} s ({:.0} resources/s, {:.0} files/s)",
+        report.resources_written() as f64 / seconds.max(1e-9),
+        report.files_seen as f64 / seconds.max(1e-9)
+    );
+}
