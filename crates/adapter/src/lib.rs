@@ -203,7 +203,8 @@ impl PullReport {
     }
 }
 
-/// A pull that could not run at all (as opposed to single inputs being rejected).
+/// A pull that could not run at all (as opposed to single inputs being rejected), or a pushed
+/// message a listen source could not commit (the sender resends).
 #[derive(Debug, thiserror::Error)]
 pub enum AdapterError {
     /// The store failed; committed batches (and their checkpoints) stay.

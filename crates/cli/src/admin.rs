@@ -300,8 +300,6 @@ async fn set_reports_for(
     Ok(())
 }
 
-/// The operator as an AuditEvent agent; `altId` is the login name when there is one (FHIR
-/// forbids empty strings).
 /// The first and the past-the-last microsecond of a date.
 fn day_bounds(text: &str) -> anyhow::Result<(i64, i64)> {
     let (start, end) = tsunagi_core::time::fhir_date_range(text)
@@ -652,8 +650,11 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
             let change = Change::Unlink {
                 patient: patient.clone(),
             };
-            store.change(change, Some(&record)).await?;
-            println!("Patient/{patient} unlinked");
+            if store.change(change, Some(&record)).await? {
+                println!("Patient/{patient} unlinked");
+            } else {
+                println!("Patient/{patient} was not linked: nothing changed");
+            }
         }
         Admin::Quarantine { action } => crate::quarantine::run(action, now).await?,
         Admin::Outbox { action } => crate::outbox::run(action, now).await?,

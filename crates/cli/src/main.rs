@@ -467,8 +467,40 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", describe(&error));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes on one line, each cause once: a cause whose text is already said
+/// (a database error quoting its driver's, which quotes its own source) is not repeated.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if part.is_empty() || text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_error_says_each_cause_once() {
+        let driver = std::io::Error::other("disk full");
+        let store =
+            tsunagi_store::StoreError::Database(tsunagi_store::DatabaseError::caused_by(driver));
+        let error = anyhow::Error::new(store).context("cannot open sqlite://x.db");
+        assert_eq!(
+            super::describe(&error),
+            "cannot open sqlite://x.db: database error: disk full"
+        );
     }
 }

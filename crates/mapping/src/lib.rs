@@ -391,6 +391,7 @@ pub fn map_lab_report(
 /// v2 message is one kind; a record that is not HL7 v2 (a document of extended storage, a
 /// vendor's export, a PACS study) is a kind of its own, mapped without pretending to be HL7.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub enum SourceRecord<'a> {
     /// A message of an SS-MIX2 record (a file of standardized storage, or the same message
     /// pushed): mapped by its data type ([`map_message`]).

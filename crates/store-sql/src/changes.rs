@@ -16,7 +16,7 @@ use tsunagi_store::{
 use crate::{
     audit,
     dialect::{Cells, Dialect, db_error, stmt},
-    governance::{CONSENT_COLUMNS, consent_from_row},
+    governance::{CONSENT_COLUMNS, consent_from_row, facilities_on},
     store::{Engine, SqlStore},
 };
 
@@ -31,19 +31,19 @@ impl<E: Engine> SqlStore<E> {
         audit: Option<&AuditRecord>,
     ) -> Result<bool, StoreError> {
         // What can be refused without the write lock is refused first.
-        match &change {
-            Change::Consent(consent) if consent.end <= consent.start => {
-                return Err(StoreError::Invalid(
-                    "a consent's end must be after its start".to_owned(),
-                ));
-            }
-            Change::LabReportsFor { lab, facilities } => {
-                use tsunagi_store::governance::Governance;
-                check_lab_reports(&self.facilities().await?, lab, facilities)?;
-            }
-            _ => {}
+        if let Change::Consent(consent) = &change
+            && consent.end <= consent.start
+        {
+            return Err(StoreError::Invalid(
+                "a consent's end must be after its start".to_owned(),
+            ));
         }
-        let mut transaction = self.begin_write().await?;
+        // A revocation or a client's record projects nothing and must not wait for a bulk
+        // writer (PostgreSQL's writer lock): it takes the small write.
+        let mut transaction = match &change {
+            Change::Revoke(_) | Change::Client(_) => self.begin_small_write().await?,
+            _ => self.begin_write().await?,
+        };
         let connection = &mut *transaction;
         let changed = match &change {
             Change::Facility(facility) => self.write_facility(connection, facility).await?,
@@ -63,6 +63,8 @@ impl<E: Engine> SqlStore<E> {
             Change::Consent(consent) => self.write_consent(connection, consent).await?,
             Change::WithdrawConsent { id, at } => self.withdraw(connection, id, *at).await?,
             Change::LabReportsFor { lab, facilities } => {
+                // Checked against the directory as this transaction sees it.
+                check_lab_reports(&facilities_on::<E::Db>(connection).await?, lab, facilities)?;
                 lab_reports::<E::Db>(connection, lab, facilities).await?
             }
             Change::Revoke(revocation) => revoke::<E::Db>(connection, revocation).await?,

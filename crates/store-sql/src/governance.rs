@@ -23,6 +23,25 @@ const ASSERTION_MEMORY_SLACK: i64 = 60;
 /// The columns `consent_from_row` reads, of `consents k`.
 pub(crate) const CONSENT_COLUMNS: &str = "k.id, k.patient, k.disclosing, k.viewing, k.start, k.\"end\", k.withdrawn_at, k.source, k.created_by, k.created_at";
 
+/// Every facility, by code, as `connection` sees them.
+pub(crate) async fn facilities_on<D: crate::dialect::Dialect>(
+    connection: &mut <D as sqlx::Database>::Connection,
+) -> Result<Vec<Facility>, StoreError> {
+    let rows = stmt("SELECT code, name, kind, active FROM facilities ORDER BY code")
+        .fetch_all::<D>(connection)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Facility {
+                code: row.text("code")?,
+                name: row.text("name")?,
+                kind: row.text("kind")?,
+                active: row.flag("active")?,
+            })
+        })
+        .collect()
+}
+
 pub(crate) fn consent_from_row(row: &impl Cells) -> Result<Consent, StoreError> {
     Ok(Consent {
         id: row.text("id")?,
@@ -71,19 +90,8 @@ impl<E: Engine> Governance for SqlStore<E> {
     }
 
     async fn facilities(&self) -> Result<Vec<Facility>, StoreError> {
-        let rows = stmt("SELECT code, name, kind, active FROM facilities ORDER BY code")
-            .fetch_all_in::<E::Db>(self.writer())
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Facility {
-                    code: row.text("code")?,
-                    name: row.text("name")?,
-                    kind: row.text("kind")?,
-                    active: row.flag("active")?,
-                })
-            })
-            .collect()
+        let mut connection = self.write_connection().await?;
+        facilities_on::<E::Db>(&mut connection).await
     }
 
     async fn participant(&self, id: &str) -> Result<Option<Participant>, StoreError> {

@@ -117,13 +117,16 @@ impl AuditFacts {
 /// A record that holds neither is shown by id and time with outcome 8, never dropped (an Audit
 /// Record Repository shall not reject what it holds).
 pub fn render(record: &AuditRecord) -> Value {
-    if let Ok(facts) = serde_json::from_slice::<crate::operator::ActFacts>(&record.event)
-        && facts.version == crate::operator::ACT_VERSION
+    // Accesses are most of the trail: their facts are tried first.
+    if let Ok(facts) = serde_json::from_slice::<AuditFacts>(&record.event)
+        && facts.version == FACTS_VERSION
     {
-        return crate::operator::render(record, &facts);
+        return balp(record, &facts);
     }
-    match serde_json::from_slice::<AuditFacts>(&record.event) {
-        Ok(facts) if facts.version == FACTS_VERSION => balp(record, &facts),
+    match serde_json::from_slice::<crate::operator::ActFacts>(&record.event) {
+        Ok(facts) if facts.version == crate::operator::ACT_VERSION => {
+            crate::operator::render(record, &facts)
+        }
         _ => match serde_json::from_slice::<Value>(&record.event) {
             Ok(mut event @ Value::Object(_)) => {
                 // Events written before empty values were refused are served valid.

@@ -337,7 +337,8 @@ pub enum Change {
 #[async_trait::async_trait]
 pub trait Governance: Send + Sync {
     /// Makes `change` and appends `audit` (the operator's act that made it) in one transaction:
-    /// both or neither. `Ok(false)` when there was nothing to change (no consent by that id).
+    /// both or neither. `Ok(false)` when the change names nothing there is (no consent by that
+    /// id, a patient record not linked): nothing is written, the audit record neither.
     async fn change(&self, change: Change, audit: Option<&AuditRecord>)
     -> Result<bool, StoreError>;
 

@@ -25,6 +25,17 @@ pub(crate) enum LabCodes {
     Jlac,
 }
 
+/// How an EHR writes MSH-7.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Msh7Form {
+    /// Seconds, a dot and 4 fraction digits.
+    FourFractionDigits,
+    /// Seconds, a dot and 2 fraction digits.
+    TwoFractionDigits,
+    /// Seconds and milliseconds without a dot (17 digits).
+    Milliseconds,
+}
+
 /// How an EHR writes its storage.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct VendorProfile {
@@ -40,8 +51,8 @@ pub(crate) struct VendorProfile {
     pub(crate) short_order_numbers: bool,
     /// The file name's 発生日時 with tenths of a second (15 digits; else milliseconds, 17).
     pub(crate) short_occurred: bool,
-    /// MSH-7's fraction digits after a dot (0: milliseconds appended without a dot).
-    pub(crate) msh7_fraction: u8,
+    /// MSH-7.
+    pub(crate) msh7: Msh7Form,
     /// MSH-18 and MSH-20 as this vendor spells them.
     pub(crate) charset: (&'static str, &'static str),
     /// Kanji name components one place early (L in 6, I in 7).
@@ -63,10 +74,12 @@ impl VendorProfile {
 
     /// MSH-7 of `when`.
     pub(crate) fn msh7(&self, when: When) -> String {
-        match self.msh7_fraction {
-            4 => format!("{}.{:04}", when.seconds(), when.millis * 10),
-            2 => format!("{}.{:02}", when.seconds(), when.millis / 10),
-            _ => format!("{}{:03}", when.seconds(), when.millis),
+        match self.msh7 {
+            Msh7Form::FourFractionDigits => {
+                format!("{}.{:04}", when.seconds(), when.millis * 10)
+            }
+            Msh7Form::TwoFractionDigits => format!("{}.{:02}", when.seconds(), when.millis / 10),
+            Msh7Form::Milliseconds => format!("{}{:03}", when.seconds(), when.millis),
         }
     }
 
@@ -90,7 +103,7 @@ pub(crate) const A: VendorProfile = VendorProfile {
     pid3: PatientIdForm::Bare,
     short_order_numbers: false,
     short_occurred: false,
-    msh7_fraction: 4,
+    msh7: Msh7Form::FourFractionDigits,
     charset: ("~ISO IR87", "ISO 2022-1994"),
     names_off_by_one: false,
     local_departments: false,
@@ -108,7 +121,7 @@ pub(crate) const B: VendorProfile = VendorProfile {
     pid3: PatientIdForm::Cx,
     short_order_numbers: true,
     short_occurred: false,
-    msh7_fraction: 2,
+    msh7: Msh7Form::TwoFractionDigits,
     charset: ("~ISOIR87", "ISO2022-1994"),
     names_off_by_one: true,
     local_departments: true,
@@ -125,7 +138,7 @@ pub(crate) const C: VendorProfile = VendorProfile {
     pid3: PatientIdForm::Unpadded,
     short_order_numbers: false,
     short_occurred: true,
-    msh7_fraction: 0,
+    msh7: Msh7Form::Milliseconds,
     charset: ("~ISO IR87", "ISO2022-1994"),
     names_off_by_one: false,
     local_departments: false,
