@@ -11,6 +11,7 @@
 //! - [`normalize`]: the one normalisation applied to search keys (width, dashes, waves, kana);
 //! - [`hash`]: a stable 64-bit hash (FNV-1a) for content and checkpoint digests.
 
+pub mod base64;
 pub mod clock;
 pub mod hash;
 pub mod ids;

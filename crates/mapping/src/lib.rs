@@ -1,9 +1,9 @@
 //! SS-MIX2 HL7 v2.5 messages to JP Core FHIR resources.
 //!
-//! [`map`] takes one [`SourceRecord`] — today an HL7 v2 message ([`map_message`]: the parsed
-//! message and the [`SourceContext`] that identifies the record it came from: facility, the file
-//! name's 7 fields, code tables) or a lab company's result ([`map_lab_report`]) — and returns the
-//! resources the record holds *now*, with deterministic ids, JP Core profiles and provenance. It never looks at
+//! [`map`] takes one [`SourceRecord`] — an HL7 v2 message ([`map_message`]: the parsed message
+//! and the [`SourceContext`] that identifies the record it came from: facility, the file name's
+//! 7 fields, code tables), a lab company's result ([`map_lab_report`]) or a document of extended
+//! storage ([`document`]) — and returns the resources the record holds *now*, with deterministic ids, JP Core profiles and provenance. It never looks at
 //! other records and does no IO; applying the result to a store (upsert, delete what the record
 //! no longer holds) is the adapter's job.
 //!
@@ -14,6 +14,7 @@
 
 pub mod adt;
 mod common;
+pub mod document;
 mod encounter;
 pub mod imaging;
 pub mod lab;
@@ -343,6 +344,9 @@ pub enum MapError {
     /// The data type is recognised but deliberately not mapped.
     #[error("data type {0} is not mapped: {1}")]
     NotMapped(DataType, &'static str),
+    /// A record that contradicts where it was found (a document naming another patient…).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Checks that MSH-9 belongs in the data type's folder; returns the trigger event.
@@ -409,6 +413,8 @@ pub enum SourceRecord<'a> {
         /// The parsed ORU^R01 or OUL^R22.
         message: &'a Message<'a>,
     },
+    /// One version of a document of SS-MIX2 extended storage ([`document::map_document`]).
+    Document(document::DocumentSource<'a>),
 }
 
 /// Maps one source record: the resources it holds now, with deterministic ids and provenance.
@@ -416,6 +422,7 @@ pub fn map(record: SourceRecord<'_>) -> Result<Mapped, MapError> {
     match record {
         SourceRecord::Hl7v2 { context, message } => map_message(&context, message),
         SourceRecord::LabReport { context, message } => map_lab_report(&context, message),
+        SourceRecord::Document(source) => document::map_document(&source),
     }
 }
 

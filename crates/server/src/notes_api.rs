@@ -112,7 +112,7 @@ fn attachment(value: &Value, what: &str) -> Result<Result<Attachment, Vec<String
     }
     match content_type.split(';').next().unwrap_or("").trim() {
         "text/plain" => {
-            let bytes = decode_base64(data);
+            let bytes = tsunagi_core::base64::decode(data);
             let text = String::from_utf8(bytes).map_err(|_| {
                 ApiError::unprocessable(format!("{what}: text/plain data must be UTF-8"))
             })?;
@@ -127,30 +127,6 @@ fn attachment(value: &Value, what: &str) -> Result<Result<Attachment, Vec<String
             "{what}: contentType {other:?} is not accepted (text/plain or application/pdf)"
         ))),
     }
-}
-
-/// Decodes base64 already checked by [`is_base64`].
-fn decode_base64(text: &str) -> Vec<u8> {
-    let value = |b: u8| -> u32 {
-        match b {
-            b'A'..=b'Z' => u32::from(b - b'A'),
-            b'a'..=b'z' => u32::from(b - b'a') + 26,
-            b'0'..=b'9' => u32::from(b - b'0') + 52,
-            b'+' => 62,
-            _ => 63,
-        }
-    };
-    let body = text.trim_end_matches('=').as_bytes();
-    let mut out = Vec::with_capacity(body.len() * 3 / 4);
-    for chunk in body.chunks(4) {
-        let mut n = 0u32;
-        for (index, &b) in chunk.iter().enumerate() {
-            n |= value(b) << (18 - 6 * index);
-        }
-        let bytes = n.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    out
 }
 
 /// What a note or document says, as the EHR receives it.
