@@ -12,6 +12,7 @@
 pub mod delivery;
 pub mod listen;
 pub mod outbound;
+pub mod storage;
 
 use std::{collections::BTreeMap, sync::Arc};
 

@@ -26,6 +26,9 @@ pub(crate) struct Config {
     /// SS-MIX2 sources, one per facility (version 1's `[[ssmix2]]`).
     #[serde(default)]
     pub(crate) ssmix2: Vec<Ssmix2Source>,
+    /// SS-MIX2 extended-storage sources (version 2 only), filed from `source`.
+    #[serde(skip)]
+    pub(crate) extended: Vec<ExtendedSource>,
     /// The FHIR REST API (`tsunagi serve`).
     #[serde(default)]
     pub(crate) server: ServerConfig,
@@ -50,6 +53,9 @@ pub(crate) enum SourceSection {
     /// SS-MIX2 standardized storage, pulled on a schedule.
     #[serde(rename = "ssmix2")]
     Ssmix2(Ssmix2Source),
+    /// SS-MIX2 extended storage (documents), pulled on a schedule.
+    #[serde(rename = "ssmix2-extended")]
+    Ssmix2Extended(ExtendedSource),
     /// A hospital or lab pushing HL7 v2 (MLLP, `POST /hl7v2`).
     #[serde(rename = "hl7v2")]
     Hl7v2(Hl7v2Feed),
@@ -255,6 +261,25 @@ pub(crate) struct Ssmix2Source {
     pub(crate) workers: Option<usize>,
 }
 
+/// `[[source]] kind = "ssmix2-extended"`: one facility's extended storage.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExtendedSource {
+    /// The facility's 10-digit medical-institution code.
+    pub(crate) facility: String,
+    /// Display name.
+    pub(crate) name: Option<String>,
+    /// Storage roots (one or more).
+    pub(crate) roots: Vec<PathBuf>,
+    /// When to pull: a cron expression with seconds, evaluated in UTC.
+    pub(crate) schedule: String,
+    /// Resources per store transaction (default 2000).
+    pub(crate) batch_resources: Option<usize>,
+    /// Largest main document read, in bytes (default 52428800, 50 MiB); larger ones are
+    /// refused.
+    pub(crate) max_document_bytes: Option<u64>,
+}
+
 /// `text` as a TOML basic string, quoted and escaped.
 fn toml_string(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
@@ -274,7 +299,7 @@ impl Config {
                 || !config.outbound.is_empty() =>
             {
                 bail!(
-                    "version 2 names sources as [[source]] kind = \"ssmix2\" or \"hl7v2\" and \
+                    "version 2 names sources as [[source]] kind = \"ssmix2\", \"ssmix2-extended\" or \"hl7v2\" and \
                      destinations as [[destination]] kind = \"mllp\" or \"folder\"; \
                      [[ssmix2]], [[hl7v2]] and [[outbound]] are version 1 (`tsunagi config check` \
                      shows the rewrite)"
@@ -347,6 +372,7 @@ impl Config {
         for section in std::mem::take(&mut self.source) {
             match section {
                 SourceSection::Ssmix2(source) => self.ssmix2.push(source),
+                SourceSection::Ssmix2Extended(source) => self.extended.push(source),
                 SourceSection::Hl7v2(feed) => self.hl7v2.push(feed),
             }
         }
@@ -528,6 +554,10 @@ mod tests {
         assert_eq!(server.snapshot_max_keys, Some(settings.snapshot_max_keys));
         assert_eq!(server.tls12, Some(false));
         assert_eq!(server.listen.as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(
+            config.extended[0].max_document_bytes,
+            Some(tsunagi_adapter_ssmix2_extended::DEFAULT_MAX_DOCUMENT_BYTES)
+        );
         let mllp = tsunagi_mllp::ServerOptions::default();
         assert_eq!(config.mllp.max_frame_bytes, Some(mllp.max_frame));
         assert_eq!(config.mllp.max_connections, Some(mllp.max_connections));

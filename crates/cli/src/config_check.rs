@@ -32,6 +32,9 @@ pub(crate) fn check_config(path: &Path) -> anyhow::Result<()> {
     if !config.ssmix2.is_empty() {
         kinds.push(format!("{} ssmix2", config.ssmix2.len()));
     }
+    if !config.extended.is_empty() {
+        kinds.push(format!("{} ssmix2-extended", config.extended.len()));
+    }
     if !config.hl7v2.is_empty() {
         kinds.push(format!("{} hl7v2", config.hl7v2.len()));
     }

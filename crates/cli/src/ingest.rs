@@ -1,5 +1,6 @@
-//! `tsunagi ingest ssmix2`: one pull of SS-MIX2 storage, the hospital registered on its first
-//! pull, and the summary a pull prints (also `tsunagi run`'s).
+//! `tsunagi ingest ssmix2` and `tsunagi ingest extended`: one pull of SS-MIX2 standardized or
+//! extended storage, the hospital registered on its first pull, and the summary a pull prints
+//! (also `tsunagi run`'s).
 
 use std::{
     collections::BTreeMap,
@@ -8,8 +9,9 @@ use std::{
     time::Instant,
 };
 
-use tsunagi_adapter::PullReport;
+use tsunagi_adapter::{PullAdapter, PullReport};
 use tsunagi_adapter_ssmix2::Ssmix2Config;
+use tsunagi_adapter_ssmix2_extended::ExtendedConfig;
 use tsunagi_core::{
     FacilityId,
     clock::{Clock, SystemClock},
@@ -83,6 +85,52 @@ pub(crate) async fn ingest_ssmix2(flags: Ssmix2Ingest) -> anyhow::Result<()> {
     register_hospital(store.as_ref(), facility, name.as_deref(), json).await?;
     config.workers = workers;
     let adapter = registry::pull(registry::Source::Ssmix2(config));
+    pull_and_report(store, adapter, facility, name.as_deref(), json).await
+}
+
+/// The flags of `tsunagi ingest extended`.
+pub(crate) struct ExtendedIngest {
+    /// Database URL.
+    pub(crate) db: String,
+    /// 10-digit facility code.
+    pub(crate) facility: String,
+    /// Facility name for the summary.
+    pub(crate) name: Option<String>,
+    /// Storage roots.
+    pub(crate) roots: Vec<PathBuf>,
+    /// Print the summary as JSON.
+    pub(crate) json: bool,
+    /// Ignore the checkpoint.
+    pub(crate) full: bool,
+    /// Largest main document read, in bytes.
+    pub(crate) max_document_bytes: u64,
+}
+
+/// `tsunagi ingest extended`: one pull of SS-MIX2 extended storage.
+pub(crate) async fn ingest_extended(flags: ExtendedIngest) -> anyhow::Result<()> {
+    let facility = flags.facility.as_str();
+    let config = ExtendedConfig {
+        facility: FacilityId::parse(facility)?,
+        name: flags.name.clone(),
+        roots: flags.roots,
+        batch_resources: DEFAULT_BATCH_RESOURCES,
+        max_document_bytes: flags.max_document_bytes,
+        full: flags.full,
+    };
+    let store = open_store(&flags.db).await?;
+    register_hospital(store.as_ref(), facility, flags.name.as_deref(), flags.json).await?;
+    let adapter = registry::pull(registry::Source::Ssmix2Extended(config));
+    pull_and_report(store, adapter, facility, flags.name.as_deref(), flags.json).await
+}
+
+/// Runs one pull with a progress line and prints its summary (or JSON).
+async fn pull_and_report(
+    store: Arc<dyn Backend>,
+    adapter: Arc<dyn PullAdapter>,
+    facility: &str,
+    name: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
     let label = format!("ingest {facility}");
     let (progress, drawer) = TerminalProgress::start(label, !json);
     let started = Instant::now();
@@ -96,7 +144,7 @@ pub(crate) async fn ingest_ssmix2(flags: Ssmix2Ingest) -> anyhow::Result<()> {
         value["seconds"] = serde_json::json!(seconds);
         println!("{}", serde_json::to_string(&value)?);
     } else {
-        print_summary(&report, name.as_deref(), seconds);
+        print_summary(&report, name, seconds);
     }
     Ok(())
 }
@@ -150,22 +198,29 @@ pub(crate) fn total(map: &BTreeMap<String, u64>) -> u64 {
 
 /// Prints a human summary of one pull.
 pub(crate) fn print_summary(report: &PullReport, name: Option<&str>, seconds: f64) {
+    let extended = report.adapter == "ssmix2-extended";
     println!(
-        "SS-MIX2 ingest of {}{}",
+        "SS-MIX2 {}ingest of {}{}",
+        if extended { "extended-storage " } else { "" },
         report.facility,
         name.map(|n| format!(" {n}")).unwrap_or_default()
     );
     println!(
-        "  files      {} seen, {} read, {} skipped as unchanged, {} rejected",
+        "  {:<10} {} seen, {} read, {} skipped as unchanged, {} rejected",
+        if extended { "documents" } else { "files" },
         report.files_seen,
         report.files_read,
         report.files_skipped_unchanged,
         report.rejected.len()
     );
-    println!(
-        "  messages   {} mapped, {} records deleted by the source, {} warnings",
-        report.messages, report.records_deleted, report.warning_count
-    );
+    if extended {
+        println!("  warnings   {}", report.warning_count);
+    } else {
+        println!(
+            "  messages   {} mapped, {} records deleted by the source, {} warnings",
+            report.messages, report.records_deleted, report.warning_count
+        );
+    }
     println!(
         "  resources  {} written: {} created, {} updated, {} unchanged, {} deleted",
         report.resources_written(),

@@ -203,6 +203,30 @@ enum IngestSource {
         #[arg(required = true)]
         roots: Vec<PathBuf>,
     },
+    /// SS-MIX2 extended storage: documents (CDA, PDF…) as DocumentReference + Binary.
+    Extended {
+        /// Database URL: sqlite://<path> (created if missing) or postgres://user@host:port/database.
+        #[arg(long)]
+        db: String,
+        /// The facility's 10-digit medical-institution code.
+        #[arg(long)]
+        facility: String,
+        /// The facility's name (for the summary).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the summary as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Ignore the checkpoint and read every folder again (writes stay idempotent).
+        #[arg(long)]
+        full: bool,
+        /// Largest main document read, in bytes; larger ones are refused.
+        #[arg(long, default_value_t = tsunagi_adapter_ssmix2_extended::DEFAULT_MAX_DOCUMENT_BYTES)]
+        max_document_bytes: u64,
+        /// Storage roots.
+        #[arg(required = true)]
+        roots: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -350,6 +374,29 @@ fn main() -> std::process::ExitCode {
                     json,
                     full,
                     workers,
+                })
+                .await
+            }
+            Command::Ingest {
+                source:
+                    IngestSource::Extended {
+                        db,
+                        facility,
+                        name,
+                        json,
+                        full,
+                        max_document_bytes,
+                        roots,
+                    },
+            } => {
+                ingest::ingest_extended(ingest::ExtendedIngest {
+                    db,
+                    facility,
+                    name,
+                    roots,
+                    json,
+                    full,
+                    max_document_bytes,
                 })
                 .await
             }

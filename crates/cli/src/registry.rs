@@ -9,13 +9,14 @@ use tsunagi_adapter_hl7v2::{Feeds, Hl7v2Listener, IntakeOptions};
 use tsunagi_adapter_outbound_folder::FolderDestination;
 use tsunagi_adapter_outbound_mllp::MllpDestination;
 use tsunagi_adapter_ssmix2::{Ssmix2Adapter, Ssmix2Config};
+use tsunagi_adapter_ssmix2_extended::{ExtendedAdapter, ExtendedConfig};
 
 use crate::config::OutboundRoute;
 
-/// Source kinds, as `[[source]] kind` names them: `ssmix2` is pulled on a schedule
-/// ([`pull`]); `hl7v2` is a sender pushing over MLLP or HTTP, received by `tsunagi serve`
+/// Source kinds, as `[[source]] kind` names them: `ssmix2` and `ssmix2-extended` are pulled
+/// on a schedule ([`pull`]); `hl7v2` is a sender pushing over MLLP or HTTP, received by `tsunagi serve`
 /// ([`listen`]).
-pub(crate) const SOURCE_KINDS: &[&str] = &["ssmix2", "hl7v2"];
+pub(crate) const SOURCE_KINDS: &[&str] = &["ssmix2", "ssmix2-extended", "hl7v2"];
 
 /// Destination kinds, as `[[destination]] kind` names them ([`destination`]).
 pub(crate) const DESTINATION_KINDS: &[&str] = &["mllp", "folder"];
@@ -24,12 +25,15 @@ pub(crate) const DESTINATION_KINDS: &[&str] = &["mllp", "folder"];
 pub(crate) enum Source {
     /// SS-MIX2 standardized storage.
     Ssmix2(Ssmix2Config),
+    /// SS-MIX2 extended storage (documents).
+    Ssmix2Extended(ExtendedConfig),
 }
 
 /// Builds the adapter for a scheduled source.
 pub(crate) fn pull(source: Source) -> Arc<dyn PullAdapter> {
     match source {
         Source::Ssmix2(config) => Arc::new(Ssmix2Adapter::new(config)),
+        Source::Ssmix2Extended(config) => Arc::new(ExtendedAdapter::new(config)),
     }
 }
 

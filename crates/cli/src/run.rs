@@ -38,6 +38,26 @@ pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
             source.name,
         ));
     }
+    for source in config.extended {
+        let schedule = cron::Schedule::from_str(&source.schedule)?;
+        let extended = tsunagi_adapter_ssmix2_extended::ExtendedConfig {
+            facility: tsunagi_core::FacilityId::parse(&source.facility)?,
+            name: source.name.clone(),
+            roots: source.roots,
+            batch_resources: source
+                .batch_resources
+                .unwrap_or(crate::ingest::DEFAULT_BATCH_RESOURCES),
+            max_document_bytes: source
+                .max_document_bytes
+                .unwrap_or(tsunagi_adapter_ssmix2_extended::DEFAULT_MAX_DOCUMENT_BYTES),
+            full: false,
+        };
+        jobs.push((
+            schedule,
+            registry::pull(registry::Source::Ssmix2Extended(extended)),
+            source.name,
+        ));
+    }
     if jobs.is_empty() {
         bail!(
             "{} configures no sources (adapters known to this build: {})",

@@ -623,3 +623,68 @@ fn mllp_over_mutual_tls_names_the_sender_by_its_certificate() {
         results.3
     );
 }
+
+#[test]
+fn extended_storage_is_ingested_with_the_same_summary_and_exit_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let root = dir.path().join("extended");
+    let folder =
+        root.join("000/100/0001000052/20240502/L12345^入院診療録^99ZZZ^11506-3^経過記録^LN");
+    let note = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/cda/progress-note.xml"),
+    )
+    .unwrap();
+    let good = folder.join("0001000052_20240502_L12345_K0001_20240502093000123_01_1");
+    std::fs::create_dir_all(&good).unwrap();
+    std::fs::write(good.join("main_document.xml"), &note).unwrap();
+    let bad = folder.join("0001000052_20240502_L12345_K0002_20240502093000123_01_1");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(
+        bad.join("main_document.xml"),
+        b"<!DOCTYPE x [<!ENTITY e SYSTEM \"file:///etc/passwd\">]><x>&e;</x>",
+    )
+    .unwrap();
+    let args = [
+        "ingest",
+        "extended",
+        "--db",
+        &db,
+        "--facility",
+        "0610100010",
+        "--json",
+        root.to_str().unwrap(),
+    ];
+    let output = tsunagi(&args);
+    assert!(output.status.success(), "{output:?}");
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["adapter"], "ssmix2-extended");
+    assert_eq!(summary["created"]["DocumentReference"], 1, "{summary}");
+    assert_eq!(summary["created"]["Binary"], 1, "{summary}");
+    let rejected = summary["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 1, "{summary}");
+    assert!(rejected[0]["reason"].as_str().unwrap().contains("DOCTYPE"));
+    // Human summary; a second run reads nothing.
+    let text = ok(&args[..args.len() - 2]
+        .iter()
+        .copied()
+        .chain([root.to_str().unwrap()])
+        .collect::<Vec<_>>());
+    assert!(
+        text.contains("SS-MIX2 extended-storage ingest of 0610100010"),
+        "{text}"
+    );
+    assert!(text.contains("0 read"), "{text}");
+    // A root that is not there fails the run, by name.
+    let missing = tsunagi(&[
+        "ingest",
+        "extended",
+        "--db",
+        &db,
+        "--facility",
+        "0610100010",
+        "/no/such/root",
+    ]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/no/such/root"));
+}

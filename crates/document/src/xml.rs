@@ -110,9 +110,13 @@ pub fn parse(bytes: &[u8]) -> Result<Element, DocumentError> {
     let mut nodes = 0usize;
     loop {
         let position = reader.buffer_position();
-        let event = reader
-            .read_event()
-            .map_err(|error| DocumentError::xml(format!("{error} (near byte {position})")))?;
+        let event = reader.read_event().map_err(|error| match error {
+            // Every syntax error is the input ending inside markup.
+            quick_xml::Error::Syntax(_) => {
+                DocumentError::xml(format!("the document ends early, truncated: {error}"))
+            }
+            _ => DocumentError::xml(format!("{error} (near byte {position})")),
+        })?;
         nodes += 1;
         if nodes > MAX_NODES {
             return Err(DocumentError::xml(format!(
@@ -271,6 +275,7 @@ mod tests {
         assert!(refused(laughs).contains("DOCTYPE"));
         assert!(refused(b"<d>&nbsp;</d>").contains("undeclared entity &nbsp;"));
         assert!(refused(b"<d><e>text").contains("truncated"));
+        assert!(refused(b"<d><e attr=\"x\"").contains("truncated"));
         assert!(refused(b"").contains("empty"));
         assert!(refused(b"  \n").contains("empty"));
         assert!(refused(b"<d></e>").contains("near byte"));

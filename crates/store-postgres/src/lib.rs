@@ -22,7 +22,7 @@ use tsunagi_core::clock::Clock;
 use tsunagi_fhir::search::{self, IndexEntry, IndexValue, REGISTRY_VERSION};
 use tsunagi_store::{ApplyStats, Batch, Counts, Operation, ResourceWrite, StoreError};
 use tsunagi_store_sql::{
-    Engine, SqlStore, audit, db_error, messages,
+    Engine, SqlStore, audit, blobs, db_error, messages,
     migrations::{self, MetaKeys},
     outbox,
 };
@@ -287,6 +287,9 @@ impl BatchWriter<'_> {
             Operation::Audit(record) => {
                 audit::insert::<Postgres>(&mut *self.connection, std::slice::from_ref(&*record), 1)
                     .await?;
+            }
+            Operation::PutBlob { sha256, bytes } => {
+                blobs::insert::<Postgres>(&mut *self.connection, &sha256, bytes).await?;
             }
         }
         Ok(())

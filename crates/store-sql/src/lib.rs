@@ -7,6 +7,7 @@
 //! writing transaction starts, and SQLite's audit journal.
 
 pub mod audit;
+pub mod blobs;
 mod changes;
 pub mod dialect;
 pub mod governance;

@@ -147,6 +147,14 @@ impl<E: Engine> Store for SqlStore<E> {
         row.map(|row| row.bytes("value")).transpose()
     }
 
+    async fn blob(&self, sha256: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = stmt("SELECT bytes FROM blobs WHERE sha256 = ?1")
+            .arg(sha256.as_slice())
+            .fetch_optional_in::<E::Db>(self.reader())
+            .await?;
+        row.map(|row| row.bytes("bytes")).transpose()
+    }
+
     async fn checkpoints_in(
         &self,
         scopes: &[String],

@@ -9,7 +9,7 @@ use serde_json::Value;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, sqlite::SqliteRow};
 use tsunagi_fhir::search::{self, IndexEntry, IndexValue};
 use tsunagi_store::{ApplyStats, Batch, Operation, ResourceWrite, StoreError};
-use tsunagi_store_sql::{audit, db_error, messages, outbox, pow2_sizes};
+use tsunagi_store_sql::{audit, blobs, db_error, messages, outbox, pow2_sizes};
 
 use crate::{
     SqliteEngine,
@@ -176,6 +176,7 @@ impl BatchWriter {
                 | Operation::SetMessageState { .. }
                 | Operation::Enqueue(_)
                 | Operation::SetDelivery(_)
+                | Operation::PutBlob { .. }
                 | Operation::Audit(_) => {}
             }
         }
@@ -277,6 +278,9 @@ impl BatchWriter {
             Operation::SetDelivery(update) => outbox::update::<Sqlite>(connection, &update).await?,
             Operation::Audit(record) => {
                 audit::insert::<Sqlite>(connection, std::slice::from_ref(&*record), 1).await?;
+            }
+            Operation::PutBlob { sha256, bytes } => {
+                blobs::insert::<Sqlite>(connection, &sha256, bytes).await?;
             }
         }
         Ok(())

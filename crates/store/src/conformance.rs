@@ -406,6 +406,48 @@ pub async fn a_failing_batch_leaves_nothing(store: &dyn Store) {
     assert!(store.read(&ALL, "Patient", "p1").await.unwrap().is_none());
 }
 
+pub async fn blobs_commit_with_the_batch_once_per_content(store: &dyn Store) {
+    let pdf = b"%PDF-1.7\n\x00\xff binary".to_vec();
+    let sha = [3u8; 32];
+    store
+        .apply(batch(vec![
+            Operation::PutBlob {
+                sha256: sha,
+                bytes: pdf.clone(),
+            },
+            replace("d1", vec![patient("p1", "山田")]),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(store.blob(&sha).await.unwrap(), Some(pdf.clone()));
+    // The same content again (another version naming it) is no error and changes nothing.
+    store
+        .apply(batch(vec![Operation::PutBlob {
+            sha256: sha,
+            bytes: pdf.clone(),
+        }]))
+        .await
+        .unwrap();
+    assert_eq!(store.blob(&sha).await.unwrap(), Some(pdf));
+    assert_eq!(store.blob(&[4u8; 32]).await.unwrap(), None);
+    // A failing batch leaves no blob behind.
+    let other = [5u8; 32];
+    let failed = store
+        .apply(batch(vec![
+            Operation::PutBlob {
+                sha256: other,
+                bytes: b"x".to_vec(),
+            },
+            replace(
+                "t",
+                vec![observation("o1", "A", "p1"), observation("o1", "B", "p1")],
+            ),
+        ]))
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(store.blob(&other).await.unwrap(), None);
+}
+
 pub async fn one_batch_may_touch_a_resource_twice(store: &dyn Store) {
     let stats = store
         .apply(batch(vec![
@@ -562,6 +604,7 @@ macro_rules! store_conformance_suite {
             index_rows_follow_the_current_version,
             checkpoints_commit_with_the_data,
             a_failing_batch_leaves_nothing,
+            blobs_commit_with_the_batch_once_per_content,
             one_batch_may_touch_a_resource_twice,
             an_existing_resource_updated_twice_in_one_batch,
             export_order_and_counts,

@@ -145,6 +145,14 @@ pub enum Operation {
     Enqueue(Box<OutboundMessage>),
     /// Records an attempt's outcome, or the operator's retry or drop, on a queued delivery.
     SetDelivery(Box<DeliveryUpdate>),
+    /// Stores the bytes of a document under their SHA-256, unless the same content is already
+    /// stored (the Binary resource naming them is written in the same batch).
+    PutBlob {
+        /// SHA-256 of `bytes`.
+        sha256: [u8; 32],
+        /// The bytes, exactly as the source wrote them.
+        bytes: Vec<u8>,
+    },
     /// Appends a record to the audit trail with the batch (an operator's act on the quarantine
     /// or the outbox, committed with what it did).
     Audit(Box<governance::AuditRecord>),
@@ -517,6 +525,10 @@ pub trait Store: Send + Sync {
 
     /// A checkpoint value.
     async fn checkpoint(&self, scope: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The bytes stored under `sha256` ([`Operation::PutBlob`]). No access rule applies here:
+    /// callers reach bytes only through a Binary the caller may read, which names them.
+    async fn blob(&self, sha256: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Every checkpoint of a scope, ordered by key.
     async fn checkpoints(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;

@@ -1,0 +1,257 @@
+//! Reading one document record — the versions of one (patient, 診療日, data type, 特定キー) —
+//! into what the store keeps: each version's bytes once (by SHA-256), its Binary and its
+//! DocumentReference, the versions chained (`replaces`, `superseded`).
+//!
+//! A version is refused, with its file and reason, when its main file is missing, empty, over
+//! the size limit, XML that is not an acceptable CDA document (a DOCTYPE, an undeclared entity,
+//! truncated, not UTF-8…), or a CDA naming another patient than its folder. A refused version
+//! changes nothing of what is stored of it.
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tsunagi_adapter::Rejection;
+use tsunagi_core::{FacilityId, ids::logical_id};
+use tsunagi_document::{
+    cda::CdaDocument,
+    layout::{ContentFolder, DataTypeFolder},
+};
+use tsunagi_mapping::{
+    SourceRecord,
+    document::{DocumentSource, binary_id, document_id},
+};
+use tsunagi_store::{Operation, ResourceWrite};
+
+use crate::walk::FoundVersion;
+
+/// What reading a record produced.
+#[derive(Debug, Default)]
+pub(crate) struct RecordOutcome {
+    /// Blobs and the record's resources.
+    pub(crate) operations: Vec<Operation>,
+    /// Resources written.
+    pub(crate) resources: usize,
+    /// Document bytes held by `operations`.
+    pub(crate) bytes: u64,
+    /// Versions read.
+    pub(crate) read: u64,
+    /// Which versions were refused (by index), with why.
+    pub(crate) refused: Vec<(usize, Rejection)>,
+    /// (source, warning).
+    pub(crate) warnings: Vec<(String, String)>,
+}
+
+/// The media type of a document, told from its first bytes.
+pub(crate) fn content_type(bytes: &[u8]) -> &'static str {
+    let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let start = text
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(0);
+    let text = &text[start..];
+    if bytes.starts_with(b"%PDF-") {
+        "application/pdf"
+    } else if text.starts_with(b"<") {
+        "text/xml"
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        "image/png"
+    } else if bytes.starts_with(b"\xFF\xD8\xFF") {
+        "image/jpeg"
+    } else if text.starts_with(b"MSH|") {
+        "x-application/hl7-v2+er7"
+    } else {
+        "application/octet-stream"
+    }
+}
+
+/// One version as read from disk, before mapping.
+struct Accepted {
+    index: usize,
+    bytes: Vec<u8>,
+    sha256: [u8; 32],
+    content_type: &'static str,
+    cda: Option<CdaDocument>,
+    file_name: String,
+}
+
+/// Reads the versions of one record (oldest first); `skip[i]` marks a version refused before
+/// and unchanged since, which is neither read nor reported again.
+pub(crate) fn read_record(
+    facility: &FacilityId,
+    data_type: &DataTypeFolder,
+    record_key: &str,
+    versions: &[(ContentFolder, &FoundVersion)],
+    skip: &[bool],
+    max_bytes: u64,
+) -> RecordOutcome {
+    let mut outcome = RecordOutcome::default();
+    let mut accepted = Vec::new();
+    for (index, (content, found)) in versions.iter().enumerate() {
+        if skip.get(index).copied().unwrap_or(false) {
+            continue;
+        }
+        match read_version(content, found, max_bytes) {
+            Ok(version) => {
+                outcome.read += 1;
+                accepted.push(Accepted { index, ..version });
+            }
+            Err(reason) => outcome.refused.push((
+                index,
+                Rejection {
+                    source: found.path.display().to_string(),
+                    reason,
+                },
+            )),
+        }
+    }
+    if accepted.is_empty() {
+        return outcome;
+    }
+    let patient = logical_id(&[facility.as_str(), &versions[0].0.patient_id]);
+    let mut resources = Vec::new();
+    let mut blobs = Vec::new();
+    let last = accepted.len() - 1;
+    for (position, version) in accepted.iter().enumerate() {
+        let (content, found) = &versions[version.index];
+        let replaces = position
+            .checked_sub(1)
+            .map(|previous| &versions[accepted[previous].index].0);
+        let source = DocumentSource {
+            facility,
+            data_type,
+            content,
+            file_name: &version.file_name,
+            size: version.bytes.len() as u64,
+            sha256: &version.sha256,
+            content_type: if version.cda.is_some() {
+                "application/hl7-v3+xml"
+            } else {
+                version.content_type
+            },
+            cda: version.cda.as_ref(),
+            replaces,
+            superseded: position < last,
+        };
+        let mapped = match tsunagi_mapping::map(SourceRecord::Document(source)) {
+            Ok(mapped) => mapped,
+            Err(error) => {
+                outcome.refused.push((
+                    version.index,
+                    Rejection {
+                        source: found.path.display().to_string(),
+                        reason: error.to_string(),
+                    },
+                ));
+                continue;
+            }
+        };
+        for warning in mapped.warnings {
+            outcome
+                .warnings
+                .push((found.path.display().to_string(), warning));
+        }
+        for resource in mapped.resources {
+            match ResourceWrite::from_json(resource.resource_type, &resource.id, &resource.json) {
+                Ok(write) => resources.push(write),
+                Err(error) => outcome.refused.push((
+                    version.index,
+                    Rejection {
+                        source: found.path.display().to_string(),
+                        reason: error.to_string(),
+                    },
+                )),
+            }
+        }
+        // The original bytes: a Binary naming them by hash, in the patient's compartment, read
+        // by whoever may read the document that points to it.
+        let facility_code = facility.as_str();
+        let hex: String = version.sha256.iter().map(|b| format!("{b:02x}")).collect();
+        let binary = json!({
+            "resourceType": "Binary",
+            "id": binary_id(facility_code, data_type, content),
+            "meta": {"tag": [{"system": "urn:tsunagi:sha256", "code": hex}]},
+            "contentType": source.content_type,
+            "securityContext": {"reference": format!("DocumentReference/{}", document_id(facility_code, data_type, content))}
+        });
+        let id = binary["id"].as_str().unwrap_or_default().to_owned();
+        match ResourceWrite::from_json("Binary", &id, &binary) {
+            Ok(mut write) => {
+                write.compartment = Some(patient.clone());
+                resources.push(write);
+                blobs.push((version.sha256, version.index));
+            }
+            Err(error) => outcome.refused.push((
+                version.index,
+                Rejection {
+                    source: found.path.display().to_string(),
+                    reason: error.to_string(),
+                },
+            )),
+        }
+    }
+    for (sha256, index) in blobs {
+        if let Some(version) = accepted.iter_mut().find(|version| version.index == index) {
+            let bytes = std::mem::take(&mut version.bytes);
+            outcome.bytes += bytes.len() as u64;
+            outcome
+                .operations
+                .push(Operation::PutBlob { sha256, bytes });
+        }
+    }
+    outcome.resources = resources.len();
+    outcome.operations.push(Operation::ReplaceSource {
+        source_key: format!("ssmix2-extended:{}:{record_key}", facility.as_str()),
+        facility: facility.as_str().to_owned(),
+        resources,
+    });
+    outcome
+}
+
+fn read_version(
+    content: &ContentFolder,
+    found: &FoundVersion,
+    max_bytes: u64,
+) -> Result<Accepted, String> {
+    let main = found.main_file()?;
+    if main.size == 0 {
+        return Err(format!("{}: the main file is empty (0 bytes)", main.name));
+    }
+    if main.size > max_bytes {
+        return Err(format!(
+            "{}: {} bytes, over the limit of {max_bytes} (max_document_bytes)",
+            main.name, main.size
+        ));
+    }
+    let path = found.path.join(&main.name);
+    let bytes = std::fs::read(&path).map_err(|error| format!("{}: {error}", main.name))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(format!(
+            "{}: grew over the size limit while read",
+            main.name
+        ));
+    }
+    if bytes.is_empty() {
+        return Err(format!("{}: the main file is empty (0 bytes)", main.name));
+    }
+    let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+    let content_type = content_type(&bytes);
+    let cda = if content_type == "text/xml" {
+        let cda = CdaDocument::parse(&bytes).map_err(|error| format!("{}: {error}", main.name))?;
+        if !cda.names_patient(&content.patient_id) {
+            return Err(format!(
+                "{}: the CDA's patient is not the folder's patient {}",
+                main.name, content.patient_id
+            ));
+        }
+        Some(cda)
+    } else {
+        None
+    };
+    Ok(Accepted {
+        index: 0,
+        bytes,
+        sha256,
+        content_type,
+        cda,
+        file_name: main.name.clone(),
+    })
+}

@@ -1,0 +1,297 @@
+//! Extended storage pulled into a real SQLite store: documents become DocumentReference +
+//! Binary with their bytes kept exactly; revisions chain; every hostile file is refused with
+//! its file and reason, changes nothing and is not read again until it changes; an unchanged
+//! storage is skipped unread.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{path::Path, sync::Arc};
+
+use sha2::{Digest, Sha256};
+use tsunagi_adapter::{AdapterContext, NoProgress, PullAdapter, PullReport};
+use tsunagi_adapter_ssmix2_extended::{
+    DEFAULT_MAX_DOCUMENT_BYTES, ExtendedAdapter, ExtendedConfig,
+};
+use tsunagi_core::{FacilityId, clock::FixedClock};
+use tsunagi_store::{Access, Store};
+use tsunagi_store_sqlite::SqliteStore;
+
+const FACILITY: &str = "0610100010";
+const NOTE_TYPE: &str = "L12345^入院診療録^99ZZZ^11506-3^経過記録^LN";
+const PATIENT: &str = "0001000052";
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/cda")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// Writes `files` into the content folder `content` of patient `patient` on `date`.
+fn put(
+    root: &Path,
+    patient: &str,
+    date: &str,
+    data_type: &str,
+    content: &str,
+    files: &[(&str, &[u8])],
+) {
+    let folder = root
+        .join(&patient[..3])
+        .join(&patient[3..6])
+        .join(patient)
+        .join(date)
+        .join(data_type)
+        .join(content);
+    std::fs::create_dir_all(&folder).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(folder.join(name), bytes).unwrap();
+    }
+}
+
+fn content(key: &str, occurred: &str, flag: char) -> String {
+    format!("{PATIENT}_20240502_L12345_{key}_{occurred}_01_{flag}")
+}
+
+async fn pull(store: &Arc<SqliteStore>, root: &Path, max: u64) -> PullReport {
+    let adapter = ExtendedAdapter::new(ExtendedConfig {
+        facility: FacilityId::parse(FACILITY).unwrap(),
+        name: None,
+        roots: vec![root.to_owned()],
+        batch_resources: 2000,
+        max_document_bytes: max,
+        full: false,
+    });
+    let context = AdapterContext {
+        store: store.clone(),
+        clock: Arc::new(FixedClock(1_764_000_000_000_000)),
+        progress: Arc::new(NoProgress),
+    };
+    adapter.pull(&context).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn documents_revisions_and_hostile_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("extended");
+    let note = fixture("progress-note.xml");
+    let pdf = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3 synthetic\n".to_vec();
+    // A progress note in two versions, and a PDF document of its own.
+    put(
+        &root,
+        PATIENT,
+        "20240502",
+        NOTE_TYPE,
+        &content("K0001", "20240502093000123", '2'),
+        &[("main_document.xml", &note)],
+    );
+    put(
+        &root,
+        PATIENT,
+        "20240502",
+        NOTE_TYPE,
+        &content("K0001", "20240503080000000", '1'),
+        &[("main_document.xml", &note), ("style.css", b"p{}")],
+    );
+    put(
+        &root,
+        PATIENT,
+        "20240502",
+        NOTE_TYPE,
+        &content("K0002", "20240502100000", '1'),
+        &[("scan.pdf", &pdf)],
+    );
+    // Hostile and broken files, each in a content folder of its own.
+    let xxe = b"<?xml version=\"1.0\"?><!DOCTYPE d [<!ENTITY x SYSTEM \"file:///etc/passwd\">]><ClinicalDocument>&x;</ClinicalDocument>";
+    let laughs = b"<!DOCTYPE l [<!ENTITY a \"aaaaaaaaaa\"><!ENTITY b \"&a;&a;&a;&a;&a;\">]><ClinicalDocument>&b;</ClinicalDocument>";
+    let truncated = &note[..note.len() / 2];
+    let other_patient = String::from_utf8(note.clone())
+        .unwrap()
+        .replace("0001000052", "0001000099");
+    let big = vec![b'%'; 10_000];
+    let hostile: [(&str, &[u8]); 6] = [
+        ("H01", xxe),
+        ("H02", laughs),
+        ("H03", truncated),
+        ("H04", b""),
+        ("H05", other_patient.as_bytes()),
+        ("H06", &big),
+    ];
+    for (key, bytes) in hostile {
+        put(
+            &root,
+            PATIENT,
+            "20240502",
+            NOTE_TYPE,
+            &content(key, "20240502110000", '1'),
+            &[("main_document.xml", bytes)],
+        );
+    }
+    // A content folder whose name is not its folders'.
+    put(
+        &root,
+        PATIENT,
+        "20240502",
+        NOTE_TYPE,
+        "9999999999_20240502_L12345_K9_20240502110000_01_1",
+        &[("main_document.xml", &note)],
+    );
+
+    let url = format!("sqlite://{}", dir.path().join("tsunagi.db").display());
+    let store = Arc::new(
+        SqliteStore::open(&url, Arc::new(FixedClock(1_764_000_000_000_000)))
+            .await
+            .unwrap(),
+    );
+    let report = pull(&store, &root, 8192).await;
+    let reasons: Vec<String> = report
+        .rejected
+        .iter()
+        .map(|rejection| {
+            let folder = Path::new(&rejection.source)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            format!("{folder}: {}", rejection.reason)
+        })
+        .collect();
+    let expect = |key: &str, says: &str| {
+        assert!(
+            reasons
+                .iter()
+                .any(|reason| reason.contains(key) && reason.contains(says)),
+            "{key} refused for {says:?}: {reasons:#?}"
+        );
+    };
+    expect("H01", "DOCTYPE");
+    expect("H02", "DOCTYPE");
+    expect("H03", "truncated");
+    expect("H04", "empty (0 bytes)");
+    expect("H05", "not the folder's patient 0001000052");
+    expect("H06", "over the limit of 8192");
+    expect("9999999999", "does not begin with the patient");
+    assert_eq!(report.rejected.len(), 7, "{reasons:#?}");
+    // Three good versions: three DocumentReferences and three Binaries.
+    assert_eq!(
+        report.created.get("DocumentReference"),
+        Some(&3),
+        "{report:?}"
+    );
+    assert_eq!(report.created.get("Binary"), Some(&3), "{report:?}");
+
+    let access = Access::Unrestricted;
+    let older_id = format!("{FACILITY}.{PATIENT}.20240502.L12345.K0001.20240502093000123");
+    let newer_id = format!("{FACILITY}.{PATIENT}.20240502.L12345.K0001.20240503080000000");
+    let older = store
+        .read(&access, "DocumentReference", &older_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let newer = store
+        .read(&access, "DocumentReference", &newer_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let json = |stored: &tsunagi_store::StoredResource| -> serde_json::Value {
+        serde_json::from_slice(stored.content.as_deref().unwrap()).unwrap()
+    };
+    assert_eq!(json(&older)["status"], "superseded");
+    assert_eq!(json(&newer)["status"], "current");
+    assert_eq!(
+        json(&newer)["relatesTo"][0]["target"]["reference"],
+        format!("DocumentReference/{older_id}")
+    );
+    assert_eq!(
+        json(&newer)["subject"]["reference"],
+        format!("Patient/{FACILITY}.{PATIENT}")
+    );
+    // The bytes, exactly, behind the PDF's Binary.
+    let pdf_ref = json(
+        &store
+            .read(
+                &access,
+                "DocumentReference",
+                &format!("{FACILITY}.{PATIENT}.20240502.L12345.K0002.20240502100000"),
+            )
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    let attachment = &pdf_ref["content"][0]["attachment"];
+    assert_eq!(attachment["contentType"], "application/pdf");
+    assert_eq!(attachment["size"], pdf.len());
+    let binary_id = attachment["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("Binary/")
+        .to_owned();
+    let binary = json(
+        &store
+            .read(&access, "Binary", &binary_id)
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    let sha: [u8; 32] = Sha256::digest(&pdf).into();
+    let hex: String = sha.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(binary["meta"]["tag"][0]["code"], hex);
+    assert_eq!(attachment["extension"][0]["valueString"], hex);
+    assert_eq!(store.blob(&sha).await.unwrap(), Some(pdf.clone()));
+
+    // Unchanged: skipped unread, and nothing reported again (strays aside).
+    let again = pull(&store, &root, 8192).await;
+    assert_eq!(again.files_read, 0, "{again:?}");
+    assert!(
+        again.created.is_empty() && again.updated.is_empty(),
+        "{again:?}"
+    );
+
+    // A refused file fixed is read on the next pull; a new version supersedes the current one.
+    put(
+        &root,
+        PATIENT,
+        "20240502",
+        NOTE_TYPE,
+        &content("H04", "20240502110000", '1'),
+        &[("main_document.xml", &note)],
+    );
+    put(
+        &root,
+        PATIENT,
+        "20240502",
+        NOTE_TYPE,
+        &content("K0001", "20240504080000000", '1'),
+        &[("main_document.xml", &note)],
+    );
+    let fixed = pull(&store, &root, 8192).await;
+    assert!(
+        fixed
+            .rejected
+            .iter()
+            .all(|rejection| !rejection.source.contains("H04")),
+        "{fixed:?}"
+    );
+    assert_eq!(
+        fixed.created.get("DocumentReference"),
+        Some(&2),
+        "{fixed:?}"
+    );
+    let newer = store
+        .read(&access, "DocumentReference", &newer_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(json(&newer)["status"], "superseded");
+    // The hostile ones stay refused and unread, and are not reported twice.
+    assert!(
+        fixed
+            .rejected
+            .iter()
+            .all(|rejection| !rejection.source.contains("H01")),
+        "{fixed:?}"
+    );
+    let _ = DEFAULT_MAX_DOCUMENT_BYTES;
+}

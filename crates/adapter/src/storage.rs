@@ -1,0 +1,104 @@
+//! SS-MIX2 storage trees, standardized and extended alike: `<root>/<id[0:3]>/<id[3:6]>/<id>/…`.
+//!
+//! A region's storage may be split over several roots (by period, by data type…), so the same
+//! patient folder can appear under more than one root: [`patient_folders`] merges them by
+//! patient id. Only the list of patient folders is held in memory (bounded by patients, not
+//! files); each patient's files are listed when that patient is processed.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    time::UNIX_EPOCH,
+};
+
+use crate::Rejection;
+
+/// The entries of `dir`, by name.
+pub fn sorted_entries(dir: &Path) -> std::io::Result<Vec<fs::DirEntry>> {
+    let mut entries: Vec<fs::DirEntry> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|entry| entry.file_name());
+    Ok(entries)
+}
+
+/// The entries of folder `dir`, or a rejection naming it.
+pub fn entries_or_reject(dir: &Path, rejected: &mut Vec<Rejection>) -> Vec<fs::DirEntry> {
+    match sorted_entries(dir) {
+        Ok(entries) => entries,
+        Err(error) => {
+            rejected.push(Rejection {
+                source: dir.display().to_string(),
+                reason: format!("cannot list folder: {error}"),
+            });
+            Vec::new()
+        }
+    }
+}
+
+/// Whether an entry is a folder (a symlink to one is not followed).
+pub fn is_dir(entry: &fs::DirEntry) -> bool {
+    entry.file_type().map(|kind| kind.is_dir()).unwrap_or(false)
+}
+
+/// A file's modification time in nanoseconds since the epoch (0 when unknown).
+pub fn modified_nanos(metadata: &fs::Metadata) -> i128 {
+    metadata
+        .modified()
+        .ok()
+        .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
+        .map(|elapsed| elapsed.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+/// A file where the layout has none: `layout` says what the storage holds.
+pub fn stray(path: &Path, what: &str, layout: &str) -> Rejection {
+    Rejection {
+        source: path.display().to_string(),
+        reason: format!("{what}; {layout}"),
+    }
+}
+
+/// Every patient folder under the roots, merged by patient id, in id order. Files found above
+/// the patient folders are rejections (`layout` says where files belong).
+pub fn patient_folders(
+    roots: &[PathBuf],
+    layout: &str,
+    rejected: &mut Vec<Rejection>,
+) -> std::io::Result<BTreeMap<String, Vec<PathBuf>>> {
+    let mut patients: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for root in roots {
+        for first in sorted_entries(root)? {
+            if !is_dir(&first) {
+                rejected.push(stray(
+                    &first.path(),
+                    "a file directly under the storage root",
+                    layout,
+                ));
+                continue;
+            }
+            for second in entries_or_reject(&first.path(), rejected) {
+                if !is_dir(&second) {
+                    rejected.push(stray(
+                        &second.path(),
+                        "a file above the patient folders",
+                        layout,
+                    ));
+                    continue;
+                }
+                for patient in entries_or_reject(&second.path(), rejected) {
+                    if !is_dir(&patient) {
+                        rejected.push(stray(
+                            &patient.path(),
+                            "a file above the patient folders",
+                            layout,
+                        ));
+                        continue;
+                    }
+                    let id = patient.file_name().to_string_lossy().into_owned();
+                    patients.entry(id).or_default().push(patient.path());
+                }
+            }
+        }
+    }
+    Ok(patients)
+}
