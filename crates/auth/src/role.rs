@@ -56,6 +56,9 @@ const CLINICAL: &[&str] = &[
     "NutritionOrder",
     "Coverage",
     "DocumentReference",
+    // A document's bytes: readable where its DocumentReference is (the same patient's
+    // compartment carries both).
+    "Binary",
     "Communication",
     "Task",
     "Consent",
@@ -70,6 +73,7 @@ const CARE_MANAGER: &[&str] = &[
     "AllergyIntolerance",
     "MedicationRequest",
     "DocumentReference",
+    "Binary",
     "Communication",
     "Task",
     "Consent",

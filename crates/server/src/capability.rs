@@ -112,6 +112,13 @@ pub fn capability_statement(base_url: &str, date: &str, token_url: &str) -> Valu
         }
         resources.push(resource);
     }
+    resources.push(json!({
+        "type": "Binary",
+        "documentation": "A document's bytes (extended storage's CDA and PDF files), readable by whoever may read the patient it belongs to. Served in their own Content-Type (with ETag and one byte Range) unless Accept names a FHIR format first or _format is given, then as the Binary resource with base64 data.",
+        "interaction": [{"code": "read"}],
+        "versioning": "versioned",
+        "conditionalRead": "not-match"
+    }));
     if !resources.iter().any(|r| r["type"] == "AuditEvent") {
         resources.push(json!({
             "type": "AuditEvent",

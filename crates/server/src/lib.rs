@@ -15,6 +15,7 @@ mod audit_api;
 #[cfg(feature = "bench-baseline")]
 pub mod baseline;
 mod batch_api;
+mod binary_api;
 mod bundle;
 pub mod capability;
 mod consent_api;

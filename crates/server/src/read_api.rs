@@ -45,14 +45,11 @@ pub(crate) fn http_date(micros: i64) -> String {
     )
 }
 
-pub(crate) fn resource_response(
-    resource: &StoredResource,
-    headers: &HeaderMap,
-    reduction: &Reduction,
-) -> Result<Response, ApiError> {
+/// Whether the client's copy is current (RFC 7232 §6: If-None-Match when given, else
+/// If-Modified-Since).
+pub(crate) fn not_modified(resource: &StoredResource, headers: &HeaderMap) -> bool {
     let tag = etag(resource.version);
-    // RFC 7232 §6: If-None-Match when given, else If-Modified-Since.
-    let not_modified = match headers
+    match headers
         .get(header::IF_NONE_MATCH)
         .and_then(|value| value.to_str().ok())
     {
@@ -62,8 +59,16 @@ pub(crate) fn resource_response(
             candidate == "*" || candidate.trim_start_matches("W/") == tag.trim_start_matches("W/")
         }),
         None => unmodified_since(resource, headers),
-    };
-    if not_modified {
+    }
+}
+
+pub(crate) fn resource_response(
+    resource: &StoredResource,
+    headers: &HeaderMap,
+    reduction: &Reduction,
+) -> Result<Response, ApiError> {
+    let tag = etag(resource.version);
+    if not_modified(resource, headers) {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
         if let Ok(value) = HeaderValue::from_str(&tag) {
             response.headers_mut().insert(header::ETAG, value);
@@ -107,6 +112,9 @@ pub(crate) async fn read(
     // Parameters are checked before anything is read: a refused request touched no record.
     let reduction = Reduction::of(pairs)?;
     let resource = current(state, caller, resource_type, id).await?;
+    if resource_type == "Binary" {
+        return crate::binary_api::respond(state, &resource, headers, pairs, &reduction).await;
+    }
     resource_response(&resource, headers, &reduction)
 }
 

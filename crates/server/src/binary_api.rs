@@ -1,0 +1,268 @@
+//! `GET [base]/Binary/[id]`: a document's bytes, read as any resource is — the caller's access
+//! (hidden is 404, as absent), the audit naming the patient whose compartment it is in — then
+//! answered in the form asked for:
+//! - a FHIR media type first in `Accept`, or `_format`: the Binary resource, its `data` the
+//!   stored bytes in base64;
+//! - otherwise (its own type, `*/*`, no `Accept`): the bytes exactly as the source wrote them,
+//!   with their `Content-Type`, `ETag`, `Last-Modified` and `Accept-Ranges: bytes`; one range
+//!   (`bytes=a-b`, `a-`, `-n`) is answered 206 with `Content-Range`, one past the end 416. The
+//!   bytes are served inert (`Content-Security-Policy: sandbox`, `nosniff`): a document is never
+//!   a page of this origin.
+//!
+//! A Binary whose bytes are not stored apart (no `urn:tsunagi:sha256` tag) is served as stored.
+
+use axum::{
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::Value;
+use tsunagi_store::StoredResource;
+
+use crate::{
+    AppState,
+    outcome::ApiError,
+    read_api::{Reduction, etag, http_date, not_modified, resource_response},
+    request::json_response,
+};
+
+/// The tag system naming a Binary's stored bytes by SHA-256.
+const SHA256_TAG: &str = "urn:tsunagi:sha256";
+
+/// Media types that ask for the Binary resource rather than its content.
+const FHIR_TYPES: &[&str] = &[
+    "json",
+    "xml",
+    "application/fhir+json",
+    "application/json+fhir",
+    "application/json",
+    "application/fhir+xml",
+    "application/xml+fhir",
+    "application/xml",
+];
+
+/// Whether the caller asked for the resource (`_format`, or a FHIR type ranked first).
+fn wants_resource(headers: &HeaderMap, pairs: &[(String, String)]) -> bool {
+    if pairs.iter().any(|(name, _)| name == "_format") {
+        return true;
+    }
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mut ranges: Vec<(String, f32)> = accept
+        .split(',')
+        .map(|range| {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+                .and_then(|(_, value)| value.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            (media, q)
+        })
+        .filter(|(_, q)| *q > 0.0)
+        .collect();
+    ranges.sort_by(|a, b| b.1.total_cmp(&a.1));
+    ranges
+        .first()
+        .is_some_and(|(media, _)| FHIR_TYPES.contains(&media.as_str()))
+}
+
+/// The SHA-256 a Binary's tag names.
+fn stored_hash(resource: &Value) -> Option<[u8; 32]> {
+    let hex = resource["meta"]["tag"]
+        .as_array()?
+        .iter()
+        .find(|tag| tag["system"] == SHA256_TAG)?["code"]
+        .as_str()?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (index, byte) in hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(index * 2..index * 2 + 2)?, 16).ok()?;
+    }
+    Some(hash)
+}
+
+/// One byte range of `length` bytes: `Ok(None)` for none (or one we do not serve: several
+/// ranges, another unit), `Err(())` for one that cannot be satisfied.
+fn range(headers: &HeaderMap, length: usize) -> Result<Option<(usize, usize)>, ()> {
+    let Some(text) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    let Some(spec) = text.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((first, last)) = spec.split_once('-') else {
+        return Ok(None);
+    };
+    let parse = |n: &str| n.trim().parse::<usize>().ok();
+    let (start, end) = match (first.trim().is_empty(), last.trim().is_empty()) {
+        // The last n bytes.
+        (true, false) => match parse(last) {
+            Some(0) | None => return Err(()),
+            Some(n) => (length.saturating_sub(n), length.saturating_sub(1)),
+        },
+        (false, true) => match parse(first) {
+            Some(start) => (start, length.saturating_sub(1)),
+            None => return Ok(None),
+        },
+        (false, false) => match (parse(first), parse(last)) {
+            (Some(start), Some(end)) if start <= end => (start, end.min(length.saturating_sub(1))),
+            _ => return Ok(None),
+        },
+        (true, true) => return Ok(None),
+    };
+    if length == 0 || start >= length {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+/// Answers a read of `Binary/<id>` whose current version is `resource`.
+pub(crate) async fn respond(
+    state: &AppState,
+    resource: &StoredResource,
+    headers: &HeaderMap,
+    pairs: &[(String, String)],
+    reduction: &Reduction,
+) -> Result<Response, ApiError> {
+    let json: Value = resource
+        .content
+        .as_deref()
+        .and_then(|content| serde_json::from_slice(content).ok())
+        .unwrap_or(Value::Null);
+    let Some(hash) = stored_hash(&json) else {
+        return resource_response(resource, headers, reduction);
+    };
+    if not_modified(resource, headers) {
+        return resource_response(resource, headers, reduction);
+    }
+    let bytes = state.store.blob(&hash).await?.ok_or_else(|| {
+        ApiError::internal(format!(
+            "Binary/{}: its stored bytes are missing",
+            resource.id
+        ))
+    })?;
+    let tag = etag(resource.version);
+    if wants_resource(headers, pairs) {
+        let mut json = json;
+        json["data"] = Value::String(tsunagi_core::base64::encode(&bytes));
+        json["meta"]["versionId"] = Value::String(resource.version.to_string());
+        json["meta"]["lastUpdated"] = Value::String(tsunagi_core::time::format_instant_jst(
+            resource.last_updated,
+        ));
+        let body = serde_json::to_vec(&json)
+            .map_err(|error| ApiError::internal(format!("Binary JSON: {error}")))?;
+        let mut response = json_response(StatusCode::OK, body);
+        set(&mut response, header::ETAG, &tag);
+        set(
+            &mut response,
+            header::LAST_MODIFIED,
+            &http_date(resource.last_updated),
+        );
+        return Ok(response);
+    }
+    let content_type = json["contentType"]
+        .as_str()
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    // If-Range naming another version: the whole content.
+    let if_range_stale = headers
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|value| value.trim_start_matches("W/") != tag.trim_start_matches("W/"));
+    let length = bytes.len();
+    let chosen = if if_range_stale {
+        None
+    } else {
+        match range(headers, length) {
+            Ok(chosen) => chosen,
+            Err(()) => {
+                let mut response = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+                set(
+                    &mut response,
+                    header::CONTENT_RANGE,
+                    &format!("bytes */{length}"),
+                );
+                return Ok(response);
+            }
+        }
+    };
+    let mut response = match chosen {
+        Some((start, end)) => {
+            let mut response =
+                (StatusCode::PARTIAL_CONTENT, bytes[start..=end].to_vec()).into_response();
+            set(
+                &mut response,
+                header::CONTENT_RANGE,
+                &format!("bytes {start}-{end}/{length}"),
+            );
+            response
+        }
+        None => (StatusCode::OK, bytes).into_response(),
+    };
+    set(&mut response, header::CONTENT_TYPE, &content_type);
+    set(&mut response, header::ETAG, &tag);
+    set(
+        &mut response,
+        header::LAST_MODIFIED,
+        &http_date(resource.last_updated),
+    );
+    set(&mut response, header::ACCEPT_RANGES, "bytes");
+    set(&mut response, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(&mut response, header::CONTENT_SECURITY_POLICY, "sandbox");
+    Ok(response)
+}
+
+fn set(response: &mut Response, name: header::HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        response.headers_mut().insert(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn with(name: header::HeaderName, value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(name, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn ranges_are_read_as_rfc_7233_says() {
+        let r = |value: &str| range(&with(header::RANGE, value), 100);
+        assert_eq!(r("bytes=0-9"), Ok(Some((0, 9))));
+        assert_eq!(r("bytes=90-"), Ok(Some((90, 99))));
+        assert_eq!(r("bytes=-10"), Ok(Some((90, 99))));
+        assert_eq!(r("bytes=95-200"), Ok(Some((95, 99))));
+        assert_eq!(r("bytes=100-"), Err(()));
+        assert_eq!(r("bytes=-0"), Err(()));
+        assert_eq!(r("bytes=0-1,5-6"), Ok(None), "several ranges: the whole");
+        assert_eq!(r("lines=1-2"), Ok(None));
+        assert_eq!(r("bytes=9-2"), Ok(None));
+        assert_eq!(range(&HeaderMap::new(), 100), Ok(None));
+    }
+
+    #[test]
+    fn the_resource_is_given_only_to_who_asks_for_fhir() {
+        let accept = |value: &str| wants_resource(&with(header::ACCEPT, value), &[]);
+        assert!(accept("application/fhir+json"));
+        assert!(accept("application/pdf;q=0.5, application/fhir+xml"));
+        assert!(!accept("application/pdf"));
+        assert!(!accept("*/*"));
+        assert!(!accept("application/pdf, application/fhir+json;q=0.1"));
+        assert!(!wants_resource(&HeaderMap::new(), &[]));
+        assert!(wants_resource(
+            &HeaderMap::new(),
+            &[("_format".into(), "json".into())]
+        ));
+    }
+}

@@ -1,0 +1,185 @@
+//! `GET /fhir/Binary/[id]` over real HTTP: a document's bytes exactly, in the form the client
+//! asks for (its own type, or the FHIR resource with base64 data), with ETag and byte ranges,
+//! only for a caller who may see the patient (another facility's patient without consent is
+//! 404, exactly as an unknown id), and audited as an access to that patient.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use support::{FACILITY, fresh_store, request, serve};
+use tsunagi_server::Settings;
+use tsunagi_store::{
+    Batch, Governance, Operation, ResourceWrite, Store,
+    governance::{AuditFilter, Facility},
+};
+
+const OTHER: &str = "0610200018";
+
+/// A patient of `facility` with one document's Binary `binary` holding `bytes`.
+fn record(facility: &str, patient: &str, binary: &str, bytes: &[u8]) -> Vec<Operation> {
+    let sha: [u8; 32] = Sha256::digest(bytes).into();
+    let hex: String = sha.iter().map(|b| format!("{b:02x}")).collect();
+    let patient_json =
+        json!({"resourceType": "Patient", "id": patient, "name": [{"family": "山田"}]});
+    let binary_json = json!({
+        "resourceType": "Binary", "id": binary,
+        "meta": {"tag": [{"system": "urn:tsunagi:sha256", "code": hex}]},
+        "contentType": "application/pdf",
+        "securityContext": {"reference": format!("DocumentReference/d-{binary}")}
+    });
+    let mut binary_write = ResourceWrite::from_json("Binary", binary, &binary_json).unwrap();
+    binary_write.compartment = Some(patient.to_owned());
+    vec![
+        Operation::PutBlob {
+            sha256: sha,
+            bytes: bytes.to_vec(),
+        },
+        Operation::ReplaceSource {
+            source_key: format!("doc:{patient}"),
+            facility: facility.to_owned(),
+            resources: vec![
+                ResourceWrite::from_json("Patient", patient, &patient_json).unwrap(),
+                binary_write,
+            ],
+        },
+    ]
+}
+
+#[tokio::test]
+async fn binary_bytes_are_served_as_asked_under_consent() {
+    let (store, _dir) = fresh_store().await;
+    store
+        .put_facility(&Facility {
+            code: OTHER.into(),
+            name: "日本海総合病院".into(),
+            kind: "hospital".into(),
+            active: true,
+        })
+        .await
+        .unwrap();
+    let pdf: Vec<u8> = b"%PDF-1.7\n"
+        .iter()
+        .copied()
+        .chain((0..5000u32).map(|n| (n % 251) as u8))
+        .collect();
+    let mut operations = record(FACILITY, "p1", "b1", &pdf);
+    operations.extend(record(OTHER, "p2", "b2", b"%PDF-1.4 other"));
+    store.apply(Batch { operations }).await.unwrap();
+    let addr = serve(store.clone(), Settings::default()).await;
+
+    // The bytes, exactly, with their type, version and ranges.
+    let whole = request(addr, "GET", "/fhir/Binary/b1", &[], "").await;
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.body, pdf);
+    assert_eq!(whole.header("content-type"), Some("application/pdf"));
+    assert_eq!(whole.header("etag"), Some("W/\"1\""));
+    assert_eq!(whole.header("accept-ranges"), Some("bytes"));
+    assert_eq!(whole.header("content-security-policy"), Some("sandbox"));
+    assert_eq!(whole.header("x-content-type-options"), Some("nosniff"));
+    let any = request(addr, "GET", "/fhir/Binary/b1", &[("accept", "*/*")], "").await;
+    assert_eq!(any.body, pdf);
+    let part = request(
+        addr,
+        "GET",
+        "/fhir/Binary/b1",
+        &[("range", "bytes=0-7")],
+        "",
+    )
+    .await;
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body, b"%PDF-1.7");
+    assert_eq!(
+        part.header("content-range"),
+        Some(format!("bytes 0-7/{}", pdf.len()).as_str())
+    );
+    let tail = request(
+        addr,
+        "GET",
+        "/fhir/Binary/b1",
+        &[("range", "bytes=-10")],
+        "",
+    )
+    .await;
+    assert_eq!(tail.body, pdf[pdf.len() - 10..]);
+    let past = request(
+        addr,
+        "GET",
+        "/fhir/Binary/b1",
+        &[("range", "bytes=999999-")],
+        "",
+    )
+    .await;
+    assert_eq!(past.status, 416);
+    let unchanged = request(
+        addr,
+        "GET",
+        "/fhir/Binary/b1",
+        &[("if-none-match", "W/\"1\"")],
+        "",
+    )
+    .await;
+    assert_eq!(unchanged.status, 304);
+    assert!(unchanged.body.is_empty());
+
+    // The FHIR resource, for a client that asks for FHIR.
+    let resource = request(
+        addr,
+        "GET",
+        "/fhir/Binary/b1",
+        &[("accept", "application/fhir+json")],
+        "",
+    )
+    .await;
+    assert_eq!(resource.status, 200);
+    let json = resource.json();
+    assert_eq!(json["resourceType"], "Binary");
+    assert_eq!(json["contentType"], "application/pdf");
+    assert_eq!(json["meta"]["versionId"], "1");
+    assert_eq!(
+        tsunagi_core::base64::decode(json["data"].as_str().unwrap()),
+        pdf
+    );
+    let xml = request(addr, "GET", "/fhir/Binary/b1?_format=xml", &[], "").await;
+    assert_eq!(xml.status, 200);
+    assert!(
+        String::from_utf8_lossy(&xml.body).contains("<Binary"),
+        "{}",
+        String::from_utf8_lossy(&xml.body)
+    );
+
+    // Another facility's patient, no consent: exactly as absent.
+    let hidden = request(addr, "GET", "/fhir/Binary/b2", &[], "").await;
+    let absent = request(addr, "GET", "/fhir/Binary/b3", &[], "").await;
+    assert_eq!((hidden.status, absent.status), (404, 404));
+    assert_eq!(
+        hidden.json()["issue"][0]["code"],
+        absent.json()["issue"][0]["code"]
+    );
+    let hidden_raw = request(
+        addr,
+        "GET",
+        "/fhir/Binary/b2",
+        &[("range", "bytes=0-3")],
+        "",
+    )
+    .await;
+    assert_eq!(hidden_raw.status, 404);
+
+    // Every read of p1's document was an audited access to p1.
+    let filter = AuditFilter {
+        patient: Some("p1".into()),
+        limit: 100,
+        ..Default::default()
+    };
+    let audited = store.audit(&filter).await.unwrap();
+    assert!(audited.len() >= 8, "{}", audited.len());
+    let other = AuditFilter {
+        patient: Some("p2".into()),
+        limit: 100,
+        ..Default::default()
+    };
+    assert!(store.audit(&other).await.unwrap().is_empty());
+}
