@@ -295,3 +295,45 @@ async fn documents_revisions_and_hostile_files() {
     );
     let _ = DEFAULT_MAX_DOCUMENT_BYTES;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_synthetic_regions_extended_storage_is_read_without_a_rejection() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = tsunagi_synth::generate_extended(dir.path(), 60, 7).unwrap();
+    assert!(report.files > 60, "{report:?}");
+    let url = format!("sqlite://{}", dir.path().join("tsunagi.db").display());
+    let store = Arc::new(
+        SqliteStore::open(&url, Arc::new(FixedClock(1_764_000_000_000_000)))
+            .await
+            .unwrap(),
+    );
+    let mut documents = 0;
+    for facility in &report.facilities {
+        let adapter = ExtendedAdapter::new(ExtendedConfig {
+            facility: FacilityId::parse(&facility.code).unwrap(),
+            name: None,
+            roots: vec![facility.root.clone()],
+            batch_resources: 2000,
+            max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
+            full: false,
+        });
+        let context = AdapterContext {
+            store: store.clone(),
+            clock: Arc::new(FixedClock(1_764_000_000_000_000)),
+            progress: Arc::new(NoProgress),
+        };
+        let pulled = adapter.pull(&context).await.unwrap();
+        assert!(pulled.rejected.is_empty(), "{:?}", pulled.rejected);
+        assert_eq!(pulled.warning_count, 0, "{:?}", pulled.warnings);
+        assert_eq!(pulled.files_seen, facility.files);
+        documents += pulled
+            .created
+            .get("DocumentReference")
+            .copied()
+            .unwrap_or(0);
+    }
+    assert_eq!(documents, report.files);
+    let counts = store.count_current().await.unwrap();
+    assert_eq!(counts.get("DocumentReference"), Some(&report.files));
+    assert_eq!(counts.get("Binary"), Some(&report.files));
+}

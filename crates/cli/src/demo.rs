@@ -48,7 +48,7 @@ pub(crate) async fn demo(
         "1. generating a synthetic region of {patients} people in {}",
         region.display()
     );
-    generate_region(&region, patients, 2026)?;
+    generate_region(&region, patients, 2026, false)?;
     let url = format!("sqlite://{}", db_path.display());
     println!("\n2. ingesting the three hospitals' SS-MIX2 storages into {url}");
     let store = open_store(&url).await?;
@@ -88,6 +88,30 @@ pub(crate) async fn demo(
             report.resources_written()
         );
     }
+    println!(
+        "\n   and their extended storages: documents (progress notes, discharge summaries, referral letters, scans)"
+    );
+    let extended = tsunagi_synth::generate_extended(&region, patients, 2026)?;
+    for facility in &extended.facilities {
+        let config = tsunagi_adapter_ssmix2_extended::ExtendedConfig {
+            facility: tsunagi_core::FacilityId::parse(&facility.code)?,
+            name: Some(facility.name.clone()),
+            roots: vec![facility.root.clone()],
+            batch_resources: crate::ingest::DEFAULT_BATCH_RESOURCES,
+            max_document_bytes: tsunagi_adapter_ssmix2_extended::DEFAULT_MAX_DOCUMENT_BYTES,
+            full: false,
+        };
+        let adapter = registry::pull(registry::Source::Ssmix2Extended(config));
+        let started = Instant::now();
+        let report = adapter
+            .pull(&context(store.clone(), Arc::new(NoProgress)))
+            .await?;
+        print_summary(
+            &report,
+            Some(&facility.name),
+            started.elapsed().as_secs_f64(),
+        );
+    }
     println!("\n4. the store now holds:");
     for (resource_type, count) in store.count_current().await? {
         println!("  {resource_type:<26} {count:>7}");
@@ -104,6 +128,12 @@ pub(crate) async fn demo(
         );
     }
     demo_network(store.as_ref(), patient_id).await?;
+    show_documents(
+        store.as_ref(),
+        patient_id,
+        listen.map_or("127.0.0.1:8080", |(http, _)| http),
+    )
+    .await?;
     println!(
         "\n   a clinic doctor's token (five minutes; issue another the same way):\n   TOKEN=$(tsunagi token issue --db {url} --user dr-demo --scope 'user/*.rs')\n   curl -H \"Authorization: Bearer $TOKEN\" http://{}/fhir/Patient/{patient_id}/\\$everything",
         listen.map_or("127.0.0.1:8080", |(http, _)| http)
@@ -330,5 +360,66 @@ async fn demo_network(store: &dyn Backend, patient_id: &str) -> anyhow::Result<(
         "\n5. the network: 3 hospitals and clinic {CLINIC} (user dr-demo, a doctor), invited by {} to Patient/{patient_id}; every other chart stays hidden from the clinic",
         tsunagi_synth::HOSPITALS[0].name
     );
+    Ok(())
+}
+
+/// Names a referral letter and a progress note of the demo's patient, and how to read each (and
+/// its original file) through the API.
+async fn show_documents(store: &dyn Backend, patient_id: &str, listen: &str) -> anyhow::Result<()> {
+    let subject = format!("Patient/{patient_id}");
+    let mut found: [Option<(String, String, String)>; 2] = [None, None];
+    let mut visit = |resource: tsunagi_store::StoredResource| {
+        if resource.resource_type != "DocumentReference" {
+            return Ok(());
+        }
+        let Ok(Some(json)) = resource.to_json() else {
+            return Ok(());
+        };
+        if json["subject"]["reference"] != subject.as_str() {
+            return Ok(());
+        }
+        let category = json["category"][0]["coding"][0]["code"]
+            .as_str()
+            .unwrap_or_default();
+        let slot = match category {
+            "referral" => 0,
+            "progress-note" if json["status"] == "current" => 1,
+            _ => return Ok(()),
+        };
+        if found[slot].is_none() {
+            found[slot] = Some((
+                resource.id.clone(),
+                json["subject"]["reference"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                json["content"][0]["attachment"]["url"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ));
+        }
+        Ok(())
+    };
+    store.for_each_current(&mut visit).await?;
+    for (what, document) in [
+        "a referral letter (診療情報提供書)",
+        "a progress note (経過記録)",
+    ]
+    .iter()
+    .zip(found)
+    {
+        if let Some((id, subject, binary)) = document {
+            println!(
+                "\n   {what} of {subject}, as the hospital's EHR wrote it (read with the token below):"
+            );
+            println!(
+                "   curl -H \"Authorization: Bearer $TOKEN\" http://{listen}/fhir/DocumentReference/{id}"
+            );
+            println!(
+                "   curl -H \"Authorization: Bearer $TOKEN\" http://{listen}/fhir/{binary}   # the original CDA"
+            );
+        }
+    }
     Ok(())
 }

@@ -57,7 +57,12 @@ pub(crate) async fn export_ndjson(db: &str, out: &Path) -> anyhow::Result<()> {
 }
 
 /// `tsunagi generate region`.
-pub(crate) fn generate_region(out: &Path, patients: usize, seed: u64) -> anyhow::Result<()> {
+pub(crate) fn generate_region(
+    out: &Path,
+    patients: usize,
+    seed: u64,
+    extended: bool,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let report = tsunagi_synth::generate_region(out, patients, seed)
         .with_context(|| format!("cannot generate into {}", out.display()))?;
@@ -80,5 +85,23 @@ pub(crate) fn generate_region(out: &Path, patients: usize, seed: u64) -> anyhow:
         );
     }
     println!("manifest: {}", out.join("region.json").display());
+    if extended {
+        let documents = tsunagi_synth::generate_extended(out, patients, seed)
+            .with_context(|| format!("cannot generate into {}", out.display()))?;
+        println!(
+            "extended storage: {} documents, {:.1} MB",
+            documents.files,
+            documents.bytes as f64 / 1e6
+        );
+        for facility in &documents.facilities {
+            println!(
+                "  {} {}  {} documents  {}",
+                facility.code,
+                facility.name,
+                facility.files,
+                facility.root.display()
+            );
+        }
+    }
     Ok(())
 }

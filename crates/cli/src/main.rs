@@ -279,6 +279,9 @@ enum GenerateWhat {
         /// Random seed (same seed, same files).
         #[arg(long)]
         seed: u64,
+        /// Also write each hospital's extended storage (documents) under <out>/extended/.
+        #[arg(long)]
+        extended: bool,
     },
 }
 
@@ -409,8 +412,9 @@ fn main() -> std::process::ExitCode {
                         out,
                         patients,
                         seed,
+                        extended,
                     },
-            } => export::generate_region(&out, patients, seed),
+            } => export::generate_region(&out, patients, seed, extended),
             Command::Demo {
                 dir,
                 patients,

@@ -435,3 +435,51 @@ fn many_identical_warnings_are_reported_once_per_kind() {
         "{text}"
     );
 }
+
+/// `tsunagi demo` names a referral letter and a progress note of its patient; the clinic doctor
+/// it prints a token for reads each, and the original CDA behind it, through the API.
+#[test]
+fn the_demos_documents_are_read_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(&[
+        "demo",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--patients",
+        "8",
+        "--no-serve",
+    ]);
+    let urls: Vec<&str> = out
+        .lines()
+        .filter_map(|line| line.split("http://127.0.0.1:8080").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter(|path| path.contains("/DocumentReference/") || path.contains("/Binary/"))
+        .collect();
+    assert_eq!(urls.len(), 4, "{out}");
+    let db = format!("sqlite://{}", dir.path().join("tsunagi.db").display());
+    let (_server, address) = serve(&db);
+    let token = ok(&[
+        "token",
+        "issue",
+        "--db",
+        &db,
+        "--user",
+        "dr-demo",
+        "--scope",
+        "user/*.rs",
+    ]);
+    let token = token.trim();
+    for url in &urls {
+        let (status, answer) = http(&address, "GET", url, token, None, b"").unwrap();
+        assert_eq!(status, 200, "{url}: {answer}");
+        if url.contains("/Binary/") {
+            assert!(answer.contains("<ClinicalDocument"), "{url}: {answer}");
+        } else {
+            let json = json_of(&answer);
+            assert_eq!(json["resourceType"], "DocumentReference");
+            assert!(json["text"]["div"].as_str().unwrap().contains("<h2>"));
+        }
+    }
+    let referral = json_of(&http(&address, "GET", urls[0], token, None, b"").unwrap().1);
+    assert_eq!(referral["type"]["coding"][0]["code"], "MD0020730");
+}

@@ -153,6 +153,83 @@ impl Writer {
     }
 }
 
+/// Person `person` of the region of `seed`: who they are, the hospitals holding their charts
+/// (their home hospital first), and the random stream their charts are written from.
+fn assign(seed: u64, person: usize) -> (messages::Person, Vec<usize>, Rng) {
+    let mut rng = Rng::new(seed ^ (person as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let people = messages::Person::random(&mut rng, person);
+    let roll = rng.below(100);
+    let home = if roll < 45 {
+        0
+    } else if roll < 80 {
+        1
+    } else {
+        2
+    };
+    let mut hospitals = vec![home];
+    if rng.chance(27) {
+        hospitals.push((home + 1 + rng.below(2) as usize) % 3);
+    }
+    (people, hospitals, rng)
+}
+
+/// What [`generate_extended`] wrote.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ExtendedReport {
+    /// Per hospital: code, name, extended-storage root, patients, files.
+    pub facilities: Vec<FacilityReport>,
+    /// Document files written.
+    pub files: u64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+/// Writes the extended storage of the region of `patients` people and `seed` under
+/// `<out>/extended/<facility code>/`: each chart's documents (progress notes, some revised,
+/// discharge summaries, referral letters, scanned PDFs), for the same patients, names and ids
+/// as [`generate_region`]'s standardized storage. The region's first person has one document of
+/// every kind. Deterministic, and independent of the standardized storage.
+pub fn generate_extended(out: &Path, patients: usize, seed: u64) -> io::Result<ExtendedReport> {
+    let mut writers: Vec<messages::DocumentWriter> = HOSPITALS
+        .iter()
+        .map(|hospital| messages::DocumentWriter {
+            root: out.join("extended").join(hospital.code),
+            files: 0,
+            bytes: 0,
+        })
+        .collect();
+    let mut charts = [0usize; 3];
+    for writer in &writers {
+        fs::create_dir_all(&writer.root)?;
+    }
+    for person in 0..patients {
+        let (people, hospitals, _) = assign(seed, person);
+        for hospital in hospitals {
+            charts[hospital] += 1;
+            // A stream of its own: the standardized storage stays byte for byte what it was.
+            let mut rng = Rng::new(
+                seed ^ 0xD0C5_D0C5
+                    ^ ((person * 3 + hospital) as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
+            );
+            let chart = messages::Chart::new(HOSPITALS[hospital], &people, person);
+            chart.write_documents(&mut rng, &mut writers[hospital], person == 0)?;
+        }
+    }
+    let mut report = ExtendedReport::default();
+    for (index, writer) in writers.iter().enumerate() {
+        report.files += writer.files;
+        report.bytes += writer.bytes;
+        report.facilities.push(FacilityReport {
+            code: HOSPITALS[index].code.to_owned(),
+            name: HOSPITALS[index].name.to_owned(),
+            root: writer.root.clone(),
+            patients: charts[index],
+            files: writer.files,
+        });
+    }
+    Ok(report)
+}
+
 /// Generates the region under `out` (created if missing).
 pub fn generate_region(out: &Path, patients: usize, seed: u64) -> io::Result<RegionReport> {
     fs::create_dir_all(out)?;
@@ -172,19 +249,8 @@ pub fn generate_region(out: &Path, patients: usize, seed: u64) -> io::Result<Reg
     let mut charts = [0usize; 3];
     let mut shared = 0usize;
     for person in 0..patients {
-        let mut rng = Rng::new(seed ^ (person as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let people = messages::Person::random(&mut rng, person);
-        let roll = rng.below(100);
-        let home = if roll < 45 {
-            0
-        } else if roll < 80 {
-            1
-        } else {
-            2
-        };
-        let mut hospitals = vec![home];
-        if rng.chance(27) {
-            hospitals.push((home + 1 + rng.below(2) as usize) % 3);
+        let (people, hospitals, mut rng) = assign(seed, person);
+        if hospitals.len() > 1 {
             shared += 1;
         }
         for hospital in hospitals {

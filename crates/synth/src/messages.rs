@@ -9,11 +9,13 @@ use crate::{
     vendor::{LabCodes, PatientIdForm, VendorProfile},
 };
 
+mod documents;
 mod exams;
 mod orders;
 mod stay;
 mod vocabulary;
 
+pub(crate) use documents::DocumentWriter;
 use vocabulary::*;
 
 /// A person of the region (who may have charts at two hospitals).
