@@ -16,7 +16,7 @@ const TARGET_SKIPS_PER_SECOND: f64 = 50_000.0;
 /// Target: peak resident set size.
 const TARGET_PEAK_RSS_MB: f64 = 200.0;
 
-fn status_kib(field: &str) -> Option<u64> {
+pub(crate) fn status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status
         .lines()
@@ -26,7 +26,7 @@ fn status_kib(field: &str) -> Option<u64> {
 }
 
 /// Resets the kernel's peak-RSS counter (Linux ≥ 4.0), so generation does not count.
-fn reset_peak_rss() {
+pub(crate) fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 

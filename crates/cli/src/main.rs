@@ -16,6 +16,7 @@
 
 mod admin;
 mod bench;
+mod bench_extended;
 mod bench_mllp;
 mod bench_outbound;
 mod bench_search;
@@ -327,6 +328,19 @@ enum BenchWhat {
         #[arg(long, default_value_t = 20_000)]
         notes: usize,
     },
+    /// Generate extended storage, read and hash it (the floor), pull it into a fresh database and
+    /// again unchanged; print documents/s, MB/s beside the floor, skip rate, peak RSS.
+    Extended {
+        /// Number of people.
+        #[arg(long, default_value_t = 2000)]
+        patients: usize,
+        /// Progress notes per chart at least.
+        #[arg(long, default_value_t = 20)]
+        documents: u64,
+        /// Random seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// Generate, ingest into a fresh database, re-ingest; print throughput, skip rate, peak RSS.
     Ingest {
         /// Number of people in the generated region.
@@ -504,6 +518,14 @@ fn main() -> std::process::ExitCode {
             Command::Bench {
                 what: BenchWhat::Outbound { notes },
             } => bench_outbound::run(notes).await,
+            Command::Bench {
+                what:
+                    BenchWhat::Extended {
+                        patients,
+                        documents,
+                        seed,
+                    },
+            } => bench_extended::extended(patients, documents, seed).await,
             Command::Run { config, once } => run::run(&config, once).await,
             Command::Config {
                 what: ConfigWhat::Check { config },

@@ -190,6 +190,17 @@ pub struct ExtendedReport {
 /// as [`generate_region`]'s standardized storage. The region's first person has one document of
 /// every kind. Deterministic, and independent of the standardized storage.
 pub fn generate_extended(out: &Path, patients: usize, seed: u64) -> io::Result<ExtendedReport> {
+    generate_extended_with(out, patients, seed, 0)
+}
+
+/// [`generate_extended`] with at least `min_notes` progress notes per chart (the benchmark's
+/// corpus of many documents per patient).
+pub fn generate_extended_with(
+    out: &Path,
+    patients: usize,
+    seed: u64,
+    min_notes: u64,
+) -> io::Result<ExtendedReport> {
     let mut writers: Vec<messages::DocumentWriter> = HOSPITALS
         .iter()
         .map(|hospital| messages::DocumentWriter {
@@ -212,7 +223,7 @@ pub fn generate_extended(out: &Path, patients: usize, seed: u64) -> io::Result<E
                     ^ ((person * 3 + hospital) as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
             );
             let chart = messages::Chart::new(HOSPITALS[hospital], &people, person);
-            chart.write_documents(&mut rng, &mut writers[hospital], person == 0)?;
+            chart.write_documents(&mut rng, &mut writers[hospital], person == 0, min_notes)?;
         }
     }
     let mut report = ExtendedReport::default();

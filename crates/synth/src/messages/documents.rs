@@ -98,11 +98,12 @@ impl Chart<'_> {
         rng: &mut Rng,
         writer: &mut DocumentWriter,
         every_kind: bool,
+        min_notes: u64,
     ) -> io::Result<()> {
         let types = data_types(self.profile());
         // Care spans 2023-04-01 .. 2025-03-31.
         let first = 19_448 + rng.below(300) as i64;
-        let notes = 1 + rng.below(3);
+        let notes = (1 + rng.below(3)).max(min_notes);
         for number in 0..notes {
             let when = When {
                 days: first + number as i64 * (7 + rng.below(60) as i64),

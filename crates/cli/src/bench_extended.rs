@@ -1,0 +1,125 @@
+//! `tsunagi bench extended`: generate extended storage (many documents per patient), measure the
+//! machine's floor — reading and hashing (SHA-256) every document file — then pull it into a
+//! fresh SQLite store and pull it again unchanged; print documents/s and MB/s beside the floor,
+//! the skip rate and peak RSS, against the targets. Use a release build.
+
+use std::{path::Path, sync::Arc, time::Instant};
+
+use sha2::{Digest, Sha256};
+use tsunagi_adapter::{AdapterContext, NoProgress, PullReport};
+use tsunagi_core::clock::SystemClock;
+
+use crate::{
+    bench::{reset_peak_rss, status_kib},
+    open, registry,
+};
+
+const TARGET_DOCUMENTS_PER_SECOND: f64 = 1_000.0;
+const TARGET_MB_PER_SECOND: f64 = 100.0;
+const TARGET_SKIPS_PER_SECOND: f64 = 50_000.0;
+const TARGET_PEAK_RSS_MB: f64 = 200.0;
+
+/// Every file under `dir`, read and hashed: (files, bytes).
+fn read_and_hash(dir: &Path) -> std::io::Result<(u64, u64)> {
+    let (mut files, mut bytes) = (0u64, 0u64);
+    let mut stack = vec![dir.to_owned()];
+    while let Some(folder) = stack.pop() {
+        for entry in std::fs::read_dir(&folder)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+            } else {
+                let content = std::fs::read(entry.path())?;
+                std::hint::black_box(Sha256::digest(&content));
+                files += 1;
+                bytes += content.len() as u64;
+            }
+        }
+    }
+    Ok((files, bytes))
+}
+
+async fn pull_all(
+    report: &tsunagi_synth::ExtendedReport,
+    store: Arc<dyn tsunagi_store::Store>,
+) -> anyhow::Result<Vec<PullReport>> {
+    let mut reports = Vec::new();
+    for facility in &report.facilities {
+        let config = tsunagi_adapter_ssmix2_extended::ExtendedConfig {
+            facility: tsunagi_core::FacilityId::parse(&facility.code)?,
+            name: Some(facility.name.clone()),
+            roots: vec![facility.root.clone()],
+            batch_resources: crate::ingest::DEFAULT_BATCH_RESOURCES,
+            max_document_bytes: tsunagi_adapter_ssmix2_extended::DEFAULT_MAX_DOCUMENT_BYTES,
+            full: false,
+        };
+        let adapter = registry::pull(registry::Source::Ssmix2Extended(config));
+        let context = AdapterContext {
+            store: store.clone(),
+            clock: Arc::new(SystemClock),
+            progress: Arc::new(NoProgress),
+        };
+        reports.push(adapter.pull(&context).await?);
+    }
+    Ok(reports)
+}
+
+/// Runs the extended-storage benchmark.
+pub(crate) async fn extended(patients: usize, documents: u64, seed: u64) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    println!(
+        "generating extended storage: {patients} people, at least {documents} progress notes per chart…"
+    );
+    let generated = tsunagi_synth::generate_extended_with(dir.path(), patients, seed, documents)?;
+    let root = dir.path().join("extended");
+    // The floor: the same files read and hashed, nothing else (after a first read that warms
+    // the page cache for both measurements alike).
+    read_and_hash(&root)?;
+    let started = Instant::now();
+    let (files, bytes) = read_and_hash(&root)?;
+    let floor = started.elapsed().as_secs_f64();
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let store = open::open_store(&url).await?;
+    reset_peak_rss();
+    let started = Instant::now();
+    let reports = pull_all(&generated, store.clone()).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let peak_mb = status_kib("VmHWM:").unwrap_or(0) as f64 / 1024.0;
+    let read: u64 = reports.iter().map(|r| r.files_read).sum();
+    let rejected: usize = reports.iter().map(|r| r.rejected.len()).sum();
+    let started = Instant::now();
+    let again = pull_all(&generated, store.clone()).await?;
+    let reseconds = started.elapsed().as_secs_f64();
+    let skipped: u64 = again.iter().map(|r| r.files_skipped_unchanged).sum();
+    let mb = bytes as f64 / 1e6;
+    println!(
+        "{} documents ({read} read, {rejected} rejected), {mb:.1} MB, in {} storages, into SQLite",
+        generated.files,
+        generated.facilities.len()
+    );
+    println!("  measure                  this run      floor (read + SHA-256)   ratio   target");
+    let docs_per_second = read as f64 / seconds;
+    let floor_docs = files as f64 / floor;
+    println!(
+        "  documents/s           {docs_per_second:>10.0}   {floor_docs:>12.0}            {:>5.2}   ≥ {TARGET_DOCUMENTS_PER_SECOND:.0} (×{:.2})",
+        docs_per_second / floor_docs,
+        docs_per_second / TARGET_DOCUMENTS_PER_SECOND
+    );
+    let mb_per_second = mb / seconds;
+    let floor_mb = mb / floor;
+    println!(
+        "  MB/s of documents     {mb_per_second:>10.1}   {floor_mb:>12.1}            {:>5.2}   ≥ {TARGET_MB_PER_SECOND:.0} (×{:.2})",
+        mb_per_second / floor_mb,
+        mb_per_second / TARGET_MB_PER_SECOND
+    );
+    let skips = skipped as f64 / reseconds;
+    println!(
+        "  unchanged re-pull     {skips:>10.0} skipped documents/s                     ≥ {TARGET_SKIPS_PER_SECOND:.0} (×{:.2})",
+        skips / TARGET_SKIPS_PER_SECOND
+    );
+    println!(
+        "  peak RSS (pull)       {peak_mb:>10.1} MB                                    ≤ {TARGET_PEAK_RSS_MB:.0} (×{:.2})",
+        peak_mb / TARGET_PEAK_RSS_MB
+    );
+    Ok(())
+}
