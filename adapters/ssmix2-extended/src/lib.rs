@@ -136,6 +136,9 @@ struct PatientOutcome {
     resources: usize,
     bytes: u64,
     folders: Folders,
+    /// Something could not be read now: the patient's digest is not recorded, so the next pull
+    /// looks again.
+    retry: bool,
 }
 
 impl Puller {
@@ -191,11 +194,13 @@ impl Puller {
             pending_resources += outcome.resources;
             pending_bytes += outcome.bytes;
             batch.operations.extend(outcome.operations);
-            batch.operations.push(Operation::PutCheckpoint {
-                scope: digest_scope(&facility),
-                key: patient_id.clone(),
-                value: digest.to_le_bytes().to_vec(),
-            });
+            if !outcome.retry {
+                batch.operations.push(Operation::PutCheckpoint {
+                    scope: digest_scope(&facility),
+                    key: patient_id.clone(),
+                    value: digest.to_le_bytes().to_vec(),
+                });
+            }
             batch.operations.push(Operation::PutCheckpoint {
                 scope: folders_scope(&facility),
                 key: patient_id,
@@ -324,12 +329,17 @@ impl Puller {
                         })
                 })
                 .collect();
+            let stored_before: Vec<bool> = seen
+                .iter()
+                .map(|seen| seen.is_some_and(|seen| !seen.refused))
+                .collect();
             let read = read::read_record(
                 &self.config.facility,
                 &data_type,
                 &record_key,
                 &record,
                 &skip,
+                &stored_before,
                 self.config.max_document_bytes,
             );
             report.files_read += read.read;
@@ -341,8 +351,13 @@ impl Puller {
                 .iter()
                 .map(|(index, rejection)| (*index, rejection))
                 .collect();
+            outcome.retry |= read.retry;
             for (index, (_, version)) in record.iter().enumerate() {
                 match (refused.get(&index), skip[index]) {
+                    // Not read now (IO): reported, not remembered, read again next time.
+                    (Some(rejection), _) if read.unreadable.contains(&index) => {
+                        report.rejected.push((*rejection).clone());
+                    }
                     (Some(rejection), _) => {
                         refuse(&mut outcome, report, version, rejection.reason.clone())
                     }

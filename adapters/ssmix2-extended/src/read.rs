@@ -38,6 +38,10 @@ pub(crate) struct RecordOutcome {
     pub(crate) refused: Vec<(usize, Rejection)>,
     /// (source, warning).
     pub(crate) warnings: Vec<(String, String)>,
+    /// Some version could not be read now: the patient is pulled again next time.
+    pub(crate) retry: bool,
+    /// Which versions could not be read now (not remembered as refused).
+    pub(crate) unreadable: Vec<usize>,
 }
 
 /// The media type of a document, told from its first bytes.
@@ -74,19 +78,38 @@ struct Accepted {
 }
 
 /// Reads the versions of one record (oldest first); `skip[i]` marks a version refused before
-/// and unchanged since, which is neither read nor reported again.
+/// and unchanged since, which is neither read nor reported again; `stored[i]` one that was
+/// read and stored before. When a stored version is refused now (its file went bad), the record
+/// is left as stored: a bad file changes nothing.
 pub(crate) fn read_record(
     facility: &FacilityId,
     data_type: &DataTypeFolder,
     record_key: &str,
     versions: &[(ContentFolder, &FoundVersion)],
     skip: &[bool],
+    stored: &[bool],
     max_bytes: u64,
 ) -> RecordOutcome {
     let mut outcome = RecordOutcome::default();
     let mut accepted = Vec::new();
+    let mut ids = std::collections::HashSet::new();
     for (index, (content, found)) in versions.iter().enumerate() {
         if skip.get(index).copied().unwrap_or(false) {
+            continue;
+        }
+        let refused = |reason: String| Rejection {
+            source: found.path.display().to_string(),
+            reason,
+        };
+        // Two versions at one 発生日時 would be one resource twice in the record.
+        if !ids.insert(document_id(facility.as_str(), data_type, content)) {
+            outcome.refused.push((
+                index,
+                refused(format!(
+                    "another version of this document has the same 発生日時 {}",
+                    content.occurred
+                )),
+            ));
             continue;
         }
         match read_version(content, found, max_bytes) {
@@ -94,16 +117,24 @@ pub(crate) fn read_record(
                 outcome.read += 1;
                 accepted.push(Accepted { index, ..version });
             }
-            Err(reason) => outcome.refused.push((
-                index,
-                Rejection {
-                    source: found.path.display().to_string(),
-                    reason,
-                },
-            )),
+            Err(Refusal::Content(reason)) => outcome.refused.push((index, refused(reason))),
+            Err(Refusal::Io(reason)) => {
+                outcome.retry = true;
+                outcome.unreadable.push(index);
+                outcome.refused.push((
+                    index,
+                    refused(format!(
+                        "cannot be read now, read again on the next pull: {reason}"
+                    )),
+                ));
+            }
         }
     }
-    if accepted.is_empty() {
+    let lost_stored = outcome
+        .refused
+        .iter()
+        .any(|(index, _)| stored.get(*index).copied().unwrap_or(false));
+    if accepted.is_empty() || lost_stored {
         return outcome;
     }
     let patient = logical_id(&[facility.as_str(), &versions[0].0.patient_id]);
@@ -161,21 +192,26 @@ pub(crate) fn read_record(
                 )),
             }
         }
-        // The original bytes: a Binary naming them by hash, in the patient's compartment, read
-        // by whoever may read the document that points to it.
+        // The original bytes: a Binary naming them by hash, in the patient's compartment (its
+        // tag says which, so a reindex recomputes it from the content), read by whoever may
+        // read the patient.
         let facility_code = facility.as_str();
         let hex: String = version.sha256.iter().map(|b| format!("{b:02x}")).collect();
         let binary = json!({
             "resourceType": "Binary",
             "id": binary_id(facility_code, data_type, content),
-            "meta": {"tag": [{"system": "urn:tsunagi:sha256", "code": hex}]},
+            "meta": {"tag": [
+                {"system": "urn:tsunagi:sha256", "code": hex},
+                {"system": tsunagi_fhir::search::BINARY_PATIENT_TAG, "code": format!("Patient/{patient}")}
+            ]},
             "contentType": source.content_type,
             "securityContext": {"reference": format!("DocumentReference/{}", document_id(facility_code, data_type, content))}
         });
         let id = binary["id"].as_str().unwrap_or_default().to_owned();
         match ResourceWrite::from_json("Binary", &id, &binary) {
-            Ok(mut write) => {
-                write.compartment = Some(patient.clone());
+            Ok(write) => {
+                // Its compartment is read from its tag, as a reindex reads it.
+                debug_assert_eq!(write.compartment.as_deref(), Some(patient.as_str()));
                 resources.push(write);
                 blobs.push((version.sha256, version.index));
             }
@@ -206,41 +242,71 @@ pub(crate) fn read_record(
     outcome
 }
 
+/// Why a version was not read.
+enum Refusal {
+    /// Its content is not acceptable: refused until it changes.
+    Content(String),
+    /// It could not be read now (IO): read again on the next pull.
+    Io(String),
+}
+
+/// Reads a regular file (never a link, a pipe or a device) of at most `max` bytes.
+fn read_regular(path: &std::path::Path, max: u64) -> Result<Option<Vec<u8>>, Refusal> {
+    use std::{io::Read, os::unix::fs::MetadataExt};
+    let io = |error: std::io::Error| Refusal::Io(error.to_string());
+    let before = std::fs::symlink_metadata(path).map_err(io)?;
+    if !before.file_type().is_file() {
+        return Err(Refusal::Content(
+            "not a regular file (a link, a pipe or a device is never read)".to_owned(),
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(io)?;
+    let opened = file.metadata().map_err(io)?;
+    // What was opened is what was looked at: not a link swapped in meanwhile.
+    if !opened.is_file() || opened.dev() != before.dev() || opened.ino() != before.ino() {
+        return Err(Refusal::Io(
+            "the file changed while it was opened".to_owned(),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(opened.len().min(max) as usize);
+    file.take(max + 1).read_to_end(&mut bytes).map_err(io)?;
+    Ok((bytes.len() as u64 <= max).then_some(bytes))
+}
+
 fn read_version(
     content: &ContentFolder,
     found: &FoundVersion,
     max_bytes: u64,
-) -> Result<Accepted, String> {
-    let main = found.main_file()?;
+) -> Result<Accepted, Refusal> {
+    let main = found.main_file().map_err(Refusal::Content)?;
+    let refuse = |why: String| Refusal::Content(format!("{}: {why}", main.name));
     if main.size == 0 {
-        return Err(format!("{}: the main file is empty (0 bytes)", main.name));
+        return Err(refuse("the main file is empty (0 bytes)".to_owned()));
     }
     if main.size > max_bytes {
-        return Err(format!(
-            "{}: {} bytes, over the limit of {max_bytes} (max_document_bytes)",
-            main.name, main.size
-        ));
+        return Err(refuse(format!(
+            "{} bytes, over the limit of {max_bytes} (max_document_bytes)",
+            main.size
+        )));
     }
-    let path = found.path.join(&main.name);
-    let bytes = std::fs::read(&path).map_err(|error| format!("{}: {error}", main.name))?;
-    if bytes.len() as u64 > max_bytes {
-        return Err(format!(
-            "{}: grew over the size limit while read",
-            main.name
-        ));
-    }
+    let bytes = match read_regular(&found.path.join(&main.name), max_bytes) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Err(refuse("grew over the size limit while read".to_owned())),
+        Err(Refusal::Content(why)) => return Err(refuse(why)),
+        Err(Refusal::Io(why)) => return Err(Refusal::Io(format!("{}: {why}", main.name))),
+    };
     if bytes.is_empty() {
-        return Err(format!("{}: the main file is empty (0 bytes)", main.name));
+        return Err(refuse("the main file is empty (0 bytes)".to_owned()));
     }
     let sha256: [u8; 32] = Sha256::digest(&bytes).into();
     let content_type = content_type(&bytes);
     let cda = if content_type == "text/xml" {
-        let cda = CdaDocument::parse(&bytes).map_err(|error| format!("{}: {error}", main.name))?;
+        let cda = CdaDocument::parse(&bytes).map_err(|error| refuse(error.to_string()))?;
         if !cda.names_patient(&content.patient_id) {
-            return Err(format!(
-                "{}: the CDA's patient is not the folder's patient {}",
-                main.name, content.patient_id
-            ));
+            return Err(refuse(format!(
+                "the CDA's patient is not the folder's patient {}",
+                content.patient_id
+            )));
         }
         Some(cda)
     } else {

@@ -113,6 +113,13 @@ pub fn patient_versions(folders: &[PathBuf], rejected: &mut Vec<Rejection>) -> V
                             Ok(metadata) if metadata.is_dir() => {
                                 rejected.push(stray(&path, "a folder inside a content folder"));
                             }
+                            // A link, a pipe or a device is never read: it could point anywhere.
+                            Ok(metadata) if !metadata.is_file() => rejected.push(Rejection {
+                                source: path.display().to_string(),
+                                reason:
+                                    "not a regular file (a link, a pipe or a device is never read)"
+                                        .to_owned(),
+                            }),
                             Ok(metadata) => files.push(FoundFile {
                                 name: file.file_name().to_string_lossy().into_owned(),
                                 size: metadata.len(),

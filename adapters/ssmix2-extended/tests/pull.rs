@@ -129,6 +129,28 @@ async fn documents_revisions_and_hostile_files() {
             &[("main_document.xml", bytes)],
         );
     }
+    // A link to a file outside the storage, and a second version at the same 発生日時.
+    let linked = content("H07", "20240502110000", '1');
+    put(&root, PATIENT, "20240502", NOTE_TYPE, &linked, &[]);
+    std::os::unix::fs::symlink(
+        "/etc/passwd",
+        root.join(&PATIENT[..3])
+            .join(&PATIENT[3..6])
+            .join(PATIENT)
+            .join("20240502")
+            .join(NOTE_TYPE)
+            .join(&linked)
+            .join("main_document.xml"),
+    )
+    .unwrap();
+    put(
+        &root,
+        PATIENT,
+        "20240502",
+        NOTE_TYPE,
+        "0001000052_20240502_L12345_K0001_20240503080000000_02_1",
+        &[("main_document.xml", &note)],
+    );
     // A content folder whose name is not its folders'.
     put(
         &root,
@@ -173,7 +195,10 @@ async fn documents_revisions_and_hostile_files() {
     expect("H05", "not the folder's patient 0001000052");
     expect("H06", "over the limit of 8192");
     expect("9999999999", "does not begin with the patient");
-    assert_eq!(report.rejected.len(), 7, "{reasons:#?}");
+    expect("main_document.xml", "not a regular file");
+    expect("K0001_20240503080000000_0", "same 発生日時");
+    assert_eq!(report.rejected.len(), 10, "{reasons:#?}");
+    expect("H07", "the content folder is empty");
     // Three good versions: three DocumentReferences and three Binaries.
     assert_eq!(
         report.created.get("DocumentReference"),
@@ -293,6 +318,36 @@ async fn documents_revisions_and_hostile_files() {
             .all(|rejection| !rejection.source.contains("H01")),
         "{fixed:?}"
     );
+    // A stored version whose file goes bad: refused, and what was stored of the record stays.
+    let newest = content("K0001", "20240504080000000", '1');
+    put(
+        &root,
+        PATIENT,
+        "20240502",
+        NOTE_TYPE,
+        &newest,
+        &[("main_document.xml", b"<ClinicalDocument")],
+    );
+    let broken = pull(&store, &root, 8192).await;
+    assert!(
+        broken
+            .rejected
+            .iter()
+            .any(|r| r.source.contains(&newest) && r.reason.contains("truncated")),
+        "{broken:?}"
+    );
+    assert!(
+        broken.deleted.is_empty() && broken.updated.is_empty(),
+        "{broken:?}"
+    );
+    let newest_id = format!("{FACILITY}.{PATIENT}.20240502.L12345.K0001.20240504080000000");
+    let kept = store
+        .read(&access, "DocumentReference", &newest_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!kept.deleted);
+    assert_eq!(json(&kept)["status"], "current");
     let _ = DEFAULT_MAX_DOCUMENT_BYTES;
 }
 

@@ -111,6 +111,19 @@ impl ContentFolder {
     ) -> Result<Self, DocumentError> {
         let wrong =
             |why: String| DocumentError::layout(format!("content folder {folder:?}: {why}"));
+        // Keys are joined with `_`: a patient id or date holding one could name another record.
+        if patient_id.is_empty() || patient_id.contains('_') {
+            return Err(wrong(format!(
+                "patient folder {patient_id:?} is not a patient id"
+            )));
+        }
+        if !(care_date == "-"
+            || (care_date.len() == 8 && care_date.bytes().all(|b| b.is_ascii_digit())))
+        {
+            return Err(wrong(format!(
+                "date folder {care_date:?} is not YYYYMMDD or -"
+            )));
+        }
         let prefix = format!("{patient_id}_{care_date}_");
         let rest = folder.strip_prefix(&prefix).ok_or_else(|| {
             wrong(format!(
@@ -262,5 +275,19 @@ mod tests {
         assert!(DataTypeFolder::parse("only^two").is_err());
         assert!(DataTypeFolder::parse("^^^11506-3^経過記録^LN").is_err());
         assert!(check_patient_folders("000", "999", "0001000052").is_err());
+        let bad_date = ContentFolder::parse("P1_2024_L1_K_20240501120000_1", "P1", "2024", &note);
+        assert!(bad_date.unwrap_err().to_string().contains("YYYYMMDD"));
+        let bad_patient = ContentFolder::parse(
+            "P_1_20240501_L1_K_20240501120000_1",
+            "P_1",
+            "20240501",
+            &note,
+        );
+        assert!(
+            bad_patient
+                .unwrap_err()
+                .to_string()
+                .contains("not a patient id")
+        );
     }
 }

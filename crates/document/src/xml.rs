@@ -10,8 +10,11 @@ use crate::DocumentError;
 /// Elements nested deeper than this are refused (a CDA body is a few levels deep).
 const MAX_DEPTH: usize = 128;
 
-/// Elements and text nodes in one document at most.
-const MAX_NODES: usize = 2_000_000;
+/// Elements, attributes and text nodes in one document at most (a CDA has some thousands).
+const MAX_NODES: usize = 500_000;
+
+/// Attributes of one element at most (a CDA element has a handful).
+const MAX_ATTRIBUTES: usize = 64;
 
 /// An element: its local name, attributes (local names) and children in order.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -145,10 +148,13 @@ pub fn parse(bytes: &[u8]) -> Result<Element, DocumentError> {
                         "elements nested deeper than {MAX_DEPTH}"
                     )));
                 }
-                stack.push(element_of(&start)?);
+                let element = element_of(&start)?;
+                nodes += element.attributes.len();
+                stack.push(element);
             }
             Event::Empty(start) => {
                 let element = element_of(&start)?;
+                nodes += element.attributes.len();
                 attach(&mut stack, &mut root, element)?;
             }
             Event::End(_) => {
@@ -201,7 +207,15 @@ pub fn parse(bytes: &[u8]) -> Result<Element, DocumentError> {
 
 fn element_of(start: &quick_xml::events::BytesStart<'_>) -> Result<Element, DocumentError> {
     let mut attributes = Vec::new();
-    for attribute in start.attributes() {
+    // Duplicates are not looked for (quick-xml's check is quadratic in the attributes): the
+    // first of a name is the one read.
+    for attribute in start.attributes().with_checks(false) {
+        if attributes.len() >= MAX_ATTRIBUTES {
+            return Err(DocumentError::xml(format!(
+                "more than {MAX_ATTRIBUTES} attributes on <{}>",
+                String::from_utf8_lossy(start.name().as_ref())
+            )));
+        }
         let attribute = attribute.map_err(|error| DocumentError::xml(error.to_string()))?;
         let key = attribute.key.as_ref();
         // Namespace declarations are not data.
@@ -284,6 +298,14 @@ mod tests {
             refused(b"<?xml version=\"1.0\" encoding=\"Shift_JIS\"?><d/>").contains("SHIFT_JIS")
         );
         assert!(refused(b"<d>\x82\xa0</d>").contains("not UTF-8"));
+        let crowded = format!(
+            "<d {}/>",
+            (0..100)
+                .map(|n| format!("a{n}=\"x\""))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        assert!(refused(crowded.as_bytes()).contains("attributes"));
         let deep = "<a>".repeat(MAX_DEPTH + 1);
         assert!(refused(deep.as_bytes()).contains("deeper"));
     }

@@ -281,11 +281,27 @@ pub fn compartment_param(resource_type: &str) -> Option<&'static str> {
         .map(|(_, code)| *code)
 }
 
+/// The tag that names the patient whose record a Binary belongs to (`Patient/<id>`): a Binary
+/// has no element that could, and its compartment must be recoverable from its content alone
+/// (a reindex recomputes every compartment from content).
+pub const BINARY_PATIENT_TAG: &str = "urn:tsunagi:compartment";
+
 /// The logical id of the patient whose record `resource` belongs to: its own id for a Patient,
-/// the first `Patient/…` target of the type's compartment parameter otherwise.
+/// the patient its compartment tag names for a Binary, the first `Patient/…` target of the
+/// type's compartment parameter otherwise.
 pub fn compartment_patient(resource_type: &str, resource: &Value) -> Option<String> {
     if resource_type == "Patient" {
         return text_of(resource.get("id")).map(str::to_owned);
+    }
+    if resource_type == "Binary" {
+        return resource["meta"]["tag"]
+            .as_array()?
+            .iter()
+            .find(|tag| tag["system"] == BINARY_PATIENT_TAG)
+            .and_then(|tag| text_of(tag.get("code")))
+            .and_then(split_reference)
+            .filter(|(kind, _)| *kind == "Patient")
+            .map(|(_, id)| id.to_owned());
     }
     let definition = param(resource_type, compartment_param(resource_type)?)?;
     for path in definition.paths {
@@ -679,6 +695,24 @@ fn medication_start_values(resource: &Value, out: &mut Vec<IndexValue>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_binarys_compartment_is_read_from_its_tag() {
+        let binary = serde_json::json!({
+            "resourceType": "Binary", "id": "b1",
+            "meta": {"tag": [
+                {"system": "urn:tsunagi:sha256", "code": "00"},
+                {"system": super::BINARY_PATIENT_TAG, "code": "Patient/0610100010.1"}
+            ]},
+            "securityContext": {"reference": "DocumentReference/d1"}
+        });
+        assert_eq!(
+            super::compartment_patient("Binary", &binary).as_deref(),
+            Some("0610100010.1")
+        );
+        let untagged = serde_json::json!({"resourceType": "Binary", "id": "b2"});
+        assert_eq!(super::compartment_patient("Binary", &untagged), None);
+    }
+
     use super::*;
     use serde_json::json;
 

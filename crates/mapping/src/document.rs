@@ -29,6 +29,9 @@ const JMIX_OID: &str = "1.2.392.200119.5.3.1";
 const LOINC_OID: &str = "2.16.840.1.113883.6.1";
 const LOINC: &str = "http://loinc.org";
 
+/// The largest narrative kept in the DocumentReference (as `text` and as an attachment).
+const MAX_NARRATIVE_BYTES: usize = 1 << 20;
+
 /// One version of one document, as the adapter found it.
 #[derive(Debug, Clone, Copy)]
 pub struct DocumentSource<'a> {
@@ -227,10 +230,20 @@ pub fn map_document(source: &DocumentSource<'_>) -> Result<Mapped, MapError> {
         "meta",
         json!({"source": format!("urn:tsunagi:ssmix2-extended:{facility}:{}/{}", percent(&content.folder), percent(source.file_name))}),
     );
-    let rendered = match cda.map(|cda| &cda.body) {
+    let mut rendered = match cda.map(|cda| &cda.body) {
         Some(Body::Structured(body)) => narrative::render(body),
         _ => None,
     };
+    // Escaping can grow a narrative well past its document: a large one stays in the original.
+    if rendered
+        .as_ref()
+        .is_some_and(|div| div.len() > MAX_NARRATIVE_BYTES)
+    {
+        warnings.push(format!(
+            "the narrative is over {MAX_NARRATIVE_BYTES} bytes as XHTML: read it in the original"
+        ));
+        rendered = None;
+    }
     if let Some(div) = &rendered {
         put("text", json!({"status": "generated", "div": div}));
     }

@@ -139,6 +139,14 @@ pub(crate) async fn respond(
     let Some(hash) = stored_hash(&json) else {
         return resource_response(resource, headers, reduction);
     };
+    // A document's bytes outside every patient's record would be visible to everyone: never
+    // serve them so (fail closed; the store files a tagged Binary in its patient's record).
+    if resource.patient.is_none() {
+        return Err(ApiError::not_found(format!(
+            "Binary/{} is not known",
+            resource.id
+        )));
+    }
     if not_modified(resource, headers) {
         return resource_response(resource, headers, reduction);
     }
@@ -216,7 +224,14 @@ pub(crate) async fn respond(
     set(&mut response, header::ACCEPT_RANGES, "bytes");
     set(&mut response, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(&mut response, header::CONTENT_SECURITY_POLICY, "sandbox");
+    private(&mut response);
     Ok(response)
+}
+
+/// A patient's document: kept by no shared cache, and one URL answers two forms.
+fn private(response: &mut Response) {
+    set(response, header::CACHE_CONTROL, "private, no-store");
+    set(response, header::VARY, "Accept");
 }
 
 fn set(response: &mut Response, name: header::HeaderName, value: &str) {

@@ -26,12 +26,16 @@ fn record(facility: &str, patient: &str, binary: &str, bytes: &[u8]) -> Vec<Oper
         json!({"resourceType": "Patient", "id": patient, "name": [{"family": "山田"}]});
     let binary_json = json!({
         "resourceType": "Binary", "id": binary,
-        "meta": {"tag": [{"system": "urn:tsunagi:sha256", "code": hex}]},
+        "meta": {"tag": [
+            {"system": "urn:tsunagi:sha256", "code": hex},
+            {"system": "urn:tsunagi:compartment", "code": format!("Patient/{patient}")}
+        ]},
         "contentType": "application/pdf",
         "securityContext": {"reference": format!("DocumentReference/d-{binary}")}
     });
-    let mut binary_write = ResourceWrite::from_json("Binary", binary, &binary_json).unwrap();
-    binary_write.compartment = Some(patient.to_owned());
+    let binary_write = ResourceWrite::from_json("Binary", binary, &binary_json).unwrap();
+    // Its compartment comes from its content (a reindex recomputes it so).
+    assert_eq!(binary_write.compartment.as_deref(), Some(patient));
     vec![
         Operation::PutBlob {
             sha256: sha,
@@ -79,6 +83,7 @@ async fn binary_bytes_are_served_as_asked_under_consent() {
     assert_eq!(whole.header("accept-ranges"), Some("bytes"));
     assert_eq!(whole.header("content-security-policy"), Some("sandbox"));
     assert_eq!(whole.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(whole.header("cache-control"), Some("private, no-store"));
     let any = request(addr, "GET", "/fhir/Binary/b1", &[("accept", "*/*")], "").await;
     assert_eq!(any.body, pdf);
     let part = request(
