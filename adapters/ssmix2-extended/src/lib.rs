@@ -88,22 +88,12 @@ impl PullAdapter for ExtendedAdapter {
             }
         }
         let facility = self.config.facility.as_str().to_owned();
-        let digests: BTreeMap<String, u64> = if self.config.full {
-            BTreeMap::new()
-        } else {
-            context
-                .store
-                .checkpoints(&digest_scope(&facility))
-                .await?
-                .into_iter()
-                .filter_map(|(patient, value)| {
-                    Some((
-                        patient,
-                        u64::from_le_bytes(value.as_slice().try_into().ok()?),
-                    ))
-                })
-                .collect()
-        };
+        let digests = tsunagi_adapter::storage::patient_digests(
+            context.store.as_ref(),
+            &digest_scope(&facility),
+            self.config.full,
+        )
+        .await?;
         let puller = Puller {
             config: self.config.clone(),
             store: context.store.clone(),
@@ -123,7 +113,7 @@ struct Puller {
     store: Arc<dyn Store>,
     progress: Arc<dyn Progress>,
     handle: Handle,
-    digests: BTreeMap<String, u64>,
+    digests: std::collections::HashMap<String, u64>,
 }
 
 /// The versions of one document record, with the data-type folder they sit under.

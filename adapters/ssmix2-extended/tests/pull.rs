@@ -56,8 +56,17 @@ fn content(key: &str, occurred: &str, flag: char) -> String {
 }
 
 async fn pull(store: &Arc<SqliteStore>, root: &Path, max: u64) -> PullReport {
+    pull_facility(store, FACILITY, root, max).await
+}
+
+async fn pull_facility(
+    store: &Arc<SqliteStore>,
+    facility: &str,
+    root: &Path,
+    max: u64,
+) -> PullReport {
     let adapter = ExtendedAdapter::new(ExtendedConfig {
-        facility: FacilityId::parse(FACILITY).unwrap(),
+        facility: FacilityId::parse(facility).unwrap(),
         name: None,
         roots: vec![root.to_owned()],
         batch_resources: 2000,
@@ -364,20 +373,13 @@ async fn the_synthetic_regions_extended_storage_is_read_without_a_rejection() {
     );
     let mut documents = 0;
     for facility in &report.facilities {
-        let adapter = ExtendedAdapter::new(ExtendedConfig {
-            facility: FacilityId::parse(&facility.code).unwrap(),
-            name: None,
-            roots: vec![facility.root.clone()],
-            batch_resources: 2000,
-            max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
-            full: false,
-        });
-        let context = AdapterContext {
-            store: store.clone(),
-            clock: Arc::new(FixedClock(1_764_000_000_000_000)),
-            progress: Arc::new(NoProgress),
-        };
-        let pulled = adapter.pull(&context).await.unwrap();
+        let pulled = pull_facility(
+            &store,
+            &facility.code,
+            &facility.root,
+            DEFAULT_MAX_DOCUMENT_BYTES,
+        )
+        .await;
         assert!(pulled.rejected.is_empty(), "{:?}", pulled.rejected);
         assert_eq!(pulled.warning_count, 0, "{:?}", pulled.warnings);
         assert_eq!(pulled.files_seen, facility.files);

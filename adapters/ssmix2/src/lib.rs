@@ -23,7 +23,7 @@ pub mod name;
 pub mod walk;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     path::PathBuf,
     sync::{
         Arc, Mutex,
@@ -442,22 +442,12 @@ impl PullAdapter for Ssmix2Adapter {
         }
         let full = config.full || remap;
 
-        let digests: HashMap<String, u64> = if full {
-            HashMap::new()
-        } else {
-            context
-                .store
-                .checkpoints(&digest_scope(&facility))
-                .await?
-                .into_iter()
-                .filter_map(|(patient, value)| {
-                    Some((
-                        patient,
-                        u64::from_le_bytes(value.as_slice().try_into().ok()?),
-                    ))
-                })
-                .collect()
-        };
+        let digests = tsunagi_adapter::storage::patient_digests(
+            context.store.as_ref(),
+            &digest_scope(&facility),
+            full,
+        )
+        .await?;
 
         let workers = if config.workers == 0 {
             // One core stays free for the writer (the store's transaction is a serial path).

@@ -1,7 +1,8 @@
 //! The adapter extension point: [`PullAdapter`] for a source the gateway reads on a schedule
 //! (SS-MIX2 storage), [`listen::ListenAdapter`] for a source whose senders push (HL7 v2 over MLLP
 //! or HTTP), and [`outbound::Destination`] for a facility the gateway delivers to (over MLLP,
-//! into a folder), with the outbox's [`delivery::Deliverer`] that drives destinations.
+//! into a folder), with the outbox's [`delivery::Deliverer`] that drives destinations; and
+//! [`storage`], what the pull sources of SS-MIX2 storage trees share.
 //!
 //! An adapter acquires raw input from one source system (an SS-MIX2 share, an MLLP feed, a
 //! vendor export), maps it, and writes through the store in batches that carry its checkpoint,

@@ -12,7 +12,32 @@ use std::{
     time::UNIX_EPOCH,
 };
 
+use tsunagi_store::{Store, StoreError};
+
 use crate::Rejection;
+
+/// Every patient's digest of a storage (a checkpoint scope of 8-byte values), by patient id:
+/// none when the pull reads everything again (`full`).
+pub async fn patient_digests(
+    store: &dyn Store,
+    scope: &str,
+    full: bool,
+) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+    if full {
+        return Ok(std::collections::HashMap::new());
+    }
+    Ok(store
+        .checkpoints(scope)
+        .await?
+        .into_iter()
+        .filter_map(|(patient, value)| {
+            Some((
+                patient,
+                u64::from_le_bytes(value.as_slice().try_into().ok()?),
+            ))
+        })
+        .collect())
+}
 
 /// The entries of `dir`, by name.
 pub fn sorted_entries(dir: &Path) -> std::io::Result<Vec<fs::DirEntry>> {

@@ -45,14 +45,13 @@ async fn pull_all(
 ) -> anyhow::Result<Vec<PullReport>> {
     let mut reports = Vec::new();
     for facility in &report.facilities {
-        let config = tsunagi_adapter_ssmix2_extended::ExtendedConfig {
-            facility: tsunagi_core::FacilityId::parse(&facility.code)?,
-            name: Some(facility.name.clone()),
-            roots: vec![facility.root.clone()],
-            batch_resources: crate::ingest::DEFAULT_BATCH_RESOURCES,
-            max_document_bytes: tsunagi_adapter_ssmix2_extended::DEFAULT_MAX_DOCUMENT_BYTES,
-            full: false,
-        };
+        let config = crate::ingest::extended_config(
+            &facility.code,
+            Some(facility.name.clone()),
+            vec![facility.root.clone()],
+            None,
+            None,
+        )?;
         let adapter = registry::pull(registry::Source::Ssmix2Extended(config));
         let context = AdapterContext {
             store: store.clone(),

@@ -93,14 +93,13 @@ pub(crate) async fn demo(
     );
     let extended = tsunagi_synth::generate_extended(&region, patients, 2026)?;
     for facility in &extended.facilities {
-        let config = tsunagi_adapter_ssmix2_extended::ExtendedConfig {
-            facility: tsunagi_core::FacilityId::parse(&facility.code)?,
-            name: Some(facility.name.clone()),
-            roots: vec![facility.root.clone()],
-            batch_resources: crate::ingest::DEFAULT_BATCH_RESOURCES,
-            max_document_bytes: tsunagi_adapter_ssmix2_extended::DEFAULT_MAX_DOCUMENT_BYTES,
-            full: false,
-        };
+        let config = crate::ingest::extended_config(
+            &facility.code,
+            Some(facility.name.clone()),
+            vec![facility.root.clone()],
+            None,
+            None,
+        )?;
         let adapter = registry::pull(registry::Source::Ssmix2Extended(config));
         let started = Instant::now();
         let report = adapter

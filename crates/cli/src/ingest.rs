@@ -88,6 +88,26 @@ pub(crate) async fn ingest_ssmix2(flags: Ssmix2Ingest) -> anyhow::Result<()> {
     pull_and_report(store, adapter, facility, name.as_deref(), json).await
 }
 
+/// The configuration of an extended-storage pull (`batch_resources` and `max_document_bytes`
+/// at their defaults unless given).
+pub(crate) fn extended_config(
+    facility: &str,
+    name: Option<String>,
+    roots: Vec<PathBuf>,
+    batch_resources: Option<usize>,
+    max_document_bytes: Option<u64>,
+) -> anyhow::Result<ExtendedConfig> {
+    Ok(ExtendedConfig {
+        facility: FacilityId::parse(facility)?,
+        name,
+        roots,
+        batch_resources: batch_resources.unwrap_or(DEFAULT_BATCH_RESOURCES),
+        max_document_bytes: max_document_bytes
+            .unwrap_or(tsunagi_adapter_ssmix2_extended::DEFAULT_MAX_DOCUMENT_BYTES),
+        full: false,
+    })
+}
+
 /// The flags of `tsunagi ingest extended`.
 pub(crate) struct ExtendedIngest {
     /// Database URL.
@@ -109,14 +129,14 @@ pub(crate) struct ExtendedIngest {
 /// `tsunagi ingest extended`: one pull of SS-MIX2 extended storage.
 pub(crate) async fn ingest_extended(flags: ExtendedIngest) -> anyhow::Result<()> {
     let facility = flags.facility.as_str();
-    let config = ExtendedConfig {
-        facility: FacilityId::parse(facility)?,
-        name: flags.name.clone(),
-        roots: flags.roots,
-        batch_resources: DEFAULT_BATCH_RESOURCES,
-        max_document_bytes: flags.max_document_bytes,
-        full: flags.full,
-    };
+    let mut config = extended_config(
+        facility,
+        flags.name.clone(),
+        flags.roots,
+        None,
+        Some(flags.max_document_bytes),
+    )?;
+    config.full = flags.full;
     let store = open_store(&flags.db).await?;
     register_hospital(store.as_ref(), facility, flags.name.as_deref(), flags.json).await?;
     let adapter = registry::pull(registry::Source::Ssmix2Extended(config));

@@ -40,18 +40,13 @@ pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
     }
     for source in config.extended {
         let schedule = cron::Schedule::from_str(&source.schedule)?;
-        let extended = tsunagi_adapter_ssmix2_extended::ExtendedConfig {
-            facility: tsunagi_core::FacilityId::parse(&source.facility)?,
-            name: source.name.clone(),
-            roots: source.roots,
-            batch_resources: source
-                .batch_resources
-                .unwrap_or(crate::ingest::DEFAULT_BATCH_RESOURCES),
-            max_document_bytes: source
-                .max_document_bytes
-                .unwrap_or(tsunagi_adapter_ssmix2_extended::DEFAULT_MAX_DOCUMENT_BYTES),
-            full: false,
-        };
+        let extended = crate::ingest::extended_config(
+            &source.facility,
+            source.name.clone(),
+            source.roots,
+            source.batch_resources,
+            source.max_document_bytes,
+        )?;
         jobs.push((
             schedule,
             registry::pull(registry::Source::Ssmix2Extended(extended)),
