@@ -36,8 +36,9 @@ use crate::{
 /// Largest main document read, in bytes, unless configured otherwise (`max_document_bytes`).
 pub const DEFAULT_MAX_DOCUMENT_BYTES: u64 = 50 * 1024 * 1024;
 
-/// Document bytes per store transaction at most (a batch also ends at `batch_resources`).
-const BATCH_BYTES: u64 = 64 * 1024 * 1024;
+/// Document bytes per store transaction at most, unless configured otherwise (a batch also
+/// ends at `batch_resources`).
+pub const DEFAULT_BATCH_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Configuration of one extended-storage source.
 #[derive(Debug, Clone)]
@@ -50,6 +51,8 @@ pub struct ExtendedConfig {
     pub roots: Vec<PathBuf>,
     /// Resources per store transaction.
     pub batch_resources: usize,
+    /// Document bytes per store transaction (a large patient's records are written as read).
+    pub batch_bytes: u64,
     /// Largest main document read; larger ones are refused.
     pub max_document_bytes: u64,
     /// Ignore checkpoints and read every folder again (writes stay idempotent).
@@ -180,7 +183,7 @@ impl Puller {
                     }
                 }
             };
-            let outcome = self.patient(&patient_id, &versions, &stored, &mut report);
+            let outcome = self.patient(&patient_id, &versions, &stored, &mut report)?;
             pending_resources += outcome.resources;
             pending_bytes += outcome.bytes;
             batch.operations.extend(outcome.operations);
@@ -198,7 +201,7 @@ impl Puller {
             });
             self.progress.advance(seen, outcome.resources as u64);
             if pending_resources >= self.config.batch_resources.max(1)
-                || pending_bytes >= BATCH_BYTES
+                || pending_bytes >= self.config.batch_bytes
             {
                 self.apply(std::mem::take(&mut batch), &mut report)?;
                 (pending_resources, pending_bytes) = (0, 0);
@@ -224,7 +227,7 @@ impl Puller {
         versions: &[FoundVersion],
         stored: &Folders,
         report: &mut PullReport,
-    ) -> PatientOutcome {
+    ) -> Result<PatientOutcome, AdapterError> {
         let mut outcome = PatientOutcome::default();
         let key_of = |version: &FoundVersion| {
             (
@@ -374,7 +377,20 @@ impl Puller {
             outcome.resources += read.resources;
             outcome.bytes += read.bytes;
             outcome.operations.extend(read.operations);
+            // A large chart is written as it is read: memory stays bounded by a batch, not by a
+            // patient. Its checkpoint comes with its last records; until then a re-run reads it
+            // again, and writing the same records again changes nothing.
+            if outcome.bytes >= self.config.batch_bytes {
+                self.apply(
+                    Batch {
+                        operations: std::mem::take(&mut outcome.operations),
+                    },
+                    report,
+                )?;
+                outcome.bytes = 0;
+                outcome.resources = 0;
+            }
         }
-        outcome
+        Ok(outcome)
     }
 }

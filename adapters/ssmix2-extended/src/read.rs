@@ -13,7 +13,7 @@ use tsunagi_adapter::Rejection;
 use tsunagi_core::{FacilityId, ids::logical_id};
 use tsunagi_document::{
     cda::CdaDocument,
-    layout::{ContentFolder, DataTypeFolder},
+    layout::{Condition, ContentFolder, DataTypeFolder},
 };
 use tsunagi_mapping::{
     SourceRecord,
@@ -191,6 +191,11 @@ pub(crate) fn read_record(
                     },
                 )),
             }
+        }
+        // A withdrawn version (flag 0: written in error) keeps its DocumentReference, marked so,
+        // and its bytes are not served.
+        if content.condition == Condition::Withdrawn {
+            continue;
         }
         // The original bytes: a Binary naming them by hash, in the patient's compartment (its
         // tag says which, so a reindex recomputes it from the content), read by whoever may

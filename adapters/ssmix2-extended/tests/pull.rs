@@ -65,11 +65,23 @@ async fn pull_facility(
     root: &Path,
     max: u64,
 ) -> PullReport {
+    let batch_bytes = tsunagi_adapter_ssmix2_extended::DEFAULT_BATCH_BYTES;
+    pull_with(store, facility, root, max, batch_bytes).await
+}
+
+async fn pull_with(
+    store: &Arc<SqliteStore>,
+    facility: &str,
+    root: &Path,
+    max: u64,
+    batch_bytes: u64,
+) -> PullReport {
     let adapter = ExtendedAdapter::new(ExtendedConfig {
         facility: FacilityId::parse(facility).unwrap(),
         name: None,
         roots: vec![root.to_owned()],
         batch_resources: 2000,
+        batch_bytes,
         max_document_bytes: max,
         full: false,
     });
@@ -393,4 +405,43 @@ async fn the_synthetic_regions_extended_storage_is_read_without_a_rejection() {
     let counts = store.count_current().await.unwrap();
     assert_eq!(counts.get("DocumentReference"), Some(&report.files));
     assert_eq!(counts.get("Binary"), Some(&report.files));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_chart_is_written_as_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = tsunagi_synth::generate_extended_with(dir.path(), 6, 3, 8).unwrap();
+    let url = format!("sqlite://{}", dir.path().join("tsunagi.db").display());
+    let store = Arc::new(
+        SqliteStore::open(&url, Arc::new(FixedClock(1_764_000_000_000_000)))
+            .await
+            .unwrap(),
+    );
+    // One byte per batch: every record is written on its own, inside its patient.
+    for facility in &report.facilities {
+        let pulled = pull_with(
+            &store,
+            &facility.code,
+            &facility.root,
+            DEFAULT_MAX_DOCUMENT_BYTES,
+            1,
+        )
+        .await;
+        assert!(pulled.rejected.is_empty(), "{:?}", pulled.rejected);
+    }
+    let counts = store.count_current().await.unwrap();
+    assert_eq!(counts.get("DocumentReference"), Some(&report.files));
+    // And the checkpoints came with the last records: nothing is read again.
+    for facility in &report.facilities {
+        let again = pull_with(
+            &store,
+            &facility.code,
+            &facility.root,
+            DEFAULT_MAX_DOCUMENT_BYTES,
+            1,
+        )
+        .await;
+        assert_eq!(again.files_read, 0, "{again:?}");
+        assert_eq!(again.files_skipped_unchanged, facility.files);
+    }
 }

@@ -102,6 +102,7 @@ pub(crate) fn extended_config(
         name,
         roots,
         batch_resources: batch_resources.unwrap_or(DEFAULT_BATCH_RESOURCES),
+        batch_bytes: tsunagi_adapter_ssmix2_extended::DEFAULT_BATCH_BYTES,
         max_document_bytes: max_document_bytes
             .unwrap_or(tsunagi_adapter_ssmix2_extended::DEFAULT_MAX_DOCUMENT_BYTES),
         full: false,

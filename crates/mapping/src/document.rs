@@ -296,11 +296,17 @@ pub fn map_document(source: &DocumentSource<'_>) -> Result<Mapped, MapError> {
     put("description", json!(cda.and_then(|cda| cda.title.clone())));
     let mut attachment = json!({
         "contentType": source.content_type,
-        "url": format!("Binary/{}", binary_id(facility, source.data_type, content)),
         "size": source.size,
         "title": source.file_name,
         "extension": [{"url": "urn:tsunagi:sha256", "valueString": hex(source.sha256)}],
     });
+    // A withdrawn version's bytes are not served: its attachment describes them, names none.
+    if content.condition != Condition::Withdrawn {
+        attachment["url"] = json!(format!(
+            "Binary/{}",
+            binary_id(facility, source.data_type, content)
+        ));
+    }
     if let Some(created) = datetime(
         cda.and_then(|cda| cda.effective_time.as_deref()),
         &mut warnings,

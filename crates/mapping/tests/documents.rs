@@ -181,6 +181,10 @@ fn revisions_pdfs_and_withdrawn_versions() {
     )
     .unwrap();
     assert_eq!(gone["status"], "entered-in-error");
+    assert!(
+        gone["content"][0]["attachment"].get("url").is_none(),
+        "its bytes are not served"
+    );
 }
 
 #[test]
