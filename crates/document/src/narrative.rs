@@ -50,9 +50,9 @@ fn block(text: &Element, out: &mut String) {
         match node {
             Node::Element(element) if is_block(&element.name) => {
                 flush(&mut pending, out);
-                element_to(element, out);
+                element_to(element, out, false);
             }
-            Node::Element(element) => element_to(element, &mut pending),
+            Node::Element(element) => element_to(element, &mut pending, true),
             Node::Text(text) => text_to(text, &mut pending),
         }
     }
@@ -106,10 +106,12 @@ fn space(out: &mut String) {
     }
 }
 
-fn children_to(element: &Element, out: &mut String) {
+/// The children of `element`; `inline`: inside a `p`, a caption, a sub- or superscript, where
+/// HTML allows no paragraph, list or table (they are written as lines there).
+fn children_to(element: &Element, out: &mut String, inline: bool) {
     for node in &element.children {
         match node {
-            Node::Element(child) => element_to(child, out),
+            Node::Element(child) => element_to(child, out, inline),
             Node::Text(text) => text_to(text, out),
         }
     }
@@ -117,7 +119,11 @@ fn children_to(element: &Element, out: &mut String) {
 
 fn wrapped(tag: &str, element: &Element, out: &mut String) {
     let mut inner = String::new();
-    children_to(element, &mut inner);
+    children_to(
+        element,
+        &mut inner,
+        matches!(tag, "p" | "caption" | "sub" | "sup"),
+    );
     if inner.trim().is_empty() {
         return;
     }
@@ -126,7 +132,47 @@ fn wrapped(tag: &str, element: &Element, out: &mut String) {
     out.push_str(&format!("</{tag}>"));
 }
 
-fn element_to(element: &Element, out: &mut String) {
+/// A block written as lines inside a `p` (or a caption…): each paragraph, list item or table
+/// row its own line.
+fn as_lines(element: &Element, out: &mut String) {
+    match element.name.as_str() {
+        "list" => {
+            for item in element.children_named("item") {
+                children_to(item, out, true);
+                out.push_str("<br/>");
+            }
+        }
+        "table" => {
+            for part in &element.children {
+                let Node::Element(part) = part else { continue };
+                let rows: Vec<&Element> = if part.name == "tr" {
+                    vec![part]
+                } else {
+                    part.children_named("tr").collect()
+                };
+                for row in rows {
+                    for cell in &row.children {
+                        if let Node::Element(cell) = cell {
+                            children_to(cell, out, true);
+                            out.push(' ');
+                        }
+                    }
+                    out.push_str("<br/>");
+                }
+            }
+        }
+        _ => {
+            children_to(element, out, true);
+            out.push_str("<br/>");
+        }
+    }
+}
+
+fn element_to(element: &Element, out: &mut String, inline: bool) {
+    if inline && is_block(&element.name) {
+        as_lines(element, out);
+        return;
+    }
     match element.name.as_str() {
         "paragraph" => wrapped("p", element, out),
         "list" => {
@@ -178,7 +224,7 @@ fn element_to(element: &Element, out: &mut String) {
         // have no text to show.
         "caption" | "renderMultiMedia" | "footnoteRef" | "col" | "colgroup" => {}
         // content, linkHtml, footnote and anything unknown: their text.
-        _ => children_to(element, out),
+        _ => children_to(element, out, inline),
     }
 }
 
@@ -189,7 +235,7 @@ fn table_row(row: &Element, out: &mut String) {
             && (cell.name == "th" || cell.name == "td")
         {
             let mut inner = String::new();
-            children_to(cell, &mut inner);
+            children_to(cell, &mut inner, false);
             let mut spans = String::new();
             for span in ["colspan", "rowspan"] {
                 if let Some(value) = cell.attr(span)
@@ -218,5 +264,36 @@ fn escape(text: &str, out: &mut String) {
             c if c.is_control() && c != '\t' => {}
             c => out.push(c),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn rendered(text: &str) -> String {
+        let body = crate::xml::parse(
+            format!("<structuredBody><component><section><text>{text}</text></section></component></structuredBody>").as_bytes(),
+        )
+        .unwrap();
+        render(&body).unwrap()
+    }
+
+    #[test]
+    fn no_paragraph_list_or_table_is_put_inside_a_paragraph() {
+        let div = rendered(
+            "<paragraph>経過<list><item>発熱</item><item>咳</item></list><paragraph>次回</paragraph></paragraph>",
+        );
+        assert_eq!(
+            div,
+            "<div xmlns=\"http://www.w3.org/1999/xhtml\"><div><p>経過発熱<br/>咳<br/>次回<br/></p></div></div>"
+        );
+        // In a list item or a table cell, blocks are allowed and kept.
+        let div = rendered("<list><item><paragraph>a</paragraph></item></list>");
+        assert!(div.contains("<li><p>a</p></li>"), "{div}");
+        let div = rendered("<content>x<table><tr><td>1</td><td>2</td></tr></table></content>");
+        assert!(!div.contains("<table>"), "{div}");
+        assert!(div.contains("1 2"), "{div}");
     }
 }
