@@ -6,12 +6,11 @@
 use std::{path::Path, sync::Arc, time::Instant};
 
 use sha2::{Digest, Sha256};
-use tsunagi_adapter::{AdapterContext, NoProgress, PullReport};
-use tsunagi_core::clock::SystemClock;
+use tsunagi_adapter::PullReport;
 
 use crate::{
     bench::{reset_peak_rss, status_kib},
-    open, registry,
+    open,
 };
 
 const TARGET_DOCUMENTS_PER_SECOND: f64 = 1_000.0;
@@ -45,20 +44,7 @@ async fn pull_all(
 ) -> anyhow::Result<Vec<PullReport>> {
     let mut reports = Vec::new();
     for facility in &report.facilities {
-        let config = crate::ingest::extended_config(
-            &facility.code,
-            Some(facility.name.clone()),
-            vec![facility.root.clone()],
-            None,
-            None,
-        )?;
-        let adapter = registry::pull(registry::Source::Ssmix2Extended(config));
-        let context = AdapterContext {
-            store: store.clone(),
-            clock: Arc::new(SystemClock),
-            progress: Arc::new(NoProgress),
-        };
-        reports.push(adapter.pull(&context).await?);
+        reports.push(crate::ingest::pull_synthetic_extended(store.clone(), facility).await?);
     }
     Ok(reports)
 }

@@ -93,18 +93,8 @@ pub(crate) async fn demo(
     );
     let extended = tsunagi_synth::generate_extended(&region, patients, 2026)?;
     for facility in &extended.facilities {
-        let config = crate::ingest::extended_config(
-            &facility.code,
-            Some(facility.name.clone()),
-            vec![facility.root.clone()],
-            None,
-            None,
-        )?;
-        let adapter = registry::pull(registry::Source::Ssmix2Extended(config));
         let started = Instant::now();
-        let report = adapter
-            .pull(&context(store.clone(), Arc::new(NoProgress)))
-            .await?;
+        let report = crate::ingest::pull_synthetic_extended(store.clone(), facility).await?;
         print_summary(
             &report,
             Some(&facility.name),

@@ -47,37 +47,43 @@ pub(crate) fn ssmix2_config(
 /// Resources per store transaction of an SS-MIX2 pull (an ssmix2 source's `batch_resources`).
 pub(crate) const DEFAULT_BATCH_RESOURCES: usize = 2000;
 
-/// The flags of `tsunagi ingest ssmix2`.
-pub(crate) struct Ssmix2Ingest {
-    /// Database URL.
+/// The flags every `tsunagi ingest <storage>` takes.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StorageFlags {
+    /// Database URL: sqlite://<path> (created if missing) or postgres://user@host:port/database.
+    #[arg(long)]
     pub(crate) db: String,
-    /// 10-digit facility code.
+    /// The facility's 10-digit medical-institution code.
+    #[arg(long)]
     pub(crate) facility: String,
-    /// Facility name for the summary.
+    /// The facility's name (for the summary).
+    #[arg(long)]
     pub(crate) name: Option<String>,
-    /// Storage roots.
-    pub(crate) roots: Vec<PathBuf>,
-    /// Code tables folder (default: built in).
-    pub(crate) mappings: Option<PathBuf>,
-    /// Print the summary as JSON.
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
     pub(crate) json: bool,
-    /// Ignore the checkpoint.
+    /// Ignore the checkpoint and read everything again (writes stay idempotent).
+    #[arg(long)]
     pub(crate) full: bool,
-    /// Mapping worker threads (0 = automatic).
-    pub(crate) workers: usize,
+    /// Storage roots.
+    #[arg(required = true)]
+    pub(crate) roots: Vec<PathBuf>,
 }
 
-/// `tsunagi ingest ssmix2`.
-pub(crate) async fn ingest_ssmix2(flags: Ssmix2Ingest) -> anyhow::Result<()> {
-    let Ssmix2Ingest {
+/// `tsunagi ingest ssmix2`: `mappings` is the code tables folder (default: built in),
+/// `workers` the mapping threads (0: automatic).
+pub(crate) async fn ingest_ssmix2(
+    flags: StorageFlags,
+    mappings: Option<PathBuf>,
+    workers: usize,
+) -> anyhow::Result<()> {
+    let StorageFlags {
         db,
         facility,
         name,
-        roots,
-        mappings,
         json,
         full,
-        workers,
+        roots,
     } = flags;
     let (db, facility) = (db.as_str(), facility.as_str());
     let store = open_store(db).await?;
@@ -109,33 +115,37 @@ pub(crate) fn extended_config(
     })
 }
 
-/// The flags of `tsunagi ingest extended`.
-pub(crate) struct ExtendedIngest {
-    /// Database URL.
-    pub(crate) db: String,
-    /// 10-digit facility code.
-    pub(crate) facility: String,
-    /// Facility name for the summary.
-    pub(crate) name: Option<String>,
-    /// Storage roots.
-    pub(crate) roots: Vec<PathBuf>,
-    /// Print the summary as JSON.
-    pub(crate) json: bool,
-    /// Ignore the checkpoint.
-    pub(crate) full: bool,
-    /// Largest main document read, in bytes.
-    pub(crate) max_document_bytes: u64,
+/// One pull of a synthetic hospital's extended storage (the demo's, the benchmark's).
+pub(crate) async fn pull_synthetic_extended(
+    store: Arc<dyn tsunagi_store::Store>,
+    facility: &tsunagi_synth::FacilityReport,
+) -> anyhow::Result<PullReport> {
+    let config = extended_config(
+        &facility.code,
+        Some(facility.name.clone()),
+        vec![facility.root.clone()],
+        None,
+        None,
+    )?;
+    let adapter = registry::pull(registry::Source::Ssmix2Extended(config));
+    Ok(adapter
+        .pull(&context(store, Arc::new(tsunagi_adapter::NoProgress)))
+        .await?)
 }
 
-/// `tsunagi ingest extended`: one pull of SS-MIX2 extended storage.
-pub(crate) async fn ingest_extended(flags: ExtendedIngest) -> anyhow::Result<()> {
+/// `tsunagi ingest extended`: one pull of SS-MIX2 extended storage, reading main documents
+/// of at most `max_document_bytes`.
+pub(crate) async fn ingest_extended(
+    flags: StorageFlags,
+    max_document_bytes: u64,
+) -> anyhow::Result<()> {
     let facility = flags.facility.as_str();
     let mut config = extended_config(
         facility,
         flags.name.clone(),
         flags.roots,
         None,
-        Some(flags.max_document_bytes),
+        Some(max_document_bytes),
     )?;
     config.full = flags.full;
     let store = open_store(&flags.db).await?;

@@ -179,54 +179,22 @@ enum ConfigWhat {
 enum IngestSource {
     /// SS-MIX2 standardized storage (one or more roots of one facility).
     Ssmix2 {
-        /// Database URL: sqlite://<path> (created if missing) or postgres://user@host:port/database.
-        #[arg(long)]
-        db: String,
-        /// The facility's 10-digit medical-institution code.
-        #[arg(long)]
-        facility: String,
-        /// The facility's name (for the summary).
-        #[arg(long)]
-        name: Option<String>,
-        /// Print the summary as one JSON object on stdout.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        storage: ingest::StorageFlags,
         /// Code tables folder (default: the tables built into this binary).
         #[arg(long)]
         mappings: Option<PathBuf>,
-        /// Ignore the checkpoint and read every file again (writes stay idempotent).
-        #[arg(long)]
-        full: bool,
         /// Mapping worker threads (default: one per core, less one for the writer).
         #[arg(long, default_value_t = 0)]
         workers: usize,
-        /// Storage roots.
-        #[arg(required = true)]
-        roots: Vec<PathBuf>,
     },
     /// SS-MIX2 extended storage: documents (CDA, PDF…) as DocumentReference + Binary.
     Extended {
-        /// Database URL: sqlite://<path> (created if missing) or postgres://user@host:port/database.
-        #[arg(long)]
-        db: String,
-        /// The facility's 10-digit medical-institution code.
-        #[arg(long)]
-        facility: String,
-        /// The facility's name (for the summary).
-        #[arg(long)]
-        name: Option<String>,
-        /// Print the summary as one JSON object on stdout.
-        #[arg(long)]
-        json: bool,
-        /// Ignore the checkpoint and read every folder again (writes stay idempotent).
-        #[arg(long)]
-        full: bool,
+        #[command(flatten)]
+        storage: ingest::StorageFlags,
         /// Largest main document read, in bytes; larger ones are refused.
         #[arg(long, default_value_t = tsunagi_adapter_ssmix2_extended::DEFAULT_MAX_DOCUMENT_BYTES)]
         max_document_bytes: u64,
-        /// Storage roots.
-        #[arg(required = true)]
-        roots: Vec<PathBuf>,
     },
 }
 
@@ -372,51 +340,18 @@ fn main() -> std::process::ExitCode {
             Command::Ingest {
                 source:
                     IngestSource::Ssmix2 {
-                        db,
-                        facility,
-                        name,
-                        json,
+                        storage,
                         mappings,
-                        full,
                         workers,
-                        roots,
                     },
-            } => {
-                ingest::ingest_ssmix2(ingest::Ssmix2Ingest {
-                    db,
-                    facility,
-                    name,
-                    roots,
-                    mappings,
-                    json,
-                    full,
-                    workers,
-                })
-                .await
-            }
+            } => ingest::ingest_ssmix2(storage, mappings, workers).await,
             Command::Ingest {
                 source:
                     IngestSource::Extended {
-                        db,
-                        facility,
-                        name,
-                        json,
-                        full,
+                        storage,
                         max_document_bytes,
-                        roots,
                     },
-            } => {
-                ingest::ingest_extended(ingest::ExtendedIngest {
-                    db,
-                    facility,
-                    name,
-                    roots,
-                    json,
-                    full,
-                    max_document_bytes,
-                })
-                .await
-            }
+            } => ingest::ingest_extended(storage, max_document_bytes).await,
             Command::Export {
                 format: ExportFormat::Ndjson { db, out },
             } => export::export_ndjson(&db, &out).await,
