@@ -55,6 +55,7 @@ const CLINICAL: &[&str] = &[
     "ImagingStudy",
     "NutritionOrder",
     "Coverage",
+    "Procedure",
     "DocumentReference",
     // A document's bytes: readable where its DocumentReference is (the same patient's
     // compartment carries both).

@@ -207,6 +207,16 @@ pub enum Predicate {
         /// Unit code, when given.
         code: Option<String>,
     },
+    /// `_content` / `_text`: every term occurs in the resource's words (its narrative only for
+    /// `_text`), as a substring of the normalised text.
+    Text {
+        /// The type's `_content` parameter.
+        param: &'static SearchParam,
+        /// Normalised terms, all required; never empty.
+        terms: Vec<String>,
+        /// `_text`: the narrative only.
+        narrative_only: bool,
+    },
     /// `:missing`: whether the parameter has no value at all.
     Missing {
         /// The parameter.
@@ -228,6 +238,7 @@ impl Predicate {
             | Predicate::Reference { param, .. }
             | Predicate::Chain { param, .. }
             | Predicate::Quantity { param, .. }
+            | Predicate::Text { param, .. }
             | Predicate::Missing { param, .. } => Some(param),
         }
     }

@@ -14,7 +14,9 @@ use crate::systems::canonical;
 /// Bumped whenever the registry or extraction rules change. (Communication, DocumentReference
 /// and Task were added without a bump: no stored resource of those types predates them, since
 /// they are written only through the API that came with them.)
-pub const REGISTRY_VERSION: u32 = 4;
+/// 5: full text (`_content`) of documents, reports, procedures and notes; Procedure;
+/// DocumentReference `encounter`, `related`, `relatesto`, `event`.
+pub const REGISTRY_VERSION: u32 = 5;
 
 /// FHIR search-parameter types that are indexed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +31,8 @@ pub enum ParamType {
     Reference,
     /// Value with system and code.
     Quantity,
+    /// The words of a resource (`_content`, and `_text` for its narrative): see [`text`].
+    Text,
 }
 
 /// One search parameter.
@@ -100,6 +104,7 @@ params! {
     53 "DiagnosticReport" "encounter" Reference ["encounter"];
     54 "DiagnosticReport" "media" Reference ["media.link"];
     55 "DiagnosticReport" "results-interpreter" Reference ["resultsInterpreter"];
+    56 "DiagnosticReport" "_content" Text [];
     60 "MedicationRequest" "identifier" Token ["identifier"];
     61 "MedicationRequest" "patient" Reference ["subject"];
     63 "MedicationRequest" "code" Token ["medicationCodeableConcept"];
@@ -213,6 +218,7 @@ params! {
     347 "Communication" "sender" Reference ["sender"];
     348 "Communication" "part-of" Reference ["partOf"];
     349 "Communication" "based-on" Reference ["basedOn"];
+    350 "Communication" "_content" Text [];
     360 "DocumentReference" "identifier" Token ["identifier", "masterIdentifier"];
     361 "DocumentReference" "patient" Reference ["subject"];
     362 "DocumentReference" "type" Token ["type"];
@@ -223,6 +229,12 @@ params! {
     367 "DocumentReference" "custodian" Reference ["custodian"];
     368 "DocumentReference" "period" Date ["context.period"];
     369 "DocumentReference" "contenttype" Token ["content.attachment.contentType"];
+    370 "DocumentReference" "_content" Text [];
+    371 "DocumentReference" "encounter" Reference ["context.encounter"];
+    372 "DocumentReference" "related" Reference ["context.related"];
+    373 "DocumentReference" "relatesto" Reference ["relatesTo.target"];
+    374 "DocumentReference" "event" Token ["context.event"];
+    375 "DocumentReference" "facility" Token ["context.facilityType"];
     380 "Task" "identifier" Token ["identifier"];
     381 "Task" "patient" Reference ["for"];
     382 "Task" "status" Token ["status"];
@@ -233,6 +245,19 @@ params! {
     387 "Task" "business-status" Token ["businessStatus"];
     388 "Task" "authored-on" Date ["authoredOn"];
     389 "Task" "code" Token ["code"];
+    400 "Procedure" "identifier" Token ["identifier"];
+    401 "Procedure" "patient" Reference ["subject"];
+    402 "Procedure" "code" Token ["code"];
+    403 "Procedure" "date" Date ["performed[x]"];
+    404 "Procedure" "status" Token ["status"];
+    405 "Procedure" "category" Token ["category"];
+    406 "Procedure" "encounter" Reference ["encounter"];
+    407 "Procedure" "performer" Reference ["performer.actor"];
+    408 "Procedure" "based-on" Reference ["basedOn"];
+    409 "Procedure" "part-of" Reference ["partOf"];
+    410 "Procedure" "reason-reference" Reference ["reasonReference"];
+    411 "Procedure" "location" Reference ["location"];
+    412 "Procedure" "_content" Text [];
 }
 
 /// Parameters that search exactly the rows of another parameter of the same resource (same
@@ -250,6 +275,7 @@ pub const ALIASES: &[(&str, &str, &str)] = &[
     ("Coverage", "patient", "beneficiary"),
     ("Communication", "subject", "patient"),
     ("DocumentReference", "subject", "patient"),
+    ("Procedure", "subject", "patient"),
 ];
 
 /// The reference parameter that places a resource of each type in a patient's compartment
@@ -271,6 +297,7 @@ pub const COMPARTMENT_PARAMS: &[(&str, &str)] = &[
     ("Communication", "patient"),
     ("DocumentReference", "patient"),
     ("Task", "patient"),
+    ("Procedure", "patient"),
 ];
 
 /// The code of the parameter that places `resource_type` in a patient's compartment.
@@ -370,6 +397,13 @@ pub enum IndexValue {
         /// Target logical id.
         target_id: String,
     },
+    /// The words of a resource, normalised (see [`text`]); one per resource.
+    Text {
+        /// The narrative's text.
+        narrative: String,
+        /// Every other human-readable string.
+        other: String,
+    },
     /// A quantity.
     Quantity {
         /// The value.
@@ -414,6 +448,11 @@ pub fn extract_param(resource: &Value, param: &SearchParam) -> Vec<IndexValue> {
         ("Patient", "jp-kana-sort") => kana_sort_values(resource, &mut values),
         ("MedicationRequest", "jp-medication-start") => {
             medication_start_values(resource, &mut values)
+        }
+        _ if param.kind == ParamType::Text => {
+            if let Some((narrative, other)) = text::text_value(resource) {
+                values.push(IndexValue::Text { narrative, other });
+            }
         }
         _ => {
             for path in param.paths {
@@ -504,6 +543,8 @@ fn convert(kind: ParamType, node: &Value, out: &mut Vec<IndexValue>) {
                 });
             }
         }
+        // Text has no paths: `extract_param` computes it from the whole resource.
+        ParamType::Text => {}
         ParamType::Quantity => {
             if let Some(value) = node.get("value").and_then(Value::as_f64) {
                 let code = text_of(node.get("code")).or_else(|| text_of(node.get("unit")));
@@ -692,6 +733,8 @@ fn medication_start_values(resource: &Value, out: &mut Vec<IndexValue>) {
         }
     }
 }
+
+pub mod text;
 
 #[cfg(test)]
 mod tests;

@@ -15,6 +15,7 @@ fn type_name(kind: ParamType) -> &'static str {
         ParamType::Date => "date",
         ParamType::Reference => "reference",
         ParamType::Quantity => "quantity",
+        ParamType::Text => "string",
     }
 }
 
@@ -34,6 +35,9 @@ fn supported_profiles(resource_type: &str) -> Vec<&'static str> {
         .collect()
 }
 
+/// How `_content` and `_text` match, for the CapabilityStatement.
+const TEXT_SEARCH: &str = "Full text, for Japanese without word breaks: every white-space-separated term must occur as a substring (full/half width, hiragana/katakana and ASCII case folded); commas separate alternatives. _text searches the narrative (a document's rendered body), _content also titles, descriptions, displays and notes. Terms of 1 or 2 characters are matched by scanning the resources other filters select, so they need a patient (patient= or subject=); longer terms use a trigram index (SQLite FTS5, PostgreSQL pg_trgm).";
+
 /// The server's CapabilityStatement.
 /// `token_url` is the token endpoint, announced in `rest.security` (SMART `oauth-uris`).
 pub fn capability_statement(base_url: &str, date: &str, token_url: &str) -> Value {
@@ -44,7 +48,16 @@ pub fn capability_statement(base_url: &str, date: &str, token_url: &str) -> Valu
             json!({"name": "_lastUpdated", "type": "date", "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated"}),
         ];
         for (code, kind) in parameter_codes(resource_type) {
-            params.push(json!({"name": code, "type": type_name(kind)}));
+            if kind == ParamType::Text {
+                params.push(json!({
+                    "name": code,
+                    "type": type_name(kind),
+                    "definition": format!("http://hl7.org/fhir/SearchParameter/Resource-{}", code.trim_start_matches('_')),
+                    "documentation": TEXT_SEARCH,
+                }));
+            } else {
+                params.push(json!({"name": code, "type": type_name(kind)}));
+            }
         }
         let includes: Vec<String> = PARAMS
             .iter()

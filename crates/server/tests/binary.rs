@@ -188,3 +188,129 @@ async fn binary_bytes_are_served_as_asked_under_consent() {
     };
     assert!(store.audit(&other).await.unwrap().is_empty());
 }
+
+/// A document of `patient`, written by `facility`, with `words` in its narrative.
+fn document(facility: &str, patient: &str, id: &str, words: &str) -> Operation {
+    let document = json!({
+        "resourceType": "DocumentReference", "id": id, "status": "current",
+        "text": {"status": "generated", "div": format!("<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>{words}</p></div>")},
+        "type": {"coding": [{"system": "http://loinc.org", "code": "11506-3"}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "content": [{"attachment": {"contentType": "application/pdf", "url": format!("Binary/b-{id}")}}]
+    });
+    Operation::ReplaceSource {
+        source_key: format!("doc:{id}"),
+        facility: facility.to_owned(),
+        resources: vec![
+            ResourceWrite::from_json(
+                "Patient",
+                patient,
+                &json!({"resourceType": "Patient", "id": patient}),
+            )
+            .unwrap(),
+            ResourceWrite::from_json("DocumentReference", id, &document).unwrap(),
+        ],
+    }
+}
+
+#[tokio::test]
+async fn full_text_search_finds_only_what_the_caller_may_see() {
+    let (store, _dir) = fresh_store().await;
+    store
+        .put_facility(&Facility {
+            code: OTHER.into(),
+            name: "日本海総合病院".into(),
+            kind: "hospital".into(),
+            active: true,
+        })
+        .await
+        .unwrap();
+    let operations = vec![
+        document(FACILITY, "p1", "d1", "仙骨部の褥瘡処置を継続する。"),
+        document(OTHER, "p2", "d2", "褥瘡処置を開始した。"),
+    ];
+    store.apply(Batch { operations }).await.unwrap();
+    let addr = serve(store.clone(), Settings::default()).await;
+    let ids = |response: &support::Reply| -> Vec<String> {
+        response.json()["entry"]
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|entry| entry["resource"]["id"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    // Region-wide: the hidden patient's document is not found, nor counted.
+    let found = request(
+        addr,
+        "GET",
+        "/fhir/DocumentReference?_content=%E8%A4%A5%E7%98%A1%E5%87%A6%E7%BD%AE",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(found.status, 200);
+    assert_eq!(ids(&found), ["d1"]);
+    assert_eq!(found.json()["total"], 1);
+    // Inside the hidden patient's record: nothing, as for a patient with no such words.
+    let hidden = request(
+        addr,
+        "GET",
+        "/fhir/DocumentReference?patient=p2&_content=%E8%A4%A5%E7%98%A1",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(hidden.status, 200);
+    assert!(ids(&hidden).is_empty());
+    let own = request(
+        addr,
+        "GET",
+        "/fhir/DocumentReference?patient=p1&_text=%E8%A4%A5%E7%98%A1",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(ids(&own), ["d1"]);
+    // Two characters region-wide: refused, saying how to ask.
+    let refused = request(
+        addr,
+        "GET",
+        "/fhir/DocumentReference?_content=%E8%A4%A5%E7%98%A1",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(refused.status, 400);
+    let outcome = refused.json();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert!(
+        outcome["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("patient="),
+        "{outcome}"
+    );
+
+    // The CapabilityStatement says so.
+    let capability = request(addr, "GET", "/fhir/metadata", &[], "").await.json();
+    let documents = capability["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|resource| resource["type"] == "DocumentReference")
+        .unwrap();
+    let names: Vec<&str> = documents["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|param| param["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"_content") && names.contains(&"_text"),
+        "{names:?}"
+    );
+}

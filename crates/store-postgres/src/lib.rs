@@ -448,6 +448,7 @@ impl BatchWriter<'_> {
 
     async fn remove_index(&mut self, rid: i64) -> Result<(), StoreError> {
         for table in [
+            "idx_text",
             "idx_token",
             "idx_string",
             "idx_date",
@@ -495,6 +496,7 @@ impl BatchWriter<'_> {
         let mut dates = Vec::new();
         let mut references = Vec::new();
         let mut quantities = Vec::new();
+        let mut texts = Vec::new();
         for entry in index {
             let param = i64::from(entry.param);
             match entry.value {
@@ -512,7 +514,22 @@ impl BatchWriter<'_> {
                     system,
                     code,
                 } => quantities.push((param, code, value, system)),
+                IndexValue::Text { narrative, other } => texts.push((param, narrative, other)),
             }
+        }
+        for (param, narrative, other) in texts {
+            sqlx::query(
+                "INSERT INTO idx_text (rid, param, pat, narrative, other) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(rid)
+            .bind(param)
+            .bind(pat)
+            .bind(narrative)
+            .bind(other)
+            .execute(&mut *self.connection)
+            .await
+            .map_err(db_error)?;
         }
         if !tokens.is_empty() {
             let mut sql = QueryBuilder::<Postgres>::new(

@@ -288,6 +288,12 @@ pub trait Dialect: Database<Row: Cells> + Sized {
     fn pairs(placeholder: &str) -> String;
     /// Binds `value` at the end of `sql`.
     fn bind(sql: &mut QueryBuilder<Self>, value: Bound);
+    /// A condition: text column `column` contains `term` exactly (a substring).
+    fn push_contains(sql: &mut QueryBuilder<Self>, column: &str, term: &str);
+    /// Narrows a region-wide search of `idx_text` to the rows its trigram index finds for
+    /// `terms` (each of at least three characters), appended as ` AND …` (SQLite: the FTS5
+    /// table; PostgreSQL: nothing, its `LIKE` conditions use the pg_trgm indexes themselves).
+    fn push_text_index(sql: &mut QueryBuilder<Self>, terms: &[&str], narrative_only: bool);
     /// A statement written with `?N` placeholders, in this database's spelling.
     fn spell(text: &str) -> Cow<'_, str>;
     /// The query of a [`Stmt`]: its text (already spelled; a static text is not copied) and
@@ -418,6 +424,23 @@ impl Dialect for Sqlite {
         )
     }
 
+    fn push_contains(sql: &mut QueryBuilder<Self>, column: &str, term: &str) {
+        sql.push(format!("instr({column}, "));
+        sql.push_bind(term.to_owned());
+        sql.push(") > 0");
+    }
+
+    fn push_text_index(sql: &mut QueryBuilder<Self>, terms: &[&str], narrative_only: bool) {
+        let phrases: Vec<String> = terms.iter().map(|term| fts5_phrase(term)).collect();
+        let mut expression = phrases.join(" AND ");
+        if narrative_only {
+            expression = format!("{{narrative}} : ({expression})");
+        }
+        sql.push(" AND rid IN (SELECT rowid FROM idx_text_fts WHERE idx_text_fts MATCH ");
+        sql.push_bind(expression);
+        sql.push(")");
+    }
+
     fn spell(text: &str) -> Cow<'_, str> {
         Cow::Borrowed(text)
     }
@@ -439,6 +462,25 @@ impl Dialect for Sqlite {
     }
 
     runs_on_its_connection!();
+}
+
+/// `%term%` with LIKE's own characters escaped (PostgreSQL's default escape, `\\`).
+fn like_pattern(term: &str) -> String {
+    let mut pattern = String::with_capacity(term.len() + 2);
+    pattern.push('%');
+    for ch in term.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(ch);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// An FTS5 string (a phrase): double quotes doubled.
+fn fts5_phrase(term: &str) -> String {
+    format!("\"{}\"", term.replace('"', "\"\""))
 }
 
 impl Dialect for Postgres {
@@ -480,6 +522,13 @@ impl Dialect for Postgres {
             ),
         }
     }
+
+    fn push_contains(sql: &mut QueryBuilder<Self>, column: &str, term: &str) {
+        sql.push(format!("{column} LIKE "));
+        sql.push_bind(like_pattern(term));
+    }
+
+    fn push_text_index(_sql: &mut QueryBuilder<Self>, _terms: &[&str], _narrative_only: bool) {}
 
     fn spell(text: &str) -> Cow<'_, str> {
         if !text.contains('?') {

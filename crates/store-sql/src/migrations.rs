@@ -107,7 +107,8 @@ pub async fn migrate<D: Dialect>(
 }
 
 /// The index tables a reindex empties and refills.
-const INDEX_TABLES: [&str; 5] = [
+const INDEX_TABLES: [&str; 6] = [
+    "idx_text",
     "idx_token",
     "idx_string",
     "idx_date",

@@ -19,7 +19,7 @@ use tsunagi_fhir::{
     query::{
         DateBound, Filter, Predicate, Prefix, SearchQuery, Sort, SortKey, StringMode, SystemMatch,
     },
-    search::{ParamType, SearchParam, compartment_param, token_text_matches},
+    search::{ParamType, SearchParam, compartment_param, text::TRIGRAM, token_text_matches},
 };
 use tsunagi_store::{Access, StoreError};
 
@@ -345,9 +345,15 @@ impl Planner<'_> {
                     sql.push(tail);
                 }
             }
+            Predicate::Text {
+                param,
+                terms,
+                narrative_only,
+            } => self.push_text(sql, param, terms, *narrative_only)?,
             Predicate::Missing { param, missing: _ } => {
                 // The rows of the parameter; `missing=true` subtracts them (see push_filter).
                 let table = match param.kind {
+                    ParamType::Text => "idx_text",
                     ParamType::Token => "idx_token",
                     ParamType::String => "idx_string",
                     ParamType::Date => "idx_date",
@@ -359,6 +365,51 @@ impl Planner<'_> {
                 if param.kind != ParamType::Reference {
                     self.push_scope(sql, "pat");
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// `_content` / `_text`: within a patient's compartments every term is a substring test of
+    /// their texts (any length, nothing else to narrow); region-wide, the terms of three or more
+    /// characters go through the trigram index first, and a search with none is refused.
+    fn push_text<DB: Dialect>(
+        &self,
+        sql: &mut QueryBuilder<DB>,
+        param: &SearchParam,
+        terms: &[String],
+        narrative_only: bool,
+    ) -> Result<(), StoreError> {
+        sql.push("SELECT rid FROM idx_text WHERE param = ");
+        sql.push_value(i64::from(param.id));
+        if let Scope::Compartments(_) = self.scope {
+            self.push_scope(sql, "pat");
+        } else {
+            let indexed: Vec<&str> = terms
+                .iter()
+                .map(String::as_str)
+                .filter(|term| term.chars().count() >= TRIGRAM)
+                .collect();
+            if indexed.is_empty() {
+                return Err(StoreError::Invalid(format!(
+                    "{}: a term of one or two characters ({}) is matched only within a patient's \
+                     record: add patient= (or a longer term)",
+                    if narrative_only { "_text" } else { "_content" },
+                    terms.join(" ")
+                )));
+            }
+            DB::push_text_index(sql, &indexed, narrative_only);
+        }
+        for term in terms {
+            sql.push(" AND ");
+            if narrative_only {
+                DB::push_contains(sql, "narrative", term);
+            } else {
+                sql.push("(");
+                DB::push_contains(sql, "narrative", term);
+                sql.push(" OR ");
+                DB::push_contains(sql, "other", term);
+                sql.push(")");
             }
         }
         Ok(())
@@ -580,7 +631,7 @@ pub fn sort_column(param: &SearchParam, descending: bool) -> Option<(&'static st
         ParamType::String => ("idx_string", "value"),
         ParamType::Token => ("idx_token", "code"),
         ParamType::Quantity => ("idx_quantity", "value"),
-        ParamType::Reference => return None,
+        ParamType::Reference | ParamType::Text => return None,
     })
 }
 

@@ -194,6 +194,7 @@ pub(crate) async fn insert_index_rows(
     let mut dates = Vec::new();
     let mut references = Vec::new();
     let mut quantities = Vec::new();
+    let mut texts = Vec::new();
     for (rid, pat, entry) in entries {
         let param = i64::from(entry.param);
         match entry.value {
@@ -212,6 +213,9 @@ pub(crate) async fn insert_index_rows(
                 system,
                 code,
             } => quantities.push((param, code, pat, value, system, rid)),
+            IndexValue::Text { narrative, other } => {
+                texts.push((rid, param, pat, narrative, other))
+            }
         }
     }
     // Sorted rows land in the WITHOUT ROWID B-trees in key order: far fewer page splits.
@@ -283,8 +287,35 @@ pub(crate) async fn insert_index_rows(
                 .push_bind(rid);
         },
     )
-    .await
+    .await?;
+    // Big rows: a few per statement (the FTS5 triggers index each).
+    texts.sort_unstable_by_key(|row| row.0);
+    let mut remaining = texts.into_iter();
+    for size in pow2_sizes(remaining.len(), TEXT_CHUNK) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT OR IGNORE INTO idx_text (rid, param, pat, narrative, other) ",
+        );
+        query.push_values(
+            remaining.by_ref().take(size),
+            |mut row, (rid, param, pat, narrative, other)| {
+                row.push_bind(rid)
+                    .push_bind(param)
+                    .push_bind(pat)
+                    .push_bind(narrative)
+                    .push_bind(other);
+            },
+        );
+        query
+            .build()
+            .execute(&mut *connection)
+            .await
+            .map_err(db_error)?;
+    }
+    Ok(())
 }
+
+/// Text rows per INSERT.
+const TEXT_CHUNK: usize = 16;
 
 #[cfg(test)]
 mod tests {

@@ -531,6 +531,7 @@ impl BatchWriter {
                     .bind(*value)
                     .bind(system.clone())
                     .bind(pat),
+                IndexValue::Text { .. } => sqlx::query("DELETE FROM idx_text WHERE rid = ?"),
             };
             query
                 .bind(existing.rid)

@@ -619,6 +619,18 @@ macro_rules! store_conformance_suite {
             search_includes_compartments_and_history,
             search_at_the_query_limits,
         );
+        $crate::store_conformance_suite!(@text $make;
+            full_text_search_in_japanese,
+        );
+    };
+    (@text $make:expr; $($name:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let store = $make.await;
+                $crate::conformance_text::$name(&store).await;
+            }
+        )*
     };
     (@log $make:expr; $($name:ident,)*) => {
         $(

@@ -38,6 +38,8 @@ pub use outbox::{DeliveryState, DeliveryUpdate, OutboundMessage, Outbox};
 pub mod conformance_search;
 #[cfg(feature = "conformance")]
 pub mod conformance_standing;
+#[cfg(feature = "conformance")]
+pub mod conformance_text;
 
 use std::collections::BTreeMap;
 

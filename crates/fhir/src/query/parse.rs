@@ -104,6 +104,9 @@ fn parse_sort(resource_type: &str, value: &str) -> Result<Vec<Sort>, QueryError>
                         format!("cannot sort by the reference {code}"),
                     ));
                 }
+                if definition.kind == ParamType::Text {
+                    return Err(error("_sort", format!("cannot sort by {code}")));
+                }
                 SortKey::Param(definition)
             }
         };
@@ -177,6 +180,24 @@ fn parse_filter(
             }
             for value in values {
                 any_of.push(Predicate::LastUpdated(parse_date(name, &value, now)?));
+            }
+        }
+        "_content" | "_text" => {
+            let Some(definition) = param(resource_type, "_content") else {
+                return Ok(None);
+            };
+            if modifier.is_some() || chain.is_some() {
+                return Err(error(name, format!("{code} takes no modifier")));
+            }
+            for value in values {
+                let terms = crate::search::text::query_terms(&value);
+                if !terms.is_empty() {
+                    any_of.push(Predicate::Text {
+                        param: definition,
+                        terms,
+                        narrative_only: code == "_text",
+                    });
+                }
             }
         }
         _ => {
@@ -349,6 +370,8 @@ fn parse_filter(
                         any_of.push(parse_quantity(name, definition, &value)?);
                     }
                 }
+                // `_content` is read above; it is reached here only under another name.
+                ParamType::Text => return Ok(None),
             }
         }
     }
@@ -548,6 +571,10 @@ pub fn parameter_codes(resource_type: &str) -> Vec<(&'static str, ParamType)> {
         {
             codes.push((alias, definition.kind));
         }
+    }
+    // `_text` searches the narrative half of `_content`'s rows.
+    if param(resource_type, "_content").is_some() {
+        codes.push(("_text", ParamType::Text));
     }
     codes.sort_unstable_by_key(|(code, _)| *code);
     codes
