@@ -482,4 +482,66 @@ fn the_demos_documents_are_read_through_the_api() {
     }
     let referral = json_of(&http(&address, "GET", urls[0], token, None, b"").unwrap().1);
     assert_eq!(referral["type"]["coding"][0]["code"], "MD0020730");
+
+    // Its words are found in the patient's record (two kanji: a scan of the record).
+    let patient = referral["subject"]["reference"].as_str().unwrap();
+    let patient = patient.trim_start_matches("Patient/");
+    let found = json_of(
+        &http(
+            &address,
+            "GET",
+            &format!("/fhir/DocumentReference?patient={patient}&_content=%E7%B2%BE%E6%9F%BB"),
+            token,
+            None,
+            b"",
+        )
+        .unwrap()
+        .1,
+    );
+    let ids: Vec<&str> = found["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&referral["id"].as_str().unwrap()), "{found}");
+
+    // Imaging reports are DiagnosticReports, each linked to the ImagingStudy its OMG-11 notice
+    // made from the standardized storage (one study: same UID), and named by its document.
+    let reports = json_of(
+        &http(
+            &address,
+            "GET",
+            "/fhir/DiagnosticReport?category=RAD&_count=200",
+            token,
+            None,
+            b"",
+        )
+        .unwrap()
+        .1,
+    );
+    let reports = reports["entry"].as_array().cloned().unwrap_or_default();
+    assert!(!reports.is_empty(), "the demo's region has imaging reports");
+    for entry in &reports {
+        let report = &entry["resource"];
+        assert_eq!(report["category"][0]["coding"][0]["code"], "RAD");
+        assert!(report["conclusion"].as_str().is_some_and(|c| !c.is_empty()));
+        let study = report["imagingStudy"][0]["reference"].as_str().unwrap();
+        let (status, answer) =
+            http(&address, "GET", &format!("/fhir/{study}"), token, None, b"").unwrap();
+        assert_eq!(status, 200, "{study}: {answer}");
+        let study = json_of(&answer);
+        let uids: Vec<&str> = study["identifier"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|id| id["system"] == "urn:dicom:uid")
+            .filter_map(|id| id["value"].as_str())
+            .collect();
+        assert_eq!(uids.len(), 1, "{study}");
+        let form = report["presentedForm"][0]["url"].as_str().unwrap();
+        let (status, _) =
+            http(&address, "GET", &format!("/fhir/{form}"), token, None, b"").unwrap();
+        assert_eq!(status, 200, "{form}");
+    }
 }

@@ -80,6 +80,10 @@ pub struct Interval {
 pub struct ServiceEvent {
     /// `ENC` (a progress note), `ACCM` (a stay: a discharge summary)…
     pub class_code: Option<String>,
+    /// Its ids: for an imaging report, the Study Instance UID (as `root`, DICOM PS3.20).
+    pub ids: Vec<InstanceId>,
+    /// Its code: for an imaging report, the modality or procedure.
+    pub code: Option<Code>,
     /// Its time: a note's recording, a stay's admission and discharge.
     pub time: Interval,
 }
@@ -129,6 +133,9 @@ pub struct CdaDocument {
     pub service_event: Option<ServiceEvent>,
     /// The encompassing encounter.
     pub encounter: Option<Encounter>,
+    /// `inFulfillmentOf/order/id`: the orders the document answers (an imaging report's
+    /// accession number and placer order number).
+    pub orders: Vec<InstanceId>,
     /// Documents this one replaces (`relatedDocument typeCode="RPLC"`).
     pub replaces: Vec<InstanceId>,
     /// The body.
@@ -185,6 +192,14 @@ fn interval(element: Option<&Element>) -> Interval {
         low: value_of(element.child("low")).or_else(|| single.clone()),
         high: value_of(element.child("high")).or(single),
     }
+}
+
+fn code_of(code: &Element) -> Option<Code> {
+    Some(Code {
+        code: code.attr("code")?.trim().to_owned(),
+        system: code.attr("codeSystem").map(str::to_owned),
+        display: code.attr("displayName").map(collapse),
+    })
 }
 
 fn organization(element: &Element) -> Organization {
@@ -257,8 +272,16 @@ impl CdaDocument {
             root.at(&["documentationOf", "serviceEvent"])
                 .map(|event| ServiceEvent {
                     class_code: event.attr("classCode").map(str::to_owned),
+                    ids: event.children_named("id").filter_map(instance_id).collect(),
+                    code: event.child("code").and_then(code_of),
                     time: interval(event.child("effectiveTime")),
                 });
+        let orders = root
+            .children_named("inFulfillmentOf")
+            .filter_map(|fulfilled| fulfilled.child("order"))
+            .flat_map(|order| order.children_named("id"))
+            .filter_map(instance_id)
+            .collect();
         let encounter = root
             .at(&["componentOf", "encompassingEncounter"])
             .map(|encounter| Encounter {
@@ -287,13 +310,7 @@ impl CdaDocument {
         };
         Ok(Self {
             id: root.child("id").and_then(instance_id),
-            code: root.child("code").and_then(|code| {
-                Some(Code {
-                    code: code.attr("code")?.trim().to_owned(),
-                    system: code.attr("codeSystem").map(str::to_owned),
-                    display: code.attr("displayName").map(collapse),
-                })
-            }),
+            code: root.child("code").and_then(code_of),
             title: text_of(root.child("title")),
             effective_time: value_of(root.child("effectiveTime")),
             set_id: root.child("setId").and_then(instance_id),
@@ -303,6 +320,7 @@ impl CdaDocument {
             custodian,
             service_event,
             encounter,
+            orders,
             replaces,
             body,
         })

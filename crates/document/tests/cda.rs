@@ -49,7 +49,13 @@ fn summary(document: &CdaDocument) -> Value {
             "organization": a.organization.as_ref().map(|o| json!({"id": id(&o.id), "name": o.name})),
         })).collect::<Vec<_>>(),
         "custodian": document.custodian.as_ref().map(|o| json!({"id": id(&o.id), "name": o.name})),
-        "serviceEvent": document.service_event.as_ref().map(|e| json!({"classCode": e.class_code, "time": interval(&e.time)})),
+        "serviceEvent": document.service_event.as_ref().map(|e| json!({
+            "classCode": e.class_code,
+            "ids": e.ids.iter().map(|i| id(&Some(i.clone()))).collect::<Vec<_>>(),
+            "code": e.code.as_ref().map(|c| json!({"code": c.code, "system": c.system})),
+            "time": interval(&e.time),
+        })),
+        "orders": document.orders.iter().map(|i| id(&Some(i.clone()))).collect::<Vec<_>>(),
         "encounter": document.encounter.as_ref().map(|e| json!({"id": id(&e.id), "time": interval(&e.time)})),
         "replaces": document.replaces.iter().map(|i| id(&Some(i.clone()))).collect::<Vec<_>>(),
         "narrative": match &document.body {

@@ -31,6 +31,8 @@ profiles! {
     OBSERVATION_LAB_RESULT = "JP_Observation_LabResult";
     OBSERVATION_BODY_MEASUREMENT = "JP_Observation_BodyMeasurement";
     DIAGNOSTIC_REPORT_LAB_RESULT = "JP_DiagnosticReport_LabResult";
+    DIAGNOSTIC_REPORT_RADIOLOGY = "JP_DiagnosticReport_Radiology";
+    PROCEDURE = "JP_Procedure";
     IMAGING_STUDY_RADIOLOGY = "JP_ImagingStudy_Radiology";
     IMAGING_STUDY_ENDOSCOPY = "JP_ImagingStudy_Endoscopy";
     SPECIMEN_COMMON = "JP_Specimen_Common";

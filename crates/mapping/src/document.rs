@@ -364,12 +364,20 @@ pub fn map_document(source: &DocumentSource<'_>) -> Result<Mapped, MapError> {
     if !context.is_empty() {
         put("context", Value::Object(context));
     }
+    // An imaging report is also a DiagnosticReport, which the document's context names.
+    let report = crate::report::radiology_report(source, &standard_code, &document);
+    if let Some(report) = &report {
+        let context = document.entry("context").or_insert_with(|| json!({}));
+        context["related"] = json!([reference("DiagnosticReport", &report.id)]);
+    }
+    let mut resources = vec![MappedResource {
+        resource_type: "DocumentReference",
+        id,
+        json: Value::Object(document),
+    }];
+    resources.extend(report);
     Ok(Mapped {
-        resources: vec![MappedResource {
-            resource_type: "DocumentReference",
-            id,
-            json: Value::Object(document),
-        }],
+        resources,
         warnings,
         ..Mapped::default()
     })

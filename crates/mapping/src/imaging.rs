@@ -30,6 +30,13 @@ struct Study {
     notes: Vec<Value>,
 }
 
+/// The logical id of the ImagingStudy of one study of a hospital's patient, keyed by its Study
+/// Instance UID (or, without one, its accession number): the same whichever record names it
+/// (the OMG-11 notice, an imaging report), so a study is one resource.
+pub fn study_id(facility: &str, patient_id: &str, key: &str) -> String {
+    tsunagi_core::ids::logical_id(&[facility, patient_id, "study", key])
+}
+
 /// Maps OMG-11 and OMG-12: one ImagingStudy per Study Instance UID (IPC-3).
 pub(crate) fn studies(builder: &mut Builder<'_, '_>) -> Result<(), MapError> {
     let mut studies: BTreeMap<String, Study> = BTreeMap::new();
@@ -128,7 +135,7 @@ pub(crate) fn studies(builder: &mut Builder<'_, '_>) -> Result<(), MapError> {
         let Some(study) = studies.remove(&key) else {
             continue;
         };
-        let id = builder.record_id(&["study", &key]);
+        let id = study_id(builder.facility(), builder.context.patient_id, &key);
         let mut identifiers = Vec::new();
         if !study.uid.is_empty() {
             identifiers.push(

@@ -22,6 +22,7 @@ pub mod medication;
 pub mod orders;
 pub mod problems;
 pub mod pushed;
+pub mod report;
 pub mod stay;
 pub mod tables;
 

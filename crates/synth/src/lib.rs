@@ -122,12 +122,31 @@ pub(crate) struct Writer {
     vendor: Vendor,
     pub(crate) files: u64,
     pub(crate) bytes: u64,
+    /// Writes nothing: a chart is replayed only to learn its radiology studies.
+    dry: bool,
+    /// The radiology studies performed (OMG-11) in what was written.
+    pub(crate) studies: Vec<messages::Study>,
 }
 
 impl Writer {
+    fn new(root: PathBuf, vendor: Vendor, dry: bool) -> Self {
+        Writer {
+            root,
+            encoder: Iso2022JpEncoder::default(),
+            vendor,
+            files: 0,
+            bytes: 0,
+            dry,
+            studies: Vec::new(),
+        }
+    }
+
     /// Writes one message under its SS-MIX2 path. `segments` are joined with the vendor's
     /// terminator and encoded as ISO-2022-JP.
     pub(crate) fn write(&mut self, name: &str, segments: &[String]) -> io::Result<()> {
+        if self.dry {
+            return Ok(());
+        }
         let fields: Vec<&str> = name.split('_').collect();
         let patient = fields[0];
         let folder = self
@@ -214,8 +233,17 @@ pub fn generate_extended_with(
         fs::create_dir_all(&writer.root)?;
     }
     for person in 0..patients {
-        let (people, hospitals, _) = assign(seed, person);
-        for hospital in hospitals {
+        let (people, hospitals, mut replay) = assign(seed, person);
+        // The person's charts replayed, unwritten, for the radiology studies their imaging
+        // reports describe (the same UIDs and accession numbers as the OMG-11 notices).
+        let mut studies: Vec<Vec<messages::Study>> = Vec::with_capacity(hospitals.len());
+        for &hospital in &hospitals {
+            let mut dry = Writer::new(PathBuf::new(), HOSPITALS[hospital].vendor, true);
+            messages::Chart::new(HOSPITALS[hospital], &people, person)
+                .write(&mut replay, &mut dry)?;
+            studies.push(dry.studies);
+        }
+        for (hospital, studies) in hospitals.into_iter().zip(studies) {
             charts[hospital] += 1;
             // A stream of its own: the standardized storage stays byte for byte what it was.
             let mut rng = Rng::new(
@@ -224,6 +252,7 @@ pub fn generate_extended_with(
             );
             let chart = messages::Chart::new(HOSPITALS[hospital], &people, person);
             chart.write_documents(&mut rng, &mut writers[hospital], person == 0, min_notes)?;
+            chart.write_imaging_reports(&mut rng, &mut writers[hospital], &studies)?;
         }
     }
     let mut report = ExtendedReport::default();
@@ -246,13 +275,7 @@ pub fn generate_region(out: &Path, patients: usize, seed: u64) -> io::Result<Reg
     fs::create_dir_all(out)?;
     let mut writers: Vec<Writer> = HOSPITALS
         .iter()
-        .map(|hospital| Writer {
-            root: out.join(hospital.code),
-            encoder: Iso2022JpEncoder::default(),
-            vendor: hospital.vendor,
-            files: 0,
-            bytes: 0,
-        })
+        .map(|hospital| Writer::new(out.join(hospital.code), hospital.vendor, false))
         .collect();
     for writer in &writers {
         fs::create_dir_all(&writer.root)?;

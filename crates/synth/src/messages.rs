@@ -84,6 +84,19 @@ pub(crate) struct Chart<'p> {
     visit: String,
 }
 
+/// A radiology study a chart's OMG-11 notice reported performed.
+#[derive(Clone)]
+pub(crate) struct Study {
+    /// When it was performed.
+    pub(crate) done: When,
+    /// The placer order number.
+    pub(crate) order: String,
+    /// Its Study Instance UID.
+    pub(crate) uid: String,
+    /// Its accession number.
+    pub(crate) accession: String,
+}
+
 /// A point in time: days since the epoch plus seconds of the day.
 #[derive(Clone, Copy)]
 pub(crate) struct When {

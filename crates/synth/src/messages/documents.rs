@@ -5,7 +5,7 @@
 
 use std::io;
 
-use super::{Chart, DEPARTMENTS, DISEASES, FAMILY, When, ymd};
+use super::{Chart, DEPARTMENTS, DISEASES, FAMILY, Study, When, ymd};
 use crate::{Rng, vendor::VendorProfile};
 
 /// Findings a progress note's sections draw from.
@@ -29,6 +29,26 @@ const PLAN: &[&str] = &[
     "胸部X線を予約。",
     "訪問看護に創処置を依頼。",
     "減塩指導を継続。",
+];
+
+/// A chest radiograph's findings and the impressions they lead to.
+const READINGS: &[(&str, &str)] = &[
+    (
+        "両肺野に明らかな浸潤影を認めない。心胸郭比 48%。",
+        "異常所見なし",
+    ),
+    (
+        "右下肺野に径 12 mm の結節影を認める。",
+        "右下葉結節影（要CT精査）",
+    ),
+    (
+        "両側肋横角の鈍化を認める。心胸郭比 56%。",
+        "両側胸水、心拡大",
+    ),
+    (
+        "左上肺野に索状影を認める。陳旧性変化と考える。",
+        "陳旧性炎症性変化",
+    ),
 ];
 
 /// Writes documents of one storage: `<root>/<pid[0:3]>/<pid[3:6]>/<pid>/<date>/<type>/<content>/`.
@@ -226,6 +246,59 @@ impl Chart<'_> {
                 '1',
                 "main_document.pdf",
                 &pdf,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Writes the imaging report of each radiology study this chart's OMG-11 notices reported
+    /// (a CDA, LOINC 18748-4): its Study Instance UID in `documentationOf/serviceEvent/id`, its
+    /// accession number and placer order number in `inFulfillmentOf/order/id`.
+    pub(crate) fn write_imaging_reports(
+        &self,
+        rng: &mut Rng,
+        writer: &mut DocumentWriter,
+        studies: &[Study],
+    ) -> io::Result<()> {
+        let system = if self.profile().local_departments {
+            "99NKS"
+        } else {
+            "99ZZZ"
+        };
+        let data_type = format!("RR01^画像診断報告書^{system}^18748-4^画像診断報告書^LN");
+        let facility = self.hospital.code;
+        for (number, study) in studies.iter().enumerate() {
+            let at = study.done.later(1800 + rng.below(3600) as u32);
+            let (finding, impression) = *rng.pick(READINGS);
+            let body = format!(
+                "<component><section><title>検査</title><text>胸部単純X線撮影 立位正面</text></section></component>\
+                 <component><section><title>所見</title><text><paragraph>{finding}</paragraph></text></section></component>\
+                 <component><section><code code=\"19005-8\" codeSystem=\"2.16.840.1.113883.6.1\"/><title>診断</title><text>{impression}</text></section></component>"
+            );
+            let header = format!(
+                "<inFulfillmentOf><order><id root=\"1.2.392.200119.6.103.1{facility}\" extension=\"{}\"/><id root=\"1.2.392.200119.6.104.1{facility}\" extension=\"{}\"/></order></inFulfillmentOf>\
+                 <documentationOf><serviceEvent classCode=\"ACT\"><id root=\"{}\"/><code code=\"CR\" codeSystem=\"1.2.840.10008.2.16.4\"/><effectiveTime value=\"{}+0900\"/></serviceEvent></documentationOf>",
+                study.accession,
+                study.order,
+                study.uid,
+                study.done.seconds()
+            );
+            let cda = self.cda(
+                &at,
+                "18748-4\" codeSystem=\"2.16.840.1.113883.6.1\" codeSystemName=\"LOINC\" displayName=\"画像診断報告書",
+                "画像診断報告書",
+                &header,
+                &body,
+                rng,
+            );
+            self.put_version(
+                writer,
+                &data_type,
+                &format!("RR{number:04}"),
+                &at,
+                '1',
+                "main_document.xml",
+                cda.as_bytes(),
             )?;
         }
         Ok(())

@@ -79,6 +79,12 @@ impl Chart<'_> {
                 &[(1, &accession), (2, "P1"), (3, &study), (5, "CR^^DCM")],
             ),
         ];
+        writer.studies.push(Study {
+            done,
+            order: order.clone(),
+            uid: study.clone(),
+            accession: accession.clone(),
+        });
         writer.write(
             &self.file_name(&date, "OMG-11", &order, done, "01", 1),
             &performed,
