@@ -106,5 +106,6 @@ pub(crate) async fn extended(patients: usize, documents: u64, seed: u64) -> anyh
         "  peak RSS (pull)       {peak_mb:>10.1} MB                                    ≤ {TARGET_PEAK_RSS_MB:.0} (×{:.2})",
         peak_mb / TARGET_PEAK_RSS_MB
     );
-    Ok(())
+    let region = crate::bench_search::Region::serve(dir, store, patients).await?;
+    crate::bench_documents::documents_through_the_api(&region).await
 }

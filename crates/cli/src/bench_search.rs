@@ -24,7 +24,7 @@ use tsunagi_store::{
 use crate::open;
 
 /// A keep-alive HTTP/1.1 connection that reads `Content-Length` bodies.
-struct Connection {
+pub(crate) struct Connection {
     stream: BufReader<TcpStream>,
     host: String,
     token: String,
@@ -32,12 +32,12 @@ struct Connection {
 
 impl Connection {
     /// A connection to `region` carrying a fresh access token (valid five minutes).
-    async fn open(region: &Region) -> anyhow::Result<Self> {
+    pub(crate) async fn open(region: &Region) -> anyhow::Result<Self> {
         Self::open_at(region.addr, region.token().await?).await
     }
 
     /// A connection to `addr` sending `token`.
-    async fn open_at(addr: SocketAddr, token: String) -> anyhow::Result<Self> {
+    pub(crate) async fn open_at(addr: SocketAddr, token: String) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(Self {
@@ -47,7 +47,7 @@ impl Connection {
         })
     }
 
-    async fn get(&mut self, target: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+    pub(crate) async fn get(&mut self, target: &str) -> anyhow::Result<(u16, Vec<u8>)> {
         let request = format!(
             "GET {target} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\r\n",
             self.host, self.token
@@ -80,20 +80,20 @@ impl Connection {
     }
 }
 
-struct Region {
+pub(crate) struct Region {
     _dir: tempfile::TempDir,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// The same store served without access control (feature `bench-baseline`).
     baseline: Option<SocketAddr>,
     shutdown: Option<tokio::sync::watch::Sender<()>>,
     patients: usize,
-    store: Arc<dyn Backend>,
+    pub(crate) store: Arc<dyn Backend>,
     key: SigningKey,
 }
 
 /// The bench reads as a system client of hospital A, whose patients it times.
 const BENCH_CLIENT: &str = "bench";
-const BENCH_FACILITY: &str = "0610100010";
+pub(crate) const BENCH_FACILITY: &str = "0610100010";
 
 impl Region {
     async fn token(&self) -> anyhow::Result<String> {
@@ -107,6 +107,78 @@ impl Region {
         )
         .await?;
         Ok(token)
+    }
+
+    /// Serves `store` (kept in `dir`) on loopback as `tsunagi serve` would, with a system
+    /// client of hospital A to read it.
+    pub(crate) async fn serve(
+        dir: tempfile::TempDir,
+        store: Arc<dyn Backend>,
+        patients: usize,
+    ) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        store
+            .put_facility(&Facility {
+                code: BENCH_FACILITY.to_owned(),
+                name: "荘内病院".to_owned(),
+                kind: "hospital".to_owned(),
+                active: true,
+            })
+            .await?;
+        store
+            .put_client(&Client {
+                id: BENCH_CLIENT.to_owned(),
+                facility: BENCH_FACILITY.to_owned(),
+                kind: "system".to_owned(),
+                jwks: r#"{"keys":[]}"#.to_owned(),
+                scope: "system/*.rs".to_owned(),
+                active: true,
+                serves: Vec::new(),
+            })
+            .await?;
+        let keys = tsunagi_server::security::signing_keys(store.as_ref(), SystemClock.now_micros())
+            .await?;
+        let key = keys.first().cloned().context("no signing key")?;
+        // As `tsunagi serve` does: audit records go through the journal.
+        store.start_serving().await?;
+        let state = tsunagi_server::AppState::new(
+            store.clone(),
+            store.clone(),
+            Arc::new(SystemClock),
+            tsunagi_server::Settings::default(),
+            keys,
+        );
+        let (sender, receiver) = tokio::sync::watch::channel(());
+        let stopped = move || {
+            let mut receiver = receiver.clone();
+            async move {
+                let _ = receiver.changed().await;
+            }
+        };
+        #[cfg(feature = "bench-baseline")]
+        let baseline = {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            tokio::spawn(tsunagi_server::baseline::serve_open(
+                listener,
+                state.clone(),
+                stopped(),
+            ));
+            Some(addr)
+        };
+        #[cfg(not(feature = "bench-baseline"))]
+        let baseline = None;
+        tokio::spawn(tsunagi_server::serve(listener, state, stopped()));
+        Ok(Region {
+            _dir: dir,
+            addr,
+            baseline,
+            shutdown: Some(sender),
+            patients,
+            store,
+            key,
+        })
     }
 }
 
@@ -129,69 +201,7 @@ async fn load_region(patients: usize, seed: u64) -> anyhow::Result<Region> {
         "region of {patients} people: {written} resources generated and ingested in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    store
-        .put_facility(&Facility {
-            code: BENCH_FACILITY.to_owned(),
-            name: "荘内病院".to_owned(),
-            kind: "hospital".to_owned(),
-            active: true,
-        })
-        .await?;
-    store
-        .put_client(&Client {
-            id: BENCH_CLIENT.to_owned(),
-            facility: BENCH_FACILITY.to_owned(),
-            kind: "system".to_owned(),
-            jwks: r#"{"keys":[]}"#.to_owned(),
-            scope: "system/*.rs".to_owned(),
-            active: true,
-            serves: Vec::new(),
-        })
-        .await?;
-    let keys =
-        tsunagi_server::security::signing_keys(store.as_ref(), SystemClock.now_micros()).await?;
-    let key = keys.first().cloned().context("no signing key")?;
-    // As `tsunagi serve` does: audit records go through the journal.
-    store.start_serving().await?;
-    let state = tsunagi_server::AppState::new(
-        store.clone(),
-        store.clone(),
-        Arc::new(SystemClock),
-        tsunagi_server::Settings::default(),
-        keys,
-    );
-    let (sender, receiver) = tokio::sync::watch::channel(());
-    let stopped = move || {
-        let mut receiver = receiver.clone();
-        async move {
-            let _ = receiver.changed().await;
-        }
-    };
-    #[cfg(feature = "bench-baseline")]
-    let baseline = {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(tsunagi_server::baseline::serve_open(
-            listener,
-            state.clone(),
-            stopped(),
-        ));
-        Some(addr)
-    };
-    #[cfg(not(feature = "bench-baseline"))]
-    let baseline = None;
-    tokio::spawn(tsunagi_server::serve(listener, state, stopped()));
-    Ok(Region {
-        _dir: dir,
-        addr,
-        baseline,
-        shutdown: Some(sender),
-        patients,
-        store,
-        key,
-    })
+    Region::serve(dir, store, patients).await
 }
 
 /// The queries of the issue, filled in for one patient with about 100 resources: `prefer` if it
@@ -315,7 +325,7 @@ async fn queries(
     Ok((id, total, queries))
 }
 
-fn percentile(sorted: &[f64], fraction: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], fraction: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

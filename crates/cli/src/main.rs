@@ -16,6 +16,7 @@
 
 mod admin;
 mod bench;
+mod bench_documents;
 mod bench_extended;
 mod bench_mllp;
 mod bench_outbound;
