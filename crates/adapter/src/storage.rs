@@ -127,3 +127,35 @@ pub fn patient_folders(
     }
     Ok(patients)
 }
+
+/// Why a file was not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its content is not acceptable: refused until it changes.
+    Content(String),
+    /// It could not be read now (IO): read again on the next pull.
+    Io(String),
+}
+
+/// Reads a regular file (never a link, a pipe or a device) of at most `max` bytes.
+pub fn read_regular(path: &std::path::Path, max: u64) -> Result<Option<Vec<u8>>, Refusal> {
+    use std::{io::Read, os::unix::fs::MetadataExt};
+    let io = |error: std::io::Error| Refusal::Io(error.to_string());
+    let before = std::fs::symlink_metadata(path).map_err(io)?;
+    if !before.file_type().is_file() {
+        return Err(Refusal::Content(
+            "not a regular file (a link, a pipe or a device is never read)".to_owned(),
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(io)?;
+    let opened = file.metadata().map_err(io)?;
+    // What was opened is what was looked at: not a link swapped in meanwhile.
+    if !opened.is_file() || opened.dev() != before.dev() || opened.ino() != before.ino() {
+        return Err(Refusal::Io(
+            "the file changed while it was opened".to_owned(),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(opened.len().min(max) as usize);
+    file.take(max + 1).read_to_end(&mut bytes).map_err(io)?;
+    Ok((bytes.len() as u64 <= max).then_some(bytes))
+}

@@ -29,6 +29,9 @@ pub(crate) struct Config {
     /// SS-MIX2 extended-storage sources (version 2 only), filed from `source`.
     #[serde(skip)]
     pub(crate) extended: Vec<ExtendedSource>,
+    /// MML export sources (version 2 only), filed from `source`.
+    #[serde(skip)]
+    pub(crate) mml: Vec<MmlSource>,
     /// The FHIR REST API (`tsunagi serve`).
     #[serde(default)]
     pub(crate) server: ServerConfig,
@@ -56,6 +59,9 @@ pub(crate) enum SourceSection {
     /// SS-MIX2 extended storage (documents), pulled on a schedule.
     #[serde(rename = "ssmix2-extended")]
     Ssmix2Extended(ExtendedSource),
+    /// A hospital EHR's MML 4.0 export folder, pulled on a schedule.
+    #[serde(rename = "mml")]
+    Mml(MmlSource),
     /// A hospital or lab pushing HL7 v2 (MLLP, `POST /hl7v2`).
     #[serde(rename = "hl7v2")]
     Hl7v2(Hl7v2Feed),
@@ -280,6 +286,24 @@ pub(crate) struct ExtendedSource {
     pub(crate) max_document_bytes: Option<u64>,
 }
 
+/// `[[source]] kind = "mml"`: one facility's MML 4.0 export folder.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MmlSource {
+    /// The facility's 10-digit medical-institution code.
+    pub(crate) facility: String,
+    /// Display name.
+    pub(crate) name: Option<String>,
+    /// Export folders (one or more).
+    pub(crate) roots: Vec<PathBuf>,
+    /// When to pull: a cron expression with seconds, evaluated in UTC.
+    pub(crate) schedule: String,
+    /// Resources per store transaction (default 2000).
+    pub(crate) batch_resources: Option<usize>,
+    /// Largest file read, in bytes (default 52428800, 50 MiB); larger ones are refused.
+    pub(crate) max_file_bytes: Option<u64>,
+}
+
 /// `text` as a TOML basic string, quoted and escaped.
 fn toml_string(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
@@ -299,7 +323,7 @@ impl Config {
                 || !config.outbound.is_empty() =>
             {
                 bail!(
-                    "version 2 names sources as [[source]] kind = \"ssmix2\", \"ssmix2-extended\" or \"hl7v2\" and \
+                    "version 2 names sources as [[source]] kind = \"ssmix2\", \"ssmix2-extended\", \"mml\" or \"hl7v2\" and \
                      destinations as [[destination]] kind = \"mllp\" or \"folder\"; \
                      [[ssmix2]], [[hl7v2]] and [[outbound]] are version 1 (`tsunagi config check` \
                      shows the rewrite)"
@@ -308,6 +332,22 @@ impl Config {
             2 => config.take_sections(),
             other => {
                 bail!("config version {other} is not supported (this build reads versions 1 and 2)")
+            }
+        }
+        for source in &config.mml {
+            tsunagi_core::FacilityId::parse(&source.facility)
+                .with_context(|| format!("mml source {:?}", source.facility))?;
+            cron::Schedule::from_str(&source.schedule).with_context(|| {
+                format!(
+                    "mml source {}: schedule {:?} is not a cron expression",
+                    source.facility, source.schedule
+                )
+            })?;
+            if source.roots.is_empty() {
+                bail!(
+                    "mml source {}: at least one root is required",
+                    source.facility
+                );
             }
         }
         for source in &config.ssmix2 {
@@ -373,6 +413,7 @@ impl Config {
             match section {
                 SourceSection::Ssmix2(source) => self.ssmix2.push(source),
                 SourceSection::Ssmix2Extended(source) => self.extended.push(source),
+                SourceSection::Mml(source) => self.mml.push(source),
                 SourceSection::Hl7v2(feed) => self.hl7v2.push(feed),
             }
         }

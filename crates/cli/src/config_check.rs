@@ -35,6 +35,9 @@ pub(crate) fn check_config(path: &Path) -> anyhow::Result<()> {
     if !config.extended.is_empty() {
         kinds.push(format!("{} ssmix2-extended", config.extended.len()));
     }
+    if !config.mml.is_empty() {
+        kinds.push(format!("{} mml", config.mml.len()));
+    }
     if !config.hl7v2.is_empty() {
         kinds.push(format!("{} hl7v2", config.hl7v2.len()));
     }

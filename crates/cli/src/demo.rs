@@ -101,6 +101,23 @@ pub(crate) async fn demo(
             started.elapsed().as_secs_f64(),
         );
     }
+    println!("\n   and Homma's MML export: progress courses, surgeries, referral letters");
+    let mml = tsunagi_synth::generate_mml(&region, patients, 2026)?;
+    let started = Instant::now();
+    let config = crate::ingest::mml_config(
+        &mml.code,
+        Some(mml.name.clone()),
+        vec![mml.root.clone()],
+        None,
+        None,
+    )?;
+    let report = crate::registry::pull(crate::registry::Source::Mml(config))
+        .pull(&crate::open::context(
+            store.clone(),
+            Arc::new(tsunagi_adapter::NoProgress),
+        ))
+        .await?;
+    print_summary(&report, Some(&mml.name), started.elapsed().as_secs_f64());
     println!("\n4. the store now holds:");
     for (resource_type, count) in store.count_current().await? {
         println!("  {resource_type:<26} {count:>7}");

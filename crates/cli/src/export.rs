@@ -86,6 +86,15 @@ pub(crate) fn generate_region(
     }
     println!("manifest: {}", out.join("region.json").display());
     if extended {
+        let mml = tsunagi_synth::generate_mml(out, patients, seed)
+            .with_context(|| format!("cannot generate into {}", out.display()))?;
+        println!(
+            "MML export: {} {}  {} files  {}",
+            mml.code,
+            mml.name,
+            mml.files,
+            mml.root.display()
+        );
         let documents = tsunagi_synth::generate_extended(out, patients, seed)
             .with_context(|| format!("cannot generate into {}", out.display()))?;
         println!(

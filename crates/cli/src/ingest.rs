@@ -10,6 +10,7 @@ use std::{
 };
 
 use tsunagi_adapter::{PullAdapter, PullReport};
+use tsunagi_adapter_mml::MmlConfig;
 use tsunagi_adapter_ssmix2::Ssmix2Config;
 use tsunagi_adapter_ssmix2_extended::ExtendedConfig;
 use tsunagi_core::{
@@ -113,6 +114,43 @@ pub(crate) fn extended_config(
             .unwrap_or(tsunagi_adapter_ssmix2_extended::DEFAULT_MAX_DOCUMENT_BYTES),
         full: false,
     })
+}
+
+/// The configuration of an MML export pull (`batch_resources` and `max_file_bytes` at their
+/// defaults unless given).
+pub(crate) fn mml_config(
+    facility: &str,
+    name: Option<String>,
+    roots: Vec<PathBuf>,
+    batch_resources: Option<usize>,
+    max_file_bytes: Option<u64>,
+) -> anyhow::Result<MmlConfig> {
+    Ok(MmlConfig {
+        facility: FacilityId::parse(facility)?,
+        name,
+        roots,
+        batch_resources: batch_resources.unwrap_or(DEFAULT_BATCH_RESOURCES),
+        max_file_bytes: max_file_bytes.unwrap_or(tsunagi_adapter_mml::DEFAULT_MAX_FILE_BYTES),
+        full: false,
+    })
+}
+
+/// `tsunagi ingest mml`: one pull of a hospital EHR's MML 4.0 export folders, reading files of
+/// at most `max_file_bytes`.
+pub(crate) async fn ingest_mml(flags: StorageFlags, max_file_bytes: u64) -> anyhow::Result<()> {
+    let facility = flags.facility.as_str();
+    let mut config = mml_config(
+        facility,
+        flags.name.clone(),
+        flags.roots,
+        None,
+        Some(max_file_bytes),
+    )?;
+    config.full = flags.full;
+    let store = open_store(&flags.db).await?;
+    register_hospital(store.as_ref(), facility, flags.name.as_deref(), flags.json).await?;
+    let adapter = registry::pull(registry::Source::Mml(config));
+    pull_and_report(store, adapter, facility, flags.name.as_deref(), flags.json).await
 }
 
 /// One pull of a synthetic hospital's extended storage (the demo's, the benchmark's).
@@ -229,16 +267,24 @@ pub(crate) fn total(map: &BTreeMap<String, u64>) -> u64 {
 
 /// Prints a human summary of one pull.
 pub(crate) fn print_summary(report: &PullReport, name: Option<&str>, seconds: f64) {
-    let extended = report.adapter == "ssmix2-extended";
+    let extended = matches!(report.adapter.as_str(), "ssmix2-extended" | "mml");
     println!(
-        "SS-MIX2 {}ingest of {}{}",
-        if extended { "extended-storage " } else { "" },
+        "{}ingest of {}{}",
+        match report.adapter.as_str() {
+            "ssmix2-extended" => "SS-MIX2 extended-storage ",
+            "mml" => "MML export ",
+            _ => "SS-MIX2 ",
+        },
         report.facility,
         name.map(|n| format!(" {n}")).unwrap_or_default()
     );
     println!(
         "  {:<10} {} seen, {} read, {} skipped as unchanged, {} rejected",
-        if extended { "documents" } else { "files" },
+        if report.adapter == "ssmix2-extended" {
+            "documents"
+        } else {
+            "files"
+        },
         report.files_seen,
         report.files_read,
         report.files_skipped_unchanged,

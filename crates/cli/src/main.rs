@@ -197,6 +197,15 @@ enum IngestSource {
         #[arg(long, default_value_t = tsunagi_adapter_ssmix2_extended::DEFAULT_MAX_DOCUMENT_BYTES)]
         max_document_bytes: u64,
     },
+    /// A hospital EHR's MML 4.0 export folders: progress courses and referrals as
+    /// DocumentReference + Binary, surgeries as Procedure, in the SS-MIX2 data's chart.
+    Mml {
+        #[command(flatten)]
+        storage: ingest::StorageFlags,
+        /// Largest MML file read, in bytes; larger ones are refused.
+        #[arg(long, default_value_t = tsunagi_adapter_mml::DEFAULT_MAX_FILE_BYTES)]
+        max_file_bytes: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -353,6 +362,13 @@ fn main() -> std::process::ExitCode {
                         max_document_bytes,
                     },
             } => ingest::ingest_extended(storage, max_document_bytes).await,
+            Command::Ingest {
+                source:
+                    IngestSource::Mml {
+                        storage,
+                        max_file_bytes,
+                    },
+            } => ingest::ingest_mml(storage, max_file_bytes).await,
             Command::Export {
                 format: ExportFormat::Ndjson { db, out },
             } => export::export_ndjson(&db, &out).await,

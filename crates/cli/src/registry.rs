@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tsunagi_adapter::{PullAdapter, listen::ListenAdapter, outbound::Destination};
 use tsunagi_adapter_hl7v2::{Feeds, Hl7v2Listener, IntakeOptions};
+use tsunagi_adapter_mml::{MmlAdapter, MmlConfig};
 use tsunagi_adapter_outbound_folder::FolderDestination;
 use tsunagi_adapter_outbound_mllp::MllpDestination;
 use tsunagi_adapter_ssmix2::{Ssmix2Adapter, Ssmix2Config};
@@ -13,10 +14,10 @@ use tsunagi_adapter_ssmix2_extended::{ExtendedAdapter, ExtendedConfig};
 
 use crate::config::OutboundRoute;
 
-/// Source kinds, as `[[source]] kind` names them: `ssmix2` and `ssmix2-extended` are pulled
+/// Source kinds, as `[[source]] kind` names them: `ssmix2`, `ssmix2-extended` and `mml` are pulled
 /// on a schedule ([`pull`]); `hl7v2` is a sender pushing over MLLP or HTTP, received by `tsunagi serve`
 /// ([`listen`]).
-pub(crate) const SOURCE_KINDS: &[&str] = &["ssmix2", "ssmix2-extended", "hl7v2"];
+pub(crate) const SOURCE_KINDS: &[&str] = &["ssmix2", "ssmix2-extended", "mml", "hl7v2"];
 
 /// Destination kinds, as `[[destination]] kind` names them ([`destination`]).
 pub(crate) const DESTINATION_KINDS: &[&str] = &["mllp", "folder"];
@@ -27,6 +28,8 @@ pub(crate) enum Source {
     Ssmix2(Ssmix2Config),
     /// SS-MIX2 extended storage (documents).
     Ssmix2Extended(ExtendedConfig),
+    /// A hospital EHR's MML 4.0 export folder (findings, procedures, referrals).
+    Mml(MmlConfig),
 }
 
 /// Builds the adapter for a scheduled source.
@@ -34,6 +37,7 @@ pub(crate) fn pull(source: Source) -> Arc<dyn PullAdapter> {
     match source {
         Source::Ssmix2(config) => Arc::new(Ssmix2Adapter::new(config)),
         Source::Ssmix2Extended(config) => Arc::new(ExtendedAdapter::new(config)),
+        Source::Mml(config) => Arc::new(MmlAdapter::new(config)),
     }
 }
 

@@ -53,6 +53,21 @@ pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
             source.name,
         ));
     }
+    for source in config.mml {
+        let schedule = cron::Schedule::from_str(&source.schedule)?;
+        let mml = crate::ingest::mml_config(
+            &source.facility,
+            source.name.clone(),
+            source.roots,
+            source.batch_resources,
+            source.max_file_bytes,
+        )?;
+        jobs.push((
+            schedule,
+            registry::pull(registry::Source::Mml(mml)),
+            source.name,
+        ));
+    }
     if jobs.is_empty() {
         bail!(
             "{} configures no sources (adapters known to this build: {})",

@@ -7,6 +7,7 @@
 
 pub mod cda;
 pub mod layout;
+pub mod mml;
 pub mod narrative;
 pub mod xml;
 
@@ -22,6 +23,9 @@ pub enum DocumentError {
     /// Well-formed XML that is not a CDA document as expected.
     #[error("CDA: {0}")]
     Cda(String),
+    /// Well-formed XML that is not an MML instance as expected.
+    #[error("MML: {0}")]
+    Mml(String),
 }
 
 impl DocumentError {

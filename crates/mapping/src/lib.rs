@@ -19,6 +19,7 @@ mod encounter;
 pub mod imaging;
 pub mod lab;
 pub mod medication;
+pub mod mml;
 pub mod orders;
 pub mod problems;
 pub mod pushed;
@@ -416,6 +417,8 @@ pub enum SourceRecord<'a> {
     },
     /// One version of a document of SS-MIX2 extended storage ([`document::map_document`]).
     Document(document::DocumentSource<'a>),
+    /// One MML 4.0 export file ([`mml::map_mml`]).
+    Mml(mml::MmlSource<'a>),
 }
 
 /// Maps one source record: the resources it holds now, with deterministic ids and provenance.
@@ -424,6 +427,7 @@ pub fn map(record: SourceRecord<'_>) -> Result<Mapped, MapError> {
         SourceRecord::Hl7v2 { context, message } => map_message(&context, message),
         SourceRecord::LabReport { context, message } => map_lab_report(&context, message),
         SourceRecord::Document(source) => document::map_document(&source),
+        SourceRecord::Mml(source) => mml::map_mml(&source),
     }
 }
 

@@ -270,6 +270,42 @@ pub fn generate_extended_with(
     Ok(report)
 }
 
+/// The hospital whose EHR exports MML 4.0 beside its SS-MIX2 storage (Homma).
+pub const MML_HOSPITAL: usize = 2;
+
+/// Writes the MML 4.0 export of the region of `patients` people and `seed` under
+/// `<out>/mml/<facility code>/`: for each of [`MML_HOSPITAL`]'s charts, progress courses, some
+/// surgeries and referral letters, with the patients' SS-MIX2 ids. The region's first person at
+/// that hospital has one of each. Deterministic, independent of the other storages.
+pub fn generate_mml(out: &Path, patients: usize, seed: u64) -> io::Result<FacilityReport> {
+    let hospital = HOSPITALS[MML_HOSPITAL];
+    let mut writer = messages::DocumentWriter {
+        root: out.join("mml").join(hospital.code),
+        files: 0,
+        bytes: 0,
+    };
+    fs::create_dir_all(&writer.root)?;
+    let mut charts = 0usize;
+    for person in 0..patients {
+        let (people, hospitals, _) = assign(seed, person);
+        if !hospitals.contains(&MML_HOSPITAL) {
+            continue;
+        }
+        let mut rng =
+            Rng::new(seed ^ 0x4D4D_4C34 ^ (person as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
+        let chart = messages::Chart::new(hospital, &people, person);
+        chart.write_mml(&mut rng, &mut writer, charts == 0)?;
+        charts += 1;
+    }
+    Ok(FacilityReport {
+        code: hospital.code.to_owned(),
+        name: hospital.name.to_owned(),
+        root: writer.root.clone(),
+        patients: charts,
+        files: writer.files,
+    })
+}
+
 /// Generates the region under `out` (created if missing).
 pub fn generate_region(out: &Path, patients: usize, seed: u64) -> io::Result<RegionReport> {
     fs::create_dir_all(out)?;

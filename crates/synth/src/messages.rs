@@ -11,6 +11,7 @@ use crate::{
 
 mod documents;
 mod exams;
+mod mml;
 mod orders;
 mod stay;
 mod vocabulary;

@@ -81,6 +81,17 @@ impl DocumentWriter {
         self.bytes += bytes.len() as u64;
         std::fs::write(folder.join(name), bytes)
     }
+
+    /// Writes `bytes` at `relative` below the root (an MML export's layout).
+    pub(crate) fn put_file(&mut self, relative: &str, bytes: &[u8]) -> io::Result<()> {
+        let path = self.root.join(relative);
+        if let Some(folder) = path.parent() {
+            std::fs::create_dir_all(folder)?;
+        }
+        self.files += 1;
+        self.bytes += bytes.len() as u64;
+        std::fs::write(path, bytes)
+    }
 }
 
 /// The data-type folders of a vendor: progress notes, discharge summaries, referral letters,

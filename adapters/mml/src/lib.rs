@@ -1,0 +1,342 @@
+//! The MML 4.0 adapter: a hospital EHR's export folder of MML files (Homma's: what SS-MIX2
+//! standardized storage does not carry — progress courses, surgeries, referrals), pulled into
+//! `DocumentReference`, `Procedure` and `Binary` in the same chart as the SS-MIX2 data
+//! (`tsunagi_mapping::mml`).
+//!
+//! One pull walks every `*.xml` file under the roots (regular files only; links are never
+//! followed), skips a file whose size and modification time are as last seen, and reads the
+//! others: each file is one source record (`mml:<facility>:<path below its root>`), written with
+//! its bytes and its checkpoint in one transaction. A refused file (not MML, hostile XML, over
+//! the size limit, a referral about another patient) is reported with its path and reason,
+//! changes nothing, and is not read again until it changes; one that cannot be read now (IO) is
+//! read again on the next pull. A file that disappears from the folder leaves its resources: an
+//! export folder is rotated, the record is not withdrawn by that.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::runtime::Handle;
+use tsunagi_adapter::{
+    AdapterContext, AdapterError, AdapterInfo, Progress, PullAdapter, PullReport, Rejection,
+    storage::{Refusal, modified_nanos, read_regular, sorted_entries},
+};
+use tsunagi_core::{FacilityId, hash::fnv64, ids::logical_id};
+use tsunagi_document::mml::MmlDocument;
+use tsunagi_mapping::{SourceRecord, mml::MmlSource};
+use tsunagi_store::{Batch, Operation, ResourceWrite, Store};
+
+/// Largest MML file read, in bytes, unless configured otherwise (`max_file_bytes`).
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 50 * 1024 * 1024;
+
+/// File bytes per store transaction at most (a batch also ends at `batch_resources`).
+const BATCH_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Configuration of one MML export source.
+#[derive(Debug, Clone)]
+pub struct MmlConfig {
+    /// The hospital's 10-digit code.
+    pub facility: FacilityId,
+    /// Display name (for reports).
+    pub name: Option<String>,
+    /// One or more export folders.
+    pub roots: Vec<PathBuf>,
+    /// Resources per store transaction.
+    pub batch_resources: usize,
+    /// Largest file read; larger ones are refused.
+    pub max_file_bytes: u64,
+    /// Ignore checkpoints and read every file again (writes stay idempotent).
+    pub full: bool,
+}
+
+/// The adapter.
+#[derive(Debug, Clone)]
+pub struct MmlAdapter {
+    config: MmlConfig,
+}
+
+impl MmlAdapter {
+    /// Creates the adapter.
+    pub fn new(config: MmlConfig) -> Self {
+        Self { config }
+    }
+}
+
+/// Checkpoint scope of the files as last seen: key = path below the root, value = 8 bytes of
+/// digest (size and modification time) and one byte, 1 when the file was refused.
+pub fn files_scope(facility: &str) -> String {
+    format!("mml:{facility}:files")
+}
+
+#[async_trait::async_trait]
+impl PullAdapter for MmlAdapter {
+    fn describe(&self) -> AdapterInfo {
+        AdapterInfo {
+            kind: "mml",
+            facility: self.config.facility.as_str().to_owned(),
+        }
+    }
+
+    async fn pull(&self, context: &AdapterContext) -> Result<PullReport, AdapterError> {
+        for root in &self.config.roots {
+            if !root.is_dir() {
+                return Err(AdapterError::Source(format!(
+                    "{} is not a folder",
+                    root.display()
+                )));
+            }
+        }
+        let facility = self.config.facility.as_str().to_owned();
+        let seen: HashMap<String, u64> = if self.config.full {
+            HashMap::new()
+        } else {
+            context
+                .store
+                .checkpoints(&files_scope(&facility))
+                .await?
+                .into_iter()
+                .filter_map(|(key, value)| {
+                    Some((key, u64::from_le_bytes(value.get(..8)?.try_into().ok()?)))
+                })
+                .collect()
+        };
+        let puller = Puller {
+            config: self.config.clone(),
+            store: context.store.clone(),
+            progress: context.progress.clone(),
+            handle: Handle::current(),
+            seen,
+        };
+        tokio::task::spawn_blocking(move || puller.run())
+            .await
+            .map_err(|error| AdapterError::Source(format!("the pull stopped: {error}")))?
+    }
+}
+
+struct Puller {
+    config: MmlConfig,
+    store: Arc<dyn Store>,
+    progress: Arc<dyn Progress>,
+    handle: Handle,
+    seen: HashMap<String, u64>,
+}
+
+/// Every `*.xml` regular file below `root`, with its path below it, in name order.
+fn xml_files(root: &Path, rejected: &mut Vec<Rejection>) -> Vec<(PathBuf, String)> {
+    let mut files = Vec::new();
+    let mut stack = vec![(root.to_owned(), String::new())];
+    while let Some((folder, prefix)) = stack.pop() {
+        let entries = match sorted_entries(&folder) {
+            Ok(entries) => entries,
+            Err(error) => {
+                rejected.push(Rejection {
+                    source: folder.display().to_string(),
+                    reason: format!("cannot list folder: {error}"),
+                });
+                continue;
+            }
+        };
+        let mut folders = Vec::new();
+        for entry in entries {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let relative = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => folders.push((entry.path(), relative)),
+                Ok(kind) if kind.is_file() && name.to_ascii_lowercase().ends_with(".xml") => {
+                    files.push((entry.path(), relative));
+                }
+                Ok(kind) if kind.is_symlink() => rejected.push(Rejection {
+                    source: entry.path().display().to_string(),
+                    reason: "a link: never followed (export real files)".into(),
+                }),
+                _ => {}
+            }
+        }
+        // Depth first, in name order.
+        stack.extend(folders.into_iter().rev());
+    }
+    files
+}
+
+/// What one file produced.
+enum Read {
+    /// Its operations and resource count.
+    Accepted(Vec<Operation>, usize, u64),
+    /// Refused for its content: not read again until it changes.
+    Refused(String),
+    /// Not readable now: read again next time.
+    Retry(String),
+}
+
+impl Puller {
+    fn run(self) -> Result<PullReport, AdapterError> {
+        let facility = self.config.facility.as_str().to_owned();
+        let mut report = PullReport {
+            adapter: "mml".into(),
+            facility: facility.clone(),
+            ..PullReport::default()
+        };
+        let mut files = Vec::new();
+        for root in &self.config.roots {
+            files.extend(xml_files(root, &mut report.rejected));
+        }
+        let mut pending: Vec<Operation> = Vec::new();
+        let (mut pending_resources, mut pending_bytes) = (0usize, 0u64);
+        for (path, relative) in files {
+            report.files_seen += 1;
+            let Ok(metadata) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let mut key = Vec::with_capacity(32);
+            key.extend_from_slice(&metadata.len().to_le_bytes());
+            key.extend_from_slice(&modified_nanos(&metadata).to_le_bytes());
+            let digest = fnv64(&key);
+            if self.seen.get(&relative) == Some(&digest) {
+                report.files_skipped_unchanged += 1;
+                continue;
+            }
+            report.files_read += 1;
+            let checkpoint = |refused: bool| {
+                let mut value = digest.to_le_bytes().to_vec();
+                value.push(u8::from(refused));
+                Operation::PutCheckpoint {
+                    scope: files_scope(&facility),
+                    key: relative.clone(),
+                    value,
+                }
+            };
+            match self.read(&path, &relative, &mut report) {
+                Read::Accepted(operations, resources, bytes) => {
+                    pending.extend(operations);
+                    pending.push(checkpoint(false));
+                    pending_resources += resources;
+                    pending_bytes += bytes;
+                }
+                Read::Refused(reason) => {
+                    report.rejected.push(Rejection {
+                        source: path.display().to_string(),
+                        reason,
+                    });
+                    pending.push(checkpoint(true));
+                }
+                Read::Retry(reason) => report.rejected.push(Rejection {
+                    source: path.display().to_string(),
+                    reason: format!("{reason} (read again on the next pull)"),
+                }),
+            }
+            self.progress
+                .advance(report.files_seen, pending_resources as u64);
+            if pending_resources >= self.config.batch_resources.max(1)
+                || pending_bytes >= BATCH_BYTES
+            {
+                self.commit(std::mem::take(&mut pending), &mut report)?;
+                (pending_resources, pending_bytes) = (0, 0);
+            }
+        }
+        if !pending.is_empty() {
+            self.commit(pending, &mut report)?;
+        }
+        Ok(report)
+    }
+
+    fn commit(
+        &self,
+        operations: Vec<Operation>,
+        report: &mut PullReport,
+    ) -> Result<(), AdapterError> {
+        let stats = self
+            .handle
+            .block_on(self.store.apply(Batch { operations }))?;
+        report.add_stats(&stats);
+        Ok(())
+    }
+
+    fn read(&self, path: &Path, relative: &str, report: &mut PullReport) -> Read {
+        let max = self.config.max_file_bytes;
+        let bytes = match read_regular(path, max) {
+            Ok(Some(bytes)) if bytes.is_empty() => {
+                return Read::Refused("the file is empty (0 bytes)".into());
+            }
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                return Read::Refused(format!("over the limit of {max} bytes (max_file_bytes)"));
+            }
+            Err(Refusal::Content(why)) => return Read::Refused(why),
+            Err(Refusal::Io(why)) => return Read::Retry(why),
+        };
+        let document = match MmlDocument::parse(&bytes) {
+            Ok(document) => document,
+            Err(error) => return Read::Refused(error.to_string()),
+        };
+        let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+        let facility = self.config.facility.as_str();
+        let mapped = match tsunagi_mapping::map(SourceRecord::Mml(MmlSource {
+            facility: &self.config.facility,
+            file: relative,
+            size: bytes.len() as u64,
+            sha256: &sha256,
+            document: &document,
+        })) {
+            Ok(mapped) => mapped,
+            Err(error) => return Read::Refused(error.to_string()),
+        };
+        for warning in &mapped.warnings {
+            report.warn(&path.display().to_string(), warning);
+        }
+        let patient = logical_id(&[facility, &document.patient_id]);
+        let first_document = mapped
+            .resources
+            .iter()
+            .find(|resource| resource.resource_type == "DocumentReference")
+            .map(|resource| resource.id.clone());
+        let mut resources = Vec::with_capacity(mapped.resources.len() + 1);
+        for resource in mapped.resources {
+            match ResourceWrite::from_json(resource.resource_type, &resource.id, &resource.json) {
+                Ok(write) => resources.push(write),
+                Err(error) => return Read::Refused(error.to_string()),
+            }
+        }
+        // The file's bytes, in the patient's compartment (its tag says which).
+        let hex: String = sha256.iter().map(|b| format!("{b:02x}")).collect();
+        let id = tsunagi_mapping::mml::binary_id(facility, &document.patient_id, relative);
+        let mut binary = json!({
+            "resourceType": "Binary",
+            "id": id,
+            "meta": {"tag": [
+                {"system": "urn:tsunagi:sha256", "code": hex},
+                {"system": tsunagi_fhir::search::BINARY_PATIENT_TAG, "code": format!("Patient/{patient}")}
+            ]},
+            "contentType": "application/xml"
+        });
+        if let Some(document) = first_document {
+            binary["securityContext"] =
+                json!({"reference": format!("DocumentReference/{document}")});
+        }
+        match ResourceWrite::from_json("Binary", &id, &binary) {
+            Ok(write) => resources.push(write),
+            Err(error) => return Read::Refused(error.to_string()),
+        }
+        let count = resources.len();
+        let size = bytes.len() as u64;
+        Read::Accepted(
+            vec![
+                Operation::PutBlob { sha256, bytes },
+                Operation::ReplaceSource {
+                    source_key: format!("mml:{facility}:{relative}"),
+                    facility: facility.to_owned(),
+                    resources,
+                },
+            ],
+            count,
+            size,
+        )
+    }
+}

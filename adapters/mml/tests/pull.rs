@@ -1,0 +1,181 @@
+//! MML exports pulled into a real SQLite store: Homma's synthetic export becomes
+//! DocumentReference, Procedure and Binary in the SS-MIX2 chart's Patient; an unchanged folder
+//! is skipped unread; every hostile file is refused with its path and reason, changes nothing,
+//! and is not read again until it changes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{path::Path, sync::Arc};
+
+use tsunagi_adapter::{AdapterContext, NoProgress, PullAdapter, PullReport};
+use tsunagi_adapter_mml::{DEFAULT_MAX_FILE_BYTES, MmlAdapter, MmlConfig};
+use tsunagi_core::{FacilityId, clock::FixedClock};
+use tsunagi_store::Store;
+use tsunagi_store_sqlite::SqliteStore;
+
+const HOMMA: &str = "0610300016";
+
+async fn store(dir: &Path) -> Arc<SqliteStore> {
+    let url = format!("sqlite://{}", dir.join("t.db").display());
+    Arc::new(
+        SqliteStore::open(&url, Arc::new(FixedClock(1_764_000_000_000_000)))
+            .await
+            .unwrap(),
+    )
+}
+
+async fn pull(store: &Arc<SqliteStore>, root: &Path, max: u64) -> PullReport {
+    let adapter = MmlAdapter::new(MmlConfig {
+        facility: FacilityId::parse(HOMMA).unwrap(),
+        name: None,
+        roots: vec![root.to_owned()],
+        batch_resources: 50,
+        max_file_bytes: max,
+        full: false,
+    });
+    let context = AdapterContext {
+        store: store.clone(),
+        clock: Arc::new(FixedClock(1_764_000_000_000_000)),
+        progress: Arc::new(NoProgress),
+    };
+    adapter.pull(&context).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_synthetic_export_joins_the_ss_mix2_chart() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = tsunagi_synth::generate_mml(dir.path(), 40, 7).unwrap();
+    assert!(generated.files > 0);
+    let store = store(dir.path()).await;
+    let report = pull(&store, &generated.root, DEFAULT_MAX_FILE_BYTES).await;
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    assert_eq!(report.files_read, generated.files);
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    for kind in ["DocumentReference", "Procedure", "Binary"] {
+        assert!(
+            report.created.get(kind).copied().unwrap_or(0) > 0,
+            "{kind}: {:?}",
+            report.created
+        );
+    }
+    // The first chart's patient id is the one Homma's SS-MIX2 storage uses for that person.
+    let region = tempfile::tempdir().unwrap();
+    tsunagi_synth::generate_region(region.path(), 40, 7).unwrap();
+    let first = std::fs::read_dir(&generated.root)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .min()
+        .unwrap();
+    let chart = region
+        .path()
+        .join(HOMMA)
+        .join(&first[..3])
+        .join(&first[3..6])
+        .join(&first);
+    assert!(chart.is_dir(), "{}", chart.display());
+    let patient = tsunagi_core::ids::logical_id(&[HOMMA, &first]);
+    let documents = store
+        .find_by_reference(
+            "DocumentReference",
+            "patient",
+            &format!("Patient/{patient}"),
+        )
+        .await
+        .unwrap();
+    assert!(!documents.is_empty(), "{patient} holds the MML documents");
+    let procedures = store
+        .find_by_reference("Procedure", "patient", &format!("Patient/{patient}"))
+        .await
+        .unwrap();
+    assert!(!procedures.is_empty(), "the first chart has a surgery");
+    // Unchanged: nothing is read again.
+    let again = pull(&store, &generated.root, DEFAULT_MAX_FILE_BYTES).await;
+    assert_eq!(again.files_read, 0);
+    assert_eq!(again.files_skipped_unchanged, generated.files);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_files_are_refused_once_until_they_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("export");
+    std::fs::create_dir_all(root.join("p")).unwrap();
+    let good = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mml/referral.xml"),
+    )
+    .unwrap();
+    let text = String::from_utf8(good.clone()).unwrap();
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "p/doctype.xml",
+            text.replacen(
+                "<Mml ",
+                "<!DOCTYPE Mml [<!ENTITY a \"aaaaaaaaaa\"><!ENTITY b \"&a;&a;&a;&a;\">]><Mml ",
+                1,
+            )
+            .into_bytes(),
+        ),
+        ("p/empty.xml", Vec::new()),
+        ("p/truncated.xml", good[..good.len() / 3].to_vec()),
+        (
+            "p/other-patient.xml",
+            text.replacen("              00010003\n", "              00099999\n", 1)
+                .into_bytes(),
+        ),
+        (
+            "p/big.xml",
+            text.replacen("いつもお世話になっております。", &"あ".repeat(40_000), 1)
+                .into_bytes(),
+        ),
+        ("p/good.xml", good.clone()),
+    ];
+    for (name, bytes) in &files {
+        std::fs::write(root.join(name), bytes).unwrap();
+    }
+    std::os::unix::fs::symlink("/etc/passwd", root.join("p/link.xml")).unwrap();
+    let store = store(dir.path()).await;
+    let max = (good.len() * 4) as u64;
+    let report = pull(&store, &root, max).await;
+    let reasons: Vec<(String, String)> = report
+        .rejected
+        .iter()
+        .map(|r| {
+            (
+                r.source.rsplit('/').next().unwrap().to_owned(),
+                r.reason.clone(),
+            )
+        })
+        .collect();
+    let reason = |name: &str| {
+        reasons
+            .iter()
+            .find(|(file, _)| file == name)
+            .map(|(_, reason)| reason.clone())
+            .unwrap_or_else(|| panic!("{name} not refused: {reasons:?}"))
+    };
+    assert!(reason("doctype.xml").contains("DOCTYPE"));
+    assert!(reason("empty.xml").contains("empty"));
+    assert!(reason("truncated.xml").contains("XML"));
+    assert!(reason("other-patient.xml").contains("00099999"));
+    assert!(reason("big.xml").contains("max_file_bytes"));
+    assert!(reason("link.xml").contains("link"));
+    assert_eq!(reasons.len(), 6, "{reasons:?}");
+    // Only the good file was written.
+    assert_eq!(report.created.get("DocumentReference"), Some(&1));
+    assert_eq!(report.created.get("Binary"), Some(&1));
+    // Again: refused files are neither read nor reported again (the link is: never read).
+    let again = pull(&store, &root, max).await;
+    assert_eq!(again.files_read, 0);
+    assert_eq!(again.rejected.len(), 1, "{:?}", again.rejected);
+    // A refused file, repaired, is read.
+    std::fs::write(
+        root.join("p/empty.xml"),
+        text.replace(
+            "9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a49",
+            "0123456789abcdef0123456789abcdef",
+        ),
+    )
+    .unwrap();
+    let repaired = pull(&store, &root, max).await;
+    assert_eq!(repaired.files_read, 1);
+    assert_eq!(repaired.created.get("DocumentReference"), Some(&1));
+}
