@@ -18,7 +18,9 @@ use std::{
 
 use serde_json::Value;
 use tsunagi_adapter::{AdapterContext, NoProgress, PullAdapter, PullReport};
+use tsunagi_adapter_mml::{MmlAdapter, MmlConfig};
 use tsunagi_adapter_ssmix2::{Ssmix2Adapter, Ssmix2Config};
+use tsunagi_adapter_ssmix2_extended::{ExtendedAdapter, ExtendedConfig};
 use tsunagi_core::{FacilityId, clock::FixedClock};
 use tsunagi_mapping::CodeTables;
 use tsunagi_store::Store;
@@ -85,7 +87,8 @@ pub async fn pull(store: Arc<SqliteStore>, facility: &str, roots: Vec<PathBuf>) 
 }
 
 /// A synthetic region of `patients` people (three hospitals, three vendors) generated in `dir`
-/// and pulled into a fresh store there; no file may be rejected.
+/// and pulled into a fresh store there — standardized storage, extended storage (documents,
+/// imaging reports) and Homma's MML export; no file may be rejected.
 pub async fn ingested_region(dir: &Path, patients: usize, seed: u64) -> Arc<SqliteStore> {
     let region = dir.join("region");
     tsunagi_synth::generate_region(&region, patients, seed).unwrap();
@@ -99,6 +102,36 @@ pub async fn ingested_region(dir: &Path, patients: usize, seed: u64) -> Arc<Sqli
         .await;
         assert!(report.rejected.is_empty(), "{:#?}", report.rejected);
     }
+    let context = AdapterContext {
+        store: store.clone(),
+        clock: Arc::new(FixedClock(1_764_000_000_000_000)),
+        progress: Arc::new(NoProgress),
+    };
+    let extended = tsunagi_synth::generate_extended(&region, patients, seed).unwrap();
+    for facility in &extended.facilities {
+        let adapter = ExtendedAdapter::new(ExtendedConfig {
+            facility: FacilityId::parse(&facility.code).unwrap(),
+            name: None,
+            roots: vec![facility.root.clone()],
+            batch_resources: 2000,
+            batch_bytes: tsunagi_adapter_ssmix2_extended::DEFAULT_BATCH_BYTES,
+            max_document_bytes: tsunagi_adapter_ssmix2_extended::DEFAULT_MAX_DOCUMENT_BYTES,
+            full: false,
+        });
+        let report = adapter.pull(&context).await.unwrap();
+        assert!(report.rejected.is_empty(), "{:#?}", report.rejected);
+    }
+    let mml = tsunagi_synth::generate_mml(&region, patients, seed).unwrap();
+    let adapter = MmlAdapter::new(MmlConfig {
+        facility: FacilityId::parse(&mml.code).unwrap(),
+        name: None,
+        roots: vec![mml.root.clone()],
+        batch_resources: 2000,
+        max_file_bytes: tsunagi_adapter_mml::DEFAULT_MAX_FILE_BYTES,
+        full: false,
+    });
+    let report = adapter.pull(&context).await.unwrap();
+    assert!(report.rejected.is_empty(), "{:#?}", report.rejected);
     store
 }
 
