@@ -52,7 +52,11 @@ pub fn capability_statement(base_url: &str, date: &str, token_url: &str) -> Valu
                 params.push(json!({
                     "name": code,
                     "type": type_name(kind),
-                    "definition": format!("http://hl7.org/fhir/SearchParameter/Resource-{}", code.trim_start_matches('_')),
+                    "definition": if code == "_text" {
+                        "http://hl7.org/fhir/SearchParameter/DomainResource-text"
+                    } else {
+                        "http://hl7.org/fhir/SearchParameter/Resource-content"
+                    },
                     "documentation": TEXT_SEARCH,
                 }));
             } else {

@@ -399,6 +399,8 @@ impl Planner<'_> {
                 )));
             }
             DB::push_text_index(sql, &indexed, narrative_only);
+            // Region-wide, only the compartments the viewer may see are scanned.
+            push_guard(sql, self.access, "pat");
         }
         for term in terms {
             sql.push(" AND ");

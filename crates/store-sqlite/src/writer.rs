@@ -487,6 +487,12 @@ impl BatchWriter {
         if self.pending_index.remove(&existing.rid).is_some() {
             return Ok(());
         }
+        // The words: by rid (the FTS5 triggers follow), whatever the old content held.
+        sqlx::query("DELETE FROM idx_text WHERE rid = ?")
+            .bind(existing.rid)
+            .execute(&mut *connection)
+            .await
+            .map_err(db_error)?;
         let content: Option<Vec<u8>> =
             sqlx::query_scalar("SELECT content FROM resources WHERE rid = ?")
                 .bind(existing.rid)
@@ -531,7 +537,8 @@ impl BatchWriter {
                     .bind(*value)
                     .bind(system.clone())
                     .bind(pat),
-                IndexValue::Text { .. } => sqlx::query("DELETE FROM idx_text WHERE rid = ?"),
+                // Removed below, by rid, whatever the old content held.
+                IndexValue::Text { .. } => continue,
             };
             query
                 .bind(existing.rid)

@@ -19,6 +19,8 @@ pub const MAX_SORT_KEYS: usize = 8;
 pub const MAX_CHAIN_DEPTH: usize = 1;
 /// Bytes of one parameter's value, decoded.
 pub const MAX_VALUE_BYTES: usize = 4096;
+/// Words of all `_content` and `_text` values together (each is a substring test).
+pub const MAX_TEXT_TERMS: usize = 32;
 
 /// `_count`: a whole number up to [`MAX_COUNT`].
 pub fn parse_count(value: &str) -> Result<usize, QueryError> {
@@ -64,6 +66,7 @@ pub(super) fn check_limits(pairs: &[(String, String)]) -> Result<(), QueryError>
         ));
     }
     let mut alternatives = 0;
+    let mut text_terms = 0;
     for (name, value) in searched() {
         if value.len() > MAX_VALUE_BYTES {
             return Err(error(
@@ -85,8 +88,15 @@ pub(super) fn check_limits(pairs: &[(String, String)]) -> Result<(), QueryError>
                 ),
             ));
         }
-        if !name.starts_with('_') {
+        let text = matches!(name.split(':').next(), Some("_content" | "_text"));
+        if !name.starts_with('_') || text {
             alternatives += values;
+        }
+        if text {
+            text_terms += value
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|term| !term.is_empty())
+                .count();
         }
         let depth = name.matches('.').count();
         if depth > MAX_CHAIN_DEPTH {
@@ -98,6 +108,14 @@ pub(super) fn check_limits(pairs: &[(String, String)]) -> Result<(), QueryError>
                 ),
             ));
         }
+    }
+    if text_terms > MAX_TEXT_TERMS {
+        return Err(error(
+            "_content",
+            format!(
+                "{text_terms} words in _content and _text together; at most {MAX_TEXT_TERMS} (limit max_text_terms)"
+            ),
+        ));
     }
     if alternatives > MAX_ALTERNATIVES {
         return Err(error(

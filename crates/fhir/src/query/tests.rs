@@ -257,6 +257,43 @@ fn limits_are_refused_by_name_before_anything_runs() {
         )],
         "max_chain_depth",
     );
+    // Words of full-text values: each is a substring test over a text.
+    let words = vec!["褥"; limits::MAX_TEXT_TERMS + 1].join(" ");
+    refused(
+        vec![("_content".to_owned(), words.clone())],
+        "max_text_terms",
+    );
+    let half = vec!["褥"; limits::MAX_TEXT_TERMS / 2 + 1].join("\u{3000}");
+    refused(
+        vec![
+            ("_text".to_owned(), half.clone()),
+            ("_content".to_owned(), half),
+        ],
+        "max_text_terms",
+    );
+    let refused_doc = |pairs: Vec<(String, String)>, limit: &str| {
+        let error = SearchQuery::parse("DocumentReference", &pairs, 0, false).unwrap_err();
+        assert!(error.reason.contains(limit), "{error} should name {limit}");
+    };
+    // Text alternatives count among all alternatives.
+    refused_doc(
+        (0..3)
+            .map(|_| ("_content".to_owned(), values(limits::MAX_VALUES)))
+            .collect(),
+        "max_",
+    );
+    // Repeated words are one test.
+    let query = SearchQuery::parse(
+        "DocumentReference",
+        &[("_content".to_owned(), "褥瘡 褥瘡 ｶﾞｰｾﾞ".to_owned())],
+        0,
+        true,
+    )
+    .unwrap();
+    match &query.filters[0].any_of[0] {
+        Predicate::Text { terms, .. } => assert_eq!(terms, &["褥瘡", "ガーゼ"]),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -94,12 +94,13 @@ fn collect_words(key: &str, value: &Value, out: &mut String) {
     }
 }
 
-/// [`search_key`] per line (line breaks kept, so words of two lines never run together), cut to
-/// [`MAX_TEXT_BYTES`].
+/// [`search_key`] per line (line breaks kept, so words of two lines never run together), other
+/// control characters dropped (PostgreSQL's text holds no NUL), cut to [`MAX_TEXT_BYTES`].
 fn normalised(text: &str) -> String {
     let mut out = String::with_capacity(text.len().min(MAX_TEXT_BYTES));
     for line in text.lines() {
-        let key = search_key(line);
+        let line: String = line.chars().filter(|c| !c.is_control()).collect();
+        let key = search_key(&line);
         if key.is_empty() {
             continue;
         }
@@ -149,14 +150,25 @@ const BLOCKS: &[&str] = &[
     "caption",
 ];
 
-/// The text of an XHTML fragment: tags dropped, block elements as line breaks, the predefined
-/// and numeric character references decoded (anything else is kept as written).
+/// The text of an XHTML fragment: tags and comments dropped, CDATA kept as text, block
+/// elements as line breaks, the predefined and numeric character references decoded (anything
+/// else is kept as written). One pass: linear in the input, whatever it holds.
 pub fn xhtml_text(xhtml: &str) -> String {
     let mut out = String::with_capacity(xhtml.len());
     let mut rest = xhtml;
     while let Some(position) = rest.find(['<', '&']) {
         out.push_str(&rest[..position]);
         rest = &rest[position..];
+        if let Some(comment) = rest.strip_prefix("<!--") {
+            rest = comment.find("-->").map_or("", |end| &comment[end + 3..]);
+            continue;
+        }
+        if let Some(cdata) = rest.strip_prefix("<![CDATA[") {
+            let end = cdata.find("]]>").unwrap_or(cdata.len());
+            out.push_str(&cdata[..end]);
+            rest = cdata.get(end + 3..).unwrap_or("");
+            continue;
+        }
         if rest.starts_with('<') {
             let Some(end) = rest.find('>') else {
                 return out;
@@ -172,7 +184,9 @@ pub fn xhtml_text(xhtml: &str) -> String {
             }
             rest = &rest[end + 1..];
         } else {
-            let end = rest.find(';').filter(|end| *end <= 10);
+            // A reference is short: look for its `;` only that far (never to the end).
+            let window = &rest.as_bytes()[..rest.len().min(12)];
+            let end = window.iter().position(|b| *b == b';');
             let decoded = end.and_then(|end| decode_reference(&rest[1..end]));
             match (end, decoded) {
                 (Some(end), Some(ch)) => {
@@ -204,7 +218,8 @@ fn decode_reference(name: &str) -> Option<char> {
                 Some(hex) => u32::from_str_radix(hex, 16).ok()?,
                 None => number.parse().ok()?,
             };
-            char::from_u32(code)
+            // Only characters XML may carry (no NUL, no other C0 control but tab and breaks).
+            char::from_u32(code).filter(|ch| !ch.is_control() || matches!(ch, '\t' | '\n' | '\r'))
         }
     }
 }
@@ -212,11 +227,14 @@ fn decode_reference(name: &str) -> Option<char> {
 /// The terms of one `_content`/`_text` value: normalised, split at white space (every term must
 /// be found), empty when the value holds no word.
 pub fn query_terms(value: &str) -> Vec<String> {
-    search_key(value)
-        .split(' ')
-        .filter(|term| !term.is_empty())
-        .map(str::to_owned)
-        .collect()
+    let mut terms: Vec<String> = Vec::new();
+    for term in search_key(value).split(' ').filter(|term| !term.is_empty()) {
+        // A repeated word tests nothing more.
+        if !terms.iter().any(|known| known == term) {
+            terms.push(term.to_owned());
+        }
+    }
+    terms
 }
 
 /// The fewest characters a term must have to be looked up in a trigram index: shorter terms are
@@ -249,6 +267,17 @@ mod tests {
             text_value(&json!({"resourceType": "Procedure", "id": "x"})),
             None
         );
+    }
+
+    #[test]
+    fn comments_cdata_and_hostile_runs_are_read_in_one_pass() {
+        assert_eq!(xhtml_text("a<!-- x > y -->b<![CDATA[<c&d>]]>e"), "ab<c&d>e");
+        assert_eq!(xhtml_text("&#0;&#x1;x"), "&#0;&#x1;x");
+        // A megabyte of ampersands without a semicolon: linear, not quadratic.
+        let hostile = "&".repeat(1 << 20);
+        let started = std::time::Instant::now();
+        assert_eq!(xhtml_text(&hostile).len(), 1 << 20);
+        assert!(started.elapsed().as_secs() < 5);
     }
 
     #[test]
