@@ -512,7 +512,7 @@ fn the_demos_documents_are_read_through_the_api() {
         &http(
             &address,
             "GET",
-            "/fhir/DiagnosticReport?category=RAD&_count=200",
+            "/fhir/DiagnosticReport?category=RAD&_count=200&_include=DiagnosticReport:imaging-study",
             token,
             None,
             b"",
@@ -520,7 +520,19 @@ fn the_demos_documents_are_read_through_the_api() {
         .unwrap()
         .1,
     );
-    let reports = reports["entry"].as_array().cloned().unwrap_or_default();
+    let entries = reports["entry"].as_array().cloned().unwrap_or_default();
+    // The studies come along with `_include`.
+    assert!(
+        entries
+            .iter()
+            .any(|entry| entry["resource"]["resourceType"] == "ImagingStudy"
+                && entry["search"]["mode"] == "include"),
+        "{reports}"
+    );
+    let reports: Vec<serde_json::Value> = entries
+        .into_iter()
+        .filter(|entry| entry["resource"]["resourceType"] == "DiagnosticReport")
+        .collect();
     assert!(!reports.is_empty(), "the demo's region has imaging reports");
     for entry in &reports {
         let report = &entry["resource"];

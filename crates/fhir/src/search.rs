@@ -15,7 +15,8 @@ use crate::systems::canonical;
 /// and Task were added without a bump: no stored resource of those types predates them, since
 /// they are written only through the API that came with them.)
 /// 5: full text (`_content`) of documents, reports, procedures and notes; Procedure;
-/// DocumentReference `encounter`, `related`, `relatesto`, `event`.
+/// DocumentReference `encounter`, `related`, `relatesto`, `event`, `facility`; DiagnosticReport
+/// `imaging-study` (not a FHIR parameter: the link from an imaging report to its study).
 pub const REGISTRY_VERSION: u32 = 5;
 
 /// FHIR search-parameter types that are indexed.
@@ -105,6 +106,7 @@ params! {
     54 "DiagnosticReport" "media" Reference ["media.link"];
     55 "DiagnosticReport" "results-interpreter" Reference ["resultsInterpreter"];
     56 "DiagnosticReport" "_content" Text [];
+    57 "DiagnosticReport" "imaging-study" Reference ["imagingStudy"];
     60 "MedicationRequest" "identifier" Token ["identifier"];
     61 "MedicationRequest" "patient" Reference ["subject"];
     63 "MedicationRequest" "code" Token ["medicationCodeableConcept"];
