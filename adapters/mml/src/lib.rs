@@ -4,9 +4,12 @@
 //! (`tsunagi_mapping::mml`).
 //!
 //! One pull walks every `*.xml` file under the roots (regular files only; links are never
-//! followed), skips a file whose size and modification time are as last seen, and reads the
-//! others: each file is one source record (`mml:<facility>:<path below its root>`), written with
-//! its bytes and its checkpoint in one transaction. A refused file (not MML, hostile XML, over
+//! followed), skips a file whose size and modification time are as last seen (checkpoint key
+//! `<root number>:<path below it>`), and reads the others. Each module of a file is one source
+//! record, `mml:<facility>:<patient>:<docId uid>`, and the file's bytes another,
+//! `mml:<facility>:<patient>:file:<Binary id>` (by content): so a module re-exported in another
+//! file, or a file renamed or rotated, never deletes what another file brought. A file's
+//! records, its bytes and its checkpoint are written in one transaction. A refused file (not MML, hostile XML, over
 //! the size limit, a referral about another patient) is reported with its path and reason,
 //! changes nothing, and is not read again until it changes; one that cannot be read now (IO) is
 //! read again on the next pull. A file that disappears from the folder leaves its resources: an
@@ -127,6 +130,7 @@ struct Puller {
 
 /// Every `*.xml` regular file below `root`, with its path below it, in name order.
 fn xml_files(root: &Path, rejected: &mut Vec<Rejection>) -> Vec<(PathBuf, String)> {
+    // (A link is refused by name, every pull: it is never read, so nothing is checkpointed.)
     let mut files = Vec::new();
     let mut stack = vec![(root.to_owned(), String::new())];
     while let Some((folder, prefix)) = stack.pop() {
@@ -185,21 +189,30 @@ impl Puller {
             ..PullReport::default()
         };
         let mut files = Vec::new();
-        for root in &self.config.roots {
-            files.extend(xml_files(root, &mut report.rejected));
+        for (number, root) in self.config.roots.iter().enumerate() {
+            files.extend(xml_files(root, &mut report.rejected).into_iter().map(
+                |(path, relative)| {
+                    let key = format!("{number}:{relative}");
+                    (path, relative, key)
+                },
+            ));
         }
         let mut pending: Vec<Operation> = Vec::new();
         let (mut pending_resources, mut pending_bytes) = (0usize, 0u64);
-        for (path, relative) in files {
+        for (path, relative, key) in files {
             report.files_seen += 1;
             let Ok(metadata) = std::fs::symlink_metadata(&path) else {
                 continue;
             };
-            let mut key = Vec::with_capacity(32);
-            key.extend_from_slice(&metadata.len().to_le_bytes());
-            key.extend_from_slice(&modified_nanos(&metadata).to_le_bytes());
-            let digest = fnv64(&key);
-            if self.seen.get(&relative) == Some(&digest) {
+            let mut stamp = Vec::with_capacity(40);
+            stamp.extend_from_slice(&metadata.len().to_le_bytes());
+            stamp.extend_from_slice(&modified_nanos(&metadata).to_le_bytes());
+            {
+                use std::os::unix::fs::MetadataExt;
+                stamp.extend_from_slice(&metadata.ino().to_le_bytes());
+            }
+            let digest = fnv64(&stamp);
+            if self.seen.get(&key) == Some(&digest) {
                 report.files_skipped_unchanged += 1;
                 continue;
             }
@@ -209,7 +222,7 @@ impl Puller {
                 value.push(u8::from(refused));
                 Operation::PutCheckpoint {
                     scope: files_scope(&facility),
-                    key: relative.clone(),
+                    key: key.clone(),
                     value,
                 }
             };
@@ -288,8 +301,21 @@ impl Puller {
             Ok(mapped) => mapped,
             Err(error) => return Read::Refused(error.to_string()),
         };
+        // One module twice in a file (its uid repeated) would be two writes of one resource.
+        let mut ids: Vec<&str> = mapped.resources.iter().map(|r| r.id.as_str()).collect();
+        ids.sort_unstable();
+        if let Some(twice) = ids.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Read::Refused(format!(
+                "{} appears twice: a module's docId/uid is repeated in the file",
+                twice[0]
+            ));
+        }
         for warning in &mapped.warnings {
             report.warn(&path.display().to_string(), warning);
+        }
+        if mapped.resources.is_empty() {
+            // Only modules this adapter does not read: nothing to write but the checkpoint.
+            return Read::Accepted(Vec::new(), 0, 0);
         }
         let patient = logical_id(&[facility, &document.patient_id]);
         let first_document = mapped
@@ -297,16 +323,34 @@ impl Puller {
             .iter()
             .find(|resource| resource.resource_type == "DocumentReference")
             .map(|resource| resource.id.clone());
-        let mut resources = Vec::with_capacity(mapped.resources.len() + 1);
+        // The resources of each module, by its uid (the identifier every one of them carries).
+        let system = tsunagi_mapping::mml::module_system(facility);
+        let mut modules: Vec<(String, Vec<ResourceWrite>)> = Vec::new();
+        let mut count = 0;
         for resource in mapped.resources {
-            match ResourceWrite::from_json(resource.resource_type, &resource.id, &resource.json) {
-                Ok(write) => resources.push(write),
+            let uid = resource.json["identifier"]
+                .as_array()
+                .and_then(|ids| ids.iter().find(|id| id["system"] == system.as_str()))
+                .and_then(|id| id["value"].as_str())
+                .map(|value| value.split('#').next().unwrap_or(value).to_owned())
+                .unwrap_or_default();
+            let write = match ResourceWrite::from_json(
+                resource.resource_type,
+                &resource.id,
+                &resource.json,
+            ) {
+                Ok(write) => write,
                 Err(error) => return Read::Refused(error.to_string()),
+            };
+            count += 1;
+            match modules.iter_mut().find(|(known, _)| *known == uid) {
+                Some((_, list)) => list.push(write),
+                None => modules.push((uid, vec![write])),
             }
         }
         // The file's bytes, in the patient's compartment (its tag says which).
         let hex: String = sha256.iter().map(|b| format!("{b:02x}")).collect();
-        let id = tsunagi_mapping::mml::binary_id(facility, &document.patient_id, relative);
+        let id = tsunagi_mapping::mml::binary_id(facility, &document.patient_id, &sha256);
         let mut binary = json!({
             "resourceType": "Binary",
             "id": id,
@@ -320,23 +364,27 @@ impl Puller {
             binary["securityContext"] =
                 json!({"reference": format!("DocumentReference/{document}")});
         }
-        match ResourceWrite::from_json("Binary", &id, &binary) {
-            Ok(write) => resources.push(write),
+        let binary = match ResourceWrite::from_json("Binary", &id, &binary) {
+            Ok(write) => write,
             Err(error) => return Read::Refused(error.to_string()),
-        }
-        let count = resources.len();
+        };
         let size = bytes.len() as u64;
-        Read::Accepted(
-            vec![
-                Operation::PutBlob { sha256, bytes },
-                Operation::ReplaceSource {
-                    source_key: format!("mml:{facility}:{relative}"),
-                    facility: facility.to_owned(),
-                    resources,
-                },
-            ],
-            count,
-            size,
-        )
+        let pid = &document.patient_id;
+        let mut operations = vec![
+            Operation::PutBlob { sha256, bytes },
+            Operation::ReplaceSource {
+                source_key: format!("mml:{facility}:{pid}:file:{id}"),
+                facility: facility.to_owned(),
+                resources: vec![binary],
+            },
+        ];
+        for (uid, resources) in modules {
+            operations.push(Operation::ReplaceSource {
+                source_key: format!("mml:{facility}:{pid}:{uid}"),
+                facility: facility.to_owned(),
+                resources,
+            });
+        }
+        Read::Accepted(operations, count + 1, size)
     }
 }

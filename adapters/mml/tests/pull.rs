@@ -127,6 +127,19 @@ async fn hostile_files_are_refused_once_until_they_change() {
                 .into_bytes(),
         ),
         ("p/good.xml", good.clone()),
+        (
+            "p/twice.xml",
+            text.replacen(
+                "<MmlModuleItem>",
+                &format!(
+                    "<MmlModuleItem>{}</MmlModuleItem>\n    <MmlModuleItem>",
+                    &text[text.find("<MmlModuleItem>").unwrap() + "<MmlModuleItem>".len()
+                        ..text.find("</MmlModuleItem>").unwrap()]
+                ),
+                1,
+            )
+            .into_bytes(),
+        ),
     ];
     for (name, bytes) in &files {
         std::fs::write(root.join(name), bytes).unwrap();
@@ -158,7 +171,8 @@ async fn hostile_files_are_refused_once_until_they_change() {
     assert!(reason("other-patient.xml").contains("00099999"));
     assert!(reason("big.xml").contains("max_file_bytes"));
     assert!(reason("link.xml").contains("link"));
-    assert_eq!(reasons.len(), 6, "{reasons:?}");
+    assert!(reason("twice.xml").contains("twice"));
+    assert_eq!(reasons.len(), 7, "{reasons:?}");
     // Only the good file was written.
     assert_eq!(report.created.get("DocumentReference"), Some(&1));
     assert_eq!(report.created.get("Binary"), Some(&1));

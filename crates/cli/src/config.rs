@@ -334,9 +334,19 @@ impl Config {
                 bail!("config version {other} is not supported (this build reads versions 1 and 2)")
             }
         }
-        for source in &config.mml {
+        for (index, source) in config.mml.iter().enumerate() {
             tsunagi_core::FacilityId::parse(&source.facility)
                 .with_context(|| format!("mml source {:?}", source.facility))?;
+            // One section per facility: its files' checkpoints are one scope.
+            if config.mml[..index]
+                .iter()
+                .any(|other| other.facility == source.facility)
+            {
+                bail!(
+                    "mml source {}: configured twice; give one section with several roots",
+                    source.facility
+                );
+            }
             cron::Schedule::from_str(&source.schedule).with_context(|| {
                 format!(
                     "mml source {}: schedule {:?} is not a cron expression",

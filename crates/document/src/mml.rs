@@ -51,6 +51,18 @@ pub struct Operation {
     pub notes: Vec<String>,
 }
 
+/// A registered diagnosis (`mmlRd:RegisteredDiagnosisModule`): its name (`diagnosis`, or the
+/// names of `diagnosisContents/dxItem` joined), `@code` and `@system` (e.g. ICD10).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Diagnosis {
+    /// The name.
+    pub name: String,
+    /// Its code, when given.
+    pub code: Option<String>,
+    /// The code's table.
+    pub system: Option<String>,
+}
+
 /// One surgery (`surgeryItem`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Surgery {
@@ -64,8 +76,8 @@ pub struct Surgery {
     pub kind: Option<String>,
     /// `surgicalInfo/surgicalDepartment`'s name.
     pub department: Option<String>,
-    /// `surgicalDiagnosis`: the diagnoses' text.
-    pub diagnoses: Vec<String>,
+    /// `surgicalDiagnosis`: each registered diagnosis's name and its code and table.
+    pub diagnoses: Vec<Diagnosis>,
     /// `surgicalProcedure/procedureItem`.
     pub operations: Vec<Operation>,
     /// `surgicalStaffs/staff`: people and their roles (`staffClass`).
@@ -167,8 +179,21 @@ fn creator_of(element: &Element) -> Option<Person> {
     element.child("CreatorInfo").map(person)
 }
 
-/// The lines of an element's text: one per paragraph-like child (MML free text marks breaks
-/// with `xhtml:br`, or keeps them as line breaks).
+/// Inline XHTML: its text continues the line (MML free text formats with these).
+const INLINE: &[&str] = &[
+    "b", "i", "u", "em", "strong", "font", "span", "sub", "sup", "a", "small", "big", "tt",
+];
+
+/// An attribute's value, trimmed (exports pad values), or `None` when empty.
+fn attr<'e>(element: &'e Element, name: &str) -> Option<&'e str> {
+    element
+        .attr(name)
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+}
+
+/// The lines of an element's text: `xhtml:br` and line breaks end a line, and so does every
+/// child that is not inline formatting (a paragraph, an MML part).
 fn lines(element: &Element) -> Vec<String> {
     let mut out = String::new();
     collect_lines(element, &mut out);
@@ -187,9 +212,14 @@ fn collect_lines(element: &Element, out: &mut String) {
                     out.push('\n');
                     continue;
                 }
-                out.push('\n');
+                let inline = INLINE.contains(&child.name.as_str());
+                if !inline {
+                    out.push('\n');
+                }
                 collect_lines(child, out);
-                out.push('\n');
+                if !inline {
+                    out.push('\n');
+                }
             }
         }
     }
@@ -258,8 +288,8 @@ fn surgery(module: &Element) -> Vec<Surgery> {
                             }
                             Some(Operation {
                                 name,
-                                code: coded.and_then(|c| c.attr("code")).map(str::to_owned),
-                                system: coded.and_then(|c| c.attr("system")).map(str::to_owned),
+                                code: coded.and_then(|c| attr(c, "code")).map(str::to_owned),
+                                system: coded.and_then(|c| attr(c, "system")).map(str::to_owned),
                                 notes,
                             })
                         })
@@ -272,12 +302,7 @@ fn surgery(module: &Element) -> Vec<Surgery> {
                     staffs
                         .children_named("staff")
                         .map(|staff| {
-                            let role = staff
-                                .attr("staffClass")
-                                .or_else(|| {
-                                    staff.child("staffInfo").and_then(|s| s.attr("staffClass"))
-                                })
-                                .map(str::to_owned);
+                            let role = attr(staff, "staffClass").map(str::to_owned);
                             (person(staff.child("staffInfo").unwrap_or(staff)), role)
                         })
                         .collect()
@@ -293,7 +318,7 @@ fn surgery(module: &Element) -> Vec<Surgery> {
                 date: text_of(info.and_then(|i| i.child("date"))),
                 start: text_of(info.and_then(|i| i.child("startTime"))),
                 duration: text_of(info.and_then(|i| i.child("duration"))),
-                kind: info.and_then(|i| i.attr("type")).map(str::to_owned),
+                kind: info.and_then(|i| attr(i, "type")).map(str::to_owned),
                 department: info
                     .and_then(|i| i.child("surgicalDepartment"))
                     .and_then(|d| d.at(&["Department", "name"]).or(d.child("name")))
@@ -301,7 +326,7 @@ fn surgery(module: &Element) -> Vec<Surgery> {
                     .filter(|name| !name.is_empty()),
                 diagnoses: item
                     .child("surgicalDiagnosis")
-                    .map(lines)
+                    .map(diagnoses)
                     .unwrap_or_default(),
                 operations,
                 staff,
@@ -316,6 +341,33 @@ fn surgery(module: &Element) -> Vec<Surgery> {
                     .unwrap_or_default(),
                 notes,
             }
+        })
+        .collect()
+}
+
+/// The registered diagnoses of a `surgicalDiagnosis`.
+fn diagnoses(element: &Element) -> Vec<Diagnosis> {
+    element
+        .children_named("RegisteredDiagnosisModule")
+        .filter_map(|module| {
+            let named = module.child("diagnosis");
+            let name = match named {
+                Some(diagnosis) => diagnosis.text(),
+                None => module
+                    .children_named("diagnosisContents")
+                    .flat_map(|contents| contents.children_named("dxItem"))
+                    .filter_map(|item| item.child("name"))
+                    .map(Element::text)
+                    .filter(|name| !name.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            };
+            let coded = named.or_else(|| module.at(&["diagnosisContents", "dxItem", "name"]));
+            (!name.is_empty()).then(|| Diagnosis {
+                name,
+                code: coded.and_then(|c| attr(c, "code")).map(str::to_owned),
+                system: coded.and_then(|c| attr(c, "system")).map(str::to_owned),
+            })
         })
         .collect()
 }
@@ -390,8 +442,7 @@ impl MmlDocument {
             let info = item
                 .child("docInfo")
                 .ok_or_else(|| DocumentError::Mml("an MmlModuleItem has no docInfo".into()))?;
-            let kind = info
-                .attr("contentModuleType")
+            let kind = attr(info, "contentModuleType")
                 .unwrap_or_default()
                 .to_owned();
             let uid = info
@@ -405,7 +456,7 @@ impl MmlDocument {
                 .child("docId")
                 .into_iter()
                 .flat_map(|id| id.children_named("parentId"))
-                .find(|parent| parent.attr("relation").is_none_or(|r| r == "oldEdition"))
+                .find(|parent| attr(parent, "relation") == Some("oldEdition"))
                 .map(Element::text)
                 .filter(|parent| !parent.is_empty());
             let confirmed = info.child("confirmDate").and_then(|date| {

@@ -37,9 +37,34 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The logical id of the Binary holding an export file.
-pub fn binary_id(facility: &str, patient_id: &str, file: &str) -> String {
-    logical_id(&["b", facility, patient_id, "mml", file])
+/// The logical id of the Binary holding an export file's bytes: by content (a file renamed or
+/// moved keeps it; another content is another Binary).
+pub fn binary_id(facility: &str, patient_id: &str, sha256: &[u8; 32]) -> String {
+    logical_id(&["b", facility, patient_id, "mml", &hex(&sha256[..8])])
+}
+
+/// The largest narrative kept in a DocumentReference (as `text` and as an attachment).
+const MAX_NARRATIVE_BYTES: usize = 1 << 20;
+
+/// The longest surgery believed (a longer duration is a typo: the end is left out).
+const MAX_DURATION_MINUTES: i64 = 7 * 24 * 60;
+
+/// The identifier system of MML modules (`docId/uid`, `uid#item-procedure` for a Procedure):
+/// also how the adapter tells which module a resource came from.
+pub fn module_system(facility: &str) -> String {
+    systems::local(facility, "mml-document")
+}
+
+fn percent(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// The logical id of a module's DocumentReference.
@@ -47,7 +72,8 @@ pub fn document_id(facility: &str, patient_id: &str, uid: &str) -> String {
     logical_id(&[facility, patient_id, "mml", uid])
 }
 
-/// An MML date or date-time as FHIR `dateTime` (Japan's zone when none is given), or `None`.
+/// An MML date or date-time as FHIR `dateTime` (Japan's zone when none is given), or `None`
+/// when it is neither `YYYY-MM-DD` nor `YYYY-MM-DDThh:mm:ss[.fff][zone]`.
 fn datetime(text: &str) -> Option<String> {
     let text = text.trim();
     let bytes = text.as_bytes();
@@ -56,16 +82,33 @@ fn datetime(text: &str) -> Option<String> {
             .get(range)
             .is_some_and(|part| part.iter().all(u8::is_ascii_digit))
     };
-    if text.len() == 10 && digits(0..4) && digits(5..7) && digits(8..10) {
+    let at = |index: usize, byte: u8| bytes.get(index) == Some(&byte);
+    let date = digits(0..4) && at(4, b'-') && digits(5..7) && at(7, b'-') && digits(8..10);
+    if text.len() == 10 && date {
         return Some(text.to_owned());
     }
-    if text.len() >= 19 && digits(0..4) && digits(11..13) && digits(14..16) && digits(17..19) {
-        let zone = &text[19..];
-        let zoned = zone.ends_with('Z') || zone.contains('+') || zone.contains('-');
-        return Some(if zoned {
-            text.to_owned()
-        } else {
+    let time = at(10, b'T') && digits(11..13) && at(13, b':') && digits(14..16) && at(16, b':');
+    if date && time && digits(17..19) {
+        let rest = &text[19..];
+        let (fraction, zone) = match rest.strip_prefix('.') {
+            Some(after) => {
+                let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+                (&rest[..digits + 1], &after[digits..])
+            }
+            None => ("", rest),
+        };
+        let zone_ok = zone.is_empty()
+            || zone == "Z"
+            || (zone.len() == 6
+                && matches!(zone.as_bytes()[0], b'+' | b'-')
+                && zone.as_bytes()[3] == b':');
+        if !zone_ok || fraction == "." {
+            return None;
+        }
+        return Some(if zone.is_empty() {
             format!("{text}+09:00")
+        } else {
+            text.to_owned()
         });
     }
     None
@@ -124,7 +167,7 @@ impl Chart<'_> {
     fn attachment(&self) -> Value {
         json!({
             "contentType": "application/xml",
-            "url": format!("Binary/{}", binary_id(self.facility, &self.source.document.patient_id, self.source.file)),
+            "url": format!("Binary/{}", binary_id(self.facility, &self.source.document.patient_id, self.source.sha256)),
             "size": self.source.size,
             "title": self.source.file.rsplit('/').next().unwrap_or(self.source.file),
             "extension": [{"url": "urn:tsunagi:sha256", "valueString": hex(self.source.sha256)}]
@@ -132,8 +175,7 @@ impl Chart<'_> {
     }
 
     fn meta(&self, profile: Option<&str>) -> Value {
-        let mut meta =
-            json!({"source": format!("urn:tsunagi:mml:{}:{}", self.facility, self.source.file)});
+        let mut meta = json!({"source": format!("urn:tsunagi:mml:{}:{}", self.facility, percent(self.source.file))});
         if let Some(profile) = profile {
             meta["profile"] = json!([profile]);
         }
@@ -160,14 +202,24 @@ impl Chart<'_> {
         (code, name, category, category_name): (&str, &str, &str, &str),
     ) -> MappedResource {
         let id = document_id(self.facility, &self.source.document.patient_id, &module.uid);
-        let div = narrative(sections);
-        let date = self.when(module);
+        let mut div = (!sections.is_empty()).then(|| narrative(sections));
+        if div
+            .as_ref()
+            .is_some_and(|div| div.len() > MAX_NARRATIVE_BYTES)
+        {
+            self.warnings.push(format!(
+                "{} module {}: the text is over {MAX_NARRATIVE_BYTES} bytes as XHTML: read it in the original",
+                module.kind, module.uid
+            ));
+            div = None;
+        }
+        // `date` is an instant: a date alone is not one.
+        let date = self.when(module).filter(|date| date.len() > 10);
         let mut document = json!({
             "resourceType": "DocumentReference",
             "id": id,
             "meta": self.meta(None),
-            "text": {"status": "generated", "div": div},
-            "identifier": [{"system": systems::local(self.facility, "mml-document"), "value": module.uid}],
+            "identifier": [{"system": module_system(self.facility), "value": module.uid}],
             "status": "current",
             "docStatus": "final",
             "type": {"coding": [
@@ -177,11 +229,14 @@ impl Chart<'_> {
             "category": [{"coding": [{"system": format!("{}/document-class", systems::LOCAL_BASE), "code": category, "display": category_name}]}],
             "subject": reference("Patient", &self.patient),
             "custodian": {"reference": format!("Organization/{}", self.facility), "identifier": {"system": systems::MEDICAL_ORGANIZATION_ID, "value": self.facility}},
-            "content": [
-                {"attachment": self.attachment()},
-                {"attachment": {"contentType": "application/xhtml+xml", "data": tsunagi_core::base64::encode(div.as_bytes()), "title": "narrative"}}
-            ]
+            "content": [{"attachment": self.attachment()}]
         });
+        if let Some(div) = div {
+            if let Some(contents) = document["content"].as_array_mut() {
+                contents.push(json!({"attachment": {"contentType": "application/xhtml+xml", "data": tsunagi_core::base64::encode(div.as_bytes()), "title": "narrative"}}));
+            }
+            document["text"] = json!({"status": "generated", "div": div});
+        }
         if let Some(date) = date {
             document["date"] = json!(date);
         }
@@ -267,7 +322,7 @@ impl Chart<'_> {
                     "resourceType": "Procedure",
                     "id": id,
                     "meta": self.meta(Some(profiles::PROCEDURE)),
-                    "identifier": [{"system": systems::local(self.facility, "mml-document"), "value": format!("{}#{}-{}", module.uid, item + 1, index + 1)}],
+                    "identifier": [{"system": module_system(self.facility), "value": format!("{}#{}-{}", module.uid, item + 1, index + 1)}],
                     "status": "completed",
                     "category": {"coding": [{"system": "http://snomed.info/sct", "code": "387713003", "display": "Surgical procedure"}]},
                     "code": code,
@@ -292,13 +347,23 @@ impl Chart<'_> {
                     procedure["recorder"] = recorder;
                 }
                 if !surgery.diagnoses.is_empty() {
-                    procedure["reasonCode"] = json!(
-                        surgery
-                            .diagnoses
-                            .iter()
-                            .map(|text| json!({"text": text}))
-                            .collect::<Vec<_>>()
-                    );
+                    let reasons: Vec<Value> = surgery
+                        .diagnoses
+                        .iter()
+                        .map(|diagnosis| {
+                            let mut reason = json!({"text": diagnosis.name});
+                            if let Some(code) = &diagnosis.code {
+                                let table = diagnosis.system.as_deref().unwrap_or("diagnosis");
+                                reason["coding"] = json!([{
+                                    "system": systems::local(self.facility, &format!("mml-{table}")),
+                                    "code": code,
+                                    "display": diagnosis.name
+                                }]);
+                            }
+                            reason
+                        })
+                        .collect();
+                    procedure["reasonCode"] = json!(reasons);
                 }
                 let mut all_notes = notes.clone();
                 all_notes.extend(operation.notes.iter().map(|note| json!({"text": note})));
@@ -331,18 +396,23 @@ impl Chart<'_> {
 
 /// `start` plus an ISO 8601 duration of hours and minutes (`PT3H40M`), or `None`.
 fn end_of(start: &str, duration: &str) -> Option<String> {
-    let rest = duration.strip_prefix("PT")?;
+    let rest = duration.trim().strip_prefix("PT")?;
     let (mut minutes, mut number) = (0i64, String::new());
     for ch in rest.chars() {
         match ch {
-            '0'..='9' => number.push(ch),
-            'H' => minutes += number.parse::<i64>().ok()? * 60,
-            'M' => minutes += number.parse::<i64>().ok()?,
+            '0'..='9' if number.len() < 6 => number.push(ch),
+            'H' => minutes = minutes.checked_add(number.parse::<i64>().ok()?.checked_mul(60)?)?,
+            'M' => minutes = minutes.checked_add(number.parse::<i64>().ok()?)?,
+            // Seconds do not move the end by a minute.
+            'S' => {}
             _ => return None,
         }
         if !ch.is_ascii_digit() {
             number.clear();
         }
+    }
+    if minutes > MAX_DURATION_MINUTES {
+        return None;
     }
     // start is `YYYY-MM-DDTHH:MM:SS+09:00`: add minutes on the civil clock.
     let (date, clock) = start.split_once('T')?;

@@ -26,6 +26,7 @@ pub const IMAGING_REPORT_CODES: &[&str] = &["18748-4", "18782-3"];
 const CONCLUSION_CODES: &[&str] = &["19005-8", "121072"];
 const CONCLUSION_TITLES: &[&str] = &[
     "診断",
+    "画像診断",
     "結論",
     "所見のまとめ",
     "インプレッション",
@@ -71,11 +72,19 @@ pub(crate) fn radiology_report(
         None => (None, &[][..]),
     };
     // The ImagingStudy of the OMG-11 notice: keyed by UID when it had one, else by accession.
+    // The reference also names the study by its UID (or accession number), so that it can be
+    // resolved where the two sides keyed it differently.
     let study = study_uid.as_deref().or(accession).map(|key| {
-        reference(
-            "ImagingStudy",
-            &study_id(facility, &content.patient_id, key),
-        )
+        let mut link = reference("ImagingStudy", &study_id(facility, &content.patient_id, key));
+        link["identifier"] = match &study_uid {
+            Some(uid) => json!({"system": "urn:dicom:uid", "value": format!("urn:oid:{uid}")}),
+            None => json!({
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
+                "system": format!("http://tsunagi.example.jp/fhir/IdSystem/{facility}/accession-number"),
+                "value": key
+            }),
+        };
+        link
     });
     // The order, by its number: a logical reference (the ServiceRequest's id depends on the
     // record that made it, which this document does not know).
@@ -216,7 +225,9 @@ fn block_text(element: &Element, out: &mut String) {
     }
 }
 
-/// The text of the report's impression section, or of all its sections when none is marked.
+/// The text of the report's impression section: the one coded so (LOINC 19005-8, DICOM
+/// 121072), else the one titled exactly so; none when no section is (the whole report stays in
+/// `presentedForm` and in the DocumentReference's text).
 fn conclusion(cda: &CdaDocument) -> Option<String> {
     let Body::Structured(body) = &cda.body else {
         return None;
@@ -225,22 +236,24 @@ fn conclusion(cda: &CdaDocument) -> Option<String> {
         .children_named("component")
         .filter_map(|component| component.child("section"))
         .collect();
-    let is_conclusion = |section: &&Element| {
+    let coded = |section: &&Element| {
         section
             .child("code")
             .and_then(|code| code.attr("code"))
-            .is_some_and(|code| CONCLUSION_CODES.contains(&code))
-            || section.child("title").is_some_and(|title| {
-                let title = title.text();
-                CONCLUSION_TITLES
-                    .iter()
-                    .any(|wanted| title.contains(wanted))
-            })
+            .is_some_and(|code| CONCLUSION_CODES.contains(&code.trim()))
     };
-    let chosen: Vec<&Element> = match sections.iter().copied().find(is_conclusion) {
-        Some(section) => vec![section],
-        None => sections,
+    let titled = |section: &&Element| {
+        section
+            .child("title")
+            .is_some_and(|title| CONCLUSION_TITLES.contains(&title.text().trim()))
     };
+    let chosen: Vec<&Element> = sections
+        .iter()
+        .copied()
+        .find(coded)
+        .or_else(|| sections.iter().copied().find(titled))
+        .into_iter()
+        .collect();
     let mut text = String::new();
     for section in chosen {
         if let Some(body) = section.child("text") {
