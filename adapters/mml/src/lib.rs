@@ -85,14 +85,7 @@ impl PullAdapter for MmlAdapter {
     }
 
     async fn pull(&self, context: &AdapterContext) -> Result<PullReport, AdapterError> {
-        for root in &self.config.roots {
-            if !root.is_dir() {
-                return Err(AdapterError::Source(format!(
-                    "{} is not a folder",
-                    root.display()
-                )));
-            }
-        }
+        tsunagi_adapter::storage::require_folders(&self.config.roots)?;
         let facility = self.config.facility.as_str().to_owned();
         let seen: HashMap<String, u64> = if self.config.full {
             HashMap::new()

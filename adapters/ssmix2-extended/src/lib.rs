@@ -82,14 +82,7 @@ impl PullAdapter for ExtendedAdapter {
     }
 
     async fn pull(&self, context: &AdapterContext) -> Result<PullReport, AdapterError> {
-        for root in &self.config.roots {
-            if !root.is_dir() {
-                return Err(AdapterError::Source(format!(
-                    "{} is not a folder",
-                    root.display()
-                )));
-            }
-        }
+        tsunagi_adapter::storage::require_folders(&self.config.roots)?;
         let facility = self.config.facility.as_str().to_owned();
         let digests = tsunagi_adapter::storage::patient_digests(
             context.store.as_ref(),

@@ -39,6 +39,18 @@ pub async fn patient_digests(
         .collect())
 }
 
+/// Every root a folder, or the error naming the first that is not (a pull of a storage that
+/// is not mounted stops before reading anything).
+pub fn require_folders(roots: &[std::path::PathBuf]) -> Result<(), crate::AdapterError> {
+    match roots.iter().find(|root| !root.is_dir()) {
+        Some(root) => Err(crate::AdapterError::Source(format!(
+            "{} is not a folder",
+            root.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The entries of `dir`, by name.
 pub fn sorted_entries(dir: &Path) -> std::io::Result<Vec<fs::DirEntry>> {
     let mut entries: Vec<fs::DirEntry> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;

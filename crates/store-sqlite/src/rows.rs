@@ -164,13 +164,14 @@ pub(crate) async fn insert_chunks<T, F>(
     connection: &mut SqliteConnection,
     head: &'static str,
     rows: Vec<T>,
+    max: usize,
     mut bind: F,
 ) -> Result<(), StoreError>
 where
     F: FnMut(&mut sqlx::query_builder::Separated<'_, Sqlite, &'static str>, T),
 {
     let mut remaining = rows.into_iter();
-    for size in pow2_sizes(remaining.len(), INDEX_CHUNK) {
+    for size in pow2_sizes(remaining.len(), max) {
         let mut query = QueryBuilder::<Sqlite>::new(head);
         query.push_values(remaining.by_ref().take(size), |mut row, value| {
             bind(&mut row, value)
@@ -228,6 +229,7 @@ pub(crate) async fn insert_index_rows(
         connection,
         "INSERT OR IGNORE INTO idx_token (param, code, pat, system_id, rid) ",
         tokens,
+        INDEX_CHUNK,
         |row, (param, code, pat, system, rid)| {
             row.push_bind(param)
                 .push_bind(code)
@@ -241,6 +243,7 @@ pub(crate) async fn insert_index_rows(
         connection,
         "INSERT OR IGNORE INTO idx_string (param, pat, value, rid) ",
         strings,
+        INDEX_CHUNK,
         |row, (param, pat, value, rid)| {
             row.push_bind(param)
                 .push_bind(pat)
@@ -253,6 +256,7 @@ pub(crate) async fn insert_index_rows(
         connection,
         "INSERT OR IGNORE INTO idx_date (param, pat, start, \"end\", rid) ",
         dates,
+        INDEX_CHUNK,
         |row, (param, pat, start, end, rid)| {
             row.push_bind(param)
                 .push_bind(pat)
@@ -266,6 +270,7 @@ pub(crate) async fn insert_index_rows(
         connection,
         "INSERT OR IGNORE INTO idx_reference (param, target_id, target_type, rid) ",
         references,
+        INDEX_CHUNK,
         |row, (param, target_id, target_type, rid)| {
             row.push_bind(param)
                 .push_bind(target_id)
@@ -278,6 +283,7 @@ pub(crate) async fn insert_index_rows(
         connection,
         "INSERT OR IGNORE INTO idx_quantity (param, code, pat, value, system, rid) ",
         quantities,
+        INDEX_CHUNK,
         |row, (param, code, pat, value, system, rid)| {
             row.push_bind(param)
                 .push_bind(code)
@@ -290,28 +296,20 @@ pub(crate) async fn insert_index_rows(
     .await?;
     // Big rows: a few per statement (the FTS5 triggers index each).
     texts.sort_unstable_by_key(|row| row.0);
-    let mut remaining = texts.into_iter();
-    for size in pow2_sizes(remaining.len(), TEXT_CHUNK) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT OR IGNORE INTO idx_text (rid, param, pat, narrative, other) ",
-        );
-        query.push_values(
-            remaining.by_ref().take(size),
-            |mut row, (rid, param, pat, narrative, other)| {
-                row.push_bind(rid)
-                    .push_bind(param)
-                    .push_bind(pat)
-                    .push_bind(narrative)
-                    .push_bind(other);
-            },
-        );
-        query
-            .build()
-            .execute(&mut *connection)
-            .await
-            .map_err(db_error)?;
-    }
-    Ok(())
+    insert_chunks(
+        connection,
+        "INSERT OR IGNORE INTO idx_text (rid, param, pat, narrative, other) ",
+        texts,
+        TEXT_CHUNK,
+        |row, (rid, param, pat, narrative, other)| {
+            row.push_bind(rid)
+                .push_bind(param)
+                .push_bind(pat)
+                .push_bind(narrative)
+                .push_bind(other);
+        },
+    )
+    .await
 }
 
 /// Text rows per INSERT.
