@@ -109,7 +109,7 @@ async fn rate(
 }
 
 /// A synthetic PDF of `size` bytes (a header, then filler no decoder needs).
-fn big_pdf(size: usize) -> Vec<u8> {
+pub(crate) fn big_pdf(size: usize) -> Vec<u8> {
     let mut pdf = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n".to_vec();
     let mut state = 0x2545_F491_u32;
     while pdf.len() < size {

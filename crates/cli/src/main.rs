@@ -315,6 +315,9 @@ enum BenchWhat {
         /// Progress notes per chart at least.
         #[arg(long, default_value_t = 20)]
         documents: u64,
+        /// Scanned PDFs of 5 MB in a second corpus (MB/s and RSS when bytes dominate; 0: none).
+        #[arg(long, default_value_t = 100)]
+        large: usize,
         /// Random seed.
         #[arg(long, default_value_t = 42)]
         seed: u64,
@@ -475,9 +478,10 @@ fn main() -> std::process::ExitCode {
                     BenchWhat::Extended {
                         patients,
                         documents,
+                        large,
                         seed,
                     },
-            } => bench_extended::extended(patients, documents, seed).await,
+            } => bench_extended::extended(patients, documents, large, seed).await,
             Command::Run { config, once } => run::run(&config, once).await,
             Command::Config {
                 what: ConfigWhat::Check { config },
