@@ -37,7 +37,7 @@ use tsunagi_store::{Batch, Operation, ResourceWrite, Store};
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 50 * 1024 * 1024;
 
 /// File bytes per store transaction at most (a batch also ends at `batch_resources`).
-const BATCH_BYTES: u64 = 64 * 1024 * 1024;
+const BATCH_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Configuration of one MML export source.
 #[derive(Debug, Clone)]

@@ -38,7 +38,7 @@ pub const DEFAULT_MAX_DOCUMENT_BYTES: u64 = 50 * 1024 * 1024;
 
 /// Document bytes per store transaction at most, unless configured otherwise (a batch also
 /// ends at `batch_resources`).
-pub const DEFAULT_BATCH_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_BATCH_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Configuration of one extended-storage source.
 #[derive(Debug, Clone)]
