@@ -4,9 +4,9 @@
 //! notice made (by Study Instance UID, `documentationOf/serviceEvent/id`, else by accession
 //! number, `inFulfillmentOf/order/id`) and to the order (by placer order number).
 //!
-//! One DiagnosticReport per document, not per version: its id leaves 発生日時 out, the current
-//! version writes it (`amended` once it replaces another), and a withdrawn or superseded version
-//! writes none.
+//! One DiagnosticReport per document, not per version: its id leaves 発生日時 out, the newest
+//! version writes it (`amended` once it replaces another; `entered-in-error` when the newest
+//! version is withdrawn, as its DocumentReference is), and an older version writes none.
 
 use serde_json::{Value, json};
 use tsunagi_core::ids::logical_id;
@@ -36,8 +36,9 @@ const CONCLUSION_TITLES: &[&str] = &[
 /// The longest conclusion kept (characters); the whole report stays in `presentedForm`.
 const MAX_CONCLUSION_CHARS: usize = 4000;
 
-/// The DiagnosticReport of a current imaging report, or `None` for another document or an
-/// older or withdrawn version.
+/// The DiagnosticReport of the newest version of an imaging report, or `None` for another
+/// document or an
+/// older version.
 pub(crate) fn radiology_report(
     source: &DocumentSource<'_>,
     standard_code: &str,
@@ -47,10 +48,11 @@ pub(crate) fn radiology_report(
     let content = source.content;
     if !IMAGING_REPORT_CODES.contains(&standard_code)
         || source.superseded
-        || content.condition != Condition::Current
+        || content.condition == Condition::Earlier
     {
         return None;
     }
+    let withdrawn = content.condition == Condition::Withdrawn;
     let facility = source.facility.as_str();
     let id = report_id(facility, &document_code(document), content);
     let patient = logical_id(&[facility, &content.patient_id]);
@@ -122,7 +124,9 @@ pub(crate) fn radiology_report(
     put("basedOn", json!(based_on));
     put(
         "status",
-        json!(if source.replaces.is_some() {
+        json!(if withdrawn {
+            "entered-in-error"
+        } else if source.replaces.is_some() {
             "amended"
         } else {
             "final"

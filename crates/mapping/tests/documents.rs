@@ -230,3 +230,31 @@ fn a_cda_of_another_patient_is_refused() {
         "{error}"
     );
 }
+
+#[test]
+fn an_imaging_report_withdrawn_leaves_its_report_entered_in_error() {
+    let (name, facility, data_type, content, patient, date) = CASES[2];
+    assert_eq!(name, "radiology-report");
+    let bytes = std::fs::read(fixtures().join(format!("{name}.xml"))).unwrap();
+    let withdrawn = content.replace("_30_1", "_30_0");
+    let resources = mapped_all(
+        &bytes,
+        (facility, data_type, &withdrawn, patient, date),
+        None,
+        false,
+    )
+    .unwrap();
+    assert_eq!(resources[0]["status"], "entered-in-error");
+    assert_eq!(resources[1]["resourceType"], "DiagnosticReport");
+    assert_eq!(resources[1]["status"], "entered-in-error");
+    assert!(resources[1]["presentedForm"][0].get("url").is_none());
+    // An older version writes none: the newest one holds it.
+    let older = mapped_all(
+        &bytes,
+        (facility, data_type, content, patient, date),
+        None,
+        true,
+    )
+    .unwrap();
+    assert_eq!(older.len(), 1);
+}
