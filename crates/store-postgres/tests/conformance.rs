@@ -184,6 +184,15 @@ async fn a_database_of_another_search_registry_is_reindexed() {
 /// only in `store_meta`) is taken over without running what it has, and one with a migration
 /// this build does not know is refused by name.
 #[tokio::test]
+async fn a_reindex_refills_the_words() {
+    let store = fresh().await;
+    tsunagi_store::conformance_text::load_words(&store).await;
+    assert!(tsunagi_store::conformance_text::words_are_found(&store).await);
+    store.reindex().await.unwrap();
+    assert!(tsunagi_store::conformance_text::words_are_found(&store).await);
+}
+
+#[tokio::test]
 async fn migrations_take_over_older_databases_and_refuse_newer_ones() {
     let schema = new_schema().await;
     drop(open(&schema).await.unwrap());

@@ -207,3 +207,18 @@ async fn a_database_of_a_newer_build_is_refused() {
         "{refused}"
     );
 }
+
+/// A reindex (after a search-registry change) rebuilds the words of `_content` too: the FTS5
+/// index follows the rows its triggers see deleted and inserted.
+#[tokio::test]
+async fn a_reindex_refills_the_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let store = SqliteStore::open(&url, Arc::new(FixedClock(1_700_000_000_000_000)))
+        .await
+        .unwrap();
+    tsunagi_store::conformance_text::load_words(&store).await;
+    assert!(tsunagi_store::conformance_text::words_are_found(&store).await);
+    store.reindex().await.unwrap();
+    assert!(tsunagi_store::conformance_text::words_are_found(&store).await);
+}

@@ -256,3 +256,27 @@ pub async fn full_text_search_in_japanese(store: &dyn Store) {
             .is_empty()
     );
 }
+
+/// Writes a patient's note for [`words_are_found`]: a backend's reindex test writes it, rebuilds
+/// every index row from content, and checks the words are still found.
+pub async fn load_words(store: &dyn Store) {
+    replace(store, "patients", vec![patient("p1")]).await;
+    replace(
+        store,
+        "p1-notes",
+        vec![note(
+            "d1",
+            "p1",
+            "仙骨部に褥瘡あり。ガーゼ交換を継続。",
+            "経過記録",
+        )],
+    )
+    .await;
+}
+
+/// Whether [`load_words`]'s note is found by its words, inside the patient and region-wide.
+pub async fn words_are_found(store: &dyn Store) -> bool {
+    let doc = "DocumentReference";
+    ids(store, doc, &[("patient", "p1"), ("_content", "褥瘡")]).await == ["d1"]
+        && ids(store, doc, &[("_text", "ガーゼ交換")]).await == ["d1"]
+}
