@@ -69,6 +69,13 @@ impl MmlAdapter {
     }
 }
 
+/// Checkpoint scope of the revised modules: key = the uid of an edition a later one revises
+/// (`parentId relation="oldEdition"`), value = the later one's uid. Kept so that the older
+/// edition stays revised whichever file is read first, now or in a `--full` pull.
+pub fn revised_scope(facility: &str) -> String {
+    format!("mml:{facility}:revised")
+}
+
 /// Checkpoint scope of the files as last seen: key = path below the root, value = 8 bytes of
 /// digest (size and modification time) and one byte, 1 when the file was refused.
 pub fn files_scope(facility: &str) -> String {
@@ -100,12 +107,20 @@ impl PullAdapter for MmlAdapter {
                 })
                 .collect()
         };
+        let revised: HashMap<String, String> = context
+            .store
+            .checkpoints(&revised_scope(&facility))
+            .await?
+            .into_iter()
+            .map(|(older, newer)| (older, String::from_utf8_lossy(&newer).into_owned()))
+            .collect();
         let puller = Puller {
             config: self.config.clone(),
             store: context.store.clone(),
             progress: context.progress.clone(),
             handle: Handle::current(),
             seen,
+            revised,
         };
         tokio::task::spawn_blocking(move || puller.run())
             .await
@@ -119,6 +134,8 @@ struct Puller {
     progress: Arc<dyn Progress>,
     handle: Handle,
     seen: HashMap<String, u64>,
+    /// Older edition uid → the uid of the edition revising it.
+    revised: HashMap<String, String>,
 }
 
 /// Every `*.xml` regular file below `root`, with its path below it, in name order.
@@ -165,8 +182,9 @@ fn xml_files(root: &Path, rejected: &mut Vec<Rejection>) -> Vec<(PathBuf, String
 
 /// What one file produced.
 enum Read {
-    /// Its operations and resource count.
-    Accepted(Vec<Operation>, usize, u64),
+    /// Its operations, resource count and bytes, and the editions of other files it revises
+    /// (patient id, older uid), newly learnt.
+    Accepted(Vec<Operation>, usize, u64, Vec<(String, String)>),
     /// Refused for its content: not read again until it changes.
     Refused(String),
     /// Not readable now: read again next time.
@@ -174,7 +192,7 @@ enum Read {
 }
 
 impl Puller {
-    fn run(self) -> Result<PullReport, AdapterError> {
+    fn run(mut self) -> Result<PullReport, AdapterError> {
         let facility = self.config.facility.as_str().to_owned();
         let mut report = PullReport {
             adapter: "mml".into(),
@@ -220,8 +238,16 @@ impl Puller {
                 }
             };
             match self.read(&path, &relative, &mut report) {
-                Read::Accepted(operations, resources, bytes) => {
+                Read::Accepted(operations, resources, bytes, revises) => {
+                    if !revises.is_empty() && !pending.is_empty() {
+                        // What the older editions are now is read from the store.
+                        self.commit(std::mem::take(&mut pending), &mut report)?;
+                        (pending_resources, pending_bytes) = (0, 0);
+                    }
                     pending.extend(operations);
+                    for (patient, older) in revises {
+                        pending.extend(self.supersede(&facility, &patient, &older)?);
+                    }
                     pending.push(checkpoint(false));
                     pending_resources += resources;
                     pending_bytes += bytes;
@@ -265,7 +291,47 @@ impl Puller {
         Ok(())
     }
 
-    fn read(&self, path: &Path, relative: &str, report: &mut PullReport) -> Read {
+    /// What makes an older edition's resources, written from another file, revised: its
+    /// DocumentReference rewritten `superseded`, or its surgery's Procedures deleted (history
+    /// kept).
+    fn supersede(
+        &self,
+        facility: &str,
+        patient: &str,
+        older: &str,
+    ) -> Result<Vec<Operation>, AdapterError> {
+        let source_key = format!("mml:{facility}:{patient}:{older}");
+        let id = tsunagi_mapping::mml::document_id(facility, patient, older);
+        let stored = self.handle.block_on(self.store.read(
+            &tsunagi_store::Access::Unrestricted,
+            "DocumentReference",
+            &id,
+        ))?;
+        let Some(stored) = stored else {
+            return Ok(vec![Operation::DeleteSource { source_key }]);
+        };
+        let Some(mut json) = stored.to_json()? else {
+            return Ok(Vec::new());
+        };
+        if json["status"] == "superseded" {
+            return Ok(Vec::new());
+        }
+        json["status"] = json!("superseded");
+        if let Some(meta) = json.get_mut("meta").and_then(|meta| meta.as_object_mut()) {
+            // The store's own, written again by it.
+            meta.remove("versionId");
+            meta.remove("lastUpdated");
+        }
+        let write = ResourceWrite::from_json("DocumentReference", &id, &json)
+            .map_err(|error| AdapterError::Source(error.to_string()))?;
+        Ok(vec![Operation::ReplaceSource {
+            source_key,
+            facility: facility.to_owned(),
+            resources: vec![write],
+        }])
+    }
+
+    fn read(&mut self, path: &Path, relative: &str, report: &mut PullReport) -> Read {
         let max = self.config.max_file_bytes;
         let bytes = match read_regular(path, max) {
             Ok(Some(bytes)) if bytes.is_empty() => {
@@ -284,12 +350,35 @@ impl Puller {
         };
         let sha256: [u8; 32] = Sha256::digest(&bytes).into();
         let facility = self.config.facility.as_str();
+        // The editions this file revises: learnt before mapping, so that an older edition in
+        // the same file is mapped as revised too.
+        let own: Vec<&str> = document.modules.iter().map(|m| m.uid.as_str()).collect();
+        let mut revises = Vec::new();
+        let mut learnt = Vec::new();
+        for module in &document.modules {
+            if let Some(older) = &module.replaces
+                && !self.revised.contains_key(older)
+            {
+                self.revised.insert(older.clone(), module.uid.clone());
+                learnt.push(Operation::PutCheckpoint {
+                    scope: revised_scope(facility),
+                    key: older.clone(),
+                    value: module.uid.as_bytes().to_vec(),
+                });
+                if !own.contains(&older.as_str()) {
+                    revises.push((document.patient_id.clone(), older.clone()));
+                }
+            }
+        }
+        let revised = &self.revised;
+        let is_revised = |uid: &str| revised.contains_key(uid);
         let mapped = match tsunagi_mapping::map(SourceRecord::Mml(MmlSource {
             facility: &self.config.facility,
             file: relative,
             size: bytes.len() as u64,
             sha256: &sha256,
             document: &document,
+            revised: &is_revised,
         })) {
             Ok(mapped) => mapped,
             Err(error) => return Read::Refused(error.to_string()),
@@ -307,8 +396,9 @@ impl Puller {
             report.warn(&path.display().to_string(), warning);
         }
         if mapped.resources.is_empty() {
-            // Only modules this adapter does not read: nothing to write but the checkpoint.
-            return Read::Accepted(Vec::new(), 0, 0);
+            // Only modules this adapter does not read (or revised surgeries): nothing to write
+            // but what it revises and the checkpoints.
+            return Read::Accepted(learnt, 0, 0, revises);
         }
         let patient = logical_id(&[facility, &document.patient_id]);
         let first_document = mapped
@@ -378,6 +468,7 @@ impl Puller {
                 resources,
             });
         }
-        Read::Accepted(operations, count + 1, size)
+        operations.extend(learnt);
+        Read::Accepted(operations, count + 1, size, revises)
     }
 }

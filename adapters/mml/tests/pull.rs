@@ -193,3 +193,113 @@ async fn hostile_files_are_refused_once_until_they_change() {
     assert_eq!(repaired.files_read, 1);
     assert_eq!(repaired.created.get("DocumentReference"), Some(&1));
 }
+
+/// Files of `root`: (name, fixture, uid it gets, uid of the edition it revises).
+fn editions(root: &Path, files: &[(&str, &str, &str, Option<&str>)]) {
+    std::fs::create_dir_all(root).unwrap();
+    for (name, fixture, uid, revises) in files {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/fixtures/mml")
+                .join(fixture),
+        )
+        .unwrap();
+        // Every fixture's docId is `<uid>[<parentId …>]</docId>`: replaced whole.
+        let start = text.find("<docId>").unwrap();
+        let end = text.find("</docId>").unwrap() + "</docId>".len();
+        let parent = revises
+            .map(|older| format!("<parentId relation=\"oldEdition\">{older}</parentId>"))
+            .unwrap_or_default();
+        let text = format!(
+            "{}<docId><uid>{uid}</uid>{parent}</docId>{}",
+            &text[..start],
+            &text[end..]
+        );
+        std::fs::write(root.join(name), text).unwrap();
+    }
+}
+
+async fn status_of(store: &Arc<SqliteStore>, uid: &str) -> Option<String> {
+    let id = tsunagi_mapping::mml::document_id(HOMMA, "00010003", uid);
+    store
+        .read(
+            &tsunagi_store::Access::Unrestricted,
+            "DocumentReference",
+            &id,
+        )
+        .await
+        .unwrap()
+        .map(|stored| {
+            stored.to_json().unwrap().unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+}
+
+async fn procedures(store: &Arc<SqliteStore>) -> usize {
+    let patient = tsunagi_core::ids::logical_id(&[HOMMA, "00010003"]);
+    store
+        .find_by_reference("Procedure", "patient", &format!("Patient/{patient}"))
+        .await
+        .unwrap()
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_later_edition_revises_the_older_whichever_file_comes_first() {
+    // Read in two pulls, the older edition first.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("export");
+    let first = store(dir.path()).await;
+    editions(
+        &root,
+        &[
+            ("a-note.xml", "progress-course.xml", "note1", None),
+            ("a-surgery.xml", "surgery.xml", "surgery1", None),
+        ],
+    );
+    pull(&first, &root, DEFAULT_MAX_FILE_BYTES).await;
+    assert_eq!(status_of(&first, "note1").await.as_deref(), Some("current"));
+    assert_eq!(procedures(&first).await, 1);
+    editions(
+        &root,
+        &[
+            ("b-note.xml", "progress-course.xml", "note2", Some("note1")),
+            ("b-surgery.xml", "surgery.xml", "surgery2", Some("surgery1")),
+        ],
+    );
+    let report = pull(&first, &root, DEFAULT_MAX_FILE_BYTES).await;
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    assert_eq!(
+        status_of(&first, "note1").await.as_deref(),
+        Some("superseded")
+    );
+    assert_eq!(status_of(&first, "note2").await.as_deref(), Some("current"));
+    // The revised surgery's procedure is gone (history kept); the revision's stands.
+    assert_eq!(procedures(&first).await, 1);
+
+    // Read in one pull, the newer edition's file first (names sort so): the same outcome.
+    let other = tempfile::tempdir().unwrap();
+    let root = other.path().join("export");
+    let second = store(other.path()).await;
+    editions(
+        &root,
+        &[
+            ("a-note.xml", "progress-course.xml", "note2", Some("note1")),
+            ("a-surgery.xml", "surgery.xml", "surgery2", Some("surgery1")),
+            ("b-note.xml", "progress-course.xml", "note1", None),
+            ("b-surgery.xml", "surgery.xml", "surgery1", None),
+        ],
+    );
+    pull(&second, &root, DEFAULT_MAX_FILE_BYTES).await;
+    assert_eq!(
+        status_of(&second, "note1").await.as_deref(),
+        Some("superseded")
+    );
+    assert_eq!(
+        status_of(&second, "note2").await.as_deref(),
+        Some("current")
+    );
+    assert_eq!(procedures(&second).await, 1);
+}

@@ -19,7 +19,7 @@ use crate::{MapError, Mapped, MappedResource};
 const LOINC: &str = "http://loinc.org";
 
 /// One MML file, as the adapter read it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct MmlSource<'a> {
     /// The hospital.
     pub facility: &'a FacilityId,
@@ -31,6 +31,19 @@ pub struct MmlSource<'a> {
     pub sha256: &'a [u8; 32],
     /// The instance read from it.
     pub document: &'a MmlDocument,
+    /// Whether a later edition (in any file) revises the module of this uid: its
+    /// DocumentReference is `superseded`, its surgery's Procedures are not written.
+    pub revised: &'a dyn Fn(&str) -> bool,
+}
+
+impl std::fmt::Debug for MmlSource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmlSource")
+            .field("facility", &self.facility)
+            .field("file", &self.file)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -220,7 +233,7 @@ impl Chart<'_> {
             "id": id,
             "meta": self.meta(None),
             "identifier": [{"system": module_system(self.facility), "value": module.uid}],
-            "status": "current",
+            "status": if (self.source.revised)(&module.uid) { "superseded" } else { "current" },
             "docStatus": "final",
             "type": {"coding": [
                 {"system": LOINC, "code": code, "display": name},
@@ -483,6 +496,8 @@ pub fn map_mml(source: &MmlSource<'_>) -> Result<Mapped, MapError> {
                     ("57133-1", "紹介状", "referral", "診療情報提供書"),
                 ));
             }
+            // A revised surgery's procedures are its later edition's.
+            Content::Surgery(_) if (source.revised)(&module.uid) => {}
             Content::Surgery(surgeries) => {
                 let procedures = chart.procedures(module, surgeries);
                 resources.extend(procedures);

@@ -28,6 +28,7 @@ fn mapped(bytes: &[u8], file: &str) -> Result<(Vec<Value>, Vec<String>), String>
         size: bytes.len() as u64,
         sha256: &sha256,
         document: &document,
+        revised: &|_: &str| false,
     }))
     .map_err(|error| error.to_string())?;
     let resources: Vec<Value> = mapped.resources.into_iter().map(|r| r.json).collect();
