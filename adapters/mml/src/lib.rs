@@ -138,9 +138,10 @@ struct Puller {
     revised: HashMap<String, String>,
 }
 
-/// Every `*.xml` regular file below `root`, with its path below it, in name order.
-fn xml_files(root: &Path, rejected: &mut Vec<Rejection>) -> Vec<(PathBuf, String)> {
-    // (A link is refused by name, every pull: it is never read, so nothing is checkpointed.)
+/// Every `*.xml` regular file below `root`, and every link (never followed: refused, and
+/// checkpointed like a refused file), with its path below it and whether it is a link, in name
+/// order.
+fn xml_files(root: &Path, rejected: &mut Vec<Rejection>) -> Vec<(PathBuf, String, bool)> {
     let mut files = Vec::new();
     let mut stack = vec![(root.to_owned(), String::new())];
     while let Some((folder, prefix)) = stack.pop() {
@@ -165,12 +166,9 @@ fn xml_files(root: &Path, rejected: &mut Vec<Rejection>) -> Vec<(PathBuf, String
             match entry.file_type() {
                 Ok(kind) if kind.is_dir() => folders.push((entry.path(), relative)),
                 Ok(kind) if kind.is_file() && name.to_ascii_lowercase().ends_with(".xml") => {
-                    files.push((entry.path(), relative));
+                    files.push((entry.path(), relative, false));
                 }
-                Ok(kind) if kind.is_symlink() => rejected.push(Rejection {
-                    source: entry.path().display().to_string(),
-                    reason: "a link: never followed (export real files)".into(),
-                }),
+                Ok(kind) if kind.is_symlink() => files.push((entry.path(), relative, true)),
                 _ => {}
             }
         }
@@ -202,15 +200,15 @@ impl Puller {
         let mut files = Vec::new();
         for (number, root) in self.config.roots.iter().enumerate() {
             files.extend(xml_files(root, &mut report.rejected).into_iter().map(
-                |(path, relative)| {
+                |(path, relative, link)| {
                     let key = format!("{number}:{relative}");
-                    (path, relative, key)
+                    (path, relative, key, link)
                 },
             ));
         }
         let mut pending: Vec<Operation> = Vec::new();
         let (mut pending_resources, mut pending_bytes) = (0usize, 0u64);
-        for (path, relative, key) in files {
+        for (path, relative, key, link) in files {
             report.files_seen += 1;
             let Ok(metadata) = std::fs::symlink_metadata(&path) else {
                 continue;
@@ -227,7 +225,6 @@ impl Puller {
                 report.files_skipped_unchanged += 1;
                 continue;
             }
-            report.files_read += 1;
             let checkpoint = |refused: bool| {
                 let mut value = digest.to_le_bytes().to_vec();
                 value.push(u8::from(refused));
@@ -237,6 +234,16 @@ impl Puller {
                     value,
                 }
             };
+            if link {
+                // Reported once, not again until the link changes.
+                report.rejected.push(Rejection {
+                    source: path.display().to_string(),
+                    reason: "a link: never followed (export real files)".into(),
+                });
+                pending.push(checkpoint(true));
+                continue;
+            }
+            report.files_read += 1;
             match self.read(&path, &relative, &mut report) {
                 Read::Accepted(operations, resources, bytes, revises) => {
                     if !revises.is_empty() && !pending.is_empty() {
@@ -355,11 +362,14 @@ impl Puller {
         let own: Vec<&str> = document.modules.iter().map(|m| m.uid.as_str()).collect();
         let mut revises = Vec::new();
         let mut learnt = Vec::new();
+        // Remembered once the file is accepted: a refused file revises nothing.
+        let mut newly: Vec<(String, String)> = Vec::new();
         for module in &document.modules {
             if let Some(older) = &module.replaces
                 && !self.revised.contains_key(older)
+                && !newly.iter().any(|(known, _)| known == older)
             {
-                self.revised.insert(older.clone(), module.uid.clone());
+                newly.push((older.clone(), module.uid.clone()));
                 learnt.push(Operation::PutCheckpoint {
                     scope: revised_scope(facility),
                     key: older.clone(),
@@ -371,7 +381,8 @@ impl Puller {
             }
         }
         let revised = &self.revised;
-        let is_revised = |uid: &str| revised.contains_key(uid);
+        let is_revised =
+            |uid: &str| revised.contains_key(uid) || newly.iter().any(|(older, _)| older == uid);
         let mapped = match tsunagi_mapping::map(SourceRecord::Mml(MmlSource {
             facility: &self.config.facility,
             file: relative,
@@ -398,6 +409,7 @@ impl Puller {
         if mapped.resources.is_empty() {
             // Only modules this adapter does not read (or revised surgeries): nothing to write
             // but what it revises and the checkpoints.
+            self.revised.extend(newly);
             return Read::Accepted(learnt, 0, 0, revises);
         }
         let patient = logical_id(&[facility, &document.patient_id]);
@@ -469,6 +481,7 @@ impl Puller {
             });
         }
         operations.extend(learnt);
+        self.revised.extend(newly);
         Read::Accepted(operations, count + 1, size, revises)
     }
 }
