@@ -112,7 +112,7 @@ pub(crate) fn read_record(
             ));
             continue;
         }
-        match read_version(content, found, max_bytes) {
+        match read_version(facility.as_str(), content, found, max_bytes) {
             Ok(version) => {
                 outcome.read += 1;
                 accepted.push(Accepted { index, ..version });
@@ -250,6 +250,7 @@ pub(crate) fn read_record(
 use tsunagi_adapter::storage::{Refusal, read_regular};
 
 fn read_version(
+    facility: &str,
     content: &ContentFolder,
     found: &FoundVersion,
     max_bytes: u64,
@@ -278,7 +279,7 @@ fn read_version(
     let content_type = content_type(&bytes);
     let cda = if content_type == "text/xml" {
         let cda = CdaDocument::parse(&bytes).map_err(|error| refuse(error.to_string()))?;
-        if !cda.names_patient(&content.patient_id) {
+        if !cda.names_patient(&content.patient_id, facility) {
             return Err(refuse(format!(
                 "the CDA's patient is not the folder's patient {}",
                 content.patient_id

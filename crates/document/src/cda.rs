@@ -142,6 +142,9 @@ pub struct CdaDocument {
     pub body: Body,
 }
 
+/// JP Core's namespace of hospitals' patient ids: this root, then the 10-digit code.
+const PATIENT_ID_NAMESPACE: &str = "1.2.392.100495.20.3.51.1";
+
 fn instance_id(element: &Element) -> Option<InstanceId> {
     let root = element.attr("root")?.trim();
     if root.is_empty() {
@@ -326,13 +329,18 @@ impl CdaDocument {
         })
     }
 
-    /// Whether patient `folder_id` (the folder's patient id) is among the document's patient
-    /// ids: the same, or the same once leading zeros are set aside.
-    pub fn names_patient(&self, folder_id: &str) -> bool {
+    /// Whether patient `folder_id` of `facility` (the folder's patient id) is among the
+    /// document's patient ids: the same, or the same once leading zeros are set aside. An id
+    /// in another hospital's JP Core patient-id namespace (`1.2.392.100495.20.3.51.1<code>`) is
+    /// another hospital's patient, whatever its number; ids under other roots (the hospital's
+    /// own OIDs) are compared by number.
+    pub fn names_patient(&self, folder_id: &str, facility: &str) -> bool {
+        let ours = format!("{PATIENT_ID_NAMESPACE}{facility}");
         let bare = |id: &str| id.trim_start_matches('0').to_owned();
         self.patient
             .ids
             .iter()
+            .filter(|id| !id.root.starts_with(PATIENT_ID_NAMESPACE) || id.root == ours)
             .filter_map(|id| id.extension.as_deref())
             .any(|id| id == folder_id || bare(id) == bare(folder_id))
     }

@@ -109,9 +109,18 @@ fn the_patient_is_cross_checked_against_the_folder() {
     let bytes = std::fs::read(fixtures().join("referral-letter.xml")).unwrap();
     let document = CdaDocument::parse(&bytes).unwrap();
     // The CDA writes 10003; the folder may pad it.
-    assert!(document.names_patient("10003"));
-    assert!(document.names_patient("00010003"));
-    assert!(!document.names_patient("10004"));
+    assert!(document.names_patient("10003", "0610300016"));
+    assert!(document.names_patient("00010003", "0610300016"));
+    assert!(!document.names_patient("10004", "0610300016"));
+    // The same number in another hospital's JP Core namespace is another hospital's patient.
+    let text = String::from_utf8(bytes).unwrap();
+    let root = document.patient.ids[0].root.clone();
+    let elsewhere = text.replacen(&root, "1.2.392.100495.20.3.51.10610100010", 1);
+    let moved = CdaDocument::parse(elsewhere.as_bytes()).unwrap();
+    assert!(!moved.names_patient("10003", "0610300016"));
+    let ours = text.replacen(&root, "1.2.392.100495.20.3.51.10610300016", 1);
+    let here = CdaDocument::parse(ours.as_bytes()).unwrap();
+    assert!(here.names_patient("10003", "0610300016"));
 }
 
 #[test]

@@ -157,7 +157,7 @@ pub fn map_document(source: &DocumentSource<'_>) -> Result<Mapped, MapError> {
     let patient = logical_id(&[facility, &content.patient_id]);
     let cda = source.cda;
     if let Some(cda) = cda
-        && !cda.names_patient(&content.patient_id)
+        && !cda.names_patient(&content.patient_id, facility)
     {
         return Err(MapError::Invalid(format!(
             "the CDA's patient ({}) is not the folder's patient {}",
