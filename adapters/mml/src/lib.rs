@@ -69,8 +69,13 @@ impl MmlAdapter {
     }
 }
 
-/// Checkpoint scope of the revised modules: key = the uid of an edition a later one revises
-/// (`parentId relation="oldEdition"`), value = the later one's uid. Kept so that the older
+/// The key of a revised module in [`revised_scope`]: its patient and uid.
+fn revision_key(patient: &str, uid: &str) -> String {
+    format!("{patient}\u{1f}{uid}")
+}
+
+/// Checkpoint scope of the revised modules: key = patient and uid (`revision_key`) of an
+/// edition a later one revises (`parentId relation="oldEdition"`), value = the later one's uid. Kept so that the older
 /// edition stays revised whichever file is read first, now or in a `--full` pull.
 pub fn revised_scope(facility: &str) -> String {
     format!("mml:{facility}:revised")
@@ -359,30 +364,55 @@ impl Puller {
         let facility = self.config.facility.as_str();
         // The editions this file revises: learnt before mapping, so that an older edition in
         // the same file is mapped as revised too.
+        // Editions are the patient's own: the record is keyed by patient and uid.
+        let pid = document.patient_id.as_str();
+        let key = |uid: &str| revision_key(pid, uid);
         let own: Vec<&str> = document.modules.iter().map(|m| m.uid.as_str()).collect();
         let mut revises = Vec::new();
         let mut learnt = Vec::new();
         // Remembered once the file is accepted: a refused file revises nothing.
         let mut newly: Vec<(String, String)> = Vec::new();
         for module in &document.modules {
-            if let Some(older) = &module.replaces
-                && !self.revised.contains_key(older)
-                && !newly.iter().any(|(known, _)| known == older)
-            {
-                newly.push((older.clone(), module.uid.clone()));
-                learnt.push(Operation::PutCheckpoint {
-                    scope: revised_scope(facility),
-                    key: older.clone(),
-                    value: module.uid.as_bytes().to_vec(),
-                });
-                if !own.contains(&older.as_str()) {
-                    revises.push((document.patient_id.clone(), older.clone()));
-                }
+            let Some(older) = &module.replaces else {
+                continue;
+            };
+            let known =
+                |k: &str| self.revised.contains_key(k) || newly.iter().any(|(seen, _)| seen == k);
+            // A module revising itself, or one that its own older edition claims to revise
+            // (a cycle), revises nothing: reported, not followed.
+            let cycle = older == &module.uid
+                || self.revised.get(&key(&module.uid)).map(String::as_str) == Some(older.as_str())
+                || newly
+                    .iter()
+                    .any(|(seen, newer)| seen == &key(&module.uid) && newer == older);
+            if cycle {
+                report.warn(
+                    &path.display().to_string(),
+                    &format!(
+                        "module {} names {older} as its older edition, which it is itself an edition of: ignored",
+                        module.uid
+                    ),
+                );
+                continue;
+            }
+            if known(&key(older)) {
+                continue;
+            }
+            newly.push((key(older), module.uid.clone()));
+            learnt.push(Operation::PutCheckpoint {
+                scope: revised_scope(facility),
+                key: key(older),
+                value: module.uid.as_bytes().to_vec(),
+            });
+            if !own.contains(&older.as_str()) {
+                revises.push((document.patient_id.clone(), older.clone()));
             }
         }
         let revised = &self.revised;
-        let is_revised =
-            |uid: &str| revised.contains_key(uid) || newly.iter().any(|(older, _)| older == uid);
+        let is_revised = |uid: &str| {
+            let uid = key(uid);
+            revised.contains_key(&uid) || newly.iter().any(|(older, _)| *older == uid)
+        };
         let mapped = match tsunagi_mapping::map(SourceRecord::Mml(MmlSource {
             facility: &self.config.facility,
             file: relative,

@@ -303,3 +303,65 @@ async fn a_later_edition_revises_the_older_whichever_file_comes_first() {
     );
     assert_eq!(procedures(&second).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn editions_are_the_patients_own_and_cycles_are_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("export");
+    let store = store(dir.path()).await;
+    // A module revising itself, and two revising each other: nothing is revised.
+    editions(
+        &root,
+        &[
+            ("a.xml", "progress-course.xml", "self1", Some("self1")),
+            ("b.xml", "progress-course.xml", "loop1", Some("loop2")),
+            ("c.xml", "progress-course.xml", "loop2", Some("loop1")),
+        ],
+    );
+    let report = pull(&store, &root, DEFAULT_MAX_FILE_BYTES).await;
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    assert_eq!(status_of(&store, "self1").await.as_deref(), Some("current"));
+    // The first read of the pair (b.xml: loop1 revises loop2) stands; the second closes the
+    // cycle and is reported, not followed.
+    assert_eq!(
+        status_of(&store, "loop2").await.as_deref(),
+        Some("superseded")
+    );
+    assert_eq!(status_of(&store, "loop1").await.as_deref(), Some("current"));
+    assert!(
+        report
+            .warnings
+            .iter()
+            .filter(|w| w.contains("ignored"))
+            .count()
+            >= 2,
+        "{:?}",
+        report.warnings
+    );
+    // Another patient's module naming this patient's uid as its older edition revises nothing
+    // of this patient's, now or when this patient's file is read again.
+    editions(&root, &[("d.xml", "progress-course.xml", "mine", None)]);
+    editions(
+        &root,
+        &[("e.xml", "progress-course.xml", "theirs", Some("mine"))],
+    );
+    let theirs = std::fs::read_to_string(root.join("e.xml"))
+        .unwrap()
+        .replace(
+            ">00010003</mmlCm:Id></masterId>",
+            ">00099999</mmlCm:Id></masterId>",
+        );
+    std::fs::write(root.join("e.xml"), theirs).unwrap();
+    let again = pull(&store, &root, DEFAULT_MAX_FILE_BYTES).await;
+    assert!(again.rejected.is_empty(), "{:?}", again.rejected);
+    assert_eq!(status_of(&store, "mine").await.as_deref(), Some("current"));
+    let file = std::fs::File::options()
+        .append(true)
+        .open(root.join("d.xml"))
+        .unwrap();
+    file.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+        .unwrap();
+    let reread = pull(&store, &root, DEFAULT_MAX_FILE_BYTES).await;
+    assert_eq!(reread.files_read, 1);
+    assert_eq!(status_of(&store, "mine").await.as_deref(), Some("current"));
+}
