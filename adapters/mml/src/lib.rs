@@ -474,21 +474,14 @@ impl Puller {
             }
         }
         // The file's bytes, in the patient's compartment (its tag says which).
-        let hex: String = sha256.iter().map(|b| format!("{b:02x}")).collect();
         let id = tsunagi_mapping::mml::binary_id(facility, &document.patient_id, &sha256);
-        let mut binary = json!({
-            "resourceType": "Binary",
-            "id": id,
-            "meta": {"tag": [
-                {"system": "urn:tsunagi:sha256", "code": hex},
-                {"system": tsunagi_fhir::search::BINARY_PATIENT_TAG, "code": format!("Patient/{patient}")}
-            ]},
-            "contentType": "application/xml"
-        });
-        if let Some(document) = first_document {
-            binary["securityContext"] =
-                json!({"reference": format!("DocumentReference/{document}")});
-        }
+        let binary = tsunagi_mapping::document::binary_resource(
+            &id,
+            &patient,
+            &sha256,
+            "application/xml",
+            first_document.as_deref(),
+        );
         let binary = match ResourceWrite::from_json("Binary", &id, &binary) {
             Ok(write) => write,
             Err(error) => return Read::Refused(error.to_string()),

@@ -7,7 +7,6 @@
 //! truncated, not UTF-8…), or a CDA naming another patient than its folder. A refused version
 //! changes nothing of what is stored of it.
 
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use tsunagi_adapter::Rejection;
 use tsunagi_core::{FacilityId, ids::logical_id};
@@ -17,7 +16,7 @@ use tsunagi_document::{
 };
 use tsunagi_mapping::{
     SourceRecord,
-    document::{DocumentSource, binary_id, document_id},
+    document::{DocumentSource, binary_id, binary_resource, document_id},
 };
 use tsunagi_store::{Operation, ResourceWrite};
 
@@ -201,18 +200,14 @@ pub(crate) fn read_record(
         // tag says which, so a reindex recomputes it from the content), read by whoever may
         // read the patient.
         let facility_code = facility.as_str();
-        let hex: String = version.sha256.iter().map(|b| format!("{b:02x}")).collect();
-        let binary = json!({
-            "resourceType": "Binary",
-            "id": binary_id(facility_code, data_type, content),
-            "meta": {"tag": [
-                {"system": "urn:tsunagi:sha256", "code": hex},
-                {"system": tsunagi_fhir::search::BINARY_PATIENT_TAG, "code": format!("Patient/{patient}")}
-            ]},
-            "contentType": source.content_type,
-            "securityContext": {"reference": format!("DocumentReference/{}", document_id(facility_code, data_type, content))}
-        });
-        let id = binary["id"].as_str().unwrap_or_default().to_owned();
+        let id = binary_id(facility_code, data_type, content);
+        let binary = binary_resource(
+            &id,
+            &patient,
+            &version.sha256,
+            source.content_type,
+            Some(&document_id(facility_code, data_type, content)),
+        );
         match ResourceWrite::from_json("Binary", &id, &binary) {
             Ok(write) => {
                 // Its compartment is read from its tag, as a reindex reads it.

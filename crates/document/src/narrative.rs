@@ -253,7 +253,9 @@ fn table_row(row: &Element, out: &mut String) {
     }
 }
 
-fn escape(text: &str, out: &mut String) {
+/// Appends `text` escaped for XHTML content and attribute values (control characters other
+/// than tab dropped: they are not XML).
+pub fn escape(text: &str, out: &mut String) {
     for c in text.chars() {
         match c {
             '&' => out.push_str("&amp;"),

@@ -20,8 +20,13 @@ pub(crate) struct Builder<'c, 'm> {
     mapped: Mapped,
 }
 
+/// Bytes as lower-case hex (a SHA-256 in `urn:tsunagi:sha256`).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Characters kept as is in `meta.source`; everything else is percent-encoded.
-fn percent_encode(text: &str) -> String {
+pub(crate) fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {

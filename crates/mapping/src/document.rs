@@ -22,7 +22,10 @@ use tsunagi_document::{
 };
 use tsunagi_fhir::{json::reference, systems};
 
-use crate::{MapError, Mapped, MappedResource};
+use crate::{
+    MapError, Mapped, MappedResource,
+    common::{hex, percent_encode},
+};
 
 /// JMIX, the code system of a 診療情報提供書's CDA `code`.
 const JMIX_OID: &str = "1.2.392.200119.5.3.1";
@@ -92,6 +95,32 @@ pub fn binary_id(facility: &str, data_type: &DataTypeFolder, content: &ContentFo
     logical_id(&all)
 }
 
+/// The Binary naming a document's stored bytes: by SHA-256 (tag `urn:tsunagi:sha256`), in the
+/// compartment of Patient `patient` (tag `urn:tsunagi:compartment`: a Binary has no element
+/// that could say so, and a reindex recomputes compartments from content), read where the
+/// DocumentReference `security_context` is.
+pub fn binary_resource(
+    id: &str,
+    patient: &str,
+    sha256: &[u8; 32],
+    content_type: &str,
+    security_context: Option<&str>,
+) -> Value {
+    let mut binary = json!({
+        "resourceType": "Binary",
+        "id": id,
+        "meta": {"tag": [
+            {"system": "urn:tsunagi:sha256", "code": hex(sha256)},
+            {"system": tsunagi_fhir::search::BINARY_PATIENT_TAG, "code": format!("Patient/{patient}")}
+        ]},
+        "contentType": content_type
+    });
+    if let Some(document) = security_context {
+        binary["securityContext"] = json!({"reference": format!("DocumentReference/{document}")});
+    }
+    binary
+}
+
 /// The category of a standard document code.
 fn category(code: &str) -> (&'static str, &'static str) {
     match code {
@@ -101,22 +130,6 @@ fn category(code: &str) -> (&'static str, &'static str) {
         "18748-4" | "18782-3" => ("imaging-report", "画像診断報告書"),
         _ => ("other", "その他の文書"),
     }
-}
-
-fn percent(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// An HL7 time stamp as FHIR `dateTime`, or nothing when it is not one.
@@ -228,7 +241,7 @@ pub fn map_document(source: &DocumentSource<'_>) -> Result<Mapped, MapError> {
     put("id", json!(id));
     put(
         "meta",
-        json!({"source": format!("urn:tsunagi:ssmix2-extended:{facility}:{}/{}", percent(&content.folder), percent(source.file_name))}),
+        json!({"source": format!("urn:tsunagi:ssmix2-extended:{facility}:{}/{}", percent_encode(&content.folder), percent_encode(source.file_name))}),
     );
     let mut rendered = match cda.map(|cda| &cda.body) {
         Some(Body::Structured(body)) => narrative::render(body),

@@ -12,9 +12,13 @@
 use serde_json::{Value, json};
 use tsunagi_core::{FacilityId, ids::logical_id};
 use tsunagi_document::mml::{Content, MmlDocument, Module, Person, Section, Surgery};
+use tsunagi_document::narrative::escape;
 use tsunagi_fhir::{json::reference, profiles, systems};
 
-use crate::{MapError, Mapped, MappedResource};
+use crate::{
+    MapError, Mapped, MappedResource,
+    common::{hex, percent_encode},
+};
 
 const LOINC: &str = "http://loinc.org";
 
@@ -46,10 +50,6 @@ impl std::fmt::Debug for MmlSource<'_> {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The logical id of the Binary holding an export file's bytes: by content (a file renamed or
 /// moved keeps it; another content is another Binary).
 pub fn binary_id(facility: &str, patient_id: &str, sha256: &[u8; 32]) -> String {
@@ -66,18 +66,6 @@ const MAX_DURATION_MINUTES: i64 = 7 * 24 * 60;
 /// also how the adapter tells which module a resource came from.
 pub fn module_system(facility: &str) -> String {
     systems::local(facility, "mml-document")
-}
-
-fn percent(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 /// The logical id of a module's DocumentReference.
@@ -142,27 +130,17 @@ fn person_reference(facility: &str, person: &Person) -> Option<Value> {
     (!reference.is_empty()).then_some(Value::Object(reference))
 }
 
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for ch in text.chars() {
-        match ch {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            _ => out.push(ch),
-        }
-    }
-    out
-}
-
 /// The sections as an XHTML narrative: a heading and a paragraph per line.
 fn narrative(sections: &[Section]) -> String {
     let mut div = String::from("<div xmlns=\"http://www.w3.org/1999/xhtml\">");
     for section in sections {
-        div.push_str(&format!("<h2>{}</h2>", escape(&section.title)));
+        div.push_str("<h2>");
+        escape(&section.title, &mut div);
+        div.push_str("</h2>");
         for line in &section.lines {
-            div.push_str(&format!("<p>{}</p>", escape(line)));
+            div.push_str("<p>");
+            escape(line, &mut div);
+            div.push_str("</p>");
         }
     }
     div.push_str("</div>");
@@ -188,7 +166,7 @@ impl Chart<'_> {
     }
 
     fn meta(&self, profile: Option<&str>) -> Value {
-        let mut meta = json!({"source": format!("urn:tsunagi:mml:{}:{}", self.facility, percent(self.source.file))});
+        let mut meta = json!({"source": format!("urn:tsunagi:mml:{}:{}", self.facility, self.source.file.split('/').map(percent_encode).collect::<Vec<_>>().join("/"))});
         if let Some(profile) = profile {
             meta["profile"] = json!([profile]);
         }

@@ -505,7 +505,18 @@ impl BatchWriter {
         let value: Value = serde_json::from_slice(&content)
             .map_err(|error| StoreError::Corrupt(error.to_string()))?;
         let pat = index_pat(&existing.resource_type, existing.pat);
-        for entry in search::extract(&existing.resource_type, &value) {
+        // The words were dropped above by rid: not extracted again (a narrative's parse).
+        let entries = search::params_for(&existing.resource_type)
+            .filter(|param| param.kind != search::ParamType::Text)
+            .flat_map(|param| {
+                search::extract_param(&value, param)
+                    .into_iter()
+                    .map(move |value| IndexEntry {
+                        param: param.id,
+                        value,
+                    })
+            });
+        for entry in entries {
             let param = i64::from(entry.param);
             let query = match &entry.value {
                 IndexValue::Token { system, code } => {
@@ -537,7 +548,7 @@ impl BatchWriter {
                     .bind(*value)
                     .bind(system.clone())
                     .bind(pat),
-                // Removed below, by rid, whatever the old content held.
+                // Removed above, by rid (not extracted).
                 IndexValue::Text { .. } => continue,
             };
             query
