@@ -6,17 +6,24 @@
 //! - otherwise (its own type, `*/*`, no `Accept`): the bytes exactly as the source wrote them,
 //!   with their `Content-Type`, `ETag`, `Last-Modified` and `Accept-Ranges: bytes`; one range
 //!   (`bytes=a-b`, `a-`, `-n`) is answered 206 with `Content-Range`, one past the end 416. The
-//!   bytes are served inert (`Content-Security-Policy: sandbox`, `nosniff`): a document is never
-//!   a page of this origin.
+//!   bytes are streamed from the store part by part ([`tsunagi_store::Store::blob_part`]), never
+//!   held whole, never compressed on the way; they are served inert
+//!   (`Content-Security-Policy: sandbox`, `nosniff`): a document is never a page of this origin.
+//!
+//! A vread of a Binary answers the same way, for that version.
 //!
 //! A Binary whose bytes are not stored apart (no `urn:tsunagi:sha256` tag) is served as stored.
 
+use std::sync::Arc;
+
 use axum::{
+    body::{Body, Bytes},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use http_body_util::channel::Channel;
 use serde_json::Value;
-use tsunagi_store::StoredResource;
+use tsunagi_store::{Store, StoredResource};
 
 use crate::{
     AppState,
@@ -24,6 +31,11 @@ use crate::{
     read_api::{Reduction, etag, http_date, not_modified, resource_response},
     request::json_response,
 };
+
+/// Marks a response carrying a document's bytes as stored: never compressed on the way out, so
+/// that its length and ranges are those of the stored bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AsStored;
 
 /// The tag system naming a Binary's stored bytes by SHA-256.
 const SHA256_TAG: &str = "urn:tsunagi:sha256";
@@ -87,7 +99,7 @@ fn stored_hash(resource: &Value) -> Option<[u8; 32]> {
 
 /// One byte range of `length` bytes: `Ok(None)` for none (or one we do not serve: several
 /// ranges, another unit), `Err(())` for one that cannot be satisfied.
-fn range(headers: &HeaderMap, length: usize) -> Result<Option<(usize, usize)>, ()> {
+fn range(headers: &HeaderMap, length: u64) -> Result<Option<(u64, u64)>, ()> {
     let Some(text) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
         return Ok(None);
     };
@@ -100,7 +112,7 @@ fn range(headers: &HeaderMap, length: usize) -> Result<Option<(usize, usize)>, (
     let Some((first, last)) = spec.split_once('-') else {
         return Ok(None);
     };
-    let parse = |n: &str| n.trim().parse::<usize>().ok();
+    let parse = |n: &str| n.trim().parse::<u64>().ok();
     let (start, end) = match (first.trim().is_empty(), last.trim().is_empty()) {
         // The last n bytes.
         (true, false) => match parse(last) {
@@ -121,6 +133,44 @@ fn range(headers: &HeaderMap, length: usize) -> Result<Option<(usize, usize)>, (
         return Err(());
     }
     Ok(Some((start, end)))
+}
+
+/// The bytes `from..to` of the content under `hash`, read part by part as the client takes
+/// them: one part is held at a time, the database connection only while a part is read (a slow
+/// client pins no connection), and a client that goes away stops the reading. A part missing or
+/// unreadable midway ends the body with an error: the client sees a short, failed transfer,
+/// never a wrong one.
+fn stream(store: Arc<dyn Store>, hash: [u8; 32], from: u64, to: u64) -> Body {
+    let (mut sender, body) = Channel::<Bytes, std::io::Error>::new(1);
+    tokio::spawn(async move {
+        let mut at = from;
+        while at < to {
+            let (first, bytes) = match store.blob_part(&hash, at).await {
+                Ok(Some((first, bytes))) if first <= at && first + bytes.len() as u64 > at => {
+                    (first, bytes)
+                }
+                Ok(_) => {
+                    tracing::error!(at, "a stored document lacks the part holding byte {at}");
+                    sender.abort(std::io::Error::other("a stored part is missing"));
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "reading a stored document");
+                    sender.abort(std::io::Error::other("the document could not be read"));
+                    return;
+                }
+            };
+            let length = bytes.len();
+            let skip = usize::try_from(at - first).unwrap_or(length);
+            let take = usize::try_from(to - first).map_or(length, |end| end.min(length));
+            let chunk = Bytes::from(bytes).slice(skip..take.max(skip));
+            at = first + take as u64;
+            if sender.send_data(chunk).await.is_err() {
+                return; // The client went away.
+            }
+        }
+    });
+    Body::new(body)
 }
 
 /// Answers a read of `Binary/<id>` whose current version is `resource`.
@@ -150,14 +200,15 @@ pub(crate) async fn respond(
     if not_modified(resource, headers) {
         return resource_response(resource, headers, reduction);
     }
-    let bytes = state.store.blob(&hash).await?.ok_or_else(|| {
+    let missing = || {
         ApiError::internal(format!(
             "Binary/{}: its stored bytes are missing",
             resource.id
         ))
-    })?;
+    };
     let tag = etag(resource.version);
     if wants_resource(headers, pairs) {
+        let bytes = state.store.blob(&hash).await?.ok_or_else(missing)?;
         let mut json = json;
         json["data"] = Value::String(tsunagi_core::base64::encode(&bytes));
         json["meta"]["versionId"] = Value::String(resource.version.to_string());
@@ -175,6 +226,7 @@ pub(crate) async fn respond(
         );
         return Ok(response);
     }
+    let length = state.store.blob_size(&hash).await?.ok_or_else(missing)?;
     let content_type = json["contentType"]
         .as_str()
         .unwrap_or("application/octet-stream")
@@ -184,7 +236,6 @@ pub(crate) async fn respond(
         .get(header::IF_RANGE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|value| value.trim_start_matches("W/") != tag.trim_start_matches("W/"));
-    let length = bytes.len();
     let chosen = if if_range_stale {
         None
     } else {
@@ -201,19 +252,24 @@ pub(crate) async fn respond(
             }
         }
     };
-    let mut response = match chosen {
-        Some((start, end)) => {
-            let mut response =
-                (StatusCode::PARTIAL_CONTENT, bytes[start..=end].to_vec()).into_response();
-            set(
-                &mut response,
-                header::CONTENT_RANGE,
-                &format!("bytes {start}-{end}/{length}"),
-            );
-            response
-        }
-        None => (StatusCode::OK, bytes).into_response(),
+    let (status, from, to) = match chosen {
+        Some((start, end)) => (StatusCode::PARTIAL_CONTENT, start, end + 1),
+        None => (StatusCode::OK, 0, length),
     };
+    let mut response = (status, stream(state.store.clone(), hash, from, to)).into_response();
+    if let Some((start, end)) = chosen {
+        set(
+            &mut response,
+            header::CONTENT_RANGE,
+            &format!("bytes {start}-{end}/{length}"),
+        );
+    }
+    set(
+        &mut response,
+        header::CONTENT_LENGTH,
+        &(to - from).to_string(),
+    );
+    response.extensions_mut().insert(AsStored);
     set(&mut response, header::CONTENT_TYPE, &content_type);
     set(&mut response, header::ETAG, &tag);
     set(

@@ -280,6 +280,9 @@ pub(crate) async fn vread(
             "version {version} of {resource_type}/{id} is a deletion"
         )));
     }
+    if resource_type == "Binary" {
+        return crate::binary_api::respond(&state, &resource, &headers, &pairs, &reduction).await;
+    }
     resource_response(&resource, &headers, &reduction)
 }
 

@@ -8,7 +8,7 @@ use axum::{
     Extension,
     body::Bytes,
     extract::{Path, RawQuery, State},
-    http::{HeaderMap, Method, StatusCode, header},
+    http::{Extensions, HeaderMap, Method, StatusCode, Version, header},
     response::{IntoResponse, Response},
 };
 use tsunagi_core::time::format_instant_jst;
@@ -17,7 +17,10 @@ use axum::{
     Router,
     routing::{any, get},
 };
-use tower_http::compression::{CompressionLayer, CompressionLevel};
+use tower_http::compression::{
+    CompressionLayer, CompressionLevel,
+    predicate::{DefaultPredicate, Predicate},
+};
 
 use crate::{
     AppState, Who, access, consent_api,
@@ -142,7 +145,13 @@ pub(crate) fn assemble(state: Arc<AppState>, protected: Router<Arc<AppState>>) -
             CompressionLayer::new()
                 .gzip(true)
                 .br(true)
-                .quality(CompressionLevel::Precise(4)),
+                .quality(CompressionLevel::Precise(4))
+                // A document's bytes go as the source wrote them, with their length and ranges.
+                .compress_when(DefaultPredicate::new().and(
+                    |_: StatusCode, _: Version, _: &HeaderMap, extensions: &Extensions| {
+                        extensions.get::<crate::binary_api::AsStored>().is_none()
+                    },
+                )),
         )
         .with_state(state)
 }

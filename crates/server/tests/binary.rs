@@ -172,6 +172,8 @@ async fn binary_bytes_are_served_as_asked_under_consent() {
     )
     .await;
     assert_eq!(hidden_raw.status, 404);
+    let hidden_version = request(addr, "GET", "/fhir/Binary/b2/_history/1", &[], "").await;
+    assert_eq!(hidden_version.status, 404);
 
     // Every read of p1's document was an audited access to p1.
     let filter = AuditFilter {
@@ -187,6 +189,88 @@ async fn binary_bytes_are_served_as_asked_under_consent() {
         ..Default::default()
     };
     assert!(store.audit(&other).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_large_document_streams_in_parts_with_its_length_uncompressed() {
+    let (store, _dir) = fresh_store().await;
+    let part = tsunagi_store::BLOB_PART_BYTES;
+    let pdf: Vec<u8> = b"%PDF-1.7\n"
+        .iter()
+        .copied()
+        .chain((0..part * 2 + 12345).map(|n| (n % 253) as u8 ^ (n / part) as u8))
+        .collect();
+    store
+        .apply(Batch {
+            operations: record(FACILITY, "p1", "big", &pdf),
+        })
+        .await
+        .unwrap();
+    let addr = serve(store.clone(), Settings::default()).await;
+    let length = pdf.len().to_string();
+
+    // Whole, with its length (not chunked) and not compressed, whatever the client accepts.
+    let whole = request(
+        addr,
+        "GET",
+        "/fhir/Binary/big",
+        &[("accept-encoding", "gzip, br")],
+        "",
+    )
+    .await;
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.header("content-length"), Some(length.as_str()));
+    assert_eq!(whole.header("transfer-encoding"), None);
+    assert_eq!(whole.header("content-encoding"), None);
+    assert_eq!(whole.header("accept-ranges"), Some("bytes"));
+    assert!(whole.body == pdf, "the bytes exactly");
+
+    // A range across two parts, and the last bytes.
+    let (start, end) = (part - 100, part + 99);
+    let across = request(
+        addr,
+        "GET",
+        "/fhir/Binary/big",
+        &[("range", &format!("bytes={start}-{end}"))],
+        "",
+    )
+    .await;
+    assert_eq!(across.status, 206);
+    assert_eq!(across.header("content-length"), Some("200"));
+    assert_eq!(
+        across.header("content-range"),
+        Some(format!("bytes {start}-{end}/{length}").as_str())
+    );
+    assert!(across.body == pdf[start..=end]);
+    let tail = request(
+        addr,
+        "GET",
+        "/fhir/Binary/big",
+        &[("range", "bytes=-5")],
+        "",
+    )
+    .await;
+    assert!(tail.body == pdf[pdf.len() - 5..]);
+
+    // A vread of the version answers as a read does: the bytes, or the resource with data.
+    let vread = request(addr, "GET", "/fhir/Binary/big/_history/1", &[], "").await;
+    assert_eq!(vread.status, 200);
+    assert_eq!(vread.header("content-type"), Some("application/pdf"));
+    assert!(vread.body == pdf);
+    let resource = request(
+        addr,
+        "GET",
+        "/fhir/Binary/big/_history/1",
+        &[("accept", "application/fhir+json")],
+        "",
+    )
+    .await;
+    assert!(
+        tsunagi_core::base64::decode(resource.json()["data"].as_str().unwrap()) == pdf,
+        "the resource's data is the whole content"
+    );
+    let absent = request(addr, "GET", "/fhir/Binary/big/_history/2", &[], "").await;
+    assert_eq!(absent.status, 404);
 }
 
 /// A document of `patient`, written by `facility`, with `words` in its narrative.

@@ -199,7 +199,7 @@ async fn migrations_take_over_older_databases_and_refuse_newer_ones() {
     // A schema-4 database of a build before migration files: no migration table, no lab list.
     run_in(
         &schema,
-        "DROP TABLE _sqlx_migrations; DROP TABLE lab_reports; DROP TABLE blobs; DROP TABLE idx_text; \
+        "DROP TABLE _sqlx_migrations; DROP TABLE lab_reports; DROP TABLE blob_parts; DROP TABLE blobs; DROP TABLE idx_text; \
          UPDATE store_meta SET value = '4' WHERE key = 'schema'",
     )
     .await;
@@ -221,6 +221,38 @@ async fn migrations_take_over_older_databases_and_refuse_newer_ones() {
         refused.contains("9999") && refused.contains("newer"),
         "{refused}"
     );
+}
+
+/// A schema-7 database kept each document's bytes in one `blobs` row: schema 8 cuts them into
+/// parts, and every byte reads back the same.
+#[tokio::test]
+async fn a_schema_7_blob_is_cut_into_parts() {
+    let schema = new_schema().await;
+    drop(open(&schema).await.unwrap());
+    run_in(
+        &schema,
+        "DROP TABLE blob_parts; ALTER TABLE blobs ADD COLUMN bytes BYTEA NOT NULL DEFAULT ''::bytea; \
+         DELETE FROM _sqlx_migrations WHERE version = 8; \
+         INSERT INTO blobs (sha256, size, bytes) SELECT decode(repeat('01', 32), 'hex'), length(b), b \
+           FROM (SELECT decode(repeat('0102', 1048580), 'hex') AS b) AS content; \
+         INSERT INTO blobs (sha256, size, bytes) VALUES (decode(repeat('02', 32), 'hex'), 0, ''::bytea)",
+    )
+    .await;
+    let store = open(&schema).await.unwrap();
+    use tsunagi_store::Store;
+    let expected: Vec<u8> = [1u8, 2].repeat(1_048_580);
+    let part = tsunagi_store::BLOB_PART_BYTES as u64;
+    assert_eq!(
+        store
+            .blob_part(&[1; 32], part * 2)
+            .await
+            .unwrap()
+            .unwrap()
+            .0,
+        part * 2
+    );
+    assert_eq!(store.blob(&[1; 32]).await.unwrap(), Some(expected));
+    assert_eq!(store.blob(&[2; 32]).await.unwrap(), Some(Vec::new()));
 }
 
 tsunagi_store::store_conformance_suite!(fresh());

@@ -1,11 +1,13 @@
-//! The bytes of documents on either database (`blobs`): written once per content (SHA-256) in
-//! the batch that stores the Binary naming them, and read by hash. Who may read them is decided
-//! on the Binary, never here.
+//! The bytes of documents on either database: `blobs` names each content (SHA-256) and its
+//! size, `blob_parts` holds it in parts of at most [`BLOB_PART_BYTES`], keyed by the offset of
+//! their first byte. A content is written once, in the batch that stores the Binary naming it,
+//! and read part by part (a reader holds one part, never the document). Who may read a content
+//! is decided on the Binary, never here.
 
-use sqlx::Database;
-use tsunagi_store::StoreError;
+use sqlx::{Database, Pool};
+use tsunagi_store::{BLOB_PART_BYTES, StoreError};
 
-use crate::dialect::{Dialect, stmt};
+use crate::dialect::{Cells, Dialect, stmt};
 
 type Connection<D> = <D as Database>::Connection;
 
@@ -17,11 +19,72 @@ pub async fn insert<D: Dialect>(
 ) -> Result<(), StoreError> {
     let size = i64::try_from(bytes.len())
         .map_err(|_| StoreError::Invalid("a blob larger than the database allows".to_owned()))?;
-    stmt("INSERT INTO blobs (sha256, size, bytes) VALUES (?1, ?2, ?3) ON CONFLICT (sha256) DO NOTHING")
+    let added =
+        stmt("INSERT INTO blobs (sha256, size) VALUES (?1, ?2) ON CONFLICT (sha256) DO NOTHING")
+            .arg(sha256.as_slice())
+            .arg(size)
+            .execute::<D>(connection)
+            .await?;
+    if added == 0 {
+        return Ok(());
+    }
+    let mut first = 0usize;
+    // An empty content is one empty part, so that every stored content has its part 0.
+    loop {
+        let end = bytes.len().min(first + BLOB_PART_BYTES);
+        let part = bytes.get(first..end).unwrap_or_default().to_vec();
+        stmt("INSERT INTO blob_parts (sha256, first_byte, bytes) VALUES (?1, ?2, ?3)")
+            .arg(sha256.as_slice())
+            .arg(i64::try_from(first).unwrap_or(i64::MAX))
+            .arg(part)
+            .execute::<D>(connection)
+            .await?;
+        first = end;
+        if first >= bytes.len() {
+            return Ok(());
+        }
+    }
+}
+
+/// The size of the content under `sha256`.
+pub async fn size<D: Dialect>(
+    pool: &Pool<D>,
+    sha256: &[u8; 32],
+) -> Result<Option<u64>, StoreError> {
+    let row = stmt("SELECT size FROM blobs WHERE sha256 = ?1")
         .arg(sha256.as_slice())
-        .arg(size)
-        .arg(bytes)
-        .execute::<D>(connection)
+        .fetch_optional_in::<D>(pool)
         .await?;
-    Ok(())
+    row.map(|row| {
+        let size = row.int("size")?;
+        u64::try_from(size).map_err(|_| StoreError::Corrupt(format!("blob size {size}")))
+    })
+    .transpose()
+}
+
+/// The last part of the content under `sha256` that starts at or before byte `at`: (its first
+/// byte's offset, its bytes). Whether it reaches `at` is the caller's to check.
+pub async fn part<D: Dialect>(
+    pool: &Pool<D>,
+    sha256: &[u8; 32],
+    at: u64,
+) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+    let Ok(at) = i64::try_from(at) else {
+        return Ok(None);
+    };
+    let row = stmt(
+        "SELECT first_byte, bytes FROM blob_parts WHERE sha256 = ?1 AND first_byte <= ?2 \
+         ORDER BY first_byte DESC LIMIT 1",
+    )
+    .arg(sha256.as_slice())
+    .arg(at)
+    .fetch_optional_in::<D>(pool)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let first = row.int("first_byte")?;
+    let first =
+        u64::try_from(first).map_err(|_| StoreError::Corrupt(format!("blob part at {first}")))?;
+    Ok(Some((first, row.bytes("bytes")?)))
 }

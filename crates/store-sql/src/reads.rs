@@ -147,12 +147,16 @@ impl<E: Engine> Store for SqlStore<E> {
         row.map(|row| row.bytes("value")).transpose()
     }
 
-    async fn blob(&self, sha256: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
-        let row = stmt("SELECT bytes FROM blobs WHERE sha256 = ?1")
-            .arg(sha256.as_slice())
-            .fetch_optional_in::<E::Db>(self.reader())
-            .await?;
-        row.map(|row| row.bytes("bytes")).transpose()
+    async fn blob_size(&self, sha256: &[u8; 32]) -> Result<Option<u64>, StoreError> {
+        crate::blobs::size::<E::Db>(self.reader(), sha256).await
+    }
+
+    async fn blob_part(
+        &self,
+        sha256: &[u8; 32],
+        at: u64,
+    ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        crate::blobs::part::<E::Db>(self.reader(), sha256, at).await
     }
 
     async fn checkpoints_in(

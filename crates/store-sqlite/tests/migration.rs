@@ -140,7 +140,7 @@ async fn a_schema_4_database_gets_its_directory_and_consents_as_resources() {
              INSERT INTO participants (id, name, facility, role, active, created_at) VALUES ('dr', 'dr', '0610100010', 'doctor', 1, 0); \
              DROP INDEX audit_id; DROP INDEX audit_facility; \
              ALTER TABLE audit DROP COLUMN id; ALTER TABLE audit DROP COLUMN facility; DROP TABLE messages; DROP TABLE outbox; \
-             ALTER TABLE clients DROP COLUMN serves; ALTER TABLE facilities DROP COLUMN active; DROP TABLE revocations; DROP TABLE lab_reports; DROP TABLE blobs; DROP TABLE idx_text_fts; DROP TABLE idx_text; \
+             ALTER TABLE clients DROP COLUMN serves; ALTER TABLE facilities DROP COLUMN active; DROP TABLE revocations; DROP TABLE lab_reports; DROP TABLE blob_parts; DROP TABLE blobs; DROP TABLE idx_text_fts; DROP TABLE idx_text; \
              UPDATE store_meta SET value = '4' WHERE key = 'schema_version'; DROP TABLE _sqlx_migrations;",
         )
         .execute(&mut old)
@@ -221,4 +221,55 @@ async fn a_reindex_refills_the_words() {
     assert!(tsunagi_store::conformance_text::words_are_found(&store).await);
     store.reindex().await.unwrap();
     assert!(tsunagi_store::conformance_text::words_are_found(&store).await);
+}
+
+/// A schema-11 database kept each document's bytes in one `blobs` row: schema 12 cuts them
+/// into parts, and every byte reads back the same.
+#[tokio::test]
+async fn a_schema_11_blob_is_cut_into_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("v11.db").display());
+    let clock = Arc::new(FixedClock(1_700_000_000_000_000));
+    drop(SqliteStore::open(&url, clock.clone()).await.unwrap());
+    let part = tsunagi_store::BLOB_PART_BYTES;
+    let (large, small, empty) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+    let bytes: Vec<u8> = (0..part * 2 + 7).map(|n| (n % 241) as u8).collect();
+    {
+        // Back to schema 11: whole contents in `blobs.bytes`, no parts.
+        let mut old = SqliteConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql(
+            "DROP TABLE blob_parts; ALTER TABLE blobs ADD COLUMN bytes BLOB NOT NULL DEFAULT x''; \
+             DELETE FROM _sqlx_migrations WHERE version = 12;",
+        )
+        .execute(&mut old)
+        .await
+        .unwrap();
+        for (sha, content) in [
+            (large, bytes.clone()),
+            (small, b"<ClinicalDocument/>".to_vec()),
+            (empty, Vec::new()),
+        ] {
+            sqlx::query("INSERT INTO blobs (sha256, size, bytes) VALUES (?1, ?2, ?3)")
+                .bind(sha.as_slice())
+                .bind(content.len() as i64)
+                .bind(content)
+                .execute(&mut old)
+                .await
+                .unwrap();
+        }
+    }
+    let store = SqliteStore::open(&url, clock).await.unwrap();
+    assert_eq!(store.blob(&large).await.unwrap(), Some(bytes));
+    assert_eq!(
+        store.blob_part(&large, part as u64 * 2).await.unwrap(),
+        Some((
+            part as u64 * 2,
+            (0..7).map(|n| ((part * 2 + n) % 241) as u8).collect()
+        ))
+    );
+    assert_eq!(
+        store.blob(&small).await.unwrap(),
+        Some(b"<ClinicalDocument/>".to_vec())
+    );
+    assert_eq!(store.blob(&empty).await.unwrap(), Some(Vec::new()));
 }

@@ -446,6 +446,54 @@ pub async fn blobs_commit_with_the_batch_once_per_content(store: &dyn Store) {
         .await;
     assert!(failed.is_err());
     assert_eq!(store.blob(&other).await.unwrap(), None);
+    assert_eq!(store.blob_size(&other).await.unwrap(), None);
+
+    // A content larger than a part is kept in parts that follow each other without gaps, and
+    // a part is found from any byte it holds.
+    let part = crate::BLOB_PART_BYTES;
+    let large: Vec<u8> = (0..part * 2 + part / 2)
+        .map(|n| (n % 251) as u8 ^ (n / part) as u8)
+        .collect();
+    let big = [6u8; 32];
+    store
+        .apply(batch(vec![Operation::PutBlob {
+            sha256: big,
+            bytes: large.clone(),
+        }]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.blob_size(&big).await.unwrap(),
+        Some(large.len() as u64)
+    );
+    let mut at = 0u64;
+    let mut parts = Vec::new();
+    while at < large.len() as u64 {
+        let (first, bytes) = store.blob_part(&big, at).await.unwrap().unwrap();
+        assert_eq!(first, at, "parts follow each other");
+        assert!(!bytes.is_empty() && bytes.len() <= part);
+        assert_eq!(bytes, large[at as usize..at as usize + bytes.len()]);
+        at += bytes.len() as u64;
+        parts.push(first);
+    }
+    assert_eq!(parts.len(), 3);
+    let middle = (part + part / 2) as u64;
+    assert_eq!(
+        store.blob_part(&big, middle).await.unwrap().unwrap().0,
+        part as u64
+    );
+    assert_eq!(store.blob(&big).await.unwrap(), Some(large));
+    // An empty content is stored and read back empty.
+    let empty = [7u8; 32];
+    store
+        .apply(batch(vec![Operation::PutBlob {
+            sha256: empty,
+            bytes: Vec::new(),
+        }]))
+        .await
+        .unwrap();
+    assert_eq!(store.blob_size(&empty).await.unwrap(), Some(0));
+    assert_eq!(store.blob(&empty).await.unwrap(), Some(Vec::new()));
 }
 
 pub async fn one_batch_may_touch_a_resource_twice(store: &dyn Store) {

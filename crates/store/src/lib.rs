@@ -43,6 +43,10 @@ pub mod conformance_text;
 
 use std::collections::BTreeMap;
 
+/// The largest part a content is stored in ([`Store::blob_part`]): a read of a document holds
+/// one part, not the document.
+pub const BLOB_PART_BYTES: usize = 1 << 20;
+
 use serde_json::Value;
 use tsunagi_core::{hash::content_hash, time::format_instant_jst};
 use tsunagi_fhir::search::{IndexEntry, compartment_patient, extract};
@@ -148,7 +152,8 @@ pub enum Operation {
     /// Records an attempt's outcome, or the operator's retry or drop, on a queued delivery.
     SetDelivery(Box<DeliveryUpdate>),
     /// Stores the bytes of a document under their SHA-256, unless the same content is already
-    /// stored (the Binary resource naming them is written in the same batch).
+    /// stored (the Binary resource naming them is written in the same batch), in parts of at
+    /// most [`BLOB_PART_BYTES`].
     PutBlob {
         /// SHA-256 of `bytes`.
         sha256: [u8; 32],
@@ -528,9 +533,40 @@ pub trait Store: Send + Sync {
     /// A checkpoint value.
     async fn checkpoint(&self, scope: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// The bytes stored under `sha256` ([`Operation::PutBlob`]). No access rule applies here:
-    /// callers reach bytes only through a Binary the caller may read, which names them.
-    async fn blob(&self, sha256: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The size in bytes of the content stored under `sha256` ([`Operation::PutBlob`]), `None`
+    /// when none is. No access rule applies to blobs: callers reach bytes only through a Binary
+    /// the caller may read, which names them.
+    async fn blob_size(&self, sha256: &[u8; 32]) -> Result<Option<u64>, StoreError>;
+
+    /// The stored part of the content under `sha256` that holds byte `at`, as (the offset of
+    /// its first byte, its bytes); parts are at most [`BLOB_PART_BYTES`] long and follow each
+    /// other without gaps, so a reader streams a content (or a range of it) part by part and
+    /// never holds more than one. `None` when no part holds `at`.
+    async fn blob_part(
+        &self,
+        sha256: &[u8; 32],
+        at: u64,
+    ) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+
+    /// The whole content stored under `sha256`, assembled from its parts (for callers that
+    /// need it whole: a Binary's base64 `data`).
+    async fn blob(&self, sha256: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(size) = self.blob_size(sha256).await? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        while (bytes.len() as u64) < size {
+            let at = bytes.len() as u64;
+            match self.blob_part(sha256, at).await? {
+                Some((first, part)) if first <= at && first + part.len() as u64 > at => {
+                    let skip = usize::try_from(at - first).unwrap_or(0);
+                    bytes.extend_from_slice(part.get(skip..).unwrap_or_default());
+                }
+                _ => return Err(StoreError::Corrupt(format!("blob part at {at} is missing"))),
+            }
+        }
+        Ok(Some(bytes))
+    }
 
     /// Every checkpoint of a scope, ordered by key.
     async fn checkpoints(&self, scope: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
