@@ -12,13 +12,20 @@
 //!    its patients' checkpoints: a crash loses nothing, a re-run resumes.
 //!
 //! Nothing is deleted: extended storage revises, it never deletes. A refused version is
-//! reported with its file and reason, changes nothing, and is not read again until it changes.
+//! reported with its file and reason, changes nothing, and is not read again until it changes;
+//! a stray (a file where the layout has none) is reported when it appears, not on every pull
+//! while it stays (`--full` reports everything again). What cannot be read now (an IO error) is
+//! reported every time and looked at again next pull.
 
 pub mod checkpoint;
 mod read;
 pub mod walk;
 
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    sync::Arc,
+};
 
 use tokio::runtime::Handle;
 use tsunagi_adapter::{
@@ -29,8 +36,11 @@ use tsunagi_document::layout::{ContentFolder, DataTypeFolder};
 use tsunagi_store::{Batch, Operation, Store};
 
 use crate::{
-    checkpoint::{Folders, Seen, digest_scope, folders_scope},
-    walk::FoundVersion,
+    checkpoint::{
+        Folders, ROOT_STRAYS, Seen, decode_strays, digest_scope, encode_strays, folders_scope,
+        strays_scope,
+    },
+    walk::{Findings, FoundVersion},
 };
 
 /// Largest main document read, in bytes, unless configured otherwise (`max_document_bytes`).
@@ -141,21 +151,21 @@ impl Puller {
                 .map_err(|error| {
                     AdapterError::Source(format!("cannot walk the storage: {error}"))
                 })?;
-        report.rejected.append(&mut stray);
         let mut batch = Batch::default();
+        self.root_strays(stray, &mut batch, &mut report);
         let (mut pending_resources, mut pending_bytes) = (0usize, 0u64);
         for (patient_id, folders) in patients {
-            let mut rejected = Vec::new();
-            let versions = walk::patient_versions(&folders, &mut rejected);
-            let digest = walk::patient_digest(&versions);
+            let mut found = Findings::default();
+            let versions = walk::patient_versions(&folders, &mut found);
+            let digest = walk::patient_digest(&versions, &found.strays);
             let seen = versions.len() as u64;
             report.files_seen += seen;
-            if rejected.is_empty() && self.digests.get(&patient_id) == Some(&digest) {
+            if found.errors.is_empty() && self.digests.get(&patient_id) == Some(&digest) {
                 report.files_skipped_unchanged += seen;
                 self.progress.advance(seen, 0);
                 continue;
             }
-            report.rejected.append(&mut rejected);
+            report.rejected.append(&mut found.errors);
             let stored = if self.config.full || !self.digests.contains_key(&patient_id) {
                 Folders::default()
             } else {
@@ -176,7 +186,16 @@ impl Puller {
                     }
                 }
             };
-            let outcome = self.patient(&patient_id, &versions, &stored, &mut report)?;
+            let mut outcome = self.patient(&patient_id, &versions, &stored, &mut report)?;
+            // A stray is reported when it appears, not again while it stays.
+            for stray in found.strays {
+                if !stored.1.contains(&stray.source) {
+                    outcome.folders.1.insert(stray.source.clone());
+                    report.rejected.push(stray);
+                } else {
+                    outcome.folders.1.insert(stray.source);
+                }
+            }
             pending_resources += outcome.resources;
             pending_bytes += outcome.bytes;
             batch.operations.extend(outcome.operations);
@@ -205,6 +224,32 @@ impl Puller {
         }
         report.rejected.sort_by(|a, b| a.source.cmp(&b.source));
         Ok(report)
+    }
+
+    /// Reports the strays above the patient folders that were not there last pull, and notes
+    /// the current ones with the first batch (a failed read of the note reports them all).
+    fn root_strays(&self, strays: Vec<Rejection>, batch: &mut Batch, report: &mut PullReport) {
+        let scope = strays_scope(self.config.facility.as_str());
+        let before = match self
+            .handle
+            .block_on(self.store.checkpoint(&scope, ROOT_STRAYS))
+        {
+            Ok(Some(bytes)) if !self.config.full => decode_strays(&bytes),
+            _ => BTreeSet::new(),
+        };
+        let now: BTreeSet<String> = strays.iter().map(|s| s.source.clone()).collect();
+        report.rejected.extend(
+            strays
+                .into_iter()
+                .filter(|stray| !before.contains(&stray.source)),
+        );
+        if now != before {
+            batch.operations.push(Operation::PutCheckpoint {
+                scope,
+                key: ROOT_STRAYS.to_owned(),
+                value: encode_strays(&now),
+            });
+        }
     }
 
     fn apply(&self, batch: Batch, report: &mut PullReport) -> Result<(), AdapterError> {

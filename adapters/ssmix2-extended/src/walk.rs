@@ -81,40 +81,55 @@ fn stray(path: &Path, what: &str) -> Rejection {
     storage::stray(path, what, LAYOUT)
 }
 
+/// What a walk of a patient's folders found beside its content folders.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// Files and folders where the layout has none, and files that are not regular: the same
+    /// every walk until someone moves them (reported once, see [`crate::checkpoint`]).
+    pub strays: Vec<Rejection>,
+    /// What could not be listed or stat'ed now: reported every time, and the patient is looked
+    /// at again next pull.
+    pub errors: Vec<Rejection>,
+}
+
 /// A patient's content folders (all its patient folders), by data type, date and name.
-pub fn patient_versions(folders: &[PathBuf], rejected: &mut Vec<Rejection>) -> Vec<FoundVersion> {
+pub fn patient_versions(folders: &[PathBuf], found: &mut Findings) -> Vec<FoundVersion> {
     let mut versions = Vec::new();
     for folder in folders {
-        for date in entries_or_reject(folder, rejected) {
+        for date in entries_or_reject(folder, &mut found.errors) {
             if !is_dir(&date) {
-                rejected.push(stray(&date.path(), "a file directly in a patient folder"));
+                found
+                    .strays
+                    .push(stray(&date.path(), "a file directly in a patient folder"));
                 continue;
             }
-            for data_type in entries_or_reject(&date.path(), rejected) {
+            for data_type in entries_or_reject(&date.path(), &mut found.errors) {
                 if !is_dir(&data_type) {
-                    rejected.push(stray(
+                    found.strays.push(stray(
                         &data_type.path(),
                         "a file directly in a care-date folder",
                     ));
                     continue;
                 }
-                for content in entries_or_reject(&data_type.path(), rejected) {
+                for content in entries_or_reject(&data_type.path(), &mut found.errors) {
                     if !is_dir(&content) {
-                        rejected.push(stray(
+                        found.strays.push(stray(
                             &content.path(),
                             "a file directly in a data-type folder",
                         ));
                         continue;
                     }
                     let mut files = Vec::new();
-                    for file in entries_or_reject(&content.path(), rejected) {
+                    for file in entries_or_reject(&content.path(), &mut found.errors) {
                         let path = file.path();
                         match file.metadata() {
                             Ok(metadata) if metadata.is_dir() => {
-                                rejected.push(stray(&path, "a folder inside a content folder"));
+                                found
+                                    .strays
+                                    .push(stray(&path, "a folder inside a content folder"));
                             }
                             // A link, a pipe or a device is never read: it could point anywhere.
-                            Ok(metadata) if !metadata.is_file() => rejected.push(Rejection {
+                            Ok(metadata) if !metadata.is_file() => found.strays.push(Rejection {
                                 source: path.display().to_string(),
                                 reason:
                                     "not a regular file (a link, a pipe or a device is never read)"
@@ -125,7 +140,7 @@ pub fn patient_versions(folders: &[PathBuf], rejected: &mut Vec<Rejection>) -> V
                                 size: metadata.len(),
                                 modified: modified_nanos(&metadata),
                             }),
-                            Err(error) => rejected.push(Rejection {
+                            Err(error) => found.errors.push(Rejection {
                                 source: path.display().to_string(),
                                 reason: format!("cannot stat file: {error}"),
                             }),
@@ -153,13 +168,21 @@ pub fn patient_versions(folders: &[PathBuf], rejected: &mut Vec<Rejection>) -> V
     versions
 }
 
-/// A digest of all of a patient's versions: unchanged, the patient is skipped unread.
-pub fn patient_digest(versions: &[FoundVersion]) -> u64 {
+/// A digest of all of a patient's versions and strays: unchanged, the patient is skipped
+/// unread (and its strays, reported when they appeared, are not reported again).
+pub fn patient_digest(versions: &[FoundVersion], strays: &[Rejection]) -> u64 {
     let mut hasher = Fnv64::default();
     for version in versions {
         hasher.write_field(version.type_folder.as_bytes());
         hasher.write_field(version.date_folder.as_bytes());
         hasher.write_field(&version.digest().to_le_bytes());
+    }
+    if !strays.is_empty() {
+        // Absent strays leave the digest of earlier builds as it was.
+        hasher.write_field(b"strays");
+        for stray in strays {
+            hasher.write_field(stray.source.as_bytes());
+        }
     }
     hasher.finish()
 }

@@ -181,6 +181,10 @@ async fn documents_revisions_and_hostile_files() {
         "9999999999_20240502_L12345_K9_20240502110000_01_1",
         &[("main_document.xml", &note)],
     );
+    // Strays: a file in the patient folder, one above the patient folders.
+    let patient_folder = root.join(&PATIENT[..3]).join(&PATIENT[3..6]).join(PATIENT);
+    std::fs::write(patient_folder.join("memo.txt"), b"stray").unwrap();
+    std::fs::write(root.join("README.txt"), b"stray").unwrap();
 
     let url = format!("sqlite://{}", dir.path().join("tsunagi.db").display());
     let store = Arc::new(
@@ -218,7 +222,9 @@ async fn documents_revisions_and_hostile_files() {
     expect("9999999999", "does not begin with the patient");
     expect("main_document.xml", "not a regular file");
     expect("K0001_20240503080000000_0", "same 発生日時");
-    assert_eq!(report.rejected.len(), 10, "{reasons:#?}");
+    expect("memo.txt", "a file directly in a patient folder");
+    expect("README.txt", "a file directly under the storage root");
+    assert_eq!(report.rejected.len(), 12, "{reasons:#?}");
     expect("H07", "the content folder is empty");
     // Three good versions: three DocumentReferences and three Binaries.
     assert_eq!(
@@ -287,9 +293,10 @@ async fn documents_revisions_and_hostile_files() {
     assert_eq!(attachment["extension"][0]["valueString"], hex);
     assert_eq!(store.blob(&sha).await.unwrap(), Some(pdf.clone()));
 
-    // Unchanged: skipped unread, and nothing reported again (strays aside).
+    // Unchanged: skipped unread, and nothing reported again, strays included.
     let again = pull(&store, &root, 8192).await;
     assert_eq!(again.files_read, 0, "{again:?}");
+    assert!(again.rejected.is_empty(), "{:#?}", again.rejected);
     assert!(
         again.created.is_empty() && again.updated.is_empty(),
         "{again:?}"
@@ -314,11 +321,12 @@ async fn documents_revisions_and_hostile_files() {
     );
     let fixed = pull(&store, &root, 8192).await;
     assert!(
-        fixed
-            .rejected
-            .iter()
-            .all(|rejection| !rejection.source.contains("H04")),
-        "{fixed:?}"
+        fixed.rejected.iter().all(|rejection| {
+            !rejection.source.contains("H04")
+                && !rejection.source.ends_with("memo.txt")
+                && !rejection.source.ends_with("README.txt")
+        }),
+        "the patient read again, its strays not reported again: {fixed:?}"
     );
     assert_eq!(
         fixed.created.get("DocumentReference"),
