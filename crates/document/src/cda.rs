@@ -129,8 +129,9 @@ pub struct CdaDocument {
     pub authors: Vec<Author>,
     /// The custodian organisation.
     pub custodian: Option<Organization>,
-    /// The service event.
-    pub service_event: Option<ServiceEvent>,
+    /// The service events (`documentationOf`, 0..*): an imaging report of several studies
+    /// has one per study.
+    pub service_events: Vec<ServiceEvent>,
     /// The encompassing encounter.
     pub encounter: Option<Encounter>,
     /// `inFulfillmentOf/order/id`: the orders the document answers (an imaging report's
@@ -213,6 +214,11 @@ fn organization(element: &Element) -> Organization {
 }
 
 impl CdaDocument {
+    /// The first service event: what a note or a stay documents.
+    pub fn service_event(&self) -> Option<&ServiceEvent> {
+        self.service_events.first()
+    }
+
     /// Reads a CDA R2 document from its bytes (see [`xml::parse`] for what is refused).
     pub fn parse(bytes: &[u8]) -> Result<Self, DocumentError> {
         let root = xml::parse(bytes)?;
@@ -271,14 +277,16 @@ impl CdaDocument {
                 "representedCustodianOrganization",
             ])
             .map(organization);
-        let service_event =
-            root.at(&["documentationOf", "serviceEvent"])
-                .map(|event| ServiceEvent {
-                    class_code: event.attr("classCode").map(str::to_owned),
-                    ids: event.children_named("id").filter_map(instance_id).collect(),
-                    code: event.child("code").and_then(code_of),
-                    time: interval(event.child("effectiveTime")),
-                });
+        let service_events = root
+            .children_named("documentationOf")
+            .filter_map(|documentation| documentation.child("serviceEvent"))
+            .map(|event| ServiceEvent {
+                class_code: event.attr("classCode").map(str::to_owned),
+                ids: event.children_named("id").filter_map(instance_id).collect(),
+                code: event.child("code").and_then(code_of),
+                time: interval(event.child("effectiveTime")),
+            })
+            .collect();
         let orders = root
             .children_named("inFulfillmentOf")
             .filter_map(|fulfilled| fulfilled.child("order"))
@@ -321,7 +329,7 @@ impl CdaDocument {
             patient,
             authors,
             custodian,
-            service_event,
+            service_events,
             encounter,
             orders,
             replaces,

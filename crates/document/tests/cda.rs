@@ -49,7 +49,7 @@ fn summary(document: &CdaDocument) -> Value {
             "organization": a.organization.as_ref().map(|o| json!({"id": id(&o.id), "name": o.name})),
         })).collect::<Vec<_>>(),
         "custodian": document.custodian.as_ref().map(|o| json!({"id": id(&o.id), "name": o.name})),
-        "serviceEvent": document.service_event.as_ref().map(|e| json!({
+        "serviceEvent": document.service_event().map(|e| json!({
             "classCode": e.class_code,
             "ids": e.ids.iter().map(|i| id(&Some(i.clone()))).collect::<Vec<_>>(),
             "code": e.code.as_ref().map(|c| json!({"code": c.code, "system": c.system})),

@@ -350,7 +350,7 @@ pub fn map_document(source: &DocumentSource<'_>) -> Result<Mapped, MapError> {
             )]),
         );
     }
-    if let Some(event) = cda.and_then(|cda| cda.service_event.as_ref()) {
+    if let Some(event) = cda.and_then(CdaDocument::service_event) {
         let start = datetime(event.time.low.as_deref(), &mut warnings, "serviceEvent low");
         let end = datetime(
             event.time.high.as_deref(),

@@ -1,8 +1,12 @@
-//! An imaging report of extended storage (LOINC 18748-4 / 18782-3, as a CDA) → also a
+//! An imaging report of extended storage (LOINC 18748-4 / 18782-3, a CDA or a PDF) → also a
 //! `DiagnosticReport` (JP Core `JP_DiagnosticReport_Radiology`): category RAD, the report's
 //! conclusion, the original file as `presentedForm`, linked to the `ImagingStudy` the OMG-11
 //! notice made (by Study Instance UID, `documentationOf/serviceEvent/id`, else by accession
 //! number, `inFulfillmentOf/order/id`) and to the order (by placer order number).
+//!
+//! A report that is not a CDA (a PDF) is a DiagnosticReport too, with its file as
+//! `presentedForm` and no conclusion or study link (nothing in the file says them); a CDA
+//! documenting several studies (one `documentationOf` each) links each.
 //!
 //! One DiagnosticReport per document, not per version: its id leaves 発生日時 out, the newest
 //! version writes it (`amended` once it replaces another; `entered-in-error` when the newest
@@ -44,7 +48,7 @@ pub(crate) fn radiology_report(
     standard_code: &str,
     document: &serde_json::Map<String, Value>,
 ) -> Option<MappedResource> {
-    let cda = source.cda?;
+    let cda = source.cda;
     let content = source.content;
     if !IMAGING_REPORT_CODES.contains(&standard_code)
         || source.superseded
@@ -56,17 +60,21 @@ pub(crate) fn radiology_report(
     let facility = source.facility.as_str();
     let id = report_id(facility, &document_code(document), content);
     let patient = logical_id(&[facility, &content.patient_id]);
-    let study_uid = cda
-        .service_event
-        .iter()
-        .flat_map(|event| &event.ids)
-        .find(|id| id.extension.is_none())
-        .map(|id| id.root.clone());
+    // Each documentationOf names one study by its UID (an id with no extension); a report of
+    // several studies links each.
+    let mut study_uids: Vec<String> = Vec::new();
+    for event in cda.iter().flat_map(|cda| &cda.service_events) {
+        if let Some(uid) = event.ids.iter().find(|id| id.extension.is_none())
+            && !study_uids.contains(&uid.root)
+        {
+            study_uids.push(uid.root.clone());
+        }
+    }
     // DICOM PS3.20: the order's first id is the accession number; further ones are the
     // placer's order numbers.
     let order_ids: Vec<&str> = cda
-        .orders
         .iter()
+        .flat_map(|cda| &cda.orders)
         .filter_map(|id| id.extension.as_deref())
         .collect();
     let (accession, placer_numbers) = match order_ids.split_first() {
@@ -76,18 +84,34 @@ pub(crate) fn radiology_report(
     // The ImagingStudy of the OMG-11 notice: keyed by UID when it had one, else by accession.
     // The reference also names the study by its UID (or accession number), so that it can be
     // resolved where the two sides keyed it differently.
-    let study = study_uid.as_deref().or(accession).map(|key| {
-        let mut link = reference("ImagingStudy", &study_id(facility, &content.patient_id, key));
-        link["identifier"] = match &study_uid {
-            Some(uid) => json!({"system": "urn:dicom:uid", "value": format!("urn:oid:{uid}")}),
-            None => json!({
-                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
-                "system": format!("http://tsunagi.example.jp/fhir/IdSystem/{facility}/accession-number"),
-                "value": key
-            }),
-        };
-        link
-    });
+    let studies: Vec<Value> = if study_uids.is_empty() {
+        accession
+            .map(|key| {
+                let mut link =
+                    reference("ImagingStudy", &study_id(facility, &content.patient_id, key));
+                link["identifier"] = json!({
+                    "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
+                    "system": format!("http://tsunagi.example.jp/fhir/IdSystem/{facility}/accession-number"),
+                    "value": key
+                });
+                link
+            })
+            .into_iter()
+            .collect()
+    } else {
+        study_uids
+            .iter()
+            .map(|uid| {
+                let mut link = reference(
+                    "ImagingStudy",
+                    &study_id(facility, &content.patient_id, uid),
+                );
+                link["identifier"] =
+                    json!({"system": "urn:dicom:uid", "value": format!("urn:oid:{uid}")});
+                link
+            })
+            .collect()
+    };
     // The order, by its number: a logical reference (the ServiceRequest's id depends on the
     // record that made it, which this document does not know).
     let based_on: Vec<Value> = placer_numbers
@@ -158,8 +182,8 @@ pub(crate) fn radiology_report(
         "resultsInterpreter",
         document.get("author").cloned().unwrap_or(Value::Null),
     );
-    put("imagingStudy", json!(study.into_iter().collect::<Vec<_>>()));
-    put("conclusion", json!(conclusion(cda)));
+    put("imagingStudy", json!(studies));
+    put("conclusion", json!(cda.and_then(conclusion)));
     if let Some(original) = document
         .get("content")
         .and_then(|contents| contents.get(0))

@@ -258,3 +258,55 @@ fn an_imaging_report_withdrawn_leaves_its_report_entered_in_error() {
     .unwrap();
     assert_eq!(older.len(), 1);
 }
+
+#[test]
+fn an_imaging_report_as_pdf_or_of_two_studies_is_a_diagnostic_report() {
+    let (name, facility, data_type, content, patient, date) = CASES[2];
+    assert_eq!(name, "radiology-report");
+    // A PDF report: the report with its file, no conclusion and no study (the file says none).
+    let pdf = mapped_all(
+        b"%PDF-1.7\n%synthetic report\n",
+        (facility, data_type, content, patient, date),
+        None,
+        false,
+    )
+    .unwrap();
+    assert_eq!(pdf.len(), 2, "{pdf:#?}");
+    let report = &pdf[1];
+    assert_eq!(report["resourceType"], "DiagnosticReport");
+    assert_eq!(report["status"], "final");
+    assert_eq!(report["category"][0]["coding"][0]["code"], "RAD");
+    assert_eq!(report["presentedForm"][0]["contentType"], "application/pdf");
+    assert!(report.get("conclusion").is_none() && report.get("imagingStudy").is_none());
+    assert_eq!(
+        pdf[0]["context"]["related"][0]["reference"],
+        format!("DiagnosticReport/{}", report["id"].as_str().unwrap())
+    );
+    // A CDA documenting two studies links both, each by its UID.
+    let text = std::fs::read_to_string(fixtures().join(format!("{name}.xml"))).unwrap();
+    let second = "<documentationOf><serviceEvent classCode=\"ACT\">\
+        <id root=\"1.2.392.200036.9116.2.0610100010.202405010002\"/>\
+        <code code=\"CT\" codeSystem=\"1.2.840.10008.2.16.4\"/></serviceEvent></documentationOf>\n  <component>";
+    let two = text.replacen("<component>", second, 1);
+    assert_ne!(two, text);
+    let resources = mapped_all(
+        two.as_bytes(),
+        (facility, data_type, content, patient, date),
+        None,
+        false,
+    )
+    .unwrap();
+    let studies: Vec<&str> = resources[1]["imagingStudy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|study| study["identifier"]["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        studies,
+        [
+            "urn:oid:1.2.392.200036.9116.2.0610100010.202405010001",
+            "urn:oid:1.2.392.200036.9116.2.0610100010.202405010002"
+        ]
+    );
+}
