@@ -1,5 +1,5 @@
-//! `tsunagi export ndjson` (every current resource, one file per type) and `tsunagi generate
-//! region` (the synthetic region).
+//! `tsunagi export ndjson` (every current resource, one file per type; a Binary with its bytes
+//! as `data`) and `tsunagi generate region` (the synthetic region).
 
 use std::{collections::BTreeMap, io::Write, path::Path, time::Instant};
 
@@ -14,11 +14,17 @@ pub(crate) async fn export_ndjson(db: &str, out: &Path) -> anyhow::Result<()> {
     let mut current: Option<(String, std::io::BufWriter<std::fs::File>)> = None;
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     let out_dir = out.to_path_buf();
+    // Binaries are written last, each with its bytes read then (one at a time).
+    let mut binaries: Vec<serde_json::Value> = Vec::new();
     store
         .for_each_current(&mut |resource| {
             let store_error = |error: std::io::Error| {
                 tsunagi_store::StoreError::Invalid(format!("cannot write the export: {error}"))
             };
+            if resource.resource_type == "Binary" {
+                binaries.extend(resource.to_json()?);
+                return Ok(());
+            }
             if current
                 .as_ref()
                 .map(|(kind, _)| kind != &resource.resource_type)
@@ -48,11 +54,44 @@ pub(crate) async fn export_ndjson(db: &str, out: &Path) -> anyhow::Result<()> {
     if let Some((_, mut writer)) = current.take() {
         writer.flush()?;
     }
+    if !binaries.is_empty() {
+        let path = out.join("Binary.ndjson");
+        let mut writer = std::io::BufWriter::new(
+            std::fs::File::create(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        );
+        for mut binary in binaries {
+            with_data(store.as_ref(), &mut binary).await?;
+            serde_json::to_writer(&mut writer, &binary)?;
+            writer.write_all(b"\n")?;
+            *counts.entry("Binary".to_owned()).or_default() += 1;
+        }
+        writer.flush()?;
+    }
     let total: u64 = counts.values().sum();
     println!("exported {total} resources to {}", out.display());
     for (resource_type, count) in counts {
         println!("  {resource_type}.ndjson  {count}");
     }
+    Ok(())
+}
+
+/// A Binary whose bytes are stored apart (tagged `urn:tsunagi:sha256`) gets them as `data`,
+/// as a FHIR bulk export carries them; missing bytes are an error naming the Binary. (A tag
+/// that is not a SHA-256 names nothing: the Binary is written as stored.)
+async fn with_data(
+    store: &dyn tsunagi_store::Store,
+    binary: &mut serde_json::Value,
+) -> anyhow::Result<()> {
+    let Some(sha) = tsunagi_store::stored_bytes_of(binary) else {
+        return Ok(());
+    };
+    let id = binary["id"].as_str().unwrap_or_default().to_owned();
+    let bytes = store
+        .blob(&sha)
+        .await?
+        .with_context(|| format!("Binary/{id}: its stored bytes are missing"))?;
+    binary["data"] = serde_json::Value::String(tsunagi_core::base64::encode(&bytes));
     Ok(())
 }
 

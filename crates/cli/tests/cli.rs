@@ -687,4 +687,24 @@ fn extended_storage_is_ingested_with_the_same_summary_and_exit_rules() {
     ]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/no/such/root"));
+    // The export carries the document's bytes, exactly, as the Binary's data.
+    let out = dir.path().join("export");
+    ok(&[
+        "export",
+        "ndjson",
+        "--db",
+        &db,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let binaries = std::fs::read_to_string(out.join("Binary.ndjson")).unwrap();
+    let lines: Vec<Value> = binaries
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{binaries}");
+    assert_eq!(
+        tsunagi_core::base64::decode(lines[0]["data"].as_str().unwrap()),
+        note
+    );
 }

@@ -5,6 +5,9 @@
 //! local to the sending facility and get a facility-scoped system
 //! (`http://tsunagi.example.jp/fhir/CodeSystem/<facility>/<table>` — see [`local`]).
 
+/// Tag system (and attachment extension) naming a document's stored bytes by SHA-256, in
+/// lower-case hex: a Binary so tagged keeps its bytes in the store's blobs, not in `data`.
+pub const STORED_BYTES: &str = "urn:tsunagi:sha256";
 /// JLAC10 17-digit lab codes.
 pub const JLAC10: &str = "http://medis.or.jp/CodeSystem/master-JLAC10-17digits";
 /// HOT13 drug codes.

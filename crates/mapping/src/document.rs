@@ -110,7 +110,7 @@ pub fn binary_resource(
         "resourceType": "Binary",
         "id": id,
         "meta": {"tag": [
-            {"system": "urn:tsunagi:sha256", "code": hex(sha256)},
+            {"system": systems::STORED_BYTES, "code": hex(sha256)},
             {"system": tsunagi_fhir::search::BINARY_PATIENT_TAG, "code": format!("Patient/{patient}")}
         ]},
         "contentType": content_type
@@ -311,7 +311,7 @@ pub fn map_document(source: &DocumentSource<'_>) -> Result<Mapped, MapError> {
         "contentType": source.content_type,
         "size": source.size,
         "title": source.file_name,
-        "extension": [{"url": "urn:tsunagi:sha256", "valueString": hex(source.sha256)}],
+        "extension": [{"url": systems::STORED_BYTES, "valueString": hex(source.sha256)}],
     });
     // A withdrawn version's bytes are not served: its attachment describes them, names none.
     if content.condition != Condition::Withdrawn {

@@ -161,7 +161,7 @@ impl Chart<'_> {
             "url": format!("Binary/{}", binary_id(self.facility, &self.source.document.patient_id, self.source.sha256)),
             "size": self.source.size,
             "title": self.source.file.rsplit('/').next().unwrap_or(self.source.file),
-            "extension": [{"url": "urn:tsunagi:sha256", "valueString": hex(self.source.sha256)}]
+            "extension": [{"url": systems::STORED_BYTES, "valueString": hex(self.source.sha256)}]
         })
     }
 

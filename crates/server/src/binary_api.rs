@@ -37,9 +37,6 @@ use crate::{
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AsStored;
 
-/// The tag system naming a Binary's stored bytes by SHA-256.
-const SHA256_TAG: &str = "urn:tsunagi:sha256";
-
 /// Media types that ask for the Binary resource rather than its content.
 const FHIR_TYPES: &[&str] = &[
     "json",
@@ -78,23 +75,6 @@ fn wants_resource(headers: &HeaderMap, pairs: &[(String, String)]) -> bool {
     ranges
         .first()
         .is_some_and(|(media, _)| FHIR_TYPES.contains(&media.as_str()))
-}
-
-/// The SHA-256 a Binary's tag names.
-fn stored_hash(resource: &Value) -> Option<[u8; 32]> {
-    let hex = resource["meta"]["tag"]
-        .as_array()?
-        .iter()
-        .find(|tag| tag["system"] == SHA256_TAG)?["code"]
-        .as_str()?;
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut hash = [0u8; 32];
-    for (index, byte) in hash.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(index * 2..index * 2 + 2)?, 16).ok()?;
-    }
-    Some(hash)
 }
 
 /// One byte range of `length` bytes: `Ok(None)` for none (or one we do not serve: several
@@ -186,7 +166,7 @@ pub(crate) async fn respond(
         .as_deref()
         .and_then(|content| serde_json::from_slice(content).ok())
         .unwrap_or(Value::Null);
-    let Some(hash) = stored_hash(&json) else {
+    let Some(hash) = tsunagi_store::stored_bytes_of(&json) else {
         return resource_response(resource, headers, reduction);
     };
     // A document's bytes outside every patient's record would be visible to everyone: never

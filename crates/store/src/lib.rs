@@ -43,6 +43,24 @@ pub mod conformance_text;
 
 use std::collections::BTreeMap;
 
+/// The SHA-256 of the stored bytes a Binary names (its [`tsunagi_fhir::systems::STORED_BYTES`]
+/// tag), `None` when it names none (its bytes, if any, are its `data`).
+pub fn stored_bytes_of(resource: &Value) -> Option<[u8; 32]> {
+    let hex = resource["meta"]["tag"]
+        .as_array()?
+        .iter()
+        .find(|tag| tag["system"] == tsunagi_fhir::systems::STORED_BYTES)?["code"]
+        .as_str()?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (index, byte) in hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(index * 2..index * 2 + 2)?, 16).ok()?;
+    }
+    Some(hash)
+}
+
 /// The largest part a content is stored in ([`Store::blob_part`]): a read of a document holds
 /// one part, not the document.
 pub const BLOB_PART_BYTES: usize = 1 << 20;
