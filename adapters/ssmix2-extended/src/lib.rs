@@ -145,14 +145,16 @@ impl Puller {
             facility: facility.clone(),
             ..PullReport::default()
         };
-        let mut stray = Vec::new();
+        let mut above = Findings::default();
         let patients =
-            tsunagi_adapter::storage::patient_folders(&self.config.roots, walk::LAYOUT, &mut stray)
+            tsunagi_adapter::storage::patient_folders(&self.config.roots, walk::LAYOUT, &mut above)
                 .map_err(|error| {
                     AdapterError::Source(format!("cannot walk the storage: {error}"))
                 })?;
+        // A folder that cannot be listed now is reported every time; strays once.
+        report.rejected.append(&mut above.errors);
         let mut batch = Batch::default();
-        self.root_strays(stray, &mut batch, &mut report);
+        self.root_strays(above.strays, &mut batch, &mut report);
         let (mut pending_resources, mut pending_bytes) = (0usize, 0u64);
         for (patient_id, folders) in patients {
             let mut found = Findings::default();

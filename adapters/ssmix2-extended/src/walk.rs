@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub use tsunagi_adapter::storage::Findings;
 use tsunagi_adapter::{
     Rejection,
     storage::{self, entries_or_reject, is_dir, modified_nanos},
@@ -79,17 +80,6 @@ impl FoundVersion {
 
 fn stray(path: &Path, what: &str) -> Rejection {
     storage::stray(path, what, LAYOUT)
-}
-
-/// What a walk of a patient's folders found beside its content folders.
-#[derive(Debug, Default)]
-pub struct Findings {
-    /// Files and folders where the layout has none, and files that are not regular: the same
-    /// every walk until someone moves them (reported once, see [`crate::checkpoint`]).
-    pub strays: Vec<Rejection>,
-    /// What could not be listed or stat'ed now: reported every time, and the patient is looked
-    /// at again next pull.
-    pub errors: Vec<Rejection>,
 }
 
 /// A patient's content folders (all its patient folders), by data type, date and name.

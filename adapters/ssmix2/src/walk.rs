@@ -41,7 +41,10 @@ pub fn patient_folders(
     roots: &[PathBuf],
     rejected: &mut Vec<Rejection>,
 ) -> std::io::Result<BTreeMap<String, Vec<PathBuf>>> {
-    storage::patient_folders(roots, LAYOUT, rejected)
+    let mut found = storage::Findings::default();
+    let patients = storage::patient_folders(roots, LAYOUT, &mut found);
+    rejected.extend(found.all());
+    patients
 }
 
 /// Lists the files of one patient (all its folders), sorted by name then path.

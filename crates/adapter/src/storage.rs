@@ -95,41 +95,89 @@ pub fn stray(path: &Path, what: &str, layout: &str) -> Rejection {
     }
 }
 
+/// What a walk found beside the folders it looked for.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// Files and folders where the layout has none, and files that are not regular: the same
+    /// on every walk until someone moves them.
+    pub strays: Vec<Rejection>,
+    /// What could not be listed or stat'ed now: worth reporting every time, and looking at
+    /// again on the next pull.
+    pub errors: Vec<Rejection>,
+}
+
+impl Findings {
+    /// Both lists, strays first (for a caller that reports everything every time).
+    pub fn all(self) -> Vec<Rejection> {
+        let mut all = self.strays;
+        all.extend(self.errors);
+        all
+    }
+
+    /// Whether `entry` is a folder; an entry whose type cannot be told is an error, not a
+    /// stray.
+    fn folder(&mut self, entry: &fs::DirEntry) -> Option<bool> {
+        match entry.file_type() {
+            Ok(kind) => Some(kind.is_dir()),
+            Err(error) => {
+                self.errors.push(Rejection {
+                    source: entry.path().display().to_string(),
+                    reason: format!("cannot stat: {error}"),
+                });
+                None
+            }
+        }
+    }
+}
+
 /// Every patient folder under the roots, merged by patient id, in id order. Files found above
-/// the patient folders are rejections (`layout` says where files belong).
+/// the patient folders are strays (`layout` says where files belong); folders that cannot be
+/// listed are errors.
 pub fn patient_folders(
     roots: &[PathBuf],
     layout: &str,
-    rejected: &mut Vec<Rejection>,
+    found: &mut Findings,
 ) -> std::io::Result<BTreeMap<String, Vec<PathBuf>>> {
     let mut patients: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     for root in roots {
         for first in sorted_entries(root)? {
-            if !is_dir(&first) {
-                rejected.push(stray(
-                    &first.path(),
-                    "a file directly under the storage root",
-                    layout,
-                ));
-                continue;
-            }
-            for second in entries_or_reject(&first.path(), rejected) {
-                if !is_dir(&second) {
-                    rejected.push(stray(
-                        &second.path(),
-                        "a file above the patient folders",
+            match found.folder(&first) {
+                Some(true) => {}
+                Some(false) => {
+                    found.strays.push(stray(
+                        &first.path(),
+                        "a file directly under the storage root",
                         layout,
                     ));
                     continue;
                 }
-                for patient in entries_or_reject(&second.path(), rejected) {
-                    if !is_dir(&patient) {
-                        rejected.push(stray(
-                            &patient.path(),
+                None => continue,
+            }
+            for second in entries_or_reject(&first.path(), &mut found.errors) {
+                match found.folder(&second) {
+                    Some(true) => {}
+                    Some(false) => {
+                        found.strays.push(stray(
+                            &second.path(),
                             "a file above the patient folders",
                             layout,
                         ));
                         continue;
+                    }
+                    None => continue,
+                }
+                for patient in entries_or_reject(&second.path(), &mut found.errors) {
+                    match found.folder(&patient) {
+                        Some(true) => {}
+                        Some(false) => {
+                            found.strays.push(stray(
+                                &patient.path(),
+                                "a file above the patient folders",
+                                layout,
+                            ));
+                            continue;
+                        }
+                        None => continue,
                     }
                     let id = patient.file_name().to_string_lossy().into_owned();
                     patients.entry(id).or_default().push(patient.path());

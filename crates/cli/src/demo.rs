@@ -48,7 +48,7 @@ pub(crate) async fn demo(
         "1. generating a synthetic region of {patients} people in {}",
         region.display()
     );
-    generate_region(&region, patients, 2026, false)?;
+    generate_region(&region, patients, 2026, false, false)?;
     let url = format!("sqlite://{}", db_path.display());
     println!("\n2. ingesting the three hospitals' SS-MIX2 storages into {url}");
     let store = open_store(&url).await?;

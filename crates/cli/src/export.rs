@@ -101,6 +101,7 @@ pub(crate) fn generate_region(
     patients: usize,
     seed: u64,
     extended: bool,
+    images: bool,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let report = tsunagi_synth::generate_region(out, patients, seed)
@@ -148,6 +149,22 @@ pub(crate) fn generate_region(
                 facility.name,
                 facility.files,
                 facility.root.display()
+            );
+        }
+    }
+    if images {
+        let pacs = tsunagi_synth::generate_images(out, patients, seed)
+            .with_context(|| format!("cannot generate into {}", out.display()))?;
+        println!(
+            "PACS: {} DICOM files, {:.1} MB",
+            pacs.files,
+            pacs.bytes as f64 / 1e6
+        );
+        for (code, studies) in &pacs.facilities {
+            println!(
+                "  {code}  {} studies  {}",
+                studies.len(),
+                out.join("pacs").join(code).display()
             );
         }
     }

@@ -261,6 +261,10 @@ enum GenerateWhat {
         /// Also write each hospital's extended storage (documents) under <out>/extended/.
         #[arg(long)]
         extended: bool,
+        /// Also write each hospital's PACS (DICOM Part 10 files of the charts' studies) under
+        /// <out>/pacs/, to store in a test PACS.
+        #[arg(long)]
+        images: bool,
     },
 }
 
@@ -382,8 +386,9 @@ fn main() -> std::process::ExitCode {
                         patients,
                         seed,
                         extended,
+                        images,
                     },
-            } => export::generate_region(&out, patients, seed, extended),
+            } => export::generate_region(&out, patients, seed, extended, images),
             Command::Demo {
                 dir,
                 patients,

@@ -1,7 +1,8 @@
 //! A stream that gives up on a stalled peer: a write that makes no progress for `send_timeout`
 //! (a client that stopped reading), and a read that waits longer than `keep_alive` after the
 //! stream last wrote (a client that holds a kept-alive connection without a new request, or
-//! a new connection that never says anything). A read after the peer spoke — a request still
+//! a new connection that never says anything) while no write is waiting on the peer (a long
+//! answer read slowly is held to the send timeout only). A read after the peer spoke — a request still
 //! arriving, a handler at work — is never timed here: the protocol layer bounds those.
 
 use std::{
@@ -109,7 +110,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
             }
             Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
             Poll::Pending => {
-                if this.last == Last::Wrote && this.idle.fired(this.keep_alive, cx) {
+                // While a write waits on the peer (an answer it reads slowly), the send
+                // timeout is the clock, not the keep-alive one.
+                if this.last == Last::Wrote
+                    && !this.stalled.armed
+                    && this.idle.fired(this.keep_alive, cx)
+                {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "no request within the keep-alive timeout",
@@ -215,6 +221,31 @@ mod tests {
         let error = watched.read(&mut buffer).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         far.write_all(b"x").await.ok();
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_of_a_long_answer_is_held_to_the_send_timeout_only() {
+        let (near, mut far) = tokio::io::duplex(16);
+        let watched = Watched::new(near, Duration::from_millis(50), Duration::from_secs(5));
+        let (mut reading, mut writing) = tokio::io::split(watched);
+        let mut buffer = [0u8; 8];
+        // An answer longer than the peer takes at once, while the server also watches for the
+        // peer closing (as hyper does mid-answer): the read is not timed out meanwhile.
+        let answer = async {
+            writing.write_all(&[7u8; 1024]).await.unwrap();
+        };
+        // The peer takes its first bytes after 300 ms, three keep-alive timeouts.
+        let watch = tokio::time::timeout(Duration::from_millis(250), reading.read(&mut buffer));
+        let slow_peer = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut got = vec![0u8; 1024];
+            far.read_exact(&mut got).await.unwrap();
+        };
+        let ((), watched, ()) = tokio::join!(answer, watch, slow_peer);
+        assert!(watched.is_err(), "still watching after 250 ms: {watched:?}");
+        // Once the answer is written, the keep-alive clock runs again.
+        let error = reading.read(&mut buffer).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
     }
 
     #[tokio::test]

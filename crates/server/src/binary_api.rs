@@ -23,6 +23,7 @@ use axum::{
 };
 use http_body_util::channel::Channel;
 use serde_json::Value;
+use tracing::Instrument;
 use tsunagi_store::{Store, StoredResource};
 
 use crate::{
@@ -120,9 +121,11 @@ fn range(headers: &HeaderMap, length: u64) -> Result<Option<(u64, u64)>, ()> {
 /// client pins no connection), and a client that goes away stops the reading. A part missing or
 /// unreadable midway ends the body with an error: the client sees a short, failed transfer,
 /// never a wrong one.
-fn stream(store: Arc<dyn Store>, hash: [u8; 32], from: u64, to: u64) -> Body {
+fn stream(store: Arc<dyn Store>, id: &str, hash: [u8; 32], from: u64, to: u64) -> Body {
     let (mut sender, body) = Channel::<Bytes, std::io::Error>::new(1);
-    tokio::spawn(async move {
+    // The request's span (its id in every log line), and the Binary named.
+    let span = tracing::info_span!(parent: tracing::Span::current(), "binary", id = %id);
+    let reading = async move {
         let mut at = from;
         while at < to {
             let (first, bytes) = match store.blob_part(&hash, at).await {
@@ -130,7 +133,7 @@ fn stream(store: Arc<dyn Store>, hash: [u8; 32], from: u64, to: u64) -> Body {
                     (first, bytes)
                 }
                 Ok(_) => {
-                    tracing::error!(at, "a stored document lacks the part holding byte {at}");
+                    tracing::error!(at, "the stored bytes lack the part holding byte {at}");
                     sender.abort(std::io::Error::other("a stored part is missing"));
                     return;
                 }
@@ -149,7 +152,8 @@ fn stream(store: Arc<dyn Store>, hash: [u8; 32], from: u64, to: u64) -> Body {
                 return; // The client went away.
             }
         }
-    });
+    };
+    tokio::spawn(reading.instrument(span));
     Body::new(body)
 }
 
@@ -236,7 +240,11 @@ pub(crate) async fn respond(
         Some((start, end)) => (StatusCode::PARTIAL_CONTENT, start, end + 1),
         None => (StatusCode::OK, 0, length),
     };
-    let mut response = (status, stream(state.store.clone(), hash, from, to)).into_response();
+    let mut response = (
+        status,
+        stream(state.store.clone(), &resource.id, hash, from, to),
+    )
+        .into_response();
     if let Some((start, end)) = chosen {
         set(
             &mut response,

@@ -14,4 +14,12 @@ INSERT INTO blob_parts (sha256, first_byte, bytes)
 SELECT b.sha256, g.first_byte, substring(b.bytes FROM (g.first_byte + 1)::int FOR 1048576)
 FROM blobs b
 CROSS JOIN LATERAL generate_series(0::bigint, GREATEST(b.size - 1, 0), 1048576) AS g(first_byte);
-ALTER TABLE blobs DROP COLUMN bytes;
+-- The table rebuilt without its bytes (a dropped column's values would stay on disk for as long
+-- as the rows do, and these rows are never rewritten).
+CREATE TABLE blobs_sized (
+    sha256 BYTEA PRIMARY KEY,   -- 32 bytes
+    size   BIGINT NOT NULL
+);
+INSERT INTO blobs_sized (sha256, size) SELECT sha256, size FROM blobs;
+DROP TABLE blobs;
+ALTER TABLE blobs_sized RENAME TO blobs;

@@ -62,8 +62,8 @@ pub async fn size<D: Dialect>(
     .transpose()
 }
 
-/// The last part of the content under `sha256` that starts at or before byte `at`: (its first
-/// byte's offset, its bytes). Whether it reaches `at` is the caller's to check.
+/// The part of the content under `sha256` that holds byte `at`: (its first byte's offset, its
+/// bytes); `None` past the end (and for an empty content, which holds no byte).
 pub async fn part<D: Dialect>(
     pool: &Pool<D>,
     sha256: &[u8; 32],
@@ -86,5 +86,6 @@ pub async fn part<D: Dialect>(
     let first = row.int("first_byte")?;
     let first =
         u64::try_from(first).map_err(|_| StoreError::Corrupt(format!("blob part at {first}")))?;
-    Ok(Some((first, row.bytes("bytes")?)))
+    let bytes = row.bytes("bytes")?;
+    Ok((first + bytes.len() as u64 > at as u64).then_some((first, bytes)))
 }

@@ -15,6 +15,7 @@
 //! cancel events, names whose kanji contain delimiter bytes (日 `|`, 入 `~`, 本 `\`, 五 `^`,
 //! 愛 `&`), escapes, partial dates, inequality and qualitative lab values.
 
+mod images;
 mod messages;
 mod random;
 mod vendor;
@@ -27,6 +28,7 @@ use std::{
 use serde::Serialize;
 use tsunagi_hl7v2::charset::Iso2022JpEncoder;
 
+pub use images::{ImageSeries, ImageStudy, ImagesReport, generate_images};
 pub use random::Rng;
 
 /// How a hospital's EHR writes its storage (each vendor's [`vendor::VendorProfile`]).

@@ -107,8 +107,17 @@ pub(crate) struct When {
 }
 
 impl When {
-    fn date(self) -> String {
+    pub(crate) fn date(self) -> String {
         ymd(self.days)
+    }
+    /// The time of day as DICOM TM (HHMMSS).
+    pub(crate) fn hhmmss(self) -> String {
+        format!(
+            "{:02}{:02}{:02}",
+            self.seconds / 3600,
+            (self.seconds / 60) % 60,
+            self.seconds % 60
+        )
     }
     fn minutes(self) -> String {
         format!(
@@ -163,6 +172,31 @@ impl<'p> Chart<'p> {
             order_counter: 0,
             visit: String::new(),
         }
+    }
+
+    /// The patient's id at this hospital.
+    pub(crate) fn patient_id(&self) -> &str {
+        &self.pid
+    }
+
+    /// The hospital's code.
+    pub(crate) fn facility(&self) -> &'static str {
+        self.hospital.code
+    }
+
+    /// (family, given), each (kanji, katakana).
+    pub(crate) fn names(&self) -> ((&'static str, &'static str), (&'static str, &'static str)) {
+        (self.person.family, self.person.given)
+    }
+
+    /// Birth date, YYYYMMDD.
+    pub(crate) fn birth(&self) -> &str {
+        &self.person.birth
+    }
+
+    /// `M` or `F`.
+    pub(crate) fn sex(&self) -> &'static str {
+        self.person.sex
     }
 
     /// How this chart's hospital writes.
