@@ -46,6 +46,8 @@ pub struct ImageStudy {
     pub facility: String,
     /// The patient's id at that hospital (its SS-MIX2 id).
     pub patient_id: String,
+    /// The patient's name in kanji, `family^given` (the ideographic group).
+    pub patient_name: String,
     /// Study Instance UID.
     pub uid: String,
     /// Accession number.
@@ -158,6 +160,8 @@ pub fn generate_images(out: &Path, patients: usize, seed: u64) -> io::Result<Ima
 /// one chance in three a study no order names.
 fn studies(chart: &Chart<'_>, ordered: &[Study], rng: &mut Rng, person: usize) -> Vec<ImageStudy> {
     let facility = chart.facility();
+    let ((family, _), (given, _)) = chart.names();
+    let patient_name = format!("{family}^{given}");
     let mut studies = Vec::new();
     for study in ordered {
         let views = if rng.chance(50) { 2 } else { 1 };
@@ -165,6 +169,7 @@ fn studies(chart: &Chart<'_>, ordered: &[Study], rng: &mut Rng, person: usize) -
         studies.push(ImageStudy {
             facility: facility.to_owned(),
             patient_id: chart.patient_id().to_owned(),
+            patient_name: patient_name.clone(),
             uid: study.uid.clone(),
             accession: study.accession.clone(),
             date: study.done.date(),
@@ -196,6 +201,7 @@ fn studies(chart: &Chart<'_>, ordered: &[Study], rng: &mut Rng, person: usize) -
         studies.push(ImageStudy {
             facility: facility.to_owned(),
             patient_id: chart.patient_id().to_owned(),
+            patient_name,
             accession: format!("U{serial}"),
             date: when.date(),
             time: when.hhmmss(),
