@@ -49,9 +49,10 @@ use crate::{
 
 /// The generation of what the mapping makes of a file. Raise it when the same file maps to
 /// different resources (2: one Encounter per visit, issue 18; 3: an ImagingStudy keyed by its
-/// study, not by the record naming it, issue 20), and every storage pulled under an older
+/// study, not by the record naming it, issue 20; 4: an ImagingStudy folded from the notices
+/// naming it and the PACS, issue 21), and every storage pulled under an older
 /// generation is read again in full on its next pull.
-pub const MAPPING_GENERATION: &str = "3";
+pub const MAPPING_GENERATION: &str = "4";
 
 /// Configuration of one SS-MIX2 source.
 #[derive(Debug, Clone)]

@@ -3,7 +3,8 @@
 //!
 //! Reports and images are not in standardized storage: an ImagingStudy here carries what the
 //! notice has (Study Instance UID, accession number, modality, JJ1017/LENDO procedure codes,
-//! findings text), not series or instances.
+//! findings text), not series or instances. It is the notice's part of the study
+//! ([`crate::study`]), folded with the PACS's view and any other notice naming the study.
 
 use std::collections::BTreeMap;
 
@@ -165,7 +166,13 @@ pub(crate) fn studies(builder: &mut Builder<'_, '_>) -> Result<(), MapError> {
             .list("procedureCode", study.procedures)
             .put("description", study.description)
             .list("note", study.notes);
-        builder.push("ImagingStudy", id, resource.build());
+        // The study is also the PACS's (and another notice's, when procedures are grouped):
+        // this notice's part of it (see [`crate::study`]).
+        builder.contribute(
+            "ImagingStudy",
+            id,
+            json!({"kind": "order", "study": resource.build()}),
+        );
     }
     Ok(())
 }

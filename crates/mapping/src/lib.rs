@@ -25,6 +25,7 @@ pub mod problems;
 pub mod pushed;
 pub mod report;
 pub mod stay;
+pub mod study;
 pub mod tables;
 
 use std::fmt;
@@ -276,9 +277,14 @@ pub struct Contribution {
 pub fn fold(resource_type: &str, parts: &[Value]) -> Option<Value> {
     match resource_type {
         "Encounter" => stay::fold(parts),
+        "ImagingStudy" => study::fold(parts),
         _ => None,
     }
 }
+
+/// Source-key prefix of a PACS's studies (`dicomweb:<facility>:<Study Instance UID>`): they
+/// contribute to the ImagingStudy an OMG-11 notice also names.
+pub const PACS_SOURCE: &str = "dicomweb:";
 
 /// How the records this crate maps fold their parts (for [`tsunagi_store::contributions`]).
 #[derive(Debug, Clone, Copy, Default)]
@@ -286,9 +292,13 @@ pub struct Folds;
 
 impl tsunagi_store::contributions::Fold for Folds {
     fn may_contribute(&self, source_key: &str) -> bool {
-        source_key
-            .split(':')
-            .any(|segment| DataType::parse(segment).is_some_and(DataType::is_encounter_event))
+        source_key.starts_with(PACS_SOURCE)
+            || source_key.split(':').any(|segment| {
+                DataType::parse(segment).is_some_and(|data_type| {
+                    data_type.is_encounter_event()
+                        || matches!(data_type, DataType::Omg11 | DataType::Omg12)
+                })
+            })
     }
 
     fn fold(&self, resource_type: &str, _id: &str, parts: &[Value]) -> Option<Value> {
