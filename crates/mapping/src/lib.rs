@@ -14,6 +14,7 @@
 
 pub mod adt;
 mod common;
+pub mod dicom;
 pub mod document;
 mod encounter;
 pub mod imaging;
