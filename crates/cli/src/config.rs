@@ -32,6 +32,9 @@ pub(crate) struct Config {
     /// MML export sources (version 2 only), filed from `source`.
     #[serde(skip)]
     pub(crate) mml: Vec<MmlSource>,
+    /// PACS sources (version 2 only), filed from `source`.
+    #[serde(skip)]
+    pub(crate) dicomweb: Vec<DicomWebSource>,
     /// The FHIR REST API (`tsunagi serve`).
     #[serde(default)]
     pub(crate) server: ServerConfig,
@@ -62,6 +65,9 @@ pub(crate) enum SourceSection {
     /// A hospital EHR's MML 4.0 export folder, pulled on a schedule.
     #[serde(rename = "mml")]
     Mml(MmlSource),
+    /// A hospital's PACS over DICOMweb, pulled on a schedule.
+    #[serde(rename = "dicomweb")]
+    DicomWeb(DicomWebSource),
     /// A hospital or lab pushing HL7 v2 (MLLP, `POST /hl7v2`).
     #[serde(rename = "hl7v2")]
     Hl7v2(Hl7v2Feed),
@@ -304,6 +310,28 @@ pub(crate) struct MmlSource {
     pub(crate) max_file_bytes: Option<u64>,
 }
 
+/// `[[source]] kind = "dicomweb"`: one hospital's PACS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DicomWebSource {
+    /// The hospital's 10-digit medical-institution code.
+    pub(crate) facility: String,
+    /// Display name.
+    pub(crate) name: Option<String>,
+    /// The base URL of its QIDO-RS/WADO-RS services.
+    pub(crate) url: String,
+    /// The environment variable holding the `Authorization` header value the PACS expects.
+    pub(crate) authorization_env: Option<String>,
+    /// When to pull: a cron expression with seconds, evaluated in UTC.
+    pub(crate) schedule: String,
+    /// Studies per QIDO-RS page (default 500).
+    pub(crate) page_size: Option<usize>,
+    /// Patients asked about at once (default 8).
+    pub(crate) concurrency: Option<usize>,
+    /// Time limit of one request to the PACS, in seconds (default 30).
+    pub(crate) timeout_seconds: Option<u64>,
+}
+
 /// `text` as a TOML basic string, quoted and escaped.
 fn toml_string(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
@@ -323,7 +351,7 @@ impl Config {
                 || !config.outbound.is_empty() =>
             {
                 bail!(
-                    "version 2 names sources as [[source]] kind = \"ssmix2\", \"ssmix2-extended\", \"mml\" or \"hl7v2\" and \
+                    "version 2 names sources as [[source]] kind = \"ssmix2\", \"ssmix2-extended\", \"mml\", \"dicomweb\" or \"hl7v2\" and \
                      destinations as [[destination]] kind = \"mllp\" or \"folder\"; \
                      [[ssmix2]], [[hl7v2]] and [[outbound]] are version 1 (`tsunagi config check` \
                      shows the rewrite)"
@@ -359,6 +387,29 @@ impl Config {
                     source.facility
                 );
             }
+        }
+        for (index, source) in config.dicomweb.iter().enumerate() {
+            tsunagi_core::FacilityId::parse(&source.facility)
+                .with_context(|| format!("dicomweb source {:?}", source.facility))?;
+            // One section per hospital: its studies' checkpoints are one scope.
+            if config.dicomweb[..index]
+                .iter()
+                .any(|other| other.facility == source.facility)
+            {
+                bail!("dicomweb source {}: configured twice", source.facility);
+            }
+            cron::Schedule::from_str(&source.schedule).with_context(|| {
+                format!(
+                    "dicomweb source {}: schedule {:?} is not a cron expression",
+                    source.facility, source.schedule
+                )
+            })?;
+            tsunagi_adapter_dicomweb::Qido::new(
+                &source.url,
+                None,
+                std::time::Duration::from_secs(1),
+            )
+            .map_err(|error| anyhow::anyhow!("dicomweb source {}: {error}", source.facility))?;
         }
         for source in &config.ssmix2 {
             tsunagi_core::FacilityId::parse(&source.facility)
@@ -424,6 +475,7 @@ impl Config {
                 SourceSection::Ssmix2(source) => self.ssmix2.push(source),
                 SourceSection::Ssmix2Extended(source) => self.extended.push(source),
                 SourceSection::Mml(source) => self.mml.push(source),
+                SourceSection::DicomWeb(source) => self.dicomweb.push(source),
                 SourceSection::Hl7v2(feed) => self.hl7v2.push(feed),
             }
         }

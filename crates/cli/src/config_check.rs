@@ -35,6 +35,9 @@ pub(crate) fn check_config(path: &Path) -> anyhow::Result<()> {
     if !config.extended.is_empty() {
         kinds.push(format!("{} ssmix2-extended", config.extended.len()));
     }
+    if !config.dicomweb.is_empty() {
+        kinds.push(format!("{} dicomweb", config.dicomweb.len()));
+    }
     if !config.mml.is_empty() {
         kinds.push(format!("{} mml", config.mml.len()));
     }

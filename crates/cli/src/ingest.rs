@@ -193,7 +193,7 @@ pub(crate) async fn ingest_extended(
 }
 
 /// Runs one pull with a progress line and prints its summary (or JSON).
-async fn pull_and_report(
+pub(crate) async fn pull_and_report(
     store: Arc<dyn Backend>,
     adapter: Arc<dyn PullAdapter>,
     facility: &str,
@@ -267,12 +267,16 @@ pub(crate) fn total(map: &BTreeMap<String, u64>) -> u64 {
 
 /// Prints a human summary of one pull.
 pub(crate) fn print_summary(report: &PullReport, name: Option<&str>, seconds: f64) {
-    let extended = matches!(report.adapter.as_str(), "ssmix2-extended" | "mml");
+    let extended = matches!(
+        report.adapter.as_str(),
+        "ssmix2-extended" | "mml" | "dicomweb"
+    );
     println!(
         "{}ingest of {}{}",
         match report.adapter.as_str() {
             "ssmix2-extended" => "SS-MIX2 extended-storage ",
             "mml" => "MML export ",
+            "dicomweb" => "DICOMweb PACS ",
             _ => "SS-MIX2 ",
         },
         report.facility,
@@ -280,10 +284,10 @@ pub(crate) fn print_summary(report: &PullReport, name: Option<&str>, seconds: f6
     );
     println!(
         "  {:<10} {} seen, {} read, {} skipped as unchanged, {} rejected",
-        if report.adapter == "ssmix2-extended" {
-            "documents"
-        } else {
-            "files"
+        match report.adapter.as_str() {
+            "ssmix2-extended" => "documents",
+            "dicomweb" => "studies",
+            _ => "files",
         },
         report.files_seen,
         report.files_read,

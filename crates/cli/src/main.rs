@@ -26,6 +26,7 @@ mod config_check;
 mod demo;
 mod export;
 mod ingest;
+mod ingest_dicomweb;
 mod limits;
 mod open;
 mod outbox;
@@ -196,6 +197,12 @@ enum IngestSource {
         /// Largest main document read, in bytes; larger ones are refused.
         #[arg(long, default_value_t = tsunagi_adapter_ssmix2_extended::DEFAULT_MAX_DOCUMENT_BYTES)]
         max_document_bytes: u64,
+    },
+    /// A hospital's PACS over DICOMweb: the studies of the hospital's patients (QIDO-RS) as
+    /// ImagingStudy, merged with the OMG-11 notices' studies.
+    Dicomweb {
+        #[command(flatten)]
+        flags: ingest_dicomweb::DicomWebFlags,
     },
     /// A hospital EHR's MML 4.0 export folders: progress courses and referrals as
     /// DocumentReference + Binary, surgeries as Procedure, in the SS-MIX2 data's chart.
@@ -376,6 +383,9 @@ fn main() -> std::process::ExitCode {
                         max_file_bytes,
                     },
             } => ingest::ingest_mml(storage, max_file_bytes).await,
+            Command::Ingest {
+                source: IngestSource::Dicomweb { flags },
+            } => ingest_dicomweb::ingest_dicomweb(flags).await,
             Command::Export {
                 format: ExportFormat::Ndjson { db, out },
             } => export::export_ndjson(&db, &out).await,

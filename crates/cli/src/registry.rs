@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use tsunagi_adapter::{PullAdapter, listen::ListenAdapter, outbound::Destination};
+use tsunagi_adapter_dicomweb::{DicomWebAdapter, DicomWebConfig};
 use tsunagi_adapter_hl7v2::{Feeds, Hl7v2Listener, IntakeOptions};
 use tsunagi_adapter_mml::{MmlAdapter, MmlConfig};
 use tsunagi_adapter_outbound_folder::FolderDestination;
@@ -14,10 +15,10 @@ use tsunagi_adapter_ssmix2_extended::{ExtendedAdapter, ExtendedConfig};
 
 use crate::config::OutboundRoute;
 
-/// Source kinds, as `[[source]] kind` names them: `ssmix2`, `ssmix2-extended` and `mml` are pulled
-/// on a schedule ([`pull`]); `hl7v2` is a sender pushing over MLLP or HTTP, received by `tsunagi serve`
-/// ([`listen`]).
-pub(crate) const SOURCE_KINDS: &[&str] = &["ssmix2", "ssmix2-extended", "mml", "hl7v2"];
+/// Source kinds, as `[[source]] kind` names them: `ssmix2`, `ssmix2-extended`, `mml` and
+/// `dicomweb` are pulled on a schedule ([`pull`]); `hl7v2` is a sender pushing over MLLP or
+/// HTTP, received by `tsunagi serve` ([`listen`]).
+pub(crate) const SOURCE_KINDS: &[&str] = &["ssmix2", "ssmix2-extended", "mml", "dicomweb", "hl7v2"];
 
 /// Destination kinds, as `[[destination]] kind` names them ([`destination`]).
 pub(crate) const DESTINATION_KINDS: &[&str] = &["mllp", "folder"];
@@ -30,6 +31,8 @@ pub(crate) enum Source {
     Ssmix2Extended(ExtendedConfig),
     /// A hospital EHR's MML 4.0 export folder (findings, procedures, referrals).
     Mml(MmlConfig),
+    /// A hospital's PACS over DICOMweb (studies as ImagingStudy).
+    DicomWeb(DicomWebConfig),
 }
 
 /// Builds the adapter for a scheduled source.
@@ -38,6 +41,7 @@ pub(crate) fn pull(source: Source) -> Arc<dyn PullAdapter> {
         Source::Ssmix2(config) => Arc::new(Ssmix2Adapter::new(config)),
         Source::Ssmix2Extended(config) => Arc::new(ExtendedAdapter::new(config)),
         Source::Mml(config) => Arc::new(MmlAdapter::new(config)),
+        Source::DicomWeb(config) => Arc::new(DicomWebAdapter::new(config)),
     }
 }
 

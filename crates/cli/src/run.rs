@@ -68,6 +68,23 @@ pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
             source.name,
         ));
     }
+    for source in config.dicomweb {
+        let schedule = cron::Schedule::from_str(&source.schedule)?;
+        let pacs = crate::ingest_dicomweb::dicomweb_config(
+            &source.facility,
+            source.name.clone(),
+            &source.url,
+            source.authorization_env.as_deref(),
+            source.page_size,
+            source.concurrency,
+            source.timeout_seconds,
+        )?;
+        jobs.push((
+            schedule,
+            registry::pull(registry::Source::DicomWeb(pacs)),
+            source.name,
+        ));
+    }
     if jobs.is_empty() {
         bail!(
             "{} configures no sources (adapters known to this build: {})",

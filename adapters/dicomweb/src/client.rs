@@ -1,0 +1,152 @@
+//! QIDO-RS requests to one PACS over a pool of kept-alive HTTP/1.1 connections: the base URL
+//! configured for the hospital, its `Authorization` header, a time limit per request and a size
+//! limit per answer. A PACS that cannot be reached, answers late, answers an error or answers
+//! what is not DICOM JSON gets an error saying so, naming the URL.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::{Request, StatusCode, Uri, body::Bytes, header};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use serde_json::Value;
+
+/// The largest QIDO-RS answer read (a page of studies, a study's instances).
+pub(crate) const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QidoError {
+    /// Nothing answered (refused, reset, timed out): the PACS is down or unreachable.
+    Unreachable(String),
+    /// It answered, but not with what was asked (an error status, not JSON, too large).
+    Answer(String),
+}
+
+impl std::fmt::Display for QidoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreachable(text) | Self::Answer(text) => f.write_str(text),
+        }
+    }
+}
+
+/// A PACS's DICOMweb services.
+#[derive(Clone, Debug)]
+pub struct Qido {
+    base: String,
+    authorization: Option<String>,
+    timeout: Duration,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl Qido {
+    /// A client of the services at `base` (`http://host:port/path`, no trailing slash needed).
+    pub fn new(
+        base: &str,
+        authorization: Option<String>,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let uri: Uri = base
+            .parse()
+            .map_err(|error| format!("{base:?} is not a URL: {error}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(format!(
+                    "{base}: TLS to a PACS is not supported yet; reach it over a TLS-terminating \
+                     proxy on the gateway's host, or a trusted network"
+                ));
+            }
+            _ => return Err(format!("{base}: the DICOMweb base URL must be http://…")),
+        }
+        if uri.host().is_none() {
+            return Err(format!("{base}: no host"));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(16)
+            .build(connector);
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            authorization,
+            timeout,
+            client,
+        })
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET <base>/<path>` as DICOM JSON: the array of data sets (none for 204).
+    pub async fn get(&self, path: &str) -> Result<Value, QidoError> {
+        let url = format!("{}/{path}", self.base);
+        let mut request = Request::get(url.as_str())
+            .header(header::ACCEPT, "application/dicom+json, application/json");
+        if let Some(authorization) = &self.authorization {
+            request = request.header(header::AUTHORIZATION, authorization);
+        }
+        let request = request
+            .body(Empty::<Bytes>::new())
+            .map_err(|error| QidoError::Answer(format!("{url}: {error}")))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|error| QidoError::Unreachable(format!("{url}: {error}")))?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|error| {
+                    QidoError::Answer(format!("{url}: the answer could not be read: {error}"))
+                })?
+                .to_bytes();
+            Ok::<_, QidoError>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| {
+                QidoError::Unreachable(format!("{url}: no answer within {:?}", self.timeout))
+            })??;
+        if status == StatusCode::NO_CONTENT || (status.is_success() && body.is_empty()) {
+            return Ok(Value::Array(Vec::new()));
+        }
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+            return Err(QidoError::Answer(format!(
+                "{url}: the PACS answered {status}: {text}"
+            )));
+        }
+        let value: Value = serde_json::from_slice(&body).map_err(|error| {
+            QidoError::Answer(format!("{url}: the answer is not DICOM JSON: {error}"))
+        })?;
+        if !value.is_array() {
+            return Err(QidoError::Answer(format!(
+                "{url}: the answer is not a list of data sets"
+            )));
+        }
+        Ok(value)
+    }
+}
+
+/// A query value for a URL (percent-encoded but for unreserved characters).
+pub(crate) fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}

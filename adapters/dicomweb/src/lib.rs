@@ -1,0 +1,438 @@
+//! A hospital's PACS over DICOMweb, pulled: the studies of the hospital's patients — those the
+//! network knows (a Patient with the hospital's JP Core patient-id system) — found with QIDO-RS
+//! `studies?PatientID=…`, each new or changed one read with its series and instances, and
+//! written as the PACS's part of its ImagingStudy ([`tsunagi_mapping::dicom`]), which the store
+//! folds with the OMG-11 notices' parts into one study ([`tsunagi_mapping::study`]).
+//!
+//! One pull:
+//! 1. lists the hospital's patients in the store, and what was last seen
+//!    (`dicomweb:<facility>:patients`: a digest of each patient's QIDO answer;
+//!    `dicomweb:<facility>:studies`: each study's digest and patient);
+//! 2. asks the PACS for each patient's studies, a few patients at a time; an unchanged answer
+//!    is skipped whole;
+//! 3. a new or changed study is read (`studies/{uid}/series`, `studies/{uid}/instances`) and
+//!    its part replaced (source key `dicomweb:<facility>:<Study Instance UID>`); a study the
+//!    PACS no longer lists is withdrawn (its ImagingStudy then holds only what the notices say,
+//!    or is deleted, history kept);
+//! 4. commits each patient's studies with its checkpoints in one batch.
+//!
+//! A study whose Patient ID is not exactly the patient asked for (a PACS matching wildcards or
+//! fuzzily) is ignored. Names are never read: patients are matched by id.
+
+mod client;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+use tsunagi_adapter::{
+    AdapterContext, AdapterError, AdapterInfo, PullAdapter, PullReport, Rejection,
+};
+use tsunagi_core::{FacilityId, hash::Fnv64};
+use tsunagi_dicom::{json::Dataset, tags};
+use tsunagi_mapping::{
+    PACS_SOURCE,
+    dicom::{PacsStudy, pacs_part},
+};
+use tsunagi_store::{Access, Batch, Operation, SearchQuery, Store, StoreError, contributions};
+
+pub use client::{Qido, QidoError};
+
+/// Patients asked about at once.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+/// Studies per QIDO-RS page.
+pub const DEFAULT_PAGE_SIZE: usize = 500;
+/// Time limit of one request to the PACS.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Configuration of one PACS.
+#[derive(Debug, Clone)]
+pub struct DicomWebConfig {
+    /// The hospital whose PACS it is.
+    pub facility: FacilityId,
+    /// Display name (for reports).
+    pub name: Option<String>,
+    /// The base URL of its QIDO-RS / WADO-RS services.
+    pub url: String,
+    /// The `Authorization` header value the PACS expects, if any.
+    pub authorization: Option<String>,
+    /// Studies per QIDO-RS page.
+    pub page_size: usize,
+    /// Patients asked about at once.
+    pub concurrency: usize,
+    /// Time limit of one request.
+    pub timeout: Duration,
+    /// Read every study again, ignoring checkpoints (writes stay idempotent).
+    pub full: bool,
+}
+
+/// The adapter.
+#[derive(Debug, Clone)]
+pub struct DicomWebAdapter {
+    config: DicomWebConfig,
+}
+
+impl DicomWebAdapter {
+    /// Creates the adapter.
+    pub fn new(config: DicomWebConfig) -> Self {
+        Self { config }
+    }
+}
+
+fn patients_scope(facility: &str) -> String {
+    format!("dicomweb:{facility}:patients")
+}
+
+fn studies_scope(facility: &str) -> String {
+    format!("dicomweb:{facility}:studies")
+}
+
+fn source_key(facility: &str, uid: &str) -> String {
+    format!("{PACS_SOURCE}{facility}:{uid}")
+}
+
+fn digest(value: &Value) -> String {
+    let mut hasher = Fnv64::default();
+    hasher.write_field(value.to_string().as_bytes());
+    format!("{:016x}", hasher.finish())
+}
+
+/// What a pull knew of a study: its digest and patient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Known {
+    digest: String,
+    patient: String,
+}
+
+#[async_trait::async_trait]
+impl PullAdapter for DicomWebAdapter {
+    fn describe(&self) -> AdapterInfo {
+        AdapterInfo {
+            kind: "dicomweb",
+            facility: self.config.facility.as_str().to_owned(),
+        }
+    }
+
+    async fn pull(&self, context: &AdapterContext) -> Result<PullReport, AdapterError> {
+        let facility = self.config.facility.as_str().to_owned();
+        let qido = Qido::new(
+            &self.config.url,
+            self.config.authorization.clone(),
+            self.config.timeout,
+        )
+        .map_err(AdapterError::Source)?;
+        let store = context.store.clone();
+        let mut report = PullReport {
+            adapter: "dicomweb".to_owned(),
+            facility: facility.clone(),
+            ..PullReport::default()
+        };
+        let patients = patients_of(store.as_ref(), &self.config.facility).await?;
+        let (seen_patients, known) = if self.config.full {
+            (BTreeMap::new(), BTreeMap::new())
+        } else {
+            let seen: BTreeMap<String, String> = store
+                .checkpoints(&patients_scope(&facility))
+                .await?
+                .into_iter()
+                .filter(|(_, value)| !value.is_empty())
+                .map(|(patient, value)| (patient, String::from_utf8_lossy(&value).into_owned()))
+                .collect();
+            let mut known: BTreeMap<String, BTreeMap<String, Known>> = BTreeMap::new();
+            for (uid, value) in store.checkpoints(&studies_scope(&facility)).await? {
+                let Ok(parsed) = serde_json::from_slice::<Value>(&value) else {
+                    continue;
+                };
+                if let (Some(digest), Some(patient)) =
+                    (parsed["digest"].as_str(), parsed["patient"].as_str())
+                {
+                    known.entry(patient.to_owned()).or_default().insert(
+                        uid,
+                        Known {
+                            digest: digest.to_owned(),
+                            patient: patient.to_owned(),
+                        },
+                    );
+                }
+            }
+            (seen, known)
+        };
+        let concurrency = self.config.concurrency.max(1);
+        let mut failures_in_a_row = 0usize;
+        for chunk in patients.chunks(concurrency) {
+            let mut asked = tokio::task::JoinSet::new();
+            for patient in chunk {
+                let qido = qido.clone();
+                let patient = patient.clone();
+                let page = self.config.page_size.max(1);
+                asked.spawn(async move {
+                    let answer = studies_of(&qido, &patient, page).await;
+                    (patient, answer)
+                });
+            }
+            let mut answers = Vec::new();
+            while let Some(joined) = asked.join_next().await {
+                let (patient, answer) = joined
+                    .map_err(|error| AdapterError::Source(format!("a query stopped: {error}")))?;
+                answers.push((patient, answer));
+            }
+            answers.sort_by(|a, b| a.0.cmp(&b.0));
+            for (patient, answer) in answers {
+                let studies = match answer {
+                    Ok(studies) => {
+                        failures_in_a_row = 0;
+                        studies
+                    }
+                    Err(QidoError::Unreachable(error)) => {
+                        return Err(AdapterError::Source(format!(
+                            "the PACS of {facility} cannot be reached: {error}"
+                        )));
+                    }
+                    Err(QidoError::Answer(error)) => {
+                        failures_in_a_row += 1;
+                        report.rejected.push(Rejection {
+                            source: format!("{}/studies?PatientID={patient}", qido.base()),
+                            reason: error,
+                        });
+                        if failures_in_a_row >= 10 {
+                            return Err(AdapterError::Source(format!(
+                                "the PACS of {facility} refused 10 queries in a row; the last: {}",
+                                report.rejected.last().map_or("", |r| r.reason.as_str())
+                            )));
+                        }
+                        continue;
+                    }
+                };
+                let answer_digest = digest(&Value::Array(studies.clone()));
+                report.files_seen += studies.len() as u64;
+                if seen_patients.get(&patient) == Some(&answer_digest) {
+                    report.files_skipped_unchanged += studies.len() as u64;
+                    continue;
+                }
+                let before = known.get(&patient).cloned().unwrap_or_default();
+                let batch = self
+                    .patient_batch(
+                        &qido,
+                        &patient,
+                        &studies,
+                        &before,
+                        &answer_digest,
+                        &mut report,
+                    )
+                    .await?;
+                if batch.operations.is_empty() {
+                    continue;
+                }
+                let batch =
+                    contributions::settle(store.as_ref(), batch, &tsunagi_mapping::Folds).await?;
+                let stats = store.apply(batch).await?;
+                report.add_stats(&stats);
+                context
+                    .progress
+                    .advance(studies.len() as u64, stats.created.values().sum());
+            }
+        }
+        Ok(report)
+    }
+}
+
+impl DicomWebAdapter {
+    /// One patient's studies as one batch: each new or changed study read and its part
+    /// replaced, each study gone withdrawn, the checkpoints.
+    async fn patient_batch(
+        &self,
+        qido: &Qido,
+        patient: &str,
+        studies: &[Value],
+        before: &BTreeMap<String, Known>,
+        answer_digest: &str,
+        report: &mut PullReport,
+    ) -> Result<Batch, AdapterError> {
+        let facility = self.config.facility.as_str();
+        let mut operations = Vec::new();
+        let mut listed: BTreeSet<String> = BTreeSet::new();
+        let mut complete = true;
+        for value in studies {
+            let study = match Dataset::new(value) {
+                Ok(study) => study,
+                Err(error) => {
+                    report.rejected.push(Rejection {
+                        source: format!("{}/studies?PatientID={patient}", qido.base()),
+                        reason: error.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let Some(uid) = study.string(tags::STUDY_INSTANCE_UID) else {
+                continue;
+            };
+            listed.insert(uid.clone());
+            let study_digest = digest(value);
+            if before.get(&uid).map(|known| known.digest.as_str()) == Some(study_digest.as_str()) {
+                report.files_skipped_unchanged += 1;
+                continue;
+            }
+            let encoded = client::encode(&uid);
+            let read = async {
+                let series = qido.get(&format!("studies/{encoded}/series")).await?;
+                let instances = qido.get(&format!("studies/{encoded}/instances")).await?;
+                Ok::<_, QidoError>((series, instances))
+            };
+            let (series, instances) = match read.await {
+                Ok(read) => read,
+                Err(QidoError::Unreachable(error)) => {
+                    return Err(AdapterError::Source(format!(
+                        "the PACS of {facility} cannot be reached: {error}"
+                    )));
+                }
+                Err(QidoError::Answer(error)) => {
+                    report.rejected.push(Rejection {
+                        source: format!("{}/studies/{uid}", qido.base()),
+                        reason: error,
+                    });
+                    complete = false;
+                    continue;
+                }
+            };
+            let (Ok(series), Ok(instances)) = (Dataset::all(&series), Dataset::all(&instances))
+            else {
+                report.rejected.push(Rejection {
+                    source: format!("{}/studies/{uid}", qido.base()),
+                    reason: "its series or instances are not DICOM JSON data sets".to_owned(),
+                });
+                complete = false;
+                continue;
+            };
+            let mapped = pacs_part(&PacsStudy {
+                facility,
+                study: &study,
+                series: &series,
+                instances: &instances,
+                source: qido.base(),
+            });
+            let part = match mapped {
+                Ok(part) => part,
+                Err(error) => {
+                    report.rejected.push(Rejection {
+                        source: format!("{}/studies/{uid}", qido.base()),
+                        reason: error.to_string(),
+                    });
+                    continue;
+                }
+            };
+            report.files_read += 1;
+            let key = source_key(facility, &uid);
+            operations.push(Operation::ReplaceSource {
+                source_key: key.clone(),
+                facility: facility.to_owned(),
+                resources: Vec::new(),
+            });
+            operations.extend(contributions::declare(
+                &key,
+                &[contributions::Part {
+                    resource_type: part.resource_type.to_owned(),
+                    id: part.id,
+                    facility: facility.to_owned(),
+                    part: part.part,
+                }],
+            ));
+            operations.push(Operation::PutCheckpoint {
+                scope: studies_scope(facility),
+                key: uid,
+                value: json!({"digest": study_digest, "patient": patient})
+                    .to_string()
+                    .into_bytes(),
+            });
+        }
+        // Studies the PACS no longer lists for the patient: withdrawn.
+        for (uid, known) in before {
+            if !listed.contains(uid) && known.patient == patient {
+                operations.push(Operation::DeleteSource {
+                    source_key: source_key(facility, uid),
+                });
+                operations.push(Operation::PutCheckpoint {
+                    scope: studies_scope(facility),
+                    key: uid.clone(),
+                    value: Vec::new(),
+                });
+                report.records_deleted += 1;
+            }
+        }
+        // A study left unread is read again next pull: the patient's answer is not remembered.
+        if complete {
+            operations.push(Operation::PutCheckpoint {
+                scope: patients_scope(facility),
+                key: patient.to_owned(),
+                value: answer_digest.as_bytes().to_vec(),
+            });
+        }
+        Ok(Batch { operations })
+    }
+}
+
+/// Every study the PACS lists for `patient`, page by page, with exactly that Patient ID.
+async fn studies_of(qido: &Qido, patient: &str, page: usize) -> Result<Vec<Value>, QidoError> {
+    let mut studies = Vec::new();
+    let mut offset = 0usize;
+    loop {
+        let answer = qido
+            .get(&format!(
+                "studies?PatientID={}&includefield=00081030&includefield=00080061&limit={page}&offset={offset}",
+                client::encode(patient)
+            ))
+            .await?;
+        let rows = answer.as_array().cloned().unwrap_or_default();
+        let count = rows.len();
+        studies.extend(rows.into_iter().filter(|row| {
+            Dataset::new(row)
+                .ok()
+                .and_then(|study| study.string(tags::PATIENT_ID))
+                .as_deref()
+                == Some(patient)
+        }));
+        if count < page {
+            break;
+        }
+        offset += count;
+    }
+    // The order a PACS lists them in is not part of what changed.
+    studies.sort_by_key(|study| {
+        Dataset::new(study)
+            .ok()
+            .and_then(|study| study.string(tags::STUDY_INSTANCE_UID))
+            .unwrap_or_default()
+    });
+    Ok(studies)
+}
+
+/// The hospital's patients the network knows: the values of its JP Core patient-id system on
+/// current Patients.
+async fn patients_of(store: &dyn Store, facility: &FacilityId) -> Result<Vec<String>, StoreError> {
+    let system = facility.patient_id_system();
+    let query = SearchQuery::parse(
+        "Patient",
+        &[("identifier".to_owned(), format!("{system}|"))],
+        0,
+        true,
+    )
+    .map_err(|error| StoreError::Invalid(error.to_string()))?;
+    let keys = store.search(&Access::Unrestricted, &query).await?;
+    let mut patients = BTreeSet::new();
+    for chunk in keys.chunks(500) {
+        for patient in store.fetch(&Access::Unrestricted, chunk).await? {
+            let Some(json) = patient.to_json()? else {
+                continue;
+            };
+            for identifier in json["identifier"].as_array().into_iter().flatten() {
+                if identifier["system"] == system.as_str()
+                    && let Some(value) = identifier["value"].as_str()
+                {
+                    patients.insert(value.to_owned());
+                }
+            }
+        }
+    }
+    Ok(patients.into_iter().collect())
+}

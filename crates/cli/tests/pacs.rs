@@ -1,0 +1,97 @@
+//! `tsunagi ingest dicomweb` against a real Orthanc holding a synthetic hospital's images, after
+//! its standardized storage: the summary, the second run reading nothing, and clear refusals of
+//! a URL it cannot use and of an authorization variable that is not set.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use serde_json::Value;
+use support::{ok, tsunagi};
+use tsunagi_testkit::orthanc::Orthanc;
+
+const NIHONKAI: &str = "0610200018";
+
+#[test]
+fn a_pacs_is_ingested_with_the_same_summary_and_exit_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let region = dir.path().join("region");
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    ok(&[
+        "generate",
+        "region",
+        "--out",
+        region.to_str().unwrap(),
+        "--patients",
+        "8",
+        "--seed",
+        "11",
+        "--images",
+    ]);
+    ok(&[
+        "ingest",
+        "ssmix2",
+        "--db",
+        &db,
+        "--facility",
+        NIHONKAI,
+        "--json",
+        region.join(NIHONKAI).to_str().unwrap(),
+    ]);
+    let pacs = Orthanc::start().unwrap();
+    let stored = pacs
+        .store_folder(&region.join("pacs").join(NIHONKAI))
+        .unwrap();
+    assert!(stored > 0);
+    let url = pacs.dicomweb_url();
+    let args = [
+        "ingest",
+        "dicomweb",
+        "--db",
+        &db,
+        "--facility",
+        NIHONKAI,
+        "--url",
+        &url,
+        "--json",
+    ];
+    let summary: Value = serde_json::from_str(&ok(&args)).unwrap();
+    assert_eq!(summary["adapter"], "dicomweb");
+    assert!(summary["files_read"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(
+        summary["rejected"].as_array().unwrap().len(),
+        0,
+        "{summary}"
+    );
+    let again = ok(&args[..args.len() - 1]);
+    assert!(
+        again.contains("DICOMweb PACS ingest of 0610200018"),
+        "{again}"
+    );
+    assert!(again.contains(" 0 read"), "{again}");
+
+    // What cannot be used is refused before anything is read, naming it.
+    for (extra, says) in [
+        (
+            vec!["--url", "https://pacs.example.jp/dicom-web"],
+            "TLS to a PACS",
+        ),
+        (vec!["--url", "ftp://pacs/"], "must be http://"),
+        (
+            vec![
+                "--url",
+                url.as_str(),
+                "--authorization-env",
+                "TSUNAGI_NO_SUCH_VARIABLE",
+            ],
+            "TSUNAGI_NO_SUCH_VARIABLE",
+        ),
+    ] {
+        let mut refused = vec!["ingest", "dicomweb", "--db", &db, "--facility", NIHONKAI];
+        refused.extend(extra);
+        let output = tsunagi(&refused);
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{stderr}");
+    }
+}
