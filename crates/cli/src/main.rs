@@ -16,6 +16,7 @@
 
 mod admin;
 mod bench;
+mod bench_dicomweb;
 mod bench_documents;
 mod bench_extended;
 mod bench_mllp;
@@ -333,6 +334,16 @@ enum BenchWhat {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Start Orthanc with `studies` small studies, sync them over QIDO-RS into a fresh database
+    /// and again unchanged; print both times beside the same requests made straight to the PACS.
+    Dicomweb {
+        /// Studies in the PACS.
+        #[arg(long, default_value_t = 10_000)]
+        studies: usize,
+        /// Studies per patient.
+        #[arg(long, default_value_t = 4)]
+        per_patient: usize,
+    },
     /// Generate, ingest into a fresh database, re-ingest; print throughput, skip rate, peak RSS.
     Ingest {
         /// Number of people in the generated region.
@@ -497,6 +508,13 @@ fn main() -> std::process::ExitCode {
                         seed,
                     },
             } => bench_extended::extended(patients, documents, large, seed).await,
+            Command::Bench {
+                what:
+                    BenchWhat::Dicomweb {
+                        studies,
+                        per_patient,
+                    },
+            } => bench_dicomweb::dicomweb(studies, per_patient).await,
             Command::Run { config, once } => run::run(&config, once).await,
             Command::Config {
                 what: ConfigWhat::Check { config },

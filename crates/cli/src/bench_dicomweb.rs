@@ -1,0 +1,206 @@
+//! `tsunagi bench dicomweb`: a real Orthanc (started here, as the tests start it) holding
+//! `studies` small studies over `studies / per_patient` patients the network knows; the first
+//! QIDO-RS sync and an unchanged re-sync timed, each beside its floor measured in the same run —
+//! the same QIDO-RS requests made straight to the PACS with the same client and concurrency,
+//! nothing mapped or stored. Use a release build.
+
+use std::{sync::Arc, time::Instant};
+
+use anyhow::Context;
+use serde_json::json;
+use tsunagi_adapter::{AdapterContext, NoProgress, PullAdapter};
+use tsunagi_adapter_dicomweb::{
+    DEFAULT_CONCURRENCY, DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DicomWebAdapter, DicomWebConfig, Qido,
+};
+use tsunagi_core::{FacilityId, clock::SystemClock, ids::logical_id};
+use tsunagi_dicom::{
+    part10::{self, Element},
+    tags::{self, sop_class},
+};
+use tsunagi_store::{Batch, Operation, ResourceWrite};
+use tsunagi_testkit::orthanc::Orthanc;
+
+const TARGET_SYNC_SECONDS: f64 = 60.0;
+const TARGET_RESYNC_SECONDS: f64 = 5.0;
+const FACILITY: &str = "0610200018";
+
+/// One small CT instance: its study, series and patient.
+fn instance(patient: &str, study: usize) -> Vec<u8> {
+    let uid = format!("2.25.{}", 1_000_000 + study);
+    part10::file(vec![
+        Element::text(tags::SPECIFIC_CHARACTER_SET, b"CS", "ISO_IR 192"),
+        Element::text(tags::SOP_CLASS_UID, b"UI", sop_class::CT),
+        Element::text(tags::SOP_INSTANCE_UID, b"UI", &format!("{uid}.1.1")),
+        Element::text(tags::STUDY_DATE, b"DA", "20240501"),
+        Element::text(tags::STUDY_TIME, b"TM", "101500"),
+        Element::text(tags::ACCESSION_NUMBER, b"SH", &format!("B{study}")),
+        Element::text(tags::MODALITY, b"CS", "CT"),
+        Element::bytes(tags::STUDY_DESCRIPTION, b"LO", "胸部CT".as_bytes().to_vec()),
+        Element::text(tags::PATIENT_NAME, b"PN", "Bench^Patient"),
+        Element::text(tags::PATIENT_ID, b"LO", patient),
+        Element::text(tags::STUDY_INSTANCE_UID, b"UI", &uid),
+        Element::text(tags::SERIES_INSTANCE_UID, b"UI", &format!("{uid}.1")),
+        Element::text(tags::SERIES_NUMBER, b"IS", "1"),
+        Element::text(tags::INSTANCE_NUMBER, b"IS", "1"),
+        Element::us(tags::SAMPLES_PER_PIXEL, 1),
+        Element::text(tags::PHOTOMETRIC_INTERPRETATION, b"CS", "MONOCHROME2"),
+        Element::us(tags::ROWS, 8),
+        Element::us(tags::COLUMNS, 8),
+        Element::us(tags::BITS_ALLOCATED, 16),
+        Element::us(tags::BITS_STORED, 12),
+        Element::us(tags::HIGH_BIT, 11),
+        Element::us(tags::PIXEL_REPRESENTATION, 0),
+        Element::bytes(tags::PIXEL_DATA, b"OW", vec![0x10; 128]),
+    ])
+}
+
+fn patient_id(index: usize) -> String {
+    format!("{:010}", 3_000_000_000u64 + index as u64)
+}
+
+/// The floor: every request a first sync makes (per patient, then each study's series and
+/// instances), or only the per-patient ones, straight to the PACS.
+async fn floor(qido: &Qido, patients: &[String], per_study: bool) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    for chunk in patients.chunks(DEFAULT_CONCURRENCY) {
+        let mut asked = tokio::task::JoinSet::new();
+        for patient in chunk {
+            let qido = qido.clone();
+            let patient = patient.clone();
+            asked.spawn(async move {
+                let studies = qido
+                    .get(&format!(
+                        "studies?PatientID={patient}&includefield=00081030&includefield=00080061&limit={DEFAULT_PAGE_SIZE}&offset=0"
+                    ))
+                    .await?;
+                if per_study {
+                    for study in studies.as_array().into_iter().flatten() {
+                        let uid = study["0020000D"]["Value"][0].as_str().unwrap_or_default();
+                        qido.get(&format!("studies/{uid}/series")).await?;
+                        qido.get(&format!("studies/{uid}/instances")).await?;
+                    }
+                }
+                Ok::<_, tsunagi_adapter_dicomweb::QidoError>(())
+            });
+        }
+        while let Some(joined) = asked.join_next().await {
+            joined?.map_err(|error| anyhow::anyhow!("{error}"))?;
+        }
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Runs the benchmark.
+pub(crate) async fn dicomweb(studies: usize, per_patient: usize) -> anyhow::Result<()> {
+    let per_patient = per_patient.max(1);
+    let patients: Vec<String> = (0..studies.div_ceil(per_patient)).map(patient_id).collect();
+    println!(
+        "starting Orthanc and storing {studies} studies of {} patients (one instance each)…",
+        patients.len()
+    );
+    let pacs = Orthanc::start()
+        .context("the benchmark needs Orthanc (apt-get install orthanc orthanc-dicomweb)")?;
+    let stored = Instant::now();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let workers: Vec<_> = (0..4)
+            .map(|worker| {
+                let pacs = &pacs;
+                let patients = &patients;
+                scope.spawn(move || -> std::io::Result<()> {
+                    for study in (worker..studies).step_by(4) {
+                        pacs.store(&instance(&patients[study / per_patient], study))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("a storing thread stopped"))??;
+        }
+        Ok(())
+    })?;
+    println!(
+        "  stored in {:.1} s ({:.0} instances/s into Orthanc)",
+        stored.elapsed().as_secs_f64(),
+        studies as f64 / stored.elapsed().as_secs_f64()
+    );
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let store = crate::open::open_store(&url).await?;
+    let facility = FacilityId::parse(FACILITY)?;
+    let system = facility.patient_id_system();
+    let mut resources = Vec::new();
+    for patient in &patients {
+        let id = logical_id(&[FACILITY, patient]);
+        let json = json!({"resourceType": "Patient", "id": id,
+            "identifier": [{"system": system, "value": patient}]});
+        resources.push(ResourceWrite::from_json("Patient", &id, &json)?);
+    }
+    store
+        .apply(Batch {
+            operations: vec![Operation::ReplaceSource {
+                source_key: "bench:patients".to_owned(),
+                facility: FACILITY.to_owned(),
+                resources,
+            }],
+        })
+        .await?;
+    let qido = Qido::new(&pacs.dicomweb_url(), None, DEFAULT_TIMEOUT)
+        .map_err(|error| anyhow::anyhow!(error))?;
+    // Warm Orthanc's caches for both alike, then the floors.
+    floor(&qido, &patients, true).await?;
+    let floor_sync = floor(&qido, &patients, true).await?;
+    let floor_resync = floor(&qido, &patients, false).await?;
+    let adapter = DicomWebAdapter::new(DicomWebConfig {
+        facility,
+        name: None,
+        url: pacs.dicomweb_url(),
+        authorization: None,
+        page_size: DEFAULT_PAGE_SIZE,
+        concurrency: DEFAULT_CONCURRENCY,
+        timeout: DEFAULT_TIMEOUT,
+        full: false,
+    });
+    let context = AdapterContext {
+        store: store.clone(),
+        clock: Arc::new(SystemClock),
+        progress: Arc::new(NoProgress),
+    };
+    let started = Instant::now();
+    let first = adapter.pull(&context).await?;
+    let sync = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let again = adapter.pull(&context).await?;
+    let resync = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        first.files_read as usize == studies && again.files_read == 0,
+        "the sync read {} of {studies} studies, the re-sync {}",
+        first.files_read,
+        again.files_read
+    );
+    println!(
+        "{studies} studies of {} patients from one PACS (Orthanc, loopback)",
+        patients.len()
+    );
+    println!(
+        "  measure               this run    floor (same QIDO-RS requests, nothing stored)   ratio   target"
+    );
+    println!(
+        "  first sync          {sync:>8.2} s   {floor_sync:>8.2} s                                     {:>5.2}   ≤ {TARGET_SYNC_SECONDS:.0} s (×{:.2})",
+        floor_sync / sync,
+        sync / TARGET_SYNC_SECONDS
+    );
+    println!(
+        "  unchanged re-sync   {resync:>8.2} s   {floor_resync:>8.2} s (the per-patient queries)              {:>5.2}   ≤ {TARGET_RESYNC_SECONDS:.0} s (×{:.2})",
+        floor_resync / resync,
+        resync / TARGET_RESYNC_SECONDS
+    );
+    println!(
+        "  studies/s             {:>8.0}   {:>8.0}",
+        studies as f64 / sync,
+        studies as f64 / floor_sync
+    );
+    Ok(())
+}
