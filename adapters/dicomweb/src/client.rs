@@ -88,35 +88,20 @@ impl Qido {
     /// `GET <base>/<path>` as DICOM JSON: the array of data sets (none for 204).
     pub async fn get(&self, path: &str) -> Result<Value, QidoError> {
         let url = format!("{}/{path}", self.base);
-        let mut request = Request::get(url.as_str())
-            .header(header::ACCEPT, "application/dicom+json, application/json");
-        if let Some(authorization) = &self.authorization {
-            request = request.header(header::AUTHORIZATION, authorization);
-        }
-        let request = request
-            .body(Empty::<Bytes>::new())
-            .map_err(|error| QidoError::Answer(format!("{url}: {error}")))?;
-        let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|error| QidoError::Unreachable(format!("{url}: {error}")))?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-                .collect()
-                .await
-                .map_err(|error| {
-                    QidoError::Answer(format!("{url}: the answer could not be read: {error}"))
-                })?
-                .to_bytes();
-            Ok::<_, QidoError>((status, body))
+        // A kept-alive connection the PACS closed just as it was reused fails before any answer:
+        // a GET is safe to send again, a few times, on a fresh connection.
+        let mut attempt = 0u32;
+        let (status, body) = loop {
+            match self.once(&url).await {
+                Ok(answer) => break answer,
+                Err((error, true)) if attempt < RETRIES => {
+                    tracing::debug!(%error, attempt, "QIDO-RS request sent again");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                }
+                Err((error, _)) => return Err(error),
+            }
         };
-        let (status, body) = tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| {
-                QidoError::Unreachable(format!("{url}: no answer within {:?}", self.timeout))
-            })??;
         if status == StatusCode::NO_CONTENT || (status.is_success() && body.is_empty()) {
             return Ok(Value::Array(Vec::new()));
         }
@@ -136,7 +121,50 @@ impl Qido {
         }
         Ok(value)
     }
+
+    /// One exchange: the status and body, or the error and whether sending again may help (the
+    /// request failed before an answer began, not for lack of time).
+    async fn once(&self, url: &str) -> Result<(StatusCode, Bytes), (QidoError, bool)> {
+        let mut request =
+            Request::get(url).header(header::ACCEPT, "application/dicom+json, application/json");
+        if let Some(authorization) = &self.authorization {
+            request = request.header(header::AUTHORIZATION, authorization);
+        }
+        let request = request
+            .body(Empty::<Bytes>::new())
+            .map_err(|error| (QidoError::Answer(format!("{url}: {error}")), false))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|error| (QidoError::Unreachable(format!("{url}: {error}")), true))?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|error| {
+                    (
+                        QidoError::Answer(format!("{url}: the answer could not be read: {error}")),
+                        false,
+                    )
+                })?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| {
+                (
+                    QidoError::Unreachable(format!("{url}: no answer within {:?}", self.timeout)),
+                    false,
+                )
+            })?
+    }
 }
+
+/// Times a request that failed before any answer is sent again.
+const RETRIES: u32 = 3;
 
 /// A query value for a URL (percent-encoded but for unreserved characters).
 pub(crate) fn encode(value: &str) -> String {
