@@ -40,6 +40,9 @@ use tsunagi_store::{Access, Batch, Operation, SearchQuery, Store, StoreError, co
 
 pub use client::{Qido, QidoError};
 
+/// Pages of one patient's studies read at most.
+const MAX_PAGES: usize = 1000;
+
 /// Patients asked about at once.
 pub const DEFAULT_CONCURRENCY: usize = 8;
 /// Studies per QIDO-RS page.
@@ -130,9 +133,9 @@ impl PullAdapter for DicomWebAdapter {
             ..PullReport::default()
         };
         let patients = patients_of(store.as_ref(), &self.config.facility).await?;
-        let (seen_patients, known) = if self.config.full {
-            (BTreeMap::new(), BTreeMap::new())
-        } else {
+        // With `full`, nothing is skipped, but what was known is still what a study gone is
+        // withdrawn from.
+        let (seen_patients, known) = {
             let seen: BTreeMap<String, String> = store
                 .checkpoints(&patients_scope(&facility))
                 .await?
@@ -157,10 +160,20 @@ impl PullAdapter for DicomWebAdapter {
                     );
                 }
             }
-            (seen, known)
+            if self.config.full {
+                (BTreeMap::new(), known)
+            } else {
+                (seen, known)
+            }
         };
         let concurrency = self.config.concurrency.max(1);
         let mut failures_in_a_row = 0usize;
+        // Every UID some patient's answer listed in this pull (or left unasked): a study is
+        // withdrawn only when no patient lists it any more, once every patient was asked — a
+        // study moved to another patient is never lost in between.
+        let mut listed_all: BTreeSet<String> = BTreeSet::new();
+        let mut withdrawals: Vec<(String, String)> = Vec::new();
+        let mut held_digests: BTreeMap<String, String> = BTreeMap::new();
         for chunk in patients.chunks(concurrency) {
             let mut asked = tokio::task::JoinSet::new();
             for patient in chunk {
@@ -192,6 +205,14 @@ impl PullAdapter for DicomWebAdapter {
                     }
                     Err(QidoError::Answer(error)) => {
                         failures_in_a_row += 1;
+                        // Not asked: what it had stays.
+                        listed_all.extend(
+                            known
+                                .get(&patient)
+                                .into_iter()
+                                .flatten()
+                                .map(|(uid, _)| uid.clone()),
+                        );
                         report.rejected.push(Rejection {
                             source: format!("{}/studies?PatientID={patient}", qido.base()),
                             reason: error,
@@ -207,21 +228,33 @@ impl PullAdapter for DicomWebAdapter {
                 };
                 let answer_digest = digest(&Value::Array(studies.clone()));
                 report.files_seen += studies.len() as u64;
+                let uids: BTreeSet<String> = studies.iter().filter_map(raw_uid).collect();
+                listed_all.extend(uids.iter().cloned());
                 if seen_patients.get(&patient) == Some(&answer_digest) {
                     report.files_skipped_unchanged += studies.len() as u64;
                     continue;
                 }
                 let before = known.get(&patient).cloned().unwrap_or_default();
+                let gone: Vec<String> = before
+                    .keys()
+                    .filter(|uid| !uids.contains(*uid))
+                    .cloned()
+                    .collect();
                 let batch = self
                     .patient_batch(
                         &qido,
                         &patient,
                         &studies,
                         &before,
-                        &answer_digest,
+                        (&answer_digest, gone.is_empty()),
                         &mut report,
                     )
                     .await?;
+                if !gone.is_empty() {
+                    // Its answer is remembered with the withdrawals, at the end.
+                    held_digests.insert(patient.clone(), answer_digest.clone());
+                    withdrawals.extend(gone.into_iter().map(|uid| (patient.clone(), uid)));
+                }
                 if batch.operations.is_empty() {
                     continue;
                 }
@@ -234,8 +267,50 @@ impl PullAdapter for DicomWebAdapter {
                     .advance(studies.len() as u64, stats.created.values().sum());
             }
         }
+        // Studies no patient lists any more: withdrawn (their ImagingStudy then holds what the
+        // notices say, or is deleted, history kept).
+        let mut operations = Vec::new();
+        for (_, uid) in withdrawals {
+            if listed_all.contains(&uid) {
+                continue;
+            }
+            operations.push(Operation::DeleteSource {
+                source_key: source_key(&facility, &uid),
+            });
+            operations.push(Operation::PutCheckpoint {
+                scope: studies_scope(&facility),
+                key: uid,
+                value: Vec::new(),
+            });
+            report.records_deleted += 1;
+        }
+        for (patient, answer_digest) in held_digests {
+            operations.push(Operation::PutCheckpoint {
+                scope: patients_scope(&facility),
+                key: patient,
+                value: answer_digest.into_bytes(),
+            });
+        }
+        if !operations.is_empty() {
+            let batch = contributions::settle(
+                store.as_ref(),
+                Batch { operations },
+                &tsunagi_mapping::Folds,
+            )
+            .await?;
+            let stats = store.apply(batch).await?;
+            report.add_stats(&stats);
+        }
         Ok(report)
     }
+}
+
+/// A QIDO-RS row's Study Instance UID, read raw (whatever its character set).
+fn raw_uid(row: &Value) -> Option<String> {
+    row["0020000D"]["Value"][0]
+        .as_str()
+        .map(|uid| uid.trim().to_owned())
+        .filter(|uid| !uid.is_empty())
 }
 
 impl DicomWebAdapter {
@@ -247,12 +322,11 @@ impl DicomWebAdapter {
         patient: &str,
         studies: &[Value],
         before: &BTreeMap<String, Known>,
-        answer_digest: &str,
+        (answer_digest, remember): (&str, bool),
         report: &mut PullReport,
     ) -> Result<Batch, AdapterError> {
         let facility = self.config.facility.as_str();
         let mut operations = Vec::new();
-        let mut listed: BTreeSet<String> = BTreeSet::new();
         let mut complete = true;
         for value in studies {
             let study = match Dataset::new(value) {
@@ -262,15 +336,18 @@ impl DicomWebAdapter {
                         source: format!("{}/studies?PatientID={patient}", qido.base()),
                         reason: error.to_string(),
                     });
+                    complete = false;
                     continue;
                 }
             };
             let Some(uid) = study.string(tags::STUDY_INSTANCE_UID) else {
                 continue;
             };
-            listed.insert(uid.clone());
             let study_digest = digest(value);
-            if before.get(&uid).map(|known| known.digest.as_str()) == Some(study_digest.as_str()) {
+            if !self.config.full
+                && before.get(&uid).map(|known| known.digest.as_str())
+                    == Some(study_digest.as_str())
+            {
                 report.files_skipped_unchanged += 1;
                 continue;
             }
@@ -346,22 +423,8 @@ impl DicomWebAdapter {
                     .into_bytes(),
             });
         }
-        // Studies the PACS no longer lists for the patient: withdrawn.
-        for (uid, known) in before {
-            if !listed.contains(uid) && known.patient == patient {
-                operations.push(Operation::DeleteSource {
-                    source_key: source_key(facility, uid),
-                });
-                operations.push(Operation::PutCheckpoint {
-                    scope: studies_scope(facility),
-                    key: uid.clone(),
-                    value: Vec::new(),
-                });
-                report.records_deleted += 1;
-            }
-        }
         // A study left unread is read again next pull: the patient's answer is not remembered.
-        if complete {
+        if complete && remember {
             operations.push(Operation::PutCheckpoint {
                 scope: patients_scope(facility),
                 key: patient.to_owned(),
@@ -375,6 +438,7 @@ impl DicomWebAdapter {
 /// Every study the PACS lists for `patient`, page by page, with exactly that Patient ID.
 async fn studies_of(qido: &Qido, patient: &str, page: usize) -> Result<Vec<Value>, QidoError> {
     let mut studies = Vec::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut offset = 0usize;
     loop {
         let answer = qido
@@ -385,14 +449,17 @@ async fn studies_of(qido: &Qido, patient: &str, page: usize) -> Result<Vec<Value
             .await?;
         let rows = answer.as_array().cloned().unwrap_or_default();
         let count = rows.len();
-        studies.extend(rows.into_iter().filter(|row| {
-            Dataset::new(row)
-                .ok()
-                .and_then(|study| study.string(tags::PATIENT_ID))
-                .as_deref()
-                == Some(patient)
-        }));
-        if count < page {
+        let before = seen.len();
+        for row in rows {
+            seen.extend(raw_uid(&row));
+            // Matched on the raw Patient ID, so that a row this reader cannot decode is still
+            // the patient's (and reported), never taken for a study gone.
+            if row["00100020"]["Value"][0].as_str().map(str::trim) == Some(patient) {
+                studies.push(row);
+            }
+        }
+        // The last page; or a PACS that ignores `offset` (a page with nothing new).
+        if count < page || seen.len() == before || offset / page.max(1) >= MAX_PAGES {
             break;
         }
         offset += count;

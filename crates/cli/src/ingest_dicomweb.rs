@@ -59,6 +59,10 @@ pub(crate) fn dicomweb_config(
         })?),
         None => None,
     };
+    anyhow::ensure!(
+        timeout_seconds != Some(0),
+        "timeout_seconds must be at least 1"
+    );
     let timeout = timeout_seconds.map_or(DEFAULT_TIMEOUT, Duration::from_secs);
     // The URL checked now, not at the first pull.
     Qido::new(url, None, timeout).map_err(|error| anyhow::anyhow!(error))?;

@@ -185,9 +185,13 @@ impl CharacterSets {
             }
             match g0 {
                 G0::Kanji | G0::Supplementary if (0x21..=0x7e).contains(&byte) => {
-                    let Some(&second) = bytes.get(index + 1) else {
+                    // A pair's second byte is in 0x21..=0x7E too; anything else (an ESC, a
+                    // delimiter, the end) is not swallowed: the lone byte becomes 〓.
+                    let Some(&second) = bytes.get(index + 1).filter(|b| (0x21..=0x7e).contains(*b))
+                    else {
                         euc.extend_from_slice(&GETA);
-                        break;
+                        index += 1;
+                        continue;
                     };
                     if g0 == G0::Supplementary {
                         euc.push(0x8f);
@@ -422,6 +426,11 @@ mod tests {
         let kanji = sets(&["", "ISO 2022 IR 87"]);
         assert_eq!(kanji.decode(b"\x1b$B;"), "〓");
         assert_eq!(kanji.decode(b"a\x1bZb"), "a〓Zb");
+        // An odd kanji run does not swallow the escape back, nor the delimiter after it.
+        assert_eq!(
+            kanji.decode_values(b"\x1b$B;3E\x1b(B\\next"),
+            ["山〓", "next"]
+        );
         // JIS X 0212 (IR 159): 丂 is 0x3021 there.
         let supplementary = sets(&["", "ISO 2022 IR 159"]);
         assert_eq!(supplementary.decode(b"\x1b$(D0!\x1b(B"), "丂");

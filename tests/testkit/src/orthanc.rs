@@ -66,10 +66,6 @@ pub fn ensure_installed() -> io::Result<()> {
     Ok(())
 }
 
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl Orthanc {
     /// Starts one (installing it first if needed) and waits until it answers.
     pub fn start() -> io::Result<Self> {
@@ -77,9 +73,18 @@ impl Orthanc {
         let dir = tempfile::tempdir()?;
         let storage = dir.path().join("storage");
         fs::create_dir_all(&storage)?;
-        let (http_port, dicom_port) = (free_port()?, free_port()?);
+        // Both ports held until both are chosen (never the same one twice).
+        let (http, dicom) = (
+            TcpListener::bind("127.0.0.1:0")?,
+            TcpListener::bind("127.0.0.1:0")?,
+        );
+        let (http_port, dicom_port) = (http.local_addr()?.port(), dicom.local_addr()?.port());
+        drop((http, dicom));
+        // A name of its own: the instance answering is this one, not another test's that took
+        // the port first.
+        let name = format!("TSUNAGI-TEST-{http_port}-{}", std::process::id());
         let config = serde_json::json!({
-            "Name": "TSUNAGI-TEST",
+            "Name": name,
             "HttpPort": http_port,
             "DicomPort": dicom_port,
             "StorageDirectory": storage,
@@ -109,7 +114,16 @@ impl Orthanc {
             if let Ok(reply) = http::get(orthanc.addr, "/system", &[])
                 && reply.status == 200
             {
-                return Ok(orthanc);
+                let answering = reply
+                    .json()
+                    .ok()
+                    .and_then(|system| system["Name"].as_str().map(str::to_owned));
+                if answering.as_deref() == Some(name.as_str()) {
+                    return Ok(orthanc);
+                }
+                return Err(io::Error::other(format!(
+                    "port {http_port} is another server's ({answering:?}); try again"
+                )));
             }
             if let Ok(Some(status)) = orthanc.child.try_wait() {
                 return Err(io::Error::other(format!(
