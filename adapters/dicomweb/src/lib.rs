@@ -353,7 +353,9 @@ impl DicomWebAdapter {
             }
             let encoded = client::encode(&uid);
             let read = async {
-                let series = qido.get(&format!("studies/{encoded}/series")).await?;
+                let series = qido
+                    .get(&format!("studies/{encoded}/series?includefield=00180015"))
+                    .await?;
                 let instances = qido.get(&format!("studies/{encoded}/instances")).await?;
                 Ok::<_, QidoError>((series, instances))
             };

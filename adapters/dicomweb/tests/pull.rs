@@ -160,6 +160,64 @@ async fn the_pacs_studies_are_merged_with_the_notices_and_followed() {
     assert!(kept.get("series").is_none(), "{kept}");
     assert!(kept["procedureCode"].is_array());
 
+    // A study moved to another patient (the PACS's ids corrected): found under that patient,
+    // gone from the first, whichever of the two is asked first.
+    let moving = studies
+        .iter()
+        .find(|s| s.order.is_none() && s.uid != unordered.uid)
+        .or_else(|| {
+            studies
+                .iter()
+                .find(|s| s.uid != unordered.uid && s.uid != ordered.uid)
+        })
+        .unwrap();
+    {
+        let target = studies
+            .iter()
+            .map(|s| s.patient_id.clone())
+            .filter(|p| *p != moving.patient_id)
+            .min()
+            .unwrap();
+        let lookup = http::request(
+            pacs.addr(),
+            "POST",
+            "/tools/lookup",
+            &[],
+            moving.uid.as_bytes(),
+        )
+        .unwrap()
+        .json()
+        .unwrap();
+        let id = lookup[0]["ID"].as_str().unwrap().to_owned();
+        // The same files with the other Patient ID (same length), stored again.
+        assert_eq!(target.len(), moving.patient_id.len());
+        http::request(pacs.addr(), "DELETE", &format!("/studies/{id}"), &[], b"").unwrap();
+        let folder = region
+            .join("pacs")
+            .join(NIHONKAI)
+            .join(&moving.patient_id)
+            .join(&moving.uid);
+        for file in std::fs::read_dir(folder).unwrap() {
+            let mut bytes = std::fs::read(file.unwrap().path()).unwrap();
+            let from = moving.patient_id.as_bytes();
+            let at = bytes.windows(from.len()).position(|w| w == from).unwrap();
+            bytes[at..at + from.len()].copy_from_slice(target.as_bytes());
+            pacs.store(&bytes).unwrap();
+        }
+        let moved = pull(store.clone(), &pacs.dicomweb_url()).await.unwrap();
+        assert!(moved.rejected.is_empty(), "{:#?}", moved.rejected);
+        let there = study(store.as_ref(), &target, &moving.uid).await;
+        assert!(there.is_some(), "found under {target}: {moved:?}");
+        assert_eq!(there.unwrap()["numberOfInstances"], moving.instances());
+        if moving.order.is_none() {
+            assert!(
+                study(store.as_ref(), &moving.patient_id, &moving.uid)
+                    .await
+                    .is_none()
+            );
+        }
+    }
+
     // The PACS down: the pull fails, naming it, and nothing is lost.
     let url = pacs.dicomweb_url();
     drop(pacs);
