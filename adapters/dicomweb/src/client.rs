@@ -165,16 +165,3 @@ impl Qido {
 
 /// Times a request that failed before any answer is sent again.
 const RETRIES: u32 = 3;
-
-/// A query value for a URL (percent-encoded but for unreserved characters).
-pub(crate) fn encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}

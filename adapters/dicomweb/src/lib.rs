@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use tsunagi_adapter::{
     AdapterContext, AdapterError, AdapterInfo, PullAdapter, PullReport, Rejection,
 };
-use tsunagi_core::{FacilityId, hash::Fnv64};
+use tsunagi_core::{FacilityId, hash::Fnv64, url::percent_encode};
 use tsunagi_dicom::{json::Dataset, tags};
 use tsunagi_mapping::{
     PACS_SOURCE,
@@ -102,12 +102,8 @@ fn digest(value: &Value) -> String {
     format!("{:016x}", hasher.finish())
 }
 
-/// What a pull knew of a study: its digest and patient.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Known {
-    digest: String,
-    patient: String,
-}
+/// What a pull knew: by patient, each study's digest by UID.
+type Known = BTreeMap<String, BTreeMap<String, String>>;
 
 #[async_trait::async_trait]
 impl PullAdapter for DicomWebAdapter {
@@ -143,7 +139,7 @@ impl PullAdapter for DicomWebAdapter {
                 .filter(|(_, value)| !value.is_empty())
                 .map(|(patient, value)| (patient, String::from_utf8_lossy(&value).into_owned()))
                 .collect();
-            let mut known: BTreeMap<String, BTreeMap<String, Known>> = BTreeMap::new();
+            let mut known = Known::new();
             for (uid, value) in store.checkpoints(&studies_scope(&facility)).await? {
                 let Ok(parsed) = serde_json::from_slice::<Value>(&value) else {
                     continue;
@@ -151,13 +147,10 @@ impl PullAdapter for DicomWebAdapter {
                 if let (Some(digest), Some(patient)) =
                     (parsed["digest"].as_str(), parsed["patient"].as_str())
                 {
-                    known.entry(patient.to_owned()).or_default().insert(
-                        uid,
-                        Known {
-                            digest: digest.to_owned(),
-                            patient: patient.to_owned(),
-                        },
-                    );
+                    known
+                        .entry(patient.to_owned())
+                        .or_default()
+                        .insert(uid, digest.to_owned());
                 }
             }
             if self.config.full {
@@ -321,7 +314,7 @@ impl DicomWebAdapter {
         qido: &Qido,
         patient: &str,
         studies: &[Value],
-        before: &BTreeMap<String, Known>,
+        before: &BTreeMap<String, String>,
         (answer_digest, remember): (&str, bool),
         report: &mut PullReport,
     ) -> Result<Batch, AdapterError> {
@@ -345,13 +338,12 @@ impl DicomWebAdapter {
             };
             let study_digest = digest(value);
             if !self.config.full
-                && before.get(&uid).map(|known| known.digest.as_str())
-                    == Some(study_digest.as_str())
+                && before.get(&uid).map(String::as_str) == Some(study_digest.as_str())
             {
                 report.files_skipped_unchanged += 1;
                 continue;
             }
-            let encoded = client::encode(&uid);
+            let encoded = percent_encode(&uid);
             let read = async {
                 let series = qido
                     .get(&format!("studies/{encoded}/series?includefield=00180015"))
@@ -446,7 +438,7 @@ async fn studies_of(qido: &Qido, patient: &str, page: usize) -> Result<Vec<Value
         let answer = qido
             .get(&format!(
                 "studies?PatientID={}&includefield=00081030&includefield=00080061&limit={page}&offset={offset}",
-                client::encode(patient)
+                percent_encode(patient)
             ))
             .await?;
         let rows = answer.as_array().cloned().unwrap_or_default();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 pub use tsunagi_adapter::storage::Findings;
 use tsunagi_adapter::{
     Rejection,
-    storage::{self, entries_or_reject, is_dir, modified_nanos},
+    storage::{self, entries_or_reject, modified_nanos},
 };
 use tsunagi_core::hash::Fnv64;
 
@@ -87,26 +87,15 @@ pub fn patient_versions(folders: &[PathBuf], found: &mut Findings) -> Vec<FoundV
     let mut versions = Vec::new();
     for folder in folders {
         for date in entries_or_reject(folder, &mut found.errors) {
-            if !is_dir(&date) {
-                found
-                    .strays
-                    .push(stray(&date.path(), "a file directly in a patient folder"));
+            if !found.folder(&date, "a file directly in a patient folder", LAYOUT) {
                 continue;
             }
             for data_type in entries_or_reject(&date.path(), &mut found.errors) {
-                if !is_dir(&data_type) {
-                    found.strays.push(stray(
-                        &data_type.path(),
-                        "a file directly in a care-date folder",
-                    ));
+                if !found.folder(&data_type, "a file directly in a care-date folder", LAYOUT) {
                     continue;
                 }
                 for content in entries_or_reject(&data_type.path(), &mut found.errors) {
-                    if !is_dir(&content) {
-                        found.strays.push(stray(
-                            &content.path(),
-                            "a file directly in a data-type folder",
-                        ));
+                    if !found.folder(&content, "a file directly in a data-type folder", LAYOUT) {
                         continue;
                     }
                     let mut files = Vec::new();

@@ -114,17 +114,21 @@ impl Findings {
         all
     }
 
-    /// Whether `entry` is a folder; an entry whose type cannot be told is an error, not a
-    /// stray.
-    fn folder(&mut self, entry: &fs::DirEntry) -> Option<bool> {
+    /// Whether `entry` is a folder. A file is a stray (`what` it is, `layout` where files
+    /// belong); an entry whose type cannot be told is an error, not a stray.
+    pub fn folder(&mut self, entry: &fs::DirEntry, what: &str, layout: &str) -> bool {
         match entry.file_type() {
-            Ok(kind) => Some(kind.is_dir()),
+            Ok(kind) if kind.is_dir() => true,
+            Ok(_) => {
+                self.strays.push(stray(&entry.path(), what, layout));
+                false
+            }
             Err(error) => {
                 self.errors.push(Rejection {
                     source: entry.path().display().to_string(),
                     reason: format!("cannot stat: {error}"),
                 });
-                None
+                false
             }
         }
     }
@@ -141,43 +145,16 @@ pub fn patient_folders(
     let mut patients: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     for root in roots {
         for first in sorted_entries(root)? {
-            match found.folder(&first) {
-                Some(true) => {}
-                Some(false) => {
-                    found.strays.push(stray(
-                        &first.path(),
-                        "a file directly under the storage root",
-                        layout,
-                    ));
-                    continue;
-                }
-                None => continue,
+            if !found.folder(&first, "a file directly under the storage root", layout) {
+                continue;
             }
             for second in entries_or_reject(&first.path(), &mut found.errors) {
-                match found.folder(&second) {
-                    Some(true) => {}
-                    Some(false) => {
-                        found.strays.push(stray(
-                            &second.path(),
-                            "a file above the patient folders",
-                            layout,
-                        ));
-                        continue;
-                    }
-                    None => continue,
+                if !found.folder(&second, "a file above the patient folders", layout) {
+                    continue;
                 }
                 for patient in entries_or_reject(&second.path(), &mut found.errors) {
-                    match found.folder(&patient) {
-                        Some(true) => {}
-                        Some(false) => {
-                            found.strays.push(stray(
-                                &patient.path(),
-                                "a file above the patient folders",
-                                layout,
-                            ));
-                            continue;
-                        }
-                        None => continue,
+                    if !found.folder(&patient, "a file above the patient folders", layout) {
+                        continue;
                     }
                     let id = patient.file_name().to_string_lossy().into_owned();
                     patients.entry(id).or_default().push(patient.path());

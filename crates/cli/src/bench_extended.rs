@@ -19,9 +19,11 @@ const TARGET_MB_PER_SECOND: f64 = 100.0;
 const TARGET_SKIPS_PER_SECOND: f64 = 50_000.0;
 const TARGET_PEAK_RSS_MB: f64 = 200.0;
 
-/// Every file under `dir`, read and hashed: (files, bytes).
-fn read_and_hash(dir: &Path) -> std::io::Result<(u64, u64)> {
-    let (mut files, mut bytes) = (0u64, 0u64);
+/// Calls `file` on every file under `dir` (folders walked, never followed).
+fn each_file(
+    dir: &Path,
+    file: &mut dyn FnMut(&std::fs::DirEntry) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let mut stack = vec![dir.to_owned()];
     while let Some(folder) = stack.pop() {
         for entry in std::fs::read_dir(&folder)? {
@@ -29,13 +31,23 @@ fn read_and_hash(dir: &Path) -> std::io::Result<(u64, u64)> {
             if entry.file_type()?.is_dir() {
                 stack.push(entry.path());
             } else {
-                let content = std::fs::read(entry.path())?;
-                std::hint::black_box(Sha256::digest(&content));
-                files += 1;
-                bytes += content.len() as u64;
+                file(&entry)?;
             }
         }
     }
+    Ok(())
+}
+
+/// Every file under `dir`, read and hashed: (files, bytes).
+fn read_and_hash(dir: &Path) -> std::io::Result<(u64, u64)> {
+    let (mut files, mut bytes) = (0u64, 0u64);
+    each_file(dir, &mut |entry| {
+        let content = std::fs::read(entry.path())?;
+        std::hint::black_box(Sha256::digest(&content));
+        files += 1;
+        bytes += content.len() as u64;
+        Ok(())
+    })?;
     Ok((files, bytes))
 }
 
@@ -43,18 +55,11 @@ fn read_and_hash(dir: &Path) -> std::io::Result<(u64, u64)> {
 /// floor of an unchanged re-pull, which opens nothing.
 fn walk_and_stat(dir: &Path) -> std::io::Result<u64> {
     let mut files = 0u64;
-    let mut stack = vec![dir.to_owned()];
-    while let Some(folder) = stack.pop() {
-        for entry in std::fs::read_dir(&folder)? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                stack.push(entry.path());
-            } else {
-                std::hint::black_box(entry.metadata()?.modified()?);
-                files += 1;
-            }
-        }
-    }
+    each_file(dir, &mut |entry| {
+        std::hint::black_box(entry.metadata()?.modified()?);
+        files += 1;
+        Ok(())
+    })?;
     Ok(files)
 }
 

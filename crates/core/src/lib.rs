@@ -9,7 +9,8 @@
 //!   always with `+09:00` when a time is present, plus the instant ranges used by date search;
 //! - [`ids`]: deterministic FHIR logical ids within `[A-Za-z0-9\-\.]{1,64}`;
 //! - [`normalize`]: the one normalisation applied to search keys (width, dashes, waves, kana);
-//! - [`hash`]: a stable 64-bit hash (FNV-1a) for content and checkpoint digests.
+//! - [`hash`]: a stable 64-bit hash (FNV-1a) for content and checkpoint digests;
+//! - [`url`]: text as one percent-encoded URL component.
 
 pub mod base64;
 pub mod clock;
@@ -17,6 +18,7 @@ pub mod hash;
 pub mod ids;
 pub mod normalize;
 pub mod time;
+pub mod url;
 
 use std::fmt;
 

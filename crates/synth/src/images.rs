@@ -85,30 +85,17 @@ pub struct ImagesReport {
     pub bytes: u64,
 }
 
-/// Modalities of studies no order names: (modality, SOP class, body part, study and series
-/// descriptions).
-const UNORDERED: &[(&str, &str, &str, &str, [&str; 3])] = &[
+/// Modalities of studies no order names: (modality, body part, study and series descriptions);
+/// the SOP class follows the modality ([`sop_class_of`]).
+const UNORDERED: &[(&str, &str, &str, [&str; 3])] = &[
     (
         "CT",
-        sop_class::CT,
         "CHEST",
         "胸部CT",
         ["単純 5mm", "肺野条件", "縦隔条件"],
     ),
-    (
-        "MR",
-        sop_class::MR,
-        "HEAD",
-        "頭部MRI",
-        ["T1強調", "T2強調", "FLAIR"],
-    ),
-    (
-        "US",
-        sop_class::US,
-        "ABDOMEN",
-        "腹部超音波",
-        ["肝臓", "胆嚢", "腎臓"],
-    ),
+    ("MR", "HEAD", "頭部MRI", ["T1強調", "T2強調", "FLAIR"]),
+    ("US", "ABDOMEN", "腹部超音波", ["肝臓", "胆嚢", "腎臓"]),
 ];
 
 /// Writes the PACS of the region of `patients` people and `seed` under `<out>/pacs/`.
@@ -187,7 +174,7 @@ fn studies(chart: &Chart<'_>, ordered: &[Study], rng: &mut Rng, person: usize) -
         });
     }
     if person == 0 || rng.chance(33) {
-        let (modality, _, body_part, description, series_names) =
+        let (modality, body_part, description, series_names) =
             UNORDERED[rng.below(UNORDERED.len() as u64) as usize];
         let days = 19_000 + rng.below(900) as i64;
         let when = crate::messages::When {
