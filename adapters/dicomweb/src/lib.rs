@@ -32,11 +32,14 @@ use tsunagi_adapter::{
 };
 use tsunagi_core::{FacilityId, hash::Fnv64, url::percent_encode};
 use tsunagi_dicom::{json::Dataset, tags};
+use tsunagi_fhir::endpoint::{dicomweb_endpoint, dicomweb_endpoint_id};
 use tsunagi_mapping::{
     PACS_SOURCE,
     dicom::{PacsStudy, pacs_part},
 };
-use tsunagi_store::{Access, Batch, Operation, SearchQuery, Store, StoreError, contributions};
+use tsunagi_store::{
+    Access, Batch, Operation, ResourceWrite, SearchQuery, Store, StoreError, contributions,
+};
 
 pub use client::{Qido, QidoError};
 
@@ -69,7 +72,13 @@ pub struct DicomWebConfig {
     pub timeout: Duration,
     /// Read every study again, ignoring checkpoints (writes stay idempotent).
     pub full: bool,
+    /// The gateway's own DICOMweb base (`https://gateway.example/dicomweb`), the address of the
+    /// hospital's Endpoint; `None`: `/dicomweb`, on the origin that serves the FHIR API.
+    pub gateway_url: Option<String>,
 }
+
+/// The Endpoint's address when the gateway's public URL is not configured.
+pub const DEFAULT_GATEWAY_PATH: &str = "/dicomweb";
 
 /// The adapter.
 #[derive(Debug, Clone)]
@@ -96,8 +105,13 @@ fn source_key(facility: &str, uid: &str) -> String {
     format!("{PACS_SOURCE}{facility}:{uid}")
 }
 
+/// What the mapping makes of a study, as a digest's first field: a new one makes every study
+/// read and written again once (2: the Endpoint, and `meta.source` without the PACS's URL).
+const PART_GENERATION: &str = "2";
+
 fn digest(value: &Value) -> String {
     let mut hasher = Fnv64::default();
+    hasher.write_field(PART_GENERATION.as_bytes());
     hasher.write_field(value.to_string().as_bytes());
     format!("{:016x}", hasher.finish())
 }
@@ -128,6 +142,26 @@ impl PullAdapter for DicomWebAdapter {
             facility: facility.clone(),
             ..PullReport::default()
         };
+        // The hospital's Endpoint: where its studies' images are opened (the gateway).
+        let address = self
+            .config
+            .gateway_url
+            .as_deref()
+            .unwrap_or(DEFAULT_GATEWAY_PATH)
+            .trim_end_matches('/');
+        let endpoint = dicomweb_endpoint(&facility, address);
+        let endpoint =
+            ResourceWrite::from_json("Endpoint", &dicomweb_endpoint_id(&facility), &endpoint)?;
+        let stats = store
+            .apply(Batch {
+                operations: vec![Operation::ReplaceSource {
+                    source_key: format!("{PACS_SOURCE}{facility}:endpoint"),
+                    facility: facility.clone(),
+                    resources: vec![endpoint],
+                }],
+            })
+            .await?;
+        report.add_stats(&stats);
         let patients = patients_of(store.as_ref(), &self.config.facility).await?;
         // With `full`, nothing is skipped, but what was known is still what a study gone is
         // withdrawn from.
@@ -381,7 +415,7 @@ impl DicomWebAdapter {
                 study: &study,
                 series: &series,
                 instances: &instances,
-                source: qido.base(),
+                source: &format!("urn:tsunagi:dicomweb:{facility}:{uid}"),
             });
             let part = match mapped {
                 Ok(part) => part,

@@ -28,6 +28,7 @@ async fn pull(store: Arc<dyn Store>, url: &str) -> Result<PullReport, String> {
         concurrency: 4,
         timeout: Duration::from_secs(10),
         full: false,
+        gateway_url: None,
     });
     let context = AdapterContext {
         store,

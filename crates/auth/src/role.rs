@@ -2,7 +2,7 @@
 //! the three tests a request passes (scope, role, consent).
 //!
 //! The table is deliberately small and typed: changing who may read what is a code review, not a
-//! configuration edit. Directory types (Organization, Practitioner, PractitionerRole) are
+//! configuration edit. Directory types (Organization, Practitioner, PractitionerRole, Endpoint) are
 //! readable by every authenticated principal; audit records only by administrators.
 
 use std::{fmt, str::FromStr};
@@ -90,7 +90,12 @@ const LAB: &[&str] = &[
 ];
 
 /// The directory, readable by everyone authenticated.
-pub const DIRECTORY: &[&str] = &["Organization", "Practitioner", "PractitionerRole"];
+pub const DIRECTORY: &[&str] = &[
+    "Organization",
+    "Practitioner",
+    "PractitionerRole",
+    "Endpoint",
+];
 
 impl Role {
     /// The code used in tokens, the CLI and the database.

@@ -162,6 +162,7 @@ pub(crate) async fn dicomweb(studies: usize, per_patient: usize) -> anyhow::Resu
         concurrency: DEFAULT_CONCURRENCY,
         timeout: DEFAULT_TIMEOUT,
         full: false,
+        gateway_url: None,
     });
     let context = AdapterContext {
         store: store.clone(),

@@ -40,6 +40,10 @@ pub(crate) struct DicomWebFlags {
     /// Ignore the checkpoints and read every study again (writes stay idempotent).
     #[arg(long)]
     pub(crate) full: bool,
+    /// The gateway's public DICOMweb base (`https://gateway.example/dicomweb`), written as the
+    /// address of the hospital's Endpoint; default `/dicomweb` on the FHIR API's origin.
+    #[arg(long)]
+    pub(crate) gateway_url: Option<String>,
 }
 
 /// The configuration of a PACS pull; the authorization read from the environment variable
@@ -75,7 +79,45 @@ pub(crate) fn dicomweb_config(
         concurrency: concurrency.unwrap_or(DEFAULT_CONCURRENCY),
         timeout,
         full: false,
+        gateway_url: None,
     })
+}
+
+/// The gateway's DICOMweb base derived from its public FHIR base (`…/fhir` → `…/dicomweb`).
+pub(crate) fn gateway_of(fhir_base: Option<&str>) -> Option<String> {
+    let base = fhir_base?.trim_end_matches('/');
+    Some(format!(
+        "{}/dicomweb",
+        base.strip_suffix("/fhir").unwrap_or(base)
+    ))
+}
+
+/// The PACSes `tsunagi serve` opens images from: each `[[source]] kind = "dicomweb"`, with its
+/// authorization read from the environment variable it names.
+pub(crate) fn proxied_pacs(
+    sources: &[crate::config::DicomWebSource],
+) -> anyhow::Result<Vec<tsunagi_server::dicomweb::Pacs>> {
+    sources
+        .iter()
+        .map(|source| {
+            let config = dicomweb_config(
+                &source.facility,
+                source.name.clone(),
+                &source.url,
+                source.authorization_env.as_deref(),
+                source.page_size,
+                source.concurrency,
+                source.timeout_seconds,
+            )?;
+            tsunagi_server::dicomweb::Pacs::new(
+                config.facility.as_str(),
+                &config.url,
+                config.authorization,
+                config.timeout,
+            )
+            .map_err(|error| anyhow::anyhow!("dicomweb source {}: {error}", source.facility))
+        })
+        .collect()
 }
 
 /// `tsunagi ingest dicomweb`.
@@ -91,6 +133,7 @@ pub(crate) async fn ingest_dicomweb(flags: DicomWebFlags) -> anyhow::Result<()> 
         None,
     )?;
     config.full = flags.full;
+    config.gateway_url = flags.gateway_url.clone();
     let store = open_store(&flags.db).await?;
     register_hospital(store.as_ref(), facility, flags.name.as_deref(), flags.json).await?;
     let adapter = registry::pull(registry::Source::DicomWeb(config));

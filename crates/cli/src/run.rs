@@ -68,9 +68,10 @@ pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
             source.name,
         ));
     }
+    let gateway = crate::ingest_dicomweb::gateway_of(config.server.base_url.as_deref());
     for source in config.dicomweb {
         let schedule = cron::Schedule::from_str(&source.schedule)?;
-        let pacs = crate::ingest_dicomweb::dicomweb_config(
+        let mut pacs = crate::ingest_dicomweb::dicomweb_config(
             &source.facility,
             source.name.clone(),
             &source.url,
@@ -79,6 +80,7 @@ pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
             source.concurrency,
             source.timeout_seconds,
         )?;
+        pacs.gateway_url.clone_from(&gateway);
         jobs.push((
             schedule,
             registry::pull(registry::Source::DicomWeb(pacs)),

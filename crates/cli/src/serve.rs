@@ -306,6 +306,9 @@ pub(crate) async fn serve(flags: ServeFlags) -> anyhow::Result<()> {
     if let Some(keys) = server.and_then(|s| s.snapshot_max_keys) {
         settings.snapshot_max_keys = keys;
     }
+    if let Some(config) = &config {
+        settings.dicomweb.pacs = crate::ingest_dicomweb::proxied_pacs(&config.dicomweb)?;
+    }
     if let Some(packages) = server.map(|s| &s.profile_packages)
         && !packages.is_empty()
     {

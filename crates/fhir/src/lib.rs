@@ -13,6 +13,7 @@
 //! crate above it) compiles in seconds.
 
 pub mod documents;
+pub mod endpoint;
 pub mod json;
 pub mod profiles;
 pub mod query;

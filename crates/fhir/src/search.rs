@@ -17,7 +17,8 @@ use crate::systems::canonical;
 /// 5: full text (`_content`) of documents, reports, procedures and notes; Procedure;
 /// DocumentReference `encounter`, `related`, `relatesto`, `event`, `facility`; DiagnosticReport
 /// `imaging-study` (not a FHIR parameter: the link from an imaging report to its study).
-pub const REGISTRY_VERSION: u32 = 5;
+/// 6: ImagingStudy `endpoint`; Endpoint (the gateway's DICOMweb proxy per hospital PACS).
+pub const REGISTRY_VERSION: u32 = 6;
 
 /// FHIR search-parameter types that are indexed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +160,7 @@ params! {
     166 "ImagingStudy" "basedon" Reference ["basedOn"];
     167 "ImagingStudy" "encounter" Reference ["encounter"];
     168 "ImagingStudy" "bodysite" Token ["series.bodySite"];
+    169 "ImagingStudy" "endpoint" Reference ["endpoint"];
     180 "Specimen" "identifier" Token ["identifier"];
     181 "Specimen" "patient" Reference ["subject"];
     183 "Specimen" "type" Token ["type"];
@@ -260,6 +262,11 @@ params! {
     410 "Procedure" "reason-reference" Reference ["reasonReference"];
     411 "Procedure" "location" Reference ["location"];
     412 "Procedure" "_content" Text [];
+    420 "Endpoint" "identifier" Token ["identifier"];
+    421 "Endpoint" "connection-type" Token ["connectionType"];
+    422 "Endpoint" "organization" Reference ["managingOrganization"];
+    423 "Endpoint" "status" Token ["status"];
+    424 "Endpoint" "name" String ["name"];
 }
 
 /// Parameters that search exactly the rows of another parameter of the same resource (same

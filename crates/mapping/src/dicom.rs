@@ -12,7 +12,7 @@
 use serde_json::{Value, json};
 use tsunagi_core::{ids::logical_id, time::hl7_to_fhir_datetime};
 use tsunagi_dicom::{json::Dataset, tags};
-use tsunagi_fhir::{json::reference, profiles, systems};
+use tsunagi_fhir::{endpoint::dicomweb_endpoint_id, json::reference, profiles, systems};
 
 use crate::{Contribution, imaging::study_id};
 
@@ -35,7 +35,8 @@ pub struct PacsStudy<'a> {
     pub series: &'a [Dataset<'a>],
     /// Its instances (QIDO-RS `studies/{uid}/instances`, with their series UID).
     pub instances: &'a [Dataset<'a>],
-    /// `meta.source`: where the PACS is (its QIDO-RS base URL).
+    /// `meta.source`: the study in the PACS (`urn:tsunagi:dicomweb:<facility>:<uid>`; never
+    /// the PACS's URL, which the network is not to know).
     pub source: &'a str,
 }
 
@@ -144,6 +145,11 @@ pub fn pacs_part(pacs: &PacsStudy<'_>) -> Result<Contribution, StudyError> {
         json!(study.string(tags::STUDY_DESCRIPTION).unwrap_or_default()),
     );
     put("series", json!(series));
+    // Its images are opened through the gateway's proxy of this hospital's PACS.
+    put(
+        "endpoint",
+        json!([reference("Endpoint", &dicomweb_endpoint_id(facility))]),
+    );
     Ok(Contribution {
         resource_type: "ImagingStudy",
         id,

@@ -5,6 +5,8 @@
 //!   `POST _search`; `Patient/{id}/$everything`;
 //! - searchset Bundles cut from [`snapshot`]s, so pages are stable under ingestion; links are
 //!   absolute on the base the client used (`--base-url`, else `X-Forwarded-*`, else `Host`);
+//! - images: `/dicomweb` (QIDO-RS from the store, WADO-RS forwarded to the hospital's PACS),
+//!   under the same token, consent and audit ([`dicomweb`]);
 //! - writes: notes and documents, consents, lab transactions, HL7 v2 over HTTP, and
 //!   `$validate` against the loaded profiles; other writes answer 405 (data arrives through the
 //!   adapters);
@@ -19,6 +21,7 @@ mod binary_api;
 mod bundle;
 pub mod capability;
 mod consent_api;
+pub mod dicomweb;
 mod everything_api;
 pub mod format;
 mod history_api;
@@ -80,6 +83,8 @@ pub struct Settings {
     pub profiles: Arc<tsunagi_fhir::validate::Profiles>,
     /// Connection and request limits ([`listen`], [`limits`]).
     pub limits: listen::HttpLimits,
+    /// The hospitals' PACSes images are opened from, through `/dicomweb` ([`dicomweb`]).
+    pub dicomweb: dicomweb::DicomWebSettings,
 }
 
 impl Default for Settings {
@@ -92,6 +97,7 @@ impl Default for Settings {
             tokens: TokenSettings::default(),
             profiles: Arc::default(),
             limits: listen::HttpLimits::default(),
+            dicomweb: dicomweb::DicomWebSettings::default(),
         }
     }
 }
@@ -113,6 +119,8 @@ pub struct AppState {
     audit: AuditWriter,
     /// Where `POST /hl7v2` hands messages, once the binary wires a feed intake.
     intake: std::sync::OnceLock<Arc<dyn hl7v2_api::MessageIntake>>,
+    /// Forwards image retrievals to the hospitals' PACSes.
+    dicomweb: dicomweb::Proxy,
 }
 
 impl AppState {
@@ -131,6 +139,7 @@ impl AppState {
             governance,
             clock,
             snapshots: Snapshots::new(settings.snapshot_ttl, settings.snapshot_max_keys),
+            dicomweb: dicomweb::Proxy::new(&settings.dicomweb),
             settings,
             metrics: access::Metrics::default(),
             keys,

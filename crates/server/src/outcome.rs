@@ -142,6 +142,37 @@ impl ApiError {
         }
     }
 
+    /// 502: a hospital's system the request was forwarded to failed (unreachable, an error of
+    /// its own, an answer that is not what was asked).
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_GATEWAY,
+            code: "transient",
+            message: message.into(),
+            findings: Vec::new(),
+        }
+    }
+
+    /// 504: a hospital's system the request was forwarded to did not answer in time.
+    pub fn gateway_timeout(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            code: "timeout",
+            message: message.into(),
+            findings: Vec::new(),
+        }
+    }
+
+    /// 503: too busy now; the request can be retried.
+    pub fn busy(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "throttled",
+            message: message.into(),
+            findings: Vec::new(),
+        }
+    }
+
     /// 406.
     pub fn not_acceptable(message: impl Into<String>) -> Self {
         Self {

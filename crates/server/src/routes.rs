@@ -37,7 +37,8 @@ use crate::{
 };
 use crate::{hl7v2_api, request::base_url};
 
-/// The router: FHIR under `/fhir`, plus `/healthz`, `/readyz`, `/metrics`.
+/// The router: FHIR under `/fhir`, DICOMweb under `/dicomweb`, plus `/healthz`, `/readyz`,
+/// `/metrics`.
 pub fn router(state: Arc<AppState>) -> Router {
     // Everything under /fhir but the CapabilityStatement needs a valid token, and is audited.
     let protected = protected_routes(&state).route_layer(axum::middleware::from_fn_with_state(
@@ -55,6 +56,13 @@ pub(crate) fn protected_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/fhir/{type}/{id}/{operation}", any(instance_operation))
         .route("/fhir/{type}/{id}/_history/{version}", any(vread))
         .route("/hl7v2", axum::routing::post(hl7v2))
+        // Images: searched in the store, retrieved from the hospital's PACS.
+        .route("/dicomweb/studies", get(crate::dicomweb::search_studies))
+        .route("/dicomweb/studies/{study}", get(crate::dicomweb::study))
+        .route(
+            "/dicomweb/studies/{study}/{*rest}",
+            get(crate::dicomweb::study_path),
+        )
         // The base itself, with or without a trailing slash (stock clients post to `/fhir/`).
         .route("/fhir", axum::routing::post(transaction))
         .route("/fhir/", axum::routing::post(transaction))

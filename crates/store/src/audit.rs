@@ -149,6 +149,15 @@ pub fn render(record: &AuditRecord) -> Value {
 
 /// The FHIR restful interaction and AuditEvent action of a request path.
 pub fn interaction_of(method: &str, path: &str) -> (&'static str, &'static str) {
+    // DICOMweb: a search (QIDO-RS) ends in `studies`, `series` or `instances`; anything else
+    // is a retrieval (WADO-RS).
+    if let Some(dicomweb) = path.strip_prefix("/dicomweb/") {
+        let last = dicomweb.trim_end_matches('/').rsplit('/').next();
+        return match last {
+            Some("studies" | "series" | "instances") => ("search-type", "E"),
+            _ => ("read", "R"),
+        };
+    }
     let segments: Vec<&str> = path
         .trim_start_matches("/fhir")
         .split('/')
@@ -175,6 +184,13 @@ pub fn interaction_of(method: &str, path: &str) -> (&'static str, &'static str) 
         [_, _] => ("read", read),
         _ => ("operation", "E"),
     }
+}
+
+/// The Study Instance UID a DICOMweb path names (`/dicomweb/studies/{uid}/…`).
+fn study_of(path: &str) -> Option<&str> {
+    let uid = path.strip_prefix("/dicomweb/studies/")?.split('/').next()?;
+    (!uid.is_empty() && uid.len() <= 64 && uid.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+        .then_some(uid)
 }
 
 /// One BALP-shaped AuditEvent (Basic Audit Log Patterns: RESTful activity, patient variant when
@@ -266,6 +282,17 @@ fn balp(record: &AuditRecord, facts: &AuditFacts) -> Value {
         "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query"},
         "description": described
     }));
+    if let Some(uid) = study_of(&facts.path) {
+        entities.push(json!({
+            "what": {"identifier": {
+                "type": {"coding": [{"system": dcm, "code": "110180", "display": "Study Instance UID"}]},
+                "system": "urn:dicom:uid",
+                "value": format!("urn:oid:{uid}")
+            }},
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"},
+            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "3", "display": "Report"}
+        }));
+    }
     if !facts.request_id.is_empty() {
         entities.push(json!({
             "what": {"identifier": {"value": facts.request_id}},
@@ -392,6 +419,24 @@ mod tests {
     #[test]
     fn interactions_of_paths() {
         assert_eq!(interaction_of("GET", "/fhir/Patient/p1"), ("read", "R"));
+        assert_eq!(
+            interaction_of("GET", "/dicomweb/studies"),
+            ("search-type", "E")
+        );
+        assert_eq!(
+            interaction_of("GET", "/dicomweb/studies/1.2/series/1.2.3/instances"),
+            ("search-type", "E")
+        );
+        assert_eq!(
+            interaction_of(
+                "GET",
+                "/dicomweb/studies/1.2/series/1.2.3/instances/1.2.3.4/frames/1/rendered"
+            ),
+            ("read", "R")
+        );
+        assert_eq!(study_of("/dicomweb/studies/1.2.3/metadata"), Some("1.2.3"));
+        assert_eq!(study_of("/dicomweb/studies"), None);
+        assert_eq!(study_of("/dicomweb/studies/x'y/metadata"), None);
         assert_eq!(interaction_of("GET", "/fhir/Patient"), ("search-type", "E"));
         assert_eq!(
             interaction_of("POST", "/fhir/Patient/_search"),

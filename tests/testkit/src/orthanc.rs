@@ -67,9 +67,23 @@ pub fn ensure_installed() -> io::Result<()> {
 }
 
 impl Orthanc {
-    /// Starts one (installing it first if needed) and waits until it answers.
+    /// Starts one (installing it first if needed) and waits until it answers. A port taken by
+    /// another process between its choice and Orthanc's bind (tests run in parallel) is met by
+    /// starting again on other ports, a few times.
     pub fn start() -> io::Result<Self> {
         ensure_installed()?;
+        let mut attempt = 0;
+        loop {
+            match Self::start_once() {
+                Err(error) if attempt < 4 && error.kind() == io::ErrorKind::AddrInUse => {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once() -> io::Result<Self> {
         let dir = tempfile::tempdir()?;
         let storage = dir.path().join("storage");
         fs::create_dir_all(&storage)?;
@@ -121,15 +135,22 @@ impl Orthanc {
                 if answering.as_deref() == Some(name.as_str()) {
                     return Ok(orthanc);
                 }
-                return Err(io::Error::other(format!(
-                    "port {http_port} is another server's ({answering:?}); try again"
-                )));
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("port {http_port} is another server's ({answering:?})"),
+                ));
             }
             if let Ok(Some(status)) = orthanc.child.try_wait() {
-                return Err(io::Error::other(format!(
-                    "Orthanc exited ({status}): {}",
-                    orthanc.log()
-                )));
+                let log = orthanc.log();
+                let kind = if log.contains("already in use") {
+                    io::ErrorKind::AddrInUse
+                } else {
+                    io::ErrorKind::Other
+                };
+                return Err(io::Error::new(
+                    kind,
+                    format!("Orthanc exited ({status}): {log}"),
+                ));
             }
             if started.elapsed() > Duration::from_secs(30) {
                 return Err(io::Error::other(format!(
