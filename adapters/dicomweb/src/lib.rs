@@ -10,7 +10,7 @@
 //!    `dicomweb:<facility>:studies`: each study's digest and patient);
 //! 2. asks the PACS for each patient's studies, a few patients at a time; an unchanged answer
 //!    is skipped whole;
-//! 3. a new or changed study is read (`studies/{uid}/series`, `studies/{uid}/instances`) and
+//! 3. a new or changed study is read (`studies/{uid}/instances`, with its series' attributes) and
 //!    its part replaced (source key `dicomweb:<facility>:<Study Instance UID>`); a study the
 //!    PACS no longer lists is withdrawn (its ImagingStudy then holds only what the notices say,
 //!    or is deleted, history kept);
@@ -332,6 +332,30 @@ impl PullAdapter for DicomWebAdapter {
     }
 }
 
+/// The attributes asked with a study's instances besides those every PACS returns: Series
+/// Description, Body Part Examined, Series Number, Instance Number.
+pub const INSTANCE_FIELDS: &str =
+    "includefield=0008103E&includefield=00180015&includefield=00200011&includefield=00200013";
+
+/// The series of a study's instances: the first instance of each Series Instance UID (it
+/// carries the series' attributes), in the order met.
+fn series_of_instances(instances: &Value) -> Value {
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    Value::Array(
+        instances
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|instance| {
+                instance["0020000E"]["Value"][0]
+                    .as_str()
+                    .is_some_and(|uid| seen.insert(uid.to_owned()))
+            })
+            .cloned()
+            .collect(),
+    )
+}
+
 /// A QIDO-RS row's Study Instance UID, read raw (whatever its character set).
 fn raw_uid(row: &Value) -> Option<String> {
     row["0020000D"]["Value"][0]
@@ -378,12 +402,13 @@ impl DicomWebAdapter {
                 continue;
             }
             let encoded = percent_encode(&uid);
+            // One request a study: its instances with their series' attributes (description,
+            // body part, number); each series is described by its first instance.
             let read = async {
-                let series = qido
-                    .get(&format!("studies/{encoded}/series?includefield=00180015"))
+                let instances = qido
+                    .get(&format!("studies/{encoded}/instances?{INSTANCE_FIELDS}"))
                     .await?;
-                let instances = qido.get(&format!("studies/{encoded}/instances")).await?;
-                Ok::<_, QidoError>((series, instances))
+                Ok::<_, QidoError>((series_of_instances(&instances), instances))
             };
             let (series, instances) = match read.await {
                 Ok(read) => read,

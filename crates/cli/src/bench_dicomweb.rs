@@ -10,7 +10,8 @@ use anyhow::Context;
 use serde_json::json;
 use tsunagi_adapter::{AdapterContext, NoProgress, PullAdapter};
 use tsunagi_adapter_dicomweb::{
-    DEFAULT_CONCURRENCY, DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DicomWebAdapter, DicomWebConfig, Qido,
+    DEFAULT_CONCURRENCY, DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DicomWebAdapter, DicomWebConfig,
+    INSTANCE_FIELDS, Qido,
 };
 use tsunagi_core::{FacilityId, clock::SystemClock, ids::logical_id};
 use tsunagi_dicom::{
@@ -22,35 +23,55 @@ use tsunagi_testkit::orthanc::Orthanc;
 
 const TARGET_SYNC_SECONDS: f64 = 60.0;
 const TARGET_RESYNC_SECONDS: f64 = 5.0;
-const FACILITY: &str = "0610200018";
+/// The hospital whose PACS it is; the gateway half reads as its system client.
+const FACILITY: &str = crate::bench_search::BENCH_FACILITY;
+
+/// The Study Instance UID of study `study`.
+fn study_uid(study: usize) -> String {
+    format!("2.25.{}", 1_000_000 + study)
+}
 
 /// One small CT instance: its study, series and patient.
 fn instance(patient: &str, study: usize) -> Vec<u8> {
-    let uid = format!("2.25.{}", 1_000_000 + study);
+    ct(patient, &study_uid(study), 1, 8)
+}
+
+/// The UID of the large study.
+const LARGE_STUDY: &str = "2.25.999999999";
+/// Rows and columns of its images (16 bits: 5 MB each).
+const LARGE_SIDE: u16 = 1600;
+
+/// Instance `number` (series 1) of a CT study `uid` of `side`×`side` 16-bit pixels.
+fn ct(patient: &str, uid: &str, number: usize, side: u16) -> Vec<u8> {
+    let pixels = usize::from(side) * usize::from(side) * 2;
     part10::file(vec![
         Element::text(tags::SPECIFIC_CHARACTER_SET, b"CS", "ISO_IR 192"),
         Element::text(tags::SOP_CLASS_UID, b"UI", sop_class::CT),
-        Element::text(tags::SOP_INSTANCE_UID, b"UI", &format!("{uid}.1.1")),
+        Element::text(tags::SOP_INSTANCE_UID, b"UI", &format!("{uid}.1.{number}")),
         Element::text(tags::STUDY_DATE, b"DA", "20240501"),
         Element::text(tags::STUDY_TIME, b"TM", "101500"),
-        Element::text(tags::ACCESSION_NUMBER, b"SH", &format!("B{study}")),
+        Element::text(tags::ACCESSION_NUMBER, b"SH", &format!("B{uid}")),
         Element::text(tags::MODALITY, b"CS", "CT"),
         Element::bytes(tags::STUDY_DESCRIPTION, b"LO", "胸部CT".as_bytes().to_vec()),
         Element::text(tags::PATIENT_NAME, b"PN", "Bench^Patient"),
         Element::text(tags::PATIENT_ID, b"LO", patient),
-        Element::text(tags::STUDY_INSTANCE_UID, b"UI", &uid),
+        Element::text(tags::STUDY_INSTANCE_UID, b"UI", uid),
         Element::text(tags::SERIES_INSTANCE_UID, b"UI", &format!("{uid}.1")),
         Element::text(tags::SERIES_NUMBER, b"IS", "1"),
-        Element::text(tags::INSTANCE_NUMBER, b"IS", "1"),
+        Element::text(tags::INSTANCE_NUMBER, b"IS", &number.to_string()),
         Element::us(tags::SAMPLES_PER_PIXEL, 1),
         Element::text(tags::PHOTOMETRIC_INTERPRETATION, b"CS", "MONOCHROME2"),
-        Element::us(tags::ROWS, 8),
-        Element::us(tags::COLUMNS, 8),
+        Element::us(tags::ROWS, side),
+        Element::us(tags::COLUMNS, side),
         Element::us(tags::BITS_ALLOCATED, 16),
         Element::us(tags::BITS_STORED, 12),
         Element::us(tags::HIGH_BIT, 11),
         Element::us(tags::PIXEL_REPRESENTATION, 0),
-        Element::bytes(tags::PIXEL_DATA, b"OW", vec![0x10; 128]),
+        Element::bytes(
+            tags::PIXEL_DATA,
+            b"OW",
+            (0..pixels).map(|i| (i % 251) as u8 & 0x0f).collect(),
+        ),
     ])
 }
 
@@ -58,8 +79,8 @@ fn patient_id(index: usize) -> String {
     format!("{:010}", 3_000_000_000u64 + index as u64)
 }
 
-/// The floor: every request a first sync makes (per patient, then each study's series and
-/// instances), or only the per-patient ones, straight to the PACS.
+/// The floor: every request a first sync makes (per patient, then each study's instances), or
+/// only the per-patient ones, straight to the PACS.
 async fn floor(qido: &Qido, patients: &[String], per_study: bool) -> anyhow::Result<f64> {
     let started = Instant::now();
     for chunk in patients.chunks(DEFAULT_CONCURRENCY) {
@@ -76,8 +97,8 @@ async fn floor(qido: &Qido, patients: &[String], per_study: bool) -> anyhow::Res
                 if per_study {
                     for study in studies.as_array().into_iter().flatten() {
                         let uid = study["0020000D"]["Value"][0].as_str().unwrap_or_default();
-                        qido.get(&format!("studies/{uid}/series")).await?;
-                        qido.get(&format!("studies/{uid}/instances")).await?;
+                        qido.get(&format!("studies/{uid}/instances?{INSTANCE_FIELDS}"))
+                            .await?;
                     }
                 }
                 Ok::<_, tsunagi_adapter_dicomweb::QidoError>(())
@@ -91,7 +112,11 @@ async fn floor(qido: &Qido, patients: &[String], per_study: bool) -> anyhow::Res
 }
 
 /// Runs the benchmark.
-pub(crate) async fn dicomweb(studies: usize, per_patient: usize) -> anyhow::Result<()> {
+pub(crate) async fn dicomweb(
+    studies: usize,
+    per_patient: usize,
+    study_mb: usize,
+) -> anyhow::Result<()> {
     let per_patient = per_patient.max(1);
     let patients: Vec<String> = (0..studies.div_ceil(per_patient)).map(patient_id).collect();
     println!(
@@ -203,5 +228,27 @@ pub(crate) async fn dicomweb(studies: usize, per_patient: usize) -> anyhow::Resu
         studies as f64 / sync,
         studies as f64 / floor_sync
     );
-    Ok(())
+
+    // The images: a large study beside the small ones, synced, then read through the gateway.
+    let large = study_mb.div_ceil(5).max(1);
+    println!("\nstoring a study of {large} images of 5 MB…");
+    for number in 1..=large {
+        pacs.store(&ct(&patients[0], LARGE_STUDY, number, LARGE_SIDE))?;
+    }
+    let synced = adapter.pull(&context).await?;
+    anyhow::ensure!(synced.files_read == 1, "the large study was not synced");
+    let object =
+        |uid: &str, number: usize| format!("{uid}/series/{uid}.1/instances/{uid}.1.{number}");
+    let objects = crate::bench_images::Objects {
+        small: (0..studies.min(64))
+            .map(|s| object(&study_uid(s), 1))
+            .collect(),
+        large: (1..=large).map(|n| object(LARGE_STUDY, n)).collect(),
+        study: LARGE_STUDY.to_owned(),
+    };
+    let target =
+        tsunagi_server::dicomweb::Pacs::new(FACILITY, &pacs.dicomweb_url(), None, DEFAULT_TIMEOUT)
+            .map_err(|error| anyhow::anyhow!(error))?;
+    crate::bench_images::through_the_gateway(store, patients.len(), target, pacs.addr(), &objects)
+        .await
 }

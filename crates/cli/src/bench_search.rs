@@ -96,7 +96,7 @@ const BENCH_CLIENT: &str = "bench";
 pub(crate) const BENCH_FACILITY: &str = "0610100010";
 
 impl Region {
-    async fn token(&self) -> anyhow::Result<String> {
+    pub(crate) async fn token(&self) -> anyhow::Result<String> {
         let (token, _) = issue_token(
             self.store.as_ref(),
             &self.key,
@@ -115,6 +115,16 @@ impl Region {
         dir: tempfile::TempDir,
         store: Arc<dyn Backend>,
         patients: usize,
+    ) -> anyhow::Result<Self> {
+        Self::serve_with(dir, store, patients, tsunagi_server::Settings::default()).await
+    }
+
+    /// [`Region::serve`] with `settings` (a PACS to open images from, say).
+    pub(crate) async fn serve_with(
+        dir: tempfile::TempDir,
+        store: Arc<dyn Backend>,
+        patients: usize,
+        settings: tsunagi_server::Settings,
     ) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -146,7 +156,7 @@ impl Region {
             store.clone(),
             store.clone(),
             Arc::new(SystemClock),
-            tsunagi_server::Settings::default(),
+            settings,
             keys,
         );
         let (sender, receiver) = tokio::sync::watch::channel(());

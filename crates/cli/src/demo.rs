@@ -118,6 +118,7 @@ pub(crate) async fn demo(
         ))
         .await?;
     print_summary(&report, Some(&mml.name), started.elapsed().as_secs_f64());
+    let pacs = demo_images(&region, store.clone(), patients).await?;
     println!("\n4. the store now holds:");
     for (resource_type, count) in store.count_current().await? {
         println!("  {resource_type:<26} {count:>7}");
@@ -148,6 +149,20 @@ pub(crate) async fn demo(
         "\nnext: tsunagi export ndjson --db {url} --out {}",
         dir.join("export").display()
     );
+    if pacs.is_some() {
+        let listen = listen.map_or("127.0.0.1:8080", |(http, _)| http);
+        let local = patient_id.rsplit('.').next().unwrap_or_default();
+        println!(
+            "\n   {}'s images, through the gateway (any DICOMweb viewer works at http://{listen}/dicomweb):",
+            tsunagi_synth::HOSPITALS[0].name
+        );
+        println!(
+            "   curl -H \"Authorization: Bearer $TOKEN\" 'http://{listen}/dicomweb/studies?PatientID={local}'"
+        );
+        println!(
+            "   curl -H \"Authorization: Bearer $TOKEN\" -H 'Accept: image/jpeg' -o frame.jpg 'http://{listen}/dicomweb/studies/<study>/series/<series>/instances/<instance>/frames/1/rendered'"
+        );
+    }
     let Some((listen, mllp_listen)) = listen else {
         println!("      tsunagi serve --db {url}");
         return Ok(());
@@ -187,7 +202,13 @@ pub(crate) async fn demo(
         listen,
         Listeners::default(),
         None,
-        tsunagi_server::Settings::default(),
+        tsunagi_server::Settings {
+            dicomweb: tsunagi_server::dicomweb::DicomWebSettings {
+                pacs: pacs.iter().map(|(_, pacs)| pacs.clone()).collect(),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
         Some(patient_id),
         LiveFeeds {
             mllp: Some(MllpSetup {
@@ -200,6 +221,65 @@ pub(crate) async fn demo(
         },
     )
     .await
+}
+
+/// The region's images: hospital A's PACS played by a real Orthanc (when installed; the demo
+/// says how to get it when not), seeded with the synthetic studies and synced over QIDO-RS. The
+/// running Orthanc (stopped when dropped) and the PACS the gateway opens images from.
+async fn demo_images(
+    region: &Path,
+    store: Arc<dyn Backend>,
+    patients: usize,
+) -> anyhow::Result<
+    Option<(
+        tsunagi_testkit::orthanc::Orthanc,
+        tsunagi_server::dicomweb::Pacs,
+    )>,
+> {
+    let hospital = tsunagi_synth::HOSPITALS[0];
+    if !tsunagi_testkit::orthanc::installed() {
+        println!(
+            "\n   images: no PACS here (Orthanc is not installed). To open {}'s images through the gateway's /dicomweb, install it (Debian/Ubuntu: sudo apt-get install orthanc orthanc-dicomweb) and run the demo again.",
+            hospital.name
+        );
+        return Ok(None);
+    }
+    tsunagi_synth::generate_images(region, patients, 2026)
+        .with_context(|| format!("cannot generate images into {}", region.display()))?;
+    println!(
+        "\n   and {}'s PACS: a real Orthanc on loopback holding its studies, synced over QIDO-RS",
+        hospital.name
+    );
+    let orthanc = tsunagi_testkit::orthanc::Orthanc::start().context("starting Orthanc")?;
+    orthanc
+        .store_folder(&region.join("pacs").join(hospital.code))
+        .context("storing the synthetic studies in Orthanc")?;
+    let config = crate::ingest_dicomweb::dicomweb_config(
+        hospital.code,
+        Some(hospital.name.to_owned()),
+        &orthanc.dicomweb_url(),
+        None,
+        None,
+        None,
+        None,
+    )?;
+    let timeout = config.timeout;
+    let started = Instant::now();
+    let report = crate::registry::pull(crate::registry::Source::DicomWeb(config))
+        .pull(&crate::open::context(
+            store,
+            Arc::new(tsunagi_adapter::NoProgress),
+        ))
+        .await?;
+    print_summary(
+        &report,
+        Some(hospital.name),
+        started.elapsed().as_secs_f64(),
+    );
+    let pacs =
+        tsunagi_server::dicomweb::Pacs::new(hospital.code, &orthanc.dicomweb_url(), None, timeout)
+            .map_err(|error| anyhow::anyhow!(error))?;
+    Ok(Some((orthanc, pacs)))
 }
 
 /// The demo's write-back: once the API is up, the clinic doctor writes a note to hospital A about

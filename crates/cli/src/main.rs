@@ -19,6 +19,7 @@ mod bench;
 mod bench_dicomweb;
 mod bench_documents;
 mod bench_extended;
+mod bench_images;
 mod bench_mllp;
 mod bench_outbound;
 mod bench_search;
@@ -335,7 +336,9 @@ enum BenchWhat {
         seed: u64,
     },
     /// Start Orthanc with `studies` small studies, sync them over QIDO-RS into a fresh database
-    /// and again unchanged; print both times beside the same requests made straight to the PACS.
+    /// and again unchanged; then read images through the gateway's DICOMweb proxy (instances,
+    /// a rendered frame, a `study_mb` MB study streamed); print each beside the same requests
+    /// made straight to the PACS.
     Dicomweb {
         /// Studies in the PACS.
         #[arg(long, default_value_t = 10_000)]
@@ -343,6 +346,9 @@ enum BenchWhat {
         /// Studies per patient.
         #[arg(long, default_value_t = 4)]
         per_patient: usize,
+        /// Size in MB of the large study streamed through the gateway (5 MB images).
+        #[arg(long, default_value_t = 500)]
+        study_mb: usize,
     },
     /// Generate, ingest into a fresh database, re-ingest; print throughput, skip rate, peak RSS.
     Ingest {
@@ -513,8 +519,9 @@ fn main() -> std::process::ExitCode {
                     BenchWhat::Dicomweb {
                         studies,
                         per_patient,
+                        study_mb,
                     },
-            } => bench_dicomweb::dicomweb(studies, per_patient).await,
+            } => bench_dicomweb::dicomweb(studies, per_patient, study_mb).await,
             Command::Run { config, once } => run::run(&config, once).await,
             Command::Config {
                 what: ConfigWhat::Check { config },

@@ -7,7 +7,7 @@
 //!   the study's UID; scopes hold; a withdrawn consent stops the next request;
 //! - the Python `dicomweb-client` package, unmodified but for its auth header, works through it;
 //! - a PACS that is down, silent, garbled or stalls mid-answer gives a clear 502/504, and the
-//!   gateway stays healthy.
+//!   gateway stays healthy; a study the PACS has since filed under another patient is 404.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -534,11 +534,20 @@ fn images_are_opened_through_the_gateway_under_consent() {
 
     // A PACS that is silent, garbled or stalls mid-answer.
     add_consent("c-images-2");
-    let (fake, mode) = fake_pacs();
+    let (fake, mode) = fake_pacs(&uid, &shown);
     let serving = serve(dir.path(), &db, &format!("http://{fake}/dicom-web"), 2);
     // Tokens name the origin that serves them: this server's.
     let reader = token(&db, "user/*.rs");
     let metadata = format!("/dicomweb/studies/{uid}/metadata");
+    // The PACS now files the study under another patient: not served as this one's.
+    *mode.lock().unwrap() = Mode::Moved;
+    let moved = ask(&serving, &metadata, &reader, None);
+    assert_eq!(
+        moved.status,
+        404,
+        "{}",
+        String::from_utf8_lossy(&moved.body)
+    );
     for (behaviour, status, says) in [
         (Mode::Silent, 504, "did not answer within 2 s"),
         (Mode::Garbage, 502, "cannot be reached"),
@@ -557,11 +566,19 @@ fn images_are_opened_through_the_gateway_under_consent() {
         assert!(started.elapsed() < Duration::from_secs(8), "{behaviour:?}");
         assert_eq!(get(serving.1, "/healthz", &[]).unwrap().status, 200);
     }
-    // Stalling within the answer: the transfer is cut, never passed as whole.
+    // Stalling within the answer: metadata (read whole) is a 502; an instance, already begun,
+    // is cut, never passed as whole.
     *mode.lock().unwrap() = Mode::Stalls;
+    let stalled = ask(&serving, &metadata, &reader, None);
+    assert_eq!(stalled.status, 502);
+    assert!(String::from_utf8_lossy(&stalled.body).contains("paused too long"));
     let bearer = format!("Bearer {reader}");
-    match get(serving.1, &metadata, &[("Authorization", bearer.as_str())]) {
-        // The chunked answer ends without its last chunk: the client knows it is incomplete.
+    match get(
+        serving.1,
+        &instance_path,
+        &[("Authorization", bearer.as_str())],
+    ) {
+        // The answer ends short of its length: the client knows it is incomplete.
         Err(_) => {}
         Ok(cut) => panic!("a stalled answer was passed as whole: {}", cut.status),
     }
@@ -570,6 +587,7 @@ fn images_are_opened_through_the_gateway_under_consent() {
 
 #[derive(Debug, Clone, Copy)]
 enum Mode {
+    Moved,
     Silent,
     Garbage,
     Html,
@@ -577,29 +595,57 @@ enum Mode {
     Stalls,
 }
 
-/// A PACS stand-in that misbehaves as told: its address and the switch.
-fn fake_pacs() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Mode>>) {
+/// A PACS stand-in that misbehaves as told: its address and the switch. Asked whose study
+/// `uid` is (the gateway asks before it forwards), it says patient `patient` — another one in
+/// mode `Moved`.
+fn fake_pacs(uid: &str, patient: &str) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Mode>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     let mode = std::sync::Arc::new(std::sync::Mutex::new(Mode::Silent));
     let shared = mode.clone();
+    let (uid, patient) = (uid.to_owned(), patient.to_owned());
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let mode = *shared.lock().unwrap();
+            let (uid, patient) = (uid.clone(), patient.clone());
             std::thread::spawn(move || {
                 let mut request = [0u8; 4096];
-                let _ = stream.read(&mut request);
+                let read = stream.read(&mut request).unwrap_or(0);
+                let line = String::from_utf8_lossy(&request[..read]).into_owned();
+                if line.contains("/studies?StudyInstanceUID=") {
+                    let filed = if matches!(mode, Mode::Moved) {
+                        "0000000000"
+                    } else {
+                        patient.as_str()
+                    };
+                    let body = format!(
+                        r#"[{{"0020000D":{{"vr":"UI","Value":["{uid}"]}},"00100020":{{"vr":"LO","Value":["{filed}"]}}}}]"#
+                    );
+                    let _ = stream.write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    );
+                    return;
+                }
                 let _ = match mode {
                     Mode::Silent => {
                         std::thread::sleep(Duration::from_secs(6));
                         Ok(())
                     }
                     Mode::Garbage => stream.write_all(b"\x00\x01garbage\r\n\r\n"),
-                    Mode::Html => stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 6\r\n\r\n<html>"),
+                    Mode::Html | Mode::Moved => stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 6\r\n\r\n<html>"),
                     Mode::Refuses => stream.write_all(b"HTTP/1.1 500 Internal Error\r\nContent-Length: 0\r\n\r\n"),
                     Mode::Stalls => {
-                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\nContent-Length: 100000\r\n\r\n[{\"00080005\":");
+                        let head: &[u8] = if line.contains("/metadata") {
+                            b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\nContent-Length: 100000\r\n\r\n[{\"00080005\":"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\nContent-Type: multipart/related; type=\"application/dicom\"; boundary=x\r\nContent-Length: 100000\r\n\r\n--x\r\nContent-Type: application/dicom\r\n\r\nDICM"
+                        };
+                        let _ = stream.write_all(head);
                         std::thread::sleep(Duration::from_secs(6));
                         Ok(())
                     }

@@ -163,6 +163,26 @@ impl ApiError {
         }
     }
 
+    /// 409: the request names what cannot be told apart.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::CONFLICT,
+            code: "conflict",
+            message: message.into(),
+            findings: Vec::new(),
+        }
+    }
+
+    /// 429: this caller has too many requests of this kind in flight.
+    pub fn too_many(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "throttled",
+            message: message.into(),
+            findings: Vec::new(),
+        }
+    }
+
     /// 503: too busy now; the request can be retried.
     pub fn busy(message: impl Into<String>) -> Self {
         Self {

@@ -31,9 +31,14 @@ pub struct Orthanc {
     dir: tempfile::TempDir,
 }
 
+/// Whether Orthanc and its DICOMweb plugin are installed (nothing is installed to find out).
+pub fn installed() -> bool {
+    Path::new(BINARY).exists() && Path::new(PLUGIN).exists()
+}
+
 /// Installs Orthanc and its DICOMweb plugin from Debian's packages when they are missing.
 pub fn ensure_installed() -> io::Result<()> {
-    if Path::new(BINARY).exists() && Path::new(PLUGIN).exists() {
+    if installed() {
         return Ok(());
     }
     // One installer at a time across the test processes of a run.

@@ -24,8 +24,8 @@ use std::sync::Arc;
 
 use axum::{
     Extension,
-    extract::{Path, RawQuery, State},
-    http::{HeaderMap, HeaderValue, header},
+    extract::{RawQuery, State},
+    http::{HeaderMap, HeaderValue, Uri, header},
     response::Response,
 };
 use serde_json::Value;
@@ -57,22 +57,20 @@ pub(crate) async fn search_studies(
 pub(crate) async fn study(
     State(state): State<Arc<AppState>>,
     Extension(caller): Who,
-    Path(study): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
-    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    at(&state, &caller, &study, "", &headers, raw.as_deref()).await
+    at(&state, &caller, &uri, &headers).await
 }
 
 /// `GET /dicomweb/studies/{study}/…`.
 pub(crate) async fn study_path(
     State(state): State<Arc<AppState>>,
     Extension(caller): Who,
-    Path((study, rest)): Path<(String, String)>,
+    uri: Uri,
     headers: HeaderMap,
-    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    at(&state, &caller, &study, &rest, &headers, raw.as_deref()).await
+    at(&state, &caller, &uri, &headers).await
 }
 
 /// The gateway's DICOMweb base the client used (`…/dicomweb`, beside `…/fhir`).
@@ -192,9 +190,16 @@ impl Located {
     }
 }
 
-/// The ImagingStudy of Study Instance UID `uid` among those the caller may see, whose images
-/// the proxy can open; its patient noted for the audit. Absent and hidden alike are 404.
-async fn locate(state: &AppState, caller: &Caller, uid: &str) -> Result<Located, ApiError> {
+/// The ImagingStudy of Study Instance UID `uid` among those the caller may see whose images
+/// the proxy can open and which holds `level`; its patient noted for the audit. Absent and hidden
+/// alike are 404; a UID two hospitals' studies share, both holding `level`, is 409 (which
+/// images are whose is never a guess).
+async fn locate(
+    state: &AppState,
+    caller: &Caller,
+    uid: &str,
+    level: Level<'_>,
+) -> Result<Located, ApiError> {
     let unknown = || ApiError::not_found(format!("study {uid} is not known"));
     if !is_uid(uid) {
         return Err(unknown());
@@ -207,6 +212,7 @@ async fn locate(state: &AppState, caller: &Caller, uid: &str) -> Result<Located,
     let query = SearchQuery::parse("ImagingStudy", &pairs, now.div_euclid(1_000_000), false)?;
     let keys = state.store.search(&caller.access, &query).await?;
     let keys = &keys[..keys.len().min(16)];
+    let mut found: Vec<(tsunagi_store::StoredResource, Located)> = Vec::new();
     for resource in state.store.fetch(&caller.access, keys).await? {
         let Some(study) = resource
             .content
@@ -223,11 +229,63 @@ async fn locate(state: &AppState, caller: &Caller, uid: &str) -> Result<Located,
             })
         });
         if let Some(facility) = facility {
-            caller.touch(std::iter::once(&resource));
-            return Ok(Located { study, facility });
+            let located = Located { study, facility };
+            if located.holds(level) {
+                found.push((resource, located));
+            }
         }
     }
-    Err(unknown())
+    match found.len() {
+        0 => {
+            // Hidden, absent, or not this study's: the caller learns nothing more.
+            Err(unknown())
+        }
+        1 => {
+            let (resource, located) = found.remove(0);
+            caller.touch(std::iter::once(&resource));
+            Ok(located)
+        }
+        _ => {
+            for (resource, _) in &found {
+                caller.touch(std::iter::once(resource));
+            }
+            Err(ApiError::conflict(format!(
+                "study {uid} is held by more than one hospital; its images cannot be told apart"
+            )))
+        }
+    }
+}
+
+/// The hospital's Patient ID of the study's patient (the facility's JP Core patient-id system).
+async fn patient_id(
+    state: &AppState,
+    caller: &Caller,
+    located: &Located,
+) -> Result<Option<String>, ApiError> {
+    let Some(id) = located.study["subject"]["reference"]
+        .as_str()
+        .and_then(|reference| reference.strip_prefix("Patient/"))
+    else {
+        return Ok(None);
+    };
+    let Some(patient) = state.store.read(&caller.access, "Patient", id).await? else {
+        return Ok(None);
+    };
+    let json: Value = patient
+        .content
+        .as_deref()
+        .and_then(|content| serde_json::from_slice(content).ok())
+        .unwrap_or(Value::Null);
+    let system = tsunagi_core::FacilityId::parse(&located.facility)
+        .ok()
+        .map(|facility| facility.patient_id_system());
+    Ok(json["identifier"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|identifier| system.as_deref().is_some_and(|s| identifier["system"] == s))
+        .and_then(|identifier| identifier["value"].as_str())
+        .map(str::to_owned))
 }
 
 /// Query parameters a rendered image takes, passed on when well-formed.
@@ -236,15 +294,23 @@ const RENDERING: &[&str] = &["quality", "viewport", "window"];
 async fn at(
     state: &AppState,
     caller: &Caller,
-    uid: &str,
-    rest: &str,
+    uri: &Uri,
     headers: &HeaderMap,
-    raw: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let Some((level, ask)) = parse(rest.trim_end_matches('/')) else {
-        return Err(ApiError::not_found(format!(
-            "/dicomweb/studies/{{study}}/{rest}: no such DICOMweb resource"
-        )));
+    let path = uri.path();
+    let no_such = || ApiError::not_found(format!("{path}: no such DICOMweb resource"));
+    // UIDs are digits and dots: a path spelled with escapes is refused, so that what is served
+    // is what the audit records (it reads the path as sent).
+    if path.contains('%') {
+        return Err(no_such());
+    }
+    let below = path
+        .strip_prefix("/dicomweb/studies/")
+        .ok_or_else(no_such)?
+        .trim_end_matches('/');
+    let (uid, rest) = below.split_once('/').unwrap_or((below, ""));
+    let Some((level, ask)) = parse(rest) else {
+        return Err(no_such());
     };
     let searching = matches!(ask, Ask::SearchSeries | Ask::SearchInstances);
     caller.require(
@@ -255,23 +321,42 @@ async fn at(
             Interaction::Read
         },
     )?;
-    let located = locate(state, caller, uid).await?;
-    if !located.holds(level) {
-        return Err(ApiError::not_found(format!(
-            "no such series or instance is known in study {uid}"
-        )));
-    }
+    let located = locate(state, caller, uid, level).await?;
     let base = dicomweb_base(state, headers);
+    let ignored = qido::unfollowed(&decode_pairs(uri.query()));
     match (ask, level) {
-        (Ask::SearchSeries, _) => return Ok(qido::series(&located, &base)),
+        (Ask::SearchSeries, _) => return Ok(qido::series(&located, &base, &ignored)),
         (Ask::SearchInstances, Level::Series(series)) => {
-            return Ok(qido::instances(&located, Some(series), &base));
+            return Ok(qido::instances(&located, Some(series), &base, &ignored));
         }
-        (Ask::SearchInstances, _) => return Ok(qido::instances(&located, None, &base)),
+        (Ask::SearchInstances, _) => {
+            return Ok(qido::instances(&located, None, &base, &ignored));
+        }
         _ => {}
     }
+    let principal = &caller.principal;
+    let who = format!(
+        "{}|{}|{}",
+        principal.facility, principal.subject, principal.client_id
+    );
+    // The PACS still files the study under the patient the gateway knows it by.
+    let patient = patient_id(state, caller, &located).await?;
+    let filed = match &patient {
+        Some(patient) => {
+            state
+                .dicomweb
+                .verify(&located.facility, &who, uid, patient)
+                .await?
+        }
+        None => false,
+    };
+    if !filed {
+        return Err(ApiError::not_found(format!(
+            "study {uid} is not known (the image archive files it otherwise)"
+        )));
+    }
     let query: Vec<String> = if matches!(ask, Ask::Rendered | Ask::FramesRendered) {
-        decode_pairs(raw)
+        decode_pairs(uri.query())
             .into_iter()
             .filter(|(name, value)| {
                 RENDERING.contains(&name.as_str())
@@ -285,15 +370,15 @@ async fn at(
     } else {
         Vec::new()
     };
-    let path = if rest.is_empty() {
+    let forwarded = if rest.is_empty() {
         format!("studies/{uid}")
     } else {
-        format!("studies/{uid}/{}", rest.trim_end_matches('/'))
+        format!("studies/{uid}/{rest}")
     };
-    let path = if query.is_empty() {
-        path
+    let forwarded = if query.is_empty() {
+        forwarded
     } else {
-        format!("{path}?{}", query.join("&"))
+        format!("{forwarded}?{}", query.join("&"))
     };
     let expect: &[&str] = match ask {
         Ask::Metadata => &["application/dicom+json", "application/json"],
@@ -309,10 +394,11 @@ async fn at(
         .dicomweb
         .forward(Forward {
             facility: &located.facility,
-            path,
+            caller: who,
+            path: forwarded,
             accept,
             expect,
-            rewrite_to: (ask == Ask::Metadata).then_some(base),
+            metadata_base: (ask == Ask::Metadata).then_some(base),
         })
         .await
 }

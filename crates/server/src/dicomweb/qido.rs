@@ -6,7 +6,10 @@
 //! Patient id), `StudyInstanceUID` (a list), `AccessionNumber`, `StudyDate` (a date or a range),
 //! `ModalitiesInStudy`; `limit` (default 100, at most 1000) and `offset`. `includefield` is
 //! accepted (every attribute the gateway has is returned); any other key is ignored and named in
-//! a `Warning: 299` header, as PS3.18 asks.
+//! a `Warning: 299` header, as PS3.18 asks. Only studies whose PACS the gateway is configured
+//! with are listed (those it can open). The patient's attributes (name, id, birth date, sex) are
+//! given only to a caller who may read Patient. A study's series and instances are listed whole
+//! (matching keys there are ignored, with the same warning).
 
 use axum::{
     http::{HeaderValue, StatusCode, header},
@@ -14,7 +17,7 @@ use axum::{
 };
 use serde_json::{Map, Value, json};
 use tsunagi_auth::Interaction;
-use tsunagi_fhir::systems::EN_REPRESENTATION;
+use tsunagi_fhir::{endpoint::dicomweb_endpoint_id, systems::EN_REPRESENTATION};
 use tsunagi_store::{SearchQuery, StoredResource};
 
 use super::Located;
@@ -59,11 +62,21 @@ pub(crate) async fn studies(
 ) -> Result<Response, ApiError> {
     caller.require("ImagingStudy", Interaction::Search)?;
     let now = state.clock.now_micros().div_euclid(1_000_000);
+    let mut ignored: Vec<String> = Vec::new();
+    // Only studies whose images this gateway can open: those naming a configured PACS.
+    let endpoints: Vec<String> = state
+        .dicomweb
+        .facilities()
+        .into_iter()
+        .map(|facility| format!("Endpoint/{}", dicomweb_endpoint_id(facility)))
+        .collect();
+    if endpoints.is_empty() {
+        return Ok(answer(Vec::new(), &ignored));
+    }
     let mut search: Vec<(String, String)> = vec![
-        ("endpoint:missing".to_owned(), "false".to_owned()),
+        ("endpoint".to_owned(), endpoints.join(",")),
         ("_sort".to_owned(), "-started".to_owned()),
     ];
-    let mut ignored: Vec<String> = Vec::new();
     let (mut limit, mut offset) = (DEFAULT_LIMIT, 0usize);
     for (key, value) in pairs {
         let value = value.trim();
@@ -101,7 +114,7 @@ pub(crate) async fn studies(
                     .collect();
                 search.push(("identifier".to_owned(), uids.join(",")));
             }
-            "AccessionNumber" => search.push(("identifier".to_owned(), value.to_owned())),
+            "AccessionNumber" => search.push(("identifier".to_owned(), escape(value))),
             "ModalitiesInStudy" => search.push((
                 "modality".to_owned(),
                 value.split('\\').collect::<Vec<_>>().join(","),
@@ -148,13 +161,16 @@ pub(crate) async fn studies(
         .map(parse)
         .collect();
     caller.touch(&studies);
+    // The patient's attributes only to whom may read Patient (as `_include` would drop it).
+    let with_patients = caller.may_see("Patient");
     let data_sets = parsed
         .iter()
         .map(|study| {
             let patient = study["subject"]["reference"]
                 .as_str()
                 .and_then(|r| r.strip_prefix("Patient/"))
-                .and_then(|id| patients.iter().find(|p| p["id"] == id));
+                .and_then(|id| patients.iter().find(|p| p["id"] == id))
+                .filter(|_| with_patients);
             study_data_set(study, patient, base)
         })
         .collect();
@@ -175,10 +191,7 @@ async fn patients_of(
         ));
     }
     let mut found: Vec<String> = Vec::new();
-    let escaped = value
-        .replace('\\', "\\\\")
-        .replace(',', "\\,")
-        .replace('|', "\\|");
+    let escaped = escape(value);
     for pairs in [
         [("identifier".to_owned(), escaped.clone())],
         [("_id".to_owned(), escaped)],
@@ -199,6 +212,18 @@ async fn patients_of(
         }
     }
     Ok(found)
+}
+
+/// A value as one FHIR search value (its `\`, `,`, `|` and `$` escaped).
+fn escape(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        if matches!(c, '\\' | ',' | '|' | '$') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 fn parse(resource: &StoredResource) -> Value {
@@ -430,8 +455,17 @@ fn study_data_set(study: &Value, patient: Option<&Value>, base: &str) -> Value {
     Value::Object(set)
 }
 
+/// The keys of a series or instance search that are not followed (all but `includefield`).
+pub(crate) fn unfollowed(pairs: &[(String, String)]) -> Vec<String> {
+    pairs
+        .iter()
+        .filter(|(key, value)| key != "includefield" && !value.trim().is_empty())
+        .map(|(key, _)| key.clone())
+        .collect()
+}
+
 /// `GET …/studies/{study}/series`: the series the gateway knows in the study.
-pub(crate) fn series(located: &Located, base: &str) -> Response {
+pub(crate) fn series(located: &Located, base: &str, ignored: &[String]) -> Response {
     let uid = study_uid(&located.study).unwrap_or_default();
     let data_sets = located.study["series"]
         .as_array()
@@ -471,11 +505,16 @@ pub(crate) fn series(located: &Located, base: &str) -> Response {
             Value::Object(set)
         })
         .collect();
-    answer(data_sets, &[])
+    answer(data_sets, ignored)
 }
 
 /// `GET …/studies/{study}/instances` and `…/series/{series}/instances`.
-pub(crate) fn instances(located: &Located, only: Option<&str>, base: &str) -> Response {
+pub(crate) fn instances(
+    located: &Located,
+    only: Option<&str>,
+    base: &str,
+    ignored: &[String],
+) -> Response {
     let uid = study_uid(&located.study).unwrap_or_default();
     let mut data_sets = Vec::new();
     for series in located.study["series"].as_array().into_iter().flatten() {
@@ -517,7 +556,7 @@ pub(crate) fn instances(located: &Located, only: Option<&str>, base: &str) -> Re
             data_sets.push(Value::Object(set));
         }
     }
-    answer(data_sets, &[])
+    answer(data_sets, ignored)
 }
 
 #[cfg(test)]

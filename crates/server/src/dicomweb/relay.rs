@@ -1,8 +1,10 @@
 //! A PACS's answer relayed to the client as it arrives: frame by frame, never held whole, cut
-//! when the PACS pauses longer than allowed or sends more than the size limit (the client sees
-//! a failed transfer, never a truncated one passed as whole), and holding its slot among the
-//! PACS's requests until the last byte. A metadata answer has the PACS's own URLs (its
-//! `BulkDataURI`s) replaced by the gateway's as it streams.
+//! when the PACS pauses longer than allowed within it, when it runs past the answer's time
+//! limit or past the size limit (the client sees a failed transfer, never a truncated one
+//! passed as whole), and holding its slots among the PACS's requests until the last byte or
+//! the cut. The PACS's trailers are dropped. In a multipart answer each part's
+//! `Content-Location` (the PACS's own URL) is dropped as the parts stream by
+//! ([`PartFilter`]); the parts' contents pass untouched.
 
 use std::{
     pin::Pin,
@@ -11,85 +13,177 @@ use std::{
 };
 
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
-use tokio::{
-    sync::OwnedSemaphorePermit,
-    time::{Instant, Sleep},
-};
+use tokio::time::{Instant, Sleep};
 
-/// Replaces every occurrence of one byte string by another in a stream cut anywhere.
-#[derive(Debug)]
-pub(crate) struct Rewrite {
-    from: Vec<u8>,
-    to: Vec<u8>,
-    /// The end of what was fed that could begin an occurrence.
-    carry: Vec<u8>,
+/// Part headers dropped from a multipart answer.
+const DROPPED_HEADERS: &[&str] = &["content-location:"];
+/// The longest header block of one part.
+const MAX_PART_HEADERS: usize = 16 * 1024;
+
+/// Where a [`PartFilter`] is in the multipart stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// In a part's body (or the preamble): looking for the next delimiter.
+    Body,
+    /// Just after a delimiter: reading the part's header block.
+    Headers,
+    /// After the closing delimiter: everything passes.
+    Epilogue,
 }
 
-impl Rewrite {
-    /// Replaces `from` (not empty) by `to`.
-    pub(crate) fn new(from: &str, to: &str) -> Option<Self> {
-        (!from.is_empty()).then(|| Self {
-            from: from.as_bytes().to_vec(),
-            to: to.as_bytes().to_vec(),
-            carry: Vec::new(),
+/// Drops the part headers that name the PACS from a `multipart/related` stream cut anywhere.
+#[derive(Debug)]
+pub(crate) struct PartFilter {
+    /// `--<boundary>`.
+    delimiter: Vec<u8>,
+    place: Place,
+    /// Bytes held: the end of a body that could begin a delimiter, or a header block so far.
+    held: Vec<u8>,
+}
+
+impl PartFilter {
+    /// A filter for the multipart media type `content_type` (its `boundary` parameter), `None`
+    /// when it names none.
+    pub(crate) fn for_type(content_type: &str) -> Option<Self> {
+        let boundary = content_type.split(';').find_map(|parameter| {
+            let (name, value) = parameter.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("boundary")
+                .then(|| value.trim().trim_matches('"').to_owned())
+        })?;
+        (!boundary.is_empty()).then(|| Self {
+            delimiter: format!("--{boundary}").into_bytes(),
+            place: Place::Body,
+            held: Vec::new(),
         })
     }
 
-    /// What can be sent of everything fed so far.
-    pub(crate) fn feed(&mut self, chunk: &[u8]) -> Bytes {
-        let mut buffer = std::mem::take(&mut self.carry);
+    /// What can be sent of everything fed so far, or why the stream is not multipart.
+    pub(crate) fn feed(&mut self, chunk: &[u8]) -> Result<Bytes, &'static str> {
+        let mut buffer = std::mem::take(&mut self.held);
         buffer.extend_from_slice(chunk);
         let mut out = Vec::with_capacity(buffer.len());
-        let mut start = 0;
-        while let Some(found) = buffer[start..]
-            .windows(self.from.len())
-            .position(|window| window == self.from.as_slice())
-        {
-            out.extend_from_slice(&buffer[start..start + found]);
-            out.extend_from_slice(&self.to);
-            start += found + self.from.len();
+        let mut at = 0;
+        loop {
+            match self.place {
+                Place::Epilogue => {
+                    out.extend_from_slice(&buffer[at..]);
+                    return Ok(Bytes::from(out));
+                }
+                Place::Body => {
+                    let rest = &buffer[at..];
+                    match find(rest, &self.delimiter) {
+                        Some(found) => {
+                            let end = found + self.delimiter.len();
+                            out.extend_from_slice(&rest[..end]);
+                            at += end;
+                            self.place = Place::Headers;
+                        }
+                        None => {
+                            let keep = (self.delimiter.len() - 1).min(rest.len());
+                            out.extend_from_slice(&rest[..rest.len() - keep]);
+                            self.held = rest[rest.len() - keep..].to_vec();
+                            return Ok(Bytes::from(out));
+                        }
+                    }
+                }
+                Place::Headers => {
+                    let rest = &buffer[at..];
+                    if rest.len() < 2 {
+                        self.held = rest.to_vec();
+                        return Ok(Bytes::from(out));
+                    }
+                    if rest.starts_with(b"--") {
+                        // The closing delimiter.
+                        self.place = Place::Epilogue;
+                        continue;
+                    }
+                    let Some(blank) = find(rest, b"\r\n\r\n") else {
+                        if rest.len() > MAX_PART_HEADERS {
+                            return Err("a part's headers are too long");
+                        }
+                        self.held = rest.to_vec();
+                        return Ok(Bytes::from(out));
+                    };
+                    // `\r\nName: value\r\n…\r\n\r\n`, without the lines that name the PACS.
+                    let block = &rest[..blank + 4];
+                    let lines: Vec<&[u8]> = block.split(|b| *b == b'\n').collect();
+                    for (index, line) in lines.iter().enumerate() {
+                        let lower = line.to_ascii_lowercase();
+                        if DROPPED_HEADERS
+                            .iter()
+                            .any(|h| lower.starts_with(h.as_bytes()))
+                        {
+                            continue;
+                        }
+                        out.extend_from_slice(line);
+                        if index + 1 < lines.len() {
+                            out.push(b'\n');
+                        }
+                    }
+                    at += blank + 4;
+                    self.place = Place::Body;
+                }
+            }
         }
-        let keep = (self.from.len() - 1).min(buffer.len() - start);
-        let end = buffer.len() - keep;
-        out.extend_from_slice(&buffer[start..end]);
-        self.carry = buffer[end..].to_vec();
-        Bytes::from(out)
     }
 
     /// The rest, once the stream ended.
     pub(crate) fn finish(&mut self) -> Bytes {
-        Bytes::from(std::mem::take(&mut self.carry))
+        Bytes::from(std::mem::take(&mut self.held))
     }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+/// What holds a place among a PACS's requests until the answer is done (its permits).
+pub(crate) type Slots = Box<dyn Send + Sync>;
+
+/// The limits of one relayed answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// The longest pause of the PACS within the answer.
+    pub(crate) stall: Duration,
+    /// When the answer must be done.
+    pub(crate) deadline: Instant,
+    /// Its most bytes.
+    pub(crate) bytes: u64,
 }
 
 /// The body of a relayed answer.
 pub(crate) struct Relay {
     inner: Incoming,
-    stall: Duration,
+    limits: Limits,
+    /// Armed while the relay waits on the PACS.
     timer: Pin<Box<Sleep>>,
+    waiting: bool,
     left: u64,
-    rewrite: Option<Rewrite>,
+    filter: Option<PartFilter>,
     done: bool,
-    _slot: OwnedSemaphorePermit,
+    _slots: Slots,
 }
 
 impl Relay {
-    /// Relays `inner`, at most `limit` bytes, the PACS never pausing longer than `stall`.
+    /// Relays `inner` under `limits`, filtered by `filter`, holding `slots`.
     pub(crate) fn new(
         inner: Incoming,
-        stall: Duration,
-        limit: u64,
-        rewrite: Option<Rewrite>,
-        slot: OwnedSemaphorePermit,
+        limits: Limits,
+        filter: Option<PartFilter>,
+        slots: Slots,
     ) -> Self {
         Self {
             inner,
-            stall,
-            timer: Box::pin(tokio::time::sleep(stall)),
-            left: limit,
-            rewrite,
+            limits,
+            timer: Box::pin(tokio::time::sleep_until(limits.deadline)),
+            waiting: false,
+            left: limits.bytes,
+            filter,
             done: false,
-            _slot: slot,
+            _slots: slots,
         }
     }
 
@@ -113,22 +207,26 @@ impl Body for Relay {
             if this.done {
                 return Poll::Ready(None);
             }
+            if Instant::now() >= this.limits.deadline {
+                return this.fail("the image archive's answer ran past its time limit");
+            }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    let deadline = Instant::now() + this.stall;
-                    this.timer.as_mut().reset(deadline);
-                    let data = match frame.into_data() {
-                        Ok(data) => data,
-                        // Trailers pass as they are.
-                        Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                    this.waiting = false;
+                    // Trailers are the PACS's business: dropped.
+                    let Ok(data) = frame.into_data() else {
+                        continue;
                     };
                     let length = data.len() as u64;
                     if length > this.left {
                         return this.fail("the image archive's answer exceeds the size limit");
                     }
                     this.left -= length;
-                    let data = match &mut this.rewrite {
-                        Some(rewrite) => rewrite.feed(&data),
+                    let data = match &mut this.filter {
+                        Some(filter) => match filter.feed(&data) {
+                            Ok(data) => data,
+                            Err(reason) => return this.fail(reason),
+                        },
                         None => data,
                     };
                     if data.is_empty() {
@@ -142,13 +240,23 @@ impl Body for Relay {
                 }
                 Poll::Ready(None) => {
                     this.done = true;
-                    let rest = this.rewrite.as_mut().map(Rewrite::finish);
+                    let rest = this.filter.as_mut().map(PartFilter::finish);
                     return match rest {
                         Some(rest) if !rest.is_empty() => Poll::Ready(Some(Ok(Frame::data(rest)))),
                         _ => Poll::Ready(None),
                     };
                 }
                 Poll::Pending => {
+                    // The PACS's pause is timed from when the relay began waiting on it (time
+                    // the client takes to read is not the PACS's), and never past the deadline.
+                    if !this.waiting {
+                        this.waiting = true;
+                        let pause = Instant::now()
+                            .checked_add(this.limits.stall)
+                            .unwrap_or(this.limits.deadline)
+                            .min(this.limits.deadline);
+                        this.timer.as_mut().reset(pause);
+                    }
                     if this.timer.as_mut().poll(cx).is_ready() {
                         return this.fail("the image archive paused too long within its answer");
                     }
@@ -163,7 +271,7 @@ impl Body for Relay {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.rewrite {
+        match self.filter {
             None => self.inner.size_hint(),
             Some(_) => SizeHint::default(),
         }
@@ -175,32 +283,39 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn through(rewrite: &mut Rewrite, chunks: &[&str]) -> String {
+    fn through(filter: &mut PartFilter, chunks: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
         for chunk in chunks {
-            out.extend_from_slice(&rewrite.feed(chunk.as_bytes()));
+            out.extend_from_slice(&filter.feed(chunk).unwrap());
         }
-        out.extend_from_slice(&rewrite.finish());
-        String::from_utf8(out).unwrap_or_default()
+        out.extend_from_slice(&filter.finish());
+        out
     }
 
     #[test]
-    fn urls_are_replaced_wherever_the_stream_is_cut() {
-        let text = r#"{"BulkDataURI":"http://pacs:8042/dicom-web/studies/1/bulk/7fe00010"},{"BulkDataURI":"http://pacs:8042/dicom-web/studies/2"}"#;
-        let expected = text.replace("http://pacs:8042/dicom-web", "https://gw/dicomweb");
-        for cut in 0..text.len() {
-            for second in cut..text.len() {
-                let mut rewrite =
-                    Rewrite::new("http://pacs:8042/dicom-web", "https://gw/dicomweb").unwrap();
+    fn part_locations_are_dropped_wherever_the_stream_is_cut() {
+        let answer: &[u8] = b"--b1\r\nContent-Location: http://pacs:8042/dicom-web/studies/1/frames/1\r\nContent-Type: application/octet-stream\r\n\r\n\x00\x01--b\r\n--b1\r\ncontent-location: http://pacs/x\r\n\r\nDICM\r\n--b1--\r\nepilogue";
+        let expected: &[u8] = b"--b1\r\nContent-Type: application/octet-stream\r\n\r\n\x00\x01--b\r\n--b1\r\n\r\nDICM\r\n--b1--\r\nepilogue";
+        let filter = || {
+            PartFilter::for_type(
+                "multipart/related; type=\"application/octet-stream\"; boundary=b1",
+            )
+            .unwrap()
+        };
+        assert_eq!(through(&mut filter(), &[answer]), expected);
+        for cut in 0..answer.len() {
+            for second in (cut..answer.len()).step_by(3) {
                 let got = through(
-                    &mut rewrite,
-                    &[&text[..cut], &text[cut..second], &text[second..]],
+                    &mut filter(),
+                    &[&answer[..cut], &answer[cut..second], &answer[second..]],
                 );
                 assert_eq!(got, expected, "cut at {cut} and {second}");
             }
         }
-        assert!(Rewrite::new("", "x").is_none());
-        let mut rewrite = Rewrite::new("aa", "b").unwrap();
-        assert_eq!(through(&mut rewrite, &["aaa", "a"]), "bb");
+        assert!(PartFilter::for_type("multipart/related").is_none());
+        assert!(PartFilter::for_type("image/jpeg").is_none());
+        let mut endless = PartFilter::for_type("multipart/related; boundary=z").unwrap();
+        assert!(endless.feed(b"--z\r\nX: ").is_ok());
+        assert!(endless.feed(&vec![b'a'; MAX_PART_HEADERS + 10]).is_err());
     }
 }
