@@ -1,17 +1,18 @@
-//! QIDO-RS requests to one PACS over a pool of kept-alive HTTP/1.1 connections: the base URL
-//! configured for the hospital, its `Authorization` header, a time limit per request and a size
+//! QIDO-RS requests to one PACS over a pool of kept-alive HTTP/1.1 connections (TLS when the
+//! URL is `https://`, trusting the CA configured for that PACS): the base URL configured for
+//! the hospital, its `Authorization` header, a time limit per request and a size
 //! limit per answer. A PACS that cannot be reached, answers late, answers an error or answers
 //! what is not DICOM JSON gets an error saying so, naming the URL.
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::{Request, StatusCode, Uri, body::Bytes, header};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde_json::Value;
+use tsunagi_net::client::Connector;
 
 /// The largest QIDO-RS answer read (a page of studies, a study's instances).
 pub(crate) const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
@@ -39,35 +40,40 @@ pub struct Qido {
     base: String,
     authorization: Option<String>,
     timeout: Duration,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<Connector, Empty<Bytes>>,
 }
 
 impl Qido {
-    /// A client of the services at `base` (`http://host:port/path`, no trailing slash needed).
+    /// A client of the services at `base` (`http://host:port/path` or `https://…`, no trailing
+    /// slash needed); `tls` trusts the PACS's CA (needed for `https://`).
     pub fn new(
         base: &str,
         authorization: Option<String>,
         timeout: Duration,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Self, String> {
         let uri: Uri = base
             .parse()
             .map_err(|error| format!("{base:?} is not a URL: {error}"))?;
         match uri.scheme_str() {
             Some("http") => {}
+            Some("https") if tls.is_some() => {}
             Some("https") => {
                 return Err(format!(
-                    "{base}: TLS to a PACS is not supported yet; reach it over a TLS-terminating \
-                     proxy on the gateway's host, or a trusted network"
+                    "{base}: TLS to a PACS needs the CA certificates to trust for it (ca_file, \
+                     --ca-file): a PEM file"
                 ));
             }
-            _ => return Err(format!("{base}: the DICOMweb base URL must be http://…")),
+            _ => {
+                return Err(format!(
+                    "{base}: the DICOMweb base URL must be http://… or https://…"
+                ));
+            }
         }
         if uri.host().is_none() {
             return Err(format!("{base}: no host"));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        connector.set_nodelay(true);
+        let connector = Connector::new(tls, timeout);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(16)

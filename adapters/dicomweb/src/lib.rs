@@ -17,9 +17,12 @@
 //! 4. commits each patient's studies with its checkpoints in one batch.
 //!
 //! A study whose Patient ID is not exactly the patient asked for (a PACS matching wildcards or
-//! fuzzily) is ignored. Names are never read: patients are matched by id.
+//! fuzzily), or whose Issuer of Patient ID is not the one configured for the PACS, is ignored.
+//! Names are never read: patients are matched by id. Study and instance lists are paged
+//! (`limit`/`offset`).
 
 mod client;
+pub mod queries;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -30,7 +33,7 @@ use serde_json::{Value, json};
 use tsunagi_adapter::{
     AdapterContext, AdapterError, AdapterInfo, PullAdapter, PullReport, Rejection,
 };
-use tsunagi_core::{FacilityId, hash::Fnv64, url::percent_encode};
+use tsunagi_core::{FacilityId, hash::Fnv64};
 use tsunagi_dicom::{json::Dataset, tags};
 use tsunagi_fhir::endpoint::{dicomweb_endpoint, dicomweb_endpoint_id};
 use tsunagi_mapping::{
@@ -42,8 +45,10 @@ use tsunagi_store::{
 };
 
 pub use client::{Qido, QidoError};
+pub use queries::INSTANCE_FIELDS;
+use queries::{Read, all_studies, instances_of, raw_uid, series_of_instances, studies_of};
 
-/// Pages of one patient's studies read at most.
+/// Pages of one answer read at most.
 const MAX_PAGES: usize = 1000;
 
 /// Patients asked about at once.
@@ -52,6 +57,22 @@ pub const DEFAULT_CONCURRENCY: usize = 8;
 pub const DEFAULT_PAGE_SIZE: usize = 500;
 /// Time limit of one request to the PACS.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a pull finds the studies of the hospital's known patients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Discovery {
+    /// One query per patient (`studies?PatientID=`): for a PACS holding many more patients
+    /// than the network shares.
+    #[default]
+    Patients,
+    /// Every study of the PACS listed, page by page, and those of known patients kept: for a
+    /// PACS whose per-patient queries are slow (Orthanc 1.10 scans for each) or that holds
+    /// mostly shared patients.
+    All,
+}
+
+/// Patients whose studies are read together in discovery `all`.
+const STUDIES_PER_CHUNK: usize = 64;
 
 /// Configuration of one PACS.
 #[derive(Debug, Clone)]
@@ -72,6 +93,13 @@ pub struct DicomWebConfig {
     pub timeout: Duration,
     /// Read every study again, ignoring checkpoints (writes stay idempotent).
     pub full: bool,
+    /// How studies are found.
+    pub discovery: Discovery,
+    /// The CA certificates (PEM) an `https://` PACS's certificate must chain to.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The issuer of patient ids (0010,0021) the PACS files the hospital's patients under;
+    /// a study it files under another issuer is not the patient's. `None`: any.
+    pub issuer_of_patient_id: Option<String>,
     /// The gateway's own DICOMweb base (`https://gateway.example/dicomweb`), the address of the
     /// hospital's Endpoint; `None`: `/dicomweb`, on the origin that serves the FHIR API.
     pub gateway_url: Option<String>,
@@ -91,6 +119,21 @@ impl DicomWebAdapter {
     pub fn new(config: DicomWebConfig) -> Self {
         Self { config }
     }
+}
+
+/// The QIDO-RS client of the PACS `config` names (its CA read when it is `https://`).
+pub fn client(config: &DicomWebConfig) -> Result<Qido, String> {
+    let tls = config
+        .ca_file
+        .as_deref()
+        .map(tsunagi_net::client::tls_trusting)
+        .transpose()?;
+    Qido::new(
+        &config.url,
+        config.authorization.clone(),
+        config.timeout,
+        tls,
+    )
 }
 
 fn patients_scope(facility: &str) -> String {
@@ -130,12 +173,7 @@ impl PullAdapter for DicomWebAdapter {
 
     async fn pull(&self, context: &AdapterContext) -> Result<PullReport, AdapterError> {
         let facility = self.config.facility.as_str().to_owned();
-        let qido = Qido::new(
-            &self.config.url,
-            self.config.authorization.clone(),
-            self.config.timeout,
-        )
-        .map_err(AdapterError::Source)?;
+        let qido = client(&self.config).map_err(AdapterError::Source)?;
         let store = context.store.clone();
         let mut report = PullReport {
             adapter: "dicomweb".to_owned(),
@@ -201,24 +239,60 @@ impl PullAdapter for DicomWebAdapter {
         let mut listed_all: BTreeSet<String> = BTreeSet::new();
         let mut withdrawals: Vec<(String, String)> = Vec::new();
         let mut held_digests: BTreeMap<String, String> = BTreeMap::new();
-        for chunk in patients.chunks(concurrency) {
-            let mut asked = tokio::task::JoinSet::new();
-            for patient in chunk {
-                let qido = qido.clone();
-                let patient = patient.clone();
-                let page = self.config.page_size.max(1);
-                asked.spawn(async move {
-                    let answer = studies_of(&qido, &patient, page).await;
-                    (patient, answer)
-                });
+        let page = self.config.page_size.max(1);
+        let issuer = self.config.issuer_of_patient_id.clone();
+        // Discovery `all`: every study of the PACS listed once, grouped by known patient.
+        let listed = match self.config.discovery {
+            Discovery::Patients => None,
+            Discovery::All => {
+                let known_patients: BTreeSet<String> = patients.iter().cloned().collect();
+                match all_studies(&qido, &known_patients, issuer.as_deref(), page).await {
+                    Ok(listed) => Some(listed),
+                    Err(error) => {
+                        return Err(AdapterError::Source(format!(
+                            "the PACS of {facility} could not list its studies: {error}"
+                        )));
+                    }
+                }
             }
-            let mut answers = Vec::new();
-            while let Some(joined) = asked.join_next().await {
-                let (patient, answer) = joined
-                    .map_err(|error| AdapterError::Source(format!("a query stopped: {error}")))?;
-                answers.push((patient, answer));
-            }
+        };
+        let chunk_size = if listed.is_some() {
+            STUDIES_PER_CHUNK
+        } else {
+            concurrency
+        };
+        for chunk in patients.chunks(chunk_size) {
+            let mut answers = match &listed {
+                Some(listed) => chunk
+                    .iter()
+                    .map(|patient| {
+                        let studies = listed.get(patient).cloned().unwrap_or_default();
+                        (patient.clone(), Ok(studies))
+                    })
+                    .collect(),
+                None => self.ask_patients(&qido, chunk).await?,
+            };
             answers.sort_by(|a, b| a.0.cmp(&b.0));
+            // The studies new or changed since the last pull, read together.
+            let mut changed: Vec<String> = Vec::new();
+            for (patient, answer) in &answers {
+                let Ok(studies) = answer else { continue };
+                if seen_patients.get(patient) == Some(&digest(&Value::Array(studies.clone()))) {
+                    continue;
+                }
+                let before = known.get(patient);
+                for row in studies {
+                    if let Some(uid) = raw_uid(row)
+                        && (self.config.full
+                            || before.and_then(|b| b.get(&uid)) != Some(&digest(row)))
+                    {
+                        changed.push(uid);
+                    }
+                }
+            }
+            let read = instances_of(&qido, &changed, page).await.map_err(|error| {
+                AdapterError::Source(format!("the PACS of {facility} cannot be reached: {error}"))
+            })?;
             for (patient, answer) in answers {
                 let studies = match answer {
                     Ok(studies) => {
@@ -267,16 +341,14 @@ impl PullAdapter for DicomWebAdapter {
                     .filter(|uid| !uids.contains(*uid))
                     .cloned()
                     .collect();
-                let batch = self
-                    .patient_batch(
-                        &qido,
-                        &patient,
-                        &studies,
-                        &before,
-                        (&answer_digest, gone.is_empty()),
-                        &mut report,
-                    )
-                    .await?;
+                let batch = self.patient_batch(
+                    (&qido, &read),
+                    &patient,
+                    &studies,
+                    &before,
+                    (&answer_digest, gone.is_empty()),
+                    &mut report,
+                )?;
                 if !gone.is_empty() {
                     // Its answer is remembered with the withdrawals, at the end.
                     held_digests.insert(patient.clone(), answer_digest.clone());
@@ -332,44 +404,42 @@ impl PullAdapter for DicomWebAdapter {
     }
 }
 
-/// The attributes asked with a study's instances besides those every PACS returns: Series
-/// Description, Body Part Examined, Series Number, Instance Number.
-pub const INSTANCE_FIELDS: &str =
-    "includefield=0008103E&includefield=00180015&includefield=00200011&includefield=00200013";
-
-/// The series of a study's instances: the first instance of each Series Instance UID (it
-/// carries the series' attributes), in the order met.
-fn series_of_instances(instances: &Value) -> Value {
-    let mut seen: BTreeSet<String> = BTreeSet::new();
-    Value::Array(
-        instances
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|instance| {
-                instance["0020000E"]["Value"][0]
-                    .as_str()
-                    .is_some_and(|uid| seen.insert(uid.to_owned()))
-            })
-            .cloned()
-            .collect(),
-    )
-}
-
-/// A QIDO-RS row's Study Instance UID, read raw (whatever its character set).
-fn raw_uid(row: &Value) -> Option<String> {
-    row["0020000D"]["Value"][0]
-        .as_str()
-        .map(|uid| uid.trim().to_owned())
-        .filter(|uid| !uid.is_empty())
-}
+/// Each patient's studies as the PACS answered, or why it did not.
+type Answers = Vec<(String, Result<Vec<Value>, QidoError>)>;
 
 impl DicomWebAdapter {
-    /// One patient's studies as one batch: each new or changed study read and its part
-    /// replaced, each study gone withdrawn, the checkpoints.
-    async fn patient_batch(
+    /// The studies of each of `patients`, asked at once (one query each).
+    async fn ask_patients(
         &self,
         qido: &Qido,
+        patients: &[String],
+    ) -> Result<Answers, AdapterError> {
+        let mut asked = tokio::task::JoinSet::new();
+        for patient in patients {
+            let qido = qido.clone();
+            let patient = patient.clone();
+            let page = self.config.page_size.max(1);
+            let issuer = self.config.issuer_of_patient_id.clone();
+            asked.spawn(async move {
+                let answer = studies_of(&qido, &patient, issuer.as_deref(), page).await;
+                (patient, answer)
+            });
+        }
+        let mut answers = Vec::new();
+        while let Some(joined) = asked.join_next().await {
+            answers.push(
+                joined
+                    .map_err(|error| AdapterError::Source(format!("a query stopped: {error}")))?,
+            );
+        }
+        Ok(answers)
+    }
+
+    /// One patient's studies as one batch: each new or changed study read and its part
+    /// replaced, each study gone withdrawn, the checkpoints.
+    fn patient_batch(
+        &self,
+        (qido, read): (&Qido, &Read),
         patient: &str,
         studies: &[Value],
         before: &BTreeMap<String, String>,
@@ -401,26 +471,23 @@ impl DicomWebAdapter {
                 report.files_skipped_unchanged += 1;
                 continue;
             }
-            let encoded = percent_encode(&uid);
-            // One request a study: its instances with their series' attributes (description,
-            // body part, number); each series is described by its first instance.
-            let read = async {
-                let instances = qido
-                    .get(&format!("studies/{encoded}/instances?{INSTANCE_FIELDS}"))
-                    .await?;
-                Ok::<_, QidoError>((series_of_instances(&instances), instances))
-            };
-            let (series, instances) = match read.await {
-                Ok(read) => read,
-                Err(QidoError::Unreachable(error)) => {
-                    return Err(AdapterError::Source(format!(
-                        "the PACS of {facility} cannot be reached: {error}"
-                    )));
+            let (series, instances) = match read.get(&uid) {
+                Some(Ok(rows)) => {
+                    let instances = Value::Array(rows.clone());
+                    (series_of_instances(&instances), instances)
                 }
-                Err(QidoError::Answer(error)) => {
+                Some(Err(error)) => {
                     report.rejected.push(Rejection {
                         source: format!("{}/studies/{uid}", qido.base()),
-                        reason: error,
+                        reason: error.clone(),
+                    });
+                    complete = false;
+                    continue;
+                }
+                None => {
+                    report.rejected.push(Rejection {
+                        source: format!("{}/studies/{uid}", qido.base()),
+                        reason: "its instances were not read".to_owned(),
                     });
                     complete = false;
                     continue;
@@ -486,45 +553,6 @@ impl DicomWebAdapter {
         }
         Ok(Batch { operations })
     }
-}
-
-/// Every study the PACS lists for `patient`, page by page, with exactly that Patient ID.
-async fn studies_of(qido: &Qido, patient: &str, page: usize) -> Result<Vec<Value>, QidoError> {
-    let mut studies = Vec::new();
-    let mut seen: BTreeSet<String> = BTreeSet::new();
-    let mut offset = 0usize;
-    loop {
-        let answer = qido
-            .get(&format!(
-                "studies?PatientID={}&includefield=00081030&includefield=00080061&limit={page}&offset={offset}",
-                percent_encode(patient)
-            ))
-            .await?;
-        let rows = answer.as_array().cloned().unwrap_or_default();
-        let count = rows.len();
-        let before = seen.len();
-        for row in rows {
-            seen.extend(raw_uid(&row));
-            // Matched on the raw Patient ID, so that a row this reader cannot decode is still
-            // the patient's (and reported), never taken for a study gone.
-            if row["00100020"]["Value"][0].as_str().map(str::trim) == Some(patient) {
-                studies.push(row);
-            }
-        }
-        // The last page; or a PACS that ignores `offset` (a page with nothing new).
-        if count < page || seen.len() == before || offset / page.max(1) >= MAX_PAGES {
-            break;
-        }
-        offset += count;
-    }
-    // The order a PACS lists them in is not part of what changed.
-    studies.sort_by_key(|study| {
-        Dataset::new(study)
-            .ok()
-            .and_then(|study| study.string(tags::STUDY_INSTANCE_UID))
-            .unwrap_or_default()
-    });
-    Ok(studies)
 }
 
 /// The hospital's patients the network knows: the values of its JP Core patient-id system on

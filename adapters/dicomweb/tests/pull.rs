@@ -28,7 +28,10 @@ async fn pull(store: Arc<dyn Store>, url: &str) -> Result<PullReport, String> {
         concurrency: 4,
         timeout: Duration::from_secs(10),
         full: false,
+        discovery: tsunagi_adapter_dicomweb::Discovery::Patients,
+        ca_file: None,
         gateway_url: None,
+        issuer_of_patient_id: None,
     });
     let context = AdapterContext {
         store,

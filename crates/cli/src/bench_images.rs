@@ -250,7 +250,7 @@ pub(crate) async fn through_the_gateway(
     };
     // What the gateway relays is what the PACS sent.
     let probe = &objects.small[0];
-    let (_, through) = sides
+    let (status, through) = sides
         .connection(false)
         .await?
         .get(&Sides::path(false, probe))
@@ -260,11 +260,12 @@ pub(crate) async fn through_the_gateway(
         .await?
         .get(&Sides::path(true, probe))
         .await?;
-    if through.len() != direct.len() || through.is_empty() {
+    if status != 200 || through.len() != direct.len() {
         bail!(
-            "the gateway relayed {} bytes of an instance the PACS answers with {}",
+            "the gateway answered {status} with {} bytes for an instance the PACS answers with {}: {}",
             through.len(),
-            direct.len()
+            direct.len(),
+            String::from_utf8_lossy(&through[..through.len().min(300)])
         );
     }
     println!("images through the gateway beside Orthanc itself (loopback, same objects, same run)");

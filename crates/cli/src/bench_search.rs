@@ -23,7 +23,7 @@ use tsunagi_store::{
 
 use crate::open;
 
-/// A keep-alive HTTP/1.1 connection that reads `Content-Length` bodies.
+/// A keep-alive HTTP/1.1 connection that reads `Content-Length` and chunked bodies.
 pub(crate) struct Connection {
     stream: BufReader<TcpStream>,
     host: String,
@@ -61,6 +61,7 @@ impl Connection {
             .and_then(|s| s.parse().ok())
             .context("bad status line")?;
         let mut length = 0usize;
+        let mut chunked = false;
         loop {
             line.clear();
             self.stream.read_line(&mut line).await?;
@@ -68,15 +69,40 @@ impl Connection {
             if trimmed.is_empty() {
                 break;
             }
-            if let Some((name, value)) = trimmed.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse()?;
+            if let Some((name, value)) = trimmed.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse()?;
+                } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = value.trim().eq_ignore_ascii_case("chunked");
+                }
             }
         }
-        let mut body = vec![0; length];
-        self.stream.read_exact(&mut body).await?;
-        Ok((status, body))
+        if !chunked {
+            let mut body = vec![0; length];
+            self.stream.read_exact(&mut body).await?;
+            return Ok((status, body));
+        }
+        // Chunks until the last, then the (empty) trailer.
+        let mut body = Vec::new();
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line).await?;
+            let size = usize::from_str_radix(line.trim_end().split(';').next().unwrap_or(""), 16)
+                .context("bad chunk size")?;
+            if size == 0 {
+                loop {
+                    line.clear();
+                    self.stream.read_line(&mut line).await?;
+                    if line.trim_end().is_empty() {
+                        return Ok((status, body));
+                    }
+                }
+            }
+            let start = body.len();
+            body.resize(start + size + 2, 0);
+            self.stream.read_exact(&mut body[start..]).await?;
+            body.truncate(start + size);
+        }
     }
 }
 

@@ -311,7 +311,7 @@ pub(crate) struct MmlSource {
 }
 
 /// `[[source]] kind = "dicomweb"`: one hospital's PACS.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DicomWebSource {
     /// The hospital's 10-digit medical-institution code.
@@ -330,6 +330,24 @@ pub(crate) struct DicomWebSource {
     pub(crate) concurrency: Option<usize>,
     /// Time limit of one request to the PACS, in seconds (default 30).
     pub(crate) timeout_seconds: Option<u64>,
+    /// The Issuer of Patient ID (0010,0021) the PACS files the hospital's patients under.
+    pub(crate) issuer_of_patient_id: Option<String>,
+    /// The CA certificates (PEM) an `https://` PACS's certificate must chain to.
+    pub(crate) ca_file: Option<PathBuf>,
+    /// How its studies are found: `patients` (one query per known patient, the default) or
+    /// `all` (every study of the PACS listed).
+    pub(crate) discovery: Option<Discovery>,
+}
+
+/// How a PACS's studies are found (`discovery`, `--discovery`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Discovery {
+    /// One QIDO-RS query per known patient.
+    #[default]
+    Patients,
+    /// Every study of the PACS listed, page by page.
+    All,
 }
 
 /// `text` as a TOML basic string, quoted and escaped.
@@ -404,12 +422,16 @@ impl Config {
                     source.facility, source.schedule
                 )
             })?;
-            tsunagi_adapter_dicomweb::Qido::new(
-                &source.url,
-                None,
-                std::time::Duration::from_secs(1),
-            )
-            .map_err(|error| anyhow::anyhow!("dicomweb source {}: {error}", source.facility))?;
+            // The URL and the CA file, checked now (the authorization only when pulled or
+            // served: its variable may be set for the service only).
+            let mut checked = crate::ingest_dicomweb::DicomWebSource {
+                authorization_env: None,
+                ..source.clone()
+            };
+            checked.timeout_seconds = checked.timeout_seconds.or(Some(1));
+            crate::ingest_dicomweb::dicomweb_config(&checked).map_err(|error| {
+                anyhow::anyhow!("dicomweb source {}: {error:#}", source.facility)
+            })?;
         }
         for source in &config.ssmix2 {
             tsunagi_core::FacilityId::parse(&source.facility)

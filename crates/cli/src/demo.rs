@@ -254,15 +254,13 @@ async fn demo_images(
     orthanc
         .store_folder(&region.join("pacs").join(hospital.code))
         .context("storing the synthetic studies in Orthanc")?;
-    let config = crate::ingest_dicomweb::dicomweb_config(
-        hospital.code,
-        Some(hospital.name.to_owned()),
-        &orthanc.dicomweb_url(),
-        None,
-        None,
-        None,
-        None,
-    )?;
+    let config =
+        crate::ingest_dicomweb::dicomweb_config(&crate::ingest_dicomweb::DicomWebSource {
+            facility: hospital.code.to_owned(),
+            name: Some(hospital.name.to_owned()),
+            url: orthanc.dicomweb_url(),
+            ..Default::default()
+        })?;
     let timeout = config.timeout;
     let started = Instant::now();
     let report = crate::registry::pull(crate::registry::Source::DicomWeb(config))

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tsunagi_adapter_dicomweb::{
-    DEFAULT_CONCURRENCY, DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DicomWebConfig, Qido,
+    DEFAULT_CONCURRENCY, DEFAULT_PAGE_SIZE, DEFAULT_TIMEOUT, DicomWebConfig,
 };
 use tsunagi_core::FacilityId;
 
+pub(crate) use crate::config::DicomWebSource;
 use crate::{
     ingest::{pull_and_report, register_hospital},
     open::open_store,
@@ -40,47 +41,60 @@ pub(crate) struct DicomWebFlags {
     /// Ignore the checkpoints and read every study again (writes stay idempotent).
     #[arg(long)]
     pub(crate) full: bool,
+    /// How its studies are found: one query per known patient, or every study listed.
+    #[arg(long, value_enum, default_value_t)]
+    pub(crate) discovery: crate::config::Discovery,
+    /// The CA certificates (PEM) an `https://` PACS's certificate must chain to (its own CA,
+    /// not the machine's store).
+    #[arg(long)]
+    pub(crate) ca_file: Option<std::path::PathBuf>,
+    /// The Issuer of Patient ID (0010,0021) the PACS files the hospital's patients under; studies
+    /// filed under another issuer are not taken. Default: any.
+    #[arg(long)]
+    pub(crate) issuer_of_patient_id: Option<String>,
     /// The gateway's public DICOMweb base (`https://gateway.example/dicomweb`), written as the
     /// address of the hospital's Endpoint; default `/dicomweb` on the FHIR API's origin.
     #[arg(long)]
     pub(crate) gateway_url: Option<String>,
 }
 
-/// The configuration of a PACS pull; the authorization read from the environment variable
-/// named, a missing one an error naming it.
-pub(crate) fn dicomweb_config(
-    facility: &str,
-    name: Option<String>,
-    url: &str,
-    authorization_env: Option<&str>,
-    page_size: Option<usize>,
-    concurrency: Option<usize>,
-    timeout_seconds: Option<u64>,
-) -> anyhow::Result<DicomWebConfig> {
-    let authorization = match authorization_env {
+/// The configuration of a PACS pull from its section (or the flags made one): the
+/// authorization read from the environment variable named (a missing one an error naming it),
+/// the URL and the CA file checked.
+pub(crate) fn dicomweb_config(source: &DicomWebSource) -> anyhow::Result<DicomWebConfig> {
+    let authorization = match &source.authorization_env {
         Some(variable) => Some(std::env::var(variable).with_context(|| {
             format!("the PACS authorization is to be in ${variable}, which is not set")
         })?),
         None => None,
     };
     anyhow::ensure!(
-        timeout_seconds != Some(0),
+        source.timeout_seconds != Some(0),
         "timeout_seconds must be at least 1"
     );
-    let timeout = timeout_seconds.map_or(DEFAULT_TIMEOUT, Duration::from_secs);
-    // The URL checked now, not at the first pull.
-    Qido::new(url, None, timeout).map_err(|error| anyhow::anyhow!(error))?;
-    Ok(DicomWebConfig {
-        facility: FacilityId::parse(facility)?,
-        name,
-        url: url.to_owned(),
+    let timeout = source
+        .timeout_seconds
+        .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
+    let config = DicomWebConfig {
+        facility: FacilityId::parse(&source.facility)?,
+        name: source.name.clone(),
+        url: source.url.clone(),
         authorization,
-        page_size: page_size.unwrap_or(DEFAULT_PAGE_SIZE),
-        concurrency: concurrency.unwrap_or(DEFAULT_CONCURRENCY),
+        page_size: source.page_size.unwrap_or(DEFAULT_PAGE_SIZE),
+        concurrency: source.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
         timeout,
         full: false,
+        discovery: match source.discovery.unwrap_or_default() {
+            crate::config::Discovery::Patients => tsunagi_adapter_dicomweb::Discovery::Patients,
+            crate::config::Discovery::All => tsunagi_adapter_dicomweb::Discovery::All,
+        },
+        ca_file: source.ca_file.clone(),
+        issuer_of_patient_id: source.issuer_of_patient_id.clone(),
         gateway_url: None,
-    })
+    };
+    // The URL and the CA checked now, not at the first pull.
+    tsunagi_adapter_dicomweb::client(&config).map_err(|error| anyhow::anyhow!(error))?;
+    Ok(config)
 }
 
 /// The gateway's DICOMweb base derived from its public FHIR base (`…/fhir` → `…/dicomweb`).
@@ -93,28 +107,27 @@ pub(crate) fn gateway_of(fhir_base: Option<&str>) -> Option<String> {
 }
 
 /// The PACSes `tsunagi serve` opens images from: each `[[source]] kind = "dicomweb"`, with its
-/// authorization read from the environment variable it names.
+/// authorization read from the environment variable it names and its CA.
 pub(crate) fn proxied_pacs(
-    sources: &[crate::config::DicomWebSource],
+    sources: &[DicomWebSource],
 ) -> anyhow::Result<Vec<tsunagi_server::dicomweb::Pacs>> {
     sources
         .iter()
         .map(|source| {
-            let config = dicomweb_config(
-                &source.facility,
-                source.name.clone(),
-                &source.url,
-                source.authorization_env.as_deref(),
-                source.page_size,
-                source.concurrency,
-                source.timeout_seconds,
-            )?;
+            let config = dicomweb_config(source)?;
+            let tls = config
+                .ca_file
+                .as_deref()
+                .map(tsunagi_net::client::tls_trusting)
+                .transpose()
+                .map_err(|error| anyhow::anyhow!(error))?;
             tsunagi_server::dicomweb::Pacs::new(
                 config.facility.as_str(),
                 &config.url,
                 config.authorization,
                 config.timeout,
             )
+            .map(|pacs| pacs.with_issuer(config.issuer_of_patient_id).with_tls(tls))
             .map_err(|error| anyhow::anyhow!("dicomweb source {}: {error}", source.facility))
         })
         .collect()
@@ -123,15 +136,16 @@ pub(crate) fn proxied_pacs(
 /// `tsunagi ingest dicomweb`.
 pub(crate) async fn ingest_dicomweb(flags: DicomWebFlags) -> anyhow::Result<()> {
     let facility = flags.facility.as_str();
-    let mut config = dicomweb_config(
-        facility,
-        flags.name.clone(),
-        &flags.url,
-        flags.authorization_env.as_deref(),
-        None,
-        None,
-        None,
-    )?;
+    let mut config = dicomweb_config(&DicomWebSource {
+        facility: flags.facility.clone(),
+        name: flags.name.clone(),
+        url: flags.url.clone(),
+        authorization_env: flags.authorization_env.clone(),
+        issuer_of_patient_id: flags.issuer_of_patient_id.clone(),
+        ca_file: flags.ca_file.clone(),
+        discovery: Some(flags.discovery),
+        ..DicomWebSource::default()
+    })?;
     config.full = flags.full;
     config.gateway_url = flags.gateway_url.clone();
     let store = open_store(&flags.db).await?;

@@ -71,15 +71,7 @@ pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
     let gateway = crate::ingest_dicomweb::gateway_of(config.server.base_url.as_deref());
     for source in config.dicomweb {
         let schedule = cron::Schedule::from_str(&source.schedule)?;
-        let mut pacs = crate::ingest_dicomweb::dicomweb_config(
-            &source.facility,
-            source.name.clone(),
-            &source.url,
-            source.authorization_env.as_deref(),
-            source.page_size,
-            source.concurrency,
-            source.timeout_seconds,
-        )?;
+        let mut pacs = crate::ingest_dicomweb::dicomweb_config(&source)?;
         pacs.gateway_url.clone_from(&gateway);
         jobs.push((
             schedule,

@@ -6,6 +6,7 @@
 //! - a hidden patient's study, series, instance, frame and rendered image each 404, audited with
 //!   the study's UID; scopes hold; a withdrawn consent stops the next request;
 //! - the Python `dicomweb-client` package, unmodified but for its auth header, works through it;
+//! - a PACS reached over TLS (trusting the CA configured for it) serves the same;
 //! - a PACS that is down, silent, garbled or stalls mid-answer gives a clear 502/504, and the
 //!   gateway stays healthy; a study the PACS has since filed under another patient is 404.
 
@@ -43,13 +44,24 @@ impl Drop for Serving {
 /// `tsunagi serve` with a config whose `[[source]] kind = "dicomweb"` is Nihonkai's PACS at
 /// `pacs_url`, answering within `timeout_seconds`.
 fn serve(dir: &std::path::Path, db: &str, pacs_url: &str, timeout_seconds: u64) -> Serving {
-    let config = dir.join(format!("tsunagi-{timeout_seconds}.toml"));
+    serve_with(dir, db, pacs_url, timeout_seconds, "")
+}
+
+/// [`serve`] with `more` keys in the PACS's section.
+fn serve_with(
+    dir: &std::path::Path,
+    db: &str,
+    pacs_url: &str,
+    timeout_seconds: u64,
+    more: &str,
+) -> Serving {
+    let config = dir.join(format!("tsunagi-{}.toml", pacs_url.len() + more.len()));
     std::fs::write(
         &config,
         format!(
             "version = 2\n[store]\nurl = \"{db}\"\n\n[[source]]\nkind = \"dicomweb\"\n\
              facility = \"{NIHONKAI}\"\nurl = \"{pacs_url}\"\nschedule = \"0 0 3 * * *\"\n\
-             timeout_seconds = {timeout_seconds}\n"
+             timeout_seconds = {timeout_seconds}\n{more}"
         ),
     )
     .unwrap();
@@ -492,6 +504,35 @@ fn images_are_opened_through_the_gateway_under_consent() {
         .filter(|e| names_study(e, &hidden_uid) && e["outcomeDesc"] == "HTTP 404")
         .count();
     assert!(refusals >= 8, "{refusals} refusals audited");
+
+    // The same PACS over TLS (a terminator in front of it, the test CA's certificate): images
+    // are opened through the gateway as before.
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tls");
+    let front = tsunagi_testkit::tls_front::TlsFront::start(
+        pacs.addr(),
+        std::path::Path::new(&format!("{fixtures}/server.pem")),
+        std::path::Path::new(&format!("{fixtures}/server.key")),
+    )
+    .unwrap();
+    {
+        let over_tls = serve_with(
+            dir.path(),
+            &db,
+            &format!("https://127.0.0.1:{}/dicom-web", front.addr().port()),
+            10,
+            &format!("ca_file = \"{fixtures}/ca.pem\"\n"),
+        );
+        let reader = token(&db, "user/*.rs");
+        let relayed = ask(&over_tls, &instance_path, &reader, None);
+        assert_eq!(
+            relayed.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&relayed.body)
+        );
+        assert_eq!(relayed.body.len(), direct.body.len());
+    }
+    drop(front);
 
     // The PACS down: a clear 502, and the gateway stays healthy.
     drop(pacs);

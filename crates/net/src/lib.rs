@@ -15,8 +15,11 @@
 //! - [`descriptors`]: the process's open-file limit raised to its hard maximum, and listener caps
 //!   fitted under it with a reserve for the store, journals and outbound connections, so that
 //!   clients can never take the descriptors the gateway itself needs.
+//! - [`client`]: outbound HTTP/1.1 connections to a hospital's systems, plain or TLS trusting
+//!   the CA the operator names for that system.
 
 mod cidr;
+pub mod client;
 pub mod descriptors;
 mod gate;
 mod watched;

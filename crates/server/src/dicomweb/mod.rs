@@ -340,16 +340,20 @@ async fn at(
         principal.facility, principal.subject, principal.client_id
     );
     // The PACS still files the study under the patient the gateway knows it by.
-    let patient = patient_id(state, caller, &located).await?;
-    let filed = match &patient {
-        Some(patient) => {
-            state
-                .dicomweb
-                .verify(&located.facility, &who, uid, patient)
-                .await?
-        }
-        None => false,
-    };
+    let subject = located.study["subject"]["reference"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let filed = state.dicomweb.verified(&located.facility, uid, &subject)
+        || match patient_id(state, caller, &located).await? {
+            Some(patient) => {
+                state
+                    .dicomweb
+                    .verify(&located.facility, &who, uid, (&patient, &subject))
+                    .await?
+            }
+            None => false,
+        };
     if !filed {
         return Err(ApiError::not_found(format!(
             "study {uid} is not known (the image archive files it otherwise)"

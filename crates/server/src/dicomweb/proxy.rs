@@ -1,4 +1,5 @@
-//! Forwarding to a hospital's PACS: one pooled HTTP/1.1 client for every PACS, the PACS's own
+//! Forwarding to a hospital's PACS: a pooled HTTP/1.1 client per PACS (TLS to an `https://`
+//! PACS, trusting only the CA configured for it), the PACS's own
 //! `Authorization` (never the caller's token), a bounded number of requests in flight per PACS
 //! and per caller, a time limit on the PACS's answer to begin, on each pause within it and on
 //! the whole answer, and its failures turned into answers a client can act on — unreachable or
@@ -21,12 +22,10 @@ use axum::{
 };
 use http_body_util::{BodyExt, Empty};
 use hyper::{Request, Uri, body::Bytes};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde_json::Value;
 use tokio::{sync::Semaphore, time::Instant};
+use tsunagi_net::client::Connector;
 
 use super::relay::{Limits, PartFilter, Relay, Slots};
 use crate::outcome::ApiError;
@@ -38,6 +37,8 @@ pub struct Pacs {
     base: String,
     authorization: Option<String>,
     timeout: Duration,
+    issuer: Option<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Pacs {
@@ -54,14 +55,12 @@ impl Pacs {
             .parse()
             .map_err(|error| format!("{url:?} is not a URL: {error}"))?;
         match uri.scheme_str() {
-            Some("http") if uri.host().is_some() => {}
-            Some("https") => {
+            Some("http" | "https") if uri.host().is_some() => {}
+            _ => {
                 return Err(format!(
-                    "{url}: TLS to a PACS is not supported yet; reach it over a TLS-terminating \
-                     proxy on the gateway's host, or a trusted network"
+                    "{url}: the DICOMweb base URL must be http://host… or https://host…"
                 ));
             }
-            _ => return Err(format!("{url}: the DICOMweb base URL must be http://host…")),
         }
         if let Some(value) = &authorization
             && HeaderValue::from_str(value).is_err()
@@ -75,7 +74,24 @@ impl Pacs {
             base: url.trim_end_matches('/').to_owned(),
             authorization,
             timeout,
+            issuer: None,
+            tls: None,
         })
+    }
+
+    /// TLS to the PACS (an `https://` URL) trusting `tls`'s roots.
+    #[must_use]
+    pub fn with_tls(mut self, tls: Option<Arc<rustls::ClientConfig>>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The PACS files the hospital's patients under this Issuer of Patient ID (0010,0021): a
+    /// study it files under another is not the patient's.
+    #[must_use]
+    pub fn with_issuer(mut self, issuer: Option<String>) -> Self {
+        self.issuer = issuer.filter(|issuer| !issuer.trim().is_empty());
+        self
     }
 }
 
@@ -118,6 +134,8 @@ struct Target {
     pacs: Pacs,
     authorization: Option<HeaderValue>,
     slots: Arc<Semaphore>,
+    /// Pooled connections to it (plain, or TLS trusting its CA).
+    client: Client<Connector, Empty<Bytes>>,
 }
 
 /// What is asked of a PACS.
@@ -160,10 +178,9 @@ impl Drop for CallerSlot {
 /// Forwards requests to the configured PACSes.
 pub(crate) struct Proxy {
     targets: HashMap<String, Target>,
-    client: Client<HttpConnector, Empty<Bytes>>,
     settings: DicomWebSettings,
     callers: Arc<Mutex<HashMap<(String, String), usize>>>,
-    /// (facility, study UID, Patient ID) the PACS confirmed, and when.
+    /// (facility, study UID, the study's FHIR subject) the PACS confirmed, and when.
     verified: Mutex<HashMap<(String, String, String), Instant>>,
 }
 
@@ -224,18 +241,17 @@ fn rewrite_urls(value: &mut Value, base: &str) {
 
 impl Proxy {
     pub(crate) fn new(settings: &DicomWebSettings) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(10)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(64)
-            .build(connector);
         let targets = settings
             .pacs
             .iter()
             .map(|pacs| {
+                let connector = Connector::new(pacs.tls.clone(), Duration::from_secs(10));
+                let client = Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(30))
+                    .pool_max_idle_per_host(64)
+                    .build(connector);
                 let target = Target {
+                    client,
                     authorization: pacs
                         .authorization
                         .as_deref()
@@ -252,7 +268,6 @@ impl Proxy {
             .collect();
         Self {
             targets,
-            client,
             settings: settings.clone(),
             callers: Arc::default(),
             verified: Mutex::default(),
@@ -339,7 +354,7 @@ impl Proxy {
                 .body(Empty::<Bytes>::new())
                 .map_err(|error| ApiError::internal(format!("the PACS request: {error}")))?;
             let left = timeout.saturating_sub(started.elapsed());
-            match tokio::time::timeout(left, self.client.request(request)).await {
+            match tokio::time::timeout(left, target.client.request(request)).await {
                 Ok(Ok(response)) => return Ok(response),
                 Ok(Err(error)) if attempt < RETRIES => {
                     tracing::debug!(target: "tsunagi::dicomweb", %error, attempt, "sent again");
@@ -362,32 +377,36 @@ impl Proxy {
         }
     }
 
+    /// Whether the PACS of `facility` confirmed within the last minute that it files study
+    /// `uid` under the patient the gateway knows as `subject`.
+    pub(crate) fn verified(&self, facility: &str, uid: &str, subject: &str) -> bool {
+        let key = (facility.to_owned(), uid.to_owned(), subject.to_owned());
+        self.verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < VERIFIED_FOR)
+    }
+
     /// Whether the PACS of `facility` files study `uid` under Patient ID `patient` (and under
-    /// no other), asked at most once a minute per study and patient.
+    /// no other); remembered for a minute for the study's FHIR `subject` ([`Proxy::verified`]).
     pub(crate) async fn verify(
         &self,
         facility: &str,
         caller: &str,
         uid: &str,
-        patient: &str,
+        (patient, subject): (&str, &str),
     ) -> Result<bool, ApiError> {
-        let key = (facility.to_owned(), uid.to_owned(), patient.to_owned());
+        let key = (facility.to_owned(), uid.to_owned(), subject.to_owned());
         let now = Instant::now();
-        if self
-            .verified
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&key)
-            .is_some_and(|at| now.duration_since(*at) < VERIFIED_FOR)
-        {
-            return Ok(true);
-        }
         let _slots = self.slots(facility, caller).await?;
         let accept = HeaderValue::from_static("application/dicom+json");
         let response = self
             .send(
                 facility,
-                &format!("studies?StudyInstanceUID={uid}&includefield=00100020"),
+                &format!(
+                    "studies?StudyInstanceUID={uid}&includefield=00100020&includefield=00100021"
+                ),
                 Some(&accept),
             )
             .await?;
@@ -424,12 +443,21 @@ impl Proxy {
                 ))
             })?
         };
-        let filed: Vec<&str> = rows
+        let issuer = self.target(facility)?.pacs.issuer.as_deref();
+        let filed: Vec<(Option<&str>, Option<&str>)> = rows
             .iter()
             .filter(|row| row["0020000D"]["Value"][0].as_str().map(str::trim) == Some(uid))
-            .filter_map(|row| row["00100020"]["Value"][0].as_str().map(str::trim))
+            .map(|row| {
+                (
+                    row["00100020"]["Value"][0].as_str().map(str::trim),
+                    row["00100021"]["Value"][0].as_str().map(str::trim),
+                )
+            })
             .collect();
-        let holds = !filed.is_empty() && filed.iter().all(|filed| *filed == patient);
+        let holds = !filed.is_empty()
+            && filed.iter().all(|(id, said)| {
+                *id == Some(patient) && (issuer.is_none() || said.is_none() || *said == issuer)
+            });
         if holds {
             let mut verified = self
                 .verified

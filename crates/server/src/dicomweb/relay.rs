@@ -32,11 +32,15 @@ enum Place {
 }
 
 /// Drops the part headers that name the PACS from a `multipart/related` stream cut anywhere.
+/// A part whose headers give its `Content-Length` is passed through by that length, without
+/// scanning or copying its bytes; otherwise its body is scanned for the next delimiter.
 #[derive(Debug)]
 pub(crate) struct PartFilter {
     /// `--<boundary>`.
     delimiter: Vec<u8>,
     place: Place,
+    /// Bytes of the current part's body known to remain (its `Content-Length`).
+    known: u64,
     /// Bytes held: the end of a body that could begin a delimiter, or a header block so far.
     held: Vec<u8>,
 }
@@ -54,59 +58,66 @@ impl PartFilter {
         (!boundary.is_empty()).then(|| Self {
             delimiter: format!("--{boundary}").into_bytes(),
             place: Place::Body,
+            known: 0,
             held: Vec::new(),
         })
     }
 
     /// What can be sent of everything fed so far, or why the stream is not multipart.
-    pub(crate) fn feed(&mut self, chunk: &[u8]) -> Result<Bytes, &'static str> {
-        let mut buffer = std::mem::take(&mut self.held);
-        buffer.extend_from_slice(chunk);
-        let mut out = Vec::with_capacity(buffer.len());
-        let mut at = 0;
-        loop {
+    pub(crate) fn feed(&mut self, chunk: Bytes) -> Result<Bytes, &'static str> {
+        let mut data = if self.held.is_empty() {
+            chunk
+        } else {
+            let mut joined = std::mem::take(&mut self.held);
+            joined.extend_from_slice(&chunk);
+            Bytes::from(joined)
+        };
+        let mut out: Vec<Bytes> = Vec::new();
+        while !data.is_empty() {
             match self.place {
                 Place::Epilogue => {
-                    out.extend_from_slice(&buffer[at..]);
-                    return Ok(Bytes::from(out));
+                    out.push(std::mem::take(&mut data));
                 }
-                Place::Body => {
-                    let rest = &buffer[at..];
-                    match find(rest, &self.delimiter) {
-                        Some(found) => {
-                            let end = found + self.delimiter.len();
-                            out.extend_from_slice(&rest[..end]);
-                            at += end;
-                            self.place = Place::Headers;
-                        }
-                        None => {
-                            let keep = (self.delimiter.len() - 1).min(rest.len());
-                            out.extend_from_slice(&rest[..rest.len() - keep]);
-                            self.held = rest[rest.len() - keep..].to_vec();
-                            return Ok(Bytes::from(out));
-                        }
+                Place::Body if self.known > 0 => {
+                    let take =
+                        usize::try_from(self.known).map_or(data.len(), |n| n.min(data.len()));
+                    out.push(data.split_to(take));
+                    self.known -= take as u64;
+                }
+                Place::Body => match find(&data, &self.delimiter) {
+                    Some(found) => {
+                        out.push(data.split_to(found + self.delimiter.len()));
+                        self.place = Place::Headers;
                     }
-                }
+                    None => {
+                        let keep = (self.delimiter.len() - 1).min(data.len());
+                        out.push(data.split_to(data.len() - keep));
+                        self.held = data.to_vec();
+                        data = Bytes::new();
+                    }
+                },
                 Place::Headers => {
-                    let rest = &buffer[at..];
-                    if rest.len() < 2 {
-                        self.held = rest.to_vec();
-                        return Ok(Bytes::from(out));
+                    if data.len() < 2 {
+                        self.held = data.to_vec();
+                        data = Bytes::new();
+                        continue;
                     }
-                    if rest.starts_with(b"--") {
+                    if data.starts_with(b"--") {
                         // The closing delimiter.
                         self.place = Place::Epilogue;
                         continue;
                     }
-                    let Some(blank) = find(rest, b"\r\n\r\n") else {
-                        if rest.len() > MAX_PART_HEADERS {
+                    let Some(blank) = find(&data, b"\r\n\r\n") else {
+                        if data.len() > MAX_PART_HEADERS {
                             return Err("a part's headers are too long");
                         }
-                        self.held = rest.to_vec();
-                        return Ok(Bytes::from(out));
+                        self.held = data.to_vec();
+                        data = Bytes::new();
+                        continue;
                     };
                     // `\r\nName: value\r\n…\r\n\r\n`, without the lines that name the PACS.
-                    let block = &rest[..blank + 4];
+                    let block = data.split_to(blank + 4);
+                    let mut kept = Vec::with_capacity(block.len());
                     let lines: Vec<&[u8]> = block.split(|b| *b == b'\n').collect();
                     for (index, line) in lines.iter().enumerate() {
                         let lower = line.to_ascii_lowercase();
@@ -116,16 +127,27 @@ impl PartFilter {
                         {
                             continue;
                         }
-                        out.extend_from_slice(line);
+                        if let Some(value) = lower.strip_prefix(b"content-length:") {
+                            self.known = std::str::from_utf8(value)
+                                .ok()
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                        }
+                        kept.extend_from_slice(line);
                         if index + 1 < lines.len() {
-                            out.push(b'\n');
+                            kept.push(b'\n');
                         }
                     }
-                    at += blank + 4;
+                    out.push(Bytes::from(kept));
                     self.place = Place::Body;
                 }
             }
         }
+        Ok(match out.len() {
+            0 => Bytes::new(),
+            1 => out.remove(0),
+            _ => Bytes::from(out.concat()),
+        })
     }
 
     /// The rest, once the stream ended.
@@ -223,7 +245,7 @@ impl Body for Relay {
                     }
                     this.left -= length;
                     let data = match &mut this.filter {
-                        Some(filter) => match filter.feed(&data) {
+                        Some(filter) => match filter.feed(data) {
                             Ok(data) => data,
                             Err(reason) => return this.fail(reason),
                         },
@@ -286,7 +308,7 @@ mod tests {
     fn through(filter: &mut PartFilter, chunks: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
         for chunk in chunks {
-            out.extend_from_slice(&filter.feed(chunk).unwrap());
+            out.extend_from_slice(&filter.feed(Bytes::copy_from_slice(chunk)).unwrap());
         }
         out.extend_from_slice(&filter.finish());
         out
@@ -294,28 +316,41 @@ mod tests {
 
     #[test]
     fn part_locations_are_dropped_wherever_the_stream_is_cut() {
-        let answer: &[u8] = b"--b1\r\nContent-Location: http://pacs:8042/dicom-web/studies/1/frames/1\r\nContent-Type: application/octet-stream\r\n\r\n\x00\x01--b\r\n--b1\r\ncontent-location: http://pacs/x\r\n\r\nDICM\r\n--b1--\r\nepilogue";
-        let expected: &[u8] = b"--b1\r\nContent-Type: application/octet-stream\r\n\r\n\x00\x01--b\r\n--b1\r\n\r\nDICM\r\n--b1--\r\nepilogue";
+        let scanned: (&[u8], &[u8]) = (
+            b"--b1\r\nContent-Location: http://pacs:8042/dicom-web/studies/1/frames/1\r\nContent-Type: application/octet-stream\r\n\r\n\x00\x01--b\r\n--b1\r\ncontent-location: http://pacs/x\r\n\r\nDICM\r\n--b1--\r\nepilogue",
+            b"--b1\r\nContent-Type: application/octet-stream\r\n\r\n\x00\x01--b\r\n--b1\r\n\r\nDICM\r\n--b1--\r\nepilogue",
+        );
+        // A part of known length passes by its length, even holding the delimiter's bytes.
+        let counted: (&[u8], &[u8]) = (
+            b"--b1\r\nContent-Length: 10\r\nContent-Location: http://pacs/y\r\n\r\n--b1\r\nABCD\r\n--b1\r\nContent-Location: z\r\n\r\nEF\r\n--b1--",
+            b"--b1\r\nContent-Length: 10\r\n\r\n--b1\r\nABCD\r\n--b1\r\n\r\nEF\r\n--b1--",
+        );
         let filter = || {
             PartFilter::for_type(
                 "multipart/related; type=\"application/octet-stream\"; boundary=b1",
             )
             .unwrap()
         };
-        assert_eq!(through(&mut filter(), &[answer]), expected);
-        for cut in 0..answer.len() {
-            for second in (cut..answer.len()).step_by(3) {
-                let got = through(
-                    &mut filter(),
-                    &[&answer[..cut], &answer[cut..second], &answer[second..]],
-                );
-                assert_eq!(got, expected, "cut at {cut} and {second}");
+        for (answer, expected) in [scanned, counted] {
+            assert_eq!(through(&mut filter(), &[answer]), expected);
+            for cut in 0..answer.len() {
+                for second in (cut..answer.len()).step_by(3) {
+                    let got = through(
+                        &mut filter(),
+                        &[&answer[..cut], &answer[cut..second], &answer[second..]],
+                    );
+                    assert_eq!(got, expected, "cut at {cut} and {second}");
+                }
             }
         }
         assert!(PartFilter::for_type("multipart/related").is_none());
         assert!(PartFilter::for_type("image/jpeg").is_none());
         let mut endless = PartFilter::for_type("multipart/related; boundary=z").unwrap();
-        assert!(endless.feed(b"--z\r\nX: ").is_ok());
-        assert!(endless.feed(&vec![b'a'; MAX_PART_HEADERS + 10]).is_err());
+        assert!(endless.feed(Bytes::from_static(b"--z\r\nX: ")).is_ok());
+        assert!(
+            endless
+                .feed(Bytes::from(vec![b'a'; MAX_PART_HEADERS + 10]))
+                .is_err()
+        );
     }
 }
