@@ -26,6 +26,8 @@ pub enum QidoError {
     Answer(String),
 }
 
+impl std::error::Error for QidoError {}
+
 impl std::fmt::Display for QidoError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -56,6 +58,12 @@ impl Qido {
             .parse()
             .map_err(|error| format!("{base:?} is not a URL: {error}"))?;
         match uri.scheme_str() {
+            Some("http") if tls.is_some() => {
+                return Err(format!(
+                    "{base}: a CA file is configured for this PACS but the URL is http://, so \
+                     nothing would be encrypted: use https://"
+                ));
+            }
             Some("http") => {}
             Some("https") if tls.is_some() => {}
             Some("https") => {
@@ -93,11 +101,17 @@ impl Qido {
 
     /// `GET <base>/<path>` as DICOM JSON: the array of data sets (none for 204).
     pub async fn get(&self, path: &str) -> Result<Value, QidoError> {
+        Ok(self.page(path).await?.0)
+    }
+
+    /// [`Qido::get`], and whether the PACS said it cut the answer short (`Warning: 299`: more
+    /// matches than it returns at once).
+    pub async fn page(&self, path: &str) -> Result<(Value, bool), QidoError> {
         let url = format!("{}/{path}", self.base);
         // A kept-alive connection the PACS closed just as it was reused fails before any answer:
         // a GET is safe to send again, a few times, on a fresh connection.
         let mut attempt = 0u32;
-        let (status, body) = loop {
+        let (status, cut, body) = loop {
             match self.once(&url).await {
                 Ok(answer) => break answer,
                 Err((error, true)) if attempt < RETRIES => {
@@ -109,7 +123,7 @@ impl Qido {
             }
         };
         if status == StatusCode::NO_CONTENT || (status.is_success() && body.is_empty()) {
-            return Ok(Value::Array(Vec::new()));
+            return Ok((Value::Array(Vec::new()), false));
         }
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
@@ -125,12 +139,12 @@ impl Qido {
                 "{url}: the answer is not a list of data sets"
             )));
         }
-        Ok(value)
+        Ok((value, cut))
     }
 
     /// One exchange: the status and body, or the error and whether sending again may help (the
     /// request failed before an answer began, not for lack of time).
-    async fn once(&self, url: &str) -> Result<(StatusCode, Bytes), (QidoError, bool)> {
+    async fn once(&self, url: &str) -> Result<(StatusCode, bool, Bytes), (QidoError, bool)> {
         let mut request =
             Request::get(url).header(header::ACCEPT, "application/dicom+json, application/json");
         if let Some(authorization) = &self.authorization {
@@ -140,12 +154,18 @@ impl Qido {
             .body(Empty::<Bytes>::new())
             .map_err(|error| (QidoError::Answer(format!("{url}: {error}")), false))?;
         let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|error| (QidoError::Unreachable(format!("{url}: {error}")), true))?;
+            let response = self.client.request(request).await.map_err(|error| {
+                let said = tsunagi_net::client::describe(&error);
+                // A certificate refused stays refused: not sent again.
+                let again = !said.contains("certificate");
+                (QidoError::Unreachable(format!("{url}: {said}")), again)
+            })?;
             let status = response.status();
+            let cut = response
+                .headers()
+                .get_all(header::WARNING)
+                .iter()
+                .any(|value| value.as_bytes().starts_with(b"299"));
             let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await
@@ -156,7 +176,7 @@ impl Qido {
                     )
                 })?
                 .to_bytes();
-            Ok((status, body))
+            Ok((status, cut, body))
         };
         tokio::time::timeout(self.timeout, exchange)
             .await

@@ -34,7 +34,7 @@ use tsunagi_adapter::{
     AdapterContext, AdapterError, AdapterInfo, PullAdapter, PullReport, Rejection,
 };
 use tsunagi_core::{FacilityId, hash::Fnv64};
-use tsunagi_dicom::{json::Dataset, tags};
+use tsunagi_dicom::json::Dataset;
 use tsunagi_fhir::endpoint::{dicomweb_endpoint, dicomweb_endpoint_id};
 use tsunagi_mapping::{
     PACS_SOURCE,
@@ -256,6 +256,9 @@ impl PullAdapter for DicomWebAdapter {
                 }
             }
         };
+        // Whether the PACS matches UID lists (cleared at its first answer that shows it does
+        // not).
+        let mut lists = true;
         let chunk_size = if listed.is_some() {
             STUDIES_PER_CHUNK
         } else {
@@ -273,8 +276,19 @@ impl PullAdapter for DicomWebAdapter {
                 None => self.ask_patients(&qido, chunk).await?,
             };
             answers.sort_by(|a, b| a.0.cmp(&b.0));
-            // The studies new or changed since the last pull, read together.
+            // A PACS that cannot be reached fails the pull before anything is read.
+            if let Some((_, Err(QidoError::Unreachable(error)))) = answers
+                .iter()
+                .find(|(_, answer)| matches!(answer, Err(QidoError::Unreachable(_))))
+            {
+                return Err(AdapterError::Source(format!(
+                    "the PACS of {facility} cannot be reached: {error}"
+                )));
+            }
+            // The studies new or changed since the last pull (exactly those `patient_batch`
+            // maps), read together, each with the instance count its row gives.
             let mut changed: Vec<String> = Vec::new();
+            let mut expected: BTreeMap<String, usize> = BTreeMap::new();
             for (patient, answer) in &answers {
                 let Ok(studies) = answer else { continue };
                 if seen_patients.get(patient) == Some(&digest(&Value::Array(studies.clone()))) {
@@ -285,14 +299,22 @@ impl PullAdapter for DicomWebAdapter {
                     if let Some(uid) = raw_uid(row)
                         && (self.config.full
                             || before.and_then(|b| b.get(&uid)) != Some(&digest(row)))
+                        && !changed.contains(&uid)
                     {
+                        if let Some(count) = queries::instances_counted(row) {
+                            expected.insert(uid.clone(), count);
+                        }
                         changed.push(uid);
                     }
                 }
             }
-            let read = instances_of(&qido, &changed, page).await.map_err(|error| {
-                AdapterError::Source(format!("the PACS of {facility} cannot be reached: {error}"))
-            })?;
+            let read = instances_of(&qido, &changed, &expected, page, &mut lists)
+                .await
+                .map_err(|error| {
+                    AdapterError::Source(format!(
+                        "the PACS of {facility} cannot be reached: {error}"
+                    ))
+                })?;
             for (patient, answer) in answers {
                 let studies = match answer {
                     Ok(studies) => {
@@ -369,8 +391,32 @@ impl PullAdapter for DicomWebAdapter {
         // Studies no patient lists any more: withdrawn (their ImagingStudy then holds what the
         // notices say, or is deleted, history kept).
         let mut operations = Vec::new();
+        let known_patients: BTreeSet<&String> = patients.iter().collect();
         for (_, uid) in withdrawals {
             if listed_all.contains(&uid) {
+                continue;
+            }
+            // Asked once more by its UID: a study a list missed (a page shifted by a change
+            // during the listing) is not withdrawn while the PACS files it under a known
+            // patient.
+            let still = qido
+                .get(&format!(
+                    "studies?StudyInstanceUID={}&includefield=00100020",
+                    tsunagi_core::url::percent_encode(&uid)
+                ))
+                .await
+                .map_err(|error| {
+                    AdapterError::Source(format!(
+                        "the PACS of {facility} could not confirm a study gone: {error}"
+                    ))
+                })?;
+            let filed = still.as_array().into_iter().flatten().any(|row| {
+                raw_uid(row).as_deref() == Some(uid.as_str())
+                    && row["00100020"]["Value"][0]
+                        .as_str()
+                        .is_some_and(|patient| known_patients.contains(&patient.trim().to_owned()))
+            });
+            if filed {
                 continue;
             }
             operations.push(Operation::DeleteSource {
@@ -461,7 +507,8 @@ impl DicomWebAdapter {
                     continue;
                 }
             };
-            let Some(uid) = study.string(tags::STUDY_INSTANCE_UID) else {
+            // The same reading of the UID as the one that chose what to read.
+            let Some(uid) = raw_uid(value) else {
                 continue;
             };
             let study_digest = digest(value);

@@ -43,36 +43,63 @@ pub fn raw_uid(row: &Value) -> Option<String> {
         .filter(|uid| !uid.is_empty())
 }
 
-/// Every row of the QIDO-RS `query` (a path with its first parameters), page by page, each
-/// once by its `key` attribute (rows without one kept): stops on a short page, on a page with
-/// nothing new (a PACS that ignores `offset`), or after [`MAX_PAGES`] pages.
-async fn paged(qido: &Qido, query: &str, page: usize, key: &str) -> Result<Vec<Value>, QidoError> {
+/// What [`paged`] does with a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Row {
+    /// Keep it.
+    Keep,
+    /// Leave it out (it still counts as met).
+    Drop,
+    /// The answer is not what was asked: stop, with this error.
+    Refuse(&'static str),
+}
+
+/// Every row of the QIDO-RS `query` (a path with its first parameters) that `take` keeps,
+/// page by page, each once by its `key` attribute (rows without one kept): ends on a page
+/// shorter than asked that the PACS did not say it cut (`Warning: 299`), or on a page with
+/// nothing new (a PACS that ignores `offset`); more than [`MAX_PAGES`] pages is an error, never
+/// a list silently cut (what is missing from a list would be withdrawn).
+async fn paged(
+    qido: &Qido,
+    query: &str,
+    page: usize,
+    key: &str,
+    take: &mut (dyn FnMut(&Value) -> Row + Send),
+) -> Result<Vec<Value>, QidoError> {
     let page = page.max(1);
     let mut all = Vec::new();
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut offset = 0usize;
     for _ in 0..MAX_PAGES {
-        let answer = qido
-            .get(&format!("{query}&limit={page}&offset={offset}"))
+        let (answer, cut) = qido
+            .page(&format!("{query}&limit={page}&offset={offset}"))
             .await?;
         let rows = answer.as_array().cloned().unwrap_or_default();
         let count = rows.len();
         let mut new = 0;
         for row in rows {
-            match row[key]["Value"][0].as_str().map(str::trim) {
-                Some(id) if !seen.insert(id.to_owned()) => {}
-                _ => {
-                    new += 1;
-                    all.push(row);
+            if let Some(id) = row[key]["Value"][0].as_str().map(str::trim)
+                && !seen.insert(id.to_owned())
+            {
+                continue;
+            }
+            new += 1;
+            match take(&row) {
+                Row::Keep => all.push(row),
+                Row::Drop => {}
+                Row::Refuse(reason) => {
+                    return Err(QidoError::Answer(format!("{query}: {reason}")));
                 }
             }
         }
-        if count < page || new == 0 {
-            break;
+        if new == 0 || count == 0 || (count < page && !cut) {
+            return Ok(all);
         }
         offset += count;
     }
-    Ok(all)
+    Err(QidoError::Answer(format!(
+        "{query}: more than {MAX_PAGES} pages of {page}; raise page_size"
+    )))
 }
 
 /// Whether a study row is the patient's: exactly that Patient ID (read raw, so that a row this
@@ -97,8 +124,9 @@ fn sorted(mut studies: Vec<Value>) -> Vec<Value> {
 }
 
 /// The study attributes asked besides those every PACS returns: Study Description, Modalities
-/// in Study, Issuer of Patient ID.
-const STUDY_FIELDS: &str = "includefield=00081030&includefield=00080061&includefield=00100021";
+/// in Study, Issuer of Patient ID, Number of Study Related Instances.
+const STUDY_FIELDS: &str =
+    "includefield=00081030&includefield=00080061&includefield=00100021&includefield=00201208";
 
 /// Every study the PACS lists for `patient` with exactly that Patient ID (and, when the PACS's
 /// issuer of patient ids is configured, no other issuer).
@@ -112,16 +140,19 @@ pub async fn studies_of(
         "studies?PatientID={}&{STUDY_FIELDS}",
         percent_encode(patient)
     );
-    let studies = paged(qido, &query, page, "0020000D")
-        .await?
-        .into_iter()
-        .filter(|row| is_patients(row, patient, issuer))
-        .collect();
+    let studies = paged(qido, &query, page, "0020000D", &mut |row| {
+        if is_patients(row, patient, issuer) {
+            Row::Keep
+        } else {
+            Row::Drop
+        }
+    })
+    .await?;
     Ok(sorted(studies))
 }
 
 /// Every study the PACS lists, page by page, grouped by the patients of `patients` it is filed
-/// under (studies of other patients dropped).
+/// under (studies of other patients dropped as each page arrives).
 pub async fn all_studies(
     qido: &Qido,
     patients: &BTreeSet<String>,
@@ -129,15 +160,23 @@ pub async fn all_studies(
     page: usize,
 ) -> Result<BTreeMap<String, Vec<Value>>, QidoError> {
     let query = format!("studies?includefield=00100020&{STUDY_FIELDS}");
+    let kept = paged(
+        qido,
+        &query,
+        page,
+        "0020000D",
+        &mut |row| match row["00100020"]["Value"][0].as_str().map(str::trim) {
+            Some(patient) if patients.contains(patient) && is_patients(row, patient, issuer) => {
+                Row::Keep
+            }
+            _ => Row::Drop,
+        },
+    )
+    .await?;
     let mut grouped: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for row in paged(qido, &query, page, "0020000D").await? {
-        let Some(patient) = row["00100020"]["Value"][0].as_str().map(str::trim) else {
-            continue;
-        };
-        if let Some(patient) = patients.get(patient)
-            && is_patients(&row, patient, issuer)
-        {
-            grouped.entry(patient.clone()).or_default().push(row);
+    for row in kept {
+        if let Some(patient) = row["00100020"]["Value"][0].as_str().map(str::trim) {
+            grouped.entry(patient.to_owned()).or_default().push(row);
         }
     }
     Ok(grouped
@@ -152,31 +191,70 @@ const STUDIES_PER_REQUEST: usize = 50;
 /// What was read of each study: its instances, or why they could not be read.
 pub type Read = BTreeMap<String, Result<Vec<Value>, String>>;
 
+/// What a batched instance query is refused for when its answer names a study not asked for.
+const NOT_ASKED: &str = "a study not asked for";
+
 /// The instances of each study of `uids`, with their series' attributes: up to
-/// [`STUDIES_PER_REQUEST`] studies a request (`instances?StudyInstanceUID=a,b,…`); a study a
-/// batched answer lacks, or a batch the PACS refuses, is asked alone
-/// (`studies/{uid}/instances`). A PACS that cannot be reached fails the whole.
-pub async fn instances_of(qido: &Qido, uids: &[String], page: usize) -> Result<Read, QidoError> {
+/// [`STUDIES_PER_REQUEST`] studies a request (`instances?StudyInstanceUID=a,b,…`, UID list
+/// matching) while `lists` holds; a study a batched answer lacks, or holds fewer instances of
+/// than its study row counts (`expected`: Number of Study Related Instances), or of a batch the
+/// PACS refuses, is asked alone (`studies/{uid}/instances`). A batched answer naming a study not
+/// asked for means the PACS does not match lists: `lists` is cleared and the studies of the rest
+/// of the pull are asked alone. A PACS that cannot be reached fails the whole.
+pub async fn instances_of(
+    qido: &Qido,
+    uids: &[String],
+    expected: &BTreeMap<String, usize>,
+    page: usize,
+    lists: &mut bool,
+) -> Result<Read, QidoError> {
     let mut read = Read::new();
     for batch in uids.chunks(STUDIES_PER_REQUEST) {
-        let list: Vec<String> = batch.iter().map(|uid| percent_encode(uid)).collect();
-        let query = format!(
-            "instances?StudyInstanceUID={}&{INSTANCE_FIELDS}&includefield=0020000D",
-            list.join(",")
-        );
-        match paged(qido, &query, page, "00080018").await {
-            Ok(rows) => {
-                for row in rows {
-                    if let Some(uid) = raw_uid(&row)
-                        && batch.contains(&uid)
-                        && let Ok(instances) = read.entry(uid).or_insert_with(|| Ok(Vec::new()))
-                    {
-                        instances.push(row);
+        if *lists && batch.len() > 1 {
+            let list: Vec<String> = batch.iter().map(|uid| percent_encode(uid)).collect();
+            let query = format!(
+                "instances?StudyInstanceUID={}&{INSTANCE_FIELDS}&includefield=0020000D",
+                list.join(",")
+            );
+            let answer = paged(
+                qido,
+                &query,
+                page,
+                "00080018",
+                &mut |row| match raw_uid(row) {
+                    Some(uid) if batch.contains(&uid) => Row::Keep,
+                    _ => Row::Refuse(NOT_ASKED),
+                },
+            )
+            .await;
+            match answer {
+                Ok(rows) => {
+                    let mut grouped: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+                    for row in rows {
+                        if let Some(uid) = raw_uid(&row) {
+                            grouped.entry(uid).or_default().push(row);
+                        }
+                    }
+                    for (uid, instances) in grouped {
+                        // Whole, as far as the study row tells; else asked alone below.
+                        if expected
+                            .get(&uid)
+                            .is_none_or(|count| *count == instances.len())
+                        {
+                            read.insert(uid, Ok(instances));
+                        }
+                    }
+                }
+                Err(QidoError::Unreachable(error)) => return Err(QidoError::Unreachable(error)),
+                Err(QidoError::Answer(error)) => {
+                    if error.ends_with(NOT_ASKED) {
+                        tracing::info!(
+                            "the PACS does not match UID lists: studies are read one by one"
+                        );
+                        *lists = false;
                     }
                 }
             }
-            Err(QidoError::Unreachable(error)) => return Err(QidoError::Unreachable(error)),
-            Err(QidoError::Answer(_)) => {}
         }
         for uid in batch {
             if read.contains_key(uid) {
@@ -186,7 +264,7 @@ pub async fn instances_of(qido: &Qido, uids: &[String], page: usize) -> Result<R
                 "studies/{}/instances?{INSTANCE_FIELDS}",
                 percent_encode(uid)
             );
-            match paged(qido, &query, page, "00080018").await {
+            match paged(qido, &query, page, "00080018", &mut |_| Row::Keep).await {
                 Ok(rows) => {
                     read.insert(uid.clone(), Ok(rows));
                 }
@@ -198,4 +276,13 @@ pub async fn instances_of(qido: &Qido, uids: &[String], page: usize) -> Result<R
         }
     }
     Ok(read)
+}
+
+/// The Number of Study Related Instances a study row gives.
+pub fn instances_counted(row: &Value) -> Option<usize> {
+    let value = &row["00201208"]["Value"][0];
+    value
+        .as_u64()
+        .or_else(|| value.as_str().and_then(|text| text.trim().parse().ok()))
+        .and_then(|count| usize::try_from(count).ok())
 }

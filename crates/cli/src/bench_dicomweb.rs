@@ -5,7 +5,7 @@
 //! PACS by the adapter's own query functions, nothing mapped or stored; then images through the
 //! gateway ([`crate::bench_images`]). Use a release build.
 
-use std::{sync::Arc, time::Instant};
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
 
 use anyhow::Context;
 use serde_json::json;
@@ -95,6 +95,13 @@ async fn floor(
     let uids_of = |studies: &[serde_json::Value]| -> Vec<String> {
         studies.iter().filter_map(queries::raw_uid).collect()
     };
+    let counts_of = |studies: &[serde_json::Value]| -> Vec<(String, usize)> {
+        studies
+            .iter()
+            .filter_map(|row| Some((queries::raw_uid(row)?, queries::instances_counted(row)?)))
+            .collect()
+    };
+    let mut lists = true;
     match discovery {
         Discovery::Patients => {
             for chunk in patients.chunks(DEFAULT_CONCURRENCY) {
@@ -106,12 +113,14 @@ async fn floor(
                         async move { queries::studies_of(&qido, &patient, None, page).await },
                     );
                 }
-                let mut uids = Vec::new();
+                let (mut uids, mut expected) = (Vec::new(), BTreeMap::new());
                 while let Some(joined) = asked.join_next().await {
-                    uids.extend(uids_of(&joined?.map_err(|e| anyhow::anyhow!("{e}"))?));
+                    let studies = joined?.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    uids.extend(uids_of(&studies));
+                    expected.extend(counts_of(&studies));
                 }
                 if read {
-                    queries::instances_of(qido, &uids, page)
+                    queries::instances_of(qido, &uids, &expected, page, &mut lists)
                         .await
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                 }
@@ -124,12 +133,14 @@ async fn floor(
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             if read {
                 for chunk in patients.chunks(64) {
-                    let uids: Vec<String> = chunk
+                    let studies: Vec<&Vec<serde_json::Value>> = chunk
                         .iter()
                         .filter_map(|patient| listed.get(patient))
-                        .flat_map(|studies| uids_of(studies))
                         .collect();
-                    queries::instances_of(qido, &uids, page)
+                    let uids: Vec<String> = studies.iter().flat_map(|s| uids_of(s)).collect();
+                    let expected: BTreeMap<String, usize> =
+                        studies.iter().flat_map(|s| counts_of(s)).collect();
+                    queries::instances_of(qido, &uids, &expected, page, &mut lists)
                         .await
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                 }

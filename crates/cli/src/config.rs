@@ -422,14 +422,9 @@ impl Config {
                     source.facility, source.schedule
                 )
             })?;
-            // The URL and the CA file, checked now (the authorization only when pulled or
-            // served: its variable may be set for the service only).
-            let mut checked = crate::ingest_dicomweb::DicomWebSource {
-                authorization_env: None,
-                ..source.clone()
-            };
-            checked.timeout_seconds = checked.timeout_seconds.or(Some(1));
-            crate::ingest_dicomweb::dicomweb_config(&checked).map_err(|error| {
+            // The URL and its TLS settings, checked now; files and the authorization are read
+            // where the pull or the server runs (they may exist there only).
+            crate::ingest_dicomweb::check_source(source).map_err(|error| {
                 anyhow::anyhow!("dicomweb source {}: {error:#}", source.facility)
             })?;
         }
@@ -738,5 +733,40 @@ mod tests {
             "{good}[[ssmix2]]\nfacility = \"061\"\nroots = [\"/x\"]\nschedule = \"0 */5 * * * *\"\n"
         );
         assert!(Config::parse(&bad_facility).is_err());
+        // A PACS over TLS names its CA; a CA with plain http is refused, as is another scheme.
+        let pacs = |url: &str, more: &str| {
+            format!(
+                "version = 2\n[store]\nurl = \"sqlite://x.db\"\n[[source]]\nkind = \"dicomweb\"\nfacility = \"0610200018\"\nurl = \"{url}\"\nschedule = \"0 0 3 * * *\"\n{more}"
+            )
+        };
+        assert!(Config::parse(&pacs("http://pacs:8042/dicom-web", "")).is_ok());
+        // The CA file is read where the server runs, not when the file is checked.
+        assert!(
+            Config::parse(&pacs(
+                "https://pacs/dicom-web",
+                "ca_file = \"/elsewhere/ca.pem\"\ndiscovery = \"all\"\n"
+            ))
+            .is_ok()
+        );
+        for (url, more, says) in [
+            ("https://pacs/dicom-web", "", "ca_file"),
+            (
+                "http://pacs/dicom-web",
+                "ca_file = \"/x.pem\"\n",
+                "nothing would be encrypted",
+            ),
+            ("ftp://pacs/", "", "http://"),
+            (
+                "http://pacs/",
+                "discovery = \"some\"\n",
+                "`patients` or `all`",
+            ),
+        ] {
+            let error = Config::parse(&pacs(url, more)).unwrap_err();
+            assert!(
+                format!("{error:#}").contains(says),
+                "{url} {more}: {error:#}"
+            );
+        }
     }
 }

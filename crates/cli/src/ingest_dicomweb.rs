@@ -89,12 +89,48 @@ pub(crate) fn dicomweb_config(source: &DicomWebSource) -> anyhow::Result<DicomWe
             crate::config::Discovery::All => tsunagi_adapter_dicomweb::Discovery::All,
         },
         ca_file: source.ca_file.clone(),
-        issuer_of_patient_id: source.issuer_of_patient_id.clone(),
+        issuer_of_patient_id: source
+            .issuer_of_patient_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|issuer| !issuer.is_empty())
+            .map(str::to_owned),
         gateway_url: None,
     };
     // The URL and the CA checked now, not at the first pull.
     tsunagi_adapter_dicomweb::client(&config).map_err(|error| anyhow::anyhow!(error))?;
     Ok(config)
+}
+
+/// What can be checked of a PACS's section without reading files or the environment: the URL
+/// (http or https, with a host), a CA file for https and none for http, the time limit.
+pub(crate) fn check_source(source: &DicomWebSource) -> anyhow::Result<()> {
+    let uri: hyper::Uri = source
+        .url
+        .parse()
+        .with_context(|| format!("{:?} is not a URL", source.url))?;
+    anyhow::ensure!(uri.host().is_some(), "{}: no host", source.url);
+    match (uri.scheme_str(), &source.ca_file) {
+        (Some("https"), Some(_)) | (Some("http"), None) => {}
+        (Some("https"), None) => anyhow::bail!(
+            "{}: TLS to a PACS needs the CA certificates to trust for it (ca_file)",
+            source.url
+        ),
+        (Some("http"), Some(_)) => anyhow::bail!(
+            "{}: a CA file is configured for this PACS but the URL is http://, so nothing would \
+             be encrypted: use https://",
+            source.url
+        ),
+        _ => anyhow::bail!(
+            "{}: the DICOMweb base URL must be http://… or https://…",
+            source.url
+        ),
+    }
+    anyhow::ensure!(
+        source.timeout_seconds != Some(0),
+        "timeout_seconds must be at least 1"
+    );
+    Ok(())
 }
 
 /// The gateway's DICOMweb base derived from its public FHIR base (`…/fhir` → `…/dicomweb`).

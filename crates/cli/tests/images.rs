@@ -55,7 +55,9 @@ fn serve_with(
     timeout_seconds: u64,
     more: &str,
 ) -> Serving {
-    let config = dir.join(format!("tsunagi-{}.toml", pacs_url.len() + more.len()));
+    static SERVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let number = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let config = dir.join(format!("tsunagi-{number}.toml"));
     std::fs::write(
         &config,
         format!(

@@ -113,7 +113,10 @@ fn a_pacs_is_ingested_with_the_same_summary_and_exit_rules() {
     ]);
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("cannot be reached"), "{stderr}");
+    assert!(
+        stderr.contains("cannot be reached") && stderr.contains("UnknownIssuer"),
+        "{stderr}"
+    );
 
     // What cannot be used is refused before anything is read, naming it.
     for (extra, says) in [

@@ -190,3 +190,19 @@ impl hyper::rt::Write for Stream {
         }
     }
 }
+
+/// An error with the causes under it, each once (a connection error's reason is in its
+/// sources: the certificate refused, the connection refused).
+pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -47,7 +47,10 @@ impl TlsFront {
                         _ = &mut stopped => return,
                         accepted = listener.accept() => accepted,
                     };
-                    let Ok((socket, _)) = accepted else { continue };
+                    let Ok((socket, _)) = accepted else {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        continue;
+                    };
                     let acceptor = acceptor.clone();
                     tokio::spawn(async move {
                         let Ok(mut tls) = acceptor.accept(socket).await else {

@@ -356,11 +356,15 @@ impl Proxy {
             let left = timeout.saturating_sub(started.elapsed());
             match tokio::time::timeout(left, target.client.request(request)).await {
                 Ok(Ok(response)) => return Ok(response),
-                Ok(Err(error)) if attempt < RETRIES => {
+                Ok(Err(error))
+                    if attempt < RETRIES
+                        && !tsunagi_net::client::describe(&error).contains("certificate") =>
+                {
                     tracing::debug!(target: "tsunagi::dicomweb", %error, attempt, "sent again");
                     attempt += 1;
                 }
                 Ok(Err(error)) => {
+                    let error = tsunagi_net::client::describe(&error);
                     tracing::warn!(target: "tsunagi::dicomweb", facility, %error, "the PACS cannot be reached");
                     return Err(ApiError::bad_gateway(format!(
                         "the image archive of {facility} cannot be reached"
