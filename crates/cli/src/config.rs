@@ -324,7 +324,7 @@ pub(crate) struct DicomWebSource {
     pub(crate) authorization_env: Option<String>,
     /// When to pull: a cron expression with seconds, evaluated in UTC.
     pub(crate) schedule: String,
-    /// Studies per QIDO-RS page (default 500).
+    /// Rows per QIDO-RS page (default 2000).
     pub(crate) page_size: Option<usize>,
     /// Patients asked about at once (default 8).
     pub(crate) concurrency: Option<usize>,
