@@ -136,34 +136,7 @@ fn pacs_studies(pacs: &Orthanc) -> Vec<(String, String)> {
 #[test]
 fn images_are_opened_through_the_gateway_under_consent() {
     let dir = tempfile::tempdir().unwrap();
-    let region = dir.path().join("region");
-    let db = format!("sqlite://{}", dir.path().join("t.db").display());
-    let region_flag = region.to_str().unwrap();
-    ok(&[
-        "generate",
-        "region",
-        "--out",
-        region_flag,
-        "--patients",
-        "8",
-        "--seed",
-        "11",
-        "--images",
-    ]);
-    let hospital = region.join(NIHONKAI);
-    ok(&[
-        "ingest",
-        "ssmix2",
-        "--db",
-        &db,
-        "--facility",
-        NIHONKAI,
-        "--json",
-        hospital.to_str().unwrap(),
-    ]);
-    let pacs = Orthanc::start().unwrap();
-    pacs.store_folder(&region.join("pacs").join(NIHONKAI))
-        .unwrap();
+    let (db, pacs) = support::nihonkai_with_pacs(dir.path());
     let url = pacs.dicomweb_url();
     ok(&[
         "ingest",

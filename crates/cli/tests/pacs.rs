@@ -9,41 +9,13 @@ mod support;
 
 use serde_json::Value;
 use support::{ok, tsunagi};
-use tsunagi_testkit::orthanc::Orthanc;
 
 const NIHONKAI: &str = "0610200018";
 
 #[test]
 fn a_pacs_is_ingested_with_the_same_summary_and_exit_rules() {
     let dir = tempfile::tempdir().unwrap();
-    let region = dir.path().join("region");
-    let db = format!("sqlite://{}", dir.path().join("t.db").display());
-    ok(&[
-        "generate",
-        "region",
-        "--out",
-        region.to_str().unwrap(),
-        "--patients",
-        "8",
-        "--seed",
-        "11",
-        "--images",
-    ]);
-    ok(&[
-        "ingest",
-        "ssmix2",
-        "--db",
-        &db,
-        "--facility",
-        NIHONKAI,
-        "--json",
-        region.join(NIHONKAI).to_str().unwrap(),
-    ]);
-    let pacs = Orthanc::start().unwrap();
-    let stored = pacs
-        .store_folder(&region.join("pacs").join(NIHONKAI))
-        .unwrap();
-    assert!(stored > 0);
+    let (db, pacs) = support::nihonkai_with_pacs(dir.path());
     let url = pacs.dicomweb_url();
     let args = [
         "ingest",

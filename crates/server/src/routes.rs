@@ -61,7 +61,7 @@ pub(crate) fn protected_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/dicomweb/studies/{study}", get(crate::dicomweb::study))
         .route(
             "/dicomweb/studies/{study}/{*rest}",
-            get(crate::dicomweb::study_path),
+            get(crate::dicomweb::study),
         )
         // The base itself, with or without a trailing slash (stock clients post to `/fhir/`).
         .route("/fhir", axum::routing::post(transaction))

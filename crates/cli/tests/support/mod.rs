@@ -172,3 +172,39 @@ pub fn jp_core_package() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../../shared/reference/jp-core.r4-1.1.1-snap.tgz")
 }
+
+/// A small synthetic region (8 people, seed 11, with images) in `dir`: Nihonkai's SS-MIX2
+/// storage ingested into `<dir>/t.db`, and its PACS in a real Orthanc. The database URL and
+/// the Orthanc.
+pub fn nihonkai_with_pacs(dir: &std::path::Path) -> (String, tsunagi_testkit::orthanc::Orthanc) {
+    const NIHONKAI: &str = "0610200018";
+    let region = dir.join("region");
+    let db = format!("sqlite://{}", dir.join("t.db").display());
+    ok(&[
+        "generate",
+        "region",
+        "--out",
+        region.to_str().unwrap(),
+        "--patients",
+        "8",
+        "--seed",
+        "11",
+        "--images",
+    ]);
+    ok(&[
+        "ingest",
+        "ssmix2",
+        "--db",
+        &db,
+        "--facility",
+        NIHONKAI,
+        "--json",
+        region.join(NIHONKAI).to_str().unwrap(),
+    ]);
+    let pacs = tsunagi_testkit::orthanc::Orthanc::start().unwrap();
+    let stored = pacs
+        .store_folder(&region.join("pacs").join(NIHONKAI))
+        .unwrap();
+    assert!(stored > 0);
+    (db, pacs)
+}

@@ -53,7 +53,7 @@ pub(crate) async fn search_studies(
     qido::studies(&state, &caller, &pairs, &dicomweb_base(&state, &headers)).await
 }
 
-/// `GET /dicomweb/studies/{study}`: the whole study, forwarded.
+/// `GET /dicomweb/studies/{study}` and everything below it: the path read whole (see [`at`]).
 pub(crate) async fn study(
     State(state): State<Arc<AppState>>,
     Extension(caller): Who,
@@ -63,14 +63,16 @@ pub(crate) async fn study(
     at(&state, &caller, &uri, &headers).await
 }
 
-/// `GET /dicomweb/studies/{study}/…`.
-pub(crate) async fn study_path(
-    State(state): State<Arc<AppState>>,
-    Extension(caller): Who,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    at(&state, &caller, &uri, &headers).await
+/// An answer about a patient: kept by no shared cache, never sniffed into a page of this origin.
+pub(crate) fn private(headers: &mut HeaderMap) {
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
 }
 
 /// The gateway's DICOMweb base the client used (`…/dicomweb`, beside `…/fhir`).

@@ -243,10 +243,7 @@ fn answer(data_sets: Vec<Value>, ignored: &[String]) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/dicom+json"),
     );
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, no-store"),
-    );
+    super::private(headers);
     if !ignored.is_empty() {
         let names: Vec<String> = ignored
             .iter()
