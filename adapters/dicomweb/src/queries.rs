@@ -124,9 +124,9 @@ fn sorted(mut studies: Vec<Value>) -> Vec<Value> {
 }
 
 /// The study attributes asked besides those every PACS returns: Study Description, Modalities
-/// in Study, Issuer of Patient ID, Number of Study Related Instances.
-const STUDY_FIELDS: &str =
-    "includefield=00081030&includefield=00080061&includefield=00100021&includefield=00201208";
+/// in Study, Issuer of Patient ID, Number of Study Related Instances, Timezone Offset From UTC.
+const STUDY_FIELDS: &str = "includefield=00081030&includefield=00080061&includefield=00100021\
+     &includefield=00201208&includefield=00080201";
 
 /// Every study the PACS lists for `patient` with exactly that Patient ID (and, when the PACS's
 /// issuer of patient ids is configured, no other issuer).

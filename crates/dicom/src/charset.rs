@@ -5,8 +5,9 @@
 //!
 //! Decoding follows the escape sequences byte by byte: `ESC ( B` ASCII, `ESC ( J` JIS X 0201
 //! roman, `ESC $ B` (or `ESC $ @`) JIS X 0208, `ESC $ ( D` JIS X 0212 in G0, and `ESC ) I`
-//! JIS X 0201 katakana in G1. What is not ASCII is turned into EUC-JP (the same code points,
-//! another framing) and decoded by `encoding_rs`. A value delimiter (`\`, 0x5C) counts only in a
+//! JIS X 0201 katakana in G1 (`ESC - A` Latin-1's high half, under `ISO 2022 IR 100`). What is
+//! not ASCII is turned into EUC-JP (the same code points, another framing) and decoded by
+//! `encoding_rs`; JIS X 0201 roman's 0x7E is the overline (‾), Latin-1's high half itself. A value delimiter (`\`, 0x5C) counts only in a
 //! single-byte set: a kanji's second byte may be 0x5C, and a reader that splits on every 0x5C
 //! (as Orthanc's JSON does) cuts a name in two. At each delimiter and line end the initial set
 //! is active again, as the standard requires of writers. What cannot be read becomes 〓.
@@ -130,8 +131,9 @@ impl CharacterSets {
                 .split('\\')
                 .map(str::to_owned)
                 .collect(),
-            // Latin-1 (with or without extensions: no Japanese set is invoked from it here).
-            Initial::Latin1 => bytes
+            // Latin-1 alone; with code extensions its high half stays Latin-1 in G1 while
+            // escapes may invoke the Japanese sets in G0.
+            Initial::Latin1 if !self.extensions => bytes
                 .split(|byte| *byte == b'\\')
                 .map(|value| value.iter().map(|byte| char::from(*byte)).collect())
                 .collect(),
@@ -153,15 +155,20 @@ impl CharacterSets {
 
     fn decode_iso2022(&self, bytes: &[u8]) -> Vec<String> {
         let mut values = Vec::new();
-        // The current value, as EUC-JP bytes (ASCII as itself).
+        // The current value: text so far, and the run of EUC-JP bytes (ASCII as itself) not
+        // yet decoded into it.
+        let mut text = String::new();
         let mut euc: Vec<u8> = Vec::new();
+        let flush = |euc: &mut Vec<u8>, text: &mut String| {
+            if !euc.is_empty() {
+                let (decoded, _) = EUC_JP.decode_without_bom_handling(euc);
+                text.push_str(&decoded);
+                euc.clear();
+            }
+        };
         let mut g0 = self.initial_g0();
         let mut g1_katakana = self.initial == Initial::Jis0201;
-        let finish = |euc: &mut Vec<u8>, values: &mut Vec<String>| {
-            let (text, _) = EUC_JP.decode_without_bom_handling(euc);
-            values.push(text.into_owned());
-            euc.clear();
-        };
+        let latin1 = self.initial == Initial::Latin1;
         let mut index = 0;
         while index < bytes.len() {
             let byte = bytes[index];
@@ -173,6 +180,8 @@ impl CharacterSets {
                     [b'$', b'B', ..] | [b'$', b'@', ..] => (3, Some(Ok(G0::Kanji))),
                     [b'$', b'(', b'D', ..] => (4, Some(Ok(G0::Supplementary))),
                     [b')', b'I', ..] => (3, Some(Err(true))),
+                    // Latin-1's high half back in G1.
+                    [b'-', b'A', ..] => (3, Some(Err(false))),
                     _ => (1, None),
                 };
                 match switch {
@@ -204,9 +213,11 @@ impl CharacterSets {
                 _ => {}
             }
             match byte {
-                // A delimiter of values, in a single-byte set.
+                // A delimiter of values, in a single-byte set (JIS X 0201 roman writes ¥ there,
+                // but DICOM keeps 0x5C the delimiter).
                 b'\\' if matches!(g0, G0::Ascii | G0::Roman) => {
-                    finish(&mut euc, &mut values);
+                    flush(&mut euc, &mut text);
+                    values.push(std::mem::take(&mut text));
                     g0 = self.initial_g0();
                     g1_katakana = self.initial == Initial::Jis0201;
                 }
@@ -215,16 +226,26 @@ impl CharacterSets {
                     g0 = self.initial_g0();
                     g1_katakana = self.initial == Initial::Jis0201;
                 }
+                // JIS X 0201 roman's overline where ASCII has the tilde.
+                0x7e if g0 == G0::Roman => {
+                    flush(&mut euc, &mut text);
+                    text.push('\u{203e}');
+                }
                 0xa1..=0xdf if g1_katakana => {
                     euc.push(0x8e);
                     euc.push(byte);
+                }
+                0xa0..=0xff if latin1 && !g1_katakana => {
+                    flush(&mut euc, &mut text);
+                    text.push(char::from(byte));
                 }
                 0x00..=0x7f => euc.push(byte),
                 _ => euc.extend_from_slice(&GETA),
             }
             index += 1;
         }
-        finish(&mut euc, &mut values);
+        flush(&mut euc, &mut text);
+        values.push(text);
         values
     }
 
@@ -434,5 +455,14 @@ mod tests {
         // JIS X 0212 (IR 159): 丂 is 0x3021 there.
         let supplementary = sets(&["", "ISO 2022 IR 159"]);
         assert_eq!(supplementary.decode(b"\x1b$(D0!\x1b(B"), "丂");
+        // Latin-1 with code extensions: its high half, and kanji where escapes invoke them.
+        let latin_kanji = sets(&["ISO 2022 IR 100", "ISO 2022 IR 87"]);
+        assert_eq!(
+            latin_kanji.decode(b"M\xfcller=\x1b$B;3ED\x1b(B"),
+            "Müller=山田"
+        );
+        // JIS X 0201 roman: 0x7E is the overline.
+        assert_eq!(sets(&["ISO_IR 13"]).decode(b"a~b"), "a\u{203e}b");
+        assert_eq!(sets(&["ISO_IR 6"]).decode(b"a~b"), "a~b");
     }
 }

@@ -16,6 +16,8 @@ pub const SERIES_DATE: u32 = 0x0008_0021;
 pub const STUDY_TIME: u32 = 0x0008_0030;
 /// (0008,0050) Accession Number.
 pub const ACCESSION_NUMBER: u32 = 0x0008_0050;
+/// (0008,0201) Timezone Offset From UTC (`+0900`): the offset of the data set's dates and times.
+pub const TIMEZONE_OFFSET_FROM_UTC: u32 = 0x0008_0201;
 /// (0008,0051) Issuer of Accession Number Sequence.
 pub const ISSUER_OF_ACCESSION_NUMBER: u32 = 0x0008_0051;
 /// (0008,0060) Modality.

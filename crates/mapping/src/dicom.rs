@@ -5,7 +5,7 @@
 //! notices' parts by [`crate::study::fold`].
 //!
 //! Identifiers are the Study Instance UID and the accession number; `started` is Study Date +
-//! Time (Japan time when the PACS gives no offset); each series carries its modality, number,
+//! Time (at the PACS's Timezone Offset From UTC, Japan time when it gives none); each series carries its modality, number,
 //! description, body part and instances (SOP class and number). The patient is the PACS's
 //! Patient ID at that hospital — never its name.
 
@@ -161,7 +161,19 @@ pub fn pacs_part(pacs: &PacsStudy<'_>) -> Result<Contribution, StudyError> {
 fn started(study: &Dataset<'_>) -> Option<String> {
     let date = study.string(tags::STUDY_DATE)?;
     let time = study.string(tags::STUDY_TIME).unwrap_or_default();
-    hl7_to_fhir_datetime(&format!("{date}{time}"))
+    // The PACS's Timezone Offset From UTC (`+0900`), when it gives a well-formed one.
+    let offset = study
+        .string(tags::TIMEZONE_OFFSET_FROM_UTC)
+        .map(|offset| offset.trim().to_owned())
+        .filter(|offset| {
+            offset.len() == 5
+                && offset.starts_with(['+', '-'])
+                && offset[1..].bytes().all(|b| b.is_ascii_digit())
+        })
+        .filter(|_| !time.is_empty())
+        .unwrap_or_default();
+    hl7_to_fhir_datetime(&format!("{date}{time}{offset}"))
+        .or_else(|_| hl7_to_fhir_datetime(&format!("{date}{time}")))
         .or_else(|_| hl7_to_fhir_datetime(&date))
         .ok()
 }
@@ -252,7 +264,8 @@ mod tests {
             {"00080016": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.1"]}, "00080018": {"vr": "UI", "Value": ["1.2.392.1.1.2"]}, "0020000E": {"vr": "UI", "Value": ["1.2.392.1.1"]}, "00200013": {"vr": "IS", "Value": [2]}},
             {"00080016": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.1"]}, "00080018": {"vr": "UI", "Value": ["1.2.392.1.1.1"]}, "0020000E": {"vr": "UI", "Value": ["1.2.392.1.1"]}, "00200013": {"vr": "IS", "Value": [1]}}
         ]);
-        let study = Dataset::new(&study).unwrap();
+        let study_json = study;
+        let study = Dataset::new(&study_json).unwrap();
         let series = Dataset::all(&series).unwrap();
         let instances = Dataset::all(&instances).unwrap();
         let part = pacs_part(&PacsStudy {
@@ -270,6 +283,14 @@ mod tests {
         );
         let imaging = &part.part["study"];
         assert_eq!(imaging["started"], "2024-05-01T10:15:00+09:00");
+        // A PACS that states its offset is taken at its word.
+        let mut elsewhere = study_json.clone();
+        elsewhere["00080201"] = json!({"vr": "SH", "Value": ["-0500"]});
+        let elsewhere = Dataset::new(&elsewhere).unwrap();
+        assert_eq!(
+            started(&elsewhere).as_deref(),
+            Some("2024-05-01T10:15:00-05:00")
+        );
         assert_eq!(imaging["numberOfInstances"], 2);
         assert_eq!(
             imaging["subject"]["reference"],
