@@ -554,8 +554,22 @@ pub(crate) async fn serve_store(
         state.set_intake(Arc::new(intake));
     }
     let (stop, stopping) = tokio::sync::watch::channel(());
+    // Ctrl-C, or SIGTERM (systemd, Kubernetes): stop accepting, drain, then exit.
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let terminated = async {
+            match terminate.as_mut() {
+                Some(terminate) => {
+                    terminate.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = terminated => {}
+        }
         let _ = stop.send(());
     });
     let stopped = |mut stopping: tokio::sync::watch::Receiver<()>| async move {

@@ -557,3 +557,36 @@ fn the_demos_documents_are_read_through_the_api() {
         assert_eq!(status, 200, "{form}");
     }
 }
+
+/// An orchestrator's SIGTERM: `/health/ready` says ready while serving, then the server stops
+/// accepting, drains and exits cleanly within its deadline.
+#[test]
+fn sigterm_drains_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let (mut server, address) = serve(&db);
+    for path in ["/health/live", "/health/ready"] {
+        let (status, answer) = http(&address, "GET", path, "", None, b"").unwrap();
+        assert_eq!(status, 200, "{path}: {answer}");
+    }
+    let pid = server.0.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "serve did not stop after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}

@@ -121,6 +121,17 @@ pub struct AppState {
     intake: std::sync::OnceLock<Arc<dyn hl7v2_api::MessageIntake>>,
     /// Forwards image retrievals to the hospitals' PACSes.
     dicomweb: dicomweb::Proxy,
+    /// Listeners serving, and whether the server is draining (`/health/ready`).
+    health: Health,
+}
+
+/// What `/health/ready` reads besides the database.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    /// Listeners accepting connections.
+    pub(crate) listening: std::sync::atomic::AtomicUsize,
+    /// A shutdown began: no new work should come here.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -140,6 +151,7 @@ impl AppState {
             clock,
             snapshots: Snapshots::new(settings.snapshot_ttl, settings.snapshot_max_keys),
             dicomweb: dicomweb::Proxy::new(&settings.dicomweb),
+            health: Health::default(),
             settings,
             metrics: access::Metrics::default(),
             keys,

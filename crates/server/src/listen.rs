@@ -13,7 +13,12 @@
 //! listener) as an OperationOutcome, then closed; on a TLS listener it is simply closed. Stopping drains: no new connections, every open one is
 //! asked to finish its request in progress and close, for at most [`HttpLimits::drain`].
 
-use std::{future::Future, io, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    io,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use axum::{Router, body::Body, extract::ConnectInfo};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -102,6 +107,8 @@ pub(crate) async fn serve(
         },
     );
     state.metrics.watch_gate(gate.clone());
+    let health = state.clone();
+    health.health.listening.fetch_add(1, Ordering::SeqCst);
     let router = crate::router(state);
     let (stop, stopping) = watch::channel(false);
     let turning_away = Arc::new(Semaphore::new(TURN_AWAY_AT_ONCE));
@@ -158,11 +165,14 @@ pub(crate) async fn serve(
             }
         }
     }
+    // Not ready from now on: a load balancer sends no new work here while what is open drains.
+    health.health.draining.store(true, Ordering::SeqCst);
     drop(listener);
     let _ = stop.send(true);
     if !gate.drained(limits.drain).await {
         tracing::warn!(target: "tsunagi::net", listener = name, open = gate.open(), "connections still open after the drain deadline");
     }
+    health.health.listening.fetch_sub(1, Ordering::SeqCst);
     Ok(())
 }
 

@@ -37,8 +37,8 @@ use crate::{
 };
 use crate::{hl7v2_api, request::base_url};
 
-/// The router: FHIR under `/fhir`, DICOMweb under `/dicomweb`, plus `/healthz`, `/readyz`,
-/// `/metrics`.
+/// The router: FHIR under `/fhir`, DICOMweb under `/dicomweb`, plus `/health/live`,
+/// `/health/ready` (also `/healthz`, `/readyz`) and `/metrics`.
 pub fn router(state: Arc<AppState>) -> Router {
     // Everything under /fhir but the CapabilityStatement needs a valid token, and is audited.
     let protected = protected_routes(&state).route_layer(axum::middleware::from_fn_with_state(
@@ -115,6 +115,9 @@ pub(crate) async fn hl7v2(
 /// The public routes around the guarded ones, and the layers of every request.
 pub(crate) fn assemble(state: Arc<AppState>, protected: Router<Arc<AppState>>) -> Router {
     Router::new()
+        .route("/health/live", get(|| async { "live" }))
+        .route("/health/ready", get(readyz))
+        // The first names, kept for what scripts them.
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -164,10 +167,20 @@ pub(crate) fn assemble(state: Arc<AppState>, protected: Router<Arc<AppState>>) -
         .with_state(state)
 }
 
+/// `/health/ready` (and `/readyz`): 200 only while a listener is up, no shutdown has begun, and
+/// the database answers with exactly this build's schema; else 503 saying which.
 pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    match state.governance.signing_keys().await {
-        Ok(_) => (StatusCode::OK, "ready").into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response(),
+    let unready = |reason: String| (StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
+    if state.health.draining.load(Ordering::SeqCst) {
+        return unready("draining: shutting down".to_owned());
+    }
+    if state.health.listening.load(Ordering::SeqCst) == 0 {
+        return unready("no listener is up".to_owned());
+    }
+    match state.governance.schema_status().await {
+        Ok(None) => (StatusCode::OK, "ready").into_response(),
+        Ok(Some(reason)) => unready(reason),
+        Err(_) => unready("the database does not answer".to_owned()),
     }
 }
 

@@ -107,6 +107,8 @@ async fn read_vread_and_status_codes() {
     );
     assert_eq!(get(addr, "/healthz").await.status, 200);
     assert_eq!(get(addr, "/readyz").await.status, 200);
+    assert_eq!(get(addr, "/health/live").await.status, 200);
+    assert_eq!(get(addr, "/health/ready").await.status, 200);
     let metrics = String::from_utf8(get(addr, "/metrics").await.body).unwrap();
     assert!(metrics.contains("tsunagi_http_requests_total"));
 }

@@ -621,6 +621,10 @@ impl Engine for PostgresEngine {
         Self::connect_in_schema(url, None, clock).await
     }
 
+    fn migrator(&self) -> &'static sqlx::migrate::Migrator {
+        &MIGRATOR
+    }
+
     fn writer(&self) -> &PgPool {
         &self.pool
     }

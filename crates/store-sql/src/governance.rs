@@ -81,6 +81,11 @@ fn client_from_row(row: &impl Cells) -> Result<Client, StoreError> {
 
 #[async_trait::async_trait]
 impl<E: Engine> Governance for SqlStore<E> {
+    async fn schema_status(&self) -> Result<Option<String>, StoreError> {
+        let mut connection = self.read_connection().await?;
+        crate::migrations::check::<E::Db>(&mut connection, self.engine().migrator()).await
+    }
+
     async fn change(
         &self,
         change: Change,

@@ -50,6 +50,36 @@ async fn table_exists<D: Dialect>(
         .is_some())
 }
 
+/// Whether the database's schema is exactly `migrator`'s: every migration of this build
+/// applied, and none this build does not know (a newer node migrated it). The reason when not.
+pub async fn check<D: Dialect>(
+    connection: &mut <D as Database>::Connection,
+    migrator: &Migrator,
+) -> Result<Option<String>, StoreError> {
+    let newest = migrator
+        .iter()
+        .map(|migration| migration.version)
+        .max()
+        .unwrap_or(0);
+    let applied = match stmt("SELECT MAX(version) AS newest FROM _sqlx_migrations WHERE success")
+        .fetch_optional::<D>(connection)
+        .await?
+    {
+        Some(row) => row.opt_int("newest")?.unwrap_or(0),
+        None => 0,
+    };
+    Ok(match applied.cmp(&newest) {
+        std::cmp::Ordering::Equal => None,
+        std::cmp::Ordering::Less => Some(format!(
+            "the database's schema is at migration {applied}, this build's at {newest}"
+        )),
+        std::cmp::Ordering::Greater => Some(format!(
+            "the database has migration {applied}, which this build does not know: a newer \
+             Tsunagi migrated it"
+        )),
+    })
+}
+
 /// Brings the schema up to `migrator`'s last migration; gives the search-registry version the
 /// index rows were written with (the caller reindexes when it is not this build's).
 pub async fn migrate<D: Dialect>(

@@ -32,6 +32,8 @@ pub trait Engine: Send + Sync + 'static {
     fn reader(&self) -> &Pool<Self::Db>;
     /// The clock records are stamped with.
     fn clock(&self) -> &Arc<dyn Clock>;
+    /// This build's schema migrations for the database.
+    fn migrator(&self) -> &'static sqlx::migrate::Migrator;
     /// A transaction that may write (serialised with every other writer).
     async fn begin_write(&self) -> Result<Transaction<'static, Self::Db>, StoreError>;
     /// A transaction for a small write that need not wait for bulk writers (a replayed

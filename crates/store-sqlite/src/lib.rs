@@ -143,6 +143,10 @@ impl Engine for SqliteEngine {
         SqliteEngine::connect(url, clock).await
     }
 
+    fn migrator(&self) -> &'static sqlx::migrate::Migrator {
+        &migrate::MIGRATOR
+    }
+
     fn writer(&self) -> &SqlitePool {
         &self.pool
     }

@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// The schema, one file per version (`migrations/`), applied by `tsunagi_store_sql::migrations`.
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 const META_KEYS: MetaKeys = MetaKeys {
     schema: "schema_version",
     registry: "registry_version",

@@ -9,7 +9,7 @@ use serde_json::json;
 use sqlx::{Connection, SqliteConnection};
 use tsunagi_core::clock::FixedClock;
 use tsunagi_fhir::query::SearchQuery;
-use tsunagi_store::Store;
+use tsunagi_store::{Store, governance::Governance};
 use tsunagi_store_sqlite::SqliteStore;
 
 const SCHEMA_1: &str = include_str!("../migrations/0001_initial.sql");
@@ -186,7 +186,9 @@ async fn a_database_of_a_newer_build_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("new.db").display());
     let clock = Arc::new(FixedClock(1_700_000_000_000_000));
-    drop(SqliteStore::open(&url, clock.clone()).await.unwrap());
+    // A node serving it sees its schema is this build's, then a newer node's migration.
+    let serving = SqliteStore::open(&url, clock.clone()).await.unwrap();
+    assert_eq!(serving.schema_status().await.unwrap(), None);
     {
         let mut newer = SqliteConnection::connect(&url).await.unwrap();
         sqlx::raw_sql(
@@ -197,6 +199,9 @@ async fn a_database_of_a_newer_build_is_refused() {
         .await
         .unwrap();
     }
+    let said = serving.schema_status().await.unwrap().unwrap();
+    assert!(said.contains("9999") && said.contains("newer"), "{said}");
+    drop(serving);
     let refused = SqliteStore::open(&url, clock)
         .await
         .err()

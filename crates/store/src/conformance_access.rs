@@ -705,6 +705,11 @@ macro_rules! store_access_suite {
             $crate::conformance_standing::lab_reports_are_the_directorys_record(&store).await;
         }
         #[tokio::test]
+        async fn the_schema_is_this_builds() {
+            let store = $make.await;
+            $crate::conformance_standing::the_schema_is_this_builds(&store).await;
+        }
+        #[tokio::test]
         async fn the_served_origin_is_remembered() {
             let store = $make.await;
             $crate::conformance_standing::the_served_origin_is_remembered(&store).await;

@@ -170,6 +170,11 @@ pub async fn token_standing_reads_clients_users_facilities_and_revocations<S: Go
     );
 }
 
+/// A store just opened holds exactly this build's schema (what `/health/ready` asks).
+pub async fn the_schema_is_this_builds<S: Governance>(store: &S) {
+    assert_eq!(store.schema_status().await.unwrap(), None);
+}
+
 /// `tsunagi serve` records its origin; the last one recorded is read back.
 pub async fn the_served_origin_is_remembered<S: Governance>(store: &S) {
     assert_eq!(store.served_origin().await.unwrap(), None);

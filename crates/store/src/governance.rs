@@ -448,6 +448,12 @@ pub trait Governance: Send + Sync {
     /// Token-signing keys, newest first.
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
 
+    /// Whether the database answers and holds exactly this build's schema (`Ok(Some(reason))`
+    /// when it answers but another schema is there: a node of another version migrated it).
+    async fn schema_status(&self) -> Result<Option<String>, StoreError> {
+        self.signing_keys().await.map(|_| None)
+    }
+
     /// The facilities lab company `lab` reports results for (the directory's record), sorted.
     async fn lab_reports_for(&self, lab: &str) -> Result<Vec<String>, StoreError>;
     /// Replaces them (every code must be a registered facility; `lab` must be one too).
