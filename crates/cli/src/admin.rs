@@ -80,6 +80,24 @@ pub(crate) enum Admin {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// An online copy of an embedded store (its audit journal imported first) into a new
+    /// folder, with a manifest (size, SHA-256). PostgreSQL: pg_dump (see the README).
+    Backup {
+        #[arg(long)]
+        db: String,
+        /// The folder to write (new or empty).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// A backup brought back into a new place (checked against its manifest and by SQLite).
+    Restore {
+        /// The backup's folder.
+        #[arg(long)]
+        from: std::path::PathBuf,
+        /// Where the database goes (must not exist).
+        #[arg(long)]
+        db: String,
+    },
     /// Print audit records (AuditEvent NDJSON), newest first.
     Audit {
         #[arg(long)]
@@ -656,6 +674,8 @@ pub(crate) async fn admin(command: Admin) -> anyhow::Result<()> {
                 println!("Patient/{patient} was not linked: nothing changed");
             }
         }
+        Admin::Backup { db, out } => crate::backup::backup(&db, &out).await?,
+        Admin::Restore { from, db } => crate::backup::restore(&from, &db).await?,
         Admin::Quarantine { action } => crate::quarantine::run(action, now).await?,
         Admin::Outbox { action } => crate::outbox::run(action, now).await?,
         Admin::Audit { db, patient, limit } => {

@@ -15,6 +15,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod admin;
+mod backup;
 mod bench;
 mod bench_dicomweb;
 mod bench_documents;

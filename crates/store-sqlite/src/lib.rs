@@ -22,6 +22,7 @@ use tsunagi_core::clock::Clock;
 use tsunagi_store::{ApplyStats, Batch, StoreError, governance::AuditRecord};
 use tsunagi_store_sql::{Engine, SqlStore, db_error};
 
+mod backup;
 mod epoch;
 mod journal;
 mod journal_import;
