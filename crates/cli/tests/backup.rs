@@ -1,7 +1,7 @@
-//! `tsunagi admin backup` while the server answers and a pull writes, then `tsunagi admin
-//! restore` into a new place: every resource and every audit record committed before the
-//! backup began is there; a damaged backup, an occupied target and PostgreSQL are refused with
-//! what to do.
+//! `tsunagi admin backup` while the server answers, an EHR sends HL7 v2 and a pull writes,
+//! then `tsunagi admin restore` into a new place: every resource, every acknowledged HL7 v2
+//! message and every audit record committed before the backup began is there; a damaged
+//! backup, an occupied target and PostgreSQL are refused with what to do.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -58,19 +58,41 @@ fn a_backup_under_load_restores_everything_committed_before_it() {
     ]);
     add_facility(&db, SHONAI, "Shonai", "hospital");
     add_user(&db, "dr", SHONAI, "doctor");
+    let config = dir.path().join("tsunagi.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\n[store]\nurl = \"{db}\"\n\n[[hl7v2]]\nfacility = \"{SHONAI}\"\nsending_facility = \"SEND\"\n"
+        ),
+    )
+    .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tsunagi"))
-        .args(["serve", "--db", &db, "--listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--db",
+            &db,
+            "--listen",
+            "127.0.0.1:0",
+            "--mllp-listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let address = loop {
-        let line = lines.next().expect("serve prints its base").unwrap();
+    let (mut address, mut mllp) = (String::new(), String::new());
+    while address.is_empty() || mllp.is_empty() {
+        let line = lines.next().expect("serve prints its addresses").unwrap();
         if let Some(rest) = line.strip_prefix("FHIR base http://") {
-            break rest.trim_end_matches("/fhir").to_owned();
+            rest.trim_end_matches("/fhir").clone_into(&mut address);
         }
-    };
+        if let Some(rest) = line.strip_prefix("HL7 v2 over MLLP on ") {
+            rest.split(' ').next().unwrap().clone_into(&mut mllp);
+        }
+    }
     std::thread::spawn(move || for _ in lines {});
     let serving = Serving(child);
     let token = ok(&[
@@ -102,8 +124,6 @@ fn a_backup_under_load_restores_everything_committed_before_it() {
                     n += 1;
                     let id = format!("backup-{reader}-{n}");
                     let headers = [("X-Request-Id", id.as_str())];
-                    // Whether the backup had begun before this request was sent.
-                    let late = began.load(Ordering::SeqCst);
                     let answer = http_with(
                         &address,
                         "GET",
@@ -112,6 +132,8 @@ fn a_backup_under_load_restores_everything_committed_before_it() {
                         &headers,
                         b"",
                     );
+                    // Answered before the backup began: its audit record was durable then.
+                    let late = began.load(Ordering::SeqCst);
                     if answer.is_some_and(|(status, _)| status == 200) && !late {
                         before.lock().unwrap().push(id);
                     }
@@ -119,6 +141,31 @@ fn a_backup_under_load_restores_everything_committed_before_it() {
             })
         })
         .collect();
+    // An EHR sends HL7 v2 meanwhile; the MSH-10s acknowledged before the backup began are kept.
+    let acked_before: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sender = {
+        let (began, acked, stop) = (backup_began.clone(), acked_before.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut stream = std::net::TcpStream::connect(&mllp).unwrap();
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let control = format!("BK{n:06}");
+                let message = format!(
+                    "MSH|^~\\&|HIS|SEND|TSUNAGI|NET|20261124101500||ADT^A08^ADT_A01|{control}|P|2.5\rEVN||20261124101500\rPID|||{:07}^^^^PI||Kensa^Taro^^^^^L||19600101|M\rPV1||O\r",
+                    2_000_000 + n % 50
+                );
+                let answer = support::mllp_exchange(&mut stream, message.as_bytes());
+                let late = began.load(Ordering::SeqCst);
+                if answer.as_deref() == Some("AA") && !late {
+                    acked.lock().unwrap().push(control);
+                }
+            }
+        })
+    };
     std::thread::sleep(std::time::Duration::from_millis(500));
 
     // A pull writes meanwhile.
@@ -153,6 +200,7 @@ fn a_backup_under_load_restores_everything_committed_before_it() {
     for reader in readers {
         reader.join().unwrap();
     }
+    sender.join().unwrap();
     assert!(writer.join().unwrap().status.success());
     drop(serving);
 
@@ -196,6 +244,34 @@ fn a_backup_under_load_restores_everything_committed_before_it() {
         "{} of {} answered accesses missing: {missing:?}",
         missing.len(),
         before.len()
+    );
+
+    let log = ok(&[
+        "admin",
+        "quarantine",
+        "list",
+        "--db",
+        &restored,
+        "--state",
+        "applied",
+        "--limit",
+        "1000000",
+    ]);
+    let logged: std::collections::HashSet<&str> = log
+        .lines()
+        .filter_map(|line| line.split('\t').nth(5))
+        .collect();
+    let acked = acked_before.lock().unwrap().clone();
+    assert!(!acked.is_empty());
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|id| !logged.contains(id.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages missing: {lost:?}",
+        lost.len(),
+        acked.len()
     );
 
     // Refusals that say what to do.
