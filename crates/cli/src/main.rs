@@ -28,6 +28,7 @@ mod config;
 mod config_check;
 mod demo;
 mod export;
+mod health;
 mod ingest;
 mod ingest_dicomweb;
 mod limits;
@@ -60,6 +61,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Ask a running server whether it is ready (`GET /health/ready`): exit 0 on 200, else
+    /// 1 with what it said (for a container's health check, or a script).
+    Health {
+        /// The readiness URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080/health/ready")]
+        url: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout_seconds: u64,
+    },
     /// A hospital EHR stand-in: receives what Tsunagi delivers over MLLP and answers as told,
     /// for trying outbound delivery before the EHR is connected.
     Standin {
@@ -532,6 +543,10 @@ fn main() -> std::process::ExitCode {
                 answer,
                 out,
             } => standin::run(&listen, &answer, out).await,
+            Command::Health {
+                url,
+                timeout_seconds,
+            } => health::check(&url, std::time::Duration::from_secs(timeout_seconds.max(1))),
         }
     });
     match result {

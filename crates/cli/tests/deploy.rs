@@ -1,6 +1,8 @@
 //! What `deploy/` gives operators, checked as their tools check it: the systemd unit by
 //! `systemd-analyze verify` (no warning) and `systemd-analyze security --offline=true`
-//! (exposure at most 2.0, "OK"), with this build's binary as its `ExecStart`.
+//! (exposure at most 2.0, "OK"), with this build's binary as its `ExecStart`; the Kubernetes
+//! manifests against the Kubernetes schemas (`kubernetes-validate --strict`); the container
+//! file by the rules its header states (no container engine runs on these machines).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -50,4 +52,111 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         .and_then(|number| number.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in: {report}"));
     assert!(exposure <= 2.0, "exposure {exposure}: {report}");
+}
+
+#[test]
+fn the_kubernetes_manifests_match_the_schemas() {
+    let python = tsunagi_testkit::python::kubernetes_validate().unwrap();
+    for manifest in ["kubernetes/tsunagi.yaml", "kubernetes/postgres.yaml"] {
+        let checked = Command::new(&python)
+            .args(["-m", "kubernetes_validate", "--strict", "-k", "1.30.0"])
+            .arg(deploy(manifest))
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&checked.stdout).into_owned()
+            + &String::from_utf8_lossy(&checked.stderr);
+        assert!(checked.status.success(), "{manifest}: {said}");
+        assert!(
+            !said.contains("ERROR") && !said.contains("WARN"),
+            "{manifest}: {said}"
+        );
+    }
+    // The probes are the server's health endpoints.
+    let gateway = std::fs::read_to_string(deploy("kubernetes/tsunagi.yaml")).unwrap();
+    for probe in [
+        "path: /health/ready",
+        "path: /health/live",
+        "kind: PodDisruptionBudget",
+    ] {
+        assert!(gateway.contains(probe), "{probe}");
+    }
+}
+
+#[test]
+fn the_container_file_builds_in_stages_and_runs_unprivileged() {
+    let text = std::fs::read_to_string(deploy("container/Containerfile")).unwrap();
+    // Instructions, continuation lines joined, comments dropped.
+    let joined = text.replace("\\\n", " ");
+    let instructions: Vec<(&str, &str)> = joined
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter_map(|line| line.split_once(' '))
+        .collect();
+    let stages: Vec<&str> = instructions
+        .iter()
+        .filter(|(op, _)| *op == "FROM")
+        .map(|(_, image)| *image)
+        .collect();
+    assert!(
+        stages.len() >= 2,
+        "a build stage and a run stage: {stages:?}"
+    );
+    for image in &stages {
+        let name = image.split_whitespace().next().unwrap();
+        assert!(
+            name.contains(':') && !name.ends_with(":latest"),
+            "{name}: pin the tag"
+        );
+    }
+    let last = instructions
+        .iter()
+        .rposition(|(op, _)| *op == "FROM")
+        .unwrap();
+    let run_stage = &instructions[last..];
+    let user = run_stage
+        .iter()
+        .find(|(op, _)| *op == "USER")
+        .map(|(_, who)| *who)
+        .expect("the run stage names a USER");
+    assert!(
+        !user.starts_with('0') && !user.starts_with("root"),
+        "{user}"
+    );
+    for op in ["HEALTHCHECK", "ENTRYPOINT", "STOPSIGNAL", "VOLUME"] {
+        assert!(
+            run_stage.iter().any(|(o, _)| *o == op),
+            "the run stage lacks {op}"
+        );
+    }
+    let health = run_stage
+        .iter()
+        .find(|(op, _)| *op == "HEALTHCHECK")
+        .unwrap()
+        .1;
+    assert!(
+        health.contains("\"health\"") && health.contains("/health/ready"),
+        "{health}"
+    );
+    let entry = run_stage
+        .iter()
+        .find(|(op, _)| *op == "ENTRYPOINT")
+        .unwrap()
+        .1;
+    assert!(
+        entry.trim_start().starts_with('['),
+        "exec form, so SIGTERM reaches the server"
+    );
+    assert!(
+        !instructions
+            .iter()
+            .any(|(op, arg)| *op == "ADD" && arg.contains("://")),
+        "nothing fetched by ADD"
+    );
+    // What the health check runs is this build's command.
+    let help = Command::new(env!("CARGO_BIN_EXE_tsunagi"))
+        .args(["health", "--help"])
+        .output()
+        .unwrap();
+    assert!(help.status.success());
 }

@@ -569,6 +569,17 @@ fn sigterm_drains_and_exits() {
         let (status, answer) = http(&address, "GET", path, "", None, b"").unwrap();
         assert_eq!(status, 200, "{path}: {answer}");
     }
+    // What a container's health check runs.
+    let url = format!("http://{address}/health/ready");
+    assert_eq!(ok(&["health", "--url", &url]).trim(), "ready");
+    let nobody = support::tsunagi(&[
+        "health",
+        "--url",
+        "http://127.0.0.1:9/health/ready",
+        "--timeout-seconds",
+        "1",
+    ]);
+    assert!(!nobody.status.success());
     let pid = server.0.id().to_string();
     assert!(
         std::process::Command::new("kill")
