@@ -1,4 +1,6 @@
-//! `tsunagi run`: the config's pulled sources, each on its cron schedule (or once).
+//! `tsunagi run`: the config's pulled sources, each on its cron schedule (or once). Each tick of
+//! a source is claimed in the database before it is pulled (`Governance::claim_run`), so several
+//! nodes running one configuration on one database pull each tick once.
 
 use std::{path::Path, str::FromStr, sync::Arc, time::Instant};
 
@@ -96,16 +98,45 @@ pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    // Several nodes may run the same schedules on one database: each tick of a source is
+    // claimed in the database first, and only its one claimant pulls.
+    let node = format!(
+        "{}:{}",
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .unwrap_or_else(|_| "node".to_owned()),
+        std::process::id()
+    );
     let mut tasks = Vec::new();
     for (schedule, adapter, name) in jobs {
         let store = store.clone();
+        let node = node.clone();
         tasks.push(tokio::spawn(async move {
+            let mut last = None;
             loop {
-                let Some(next) = schedule.upcoming(chrono::Utc).next() else { return };
+                let Some(next) = schedule.upcoming(chrono::Utc).find(|tick| Some(*tick) != last)
+                else {
+                    return;
+                };
                 let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
                 tokio::time::sleep(wait).await;
-                let started = Instant::now();
+                last = Some(next);
                 let info = adapter.describe();
+                let source = format!("{}:{}", info.kind, info.facility);
+                let now = chrono::Utc::now().timestamp_micros();
+                match store.claim_run(&source, next.timestamp(), &node, now).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        eprintln!("pull {source} at {next}: another node pulls it");
+                        continue;
+                    }
+                    Err(error) => {
+                        eprintln!("pull {source} at {next}: not claimed ({error}); skipped");
+                        continue;
+                    }
+                }
+                let started = Instant::now();
+                eprintln!("pull {source} at {next}: claimed by {node}");
                 match adapter.pull(&context(store.clone(), Arc::new(NoProgress))).await {
                     Ok(report) => eprintln!(
                         "pull {} {}: {} files seen, {} read, {} rejected, {} resources written in {:.2} s",

@@ -283,6 +283,33 @@ impl<E: Engine> Governance for SqlStore<E> {
         Ok(())
     }
 
+    async fn claim_run(
+        &self,
+        source: &str,
+        tick: i64,
+        node: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let claimed = stmt(
+            "INSERT INTO pull_runs (source, tick, node, claimed) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (source, tick) DO NOTHING",
+        )
+        .arg(source)
+        .arg(tick)
+        .arg(node)
+        .arg(now)
+        .execute_in::<E::Db>(self.writer())
+        .await?;
+        if claimed == 1 {
+            stmt("DELETE FROM pull_runs WHERE source = ?1 AND claimed < ?2")
+                .arg(source)
+                .arg(now - 7 * 86_400 * 1_000_000)
+                .execute_in::<E::Db>(self.writer())
+                .await?;
+        }
+        Ok(claimed == 1)
+    }
+
     async fn put_signing_key(&self, key: &StoredKey) -> Result<(), StoreError> {
         stmt("INSERT INTO signing_keys (kid, pem, created_at) VALUES (?1, ?2, ?3)")
             .arg(&key.kid)

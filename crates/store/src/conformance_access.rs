@@ -705,6 +705,11 @@ macro_rules! store_access_suite {
             $crate::conformance_standing::lab_reports_are_the_directorys_record(&store).await;
         }
         #[tokio::test]
+        async fn a_scheduled_pull_is_claimed_once() {
+            let store = $make.await;
+            $crate::conformance_standing::a_scheduled_pull_is_claimed_once(&store).await;
+        }
+        #[tokio::test]
         async fn the_schema_is_this_builds() {
             let store = $make.await;
             $crate::conformance_standing::the_schema_is_this_builds(&store).await;

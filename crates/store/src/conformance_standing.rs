@@ -170,6 +170,41 @@ pub async fn token_standing_reads_clients_users_facilities_and_revocations<S: Go
     );
 }
 
+/// Of two nodes claiming one scheduled pull, one gets it; the next tick is claimable again.
+pub async fn a_scheduled_pull_is_claimed_once<S: Governance>(store: &S) {
+    let now = 1_700_000_000_000_000;
+    assert!(
+        store
+            .claim_run("ssmix2:0610100010", 100, "a", now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .claim_run("ssmix2:0610100010", 100, "b", now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .claim_run("ssmix2:0610100010", 100, "a", now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_run("ssmix2:0610100010", 101, "b", now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_run("mml:0610300016", 100, "b", now)
+            .await
+            .unwrap()
+    );
+}
+
 /// A store just opened holds exactly this build's schema (what `/health/ready` asks).
 pub async fn the_schema_is_this_builds<S: Governance>(store: &S) {
     assert_eq!(store.schema_status().await.unwrap(), None);

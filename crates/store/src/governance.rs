@@ -448,6 +448,17 @@ pub trait Governance: Send + Sync {
     /// Token-signing keys, newest first.
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
 
+    /// Claims the scheduled pull of `source` at `tick` (seconds) for `node`: true for the one
+    /// claimant of each (source, tick), false for every other (another node pulls it). Claims
+    /// older than a week are pruned.
+    async fn claim_run(
+        &self,
+        source: &str,
+        tick: i64,
+        node: &str,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+
     /// Whether the database answers and holds exactly this build's schema (`Ok(Some(reason))`
     /// when it answers but another schema is there: a node of another version migrated it).
     async fn schema_status(&self) -> Result<Option<String>, StoreError> {
