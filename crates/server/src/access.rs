@@ -37,6 +37,10 @@ pub struct Metrics {
     pub(crate) micros: AtomicU64,
     /// The listeners' connection gates (open and refused connections).
     pub(crate) gates: std::sync::Mutex<Vec<tsunagi_net::Gate>>,
+    /// Requests answered by method, route (ids as placeholders: a bounded set) and status.
+    by_route: std::sync::Mutex<std::collections::BTreeMap<(String, String, u16), u64>>,
+    /// Answer times: counts at or under each of [`LATENCY_BUCKETS`], then the rest.
+    latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     /// A per-process random prefix for generated request ids.
     id_prefix: u64,
 }
@@ -58,6 +62,60 @@ impl Metrics {
             .collect()
     }
 
+    /// Counts one answer: its route and status, and its time.
+    fn record(&self, method: &str, route: &str, status: u16, micros: u64) {
+        let seconds = micros as f64 / 1e6;
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|limit| seconds <= *limit)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        *self
+            .by_route
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((method.to_owned(), route.to_owned(), status))
+            .or_insert(0) += 1;
+    }
+
+    /// The Prometheus lines of requests by route and status, and of the latency histogram.
+    pub(crate) fn routes_and_latency(&self) -> String {
+        let mut out = String::from(
+            "# HELP tsunagi_http_route_requests_total Requests answered, by method, route and status.\n\
+             # TYPE tsunagi_http_route_requests_total counter\n",
+        );
+        for ((method, route, status), count) in self
+            .by_route
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            let route = route.replace('\\', "\\\\").replace('"', "\\\"");
+            out.push_str(&format!(
+                "tsunagi_http_route_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {count}\n"
+            ));
+        }
+        out.push_str(
+            "# HELP tsunagi_http_request_duration_seconds Time to answer a request (to its head).\n\
+             # TYPE tsunagi_http_request_duration_seconds histogram\n",
+        );
+        let mut cumulative = 0;
+        for (index, limit) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += self.latency[index].load(Ordering::Relaxed);
+            out.push_str(&format!(
+                "tsunagi_http_request_duration_seconds_bucket{{le=\"{limit}\"}} {cumulative}\n"
+            ));
+        }
+        cumulative += self.latency[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+        out.push_str(&format!(
+            "tsunagi_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}\n\
+             tsunagi_http_request_duration_seconds_sum {:.6}\n\
+             tsunagi_http_request_duration_seconds_count {cumulative}\n",
+            self.micros.load(Ordering::Relaxed) as f64 / 1e6
+        ));
+        out
+    }
+
     /// Counts a listener's gate in `/metrics`.
     pub(crate) fn watch_gate(&self, gate: tsunagi_net::Gate) {
         self.gates
@@ -75,10 +133,17 @@ impl Default for Metrics {
             server_errors: AtomicU64::new(0),
             micros: AtomicU64::new(0),
             gates: std::sync::Mutex::default(),
+            by_route: std::sync::Mutex::default(),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
             id_prefix: RandomState::new().hash_one(std::process::id()),
         }
     }
 }
+
+/// The upper bounds, in seconds, of the answer-time histogram's buckets.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 /// A client-sent request id we are willing to repeat in headers and logs.
 fn acceptable_id(id: &str) -> bool {
@@ -165,6 +230,7 @@ pub async fn observe(
     }
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     metrics.micros.fetch_add(micros, Ordering::Relaxed);
+    metrics.record(method.as_str(), &route, status.as_u16(), micros);
     tracing::info!(
         target: "tsunagi::access",
         request_id = %id,

@@ -193,7 +193,7 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
          # HELP tsunagi_http_request_seconds_sum Time spent answering requests.\n# TYPE tsunagi_http_request_seconds_sum counter\ntsunagi_http_request_seconds_sum {:.6}\n\
          # HELP tsunagi_connections_open Connections open, by listener.\n# TYPE tsunagi_connections_open gauge\n\
          {}# HELP tsunagi_connections_refused_total Connections turned away over a cap, by listener.\n# TYPE tsunagi_connections_refused_total counter\n\
-         {}# HELP tsunagi_connections_evicted_total Unauthenticated connections closed to admit newcomers at the cap, by listener.\n# TYPE tsunagi_connections_evicted_total counter\n{}",
+         {}# HELP tsunagi_connections_evicted_total Unauthenticated connections closed to admit newcomers at the cap, by listener.\n# TYPE tsunagi_connections_evicted_total counter\n{}{}",
         m.requests.load(Ordering::Relaxed),
         m.client_errors.load(Ordering::Relaxed),
         m.server_errors.load(Ordering::Relaxed),
@@ -207,6 +207,7 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             tsunagi_net::Gate::evicted,
             "tsunagi_connections_evicted_total"
         ),
+        m.routes_and_latency(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

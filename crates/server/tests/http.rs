@@ -111,6 +111,16 @@ async fn read_vread_and_status_codes() {
     assert_eq!(get(addr, "/health/ready").await.status, 200);
     let metrics = String::from_utf8(get(addr, "/metrics").await.body).unwrap();
     assert!(metrics.contains("tsunagi_http_requests_total"));
+    // By route (ids never in it) and status, and how long answers took.
+    assert!(
+        metrics.contains(
+            "tsunagi_http_route_requests_total{method=\"GET\",route=\"/fhir/Patient/{id}\",status=\"406\"} 2"
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("p1"), "an id in the metrics");
+    assert!(metrics.contains("tsunagi_http_request_duration_seconds_bucket{le=\"+Inf\"}"));
+    assert!(metrics.contains("tsunagi_http_request_duration_seconds_count"));
 }
 
 #[tokio::test]
