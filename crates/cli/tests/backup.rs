@@ -301,6 +301,32 @@ fn a_backup_under_load_restores_everything_committed_before_it() {
     ]);
     assert!(String::from_utf8_lossy(&damaged.stderr).contains("damaged"));
     assert!(!dir.path().join("other.db").exists());
+    // A target with an old -wal beside it, and a database that is not there.
+    let beside = dir.path().join("beside.db");
+    std::fs::write(dir.path().join("beside.db-wal"), b"old").unwrap();
+    let leftover = tsunagi(&[
+        "admin",
+        "restore",
+        "--from",
+        out.to_str().unwrap(),
+        "--db",
+        &format!("sqlite://{}", beside.display()),
+    ]);
+    assert!(String::from_utf8_lossy(&leftover.stderr).contains("beside"));
+    assert!(!beside.exists());
+    let nowhere = tsunagi(&[
+        "admin",
+        "backup",
+        "--db",
+        &format!("sqlite://{}", dir.path().join("typo.db").display()),
+        "--out",
+        dir.path().join("b2").to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&nowhere.stderr).contains("no such database"));
+    assert!(
+        !dir.path().join("typo.db").exists(),
+        "a backup created the database it was to copy"
+    );
     let postgres = tsunagi(&[
         "admin",
         "backup",

@@ -177,10 +177,18 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.health.listening.load(Ordering::SeqCst) == 0 {
         return unready("no listener is up".to_owned());
     }
-    match state.governance.schema_status().await {
-        Ok(None) => (StatusCode::OK, "ready").into_response(),
-        Ok(Some(reason)) => unready(reason),
-        Err(_) => unready("the database does not answer".to_owned()),
+    // A probe is answered within half a second: a database that cannot give a connection in
+    // that time is not ready for more work either.
+    match tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        state.governance.schema_status(),
+    )
+    .await
+    {
+        Ok(Ok(None)) => (StatusCode::OK, "ready").into_response(),
+        Ok(Ok(Some(reason))) => unready(reason),
+        Ok(Err(_)) => unready("the database does not answer".to_owned()),
+        Err(_) => unready("the database did not answer within 500 ms".to_owned()),
     }
 }
 

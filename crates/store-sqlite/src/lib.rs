@@ -23,6 +23,7 @@ use tsunagi_store::{ApplyStats, Batch, StoreError, governance::AuditRecord};
 use tsunagi_store_sql::{Engine, SqlStore, db_error};
 
 mod backup;
+pub use backup::{integrity_of_file, schema_of_file};
 mod epoch;
 mod journal;
 mod journal_import;
@@ -30,8 +31,9 @@ mod migrate;
 mod rows;
 mod writer;
 
-/// The database file of a `sqlite://` URL, if it names one.
-fn database_file(url: &str) -> Option<std::path::PathBuf> {
+/// The database file of a `sqlite://` URL (or `sqlite:`; a query string ignored), if it names
+/// one.
+pub fn database_file(url: &str) -> Option<std::path::PathBuf> {
     let path = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
