@@ -121,6 +121,35 @@ async fn read_vread_and_status_codes() {
     assert!(!metrics.contains("p1"), "an id in the metrics");
     assert!(metrics.contains("tsunagi_http_request_duration_seconds_bucket{le=\"+Inf\"}"));
     assert!(metrics.contains("tsunagi_http_request_duration_seconds_count"));
+    // Every series the sample Grafana dashboard queries is one the server exposes.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/grafana/tsunagi-dashboard.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let queried: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|target| target["expr"].as_str().map(str::to_owned))
+        .flat_map(|expr| {
+            expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("tsunagi_"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(!queried.is_empty());
+    for series in queried {
+        assert!(
+            metrics.contains(&series),
+            "the dashboard queries {series}, which /metrics lacks"
+        );
+    }
 }
 
 #[tokio::test]
