@@ -223,13 +223,9 @@ async fn locate(
         else {
             continue;
         };
-        let facility = study["endpoint"].as_array().and_then(|endpoints| {
-            endpoints.iter().find_map(|endpoint| {
-                tsunagi_fhir::endpoint::facility_of_endpoint(endpoint["reference"].as_str()?)
-                    .filter(|facility| state.dicomweb.knows(facility))
-                    .map(str::to_owned)
-            })
-        });
+        let facility = pacs_facilities(&study)
+            .find(|facility| state.dicomweb.knows(facility))
+            .map(str::to_owned);
         if let Some(facility) = facility {
             let located = Located { study, facility };
             if located.holds(level) {
@@ -288,6 +284,17 @@ async fn patient_id(
         .find(|identifier| system.as_deref().is_some_and(|s| identifier["system"] == s))
         .and_then(|identifier| identifier["value"].as_str())
         .map(str::to_owned))
+}
+
+/// The facilities whose PACS an ImagingStudy's `endpoint`s name.
+pub(crate) fn pacs_facilities(study: &Value) -> impl Iterator<Item = &str> {
+    study["endpoint"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|endpoint| {
+            tsunagi_fhir::endpoint::facility_of_endpoint(endpoint["reference"].as_str()?)
+        })
 }
 
 /// Query parameters a rendered image takes, passed on when well-formed.

@@ -364,12 +364,6 @@ fn study_uid(study: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn facility_of(study: &Value) -> Option<&str> {
-    study["endpoint"].as_array()?.iter().find_map(|endpoint| {
-        tsunagi_fhir::endpoint::facility_of_endpoint(endpoint["reference"].as_str()?)
-    })
-}
-
 /// One study's data set.
 fn study_data_set(study: &Value, patient: Option<&Value>, base: &str) -> Value {
     let mut set = Map::new();
@@ -404,7 +398,7 @@ fn study_data_set(study: &Value, patient: Option<&Value>, base: &str) -> Value {
             &mut set,
             "00100020",
             "LO",
-            vec![patient_id(patient, facility_of(study))],
+            vec![patient_id(patient, super::pacs_facilities(study).next())],
         );
         let birth: String = patient["birthDate"]
             .as_str()
