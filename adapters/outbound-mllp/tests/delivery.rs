@@ -159,6 +159,7 @@ async fn deliveries_are_retried_until_acknowledged_and_refusals_become_dead_lett
         max_backoff: Duration::from_secs(60),
         timeout: Duration::from_millis(500),
         batch: 100,
+        lease: Duration::from_secs(60),
     };
     let mut deliverer = Deliverer::new(store.clone(), destinations, clock.clone(), options);
 
@@ -175,7 +176,8 @@ async fn deliveries_are_retried_until_acknowledged_and_refusals_become_dead_lett
         Round {
             delivered: 2,
             retrying: 3,
-            dead: 1
+            dead: 1,
+            lost: 0,
         }
     );
     assert_eq!(state_of(&store, "M1").await.0, DeliveryState::Delivered);

@@ -10,15 +10,21 @@
 //! - a refusal, or attempts exhausted → dead letter, for the operator (`tsunagi admin outbox`);
 //! - no destination for the facility → retried (the operator may add one).
 //!
+//! Several nodes may deliver from one database (issue 22): a round first **claims** its due
+//! messages for a lease ([`Outbox::claim_due`]), renews each claim just before its attempt and
+//! records the outcome under the claim's fence. So no two nodes have one MSH-10 in flight; a
+//! node that dies mid-delivery leaves its claims to run out, and another node takes them over
+//! (at least once across a crash, the same bytes under the same MSH-10).
+//!
 //! Every change of state is committed with the Task that shows it on the API; a round's changes
-//! commit in one transaction.
+//! commit in one transaction (or sooner, before the claims could run out).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use serde_json::{Value, json};
 use tsunagi_core::{clock::Clock, time::format_instant_jst};
 use tsunagi_store::{
-    Access, Batch, DeliveryState, DeliveryUpdate, Operation, OutboundMessage, Outbox,
+    Access, Batch, Claim, DeliveryState, DeliveryUpdate, Operation, OutboundMessage, Outbox,
     ResourceWrite, Store, StoreError, governance::AuditRecord,
 };
 
@@ -37,6 +43,10 @@ pub struct DeliveryOptions {
     pub timeout: Duration,
     /// Rows taken per round.
     pub batch: usize,
+    /// How long a claim holds a message for one node (renewed before each attempt; outcomes
+    /// are committed once half of it has passed). At least 4 × `timeout` (an attempt may
+    /// take a connect and a read timeout) plus room to commit.
+    pub lease: Duration,
 }
 
 impl Default for DeliveryOptions {
@@ -47,6 +57,7 @@ impl Default for DeliveryOptions {
             max_backoff: Duration::from_secs(30 * 60),
             timeout: Duration::from_secs(30),
             batch: 256,
+            lease: Duration::from_secs(180),
         }
     }
 }
@@ -58,6 +69,8 @@ impl<T: Store + Outbox + ?Sized> DeliveryStore for T {}
 /// The delivery worker.
 pub struct Deliverer<S: ?Sized> {
     store: Arc<S>,
+    /// Who claims (host and process), for the operator's eyes in the `outbox` table.
+    node: String,
     destinations: HashMap<String, Arc<dyn Destination>>,
     clock: Arc<dyn Clock>,
     options: DeliveryOptions,
@@ -82,6 +95,8 @@ pub struct Round {
     pub retrying: usize,
     /// Messages now in the dead-letter list.
     pub dead: usize,
+    /// Claims another node took over before their attempt (their lease ran out here).
+    pub lost: usize,
 }
 
 impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
@@ -99,45 +114,106 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
             .collect();
         Self {
             store,
+            node: crate::node_name(),
             destinations,
             clock,
             options,
         }
     }
 
-    /// Attempts every message due now, once each, oldest first.
+    fn lease_micros(&self) -> i64 {
+        i64::try_from(self.options.lease.as_micros()).unwrap_or(i64::MAX)
+    }
+
+    /// Attempts every message due now that no other node holds, once each, oldest first.
     pub async fn round(&mut self) -> Result<Round, StoreError> {
         let mut round = Round::default();
-        let due = self
+        let now = self.clock.now_micros();
+        let lease = self.lease_micros();
+        let claims = self
             .store
-            .outbound_due(self.clock.now_micros(), self.options.batch)
+            .claim_due(
+                &self.node,
+                now,
+                now.saturating_add(lease),
+                self.options.batch,
+            )
             .await?;
         // The round's outcomes commit together: one transaction (one fsync) for the round, not
-        // one per message. A crash before that commit only means the round's messages are sent
-        // again, under the same MSH-10 — at least once, as promised.
-        let mut operations = Vec::with_capacity(due.len() * 2);
-        for message in due {
-            let attempt = self.attempt(&message).await;
-            let state = self.record(&message, attempt, &mut operations).await?;
+        // one per message, unless half a lease has passed since the oldest uncommitted attempt
+        // began (its claim must still hold when its outcome commits). A crash before a commit
+        // only means those messages are sent again, under the same MSH-10: at least once.
+        let mut outcomes: Vec<Vec<Operation>> = Vec::with_capacity(claims.len());
+        let mut oldest: Option<i64> = None;
+        for claim in claims {
+            let began = self.clock.now_micros();
+            if !self
+                .store
+                .renew_claim(claim.message.seq, claim.fence, began.saturating_add(lease))
+                .await?
+            {
+                round.lost += 1;
+                continue;
+            }
+            let attempt = self.attempt(&claim.message).await;
+            let mut operations = Vec::with_capacity(2);
+            let state = self.record(&claim, attempt, &mut operations).await?;
             match state {
                 DeliveryState::Delivered => round.delivered += 1,
                 DeliveryState::Pending => round.retrying += 1,
                 DeliveryState::Dead | DeliveryState::Dropped => round.dead += 1,
             }
+            outcomes.push(operations);
+            let first = *oldest.get_or_insert(began);
+            if self.clock.now_micros().saturating_sub(first) > lease / 2 {
+                self.commit(std::mem::take(&mut outcomes)).await?;
+                oldest = None;
+            }
         }
-        if !operations.is_empty() {
-            self.store.apply(Batch { operations }).await?;
-        }
+        self.commit(outcomes).await?;
         Ok(round)
+    }
+
+    /// Commits attempts' outcomes in one transaction. Should one of them have been taken over
+    /// by another node meanwhile (its claim ran out), each is committed alone and the one taken
+    /// over is left to its new holder.
+    async fn commit(&self, outcomes: Vec<Vec<Operation>>) -> Result<(), StoreError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let operations: Vec<Operation> = outcomes.iter().flatten().cloned().collect();
+        match self.store.apply(Batch { operations }).await {
+            Err(StoreError::Conflict(_)) => {}
+            other => return other.map(drop),
+        }
+        for operations in outcomes {
+            match self.store.apply(Batch { operations }).await {
+                Err(StoreError::Conflict(reason)) => {
+                    tracing::warn!(target: "tsunagi::outbox", %reason, "an attempt's claim was taken over; its outcome is left to the new holder");
+                }
+                other => other.map(drop)?,
+            }
+        }
+        Ok(())
     }
 
     /// Runs rounds until the task is dropped: at once when `wake` is notified (a new message
     /// was queued), else when the next retry is due, at least every `poll`.
     pub async fn run(mut self, wake: Arc<tokio::sync::Notify>, poll: Duration) {
+        // What this node held before it stopped (or crashed) is free again at once.
+        match self.store.release_claims(&self.node).await {
+            Ok(0) => {}
+            Ok(released) => {
+                tracing::info!(target: "tsunagi::outbox", node = %self.node, released, "claims of this node's previous run released");
+            }
+            Err(error) => {
+                tracing::error!(target: "tsunagi::outbox", %error, "releasing this node's old claims failed");
+            }
+        }
         loop {
             match self.round().await {
-                Ok(round) if round.delivered + round.retrying + round.dead > 0 => {
-                    tracing::info!(target: "tsunagi::outbox", delivered = round.delivered, retrying = round.retrying, dead = round.dead, "delivery round");
+                Ok(round) if round.delivered + round.retrying + round.dead + round.lost > 0 => {
+                    tracing::info!(target: "tsunagi::outbox", delivered = round.delivered, retrying = round.retrying, dead = round.dead, lost = round.lost, "delivery round");
                     continue;
                 }
                 Ok(_) => {}
@@ -175,10 +251,11 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
     /// The operations that record an attempt's outcome with the Task that shows it.
     async fn record(
         &self,
-        message: &OutboundMessage,
+        claim: &Claim,
         attempt: Attempt,
         operations: &mut Vec<Operation>,
     ) -> Result<DeliveryState, StoreError> {
+        let message = &claim.message;
         let now = self.clock.now_micros();
         let attempts = message.attempts.saturating_add(1);
         let (state, next_attempt, error, ack, status) = match attempt {
@@ -235,6 +312,7 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
             last_error: error,
             ack,
             updated: now,
+            fence: Some(claim.fence),
         })));
         operations.extend(task_update(self.store.as_ref(), message, state, &status, now).await?);
         Ok(state)
@@ -341,6 +419,7 @@ pub async fn operator_act<S: DeliveryStore + ?Sized>(
         last_error: status.clone(),
         ack: message.ack.clone(),
         updated: now,
+        fence: None,
     }))];
     operations.extend(task_update(store, &message, state, &status, now).await?);
     operations.push(Operation::Audit(Box::new(audit(&message))));

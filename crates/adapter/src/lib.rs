@@ -79,6 +79,26 @@ pub const KEPT_KINDS: usize = 100;
 /// The kind further kinds are counted under once [`KEPT_KINDS`] are known.
 pub const OTHER_KINDS: &str = "(warnings of further kinds)";
 
+/// This node's name among the nodes on one database: `TSUNAGI_NODE` if set, else the host name.
+/// It names who holds an outbox claim or a scheduled pull, and a node starting again takes back
+/// the claims held under its name, so each node needs its own (a Kubernetes pod's host name is
+/// its own; two nodes on one host set `TSUNAGI_NODE`).
+pub fn node_name() -> String {
+    if let Ok(name) = std::env::var("TSUNAGI_NODE")
+        && !name.trim().is_empty()
+    {
+        return name.trim().to_owned();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default();
+    if host.is_empty() {
+        "node".to_owned()
+    } else {
+        host
+    }
+}
+
 /// The kind of a warning: quoted values and line numbers replaced by `…`, so that the same
 /// deviation in many files is one kind.
 pub fn warning_kind(text: &str) -> String {

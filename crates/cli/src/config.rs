@@ -129,6 +129,8 @@ pub(crate) struct OutboxConfig {
     pub(crate) max_backoff_seconds: Option<u64>,
     /// Seconds to wait for a connection or an ACK (default 30).
     pub(crate) timeout_seconds: Option<u64>,
+    /// Seconds one node holds a claimed message (default 180; at least 4 × timeout + 10).
+    pub(crate) lease_seconds: Option<u64>,
 }
 
 /// One sender that pushes HL7 v2 messages.
@@ -701,6 +703,7 @@ mod tests {
             seconds(outbox.max_backoff)
         );
         assert_eq!(config.outbox.timeout_seconds, seconds(outbox.timeout));
+        assert_eq!(config.outbox.lease_seconds, seconds(outbox.lease));
         // Defaults stated only in comments: `# key = value` and "(default N)".
         let batch = format!(
             "# batch_resources = {}",

@@ -1,6 +1,7 @@
 //! `tsunagi run`: the config's pulled sources, each on its cron schedule (or once). Each tick of
 //! a source is claimed in the database before it is pulled (`Governance::claim_run`), so several
-//! nodes running one configuration on one database pull each tick once.
+//! nodes running one configuration on one database pull each tick once, and a source by one node
+//! at a time (the claimant holds it while it pulls; a dead node's hold runs out).
 
 use std::{path::Path, str::FromStr, sync::Arc, time::Instant};
 
@@ -13,6 +14,9 @@ use crate::{
     open::{context, open_store},
     registry,
 };
+
+/// How long a claimed pull holds its source (microseconds), renewed every third of it.
+const PULL_HOLD: i64 = 60 * 1_000_000;
 
 /// `tsunagi run`: cron-scheduled pulls.
 pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
@@ -100,13 +104,7 @@ pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
     }
     // Several nodes may run the same schedules on one database: each tick of a source is
     // claimed in the database first, and only its one claimant pulls.
-    let node = format!(
-        "{}:{}",
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|name| name.trim().to_owned())
-            .unwrap_or_else(|_| "node".to_owned()),
-        std::process::id()
-    );
+    let node = tsunagi_adapter::node_name();
     let mut tasks = Vec::new();
     for (schedule, adapter, name) in jobs {
         let store = store.clone();
@@ -124,7 +122,11 @@ pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
                 let info = adapter.describe();
                 let source = format!("{}:{}", info.kind, info.facility);
                 let now = chrono::Utc::now().timestamp_micros();
-                match store.claim_run(&source, next.timestamp(), &node, now).await {
+                let tick = next.timestamp();
+                match store
+                    .claim_run(&source, tick, &node, now, now.saturating_add(PULL_HOLD))
+                    .await
+                {
                     Ok(true) => {}
                     Ok(false) => {
                         eprintln!("pull {source} at {next}: another node pulls it");
@@ -137,7 +139,31 @@ pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
                 }
                 let started = Instant::now();
                 eprintln!("pull {source} at {next}: claimed by {node}");
-                match adapter.pull(&context(store.clone(), Arc::new(NoProgress))).await {
+                // The source is held while the pull runs: no other node starts a later tick
+                // beside it; should this node die, the hold runs out and another takes over.
+                let heartbeat = {
+                    let (store, source) = (store.clone(), source.clone());
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(std::time::Duration::from_micros(
+                                u64::try_from(PULL_HOLD / 3).unwrap_or(20_000_000),
+                            ))
+                            .await;
+                            let until = chrono::Utc::now()
+                                .timestamp_micros()
+                                .saturating_add(PULL_HOLD);
+                            if let Err(error) = store.renew_run(&source, tick, until).await {
+                                eprintln!("pull {source}: the hold could not be renewed ({error})");
+                            }
+                        }
+                    })
+                };
+                let pulled = adapter.pull(&context(store.clone(), Arc::new(NoProgress))).await;
+                heartbeat.abort();
+                if let Err(error) = store.finish_run(&source, tick).await {
+                    eprintln!("pull {source}: the hold could not be ended ({error}); it runs out");
+                }
+                match pulled {
                     Ok(report) => eprintln!(
                         "pull {} {}: {} files seen, {} read, {} rejected, {} resources written in {:.2} s",
                         info.kind,

@@ -223,6 +223,13 @@ impl OutboundSetup {
         if let Some(value) = outbox.timeout_seconds {
             setup.options.timeout = seconds(value);
         }
+        if let Some(value) = outbox.lease_seconds {
+            setup.options.lease = seconds(value);
+        }
+        // A claim must outlast half a lease plus an attempt (a connect and an ACK, each up to
+        // the timeout), with room to commit the outcome.
+        let floor = setup.options.timeout.saturating_mul(4) + seconds(10);
+        setup.options.lease = setup.options.lease.max(floor);
         setup
     }
 }

@@ -209,26 +209,8 @@ fn exported(dir: &Path) -> Vec<(String, Vec<Value>)> {
 /// (`TSUNAGI_TEST_POSTGRES`, default the CI machines' server) exports the same resources.
 #[test]
 fn postgres_and_sqlite_hold_the_same_records() {
-    let server = std::env::var("TSUNAGI_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let schema = format!("tsunagi_cli_{}", std::process::id());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let sql = |statement: String| {
-        runtime.block_on(async {
-            use sqlx::Connection;
-            let mut connection = sqlx::PgConnection::connect(&server).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(statement))
-                .execute(&mut connection)
-                .await
-                .unwrap();
-        })
-    };
-    sql(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
-    sql(format!("CREATE SCHEMA {schema}"));
-    let postgres = format!("{server}?options=-c%20search_path%3D{schema}");
+    let schema = support::PostgresSchema::new("cli");
+    let postgres = schema.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let sqlite = format!("sqlite://{}", dir.path().join("t.db").display());
     let samples = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -265,7 +247,7 @@ fn postgres_and_sqlite_hold_the_same_records() {
         ]);
         exports.push(exported(&out));
     }
-    sql(format!("DROP SCHEMA {schema} CASCADE"));
+    drop(schema);
     assert!(exports[0].len() >= 5, "{:?}", exports[0]);
     assert_eq!(exports[0], exports[1]);
 }

@@ -1,6 +1,7 @@
 //! Several nodes running one configuration on one database (issue 22): `tsunagi run` on two
 //! nodes pulls each scheduled tick of a source once — the tick is claimed in the database, and
-//! the node that does not get it says so.
+//! the node that does not get it says so. On SQLite (two processes on one file) and on
+//! PostgreSQL.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -12,12 +13,24 @@ use std::{
     time::Duration,
 };
 
-use support::ok;
+use support::{PostgresSchema, ok};
 
 #[test]
-fn two_nodes_pull_each_scheduled_tick_once() {
+fn two_nodes_pull_each_scheduled_tick_once_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let region = dir.path().join("region");
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    two_nodes_pull_each_scheduled_tick_once(dir.path(), &db);
+}
+
+#[test]
+fn two_nodes_pull_each_scheduled_tick_once_on_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = PostgresSchema::new("run");
+    two_nodes_pull_each_scheduled_tick_once(dir.path(), &schema.url);
+}
+
+fn two_nodes_pull_each_scheduled_tick_once(dir: &std::path::Path, db: &str) {
+    let region = dir.join("region");
     ok(&[
         "generate",
         "region",
@@ -28,19 +41,18 @@ fn two_nodes_pull_each_scheduled_tick_once() {
         "--seed",
         "2",
     ]);
-    let db = format!("sqlite://{}", dir.path().join("t.db").display());
     // The schema made once, before both start.
     ok(&[
         "ingest",
         "ssmix2",
         "--db",
-        &db,
+        db,
         "--facility",
         "0610100010",
         "--json",
         region.join("0610100010").to_str().unwrap(),
     ]);
-    let config = dir.path().join("tsunagi.toml");
+    let config = dir.join("tsunagi.toml");
     std::fs::write(
         &config,
         format!(
@@ -49,9 +61,11 @@ fn two_nodes_pull_each_scheduled_tick_once() {
         ),
     )
     .unwrap();
-    let nodes: Vec<_> = (0..2)
-        .map(|_| {
+    let nodes: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|name| {
             Command::new(env!("CARGO_BIN_EXE_tsunagi"))
+                .env("TSUNAGI_NODE", name)
                 .args(["run", "--config", config.to_str().unwrap()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())

@@ -43,6 +43,9 @@ struct Inner {
     default: Option<Behaviour>,
     received: usize,
     accepted: BTreeMap<String, usize>,
+    /// Control ids being answered now, and how many times one arrived while it already was.
+    in_flight: BTreeMap<String, usize>,
+    overlapped: usize,
     last: Vec<u8>,
     /// Where each received message is also sent, with how it was answered (`tsunagi standin`).
     watcher: Option<tokio::sync::mpsc::UnboundedSender<(Vec<u8>, Behaviour)>>,
@@ -90,14 +93,28 @@ impl FrameHandler for Handler {
         };
         let header = Header::of(&message);
         // Accepted (committed, as an EHR would) before a slow answer is written.
-        if code == AckCode::AA {
-            *lock(&self.0)
-                .accepted
+        {
+            let mut inner = lock(&self.0);
+            if code == AckCode::AA {
+                *inner.accepted.entry(header.control_id.clone()).or_default() += 1;
+            }
+            let in_flight = inner
+                .in_flight
                 .entry(header.control_id.clone())
-                .or_default() += 1;
+                .or_default();
+            *in_flight += 1;
+            if *in_flight > 1 {
+                inner.overlapped += 1;
+            }
         }
         if let Behaviour::Slow(pause) = behaviour {
             tokio::time::sleep(pause).await;
+        }
+        {
+            let mut inner = lock(&self.0);
+            if let Some(in_flight) = inner.in_flight.get_mut(&header.control_id) {
+                *in_flight = in_flight.saturating_sub(1);
+            }
         }
         let ack = write_ack(
             &header,
@@ -157,6 +174,12 @@ impl StandIn {
     /// Messages received, resends included.
     pub fn received(&self) -> usize {
         lock(&self.inner).received
+    }
+
+    /// How many times a message arrived while the same control id was still being answered
+    /// (two senders had one MSH-10 in flight at once).
+    pub fn overlapped(&self) -> usize {
+        lock(&self.inner).overlapped
     }
 
     /// Each control id accepted, with how often it was accepted (more than 1: a resend).

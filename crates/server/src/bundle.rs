@@ -1,14 +1,12 @@
 //! Writing Bundles: the opening, entries, paging links, and the page of keys cut from a
 //! [`crate::snapshot`].
 
-use std::sync::Arc;
-
 use serde_json::Value;
 use tsunagi_core::time::format_instant_jst;
 use tsunagi_fhir::query::Summary;
 use tsunagi_store::{Key, StoredResource};
 
-use crate::{AppState, outcome::ApiError, security::Caller, snapshot::Snapshot};
+use crate::{AppState, outcome::ApiError, security::Caller};
 use crate::{read_api::write_entry_resource, request::param};
 
 /// Pairs of the original search to repeat in links (without paging and format parameters).
@@ -119,7 +117,20 @@ pub(crate) fn write_search_entry(
     Ok(())
 }
 
-/// Finds the page's keys: from a snapshot named in the request, or by running the search.
+/// A page's keys, cut from a stored snapshot or from a search just run.
+pub(crate) struct PageKeys {
+    /// The page's keys.
+    pub(crate) keys: Vec<Key>,
+    /// Keys in the whole result.
+    pub(crate) total: usize,
+    /// The snapshot the next pages are cut from (none when this page is the whole result).
+    pub(crate) snapshot: Option<String>,
+    /// Where the page starts in the result.
+    pub(crate) offset: usize,
+}
+
+/// Finds the page's keys: from a snapshot named in the request, or by running the search (and
+/// storing its keys as a snapshot when there is more than one page).
 pub(crate) async fn page_keys(
     state: &AppState,
     caller: &Caller,
@@ -127,30 +138,48 @@ pub(crate) async fn page_keys(
     pairs: &[(String, String)],
     count: usize,
     run: impl std::future::Future<Output = Result<Vec<Key>, ApiError>>,
-) -> Result<(Arc<Vec<Key>>, Option<String>, usize), ApiError> {
+) -> Result<PageKeys, ApiError> {
     // Another principal's snapshot id answers exactly like an expired one.
     let scope = caller.snapshot_scope(scope);
     let scope = scope.as_str();
+    let now = state.clock.now_micros();
     if let Some(id) = param(pairs, "_snapshot") {
         let offset: usize = param(pairs, "_offset")
             .unwrap_or("0")
             .parse()
             .map_err(|_| ApiError::bad_request("invalid", "_offset must be a whole number"))?;
-        let snapshot = state
+        let page = state
             .snapshots
-            .get(id)
-            .filter(|snapshot| snapshot.scope == scope)
+            .page(state.governance.as_ref(), id, now, offset, count)
+            .await?
+            .filter(|page| page.scope == scope)
             .ok_or_else(|| ApiError::gone("this result set has expired; run the search again"))?;
-        return Ok((snapshot.keys, Some(id.to_owned()), offset));
+        return Ok(PageKeys {
+            keys: page.keys,
+            total: page.total,
+            snapshot: Some(id.to_owned()),
+            offset,
+        });
     }
-    let keys = Arc::new(run.await?);
-    let snapshot = (keys.len() > count).then(|| {
-        state.snapshots.put(Snapshot {
-            scope: scope.to_owned(),
-            keys: keys.clone(),
-        })
-    });
-    Ok((keys, snapshot, 0))
+    let mut keys = run.await?;
+    let total = keys.len();
+    let snapshot = if total > count {
+        Some(
+            state
+                .snapshots
+                .put(state.governance.as_ref(), scope, &keys, now)
+                .await?,
+        )
+    } else {
+        None
+    };
+    keys.truncate(count);
+    Ok(PageKeys {
+        keys,
+        total,
+        snapshot,
+        offset: 0,
+    })
 }
 
 pub(crate) fn bundle_id(state: &AppState) -> String {

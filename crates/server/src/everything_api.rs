@@ -86,37 +86,33 @@ pub(crate) async fn everything(
         out.push(b'}');
         return Ok(json_response(StatusCode::OK, out));
     }
-    let (keys, snapshot, offset) = page_keys(state, caller, &scope, pairs, count, async {
+    let page = page_keys(state, caller, &scope, pairs, count, async {
         Ok(state
             .store
             .compartment(&caller.access, id, &types, since)
             .await?)
     })
     .await?;
-    let end = offset.saturating_add(count).min(keys.len());
-    let resources = state
-        .store
-        .fetch(&caller.access, keys.get(offset..end).unwrap_or(&[]))
-        .await?;
+    let resources = state.store.fetch(&caller.access, &page.keys).await?;
     caller.touch(&resources);
     let mut out = Vec::with_capacity(4096 + resources.len() * 2048);
     start_bundle(
         &mut out,
         "searchset",
-        snapshot.as_deref().unwrap_or(&bundle_id(state)),
+        page.snapshot.as_deref().unwrap_or(&bundle_id(state)),
         now,
     );
-    out.extend_from_slice(format!(",\"total\":{},", keys.len()).as_bytes());
+    out.extend_from_slice(format!(",\"total\":{},", page.total).as_bytes());
     page_links(
         &mut out,
         &Page {
             base: &base,
             path: &scope,
             pairs,
-            snapshot: snapshot.clone(),
-            offset,
+            snapshot: page.snapshot.clone(),
+            offset: page.offset,
             count,
-            total: keys.len(),
+            total: page.total,
         },
     );
     out.extend_from_slice(b",\"entry\":[");

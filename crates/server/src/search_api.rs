@@ -259,7 +259,7 @@ pub(crate) async fn search_as(
         out.push(b'}');
         return Ok(json_response(StatusCode::OK, out));
     }
-    let (keys, snapshot, offset) = page_keys(state, caller, path, pairs, query.count, async {
+    let page = page_keys(state, caller, path, pairs, query.count, async {
         let keys = state.store.search(&caller.access, &query).await?;
         match lastn {
             Some(max) => lastn_keys(state, caller, keys, max).await,
@@ -267,20 +267,18 @@ pub(crate) async fn search_as(
         }
     })
     .await?;
-    let end = offset.saturating_add(query.count).min(keys.len());
-    let page_keys = keys.get(offset..end).unwrap_or(&[]);
-    let matches = state.store.fetch(&caller.access, page_keys).await?;
+    let matches = state.store.fetch(&caller.access, &page.keys).await?;
     let included = includes(state, caller, &query, &matches).await?;
     caller.touch(matches.iter().chain(&included));
     let mut out = Vec::with_capacity(4096 + matches.len() * 2048);
     start_bundle(
         &mut out,
         "searchset",
-        snapshot.as_deref().unwrap_or(&bundle_id(state)),
+        page.snapshot.as_deref().unwrap_or(&bundle_id(state)),
         now,
     );
     if query.total == Total::Accurate {
-        out.extend_from_slice(format!(",\"total\":{}", keys.len()).as_bytes());
+        out.extend_from_slice(format!(",\"total\":{}", page.total).as_bytes());
     }
     out.push(b',');
     page_links(
@@ -289,10 +287,10 @@ pub(crate) async fn search_as(
             base: &base,
             path,
             pairs: link_pairs,
-            snapshot: snapshot.clone(),
-            offset,
+            snapshot: page.snapshot.clone(),
+            offset: page.offset,
             count: query.count,
-            total: keys.len(),
+            total: page.total,
         },
     );
     out.extend_from_slice(b",\"entry\":[");

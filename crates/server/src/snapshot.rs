@@ -3,63 +3,40 @@
 //!
 //! A page never repeats or skips a resource while ingestion goes on, because later pages are
 //! slices of the list taken when the search first ran (resources deleted since are left out of
-//! their page; resources created since are not in the list). Snapshots live in memory for a
-//! bounded time and size; a page link to an expired snapshot answers 410 Gone.
+//! their page; resources created since are not in the list). Snapshots live in the database
+//! ([`tsunagi_store::Paging`]), so the next page may be asked of any node behind a load
+//! balancer. They live for a bounded time and within a bound of keys in all; a page link to an
+//! expired snapshot answers 410 Gone.
 
 use std::{
-    collections::{HashMap, VecDeque},
     hash::{BuildHasher, Hasher},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
+    sync::atomic::{AtomicI64, AtomicU64, Ordering},
+    time::Duration,
 };
 
-use tsunagi_store::Key;
+use tsunagi_store::{Governance, Key, NewSnapshot, SnapshotPage, StoreError};
 
-/// One stored result list.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    /// The resource type searched (or `Patient/$everything`), checked on every page request.
-    pub scope: String,
-    /// Every match, in order.
-    pub keys: Arc<Vec<Key>>,
-}
+/// How often one process prunes expired snapshots (microseconds).
+const PRUNE_EVERY: i64 = 30 * 1_000_000;
 
-struct Entry {
-    snapshot: Snapshot,
-    created: Instant,
-}
-
-struct Inner {
-    entries: HashMap<String, Entry>,
-    order: VecDeque<String>,
-    total_keys: usize,
-}
-
-/// The snapshot cache.
+/// Makes, reads and prunes snapshots.
 pub struct Snapshots {
-    inner: Mutex<Inner>,
     ttl: Duration,
     max_keys: usize,
     counter: AtomicU64,
     keys: std::collections::hash_map::RandomState,
+    last_prune: AtomicI64,
 }
 
 impl Snapshots {
-    /// A cache keeping snapshots for `ttl` and at most `max_keys` keys in all.
+    /// Snapshots kept for `ttl` and at most `max_keys` keys in all.
     pub fn new(ttl: Duration, max_keys: usize) -> Self {
         Self {
-            inner: Mutex::new(Inner {
-                entries: HashMap::new(),
-                order: VecDeque::new(),
-                total_keys: 0,
-            }),
             ttl,
             max_keys,
             counter: AtomicU64::new(0),
             keys: std::collections::hash_map::RandomState::new(),
+            last_prune: AtomicI64::new(0),
         }
     }
 
@@ -80,56 +57,55 @@ impl Snapshots {
         format!("{:016x}{:016x}", parts[0], parts[1])
     }
 
-    /// Stores a snapshot and returns its id.
-    pub fn put(&self, snapshot: Snapshot) -> String {
+    fn ttl_micros(&self) -> i64 {
+        i64::try_from(self.ttl.as_micros()).unwrap_or(i64::MAX)
+    }
+
+    /// Stores `keys` under `scope` and returns the snapshot's id. Every [`PRUNE_EVERY`], the
+    /// expired snapshots and those beyond the bound are removed first.
+    pub async fn put(
+        &self,
+        store: &dyn Governance,
+        scope: &str,
+        keys: &[Key],
+        now: i64,
+    ) -> Result<String, StoreError> {
+        let last = self.last_prune.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= PRUNE_EVERY
+            && self
+                .last_prune
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let before = now.saturating_sub(self.ttl_micros());
+            let room = self.max_keys.saturating_sub(keys.len());
+            if let Err(error) = store.prune_snapshots(before, room).await {
+                tracing::warn!(target: "tsunagi::api", %error, "pruning paging snapshots failed");
+            }
+        }
         let id = self.new_id();
-        let Ok(mut inner) = self.inner.lock() else {
-            return id;
-        };
-        self.expire(&mut inner);
-        let size = snapshot.keys.len();
-        while inner.total_keys + size > self.max_keys {
-            let Some(oldest) = inner.order.pop_front() else {
-                break;
-            };
-            if let Some(entry) = inner.entries.remove(&oldest) {
-                inner.total_keys -= entry.snapshot.keys.len();
-            }
-        }
-        inner.total_keys += size;
-        inner.order.push_back(id.clone());
-        inner.entries.insert(
-            id.clone(),
-            Entry {
-                snapshot,
-                created: Instant::now(),
-            },
-        );
-        id
+        store
+            .put_snapshot(NewSnapshot {
+                id: &id,
+                scope,
+                keys,
+                created: now,
+            })
+            .await?;
+        Ok(id)
     }
 
-    /// A live snapshot.
-    pub fn get(&self, id: &str) -> Option<Snapshot> {
-        let mut inner = self.inner.lock().ok()?;
-        self.expire(&mut inner);
-        inner.entries.get(id).map(|entry| entry.snapshot.clone())
-    }
-
-    fn expire(&self, inner: &mut Inner) {
-        while let Some(oldest) = inner.order.front() {
-            let expired = inner
-                .entries
-                .get(oldest)
-                .is_none_or(|entry| entry.created.elapsed() > self.ttl);
-            if !expired {
-                break;
-            }
-            if let Some(id) = inner.order.pop_front()
-                && let Some(entry) = inner.entries.remove(&id)
-            {
-                inner.total_keys -= entry.snapshot.keys.len();
-            }
-        }
+    /// Keys `offset .. offset + count` of a live snapshot.
+    pub async fn page(
+        &self,
+        store: &dyn Governance,
+        id: &str,
+        now: i64,
+        offset: usize,
+        count: usize,
+    ) -> Result<Option<SnapshotPage>, StoreError> {
+        let not_before = now.saturating_sub(self.ttl_micros());
+        store.snapshot_page(id, not_before, offset, count).await
     }
 }
 
@@ -138,27 +114,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn snapshots_expire_and_are_bounded() {
-        let cache = Snapshots::new(Duration::from_secs(60), 10);
-        let a = cache.put(Snapshot {
-            scope: "Observation".into(),
-            keys: Arc::new(vec![1, 2, 3, 4, 5, 6]),
-        });
+    fn ids_are_long_and_distinct() {
+        let snapshots = Snapshots::new(Duration::from_secs(60), 10);
+        let a = snapshots.new_id();
+        let b = snapshots.new_id();
         assert_eq!(a.len(), 32);
-        assert_eq!(cache.get(&a).map(|s| s.keys.len()), Some(6));
-        let b = cache.put(Snapshot {
-            scope: "Observation".into(),
-            keys: Arc::new(vec![7, 8, 9, 10, 11]),
-        });
+        assert!(a.bytes().all(|byte| byte.is_ascii_hexdigit()));
         assert_ne!(a, b);
-        assert!(cache.get(&a).is_none(), "the oldest snapshot makes room");
-        assert!(cache.get(&b).is_some());
-        let short = Snapshots::new(Duration::from_millis(0), 10);
-        let c = short.put(Snapshot {
-            scope: "Patient".into(),
-            keys: Arc::new(vec![1]),
-        });
-        std::thread::sleep(Duration::from_millis(2));
-        assert!(short.get(&c).is_none());
     }
 }

@@ -282,6 +282,9 @@ pub trait Dialect: Database<Row: Cells> + Sized {
 
     /// ` INDEXED BY <index>` where the database takes such a hint, else nothing.
     fn indexed_by(index: &str) -> String;
+    /// ` FOR UPDATE SKIP LOCKED` where rows are locked one by one (PostgreSQL: several nodes
+    /// claim work from one queue), else nothing (SQLite has one writer).
+    const SKIP_LOCKED: &'static str;
     /// `<column>` is one of the list bound at `placeholder` ([`Bound::Texts`], [`Bound::Ints`]).
     fn in_list(column: &str, placeholder: &str) -> String;
     /// A table of the pairs bound at `placeholder` ([`Bound::Pairs`]), columns `first`, `second`.
@@ -404,6 +407,8 @@ impl Dialect for Sqlite {
         format!(" INDEXED BY {index}")
     }
 
+    const SKIP_LOCKED: &'static str = "";
+
     fn in_list(column: &str, placeholder: &str) -> String {
         format!("{column} IN (SELECT value FROM json_each({placeholder}))")
     }
@@ -494,6 +499,8 @@ impl Dialect for Postgres {
     fn indexed_by(_index: &str) -> String {
         String::new()
     }
+
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
 
     fn in_list(column: &str, placeholder: &str) -> String {
         format!("{column} = ANY({placeholder})")

@@ -289,15 +289,19 @@ impl<E: Engine> Governance for SqlStore<E> {
         tick: i64,
         node: &str,
         now: i64,
+        lease_until: i64,
     ) -> Result<bool, StoreError> {
         let claimed = stmt(
-            "INSERT INTO pull_runs (source, tick, node, claimed) VALUES (?1, ?2, ?3, ?4) \
+            "INSERT INTO pull_runs (source, tick, node, claimed, lease_until) \
+             SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS (SELECT 1 FROM pull_runs \
+             WHERE source = ?1 AND lease_until > ?4 AND node <> ?3) \
              ON CONFLICT (source, tick) DO NOTHING",
         )
         .arg(source)
         .arg(tick)
         .arg(node)
         .arg(now)
+        .arg(lease_until)
         .execute_in::<E::Db>(self.writer())
         .await?;
         if claimed == 1 {
@@ -308,6 +312,30 @@ impl<E: Engine> Governance for SqlStore<E> {
                 .await?;
         }
         Ok(claimed == 1)
+    }
+
+    async fn renew_run(
+        &self,
+        source: &str,
+        tick: i64,
+        lease_until: i64,
+    ) -> Result<bool, StoreError> {
+        let renewed = stmt("UPDATE pull_runs SET lease_until = ?1 WHERE source = ?2 AND tick = ?3")
+            .arg(lease_until)
+            .arg(source)
+            .arg(tick)
+            .execute_in::<E::Db>(self.writer())
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    async fn finish_run(&self, source: &str, tick: i64) -> Result<(), StoreError> {
+        stmt("UPDATE pull_runs SET lease_until = 0 WHERE source = ?1 AND tick = ?2")
+            .arg(source)
+            .arg(tick)
+            .execute_in::<E::Db>(self.writer())
+            .await?;
+        Ok(())
     }
 
     async fn put_signing_key(&self, key: &StoredKey) -> Result<(), StoreError> {

@@ -15,6 +15,7 @@ pub mod guard;
 pub mod messages;
 pub mod migrations;
 pub mod outbox;
+pub mod paging;
 pub mod plan;
 pub mod reads;
 pub mod search;

@@ -3,7 +3,7 @@
 //! reads.
 
 use sqlx::Database;
-use tsunagi_store::{DeliveryState, DeliveryUpdate, OutboundMessage, Outbox, StoreError};
+use tsunagi_store::{Claim, DeliveryState, DeliveryUpdate, OutboundMessage, Outbox, StoreError};
 
 use crate::{
     dialect::{Cells, Dialect, count, stmt},
@@ -51,29 +51,40 @@ pub async fn insert<D: Dialect>(
     Ok(())
 }
 
-/// Records an attempt's outcome; an unknown sequence number fails the batch.
+/// Records an attempt's outcome (ending its claim); an unknown sequence number fails the batch,
+/// and so does an attempt made under a claim another node has taken over since
+/// ([`StoreError::Conflict`]). The operator's act (no fence) ends any claim.
 pub async fn update<D: Dialect>(
     connection: &mut Connection<D>,
     update: &DeliveryUpdate,
 ) -> Result<(), StoreError> {
-    let changed = stmt(
-        "UPDATE outbox SET state = ?1, attempts = ?2, next_attempt = ?3, last_error = ?4, \
-         ack = ?5, updated = ?6 WHERE seq = ?7",
-    )
-    .arg(update.state.as_str())
-    .arg(i64::from(update.attempts))
-    .arg(update.next_attempt)
-    .arg(&update.last_error)
-    .arg(&update.ack)
-    .arg(update.updated)
-    .arg(update.seq)
-    .execute::<D>(connection)
-    .await?;
+    // An attempt's outcome counts only under its claim; the operator's act ends any claim (the
+    // fence moves, so an attempt in flight elsewhere cannot record over it).
+    const SET: &str = "UPDATE outbox SET state = ?1, attempts = ?2, next_attempt = ?3, \
+                       last_error = ?4, ack = ?5, updated = ?6, lease_owner = '', lease_until = 0";
+    let (text, fence) = match update.fence {
+        Some(fence) => (format!("{SET} WHERE seq = ?7 AND fence = ?8"), fence),
+        None => (format!("{SET}, fence = fence + ?8 WHERE seq = ?7"), 1),
+    };
+    let changed = stmt(text)
+        .arg(update.state.as_str())
+        .arg(i64::from(update.attempts))
+        .arg(update.next_attempt)
+        .arg(&update.last_error)
+        .arg(&update.ack)
+        .arg(update.updated)
+        .arg(update.seq)
+        .arg(fence)
+        .execute::<D>(connection)
+        .await?;
     if changed == 0 {
-        return Err(StoreError::NotFound(format!(
-            "outbound message {} is not queued",
-            update.seq
-        )));
+        return Err(match update.fence {
+            Some(fence) => StoreError::Conflict(format!(
+                "outbound message {} is no longer held under claim {fence}: another node took it over",
+                update.seq
+            )),
+            None => StoreError::NotFound(format!("outbound message {} is not queued", update.seq)),
+        });
     }
     Ok(())
 }
@@ -109,20 +120,64 @@ impl<E: Engine> Outbox for SqlStore<E> {
         row.as_ref().map(from_row).transpose()
     }
 
-    async fn outbound_due(
+    async fn claim_due(
         &self,
+        node: &str,
         now: i64,
+        lease_until: i64,
         limit: usize,
-    ) -> Result<Vec<OutboundMessage>, StoreError> {
+    ) -> Result<Vec<Claim>, StoreError> {
         let rows = stmt(format!(
-            "SELECT {COLUMNS} FROM outbox WHERE state = 'pending' AND next_attempt <= ?1 \
-             ORDER BY next_attempt, seq LIMIT ?2"
+            "UPDATE outbox SET lease_owner = ?1, lease_until = ?2, fence = fence + 1 \
+             WHERE seq IN (SELECT seq FROM outbox WHERE state = 'pending' AND next_attempt <= ?3 \
+             AND lease_until <= ?3 ORDER BY next_attempt, seq LIMIT ?4{}) \
+             RETURNING {COLUMNS}, fence",
+            E::Db::SKIP_LOCKED
         ))
+        .arg(node)
+        .arg(lease_until)
         .arg(now)
         .arg(count(limit))
         .fetch_all_in::<E::Db>(self.writer())
         .await?;
-        rows.iter().map(from_row).collect()
+        let mut claims = rows
+            .iter()
+            .map(|row| {
+                Ok(Claim {
+                    message: from_row(row)?,
+                    fence: row.int("fence")?,
+                })
+            })
+            .collect::<Result<Vec<Claim>, StoreError>>()?;
+        claims.sort_by_key(|claim| (claim.message.next_attempt, claim.message.seq));
+        Ok(claims)
+    }
+
+    async fn release_claims(&self, node: &str) -> Result<u64, StoreError> {
+        stmt(
+            "UPDATE outbox SET lease_owner = '', lease_until = 0, fence = fence + 1 \
+             WHERE lease_owner = ?1 AND state = 'pending'",
+        )
+        .arg(node)
+        .execute_in::<E::Db>(self.writer())
+        .await
+    }
+
+    async fn renew_claim(
+        &self,
+        seq: i64,
+        fence: i64,
+        lease_until: i64,
+    ) -> Result<bool, StoreError> {
+        let changed = stmt(
+            "UPDATE outbox SET lease_until = ?1 WHERE seq = ?2 AND fence = ?3 AND state = 'pending'",
+        )
+        .arg(lease_until)
+        .arg(seq)
+        .arg(fence)
+        .execute_in::<E::Db>(self.writer())
+        .await?;
+        Ok(changed == 1)
     }
 
     async fn outbound_list(
@@ -145,7 +200,10 @@ impl<E: Engine> Outbox for SqlStore<E> {
     }
 
     async fn outbound_next_due(&self) -> Result<Option<i64>, StoreError> {
-        let row = stmt("SELECT MIN(next_attempt) AS due FROM outbox WHERE state = 'pending'")
+        let row = stmt(
+            "SELECT MIN(CASE WHEN lease_until > next_attempt THEN lease_until ELSE next_attempt END) \
+             AS due FROM outbox WHERE state = 'pending'",
+        )
             .fetch_one_in::<E::Db>(self.writer())
             .await?;
         row.opt_int("due")

@@ -710,6 +710,11 @@ macro_rules! store_access_suite {
             $crate::conformance_standing::a_scheduled_pull_is_claimed_once(&store).await;
         }
         #[tokio::test]
+        async fn paging_snapshots_are_stored_cut_and_pruned() {
+            let store = $make.await;
+            $crate::conformance_standing::paging_snapshots_are_stored_cut_and_pruned(&store).await;
+        }
+        #[tokio::test]
         async fn the_schema_is_this_builds() {
             let store = $make.await;
             $crate::conformance_standing::the_schema_is_this_builds(&store).await;

@@ -212,11 +212,15 @@ pub async fn the_outbox_commits_with_the_resource<S: Store + crate::Outbox>(stor
         ]))
         .await
         .unwrap();
-    let due = store.outbound_due(250, 10).await.unwrap();
+    let claims = store.claim_due("a", 250, 1_000, 10).await.unwrap();
+    let fences: Vec<i64> = claims.iter().map(|claim| claim.fence).collect();
+    let due: Vec<crate::OutboundMessage> = claims.into_iter().map(|claim| claim.message).collect();
     let listed: Vec<&str> = due.iter().map(|row| row.resource.as_str()).collect();
     assert_eq!(listed, vec!["Communication/c2", "Communication/c1"]);
-    assert_eq!(store.outbound_due(250, 1).await.unwrap().len(), 1);
-    assert_eq!(store.outbound_next_due().await.unwrap(), Some(100));
+    assert_eq!(fences, vec![1, 1]);
+    // Held until 1000: nobody else claims them; the worker wakes for c3, due at 300.
+    assert!(store.claim_due("b", 250, 270, 10).await.unwrap().is_empty());
+    assert_eq!(store.outbound_next_due().await.unwrap(), Some(300));
     let first = store.outbound(due[1].seq).await.unwrap().unwrap();
     assert_eq!(first, due[1]);
     assert_eq!(first.payload, b"MSH|^~\\&|TSUNAGI".to_vec());
@@ -245,6 +249,7 @@ pub async fn the_outbox_commits_with_the_resource<S: Store + crate::Outbox>(stor
             last_error: error.to_owned(),
             ack: b"MSA|AA".to_vec(),
             updated: 400,
+            fence: (seq != 999_999).then_some(1),
         }))
     };
     let third = store
@@ -254,6 +259,10 @@ pub async fn the_outbox_commits_with_the_resource<S: Store + crate::Outbox>(stor
         .into_iter()
         .find(|row| row.resource == "Communication/c3")
         .unwrap();
+    assert_eq!(
+        store.claim_due("a", 300, 310, 10).await.unwrap()[0].message,
+        third
+    );
     store
         .apply(batch(vec![
             update(due[0].seq, Delivered, 1, 100, ""),
@@ -262,7 +271,13 @@ pub async fn the_outbox_commits_with_the_resource<S: Store + crate::Outbox>(stor
         ]))
         .await
         .unwrap();
-    assert!(store.outbound_due(999, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .claim_due("a", 999, 1_009, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.outbound_next_due().await.unwrap(), Some(1_000));
     let dead = store.outbound_list(&[Dead], 0, 10).await.unwrap();
     assert_eq!(dead.len(), 1);
@@ -298,4 +313,119 @@ pub async fn the_outbox_commits_with_the_resource<S: Store + crate::Outbox>(stor
         "{unknown:?}"
     );
     assert!(store.read(&ALL, "Patient", "p4").await.unwrap().is_none());
+}
+
+/// Claims: a due message is held by one node at a time; a claim that ran out is taken over
+/// under a new fence, and the old holder can neither renew it nor record its attempt (its whole
+/// batch fails); the operator's act ends any claim.
+pub async fn outbox_claims_are_exclusive_and_fenced<S: Store + crate::Outbox>(store: &S) {
+    use crate::DeliveryState::{Delivered, Pending};
+    let mut rows = vec![replace("api:c1", vec![patient("p1", "山田")])];
+    for index in 0..40 {
+        rows.push(queued(
+            &format!("Communication/n{index}"),
+            "0610100010",
+            100,
+        ));
+    }
+    store.apply(batch(rows)).await.unwrap();
+    // Four claimers at once: every row claimed exactly once.
+    let (a, b, c, d) = tokio::join!(
+        store.claim_due("a", 200, 1_000, 15),
+        store.claim_due("b", 200, 1_000, 15),
+        store.claim_due("c", 200, 1_000, 15),
+        store.claim_due("d", 200, 1_000, 15),
+    );
+    let mut seqs: Vec<i64> = [a, b, c, d]
+        .into_iter()
+        .flat_map(|claims| claims.unwrap())
+        .map(|claim| claim.message.seq)
+        .collect();
+    assert_eq!(seqs.len(), 40);
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 40, "a row was claimed twice");
+    // After the claims end (1000), another node takes one over under a new fence.
+    let taken = store.claim_due("e", 1_000, 2_000, 1).await.unwrap();
+    let taken = &taken[0];
+    assert_eq!(taken.fence, 2);
+    assert!(
+        !store
+            .renew_claim(taken.message.seq, 1, 3_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .renew_claim(taken.message.seq, 2, 3_000)
+            .await
+            .unwrap()
+    );
+    let outcome = |fence: Option<i64>, state| {
+        Operation::SetDelivery(Box::new(crate::DeliveryUpdate {
+            seq: taken.message.seq,
+            state,
+            attempts: 1,
+            next_attempt: 5_000,
+            last_error: String::new(),
+            ack: Vec::new(),
+            updated: 1_500,
+            fence,
+        }))
+    };
+    // The old holder's outcome fails its batch, resource and all.
+    let stale = store
+        .apply(batch(vec![
+            replace("api:p9", vec![patient("p9", "古川")]),
+            outcome(Some(1), Delivered),
+        ]))
+        .await;
+    assert!(
+        matches!(stale, Err(crate::StoreError::Conflict(_))),
+        "{stale:?}"
+    );
+    assert!(store.read(&ALL, "Patient", "p9").await.unwrap().is_none());
+    // The holder's outcome counts and ends the claim.
+    store
+        .apply(batch(vec![outcome(Some(2), Pending)]))
+        .await
+        .unwrap();
+    let row = store.outbound(taken.message.seq).await.unwrap().unwrap();
+    assert_eq!((row.state, row.next_attempt), (Pending, 5_000));
+    // The operator's act ends any claim: the fence moves past the holder's.
+    let again = store.claim_due("f", 5_000, 9_000, 50).await.unwrap();
+    let held = again
+        .iter()
+        .find(|claim| claim.message.seq == taken.message.seq)
+        .unwrap();
+    store
+        .apply(batch(vec![outcome(None, Pending)]))
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .renew_claim(held.message.seq, held.fence, 9_500)
+            .await
+            .unwrap()
+    );
+    let retaken = store.claim_due("g", 5_000, 9_000, 50).await.unwrap();
+    assert!(
+        retaken
+            .iter()
+            .any(|claim| claim.message.seq == taken.message.seq)
+    );
+    // Node "g" starts again: what it held is free at once, under new fences.
+    assert_eq!(store.release_claims("h").await.unwrap(), 0);
+    assert_eq!(
+        store.release_claims("g").await.unwrap(),
+        retaken.len() as u64
+    );
+    let after = store.claim_due("g", 5_000, 9_000, 50).await.unwrap();
+    assert_eq!(after.len(), retaken.len());
+    assert!(
+        after
+            .iter()
+            .zip(&retaken)
+            .all(|(now, before)| now.fence == before.fence + 2)
+    );
 }

@@ -170,36 +170,69 @@ pub async fn token_standing_reads_clients_users_facilities_and_revocations<S: Go
     );
 }
 
-/// Of two nodes claiming one scheduled pull, one gets it; the next tick is claimable again.
+/// Of two nodes claiming one scheduled pull, one gets it; while its pull runs (its hold
+/// renewed), no node claims a later tick of that source; once done (or its hold ran out), the
+/// next tick is claimable again.
 pub async fn a_scheduled_pull_is_claimed_once<S: Governance>(store: &S) {
     let now = 1_700_000_000_000_000;
-    assert!(
-        store
-            .claim_run("ssmix2:0610100010", 100, "a", now)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .claim_run("ssmix2:0610100010", 100, "b", now)
-            .await
-            .unwrap()
-    );
+    let source = "ssmix2:0610100010";
+    let hold = now + 60_000_000;
+    assert!(store.claim_run(source, 100, "a", now, hold).await.unwrap());
+    assert!(!store.claim_run(source, 100, "b", now, hold).await.unwrap());
+    assert!(!store.claim_run(source, 100, "a", now, hold).await.unwrap());
+    // a's pull of tick 100 runs on: b may not start tick 101 beside it.
     assert!(
         !store
-            .claim_run("ssmix2:0610100010", 100, "a", now)
+            .claim_run(source, 101, "b", now + 1, hold)
+            .await
+            .unwrap()
+    );
+    // Another source is free.
+    assert!(
+        store
+            .claim_run("mml:0610300016", 100, "b", now, hold)
+            .await
+            .unwrap()
+    );
+    // a renews its hold past the first one; a later tick stays refused.
+    assert!(
+        store
+            .renew_run(source, 100, hold + 60_000_000)
+            .await
+            .unwrap()
+    );
+    assert!(!store.renew_run(source, 99, hold).await.unwrap());
+    assert!(
+        !store
+            .claim_run(source, 102, "b", hold + 1, hold + 2)
+            .await
+            .unwrap()
+    );
+    // a restarted (the same name): its own old hold does not stand in its way.
+    assert!(
+        store
+            .claim_run(source, 103, "a", hold + 1, hold + 2)
+            .await
+            .unwrap()
+    );
+    store.finish_run(source, 103).await.unwrap();
+    store.finish_run(source, 100).await.unwrap();
+    assert!(
+        store
+            .claim_run(source, 104, "b", hold + 3, hold + 4)
+            .await
+            .unwrap()
+    );
+    // b died without finishing: once its hold ran out, a takes the source over.
+    assert!(
+        !store
+            .claim_run(source, 105, "a", hold + 3, hold + 9)
             .await
             .unwrap()
     );
     assert!(
         store
-            .claim_run("ssmix2:0610100010", 101, "b", now)
-            .await
-            .unwrap()
-    );
-    assert!(
-        store
-            .claim_run("mml:0610300016", 100, "b", now)
+            .claim_run(source, 106, "a", hold + 5, hold + 9)
             .await
             .unwrap()
     );
@@ -351,4 +384,118 @@ pub async fn an_operators_change_commits_with_its_audit_record<S: Governance>(st
     assert!(!store.change(withdrawal, Some(&record)).await.unwrap());
     assert_eq!(trail().await, ["facility-add"]);
     assert!(store.participant("u1").await.unwrap().is_none());
+}
+
+/// Paging snapshots: a page is cut from the stored list across chunk boundaries; an expired or
+/// unknown snapshot is gone; pruning drops the expired and then the oldest beyond the bound.
+pub async fn paging_snapshots_are_stored_cut_and_pruned<S: Governance>(store: &S) {
+    use crate::paging::{NewSnapshot, SNAPSHOT_CHUNK};
+    let now = 1_700_000_000_000_000;
+    let keys: Vec<i64> = (0..2500).map(|key| key * 7 + 3).collect();
+    store
+        .put_snapshot(NewSnapshot {
+            id: "s1",
+            scope: "alice Observation",
+            keys: &keys,
+            created: now,
+        })
+        .await
+        .unwrap();
+    let page = store
+        .snapshot_page("s1", now, SNAPSHOT_CHUNK - 2, 5)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(page.scope, "alice Observation");
+    assert_eq!(page.total, 2500);
+    assert_eq!(page.keys, keys[SNAPSHOT_CHUNK - 2..SNAPSHOT_CHUNK + 3]);
+    // Every page of 100, once each, in order.
+    let mut seen = Vec::new();
+    let mut offset = 0;
+    while offset < 2500 {
+        let page = store
+            .snapshot_page("s1", now, offset, 100)
+            .await
+            .unwrap()
+            .unwrap();
+        seen.extend(page.keys);
+        offset += 100;
+    }
+    assert_eq!(seen, keys);
+    // Past the end: no keys, the total still known.
+    let past = store
+        .snapshot_page("s1", now, 2500, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(past.keys.is_empty());
+    assert_eq!(past.total, 2500);
+    // Too old for `not_before`, or unknown: gone.
+    assert_eq!(
+        store.snapshot_page("s1", now + 1, 0, 10).await.unwrap(),
+        None
+    );
+    assert_eq!(store.snapshot_page("s9", now, 0, 10).await.unwrap(), None);
+    // An empty list is a snapshot too.
+    store
+        .put_snapshot(NewSnapshot {
+            id: "s2",
+            scope: "bob Patient",
+            keys: &[],
+            created: now + 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .snapshot_page("s2", now, 0, 10)
+            .await
+            .unwrap()
+            .map(|p| p.total),
+        Some(0)
+    );
+    store
+        .put_snapshot(NewSnapshot {
+            id: "s3",
+            scope: "bob Patient",
+            keys: &keys[..600],
+            created: now + 20,
+        })
+        .await
+        .unwrap();
+    // A duplicate id is refused (ids are unguessable; a collision must not merge lists).
+    assert!(
+        store
+            .put_snapshot(NewSnapshot {
+                id: "s3",
+                scope: "eve Patient",
+                keys: &keys[..3],
+                created: now + 30,
+            })
+            .await
+            .is_err()
+    );
+    // Nothing expired, 3100 keys kept: a bound of 3100 keeps all.
+    assert_eq!(store.prune_snapshots(now, 3100).await.unwrap(), 0);
+    // A bound of 1000 keeps the newest that fit: s3 (600) and s2 (0); s1 goes.
+    assert_eq!(store.prune_snapshots(now, 1000).await.unwrap(), 1);
+    assert_eq!(store.snapshot_page("s1", now, 0, 10).await.unwrap(), None);
+    assert!(
+        store
+            .snapshot_page("s3", now, 0, 10)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Expiry: made before `now + 15` → s2 goes.
+    assert_eq!(store.prune_snapshots(now + 15, 1000).await.unwrap(), 1);
+    assert_eq!(store.snapshot_page("s2", now, 0, 10).await.unwrap(), None);
+    assert_eq!(
+        store
+            .snapshot_page("s3", now, 590, 100)
+            .await
+            .unwrap()
+            .map(|page| page.keys),
+        Some(keys[590..600].to_vec())
+    );
 }

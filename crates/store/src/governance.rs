@@ -333,9 +333,10 @@ pub enum Change {
 }
 
 /// The network's records. Every change that affects who may see what recomputes the permitted
-/// set in the same transaction, so it holds for the next request.
+/// set in the same transaction, so it holds for the next request. The API's paging snapshots
+/// ([`crate::Paging`]) live beside them.
 #[async_trait::async_trait]
-pub trait Governance: Send + Sync {
+pub trait Governance: crate::Paging + Send + Sync {
     /// Makes `change` and appends `audit` (the operator's act that made it) in one transaction:
     /// both or neither. `Ok(false)` when the change names nothing there is (no consent by that
     /// id, a patient record not linked): nothing is written, the audit record neither.
@@ -448,16 +449,30 @@ pub trait Governance: Send + Sync {
     /// Token-signing keys, newest first.
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
 
-    /// Claims the scheduled pull of `source` at `tick` (seconds) for `node`: true for the one
-    /// claimant of each (source, tick), false for every other (another node pulls it). Claims
-    /// older than a week are pruned.
+    /// Claims the scheduled pull of `source` at `tick` (seconds) for `node`, holding the source
+    /// until `lease_until` (microseconds): true for the one claimant of each (source, tick),
+    /// false for every other, and false while another node still holds the source (its pull
+    /// runs on). A hold of `node`'s own is its previous life's (a node pulls a source one tick
+    /// at a time) and does not stand in the way. Claims older than a week are pruned.
     async fn claim_run(
         &self,
         source: &str,
         tick: i64,
         node: &str,
         now: i64,
+        lease_until: i64,
     ) -> Result<bool, StoreError>;
+
+    /// Extends the hold of a claimed tick while its pull runs (`false`: no such claim).
+    async fn renew_run(
+        &self,
+        source: &str,
+        tick: i64,
+        lease_until: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Ends the hold of a claimed tick: its pull is over.
+    async fn finish_run(&self, source: &str, tick: i64) -> Result<(), StoreError>;
 
     /// Whether the database answers and holds exactly this build's schema (`Ok(Some(reason))`
     /// when it answers but another schema is there: a node of another version migrated it).

@@ -29,11 +29,13 @@ pub mod governance;
 pub mod messages;
 pub mod operator;
 pub mod outbox;
+pub mod paging;
 pub mod projection;
 
 pub use governance::{Access, Governance};
 pub use messages::{InboundMessage, MessageLog, MessageState};
-pub use outbox::{DeliveryState, DeliveryUpdate, OutboundMessage, Outbox};
+pub use outbox::{Claim, DeliveryState, DeliveryUpdate, OutboundMessage, Outbox};
+pub use paging::{NewSnapshot, Paging, SnapshotPage};
 #[cfg(feature = "conformance")]
 pub mod conformance_search;
 #[cfg(feature = "conformance")]

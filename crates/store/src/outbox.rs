@@ -91,6 +91,19 @@ pub struct DeliveryUpdate {
     pub ack: Vec<u8>,
     /// Now.
     pub updated: i64,
+    /// The fence of the claim the attempt was made under ([`Claim::fence`]): the update is
+    /// refused ([`crate::StoreError::Conflict`]) if another node has claimed the row since.
+    /// `None` (the operator's act): applied whatever the claim, and any claim is ended.
+    pub fence: Option<i64>,
+}
+
+/// A due message claimed by one node for a while.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The message.
+    pub message: OutboundMessage,
+    /// Bumped by every claim: the outcome of an attempt is recorded under it.
+    pub fence: i64,
 }
 
 /// Reads of the outbound queue.
@@ -99,12 +112,30 @@ pub trait Outbox: Send + Sync {
     /// One row by its sequence number.
     async fn outbound(&self, seq: i64) -> Result<Option<OutboundMessage>, crate::StoreError>;
 
-    /// Pending rows due at `now`, oldest first, at most `limit`.
-    async fn outbound_due(
+    /// Claims pending rows due at `now` that no node holds, oldest first, at most `limit`, for
+    /// `node` until `lease_until`; each claim bumps the row's fence. Two nodes never hold one
+    /// row at once (PostgreSQL: `FOR UPDATE SKIP LOCKED`; SQLite: one writer).
+    async fn claim_due(
         &self,
+        node: &str,
         now: i64,
+        lease_until: i64,
         limit: usize,
-    ) -> Result<Vec<OutboundMessage>, crate::StoreError>;
+    ) -> Result<Vec<Claim>, crate::StoreError>;
+
+    /// Ends every claim `node` holds (a node starting again after a crash takes back at once
+    /// what its previous life held, instead of waiting for the leases to run out); the fences
+    /// move, so nothing that life attempted can be recorded. Returns how many were held.
+    async fn release_claims(&self, node: &str) -> Result<u64, crate::StoreError>;
+
+    /// Extends a claim to `lease_until` if it is still held under `fence` and still pending;
+    /// `false` when another node has claimed the row since (or it is no longer pending).
+    async fn renew_claim(
+        &self,
+        seq: i64,
+        fence: i64,
+        lease_until: i64,
+    ) -> Result<bool, crate::StoreError>;
 
     /// Rows in any of `states`, oldest first, after sequence number `after`, at most `limit`.
     async fn outbound_list(
@@ -114,6 +145,7 @@ pub trait Outbox: Send + Sync {
         limit: usize,
     ) -> Result<Vec<OutboundMessage>, crate::StoreError>;
 
-    /// The earliest `next_attempt` of a pending row, if any (when the worker should wake).
+    /// When the earliest pending row can next be claimed (its `next_attempt`, or the end of
+    /// another node's claim on it), if any: when the worker should wake.
     async fn outbound_next_due(&self) -> Result<Option<i64>, crate::StoreError>;
 }

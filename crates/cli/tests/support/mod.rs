@@ -208,3 +208,76 @@ pub fn nihonkai_with_pacs(dir: &std::path::Path) -> (String, tsunagi_testkit::or
     assert!(stored > 0);
     (db, pacs)
 }
+
+/// A schema of its own on the test PostgreSQL (`TSUNAGI_TEST_POSTGRES`, default the CI
+/// machines' server), dropped again when this is dropped.
+pub struct PostgresSchema {
+    server: String,
+    schema: String,
+    /// The store URL to pass as `--db` (the schema as its search path).
+    pub url: String,
+}
+
+impl PostgresSchema {
+    /// A fresh, empty schema named after `tag` and this process.
+    pub fn new(tag: &str) -> Self {
+        let server = std::env::var("TSUNAGI_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let schema = format!("tsunagi_{tag}_{}", std::process::id());
+        let this = Self {
+            url: format!("{server}?options=-c%20search_path%3D{schema}"),
+            server,
+            schema,
+        };
+        this.sql(&format!("DROP SCHEMA IF EXISTS {} CASCADE", this.schema));
+        this.sql(&format!("CREATE SCHEMA {}", this.schema));
+        this
+    }
+
+    /// Runs one statement in the schema.
+    pub fn sql(&self, statement: &str) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            use sqlx::Connection;
+            let mut connection = sqlx::PgConnection::connect(&self.server).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "SET search_path TO {}; {statement}",
+                self.schema
+            )))
+            .execute(&mut connection)
+            .await
+            .unwrap();
+        });
+    }
+}
+
+impl Drop for PostgresSchema {
+    fn drop(&mut self) {
+        let statement = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        if let Ok(runtime) = runtime {
+            runtime.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut connection) = sqlx::PgConnection::connect(&self.server).await {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                        .execute(&mut connection)
+                        .await;
+                }
+            });
+        }
+    }
+}
+
+/// A free TCP port on loopback (bound and released: a test starting a server on it soon after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
