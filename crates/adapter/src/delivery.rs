@@ -43,9 +43,10 @@ pub struct DeliveryOptions {
     pub timeout: Duration,
     /// Rows taken per round.
     pub batch: usize,
-    /// How long a claim holds a message for one node (renewed before each attempt; outcomes
-    /// are committed once half of it has passed). At least 4 × `timeout` (an attempt may
-    /// take a connect and a read timeout) plus room to commit.
+    /// How long a claim holds a message for one node (renewed before an attempt when less than
+    /// half of it and a whole attempt is left; outcomes are committed once half of it has
+    /// passed). At least 6 × `timeout` plus room to commit: half of it must outlast an attempt
+    /// (a connect, the write and the ACK read, each up to `timeout`).
     pub lease: Duration,
 }
 
@@ -57,7 +58,7 @@ impl Default for DeliveryOptions {
             max_backoff: Duration::from_secs(30 * 60),
             timeout: Duration::from_secs(30),
             batch: 256,
-            lease: Duration::from_secs(180),
+            lease: Duration::from_secs(200),
         }
     }
 }
@@ -143,21 +144,44 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
         // one per message, unless half a lease has passed since the oldest uncommitted attempt
         // began (its claim must still hold when its outcome commits). A crash before a commit
         // only means those messages are sent again, under the same MSH-10: at least once.
+        //
+        // A claim is renewed before an attempt only when less than half a lease plus a whole
+        // attempt is left of it (on a fast peer, a round renews nothing): every attempt then
+        // starts and ends, and its outcome commits, while its claim holds.
+        let attempt_max = self.attempt_limit();
+        let attempt_micros = i64::try_from(attempt_max.as_micros()).unwrap_or(i64::MAX);
+        let held_until = now.saturating_add(lease);
         let mut outcomes: Vec<Vec<Operation>> = Vec::with_capacity(claims.len());
         let mut oldest: Option<i64> = None;
         for claim in claims {
             let began = self.clock.now_micros();
-            if !self
-                .store
-                .renew_claim(claim.message.seq, claim.fence, began.saturating_add(lease))
-                .await?
-            {
-                round.lost += 1;
-                continue;
+            if held_until.saturating_sub(began) < lease / 2 + attempt_micros {
+                let renewed = self
+                    .store
+                    .renew_claim(claim.message.seq, claim.fence, began.saturating_add(lease))
+                    .await;
+                match renewed {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        round.lost += 1;
+                        continue;
+                    }
+                    Err(error) => {
+                        // What was delivered so far is recorded before giving up the round.
+                        self.commit(outcomes).await?;
+                        return Err(error);
+                    }
+                }
             }
-            let attempt = self.attempt(&claim.message).await;
+            let attempt = self.attempt(&claim.message, attempt_max).await;
             let mut operations = Vec::with_capacity(2);
-            let state = self.record(&claim, attempt, &mut operations).await?;
+            let state = match self.record(&claim, attempt, &mut operations).await {
+                Ok(state) => state,
+                Err(error) => {
+                    self.commit(outcomes).await?;
+                    return Err(error);
+                }
+            };
             match state {
                 DeliveryState::Delivered => round.delivered += 1,
                 DeliveryState::Pending => round.retrying += 1,
@@ -174,6 +198,12 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
         Ok(round)
     }
 
+    /// The longest one attempt may take: a connect, the write and the ACK read, each up to the
+    /// timeout, and a second more. An attempt past it is cut (and retried).
+    fn attempt_limit(&self) -> Duration {
+        self.options.timeout.saturating_mul(3) + Duration::from_secs(1)
+    }
+
     /// Commits attempts' outcomes in one transaction. Should one of them have been taken over
     /// by another node meanwhile (its claim ran out), each is committed alone and the one taken
     /// over is left to its new holder.
@@ -183,12 +213,12 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
         }
         let operations: Vec<Operation> = outcomes.iter().flatten().cloned().collect();
         match self.store.apply(Batch { operations }).await {
-            Err(StoreError::Conflict(_)) => {}
+            Err(StoreError::ClaimLost(_)) => {}
             other => return other.map(drop),
         }
         for operations in outcomes {
             match self.store.apply(Batch { operations }).await {
-                Err(StoreError::Conflict(reason)) => {
+                Err(StoreError::ClaimLost(reason)) => {
                     tracing::warn!(target: "tsunagi::outbox", %reason, "an attempt's claim was taken over; its outcome is left to the new holder");
                 }
                 other => other.map(drop)?,
@@ -200,16 +230,30 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
     /// Runs rounds until the task is dropped: at once when `wake` is notified (a new message
     /// was queued), else when the next retry is due, at least every `poll`.
     pub async fn run(mut self, wake: Arc<tokio::sync::Notify>, poll: Duration) {
-        // What this node held before it stopped (or crashed) is free again at once.
-        match self.store.release_claims(&self.node).await {
-            Ok(0) => {}
-            Ok(released) => {
-                tracing::info!(target: "tsunagi::outbox", node = %self.node, released, "claims of this node's previous run released");
+        // What this node held before it stopped (or crashed) is free again at once — but only
+        // when no other live process goes by the same name (then its claims are its own).
+        let _name = match self.store.hold_node(&self.node).await {
+            Ok(Some(hold)) => {
+                match self.store.release_claims(&self.node).await {
+                    Ok(0) => {}
+                    Ok(released) => {
+                        tracing::info!(target: "tsunagi::outbox", node = %self.node, released, "claims of this node's previous run released");
+                    }
+                    Err(error) => {
+                        tracing::error!(target: "tsunagi::outbox", %error, "releasing this node's old claims failed");
+                    }
+                }
+                Some(hold)
+            }
+            Ok(None) => {
+                tracing::error!(target: "tsunagi::outbox", node = %self.node, "another live node is named the same: give each node its own TSUNAGI_NODE; claims left by a crash wait for their leases to run out");
+                None
             }
             Err(error) => {
-                tracing::error!(target: "tsunagi::outbox", %error, "releasing this node's old claims failed");
+                tracing::error!(target: "tsunagi::outbox", %error, "the node name could not be held; old claims wait for their leases");
+                None
             }
-        }
+        };
         loop {
             match self.round().await {
                 Ok(round) if round.delivered + round.retrying + round.dead + round.lost > 0 => {
@@ -235,7 +279,7 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
         }
     }
 
-    async fn attempt(&mut self, message: &OutboundMessage) -> Attempt {
+    async fn attempt(&mut self, message: &OutboundMessage, limit: Duration) -> Attempt {
         match self.destinations.get(&message.destination) {
             None => Attempt::Retry {
                 ack: Vec::new(),
@@ -244,7 +288,20 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
                     message.destination
                 ),
             },
-            Some(destination) => destination.deliver(message, self.options.timeout).await,
+            Some(destination) => {
+                match tokio::time::timeout(
+                    limit,
+                    destination.deliver(message, self.options.timeout),
+                )
+                .await
+                {
+                    Ok(attempt) => attempt,
+                    Err(_) => Attempt::Retry {
+                        ack: Vec::new(),
+                        error: format!("the attempt was cut after {limit:?}"),
+                    },
+                }
+            }
         }
     }
 

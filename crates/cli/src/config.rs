@@ -129,7 +129,7 @@ pub(crate) struct OutboxConfig {
     pub(crate) max_backoff_seconds: Option<u64>,
     /// Seconds to wait for a connection or an ACK (default 30).
     pub(crate) timeout_seconds: Option<u64>,
-    /// Seconds one node holds a claimed message (default 180; at least 4 × timeout + 10).
+    /// Seconds one node holds a claimed message (default 200; at least 6 × timeout + 10).
     pub(crate) lease_seconds: Option<u64>,
 }
 

@@ -22,6 +22,7 @@ mod bench_documents;
 mod bench_extended;
 mod bench_images;
 mod bench_mllp;
+mod bench_nodes;
 mod bench_outbound;
 mod bench_search;
 mod config;
@@ -362,6 +363,19 @@ enum BenchWhat {
         #[arg(long, default_value_t = 500)]
         study_mb: usize,
     },
+    /// Two `tsunagi serve` nodes on one PostgreSQL against one: read-by-id and patient-search
+    /// throughput with 8 clients (audit on), and the sizing figures per core and per node.
+    Nodes {
+        /// The PostgreSQL (a schema of the benchmark's own is made and dropped in it).
+        #[arg(long)]
+        db: String,
+        /// People in the generated region.
+        #[arg(long, default_value_t = 500)]
+        patients: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// Generate, ingest into a fresh database, re-ingest; print throughput, skip rate, peak RSS.
     Ingest {
         /// Number of people in the generated region.
@@ -534,6 +548,9 @@ fn main() -> std::process::ExitCode {
                         study_mb,
                     },
             } => bench_dicomweb::dicomweb(studies, per_patient, study_mb).await,
+            Command::Bench {
+                what: BenchWhat::Nodes { db, patients, seed },
+            } => bench_nodes::nodes(&db, patients, seed).await,
             Command::Run { config, once } => run::run(&config, once).await,
             Command::Config {
                 what: ConfigWhat::Check { config },

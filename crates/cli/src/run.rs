@@ -18,6 +18,15 @@ use crate::{
 /// How long a claimed pull holds its source (microseconds), renewed every third of it.
 const PULL_HOLD: i64 = 60 * 1_000_000;
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// `tsunagi run`: cron-scheduled pulls.
 pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
@@ -104,7 +113,9 @@ pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
     }
     // Several nodes may run the same schedules on one database: each tick of a source is
     // claimed in the database first, and only its one claimant pulls.
-    let node = tsunagi_adapter::node_name();
+    // The process is part of the claimant's name: two `run` processes of one host are two
+    // claimants (a restarted one waits for its previous life's hold to run out).
+    let node = format!("{}:{}", tsunagi_adapter::node_name(), std::process::id());
     let mut tasks = Vec::new();
     for (schedule, adapter, name) in jobs {
         let store = store.clone();
@@ -141,7 +152,8 @@ pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
                 eprintln!("pull {source} at {next}: claimed by {node}");
                 // The source is held while the pull runs: no other node starts a later tick
                 // beside it; should this node die, the hold runs out and another takes over.
-                let heartbeat = {
+                // The heartbeat stops when this guard drops, however the pull ends.
+                let heartbeat = AbortOnDrop({
                     let (store, source) = (store.clone(), source.clone());
                     tokio::spawn(async move {
                         loop {
@@ -152,14 +164,20 @@ pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
                             let until = chrono::Utc::now()
                                 .timestamp_micros()
                                 .saturating_add(PULL_HOLD);
-                            if let Err(error) = store.renew_run(&source, tick, until).await {
-                                eprintln!("pull {source}: the hold could not be renewed ({error})");
+                            match store.renew_run(&source, tick, until).await {
+                                Ok(true) => {}
+                                Ok(false) => eprintln!(
+                                    "pull {source}: its hold is gone (taken over?); another node may pull beside this one"
+                                ),
+                                Err(error) => {
+                                    eprintln!("pull {source}: the hold could not be renewed ({error})");
+                                }
                             }
                         }
                     })
-                };
+                });
                 let pulled = adapter.pull(&context(store.clone(), Arc::new(NoProgress))).await;
-                heartbeat.abort();
+                drop(heartbeat);
                 if let Err(error) = store.finish_run(&source, tick).await {
                     eprintln!("pull {source}: the hold could not be ended ({error}); it runs out");
                 }

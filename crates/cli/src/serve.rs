@@ -226,9 +226,9 @@ impl OutboundSetup {
         if let Some(value) = outbox.lease_seconds {
             setup.options.lease = seconds(value);
         }
-        // A claim must outlast half a lease plus an attempt (a connect and an ACK, each up to
-        // the timeout), with room to commit the outcome.
-        let floor = setup.options.timeout.saturating_mul(4) + seconds(10);
+        // Half a claim must outlast an attempt (a connect, the write and the ACK read, each up
+        // to the timeout), with room to commit the outcome.
+        let floor = setup.options.timeout.saturating_mul(6) + seconds(10);
         setup.options.lease = setup.options.lease.max(floor);
         setup
     }

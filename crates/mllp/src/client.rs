@@ -82,13 +82,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    /// Sends a message and reads its reply.
+    /// Sends a message and reads its reply, each within `timeout` (a peer that stops reading
+    /// cannot hold the sender). After an error the connection is no longer fit for use.
     pub async fn request(
         &mut self,
         message: &[u8],
         timeout: Duration,
     ) -> Result<Vec<u8>, ClientError> {
-        self.send(message).await?;
+        tokio::time::timeout(timeout, self.send(message))
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))??;
         self.reply(timeout).await
     }
 }

@@ -163,6 +163,15 @@ pub(crate) async fn page_keys(
     }
     let mut keys = run.await?;
     let total = keys.len();
+    if total > count && total > state.snapshots.max_keys() {
+        return Err(ApiError::bad_request(
+            "too-costly",
+            format!(
+                "{total} matches are more than one search may page through ({}); narrow the search",
+                state.snapshots.max_keys()
+            ),
+        ));
+    }
     let snapshot = if total > count {
         Some(
             state

@@ -230,7 +230,7 @@ impl From<StoreError> for ApiError {
                 }
             }
             // The database's text names a constraint; the client learns only that it raced.
-            StoreError::Conflict(_) => ApiError {
+            StoreError::Conflict(_) | StoreError::ClaimLost(_) => ApiError {
                 status: StatusCode::CONFLICT,
                 code: "conflict",
                 message: "another write already holds the same key".to_owned(),

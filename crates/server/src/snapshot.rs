@@ -5,8 +5,11 @@
 //! slices of the list taken when the search first ran (resources deleted since are left out of
 //! their page; resources created since are not in the list). Snapshots live in the database
 //! ([`tsunagi_store::Paging`]), so the next page may be asked of any node behind a load
-//! balancer. They live for a bounded time and within a bound of keys in all; a page link to an
-//! expired snapshot answers 410 Gone.
+//! balancer. They live for a bounded time; a page link to an expired snapshot answers 410 Gone.
+//! One result longer than `snapshot_max_keys` is refused (narrow the search); the keys of all
+//! snapshots together are brought back under that bound every 30 s, oldest first (between two
+//! prunings they may exceed it by what those seconds of searches stored). On SQLite, storing a
+//! snapshot is a write like any other (it waits for the writer).
 
 use std::{
     hash::{BuildHasher, Hasher},
@@ -55,6 +58,11 @@ impl Snapshots {
             *part = hasher.finish();
         }
         format!("{:016x}{:016x}", parts[0], parts[1])
+    }
+
+    /// The most keys one snapshot (and all of them together) may hold.
+    pub fn max_keys(&self) -> usize {
+        self.max_keys
     }
 
     fn ttl_micros(&self) -> i64 {

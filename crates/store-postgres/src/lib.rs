@@ -28,6 +28,9 @@ use tsunagi_store_sql::{
 };
 
 /// The schema, one file per version (`migrations/`), applied by `tsunagi_store_sql::migrations`.
+/// The advisory-lock class of node names (the other key is the name's hash).
+const NODE_LOCK_CLASS: i32 = 0x7453_4e44;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 const META_KEYS: MetaKeys = MetaKeys {
     schema: "schema",
@@ -104,6 +107,30 @@ impl PostgresEngine {
             .map_err(db_error)?;
         Self::migrate(&pool).await?;
         Ok(Self { pool, clock })
+    }
+
+    /// Drops `schema` and everything in it (a benchmark's or a test's own schema).
+    pub async fn drop_schema(url: &str, schema: &str) -> Result<(), StoreError> {
+        if !schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(StoreError::Url(format!(
+                "schema {schema}: use lower-case letters, digits and _"
+            )));
+        }
+        let options =
+            PgConnectOptions::from_str(url).map_err(|error| StoreError::Url(error.to_string()))?;
+        let mut connection = <PgConnection as sqlx::Connection>::connect_with(&options)
+            .await
+            .map_err(db_error)?;
+        connection
+            .execute(AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE"
+            )))
+            .await
+            .map_err(db_error)?;
+        Ok(())
     }
 
     /// Brings the schema up to date, and the index rows when they were extracted by another
@@ -619,6 +646,23 @@ impl Engine for PostgresEngine {
 
     async fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
         Self::connect_in_schema(url, None, clock).await
+    }
+
+    async fn hold_node(&self, node: &str) -> Result<Option<tsunagi_store::NodeHold>, StoreError> {
+        // A session advisory lock on a connection of its own, kept for the process's life:
+        // PostgreSQL lets it go when that session ends, however the process ends.
+        let options = (*self.pool.connect_options()).clone();
+        let mut connection = <PgConnection as sqlx::Connection>::connect_with(&options)
+            .await
+            .map_err(db_error)?;
+        let held: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext('tsunagi-node:' || $2))")
+                .bind(NODE_LOCK_CLASS)
+                .bind(node)
+                .fetch_one(&mut connection)
+                .await
+                .map_err(db_error)?;
+        Ok(held.then(|| Box::new(std::sync::Mutex::new(connection)) as tsunagi_store::NodeHold))
     }
 
     fn migrator(&self) -> &'static sqlx::migrate::Migrator {

@@ -199,7 +199,7 @@ async fn migrations_take_over_older_databases_and_refuse_newer_ones() {
     // A schema-4 database of a build before migration files: no migration table, no lab list.
     run_in(
         &schema,
-        "DROP TABLE _sqlx_migrations; DROP TABLE lab_reports; DROP TABLE blob_parts; DROP TABLE blobs; DROP TABLE idx_text; DROP TABLE pull_runs; \
+        "DROP TABLE _sqlx_migrations; DROP TABLE lab_reports; DROP TABLE blob_parts; DROP TABLE blobs; DROP TABLE idx_text; DROP TABLE pull_holds; \
          DROP TABLE search_snapshots; DROP TABLE search_snapshot_keys; \
          ALTER TABLE outbox DROP COLUMN lease_owner, DROP COLUMN lease_until, DROP COLUMN fence; \
          UPDATE store_meta SET value = '4' WHERE key = 'schema'",

@@ -291,11 +291,13 @@ impl<E: Engine> Governance for SqlStore<E> {
         now: i64,
         lease_until: i64,
     ) -> Result<bool, StoreError> {
+        // One row per source, claimed in one upsert: a later tick, and the last hold over.
         let claimed = stmt(
-            "INSERT INTO pull_runs (source, tick, node, claimed, lease_until) \
-             SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS (SELECT 1 FROM pull_runs \
-             WHERE source = ?1 AND lease_until > ?4 AND node <> ?3) \
-             ON CONFLICT (source, tick) DO NOTHING",
+            "INSERT INTO pull_holds (source, tick, node, claimed, lease_until) \
+             VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (source) DO UPDATE SET tick = excluded.tick, node = excluded.node, \
+             claimed = excluded.claimed, lease_until = excluded.lease_until \
+             WHERE pull_holds.tick < excluded.tick AND pull_holds.lease_until <= excluded.claimed",
         )
         .arg(source)
         .arg(tick)
@@ -304,13 +306,6 @@ impl<E: Engine> Governance for SqlStore<E> {
         .arg(lease_until)
         .execute_in::<E::Db>(self.writer())
         .await?;
-        if claimed == 1 {
-            stmt("DELETE FROM pull_runs WHERE source = ?1 AND claimed < ?2")
-                .arg(source)
-                .arg(now - 7 * 86_400 * 1_000_000)
-                .execute_in::<E::Db>(self.writer())
-                .await?;
-        }
         Ok(claimed == 1)
     }
 
@@ -320,17 +315,19 @@ impl<E: Engine> Governance for SqlStore<E> {
         tick: i64,
         lease_until: i64,
     ) -> Result<bool, StoreError> {
-        let renewed = stmt("UPDATE pull_runs SET lease_until = ?1 WHERE source = ?2 AND tick = ?3")
-            .arg(lease_until)
-            .arg(source)
-            .arg(tick)
-            .execute_in::<E::Db>(self.writer())
-            .await?;
+        let renewed = stmt(
+            "UPDATE pull_holds SET lease_until = ?1 WHERE source = ?2 AND tick = ?3 AND lease_until > 0",
+        )
+        .arg(lease_until)
+        .arg(source)
+        .arg(tick)
+        .execute_in::<E::Db>(self.writer())
+        .await?;
         Ok(renewed == 1)
     }
 
     async fn finish_run(&self, source: &str, tick: i64) -> Result<(), StoreError> {
-        stmt("UPDATE pull_runs SET lease_until = 0 WHERE source = ?1 AND tick = ?2")
+        stmt("UPDATE pull_holds SET lease_until = 0 WHERE source = ?1 AND tick = ?2")
             .arg(source)
             .arg(tick)
             .execute_in::<E::Db>(self.writer())

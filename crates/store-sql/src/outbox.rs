@@ -3,7 +3,9 @@
 //! reads.
 
 use sqlx::Database;
-use tsunagi_store::{Claim, DeliveryState, DeliveryUpdate, OutboundMessage, Outbox, StoreError};
+use tsunagi_store::{
+    Claim, DeliveryState, DeliveryUpdate, NodeHold, OutboundMessage, Outbox, StoreError,
+};
 
 use crate::{
     dialect::{Cells, Dialect, count, stmt},
@@ -53,17 +55,21 @@ pub async fn insert<D: Dialect>(
 
 /// Records an attempt's outcome (ending its claim); an unknown sequence number fails the batch,
 /// and so does an attempt made under a claim another node has taken over since
-/// ([`StoreError::Conflict`]). The operator's act (no fence) ends any claim.
+/// ([`StoreError::ClaimLost`]). The operator's act (no fence) moves the fence but keeps the
+/// lease: an attempt in flight cannot record over it, and no node sends the message again
+/// before that attempt's lease has run out.
 pub async fn update<D: Dialect>(
     connection: &mut Connection<D>,
     update: &DeliveryUpdate,
 ) -> Result<(), StoreError> {
-    // An attempt's outcome counts only under its claim; the operator's act ends any claim (the
-    // fence moves, so an attempt in flight elsewhere cannot record over it).
     const SET: &str = "UPDATE outbox SET state = ?1, attempts = ?2, next_attempt = ?3, \
-                       last_error = ?4, ack = ?5, updated = ?6, lease_owner = '', lease_until = 0";
+                       last_error = ?4, ack = ?5, updated = ?6, lease_owner = ''";
     let (text, fence) = match update.fence {
-        Some(fence) => (format!("{SET} WHERE seq = ?7 AND fence = ?8"), fence),
+        // The holder's outcome ends its claim.
+        Some(fence) => (
+            format!("{SET}, lease_until = 0 WHERE seq = ?7 AND fence = ?8"),
+            fence,
+        ),
         None => (format!("{SET}, fence = fence + ?8 WHERE seq = ?7"), 1),
     };
     let changed = stmt(text)
@@ -79,7 +85,7 @@ pub async fn update<D: Dialect>(
         .await?;
     if changed == 0 {
         return Err(match update.fence {
-            Some(fence) => StoreError::Conflict(format!(
+            Some(fence) => StoreError::ClaimLost(format!(
                 "outbound message {} is no longer held under claim {fence}: another node took it over",
                 update.seq
             )),
@@ -151,6 +157,10 @@ impl<E: Engine> Outbox for SqlStore<E> {
             .collect::<Result<Vec<Claim>, StoreError>>()?;
         claims.sort_by_key(|claim| (claim.message.next_attempt, claim.message.seq));
         Ok(claims)
+    }
+
+    async fn hold_node(&self, node: &str) -> Result<Option<NodeHold>, StoreError> {
+        self.engine().hold_node(node).await
     }
 
     async fn release_claims(&self, node: &str) -> Result<u64, StoreError> {

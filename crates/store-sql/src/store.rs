@@ -65,6 +65,9 @@ pub trait Engine: Send + Sync + 'static {
     fn standing_epoch(&self) -> Option<u64> {
         None
     }
+    /// Holds the name `node` for this process while the guard lives (`None`: another live
+    /// process holds it). See `Outbox::hold_node`.
+    async fn hold_node(&self, node: &str) -> Result<Option<tsunagi_store::NodeHold>, StoreError>;
     /// Readies the backend to serve the API.
     async fn start_serving(&self) -> Result<(), StoreError> {
         Ok(())

@@ -25,7 +25,16 @@ ALTER TABLE outbox ADD COLUMN lease_owner TEXT NOT NULL DEFAULT '';
 ALTER TABLE outbox ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE outbox ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
 
--- Scheduled pulls: the claimant of a tick holds its source until `lease_until` (renewed while it
--- pulls, cleared when done), so a pull longer than the schedule's interval is never joined by a
--- second node, and a dead node's source is free again once its lease runs out.
-ALTER TABLE pull_runs ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;
+-- Scheduled pulls, one row per source (replacing schema 13's row per tick): the tick last
+-- claimed, by whom, and until when the claimant holds the source (renewed while it pulls,
+-- cleared when it is done). A node claims a later tick only once the hold has ended, in one
+-- atomic upsert: a pull longer than the schedule's interval is never joined by a second node,
+-- and a dead node's source is free again once its hold runs out.
+DROP TABLE pull_runs;
+CREATE TABLE pull_holds (
+    source      TEXT PRIMARY KEY,  -- "<kind>:<facility>"
+    tick        INTEGER NOT NULL,    -- the scheduled instant last claimed, seconds since the epoch
+    node        TEXT NOT NULL,     -- who claimed it (TSUNAGI_NODE or host, and process)
+    claimed     INTEGER NOT NULL,    -- when, microseconds since the epoch
+    lease_until INTEGER NOT NULL     -- the hold's end, microseconds (0: done)
+);

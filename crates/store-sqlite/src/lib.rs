@@ -204,4 +204,41 @@ impl Engine for SqliteEngine {
     async fn start_serving(&self) -> Result<(), StoreError> {
         self.journal_audit().await
     }
+
+    async fn hold_node(&self, node: &str) -> Result<Option<tsunagi_store::NodeHold>, StoreError> {
+        // A file lock beside the database, named after the node: the operating system lets it
+        // go when the process ends, however it ends.
+        let database = self.pool.connect_options().get_filename().to_owned();
+        if database.as_os_str().is_empty() || database.to_string_lossy().contains(":memory:") {
+            return Ok(Some(Box::new(())));
+        }
+        let name: String = node
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let mut path = database.into_os_string();
+        path.push(format!(".node-{name}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|error| {
+                StoreError::database(format!("cannot open {}: {error}", path.to_string_lossy()))
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Box::new(file))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(error)) => Err(StoreError::database(format!(
+                "cannot lock {}: {error}",
+                path.to_string_lossy()
+            ))),
+        }
+    }
 }

@@ -140,7 +140,7 @@ async fn a_schema_4_database_gets_its_directory_and_consents_as_resources() {
              INSERT INTO participants (id, name, facility, role, active, created_at) VALUES ('dr', 'dr', '0610100010', 'doctor', 1, 0); \
              DROP INDEX audit_id; DROP INDEX audit_facility; \
              ALTER TABLE audit DROP COLUMN id; ALTER TABLE audit DROP COLUMN facility; DROP TABLE messages; DROP TABLE outbox; \
-             ALTER TABLE clients DROP COLUMN serves; ALTER TABLE facilities DROP COLUMN active; DROP TABLE revocations; DROP TABLE lab_reports; DROP TABLE blob_parts; DROP TABLE blobs; DROP TABLE idx_text_fts; DROP TABLE idx_text; DROP TABLE pull_runs; DROP TABLE search_snapshots; DROP TABLE search_snapshot_keys; \
+             ALTER TABLE clients DROP COLUMN serves; ALTER TABLE facilities DROP COLUMN active; DROP TABLE revocations; DROP TABLE lab_reports; DROP TABLE blob_parts; DROP TABLE blobs; DROP TABLE idx_text_fts; DROP TABLE idx_text; DROP TABLE pull_holds; DROP TABLE search_snapshots; DROP TABLE search_snapshot_keys; \
              UPDATE store_meta SET value = '4' WHERE key = 'schema_version'; DROP TABLE _sqlx_migrations;",
         )
         .execute(&mut old)

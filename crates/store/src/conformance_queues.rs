@@ -381,7 +381,7 @@ pub async fn outbox_claims_are_exclusive_and_fenced<S: Store + crate::Outbox>(st
         ]))
         .await;
     assert!(
-        matches!(stale, Err(crate::StoreError::Conflict(_))),
+        matches!(stale, Err(crate::StoreError::ClaimLost(_))),
         "{stale:?}"
     );
     assert!(store.read(&ALL, "Patient", "p9").await.unwrap().is_none());
@@ -392,7 +392,8 @@ pub async fn outbox_claims_are_exclusive_and_fenced<S: Store + crate::Outbox>(st
         .unwrap();
     let row = store.outbound(taken.message.seq).await.unwrap().unwrap();
     assert_eq!((row.state, row.next_attempt), (Pending, 5_000));
-    // The operator's act ends any claim: the fence moves past the holder's.
+    // The operator's act moves the fence past the holder's (it cannot record or renew), but
+    // its lease stands: nobody sends the message again while that attempt may be in flight.
     let again = store.claim_due("f", 5_000, 9_000, 50).await.unwrap();
     let held = again
         .iter()
@@ -408,7 +409,14 @@ pub async fn outbox_claims_are_exclusive_and_fenced<S: Store + crate::Outbox>(st
             .await
             .unwrap()
     );
-    let retaken = store.claim_due("g", 5_000, 9_000, 50).await.unwrap();
+    assert!(
+        store
+            .claim_due("g", 5_000, 9_500, 50)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let retaken = store.claim_due("g", 9_000, 12_000, 50).await.unwrap();
     assert!(
         retaken
             .iter()
@@ -420,7 +428,7 @@ pub async fn outbox_claims_are_exclusive_and_fenced<S: Store + crate::Outbox>(st
         store.release_claims("g").await.unwrap(),
         retaken.len() as u64
     );
-    let after = store.claim_due("g", 5_000, 9_000, 50).await.unwrap();
+    let after = store.claim_due("g", 9_000, 12_000, 50).await.unwrap();
     assert_eq!(after.len(), retaken.len());
     assert!(
         after
@@ -428,4 +436,15 @@ pub async fn outbox_claims_are_exclusive_and_fenced<S: Store + crate::Outbox>(st
             .zip(&retaken)
             .all(|(now, before)| now.fence == before.fence + 2)
     );
+}
+
+/// A node name is held by one live process at a time: a second hold of it fails until the
+/// first is dropped; another name is free.
+pub async fn a_node_name_is_held_once<S: Store + crate::Outbox>(store: &S) {
+    let first = store.hold_node("gw-1").await.unwrap();
+    assert!(first.is_some());
+    assert!(store.hold_node("gw-1").await.unwrap().is_none());
+    assert!(store.hold_node("gw-2").await.unwrap().is_some());
+    drop(first);
+    assert!(store.hold_node("gw-1").await.unwrap().is_some());
 }

@@ -208,15 +208,25 @@ pub async fn a_scheduled_pull_is_claimed_once<S: Governance>(store: &S) {
             .await
             .unwrap()
     );
-    // a restarted (the same name): its own old hold does not stand in its way.
+    // Not even a itself (a second life of it) while the hold stands.
     assert!(
-        store
+        !store
             .claim_run(source, 103, "a", hold + 1, hold + 2)
             .await
             .unwrap()
     );
-    store.finish_run(source, 103).await.unwrap();
     store.finish_run(source, 100).await.unwrap();
+    assert!(
+        !store.renew_run(source, 100, hold + 5).await.unwrap(),
+        "a finished hold is over"
+    );
+    // An earlier tick than the last claimed is never pulled (a node whose clock lags).
+    assert!(
+        !store
+            .claim_run(source, 99, "b", hold + 3, hold + 4)
+            .await
+            .unwrap()
+    );
     assert!(
         store
             .claim_run(source, 104, "b", hold + 3, hold + 4)

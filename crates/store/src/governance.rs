@@ -450,10 +450,9 @@ pub trait Governance: crate::Paging + Send + Sync {
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
 
     /// Claims the scheduled pull of `source` at `tick` (seconds) for `node`, holding the source
-    /// until `lease_until` (microseconds): true for the one claimant of each (source, tick),
-    /// false for every other, and false while another node still holds the source (its pull
-    /// runs on). A hold of `node`'s own is its previous life's (a node pulls a source one tick
-    /// at a time) and does not stand in the way. Claims older than a week are pruned.
+    /// until `lease_until` (microseconds): true for the one claimant of each (source, tick);
+    /// false for every other, for a tick not later than the last one claimed, and while the
+    /// last claimant still holds the source (its pull runs on).
     async fn claim_run(
         &self,
         source: &str,
@@ -463,7 +462,8 @@ pub trait Governance: crate::Paging + Send + Sync {
         lease_until: i64,
     ) -> Result<bool, StoreError>;
 
-    /// Extends the hold of a claimed tick while its pull runs (`false`: no such claim).
+    /// Extends the hold of a claimed tick while its pull runs (`false`: no such claim, or it is
+    /// already over).
     async fn renew_run(
         &self,
         source: &str,

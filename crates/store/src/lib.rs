@@ -34,7 +34,7 @@ pub mod projection;
 
 pub use governance::{Access, Governance};
 pub use messages::{InboundMessage, MessageLog, MessageState};
-pub use outbox::{Claim, DeliveryState, DeliveryUpdate, OutboundMessage, Outbox};
+pub use outbox::{Claim, DeliveryState, DeliveryUpdate, NodeHold, OutboundMessage, Outbox};
 pub use paging::{NewSnapshot, Paging, SnapshotPage};
 #[cfg(feature = "conformance")]
 pub mod conformance_search;
@@ -495,6 +495,10 @@ pub enum StoreError {
     /// A write lost a race for a unique key (another writer stored the same key first).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A node recorded work under a claim (an outbox lease) that another node has taken over
+    /// since: nothing of its batch was written.
+    #[error("claim lost: {0}")]
+    ClaimLost(String),
     /// What an operation names does not exist (an outbound message, a logged message).
     #[error("not found: {0}")]
     NotFound(String),

@@ -92,10 +92,15 @@ pub struct DeliveryUpdate {
     /// Now.
     pub updated: i64,
     /// The fence of the claim the attempt was made under ([`Claim::fence`]): the update is
-    /// refused ([`crate::StoreError::Conflict`]) if another node has claimed the row since.
-    /// `None` (the operator's act): applied whatever the claim, and any claim is ended.
+    /// refused ([`crate::StoreError::ClaimLost`]) if another node has claimed the row since.
+    /// `None` (the operator's act): applied whatever the claim; the fence moves (the holder
+    /// cannot record over it) but the lease stands, so no node sends it again while the
+    /// holder's attempt may still be in flight.
     pub fence: Option<i64>,
 }
+
+/// Kept while this process is the one live node of its name; dropping it lets the name go.
+pub type NodeHold = Box<dyn std::any::Any + Send + Sync>;
 
 /// A due message claimed by one node for a while.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +127,11 @@ pub trait Outbox: Send + Sync {
         lease_until: i64,
         limit: usize,
     ) -> Result<Vec<Claim>, crate::StoreError>;
+
+    /// Holds the name `node` for this process while the returned guard lives (PostgreSQL: a
+    /// session advisory lock; SQLite: a file lock beside the database). `None`: another live
+    /// process holds that name, so its claims are not this process's to release.
+    async fn hold_node(&self, node: &str) -> Result<Option<NodeHold>, crate::StoreError>;
 
     /// Ends every claim `node` holds (a node starting again after a crash takes back at once
     /// what its previous life held, instead of waiting for the leases to run out); the fences

@@ -1,0 +1,257 @@
+//! `tsunagi bench nodes --db postgres://…`: what coordination between nodes costs. A generated
+//! region is ingested into a schema of its own on that PostgreSQL; two `tsunagi serve`
+//! processes (this binary) serve it on loopback behind one base URL, audit on, as a load
+//! balancer's backends would. 8 keep-alive clients read a patient by id, then search a patient's
+//! observations: all 8 against one node, then 4 against each node, in alternating rounds. The
+//! one-node figure is the same-run reference (target: two nodes ≥ 0.9× one). One machine
+//! cannot show the gain of a second machine; the figures feed the README's sizing model.
+
+use std::{
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use tsunagi_core::clock::{Clock, SystemClock};
+use tsunagi_server::security::{Subject, TokenSettings, issue_token};
+use tsunagi_store::governance::{Client, Facility};
+
+use crate::{bench_search::Connection, open};
+
+/// The public origin both nodes serve under (the tokens' issuer).
+const ORIGIN: &str = "http://tsunagi.bench";
+const FACILITY: &str = "0610100010";
+const CLIENT: &str = "bench-nodes";
+/// Rounds per measure (alternating one node and two), and seconds per round.
+const ROUNDS: usize = 5;
+const ROUND_SECONDS: f64 = 2.0;
+const CLIENTS: usize = 8;
+
+/// A `tsunagi serve` child, killed when dropped.
+struct NodeProcess(Child, SocketAddr);
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+async fn start_node(
+    name: &str,
+    config: &std::path::Path,
+    token: &str,
+) -> anyhow::Result<NodeProcess> {
+    let addr = free_addr()?;
+    let child = Command::new(std::env::current_exe()?)
+        .env("TSUNAGI_NODE", name)
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(["--listen", &addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start tsunagi serve")?;
+    let node = NodeProcess(child, addr);
+    let started = Instant::now();
+    loop {
+        if let Ok(mut connection) = Connection::open_at(addr, token.to_owned()).await
+            && let Ok((200, _)) = connection.get("/health/ready").await
+        {
+            return Ok(node);
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("node {name} was not ready within 2 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Requests per second from [`CLIENTS`] clients spread over `nodes`, each client cycling
+/// through `targets` from its own starting point; every answer must be 200.
+async fn rate(
+    nodes: &[SocketAddr],
+    token: &str,
+    targets: &Arc<Vec<String>>,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..CLIENTS {
+        let addr = nodes[client % nodes.len()];
+        let mut connection = Connection::open_at(addr, token.to_owned()).await?;
+        let targets = targets.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0usize;
+            while started.elapsed().as_secs_f64() < ROUND_SECONDS {
+                let target = &targets[(client * 7 + done) % targets.len()];
+                let (status, _) = connection.get(target).await?;
+                if status != 200 {
+                    bail!("{target}: {status}");
+                }
+                done += 1;
+            }
+            anyhow::Ok(done)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+fn median(mut rates: Vec<f64>) -> f64 {
+    rates.sort_by(f64::total_cmp);
+    rates.get(rates.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Runs the benchmark on the PostgreSQL at `db`, in a schema of its own (dropped at the end).
+pub(crate) async fn nodes(db: &str, patients: usize, seed: u64) -> anyhow::Result<()> {
+    if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+        bail!("bench nodes needs --db postgres://… (several nodes share one PostgreSQL)");
+    }
+    let schema = format!("tsunagi_bench_nodes_{}", std::process::id());
+    tsunagi_store_postgres::PostgresEngine::drop_schema(db, &schema).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    drop(
+        tsunagi_store_postgres::PostgresEngine::connect_in_schema(db, Some(&schema), clock).await?,
+    );
+    let separator = if db.contains('?') { '&' } else { '?' };
+    let url = format!("{db}{separator}options=-c%20search_path%3D{schema}");
+    let outcome = measure(&url, patients, seed).await;
+    tsunagi_store_postgres::PostgresEngine::drop_schema(db, &schema).await?;
+    outcome
+}
+
+async fn measure(url: &str, patients: usize, seed: u64) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let region = dir.path().join("region");
+    let started = Instant::now();
+    tsunagi_synth::generate_region(&region, patients, seed)?;
+    let store = open::open_store(url).await?;
+    let reports = crate::bench::pull_all(&region, store.clone()).await?;
+    let written: u64 = reports
+        .iter()
+        .map(tsunagi_adapter::PullReport::resources_written)
+        .sum();
+    println!(
+        "region of {patients} people: {written} resources ingested into PostgreSQL in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    store
+        .put_facility(&Facility {
+            code: FACILITY.to_owned(),
+            name: "荘内病院".to_owned(),
+            kind: "hospital".to_owned(),
+            active: true,
+        })
+        .await?;
+    store
+        .put_client(&Client {
+            id: CLIENT.to_owned(),
+            facility: FACILITY.to_owned(),
+            kind: "system".to_owned(),
+            jwks: r#"{"keys":[]}"#.to_owned(),
+            scope: "system/*.rs".to_owned(),
+            active: true,
+            serves: Vec::new(),
+        })
+        .await?;
+    let keys =
+        tsunagi_server::security::signing_keys(store.as_ref(), SystemClock.now_micros()).await?;
+    let key = keys.first().context("no signing key")?;
+    let (token, _) = issue_token(
+        store.as_ref(),
+        key,
+        &TokenSettings::for_base(ORIGIN),
+        Subject::System(CLIENT),
+        "system/*.rs",
+        SystemClock.now_micros().div_euclid(1_000_000),
+    )
+    .await?;
+    let config = dir.path().join("tsunagi.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\n[store]\nurl = \"{url}\"\n\n[server]\nbase_url = \"{ORIGIN}/fhir\"\n"
+        ),
+    )?;
+    let a = start_node("bench-a", &config, &token).await?;
+    let b = start_node("bench-b", &config, &token).await?;
+
+    // Hospital A's patients.
+    let mut connection = Connection::open_at(a.1, token.clone()).await?;
+    let (status, body) = connection.get("/fhir/Patient?_count=200").await?;
+    if status != 200 {
+        bail!("Patient search answered {status}");
+    }
+    let bundle: Value = serde_json::from_slice(&body)?;
+    let ids: Vec<String> = bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry["resource"]["id"].as_str().map(str::to_owned))
+        .collect();
+    if ids.is_empty() {
+        bail!("the region has no patient hospital A may read");
+    }
+    let measures: [(&str, Arc<Vec<String>>); 2] = [
+        (
+            "read Patient/[id]",
+            Arc::new(ids.iter().map(|id| format!("/fhir/Patient/{id}")).collect()),
+        ),
+        (
+            "search Observation?patient=[id]",
+            Arc::new(
+                ids.iter()
+                    .map(|id| format!("/fhir/Observation?patient={id}&_count=20"))
+                    .collect(),
+            ),
+        ),
+    ];
+    println!(
+        "{CLIENTS} keep-alive clients, audit on; median of {ROUNDS} alternating rounds of {ROUND_SECONDS} s; {} patients cycled",
+        ids.len()
+    );
+    println!(
+        "{:<34} {:>12} {:>12} {:>7}  target",
+        "measure", "one node/s", "two nodes/s", "ratio"
+    );
+    let mut one_node_rates = Vec::new();
+    for (name, targets) in &measures {
+        // Warm both nodes' caches of the same rows.
+        rate(&[a.1, b.1], &token, targets).await?;
+        let mut one = Vec::new();
+        let mut two = Vec::new();
+        for _ in 0..ROUNDS {
+            one.push(rate(&[a.1], &token, targets).await?);
+            two.push(rate(&[a.1, b.1], &token, targets).await?);
+        }
+        let (one, two) = (median(one), median(two));
+        let ratio = two / one;
+        println!(
+            "{name:<34} {one:>12.0} {two:>12.0} {ratio:>7.2}  ≥ 0.90 {}",
+            if ratio >= 0.9 { "✔" } else { "✘" }
+        );
+        one_node_rates.push((name, one));
+    }
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    println!(
+        "sizing: on {cores} cores shared by the clients, the node(s) and PostgreSQL (a lower bound per core):"
+    );
+    for (name, one) in one_node_rates {
+        println!("  {name}: {:.0} requests/s per core", one / cores as f64);
+    }
+    println!(
+        "  PostgreSQL connections per node: at most 8 (one pool per node; size max_connections as 8 × nodes + tools)"
+    );
+    drop((a, b));
+    Ok(())
+}
