@@ -39,7 +39,7 @@ use tsunagi_adapter::{
         Transport,
     },
 };
-use tsunagi_core::clock::Clock;
+use tsunagi_core::{clock::Clock, metrics};
 use tsunagi_store::{Batch, StoreError};
 
 /// Why a message got no answer.
@@ -263,6 +263,7 @@ async fn writer<S: FeedStore + ?Sized>(
         for prepared in prepared.iter_mut().flatten() {
             batch.operations.append(&mut prepared.operations);
         }
+        let started = std::time::Instant::now();
         let committed = if batch.operations.is_empty() {
             Ok(())
         } else {
@@ -273,9 +274,12 @@ async fn writer<S: FeedStore + ?Sized>(
         };
         match committed {
             Ok(()) => {
+                metrics::observe(&metrics::HL7V2_COMMIT, &[], started.elapsed().as_secs_f64());
                 processor.committed();
                 for ((_, reply), item) in jobs.drain(..).zip(prepared) {
-                    let _ = reply.send(item.map(|prepared| prepared.reply).map_err(Into::into));
+                    let item = item.map(|prepared| prepared.reply).map_err(Into::into);
+                    count_answer(&item);
+                    let _ = reply.send(item);
                 }
             }
             Err(error) => {
@@ -285,9 +289,28 @@ async fn writer<S: FeedStore + ?Sized>(
                 processor.begin_group();
                 for (received, reply) in jobs.drain(..) {
                     let result = processor.commit_alone(&received).await;
+                    count_answer(&result);
                     let _ = reply.send(result);
                 }
             }
         }
     }
+}
+
+/// Counts an answered message in `/metrics` (one not answered is not counted: it comes again).
+fn count_answer(answer: &Result<Reply, IntakeError>) {
+    let Ok(reply) = answer else {
+        return;
+    };
+    let outcome = match reply.outcome {
+        tsunagi_hl7v2::ack::Outcome::Accepted => "accepted",
+        tsunagi_hl7v2::ack::Outcome::Error => "error",
+        tsunagi_hl7v2::ack::Outcome::Rejected => "rejected",
+    };
+    let duplicate = if reply.duplicate { "true" } else { "false" };
+    metrics::count(
+        &metrics::HL7V2_MESSAGES,
+        &[("outcome", outcome), ("duplicate", duplicate)],
+        1,
+    );
 }

@@ -22,7 +22,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use serde_json::{Value, json};
-use tsunagi_core::{clock::Clock, time::format_instant_jst};
+use tsunagi_core::{clock::Clock, metrics, time::format_instant_jst};
 use tsunagi_store::{
     Access, Batch, Claim, DeliveryState, DeliveryUpdate, Operation, OutboundMessage, Outbox,
     ResourceWrite, Store, StoreError, governance::AuditRecord,
@@ -164,6 +164,7 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
                     Ok(true) => {}
                     Ok(false) => {
                         round.lost += 1;
+                        metrics::count(&metrics::OUTBOX_ATTEMPTS, &[("result", "lost")], 1);
                         continue;
                     }
                     Err(error) => {
@@ -173,7 +174,13 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
                     }
                 }
             }
+            let attempted = std::time::Instant::now();
             let attempt = self.attempt(&claim.message, attempt_max).await;
+            metrics::observe(
+                &metrics::OUTBOX_ATTEMPT,
+                &[],
+                attempted.elapsed().as_secs_f64(),
+            );
             let mut operations = Vec::with_capacity(2);
             let state = match self.record(&claim, attempt, &mut operations).await {
                 Ok(state) => state,
@@ -182,11 +189,21 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
                     return Err(error);
                 }
             };
-            match state {
-                DeliveryState::Delivered => round.delivered += 1,
-                DeliveryState::Pending => round.retrying += 1,
-                DeliveryState::Dead | DeliveryState::Dropped => round.dead += 1,
-            }
+            let result = match state {
+                DeliveryState::Delivered => {
+                    round.delivered += 1;
+                    "delivered"
+                }
+                DeliveryState::Pending => {
+                    round.retrying += 1;
+                    "retry"
+                }
+                DeliveryState::Dead | DeliveryState::Dropped => {
+                    round.dead += 1;
+                    "dead"
+                }
+            };
+            metrics::count(&metrics::OUTBOX_ATTEMPTS, &[("result", result)], 1);
             outcomes.push(operations);
             let first = *oldest.get_or_insert(began);
             if self.clock.now_micros().saturating_sub(first) > lease / 2 {

@@ -10,12 +10,14 @@
 //! - [`ids`]: deterministic FHIR logical ids within `[A-Za-z0-9\-\.]{1,64}`;
 //! - [`normalize`]: the one normalisation applied to search keys (width, dashes, waves, kana);
 //! - [`hash`]: a stable 64-bit hash (FNV-1a) for content and checkpoint digests;
-//! - [`url`]: text as one percent-encoded URL component.
+//! - [`url`]: text as one percent-encoded URL component;
+//! - [`metrics`]: process-wide counters and histograms for `/metrics` (memory only).
 
 pub mod base64;
 pub mod clock;
 pub mod hash;
 pub mod ids;
+pub mod metrics;
 pub mod normalize;
 pub mod time;
 pub mod url;

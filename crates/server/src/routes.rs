@@ -217,7 +217,69 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         ),
         m.routes_and_latency(),
     );
+    let mut body = body;
+    body.push_str(&tsunagi_core::metrics::render());
+    body.push_str(&queue_gauges(&state).await);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// The database's queues as gauges (the same on every node), read within 500 ms; without an
+/// answer, `tsunagi_queues_up 0` and no gauge.
+async fn queue_gauges(state: &AppState) -> String {
+    let read = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        state.governance.queue_depths(),
+    )
+    .await;
+    let up = "# HELP tsunagi_queues_up Whether the queue gauges below were read from the database.
+              # TYPE tsunagi_queues_up gauge
+";
+    let Ok(Ok(depths)) = read else {
+        return format!(
+            "{up}tsunagi_queues_up 0
+"
+        );
+    };
+    let now = state.clock.now_micros();
+    let seconds = |micros: i64| now.saturating_sub(micros).max(0) as f64 / 1e6;
+    let mut out = format!(
+        "{up}tsunagi_queues_up 1
+         # HELP tsunagi_outbox_messages Outbound messages waiting, by state (pending: to deliver; dead: for the operator).
+         # TYPE tsunagi_outbox_messages gauge
+         tsunagi_outbox_messages{{state=\"pending\"}} {}
+         tsunagi_outbox_messages{{state=\"dead\"}} {}
+         # HELP tsunagi_outbox_oldest_pending_seconds Age of the oldest outbound message not yet delivered (0: none).
+         # TYPE tsunagi_outbox_oldest_pending_seconds gauge
+         tsunagi_outbox_oldest_pending_seconds {:.3}
+         # HELP tsunagi_hl7v2_quarantined_messages Inbound HL7 v2 messages in quarantine, waiting for the operator.
+         # TYPE tsunagi_hl7v2_quarantined_messages gauge
+         tsunagi_hl7v2_quarantined_messages {}
+         # HELP tsunagi_pull_last_claim_age_seconds Seconds since each scheduled source's last pull began (its lag).
+         # TYPE tsunagi_pull_last_claim_age_seconds gauge
+",
+        depths.outbox_pending,
+        depths.outbox_dead,
+        depths.outbox_oldest_pending.map_or(0.0, seconds),
+        depths.messages_quarantined,
+    );
+    for (source, claimed, _) in &depths.pulls {
+        out.push_str(&format!(
+            "tsunagi_pull_last_claim_age_seconds{{source=\"{source}\"}} {:.3}\n",
+            seconds(*claimed)
+        ));
+    }
+    out.push_str(
+        "# HELP tsunagi_pull_running Whether a node is pulling each scheduled source now.
+         # TYPE tsunagi_pull_running gauge
+",
+    );
+    for (source, _, until) in &depths.pulls {
+        out.push_str(&format!(
+            "tsunagi_pull_running{{source=\"{source}\"}} {}\n",
+            u8::from(*until > now)
+        ));
+    }
+    out
 }
 
 pub(crate) async fn metadata(

@@ -121,6 +121,11 @@ async fn read_vread_and_status_codes() {
     assert!(!metrics.contains("p1"), "an id in the metrics");
     assert!(metrics.contains("tsunagi_http_request_duration_seconds_bucket{le=\"+Inf\"}"));
     assert!(metrics.contains("tsunagi_http_request_duration_seconds_count"));
+    // The database's queues, read at the scrape.
+    assert!(metrics.contains("tsunagi_queues_up 1\n"), "{metrics}");
+    assert!(metrics.contains("tsunagi_outbox_messages{state=\"pending\"} 0\n"));
+    assert!(metrics.contains("tsunagi_hl7v2_quarantined_messages 0\n"));
+    assert!(metrics.contains("# TYPE tsunagi_hl7v2_messages_total counter\n"));
     // Every series the sample Grafana dashboard queries is one the server exposes.
     let dashboard: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(

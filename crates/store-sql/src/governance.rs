@@ -6,7 +6,7 @@ use tsunagi_store::{
     StoreError,
     governance::{
         AuditFilter, AuditRecord, Change, Client, Consent, Facility, Governance, LinkedRecord,
-        ListedAudit, Participant, Standing, StoredKey, TokenFacts,
+        ListedAudit, Participant, QueueDepths, Standing, StoredKey, TokenFacts,
     },
 };
 
@@ -307,6 +307,42 @@ impl<E: Engine> Governance for SqlStore<E> {
         .execute_in::<E::Db>(self.writer())
         .await?;
         Ok(claimed == 1)
+    }
+
+    async fn queue_depths(&self) -> Result<QueueDepths, StoreError> {
+        let mut connection = self.read_connection().await?;
+        let mut depths = QueueDepths::default();
+        for row in stmt(
+            "SELECT state, COUNT(*) AS n, MIN(created) AS oldest FROM outbox \
+             WHERE state IN ('pending', 'dead') GROUP BY state",
+        )
+        .fetch_all::<E::Db>(&mut *connection)
+        .await?
+        {
+            let count = u64::try_from(row.int("n")?).unwrap_or(0);
+            match row.text("state")?.as_str() {
+                "pending" => {
+                    depths.outbox_pending = count;
+                    depths.outbox_oldest_pending = row.opt_int("oldest")?;
+                }
+                _ => depths.outbox_dead = count,
+            }
+        }
+        let quarantined = stmt("SELECT COUNT(*) AS n FROM messages WHERE state = 'quarantined'")
+            .fetch_one::<E::Db>(&mut *connection)
+            .await?;
+        depths.messages_quarantined = u64::try_from(quarantined.int("n")?).unwrap_or(0);
+        for row in stmt("SELECT source, claimed, lease_until FROM pull_holds ORDER BY source")
+            .fetch_all::<E::Db>(&mut *connection)
+            .await?
+        {
+            depths.pulls.push((
+                row.text("source")?,
+                row.int("claimed")?,
+                row.int("lease_until")?,
+            ));
+        }
+        Ok(depths)
     }
 
     async fn renew_run(

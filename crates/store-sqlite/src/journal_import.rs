@@ -3,6 +3,7 @@
 //! table in the background and before any read of the trail, each batch in one transaction with
 //! the import position.
 
+use tsunagi_core::metrics;
 use tsunagi_store::StoreError;
 
 use tsunagi_store_sql::{Engine, audit};
@@ -61,6 +62,9 @@ impl SqliteEngine {
 
     async fn import_from(&self, journal: &Journal) -> Result<(u64, u64), StoreError> {
         let _one_at_a_time = self.importing.lock().await;
+        let began = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |elapsed| elapsed.as_secs_f64());
         let files = journal.files()?;
         let mut transaction = begin(&self.pool).await?;
         let position: Option<String> =
@@ -113,7 +117,10 @@ impl SqliteEngine {
         }
         if imported > 0 {
             tracing::debug!(target: "tsunagi::audit", imported, "audit journal imported");
+            metrics::count(&metrics::AUDIT_IMPORTED, &[], imported as u64);
         }
+        // Everything journaled before this import began is in the table now.
+        metrics::set(&metrics::AUDIT_IMPORTED_AT, &[], began);
         Ok((generation, offset))
     }
 }

@@ -332,6 +332,22 @@ pub enum Change {
     Revoke(Revocation),
 }
 
+/// What waits in the database's queues, for `/metrics`: the same on every node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueDepths {
+    /// Outbound messages pending delivery.
+    pub outbox_pending: u64,
+    /// Dead letters waiting for the operator.
+    pub outbox_dead: u64,
+    /// When the oldest pending outbound message was queued (microseconds), if any.
+    pub outbox_oldest_pending: Option<i64>,
+    /// Inbound HL7 v2 messages in quarantine.
+    pub messages_quarantined: u64,
+    /// Each scheduled source (`kind:facility`): when its last tick was claimed and until when
+    /// its pull holds it (0: done), microseconds.
+    pub pulls: Vec<(String, i64, i64)>,
+}
+
 /// The network's records. Every change that affects who may see what recomputes the permitted
 /// set in the same transaction, so it holds for the next request. The API's paging snapshots
 /// ([`crate::Paging`]) live beside them.
@@ -461,6 +477,9 @@ pub trait Governance: crate::Paging + Send + Sync {
         now: i64,
         lease_until: i64,
     ) -> Result<bool, StoreError>;
+
+    /// What waits in the outbox, the quarantine and the scheduled pulls (`/metrics`).
+    async fn queue_depths(&self) -> Result<QueueDepths, StoreError>;
 
     /// Extends the hold of a claimed tick while its pull runs (`false`: no such claim, or it is
     /// already over).
