@@ -61,6 +61,7 @@ pub(crate) async fn ingest(
     patients: usize,
     seed: u64,
     keep: Option<PathBuf>,
+    postgres: Option<String>,
 ) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
         eprintln!(
@@ -149,6 +150,65 @@ pub(crate) async fn ingest(
     println!(
         "  peak RSS (ingest)     {peak_mb:.1} MB   target ≤ {TARGET_PEAK_RSS_MB:.0}   ratio {:.2}",
         peak_mb / TARGET_PEAK_RSS_MB
+    );
+    if let Some(db) = postgres {
+        ingest_postgres(&db, &region, written, resources_per_second).await?;
+    }
+    Ok(())
+}
+
+/// PostgreSQL ingest is at least half SQLite's rate on the same corpus (issue 22).
+const TARGET_POSTGRES_SHARE: f64 = 0.5;
+
+/// The same region pulled into a schema of its own on the PostgreSQL at `db` (dropped after),
+/// beside SQLite's rate of this run.
+async fn ingest_postgres(
+    db: &str,
+    region: &std::path::Path,
+    sqlite_written: u64,
+    sqlite_rate: f64,
+) -> anyhow::Result<()> {
+    if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+        anyhow::bail!("--db must be a postgres:// URL (SQLite is always measured)");
+    }
+    let schema = format!("tsunagi_bench_ingest_{}", std::process::id());
+    tsunagi_store_postgres::PostgresEngine::drop_schema(db, &schema).await?;
+    drop(
+        tsunagi_store_postgres::PostgresEngine::connect_in_schema(
+            db,
+            Some(&schema),
+            Arc::new(SystemClock),
+        )
+        .await?,
+    );
+    let separator = if db.contains('?') { '&' } else { '?' };
+    let url = format!("{db}{separator}options=-c%20search_path%3D{schema}");
+    let measured = async {
+        let store = open::open_store(&url).await?;
+        let started = Instant::now();
+        let reports = pull_all(region, store.clone()).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let written: u64 = reports.iter().map(PullReport::resources_written).sum();
+        anyhow::Ok((written, seconds))
+    }
+    .await;
+    tsunagi_store_postgres::PostgresEngine::drop_schema(db, &schema).await?;
+    let (written, seconds) = measured?;
+    let rate = written as f64 / seconds;
+    println!(
+        "
+ingest of the same region into PostgreSQL (a fresh schema)"
+    );
+    println!("  resources written     {written} (SQLite: {sqlite_written})");
+    println!("  time                  {seconds:.2} s");
+    println!(
+        "  resources/s           {rate:.0}   SQLite in this run {sqlite_rate:.0}   ratio {:.2}   target ≥ {TARGET_POSTGRES_SHARE:.2} {}",
+        rate / sqlite_rate,
+        if rate / sqlite_rate >= TARGET_POSTGRES_SHARE {
+            "✔"
+        } else {
+            "✘"
+        }
     );
     Ok(())
 }

@@ -387,6 +387,10 @@ enum BenchWhat {
         /// Keep the generated region and database here instead of a temporary folder.
         #[arg(long)]
         keep: Option<PathBuf>,
+        /// Also ingest the same region into this PostgreSQL (a schema of its own, dropped
+        /// after) and print its rate beside SQLite's.
+        #[arg(long)]
+        db: Option<String>,
     },
 }
 
@@ -508,8 +512,9 @@ fn main() -> std::process::ExitCode {
                         patients,
                         seed,
                         keep,
+                        db,
                     },
-            } => bench::ingest(patients, seed, keep).await,
+            } => bench::ingest(patients, seed, keep, db).await,
             Command::Bench {
                 what:
                     BenchWhat::Search {

@@ -24,7 +24,7 @@ const MESSAGES: usize = 400;
 
 mod support;
 
-use support::{http, mllp_exchange as exchange, ok as tsunagi};
+use support::{Lcg, http, mllp_exchange as exchange, ok as tsunagi};
 
 fn start(db: &str, config: &str, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_tsunagi"))
@@ -46,27 +46,7 @@ fn start(db: &str, config: &str, port: u16) -> Child {
 }
 
 fn message(number: usize) -> Vec<u8> {
-    format!(
-        "MSH|^~\\&|HIS|SEND|TSUNAGI|NET|20261124101500||ADT^A08^ADT_A01|C{number:05}|P|2.5\r\
-         EVN||20261124101500\r\
-         PID|||{:010}^^^^PI||Kensa^Taro{number}^^^^^L||19600101|M\r\
-         PV1||O\r",
-        100_000 + number
-    )
-    .into_bytes()
-}
-
-/// A small deterministic generator for the kill times.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % bound
-    }
+    support::adt_message("C", number, 100_000)
 }
 
 #[test]

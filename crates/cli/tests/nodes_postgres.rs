@@ -24,7 +24,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{PostgresSchema, add_facility, add_user, free_port, http, mllp_exchange, ok};
+use support::{
+    Lcg, PostgresSchema, add_consent, add_facility, add_user, adt_message, free_port, http,
+    mllp_exchange, ok, user_token,
+};
 use tsunagi_mllp::standin::{Behaviour, StandIn};
 
 const HOSPITAL: &str = "0610100010";
@@ -95,27 +98,7 @@ impl Drop for Node {
 }
 
 fn message(number: usize) -> Vec<u8> {
-    format!(
-        "MSH|^~\\&|HIS|SEND|TSUNAGI|NET|20261124101500||ADT^A08^ADT_A01|N{number:05}|P|2.5\r\
-         EVN||20261124101500\r\
-         PID|||{:010}^^^^PI||Kensa^Taro{number}^^^^^L||19600101|M\r\
-         PV1||O\r",
-        200_000 + number
-    )
-    .into_bytes()
-}
-
-/// A small deterministic generator for the kill times.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1);
-        (self.0 >> 33) % bound
-    }
+    adt_message("N", number, 200_000)
 }
 
 /// Sends `number` to `nodes[first]`; on a broken exchange, to the other node, and so on until
@@ -240,7 +223,7 @@ fn two_nodes_on_one_postgres_share_intake_paging_and_the_outbox() {
             let mut random = Lcg(22);
             let mut kills = 0;
             while !done.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(150 + random.below(350)));
+                std::thread::sleep(Duration::from_millis(80 + random.below(220)));
                 let mut nodes = nodes.lock().unwrap();
                 nodes[1].kill();
                 kills += 1;
@@ -345,30 +328,9 @@ fn two_nodes_on_one_postgres_share_intake_paging_and_the_outbox() {
 
     // 3. Out: notes written through both nodes, delivered once each.
     let patient = format!("{HOSPITAL}.{:010}", 200_000);
-    ok(&[
-        "admin",
-        "consent",
-        "add",
-        "--db",
-        &db,
-        "--patient",
-        &patient,
-        "--from",
-        HOSPITAL,
-        "--to",
-        CLINIC,
-    ]);
-    let clinic = ok(&[
-        "token",
-        "issue",
-        "--db",
-        &db,
-        "--user",
-        "dr",
-        "--scope",
-        "user/*.rs user/Communication.c",
-    ]);
-    let clinic = clinic.trim();
+    add_consent(&db, &patient, HOSPITAL, CLINIC);
+    let clinic = user_token(&db, "dr", "user/*.rs user/Communication.c");
+    let clinic = clinic.as_str();
     let note = |number: usize| {
         format!(
             r#"{{"resourceType": "Communication", "identifier": [{{"system": "urn:clinic:notes", "value": "n{number}"}}], "status": "completed", "subject": {{"reference": "Patient/{patient}"}}, "recipient": [{{"reference": "Organization/{HOSPITAL}"}}], "payload": [{{"contentString": "経過報告 {number}"}}]}}"#

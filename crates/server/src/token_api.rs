@@ -76,8 +76,17 @@ pub async fn signing_keys(
             pem,
             created_at: now_micros,
         };
-        governance.put_signing_key(&record).await?;
-        stored.push(record);
+        // Another node starting on the same new database may win: its key is then the one.
+        if governance.put_first_signing_key(&record).await? {
+            stored.push(record);
+        } else {
+            stored = governance.signing_keys().await?;
+            if stored.is_empty() {
+                return Err(StoreError::Corrupt(
+                    "a first signing key was recorded but none is stored".to_owned(),
+                ));
+            }
+        }
     }
     stored
         .iter()

@@ -371,14 +371,27 @@ impl<E: Engine> Governance for SqlStore<E> {
         Ok(())
     }
 
-    async fn put_signing_key(&self, key: &StoredKey) -> Result<(), StoreError> {
-        stmt("INSERT INTO signing_keys (kid, pem, created_at) VALUES (?1, ?2, ?3)")
-            .arg(&key.kid)
-            .arg(&key.pem)
-            .arg(key.created_at)
-            .execute_in::<E::Db>(self.writer())
-            .await?;
-        Ok(())
+    async fn put_first_signing_key(&self, key: &StoredKey) -> Result<bool, StoreError> {
+        let mut transaction = self.begin_small_write().await?;
+        // One row decides: a second node's insert waits for the first's commit, then does
+        // nothing.
+        let claimed = stmt(
+            "INSERT INTO store_meta (key, value) VALUES ('first_signing_key', ?1) \
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .arg(&key.kid)
+        .execute::<E::Db>(&mut *transaction)
+        .await?;
+        if claimed == 1 {
+            stmt("INSERT INTO signing_keys (kid, pem, created_at) VALUES (?1, ?2, ?3)")
+                .arg(&key.kid)
+                .arg(&key.pem)
+                .arg(key.created_at)
+                .execute::<E::Db>(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await.map_err(db_error)?;
+        Ok(claimed == 1)
     }
 
     fn standing_epoch(&self) -> Option<u64> {

@@ -715,6 +715,11 @@ macro_rules! store_access_suite {
             $crate::conformance_standing::paging_snapshots_are_stored_cut_and_pruned(&store).await;
         }
         #[tokio::test]
+        async fn one_first_signing_key_wins() {
+            let store = $make.await;
+            $crate::conformance_standing::one_first_signing_key_wins(&store).await;
+        }
+        #[tokio::test]
         async fn the_schema_is_this_builds() {
             let store = $make.await;
             $crate::conformance_standing::the_schema_is_this_builds(&store).await;

@@ -509,3 +509,23 @@ pub async fn paging_snapshots_are_stored_cut_and_pruned<S: Governance>(store: &S
         Some(keys[590..600].to_vec())
     );
 }
+
+/// Of two nodes storing a first signing key at once, one wins; the other reads the winner's.
+pub async fn one_first_signing_key_wins<S: Governance>(store: &S) {
+    use crate::governance::StoredKey;
+    let key = |kid: &str| StoredKey {
+        kid: kid.to_owned(),
+        pem: format!("pem of {kid}"),
+        created_at: 1,
+    };
+    let (ka, kb) = (key("ka"), key("kb"));
+    let (a, b) = tokio::join!(
+        store.put_first_signing_key(&ka),
+        store.put_first_signing_key(&kb)
+    );
+    assert_ne!(a.unwrap(), b.unwrap(), "exactly one first key");
+    let stored = store.signing_keys().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(!store.put_first_signing_key(&key("kc")).await.unwrap());
+    assert_eq!(store.signing_keys().await.unwrap(), stored);
+}

@@ -519,8 +519,10 @@ pub trait Governance: crate::Paging + Send + Sync {
     async fn served_origin(&self) -> Result<Option<String>, StoreError>;
     /// Records the origin the API serves under.
     async fn record_served_origin(&self, origin: &str) -> Result<(), StoreError>;
-    /// Stores a new signing key.
-    async fn put_signing_key(&self, key: &StoredKey) -> Result<(), StoreError>;
+    /// Stores `key` as the first signing key, unless another node has stored (or is storing)
+    /// one: `false` then, and the caller reads the keys again. Of several nodes starting
+    /// together on a new database, one key wins, so every node signs and verifies with it.
+    async fn put_first_signing_key(&self, key: &StoredKey) -> Result<bool, StoreError>;
 
     /// Records a revocation (a later revocation of the same subject moves its instant on).
     async fn revoke(&self, revocation: &Revocation) -> Result<(), StoreError> {

@@ -281,3 +281,56 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// An ADT^A08 from sender SEND: MSH-10 `<prefix><number:05>`, a new patient
+/// `<first_patient + number>` (10 digits) each.
+pub fn adt_message(prefix: &str, number: usize, first_patient: usize) -> Vec<u8> {
+    format!(
+        "MSH|^~\\&|HIS|SEND|TSUNAGI|NET|20261124101500||ADT^A08^ADT_A01|{prefix}{number:05}|P|2.5\r\
+         EVN||20261124101500\r\
+         PID|||{:010}^^^^PI||Kensa^Taro{number}^^^^^L||19600101|M\r\
+         PV1||O\r",
+        first_patient + number
+    )
+    .into_bytes()
+}
+
+/// A small deterministic generator (kill times in the crash tests).
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    /// The next number below `bound`.
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % bound
+    }
+}
+
+/// Invites `to` to patient `patient`'s record held by `from`.
+pub fn add_consent(db: &str, patient: &str, from: &str, to: &str) {
+    ok(&[
+        "admin",
+        "consent",
+        "add",
+        "--db",
+        db,
+        "--patient",
+        patient,
+        "--from",
+        from,
+        "--to",
+        to,
+    ]);
+}
+
+/// An access token for user `user` with `scope`.
+pub fn user_token(db: &str, user: &str, scope: &str) -> String {
+    ok(&[
+        "token", "issue", "--db", db, "--user", user, "--scope", scope,
+    ])
+    .trim()
+    .to_owned()
+}
