@@ -145,17 +145,30 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
         // began (its claim must still hold when its outcome commits). A crash before a commit
         // only means those messages are sent again, under the same MSH-10: at least once.
         //
-        // A claim is renewed before an attempt only when less than half a lease plus a whole
-        // attempt is left of it (on a fast peer, a round renews nothing): every attempt then
-        // starts and ends, and its outcome commits, while its claim holds.
+        // A claim is renewed before an attempt only when less than half a lease, a whole attempt
+        // and some slack are left of it (on a fast peer, a round renews nothing); outcomes commit
+        // before an attempt that could end past half a lease from the oldest uncommitted one's
+        // start. So every attempt starts and ends, and its outcome commits, while its claim
+        // holds, with the slack to spare (clock skew between nodes eats into it).
         let attempt_max = self.attempt_limit();
         let attempt_micros = i64::try_from(attempt_max.as_micros()).unwrap_or(i64::MAX);
+        // Room for a renewal, the Task's read and the commit after an attempt.
+        const SLACK: i64 = 10_000_000;
         let held_until = now.saturating_add(lease);
         let mut outcomes: Vec<Vec<Operation>> = Vec::with_capacity(claims.len());
         let mut oldest: Option<i64> = None;
         for claim in claims {
-            let began = self.clock.now_micros();
-            if held_until.saturating_sub(began) < lease / 2 + attempt_micros {
+            let mut began = self.clock.now_micros();
+            // The oldest uncommitted outcome must commit while its claim holds: before this
+            // attempt, if it could end past half a lease from that one's start.
+            if let Some(first) = oldest
+                && began + attempt_micros + SLACK - first > lease / 2
+            {
+                self.commit(std::mem::take(&mut outcomes)).await?;
+                oldest = None;
+                began = self.clock.now_micros();
+            }
+            if held_until.saturating_sub(began) < lease / 2 + attempt_micros + SLACK {
                 let renewed = self
                     .store
                     .renew_claim(claim.message.seq, claim.fence, began.saturating_add(lease))
@@ -205,11 +218,7 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
             };
             metrics::count(&metrics::OUTBOX_ATTEMPTS, &[("result", result)], 1);
             outcomes.push(operations);
-            let first = *oldest.get_or_insert(began);
-            if self.clock.now_micros().saturating_sub(first) > lease / 2 {
-                self.commit(std::mem::take(&mut outcomes)).await?;
-                oldest = None;
-            }
+            oldest.get_or_insert(began);
         }
         self.commit(outcomes).await?;
         Ok(round)
@@ -247,30 +256,33 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
     /// Runs rounds until the task is dropped: at once when `wake` is notified (a new message
     /// was queued), else when the next retry is due, at least every `poll`.
     pub async fn run(mut self, wake: Arc<tokio::sync::Notify>, poll: Duration) {
-        // What this node held before it stopped (or crashed) is free again at once — but only
-        // when no other live process goes by the same name (then its claims are its own).
-        let _name = match self.store.hold_node(&self.node).await {
-            Ok(Some(hold)) => {
-                match self.store.release_claims(&self.node).await {
-                    Ok(0) => {}
-                    Ok(released) => {
-                        tracing::info!(target: "tsunagi::outbox", node = %self.node, released, "claims of this node's previous run released");
-                    }
-                    Err(error) => {
-                        tracing::error!(target: "tsunagi::outbox", %error, "releasing this node's old claims failed");
-                    }
+        // What this node held before it stopped (or crashed) is free again at once. That is
+        // safe only while no other live process goes by the same name, so nothing is delivered
+        // before this process holds its name (a twin is told of in the log, and waited out).
+        let mut warned = false;
+        let _name = loop {
+            match self.store.hold_node(&self.node).await {
+                Ok(Some(hold)) => break hold,
+                Ok(None) if !warned => {
+                    tracing::error!(target: "tsunagi::outbox", node = %self.node, "another live node is named the same: give each node its own TSUNAGI_NODE; this one delivers nothing until the name is free");
+                    warned = true;
                 }
-                Some(hold)
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::error!(target: "tsunagi::outbox", %error, "the node name could not be held; retrying");
+                }
             }
-            Ok(None) => {
-                tracing::error!(target: "tsunagi::outbox", node = %self.node, "another live node is named the same: give each node its own TSUNAGI_NODE; claims left by a crash wait for their leases to run out");
-                None
+            tokio::time::sleep(poll.max(Duration::from_secs(1))).await;
+        };
+        match self.store.release_claims(&self.node).await {
+            Ok(0) => {}
+            Ok(released) => {
+                tracing::info!(target: "tsunagi::outbox", node = %self.node, released, "claims of this node's previous run released");
             }
             Err(error) => {
-                tracing::error!(target: "tsunagi::outbox", %error, "the node name could not be held; old claims wait for their leases");
-                None
+                tracing::error!(target: "tsunagi::outbox", %error, "releasing this node's old claims failed; they wait for their leases");
             }
-        };
+        }
         loop {
             match self.round().await {
                 Ok(round) if round.delivered + round.retrying + round.dead + round.lost > 0 => {

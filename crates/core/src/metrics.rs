@@ -6,8 +6,8 @@
 use std::{collections::BTreeMap, fmt::Write, sync::Mutex};
 
 /// Upper bounds (seconds) of every histogram's buckets.
-pub const BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+pub const BUCKETS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 60.0, 120.0,
 ];
 
 /// Whether a family counts or times.
@@ -101,7 +101,8 @@ type Registry = BTreeMap<(&'static str, String), Series>;
 
 static REGISTRY: Mutex<Registry> = Mutex::new(BTreeMap::new());
 
-fn labels_text(labels: &[(&str, &str)]) -> String {
+/// Labels in the text format: `name=\"value\"`, comma-separated, values escaped.
+pub fn labels_text(labels: &[(&str, &str)]) -> String {
     let mut text = String::new();
     for (index, (name, value)) in labels.iter().enumerate() {
         if index > 0 {

@@ -262,9 +262,11 @@ async fn queue_gauges(state: &AppState) -> String {
         depths.outbox_oldest_pending.map_or(0.0, seconds),
         depths.messages_quarantined,
     );
+    let label = |source: &str| tsunagi_core::metrics::labels_text(&[("source", source)]);
     for (source, claimed, _) in &depths.pulls {
         out.push_str(&format!(
-            "tsunagi_pull_last_claim_age_seconds{{source=\"{source}\"}} {:.3}\n",
+            "tsunagi_pull_last_claim_age_seconds{{{}}} {:.3}\n",
+            label(source),
             seconds(*claimed)
         ));
     }
@@ -275,7 +277,8 @@ async fn queue_gauges(state: &AppState) -> String {
     );
     for (source, _, until) in &depths.pulls {
         out.push_str(&format!(
-            "tsunagi_pull_running{{source=\"{source}\"}} {}\n",
+            "tsunagi_pull_running{{{}}} {}\n",
+            label(source),
             u8::from(*until > now)
         ));
     }

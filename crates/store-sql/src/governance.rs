@@ -328,9 +328,12 @@ impl<E: Engine> Governance for SqlStore<E> {
                 _ => depths.outbox_dead = count,
             }
         }
-        let quarantined = stmt("SELECT COUNT(*) AS n FROM messages WHERE state = 'quarantined'")
-            .fetch_one::<E::Db>(&mut *connection)
-            .await?;
+        // `state <> 'applied'` lets SQLite use the partial index of open messages.
+        let quarantined = stmt(
+            "SELECT COUNT(*) AS n FROM messages WHERE state = 'quarantined' AND state <> 'applied'",
+        )
+        .fetch_one::<E::Db>(&mut *connection)
+        .await?;
         depths.messages_quarantined = u64::try_from(quarantined.int("n")?).unwrap_or(0);
         for row in stmt("SELECT source, claimed, lease_until FROM pull_holds ORDER BY source")
             .fetch_all::<E::Db>(&mut *connection)
