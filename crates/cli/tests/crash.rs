@@ -138,44 +138,11 @@ fn every_acknowledged_message_is_stored_exactly_once_across_sigkills() {
     );
 
     // One log row per control id, every one applied.
-    let logged = tsunagi(&[
-        "admin",
-        "quarantine",
-        "list",
-        "--db",
-        &db,
-        "--state",
-        "applied,quarantined,conflict,dropped",
-        "--limit",
-        "100000",
-    ]);
-    let mut control_ids: Vec<&str> = logged
-        .lines()
-        .map(|line| {
-            let fields: Vec<&str> = line.split('\t').collect();
-            assert_eq!(fields[2], "applied", "{line}");
-            fields[5]
-        })
-        .collect();
-    control_ids.sort_unstable();
     let expected: Vec<String> = (0..MESSAGES).map(|n| format!("C{n:05}")).collect();
-    assert_eq!(control_ids, expected);
+    assert_eq!(support::applied_control_ids(&db), expected);
 
     // One Patient per message, each at version 1: nothing applied twice.
-    let export = dir.path().join("export");
-    tsunagi(&[
-        "export",
-        "ndjson",
-        "--db",
-        &db,
-        "--out",
-        export.to_str().unwrap(),
-    ]);
-    let patients = std::fs::read_to_string(export.join("Patient.ndjson")).unwrap();
-    let versions: Vec<serde_json::Value> = patients
-        .lines()
-        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
-        .collect();
+    let versions = support::exported_patients(&db, &dir.path().join("export"));
     assert_eq!(versions.len(), MESSAGES);
     assert!(
         versions.iter().all(|p| p["meta"]["versionId"] == "1"),

@@ -20,20 +20,10 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
 use tsunagi_fhir::search::IndexEntry;
 use tsunagi_store::{ApplyStats, Batch, Counts, Operation, ResourceWrite, StoreError};
-use tsunagi_store_sql::{audit, blobs, db_error, messages, outbox};
+use tsunagi_store_sql::{audit, blobs, db_error, messages, migrations::INDEX_TABLES, outbox};
 
 /// Rows per bulk statement (each column an array of this many values).
 pub(crate) const ROWS_PER_STATEMENT: usize = 4096;
-
-/// The index tables, each with a `rid` index.
-const INDEX_TABLES: [&str; 6] = [
-    "idx_text",
-    "idx_token",
-    "idx_string",
-    "idx_date",
-    "idx_reference",
-    "idx_quantity",
-];
 
 /// The compartment id an index row carries: a Patient's own rows carry 0 (as in SQLite).
 pub(crate) fn index_pat(resource_type: &str, pat: i64) -> i64 {

@@ -136,8 +136,9 @@ pub async fn migrate<D: Dialect>(
         .text("value")
 }
 
-/// The index tables a reindex empties and refills.
-const INDEX_TABLES: [&str; 6] = [
+/// The search-index tables (a reindex empties and refills them; a replaced version's rows are
+/// deleted from each).
+pub const INDEX_TABLES: [&str; 6] = [
     "idx_text",
     "idx_token",
     "idx_string",

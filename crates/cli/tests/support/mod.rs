@@ -334,3 +334,45 @@ pub fn user_token(db: &str, user: &str, scope: &str) -> String {
     .trim()
     .to_owned()
 }
+
+/// The control ids of every message logged in `db`, sorted; each must have been applied.
+pub fn applied_control_ids(db: &str) -> Vec<String> {
+    let logged = ok(&[
+        "admin",
+        "quarantine",
+        "list",
+        "--db",
+        db,
+        "--state",
+        "applied,quarantined,conflict,dropped",
+        "--limit",
+        "100000",
+    ]);
+    let mut control_ids: Vec<String> = logged
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            assert_eq!(fields[2], "applied", "{line}");
+            fields[5].to_owned()
+        })
+        .collect();
+    control_ids.sort_unstable();
+    control_ids
+}
+
+/// Every current Patient of `db`, exported as NDJSON into `dir`.
+pub fn exported_patients(db: &str, dir: &std::path::Path) -> Vec<serde_json::Value> {
+    ok(&[
+        "export",
+        "ndjson",
+        "--db",
+        db,
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    std::fs::read_to_string(dir.join("Patient.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
