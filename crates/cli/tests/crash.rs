@@ -322,23 +322,7 @@ fn every_note_reaches_the_hospital_at_least_once_across_sigkills() {
     done.store(true, Ordering::SeqCst);
     let kills = killer.join().unwrap();
     // The last server finishes recording what it delivered.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let open = tsunagi(&[
-            "admin",
-            "outbox",
-            "list",
-            "--db",
-            &db,
-            "--state",
-            "pending,dead",
-        ]);
-        if open.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still open: {open}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::wait_outbox_settled(&db, 30);
     {
         let mut child = server.lock().unwrap();
         child.kill().unwrap();

@@ -384,23 +384,7 @@ fn two_nodes_on_one_postgres_share_intake_paging_and_the_outbox() {
         nodes[0].start(&db, &config, dir.path());
     }
     wait_accepted(NOTES + 20);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let open = ok(&[
-            "admin",
-            "outbox",
-            "list",
-            "--db",
-            &db,
-            "--state",
-            "pending,dead",
-        ]);
-        if open.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still open: {open}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    support::wait_outbox_settled(&db, 60);
     let delivered = ok(&[
         "admin",
         "outbox",

@@ -340,6 +340,29 @@ impl<'c> BatchWriter<'c> {
         .map_err(db_error)
     }
 
+    /// Row `rid` of `tid` now holds a current version from `source_key` (it was held by `from`).
+    fn now_holds(
+        &mut self,
+        tid: &str,
+        rid: i64,
+        from: Option<&str>,
+        source_key: &str,
+        hash: i64,
+        resource_type: &str,
+    ) {
+        self.move_source(tid, rid, from, Some(source_key));
+        self.existing.insert(
+            tid.to_owned(),
+            Existing {
+                rid,
+                resource_type: resource_type.to_owned(),
+                deleted: false,
+                hash: Some(hash),
+                source_key: Some(source_key.to_owned()),
+            },
+        );
+    }
+
     /// Moves `tid` (row `rid`) between the sources the batch keeps lists of.
     fn move_source(&mut self, tid: &str, rid: i64, from: Option<&str>, to: Option<&str>) {
         if let Some(from) = from
@@ -431,16 +454,13 @@ impl<'c> BatchWriter<'c> {
         let Some(existing) = self.existing(&write.tid).await? else {
             let rid = self.next_rid().await?;
             bump(&mut self.stats.created, &write.resource_type);
-            self.move_source(&write.tid, rid, None, Some(source_key));
-            self.existing.insert(
-                write.tid.clone(),
-                Existing {
-                    rid,
-                    resource_type: write.resource_type.clone(),
-                    deleted: false,
-                    hash: Some(hash),
-                    source_key: Some(source_key.to_owned()),
-                },
+            self.now_holds(
+                &write.tid,
+                rid,
+                None,
+                source_key,
+                hash,
+                &write.resource_type,
             );
             self.index
                 .insert(rid, (index_pat(&write.resource_type, pat), write.index));
@@ -502,16 +522,13 @@ impl<'c> BatchWriter<'c> {
         } else {
             existing.source_key.as_deref()
         };
-        self.move_source(&write.tid, rid, from, Some(source_key));
-        self.existing.insert(
-            write.tid.clone(),
-            Existing {
-                rid,
-                resource_type: write.resource_type.clone(),
-                deleted: false,
-                hash: Some(hash),
-                source_key: Some(source_key.to_owned()),
-            },
+        self.now_holds(
+            &write.tid,
+            rid,
+            from,
+            source_key,
+            hash,
+            &write.resource_type,
         );
         self.index
             .insert(rid, (index_pat(&write.resource_type, pat), write.index));

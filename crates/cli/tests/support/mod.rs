@@ -376,3 +376,24 @@ pub fn exported_patients(db: &str, dir: &std::path::Path) -> Vec<serde_json::Val
         .map(|line| serde_json::from_str(line).unwrap())
         .collect()
 }
+
+/// Waits (at most `seconds`) until `db`'s outbox holds nothing pending or dead.
+pub fn wait_outbox_settled(db: &str, seconds: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let open = ok(&[
+            "admin",
+            "outbox",
+            "list",
+            "--db",
+            db,
+            "--state",
+            "pending,dead",
+        ]);
+        if open.is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "still open: {open}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
