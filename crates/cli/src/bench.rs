@@ -157,6 +157,32 @@ pub(crate) async fn ingest(
     Ok(())
 }
 
+/// Runs `measure` with the URL of a fresh schema of its own (`tsunagi_bench_<tag>_<pid>`) on the
+/// PostgreSQL at `db`, and drops the schema after, whatever the outcome.
+pub(crate) async fn in_fresh_schema<T, F, Fut>(db: &str, tag: &str, measure: F) -> anyhow::Result<T>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let schema = format!("tsunagi_bench_{tag}_{}", std::process::id());
+    tsunagi_store_postgres::PostgresEngine::drop_schema(db, &schema).await?;
+    drop(
+        tsunagi_store_postgres::PostgresEngine::connect_in_schema(
+            db,
+            Some(&schema),
+            Arc::new(SystemClock),
+        )
+        .await?,
+    );
+    let separator = if db.contains('?') { '&' } else { '?' };
+    let outcome = measure(format!(
+        "{db}{separator}options=-c%20search_path%3D{schema}"
+    ))
+    .await;
+    tsunagi_store_postgres::PostgresEngine::drop_schema(db, &schema).await?;
+    outcome
+}
+
 /// PostgreSQL ingest is at least half SQLite's rate on the same corpus (issue 22).
 const TARGET_POSTGRES_SHARE: f64 = 0.5;
 
@@ -171,29 +197,15 @@ async fn ingest_postgres(
     if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
         anyhow::bail!("--db must be a postgres:// URL (SQLite is always measured)");
     }
-    let schema = format!("tsunagi_bench_ingest_{}", std::process::id());
-    tsunagi_store_postgres::PostgresEngine::drop_schema(db, &schema).await?;
-    drop(
-        tsunagi_store_postgres::PostgresEngine::connect_in_schema(
-            db,
-            Some(&schema),
-            Arc::new(SystemClock),
-        )
-        .await?,
-    );
-    let separator = if db.contains('?') { '&' } else { '?' };
-    let url = format!("{db}{separator}options=-c%20search_path%3D{schema}");
-    let measured = async {
+    let (written, seconds) = in_fresh_schema(db, "ingest", |url| async move {
         let store = open::open_store(&url).await?;
         let started = Instant::now();
         let reports = pull_all(region, store.clone()).await?;
         let seconds = started.elapsed().as_secs_f64();
         let written: u64 = reports.iter().map(PullReport::resources_written).sum();
         anyhow::Ok((written, seconds))
-    }
-    .await;
-    tsunagi_store_postgres::PostgresEngine::drop_schema(db, &schema).await?;
-    let (written, seconds) = measured?;
+    })
+    .await?;
     let rate = written as f64 / seconds;
     println!(
         "

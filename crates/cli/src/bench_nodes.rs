@@ -117,17 +117,10 @@ pub(crate) async fn nodes(db: &str, patients: usize, seed: u64) -> anyhow::Resul
     if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
         bail!("bench nodes needs --db postgres://… (several nodes share one PostgreSQL)");
     }
-    let schema = format!("tsunagi_bench_nodes_{}", std::process::id());
-    tsunagi_store_postgres::PostgresEngine::drop_schema(db, &schema).await?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    drop(
-        tsunagi_store_postgres::PostgresEngine::connect_in_schema(db, Some(&schema), clock).await?,
-    );
-    let separator = if db.contains('?') { '&' } else { '?' };
-    let url = format!("{db}{separator}options=-c%20search_path%3D{schema}");
-    let outcome = measure(&url, patients, seed).await;
-    tsunagi_store_postgres::PostgresEngine::drop_schema(db, &schema).await?;
-    outcome
+    crate::bench::in_fresh_schema(db, "nodes", |url| async move {
+        measure(&url, patients, seed).await
+    })
+    .await
 }
 
 async fn measure(url: &str, patients: usize, seed: u64) -> anyhow::Result<()> {

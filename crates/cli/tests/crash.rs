@@ -334,24 +334,12 @@ fn every_note_reaches_the_hospital_at_least_once_across_sigkills() {
     );
     assert!(kills >= 3, "the server was killed only {kills} times");
     // Every note queued once, delivered, and accepted by the hospital under one MSH-10.
-    let delivered = tsunagi(&[
-        "admin",
-        "outbox",
-        "list",
-        "--db",
-        &db,
-        "--state",
-        "delivered",
-        "--limit",
-        "1000",
-    ]);
-    assert_eq!(delivered.lines().count(), NOTES, "{delivered}");
+    let delivered = support::delivered_control_ids(&db);
+    assert_eq!(delivered.len(), NOTES, "{delivered:?}");
     let accepted = standin.accepted();
     assert_eq!(accepted.len(), NOTES, "{accepted:?}");
-    let control_ids: std::collections::BTreeSet<&str> = delivered
-        .lines()
-        .map(|line| line.split('\t').nth(5).unwrap())
-        .collect();
+    let control_ids: std::collections::BTreeSet<&str> =
+        delivered.iter().map(String::as_str).collect();
     assert_eq!(
         control_ids,
         accepted.keys().map(String::as_str).collect(),

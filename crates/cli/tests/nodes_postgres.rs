@@ -385,23 +385,10 @@ fn two_nodes_on_one_postgres_share_intake_paging_and_the_outbox() {
     }
     wait_accepted(NOTES + 20);
     support::wait_outbox_settled(&db, 60);
-    let delivered = ok(&[
-        "admin",
-        "outbox",
-        "list",
-        "--db",
-        &db,
-        "--state",
-        "delivered",
-        "--limit",
-        "1000",
-    ]);
-    let queued: BTreeSet<&str> = delivered
-        .lines()
-        .map(|line| line.split('\t').nth(5).unwrap())
-        .collect();
+    let delivered = support::delivered_control_ids(&db);
+    let queued: BTreeSet<&str> = delivered.iter().map(String::as_str).collect();
     let accepted = standin.accepted();
-    assert_eq!(queued.len(), NOTES + 20, "{delivered}");
+    assert_eq!(queued.len(), NOTES + 20, "{delivered:?}");
     assert_eq!(
         queued,
         accepted.keys().map(String::as_str).collect(),

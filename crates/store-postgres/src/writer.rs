@@ -44,6 +44,19 @@ struct Existing {
     source_key: Option<String>,
 }
 
+impl Existing {
+    /// A row of `SELECT rid, type, deleted, hash, source_key …`.
+    fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            rid: row.try_get("rid").map_err(db_error)?,
+            resource_type: row.try_get("type").map_err(db_error)?,
+            deleted: row.try_get("deleted").map_err(db_error)?,
+            hash: row.try_get("hash").map_err(db_error)?,
+            source_key: row.try_get("source_key").map_err(db_error)?,
+        })
+    }
+}
+
 /// A new row waiting to be inserted, as the batch left it (written again or deleted in the
 /// same batch: a later version, its earlier ones waiting in `history`).
 struct NewRow {
@@ -177,13 +190,7 @@ impl<'c> BatchWriter<'c> {
         }
         for row in rows {
             let tid: String = row.try_get("tid").map_err(db_error)?;
-            let existing = Existing {
-                rid: row.try_get("rid").map_err(db_error)?,
-                resource_type: row.try_get("type").map_err(db_error)?,
-                deleted: row.try_get("deleted").map_err(db_error)?,
-                hash: row.try_get("hash").map_err(db_error)?,
-                source_key: row.try_get("source_key").map_err(db_error)?,
-            };
+            let existing = Existing::from_row(&row)?;
             if !existing.deleted
                 && let Some(key) = &existing.source_key
                 && let Some(held) = self.by_source.get_mut(key)
@@ -427,13 +434,7 @@ impl<'c> BatchWriter<'c> {
         let Some(row) = row else {
             return Ok(None);
         };
-        let existing = Existing {
-            rid: row.try_get("rid").map_err(db_error)?,
-            resource_type: row.try_get("type").map_err(db_error)?,
-            deleted: row.try_get("deleted").map_err(db_error)?,
-            hash: row.try_get("hash").map_err(db_error)?,
-            source_key: row.try_get("source_key").map_err(db_error)?,
-        };
+        let existing = Existing::from_row(&row)?;
         self.existing.insert(tid.to_owned(), existing.clone());
         Ok(Some(existing))
     }

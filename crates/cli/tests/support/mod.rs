@@ -397,3 +397,21 @@ pub fn wait_outbox_settled(db: &str, seconds: u64) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The control id of every delivered outbound message of `db`, one per row.
+pub fn delivered_control_ids(db: &str) -> Vec<String> {
+    ok(&[
+        "admin",
+        "outbox",
+        "list",
+        "--db",
+        db,
+        "--state",
+        "delivered",
+        "--limit",
+        "1000",
+    ])
+    .lines()
+    .map(|line| line.split('\t').nth(5).unwrap().to_owned())
+    .collect()
+}
