@@ -41,6 +41,7 @@ const WRITER_LOCK: i64 = 0x0074_7375_6e61_6769;
 /// The PostgreSQL store: the shared SQL store over the PostgreSQL engine.
 pub type PostgresStore = SqlStore<PostgresEngine>;
 
+mod copy;
 mod index_rows;
 mod writer;
 use writer::{BatchWriter, index_pat};

@@ -3,9 +3,9 @@
 //! Before the first operation, one query reads every row the batch names (by `Type/id` and by
 //! source key), one upsert and one read give every compartment it needs, one read gives the
 //! token systems, and one call to the `resources` sequence gives the new rows their `rid`s (in
-//! creation order: searches sort by it). New rows and every index row then wait in memory and
-//! are written at the end with one `INSERT … SELECT FROM UNNEST(…)` per table (a few thousand
-//! rows a statement), after one `DELETE … WHERE rid = ANY(…)` per index table for the rows an
+//! creation order: searches sort by it). New rows, their earlier versions and every index row
+//! then wait in memory and are written at the end with one binary `COPY` per table
+//! ([`crate::copy`]), after one `DELETE … WHERE rid = ANY(…)` per index table for the rows an
 //! update or a delete replaced. What a source no longer holds is found in memory too.
 //!
 //! Checkpoints wait too (the last value of each key), written with one upsert at the end.
@@ -22,8 +22,10 @@ use tsunagi_fhir::search::IndexEntry;
 use tsunagi_store::{ApplyStats, Batch, Counts, Operation, ResourceWrite, StoreError};
 use tsunagi_store_sql::{audit, blobs, db_error, messages, migrations::INDEX_TABLES, outbox};
 
+use crate::copy::CopyRows;
+
 /// Rows per bulk statement (each column an array of this many values).
-pub(crate) const ROWS_PER_STATEMENT: usize = 4096;
+const ROWS_PER_STATEMENT: usize = 4096;
 
 /// The compartment id an index row carries: a Patient's own rows carry 0 (as in SQLite).
 pub(crate) fn index_pat(resource_type: &str, pat: i64) -> i64 {
@@ -705,30 +707,21 @@ impl<'c> BatchWriter<'c> {
         }
         let pending = std::mem::take(&mut self.pending);
         self.pending_tids.clear();
-        for rows in pending.chunks(ROWS_PER_STATEMENT) {
-            self.insert_rows(rows).await?;
+        self.insert_rows(&pending).await?;
+        let mut copy = CopyRows::new(5);
+        for row in std::mem::take(&mut self.history) {
+            copy.row()
+                .int8(row.rid)
+                .int8(row.version)
+                .int8(self.now)
+                .boolean(row.deleted)
+                .bytea_or_null(row.content.as_deref())?;
         }
-        let history = std::mem::take(&mut self.history);
-        for rows in history.chunks(ROWS_PER_STATEMENT) {
-            sqlx::query(
-                "INSERT INTO resource_history (rid, version, last_updated, deleted, content) \
-                 SELECT rid, version, $1, deleted, content \
-                 FROM UNNEST($2::int8[], $3::int8[], $4::bool[], $5::bytea[]) \
-                 AS u(rid, version, deleted, content)",
-            )
-            .bind(self.now)
-            .bind(rows.iter().map(|row| row.rid).collect::<Vec<i64>>())
-            .bind(rows.iter().map(|row| row.version).collect::<Vec<i64>>())
-            .bind(rows.iter().map(|row| row.deleted).collect::<Vec<bool>>())
-            .bind(
-                rows.iter()
-                    .map(|row| row.content.as_deref())
-                    .collect::<Vec<Option<&[u8]>>>(),
-            )
-            .execute(&mut *self.connection)
-            .await
-            .map_err(db_error)?;
-        }
+        copy.send(
+            &mut *self.connection,
+            "resource_history (rid, version, last_updated, deleted, content)",
+        )
+        .await?;
         let index = std::mem::take(&mut self.index);
         self.insert_index(index).await?;
         let checkpoints = std::mem::take(&mut self.checkpoints);
@@ -755,43 +748,33 @@ impl<'c> BatchWriter<'c> {
         Ok(())
     }
 
+    /// The batch's new rows, with their `rid`s (a `COPY` writes an identity column as given).
     async fn insert_rows(&mut self, rows: &[NewRow]) -> Result<(), StoreError> {
-        let column = |value: fn(&NewRow) -> i64| rows.iter().map(value).collect::<Vec<i64>>();
-        let text = |value: fn(&NewRow) -> &str| {
-            rows.iter()
-                .map(|row| value(row).to_owned())
-                .collect::<Vec<String>>()
-        };
-        let contents: Vec<Option<&[u8]>> = rows.iter().map(|row| row.content.as_deref()).collect();
-        let hashes: Vec<Option<i64>> = rows.iter().map(|row| row.hash).collect();
-        let deleted: Vec<bool> = rows.iter().map(|row| row.deleted).collect();
-        sqlx::query(
-            "INSERT INTO resources (rid, tid, type, id, version, last_updated, deleted, source_key, hash, content, pat) \
-             OVERRIDING SYSTEM VALUE \
-             SELECT rid, tid, type, id, version, $1, deleted, source_key, hash, content, pat \
-             FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::bool[], $8::text[], $9::int8[], $10::bytea[], $11::int8[]) \
-             AS u(rid, tid, type, id, version, deleted, source_key, hash, content, pat)",
+        let mut copy = CopyRows::new(11);
+        for row in rows {
+            copy.row()
+                .int8(row.rid)
+                .text(&row.tid)?
+                .text(&row.resource_type)?
+                .text(&row.id)?
+                .int8(row.version)
+                .int8(self.now)
+                .boolean(row.deleted)
+                .text(&row.source_key)?
+                .int8_or_null(row.hash)
+                .bytea_or_null(row.content.as_deref())?
+                .int8(row.pat);
+        }
+        copy.send(
+            &mut *self.connection,
+            "resources (rid, tid, type, id, version, last_updated, deleted, source_key, hash, content, pat)",
         )
-        .bind(self.now)
-        .bind(column(|row| row.rid))
-        .bind(text(|row| &row.tid))
-        .bind(text(|row| &row.resource_type))
-        .bind(text(|row| &row.id))
-        .bind(column(|row| row.version))
-        .bind(deleted)
-        .bind(text(|row| &row.source_key))
-        .bind(hashes)
-        .bind(contents)
-        .bind(column(|row| row.pat))
-        .execute(&mut *self.connection)
         .await
-        .map_err(db_error)?;
-        Ok(())
     }
 }
 
 /// `0..len` cut into ranges of at most [`ROWS_PER_STATEMENT`].
-pub(crate) fn chunks(len: usize) -> Vec<std::ops::Range<usize>> {
+fn chunks(len: usize) -> Vec<std::ops::Range<usize>> {
     (0..len)
         .step_by(ROWS_PER_STATEMENT)
         .map(|start| start..(start + ROWS_PER_STATEMENT).min(len))
