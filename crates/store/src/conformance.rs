@@ -668,6 +668,7 @@ macro_rules! store_conformance_suite {
             search_dates_quantities_and_sorting,
             search_includes_compartments_and_history,
             search_at_the_query_limits,
+            repeated_values_in_one_resource_index_once,
         );
         $crate::store_conformance_suite!(@text $make;
             full_text_search_in_japanese,

@@ -593,3 +593,70 @@ pub async fn search_at_the_query_limits(store: &dyn Store) {
         vec!["p1".to_owned(), "p2".to_owned()]
     );
 }
+
+/// A value an element repeats inside one resource (the same identifier twice, a code in two
+/// codings, a name twice) is one index row: the resource is found once, written in a batch,
+/// rewritten in the same batch and rewritten in a later one.
+pub async fn repeated_values_in_one_resource_index_once(store: &dyn Store) {
+    let twice = |gender: &str| {
+        let mut resource = patient("p9", "ヤマダ タロウ", "1950-04-01", gender);
+        let identifier = resource["identifier"][0].clone();
+        resource["identifier"] = json!([identifier.clone(), identifier]);
+        let name = resource["name"][1].clone();
+        resource["name"] = json!([resource["name"][0].clone(), name.clone(), name]);
+        resource
+    };
+    let mut observation = lab(
+        "o9",
+        "p9",
+        "3A010",
+        "総蛋白",
+        "2024-05-01T09:00:00+09:00",
+        Some(0.0),
+    );
+    let coding = observation["code"]["coding"][0].clone();
+    observation["code"]["coding"] = json!([coding.clone(), coding]);
+    let replace = |source: &str, resources: Vec<ResourceWrite>| Operation::ReplaceSource {
+        source_key: source.into(),
+        facility: crate::conformance::FACILITY.to_owned(),
+        resources,
+    };
+    store
+        .apply(Batch {
+            operations: vec![
+                replace("a", vec![write(twice("male")), write(observation.clone())]),
+                replace("b", vec![write(twice("female"))]),
+            ],
+        })
+        .await
+        .unwrap();
+    let one = |id: &str| vec![id.to_owned()];
+    let expected = [one("p9"), one("p9"), one("p9"), one("o9"), one("o9")];
+    assert_eq!(found_once(store).await, expected);
+    store
+        .apply(Batch {
+            operations: vec![replace(
+                "a",
+                vec![write(twice("female")), write(observation)],
+            )],
+        })
+        .await
+        .unwrap();
+    assert_eq!(found_once(store).await, expected);
+}
+
+/// What [`repeated_values_in_one_resource_index_once`] searches for.
+async fn found_once(store: &dyn Store) -> [Vec<String>; 5] {
+    [
+        ids(store, "Patient", &[("identifier", "p9")]).await,
+        ids(store, "Patient", &[("name", "ヤマダ")]).await,
+        ids(store, "Patient", &[("gender", "female")]).await,
+        ids(
+            store,
+            "Observation",
+            &[("code", &format!("{JLAC10}|3A010"))],
+        )
+        .await,
+        ids(store, "Observation", &[("value-quantity", "0")]).await,
+    ]
+}
