@@ -1,6 +1,7 @@
 //! `tsunagi bench mllp`: the inbound feed's throughput and ACK latency, measured over real
 //! sockets into a fresh SQLite store with commit-before-ACK (the target: ≥ 5,000
-//! messages/s over 8 connections). Use a release build.
+//! messages/s over 8 connections); with `--db postgres://…` the same messages go into a fresh
+//! PostgreSQL schema too, printed beside SQLite's figures of the same run. Use a release build.
 
 use std::{
     collections::BTreeMap,
@@ -15,7 +16,6 @@ use tsunagi_adapter_hl7v2::Feeds;
 use tsunagi_core::clock::SystemClock;
 use tsunagi_hl7v2::{Message, ack::read_ack};
 use tsunagi_mllp::client::Connection;
-use tsunagi_store::MessageLog;
 
 use crate::serve;
 
@@ -156,12 +156,68 @@ fn report(label: &str, run: &Run) {
     );
 }
 
+/// What one store took: the first sending and the same messages again.
+struct Measured {
+    first: Run,
+    again: Run,
+}
+
+/// Serves `store` as `tsunagi serve`'s MLLP listener does, sends every lane twice and checks
+/// that the log holds one row per distinct message.
+async fn measure(
+    store: Arc<dyn tsunagi_store::Backend>,
+    hospital: &tsunagi_synth::Hospital,
+    lanes: &[Vec<Vec<u8>>],
+    window: usize,
+    distinct: u64,
+) -> anyhow::Result<Measured> {
+    let feeds = Feeds::new(vec![serve::synthetic_feed(hospital)?]);
+    let intake = crate::registry::listen(feeds).start(&ListenContext {
+        store: store.clone(),
+        clock: Arc::new(SystemClock),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?.to_string();
+    let server = tokio::spawn(tsunagi_mllp::serve(
+        listener,
+        None,
+        tsunagi_mllp::ServerOptions::default(),
+        Arc::new(MllpIntake(intake)),
+    ));
+    let first = send_all(&address, lanes, window).await?;
+    report("new messages", &first);
+    let again = send_all(&address, lanes, window).await?;
+    report("the same messages again", &again);
+    server.abort();
+    let logged = store
+        .messages(&tsunagi_store::MessageState::ALL, 0, usize::MAX)
+        .await?
+        .len();
+    println!("  message log: {logged} rows for {distinct} distinct messages sent twice");
+    if logged as u64 != distinct {
+        bail!("the log holds {logged} rows, not {distinct}");
+    }
+    Ok(Measured { first, again })
+}
+
+fn rate(run: &Run) -> f64 {
+    run.latencies.len() as f64 / run.seconds
+}
+
+/// Runs the MLLP benchmark into a fresh SQLite store and, with `postgres`, into a fresh schema
+/// of that PostgreSQL too, printing its rates beside SQLite's of the same run.
 pub(crate) async fn mllp(
     patients: usize,
     connections: usize,
     window: usize,
     seed: u64,
+    postgres: Option<String>,
 ) -> anyhow::Result<()> {
+    if let Some(db) = &postgres
+        && !(db.starts_with("postgres://") || db.starts_with("postgresql://"))
+    {
+        bail!("--db must be a postgres:// URL (SQLite is always measured)");
+    }
     let dir = tempfile::tempdir()?;
     println!("generating a region of {patients} people…");
     tsunagi_synth::generate_region(&dir.path().join("region"), patients, seed)?;
@@ -179,19 +235,6 @@ pub(crate) async fn mllp(
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
     let store =
         Arc::new(tsunagi_store_sqlite::SqliteStore::open(&url, Arc::new(SystemClock)).await?);
-    let feeds = Feeds::new(vec![serve::synthetic_feed(&hospital)?]);
-    let intake = crate::registry::listen(feeds).start(&ListenContext {
-        store: store.clone(),
-        clock: Arc::new(SystemClock),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?.to_string();
-    tokio::spawn(tsunagi_mllp::serve(
-        listener,
-        None,
-        tsunagi_mllp::ServerOptions::default(),
-        Arc::new(MllpIntake(intake)),
-    ));
     println!(
         "{} messages of {} {} ({} patients) over {connections} MLLP connections into {url} (synchronous=FULL, commit before ACK):",
         number,
@@ -208,17 +251,30 @@ pub(crate) async fn mllp(
             " (a pipelining sender)"
         }
     );
-    let first = send_all(&address, &lanes, window).await?;
-    report("new messages", &first);
-    let again = send_all(&address, &lanes, window).await?;
-    report("the same messages again", &again);
-    let logged = store
-        .messages(&tsunagi_store::MessageState::ALL, 0, usize::MAX)
-        .await?
-        .len();
-    println!("  message log: {logged} rows for {number} distinct messages sent twice");
-    if logged as u64 != number {
-        bail!("the log holds {logged} rows, not {number}");
+    let sqlite = measure(store, &hospital, &lanes, window, number).await?;
+    let Some(db) = postgres else {
+        return Ok(());
+    };
+    let lanes = &lanes;
+    println!("\nthe same into PostgreSQL (a fresh schema of {db}, commit before ACK):");
+    let postgres = crate::bench::in_fresh_schema(&db, "mllp", |url| async move {
+        let store = crate::open::open_store(&url).await?;
+        measure(store, &hospital, lanes, window, number).await
+    })
+    .await?;
+    println!("\nPostgreSQL beside SQLite in this run");
+    for (label, postgres, sqlite) in [
+        ("new messages", &postgres.first, &sqlite.first),
+        ("the same messages again", &postgres.again, &sqlite.again),
+    ] {
+        println!(
+            "  {label:<28} {:>8.0} msg/s   SQLite {:>8.0} msg/s   ratio {:.2}   ACK p50 {:.2} ms (SQLite {:.2} ms)",
+            rate(postgres),
+            rate(sqlite),
+            rate(postgres) / rate(sqlite),
+            percentile(&postgres.latencies, 0.50),
+            percentile(&sqlite.latencies, 0.50),
+        );
     }
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! databases and served on loopback; the issue's queries timed over one keep-alive HTTP/1.1
 //! connection (p50/p95), the small/large ratio of patient-scoped queries, and throughput with
 //! 8 concurrent keep-alive clients. Client and server share this machine's cores, so the
-//! throughput figures are a lower bound. Use a release build.
+//! throughput figures are a lower bound. With `--db postgres://…` the large region is served
+//! from PostgreSQL too ([`crate::bench_search_postgres`]). Use a release build.
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
@@ -112,7 +113,7 @@ pub(crate) struct Region {
     /// The same store served without access control (feature `bench-baseline`).
     baseline: Option<SocketAddr>,
     shutdown: Option<tokio::sync::watch::Sender<()>>,
-    patients: usize,
+    pub(crate) patients: usize,
     pub(crate) store: Arc<dyn Backend>,
     key: SigningKey,
 }
@@ -122,6 +123,13 @@ const BENCH_CLIENT: &str = "bench";
 pub(crate) const BENCH_FACILITY: &str = "0610100010";
 
 impl Region {
+    /// Stops serving.
+    pub(crate) fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+
     pub(crate) async fn token(&self) -> anyhow::Result<String> {
         let (token, _) = issue_token(
             self.store.as_ref(),
@@ -218,16 +226,22 @@ impl Region {
     }
 }
 
-async fn load_region(patients: usize, seed: u64) -> anyhow::Result<Region> {
+/// Generates a region of `patients` people, ingests it into a fresh SQLite database (or the
+/// store at `url`) and serves it.
+pub(crate) async fn load_region(
+    patients: usize,
+    seed: u64,
+    url: Option<&str>,
+) -> anyhow::Result<Region> {
     let dir = tempfile::tempdir()?;
     let region = dir.path().join("region");
     let started = Instant::now();
     tsunagi_synth::generate_region(&region, patients, seed)?;
-    let store = open::open_store(&format!(
-        "sqlite://{}",
-        dir.path().join("bench.db").display()
-    ))
-    .await?;
+    let url = match url {
+        Some(url) => url.to_owned(),
+        None => format!("sqlite://{}", dir.path().join("bench.db").display()),
+    };
+    let store = open::open_store(&url).await?;
     let reports = crate::bench::pull_all(&region, store.clone()).await?;
     let written: u64 = reports
         .iter()
@@ -244,7 +258,7 @@ async fn load_region(patients: usize, seed: u64) -> anyhow::Result<Region> {
 /// has 60–200 resources in this region (the same person in both regions makes the ratio
 /// meaningful), else the first such patient of hospital A. Returns the patient, its resource
 /// count and the queries.
-async fn queries(
+pub(crate) async fn queries(
     connection: &mut Connection,
     prefer: Option<&str>,
 ) -> anyhow::Result<(String, u64, Vec<(&'static str, String, f64)>)> {
@@ -370,12 +384,12 @@ pub(crate) fn percentile(sorted: &[f64], fraction: f64) -> f64 {
 }
 
 /// One query's figures: name, p50 and p95 at the large and at the small region, target p50.
-struct Timing {
-    name: &'static str,
-    p50: f64,
-    p95: f64,
-    small_p50: f64,
-    target: f64,
+pub(crate) struct Timing {
+    pub(crate) name: &'static str,
+    pub(crate) p50: f64,
+    pub(crate) p95: f64,
+    pub(crate) small_p50: f64,
+    pub(crate) target: f64,
 }
 
 async fn timed_get(
@@ -395,7 +409,7 @@ async fn timed_get(
 /// Times every query in both regions, alternating blocks of requests, so that drift in the
 /// machine's speed falls on both alike and the small/large ratio is fair.
 /// Returns the timings, a line naming the patients, and the large region's patient.
-async fn time_queries(
+pub(crate) async fn time_queries(
     small: &Region,
     large: &Region,
     requests: usize,
@@ -580,7 +594,11 @@ const ROUND_SECONDS: f64 = 1.5;
 
 /// The median throughput of `target`, secured and (with `baseline`) open, over [`ROUNDS`]
 /// alternating rounds; the open figure is 0 without `baseline`.
-async fn rates(region: &Region, target: &str, baseline: bool) -> anyhow::Result<(f64, f64)> {
+pub(crate) async fn rates(
+    region: &Region,
+    target: &str,
+    baseline: bool,
+) -> anyhow::Result<(f64, f64)> {
     let mut secured = Vec::new();
     let mut open = Vec::new();
     for _ in 0..ROUNDS {
@@ -602,7 +620,13 @@ pub(crate) async fn search(
     small: usize,
     requests: usize,
     seed: u64,
+    postgres: Option<String>,
 ) -> anyhow::Result<()> {
+    if let Some(db) = &postgres
+        && !(db.starts_with("postgres://") || db.starts_with("postgresql://"))
+    {
+        bail!("--db must be a postgres:// URL (SQLite is always measured)");
+    }
     if cfg!(debug_assertions) {
         eprintln!(
             "warning: this is a debug build; measure with `cargo run --release -- bench search …`"
@@ -610,7 +634,7 @@ pub(crate) async fn search(
     }
     let mut regions = Vec::new();
     for size in [small, patients] {
-        regions.push(load_region(size, seed).await?);
+        regions.push(load_region(size, seed, None).await?);
     }
     let (timings, note, patient) = time_queries(&regions[0], &regions[1], requests).await?;
     println!("\n{note}");
@@ -691,10 +715,19 @@ pub(crate) async fn search(
             "\n(the cost of security is measured against a baseline router compiled only with\n `cargo run --release --features bench-baseline -- bench search`)"
         );
     }
+    if let Some(db) = postgres {
+        crate::bench_search_postgres::beside(
+            &db,
+            large,
+            seed,
+            requests,
+            read_rates.0,
+            code_rates.0,
+        )
+        .await?;
+    }
     for region in &mut regions {
-        if let Some(shutdown) = region.shutdown.take() {
-            let _ = shutdown.send(());
-        }
+        region.stop();
     }
     Ok(())
 }

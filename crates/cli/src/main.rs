@@ -25,6 +25,7 @@ mod bench_mllp;
 mod bench_nodes;
 mod bench_outbound;
 mod bench_search;
+mod bench_search_postgres;
 mod config;
 mod config_check;
 mod demo;
@@ -307,9 +308,14 @@ enum BenchWhat {
         /// Random seed.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Also serve the large region from this PostgreSQL (a schema of its own, dropped
+        /// after) and print its latencies and throughput beside SQLite's.
+        #[arg(long)]
+        db: Option<String>,
     },
     /// Push one hospital's synthetic messages over MLLP (8 connections, commit before ACK) into
-    /// a fresh SQLite store, then resend them all; print messages/s and ACK latency.
+    /// a fresh SQLite store (and with `--db` a PostgreSQL), then resend them all; print
+    /// messages/s and ACK latency.
     Mllp {
         /// People in the generated region (hospital A's messages are sent).
         #[arg(long, default_value_t = 400)]
@@ -324,6 +330,10 @@ enum BenchWhat {
         /// Random seed.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Also send the same messages into this PostgreSQL (a schema of its own, dropped
+        /// after) and print its rates beside SQLite's.
+        #[arg(long)]
+        db: Option<String>,
     },
     /// Queue notes for a hospital as the write endpoint does, deliver them to the EHR stand-in
     /// over MLLP (ACK read and checked, outcomes committed); print deliveries/s.
@@ -522,8 +532,9 @@ fn main() -> std::process::ExitCode {
                         small,
                         requests,
                         seed,
+                        db,
                     },
-            } => bench_search::search(patients, small, requests, seed).await,
+            } => bench_search::search(patients, small, requests, seed, db).await,
             Command::Bench {
                 what:
                     BenchWhat::Mllp {
@@ -531,8 +542,9 @@ fn main() -> std::process::ExitCode {
                         connections,
                         window,
                         seed,
+                        db,
                     },
-            } => bench_mllp::mllp(patients, connections, window, seed).await,
+            } => bench_mllp::mllp(patients, connections, window, seed, db).await,
             Command::Bench {
                 what: BenchWhat::Outbound { notes },
             } => bench_outbound::run(notes).await,
