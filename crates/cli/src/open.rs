@@ -30,14 +30,55 @@ pub(crate) async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Backend>> {
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let shown = without_password(url);
         let store = PostgresStore::open(url, Arc::new(SystemClock))
             .await
-            .with_context(|| format!("cannot open {url}"))?;
+            .with_context(|| format!("cannot open {shown}"))?;
+        let tls = store.engine().uses_tls().await?;
+        if tls {
+            tracing::info!(target: "tsunagi::store", url = %shown, "PostgreSQL over TLS");
+        } else {
+            tracing::warn!(
+                target: "tsunagi::store", url = %shown,
+                "PostgreSQL without TLS: outside a private network, add sslmode=verify-full&sslrootcert=<CA file> to the URL"
+            );
+        }
         return Ok(Arc::new(store));
     }
     bail!(
         "unsupported database url {url:?}: expected sqlite://<path> or postgres://user@host:port/database"
     )
+}
+
+/// `url` with its password (of the user part, or a `password=` parameter) replaced by `***`,
+/// for messages and logs.
+pub(crate) fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split(':').next().unwrap_or_default();
+            format!("{name}:***@{host}")
+        }
+        _ => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let parameters: Vec<String> = query
+                .split('&')
+                .map(|parameter| match parameter.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => parameter.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", parameters.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 pub(crate) fn context(
@@ -48,5 +89,32 @@ pub(crate) fn context(
         store,
         clock: Arc::new(SystemClock),
         progress,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn passwords_are_not_shown() {
+        for (url, shown) in [
+            (
+                "postgres://gw:s3cret@db.example:5432/region?sslmode=verify-full",
+                "postgres://gw:***@db.example:5432/region?sslmode=verify-full",
+            ),
+            (
+                "postgres://gw@db/region?password=s3cret&sslmode=require",
+                "postgres://gw@db/region?password=***&sslmode=require",
+            ),
+            ("postgres://gw@db/region", "postgres://gw@db/region"),
+            (
+                "sqlite:///var/lib/tsunagi/a.db",
+                "sqlite:///var/lib/tsunagi/a.db",
+            ),
+            ("postgres://p:a@b@db/x", "postgres://p:***@db/x"),
+        ] {
+            assert_eq!(without_password(url), shown);
+        }
     }
 }

@@ -104,6 +104,16 @@ impl PostgresEngine {
         Ok(Self { pool, clock })
     }
 
+    /// Whether this store's connections to the server are encrypted (TLS), as the server sees
+    /// one of them (`pg_stat_ssl`). The URL decides: `sslmode=verify-full` and `sslrootcert=…`
+    /// as with libpq; without `sslmode`, TLS is used when the server offers it (`prefer`).
+    pub async fn uses_tls(&self) -> Result<bool, StoreError> {
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)
+    }
+
     /// Drops `schema` and everything in it (a benchmark's or a test's own schema).
     pub async fn drop_schema(url: &str, schema: &str) -> Result<(), StoreError> {
         if !schema
