@@ -180,6 +180,10 @@ enum Command {
         /// Run every configured pull once and exit.
         #[arg(long)]
         once: bool,
+        /// Serve the pulls' counters (files, resources, rejects, lag per source) at
+        /// `GET /metrics` on this address, e.g. 127.0.0.1:9464.
+        #[arg(long)]
+        metrics: Option<String>,
     },
 }
 
@@ -568,7 +572,11 @@ fn main() -> std::process::ExitCode {
             Command::Bench {
                 what: BenchWhat::Nodes { db, patients, seed },
             } => bench_nodes::nodes(&db, patients, seed).await,
-            Command::Run { config, once } => run::run(&config, once).await,
+            Command::Run {
+                config,
+                once,
+                metrics,
+            } => run::run(&config, once, metrics.as_deref()).await,
             Command::Config {
                 what: ConfigWhat::Check { config },
             } => config_check::check_config(&config),

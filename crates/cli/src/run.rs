@@ -5,8 +5,9 @@
 
 use std::{path::Path, str::FromStr, sync::Arc, time::Instant};
 
-use anyhow::bail;
-use tsunagi_adapter::{NoProgress, PullAdapter};
+use anyhow::{Context, bail};
+use tsunagi_adapter::{AdapterError, NoProgress, PullAdapter, PullReport};
+use tsunagi_core::metrics;
 
 use crate::{
     config::Config,
@@ -27,8 +28,75 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// `tsunagi run`: cron-scheduled pulls.
-pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
+/// Counts a scheduled pull of `source` in `/metrics` (`tsunagi_pull_*`).
+fn count_pull(source: &str, pulled: &Result<PullReport, AdapterError>, seconds: f64) {
+    let result = if pulled.is_ok() { "ok" } else { "failed" };
+    metrics::count(
+        &metrics::PULLS,
+        &[("source", source), ("result", result)],
+        1,
+    );
+    metrics::observe(&metrics::PULL_SECONDS, &[("source", source)], seconds);
+    let Ok(report) = pulled else {
+        return;
+    };
+    let rejected = u64::try_from(report.rejected.len()).unwrap_or(u64::MAX);
+    for (outcome, files) in [
+        ("read", report.files_read),
+        ("skipped", report.files_skipped_unchanged),
+        ("rejected", rejected),
+    ] {
+        metrics::count(
+            &metrics::PULL_FILES,
+            &[("source", source), ("outcome", outcome)],
+            files,
+        );
+    }
+    for (change, counts) in [
+        ("created", &report.created),
+        ("updated", &report.updated),
+        ("unchanged", &report.unchanged),
+        ("deleted", &report.deleted),
+    ] {
+        metrics::count(
+            &metrics::PULL_RESOURCES,
+            &[("source", source), ("change", change)],
+            counts.values().sum(),
+        );
+    }
+    let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+    metrics::set(&metrics::PULL_SUCCEEDED_AT, &[("source", source)], now);
+}
+
+/// Serves this process's counters at `GET /metrics` on `address` (an operator's port: bind
+/// it to loopback or a private network).
+async fn serve_metrics(address: &str) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen for /metrics on {address}"))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                metrics::render(),
+            )
+        }),
+    );
+    eprintln!("metrics at http://{}/metrics", listener.local_addr()?);
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            eprintln!("the /metrics listener stopped: {error}");
+        }
+    });
+    Ok(())
+}
+
+/// `tsunagi run`: cron-scheduled pulls; with `metrics`, their counters at `GET /metrics`.
+pub(crate) async fn run(path: &Path, once: bool, metrics: Option<&str>) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let store = open_store(&config.store.url).await?;
     let mut jobs: Vec<(cron::Schedule, Arc<dyn PullAdapter>, Option<String>)> = Vec::new();
@@ -111,6 +179,9 @@ pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Some(address) = metrics {
+        serve_metrics(address).await?;
+    }
     // Several nodes may run the same schedules on one database: each tick of a source is
     // claimed in the database first, and only its one claimant pulls.
     // The process is part of the claimant's name: two `run` processes of one host are two
@@ -178,6 +249,7 @@ pub(crate) async fn run(path: &Path, once: bool) -> anyhow::Result<()> {
                 });
                 let pulled = adapter.pull(&context(store.clone(), Arc::new(NoProgress))).await;
                 drop(heartbeat);
+                count_pull(&source, &pulled, started.elapsed().as_secs_f64());
                 if let Err(error) = store.finish_run(&source, tick).await {
                     eprintln!("pull {source}: the hold could not be ended ({error}); it runs out");
                 }

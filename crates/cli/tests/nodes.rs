@@ -1,7 +1,7 @@
 //! Several nodes running one configuration on one database (issue 22): `tsunagi run` on two
 //! nodes pulls each scheduled tick of a source once — the tick is claimed in the database, and
 //! the node that does not get it says so. On SQLite (two processes on one file) and on
-//! PostgreSQL.
+//! PostgreSQL. `tsunagi run --metrics` counts each source's pulls, files and resources.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use support::{PostgresSchema, ok};
+use support::{PostgresSchema, free_port, ok};
 
 #[test]
 fn two_nodes_pull_each_scheduled_tick_once_on_sqlite() {
@@ -100,4 +100,137 @@ fn two_nodes_pull_each_scheduled_tick_once(dir: &std::path::Path, db: &str) {
         declined >= 1,
         "no node ever found a tick taken: {claimed:?}"
     );
+}
+
+/// The value of the one series of `metrics` (the text format) named `series` exactly.
+fn series(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        line.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+    })
+}
+
+fn get_metrics(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.starts_with("HTTP/1.1 200").then_some(response)
+}
+
+#[test]
+fn run_counts_its_pulls_at_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let region = dir.path().join("region");
+    ok(&[
+        "generate",
+        "region",
+        "--out",
+        region.to_str().unwrap(),
+        "--patients",
+        "4",
+        "--seed",
+        "3",
+    ]);
+    let config = dir.path().join("tsunagi.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 2\n[store]\nurl = \"{db}\"\n[[source]]\nkind = \"ssmix2\"\nfacility = \"0610100010\"\nroots = [\"{}\"]\nschedule = \"* * * * * *\"\n",
+            region.join("0610100010").display()
+        ),
+    )
+    .unwrap();
+    // What a single pull of the same files writes: the reference for the counters.
+    let reference = tempfile::tempdir().unwrap();
+    let output = ok(&[
+        "ingest",
+        "ssmix2",
+        "--db",
+        &format!("sqlite://{}", reference.path().join("r.db").display()),
+        "--facility",
+        "0610100010",
+        "--json",
+        region.join("0610100010").to_str().unwrap(),
+    ]);
+    let summary: serde_json::Value = serde_json::from_str(&output).unwrap();
+    let total = |change: &str| -> f64 {
+        summary[change]
+            .as_object()
+            .unwrap_or_else(|| panic!("{change} in {summary}"))
+            .values()
+            .map(|count| count.as_f64().unwrap())
+            .sum()
+    };
+    let (created, updated) = (total("created"), total("updated"));
+    assert!(created > 0.0, "{summary}");
+    let port = free_port();
+    let mut node = Command::new(env!("CARGO_BIN_EXE_tsunagi"))
+        .args([
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--metrics",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let source = r#"source="ssmix2:0610100010""#;
+    let started = std::time::Instant::now();
+    let metrics = loop {
+        if let Some(metrics) = get_metrics(port)
+            && series(
+                &metrics,
+                &format!(r#"tsunagi_pulls_total{{{source},result="ok"}}"#),
+            )
+            .is_some_and(|pulls| pulls >= 2.0)
+        {
+            break metrics;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no second pull counted at /metrics"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = node.kill();
+    let _ = node.wait();
+    let value = |name: &str, label: &str| {
+        series(&metrics, &format!("{name}{{{source},{label}}}"))
+            .unwrap_or_else(|| panic!("{name} {label} missing:\n{metrics}"))
+    };
+    // The first pull wrote what a single ingest writes; later ones found nothing changed.
+    assert_eq!(
+        value("tsunagi_pull_resources_total", r#"change="created""#),
+        created
+    );
+    assert_eq!(
+        value("tsunagi_pull_resources_total", r#"change="updated""#),
+        updated
+    );
+    assert_eq!(
+        value("tsunagi_pull_files_total", r#"outcome="rejected""#),
+        0.0
+    );
+    assert!(value("tsunagi_pull_files_total", r#"outcome="read""#) > 0.0);
+    assert!(value("tsunagi_pull_files_total", r#"outcome="skipped""#) > 0.0);
+    let failed = format!(r#"tsunagi_pulls_total{{{source},result="failed"}}"#);
+    assert_eq!(series(&metrics, &failed).unwrap_or(0.0), 0.0);
+    let succeeded = series(
+        &metrics,
+        &format!("tsunagi_pull_last_success_timestamp_seconds{{{source}}}"),
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - succeeded).abs() < 60.0, "{succeeded} vs {now}");
 }

@@ -72,14 +72,52 @@ pub static AUDIT_IMPORTED_AT: Family = Family {
     kind: Kind::Gauge,
 };
 
+/// Scheduled pulls (`tsunagi run`), by source (`kind:facility`) and result (`ok`, `failed`).
+pub static PULLS: Family = Family {
+    name: "tsunagi_pulls_total",
+    help: "Scheduled pulls run by this process, by source (kind:facility) and result (ok, failed).",
+    kind: Kind::Counter,
+};
+/// Time of one scheduled pull, by source.
+pub static PULL_SECONDS: Family = Family {
+    name: "tsunagi_pull_seconds",
+    help: "Time of one scheduled pull, by source.",
+    kind: Kind::Histogram,
+};
+/// Files (or messages) of scheduled pulls, by source and outcome (`read`, `skipped`: unchanged
+/// since the last pull, `rejected`).
+pub static PULL_FILES: Family = Family {
+    name: "tsunagi_pull_files_total",
+    help: "Files of scheduled pulls, by source and outcome (read, skipped unchanged, rejected).",
+    kind: Kind::Counter,
+};
+/// Resources written by scheduled pulls, by source and change (`created`, `updated`,
+/// `unchanged`, `deleted`).
+pub static PULL_RESOURCES: Family = Family {
+    name: "tsunagi_pull_resources_total",
+    help: "Resources of scheduled pulls, by source and change (created, updated, unchanged, deleted).",
+    kind: Kind::Counter,
+};
+/// When a source's last pull succeeded (Unix seconds): its ingest lag is the time since.
+pub static PULL_SUCCEEDED_AT: Family = Family {
+    name: "tsunagi_pull_last_success_timestamp_seconds",
+    help: "When a source's last scheduled pull by this process succeeded (Unix time; the lag is time() minus this).",
+    kind: Kind::Gauge,
+};
+
 /// Every family, in the order `/metrics` lists them.
-pub static FAMILIES: [&Family; 6] = [
+pub static FAMILIES: [&Family; 11] = [
     &HL7V2_MESSAGES,
     &HL7V2_COMMIT,
     &OUTBOX_ATTEMPTS,
     &OUTBOX_ATTEMPT,
     &AUDIT_IMPORTED,
     &AUDIT_IMPORTED_AT,
+    &PULLS,
+    &PULL_SECONDS,
+    &PULL_FILES,
+    &PULL_RESOURCES,
+    &PULL_SUCCEEDED_AT,
 ];
 
 #[derive(Debug, Clone, Copy)]
