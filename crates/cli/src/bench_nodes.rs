@@ -243,7 +243,7 @@ async fn measure(url: &str, patients: usize, seed: u64) -> anyhow::Result<()> {
         println!("  {name}: {:.0} requests/s per core", one / cores as f64);
     }
     println!(
-        "  PostgreSQL connections per node: at most 9 (a pool of 8 and the node-name lock; size max_connections as 9 × nodes + tools)"
+        "  PostgreSQL connections per node: at most 10 (a pool of 8, the node-name lock and the standing listener; size max_connections as 10 × nodes + tools)"
     );
     drop((a, b));
     Ok(())

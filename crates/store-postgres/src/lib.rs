@@ -43,6 +43,7 @@ pub type PostgresStore = SqlStore<PostgresEngine>;
 
 mod copy;
 mod index_rows;
+mod standing;
 mod writer;
 use writer::{BatchWriter, index_pat};
 
@@ -52,6 +53,8 @@ use writer::{BatchWriter, index_pat};
 pub struct PostgresEngine {
     pool: PgPool,
     clock: Arc<dyn Clock>,
+    /// This node's standing epoch, heard from the other nodes' changes once it serves.
+    epoch: Arc<standing::ListenedEpoch>,
 }
 
 impl std::fmt::Debug for PostgresEngine {
@@ -101,7 +104,11 @@ impl PostgresEngine {
             .await
             .map_err(db_error)?;
         Self::migrate(&pool).await?;
-        Ok(Self { pool, clock })
+        Ok(Self {
+            pool,
+            clock,
+            epoch: Arc::default(),
+        })
     }
 
     /// Whether this store's connections to the server are encrypted (TLS), as the server sees
@@ -266,6 +273,25 @@ impl Engine for PostgresEngine {
 
     fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    async fn standing_changing(&self, connection: &mut PgConnection) -> Result<(), StoreError> {
+        standing::notify(connection).await
+    }
+
+    fn standing_changed(&self) -> Result<(), StoreError> {
+        // This process's own changes hold at once; the others' when their notification comes.
+        self.epoch.forget();
+        Ok(())
+    }
+
+    fn standing_epoch(&self) -> Option<u64> {
+        self.epoch.read()
+    }
+
+    async fn start_serving(&self) -> Result<(), StoreError> {
+        self.epoch.start(&self.pool);
+        Ok(())
     }
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {

@@ -76,12 +76,16 @@ impl<E: Engine> SqlStore<E> {
         if let Some(record) = audit {
             audit::insert::<E::Db>(connection, std::slice::from_ref(record), 1).await?;
         }
-        transaction.commit().await.map_err(db_error)?;
         // Standings read before may no longer hold.
-        if matches!(
+        let standing = matches!(
             change,
             Change::Facility(_) | Change::Participant(_) | Change::Client(_) | Change::Revoke(_)
-        ) {
+        );
+        if standing {
+            self.engine().standing_changing(connection).await?;
+        }
+        transaction.commit().await.map_err(db_error)?;
+        if standing {
             self.standing_changed()?;
         }
         Ok(true)

@@ -48,6 +48,14 @@ pub trait Engine: Send + Sync + 'static {
         connection: &mut <Self::Db as Database>::Connection,
         batch: Batch,
     ) -> Result<ApplyStats, StoreError>;
+    /// Called inside the transaction of a change to what tokens stand on, before it commits
+    /// (PostgreSQL: a notification, delivered to every node when the change commits).
+    async fn standing_changing(
+        &self,
+        _connection: &mut <Self::Db as Database>::Connection,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Called after a committed change to what tokens stand on.
     fn standing_changed(&self) -> Result<(), StoreError> {
         Ok(())
