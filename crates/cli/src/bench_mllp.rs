@@ -256,7 +256,10 @@ pub(crate) async fn mllp(
         return Ok(());
     };
     let lanes = &lanes;
-    println!("\nthe same into PostgreSQL (a fresh schema of {db}, commit before ACK):");
+    println!(
+        "\nthe same into PostgreSQL (a fresh schema of {}, commit before ACK):",
+        crate::open::without_password(&db)
+    );
     let postgres = crate::bench::in_fresh_schema(&db, "mllp", |url| async move {
         let store = crate::open::open_store(&url).await?;
         measure(store, &hospital, lanes, window, number).await

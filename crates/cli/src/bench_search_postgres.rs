@@ -15,7 +15,10 @@ pub(crate) async fn beside(
     sqlite_read: f64,
     sqlite_code: f64,
 ) -> anyhow::Result<()> {
-    println!("\nthe same region from PostgreSQL (a fresh schema of {db}, dropped after)");
+    println!(
+        "\nthe same region from PostgreSQL (a fresh schema of {}, dropped after)",
+        crate::open::without_password(db)
+    );
     crate::bench::in_fresh_schema(db, "search", |url| async move {
         let mut postgres = load_region(sqlite.patients, seed, Some(&url)).await?;
         let (timings, note, patient) = time_queries(sqlite, &postgres, requests).await?;

@@ -34,14 +34,24 @@ pub(crate) async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Backend>> {
         let store = PostgresStore::open(url, Arc::new(SystemClock))
             .await
             .with_context(|| format!("cannot open {shown}"))?;
-        let tls = store.engine().uses_tls().await?;
-        if tls {
-            tracing::info!(target: "tsunagi::store", url = %shown, "PostgreSQL over TLS");
-        } else {
-            tracing::warn!(
+        let mode = ssl_mode(url);
+        match store.engine().uses_tls().await {
+            Ok(true) if mode == "verify-full" => {
+                tracing::info!(target: "tsunagi::store", url = %shown, "PostgreSQL over TLS, certificate and name verified");
+            }
+            Ok(true) => tracing::warn!(
+                target: "tsunagi::store", url = %shown, sslmode = %mode,
+                "PostgreSQL over TLS, but the server's name is not verified: use sslmode=verify-full&sslrootcert=<CA file>"
+            ),
+            Ok(false) => tracing::warn!(
                 target: "tsunagi::store", url = %shown,
                 "PostgreSQL without TLS: outside a private network, add sslmode=verify-full&sslrootcert=<CA file> to the URL"
-            );
+            ),
+            // A server without `pg_stat_ssl` (a compatible one) still opens.
+            Err(error) => tracing::warn!(
+                target: "tsunagi::store", url = %shown, %error,
+                "could not tell whether the PostgreSQL connection is encrypted"
+            ),
         }
         return Ok(Arc::new(store));
     }
@@ -51,19 +61,22 @@ pub(crate) async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Backend>> {
 }
 
 /// `url` with its password (of the user part, or a `password=` parameter) replaced by `***`,
-/// for messages and logs.
+/// for messages and logs. The user part ends at the URL's last `@`: a password holding `/`,
+/// `?`, `#` or `@` unescaped is hidden too (an `@` further on hides more, never less).
 pub(crate) fn without_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((user, host)) if user.contains(':') => {
-            let name = user.split(':').next().unwrap_or_default();
-            format!("{name}:***@{host}")
+    let (user, tail) = match rest.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let user = match user {
+        Some(user) if user.contains(':') => {
+            format!("{}:***@", user.split(':').next().unwrap_or_default())
         }
-        _ => authority.to_owned(),
+        Some(user) => format!("{user}@"),
+        None => String::new(),
     };
     let tail = match tail.split_once('?') {
         Some((path, query)) => {
@@ -78,7 +91,22 @@ pub(crate) fn without_password(url: &str) -> String {
         }
         None => tail.to_owned(),
     };
-    format!("{scheme}://{authority}{tail}")
+    format!("{scheme}://{user}{tail}")
+}
+
+/// The `sslmode` a PostgreSQL URL asks for (`prefer` when it names none, as libpq).
+fn ssl_mode(url: &str) -> String {
+    url.split_once('?')
+        .map(|(_, query)| query)
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|parameter| {
+            parameter
+                .split_once('=')
+                .filter(|(key, _)| key.eq_ignore_ascii_case("sslmode"))
+                .map(|(_, mode)| mode.to_ascii_lowercase())
+        })
+        .unwrap_or_else(|| "prefer".to_owned())
 }
 
 pub(crate) fn context(
@@ -113,8 +141,20 @@ mod tests {
                 "sqlite:///var/lib/tsunagi/a.db",
             ),
             ("postgres://p:a@b@db/x", "postgres://p:***@db/x"),
+            ("postgres://gw:ab/cd@db/x", "postgres://gw:***@db/x"),
+            ("postgres://gw:ab?cd@db", "postgres://gw:***@db"),
+            ("postgres://gw:ab#c/d@db/x", "postgres://gw:***@db/x"),
         ] {
             assert_eq!(without_password(url), shown);
         }
+    }
+
+    #[test]
+    fn the_ssl_mode_is_read_as_libpq_would() {
+        assert_eq!(super::ssl_mode("postgres://db/x"), "prefer");
+        assert_eq!(
+            super::ssl_mode("postgres://db/x?sslmode=Verify-Full&sslrootcert=/a"),
+            "verify-full"
+        );
     }
 }

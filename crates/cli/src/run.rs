@@ -31,13 +31,11 @@ impl Drop for AbortOnDrop {
 /// Counts a scheduled pull of `source` in `/metrics` (`tsunagi_pull_*`).
 fn count_pull(source: &str, pulled: &Result<PullReport, AdapterError>, seconds: f64) {
     let result = if pulled.is_ok() { "ok" } else { "failed" };
-    metrics::count(
-        &metrics::PULLS,
-        &[("source", source), ("result", result)],
-        1,
-    );
+    let pulls = [("source", source), ("result", result)];
     metrics::observe(&metrics::PULL_SECONDS, &[("source", source)], seconds);
+    // The pull itself is counted last: a scrape that sees it sees everything it counted.
     let Ok(report) = pulled else {
+        metrics::count(&metrics::PULLS, &pulls, 1);
         return;
     };
     let rejected = u64::try_from(report.rejected.len()).unwrap_or(u64::MAX);
@@ -66,6 +64,7 @@ fn count_pull(source: &str, pulled: &Result<PullReport, AdapterError>, seconds: 
     }
     let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
     metrics::set(&metrics::PULL_SUCCEEDED_AT, &[("source", source)], now);
+    metrics::count(&metrics::PULLS, &pulls, 1);
 }
 
 /// Serves this process's counters at `GET /metrics` on `address` (an operator's port: bind
@@ -170,6 +169,11 @@ pub(crate) async fn run(path: &Path, once: bool, metrics: Option<&str>) -> anyho
         );
     }
     if once {
+        if metrics.is_some() {
+            bail!(
+                "--metrics serves a running scheduler's counters; --once exits after one pull of each source"
+            );
+        }
         for (_, adapter, name) in &jobs {
             let started = Instant::now();
             let report = adapter

@@ -449,7 +449,7 @@ pub(crate) async fn serve_store(
         .clone()
         .unwrap_or_else(|| format!("{origin}/fhir"));
     if let Some(db) = db {
-        println!("serving {db}");
+        println!("serving {}", crate::open::without_password(db));
     }
     println!("FHIR base {base}");
     if let Some((listener, _)) = &mutual {

@@ -102,6 +102,16 @@ fn two_nodes_pull_each_scheduled_tick_once(dir: &std::path::Path, db: &str) {
     );
 }
 
+/// A child process killed (and reaped) when the test is done with it, whatever happened.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The value of the one series of `metrics` (the text format) named `series` exactly.
 fn series(metrics: &str, series: &str) -> Option<f64> {
     metrics.lines().find_map(|line| {
@@ -170,18 +180,20 @@ fn run_counts_its_pulls_at_metrics() {
     let (created, updated) = (total("created"), total("updated"));
     assert!(created > 0.0, "{summary}");
     let port = free_port();
-    let mut node = Command::new(env!("CARGO_BIN_EXE_tsunagi"))
-        .args([
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--metrics",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut node = Killed(
+        Command::new(env!("CARGO_BIN_EXE_tsunagi"))
+            .args([
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--metrics",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let source = r#"source="ssmix2:0610100010""#;
     let started = std::time::Instant::now();
     let metrics = loop {
@@ -194,14 +206,18 @@ fn run_counts_its_pulls_at_metrics() {
         {
             break metrics;
         }
+        if node.0.try_wait().unwrap().is_some() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut node.0.stderr.take().unwrap(), &mut stderr).unwrap();
+            panic!("tsunagi run exited: {stderr}");
+        }
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "no second pull counted at /metrics"
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    let _ = node.kill();
-    let _ = node.wait();
+    drop(node);
     let value = |name: &str, label: &str| {
         series(&metrics, &format!("{name}{{{source},{label}}}"))
             .unwrap_or_else(|| panic!("{name} {label} missing:\n{metrics}"))

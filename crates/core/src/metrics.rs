@@ -30,6 +30,9 @@ pub struct Family {
     pub help: &'static str,
     /// Counter or histogram.
     pub kind: Kind,
+    /// Whether every series carries labels (then no unlabeled series is shown before the
+    /// first event).
+    pub labeled: bool,
 }
 
 /// HL7 v2 messages answered by the intake, by outcome (`accepted`, `error`, `rejected`) and
@@ -38,24 +41,28 @@ pub static HL7V2_MESSAGES: Family = Family {
     name: "tsunagi_hl7v2_messages_total",
     help: "HL7 v2 messages answered, by outcome (accepted AA/CA, error AE/CE, rejected AR/CR) and resend.",
     kind: Kind::Counter,
+    labeled: true,
 };
 /// Time to commit a group of HL7 v2 messages (before their ACKs are sent).
 pub static HL7V2_COMMIT: Family = Family {
     name: "tsunagi_hl7v2_commit_seconds",
     help: "Time to commit a group of HL7 v2 messages, before their ACKs are sent.",
     kind: Kind::Histogram,
+    labeled: false,
 };
 /// Delivery attempts of the outbox, by result (`delivered`, `retry`, `dead`, `lost`).
 pub static OUTBOX_ATTEMPTS: Family = Family {
     name: "tsunagi_outbox_attempts_total",
     help: "Outbound delivery attempts, by result (delivered, retry, dead; lost: taken over by another node).",
     kind: Kind::Counter,
+    labeled: true,
 };
 /// Time of one delivery attempt (connect, send, ACK).
 pub static OUTBOX_ATTEMPT: Family = Family {
     name: "tsunagi_outbox_attempt_seconds",
     help: "Time of one outbound delivery attempt (connect, send, ACK read).",
     kind: Kind::Histogram,
+    labeled: false,
 };
 
 /// Audit records moved from the journal into the database (the embedded store).
@@ -63,6 +70,7 @@ pub static AUDIT_IMPORTED: Family = Family {
     name: "tsunagi_audit_journal_imported_total",
     help: "Audit records imported from the journal into the database (embedded store).",
     kind: Kind::Counter,
+    labeled: false,
 };
 /// When the audit journal was last imported completely (Unix seconds): the import lag is the
 /// time since.
@@ -70,6 +78,7 @@ pub static AUDIT_IMPORTED_AT: Family = Family {
     name: "tsunagi_audit_journal_imported_timestamp_seconds",
     help: "When the audit journal was last imported completely (Unix time; the lag is time() minus this).",
     kind: Kind::Gauge,
+    labeled: false,
 };
 
 /// Scheduled pulls (`tsunagi run`), by source (`kind:facility`) and result (`ok`, `failed`).
@@ -77,12 +86,14 @@ pub static PULLS: Family = Family {
     name: "tsunagi_pulls_total",
     help: "Scheduled pulls run by this process, by source (kind:facility) and result (ok, failed).",
     kind: Kind::Counter,
+    labeled: true,
 };
 /// Time of one scheduled pull, by source.
 pub static PULL_SECONDS: Family = Family {
     name: "tsunagi_pull_seconds",
     help: "Time of one scheduled pull, by source.",
     kind: Kind::Histogram,
+    labeled: true,
 };
 /// Files (or messages) of scheduled pulls, by source and outcome (`read`, `skipped`: unchanged
 /// since the last pull, `rejected`).
@@ -90,6 +101,7 @@ pub static PULL_FILES: Family = Family {
     name: "tsunagi_pull_files_total",
     help: "Files of scheduled pulls, by source and outcome (read, skipped unchanged, rejected).",
     kind: Kind::Counter,
+    labeled: true,
 };
 /// Resources written by scheduled pulls, by source and change (`created`, `updated`,
 /// `unchanged`, `deleted`).
@@ -97,12 +109,14 @@ pub static PULL_RESOURCES: Family = Family {
     name: "tsunagi_pull_resources_total",
     help: "Resources of scheduled pulls, by source and change (created, updated, unchanged, deleted).",
     kind: Kind::Counter,
+    labeled: true,
 };
 /// When a source's last pull succeeded (Unix seconds): its ingest lag is the time since.
 pub static PULL_SUCCEEDED_AT: Family = Family {
     name: "tsunagi_pull_last_success_timestamp_seconds",
     help: "When a source's last scheduled pull by this process succeeded (Unix time; the lag is time() minus this).",
     kind: Kind::Gauge,
+    labeled: true,
 };
 
 /// Every family, in the order `/metrics` lists them.
@@ -211,7 +225,7 @@ pub fn render() -> String {
         .clone();
     // A histogram without labels is shown from the start, at zero (rates need a first sample).
     for family in FAMILIES {
-        if family.kind == Kind::Histogram {
+        if family.kind == Kind::Histogram && !family.labeled {
             registry
                 .entry((family.name, String::new()))
                 .or_insert(Series::Histogram(Histogram {

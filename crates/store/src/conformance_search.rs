@@ -596,26 +596,22 @@ pub async fn search_at_the_query_limits(store: &dyn Store) {
 
 /// A value an element repeats inside one resource (the same identifier twice, a code in two
 /// codings, a name twice) is one index row: the resource is found once, written in a batch,
-/// rewritten in the same batch and rewritten in a later one.
+/// rewritten in the same batch, and changed in a later one.
 pub async fn repeated_values_in_one_resource_index_once(store: &dyn Store) {
-    let twice = |gender: &str| {
-        let mut resource = patient("p9", "ヤマダ タロウ", "1950-04-01", gender);
+    let twice = |gender: &str, birth: &str| {
+        let mut resource = patient("p9", "ヤマダ タロウ", birth, gender);
         let identifier = resource["identifier"][0].clone();
         resource["identifier"] = json!([identifier.clone(), identifier]);
         let name = resource["name"][1].clone();
         resource["name"] = json!([resource["name"][0].clone(), name.clone(), name]);
         resource
     };
-    let mut observation = lab(
-        "o9",
-        "p9",
-        "3A010",
-        "総蛋白",
-        "2024-05-01T09:00:00+09:00",
-        Some(0.0),
-    );
-    let coding = observation["code"]["coding"][0].clone();
-    observation["code"]["coding"] = json!([coding.clone(), coding]);
+    let observation = |when: &str| {
+        let mut observation = lab("o9", "p9", "3A010", "総蛋白", when, Some(0.0));
+        let coding = observation["code"]["coding"][0].clone();
+        observation["code"]["coding"] = json!([coding.clone(), coding]);
+        observation
+    };
     let replace = |source: &str, resources: Vec<ResourceWrite>| Operation::ReplaceSource {
         source_key: source.into(),
         facility: crate::conformance::FACILITY.to_owned(),
@@ -624,8 +620,14 @@ pub async fn repeated_values_in_one_resource_index_once(store: &dyn Store) {
     store
         .apply(Batch {
             operations: vec![
-                replace("a", vec![write(twice("male")), write(observation.clone())]),
-                replace("b", vec![write(twice("female"))]),
+                replace(
+                    "a",
+                    vec![
+                        write(twice("male", "1950-04-01")),
+                        write(observation("2024-05-01T09:00:00+09:00")),
+                    ],
+                ),
+                replace("b", vec![write(twice("female", "1950-04-01"))]),
             ],
         })
         .await
@@ -633,15 +635,21 @@ pub async fn repeated_values_in_one_resource_index_once(store: &dyn Store) {
     let one = |id: &str| vec![id.to_owned()];
     let expected = [one("p9"), one("p9"), one("p9"), one("o9"), one("o9")];
     assert_eq!(found_once(store).await, expected);
-    store
+    // Changed content: both stored rows get new versions, their index rows replaced.
+    let stats = store
         .apply(Batch {
             operations: vec![replace(
                 "a",
-                vec![write(twice("female")), write(observation)],
+                vec![
+                    write(twice("female", "1950-04-02")),
+                    write(observation("2024-05-02T09:00:00+09:00")),
+                ],
             )],
         })
         .await
         .unwrap();
+    let updated: u64 = stats.updated.values().sum();
+    assert_eq!(updated, 2, "both stored rows changed: {stats:?}");
     assert_eq!(found_once(store).await, expected);
 }
 
