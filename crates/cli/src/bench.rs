@@ -63,6 +63,7 @@ pub(crate) async fn ingest(
     keep: Option<PathBuf>,
     postgres: Option<String>,
 ) -> anyhow::Result<()> {
+    check_postgres_url(postgres.as_deref())?;
     if cfg!(debug_assertions) {
         eprintln!(
             "warning: this is a debug build; measure with `cargo run --release -- bench ingest …`"
@@ -157,6 +158,16 @@ pub(crate) async fn ingest(
     Ok(())
 }
 
+/// Refuses a `--db` that is not a PostgreSQL URL, before a benchmark begins.
+pub(crate) fn check_postgres_url(db: Option<&str>) -> anyhow::Result<()> {
+    if let Some(db) = db
+        && !(db.starts_with("postgres://") || db.starts_with("postgresql://"))
+    {
+        anyhow::bail!("--db must be a postgres:// URL (SQLite is always measured)");
+    }
+    Ok(())
+}
+
 /// Runs `measure` with the URL of a fresh schema of its own (`tsunagi_bench_<tag>_<pid>`) on the
 /// PostgreSQL at `db`, and drops the schema after, whatever the outcome.
 pub(crate) async fn in_fresh_schema<T, F, Fut>(db: &str, tag: &str, measure: F) -> anyhow::Result<T>
@@ -194,9 +205,6 @@ async fn ingest_postgres(
     sqlite_written: u64,
     sqlite_rate: f64,
 ) -> anyhow::Result<()> {
-    if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
-        anyhow::bail!("--db must be a postgres:// URL (SQLite is always measured)");
-    }
     let (written, seconds) = in_fresh_schema(db, "ingest", |url| async move {
         let store = open::open_store(&url).await?;
         let started = Instant::now();

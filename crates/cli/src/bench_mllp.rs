@@ -145,7 +145,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 fn report(label: &str, run: &Run) {
     let count = run.latencies.len();
-    let rate = count as f64 / run.seconds;
+    let rate = rate(run);
     println!(
         "  {label:<28} {count:>7} messages in {:>6.2} s = {rate:>8.0} msg/s ({:.2}× the {TARGET_MESSAGES_PER_SECOND:.0} target)   ACK p50 {:.2} ms  p99 {:.2} ms   {:?}",
         run.seconds,
@@ -213,11 +213,7 @@ pub(crate) async fn mllp(
     seed: u64,
     postgres: Option<String>,
 ) -> anyhow::Result<()> {
-    if let Some(db) = &postgres
-        && !(db.starts_with("postgres://") || db.starts_with("postgresql://"))
-    {
-        bail!("--db must be a postgres:// URL (SQLite is always measured)");
-    }
+    crate::bench::check_postgres_url(postgres.as_deref())?;
     let dir = tempfile::tempdir()?;
     println!("generating a region of {patients} people…");
     tsunagi_synth::generate_region(&dir.path().join("region"), patients, seed)?;

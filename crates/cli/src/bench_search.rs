@@ -622,11 +622,7 @@ pub(crate) async fn search(
     seed: u64,
     postgres: Option<String>,
 ) -> anyhow::Result<()> {
-    if let Some(db) = &postgres
-        && !(db.starts_with("postgres://") || db.starts_with("postgresql://"))
-    {
-        bail!("--db must be a postgres:// URL (SQLite is always measured)");
-    }
+    crate::bench::check_postgres_url(postgres.as_deref())?;
     if cfg!(debug_assertions) {
         eprintln!(
             "warning: this is a debug build; measure with `cargo run --release -- bench search …`"

@@ -29,7 +29,13 @@ fn two_nodes_pull_each_scheduled_tick_once_on_postgres() {
     two_nodes_pull_each_scheduled_tick_once(dir.path(), &schema.url);
 }
 
-fn two_nodes_pull_each_scheduled_tick_once(dir: &std::path::Path, db: &str) {
+/// A region of 4 people (`seed`) in `<dir>/region`, and `<dir>/tsunagi.toml` pulling its
+/// first hospital's storage into `db` every second. The region's folder and the config.
+fn pulled_every_second(
+    dir: &std::path::Path,
+    db: &str,
+    seed: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let region = dir.join("region");
     ok(&[
         "generate",
@@ -39,8 +45,22 @@ fn two_nodes_pull_each_scheduled_tick_once(dir: &std::path::Path, db: &str) {
         "--patients",
         "4",
         "--seed",
-        "2",
+        seed,
     ]);
+    let config = dir.join("tsunagi.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 2\n[store]\nurl = \"{db}\"\n[[source]]\nkind = \"ssmix2\"\nfacility = \"0610100010\"\nroots = [\"{}\"]\nschedule = \"* * * * * *\"\n",
+            region.join("0610100010").display()
+        ),
+    )
+    .unwrap();
+    (region, config)
+}
+
+fn two_nodes_pull_each_scheduled_tick_once(dir: &std::path::Path, db: &str) {
+    let (region, config) = pulled_every_second(dir, db, "2");
     // The schema made once, before both start.
     ok(&[
         "ingest",
@@ -52,15 +72,6 @@ fn two_nodes_pull_each_scheduled_tick_once(dir: &std::path::Path, db: &str) {
         "--json",
         region.join("0610100010").to_str().unwrap(),
     ]);
-    let config = dir.join("tsunagi.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "version = 2\n[store]\nurl = \"{db}\"\n[[source]]\nkind = \"ssmix2\"\nfacility = \"0610100010\"\nroots = [\"{}\"]\nschedule = \"* * * * * *\"\n",
-            region.join("0610100010").display()
-        ),
-    )
-    .unwrap();
     let nodes: Vec<_> = ["a", "b"]
         .into_iter()
         .map(|name| {
@@ -122,40 +133,24 @@ fn series(metrics: &str, series: &str) -> Option<f64> {
 }
 
 fn get_metrics(port: u16) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.starts_with("HTTP/1.1 200").then_some(response)
+    match support::http(
+        &format!("127.0.0.1:{port}"),
+        "GET",
+        "/metrics",
+        "",
+        None,
+        b"",
+    )? {
+        (200, answer) => Some(answer),
+        _ => None,
+    }
 }
 
 #[test]
 fn run_counts_its_pulls_at_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("t.db").display());
-    let region = dir.path().join("region");
-    ok(&[
-        "generate",
-        "region",
-        "--out",
-        region.to_str().unwrap(),
-        "--patients",
-        "4",
-        "--seed",
-        "3",
-    ]);
-    let config = dir.path().join("tsunagi.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "version = 2\n[store]\nurl = \"{db}\"\n[[source]]\nkind = \"ssmix2\"\nfacility = \"0610100010\"\nroots = [\"{}\"]\nschedule = \"* * * * * *\"\n",
-            region.join("0610100010").display()
-        ),
-    )
-    .unwrap();
+    let (region, config) = pulled_every_second(dir.path(), &db, "3");
     // What a single pull of the same files writes: the reference for the counters.
     let reference = tempfile::tempdir().unwrap();
     let output = ok(&[
