@@ -17,7 +17,7 @@ use crate::{
     audit,
     dialect::{Cells, Dialect, db_error, stmt},
     governance::{CONSENT_COLUMNS, consent_from_row, facilities_on},
-    store::{Engine, SqlStore},
+    store::{Engine, SqlStore, to_the_end},
 };
 
 type Connection<D> = <D as Database>::Connection;
@@ -26,6 +26,16 @@ impl<E: Engine> SqlStore<E> {
     /// Makes `change` and appends `audit` in one transaction; the audit record only when
     /// something changed.
     pub(crate) async fn make_change(
+        &self,
+        change: Change,
+        audit: Option<&AuditRecord>,
+    ) -> Result<bool, StoreError> {
+        let (store, audit) = (self.clone(), audit.cloned());
+        to_the_end(async move { store.change_now(change, audit.as_ref()).await }).await
+    }
+
+    /// [`SqlStore::make_change`], in the task that runs it to its end.
+    async fn change_now(
         &self,
         change: Change,
         audit: Option<&AuditRecord>,

@@ -17,7 +17,7 @@ use crate::{
     dialect::{Bound, Cells, Dialect, count, db_error, fetch_built, stmt},
     guard::{guard, push_guard, viewer},
     search as run,
-    store::{Engine, SqlStore},
+    store::{Engine, SqlStore, to_the_end},
 };
 
 /// The columns [`stored_from_row`] reads, of `resources r` (current versions) and the
@@ -77,10 +77,14 @@ fn unknown_param(resource_type: &str, param: &str) -> StoreError {
 #[async_trait::async_trait]
 impl<E: Engine> Store for SqlStore<E> {
     async fn apply(&self, batch: Batch) -> Result<ApplyStats, StoreError> {
-        let mut transaction = self.begin_write().await?;
-        let stats = self.apply_in(&mut *transaction, batch).await?;
-        transaction.commit().await.map_err(db_error)?;
-        Ok(stats)
+        let store = self.clone();
+        to_the_end(async move {
+            let mut transaction = store.begin_write().await?;
+            let stats = store.apply_in(&mut *transaction, batch).await?;
+            transaction.commit().await.map_err(db_error)?;
+            Ok(stats)
+        })
+        .await
     }
 
     async fn read(

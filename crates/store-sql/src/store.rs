@@ -15,7 +15,7 @@ use crate::dialect::{Dialect, db_error, stmt};
 
 /// What a backend supplies to [`SqlStore`].
 #[async_trait::async_trait]
-pub trait Engine: Send + Sync + 'static {
+pub trait Engine: Clone + Send + Sync + 'static {
     /// The database.
     type Db: Dialect;
     /// Audit records per multi-row INSERT (5 values each; the database's limit on bound values).
@@ -101,6 +101,19 @@ impl<E> std::fmt::Debug for SqlStore<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqlStore").finish_non_exhaustive()
     }
+}
+
+/// Runs a write to its end in a task of its own, whether or not its caller still waits. A caller
+/// that stops waiting (a client that hangs up, a timeout) must not cut a write off between two
+/// messages of the wire protocol: PostgreSQL's COPY cut after its end was sent would leave its
+/// pooled connection one answer behind, and the next statement on it would read another's
+/// answer. So a write, once begun, commits or rolls back whole, as it would have.
+pub(crate) async fn to_the_end<T: Send + 'static>(
+    write: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::spawn(write)
+        .await
+        .map_err(|error| StoreError::database(format!("the write stopped: {error}")))?
 }
 
 /// A pooled connection.

@@ -638,6 +638,45 @@ pub async fn export_order_and_counts(store: &dyn Store) {
     assert_eq!(counts.get("Observation"), Some(&1));
 }
 
+/// A write whose caller stops waiting, at any point of it, still commits whole (it runs to its
+/// end in a task of its own), and the connections it used answer the next reads with their own
+/// rows, not with an answer left over from the write.
+pub async fn a_write_whose_caller_stops_waiting_still_commits(store: &dyn Store) {
+    const ROUNDS: u64 = 16;
+    let id = |round: u64, i: u64| format!("cut{round}-{i}");
+    for round in 0..ROUNDS {
+        let resources = (0..150).map(|i| patient(&id(round, i), "山田")).collect();
+        let write = store.apply(batch(vec![replace(&format!("cut{round}"), resources)]));
+        // The caller gives up after 0, 0.4, 0.8 … ms: at a different point of each write.
+        let waited = std::time::Duration::from_micros(round * 400);
+        let _ = tokio::time::timeout(waited, write).await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for round in 0..ROUNDS {
+        loop {
+            if store
+                .read(&ALL, "Patient", &id(round, 149))
+                .await
+                .unwrap()
+                .is_some()
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "write {round}, abandoned by its caller, never committed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    for round in 0..ROUNDS {
+        for i in [0, 75, 149] {
+            let read = store.read(&ALL, "Patient", &id(round, i)).await.unwrap();
+            assert_eq!(read.map(|read| read.id), Some(id(round, i)));
+        }
+    }
+}
+
 /// Expands to one `#[tokio::test]` per conformance behaviour; `$make` is an async expression
 /// yielding a fresh, empty store.
 #[macro_export]
@@ -656,6 +695,7 @@ macro_rules! store_conformance_suite {
             one_batch_may_touch_a_resource_twice,
             an_existing_resource_updated_twice_in_one_batch,
             export_order_and_counts,
+            a_write_whose_caller_stops_waiting_still_commits,
         );
         $crate::store_conformance_suite!(@log $make;
             the_message_log_commits_with_the_data,
