@@ -1,10 +1,12 @@
 //! `tsunagi bench nodes --db postgres://…`: what coordination between nodes costs. A generated
 //! region is ingested into a schema of its own on that PostgreSQL; two `tsunagi serve`
 //! processes (this binary) serve it on loopback behind one base URL, audit on, as a load
-//! balancer's backends would. 8 keep-alive clients read a patient by id, then search a patient's
-//! observations: all 8 against one node, then 4 against each node, in alternating rounds. The
-//! one-node figure is the same-run reference (target: two nodes ≥ 0.9× one). One machine
-//! cannot show the gain of a second machine; the figures feed the README's sizing model.
+//! balancer's backends would. `--clients` keep-alive clients (8 by default) read a patient by id,
+//! then search a patient's observations: all against one node, then half against each node, in
+//! alternating rounds. The one-node figure is the same-run reference (target: two nodes ≥ 0.9×
+//! one). Each round also reads the machine's CPU time, so the report says whether the machine
+//! was the limit and what a request cost it. One machine cannot show the gain of a second
+//! machine; the figures feed the README's sizing model.
 
 use std::{
     net::SocketAddr,
@@ -28,7 +30,6 @@ const CLIENT: &str = "bench-nodes";
 /// Rounds per measure (alternating one node and two), and seconds per round.
 const ROUNDS: usize = 5;
 const ROUND_SECONDS: f64 = 2.0;
-const CLIENTS: usize = 8;
 
 /// A `tsunagi serve` child, killed when dropped.
 struct NodeProcess(Child, SocketAddr);
@@ -74,16 +75,18 @@ async fn start_node(
     }
 }
 
-/// Requests per second from [`CLIENTS`] clients spread over `nodes`, each client cycling
+/// Requests per second from `clients` clients spread over `nodes`, each client cycling
 /// through `targets` from its own starting point; every answer must be 200.
 async fn rate(
     nodes: &[SocketAddr],
+    clients: usize,
     token: &str,
     targets: &Arc<Vec<String>>,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Round> {
+    let before = machine_ticks();
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for client in 0..CLIENTS {
+    for client in 0..clients {
         let addr = nodes[client % nodes.len()];
         let mut connection = Connection::open_at(addr, token.to_owned()).await?;
         let targets = targets.clone();
@@ -104,7 +107,36 @@ async fn rate(
     for task in tasks {
         total += task.await??;
     }
-    Ok(total as f64 / started.elapsed().as_secs_f64())
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    let busy = before
+        .zip(machine_ticks())
+        .and_then(|((busy0, all0), (busy1, all1))| {
+            (all1 > all0).then(|| (busy1 - busy0) as f64 / (all1 - all0) as f64)
+        });
+    Ok(Round { rate, busy })
+}
+
+/// The machine's CPU time so far, busy and in all, in clock ticks (the first line of
+/// `/proc/stat`: user, nice, system, idle, iowait, irq, softirq, steal); `None` off Linux.
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    let all: u64 = ticks.iter().sum();
+    Some((all - idle, all))
+}
+
+/// A round's requests per second and the share of the machine's CPU that was busy.
+struct Round {
+    rate: f64,
+    busy: Option<f64>,
 }
 
 fn median(mut rates: Vec<f64>) -> f64 {
@@ -113,17 +145,25 @@ fn median(mut rates: Vec<f64>) -> f64 {
 }
 
 /// Runs the benchmark on the PostgreSQL at `db`, in a schema of its own (dropped at the end).
-pub(crate) async fn nodes(db: &str, patients: usize, seed: u64) -> anyhow::Result<()> {
+pub(crate) async fn nodes(
+    db: &str,
+    patients: usize,
+    clients: usize,
+    seed: u64,
+) -> anyhow::Result<()> {
+    if clients < 2 {
+        bail!("bench nodes needs --clients 2 or more (they are spread over the nodes)");
+    }
     if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
         bail!("bench nodes needs --db postgres://… (several nodes share one PostgreSQL)");
     }
     crate::bench::in_fresh_schema(db, "nodes", |url| async move {
-        measure(&url, patients, seed).await
+        measure(&url, patients, clients, seed).await
     })
     .await
 }
 
-async fn measure(url: &str, patients: usize, seed: u64) -> anyhow::Result<()> {
+async fn measure(url: &str, patients: usize, clients: usize, seed: u64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let region = dir.path().join("region");
     let started = Instant::now();
@@ -210,7 +250,7 @@ async fn measure(url: &str, patients: usize, seed: u64) -> anyhow::Result<()> {
         ),
     ];
     println!(
-        "{CLIENTS} keep-alive clients, audit on; median of {ROUNDS} alternating rounds of {ROUND_SECONDS} s; {} patients cycled",
+        "{clients} keep-alive clients, audit on; median of {ROUNDS} alternating rounds of {ROUND_SECONDS} s; {} patients cycled",
         ids.len()
     );
     println!(
@@ -220,18 +260,31 @@ async fn measure(url: &str, patients: usize, seed: u64) -> anyhow::Result<()> {
     let mut one_node_rates = Vec::new();
     for (name, targets) in &measures {
         // Warm both nodes' caches of the same rows.
-        rate(&[a.1, b.1], &token, targets).await?;
+        rate(&[a.1, b.1], clients, &token, targets).await?;
         let mut one = Vec::new();
         let mut two = Vec::new();
         for _ in 0..ROUNDS {
-            one.push(rate(&[a.1], &token, targets).await?);
-            two.push(rate(&[a.1, b.1], &token, targets).await?);
+            one.push(rate(&[a.1], clients, &token, targets).await?);
+            two.push(rate(&[a.1, b.1], clients, &token, targets).await?);
         }
-        let (one, two) = (median(one), median(two));
+        let busy =
+            |rounds: &[Round]| median(rounds.iter().filter_map(|round| round.busy).collect());
+        let (busy_one, busy_two) = (busy(&one), busy(&two));
+        let rates = |rounds: &[Round]| median(rounds.iter().map(|round| round.rate).collect());
+        let (one, two) = (rates(&one), rates(&two));
         let ratio = two / one;
         println!(
             "{name:<34} {one:>12.0} {two:>12.0} {ratio:>7.2}  ≥ 0.90 {}",
             if ratio >= 0.9 { "✔" } else { "✘" }
+        );
+        // Whether the machine was the limit, and what a request cost it in CPU.
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
+        println!(
+            "  machine busy {:.0}% / {:.0}%; CPU per request {:.2} ms / {:.2} ms (one node / two)",
+            busy_one * 100.0,
+            busy_two * 100.0,
+            busy_one * cores * 1000.0 / one.max(1.0),
+            busy_two * cores * 1000.0 / two.max(1.0),
         );
         one_node_rates.push((name, one));
     }

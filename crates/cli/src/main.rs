@@ -386,6 +386,9 @@ enum BenchWhat {
         /// People in the generated region.
         #[arg(long, default_value_t = 500)]
         patients: usize,
+        /// Keep-alive clients, spread evenly over the nodes (the floor is 8).
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
         /// Random seed.
         #[arg(long, default_value_t = 42)]
         seed: u64,
@@ -570,8 +573,14 @@ fn main() -> std::process::ExitCode {
                     },
             } => bench_dicomweb::dicomweb(studies, per_patient, study_mb).await,
             Command::Bench {
-                what: BenchWhat::Nodes { db, patients, seed },
-            } => bench_nodes::nodes(&db, patients, seed).await,
+                what:
+                    BenchWhat::Nodes {
+                        db,
+                        patients,
+                        clients,
+                        seed,
+                    },
+            } => bench_nodes::nodes(&db, patients, clients, seed).await,
             Command::Run {
                 config,
                 once,

@@ -47,6 +47,10 @@ mod standing;
 mod writer;
 use writer::{BatchWriter, index_pat};
 
+/// A pooled connection idle longer than this is pinged before it is handed out (as HikariCP's
+/// 500 ms "alive bypass window").
+const PING_WHEN_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What is PostgreSQL's own: the pool, the schema and its migrations, the writer lock and the
 /// batch writer.
 #[derive(Clone)]
@@ -100,6 +104,18 @@ impl PostgresEngine {
         drop(connection);
         let pool = PgPoolOptions::new()
             .max_connections(8)
+            // A connection idle for a while is pinged before use (one round trip), so one the
+            // server or a proxy dropped is replaced, not handed to a request; one in steady use
+            // is not (sqlx's default pings on every acquire: a round trip per statement).
+            .test_before_acquire(false)
+            .before_acquire(|connection, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > PING_WHEN_IDLE {
+                        sqlx::Connection::ping(connection).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await
             .map_err(db_error)?;
