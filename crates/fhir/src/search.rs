@@ -424,6 +424,30 @@ pub enum IndexValue {
     },
 }
 
+impl IndexValue {
+    /// Drops U+0000 from the value's text: no search names it, and PostgreSQL's `text` cannot
+    /// hold it, so both stores index the same value (the resource itself is kept as sent).
+    fn drop_nul(&mut self) {
+        let strings: Vec<&mut String> = match self {
+            Self::Token { system, code } | Self::Quantity { system, code, .. } => {
+                vec![system, code]
+            }
+            Self::String(value) => vec![value],
+            Self::Reference {
+                target_type,
+                target_id,
+            } => vec![target_type, target_id],
+            Self::Text { narrative, other } => vec![narrative, other],
+            Self::Date { .. } => Vec::new(),
+        };
+        for text in strings {
+            if text.contains('\0') {
+                text.retain(|c| c != '\0');
+            }
+        }
+    }
+}
+
 /// One index row: parameter id and value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IndexEntry {
@@ -475,7 +499,8 @@ pub fn extract_param(resource: &Value, param: &SearchParam) -> Vec<IndexValue> {
     }
     // Duplicates can only occur within one parameter (rows carry the parameter id).
     let mut kept: Vec<IndexValue> = Vec::with_capacity(values.len());
-    for value in values {
+    for mut value in values {
+        value.drop_nul();
         if !kept.contains(&value) {
             kept.push(value);
         }

@@ -260,3 +260,20 @@ async fn a_schema_7_blob_is_cut_into_parts() {
 tsunagi_store::store_conformance_suite!(fresh());
 
 tsunagi_store::store_access_suite!(fresh());
+
+/// A NUL bound as text (PostgreSQL's text cannot hold U+0000) is the request's fault: an
+/// `Invalid` error (400 at the edge), not a database failure (500). The API refuses it in
+/// search values before; other lookups reach the database with it.
+#[tokio::test]
+async fn a_nul_bound_as_text_is_an_invalid_request() {
+    use tsunagi_store::{Access, Store, StoreError};
+    let store = fresh().await;
+    let error = store
+        .read(&Access::Unrestricted, "Patient", "p\u{0}1")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, StoreError::Invalid(message) if message.contains("cannot store")),
+        "{error:?}"
+    );
+}

@@ -212,6 +212,14 @@ pub fn db_error(error: sqlx::Error) -> StoreError {
         sqlx::Error::Database(database) if database.is_unique_violation() => {
             StoreError::Conflict(database.message().to_owned())
         }
+        // A NUL in a bound text value (PostgreSQL's text cannot hold U+0000): the request's
+        // fault, named as such, not the database's.
+        sqlx::Error::Database(database) if database.code().as_deref() == Some("22021") => {
+            StoreError::Invalid(format!(
+                "a value holds a character the database cannot store: {}",
+                database.message()
+            ))
+        }
         // No connection was had: nothing was done, so the same request may be made again. (An
         // IO error mid-statement is not this: a commit may have happened.)
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {

@@ -709,6 +709,7 @@ macro_rules! store_conformance_suite {
             search_includes_compartments_and_history,
             search_at_the_query_limits,
             repeated_values_in_one_resource_index_once,
+            a_nul_in_a_string_is_stored_and_indexed_without_it,
         );
         $crate::store_conformance_suite!(@text $make;
             full_text_search_in_japanese,

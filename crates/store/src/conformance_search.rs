@@ -653,6 +653,41 @@ pub async fn repeated_values_in_one_resource_index_once(store: &dyn Store) {
     assert_eq!(found_once(store).await, expected);
 }
 
+/// A NUL (U+0000) inside a resource's strings — an identifier, a name, a code — is kept in
+/// the resource as sent and left out of its index rows, on both stores alike (PostgreSQL's text
+/// cannot hold it): the batch commits and the values are found without it.
+pub async fn a_nul_in_a_string_is_stored_and_indexed_without_it(store: &dyn Store) {
+    let mut resource = patient("p\u{0}8", "ヤマ\u{0}ダ ハナコ", "1960-01-01", "female");
+    resource["id"] = json!("p8");
+    let mut observation = lab(
+        "o8",
+        "p8",
+        "3A\u{0}010",
+        "総蛋白",
+        "2024-05-01T09:00:00+09:00",
+        None,
+    );
+    observation["id"] = json!("o8");
+    let replace = Operation::ReplaceSource {
+        source_key: "nul".into(),
+        facility: crate::conformance::FACILITY.to_owned(),
+        resources: vec![write(resource), write(observation)],
+    };
+    store
+        .apply(Batch {
+            operations: vec![replace],
+        })
+        .await
+        .unwrap();
+    let stored = store.read(&ALL, "Patient", "p8").await.unwrap().unwrap();
+    let content: Value = serde_json::from_slice(stored.content.as_ref().unwrap()).unwrap();
+    assert_eq!(content["identifier"][0]["value"], "p\u{0}8", "kept as sent");
+    assert_eq!(ids(store, "Patient", &[("identifier", "p8")]).await, ["p8"]);
+    assert_eq!(ids(store, "Patient", &[("name", "ヤマダ")]).await, ["p8"]);
+    let code = format!("{JLAC10}|3A010");
+    assert_eq!(ids(store, "Observation", &[("code", &code)]).await, ["o8"]);
+}
+
 /// What [`repeated_values_in_one_resource_index_once`] searches for.
 async fn found_once(store: &dyn Store) -> [Vec<String>; 5] {
     [

@@ -43,6 +43,15 @@ pub(super) fn check_limits(pairs: &[(String, String)]) -> Result<(), QueryError>
             .iter()
             .filter(|(name, _)| !TRANSPORT_PARAMS.contains(&name.as_str()))
     };
+    if let Some((name, _)) = pairs
+        .iter()
+        .find(|(name, value)| name.contains('\0') || value.contains('\0'))
+    {
+        return Err(error(
+            &name.replace('\0', "%00"),
+            "holds a NUL character (%00), which no search value may hold",
+        ));
+    }
     let count = searched().count();
     if count > MAX_PARAMETERS {
         return Err(error(

@@ -233,6 +233,9 @@ fn limits_are_refused_by_name_before_anything_runs() {
         vec![("code".to_owned(), "x".repeat(limits::MAX_VALUE_BYTES + 1))],
         "max_value_bytes",
     );
+    // A NUL no stored value holds (and PostgreSQL's text cannot take), in a value or a name.
+    refused(vec![("code".to_owned(), "3A\u{0}010".to_owned())], "NUL");
+    refused(vec![("co\u{0}de".to_owned(), "3A010".to_owned())], "NUL");
     refused(
         vec![("_count".to_owned(), (MAX_COUNT + 1).to_string())],
         "_count",

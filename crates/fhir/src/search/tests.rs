@@ -132,3 +132,37 @@ fn references_split() {
     );
     assert_eq!(split_reference("#contained"), None);
 }
+
+#[test]
+fn a_nul_is_left_out_of_index_values() {
+    let patient = json!({
+        "resourceType": "Patient", "id": "p1",
+        "identifier": [{"system": "urn:oid:1.2.392.100495.20.3.51.10610100010", "value": "1\u{0}2"}],
+        "name": [{"family": "山\u{0}田"}]
+    });
+    let observation = json!({
+        "resourceType": "Observation", "id": "o1", "status": "final",
+        "code": {"coding": [{"system": "urn:oid:1.2.392.200119.4.504", "code": "3A\u{0}010"}]},
+        "subject": {"reference": "Patient/p\u{0}1"}
+    });
+    let values: Vec<IndexValue> = extract("Patient", &patient)
+        .into_iter()
+        .chain(extract("Observation", &observation))
+        .map(|entry| entry.value)
+        .collect();
+    assert!(values.contains(&IndexValue::Token {
+        system: "urn:oid:1.2.392.100495.20.3.51.10610100010".to_owned(),
+        code: "12".to_owned()
+    }));
+    assert!(values.contains(&IndexValue::String("山田".to_owned())));
+    assert!(values.contains(&IndexValue::Reference {
+        target_type: "Patient".to_owned(),
+        target_id: "p1".to_owned()
+    }));
+    assert!(values.iter().any(|value| matches!(
+        value,
+        IndexValue::Token { code, .. } if code == "3A010"
+    )));
+    let text = format!("{values:?}");
+    assert!(!text.contains('\0'), "{text}");
+}
