@@ -5,9 +5,11 @@
 
 use std::{collections::BTreeMap, fmt::Write, sync::Mutex};
 
-/// Upper bounds (seconds) of every histogram's buckets.
-pub const BUCKETS: [f64; 15] = [
+/// Upper bounds (seconds) of every histogram's buckets: from a commit's millisecond to a full
+/// pull of a hospital's storage (up to an hour; longer ones count only in `+Inf`).
+pub const BUCKETS: [f64; 19] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 60.0, 120.0,
+    300.0, 900.0, 1800.0, 3600.0,
 ];
 
 /// Whether a family counts or times.
@@ -323,5 +325,13 @@ mod tests {
             render().contains("tsunagi_audit_journal_imported_timestamp_seconds 1700000000.5\n")
         );
         assert_eq!(labels_text(&[("a", "x\"y")]), "a=\"x\\\"y\"");
+        // A pull of many minutes lands in a bucket of its own, not only in +Inf.
+        observe(&PULL_SECONDS, &[("source", "ssmix2:0610100010")], 700.0);
+        let text = render();
+        let bucket = |le: &str| {
+            format!("tsunagi_pull_seconds_bucket{{source=\"ssmix2:0610100010\",le=\"{le}\"}}")
+        };
+        assert!(text.contains(&format!("{} 0\n", bucket("300"))), "{text}");
+        assert!(text.contains(&format!("{} 1\n", bucket("900"))), "{text}");
     }
 }
