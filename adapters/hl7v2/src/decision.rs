@@ -86,7 +86,13 @@ pub(crate) fn outcome_of(state: MessageState) -> Outcome {
 /// spelled once the message is parsed; `None` when MSH is not plain.
 pub(crate) fn raw_key(raw: &[u8]) -> Option<(String, String)> {
     let line = raw.split(|&b| b == b'\r' || b == b'\n').next()?;
-    if !line.starts_with(b"MSH") || line.len() < 8 || !line.is_ascii() {
+    // Printable ASCII only: a control character in a key is refused once the message is parsed.
+    if !line.starts_with(b"MSH")
+        || line.len() < 8
+        || !line
+            .iter()
+            .all(|b| b.is_ascii() && (!b.is_ascii_control() || *b == b'\t'))
+    {
         return None;
     }
     let separator = line[3];

@@ -392,6 +392,29 @@ impl<S: FeedStore + ?Sized> Processor<S> {
                 .map(|pid| pid.field(3).first().component(1).text().trim().to_owned())
                 .unwrap_or_default(),
         };
+        // The keys the message log holds are text: a control character in them (a NUL, which
+        // PostgreSQL's text cannot hold) is refused here, by field, not left to fail the group.
+        let keys: [(&String, (&str, usize), &str); 4] = [
+            (&facts.sender, ("MSH", 4), "MSH-3/MSH-4 (sender)"),
+            (
+                &facts.control_id,
+                ("MSH", 10),
+                "MSH-10 (message control id)",
+            ),
+            (&facts.message_type, ("MSH", 9), "MSH-9 (message type)"),
+            (&facts.patient, ("PID", 3), "PID-3 (patient id)"),
+        ];
+        if let Some((_, field, name)) = keys
+            .iter()
+            .find(|(value, _, _)| value.chars().any(|c| c.is_control()))
+        {
+            return Ok(reject(
+                header,
+                ErrorCondition::DataType,
+                Some(*field),
+                format!("{name} holds a control character"),
+            ));
+        }
         if check_duplicates {
             let key = (facts.sender.clone(), facts.control_id.clone());
             let logged = match (self.group_keys.get(&key), self.prefetched.get(&key)) {

@@ -308,6 +308,19 @@ async fn unknown_senders_and_unreadable_messages_are_rejected_and_nothing_is_sto
     );
     assert_eq!(code, AckCode::AR);
     assert!(text.contains("MSH-11"), "{text}");
+    // A control character in a key the message log holds (a NUL: PostgreSQL's text cannot
+    // hold it) is refused by field, not left to fail the group it came in.
+    for (message, field) in [
+        (a08("N\u{0}1", "203", "Nul"), "MSH-10"),
+        (a08("N2", "2\u{0}04", "Nul"), "PID-3"),
+    ] {
+        let (code, _, text) = ack_of(&connection.request(&message, TIMEOUT).await.unwrap());
+        assert_eq!(code, AckCode::AR);
+        assert!(
+            text.contains(field) && text.contains("control character"),
+            "{text}"
+        );
+    }
     let (code, _, _) = ack_of(
         &connection
             .request(b"MSHH0\rPID|||1\r", TIMEOUT)

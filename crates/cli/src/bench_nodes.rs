@@ -107,18 +107,28 @@ async fn rate(
     for task in tasks {
         total += task.await??;
     }
-    let rate = total as f64 / started.elapsed().as_secs_f64();
-    let busy = before
-        .zip(machine_ticks())
-        .and_then(|((busy0, all0), (busy1, all1))| {
-            (all1 > all0).then(|| (busy1 - busy0) as f64 / (all1 - all0) as f64)
-        });
-    Ok(Round { rate, busy })
+    let seconds = started.elapsed().as_secs_f64();
+    let rate = total as f64 / seconds;
+    let machine = before.zip(machine_ticks()).and_then(|(before, after)| {
+        let all = after.all.checked_sub(before.all).filter(|all| *all > 0)?;
+        let busy = after.busy.saturating_sub(before.busy) as f64 / all as f64;
+        // The busy share of all CPUs over the round, spread over its requests.
+        let cost = busy * after.cpus as f64 * seconds * 1000.0 / total.max(1) as f64;
+        Some((busy, cost))
+    });
+    Ok(Round { rate, machine })
 }
 
-/// The machine's CPU time so far, busy and in all, in clock ticks (the first line of
-/// `/proc/stat`: user, nice, system, idle, iowait, irq, softirq, steal); `None` off Linux.
-fn machine_ticks() -> Option<(u64, u64)> {
+/// The machine's CPU time so far, in clock ticks, from `/proc/stat`: the first line's user,
+/// nice, system, idle, iowait, irq, softirq and steal, over the CPUs it counts (its `cpuN`
+/// lines: the host's, even inside a container). `None` off Linux.
+struct Ticks {
+    busy: u64,
+    all: u64,
+    cpus: usize,
+}
+
+fn machine_ticks() -> Option<Ticks> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let ticks: Vec<u64> = stat
         .lines()
@@ -130,13 +140,25 @@ fn machine_ticks() -> Option<(u64, u64)> {
         .collect();
     let idle = ticks.get(3)? + ticks.get(4)?;
     let all: u64 = ticks.iter().sum();
-    Some((all - idle, all))
+    let cpus = stat
+        .lines()
+        .filter(|line| {
+            line.strip_prefix("cpu")
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .count();
+    Some(Ticks {
+        busy: all.saturating_sub(idle),
+        all,
+        cpus: cpus.max(1),
+    })
 }
 
-/// A round's requests per second and the share of the machine's CPU that was busy.
+/// A round's requests per second and, where the machine tells, the share of its CPU that was
+/// busy and the CPU milliseconds each request cost it (clients, nodes and PostgreSQL together).
 struct Round {
     rate: f64,
-    busy: Option<f64>,
+    machine: Option<(f64, f64)>,
 }
 
 fn median(mut rates: Vec<f64>) -> f64 {
@@ -267,24 +289,28 @@ async fn measure(url: &str, patients: usize, clients: usize, seed: u64) -> anyho
             one.push(rate(&[a.1], clients, &token, targets).await?);
             two.push(rate(&[a.1, b.1], clients, &token, targets).await?);
         }
-        let busy =
-            |rounds: &[Round]| median(rounds.iter().filter_map(|round| round.busy).collect());
-        let (busy_one, busy_two) = (busy(&one), busy(&two));
         let rates = |rounds: &[Round]| median(rounds.iter().map(|round| round.rate).collect());
+        let machine = |rounds: &[Round]| {
+            let measured: Vec<(f64, f64)> =
+                rounds.iter().filter_map(|round| round.machine).collect();
+            (!measured.is_empty()).then(|| {
+                let busy = median(measured.iter().map(|(busy, _)| *busy).collect());
+                let cost = median(measured.iter().map(|(_, cost)| *cost).collect());
+                format!("busy {:.0}%, {cost:.2} ms", busy * 100.0)
+            })
+        };
+        let cost = |rounds: &[Round]| machine(rounds).unwrap_or_else(|| "n/a".to_owned());
+        let (cost_one, cost_two) = (cost(&one), cost(&two));
         let (one, two) = (rates(&one), rates(&two));
         let ratio = two / one;
         println!(
-            "{name:<34} {one:>12.0} {two:>12.0} {ratio:>7.2}  ≥ 0.90 {}",
+            "{name:<34} {one:>12.0} {two:>12.0} {ratio:>7.3}  ≥ 0.90 {}",
             if ratio >= 0.9 { "✔" } else { "✘" }
         );
-        // Whether the machine was the limit, and what a request cost it in CPU.
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
+        // Whether the machine was the limit, and what a request cost it in CPU (the clients,
+        // the nodes and PostgreSQL together; medians of the rounds).
         println!(
-            "  machine busy {:.0}% / {:.0}%; CPU per request {:.2} ms / {:.2} ms (one node / two)",
-            busy_one * 100.0,
-            busy_two * 100.0,
-            busy_one * cores * 1000.0 / one.max(1.0),
-            busy_two * cores * 1000.0 / two.max(1.0),
+            "  machine: one node {cost_one} CPU per request; two nodes {cost_two} CPU per request"
         );
         one_node_rates.push((name, one));
     }

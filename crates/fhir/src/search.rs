@@ -18,7 +18,9 @@ use crate::systems::canonical;
 /// DocumentReference `encounter`, `related`, `relatesto`, `event`, `facility`; DiagnosticReport
 /// `imaging-study` (not a FHIR parameter: the link from an imaging report to its study).
 /// 6: ImagingStudy `endpoint`; Endpoint (the gateway's DICOMweb proxy per hospital PACS).
-pub const REGISTRY_VERSION: u32 = 6;
+/// 7: index values leave U+0000 out (SQLite finds a resource's old rows by extracting them
+/// again, so rows written with a NUL must be rewritten once).
+pub const REGISTRY_VERSION: u32 = 7;
 
 /// FHIR search-parameter types that are indexed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use std::{
 
 use axum::{
     extract::{ConnectInfo, Request, State},
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderValue, Method, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -286,6 +286,30 @@ pub async fn guard(
     let access = Access::facility(principal.facility.clone(), now);
     let caller = Arc::new(Caller::new(principal, access));
     request.extensions_mut().insert(caller.clone());
+    let reads_only = matches!(*request.method(), Method::GET | Method::HEAD);
+    let answered = answer(state, facts, caller, request, next, now);
+    if reads_only {
+        return answered.await;
+    }
+    // A request that may write runs to its end with its audit, in a task of its own, whether or
+    // not its client still waits: the store finishes a write it has begun (`store-sql`'s
+    // `to_the_end`), so the record of who made it must be finished too.
+    match tokio::spawn(answered).await {
+        Ok(response) => response,
+        Err(_) => ApiError::internal("the request stopped before it was answered").into_response(),
+    }
+}
+
+/// Runs the handler for `caller` and sends its answer once the audit records of what it touched
+/// are committed.
+async fn answer(
+    state: Arc<AppState>,
+    facts: RequestFacts,
+    caller: Arc<Caller>,
+    request: Request,
+    next: Next,
+    now: i64,
+) -> Response {
     let response = next.run(request).await;
     let status = response.status();
     let touched = std::mem::take(

@@ -701,3 +701,58 @@ async fn the_documents_page_shows_the_enforced_table_and_its_examples_are_accept
     }
     assert_eq!(posted, tsunagi_fhir::documents::DOCUMENT_TYPES.len());
 }
+
+/// Notes whose clients hang up 0–15 ms after sending them: whichever of them were written are
+/// each queued once and audited (the request runs to its end with its audit record, whoever
+/// still waits for it); one the server dropped before it began leaves nothing.
+#[tokio::test]
+async fn a_note_whose_client_hangs_up_is_written_and_audited_or_not_at_all() {
+    use tokio::io::AsyncWriteExt;
+    let region = region().await;
+    let doctor = token(&region.store, "dr-clinic").await;
+    let audited_before = region.store.audit_count().await.unwrap();
+    for wait in 0..16u64 {
+        let body = note(
+            &format!("n-hang-{wait}"),
+            "shared",
+            FACILITY,
+            "電話で連絡済み",
+        )
+        .to_string();
+        let head = format!(
+            "POST /fhir/Communication HTTP/1.1\r\nhost: tsunagi\r\nauthorization: {doctor}\r\n\
+             content-type: application/fhir+json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut stream = tokio::net::TcpStream::connect(region.addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(body.as_bytes()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        drop(stream);
+    }
+    // Settled: nothing changed for half a second.
+    let counts = || async {
+        (
+            queued(&region).await.len() as u64,
+            region.store.audit_count().await.unwrap() - audited_before,
+        )
+    };
+    let mut last = counts().await;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let now = counts().await;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let (written, audited) = last;
+    assert!(
+        written > 0,
+        "no note was written at all: the test shows nothing"
+    );
+    assert!(
+        audited >= written,
+        "{written} notes written, only {audited} audit records"
+    );
+}

@@ -106,7 +106,9 @@ impl PostgresEngine {
             .max_connections(8)
             // A connection idle for a while is pinged before use (one round trip), so one the
             // server or a proxy dropped is replaced, not handed to a request; one in steady use
-            // is not (sqlx's default pings on every acquire: a round trip per statement).
+            // is not. sqlx's default pinged on every acquire too: a round trip on the path of
+            // every statement. (sqlx still pings each connection it takes back, in a task of
+            // its own, off the request's path.)
             .test_before_acquire(false)
             .before_acquire(|connection, meta| {
                 Box::pin(async move {
