@@ -297,6 +297,9 @@ pub trait Dialect: Database<Row: Cells> + Sized {
     fn in_list(column: &str, placeholder: &str) -> String;
     /// A table of the pairs bound at `placeholder` ([`Bound::Pairs`]), columns `first`, `second`.
     fn pairs(placeholder: &str) -> String;
+    /// `FROM …`: the rows of `messages` (not conflicts) whose (sender, control_id) is one of the
+    /// pairs bound at `placeholder`, each found through the `messages_key` index.
+    fn logged_keys(placeholder: &str) -> String;
     /// Binds `value` at the end of `sql`.
     fn bind(sql: &mut QueryBuilder<Self>, value: Bound);
     /// A condition: text column `column` contains `term` exactly (a substring).
@@ -428,6 +431,14 @@ impl Dialect for Sqlite {
         )
     }
 
+    fn logged_keys(placeholder: &str) -> String {
+        format!(
+            "FROM messages WHERE state <> 'conflict' AND (sender, control_id) IN \
+             (SELECT first, second FROM {} AS keys)",
+            Self::pairs(placeholder)
+        )
+    }
+
     fn bind(sql: &mut QueryBuilder<Self>, value: Bound) {
         bind_value!(
             |value| {
@@ -518,6 +529,19 @@ impl Dialect for Postgres {
         format!(
             "(SELECT value->>0 AS first, value->>1 AS second \
              FROM jsonb_array_elements(CAST({placeholder} AS jsonb)))"
+        )
+    }
+
+    /// A lookup per pair (LATERAL): with `IN`, a log not yet analysed was read whole into a
+    /// hash join for every group of messages (1 ms at 3,000 rows, growing with the log; 0.13
+    /// ms this way). `LIMIT 1` (the index holds one row per key) keeps the planner from
+    /// flattening the lookup back into that join.
+    fn logged_keys(placeholder: &str) -> String {
+        format!(
+            "FROM jsonb_array_elements(CAST({placeholder} AS jsonb)) AS keys(pair) \
+             CROSS JOIN LATERAL (SELECT * FROM messages \
+             WHERE sender = keys.pair->>0 AND control_id = keys.pair->>1 \
+             AND state <> 'conflict' LIMIT 1) AS logged"
         )
     }
 

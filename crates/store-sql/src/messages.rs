@@ -141,14 +141,10 @@ impl<E: Engine> MessageLog for SqlStore<E> {
             .iter()
             .map(|(sender, control_id)| [sender.clone(), control_id.clone()])
             .collect();
-        let rows = stmt(format!(
-            "SELECT {COLUMNS} FROM messages WHERE state <> 'conflict' AND (sender, control_id) IN \
-             (SELECT first, second FROM {} AS keys)",
-            E::Db::pairs("?1")
-        ))
-        .arg(Bound::Pairs(pairs))
-        .fetch_all_in::<E::Db>(self.writer())
-        .await?;
+        let rows = stmt(format!("SELECT {COLUMNS} {}", E::Db::logged_keys("?1")))
+            .arg(Bound::Pairs(pairs))
+            .fetch_all_in::<E::Db>(self.writer())
+            .await?;
         rows.iter().map(from_row).collect()
     }
 
