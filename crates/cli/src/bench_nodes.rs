@@ -290,16 +290,16 @@ async fn measure(url: &str, patients: usize, clients: usize, seed: u64) -> anyho
             two.push(rate(&[a.1, b.1], clients, &token, targets).await?);
         }
         let rates = |rounds: &[Round]| median(rounds.iter().map(|round| round.rate).collect());
-        let machine = |rounds: &[Round]| {
+        let cost = |rounds: &[Round]| {
             let measured: Vec<(f64, f64)> =
                 rounds.iter().filter_map(|round| round.machine).collect();
-            (!measured.is_empty()).then(|| {
-                let busy = median(measured.iter().map(|(busy, _)| *busy).collect());
-                let cost = median(measured.iter().map(|(_, cost)| *cost).collect());
-                format!("busy {:.0}%, {cost:.2} ms", busy * 100.0)
-            })
+            if measured.is_empty() {
+                return "n/a".to_owned();
+            }
+            let busy = median(measured.iter().map(|(busy, _)| *busy).collect());
+            let cost = median(measured.iter().map(|(_, cost)| *cost).collect());
+            format!("busy {:.0}%, {cost:.2} ms", busy * 100.0)
         };
-        let cost = |rounds: &[Round]| machine(rounds).unwrap_or_else(|| "n/a".to_owned());
         let (cost_one, cost_two) = (cost(&one), cost(&two));
         let (one, two) = (rates(&one), rates(&two));
         let ratio = two / one;

@@ -430,22 +430,29 @@ impl IndexValue {
     /// Drops U+0000 from the value's text: no search names it, and PostgreSQL's `text` cannot
     /// hold it, so both stores index the same value (the resource itself is kept as sent).
     fn drop_nul(&mut self) {
-        let strings: Vec<&mut String> = match self {
-            Self::Token { system, code } | Self::Quantity { system, code, .. } => {
-                vec![system, code]
-            }
-            Self::String(value) => vec![value],
-            Self::Reference {
-                target_type,
-                target_id,
-            } => vec![target_type, target_id],
-            Self::Text { narrative, other } => vec![narrative, other],
-            Self::Date { .. } => Vec::new(),
-        };
-        for text in strings {
+        fn strip(text: &mut String) {
             if text.contains('\0') {
                 text.retain(|c| c != '\0');
             }
+        }
+        match self {
+            Self::Token { system, code } | Self::Quantity { system, code, .. } => {
+                strip(system);
+                strip(code);
+            }
+            Self::String(value) => strip(value),
+            Self::Reference {
+                target_type,
+                target_id,
+            } => {
+                strip(target_type);
+                strip(target_id);
+            }
+            Self::Text { narrative, other } => {
+                strip(narrative);
+                strip(other);
+            }
+            Self::Date { .. } => {}
         }
     }
 }
