@@ -26,7 +26,8 @@ use tsunagi_fhir::documents::{
 };
 use tsunagi_hl7v2::document::{Attachment, OutboundDocument};
 use tsunagi_store::{
-    Batch, DeliveryState, Operation, OutboundMessage, ResourceWrite, governance::Facility,
+    Batch, DeliveryState, Operation, OutboundMessage, ResourceWrite, StoreError,
+    governance::Facility,
 };
 
 use crate::{AppState, outcome::ApiError, security::Caller};
@@ -456,16 +457,20 @@ pub(crate) async fn create(
             resources,
         },
     );
-    state.store.apply(Batch { operations }).await?;
-    respond(
-        state,
-        caller,
-        headers,
-        resource_type,
-        &id,
-        StatusCode::CREATED,
-    )
-    .await
+    // The check above read outside the write: the write checks again inside its transaction,
+    // so a retry racing its first attempt (still waiting for the writer) answers like a retry.
+    if identifier.is_some() {
+        operations.insert(0, Operation::RequireNew { tid: tid.clone() });
+    }
+    let status = match state.store.apply(Batch { operations }).await {
+        Ok(_) => StatusCode::CREATED,
+        Err(StoreError::Conflict(reason)) if identifier.is_some() => {
+            tracing::debug!(target: "tsunagi::notes", resource = %tid, %reason, "a retry raced its first attempt");
+            StatusCode::OK
+        }
+        Err(error) => return Err(error.into()),
+    };
+    respond(state, caller, headers, resource_type, &id, status).await
 }
 
 /// The stored resource with `Location` and `ETag`.

@@ -756,3 +756,25 @@ async fn a_note_whose_client_hangs_up_is_written_and_audited_or_not_at_all() {
         "{written} notes written, only {audited} audit records"
     );
 }
+
+/// The same note sent eight times at once (a client retrying before its first attempt was
+/// answered): one is created, the others answer 200 with it, and it is queued once.
+#[tokio::test]
+async fn retries_racing_their_first_attempt_create_the_note_once() {
+    let region = std::sync::Arc::new(region().await);
+    let doctor = token(&region.store, "dr-clinic").await;
+    let body = note("n-race", "shared", FACILITY, "同時に再送");
+    let sends = (0..8).map(|_| {
+        let (region, doctor, body) = (region.clone(), doctor.clone(), body.clone());
+        tokio::spawn(async move { post(&region, &doctor, "Communication", &body, &[]).await })
+    });
+    let mut statuses = Vec::new();
+    for send in sends.collect::<Vec<_>>() {
+        let reply = send.await.unwrap();
+        assert_eq!(reply.json()["meta"]["versionId"], "1");
+        statuses.push(reply.status);
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 200, 201]);
+    assert_eq!(queued(&region).await.len(), 1);
+}

@@ -168,6 +168,7 @@ impl<'c> BatchWriter<'c> {
                     }
                 }
                 Operation::DeleteSource { source_key } => keys.push(source_key.clone()),
+                Operation::RequireNew { tid } => tids.push(tid.clone()),
                 _ => {}
             }
         }
@@ -301,6 +302,15 @@ impl<'c> BatchWriter<'c> {
                     .collect();
                 for tid in dropped {
                     self.delete(&tid).await?;
+                }
+            }
+            Operation::RequireNew { tid } => {
+                let current = match self.pending_tids.get(&tid) {
+                    Some(&at) => self.pending.get(at).is_some_and(|row| !row.deleted),
+                    None => self.existing.get(&tid).is_some_and(|row| !row.deleted),
+                };
+                if current {
+                    return Err(StoreError::Conflict(format!("{tid} exists")));
                 }
             }
             Operation::DeleteSource { source_key } => {

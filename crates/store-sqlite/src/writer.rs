@@ -171,6 +171,7 @@ impl BatchWriter {
                     tids.extend(resources.iter().map(ResourceWrite::type_and_id));
                 }
                 Operation::DeleteSource { source_key } => source_keys.push(source_key),
+                Operation::RequireNew { tid } => tids.push(tid.clone()),
                 Operation::PutCheckpoint { .. }
                 | Operation::LogMessage(_)
                 | Operation::SetMessageState { .. }
@@ -258,6 +259,11 @@ impl BatchWriter {
                 }
                 self.by_source
                     .insert(source_key, listed.into_iter().collect());
+            }
+            Operation::RequireNew { tid } => {
+                if self.existing.get(&tid).is_some_and(|row| !row.deleted) {
+                    return Err(StoreError::Conflict(format!("{tid} exists")));
+                }
             }
             Operation::DeleteSource { source_key } => {
                 let previous = self.by_source.get(&source_key).cloned().unwrap_or_default();

@@ -702,6 +702,7 @@ macro_rules! store_conformance_suite {
             the_outbox_commits_with_the_resource,
             outbox_claims_are_exclusive_and_fenced,
             a_node_name_is_held_once,
+            a_create_required_new_happens_once,
         );
         $crate::store_conformance_suite!(@search $make;
             search_tokens_strings_and_references,

@@ -458,3 +458,70 @@ pub async fn a_node_name_is_held_once<S: Store + crate::Outbox>(store: &S) {
     }
     assert!(again.is_some());
 }
+
+/// A batch that requires a resource to be new fails whole, with a conflict, when the resource
+/// is current (stored before, or written earlier in the same batch); a deleted one may be made
+/// again.
+pub async fn a_create_required_new_happens_once<S: Store>(store: &S) {
+    let require = |id: &str| Operation::RequireNew {
+        tid: format!("Patient/{id}"),
+    };
+    let once = || {
+        batch(vec![
+            require("once"),
+            replace("once", vec![patient("once", "山田")]),
+        ])
+    };
+    store.apply(once()).await.unwrap();
+    let again = store.apply(once()).await;
+    assert!(
+        matches!(again, Err(crate::StoreError::Conflict(_))),
+        "{again:?}"
+    );
+    let beside = store
+        .apply(batch(vec![
+            require("once"),
+            replace("beside", vec![patient("beside", "佐藤")]),
+        ]))
+        .await;
+    assert!(
+        matches!(beside, Err(crate::StoreError::Conflict(_))),
+        "{beside:?}"
+    );
+    assert!(
+        store
+            .read(&ALL, "Patient", "beside")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let in_batch = store
+        .apply(batch(vec![
+            replace("fresh", vec![patient("fresh", "鈴木")]),
+            require("fresh"),
+        ]))
+        .await;
+    assert!(
+        matches!(in_batch, Err(crate::StoreError::Conflict(_))),
+        "{in_batch:?}"
+    );
+    assert!(
+        store
+            .read(&ALL, "Patient", "fresh")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    store
+        .apply(batch(vec![Operation::DeleteSource {
+            source_key: "once".to_owned(),
+        }]))
+        .await
+        .unwrap();
+    store.apply(once()).await.unwrap();
+    let read = store.read(&ALL, "Patient", "once").await.unwrap().unwrap();
+    assert!(!read.deleted);
+    assert_eq!(read.version, 3);
+}

@@ -150,6 +150,14 @@ pub enum Operation {
         /// Everything the record holds now.
         resources: Vec<ResourceWrite>,
     },
+    /// Fails the batch, whole, with [`StoreError::Conflict`] when `tid` (`Type/id`) is current
+    /// (stored and not deleted): a create that must happen once. The check runs inside the
+    /// batch's own transaction, under the writer lock, so a retried POST racing its first
+    /// attempt cannot write twice.
+    RequireNew {
+        /// `Type/id` of the resource that must not exist yet.
+        tid: String,
+    },
     /// Deletes every current resource of `source_key` (history is kept).
     DeleteSource {
         /// The source record.
