@@ -79,11 +79,13 @@ async fn start_node(
 /// through `targets` from its own starting point; every answer must be 200.
 async fn rate(
     nodes: &[SocketAddr],
+    nodes_pids: &[u32],
     clients: usize,
     token: &str,
     targets: &Arc<Vec<String>>,
 ) -> anyhow::Result<Round> {
     let before = machine_ticks();
+    let parties_before = party_ticks(nodes_pids);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for client in 0..clients {
@@ -116,7 +118,63 @@ async fn rate(
         let cost = busy * after.cpus as f64 * seconds * 1000.0 / total.max(1) as f64;
         Some((busy, cost))
     });
-    Ok(Round { rate, machine })
+    let parties = parties_before
+        .zip(party_ticks(nodes_pids))
+        .map(|(before, after)| {
+            let per_request = |after: u64, before: u64| {
+                after.saturating_sub(before) as f64 * 1000.0
+                    / TICKS_PER_SECOND
+                    / total.max(1) as f64
+            };
+            [
+                per_request(after[0], before[0]),
+                per_request(after[1], before[1]),
+                per_request(after[2], before[2]),
+            ]
+        });
+    Ok(Round {
+        rate,
+        machine,
+        parties,
+    })
+}
+
+/// `USER_HZ`: the unit of `/proc/<pid>/stat`'s CPU times on every Linux this runs on.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// CPU ticks (user + system) of a process so far, from `/proc/<pid>/stat`.
+fn process_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: the fields after it start past its last ')'.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU ticks so far of the nodes in `pids`, of every `postgres` process on the machine, and
+/// of this process (the clients). `None` off Linux.
+fn party_ticks(pids: &[u32]) -> Option<[u64; 3]> {
+    let nodes = pids
+        .iter()
+        .map(|pid| process_ticks(&pid.to_string()))
+        .sum::<Option<u64>>()?;
+    let mut postgres = 0;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if std::fs::read_to_string(entry.path().join("comm"))
+            .is_ok_and(|comm| comm.trim_end() == "postgres")
+        {
+            postgres += process_ticks(pid).unwrap_or(0);
+        }
+    }
+    Some([nodes, postgres, process_ticks("self")?])
 }
 
 /// The machine's CPU time so far, in clock ticks, from `/proc/stat`: the first line's user,
@@ -159,6 +217,8 @@ fn machine_ticks() -> Option<Ticks> {
 struct Round {
     rate: f64,
     machine: Option<(f64, f64)>,
+    /// CPU milliseconds per request of the node(s), of PostgreSQL and of the clients.
+    parties: Option<[f64; 3]>,
 }
 
 fn median(mut rates: Vec<f64>) -> f64 {
@@ -240,6 +300,7 @@ async fn measure(url: &str, patients: usize, clients: usize, seed: u64) -> anyho
     )?;
     let a = start_node("bench-a", &config, &token).await?;
     let b = start_node("bench-b", &config, &token).await?;
+    let pids = [a.0.id(), b.0.id()];
 
     // Hospital A's patients.
     let mut connection = Connection::open_at(a.1, token.clone()).await?;
@@ -282,12 +343,12 @@ async fn measure(url: &str, patients: usize, clients: usize, seed: u64) -> anyho
     let mut one_node_rates = Vec::new();
     for (name, targets) in &measures {
         // Warm both nodes' caches of the same rows.
-        rate(&[a.1, b.1], clients, &token, targets).await?;
+        rate(&[a.1, b.1], &pids, clients, &token, targets).await?;
         let mut one = Vec::new();
         let mut two = Vec::new();
         for _ in 0..ROUNDS {
-            one.push(rate(&[a.1], clients, &token, targets).await?);
-            two.push(rate(&[a.1, b.1], clients, &token, targets).await?);
+            one.push(rate(&[a.1], &pids, clients, &token, targets).await?);
+            two.push(rate(&[a.1, b.1], &pids, clients, &token, targets).await?);
         }
         let rates = |rounds: &[Round]| median(rounds.iter().map(|round| round.rate).collect());
         let cost = |rounds: &[Round]| {
@@ -298,7 +359,19 @@ async fn measure(url: &str, patients: usize, clients: usize, seed: u64) -> anyho
             }
             let busy = median(measured.iter().map(|(busy, _)| *busy).collect());
             let cost = median(measured.iter().map(|(_, cost)| *cost).collect());
-            format!("busy {:.0}%, {cost:.2} ms", busy * 100.0)
+            let parties: Vec<[f64; 3]> = rounds.iter().filter_map(|round| round.parties).collect();
+            let party = |at: usize| median(parties.iter().map(|party| party[at]).collect());
+            let split = if parties.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (node(s) {:.2}, PostgreSQL {:.2}, clients {:.2})",
+                    party(0),
+                    party(1),
+                    party(2)
+                )
+            };
+            format!("busy {:.0}%, {cost:.2} ms{split}", busy * 100.0)
         };
         let (cost_one, cost_two) = (cost(&one), cost(&two));
         let (one, two) = (rates(&one), rates(&two));
@@ -309,9 +382,8 @@ async fn measure(url: &str, patients: usize, clients: usize, seed: u64) -> anyho
         );
         // Whether the machine was the limit, and what a request cost it in CPU (the clients,
         // the nodes and PostgreSQL together; medians of the rounds).
-        println!(
-            "  machine: one node {cost_one} CPU per request; two nodes {cost_two} CPU per request"
-        );
+        println!("  CPU per request, one node: {cost_one}");
+        println!("  CPU per request, two nodes: {cost_two}");
         one_node_rates.push((name, one));
     }
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);

@@ -277,3 +277,62 @@ async fn a_nul_bound_as_text_is_an_invalid_request() {
         "{error:?}"
     );
 }
+
+/// Connections kept between statements (`tsunagi_store_sql::hot`): a read finds one even when
+/// everything else of the pool is taken, and connections the server ended while they were kept
+/// (a restart, a proxy's idle timeout) are replaced once idle, so the next read succeeds.
+#[tokio::test]
+async fn kept_connections_serve_reads_and_are_replaced_when_the_server_ended_them() {
+    use tsunagi_store::{Access, Store};
+    use tsunagi_store_sql::{Engine, stmt};
+    let store = Arc::new(fresh().await);
+    let connections = store.engine().reader();
+    // Eight at once: the backends of the pool's connections, up to four of them kept after.
+    let backends = (0..8).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let row = stmt("SELECT pg_backend_pid() AS pid, pg_sleep(0.05)")
+                .fetch_one_in(store.engine().reader())
+                .await
+                .unwrap();
+            sqlx::Row::get::<i32, _>(&row, "pid")
+        })
+    });
+    let mut pids = Vec::new();
+    for backend in backends.collect::<Vec<_>>() {
+        pids.push(backend.await.unwrap());
+    }
+
+    // The rest of the pool taken: a read still gets a kept connection.
+    let mut taken = Vec::new();
+    for _ in 0..4 {
+        taken.push(connections.pool().acquire().await.unwrap());
+    }
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        store.read(&Access::Unrestricted, "Patient", "nobody"),
+    )
+    .await
+    .expect("a read waited for the pool while connections were kept");
+    assert!(read.unwrap().is_none());
+    drop(taken);
+
+    let mut admin = sqlx::PgConnection::connect(&url()).await.unwrap();
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE pid = ANY($1)) AS t",
+    )
+    .bind(&pids)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(ended >= 4, "only {ended} of the pool's backends were found");
+    tokio::time::sleep(
+        tsunagi_store_sql::hot::PING_WHEN_IDLE + std::time::Duration::from_millis(200),
+    )
+    .await;
+    for _ in 0..8 {
+        let read = store.read(&Access::Unrestricted, "Patient", "nobody").await;
+        assert!(read.unwrap().is_none());
+    }
+}

@@ -4,7 +4,9 @@
 //! and read part by part (a reader holds one part, never the document). Who may read a content
 //! is decided on the Binary, never here.
 
-use sqlx::{Database, Pool};
+use sqlx::Database;
+
+use crate::hot::Connections;
 use tsunagi_store::{BLOB_PART_BYTES, StoreError};
 
 use crate::dialect::{Cells, Dialect, stmt};
@@ -48,7 +50,7 @@ pub async fn insert<D: Dialect>(
 
 /// The size of the content under `sha256`.
 pub async fn size<D: Dialect>(
-    pool: &Pool<D>,
+    pool: &Connections<D>,
     sha256: &[u8; 32],
 ) -> Result<Option<u64>, StoreError> {
     let row = stmt("SELECT size FROM blobs WHERE sha256 = ?1")
@@ -65,7 +67,7 @@ pub async fn size<D: Dialect>(
 /// The part of the content under `sha256` that holds byte `at`: (its first byte's offset, its
 /// bytes); `None` past the end (and for an empty content, which holds no byte).
 pub async fn part<D: Dialect>(
-    pool: &Pool<D>,
+    pool: &Connections<D>,
     sha256: &[u8; 32],
     at: u64,
 ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {

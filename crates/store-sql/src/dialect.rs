@@ -7,13 +7,15 @@
 use std::{borrow::Cow, future::Future, pin::Pin};
 
 use sqlx::{
-    AssertSqlSafe, Database, Pool, Postgres, QueryBuilder, Row, Sqlite,
+    AssertSqlSafe, Database, Postgres, QueryBuilder, Row, Sqlite,
     migrate::{MigrateError, Migrator},
     postgres::PgRow,
     query::Query,
     sqlite::SqliteRow,
 };
 use tsunagi_store::StoreError;
+
+use crate::hot::Connections;
 
 /// A boxed future of a statement's outcome.
 pub type Fut<'e, T> = Pin<Box<dyn Future<Output = Result<T, sqlx::Error>> + Send + 'e>>;
@@ -680,30 +682,44 @@ impl Stmt {
 
 impl Stmt {
     /// [`Stmt::execute`] on a connection of `pool`.
-    pub async fn execute_in<D: Dialect>(self, pool: &Pool<D>) -> Result<u64, StoreError> {
-        let mut connection = pool.acquire().await.map_err(db_error)?;
-        self.execute::<D>(&mut connection).await
+    pub async fn execute_in<D: Dialect>(self, pool: &Connections<D>) -> Result<u64, StoreError> {
+        let mut connection = pool.acquire().await?;
+        let changed = self.execute::<D>(&mut connection).await?;
+        connection.done();
+        Ok(changed)
     }
 
     /// [`Stmt::fetch_all`] on a connection of `pool`.
-    pub async fn fetch_all_in<D: Dialect>(self, pool: &Pool<D>) -> Result<Vec<D::Row>, StoreError> {
-        let mut connection = pool.acquire().await.map_err(db_error)?;
-        self.fetch_all::<D>(&mut connection).await
+    pub async fn fetch_all_in<D: Dialect>(
+        self,
+        pool: &Connections<D>,
+    ) -> Result<Vec<D::Row>, StoreError> {
+        let mut connection = pool.acquire().await?;
+        let rows = self.fetch_all::<D>(&mut connection).await?;
+        connection.done();
+        Ok(rows)
     }
 
     /// [`Stmt::fetch_optional`] on a connection of `pool`.
     pub async fn fetch_optional_in<D: Dialect>(
         self,
-        pool: &Pool<D>,
+        pool: &Connections<D>,
     ) -> Result<Option<D::Row>, StoreError> {
-        let mut connection = pool.acquire().await.map_err(db_error)?;
-        self.fetch_optional::<D>(&mut connection).await
+        let mut connection = pool.acquire().await?;
+        let row = self.fetch_optional::<D>(&mut connection).await?;
+        connection.done();
+        Ok(row)
     }
 
     /// [`Stmt::fetch_one`] on a connection of `pool`.
-    pub async fn fetch_one_in<D: Dialect>(self, pool: &Pool<D>) -> Result<D::Row, StoreError> {
-        let mut connection = pool.acquire().await.map_err(db_error)?;
-        self.fetch_one::<D>(&mut connection).await
+    pub async fn fetch_one_in<D: Dialect>(
+        self,
+        pool: &Connections<D>,
+    ) -> Result<D::Row, StoreError> {
+        let mut connection = pool.acquire().await?;
+        let row = self.fetch_one::<D>(&mut connection).await?;
+        connection.done();
+        Ok(row)
     }
 }
 

@@ -187,7 +187,9 @@ impl<E: Engine> Governance for SqlStore<E> {
         // One statement is atomic on its own: the common case (a group commit of a few
         // requests) costs one round trip instead of three.
         if records.len() <= E::AUDIT_CHUNK {
-            return audit::insert::<E::Db>(&mut connection, records, E::AUDIT_CHUNK).await;
+            audit::insert::<E::Db>(&mut connection, records, E::AUDIT_CHUNK).await?;
+            connection.done();
+            return Ok(());
         }
         drop(connection);
         let mut transaction = self.begin_write().await?;
@@ -405,6 +407,7 @@ impl<E: Engine> Governance for SqlStore<E> {
         let mut sql = standing_query::<E::Db>(token);
         let mut connection = self.read_connection().await?;
         let rows = fetch_built::<E::Db>(&mut connection, &mut sql).await?;
+        connection.done();
         let row = rows
             .first()
             .ok_or_else(|| StoreError::database("the standing query returned no row".to_owned()))?;

@@ -12,6 +12,7 @@ mod changes;
 pub mod dialect;
 pub mod governance;
 pub mod guard;
+pub mod hot;
 pub mod messages;
 pub mod migrations;
 pub mod outbox;

@@ -94,6 +94,7 @@ impl<E: Engine> Paging for SqlStore<E> {
             .arg(stored(last))
             .fetch_all::<E::Db>(&mut *connection)
             .await?;
+            connection.done();
             if rows.len() != last - first + 1 {
                 // Pruned between the two reads: expired like the header.
                 return Ok(None);

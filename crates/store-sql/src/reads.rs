@@ -280,12 +280,16 @@ impl<E: Engine> Store for SqlStore<E> {
 
     async fn search(&self, access: &Access, query: &SearchQuery) -> Result<Vec<Key>, StoreError> {
         let mut connection = self.read_connection().await?;
-        run::search::<E::Db>(&mut *connection, access, query).await
+        let keys = run::search::<E::Db>(&mut *connection, access, query).await?;
+        connection.done();
+        Ok(keys)
     }
 
     async fn count(&self, access: &Access, query: &SearchQuery) -> Result<u64, StoreError> {
         let mut connection = self.read_connection().await?;
-        run::count::<E::Db>(&mut *connection, access, query).await
+        let count = run::count::<E::Db>(&mut *connection, access, query).await?;
+        connection.done();
+        Ok(count)
     }
 
     async fn fetch(
@@ -408,6 +412,7 @@ impl<E: Engine> Store for SqlStore<E> {
             statement = statement.arg(types);
         }
         let rows = statement.fetch_all::<E::Db>(&mut *connection).await?;
+        connection.done();
         rows.iter().map(|row| row.int("rid")).collect()
     }
 
@@ -422,6 +427,7 @@ impl<E: Engine> Store for SqlStore<E> {
         let mut sql = history_page::<E::Db>(access, resource_type, since, after, limit);
         let mut connection = self.read_connection().await?;
         let rows = fetch_built::<E::Db>(&mut *connection, &mut sql).await?;
+        connection.done();
         rows.iter().map(stored_from_row).collect()
     }
 }

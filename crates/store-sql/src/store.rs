@@ -5,13 +5,16 @@
 
 use std::{ops::Deref, sync::Arc};
 
-use sqlx::{Database, Pool, Transaction, pool::PoolConnection};
+use sqlx::{Database, Transaction};
 use tsunagi_core::clock::Clock;
 use tsunagi_store::{
     ApplyStats, Batch, Governance, StoreError, governance::AuditRecord, projection,
 };
 
-use crate::dialect::{Dialect, db_error, stmt};
+use crate::{
+    dialect::{Dialect, db_error, stmt},
+    hot::{Connections, Lease},
+};
 
 /// What a backend supplies to [`SqlStore`].
 #[async_trait::async_trait]
@@ -27,9 +30,9 @@ pub trait Engine: Clone + Send + Sync + 'static {
     where
         Self: Sized;
     /// Writes, governance and whole-store scans: reads that must see the latest write.
-    fn writer(&self) -> &Pool<Self::Db>;
+    fn writer(&self) -> &Connections<Self::Db>;
     /// The API's reads of clinical data.
-    fn reader(&self) -> &Pool<Self::Db>;
+    fn reader(&self) -> &Connections<Self::Db>;
     /// The clock records are stamped with.
     fn clock(&self) -> &Arc<dyn Clock>;
     /// This build's schema migrations for the database.
@@ -40,7 +43,7 @@ pub trait Engine: Clone + Send + Sync + 'static {
     /// assertion id): SQLite takes its write lock at once (`BEGIN IMMEDIATE`); PostgreSQL's row
     /// locks suffice.
     async fn begin_small_write(&self) -> Result<Transaction<'static, Self::Db>, StoreError> {
-        self.writer().begin().await.map_err(db_error)
+        self.writer().pool().begin().await.map_err(db_error)
     }
     /// Applies `batch` inside the caller's writing transaction.
     async fn apply_in(
@@ -116,9 +119,6 @@ pub(crate) async fn to_the_end<T: Send + 'static>(
         .map_err(|error| StoreError::database(format!("the write stopped: {error}")))?
 }
 
-/// A pooled connection.
-pub(crate) type Pooled<E> = PoolConnection<<E as Engine>::Db>;
-
 impl<E: Engine> SqlStore<E> {
     /// Opens the database at `url` (see [`Engine::open`]).
     pub async fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
@@ -145,12 +145,12 @@ impl<E: Engine> SqlStore<E> {
         &self.engine
     }
 
-    pub(crate) async fn write_connection(&self) -> Result<Pooled<E>, StoreError> {
-        self.engine.writer().acquire().await.map_err(db_error)
+    pub(crate) async fn write_connection(&self) -> Result<Lease<'_, E::Db>, StoreError> {
+        self.engine.writer().acquire().await
     }
 
-    pub(crate) async fn read_connection(&self) -> Result<Pooled<E>, StoreError> {
-        self.engine.reader().acquire().await.map_err(db_error)
+    pub(crate) async fn read_connection(&self) -> Result<Lease<'_, E::Db>, StoreError> {
+        self.engine.reader().acquire().await
     }
 
     /// Writes the FHIR projection of every facility, participant and consent (after an upgrade

@@ -20,7 +20,7 @@ use sqlx::{
 };
 use tsunagi_core::clock::Clock;
 use tsunagi_store::{ApplyStats, Batch, StoreError, governance::AuditRecord};
-use tsunagi_store_sql::{Engine, SqlStore, db_error};
+use tsunagi_store_sql::{Engine, SqlStore, db_error, hot::Connections};
 
 mod backup;
 pub use backup::{integrity_of_file, schema_of_file};
@@ -50,9 +50,13 @@ pub type SqliteStore = SqlStore<SqliteEngine>;
 pub struct SqliteEngine {
     /// Writes, checkpoints and whole-store scans.
     pool: SqlitePool,
-    /// The API's reads (read, search, fetch, history…): memory-mapped, so a large region reads
-    /// like a small one. Kept apart so that ingest, which never uses it, keeps its RSS bound.
-    reader: SqlitePool,
+    /// `pool`, with up to 2 of its 4 connections kept between statements (sqlx tests every
+    /// connection it takes back, through the connection's worker thread).
+    writer_connections: Arc<Connections<Sqlite>>,
+    /// The API's reads (read, search, fetch, history…), a pool of its own with up to 4 of its 8
+    /// connections kept between statements: memory-mapped, so a large region reads like a small
+    /// one. Kept apart so that ingest, which never uses it, keeps its RSS bound.
+    reader_connections: Arc<Connections<Sqlite>>,
     clock: Arc<dyn Clock>,
     /// The audit journal beside the database file (none for an in-memory database).
     journal: Option<Arc<journal::Journal>>,
@@ -116,8 +120,9 @@ impl SqliteEngine {
             .map(|file| Arc::new(epoch::StandingEpoch::new(file)));
         let journal = file.map(|file| Arc::new(journal::Journal::new(file)));
         Ok(Self {
+            writer_connections: Arc::new(Connections::new(pool.clone(), 2)),
+            reader_connections: Arc::new(Connections::new(reader, 4)),
             pool,
-            reader,
             clock,
             journal,
             epoch,
@@ -127,8 +132,8 @@ impl SqliteEngine {
 
     /// Closes the pool (checkpointing the WAL).
     pub async fn close(&self) {
-        self.reader.close().await;
-        self.pool.close().await;
+        self.reader_connections.close().await;
+        self.writer_connections.close().await;
     }
 }
 
@@ -150,12 +155,12 @@ impl Engine for SqliteEngine {
         &migrate::MIGRATOR
     }
 
-    fn writer(&self) -> &SqlitePool {
-        &self.pool
+    fn writer(&self) -> &Connections<Sqlite> {
+        &self.writer_connections
     }
 
-    fn reader(&self) -> &SqlitePool {
-        &self.reader
+    fn reader(&self) -> &Connections<Sqlite> {
+        &self.reader_connections
     }
 
     fn clock(&self) -> &Arc<dyn Clock> {
