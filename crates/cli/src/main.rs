@@ -151,6 +151,10 @@ enum Command {
         /// PEM CA certificates that issue system clients' certificates (CN = client id).
         #[arg(long)]
         tls_client_ca: Option<PathBuf>,
+        /// Also serve /health/live, /health/ready and /metrics alone on this address (plain
+        /// HTTP, a connection cap of its own): probes are answered while the API is full.
+        #[arg(long)]
+        health_listen: Option<String>,
     },
     /// Measure performance against the targets.
     Bench {
@@ -508,6 +512,7 @@ fn main() -> std::process::ExitCode {
                 mtls_listen,
                 tls_client_ca,
                 mllp_listen,
+                health_listen,
             } => {
                 serve::serve(serve::ServeFlags {
                     db,
@@ -520,6 +525,7 @@ fn main() -> std::process::ExitCode {
                     mtls_listen,
                     tls_client_ca,
                     mllp_listen,
+                    health_listen,
                 })
                 .await
             }

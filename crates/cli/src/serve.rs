@@ -33,6 +33,7 @@ pub(crate) struct ServeFlags {
     pub(crate) mtls_listen: Option<String>,
     pub(crate) tls_client_ca: Option<PathBuf>,
     pub(crate) mllp_listen: Option<String>,
+    pub(crate) health_listen: Option<String>,
 }
 
 /// The feeds of the three synthetic hospitals `tsunagi demo` listens for.
@@ -241,6 +242,8 @@ pub(crate) struct Listeners {
     tls: Option<TlsFiles>,
     /// The mutual-TLS listener: its address and the CA file of client certificates.
     mutual: Option<(String, PathBuf)>,
+    /// The health listener's address.
+    health: Option<String>,
 }
 
 impl Listeners {
@@ -275,7 +278,15 @@ impl Listeners {
             (Some(_), None) => bail!("the mutual-TLS listener needs --tls-client-ca"),
             (None, _) => None,
         };
-        Ok(Self { tls, mutual })
+        let health = flags
+            .health_listen
+            .clone()
+            .or_else(|| server.and_then(|s| s.health_listen.clone()));
+        Ok(Self {
+            tls,
+            mutual,
+            health,
+        })
     }
 }
 
@@ -336,6 +347,7 @@ pub(crate) async fn serve(flags: ServeFlags) -> anyhow::Result<()> {
     let mut mllp = MllpSetup::from_config(flags.mllp_listen.as_deref(), config.as_ref())?;
     crate::limits::fit_descriptors(
         &mut settings.limits,
+        // The health listener's 64 connections fit in the descriptors' reserve.
         1 + usize::from(listeners.mutual.is_some()),
         mllp.as_mut()
             .filter(|setup| setup.address.is_some())
@@ -411,6 +423,14 @@ pub(crate) async fn serve_store(
         }
         _ => None,
     };
+    let health = match &listeners.health {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen for health probes on {address}"))?,
+        ),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -455,6 +475,12 @@ pub(crate) async fn serve_store(
     if let Some((listener, _)) = &mutual {
         println!(
             "mutual TLS for system clients on https://{}/fhir",
+            listener.local_addr()?
+        );
+    }
+    if let Some(listener) = &health {
+        println!(
+            "health and metrics on http://{}/health/ready",
             listener.local_addr()?
         );
     }
@@ -600,7 +626,16 @@ pub(crate) async fn serve_store(
             None => Ok(()),
         }
     };
-    tokio::try_join!(main, mutual).context("the HTTP server stopped")?;
+    let health = async {
+        match health {
+            Some(listener) => {
+                tsunagi_server::serve_health(listener, state.clone(), stopped(stopping.clone()))
+                    .await
+            }
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(main, mutual, health).context("the HTTP server stopped")?;
     println!("stopped");
     Ok(())
 }

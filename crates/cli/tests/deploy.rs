@@ -71,15 +71,39 @@ fn the_kubernetes_manifests_match_the_schemas() {
             "{manifest}: {said}"
         );
     }
-    // The probes are the server's health endpoints.
+    // The probes are the server's health endpoints, on its health listener.
     let gateway = std::fs::read_to_string(deploy("kubernetes/tsunagi.yaml")).unwrap();
     for probe in [
-        "path: /health/ready",
-        "path: /health/live",
+        "path: /health/ready, port: health",
+        "path: /health/live, port: health",
+        "{name: health, containerPort: 9090}",
         "kind: PodDisruptionBudget",
     ] {
         assert!(gateway.contains(probe), "{probe}");
     }
+    // The ConfigMap's tsunagi.toml is one the server reads (`config check`).
+    let toml: String = gateway
+        .split("  tsunagi.toml: |\n")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .take_while(|line| line.starts_with("    ") || line.is_empty())
+        .map(|line| format!("{}\n", line.strip_prefix("    ").unwrap_or(line)))
+        .collect();
+    assert!(toml.contains("health_listen = \"0.0.0.0:9090\""), "{toml}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tsunagi.toml");
+    std::fs::write(&file, &toml).unwrap();
+    let checked = Command::new(env!("CARGO_BIN_EXE_tsunagi"))
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "{toml}{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
 }
 
 #[test]

@@ -174,7 +174,35 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    listen::serve("http", listener, listen::Transport::Plain, state, shutdown).await
+    listen::serve(
+        "http",
+        listener,
+        listen::Transport::Plain,
+        listen::Role::Api,
+        state,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves only `/health/live`, `/health/ready` (and `/healthz`, `/readyz`) and `/metrics` on
+/// `listener`, plain HTTP under a connection cap of its own, until `shutdown` completes: probes
+/// and scrapes are answered while the API's listeners are full. It does not count as a
+/// listener up for `/health/ready`.
+pub async fn serve_health(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    listen::serve(
+        "health",
+        listener,
+        listen::Transport::Plain,
+        listen::Role::Health,
+        state,
+        shutdown,
+    )
+    .await
 }
 
 /// Serves the API over TLS until `shutdown` completes. On a mutual-TLS listener every token
@@ -190,6 +218,7 @@ pub async fn serve_tls(
         name,
         tcp,
         listen::Transport::Tls { acceptor, mutual },
+        listen::Role::Api,
         state,
         shutdown,
     )

@@ -78,6 +78,21 @@ const HYPER_MAX_HEADERS: usize = 256;
 /// Connections over a cap being answered at once; more are closed without an answer.
 const TURN_AWAY_AT_ONCE: usize = 64;
 
+/// Connections of the health listener at once (probes and metrics scrapes, all unproven: the
+/// oldest makes room for a newcomer).
+const HEALTH_MAX_CONNECTIONS: usize = 64;
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The API (and the public health routes beside it); counts as a listener up for
+    /// `/health/ready`.
+    Api,
+    /// Only `/health/*` and `/metrics`, under a cap of its own, so probes are answered while
+    /// the API's listeners are full.
+    Health,
+}
+
 /// How a listener's connections become HTTP streams.
 #[derive(Clone)]
 pub(crate) enum Transport {
@@ -92,10 +107,16 @@ pub(crate) async fn serve(
     name: &'static str,
     listener: TcpListener,
     transport: Transport,
+    role: Role,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let limits = state.settings.limits.clone();
+    let mut limits = state.settings.limits.clone();
+    if role == Role::Health {
+        // Probes and scrapes come from few addresses (the kubelet, Prometheus).
+        limits.max_connections = HEALTH_MAX_CONNECTIONS;
+        limits.max_connections_per_peer = HEALTH_MAX_CONNECTIONS;
+    }
     let gate = Gate::new(
         name,
         tsunagi_net::Limits {
@@ -108,8 +129,14 @@ pub(crate) async fn serve(
     );
     state.metrics.watch_gate(gate.clone());
     let health = state.clone();
-    health.health.listening.fetch_add(1, Ordering::SeqCst);
-    let router = crate::router(state);
+    let api = role == Role::Api;
+    if api {
+        health.health.listening.fetch_add(1, Ordering::SeqCst);
+    }
+    let router = match role {
+        Role::Api => crate::router(state),
+        Role::Health => crate::routes::health_router(state),
+    };
     let (stop, stopping) = watch::channel(false);
     let turning_away = Arc::new(Semaphore::new(TURN_AWAY_AT_ONCE));
     tokio::pin!(shutdown);
@@ -166,13 +193,17 @@ pub(crate) async fn serve(
         }
     }
     // Not ready from now on: a load balancer sends no new work here while what is open drains.
-    health.health.draining.store(true, Ordering::SeqCst);
+    if api {
+        health.health.draining.store(true, Ordering::SeqCst);
+    }
     drop(listener);
     let _ = stop.send(true);
     if !gate.drained(limits.drain).await {
         tracing::warn!(target: "tsunagi::net", listener = name, open = gate.open(), "connections still open after the drain deadline");
     }
-    health.health.listening.fetch_sub(1, Ordering::SeqCst);
+    if api {
+        health.health.listening.fetch_sub(1, Ordering::SeqCst);
+    }
     Ok(())
 }
 

@@ -112,8 +112,8 @@ pub(crate) async fn hl7v2(
     hl7v2_api::post(state.intake.get(), &caller, &headers, body).await
 }
 
-/// The public routes around the guarded ones, and the layers of every request.
-pub(crate) fn assemble(state: Arc<AppState>, protected: Router<Arc<AppState>>) -> Router {
+/// The health and metrics routes, served beside the API and, alone, on the health listener.
+fn health_routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/health/live", get(|| async { "live" }))
         .route("/health/ready", get(readyz))
@@ -121,6 +121,22 @@ pub(crate) fn assemble(state: Arc<AppState>, protected: Router<Arc<AppState>>) -
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+}
+
+/// The health listener's router: [`health_routes`] only; anything else is a 404 outcome.
+pub(crate) fn health_router(state: Arc<AppState>) -> Router {
+    health_routes()
+        .fallback(|| async {
+            crate::outcome::ApiError::not_found(
+                "this listener serves /health/live, /health/ready and /metrics only",
+            )
+        })
+        .with_state(state)
+}
+
+/// The public routes around the guarded ones, and the layers of every request.
+pub(crate) fn assemble(state: Arc<AppState>, protected: Router<Arc<AppState>>) -> Router {
+    health_routes()
         .route("/fhir/metadata", get(metadata))
         // `GET [base]` is the CapabilityStatement too, as `[base]/metadata` is.
         .route("/fhir", get(metadata))

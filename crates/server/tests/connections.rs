@@ -632,3 +632,53 @@ async fn three_hundred_random_hostile_requests_get_outcomes_and_no_5xx() {
         "{answered:?}"
     );
 }
+
+/// With every connection of the API's listener proven (a newcomer gets 503), the health
+/// listener still answers liveness, readiness and metrics, and serves nothing else.
+#[tokio::test]
+async fn probes_are_answered_on_the_health_listener_while_the_api_is_full() {
+    let (store, _dir) = fresh_store().await;
+    let settings = Settings {
+        limits: HttpLimits {
+            max_connections: 4,
+            max_connections_per_peer: 4,
+            keep_alive_timeout: Duration::from_secs(30),
+            ..HttpLimits::default()
+        },
+        ..Settings::default()
+    };
+    let (addr, health) = support::serve_with_health(store, settings, true).await;
+    let health = health.unwrap();
+    let token = token_for(addr);
+    let ask = format!(
+        "GET /fhir/Patient?_count=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    let mut proven = Vec::new();
+    for _ in 0..4 {
+        let mut stream = connect_from(addr, 1).await;
+        stream.write_all(ask.as_bytes()).await.unwrap();
+        assert_eq!(read_answer(&mut stream).await.status, 200);
+        proven.push(stream);
+    }
+    let mut refused = connect_from(addr, 2).await;
+    let mut raw = Vec::new();
+    let _ = refused.read_to_end(&mut raw).await;
+    assert_eq!(parse_reply(&raw).unwrap().status, 503);
+
+    for (path, status) in [
+        ("/health/live", 200),
+        ("/health/ready", 200),
+        ("/metrics", 200),
+        ("/fhir/metadata", 404),
+    ] {
+        let reply = request(health, "GET", path, &[], "").await;
+        assert_eq!(reply.status, status, "{path}");
+        if path == "/metrics" {
+            let text = String::from_utf8_lossy(&reply.body);
+            assert!(
+                text.contains("tsunagi_connections_open{listener=\"http\"} 4"),
+                "{text}"
+            );
+        }
+    }
+}

@@ -287,6 +287,15 @@ pub async fn system_client(
 /// Serves `store` on a fresh loopback port; [`request`] sends the token of a system client of
 /// [`FACILITY`] to it.
 pub async fn serve(store: Arc<SqliteStore>, settings: Settings) -> SocketAddr {
+    serve_with_health(store, settings, false).await.0
+}
+
+/// [`serve`], and, with `health`, a health listener on its own port beside the API.
+pub async fn serve_with_health(
+    store: Arc<SqliteStore>,
+    settings: Settings,
+    health: bool,
+) -> (SocketAddr, Option<SocketAddr>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let keys = signing_keys(store.as_ref(), NOW).await.unwrap();
@@ -305,12 +314,29 @@ pub async fn serve(store: Arc<SqliteStore>, settings: Settings) -> SocketAddr {
         settings,
         keys,
     );
+    let mut health_addr = None;
+    if health {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        health_addr = Some(listener.local_addr().unwrap());
+        // `request` sends it there too; the health routes need none.
+        let token = token_for(addr);
+        TOKENS
+            .lock()
+            .unwrap()
+            .get_or_insert_with(HashMap::new)
+            .insert(listener.local_addr().unwrap(), token);
+        tokio::spawn(tsunagi_server::serve_health(
+            listener,
+            state.clone(),
+            std::future::pending(),
+        ));
+    }
     tokio::spawn(tsunagi_server::serve(
         listener,
         state,
         std::future::pending(),
     ));
-    addr
+    (addr, health_addr)
 }
 
 /// One patient `p1` with 25 laboratory Observations `o1`…`o25` (one a day in May 2024) and a
