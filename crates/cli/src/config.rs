@@ -238,6 +238,14 @@ pub(crate) struct ServerConfig {
     pub(crate) send_timeout_seconds: Option<u64>,
     /// The largest request body, in bytes (default 16 MiB).
     pub(crate) max_body_bytes: Option<usize>,
+    /// The DICOMweb proxy: the largest answer relayed, in bytes (default 8 GiB).
+    pub(crate) dicomweb_max_answer_bytes: Option<u64>,
+    /// Seconds a proxied answer may take, from the request to its last byte (default 600).
+    pub(crate) dicomweb_max_answer_seconds: Option<u64>,
+    /// Requests forwarded to one PACS at once (default 64); more wait, then get 503.
+    pub(crate) dicomweb_max_in_flight: Option<usize>,
+    /// Requests of one caller in flight to one PACS (default 8); more get 429.
+    pub(crate) dicomweb_max_per_caller: Option<usize>,
 }
 
 /// How log lines are written.

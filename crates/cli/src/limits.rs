@@ -50,6 +50,42 @@ pub(crate) fn http(server: Option<&ServerConfig>) -> anyhow::Result<HttpLimits> 
     Ok(limits)
 }
 
+/// The DICOMweb proxy's limits from `[server]`, over `settings`' defaults.
+pub(crate) fn dicomweb(
+    server: Option<&ServerConfig>,
+    settings: &mut tsunagi_server::dicomweb::DicomWebSettings,
+) -> anyhow::Result<()> {
+    let Some(server) = server else {
+        return Ok(());
+    };
+    if let Some(bytes) = server.dicomweb_max_answer_bytes {
+        if bytes == 0 {
+            bail!("[server] dicomweb_max_answer_bytes = 0: an answer of no bytes relays nothing");
+        }
+        settings.max_answer_bytes = bytes;
+    }
+    if let Some(value) = server.dicomweb_max_answer_seconds {
+        settings.max_answer_time = seconds("[server] dicomweb_max_answer_seconds", value)?;
+    }
+    if let Some(count) = server.dicomweb_max_in_flight {
+        settings.max_in_flight = count;
+    }
+    if let Some(count) = server.dicomweb_max_per_caller {
+        settings.max_per_caller = count;
+    }
+    if settings.max_in_flight == 0 || settings.max_per_caller == 0 {
+        bail!("[server] dicomweb_max_in_flight and dicomweb_max_per_caller must be at least 1");
+    }
+    if settings.max_per_caller > settings.max_in_flight {
+        bail!(
+            "[server] dicomweb_max_per_caller = {} is more than dicomweb_max_in_flight = {}: one caller could take the PACS",
+            settings.max_per_caller,
+            settings.max_in_flight
+        );
+    }
+    Ok(())
+}
+
 /// The MLLP listener's limits: the config's, else the defaults.
 pub(crate) fn mllp(mllp: Option<&MllpConfig>) -> anyhow::Result<tsunagi_mllp::ServerOptions> {
     let mut options = tsunagi_mllp::ServerOptions::default();
@@ -115,5 +151,62 @@ pub(crate) fn fit_descriptors(
             );
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_dicomweb_proxys_limits_come_from_the_server_section_and_are_checked() {
+        let server = |toml: &str| -> ServerConfig { toml::from_str(toml).unwrap() };
+        let mut settings = tsunagi_server::dicomweb::DicomWebSettings::default();
+        dicomweb(
+            Some(&server(
+                "dicomweb_max_answer_bytes = 1048576\ndicomweb_max_answer_seconds = 30\n\
+                 dicomweb_max_in_flight = 16\ndicomweb_max_per_caller = 2",
+            )),
+            &mut settings,
+        )
+        .unwrap();
+        assert_eq!(settings.max_answer_bytes, 1_048_576);
+        assert_eq!(settings.max_answer_time, Duration::from_secs(30));
+        assert_eq!((settings.max_in_flight, settings.max_per_caller), (16, 2));
+        for (bad, said) in [
+            ("dicomweb_max_answer_bytes = 0", "no bytes"),
+            ("dicomweb_max_answer_seconds = 0", "1 to 86400"),
+            ("dicomweb_max_in_flight = 0", "at least 1"),
+            (
+                "dicomweb_max_in_flight = 4\ndicomweb_max_per_caller = 9",
+                "could take the PACS",
+            ),
+        ] {
+            let mut settings = tsunagi_server::dicomweb::DicomWebSettings::default();
+            let error = dicomweb(Some(&server(bad)), &mut settings).unwrap_err();
+            assert!(error.to_string().contains(said), "{bad}: {error}");
+        }
+        // The example configuration states the defaults.
+        let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/tsunagi.example.toml");
+        let example = crate::config::Config::parse(&std::fs::read_to_string(example).unwrap())
+            .unwrap()
+            .server;
+        let defaults = tsunagi_server::dicomweb::DicomWebSettings::default();
+        assert_eq!(
+            example.dicomweb_max_answer_bytes,
+            Some(defaults.max_answer_bytes)
+        );
+        assert_eq!(
+            example.dicomweb_max_answer_seconds,
+            Some(defaults.max_answer_time.as_secs())
+        );
+        assert_eq!(example.dicomweb_max_in_flight, Some(defaults.max_in_flight));
+        assert_eq!(
+            example.dicomweb_max_per_caller,
+            Some(defaults.max_per_caller)
+        );
     }
 }

@@ -327,6 +327,7 @@ pub(crate) async fn serve(flags: ServeFlags) -> anyhow::Result<()> {
     if let Some(config) = &config {
         settings.dicomweb.pacs = crate::ingest_dicomweb::proxied_pacs(&config.dicomweb)?;
     }
+    crate::limits::dicomweb(server, &mut settings.dicomweb)?;
     if let Some(packages) = server.map(|s| &s.profile_packages)
         && !packages.is_empty()
     {
