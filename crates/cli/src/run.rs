@@ -191,6 +191,24 @@ pub(crate) async fn run(path: &Path, once: bool, metrics: Option<&str>) -> anyho
     // The process is part of the claimant's name: two `run` processes of one host are two
     // claimants (a restarted one waits for its previous life's hold to run out).
     let node = format!("{}:{}", tsunagi_adapter::node_name(), std::process::id());
+    // Claims of sources no longer configured would show a lag growing forever in /metrics.
+    let configured: Vec<String> = jobs
+        .iter()
+        .map(|(_, adapter, _)| {
+            let info = adapter.describe();
+            format!("{}:{}", info.kind, info.facility)
+        })
+        .collect();
+    match store
+        .forget_runs(&configured, chrono::Utc::now().timestamp_micros())
+        .await
+    {
+        Ok(0) => {}
+        Ok(forgotten) => {
+            eprintln!("forgot the pull claims of {forgotten} source(s) no longer configured");
+        }
+        Err(error) => eprintln!("the pull claims of removed sources stay: {error}"),
+    }
     let mut tasks = Vec::new();
     for (schedule, adapter, name) in jobs {
         let store = store.clone();

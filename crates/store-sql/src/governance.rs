@@ -376,6 +376,17 @@ impl<E: Engine> Governance for SqlStore<E> {
         Ok(())
     }
 
+    async fn forget_runs(&self, configured: &[String], now: i64) -> Result<u64, StoreError> {
+        stmt(format!(
+            "DELETE FROM pull_holds WHERE lease_until <= ?1 AND NOT ({})",
+            <E::Db as crate::dialect::Dialect>::in_list("source", "?2")
+        ))
+        .arg(now)
+        .arg(configured)
+        .execute_in::<E::Db>(self.writer())
+        .await
+    }
+
     async fn put_first_signing_key(&self, key: &StoredKey) -> Result<bool, StoreError> {
         let mut transaction = self.begin_small_write().await?;
         // One row decides: a second node's insert waits for the first's commit, then does

@@ -246,6 +246,20 @@ pub async fn a_scheduled_pull_is_claimed_once<S: Governance>(store: &S) {
             .await
             .unwrap()
     );
+    // The mml source leaves the configuration: its claim is forgotten once its hold is over,
+    // never the claim of a source still configured, nor one being pulled.
+    let configured = [source.to_owned()];
+    assert_eq!(store.forget_runs(&configured, hold - 1).await.unwrap(), 0);
+    assert_eq!(store.forget_runs(&configured, hold).await.unwrap(), 1);
+    assert_eq!(store.queue_depths().await.unwrap().pulls.len(), 1);
+    assert_eq!(store.forget_runs(&[], hold + 5).await.unwrap(), 0);
+    assert!(
+        !store
+            .claim_run(source, 106, "b", hold + 10, hold + 12)
+            .await
+            .unwrap(),
+        "a claimed tick stays claimed"
+    );
 }
 
 /// A store just opened holds exactly this build's schema (what `/health/ready` asks).

@@ -493,6 +493,11 @@ pub trait Governance: crate::Paging + Send + Sync {
     /// Ends the hold of a claimed tick: its pull is over.
     async fn finish_run(&self, source: &str, tick: i64) -> Result<(), StoreError>;
 
+    /// Forgets the claims of sources not in `configured` whose hold has ended by `now` (sources
+    /// removed from the configuration, whose lag would otherwise grow in `/metrics` forever);
+    /// a source being pulled keeps its claim. Gives how many were forgotten.
+    async fn forget_runs(&self, configured: &[String], now: i64) -> Result<u64, StoreError>;
+
     /// Whether the database answers and holds exactly this build's schema (`Ok(Some(reason))`
     /// when it answers but another schema is there: a node of another version migrated it).
     async fn schema_status(&self) -> Result<Option<String>, StoreError> {
