@@ -153,13 +153,15 @@ fn process_ticks(pid: &str) -> Option<u64> {
 }
 
 /// CPU ticks so far of the nodes in `pids`, of every `postgres` process on the machine, and
-/// of this process (the clients). `None` off Linux.
+/// of this process (the clients). `None` off Linux, or when PostgreSQL runs elsewhere (another
+/// machine, a container whose processes this one cannot see).
 fn party_ticks(pids: &[u32]) -> Option<[u64; 3]> {
     let nodes = pids
         .iter()
         .map(|pid| process_ticks(&pid.to_string()))
         .sum::<Option<u64>>()?;
     let mut postgres = 0;
+    let mut found = false;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let name = entry.file_name();
         let Some(pid) = name
@@ -172,8 +174,10 @@ fn party_ticks(pids: &[u32]) -> Option<[u64; 3]> {
             .is_ok_and(|comm| comm.trim_end() == "postgres")
         {
             postgres += process_ticks(pid).unwrap_or(0);
+            found = true;
         }
     }
+    found.then_some(())?;
     Some([nodes, postgres, process_ticks("self")?])
 }
 

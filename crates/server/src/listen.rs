@@ -79,8 +79,10 @@ const HYPER_MAX_HEADERS: usize = 256;
 const TURN_AWAY_AT_ONCE: usize = 64;
 
 /// Connections of the health listener at once (probes and metrics scrapes, all unproven: the
-/// oldest makes room for a newcomer).
+/// oldest makes room for a newcomer), and from one address (the kubelet's probes come from
+/// its node, Prometheus from its pod): one peer cannot push out the others.
 const HEALTH_MAX_CONNECTIONS: usize = 64;
+const HEALTH_MAX_PER_PEER: usize = 8;
 
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +117,7 @@ pub(crate) async fn serve(
     if role == Role::Health {
         // Probes and scrapes come from few addresses (the kubelet, Prometheus).
         limits.max_connections = HEALTH_MAX_CONNECTIONS;
-        limits.max_connections_per_peer = HEALTH_MAX_CONNECTIONS;
+        limits.max_connections_per_peer = HEALTH_MAX_PER_PEER;
     }
     let gate = Gate::new(
         name,

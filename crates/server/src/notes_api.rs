@@ -464,7 +464,15 @@ pub(crate) async fn create(
     }
     let status = match state.store.apply(Batch { operations }).await {
         Ok(_) => StatusCode::CREATED,
-        Err(StoreError::Conflict(reason)) if identifier.is_some() => {
+        // Only when what the identifier names now exists: another conflict stays an error.
+        Err(StoreError::Conflict(reason))
+            if identifier.is_some()
+                && state
+                    .store
+                    .read(&caller.access, resource_type, &id)
+                    .await?
+                    .is_some_and(|existing| !existing.deleted) =>
+        {
             tracing::debug!(target: "tsunagi::notes", resource = %tid, %reason, "a retry raced its first attempt");
             StatusCode::OK
         }

@@ -317,7 +317,7 @@ impl Engine for PostgresEngine {
     }
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
-        let mut transaction = self.pool.begin().await.map_err(db_error)?;
+        let mut transaction = self.connections.begin().await?;
         lock_writer(&mut transaction).await?;
         Ok(transaction)
     }

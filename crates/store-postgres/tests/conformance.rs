@@ -308,6 +308,11 @@ async fn kept_connections_serve_reads_and_are_replaced_when_the_server_ended_the
     for _ in 0..4 {
         taken.push(connections.pool().acquire().await.unwrap());
     }
+    assert_eq!(
+        (connections.pool().size(), connections.pool().num_idle()),
+        (8, 0),
+        "the pool is not all taken: the read below would show nothing"
+    );
     let read = tokio::time::timeout(
         std::time::Duration::from_secs(10),
         store.read(&Access::Unrestricted, "Patient", "nobody"),
@@ -315,6 +320,11 @@ async fn kept_connections_serve_reads_and_are_replaced_when_the_server_ended_the
     .await
     .expect("a read waited for the pool while connections were kept");
     assert!(read.unwrap().is_none());
+    // And a transaction, which goes to the pool itself, gets a kept one back from it.
+    let transaction = tokio::time::timeout(std::time::Duration::from_secs(10), connections.begin())
+        .await
+        .expect("a transaction waited for the pool while connections were kept");
+    transaction.unwrap().rollback().await.unwrap();
     drop(taken);
 
     let mut admin = sqlx::PgConnection::connect(&url()).await.unwrap();

@@ -9,9 +9,11 @@
 //! through sqlx, which tests it, as before.
 //!
 //! At most `keep` connections wait here, fewer than the pool's size, so callers that go to the
-//! pool itself (a writing transaction) always have the rest. A connection idle here for longer
-//! than [`PING_WHEN_IDLE`] is pinged before it is lent again, so one the server or a proxy
-//! dropped is replaced, not handed to a request.
+//! pool itself (a transaction) have the rest; one that finds none idle there gets the kept ones
+//! back first ([`Connections::begin`], [`Connections::make_room`]). A connection idle here for
+//! longer than [`PING_WHEN_IDLE`] is pinged (within [`PING_TIMEOUT`]) before it is lent again,
+//! so one the server or a proxy dropped is replaced, not handed to a request; one kept for
+//! [`MAX_KEPT`] goes back to the pool, whose lifetime limits then apply (after a fail-over, say).
 
 use std::{
     ops::{Deref, DerefMut},
@@ -26,12 +28,19 @@ use crate::dialect::db_error;
 
 /// How long a connection may stay idle before it is pinged before use (one round trip).
 pub const PING_WHEN_IDLE: Duration = Duration::from_secs(1);
+/// How long that ping may take: a connection a NAT or proxy dropped silently does not answer.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a connection may be kept here at a stretch before it goes back to the pool.
+pub const MAX_KEPT: Duration = Duration::from_secs(600);
+
+/// A kept connection, since when it is idle, and since when it has been kept.
+type Kept<D> = (PoolConnection<D>, Instant, Instant);
 
 /// A sqlx pool and the connections kept checked out between statements.
 #[derive(Debug)]
 pub struct Connections<D: Database> {
     pool: Pool<D>,
-    kept: Mutex<Vec<(PoolConnection<D>, Instant)>>,
+    kept: Mutex<Vec<Kept<D>>>,
     keep: usize,
 }
 
@@ -60,13 +69,19 @@ impl<D: Database> Connections<D> {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .pop();
-            let Some((mut connection, since)) = kept else {
+            let Some((mut connection, idle_since, kept_since)) = kept else {
                 break;
             };
-            if since.elapsed() <= PING_WHEN_IDLE || connection.ping().await.is_ok() {
+            if idle_since.elapsed() <= PING_WHEN_IDLE
+                || matches!(
+                    tokio::time::timeout(PING_TIMEOUT, connection.ping()).await,
+                    Ok(Ok(()))
+                )
+            {
                 return Ok(Lease {
                     connection,
                     owner: self,
+                    kept_since: Some(kept_since),
                 });
             }
             connection.close_on_drop();
@@ -75,14 +90,33 @@ impl<D: Database> Connections<D> {
         Ok(Lease {
             connection,
             owner: self,
+            kept_since: None,
         })
+    }
+
+    /// Gives the kept connections back to the pool when it has none idle, so a caller about to
+    /// wait for the pool itself does not wait while connections sit here unused.
+    pub fn make_room(&self) {
+        if self.pool.num_idle() > 0 {
+            return;
+        }
+        let kept = std::mem::take(&mut *self.kept.lock().unwrap_or_else(PoisonError::into_inner));
+        drop(kept);
+    }
+
+    /// A transaction on a connection of the pool (after [`Connections::make_room`]).
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, D>, StoreError> {
+        self.make_room();
+        self.pool.begin().await.map_err(db_error)
     }
 
     /// Closes the pool (the kept connections with it).
     pub async fn close(&self) {
+        // Closed first: a lease ending meanwhile no longer keeps its connection.
+        let closing = self.pool.close();
         let kept = std::mem::take(&mut *self.kept.lock().unwrap_or_else(PoisonError::into_inner));
         drop(kept);
-        self.pool.close().await;
+        closing.await;
     }
 }
 
@@ -92,16 +126,27 @@ impl<D: Database> Connections<D> {
 pub struct Lease<'a, D: Database> {
     connection: PoolConnection<D>,
     owner: &'a Connections<D>,
+    /// Since when the connection has been kept, when it came from [`Connections`]' own.
+    kept_since: Option<Instant>,
 }
 
 impl<D: Database> Lease<'_, D> {
     /// Gives the connection back for the next statement: call it only when everything run on
     /// it ended (no transaction open, no rows left unread).
     pub fn done(self) {
-        let Self { connection, owner } = self;
+        let Self {
+            connection,
+            owner,
+            kept_since,
+        } = self;
+        let now = Instant::now();
+        let kept_since = kept_since.unwrap_or(now);
+        if now.duration_since(kept_since) > MAX_KEPT {
+            return;
+        }
         let mut kept = owner.kept.lock().unwrap_or_else(PoisonError::into_inner);
         if kept.len() < owner.keep && !owner.pool.is_closed() {
-            kept.push((connection, Instant::now()));
+            kept.push((connection, now, kept_since));
         }
     }
 }

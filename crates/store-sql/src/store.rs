@@ -43,7 +43,7 @@ pub trait Engine: Clone + Send + Sync + 'static {
     /// assertion id): SQLite takes its write lock at once (`BEGIN IMMEDIATE`); PostgreSQL's row
     /// locks suffice.
     async fn begin_small_write(&self) -> Result<Transaction<'static, Self::Db>, StoreError> {
-        self.writer().pool().begin().await.map_err(db_error)
+        self.writer().begin().await
     }
     /// Applies `batch` inside the caller's writing transaction.
     async fn apply_in(

@@ -168,10 +168,12 @@ impl Engine for SqliteEngine {
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.writer_connections.make_room();
         begin(&self.pool).await
     }
 
     async fn begin_small_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.writer_connections.make_room();
         begin(&self.pool).await
     }
 

@@ -318,13 +318,6 @@ pub async fn serve_with_health(
     if health {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         health_addr = Some(listener.local_addr().unwrap());
-        // `request` sends it there too; the health routes need none.
-        let token = token_for(addr);
-        TOKENS
-            .lock()
-            .unwrap()
-            .get_or_insert_with(HashMap::new)
-            .insert(listener.local_addr().unwrap(), token);
         tokio::spawn(tsunagi_server::serve_health(
             listener,
             state.clone(),
