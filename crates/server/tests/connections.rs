@@ -634,7 +634,8 @@ async fn three_hundred_random_hostile_requests_get_outcomes_and_no_5xx() {
 }
 
 /// With every connection of the API's listener proven (a newcomer gets 503), the health
-/// listener still answers liveness, readiness and metrics, and serves nothing else.
+/// listener still answers liveness, readiness and metrics, and serves nothing else; once the
+/// API's listener stops, it says not ready (draining) and still live.
 #[tokio::test]
 async fn probes_are_answered_on_the_health_listener_while_the_api_is_full() {
     let (store, _dir) = fresh_store().await;
@@ -647,7 +648,7 @@ async fn probes_are_answered_on_the_health_listener_while_the_api_is_full() {
         },
         ..Settings::default()
     };
-    let (addr, health) = support::serve_with_health(store, settings, true).await;
+    let (addr, health, stop) = support::serve_with_health(store, settings, true).await;
     let health = health.unwrap();
     let token = token_for(addr);
     let ask = format!(
@@ -665,19 +666,22 @@ async fn probes_are_answered_on_the_health_listener_while_the_api_is_full() {
     let _ = refused.read_to_end(&mut raw).await;
     assert_eq!(parse_reply(&raw).unwrap().status, 503);
 
+    // No token: the health routes need none.
+    let probe = |path: &'static str| async move {
+        let mut stream = TcpStream::connect(health).await.unwrap();
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        read_answer(&mut stream).await
+    };
     for (path, status) in [
         ("/health/live", 200),
         ("/health/ready", 200),
         ("/metrics", 200),
         ("/fhir/metadata", 404),
     ] {
-        // No token: the health routes need none.
-        let mut stream = TcpStream::connect(health).await.unwrap();
-        stream
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let reply = read_answer(&mut stream).await;
+        let reply = probe(path).await;
         assert_eq!(reply.status, status, "{path}");
         if path == "/metrics" {
             let text = String::from_utf8_lossy(&reply.body);
@@ -687,4 +691,21 @@ async fn probes_are_answered_on_the_health_listener_while_the_api_is_full() {
             );
         }
     }
+
+    stop.send(()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let ready = loop {
+        let reply = probe("/health/ready").await;
+        if reply.status != 200 || Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ready.status, 503);
+    assert!(
+        String::from_utf8_lossy(&ready.body).contains("draining"),
+        "{}",
+        String::from_utf8_lossy(&ready.body)
+    );
+    assert_eq!(probe("/health/live").await.status, 200);
 }

@@ -290,12 +290,17 @@ pub async fn serve(store: Arc<SqliteStore>, settings: Settings) -> SocketAddr {
     serve_with_health(store, settings, false).await.0
 }
 
-/// [`serve`], and, with `health`, a health listener on its own port beside the API.
+/// [`serve`], and, with `health`, a health listener on its own port beside the API; sending on
+/// the third value stops the API's listener (dropping it does not).
 pub async fn serve_with_health(
     store: Arc<SqliteStore>,
     settings: Settings,
     health: bool,
-) -> (SocketAddr, Option<SocketAddr>) {
+) -> (
+    SocketAddr,
+    Option<SocketAddr>,
+    tokio::sync::oneshot::Sender<()>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let keys = signing_keys(store.as_ref(), NOW).await.unwrap();
@@ -324,12 +329,13 @@ pub async fn serve_with_health(
             std::future::pending(),
         ));
     }
-    tokio::spawn(tsunagi_server::serve(
-        listener,
-        state,
-        std::future::pending(),
-    ));
-    (addr, health_addr)
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(tsunagi_server::serve(listener, state, async move {
+        if stopped.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }));
+    (addr, health_addr, stop)
 }
 
 /// One patient `p1` with 25 laboratory Observations `o1`…`o25` (one a day in May 2024) and a
