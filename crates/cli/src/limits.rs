@@ -112,15 +112,18 @@ pub(crate) fn mllp(mllp: Option<&MllpConfig>) -> anyhow::Result<tsunagi_mllp::Se
 
 /// Raises the open-file limit to its hard maximum and fits the listeners' caps under it (the
 /// API's cap holds for each of its `http_listeners`), keeping
-/// [`tsunagi_net::descriptors::RESERVE`] for the gateway itself. Says what it had to lower.
+/// [`tsunagi_net::descriptors::RESERVE`] for the gateway itself and `fixed` for listeners whose
+/// cap is not lowered (the health listener's). Says what it had to lower.
 pub(crate) fn fit_descriptors(
     http: &mut HttpLimits,
     http_listeners: usize,
+    fixed: usize,
     mllp: Option<&mut tsunagi_mllp::ServerOptions>,
 ) -> anyhow::Result<()> {
-    let Some(limit) = tsunagi_net::descriptors::raise_limit() else {
+    let Some(raised) = tsunagi_net::descriptors::raise_limit() else {
         return Ok(());
     };
+    let limit = raised.saturating_sub(fixed as u64);
     let listeners = http_listeners.max(1);
     let mut http_total = http.max_connections.saturating_mul(listeners);
     let mut mllp_cap = mllp.as_ref().map_or(0, |options| options.max_connections);
@@ -131,7 +134,8 @@ pub(crate) fn fit_descriptors(
     };
     match fitted {
         Err(needed) => bail!(
-            "the open-file limit is {limit}; tsunagi serve needs at least {needed} (raise it: ulimit -n, or LimitNOFILE= in the systemd unit)"
+            "the open-file limit is {raised}; tsunagi serve needs at least {} (raise it: ulimit -n, or LimitNOFILE= in the systemd unit)",
+            needed.saturating_add(fixed as u64)
         ),
         Ok(false) => Ok(()),
         Ok(true) => {
@@ -143,7 +147,8 @@ pub(crate) fn fit_descriptors(
             }
             tracing::warn!(
                 target: "tsunagi::net",
-                open_file_limit = limit,
+                open_file_limit = raised,
+                fixed_connections = fixed,
                 reserved = tsunagi_net::descriptors::RESERVE,
                 http_max_connections = http.max_connections,
                 mllp_max_connections = mllp_cap,

@@ -348,8 +348,12 @@ pub(crate) async fn serve(flags: ServeFlags) -> anyhow::Result<()> {
     let mut mllp = MllpSetup::from_config(flags.mllp_listen.as_deref(), config.as_ref())?;
     crate::limits::fit_descriptors(
         &mut settings.limits,
-        // The health listener's 64 connections fit in the descriptors' reserve.
         1 + usize::from(listeners.mutual.is_some()),
+        if listeners.health.is_some() {
+            tsunagi_server::listen::HEALTH_MAX_CONNECTIONS
+        } else {
+            0
+        },
         mllp.as_mut()
             .filter(|setup| setup.address.is_some())
             .map(|setup| &mut setup.options),

@@ -81,7 +81,7 @@ const TURN_AWAY_AT_ONCE: usize = 64;
 /// Connections of the health listener at once (probes and metrics scrapes, all unproven: the
 /// oldest makes room for a newcomer), and from one address (the kubelet's probes come from
 /// its node, Prometheus from its pod): one peer cannot push out the others.
-const HEALTH_MAX_CONNECTIONS: usize = 64;
+pub const HEALTH_MAX_CONNECTIONS: usize = 64;
 const HEALTH_MAX_PER_PEER: usize = 8;
 
 /// What a listener serves.
