@@ -121,16 +121,11 @@ async fn rate(
     let parties = parties_before
         .zip(party_ticks(nodes_pids))
         .map(|(before, after)| {
-            let per_request = |after: u64, before: u64| {
-                after.saturating_sub(before) as f64 * 1000.0
+            std::array::from_fn(|party| {
+                after[party].saturating_sub(before[party]) as f64 * 1000.0
                     / TICKS_PER_SECOND
                     / total.max(1) as f64
-            };
-            [
-                per_request(after[0], before[0]),
-                per_request(after[1], before[1]),
-                per_request(after[2], before[2]),
-            ]
+            })
         });
     Ok(Round {
         rate,

@@ -191,7 +191,8 @@ pub(crate) async fn run(path: &Path, once: bool, metrics: Option<&str>) -> anyho
     // The process is part of the claimant's name: two `run` processes of one host are two
     // claimants (a restarted one waits for its previous life's hold to run out).
     let node = format!("{}:{}", tsunagi_adapter::node_name(), std::process::id());
-    // Claims of sources no longer configured would show a lag growing forever in /metrics.
+    // Each source's claim key; the claims of sources no longer configured would show a lag
+    // growing forever in /metrics.
     let configured: Vec<String> = jobs
         .iter()
         .map(|(_, adapter, _)| {
@@ -210,7 +211,7 @@ pub(crate) async fn run(path: &Path, once: bool, metrics: Option<&str>) -> anyho
         Err(error) => eprintln!("the pull claims of removed sources stay: {error}"),
     }
     let mut tasks = Vec::new();
-    for (schedule, adapter, name) in jobs {
+    for ((schedule, adapter, name), source) in jobs.into_iter().zip(configured) {
         let store = store.clone();
         let node = node.clone();
         tasks.push(tokio::spawn(async move {
@@ -224,7 +225,6 @@ pub(crate) async fn run(path: &Path, once: bool, metrics: Option<&str>) -> anyho
                 tokio::time::sleep(wait).await;
                 last = Some(next);
                 let info = adapter.describe();
-                let source = format!("{}:{}", info.kind, info.facility);
                 let now = chrono::Utc::now().timestamp_micros();
                 let tick = next.timestamp();
                 match store

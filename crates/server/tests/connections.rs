@@ -30,6 +30,15 @@ async fn connect_from(addr: SocketAddr, from: u8) -> TcpStream {
     socket.connect(addr).await.unwrap()
 }
 
+/// A connection from `127.0.0.<from>` that carried `ask` (an authenticated request) and was
+/// answered 200: one the listener spares at its cap.
+async fn proven_from(addr: SocketAddr, from: u8, ask: &str) -> TcpStream {
+    let mut stream = connect_from(addr, from).await;
+    stream.write_all(ask.as_bytes()).await.unwrap();
+    assert_eq!(read_answer(&mut stream).await.status, 200);
+    stream
+}
+
 /// Reads one HTTP/1.1 answer from a connection that stays open (Content-Length framing).
 async fn read_answer(stream: &mut TcpStream) -> Reply {
     let mut raw = Vec::new();
@@ -232,10 +241,7 @@ async fn at_the_cap_unproven_sockets_make_room_and_proven_ones_keep_working() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut proven = newcomers;
     for _ in 0..14 {
-        let mut stream = connect_from(addr, 4).await;
-        stream.write_all(ask.as_bytes()).await.unwrap();
-        assert_eq!(read_answer(&mut stream).await.status, 200);
-        proven.push(stream);
+        proven.push(proven_from(addr, 4, &ask).await);
     }
     let mut refused = connect_from(addr, 5).await;
     let mut raw = Vec::new();
@@ -656,10 +662,7 @@ async fn probes_are_answered_on_the_health_listener_while_the_api_is_full() {
     );
     let mut proven = Vec::new();
     for _ in 0..4 {
-        let mut stream = connect_from(addr, 1).await;
-        stream.write_all(ask.as_bytes()).await.unwrap();
-        assert_eq!(read_answer(&mut stream).await.status, 200);
-        proven.push(stream);
+        proven.push(proven_from(addr, 1, &ask).await);
     }
     let mut refused = connect_from(addr, 2).await;
     let mut raw = Vec::new();

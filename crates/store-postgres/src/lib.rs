@@ -56,7 +56,6 @@ use writer::{BatchWriter, index_pat};
 /// batch writer.
 #[derive(Clone)]
 pub struct PostgresEngine {
-    pool: PgPool,
     /// The pool, with up to [`KEPT_CONNECTIONS`] connections kept between statements.
     connections: Arc<Connections<Postgres>>,
     clock: Arc<dyn Clock>,
@@ -126,8 +125,7 @@ impl PostgresEngine {
             .map_err(db_error)?;
         Self::migrate(&pool).await?;
         Ok(Self {
-            connections: Arc::new(Connections::new(pool.clone(), KEPT_CONNECTIONS)),
-            pool,
+            connections: Arc::new(Connections::new(pool, KEPT_CONNECTIONS)),
             clock,
             epoch: Arc::default(),
         })
@@ -138,7 +136,7 @@ impl PostgresEngine {
     /// as with libpq; without `sslmode`, TLS is used when the server offers it (`prefer`).
     pub async fn uses_tls(&self) -> Result<bool, StoreError> {
         sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-            .fetch_one(&self.pool)
+            .fetch_one(self.connections.pool())
             .await
             .map_err(db_error)
     }
@@ -183,7 +181,7 @@ impl PostgresEngine {
     /// Rebuilds every index row, and every resource's compartment, from stored content (after a
     /// search-registry change), in one writing transaction.
     pub async fn reindex(&self) -> Result<(), StoreError> {
-        Self::reindex_pool(&self.pool, false).await
+        Self::reindex_pool(self.connections.pool(), false).await
     }
 
     async fn reindex_pool(pool: &PgPool, only_if_stale: bool) -> Result<(), StoreError> {
@@ -264,7 +262,7 @@ impl Engine for PostgresEngine {
     async fn hold_node(&self, node: &str) -> Result<Option<tsunagi_store::NodeHold>, StoreError> {
         // A session advisory lock on a connection of its own, kept for the process's life:
         // PostgreSQL lets it go when that session ends, however the process ends.
-        let options = (*self.pool.connect_options()).clone();
+        let options = (*self.connections.pool().connect_options()).clone();
         let mut connection = <PgConnection as sqlx::Connection>::connect_with(&options)
             .await
             .map_err(db_error)?;
@@ -312,7 +310,7 @@ impl Engine for PostgresEngine {
     }
 
     async fn start_serving(&self) -> Result<(), StoreError> {
-        self.epoch.start(&self.pool);
+        self.epoch.start(self.connections.pool());
         Ok(())
     }
 

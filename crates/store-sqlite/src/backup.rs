@@ -72,7 +72,7 @@ impl SqliteEngine {
         let target = target.to_str().ok_or_else(|| {
             StoreError::Invalid(format!("{} is not a UTF-8 path", target.display()))
         })?;
-        let mut connection = self.pool.acquire().await.map_err(db_error)?;
+        let mut connection = self.pool().acquire().await.map_err(db_error)?;
         sqlx::query("VACUUM INTO ?1")
             .bind(target)
             .execute(&mut *connection)

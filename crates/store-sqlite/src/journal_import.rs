@@ -66,8 +66,7 @@ impl SqliteEngine {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |elapsed| elapsed.as_secs_f64());
         let files = journal.files()?;
-        self.writer_connections.make_room();
-        let mut transaction = begin(&self.pool).await?;
+        let mut transaction = begin(&self.writer_connections).await?;
         let position: Option<String> =
             sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'audit_journal'")
                 .fetch_optional(&mut *transaction)

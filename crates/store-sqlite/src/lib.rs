@@ -48,10 +48,9 @@ pub type SqliteStore = SqlStore<SqliteEngine>;
 /// the audit journal and the standing epoch.
 #[derive(Clone)]
 pub struct SqliteEngine {
-    /// Writes, checkpoints and whole-store scans.
-    pool: SqlitePool,
-    /// `pool`, with up to 2 of its 4 connections kept between statements (sqlx tests every
-    /// connection it takes back, through the connection's worker thread).
+    /// Writes, checkpoints and whole-store scans: a pool of 4 with up to 2 connections kept
+    /// between statements (sqlx tests every connection it takes back, through the connection's
+    /// worker thread).
     writer_connections: Arc<Connections<Sqlite>>,
     /// The API's reads (read, search, fetch, history…), a pool of its own with up to 4 of its 8
     /// connections kept between statements: memory-mapped, so a large region reads like a small
@@ -120,9 +119,8 @@ impl SqliteEngine {
             .map(|file| Arc::new(epoch::StandingEpoch::new(file)));
         let journal = file.map(|file| Arc::new(journal::Journal::new(file)));
         Ok(Self {
-            writer_connections: Arc::new(Connections::new(pool.clone(), 2)),
+            writer_connections: Arc::new(Connections::new(pool, 2)),
             reader_connections: Arc::new(Connections::new(reader, 4)),
-            pool,
             clock,
             journal,
             epoch,
@@ -137,8 +135,23 @@ impl SqliteEngine {
     }
 }
 
-async fn begin(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, StoreError> {
-    pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)
+/// A writing transaction (`BEGIN IMMEDIATE`), after the kept connections made room for it.
+async fn begin(
+    connections: &Connections<Sqlite>,
+) -> Result<Transaction<'static, Sqlite>, StoreError> {
+    connections.make_room();
+    connections
+        .pool()
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(db_error)
+}
+
+impl SqliteEngine {
+    /// The pool of writes, checkpoints and whole-store scans.
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        self.writer_connections.pool()
+    }
 }
 
 #[async_trait::async_trait]
@@ -168,13 +181,11 @@ impl Engine for SqliteEngine {
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.writer_connections.make_room();
-        begin(&self.pool).await
+        begin(&self.writer_connections).await
     }
 
     async fn begin_small_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.writer_connections.make_room();
-        begin(&self.pool).await
+        begin(&self.writer_connections).await
     }
 
     async fn apply_in(
@@ -215,7 +226,7 @@ impl Engine for SqliteEngine {
     async fn hold_node(&self, node: &str) -> Result<Option<tsunagi_store::NodeHold>, StoreError> {
         // A file lock beside the database, named after the node: the operating system lets it
         // go when the process ends, however it ends.
-        let database = self.pool.connect_options().get_filename().to_owned();
+        let database = self.pool().connect_options().get_filename().to_owned();
         if database.as_os_str().is_empty() || database.to_string_lossy().contains(":memory:") {
             return Ok(Some(Box::new(())));
         }

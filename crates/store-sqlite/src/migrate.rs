@@ -38,7 +38,7 @@ impl SqliteEngine {
     /// Rebuilds every index row and compartment from stored content (after a search-registry
     /// change).
     pub async fn reindex(&self) -> Result<(), StoreError> {
-        Self::reindex_pool(&self.pool, false).await
+        Self::reindex_pool(self.pool(), false).await
     }
 
     pub(crate) async fn reindex_pool(
