@@ -78,9 +78,14 @@ fn the_kubernetes_manifests_match_the_schemas() {
         "path: /health/live, port: health",
         "{name: health, containerPort: 9090}",
         "kind: PodDisruptionBudget",
+        // The health port (and /metrics) only from the monitoring namespace.
+        "kind: NetworkPolicy",
+        "- {port: health, protocol: TCP}",
     ] {
         assert!(gateway.contains(probe), "{probe}");
     }
+    let database = std::fs::read_to_string(deploy("kubernetes/postgres.yaml")).unwrap();
+    assert!(database.contains("kind: NetworkPolicy"), "{database}");
     // The ConfigMap's tsunagi.toml is one the server reads (`config check`).
     let toml: String = gateway
         .split("  tsunagi.toml: |\n")

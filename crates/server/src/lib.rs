@@ -132,6 +132,8 @@ pub(crate) struct Health {
     pub(crate) listening: std::sync::atomic::AtomicUsize,
     /// A shutdown began: no new work should come here.
     pub(crate) draining: std::sync::atomic::AtomicBool,
+    /// A health listener serves `/metrics`: the API's listeners no longer do.
+    pub(crate) metrics_on_health_listener: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -188,7 +190,7 @@ pub async fn serve(
 /// Serves only `/health/live`, `/health/ready` (and `/healthz`, `/readyz`) and `/metrics` on
 /// `listener`, plain HTTP under a connection cap of its own, until `shutdown` completes: probes
 /// and scrapes are answered while the API's listeners are full. It does not count as a
-/// listener up for `/health/ready`.
+/// listener up for `/health/ready`. Once it runs, the API's listeners answer `/metrics` 404.
 pub async fn serve_health(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,

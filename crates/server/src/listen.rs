@@ -134,6 +134,11 @@ pub(crate) async fn serve(
     let api = role == Role::Api;
     if api {
         health.health.listening.fetch_add(1, Ordering::SeqCst);
+    } else {
+        health
+            .health
+            .metrics_on_health_listener
+            .store(true, Ordering::SeqCst);
     }
     let router = match role {
         Role::Api => crate::router(state),

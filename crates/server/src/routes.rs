@@ -38,7 +38,7 @@ use crate::{
 use crate::{hl7v2_api, request::base_url};
 
 /// The router: FHIR under `/fhir`, DICOMweb under `/dicomweb`, plus `/health/live`,
-/// `/health/ready` (also `/healthz`, `/readyz`) and `/metrics`.
+/// `/health/ready` (also `/healthz`, `/readyz`) and `/metrics` (while no health listener runs).
 pub fn router(state: Arc<AppState>) -> Router {
     // Everything under /fhir but the CapabilityStatement needs a valid token, and is audited.
     let protected = protected_routes(&state).route_layer(axum::middleware::from_fn_with_state(
@@ -113,19 +113,37 @@ pub(crate) async fn hl7v2(
 }
 
 /// The health and metrics routes, served beside the API and, alone, on the health listener.
-fn health_routes() -> Router<Arc<AppState>> {
-    Router::new()
+/// Beside the API, `/metrics` is served only while no health listener runs: with one, the
+/// network's operational figures stay off the port the region's clients reach.
+fn health_routes(api: bool) -> Router<Arc<AppState>> {
+    let routes = Router::new()
         .route("/health/live", get(|| async { "live" }))
         .route("/health/ready", get(readyz))
         // The first names, kept for what scripts them.
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz));
+    if api {
+        routes.route("/metrics", get(api_metrics))
+    } else {
+        routes.route("/metrics", get(metrics))
+    }
+}
+
+/// `/metrics` on the API's listeners: a 404 outcome once a health listener serves it.
+async fn api_metrics(state: State<Arc<AppState>>) -> Response {
+    if state
+        .health
+        .metrics_on_health_listener
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        return ApiError::not_found("/metrics is served on the health listener").into_response();
+    }
+    metrics(state).await
 }
 
 /// The health listener's router: [`health_routes`] only; anything else is a 404 outcome.
 pub(crate) fn health_router(state: Arc<AppState>) -> Router {
-    health_routes()
+    health_routes(false)
         .fallback(|| async {
             crate::outcome::ApiError::not_found(
                 "this listener serves /health/live, /health/ready and /metrics only",
@@ -136,7 +154,7 @@ pub(crate) fn health_router(state: Arc<AppState>) -> Router {
 
 /// The public routes around the guarded ones, and the layers of every request.
 pub(crate) fn assemble(state: Arc<AppState>, protected: Router<Arc<AppState>>) -> Router {
-    health_routes()
+    health_routes(true)
         .route("/fhir/metadata", get(metadata))
         // `GET [base]` is the CapabilityStatement too, as `[base]/metadata` is.
         .route("/fhir", get(metadata))

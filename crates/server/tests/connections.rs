@@ -712,3 +712,31 @@ async fn probes_are_answered_on_the_health_listener_while_the_api_is_full() {
     );
     assert_eq!(probe("/health/live").await.status, 200);
 }
+
+/// With a health listener, `/metrics` is served there only: the API's port, which the region's
+/// clients reach, answers it 404. Its health routes stay.
+#[tokio::test]
+async fn metrics_leave_the_api_for_the_health_listener() {
+    let (store, _dir) = fresh_store().await;
+    let (addr, health, _stop) = support::serve_with_health(store, Settings::default(), true).await;
+    let health = health.unwrap();
+    // Answered by the health listener: its task has started.
+    let scraped = request(health, "GET", "/metrics", &[("authorization", "")], "").await;
+    assert_eq!(scraped.status, 200);
+    assert!(
+        String::from_utf8_lossy(&scraped.body).contains("tsunagi_http_requests_total"),
+        "{}",
+        String::from_utf8_lossy(&scraped.body)
+    );
+    let api = request(addr, "GET", "/metrics", &[], "").await;
+    assert_eq!(api.status, 404);
+    assert!(
+        String::from_utf8_lossy(&api.body).contains("served on the health listener"),
+        "{}",
+        String::from_utf8_lossy(&api.body)
+    );
+    assert_eq!(
+        request(addr, "GET", "/health/ready", &[], "").await.status,
+        200
+    );
+}
