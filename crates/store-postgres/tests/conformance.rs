@@ -257,6 +257,46 @@ async fn a_schema_7_blob_is_cut_into_parts() {
     assert_eq!(store.blob(&[2; 32]).await.unwrap(), Some(Vec::new()));
 }
 
+/// Schema 11: a resource's JSON large enough to be compressed is compressed with LZ4 (this
+/// server has it), and is read back whole.
+#[tokio::test]
+async fn large_resources_are_compressed_with_lz4() {
+    use tsunagi_store::{Access, Batch, Operation, ResourceWrite, Store};
+    let schema = new_schema().await;
+    let store = open(&schema).await.unwrap();
+    let text = "経過良好。".repeat(400);
+    let note = serde_json::json!({"resourceType": "Communication", "id": "c1",
+        "status": "completed", "payload": [{"contentString": text}]});
+    store
+        .apply(Batch {
+            operations: vec![Operation::ReplaceSource {
+                source_key: "test:note".into(),
+                facility: "1234567890".into(),
+                resources: vec![ResourceWrite::from_json("Communication", "c1", &note).unwrap()],
+            }],
+        })
+        .await
+        .unwrap();
+    let mut connection = sqlx::PgConnection::connect(&url()).await.unwrap();
+    let (method, stored, whole): (Option<String>, i32, i32) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT pg_column_compression(content), pg_column_size(content), length(content) \
+             FROM {schema}.resources WHERE tid = 'Communication/c1'"
+        )))
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(method.as_deref(), Some("lz4"));
+    assert!(stored * 4 < whole, "{stored} of {whole} bytes");
+    let read = store
+        .read(&Access::Unrestricted, "Communication", "c1")
+        .await
+        .unwrap()
+        .unwrap();
+    let json = read.to_json().unwrap().unwrap();
+    assert_eq!(json["payload"][0]["contentString"], text.as_str());
+}
+
 tsunagi_store::store_conformance_suite!(fresh());
 
 tsunagi_store::store_access_suite!(fresh());
