@@ -90,11 +90,14 @@ pub(crate) async fn permitted_with_links<D: Dialect>(
     let (viewer, at) = viewer(access);
     let named = D::in_list("c.patient", "?1");
     let permitted = guard("c.id", "?2", "?3");
+    // The permitted compartments once, in a CTE both branches read (PostgreSQL plans every
+    // execution of this statement afresh, and planning the guard twice cost more than running
+    // it).
     let rows = stmt(format!(
-        "SELECT c.id AS id FROM compartments c WHERE {named} AND {permitted} \
-         UNION SELECT l2.compartment AS id FROM compartments c \
-         JOIN patient_links l1 ON l1.compartment = c.id JOIN patient_links l2 ON l2.regional = l1.regional \
-         WHERE {named} AND {permitted}"
+        "WITH seen AS (SELECT c.id AS id FROM compartments c WHERE {named} AND {permitted}) \
+         SELECT id FROM seen \
+         UNION SELECT l2.compartment AS id FROM seen \
+         JOIN patient_links l1 ON l1.compartment = seen.id JOIN patient_links l2 ON l2.regional = l1.regional"
     ))
     .arg(patients)
     .arg(viewer)
