@@ -24,11 +24,14 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use serde_json::{Value, json};
 use tsunagi_core::{clock::Clock, metrics, time::format_instant_jst};
 use tsunagi_store::{
-    Access, Batch, Claim, DeliveryState, DeliveryUpdate, Operation, OutboundMessage, Outbox,
-    ResourceWrite, Store, StoreError, governance::AuditRecord,
+    Access, Batch, Claim, DeliveryState, DeliveryUpdate, NodeHold, Operation, OutboundMessage,
+    Outbox, ResourceWrite, Store, StoreError, governance::AuditRecord,
 };
 
 use crate::outbound::{Attempt, Destination};
+
+/// How often a running deliverer checks that it still holds its node's name.
+const HOLD_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Retry and timeout settings.
 #[derive(Debug, Clone, Copy)]
@@ -253,14 +256,13 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
         Ok(())
     }
 
-    /// Runs rounds until the task is dropped: at once when `wake` is notified (a new message
-    /// was queued), else when the next retry is due, at least every `poll`.
-    pub async fn run(mut self, wake: Arc<tokio::sync::Notify>, poll: Duration) {
-        // What this node held before it stopped (or crashed) is free again at once. That is
-        // safe only while no other live process goes by the same name, so nothing is delivered
-        // before this process holds its name (a twin is told of in the log, and waited out).
+    /// Holds this node's name, waiting while another live process holds it, then releases
+    /// what this node held before it stopped (or crashed, or lost the name): that is safe only
+    /// while no other live process goes by the same name, so nothing is delivered before this
+    /// process holds its name (a twin is told of in the log, and waited out).
+    async fn hold_name(&self, poll: Duration) -> NodeHold {
         let mut warned = false;
-        let _name = loop {
+        let hold = loop {
             match self.store.hold_node(&self.node).await {
                 Ok(Some(hold)) => break hold,
                 Ok(None) if !warned => {
@@ -283,7 +285,25 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
                 tracing::error!(target: "tsunagi::outbox", %error, "releasing this node's old claims failed; they wait for their leases");
             }
         }
+        hold
+    }
+
+    /// Runs rounds until the task is dropped: at once when `wake` is notified (a new message
+    /// was queued), else when the next retry is due, at least every `poll`.
+    pub async fn run(mut self, wake: Arc<tokio::sync::Notify>, poll: Duration) {
+        let mut hold = self.hold_name(poll).await;
+        let mut checked = tokio::time::Instant::now();
         loop {
+            // A name held through a database session is lost with the session: check it now
+            // and then, and deliver nothing until it is held again.
+            if checked.elapsed() >= HOLD_CHECK_EVERY {
+                if !hold.still_held().await {
+                    tracing::error!(target: "tsunagi::outbox", node = %self.node, "the hold on this node's name was lost (its database session ended); delivering nothing until it is held again");
+                    drop(hold);
+                    hold = self.hold_name(poll).await;
+                }
+                checked = tokio::time::Instant::now();
+            }
             match self.round().await {
                 Ok(round) if round.delivered + round.retrying + round.dead + round.lost > 0 => {
                     tracing::info!(target: "tsunagi::outbox", delivered = round.delivered, retrying = round.retrying, dead = round.dead, lost = round.lost, "delivery round");

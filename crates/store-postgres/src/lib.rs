@@ -239,6 +239,21 @@ impl PostgresEngine {
     }
 }
 
+/// A node name's session advisory lock, on the connection that holds it.
+struct NameHold(PgConnection);
+
+#[async_trait::async_trait]
+impl tsunagi_store::HeldName for NameHold {
+    /// The session still answers within 2 s (a session lock lasts as long as its session).
+    async fn still_held(&mut self) -> bool {
+        let ping = sqlx::query("SELECT 1").execute(&mut self.0);
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(2), ping).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
 /// Takes the writer lock for the rest of the transaction.
 async fn lock_writer(connection: &mut PgConnection) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -276,7 +291,7 @@ impl Engine for PostgresEngine {
                 .fetch_one(&mut connection)
                 .await
                 .map_err(db_error)?;
-        Ok(held.then(|| Box::new(std::sync::Mutex::new(connection)) as tsunagi_store::NodeHold))
+        Ok(held.then(|| Box::new(NameHold(connection)) as tsunagi_store::NodeHold))
     }
 
     fn migrator(&self) -> &'static sqlx::migrate::Migrator {

@@ -297,6 +297,39 @@ async fn large_resources_are_compressed_with_lz4() {
     assert_eq!(json["payload"][0]["contentString"], text.as_str());
 }
 
+/// A node name's hold lives in a database session: when the session ends (a restart, a dropped
+/// connection), the hold says so, and another process may take the name.
+#[tokio::test]
+async fn a_node_name_held_by_a_session_that_ended_is_known_lost() {
+    use tsunagi_store::Outbox;
+    let schema = new_schema().await;
+    let store = open(&schema).await.unwrap();
+    let mut hold = store.hold_node("gw-check").await.unwrap().unwrap();
+    assert!(hold.still_held().await);
+    assert!(store.hold_node("gw-check").await.unwrap().is_none());
+    let mut connection = sqlx::PgConnection::connect(&url()).await.unwrap();
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
+         WHERE locktype = 'advisory' AND objsubid = 2 \
+         AND objid = ((hashtext($1)::bigint + 4294967296) % 4294967296)::oid",
+    )
+    .bind(format!("{schema}:gw-check"))
+    .fetch_one(&mut connection)
+    .await
+    .unwrap();
+    assert_eq!(ended, 1);
+    assert!(!hold.still_held().await);
+    let mut taken = None;
+    for _ in 0..100 {
+        taken = store.hold_node("gw-check").await.unwrap();
+        if taken.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(taken.unwrap().still_held().await);
+}
+
 tsunagi_store::store_conformance_suite!(fresh());
 
 tsunagi_store::store_access_suite!(fresh());

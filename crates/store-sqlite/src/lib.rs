@@ -228,7 +228,7 @@ impl Engine for SqliteEngine {
         // go when the process ends, however it ends.
         let database = self.pool().connect_options().get_filename().to_owned();
         if database.as_os_str().is_empty() || database.to_string_lossy().contains(":memory:") {
-            return Ok(Some(Box::new(())));
+            return Ok(Some(Box::new(tsunagi_store::HeldForLife(()))));
         }
         let name: String = node
             .chars()
@@ -251,7 +251,7 @@ impl Engine for SqliteEngine {
                 StoreError::database(format!("cannot open {}: {error}", path.to_string_lossy()))
             })?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(Box::new(file))),
+            Ok(()) => Ok(Some(Box::new(tsunagi_store::HeldForLife(file)))),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(error)) => Err(StoreError::database(format!(
                 "cannot lock {}: {error}",

@@ -441,8 +441,9 @@ pub async fn outbox_claims_are_exclusive_and_fenced<S: Store + crate::Outbox>(st
 /// A node name is held by one live process at a time: a second hold of it fails until the
 /// first is dropped; another name is free.
 pub async fn a_node_name_is_held_once<S: Store + crate::Outbox>(store: &S) {
-    let first = store.hold_node("gw-1").await.unwrap();
+    let mut first = store.hold_node("gw-1").await.unwrap();
     assert!(first.is_some());
+    assert!(first.as_mut().unwrap().still_held().await);
     assert!(store.hold_node("gw-1").await.unwrap().is_none());
     assert!(store.hold_node("gw-2").await.unwrap().is_some());
     drop(first);

@@ -34,7 +34,9 @@ pub mod projection;
 
 pub use governance::{Access, Governance};
 pub use messages::{InboundMessage, MessageLog, MessageState};
-pub use outbox::{Claim, DeliveryState, DeliveryUpdate, NodeHold, OutboundMessage, Outbox};
+pub use outbox::{
+    Claim, DeliveryState, DeliveryUpdate, HeldForLife, HeldName, NodeHold, OutboundMessage, Outbox,
+};
 pub use paging::{NewSnapshot, Paging, SnapshotPage};
 #[cfg(feature = "conformance")]
 pub mod conformance_search;

@@ -100,7 +100,27 @@ pub struct DeliveryUpdate {
 }
 
 /// Kept while this process is the one live node of its name; dropping it lets the name go.
-pub type NodeHold = Box<dyn std::any::Any + Send + Sync>;
+pub type NodeHold = Box<dyn HeldName>;
+
+/// A node name held ([`Outbox::hold_node`]), which can be checked.
+#[async_trait::async_trait]
+pub trait HeldName: Send + Sync {
+    /// Whether the name is still this process's. PostgreSQL lets a session's lock go when the
+    /// session ends (a restart, a dropped connection): then another process may take the name
+    /// and release this one's claims, so the caller must stop and hold the name again.
+    async fn still_held(&mut self) -> bool;
+}
+
+/// A name held for as long as the process lives (a file lock the operating system keeps).
+#[derive(Debug)]
+pub struct HeldForLife<T>(pub T);
+
+#[async_trait::async_trait]
+impl<T: Send + Sync> HeldName for HeldForLife<T> {
+    async fn still_held(&mut self) -> bool {
+        true
+    }
+}
 
 /// A due message claimed by one node for a while.
 #[derive(Debug, Clone, PartialEq, Eq)]
