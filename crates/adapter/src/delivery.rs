@@ -78,6 +78,8 @@ pub struct Deliverer<S: ?Sized> {
     destinations: HashMap<String, Arc<dyn Destination>>,
     clock: Arc<dyn Clock>,
     options: DeliveryOptions,
+    /// This node's name while [`Deliverer::run`] holds it, and when that was last checked.
+    name: Option<(NodeHold, tokio::time::Instant)>,
 }
 
 impl<S: ?Sized> std::fmt::Debug for Deliverer<S> {
@@ -122,6 +124,7 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
             destinations,
             clock,
             options,
+            name: None,
         }
     }
 
@@ -132,6 +135,11 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
     /// Attempts every message due now that no other node holds, once each, oldest first.
     pub async fn round(&mut self) -> Result<Round, StoreError> {
         let mut round = Round::default();
+        if self.name_lost().await {
+            return Err(StoreError::ClaimLost(
+                "this node's name is no longer held".to_owned(),
+            ));
+        }
         let now = self.clock.now_micros();
         let lease = self.lease_micros();
         let claims = self
@@ -161,6 +169,13 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
         let mut outcomes: Vec<Vec<Operation>> = Vec::with_capacity(claims.len());
         let mut oldest: Option<i64> = None;
         for claim in claims {
+            // Checked before each attempt too: a round may last minutes.
+            if self.name_lost().await {
+                self.commit(outcomes).await?;
+                return Err(StoreError::ClaimLost(
+                    "this node's name is no longer held".to_owned(),
+                ));
+            }
             let mut began = self.clock.now_micros();
             // The oldest uncommitted outcome must commit while its claim holds: before this
             // attempt, if it could end past half a lease from that one's start.
@@ -256,6 +271,26 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
         Ok(())
     }
 
+    /// Whether the name [`Deliverer::run`] holds was lost, checked at most every
+    /// [`HOLD_CHECK_EVERY`]: a name held through a database session is lost with the session,
+    /// and another process of the same name may then take it and release this one's claims.
+    /// `false` when no name is held (a round run on its own, as tests do).
+    async fn name_lost(&mut self) -> bool {
+        let Some((hold, checked)) = &mut self.name else {
+            return false;
+        };
+        if checked.elapsed() < HOLD_CHECK_EVERY {
+            return false;
+        }
+        if hold.still_held().await {
+            *checked = tokio::time::Instant::now();
+            return false;
+        }
+        tracing::error!(target: "tsunagi::outbox", node = %self.node, "the hold on this node's name was lost (its database session ended); delivering nothing until it is held again");
+        self.name = None;
+        true
+    }
+
     /// Holds this node's name, waiting while another live process holds it, then releases
     /// what this node held before it stopped (or crashed, or lost the name): that is safe only
     /// while no other live process goes by the same name, so nothing is delivered before this
@@ -291,18 +326,12 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
     /// Runs rounds until the task is dropped: at once when `wake` is notified (a new message
     /// was queued), else when the next retry is due, at least every `poll`.
     pub async fn run(mut self, wake: Arc<tokio::sync::Notify>, poll: Duration) {
-        let mut hold = self.hold_name(poll).await;
-        let mut checked = tokio::time::Instant::now();
         loop {
-            // A name held through a database session is lost with the session: check it now
-            // and then, and deliver nothing until it is held again.
-            if checked.elapsed() >= HOLD_CHECK_EVERY {
-                if !hold.still_held().await {
-                    tracing::error!(target: "tsunagi::outbox", node = %self.node, "the hold on this node's name was lost (its database session ended); delivering nothing until it is held again");
-                    drop(hold);
-                    hold = self.hold_name(poll).await;
-                }
-                checked = tokio::time::Instant::now();
+            // Nothing is delivered while the name is not held (at start, and after a hold was
+            // lost with its database session: `name_lost`).
+            if self.name.is_none() {
+                let hold = self.hold_name(poll).await;
+                self.name = Some((hold, tokio::time::Instant::now()));
             }
             match self.round().await {
                 Ok(round) if round.delivered + round.retrying + round.dead + round.lost > 0 => {

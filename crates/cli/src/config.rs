@@ -215,8 +215,8 @@ pub(crate) struct ServerConfig {
     /// PEM CA certificates that issue the system clients' certificates.
     pub(crate) tls_client_ca: Option<PathBuf>,
     /// A listener for `/health/live`, `/health/ready` and `/metrics` alone (plain HTTP, a
-    /// connection cap of its own), for probes and scrapes; default none (they are served on
-    /// `listen` only).
+    /// connection cap of its own), for probes and scrapes; while set, `listen` no longer serves
+    /// `/metrics`. Default none (they are served on `listen` only).
     pub(crate) health_listen: Option<String>,
     /// FHIR packages (`.tgz`) or folders of StructureDefinition JSON whose profiles resources
     /// posted by others are checked against (JP Core's lab-result profiles for lab

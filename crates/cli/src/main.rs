@@ -153,6 +153,7 @@ enum Command {
         tls_client_ca: Option<PathBuf>,
         /// Also serve /health/live, /health/ready and /metrics alone on this address (plain
         /// HTTP, a connection cap of its own): probes are answered while the API is full.
+        /// /metrics is then served there only (the API's listeners answer it 404).
         #[arg(long)]
         health_listen: Option<String>,
     },

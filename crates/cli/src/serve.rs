@@ -484,9 +484,9 @@ pub(crate) async fn serve_store(
         );
     }
     if let Some(listener) = &health {
+        let address = listener.local_addr()?;
         println!(
-            "health and metrics on http://{}/health/ready",
-            listener.local_addr()?
+            "health and metrics on http://{address}/health/ready and http://{address}/metrics (the API's listeners no longer serve /metrics)"
         );
     }
     println!("  {base}/metadata");

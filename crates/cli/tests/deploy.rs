@@ -81,6 +81,7 @@ fn the_kubernetes_manifests_match_the_schemas() {
         // The health port (and /metrics) only from the monitoring namespace.
         "kind: NetworkPolicy",
         "- {port: health, protocol: TCP}",
+        "matchLabels: {kubernetes.io/metadata.name: monitoring}",
     ] {
         assert!(gateway.contains(probe), "{probe}");
     }

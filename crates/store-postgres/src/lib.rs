@@ -240,17 +240,61 @@ impl PostgresEngine {
 }
 
 /// A node name's session advisory lock, on the connection that holds it.
-struct NameHold(PgConnection);
+struct NameHold {
+    connection: PgConnection,
+    /// The holding session's backend, as `pg_locks` names it.
+    pid: i32,
+    /// The lock's second key (the schema's and the name's hash).
+    key: i32,
+    /// For asking about that session over another connection.
+    pool: sqlx::PgPool,
+}
+
+/// The `pg_locks` row of a hold: backend `$1`, keys `$2` and `$3` (`oid`s are unsigned).
+const THIS_HOLD: &str = "pid = $1 AND locktype = 'advisory' AND objsubid = 2 \
+     AND classid = (($2::int8 + 4294967296) % 4294967296)::oid \
+     AND objid = (($3::int8 + 4294967296) % 4294967296)::oid";
+
+/// How long a check of the hold waits for an answer.
+const HOLD_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[async_trait::async_trait]
 impl tsunagi_store::HeldName for NameHold {
-    /// The session still answers within 2 s (a session lock lasts as long as its session).
+    /// Held while the session answers. A session that failed is taken as ended, and its
+    /// backend, should it linger with the lock, is ended too, so the name can be held again at
+    /// once. A session that is only slow (a busy server) is asked about over the pool: held
+    /// while `pg_locks` shows its lock; when nothing answers, nobody can take the name either,
+    /// so it still counts as held (the next check asks again).
     async fn still_held(&mut self) -> bool {
-        let ping = sqlx::query("SELECT 1").execute(&mut self.0);
-        matches!(
-            tokio::time::timeout(std::time::Duration::from_secs(2), ping).await,
-            Ok(Ok(_))
-        )
+        let ping = sqlx::query("SELECT 1").execute(&mut self.connection);
+        match tokio::time::timeout(HOLD_CHECK_TIMEOUT, ping).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(_)) => {
+                let end = sqlx::query(AssertSqlSafe(format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE {THIS_HOLD}"
+                )))
+                .bind(self.pid)
+                .bind(i64::from(NODE_LOCK_CLASS))
+                .bind(i64::from(self.key))
+                .execute(&self.pool);
+                // Best effort: a server that cannot be reached has ended the session anyway.
+                let _ = tokio::time::timeout(HOLD_CHECK_TIMEOUT, end).await;
+                false
+            }
+            Err(_) => {
+                let holds = sqlx::query_scalar::<_, bool>(AssertSqlSafe(format!(
+                    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE {THIS_HOLD} AND granted)"
+                )))
+                .bind(self.pid)
+                .bind(i64::from(NODE_LOCK_CLASS))
+                .bind(i64::from(self.key))
+                .fetch_one(&self.pool);
+                !matches!(
+                    tokio::time::timeout(HOLD_CHECK_TIMEOUT, holds).await,
+                    Ok(Ok(false))
+                )
+            }
+        }
     }
 }
 
@@ -281,17 +325,25 @@ impl Engine for PostgresEngine {
         let mut connection = <PgConnection as sqlx::Connection>::connect_with(&options)
             .await
             .map_err(db_error)?;
-        let held: bool =
+        let (held, pid, key): (bool, i32, i32) =
             // The schema is part of the key: two regions in one database are apart.
-            sqlx::query_scalar(
-                "SELECT pg_try_advisory_lock($1, hashtext(current_schema() || ':' || $2))",
+            sqlx::query_as(
+                "SELECT pg_try_advisory_lock($1, hashtext(current_schema() || ':' || $2)), \
+                 pg_backend_pid(), hashtext(current_schema() || ':' || $2)",
             )
                 .bind(NODE_LOCK_CLASS)
                 .bind(node)
                 .fetch_one(&mut connection)
                 .await
                 .map_err(db_error)?;
-        Ok(held.then(|| Box::new(NameHold(connection)) as tsunagi_store::NodeHold))
+        Ok(held.then(|| {
+            Box::new(NameHold {
+                connection,
+                pid,
+                key,
+                pool: self.connections.pool().clone(),
+            }) as tsunagi_store::NodeHold
+        }))
     }
 
     fn migrator(&self) -> &'static sqlx::migrate::Migrator {

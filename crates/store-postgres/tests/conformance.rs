@@ -309,8 +309,8 @@ async fn a_node_name_held_by_a_session_that_ended_is_known_lost() {
     assert!(store.hold_node("gw-check").await.unwrap().is_none());
     let mut connection = sqlx::PgConnection::connect(&url()).await.unwrap();
     let ended: i64 = sqlx::query_scalar(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
-         WHERE locktype = 'advisory' AND objsubid = 2 \
+        "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_locks \
+         WHERE locktype = 'advisory' AND objsubid = 2 AND classid = 1951616580::oid \
          AND objid = ((hashtext($1)::bigint + 4294967296) % 4294967296)::oid",
     )
     .bind(format!("{schema}:gw-check"))
