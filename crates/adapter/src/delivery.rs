@@ -339,6 +339,8 @@ impl<S: DeliveryStore + ?Sized + 'static> Deliverer<S> {
                     continue;
                 }
                 Ok(_) => {}
+                // A lost name was logged where it was found.
+                Err(StoreError::ClaimLost(_)) if self.name.is_none() => {}
                 Err(error) => {
                     tracing::error!(target: "tsunagi::outbox", %error, "delivery round failed");
                 }

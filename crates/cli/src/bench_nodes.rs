@@ -1,11 +1,13 @@
 //! `tsunagi bench nodes --db postgres://…`: what coordination between nodes costs. A generated
-//! region is ingested into a schema of its own on that PostgreSQL; two `tsunagi serve`
-//! processes (this binary) serve it on loopback behind one base URL, audit on, as a load
-//! balancer's backends would. `--clients` keep-alive clients (8 by default) read a patient by id,
-//! then search a patient's observations: all against one node, then half against each node, in
-//! alternating rounds. The one-node figure is the same-run reference (target: two nodes ≥ 0.9×
-//! one). Each round also reads the machine's CPU time, so the report says whether the machine
-//! was the limit and what a request cost it. One machine cannot show the gain of a second
+//! region is ingested into a schema of its own on that PostgreSQL; `tsunagi serve` processes
+//! (this binary) serve it on loopback behind one base URL, audit on, as a load balancer's
+//! backends would. `--clients` keep-alive clients (8 by default) read a patient by id, then
+//! search a patient's observations, in alternating rounds: against one node with every core's
+//! worker threads, against one node with half, and half the clients against each of two nodes
+//! with half the threads each (as each would have its own machine's). The better one-node
+//! figure is the same-run reference (target: two nodes ≥ 0.9× one). Each round also reads the
+//! machine's CPU time and the serving processes', so the report says whether the machine was
+//! the limit and what a request cost it. One machine cannot show the gain of a second
 //! machine; the figures feed the README's sizing model.
 
 use std::{
@@ -27,7 +29,7 @@ use crate::{bench_search::Connection, open};
 const ORIGIN: &str = "http://tsunagi.bench";
 const FACILITY: &str = "0610100010";
 const CLIENT: &str = "bench-nodes";
-/// Rounds per measure (alternating one node and two), and seconds per round.
+/// Rounds per measure (each alternating the three configurations), and seconds per round.
 const ROUNDS: usize = 5;
 const ROUND_SECONDS: f64 = 2.0;
 
@@ -314,7 +316,8 @@ async fn measure(url: &str, patients: usize, clients: usize, seed: u64) -> anyho
     let whole = start_node("bench-whole", &config, &token, None).await?;
     let a = start_node("bench-a", &config, &token, Some(threads)).await?;
     let b = start_node("bench-b", &config, &token, Some(threads)).await?;
-    let pids = [whole.0.id(), a.0.id(), b.0.id()];
+    // Each round's CPU split counts the processes that serve it.
+    let (whole_pid, a_pid, b_pid) = (whole.0.id(), a.0.id(), b.0.id());
 
     // Hospital A's patients.
     let mut connection = Connection::open_at(a.1, token.clone()).await?;
@@ -360,14 +363,21 @@ async fn measure(url: &str, patients: usize, clients: usize, seed: u64) -> anyho
     let mut one_node_rates = Vec::new();
     for (name, targets) in &measures {
         // Warm every node's caches of the same rows.
-        rate(&[whole.1, a.1, b.1], &pids, clients, &token, targets).await?;
+        rate(
+            &[whole.1, a.1, b.1],
+            &[whole_pid, a_pid, b_pid],
+            clients,
+            &token,
+            targets,
+        )
+        .await?;
         let mut one_whole = Vec::new();
         let mut one_half = Vec::new();
         let mut two = Vec::new();
         for _ in 0..ROUNDS {
-            one_whole.push(rate(&[whole.1], &pids, clients, &token, targets).await?);
-            one_half.push(rate(&[a.1], &pids, clients, &token, targets).await?);
-            two.push(rate(&[a.1, b.1], &pids, clients, &token, targets).await?);
+            one_whole.push(rate(&[whole.1], &[whole_pid], clients, &token, targets).await?);
+            one_half.push(rate(&[a.1], &[a_pid], clients, &token, targets).await?);
+            two.push(rate(&[a.1, b.1], &[a_pid, b_pid], clients, &token, targets).await?);
         }
         let rates = |rounds: &[Round]| median(rounds.iter().map(|round| round.rate).collect());
         let (whole_rate, half_rate) = (rates(&one_whole), rates(&one_half));

@@ -263,8 +263,9 @@ impl tsunagi_store::HeldName for NameHold {
     /// Held while the session answers. A session that failed is taken as ended, and its
     /// backend, should it linger with the lock, is ended too, so the name can be held again at
     /// once. A session that is only slow (a busy server) is asked about over the pool: held
-    /// while `pg_locks` shows its lock; when nothing answers, nobody can take the name either,
-    /// so it still counts as held (the next check asks again).
+    /// while `pg_locks` shows its lock. When that cannot be asked either (the server, or this
+    /// node's pool, does not answer), it still counts as held and the next check asks again:
+    /// meanwhile the claims' fences keep delivery at least once.
     async fn still_held(&mut self) -> bool {
         let ping = sqlx::query("SELECT 1").execute(&mut self.connection);
         match tokio::time::timeout(HOLD_CHECK_TIMEOUT, ping).await {
@@ -278,7 +279,12 @@ impl tsunagi_store::HeldName for NameHold {
                 .bind(i64::from(self.key))
                 .execute(&self.pool);
                 // Best effort: a server that cannot be reached has ended the session anyway.
-                let _ = tokio::time::timeout(HOLD_CHECK_TIMEOUT, end).await;
+                if !matches!(
+                    tokio::time::timeout(HOLD_CHECK_TIMEOUT, end).await,
+                    Ok(Ok(_))
+                ) {
+                    tracing::warn!(target: "tsunagi::outbox", pid = self.pid, "the node name's failed session could not be ended; its lock lasts until PostgreSQL notices the connection is gone");
+                }
                 false
             }
             Err(_) => {
