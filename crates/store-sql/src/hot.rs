@@ -110,6 +110,15 @@ impl<D: Database> Connections<D> {
         self.pool.begin().await.map_err(db_error)
     }
 
+    /// [`Connections::begin`], opened with `statement` (SQLite's `BEGIN IMMEDIATE`).
+    pub async fn begin_with(
+        &self,
+        statement: &'static str,
+    ) -> Result<sqlx::Transaction<'static, D>, StoreError> {
+        self.make_room();
+        self.pool.begin_with(statement).await.map_err(db_error)
+    }
+
     /// Closes the pool (the kept connections with it).
     pub async fn close(&self) {
         // Closed first: a lease ending meanwhile no longer keeps its connection.

@@ -135,16 +135,11 @@ impl SqliteEngine {
     }
 }
 
-/// A writing transaction (`BEGIN IMMEDIATE`), after the kept connections made room for it.
+/// A writing transaction: SQLite's write lock taken at once (`BEGIN IMMEDIATE`).
 async fn begin(
     connections: &Connections<Sqlite>,
 ) -> Result<Transaction<'static, Sqlite>, StoreError> {
-    connections.make_room();
-    connections
-        .pool()
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(db_error)
+    connections.begin_with("BEGIN IMMEDIATE").await
 }
 
 impl SqliteEngine {
